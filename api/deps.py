@@ -1,0 +1,179 @@
+"""Dependencies as `Annotated` aliases, so handler signatures read as prose."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+
+from api.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from core.crypto import Cipher, sign_request, signature_matches
+from core.db.tables import Merchant, MerchantKey, PaymentIntent, RequestNonce
+from core.settings import Settings
+
+NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+@dataclass
+class AppState:
+    """What the app builds once at startup and every request shares."""
+
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    cipher: Cipher
+    temporal: TemporalConnection
+
+
+class TemporalConnection:
+    """Connects lazily so the API starts (and /healthz can say why) while Temporal is down."""
+
+    def __init__(self, address: str, namespace: str) -> None:
+        self._address = address
+        self._namespace = namespace
+        self._client: Client | None = None
+
+    async def get(self) -> Client:
+        if self._client is None:
+            self._client = await Client.connect(self._address, namespace=self._namespace)
+        return self._client
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.durapay  # type: ignore[no-any-return]
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+async def get_session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_temporal(state: StateDep) -> Client:
+    from api.errors import ServiceUnavailableError
+
+    try:
+        return await state.temporal.get()
+    except Exception as error:  # noqa: BLE001 (any connect failure is "unavailable")
+        raise ServiceUnavailableError("temporal_unavailable",
+                                      "The workflow engine is unavailable; retry later.") from error
+
+
+TemporalDep = Annotated[Client, Depends(get_temporal)]
+
+
+async def require_admin(state: StateDep,
+                        authorization: Annotated[str | None, Header()] = None) -> None:
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    expected = state.settings.resolved_admin_token()
+    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise AuthenticationError("invalid_admin_token", "Invalid admin token.")
+
+
+AdminDep = Annotated[None, Depends(require_admin)]
+
+
+async def authenticate_merchant(
+    request: Request, state: StateDep, session: SessionDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_timestamp: Annotated[str | None, Header()] = None,
+    x_nonce: Annotated[str | None, Header()] = None,
+    x_signature: Annotated[str | None, Header()] = None,
+) -> Merchant:
+    """Verify the signed request (see API docs) and return the calling merchant."""
+    public_key = (authorization or "").removeprefix("Bearer ").strip()
+    if not public_key.startswith("pk_"):
+        raise AuthenticationError("missing_api_key",
+                                  "Send your public key as 'Authorization: Bearer pk_…'.")
+    if not (x_timestamp and x_nonce and x_signature):
+        raise AuthenticationError("missing_signature",
+                                  "Signed requests need X-Timestamp, X-Nonce and X-Signature.")
+    if not x_timestamp.isdigit() or abs(time.time() - int(x_timestamp)) > \
+            state.settings.signature_tolerance_seconds:
+        raise AuthenticationError("timestamp_out_of_window",
+                                  "X-Timestamp is more than 300 seconds from the server's clock.")
+    if not NONCE_PATTERN.match(x_nonce):
+        raise AuthenticationError("invalid_nonce", "X-Nonce must be 16 to 64 of [A-Za-z0-9_-].")
+    key = await session.get(MerchantKey, public_key)
+    now = datetime.now(UTC)
+    if key is None or (key.expires_at is not None and key.expires_at <= now):
+        raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
+    secret = state.cipher.decrypt(key.secret_ciphertext, context=key.public_key).decode()
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    expected = sign_request(secret, method=request.method, path_and_query=path,
+                            timestamp=x_timestamp, nonce=x_nonce, body=await request.body())
+    if not signature_matches(expected, x_signature):
+        raise AuthenticationError("invalid_signature", "The request signature does not match.")
+    await _consume_nonce(session, public_key, x_nonce, now, state.settings)
+    merchant = await session.get(Merchant, key.merchant_id)
+    if merchant is None:
+        raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
+    return merchant
+
+
+async def _consume_nonce(session: AsyncSession, public_key: str, nonce: str, now: datetime,
+                         settings: Settings) -> None:
+    """Record the nonce; a second use inside the window is a replay.
+
+    Kept in Postgres so every API process sees the same set; expired rows are pruned here, a
+    few at a time, instead of by a separate janitor.
+    """
+    window = timedelta(seconds=2 * settings.signature_tolerance_seconds)
+    inserted = await session.exec(
+        insert(RequestNonce).values(public_key=public_key, nonce=nonce, expires_at=now + window)
+        .on_conflict_do_nothing().returning(RequestNonce.nonce)
+    )
+    if inserted.first() is None:
+        await session.rollback()
+        raise AuthenticationError("replayed_nonce", "This nonce was already used.")
+    await session.exec(delete(RequestNonce).where(
+        RequestNonce.expires_at < now,
+        RequestNonce.public_key == public_key))
+    await session.commit()
+
+
+MerchantDep = Annotated[Merchant, Depends(authenticate_merchant)]
+
+
+async def get_idempotency_key(
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> str | None:
+    if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
+        raise InvalidRequestError("idempotency_key_invalid",
+                                  "Idempotency-Key must be 1 to 255 printable ASCII characters.",
+                                  "Idempotency-Key")
+    return idempotency_key
+
+
+IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]
+
+
+async def get_owned_payment_intent(id: str, merchant: MerchantDep,
+                                   session: SessionDep) -> PaymentIntent:
+    result = await session.exec(select(PaymentIntent).where(
+        PaymentIntent.id == id, PaymentIntent.merchant_id == merchant.id))
+    intent = result.first()
+    if intent is None:
+        # Another merchant's intent is indistinguishable from a missing one.
+        raise NotFoundError("payment_intent", id)
+    return intent
+
+
+OwnedPaymentIntentDep = Annotated[PaymentIntent, Depends(get_owned_payment_intent)]

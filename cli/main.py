@@ -1,0 +1,141 @@
+"""The `durapay` command: run the local stack and talk to it.
+
+    durapay dev                     start and supervise the whole local stack
+    durapay migrate                 apply database migrations to DATABASE_URL
+    durapay merchant create NAME    onboard a merchant (prints its keys once)
+    durapay request METHOD PATH [JSON]   send a signed request as the demo merchant
+    durapay tour                    create a PaymentIntent and charge 4242 (signed requests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from client import DurapayClient
+from core.settings import Settings, get_settings
+
+DEMO_MERCHANT_FILE = "demo-merchant.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="durapay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("dev", help="start the whole local stack")
+    commands.add_parser("migrate", help="apply database migrations")
+    merchant = commands.add_parser("merchant", help="operator: merchants")
+    merchant_commands = merchant.add_subparsers(dest="merchant_command", required=True)
+    create = merchant_commands.add_parser("create", help="onboard a merchant")
+    create.add_argument("name")
+    request = commands.add_parser("request", help="send a signed request")
+    request.add_argument("method")
+    request.add_argument("path")
+    request.add_argument("body", nargs="?", help="JSON body")
+    request.add_argument("--idempotency-key")
+    commands.add_parser("tour", help="the README's 30-second tour")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+
+    if args.command == "dev":
+        from cli.devstack import DevStack
+
+        return asyncio.run(DevStack(settings).run())
+    try:
+        return _run_client_command(args, settings)
+    except httpx.ConnectError:
+        print(f"durapay: no API at {api_url(settings)}; is `durapay dev` running "
+              "(same DURAPAY_HOME and DURAPAY_API_PORT)?", file=sys.stderr)
+        return 1
+
+
+def _run_client_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "migrate":
+        from core.db.migrate import upgrade
+
+        upgrade(settings.effective_database_url)
+        print("migrations applied")
+        return 0
+    if args.command == "merchant":
+        print(json.dumps(asyncio.run(create_merchant(settings, args.name)), indent=2))
+        return 0
+    if args.command == "request":
+        body = json.loads(args.body) if args.body else None
+        return asyncio.run(_request(settings, args.method.upper(), args.path, body,
+                                    args.idempotency_key))
+    if args.command == "tour":
+        return asyncio.run(_tour(settings))
+    return 2
+
+
+def api_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}"
+
+
+async def create_merchant(settings: Settings, name: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=api_url(settings), timeout=30) as http:
+        response = await http.post(
+            "/merchants", json={"name": name},
+            headers={"Authorization": f"Bearer {settings.resolved_admin_token()}"})
+    response.raise_for_status()
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def demo_merchant(settings: Settings) -> dict[str, Any]:
+    """The demo merchant of this state dir, onboarded on first use and kept (mode 600)."""
+    path: Path = settings.home_dir / DEMO_MERCHANT_FILE
+    if path.exists():
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    merchant = await create_merchant(settings, "Demo merchant")
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(merchant, indent=2))
+    return merchant
+
+
+async def _request(settings: Settings, method: str, path: str, body: Any,
+                   idempotency_key: str | None) -> int:
+    merchant = await demo_merchant(settings)
+    async with DurapayClient(api_url(settings), merchant["publicKey"],
+                             merchant["secretKey"]) as durapay:
+        response = await durapay.request(method, path, body, idempotency_key=idempotency_key)
+    print(f"HTTP {response.status_code}")
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.status_code < 400 else 1
+
+
+async def _tour(settings: Settings) -> int:
+    merchant = await demo_merchant(settings)
+    async with DurapayClient(api_url(settings), merchant["publicKey"],
+                             merchant["secretKey"]) as durapay:
+        created = await durapay.post("/payment-intents", {
+            "amountInCents": 2499, "currency": "usd", "description": "Order#1234",
+            "metadata": {"orderId": "1234"}})
+        intent = created.json()
+        print(f"POST /payment-intents -> {created.status_code} {intent['id']} "
+              f"status={intent['status']}")
+        charged = await durapay.post(f"/payment-intents/{intent['id']}/transactions", {
+            "type": "charge",
+            "card": {"number": "4242424242424242", "expMonth": 12, "expYear": 2030,
+                     "cvc": "123"}})
+        txn = charged.json()
+        last4 = (txn.get("card") or {}).get("last4")
+        print(f"POST /payment-intents/{intent['id']}/transactions -> {charged.status_code} "
+              f"{txn.get('id')} status={txn.get('status')} card=…{last4}")
+        final = (await durapay.get(f"/payment-intents/{intent['id']}")).json()
+        print(f"GET /payment-intents/{intent['id']} -> status={final['status']} "
+              f"amountReceived={final['amountReceived']}")
+        events = (await durapay.get(f"/payment-intents/{intent['id']}/events")).json()
+        print("events: " + " -> ".join(e["type"] for e in events["data"]))
+    return 0 if final["status"] == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Queries and the one write path for state changes.
+
+`transition_intent` and `transition_transaction` are the only code that changes a status: they
+ask the state machine, update with `WHERE status = :expected`, and append the event in the
+caller's database transaction. Event ids are derived from what caused them, so an activity that
+is retried after its commit finds its own event and does nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, update
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core.db.tables import Event, PaymentIntent, Transaction
+from core.errors import IllegalTransition
+from core.state_machine import (
+    IntentAction,
+    IntentMove,
+    TransactionAction,
+    move_intent,
+    move_transaction,
+)
+
+
+def event_id_for(cause: str) -> str:
+    """Deterministic event id: the same cause (e.g. `txn_…:succeed`) always names one event."""
+    return "evt_" + hashlib.sha256(cause.encode()).hexdigest()[:24]
+
+
+def event_data(intent: PaymentIntent, transaction_id: str | None) -> dict[str, Any]:
+    return {
+        "paymentId": intent.id,
+        "amountInCents": intent.amount_in_cents,
+        "currency": intent.currency,
+        "status": intent.status,
+        "transactionId": transaction_id,
+    }
+
+
+async def event_exists(session: AsyncSession, event_id: str) -> bool:
+    found = await session.exec(select(Event.seq).where(Event.id == event_id))
+    return found.first() is not None
+
+
+async def append_event(session: AsyncSession, *, cause: str, event_type: str,
+                       intent: PaymentIntent, transaction_id: str | None) -> Event:
+    event = Event(id=event_id_for(cause), merchant_id=intent.merchant_id,
+                  payment_intent_id=intent.id, transaction_id=transaction_id, type=event_type,
+                  data=event_data(intent, transaction_id))
+    session.add(event)
+    return event
+
+
+async def lock_intent(session: AsyncSession, intent_id: str) -> PaymentIntent:
+    """Load the intent for update: concurrent moves of one intent queue up here."""
+    result = await session.exec(
+        select(PaymentIntent).where(PaymentIntent.id == intent_id).with_for_update()
+    )
+    return result.one()
+
+
+async def lock_transaction(session: AsyncSession, transaction_id: str) -> Transaction | None:
+    result = await session.exec(
+        select(Transaction).where(Transaction.id == transaction_id).with_for_update()
+    )
+    return result.first()
+
+
+async def transition_intent(session: AsyncSession, intent: PaymentIntent, action: IntentAction,
+                            *, cause: str, transaction_id: str | None,
+                            changes: dict[str, Any] | None = None) -> IntentMove:
+    """Move `intent` (loaded in this session) and append its event; raises IllegalTransition."""
+    move = move_intent(intent.status, action)
+    values: dict[str, Any] = {"status": move.after.value, **(changes or {})}
+    result = await session.exec(
+        update(PaymentIntent)
+        .where(PaymentIntent.id == intent.id, PaymentIntent.status == move.before.value)
+        .values(**values, updated_at=_now_sql())
+        .returning(PaymentIntent.updated_at)
+    )
+    row = result.first()
+    if row is None:  # someone else moved it first
+        raise IllegalTransition("payment intent", intent.status, action.value)
+    for name, value in values.items():
+        setattr(intent, name, value)
+    intent.updated_at = row[0]
+    await append_event(session, cause=cause, event_type=move.event_type, intent=intent,
+                       transaction_id=transaction_id)
+    return move
+
+
+async def transition_transaction(session: AsyncSession, txn: Transaction,
+                                 action: TransactionAction,
+                                 changes: dict[str, Any] | None = None) -> None:
+    after = move_transaction(txn.status, action)
+    values: dict[str, Any] = {"status": after.value, **(changes or {})}
+    result = await session.exec(
+        update(Transaction)
+        .where(Transaction.id == txn.id, Transaction.status == txn.status)
+        .values(**values, updated_at=_now_sql())
+        .returning(Transaction.updated_at)
+    )
+    row = result.first()
+    if row is None:
+        raise IllegalTransition("transaction", txn.status, action.value)
+    for name, value in values.items():
+        setattr(txn, name, value)
+    txn.updated_at = row[0]
+
+
+def _now_sql() -> Any:
+    # clock_timestamp, not now(): several moves in one DB transaction keep their real order.
+    return func.clock_timestamp()
+
+
+def newest_first_after(model: Any, cursor: tuple[datetime, str] | None) -> Any:
+    """Keyset pagination condition: rows strictly older than the cursor row."""
+    if cursor is None:
+        return True
+    created_at, row_id = cursor
+    return or_(model.created_at < created_at,
+               and_(model.created_at == created_at, model.id < row_id))

@@ -1,0 +1,27 @@
+"""Error vocabulary shared by the API, workflows and activities.
+
+Workflows fail updates with `ApplicationError(type=...)` using these constants, and the API maps
+them back to HTTP errors, so the same word means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+
+class ErrorType:
+    """`ApplicationError.type` values raised by workflows and activities."""
+
+    ILLEGAL_TRANSITION = "IllegalTransition"
+    ATTEMPT_IN_FLIGHT = "AttemptInFlight"
+    NETWORK_UNAVAILABLE = "NetworkUnavailable"
+    NETWORK_REJECTED_REQUEST = "NetworkRejectedRequest"
+    VAULT_TOKEN_MISSING = "VaultTokenMissing"
+
+
+class IllegalTransition(Exception):
+    """A state change that the state machine does not allow."""
+
+    def __init__(self, kind: str, current: str, action: str) -> None:
+        super().__init__(f"cannot {action} a {kind} in status {current}")
+        self.kind = kind
+        self.current = current
+        self.action = action

@@ -1,0 +1,113 @@
+"""Durapay's configuration: one settings object read from the environment.
+
+Every process (launcher, API, workers, CLI) reads the same names, so an operator configures the
+stack once. `DATABASE_URL` and `TEMPORAL_ADDRESS` carry no prefix because they are the names every
+hosting platform already uses; when set, the launcher uses those external services instead of
+starting embedded ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DURAPAY_", extra="ignore")
+
+    home: Path = Path(".durapay")
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    cardnet_port: int = 8081
+    cardnet_url: str | None = None
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    postgres_port: int = 55432
+    admin_token: str | None = None
+    master_key: str | None = None
+    workers: int = 1
+    task_queue: str = "durapay-payments"
+    temporal_namespace: str = "default"
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "DURAPAY_DATABASE_URL")
+    )
+    temporal_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("TEMPORAL_ADDRESS", "DURAPAY_TEMPORAL_ADDRESS")
+    )
+    # The adapter waits this long for the network; past it the outcome is unknown, never a guess.
+    network_timeout_seconds: float = 5.0
+    # How long a charge request waits for the network's first answer before answering 202.
+    charge_wait_seconds: float = 10.0
+    # Signed requests older or newer than this are refused; nonces are kept this long.
+    signature_tolerance_seconds: int = 300
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        """SQLAlchemy URL (asyncpg driver) of the database every process uses."""
+        if self.database_url:
+            return to_asyncpg_url(self.database_url)
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.postgres_port}/durapay"
+
+    @property
+    def effective_temporal_address(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def effective_cardnet_url(self) -> str:
+        return self.cardnet_url or f"http://127.0.0.1:{self.cardnet_port}"
+
+    def resolved_admin_token(self) -> str:
+        """The admin token from config, else the one generated once under the state dir."""
+        if self.admin_token:
+            return self.admin_token
+        return _read_or_create_secret(self.home_dir / "admin-token",
+                                      lambda: secrets.token_urlsafe(32))
+
+    def resolved_master_key(self) -> bytes:
+        """AES-256 key that encrypts secrets and card data at rest (base64 in config or file)."""
+        encoded = self.master_key or _read_or_create_secret(
+            self.home_dir / "master.key", lambda: base64.b64encode(os.urandom(32)).decode()
+        )
+        key = base64.b64decode(encoded)
+        if len(key) != 32:
+            raise ValueError("DURAPAY_MASTER_KEY must be 32 bytes, base64-encoded")
+        return key
+
+
+def to_asyncpg_url(url: str) -> str:
+    """Accept the usual `postgres://` / `postgresql://` forms and pin the asyncpg driver."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+
+def _read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    # O_EXCL so two processes starting together cannot write two different secrets.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value)
+    return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
