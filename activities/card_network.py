@@ -106,6 +106,9 @@ def _answer(response: httpx.Response) -> NetworkAnswer:
         # The network says it failed without charging; retrying with the same reference is safe.
         raise ApplicationError(f"card network answered {response.status_code}",
                                type=ErrorType.NETWORK_UNAVAILABLE)
+    if response.status_code == 202:
+        # The network took the request but has not decided: only status queries can tell.
+        return NetworkAnswer(NetworkOutcome.UNKNOWN)
     if response.status_code != 200:
         # A request the network refuses to process (e.g. malformed) will not improve on retry.
         raise ApplicationError(f"card network rejected the request ({response.status_code})",

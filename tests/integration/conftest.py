@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from temporalio.client import Client
+
+from client import DurapayClient
+from tests.stack import RunningStack, start_stack
+
+pytestmark = pytest.mark.integration
+
+LAUNCH_SECONDS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    # A short path: PostgreSQL and Temporal state live under it.
+    home = Path(tmp_path_factory.mktemp("dp")) / "home"
+    started = time.monotonic()
+    running = start_stack(home)
+    LAUNCH_SECONDS["healthy"] = time.monotonic() - started
+    print(f"\n[stack] healthy after {LAUNCH_SECONDS['healthy']:.1f} s")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+async def admin(stack: RunningStack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers={
+            "Authorization": f"Bearer {stack.admin_token}"}) as http:
+        yield http
+
+
+async def onboard(admin: httpx.AsyncClient, name: str = "Acme") -> dict[str, Any]:
+    response = await admin.post("/merchants", json={"name": name})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def merchant(admin: httpx.AsyncClient) -> dict[str, Any]:
+    return await onboard(admin, f"Merchant {uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture
+async def durapay(stack: RunningStack, merchant: dict[str, Any]) -> AsyncIterator[DurapayClient]:
+    async with DurapayClient(stack.api_url, merchant["publicKey"],
+                             merchant["secretKey"]) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def temporal(stack: RunningStack) -> Client:
+    return await Client.connect(stack.temporal_address)
+
+
+@pytest.fixture(scope="session")
+async def db(stack: RunningStack) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def cardnet(stack: RunningStack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.cardnet_url, timeout=10) as http:
+        yield http
+
+
+CARD_4242 = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"}
+
+
+def card(number: str, **overrides: Any) -> dict[str, Any]:
+    return {**CARD_4242, "number": number, **overrides}
+
+
+async def create_intent(durapay: DurapayClient, amount: int = 2499, **extra: Any) -> dict[str, Any]:
+    response = await durapay.post("/payment-intents",
+                                  {"amountInCents": amount, "currency": "usd", **extra})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]

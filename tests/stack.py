@@ -1,0 +1,93 @@
+"""Start the real local stack (`durapay dev`) for tests: free ports, a temp state dir, and a
+clean stop of every process it started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningStack:
+    home: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    api_url: str
+    cardnet_url: str
+    temporal_address: str
+    admin_token: str
+    database_url: str
+
+    def state(self) -> dict[str, object]:
+        return json.loads((self.home / "stack.json").read_text())  # type: ignore[no-any-return]
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in (self.home / "logs").glob("*.log"))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_stack(home: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None,
+                timeout: float = 180.0) -> RunningStack:
+    ports = {name: free_port() for name in ("api", "cardnet", "temporal", "ui", "postgres")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("DURAPAY_") and k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
+    env.update({
+        "DURAPAY_HOME": str(home),
+        "DURAPAY_API_PORT": str(ports["api"]),
+        "DURAPAY_CARDNET_PORT": str(ports["cardnet"]),
+        "DURAPAY_TEMPORAL_PORT": str(ports["temporal"]),
+        "DURAPAY_TEMPORAL_UI_PORT": str(ports["ui"]),
+        "DURAPAY_POSTGRES_PORT": str(ports["postgres"]),
+        "DURAPAY_WORKERS": str(workers),
+        "DURAPAY_ADMIN_TOKEN": "test-admin-token-" + os.urandom(8).hex(),
+        **(extra_env or {}),
+    })
+    home.mkdir(parents=True, exist_ok=True)
+    output = open(home / "launcher.out", "wb")  # noqa: SIM115 (the launcher owns it)
+    process = subprocess.Popen([str(BIN / "durapay"), "dev"], env=env, stdout=output,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True)
+    output.close()
+    api_url = f"http://127.0.0.1:{ports['api']}"
+    stack = RunningStack(
+        home=home, env=env, process=process, api_url=api_url,
+        cardnet_url=f"http://127.0.0.1:{ports['cardnet']}",
+        temporal_address=f"127.0.0.1:{ports['temporal']}",
+        admin_token=env["DURAPAY_ADMIN_TOKEN"],
+        database_url=f"postgresql://postgres@127.0.0.1:{ports['postgres']}/durapay")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("durapay dev exited:\n" + (home / "launcher.out").read_text())
+        if (home / "launcher.out").read_text(errors="replace").find("Durapay is up") >= 0:
+            response = httpx.get(f"{api_url}/healthz", timeout=5)
+            if response.status_code == 200:
+                return stack
+        time.sleep(0.3)
+    stack.stop()
+    raise RuntimeError("stack not healthy in time:\n" + (home / "launcher.out").read_text())
