@@ -1,0 +1,194 @@
+"""The sweep's comparison: every discrepancy kind, the in-flight rule and the window edges."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from core.reconciliation import (
+    DiscrepancyKind,
+    LedgerEntry,
+    OurTransaction,
+    compare,
+)
+
+START = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+END = START + timedelta(hours=1)
+INSIDE = START + timedelta(minutes=30)
+
+
+def ours(reference: str = "txn_1", status: str = "succeeded", *, amount: int = 2499,
+         currency: str = "usd", created_at: datetime = INSIDE,
+         in_manual_review: bool = False) -> OurTransaction:
+    return OurTransaction(network_reference=reference, merchant_id="mer_1",
+                          payment_intent_id="pi_1", transaction_id=reference, type="charge",
+                          status=status, amount_in_cents=amount, currency=currency,
+                          created_at=created_at, in_manual_review=in_manual_review)
+
+
+def entry(reference: str = "txn_1", status: str = "approved", *, amount: int = 2499,
+          currency: str = "usd", created_at: datetime = INSIDE) -> LedgerEntry:
+    return LedgerEntry(reference=reference, type="charge", amount_in_cents=amount,
+                       currency=currency, status=status, created_at=created_at)
+
+
+def kinds(our_rows: list[OurTransaction], ledger: list[LedgerEntry]) -> list[str]:
+    result = compare(our_rows, ledger, window_start=START, window_end=END)
+    return [d.kind for d in result.discrepancies]
+
+
+def test_matching_approval_and_success_is_clean() -> None:
+    result = compare([ours()], [entry()], window_start=START, window_end=END)
+    assert result.discrepancies == []
+    assert (result.counts.transactions_checked, result.counts.ledger_entries_checked,
+            result.counts.in_flight, result.counts.discrepancies) == (1, 1, 0, 0)
+
+
+def test_matching_decline_and_failure_is_clean() -> None:
+    assert kinds([ours(status="failed")], [entry(status="declined")]) == []
+
+
+def test_failed_here_with_nothing_at_network_is_clean() -> None:
+    # e.g. processing_error: every try answered 503 and nothing was committed.
+    assert kinds([ours(status="failed")], []) == []
+
+
+def test_unrecorded_decline_at_network_is_clean() -> None:
+    assert kinds([], [entry(status="declined")]) == []
+
+
+def test_approved_at_network_but_failed_here_is_reported() -> None:
+    result = compare([ours(status="failed")], [entry()], window_start=START, window_end=END)
+    [found] = result.discrepancies
+    assert found.kind == DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE
+    assert (found.network_reference, found.payment_intent_id, found.transaction_id,
+            found.merchant_id) == ("txn_1", "pi_1", "txn_1", "mer_1")
+    assert (found.our_status, found.network_status) == ("failed", "approved")
+    assert (found.our_amount_in_cents, found.network_amount_in_cents) == (2499, 2499)
+
+
+def test_approved_at_network_and_unknown_here_is_reported() -> None:
+    result = compare([], [entry("ext_1", amount=500, currency="eur")], window_start=START,
+                     window_end=END)
+    [found] = result.discrepancies
+    assert found.kind == DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE
+    assert (found.merchant_id, found.payment_intent_id, found.transaction_id) == (None,) * 3
+    assert (found.our_status, found.our_amount_in_cents) == (None, None)
+    assert (found.network_status, found.network_amount_in_cents, found.currency) == \
+        ("approved", 500, "eur")
+    assert (result.counts.transactions_checked, result.counts.ledger_entries_checked) == (0, 1)
+
+
+@pytest.mark.parametrize("status", ["pending", "timeout"])
+def test_approved_at_network_while_in_manual_review_is_reported(status: str) -> None:
+    assert kinds([ours(status=status, in_manual_review=True)], [entry()]) == [
+        DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE]
+
+
+@pytest.mark.parametrize("status", ["pending", "timeout"])
+@pytest.mark.parametrize("network", ["approved", "declined", None])
+def test_unknown_outcome_outside_manual_review_is_in_flight(status: str,
+                                                            network: str | None) -> None:
+    ledger = [entry(status=network)] if network else []
+    result = compare([ours(status=status)], ledger, window_start=START, window_end=END)
+    assert result.discrepancies == []
+    assert result.counts.in_flight == 1
+
+
+def test_manual_review_without_an_approval_is_in_flight_not_a_discrepancy() -> None:
+    result = compare([ours(status="timeout", in_manual_review=True)], [entry(status="declined")],
+                     window_start=START, window_end=END)
+    assert (result.discrepancies, result.counts.in_flight) == ([], 1)
+
+
+@pytest.mark.parametrize("ledger", [[], [entry(status="declined")]],
+                         ids=["absent", "declined"])
+def test_succeeded_here_without_approval_at_network_is_reported(
+        ledger: list[LedgerEntry]) -> None:
+    result = compare([ours()], ledger, window_start=START, window_end=END)
+    [found] = result.discrepancies
+    assert found.kind == DiscrepancyKind.SUCCEEDED_HERE_NOT_AT_NETWORK
+    assert found.our_status == "succeeded"
+    assert found.network_status == (ledger[0].status if ledger else None)
+
+
+def test_different_amount_is_a_mismatch() -> None:
+    result = compare([ours(amount=2499)], [entry(amount=2500)], window_start=START,
+                     window_end=END)
+    [found] = result.discrepancies
+    assert found.kind == DiscrepancyKind.AMOUNT_MISMATCH
+    assert (found.our_amount_in_cents, found.network_amount_in_cents) == (2499, 2500)
+
+
+def test_different_currency_is_a_mismatch() -> None:
+    result = compare([ours(currency="usd")], [entry(currency="eur")], window_start=START,
+                     window_end=END)
+    [found] = result.discrepancies
+    assert found.kind == DiscrepancyKind.AMOUNT_MISMATCH
+    assert (found.currency, found.network_currency) == ("usd", "eur")
+
+
+def test_currency_case_is_not_a_mismatch() -> None:
+    assert kinds([ours(currency="USD")], [entry(currency="usd")]) == []
+
+
+def test_manual_capture_authorization_matches_our_charge() -> None:
+    # Manual capture sends `authorize` under the charge transaction's reference.
+    assert kinds([ours()], [replace(entry(), type="authorize")]) == []
+
+
+def test_rows_outside_the_window_are_not_checked() -> None:
+    before = START - timedelta(seconds=1)
+    after = END + timedelta(seconds=1)
+    result = compare([ours("txn_old", created_at=before), ours("txn_new", created_at=after)],
+                     [entry("ext_old", created_at=before), entry("ext_new", created_at=after)],
+                     window_start=START, window_end=END)
+    assert result.discrepancies == []
+    assert result.counts.transactions_checked == result.counts.ledger_entries_checked == 0
+
+
+def test_window_bounds_are_inclusive() -> None:
+    assert kinds([ours("txn_a", created_at=START)], []) == [
+        DiscrepancyKind.SUCCEEDED_HERE_NOT_AT_NETWORK]
+    assert kinds([], [entry("ext_b", created_at=END)]) == [
+        DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE]
+
+
+def test_network_entry_just_after_the_window_still_matches() -> None:
+    # Our row is written before the call; the network commits a moment later, past the end.
+    result = compare([ours(created_at=END - timedelta(milliseconds=5))],
+                     [entry(created_at=END + timedelta(milliseconds=5))],
+                     window_start=START, window_end=END)
+    assert result.discrepancies == []
+    assert (result.counts.transactions_checked, result.counts.ledger_entries_checked) == (1, 1)
+
+
+def test_our_row_just_before_the_window_still_matches() -> None:
+    result = compare([ours(created_at=START - timedelta(milliseconds=5))],
+                     [entry(created_at=START + timedelta(milliseconds=5))],
+                     window_start=START, window_end=END)
+    assert result.discrepancies == []
+    assert result.counts.transactions_checked == 1
+
+
+def test_discrepancies_are_ordered_by_kind_then_reference() -> None:
+    result = compare([ours("txn_b"), ours("txn_a"), ours("txn_c", amount=1)],
+                     [entry("ext_z"), entry("txn_c")], window_start=START, window_end=END)
+    assert [(d.kind, d.network_reference) for d in result.discrepancies] == [
+        (DiscrepancyKind.AMOUNT_MISMATCH, "txn_c"),
+        (DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE, "ext_z"),
+        (DiscrepancyKind.SUCCEEDED_HERE_NOT_AT_NETWORK, "txn_a"),
+        (DiscrepancyKind.SUCCEEDED_HERE_NOT_AT_NETWORK, "txn_b"),
+    ]
+    assert result.counts.discrepancies == 4
+
+
+def test_ledger_entry_is_parsed_from_the_simulator_json() -> None:
+    parsed = LedgerEntry.from_json({
+        "reference": "txn_1", "type": "charge", "status": "approved", "declineCode": None,
+        "amountInCents": 2499, "currency": "USD", "brand": "visa", "parentReference": None,
+        "createdAt": "2026-11-25T12:30:00.123Z", "committedAt": "2026-11-25T12:30:00.200Z"})
+    assert parsed == LedgerEntry("txn_1", "charge", 2499, "usd", "approved",
+                                 datetime(2026, 11, 25, 12, 30, 0, 123000, tzinfo=UTC))

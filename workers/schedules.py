@@ -1,0 +1,94 @@
+"""Temporal Schedules the workers keep in place: wiring only, no business logic.
+
+Every worker calls `ensure_reconciliation_schedule` at start-up, so the schedule exists wherever
+workers run and follows the configured interval after a redeploy. Several workers starting at
+once are safe: creation is atomic on the server (the losers see "already running"), and an
+update goes through the schedule's conflict token, retried by the SDK.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleDescription,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+
+from core.reconciliation import SweepTrigger
+from core.settings import Settings
+from workflows.reconciliation import ReconciliationSweepInput, ReconciliationSweepWorkflow
+
+log = logging.getLogger("durapay.worker")
+
+RECONCILIATION_SCHEDULE_ID = "durapay-reconciliation-sweep"
+
+
+def reconciliation_schedule(settings: Settings) -> Schedule:
+    interval = timedelta(seconds=settings.reconcile_sweep_interval_seconds)
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            ReconciliationSweepWorkflow.run,
+            ReconciliationSweepInput(settings.reconcile_sweep_window_seconds,
+                                     SweepTrigger.SCHEDULE),
+            # Temporal appends the scheduled time, so each sweep has its own workflow id.
+            id=RECONCILIATION_SCHEDULE_ID, task_queue=settings.task_queue),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
+        # A sweep still running when the next is due makes the next one redundant (the windows
+        # overlap); after an outage one catch-up sweep is enough, not one per missed interval.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP,
+                              catchup_window=max(interval, timedelta(minutes=1))),
+    )
+
+
+async def ensure_reconciliation_schedule(client: Client, settings: Settings) -> None:
+    """Create the sweep's schedule, or bring an existing one to the configured settings."""
+    desired = reconciliation_schedule(settings)
+    try:
+        await client.create_schedule(RECONCILIATION_SCHEDULE_ID, desired)
+        log.info("created schedule %s (every %s s)", RECONCILIATION_SCHEDULE_ID,
+                 settings.reconcile_sweep_interval_seconds)
+        return
+    except ScheduleAlreadyRunningError:
+        pass
+
+    async def update(current: ScheduleUpdateInput) -> ScheduleUpdate | None:
+        if await _is_current(client, current.description, desired):
+            return None
+        log.info("updating schedule %s (every %s s)", RECONCILIATION_SCHEDULE_ID,
+                 settings.reconcile_sweep_interval_seconds)
+        # Keep the state: an operator who paused the sweep keeps it paused across restarts.
+        state = current.description.schedule.state
+        return ScheduleUpdate(dataclasses.replace(desired, state=state))
+
+    await client.get_schedule_handle(RECONCILIATION_SCHEDULE_ID).update(update)
+
+
+async def _is_current(client: Client, description: ScheduleDescription,
+                      desired: Schedule) -> bool:
+    current = description.schedule
+    action, wanted = current.action, desired.action
+    if not (isinstance(action, ScheduleActionStartWorkflow)
+            and isinstance(wanted, ScheduleActionStartWorkflow)):
+        return False
+    if ([i.every for i in current.spec.intervals] != [i.every for i in desired.spec.intervals]
+            or current.policy.overlap != desired.policy.overlap
+            or (action.workflow, action.task_queue) != (wanted.workflow, wanted.task_queue)):
+        return False
+    try:
+        # Described args are raw payloads: decode them to compare the window.
+        [args] = await client.data_converter.decode(action.args, [ReconciliationSweepInput])
+    except Exception:  # noqa: BLE001  (an undecodable action is simply replaced)
+        return False
+    return bool(args == wanted.args[0])
