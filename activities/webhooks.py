@@ -1,0 +1,325 @@
+"""Webhook side effects: plan deliveries, send one signed attempt, record what happened.
+
+Every method is idempotent. Deliveries are upserted under ids derived from (event, endpoint),
+attempts under (delivery, attempt number), and a delivery that is no longer pending is never
+sent again. A send retried after a crash repeats the same `webhook-id`, so the receiver can
+tell it already has the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio import activity
+
+from core.crypto import Cipher
+from core.db.queries import event_id_for
+from core.db.tables import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
+from core.domain import utcnow
+from core.settings import Settings
+from core.webhooks import (
+    ENDPOINT_DISABLED_EVENT,
+    UnsafeUrl,
+    WebhookSchedule,
+    delivery_id_for,
+    event_payload,
+    is_subscribed,
+    parse_retry_after,
+    parse_webhook_url,
+    resolve_host,
+    schedule_from,
+    signature_header,
+)
+
+# Only the start of an answer is kept for the merchant to read; the rest is never read at all.
+RESPONSE_KEEP_BYTES = 1024
+USER_AGENT = "Durapay-Webhooks/1.0"
+
+
+@dataclass
+class PlanInput:
+    payment_intent_id: str
+    after_seq: int
+
+
+@dataclass
+class PlannedDelivery:
+    delivery_id: str
+    event_id: str
+    endpoint_id: str
+
+
+@dataclass
+class DeliveryPlan:
+    deliveries: list[PlannedDelivery]
+    last_seq: int
+    schedule: WebhookSchedule
+
+
+@dataclass
+class AttemptInput:
+    delivery_id: str
+    attempt_number: int
+
+
+class AttemptResult(StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    # The endpoint answered 410, was disabled or deleted, or the delivery is already closed.
+    STOP = "stop"
+
+
+@dataclass
+class AttemptOutcome:
+    result: AttemptResult
+    retry_after_seconds: float | None = None
+
+
+@dataclass
+class FailInput:
+    delivery_id: str
+
+
+@dataclass
+class _Response:
+    status_code: int | None = None
+    error: str | None = None
+    body: str | None = None
+    retry_after_seconds: float | None = None
+
+
+def new_http_client() -> httpx.AsyncClient:
+    """The client for webhooks only: no redirects, no proxies from the environment, no pooling.
+
+    Pooling is off because requests go to a pinned IP with the host in SNI/Host: a pooled
+    connection to one IP could otherwise be reused for another host's TLS name.
+    """
+    return httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                             limits=httpx.Limits(max_keepalive_connections=0))
+
+
+class WebhookActivities:
+    def __init__(self, *, http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession],
+                 cipher: Cipher, settings: Settings) -> None:
+        self._http = http
+        self._sessions = sessions
+        self._cipher = cipher
+        self._settings = settings
+
+    @activity.defn
+    async def plan_webhook_deliveries(self, plan: PlanInput) -> DeliveryPlan:
+        """Upsert one delivery per (event, subscribed endpoint) for the intent's new events.
+
+        Returns every delivery of those events, including ones a previous try already wrote,
+        so a retry starts the same children.
+        """
+        schedule = schedule_from(self._settings)
+        async with self._sessions() as session, session.begin():
+            events = (await session.exec(select(Event).where(
+                Event.payment_intent_id == plan.payment_intent_id,
+                Event.seq > plan.after_seq).order_by(Event.seq))).all()  # type: ignore[operator, arg-type]
+            if not events:
+                return DeliveryPlan([], plan.after_seq, schedule)
+            endpoints = (await session.exec(select(WebhookEndpoint).where(
+                WebhookEndpoint.merchant_id == events[0].merchant_id,
+                WebhookEndpoint.status == "enabled",
+                WebhookEndpoint.deleted_at.is_(None)))).all()  # type: ignore[union-attr]
+            rows = [{"id": delivery_id_for(event.id, endpoint.id), "merchant_id": event.merchant_id,
+                     "event_id": event.id, "endpoint_id": endpoint.id, "origin": "event"}
+                    for event in events for endpoint in endpoints
+                    if is_subscribed(endpoint.enabled_events, event.type)]
+            if rows:
+                await session.exec(insert(WebhookDelivery).values(rows).on_conflict_do_nothing())
+            planned = (await session.exec(select(WebhookDelivery).where(
+                WebhookDelivery.event_id.in_([e.id for e in events]),  # type: ignore[attr-defined]
+                WebhookDelivery.origin == "event"))).all()
+        order = {event.id: event.seq for event in events}
+        planned = sorted(planned, key=lambda d: (order[d.event_id], d.endpoint_id))
+        return DeliveryPlan([PlannedDelivery(d.id, d.event_id, d.endpoint_id) for d in planned],
+                            max(e.seq or 0 for e in events), schedule)
+
+    @activity.defn
+    async def deliver_webhook(self, attempt: AttemptInput) -> AttemptOutcome:
+        """Send one signed attempt of the delivery and record it (time, status, duration)."""
+        async with self._sessions() as session, session.begin():
+            loaded = await _load(session, attempt.delivery_id)
+            if loaded is None:
+                return AttemptOutcome(AttemptResult.STOP)
+            delivery, endpoint, event = loaded
+            if delivery.status != "pending":
+                delivered = delivery.status == "succeeded"
+                return AttemptOutcome(AttemptResult.DELIVERED if delivered else AttemptResult.STOP)
+            if endpoint.deleted_at is not None or endpoint.status != "enabled":
+                await _close_delivery(session, delivery.id, "canceled")
+                return AttemptOutcome(AttemptResult.STOP)
+            secrets = self._live_secrets(endpoint)
+            body = event_payload(event_id=event.id, event_type=event.type,
+                                 created_at=event.created_at, data=event.data)
+            url, endpoint_id = endpoint.url, endpoint.id
+        # No database connection is held while the merchant's server takes its time.
+        started_at, started = utcnow(), time.monotonic()
+        answer = await self._send(url, msg_id=event.id, secrets=secrets, body=body)
+        duration_ms = int((time.monotonic() - started) * 1000)
+        ok = answer.status_code is not None and 200 <= answer.status_code < 300
+        async with self._sessions() as session, session.begin():
+            await _record_attempt(session, attempt, started_at, duration_ms, answer)
+            if ok:
+                await _close_delivery(session, attempt.delivery_id, "succeeded")
+                await session.exec(update(WebhookEndpoint).where(
+                    WebhookEndpoint.id == endpoint_id).values(failing_since=None))
+                return AttemptOutcome(AttemptResult.DELIVERED)
+            await session.exec(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+                               .values(failing_since=func.coalesce(
+                                   WebhookEndpoint.failing_since, started_at)))
+            if answer.status_code == 410:
+                # The merchant told us the URL is gone for good: stop sending there at once.
+                await _close_delivery(session, attempt.delivery_id, "failed")
+                await disable_endpoint(session, endpoint_id, reason="gone",
+                                       cause=attempt.delivery_id)
+                return AttemptOutcome(AttemptResult.STOP)
+        return AttemptOutcome(AttemptResult.RETRY, answer.retry_after_seconds)
+
+    @activity.defn
+    async def fail_webhook_delivery(self, failed: FailInput) -> None:
+        """Past the horizon: the delivery failed; an endpoint failing everything since is disabled.
+
+        "Everything" means no success anywhere on the endpoint since this delivery's first
+        attempt, which is a whole horizon ago.
+        """
+        async with self._sessions() as session, session.begin():
+            delivery = await session.get(WebhookDelivery, failed.delivery_id,
+                                         with_for_update=True)
+            if delivery is None or delivery.status != "pending":
+                return
+            await _close_delivery(session, delivery.id, "failed")
+            endpoint = await session.get(WebhookEndpoint, delivery.endpoint_id)
+            first_attempt = (await session.exec(
+                select(func.min(WebhookDeliveryAttempt.attempted_at)).where(
+                    WebhookDeliveryAttempt.delivery_id == delivery.id))).one()
+            if endpoint is not None and endpoint.failing_since is not None and \
+                    first_attempt is not None and endpoint.failing_since <= first_attempt:
+                await disable_endpoint(session, endpoint.id, reason="failing",
+                                       cause=delivery.id)
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _live_secrets(self, endpoint: WebhookEndpoint) -> list[str]:
+        secrets = [self._cipher.decrypt(endpoint.secret_ciphertext, context=endpoint.id).decode()]
+        if endpoint.previous_secret_ciphertext is not None and \
+                endpoint.previous_secret_expires_at is not None and \
+                endpoint.previous_secret_expires_at > utcnow():
+            secrets.append(self._cipher.decrypt(endpoint.previous_secret_ciphertext,
+                                                context=endpoint.id).decode())
+        return secrets
+
+    async def _send(self, url: str, *, msg_id: str, secrets: list[str], body: bytes) -> _Response:
+        allow_private = self._settings.webhook_allow_private_networks
+        try:
+            target = parse_webhook_url(url, allow_private=allow_private)
+            # Checked again at every attempt, and the request goes to the very address that
+            # passed: a DNS answer that changes in between (rebinding) is never followed.
+            address = (await resolve_host(target, allow_private=allow_private))[0]
+        except UnsafeUrl as error:
+            return _Response(error=f"{error.code}: {error}")
+        parts = urlsplit(url)
+        pinned = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
+        request_url = urlunsplit((parts.scheme, f"{pinned}:{target.port}", parts.path or "/",
+                                  parts.query, ""))
+        timestamp = int(time.time())
+        headers = {
+            "host": parts.netloc, "content-type": "application/json", "user-agent": USER_AGENT,
+            "accept-encoding": "identity", "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(secrets, msg_id=msg_id, timestamp=timestamp,
+                                                  body=body),
+        }
+        extensions: dict[str, Any] = {"sni_hostname": target.host} \
+            if target.scheme == "https" else {}
+        budget = self._settings.webhook_timeout_seconds
+        try:
+            async with asyncio.timeout(budget):
+                async with self._http.stream("POST", request_url, content=body, headers=headers,
+                                             extensions=extensions, timeout=budget) as response:
+                    kept = await _read_start(response)
+        except (TimeoutError, httpx.TimeoutException):
+            return _Response(error=f"timeout: no answer within {budget:g} s")
+        except (httpx.HTTPError, httpx.InvalidURL, OSError) as error:
+            # Never the message: it may quote the merchant's URL or TLS details at length.
+            return _Response(error=f"connection_error: {type(error).__name__}")
+        answer = _Response(status_code=response.status_code, body=kept)
+        if response.is_redirect:
+            answer.error = "redirect_not_followed"
+        if response.status_code in (429, 503):
+            answer.retry_after_seconds = parse_retry_after(response.headers.get("retry-after"),
+                                                           now_epoch=time.time())
+        return answer
+
+
+async def _read_start(response: httpx.Response) -> str:
+    """Up to RESPONSE_KEEP_BYTES of the raw body; closing the stream drops the rest unread."""
+    kept = b""
+    async for chunk in response.aiter_raw():
+        kept += chunk
+        if len(kept) >= RESPONSE_KEEP_BYTES:
+            break
+    return kept[:RESPONSE_KEEP_BYTES].decode(errors="replace")
+
+
+async def _load(session: AsyncSession, delivery_id: str) -> tuple[
+        WebhookDelivery, WebhookEndpoint, Event] | None:
+    row = (await session.exec(
+        select(WebhookDelivery, WebhookEndpoint, Event)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)  # type: ignore[arg-type]
+        .join(Event, Event.id == WebhookDelivery.event_id)  # type: ignore[arg-type]
+        .where(WebhookDelivery.id == delivery_id))).first()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+async def _record_attempt(session: AsyncSession, attempt: AttemptInput, started_at: datetime,
+                          duration_ms: int, answer: _Response) -> None:
+    values = {"attempted_at": started_at, "status_code": answer.status_code,
+              "error": answer.error, "duration_ms": duration_ms, "response_body": answer.body}
+    await session.exec(insert(WebhookDeliveryAttempt).values(
+        delivery_id=attempt.delivery_id, attempt_number=attempt.attempt_number, **values)
+        .on_conflict_do_update(index_elements=["delivery_id", "attempt_number"], set_=values))
+    await session.exec(update(WebhookDelivery).where(WebhookDelivery.id == attempt.delivery_id)
+                       .values(attempt_count=func.greatest(WebhookDelivery.attempt_count,
+                                                           attempt.attempt_number),
+                               updated_at=func.now()))
+
+
+async def _close_delivery(session: AsyncSession, delivery_id: str, status: str) -> None:
+    await session.exec(update(WebhookDelivery).where(
+        WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
+    ).values(status=status, updated_at=func.now()))
+
+
+async def disable_endpoint(session: AsyncSession, endpoint_id: str, *, reason: str,
+                           cause: str) -> bool:
+    """Disable an enabled endpoint and append the event that says so (once, even on retry)."""
+    disabled = (await session.exec(
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.status == "enabled")
+        .values(status="disabled", disabled_reason=reason, updated_at=func.now())
+        .returning(WebhookEndpoint.merchant_id, WebhookEndpoint.url))).first()
+    if disabled is None:
+        return False
+    merchant_id, url = disabled
+    await session.exec(insert(Event).values(
+        id=event_id_for(f"{endpoint_id}:disabled:{cause}"), merchant_id=merchant_id,
+        type=ENDPOINT_DISABLED_EVENT,
+        data={"endpointId": endpoint_id, "url": url, "reason": reason},
+    ).on_conflict_do_nothing())
+    return True

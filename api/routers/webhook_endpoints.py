@@ -1,0 +1,192 @@
+"""Webhook endpoints: where a merchant's events are delivered, and what happened to each."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+from sqlalchemy import update
+from sqlmodel import select
+
+from api.deps import MerchantDep, SessionDep, StateDep
+from api.errors import InvalidRequestError, NotFoundError
+from api.schemas.base import ListOf
+from api.schemas.webhook_endpoints import (
+    SecretRotation,
+    WebhookDeliveryOut,
+    WebhookEndpointCreate,
+    WebhookEndpointDeleted,
+    WebhookEndpointOut,
+    WebhookEndpointUpdate,
+    WebhookEndpointWithSecret,
+)
+from api.views import load_webhook_deliveries_out, webhook_endpoint_out
+from core.db.queries import newest_first_after
+from core.db.tables import WebhookDelivery, WebhookEndpoint
+from core.domain import new_id, utcnow
+from core.settings import Settings
+from core.webhooks import UnsafeUrl, new_webhook_secret, parse_webhook_url, resolve_host
+
+router = APIRouter(prefix="/webhook-endpoints", tags=["webhook endpoints"])
+
+
+async def get_owned_endpoint(id: str, merchant: MerchantDep,
+                             session: SessionDep) -> WebhookEndpoint:
+    endpoint = (await session.exec(select(WebhookEndpoint).where(
+        WebhookEndpoint.id == id, WebhookEndpoint.merchant_id == merchant.id,
+        WebhookEndpoint.deleted_at.is_(None)))).first()  # type: ignore[union-attr]
+    if endpoint is None:
+        # Another merchant's endpoint is indistinguishable from a missing one.
+        raise NotFoundError("webhook endpoint", id)
+    return endpoint
+
+
+OwnedEndpointDep = Annotated[WebhookEndpoint, Depends(get_owned_endpoint)]
+
+
+@router.post("", response_model=WebhookEndpointWithSecret, status_code=status.HTTP_201_CREATED,
+             summary="Create a webhook endpoint; its `whsec_` signing secret is shown only here",
+             description="The URL must be https and must not resolve to a loopback, private, "
+                         "link-local or metadata address (400 `url_not_allowed`) unless the "
+                         "operator allows private networks. `enabledEvents` lists event types "
+                         "or `[\"*\"]` for every payment event.")
+async def create_webhook_endpoint(
+    body: WebhookEndpointCreate, merchant: MerchantDep, state: StateDep, session: SessionDep,
+) -> WebhookEndpointWithSecret:
+    await _check_url(body.url, state.settings)
+    secret = new_webhook_secret()
+    endpoint_id = new_id("we")
+    endpoint = WebhookEndpoint(
+        id=endpoint_id, merchant_id=merchant.id, url=body.url, description=body.description,
+        enabled_events=body.enabled_events, status="enabled",
+        # Bound to the endpoint id: the ciphertext cannot be moved onto another endpoint.
+        secret_ciphertext=state.cipher.encrypt(secret.encode(), context=endpoint_id))
+    session.add(endpoint)
+    await session.commit()
+    await session.refresh(endpoint)
+    return WebhookEndpointWithSecret(**webhook_endpoint_out(endpoint).model_dump(),
+                                     secret=secret)
+
+
+@router.get("", response_model=ListOf[WebhookEndpointOut],
+            summary="List your webhook endpoints, newest first (secrets are never listed)")
+async def list_webhook_endpoints(
+    merchant: MerchantDep, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    starting_after: Annotated[str | None, Query(alias="startingAfter")] = None,
+) -> ListOf[WebhookEndpointOut]:
+    live = (WebhookEndpoint.merchant_id == merchant.id,
+            WebhookEndpoint.deleted_at.is_(None))  # type: ignore[union-attr]
+    cursor = None
+    if starting_after:
+        anchor = (await session.exec(select(WebhookEndpoint).where(
+            WebhookEndpoint.id == starting_after, *live))).first()
+        if anchor is None:
+            raise InvalidRequestError("resource_missing",
+                                      f"No such webhook endpoint: '{starting_after}'",
+                                      "startingAfter")
+        cursor = (anchor.created_at, anchor.id)
+    rows = (await session.exec(
+        select(WebhookEndpoint).where(*live, newest_first_after(WebhookEndpoint, cursor))
+        .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc())  # type: ignore[attr-defined]
+        .limit(limit + 1))).all()
+    return ListOf[WebhookEndpointOut](data=[webhook_endpoint_out(e) for e in rows[:limit]],
+                                      has_more=len(rows) > limit)
+
+
+@router.get("/{id}", response_model=WebhookEndpointOut, summary="Retrieve a webhook endpoint")
+async def get_webhook_endpoint(endpoint: OwnedEndpointDep) -> WebhookEndpointOut:
+    return webhook_endpoint_out(endpoint)
+
+
+@router.post("/{id}", response_model=WebhookEndpointOut,
+             summary="Update a webhook endpoint: url, enabledEvents, description, or "
+                     "status `enabled`/`disabled`",
+             description="Disabling stops deliveries (pending ones end `canceled`); enabling "
+                         "clears the failure record and resumes deliveries of new events.")
+async def update_webhook_endpoint(body: WebhookEndpointUpdate, endpoint: OwnedEndpointDep,
+                                  state: StateDep, session: SessionDep) -> WebhookEndpointOut:
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    if "url" in changes:
+        await _check_url(changes["url"], state.settings)
+    if changes.get("status") == "enabled" and endpoint.status != "enabled":
+        changes.update(disabled_reason=None, failing_since=None)
+    elif changes.get("status") == "disabled" and endpoint.status != "disabled":
+        changes["disabled_reason"] = "merchant"
+    if changes:
+        await session.exec(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id)
+                           .values(**changes, updated_at=utcnow()))
+        await session.commit()
+        await session.refresh(endpoint)
+    return webhook_endpoint_out(endpoint)
+
+
+@router.delete("/{id}", response_model=WebhookEndpointDeleted,
+               summary="Delete a webhook endpoint; its pending deliveries end `canceled`")
+async def delete_webhook_endpoint(endpoint: OwnedEndpointDep,
+                                  session: SessionDep) -> WebhookEndpointDeleted:
+    # Soft delete: the deliveries and attempts that name it stay readable for the audit.
+    await session.exec(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id)
+                       .values(deleted_at=utcnow(), updated_at=utcnow()))
+    await session.commit()
+    return WebhookEndpointDeleted(id=endpoint.id)
+
+
+@router.post("/{id}/rotate-secret", response_model=WebhookEndpointWithSecret,
+             summary="Rotate the signing secret; the old one also signs during the grace period",
+             description="Returns the new `whsec_` secret (shown only here). Until the grace "
+                         "period ends (`gracePeriodSeconds`, default 24 h, at most 7 days) "
+                         "every delivery carries two signatures, `v1,<new> v1,<old>`, so "
+                         "receivers can switch secrets without losing a message.")
+async def rotate_webhook_secret(endpoint: OwnedEndpointDep, state: StateDep, session: SessionDep,
+                                body: SecretRotation | None = None) -> WebhookEndpointWithSecret:
+    grace = (body or SecretRotation()).grace_period_seconds
+    if grace is None:
+        grace = state.settings.webhook_rotation_grace_seconds
+    secret = new_webhook_secret()
+    await session.exec(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id).values(
+        previous_secret_ciphertext=endpoint.secret_ciphertext if grace > 0 else None,
+        previous_secret_expires_at=utcnow() + timedelta(seconds=grace) if grace > 0 else None,
+        secret_ciphertext=state.cipher.encrypt(secret.encode(), context=endpoint.id),
+        updated_at=utcnow()))
+    await session.commit()
+    await session.refresh(endpoint)
+    return WebhookEndpointWithSecret(**webhook_endpoint_out(endpoint).model_dump(),
+                                     secret=secret)
+
+
+@router.get("/{id}/deliveries", response_model=ListOf[WebhookDeliveryOut],
+            summary="List an endpoint's deliveries, newest first, each with every attempt "
+                    "(time, HTTP status or error, duration, start of the response body)")
+async def list_webhook_deliveries(
+    endpoint: OwnedEndpointDep, session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    starting_after: Annotated[str | None, Query(alias="startingAfter")] = None,
+) -> ListOf[WebhookDeliveryOut]:
+    cursor = None
+    if starting_after:
+        anchor = (await session.exec(select(WebhookDelivery).where(
+            WebhookDelivery.id == starting_after,
+            WebhookDelivery.endpoint_id == endpoint.id))).first()
+        if anchor is None:
+            raise InvalidRequestError("resource_missing",
+                                      f"No such webhook delivery: '{starting_after}'",
+                                      "startingAfter")
+        cursor = (anchor.created_at, anchor.id)
+    rows = (await session.exec(
+        select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id,
+                                      newest_first_after(WebhookDelivery, cursor))
+        .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())  # type: ignore[attr-defined]
+        .limit(limit + 1))).all()
+    data = await load_webhook_deliveries_out(session, list(rows[:limit]))
+    return ListOf[WebhookDeliveryOut](data=data, has_more=len(rows) > limit)
+
+
+async def _check_url(url: str, settings: Settings) -> None:
+    allow_private = settings.webhook_allow_private_networks
+    try:
+        await resolve_host(parse_webhook_url(url, allow_private=allow_private),
+                           allow_private=allow_private)
+    except UnsafeUrl as error:
+        raise InvalidRequestError(error.code, str(error), "url") from error

@@ -1,0 +1,470 @@
+"""Webhooks on the real stack, delivered to a real local HTTP receiver and verified with the
+Standard Webhooks reference library. The stack runs with a short backoff (3 s, 6 s, 8 s …)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from standardwebhooks.webhooks import WebhookVerificationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.webhooks import WebhookActivities, new_http_client
+from client import DurapayClient
+from core.crypto import Cipher
+from core.db.session import create_engine, session_factory
+from core.settings import Settings, to_asyncpg_url
+from core.webhooks import WebhookSchedule
+from tests.integration.conftest import CARD_4242, create_intent
+from tests.integration.helpers import assert_eventually
+from tests.integration.webhook_receiver import Answer, WebhookReceiver
+from tests.stack import RunningStack, free_port, start_stack
+from tests.workflows.test_webhook_delivery_workflow import FanoutInput, FanoutParentWorkflow
+from workflows.webhook_delivery import (
+    WebhookDeliveryInput,
+    WebhookDeliveryResult,
+    WebhookDeliveryWorkflow,
+)
+
+FIRST_DELAY, FACTOR = 3.0, 2.0
+WEBHOOK_ENV = {
+    "DURAPAY_WEBHOOK_FIRST_DELAY_SECONDS": str(FIRST_DELAY),
+    "DURAPAY_WEBHOOK_BACKOFF_FACTOR": str(FACTOR),
+    "DURAPAY_WEBHOOK_MAX_DELAY_SECONDS": "8",
+    "DURAPAY_WEBHOOK_HORIZON_SECONDS": "600",
+    "DURAPAY_WEBHOOK_TIMEOUT_SECONDS": "3",
+}
+TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
+WIRED = "dispatch_webhooks" in (Path(__file__).parents[2] / "workflows" /
+                                "payment_intent.py").read_text()
+needs_fanout = pytest.mark.skipif(not WIRED, reason="PaymentIntentWorkflow does not call "
+                                                    "dispatch_webhooks yet")
+
+
+# ---- fixtures: our own stack (short backoff), a receiver, merchants ------------------------------
+@pytest.fixture(scope="module")
+def wh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    home = Path(tmp_path_factory.mktemp("wh")) / "home"
+    running = start_stack(home, extra_env=WEBHOOK_ENV)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def wh_db(wh_stack: RunningStack) -> AsyncIterator[asyncpg.Pool]:
+    pool = await asyncpg.create_pool(wh_stack.database_url, min_size=1, max_size=2)
+    yield pool
+    await pool.close()
+
+
+async def _merchant_client(stack: RunningStack, api_url: str | None = None) -> DurapayClient:
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers={
+            "Authorization": f"Bearer {stack.admin_token}"}) as admin:
+        response = await admin.post("/merchants", json={"name": f"Hooks {uuid.uuid4().hex[:6]}"})
+    assert response.status_code == 201, response.text
+    merchant = response.json()
+    return DurapayClient(api_url or stack.api_url, merchant["publicKey"], merchant["secretKey"])
+
+
+@pytest.fixture
+async def shop(wh_stack: RunningStack) -> AsyncIterator[DurapayClient]:
+    client = await _merchant_client(wh_stack)
+    yield client
+    await client.aclose()
+
+
+def _path() -> str:
+    return f"/hook/{uuid.uuid4().hex[:10]}"
+
+
+async def _endpoint(shop: DurapayClient, url: str, events: list[str]) -> dict[str, Any]:
+    response = await shop.post("/webhook-endpoints", {"url": url, "enabledEvents": events})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def _created_event(shop: DurapayClient, intent_id: str) -> dict[str, Any]:
+    events = (await shop.get(f"/payment-intents/{intent_id}/events")).json()
+    events = events["data"] if isinstance(events, dict) else events
+    return next(e for e in events if e["type"] == "payment.created")  # type: ignore[no-any-return]
+
+
+async def _deliveries(shop: DurapayClient, endpoint_id: str) -> list[dict[str, Any]]:
+    response = await shop.get(f"/webhook-endpoints/{endpoint_id}/deliveries?limit=100")
+    assert response.status_code == 200, response.text
+    return response.json()["data"]  # type: ignore[no-any-return]
+
+
+async def _redeliver(shop: DurapayClient, event_id: str, endpoint_id: str | None = None,
+                     key: str | None = None) -> list[dict[str, Any]]:
+    body = {"endpointId": endpoint_id} if endpoint_id else None
+    response = await shop.post(f"/events/{event_id}/redeliver", body, idempotency_key=key)
+    assert response.status_code == 202, response.text
+    return response.json()["data"]  # type: ignore[no-any-return]
+
+
+async def _received(receiver: WebhookReceiver, path: str, count: int,
+                    timeout: float = 60) -> list[Any]:
+    async def enough() -> list[Any] | None:
+        got = receiver.at(path)
+        return got if len(got) >= count else None
+    return await assert_eventually(enough, timeout=timeout, interval=0.1,
+                                   message=f"{count} requests at {path}")
+
+
+# ---- endpoints API -------------------------------------------------------------------------
+async def test_endpoint_crud_shows_the_secret_only_once(wh_stack: RunningStack,
+                                                        shop: DurapayClient,
+                                                        receiver: WebhookReceiver) -> None:
+    created = await _endpoint(shop, receiver.url(_path()), ["payment.succeeded"])
+    assert created["id"].startswith("we_") and created["secret"].startswith("whsec_")
+    assert created == {**created, "object": "webhook_endpoint", "status": "enabled",
+                       "enabledEvents": ["payment.succeeded"], "disabledReason": None}
+    fetched = (await shop.get(f"/webhook-endpoints/{created['id']}")).json()
+    assert "secret" not in fetched and fetched["url"] == created["url"]
+    listed = (await shop.get("/webhook-endpoints")).json()
+    assert [e["id"] for e in listed["data"]] == [created["id"]]
+    assert "secret" not in listed["data"][0]
+
+    disabled = await shop.post(f"/webhook-endpoints/{created['id']}", {"status": "disabled"})
+    assert disabled.json()["status"] == "disabled" and disabled.json()["disabledReason"] == \
+        "merchant"
+    enabled = await shop.post(f"/webhook-endpoints/{created['id']}",
+                              {"status": "enabled", "enabledEvents": ["*"]})
+    assert enabled.json() == {**enabled.json(), "status": "enabled", "disabledReason": None,
+                              "enabledEvents": ["*"]}
+
+    async with await _merchant_client(wh_stack) as other:
+        assert (await other.get(f"/webhook-endpoints/{created['id']}")).status_code == 404
+        assert (await other.request("DELETE", f"/webhook-endpoints/{created['id']}")
+                ).status_code == 404
+    deleted = await shop.request("DELETE", f"/webhook-endpoints/{created['id']}")
+    assert deleted.json() == {"id": created["id"], "object": "webhook_endpoint", "deleted": True}
+    missing = await shop.get(f"/webhook-endpoints/{created['id']}")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
+
+
+async def test_unknown_event_type_is_refused(shop: DurapayClient,
+                                             receiver: WebhookReceiver) -> None:
+    response = await shop.post("/webhook-endpoints", {"url": receiver.url("/x"),
+                                                      "enabledEvents": ["payment.exploded"]})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "enabledEvents"
+
+
+async def test_metadata_address_is_refused_even_where_private_is_allowed(
+        shop: DurapayClient) -> None:
+    response = await shop.post("/webhook-endpoints", {
+        "url": "http://169.254.169.254/latest/meta-data", "enabledEvents": ["*"]})
+    assert response.status_code == 400
+    assert response.json() == {"error": {
+        "type": "invalid_request_error", "code": "url_not_allowed", "param": "url",
+        "message": response.json()["error"]["message"]}}
+
+
+async def test_private_urls_are_refused_unless_configured(wh_stack: RunningStack,
+                                                          receiver: WebhookReceiver) -> None:
+    """A second API process on the same stack, with the default (production) setting."""
+    port = free_port()
+    env = {**wh_stack.env, "DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "false"}
+    log = open(wh_stack.home / "strict-api.log", "wb")  # noqa: SIM115 (closed below)
+    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
+                            "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        async def healthy() -> bool:
+            async with httpx.AsyncClient(timeout=1) as http:
+                try:
+                    return (await http.get(f"{url}/healthz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+        await assert_eventually(healthy, timeout=30)
+        async with await _merchant_client(wh_stack, api_url=url) as strict:
+            for target in (receiver.url("/x"), "https://127.0.0.1/x", "https://localhost/x",
+                           "https://10.1.2.3/x", "https://[::1]/x", "https://192.168.0.1/x"):
+                response = await strict.post("/webhook-endpoints",
+                                             {"url": target, "enabledEvents": ["*"]})
+                assert response.status_code == 400, (target, response.text)
+                error = response.json()["error"]
+                assert error["type"] == "invalid_request_error" and error["param"] == "url"
+                assert error["code"] in ("url_not_allowed", "url_invalid"), error
+    finally:
+        api.send_signal(signal.SIGTERM)
+        try:
+            api.wait(20)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait()
+        log.close()
+
+
+# Endpoints that only get explicit redeliveries subscribe to an event these tests never cause,
+# so the payment's own fan-out (once wired) does not send them anything.
+QUIET = ["payment.refunded"]
+
+
+# ---- deliveries ------------------------------------------------------------------------------
+async def test_failing_twice_then_accepting_gives_one_accepted_delivery(
+        shop: DurapayClient, receiver: WebhookReceiver) -> None:
+    path = _path()
+    receiver.script(path, Answer(500, body=b"boom"), Answer(502), Answer(200, body=b"thanks"))
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+    intent = await create_intent(shop)
+    event = await _created_event(shop, intent["id"])
+    [delivery] = await _redeliver(shop, event["id"], endpoint["id"])
+    assert delivery["id"].startswith("whd_") and delivery["status"] == "pending"
+
+    got = await _received(receiver, path, 3)
+    gaps = [b.at - a.at for a, b in zip(got, got[1:], strict=False)]
+    assert FIRST_DELAY - 0.3 <= gaps[0] < FIRST_DELAY + 5, gaps
+    assert FIRST_DELAY * FACTOR - 0.3 <= gaps[1] < FIRST_DELAY * FACTOR + 5, gaps
+    assert [r.answered for r in got] == [500, 502, 200]
+    for request in got:  # the same message every time: one webhook-id, each signed afresh
+        assert request.headers["webhook-id"] == event["id"]
+        assert request.verify(endpoint["secret"])["id"] == event["id"]
+
+    async def succeeded() -> dict[str, Any] | None:
+        mine = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery["id"]]
+        return mine[0] if mine and mine[0]["status"] == "succeeded" else None
+    final = await assert_eventually(succeeded, timeout=20)
+    assert [a["statusCode"] for a in final["attempts"]] == [500, 502, 200]
+    assert [a["attemptNumber"] for a in final["attempts"]] == [1, 2, 3]
+    assert final["attempts"][0]["responseBody"] == "boom"
+    assert all(a["durationMs"] >= 0 and a["attemptedAt"] for a in final["attempts"])
+    assert final["eventType"] == "payment.created" and final["attemptCount"] == 3
+    await asyncio.sleep(FIRST_DELAY * FACTOR * 2)  # nothing may arrive after the accepted one
+    assert len(receiver.at(path)) == 3
+
+
+async def test_redeliver_is_idempotent_per_key_and_keeps_the_event_id(
+        shop: DurapayClient, receiver: WebhookReceiver) -> None:
+    path = _path()
+    endpoint = await _endpoint(shop, receiver.url(path), ["payment.created"])
+    other_path = _path()
+    await _endpoint(shop, receiver.url(other_path), ["payment.succeeded"])  # not subscribed
+    intent = await create_intent(shop)
+    event = await _created_event(shop, intent["id"])
+    first = await _redeliver(shop, event["id"], key="again-1")
+    again = await _redeliver(shop, event["id"], key="again-1")
+    assert [d["id"] for d in first] == [d["id"] for d in again]
+    assert [d["endpointId"] for d in first] == [endpoint["id"]]
+    fresh = await _redeliver(shop, event["id"])
+    assert fresh[0]["id"] != first[0]["id"]
+    expected = 2 + (1 if WIRED else 0)  # with the fan-out wired, the original delivery too
+    got = await _received(receiver, path, expected)
+    await asyncio.sleep(1.0)
+    assert len(receiver.at(path)) == expected
+    assert {r.headers["webhook-id"] for r in got} == {event["id"]}
+    assert receiver.at(other_path) == []
+    missing = await shop.post("/events/evt_nope/redeliver")
+    assert missing.status_code == 404
+
+
+async def test_rotated_secret_signs_alongside_the_new_one(shop: DurapayClient,
+                                                          receiver: WebhookReceiver) -> None:
+    path = _path()
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+    rotated = await shop.post(f"/webhook-endpoints/{endpoint['id']}/rotate-secret",
+                              {"gracePeriodSeconds": 3600})
+    assert rotated.status_code == 200, rotated.text
+    new_secret = rotated.json()["secret"]
+    assert new_secret != endpoint["secret"]
+    intent = await create_intent(shop)
+    event = await _created_event(shop, intent["id"])
+    await _redeliver(shop, event["id"], endpoint["id"])
+    [request] = (await _received(receiver, path, 1))[-1:]
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    request.verify(new_secret)
+    request.verify(endpoint["secret"])
+
+    newest = (await shop.post(f"/webhook-endpoints/{endpoint['id']}/rotate-secret",
+                              {"gracePeriodSeconds": 0})).json()["secret"]
+    count = len(receiver.at(path))
+    await _redeliver(shop, event["id"], endpoint["id"])
+    request = (await _received(receiver, path, count + 1))[-1]
+    request.verify(newest)
+    with pytest.raises(WebhookVerificationError):
+        request.verify(new_secret)
+
+
+async def test_gone_disables_the_endpoint_at_once(shop: DurapayClient, receiver: WebhookReceiver,
+                                                  wh_db: asyncpg.Pool) -> None:
+    path = _path()
+    receiver.script(path, Answer(410))
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+    intent = await create_intent(shop)
+    event = await _created_event(shop, intent["id"])
+    [delivery] = await _redeliver(shop, event["id"], endpoint["id"])
+
+    async def disabled() -> dict[str, Any] | None:
+        found = (await shop.get(f"/webhook-endpoints/{endpoint['id']}")).json()
+        return found if found["status"] == "disabled" else None
+    found = await assert_eventually(disabled, timeout=20)
+    assert found["disabledReason"] == "gone"
+    [final] = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery["id"]]
+    assert final["status"] == "failed" and len(final["attempts"]) == 1
+    events = await wh_db.fetch("SELECT data FROM event WHERE type = 'webhook_endpoint.disabled' "
+                               "AND data->>'endpointId' = $1", endpoint["id"])
+    assert len(events) == 1
+    # The merchant reads it too: it is about their endpoint, unlike operator events.
+    listed = (await shop.get("/events?type=webhook_endpoint.disabled")).json()["data"]
+    assert [e["data"]["endpointId"] for e in listed] == [endpoint["id"]]
+    again = await shop.post(f"/events/{event['id']}/redeliver", {"endpointId": endpoint["id"]})
+    assert again.status_code == 409
+
+
+async def test_worker_sigkill_during_the_backoff_still_delivers(
+        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver) -> None:
+    path = _path()
+    # 503 + Retry-After: 10 keeps the delivery on a durable timer long enough to kill the worker.
+    receiver.script(path, Answer(503, headers={"Retry-After": "10"}), Answer(200))
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+    intent = await create_intent(shop)
+    event = await _created_event(shop, intent["id"])
+    [delivery] = await _redeliver(shop, event["id"], endpoint["id"])
+
+    async def first_attempt_recorded() -> bool:
+        mine = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery["id"]]
+        return bool(mine and mine[0]["attemptCount"] == 1)
+    await assert_eventually(first_attempt_recorded, timeout=20, interval=0.1)
+    worker_pid = int(wh_stack.state()["children"]["worker-1"])  # type: ignore[index]
+    os.kill(worker_pid, signal.SIGKILL)
+    assert len(receiver.at(path)) == 1  # killed while waiting on the timer
+
+    got = await _received(receiver, path, 2, timeout=90)
+    assert got[1].at - got[0].at >= 10 - 0.3  # no sooner than Retry-After asked
+    got[1].verify(endpoint["secret"])
+    restarted = int(wh_stack.state()["children"]["worker-1"])  # type: ignore[index]
+    assert restarted != worker_pid
+
+
+@needs_fanout
+async def test_a_payment_is_delivered_signed_and_filtered(shop: DurapayClient,
+                                                          receiver: WebhookReceiver) -> None:
+    every, succeeded_only = _path(), _path()
+    all_events = await _endpoint(shop, receiver.url(every), ["*"])
+    filtered = await _endpoint(shop, receiver.url(succeeded_only), ["payment.succeeded"])
+    intent = await create_intent(shop)
+    response = await shop.post(f"/payment-intents/{intent['id']}/transactions",
+                               {"type": "charge", "card": CARD_4242})
+    assert response.status_code == 200, response.text
+
+    got = await _received(receiver, every, 3)
+    bodies = [r.verify(all_events["secret"]) for r in got]
+    assert sorted(b["type"] for b in bodies) == \
+        ["payment.created", "payment.processing", "payment.succeeded"]
+    for request, body in zip(got, bodies, strict=True):
+        assert request.headers["webhook-id"] == body["id"]
+        assert body["data"]["paymentId"] == intent["id"]
+    [only] = await _received(receiver, succeeded_only, 1)
+    assert only.verify(filtered["secret"])["type"] == "payment.succeeded"
+    await asyncio.sleep(2)
+    assert len(receiver.at(every)) == 3 and len(receiver.at(succeeded_only)) == 1
+    deliveries = await _deliveries(shop, all_events["id"])
+    assert {d["origin"] for d in deliveries} == {"event"}
+
+
+# ---- the 3-day horizon: time-skipping server, real activities on the stack's database --------
+async def test_three_days_of_failures_fail_the_delivery_and_disable_the_endpoint(
+        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
+        wh_db: asyncpg.Pool) -> None:
+    path = _path()
+    receiver.script(path, Answer(500))
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+    intent = await create_intent(shop)
+    event = await _created_event(shop, intent["id"])
+    delivery_id = f"whd_{uuid.uuid4().hex[:24]}"
+    merchant_id = await wh_db.fetchval("SELECT merchant_id FROM event WHERE id = $1", event["id"])
+    await wh_db.execute(
+        "INSERT INTO webhook_delivery (id, merchant_id, event_id, endpoint_id, origin) "
+        "VALUES ($1, $2, $3, $4, 'redeliver')", delivery_id, merchant_id, event["id"],
+        endpoint["id"])
+
+    settings = Settings(home=wh_stack.home, webhook_allow_private_networks=True,
+                        webhook_timeout_seconds=3)
+    engine = create_engine(to_asyncpg_url(wh_stack.database_url), pool_size=2)
+    try:
+        async with await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=str(TEST_SERVER)) as env, new_http_client() as http:
+            webhooks = WebhookActivities(http=http, sessions=session_factory(engine),
+                                         cipher=Cipher(settings.resolved_master_key()),
+                                         settings=settings)
+            queue = f"tq-{uuid.uuid4()}"
+            async with Worker(env.client, task_queue=queue, workflows=[WebhookDeliveryWorkflow],
+                              activities=[webhooks.deliver_webhook,
+                                          webhooks.fail_webhook_delivery]):
+                result = await env.client.execute_workflow(
+                    WebhookDeliveryWorkflow.run,
+                    WebhookDeliveryInput(delivery_id, WebhookSchedule()),  # the real 3 days
+                    id=delivery_id, task_queue=queue)
+    finally:
+        await engine.dispose()
+    assert result == WebhookDeliveryResult(delivered=False, attempts=77)
+    assert len(receiver.at(path)) == 77
+    [final] = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery_id]
+    assert final["status"] == "failed" and len(final["attempts"]) == 77
+    found = (await shop.get(f"/webhook-endpoints/{endpoint['id']}")).json()
+    assert (found["status"], found["disabledReason"]) == ("disabled", "failing")
+    events = await wh_db.fetch("SELECT type, data FROM event WHERE data->>'endpointId' = $1",
+                               endpoint["id"])
+    assert [e["type"] for e in events] == ["webhook_endpoint.disabled"]
+
+
+async def test_dispatch_plans_one_delivery_per_subscribed_endpoint(
+        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
+        wh_db: asyncpg.Pool) -> None:
+    """`dispatch_webhooks` from a stand-in parent, with the real activities on the stack's DB."""
+    every, succeeded_only, switched_off = _path(), _path(), _path()
+    all_events = await _endpoint(shop, receiver.url(every), ["*"])
+    await _endpoint(shop, receiver.url(succeeded_only), ["payment.succeeded"])
+    off = await _endpoint(shop, receiver.url(switched_off), ["*"])
+    await shop.post(f"/webhook-endpoints/{off['id']}", {"status": "disabled"})
+    intent = await create_intent(shop)
+    event = await _created_event(shop, intent["id"])
+    seq = await wh_db.fetchval("SELECT seq FROM event WHERE id = $1", event["id"])
+
+    settings = Settings(home=wh_stack.home, webhook_allow_private_networks=True)
+    engine = create_engine(to_asyncpg_url(wh_stack.database_url), pool_size=2)
+    try:
+        async with await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=str(TEST_SERVER)) as env, new_http_client() as http:
+            webhooks = WebhookActivities(http=http, sessions=session_factory(engine),
+                                         cipher=Cipher(settings.resolved_master_key()),
+                                         settings=settings)
+            queue = f"tq-{uuid.uuid4()}"
+            async with Worker(env.client, task_queue=queue,
+                              workflows=[FanoutParentWorkflow, WebhookDeliveryWorkflow],
+                              activities=[webhooks.plan_webhook_deliveries,
+                                          webhooks.deliver_webhook,
+                                          webhooks.fail_webhook_delivery]):
+                seqs = await env.client.execute_workflow(
+                    FanoutParentWorkflow.run, FanoutInput(intent["id"], 0),
+                    id=f"parent-{uuid.uuid4().hex}", task_queue=queue)
+                assert seqs == [seq, seq]
+                [request] = await _received(receiver, every, 1)
+    finally:
+        await engine.dispose()
+    assert request.verify(all_events["secret"])["id"] == event["id"]
+    rows = await wh_db.fetch("SELECT endpoint_id, origin FROM webhook_delivery "
+                             "WHERE event_id = $1", event["id"])
+    assert [(r["endpoint_id"], r["origin"]) for r in rows] == [(all_events["id"], "event")]
+    assert receiver.at(succeeded_only) == [] and receiver.at(switched_off) == []
