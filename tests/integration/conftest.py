@@ -12,6 +12,7 @@ import pytest
 from temporalio.client import Client
 
 from client import DurapayClient
+from tests.integration.helpers import FAST_TIMING_ENV
 from tests.stack import RunningStack, start_stack
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     # A short path: PostgreSQL and Temporal state live under it.
     home = Path(tmp_path_factory.mktemp("dp")) / "home"
     started = time.monotonic()
-    running = start_stack(home)
+    # Test timing (see FAST_TIMING_ENV): holds outlive the adapter timeout and reconciliation
+    # polls within seconds, so the timeout cards settle quickly with no client action.
+    running = start_stack(home, extra_env=FAST_TIMING_ENV)
     LAUNCH_SECONDS["healthy"] = time.monotonic() - started
     print(f"\n[stack] healthy after {LAUNCH_SECONDS['healthy']:.1f} s")
     yield running

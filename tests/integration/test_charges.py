@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from client import DurapayClient
 from tests.integration.conftest import CARD_4242, card, create_intent
+from tests.integration.helpers import ledger_entries, settled_intent
 from tests.stack import RunningStack
 
 PAN = "4242424242424242"
 DECLINE_PAN = "4000000000000002"
+HELD_APPROVE_PAN = "4000000000001018"
 
 
 async def _charge(durapay: DurapayClient, intent_id: str, card_body: dict[str, Any],
@@ -199,14 +203,34 @@ def _decode_payloads(history_json: str) -> str:
     return "\n".join(decoded)
 
 
+@pytest.mark.parametrize("number", [PAN, HELD_APPROVE_PAN], ids=["4242", "held-1018"])
 async def test_concurrent_charges_charge_once_and_the_other_is_409(
-        durapay: DurapayClient, cardnet: httpx.AsyncClient) -> None:
-    import asyncio
-
+        number: str, durapay: DurapayClient, cardnet: httpx.AsyncClient) -> None:
     intent = await create_intent(durapay)
-    responses = await asyncio.gather(*(_charge(durapay, intent["id"], CARD_4242)
+    responses = await asyncio.gather(*(_charge(durapay, intent["id"], card(number))
                                        for _ in range(2)))
-    assert sorted(r.status_code for r in responses) == [200, 409]
-    final = (await durapay.get(f"/payment-intents/{intent['id']}")).json()
+    statuses = sorted(r.status_code for r in responses)
+    # 4242 answers at once (200); the held card's answer is unknown past the adapter timeout.
+    assert statuses == ([200, 409] if number == PAN else [202, 409]), \
+        [r.text for r in responses]
+    loser = next(r for r in responses if r.status_code == 409).json()["error"]
+    assert loser["type"] == "conflict"
+    # In flight (the workflow refused it), or already `processing`/`succeeded` by the time the
+    # API read the intent; both are the contract's 409.
+    assert loser["code"] in ("attempt_in_flight", "payment_intent_unexpected_state"), loser
+    if number == HELD_APPROVE_PAN:
+        # A third charge while reconciliation is still going on is refused as well.
+        third = await _charge(durapay, intent["id"], CARD_4242)
+        assert third.status_code == 409, third.text
+        # The API refuses it from the intent's `processing` status before asking the workflow.
+        assert third.json()["error"]["type"] == "conflict"
+
+    final = await settled_intent(durapay, intent["id"])
+    assert final["status"] == "succeeded"
     assert len(final["transactions"]) == 1
-    assert len(await _ledger(cardnet, final["transactions"][0]["networkReference"])) == 1
+    references = {t["networkReference"] for t in final["transactions"]}
+    charged = [e for e in await ledger_entries(cardnet) if e["reference"] in references]
+    assert [(e["type"], e["status"]) for e in charged] == [("charge", "approved")]
+    events = (await durapay.get(f"/payment-intents/{intent['id']}/events")).json()["data"]
+    assert [e["type"] for e in events] == [
+        "payment.created", "payment.processing", "payment.succeeded"]

@@ -1,0 +1,75 @@
+"""Shared helpers for the real-stack tests: polling instead of sleeping, test timing, ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from client import DurapayClient
+
+T = TypeVar("T")
+
+# Test-friendly timing for the whole stack. The simulator's hold (3 s) outlives the adapter's
+# timeout (1.5 s), so a held card really becomes an unknown outcome; reconciliation then polls
+# after 0.5 s, 1 s, 2 s, 2 s … so a held card settles a few seconds after its 202.
+FAST_TIMING_ENV: dict[str, str] = {
+    "DURAPAY_NETWORK_TIMEOUT_SECONDS": "1.5",
+    "DURAPAY_CARDNET_HOLD_SECONDS": "3",
+    "DURAPAY_RECONCILE_FIRST_DELAY_SECONDS": "0.5",
+    "DURAPAY_RECONCILE_MAX_DELAY_SECONDS": "2",
+}
+
+
+async def assert_eventually(predicate: Callable[[], Awaitable[T]], *, timeout: float = 30.0,
+                            interval: float = 0.2, message: str = "") -> T:
+    """Poll `predicate` until it returns something other than None/False without raising
+    AssertionError, and return that value; past `timeout`, fail with the last reason."""
+    deadline = time.monotonic() + timeout
+    last: str = "predicate never returned a value"
+    while True:
+        try:
+            result = await predicate()
+        except AssertionError as error:
+            last = str(error) or repr(error)
+        else:
+            if result is not None and result is not False:
+                return result
+            last = f"predicate returned {result!r}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true after {timeout:.1f} s: {message or last}"
+                                 + (f" (last: {last})" if message else ""))
+        await asyncio.sleep(interval)
+
+
+async def charge(durapay: DurapayClient, intent_id: str, card_body: dict[str, Any],
+                 **kwargs: Any) -> httpx.Response:
+    return await durapay.post(f"/payment-intents/{intent_id}/transactions",
+                              {"type": "charge", "card": card_body}, **kwargs)
+
+
+async def ledger_entries(cardnet: httpx.AsyncClient,
+                         reference: str | None = None) -> list[dict[str, Any]]:
+    """The simulator's ledger (oldest first), optionally for one reference."""
+    params = {"reference": reference} if reference is not None else None
+    response = await cardnet.get("/ledger", params=params)
+    assert response.status_code == 200, response.text
+    entries: list[dict[str, Any]] = response.json()["data"]
+    return [e for e in entries if reference is None or e["reference"] == reference]
+
+
+async def settled_intent(durapay: DurapayClient, intent_id: str, *,
+                         timeout: float = 30.0) -> dict[str, Any]:
+    """Poll GET /payment-intents/{id} (no other client action) until it leaves `processing`."""
+
+    async def left_processing() -> dict[str, Any]:
+        response = await durapay.get(f"/payment-intents/{intent_id}")
+        assert response.status_code == 200, response.text
+        intent: dict[str, Any] = response.json()
+        assert intent["status"] != "processing", f"{intent_id} still processing"
+        return intent
+
+    return await assert_eventually(left_processing, timeout=timeout, interval=0.25)
