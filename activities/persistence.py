@@ -6,6 +6,7 @@ returns the same answer without writing again.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -13,10 +14,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from core.db.queries import (
+    close_manual_review,
     event_exists,
     event_id_for,
     lock_intent,
     lock_transaction,
+    open_manual_review,
     transition_intent,
     transition_transaction,
 )
@@ -29,6 +32,8 @@ from core.domain import (
     TransactionType,
 )
 from core.state_machine import IntentAction, TransactionAction
+
+log = logging.getLogger("durapay.payments")
 
 
 @dataclass
@@ -54,6 +59,13 @@ class ChargeOutcome:
 class IntentState:
     status: str
     transaction_status: str
+
+
+@dataclass
+class ManualReviewFlag:
+    payment_intent_id: str
+    transaction_id: str
+    waited_seconds: float
 
 
 class PaymentRecordActivities:
@@ -121,7 +133,23 @@ class PaymentRecordActivities:
                 await transition_intent(
                     session, intent, IntentAction.ATTEMPT_FAILED, cause=cause,
                     transaction_id=txn.id, changes={"last_error": _last_error(result)})
+            if result.outcome is not NetworkOutcome.UNKNOWN:
+                await close_manual_review(session, intent.id)
             return IntentState(intent.status, txn.status)
+
+    @activity.defn
+    async def flag_for_manual_review(self, flag: ManualReviewFlag) -> None:
+        """Mark the intent for operators (`durapay review list`); its status stays `processing`.
+
+        Not a state change of the payment, so no merchant event: the merchant keeps seeing
+        `processing`, which is the truth, until the network or an operator settles it.
+        """
+        async with self._sessions() as session, session.begin():
+            opened = await open_manual_review(session, flag.payment_intent_id)
+        if opened:
+            log.error("payment %s needs manual review: the outcome of %s is still unknown after "
+                      "%.0f s of status queries", flag.payment_intent_id, flag.transaction_id,
+                      flag.waited_seconds)
 
 
 def _already_applied(txn: Transaction, result: ChargeOutcome) -> bool:

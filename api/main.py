@@ -10,7 +10,14 @@ from fastapi import FastAPI
 
 from api.deps import AppState, TemporalConnection
 from api.errors import install_error_handlers
-from api.routers import events, health, merchants, payment_intents, transactions
+from api.routers import (
+    events,
+    health,
+    merchants,
+    payment_intents,
+    transactions,
+    webhook_endpoints,
+)
 from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
 from core.settings import Settings, get_settings
@@ -64,6 +71,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Durapay", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     for router in (health.router, merchants.router, payment_intents.router,
-                   transactions.router, events.router):
+                   transactions.router, events.router, webhook_endpoints.router):
         app.include_router(router)
     return app

@@ -8,7 +8,19 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api.schemas.events import EventOut
 from api.schemas.payment_intents import PaymentIntentOut
 from api.schemas.transactions import CardOut, TransactionOut
-from core.db.tables import Event, PaymentIntent, Transaction
+from api.schemas.webhook_endpoints import (
+    DeliveryAttemptOut,
+    WebhookDeliveryOut,
+    WebhookEndpointOut,
+)
+from core.db.tables import (
+    Event,
+    PaymentIntent,
+    Transaction,
+    WebhookDelivery,
+    WebhookDeliveryAttempt,
+    WebhookEndpoint,
+)
 
 
 def transaction_out(txn: Transaction) -> TransactionOut:
@@ -47,3 +59,34 @@ async def load_payment_intent_out(session: AsyncSession, intent_id: str) -> Paym
         .order_by(Transaction.created_at, Transaction.id)
         .execution_options(populate_existing=True))).all()
     return payment_intent_out(intent, list(transactions))
+
+
+def webhook_endpoint_out(endpoint: WebhookEndpoint) -> WebhookEndpointOut:
+    return WebhookEndpointOut(
+        id=endpoint.id, url=endpoint.url, description=endpoint.description,
+        enabled_events=endpoint.enabled_events, status=endpoint.status,
+        disabled_reason=endpoint.disabled_reason, created_at=endpoint.created_at,
+        updated_at=endpoint.updated_at)
+
+
+async def load_webhook_deliveries_out(
+    session: AsyncSession, deliveries: list[WebhookDelivery],
+) -> list[WebhookDeliveryOut]:
+    """Deliveries with their event type and every attempt (oldest attempt first)."""
+    ids = [d.id for d in deliveries]
+    attempts = (await session.exec(select(WebhookDeliveryAttempt).where(
+        WebhookDeliveryAttempt.delivery_id.in_(ids))  # type: ignore[attr-defined]
+        .order_by(WebhookDeliveryAttempt.attempt_number))).all()
+    types = dict((await session.exec(select(Event.id, Event.type).where(
+        Event.id.in_({d.event_id for d in deliveries})))).all())  # type: ignore[attr-defined]
+    by_delivery: dict[str, list[DeliveryAttemptOut]] = {i: [] for i in ids}
+    for a in attempts:
+        by_delivery[a.delivery_id].append(DeliveryAttemptOut(
+            attempt_number=a.attempt_number, attempted_at=a.attempted_at,
+            status_code=a.status_code, error=a.error, duration_ms=a.duration_ms,
+            response_body=a.response_body))
+    return [WebhookDeliveryOut(
+        id=d.id, event_id=d.event_id, event_type=types.get(d.event_id, ""),
+        endpoint_id=d.endpoint_id, origin=d.origin, status=d.status,  # type: ignore[arg-type]
+        attempt_count=d.attempt_count, created_at=d.created_at, updated_at=d.updated_at,
+        attempts=by_delivery[d.id]) for d in deliveries]

@@ -28,18 +28,14 @@ import httpx
 from temporalio.client import Client
 
 from cli.main import DEMO_MERCHANT_FILE, demo_merchant
+from cli.temporal_setup import register_search_attributes
+from core import search_attributes
 from core.db.migrate import upgrade
 from core.settings import Settings
 
 log = logging.getLogger("durapay.dev")
 
 # Search attributes operators filter on in the Web UI (registered at server start).
-SEARCH_ATTRIBUTES = {
-    "DurapayMerchantId": "Keyword",
-    "DurapayStatus": "Keyword",
-    "DurapayAmount": "Int",
-    "DurapayCurrency": "Keyword",
-}
 HEALTH_TIMEOUT_SECONDS = 90.0
 MAX_RESTARTS_PER_MINUTE = 5
 POSTGRES_SYSTEM_USER = "embedded_postgres"
@@ -71,12 +67,16 @@ class DevStack:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
         try:
-            for child in self._plan():
+            for child in self._infrastructure():
                 if self._stopping.is_set():
                     return 0
                 await self._start_child(child)
-                if child.name == "postgres":
-                    await self._prepare_database()
+            await self._prepare_database()
+            await self._prepare_temporal()
+            for child in self._services():
+                if self._stopping.is_set():
+                    return 0
+                await self._start_child(child)
             self._write_state()
             merchant = await demo_merchant(self.settings)
             self._print_banner(merchant)
@@ -88,14 +88,21 @@ class DevStack:
             await self._stop_all()
             await self._http.aclose()
 
-    def _plan(self) -> list[Child]:
+    def _infrastructure(self) -> list[Child]:
+        """The stateful services that are not external; their death stops the stack."""
         s = self.settings
-        python = sys.executable
         children: list[Child] = []
         if not s.database_url:
             children.append(Child("postgres", self._postgres_argv(), self._postgres_ready, False))
         if not s.temporal_address:
             children.append(Child("temporal", self._temporal_argv(), self._temporal_ready, False))
+        return children
+
+    def _services(self) -> list[Child]:
+        """Durapay's own stateless processes, restarted if they die."""
+        s = self.settings
+        python = sys.executable
+        children: list[Child] = []
         if not s.cardnet_url:
             children.append(
                 Child("cardnet", [python, "-m", "cardnet", "--port", str(s.cardnet_port)],
@@ -190,6 +197,9 @@ class DevStack:
             "DURAPAY_ADMIN_TOKEN": s.resolved_admin_token(),
             "PYTHONUNBUFFERED": "1",
         })
+        # The local stack's webhook receivers run on this machine (loopback); an operator can
+        # still say false. Production configurations never set it.
+        env.setdefault("DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
         return env
 
     def _postgres_argv(self) -> list[str]:
@@ -220,21 +230,30 @@ class DevStack:
                 "--ui-disable-news-fetch",
                 # Measured: WAL + synchronous=normal more than doubles throughput on SQLite.
                 "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
-        for name, kind in SEARCH_ATTRIBUTES.items():
-            argv += ["--search-attribute", f"{name}={kind}"]
-        return argv
+        return argv + search_attributes.registration_flags()
 
     async def _prepare_database(self) -> None:
-        conn = await asyncpg.connect(host="127.0.0.1", port=self.settings.postgres_port,
-                                     user="postgres", database="postgres")
-        try:
-            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'durapay'")
-            if not exists:
-                await conn.execute("CREATE DATABASE durapay")
-        finally:
-            await conn.close()
+        if not self.settings.database_url:
+            conn = await asyncpg.connect(host="127.0.0.1", port=self.settings.postgres_port,
+                                         user="postgres", database="postgres")
+            try:
+                exists = await conn.fetchval(
+                    "SELECT 1 FROM pg_database WHERE datname = 'durapay'")
+                if not exists:
+                    await conn.execute("CREATE DATABASE durapay")
+            finally:
+                await conn.close()
         await asyncio.to_thread(upgrade, self.settings.effective_database_url)
         print("  migrations applied", flush=True)
+
+    async def _prepare_temporal(self) -> None:
+        """The embedded server registers the search attributes itself (start-dev flags)."""
+        if not self.settings.temporal_address:
+            return
+        client = await Client.connect(self.settings.effective_temporal_address,
+                                      namespace=self.settings.temporal_namespace)
+        added = await register_search_attributes(client, self.settings.temporal_namespace)
+        print(f"  search attributes registered: {', '.join(added) or 'all present'}", flush=True)
 
     # ---- health ----------------------------------------------------------------------------
     async def _postgres_ready(self) -> bool:

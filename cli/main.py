@@ -5,6 +5,9 @@
     durapay merchant create NAME    onboard a merchant (prints its keys once)
     durapay request METHOD PATH [JSON]   send a signed request as the demo merchant
     durapay tour                    create a PaymentIntent and charge 4242 (signed requests)
+    durapay reconcile [--window-seconds N]   compare our books with the network's ledger now
+    durapay review list | resolve PI --outcome approved|failed --note TEXT
+                                    operator: payments waiting for manual review
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from cli import reconcile, review
 from client import DurapayClient
 from core.settings import Settings, get_settings
 
@@ -41,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     request.add_argument("body", nargs="?", help="JSON body")
     request.add_argument("--idempotency-key")
     commands.add_parser("tour", help="the README's 30-second tour")
+    reconcile.add_parser(commands)
+    review.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     settings = get_settings()
@@ -49,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from cli.devstack import DevStack
 
         return asyncio.run(DevStack(settings).run())
+    if args.command == "review":
+        return asyncio.run(review.run(args, settings))
+    if args.command == "reconcile":
+        reconcile.run(settings, args.window_seconds)
     try:
         return _run_client_command(args, settings)
     except httpx.ConnectError:

@@ -47,6 +47,26 @@ class Settings(BaseSettings):
     charge_wait_seconds: float = 10.0
     # Signed requests older or newer than this are refused; nonces are kept this long.
     signature_tolerance_seconds: int = 300
+    # Reconciliation of unknown outcomes: status queries after 2 s, 4 s, 8 s … capped at the
+    # max delay; past the horizon the intent is flagged for manual review (and still polled).
+    reconcile_first_delay_seconds: float = 2.0
+    reconcile_max_delay_seconds: float = 300.0
+    reconcile_horizon_seconds: float = 86_400.0
+    # The scheduled sweep that compares our transactions with the network's ledger.
+    reconcile_sweep_interval_seconds: int = 900
+    reconcile_sweep_window_seconds: int = 172_800
+    # Webhooks: URLs resolving to loopback/private/link-local addresses (and plain http) are
+    # refused unless this is set; the local dev stack sets it. Metadata addresses never pass.
+    webhook_allow_private_networks: bool = False
+    # Retry schedule: about 5 s, 25 s, 125 s … capped at 1 h between attempts, for 3 days.
+    webhook_first_delay_seconds: float = 5.0
+    webhook_backoff_factor: float = 5.0
+    webhook_max_delay_seconds: float = 3600.0
+    webhook_horizon_seconds: float = 259_200.0
+    # A 2xx within this budget (connect, send, read) is success; anything slower is a failure.
+    webhook_timeout_seconds: float = 10.0
+    # After a secret rotation the old secret keeps signing this long unless the request says.
+    webhook_rotation_grace_seconds: int = 86_400
 
     @property
     def home_dir(self) -> Path:

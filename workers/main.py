@@ -16,10 +16,15 @@ from temporalio.worker import Worker
 
 from activities.card_network import CardNetworkActivities
 from activities.persistence import PaymentRecordActivities
+from activities.reconciliation import ReconciliationActivities
+from activities.webhooks import WebhookActivities, new_http_client
 from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
 from core.settings import get_settings
+from workers.schedules import ensure_reconciliation_schedule
 from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.reconciliation import ReconciliationSweepWorkflow
+from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 log = logging.getLogger("durapay.worker")
 
@@ -30,21 +35,32 @@ async def run_worker() -> None:
     sessions = session_factory(engine)
     client = await Client.connect(settings.effective_temporal_address,
                                   namespace=settings.temporal_namespace)
-    async with httpx.AsyncClient() as http:
+    cipher = Cipher(settings.resolved_master_key())
+    async with httpx.AsyncClient() as http, new_http_client() as webhook_http:
         records = PaymentRecordActivities(sessions)
         network = CardNetworkActivities(
-            http=http, sessions=sessions, cipher=Cipher(settings.resolved_master_key()),
+            http=http, sessions=sessions, cipher=cipher,
             base_url=settings.effective_cardnet_url,
             timeout_seconds=settings.network_timeout_seconds)
+        reconciliation = ReconciliationActivities(
+            sessions=sessions, http=http, cardnet_url=settings.effective_cardnet_url)
+        webhooks = WebhookActivities(http=webhook_http, sessions=sessions, cipher=cipher,
+                                     settings=settings)
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[PaymentIntentWorkflow],
+            workflows=[PaymentIntentWorkflow, WebhookDeliveryWorkflow,
+                       ReconciliationSweepWorkflow],
             activities=[
                 records.record_charge_attempt,
                 records.record_charge_outcome,
+                records.flag_for_manual_review,
                 network.authorize_card,
                 network.query_charge_status,
+                webhooks.plan_webhook_deliveries,
+                webhooks.deliver_webhook,
+                webhooks.fail_webhook_delivery,
+                reconciliation.reconcile_window,
             ],
             graceful_shutdown_timeout=timedelta(seconds=10),
         )
@@ -52,6 +68,7 @@ async def run_worker() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await ensure_reconciliation_schedule(client, settings)
         log.info("worker polling task queue %s", settings.task_queue)
         async with worker:
             await stop.wait()

@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, status
 from sqlmodel import select
 
-from api.deps import MerchantDep, SessionDep
-from api.errors import InvalidRequestError
+from api.deps import IdempotencyKeyDep, MerchantDep, SessionDep, StateDep, TemporalDep
+from api.errors import ConflictError, InvalidRequestError, NotFoundError
 from api.schemas.base import ListOf
 from api.schemas.events import EventOut
-from api.views import event_out
-from core.db.tables import Event
+from api.schemas.webhook_endpoints import RedeliverRequest, WebhookDeliveryOut
+from api.views import event_out, load_webhook_deliveries_out
+from api.webhook_workflow import start_redeliveries
+from core.db.queries import merchant_visible_event
+from core.db.tables import Event, WebhookEndpoint
+from core.webhooks import is_subscribed
 
 router = APIRouter(prefix="/events", tags=["events"])
 
@@ -22,10 +27,11 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     starting_after: Annotated[str | None, Query(alias="startingAfter")] = None,
 ) -> ListOf[EventOut]:
-    query = select(Event).where(Event.merchant_id == merchant.id)
+    query = select(Event).where(Event.merchant_id == merchant.id, merchant_visible_event())
     if starting_after:
         anchor = (await session.exec(select(Event).where(
-            Event.id == starting_after, Event.merchant_id == merchant.id))).first()
+            Event.id == starting_after, Event.merchant_id == merchant.id,
+            merchant_visible_event()))).first()
         if anchor is None:
             raise InvalidRequestError("resource_missing", f"No such event: '{starting_after}'",
                                       "startingAfter")
@@ -35,3 +41,42 @@ async def list_events(
     rows = (await session.exec(query.order_by(Event.seq.desc())  # type: ignore[union-attr]
                                .limit(limit + 1))).all()
     return ListOf[EventOut](data=[event_out(e) for e in rows[:limit]], has_more=len(rows) > limit)
+
+
+@router.post("/{id}/redeliver", response_model=ListOf[WebhookDeliveryOut],
+             status_code=status.HTTP_202_ACCEPTED,
+             summary="Send an event again, to every subscribed endpoint or to `endpointId`",
+             description="Starts one new delivery per endpoint (answer 202 with them, status "
+                         "`pending`); each is retried like the first. The `webhook-id` header is "
+                         "still the event id, so a receiver that already processed the event "
+                         "can tell. The same `Idempotency-Key` names the same deliveries: a "
+                         "retried request sends nothing twice.")
+async def redeliver_event(id: str, merchant: MerchantDep, state: StateDep, session: SessionDep,
+                          temporal: TemporalDep, idempotency_key: IdempotencyKeyDep,
+                          body: RedeliverRequest | None = None) -> ListOf[WebhookDeliveryOut]:
+    event = (await session.exec(select(Event).where(
+        Event.id == id, Event.merchant_id == merchant.id, merchant_visible_event()))).first()
+    if event is None:
+        raise NotFoundError("event", id)
+    live = (WebhookEndpoint.merchant_id == merchant.id,
+            WebhookEndpoint.deleted_at.is_(None))  # type: ignore[union-attr]
+    endpoint_id = (body or RedeliverRequest()).endpoint_id
+    if endpoint_id is not None:
+        endpoint = (await session.exec(select(WebhookEndpoint).where(
+            WebhookEndpoint.id == endpoint_id, *live))).first()
+        if endpoint is None:
+            raise NotFoundError("webhook endpoint", endpoint_id)
+        if endpoint.status != "enabled":
+            raise ConflictError("endpoint_disabled", "The webhook endpoint is disabled; enable "
+                                "it before redelivering to it.", "endpointId")
+        endpoints = [endpoint]
+    else:
+        candidates = (await session.exec(select(WebhookEndpoint).where(
+            *live, WebhookEndpoint.status == "enabled")
+            .order_by(WebhookEndpoint.created_at))).all()  # type: ignore[arg-type]
+        endpoints = [e for e in candidates if is_subscribed(e.enabled_events, event.type)]
+    request_key = f"key:{idempotency_key}" if idempotency_key else f"new:{uuid.uuid4().hex}"
+    deliveries = await start_redeliveries(session, temporal, state.settings, event=event,
+                                          endpoints=endpoints, request_key=request_key)
+    data = await load_webhook_deliveries_out(session, deliveries)
+    return ListOf[WebhookDeliveryOut](data=data, has_more=False)

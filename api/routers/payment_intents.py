@@ -7,7 +7,6 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import JSONResponse
 from sqlmodel import select
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import idempotency
 from api.deps import (
@@ -19,15 +18,16 @@ from api.deps import (
     TemporalDep,
 )
 from api.errors import InvalidRequestError
+from api.payment_workflow import payment_workflow_input, payment_workflow_options
 from api.schemas.base import ListOf
 from api.schemas.events import EventOut
 from api.schemas.payment_intents import PaymentIntentCreate, PaymentIntentOut
 from api.views import event_out, load_payment_intent_out, payment_intent_out
-from core.db.queries import append_event, newest_first_after
+from core.db.queries import append_event, merchant_visible_event, newest_first_after
 from core.db.tables import Event, PaymentIntent, Transaction
-from core.domain import CaptureMethod, IntentStatus, new_id
+from core.domain import IntentStatus, new_id
 from core.settings import Settings
-from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
+from workflows.payment_intent import PaymentIntentWorkflow
 
 log = logging.getLogger("durapay.api")
 router = APIRouter(prefix="/payment-intents", tags=["payment-intents"])
@@ -106,7 +106,8 @@ async def retrieve_payment_intent(intent: OwnedPaymentIntentDep,
             summary="The intent's audit trail, oldest first")
 async def list_payment_intent_events(intent: OwnedPaymentIntentDep,
                                      session: SessionDep) -> ListOf[EventOut]:
-    events = (await session.exec(select(Event).where(Event.payment_intent_id == intent.id)
+    events = (await session.exec(select(Event).where(Event.payment_intent_id == intent.id,
+                                                     merchant_visible_event())
                                  .order_by(Event.seq))).all()  # type: ignore[arg-type]
     return ListOf[EventOut](data=[event_out(e) for e in events], has_more=False)
 
@@ -124,23 +125,11 @@ async def _transactions_by_intent(session: SessionDep,
     return grouped
 
 
-def workflow_input(intent: PaymentIntent) -> PaymentIntentInput:
-    return PaymentIntentInput(
-        payment_intent_id=intent.id, merchant_id=intent.merchant_id,
-        amount_in_cents=intent.amount_in_cents, currency=intent.currency,
-        capture_method=CaptureMethod(intent.capture_method))
-
-
-# A closed payment's id is never reused: a second run would not know the first one's money.
-START_POLICY = {"id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING}
-
-
 async def _start_workflow(temporal: Client, settings: Settings, intent: PaymentIntent) -> None:
     try:
-        await temporal.start_workflow(PaymentIntentWorkflow.run, workflow_input(intent),
-                                      id=intent.id, task_queue=settings.task_queue,
-                                      **START_POLICY)  # type: ignore[arg-type]
+        await temporal.start_workflow(PaymentIntentWorkflow.run,
+                                      payment_workflow_input(intent, settings),
+                                      **payment_workflow_options(intent, settings))
     except Exception as error:  # noqa: BLE001
         # The intent is committed; its first charge starts the workflow (update-with-start).
         log.warning("workflow start for %s deferred: %s", intent.id, type(error).__name__)

@@ -9,6 +9,7 @@ from sqlmodel import select
 from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
 from temporalio.exceptions import ApplicationError
@@ -24,7 +25,7 @@ from api.deps import (
     TemporalDep,
 )
 from api.errors import ApiError, CardError, ConflictError, InvalidRequestError
-from api.routers.payment_intents import START_POLICY, workflow_input
+from api.payment_workflow import payment_workflow_input, payment_workflow_options
 from api.schemas.transactions import TransactionCreate, TransactionOut
 from api.views import transaction_out
 from core.cards import card_brand, card_problem
@@ -80,6 +81,12 @@ async def create_transaction(body: TransactionCreate, intent: OwnedPaymentIntent
             await idempotency.store(session, merchant_id=merchant.id, key=idempotency_key,
                                     status=error.status, body=error.body())
         raise
+    except Exception:
+        # An unexpected failure stores no answer: the retry with the same key must be able to
+        # try again (the update id `charge:<key>` still joins an attempt already started).
+        if idempotency_key:
+            await idempotency.release(session, merchant_id=merchant.id, key=idempotency_key)
+        raise
     if idempotency_key:
         await idempotency.store(session, merchant_id=merchant.id, key=idempotency_key,
                                 status=status_code, body=response)
@@ -98,8 +105,8 @@ async def _charge(body: TransactionCreate, intent: PaymentIntent, session: Sessi
         brand=token.brand, last4=token.last4, exp_month=token.exp_month,
         exp_year=token.exp_year))
     start = WithStartWorkflowOperation(
-        PaymentIntentWorkflow.run, workflow_input(intent), id=intent.id,
-        task_queue=state.settings.task_queue, **START_POLICY)  # type: ignore[arg-type]
+        PaymentIntentWorkflow.run, payment_workflow_input(intent, state.settings),
+        **payment_workflow_options(intent, state.settings))
     result: ChargeResult | None = None
     try:
         async with asyncio.timeout(state.settings.charge_wait_seconds):
@@ -120,7 +127,9 @@ async def _charge(body: TransactionCreate, intent: PaymentIntent, session: Sessi
         if "already" in str(error).lower() or "completed" in str(error).lower():
             raise _not_chargeable("closed") from None
         raise
-    except TimeoutError:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        # Our wait is over, not the charge: the client turns the cancelled wait into its own
+        # error. Answer 202 with the transaction as it stands; reconciliation goes on.
         result = None
     return await _charge_response(session, intent.id, result)
 

@@ -24,3 +24,15 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str) -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def run_sql_script(script: str) -> None:
+    """Run a multi-statement SQL script inside a migration's transaction.
+
+    asyncpg prepares single statements; a script (with `$$` function bodies) goes through its
+    simple-query path instead. Call only from a migration's upgrade/downgrade.
+    """
+    from alembic import op
+    from sqlalchemy.util import await_only
+
+    await_only(op.get_bind().connection.driver_connection.execute(script))

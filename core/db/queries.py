@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, update
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db.tables import Event, PaymentIntent, Transaction
@@ -113,6 +113,30 @@ async def transition_transaction(session: AsyncSession, txn: Transaction,
     txn.updated_at = row[0]
 
 
+async def open_manual_review(session: AsyncSession, intent_id: str) -> bool:
+    """Flag the intent for operators; False if a review is already open (idempotent)."""
+    result = await session.exec(
+        update(PaymentIntent)
+        .where(PaymentIntent.id == intent_id,
+               or_(PaymentIntent.manual_review_since.is_(None),  # type: ignore[union-attr]
+                   PaymentIntent.manual_review_resolved_at.isnot(None)))  # type: ignore[union-attr]
+        .values(manual_review_since=_now_sql(), manual_review_resolved_at=None)
+        .returning(PaymentIntent.id)
+    )
+    return result.first() is not None
+
+
+async def close_manual_review(session: AsyncSession, intent_id: str) -> None:
+    """The outcome is known now: an open review (if any) is resolved."""
+    await session.exec(
+        update(PaymentIntent)
+        .where(PaymentIntent.id == intent_id,
+               PaymentIntent.manual_review_since.isnot(None),  # type: ignore[union-attr]
+               PaymentIntent.manual_review_resolved_at.is_(None))  # type: ignore[union-attr]
+        .values(manual_review_resolved_at=_now_sql())
+    )
+
+
 def _now_sql() -> Any:
     # clock_timestamp, not now(): several moves in one DB transaction keep their real order.
     return func.clock_timestamp()
@@ -125,3 +149,14 @@ def newest_first_after(model: Any, cursor: tuple[datetime, str] | None) -> Any:
     created_at, row_id = cursor
     return or_(model.created_at < created_at,
                and_(model.created_at == created_at, model.id < row_id))
+
+
+# Merchants see the `payment.*` events of the API contract and what happens to their own webhook
+# endpoints (`webhook_endpoint.disabled`); operator events such as
+# `reconciliation.discrepancy` share the table but never leave through the merchant API.
+MERCHANT_EVENT_PREFIXES = ("payment.", "webhook_endpoint.")
+
+
+def merchant_visible_event() -> Any:
+    """Condition that keeps operator events out of every merchant-facing event query."""
+    return or_(*(col(Event.type).startswith(prefix) for prefix in MERCHANT_EVENT_PREFIXES))

@@ -9,7 +9,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, LargeBinary, MetaData, func
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    MetaData,
+    UniqueConstraint,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -58,7 +68,8 @@ class RequestNonce(SQLModel, table=True):
     __tablename__ = "request_nonce"
     public_key: str = Field(primary_key=True)
     nonce: str = Field(primary_key=True)
-    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
 
 
 class CardToken(SQLModel, table=True):
@@ -77,6 +88,15 @@ class CardToken(SQLModel, table=True):
 
 class PaymentIntent(SQLModel, table=True):
     __tablename__ = "payment_intent"
+    __table_args__ = (
+        # The merchant's list, newest first (keyset pagination).
+        Index("ix_payment_intent_merchant_id_created_at_id", "merchant_id",
+              text("created_at DESC"), text("id DESC")),
+        # Operators' open manual reviews: few rows among many, so a partial index.
+        Index("ix_payment_intent_open_manual_review", "manual_review_since",
+              postgresql_where=text("manual_review_since IS NOT NULL "
+                                    "AND manual_review_resolved_at IS NULL")),
+    )
     id: str = Field(primary_key=True)
     merchant_id: str = Field(foreign_key="merchant.id", index=True)
     amount_in_cents: int = Field(sa_type=BigInteger)
@@ -91,12 +111,17 @@ class PaymentIntent(SQLModel, table=True):
     metadata_: dict[str, str] = Field(
         default_factory=dict, sa_column=Column("metadata", JSONB, nullable=False)
     )
+    # Set when an unknown outcome outlived the reconciliation horizon; a person must look.
+    manual_review_since: datetime | None = _timestamp(nullable=True)
+    manual_review_resolved_at: datetime | None = _timestamp(nullable=True)
     created_at: datetime = _created_at()
     updated_at: datetime = _created_at()
 
 
 class Transaction(SQLModel, table=True):
     __tablename__ = "transaction"
+    # The reconciliation sweep selects transactions by creation time.
+    __table_args__ = (Index("ix_transaction_created_at", "created_at"),)
     id: str = Field(primary_key=True)
     merchant_id: str = Field(foreign_key="merchant.id")
     payment_intent_id: str = Field(foreign_key="payment_intent.id", index=True)
@@ -122,9 +147,12 @@ class Event(SQLModel, table=True):
     """Append-only audit trail; a trigger refuses UPDATE and DELETE."""
 
     __tablename__ = "event"
+    # GET /events: the merchant's newest first.
+    __table_args__ = (Index("ix_event_merchant_id_seq", "merchant_id", text("seq DESC")),)
     seq: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
     id: str = Field(unique=True)
-    merchant_id: str = Field(foreign_key="merchant.id")
+    # NULL only for operator events about no merchant (a network charge we never recorded).
+    merchant_id: str | None = Field(default=None, foreign_key="merchant.id")
     payment_intent_id: str | None = Field(default=None, foreign_key="payment_intent.id", index=True)
     transaction_id: str | None = None
     type: str
@@ -143,3 +171,105 @@ class IdempotencyRecord(SQLModel, table=True):
     response_status: int | None = None
     response_body: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
     created_at: datetime = _created_at()
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A merchant's webhook URL. Secrets exist only as ciphertext bound to the endpoint id."""
+
+    __tablename__ = "webhook_endpoint"
+    __table_args__ = (  # the merchant's list, newest first
+        Index("ix_webhook_endpoint_merchant_id_created_at_id", "merchant_id",
+              text("created_at DESC"), text("id DESC")),)
+    id: str = Field(primary_key=True)
+    merchant_id: str = Field(foreign_key="merchant.id")
+    url: str
+    description: str | None = None
+    enabled_events: list[str] = Field(sa_column=Column(JSONB, nullable=False))
+    status: str = "enabled"
+    disabled_reason: str | None = None
+    secret_ciphertext: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # After a rotation the old secret keeps signing (a second signature) until it expires.
+    previous_secret_ciphertext: bytes | None = Field(default=None,
+                                                     sa_column=Column(LargeBinary))
+    previous_secret_expires_at: datetime | None = _timestamp(nullable=True)
+    # Start of the current run of failed attempts; cleared by any success.
+    failing_since: datetime | None = _timestamp(nullable=True)
+    deleted_at: datetime | None = _timestamp(nullable=True)
+    created_at: datetime = _created_at()
+    updated_at: datetime = _created_at()
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event sent to one endpoint; its id is derived from what planned it (stable)."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (  # an endpoint's deliveries, newest first
+        Index("ix_webhook_delivery_endpoint_id_created_at_id", "endpoint_id",
+              text("created_at DESC"), text("id DESC")),)
+    id: str = Field(primary_key=True)
+    merchant_id: str = Field(foreign_key="merchant.id")
+    event_id: str = Field(foreign_key="event.id", index=True)
+    endpoint_id: str = Field(foreign_key="webhook_endpoint.id")
+    origin: str = "event"  # `event` (planned by the payment) or `redeliver`
+    status: str = "pending"  # pending | succeeded | failed | canceled
+    attempt_count: int = 0
+    created_at: datetime = _created_at()
+    updated_at: datetime = _created_at()
+
+
+class WebhookDeliveryAttempt(SQLModel, table=True):
+    """One HTTP attempt of a delivery; (delivery, number) makes a retried record an upsert."""
+
+    __tablename__ = "webhook_delivery_attempt"
+    delivery_id: str = Field(primary_key=True, foreign_key="webhook_delivery.id")
+    attempt_number: int = Field(primary_key=True)
+    attempted_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    status_code: int | None = None
+    error: str | None = None
+    duration_ms: int
+    response_body: str | None = None
+
+
+class ReconciliationRun(SQLModel, table=True):
+    """One sweep over a window: what was compared and how much was wrong. Append-only."""
+
+    __tablename__ = "reconciliation_run"
+    id: str = Field(primary_key=True)
+    window_start: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    window_end: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    trigger: str  # schedule | manual
+    transactions_checked: int
+    ledger_entries_checked: int
+    in_flight: int
+    discrepancies: int
+    created_at: datetime = _created_at()
+
+    __table_args__ = (Index("ix_reconciliation_run_created_at", "created_at"),)
+
+
+class ReconciliationDiscrepancy(SQLModel, table=True):
+    """One reference on which we and the network disagree, as a sweep saw it. Append-only.
+
+    The ids are plain columns, not foreign keys: the network may know a reference that we never
+    recorded, and then there is no merchant, intent or transaction to point at.
+    """
+
+    __tablename__ = "reconciliation_discrepancy"
+    id: str = Field(primary_key=True)
+    run_id: str = Field(foreign_key="reconciliation_run.id")
+    kind: str
+    network_reference: str = Field(index=True)
+    merchant_id: str | None = None
+    payment_intent_id: str | None = None
+    transaction_id: str | None = None
+    our_status: str | None = None
+    network_status: str | None = None
+    our_amount_in_cents: int | None = Field(default=None, sa_type=BigInteger)
+    network_amount_in_cents: int | None = Field(default=None, sa_type=BigInteger)
+    currency: str | None = None
+    network_currency: str | None = None
+    created_at: datetime = _created_at()
+
+    __table_args__ = (UniqueConstraint("run_id", "network_reference"),)
+
+

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from cli.devstack import SEARCH_ATTRIBUTES
+from core import search_attributes
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,8 @@ def test_secrets_are_required_not_defaulted() -> None:
 def test_search_attributes_match_the_dev_launcher() -> None:
     command = " ".join(SERVICES["temporal-setup"]["command"])
     registered = dict(re.findall(r"(Durapay\w+):(\w+)", command))
-    assert registered == SEARCH_ATTRIBUTES
+    flags = search_attributes.registration_flags()[1::2]
+    assert registered == dict(flag.split("=") for flag in flags)
 
 
 def test_commands_name_real_modules() -> None:

@@ -11,13 +11,20 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from cli.temporal_setup import add_search_attributes
+
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def env() -> AsyncIterator[WorkflowEnvironment]:
+    # One server per test: the time-skipping clock is shared by everything on a server, so a
+    # workflow a test leaves behind (an activity cut off when its worker stopped) would stall
+    # time for every later test. Starting one costs about a quarter of a second.
     async with await WorkflowEnvironment.start_time_skipping(
             test_server_existing_path=str(TEST_SERVER)) as environment:
+        # The workflows upsert Durapay's search attributes; a server must know them first.
+        await add_search_attributes(environment.client, environment.client.namespace)
         yield environment
 
 

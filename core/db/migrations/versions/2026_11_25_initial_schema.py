@@ -5,8 +5,7 @@ Revises:
 Create Date: 2026-11-25
 """
 
-from alembic import op
-from sqlalchemy.util import await_only
+from core.db.migrate import run_sql_script
 
 revision = "2026_11_25_initial"
 down_revision = None
@@ -158,15 +157,9 @@ DROP TABLE merchant;
 """
 
 
-def _run_script(script: str) -> None:
-    # asyncpg prepares single statements; a multi-statement script (with a $$ function body)
-    # goes through its simple-query path, inside Alembic's transaction.
-    await_only(op.get_bind().connection.driver_connection.execute(script))
-
-
 def upgrade() -> None:
-    _run_script(UPGRADE)
+    run_sql_script(UPGRADE)
 
 
 def downgrade() -> None:
-    _run_script(DOWNGRADE)
+    run_sql_script(DOWNGRADE)

@@ -1,0 +1,101 @@
+"""`durapay review`: the payments whose outcome outlived the reconciliation horizon.
+
+    durapay review list                          open reviews, oldest first (exit 2 if any)
+    durapay review resolve PI --outcome approved|failed --note TEXT
+
+While a review is open the intent stays `processing` and its workflow keeps asking the network
+(every DURAPAY_RECONCILE_MAX_DELAY_SECONDS); the network's answer closes the review by itself.
+`resolve` is for when the network will never answer: the operator has confirmed out of band
+whether the card was charged, and the workflow records that verdict (`failureCode:
+manual_review` on a failed transaction). In the Temporal Web UI the same payments match
+`DurapayManualReview = true`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, select
+from temporalio.client import Client, WorkflowUpdateFailedError
+
+from core.db.session import create_engine, session_factory
+from core.db.tables import PaymentIntent, Transaction
+from core.domain import NetworkOutcome, TransactionStatus, rfc3339
+from core.settings import Settings
+from workflows.payment_intent import ManualReviewResolution, PaymentIntentWorkflow
+
+OUTCOMES = {"approved": NetworkOutcome.APPROVED, "failed": NetworkOutcome.FAILED}
+
+
+def add_parser(commands: Any) -> None:
+    review = commands.add_parser("review", help="operator: payments waiting for manual review")
+    review_commands = review.add_subparsers(dest="review_command", required=True)
+    review_commands.add_parser("list", help="open manual reviews, oldest first")
+    resolve = review_commands.add_parser("resolve", help="record the network's verdict")
+    resolve.add_argument("payment_intent_id")
+    resolve.add_argument("--outcome", choices=sorted(OUTCOMES), required=True,
+                         help="approved: the network charged the card; failed: it did not")
+    resolve.add_argument("--note", required=True, help="how the verdict was confirmed")
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.review_command == "list":
+        return await list_reviews(settings)
+    return await resolve_review(settings, args.payment_intent_id, OUTCOMES[args.outcome],
+                                args.note)
+
+
+async def open_reviews(settings: Settings) -> list[dict[str, Any]]:
+    engine = create_engine(settings.effective_database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            rows = (await session.execute(
+                select(PaymentIntent, Transaction)
+                .join(Transaction, and_(
+                    Transaction.payment_intent_id == PaymentIntent.id,
+                    Transaction.status == TransactionStatus.TIMEOUT.value))
+                .where(PaymentIntent.manual_review_since.isnot(None),  # type: ignore[union-attr]
+                       PaymentIntent.manual_review_resolved_at.is_(None))  # type: ignore[union-attr]
+                .order_by(PaymentIntent.manual_review_since))).all()
+    finally:
+        await engine.dispose()
+    return [{"paymentIntentId": intent.id, "merchantId": intent.merchant_id,
+             "amountInCents": txn.amount_in_cents, "currency": txn.currency,
+             "transactionId": txn.id, "networkReference": txn.network_reference,
+             "since": intent.manual_review_since} for intent, txn in rows]
+
+
+async def list_reviews(settings: Settings) -> int:
+    reviews = await open_reviews(settings)
+    if not reviews:
+        print("no open manual reviews")
+        return 0
+    now = datetime.now(UTC)
+    print(f"{'payment intent':<28} {'merchant':<28} {'amount':>12} {'network reference':<30} "
+          "open for")
+    for review in reviews:
+        hours = (now - review["since"]).total_seconds() / 3600
+        amount = f"{review['amountInCents']} {review['currency']}"
+        print(f"{review['paymentIntentId']:<28} {review['merchantId']:<28} {amount:>12} "
+              f"{review['networkReference']:<30} {hours:.1f} h (since "
+              f"{rfc3339(review['since'])})")
+    print(f"{len(reviews)} open; resolve with: durapay review resolve PI --outcome "
+          "approved|failed --note '…'")
+    return 2  # like `durapay reconcile`: non-zero so a cron job or alert can notice
+
+
+async def resolve_review(settings: Settings, payment_intent_id: str, outcome: NetworkOutcome,
+                         note: str) -> int:
+    client = await Client.connect(settings.effective_temporal_address,
+                                  namespace=settings.temporal_namespace)
+    handle = client.get_workflow_handle_for(PaymentIntentWorkflow.run, payment_intent_id)
+    try:
+        status = await handle.execute_update(PaymentIntentWorkflow.resolve_manual_review,
+                                             ManualReviewResolution(outcome, note))
+    except WorkflowUpdateFailedError as error:
+        print(f"durapay review: refused: {error.cause}")
+        return 1
+    print(f"{payment_intent_id}: review resolved as {outcome.value}; payment is now {status}")
+    return 0

@@ -1,0 +1,105 @@
+"""Scripted stand-ins for the payment activities, shared by the workflow tests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+
+from temporalio import activity
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.card_network import AuthorizeInput, NetworkAnswer
+from activities.persistence import ChargeAttempt, ChargeOutcome, IntentState, ManualReviewFlag
+from activities.webhooks import DeliveryPlan, PlanInput
+from core.domain import CaptureMethod, CardSummary, NetworkOutcome
+from core.webhooks import WebhookSchedule
+from workflows.payment_intent import (
+    ChargeInput,
+    PaymentIntentInput,
+    PaymentIntentWorkflow,
+    ReconcilePolicy,
+)
+
+CARD = ChargeInput(card_token_id="card_1", card=CardSummary("visa", "4242", 12, 2030))
+
+
+@dataclass
+class FakeNetwork:
+    """Scripted network answers plus a record of every call the workflow made."""
+
+    answers: list[NetworkAnswer | Exception]
+    status_answers: list[NetworkAnswer | Exception] = field(default_factory=list)
+    calls: list[AuthorizeInput] = field(default_factory=list)
+    status_queries: list[str] = field(default_factory=list)
+    outcomes: list[ChargeOutcome] = field(default_factory=list)
+    attempts: list[ChargeAttempt] = field(default_factory=list)
+    review_flags: list[ManualReviewFlag] = field(default_factory=list)
+    webhook_plans: list[PlanInput] = field(default_factory=list)
+    status: str = "created"
+    hold: asyncio.Event | None = None
+
+    def activities(self) -> list[object]:
+        @activity.defn(name="record_charge_attempt")
+        async def record_charge_attempt(attempt: ChargeAttempt) -> IntentState:
+            self.attempts.append(attempt)
+            self.status = "processing"
+            return IntentState(self.status, "pending")
+
+        @activity.defn(name="authorize_card")
+        async def authorize_card(request: AuthorizeInput) -> NetworkAnswer:
+            self.calls.append(request)
+            if self.hold is not None:
+                await self.hold.wait()
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        @activity.defn(name="query_charge_status")
+        async def query_charge_status(reference: str) -> NetworkAnswer:
+            self.status_queries.append(reference)
+            if not self.status_answers:  # the network never answers
+                return NetworkAnswer(NetworkOutcome.UNKNOWN)
+            answer = self.status_answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        @activity.defn(name="flag_for_manual_review")
+        async def flag_for_manual_review(flag: ManualReviewFlag) -> None:
+            self.review_flags.append(flag)
+
+        @activity.defn(name="plan_webhook_deliveries")
+        async def plan_webhook_deliveries(plan: PlanInput) -> DeliveryPlan:
+            self.webhook_plans.append(plan)  # no endpoints: nothing to deliver
+            return DeliveryPlan(deliveries=[], last_seq=plan.after_seq + 1,
+                                schedule=WebhookSchedule())
+
+        @activity.defn(name="record_charge_outcome")
+        async def record_charge_outcome(outcome: ChargeOutcome) -> IntentState:
+            self.outcomes.append(outcome)
+            txn_status = {NetworkOutcome.APPROVED: "succeeded", NetworkOutcome.UNKNOWN: "timeout",
+                          }.get(outcome.outcome, "failed")
+            if outcome.outcome is NetworkOutcome.APPROVED:
+                self.status = "succeeded"
+            elif outcome.outcome is not NetworkOutcome.UNKNOWN:
+                self.status = "failed"
+            return IntentState(self.status, txn_status)
+
+        return [record_charge_attempt, authorize_card, query_charge_status,
+                record_charge_outcome, flag_for_manual_review, plan_webhook_deliveries]
+
+
+async def start_payment(env: WorkflowEnvironment, task_queue: str, *,
+                        reconcile: ReconcilePolicy | None = None,
+                        max_history_events: int = 10_000) -> WorkflowHandle:
+    intent_id = f"pi_{uuid.uuid4().hex[:12]}"
+    return await env.client.start_workflow(
+        PaymentIntentWorkflow.run,
+        PaymentIntentInput(intent_id, "mer_1", 2499, "usd", CaptureMethod.AUTOMATIC,
+                           reconcile=reconcile or ReconcilePolicy(),
+                           max_history_events=max_history_events),
+        id=intent_id, task_queue=task_queue)
+
