@@ -23,5 +23,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration and not slow"
 
+# Throughput and latency of the real stack, as ratios against baselines of the same run.
+bench: $(STAMP)
+	$(BIN)/python -m bench.charges $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
