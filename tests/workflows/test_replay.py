@@ -2,7 +2,9 @@
 payment (non-determinism) fails here, before it reaches a worker.
 
 `histories/v1_*.json` were recorded from the first PaymentIntentWorkflow (before search
-attribute upserts and manual review, both now behind `workflow.patched`).
+attribute upserts, manual review and webhook fan-out, all behind `workflow.patched`);
+`v2_*.json` from the version with those (webhook plans, search attributes, a manual review).
+Record a new set before each change to the workflow's commands.
 """
 
 from __future__ import annotations
@@ -47,4 +49,4 @@ async def test_current_code_replays_its_own_history(env: WorkflowEnvironment) ->
 
 
 def test_histories_are_present() -> None:
-    assert len(HISTORIES) >= 3  # a glob that matched nothing must not pass silently
+    assert len(HISTORIES) >= 5  # a glob that matched nothing must not pass silently
