@@ -12,7 +12,7 @@ import pytest
 from temporalio.client import Client
 
 from client import DurapayClient
-from tests.integration.helpers import FAST_TIMING_ENV
+from tests.integration.helpers import FAST_TIMING_ENV, onboard
 from tests.stack import RunningStack, start_stack
 
 pytestmark = pytest.mark.integration
@@ -39,12 +39,6 @@ async def admin(stack: RunningStack) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers={
             "Authorization": f"Bearer {stack.admin_token}"}) as http:
         yield http
-
-
-async def onboard(admin: httpx.AsyncClient, name: str = "Acme") -> dict[str, Any]:
-    response = await admin.post("/merchants", json={"name": name})
-    assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
 
 
 @pytest.fixture

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 
 from client import DurapayClient
+from tests.stack import RunningStack, start_stack
 
 T = TypeVar("T")
 
@@ -73,3 +77,33 @@ async def settled_intent(durapay: DurapayClient, intent_id: str, *,
         return intent
 
     return await assert_eventually(left_processing, timeout=timeout, interval=0.25)
+
+
+@contextmanager
+def own_stack(tmp_path_factory: pytest.TempPathFactory, name: str,
+              **start: Any) -> Iterator[RunningStack]:
+    """A stack of a test module's own (other settings, or processes it may kill)."""
+    running = start_stack(Path(tmp_path_factory.mktemp(name)) / "home", **start)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+async def onboard(admin: httpx.AsyncClient, name: str = "Acme") -> dict[str, Any]:
+    response = await admin.post("/merchants", json={"name": name})
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def signed_merchant(stack: RunningStack, name: str = "Acme", *,
+                          api_url: str | None = None) -> AsyncIterator[DurapayClient]:
+    """Onboard a merchant on `stack` and yield a client that signs as it (against `api_url`,
+    e.g. a second API process, when given)."""
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers={
+            "Authorization": f"Bearer {stack.admin_token}"}) as admin:
+        merchant = await onboard(admin, name)
+    async with DurapayClient(api_url or stack.api_url, merchant["publicKey"],
+                             merchant["secretKey"]) as client:
+        yield client

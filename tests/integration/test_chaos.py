@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,9 +23,9 @@ import httpx
 import pytest
 
 from client import DurapayClient
-from tests.integration.conftest import card, onboard
-from tests.integration.helpers import FAST_TIMING_ENV, assert_eventually
-from tests.stack import RunningStack, start_stack
+from tests.integration.conftest import card
+from tests.integration.helpers import FAST_TIMING_ENV, assert_eventually, own_stack, signed_merchant
+from tests.stack import RunningStack
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -48,19 +47,13 @@ CARD_MIX = APPROVING * 3 + DECLINING * 2 + SPECIAL
 
 @pytest.fixture(scope="module")
 def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    home = Path(tmp_path_factory.mktemp("chaos")) / "home"
-    running = start_stack(home, workers=2, extra_env=FAST_TIMING_ENV)
-    yield running
-    running.stop()
+    with own_stack(tmp_path_factory, "chaos", workers=2, extra_env=FAST_TIMING_ENV) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 async def chaos_merchant(chaos_stack: RunningStack) -> AsyncIterator[DurapayClient]:
-    async with httpx.AsyncClient(base_url=chaos_stack.api_url, timeout=30, headers={
-            "Authorization": f"Bearer {chaos_stack.admin_token}"}) as admin:
-        merchant = await onboard(admin, "Chaos Merchant")
-    async with DurapayClient(chaos_stack.api_url, merchant["publicKey"],
-                             merchant["secretKey"]) as client:
+    async with signed_merchant(chaos_stack, "Chaos Merchant") as client:
         yield client
 
 

@@ -9,35 +9,35 @@ wait is an API setting.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from client import DurapayClient
-from tests.integration.conftest import card, create_intent, onboard
-from tests.integration.helpers import FAST_TIMING_ENV, charge, ledger_entries, settled_intent
-from tests.stack import RunningStack, start_stack
+from tests.integration.conftest import card, create_intent
+from tests.integration.helpers import (
+    FAST_TIMING_ENV,
+    charge,
+    ledger_entries,
+    own_stack,
+    settled_intent,
+    signed_merchant,
+)
+from tests.stack import RunningStack
 
 HELD_APPROVE_PAN = "4000000000001018"  # held 3 s: the adapter gives up at 1.5 s
 
 
 @pytest.fixture(scope="module")
 def short_wait_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    home = Path(tmp_path_factory.mktemp("wait")) / "home"
-    running = start_stack(home, extra_env={**FAST_TIMING_ENV,
-                                           "DURAPAY_CHARGE_WAIT_SECONDS": "1"})
-    yield running
-    running.stop()
+    with own_stack(tmp_path_factory, "wait", extra_env={
+            **FAST_TIMING_ENV, "DURAPAY_CHARGE_WAIT_SECONDS": "1"}) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 async def short_wait_client(short_wait_stack: RunningStack) -> AsyncIterator[DurapayClient]:
-    async with httpx.AsyncClient(base_url=short_wait_stack.api_url, timeout=30, headers={
-            "Authorization": f"Bearer {short_wait_stack.admin_token}"}) as admin:
-        merchant = await onboard(admin, "Patient Merchant")
-    async with DurapayClient(short_wait_stack.api_url, merchant["publicKey"],
-                             merchant["secretKey"]) as client:
+    async with signed_merchant(short_wait_stack, "Patient Merchant") as client:
         yield client
 
 

@@ -8,18 +8,22 @@ import asyncio
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from temporalio.client import Client
 
 from client import DurapayClient
-from tests.integration.conftest import card, create_intent, onboard
-from tests.integration.helpers import FAST_TIMING_ENV, assert_eventually, charge
-from tests.stack import BIN, RunningStack, start_stack
+from tests.integration.conftest import card, create_intent
+from tests.integration.helpers import (
+    FAST_TIMING_ENV,
+    assert_eventually,
+    charge,
+    own_stack,
+    signed_merchant,
+)
+from tests.stack import BIN, RunningStack
 
 pytestmark = pytest.mark.integration
 
@@ -33,18 +37,13 @@ REVIEW_ENV = {
 
 @pytest.fixture(scope="module")
 def review_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    running = start_stack(Path(tmp_path_factory.mktemp("dpr")) / "home", extra_env=REVIEW_ENV)
-    yield running
-    running.stop()
+    with own_stack(tmp_path_factory, "dpr", extra_env=REVIEW_ENV) as running:
+        yield running
 
 
 @pytest.fixture
 async def merchant_client(review_stack: RunningStack) -> AsyncIterator[DurapayClient]:
-    async with httpx.AsyncClient(base_url=review_stack.api_url, timeout=30, headers={
-            "Authorization": f"Bearer {review_stack.admin_token}"}) as admin:
-        merchant = await onboard(admin)
-    async with DurapayClient(review_stack.api_url, merchant["publicKey"],
-                             merchant["secretKey"]) as durapay:
+    async with signed_merchant(review_stack) as durapay:
         yield durapay
 
 

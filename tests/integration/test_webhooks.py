@@ -27,9 +27,9 @@ from core.db.session import create_engine, session_factory
 from core.settings import Settings, to_asyncpg_url
 from core.webhooks import WebhookSchedule
 from tests.integration.conftest import CARD_4242, create_intent
-from tests.integration.helpers import assert_eventually
+from tests.integration.helpers import assert_eventually, own_stack, signed_merchant
 from tests.integration.webhook_receiver import Answer, WebhookReceiver
-from tests.stack import RunningStack, free_port, start_stack
+from tests.stack import RunningStack, free_port
 from tests.workflows.test_webhook_delivery_workflow import FanoutInput, FanoutParentWorkflow
 from workflows.webhook_delivery import (
     WebhookDeliveryInput,
@@ -55,10 +55,8 @@ needs_fanout = pytest.mark.skipif(not WIRED, reason="PaymentIntentWorkflow does 
 # ---- fixtures: our own stack (short backoff), a receiver, merchants ------------------------------
 @pytest.fixture(scope="module")
 def wh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    home = Path(tmp_path_factory.mktemp("wh")) / "home"
-    running = start_stack(home, extra_env=WEBHOOK_ENV)
-    yield running
-    running.stop()
+    with own_stack(tmp_path_factory, "wh", extra_env=WEBHOOK_ENV) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +72,10 @@ async def wh_db(wh_stack: RunningStack) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-async def _merchant_client(stack: RunningStack, api_url: str | None = None) -> DurapayClient:
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers={
-            "Authorization": f"Bearer {stack.admin_token}"}) as admin:
-        response = await admin.post("/merchants", json={"name": f"Hooks {uuid.uuid4().hex[:6]}"})
-    assert response.status_code == 201, response.text
-    merchant = response.json()
-    return DurapayClient(api_url or stack.api_url, merchant["publicKey"], merchant["secretKey"])
-
-
 @pytest.fixture
 async def shop(wh_stack: RunningStack) -> AsyncIterator[DurapayClient]:
-    client = await _merchant_client(wh_stack)
-    yield client
-    await client.aclose()
+    async with signed_merchant(wh_stack, f"Hooks {uuid.uuid4().hex[:6]}") as client:
+        yield client
 
 
 def _path() -> str:
@@ -151,7 +139,7 @@ async def test_endpoint_crud_shows_the_secret_only_once(wh_stack: RunningStack,
     assert enabled.json() == {**enabled.json(), "status": "enabled", "disabledReason": None,
                               "enabledEvents": ["*"]}
 
-    async with await _merchant_client(wh_stack) as other:
+    async with signed_merchant(wh_stack) as other:
         assert (await other.get(f"/webhook-endpoints/{created['id']}")).status_code == 404
         assert (await other.request("DELETE", f"/webhook-endpoints/{created['id']}")
                 ).status_code == 404
@@ -198,7 +186,7 @@ async def test_private_urls_are_refused_unless_configured(wh_stack: RunningStack
                 except httpx.HTTPError:
                     return False
         await assert_eventually(healthy, timeout=30)
-        async with await _merchant_client(wh_stack, api_url=url) as strict:
+        async with signed_merchant(wh_stack, api_url=url) as strict:
             for target in (receiver.url("/x"), "https://127.0.0.1/x", "https://localhost/x",
                            "https://10.1.2.3/x", "https://[::1]/x", "https://192.168.0.1/x"):
                 response = await strict.post("/webhook-endpoints",
