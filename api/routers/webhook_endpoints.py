@@ -11,6 +11,7 @@ from sqlmodel import select
 
 from api.deps import MerchantDep, SessionDep, StateDep
 from api.errors import InvalidRequestError, NotFoundError
+from api.pagination import newest_first_page
 from api.schemas.base import ListOf
 from api.schemas.webhook_endpoints import (
     SecretRotation,
@@ -22,7 +23,6 @@ from api.schemas.webhook_endpoints import (
     WebhookEndpointWithSecret,
 )
 from api.views import load_webhook_deliveries_out, webhook_endpoint_out
-from core.db.queries import newest_first_after
 from core.db.tables import WebhookDelivery, WebhookEndpoint
 from core.domain import new_id, utcnow
 from core.settings import Settings
@@ -78,21 +78,11 @@ async def list_webhook_endpoints(
 ) -> ListOf[WebhookEndpointOut]:
     live = (WebhookEndpoint.merchant_id == merchant.id,
             WebhookEndpoint.deleted_at.is_(None))  # type: ignore[union-attr]
-    cursor = None
-    if starting_after:
-        anchor = (await session.exec(select(WebhookEndpoint).where(
-            WebhookEndpoint.id == starting_after, *live))).first()
-        if anchor is None:
-            raise InvalidRequestError("resource_missing",
-                                      f"No such webhook endpoint: '{starting_after}'",
-                                      "startingAfter")
-        cursor = (anchor.created_at, anchor.id)
-    rows = (await session.exec(
-        select(WebhookEndpoint).where(*live, newest_first_after(WebhookEndpoint, cursor))
-        .order_by(WebhookEndpoint.created_at.desc(), WebhookEndpoint.id.desc())  # type: ignore[attr-defined]
-        .limit(limit + 1))).all()
-    return ListOf[WebhookEndpointOut](data=[webhook_endpoint_out(e) for e in rows[:limit]],
-                                      has_more=len(rows) > limit)
+    rows, has_more = await newest_first_page(session, WebhookEndpoint, live, limit=limit,
+                                             starting_after=starting_after,
+                                             noun="webhook endpoint")
+    return ListOf[WebhookEndpointOut](data=[webhook_endpoint_out(e) for e in rows],
+                                      has_more=has_more)
 
 
 @router.get("/{id}", response_model=WebhookEndpointOut, summary="Retrieve a webhook endpoint")
@@ -164,23 +154,11 @@ async def list_webhook_deliveries(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     starting_after: Annotated[str | None, Query(alias="startingAfter")] = None,
 ) -> ListOf[WebhookDeliveryOut]:
-    cursor = None
-    if starting_after:
-        anchor = (await session.exec(select(WebhookDelivery).where(
-            WebhookDelivery.id == starting_after,
-            WebhookDelivery.endpoint_id == endpoint.id))).first()
-        if anchor is None:
-            raise InvalidRequestError("resource_missing",
-                                      f"No such webhook delivery: '{starting_after}'",
-                                      "startingAfter")
-        cursor = (anchor.created_at, anchor.id)
-    rows = (await session.exec(
-        select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id,
-                                      newest_first_after(WebhookDelivery, cursor))
-        .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())  # type: ignore[attr-defined]
-        .limit(limit + 1))).all()
-    data = await load_webhook_deliveries_out(session, list(rows[:limit]))
-    return ListOf[WebhookDeliveryOut](data=data, has_more=len(rows) > limit)
+    rows, has_more = await newest_first_page(
+        session, WebhookDelivery, [WebhookDelivery.endpoint_id == endpoint.id], limit=limit,
+        starting_after=starting_after, noun="webhook delivery")
+    data = await load_webhook_deliveries_out(session, rows)
+    return ListOf[WebhookDeliveryOut](data=data, has_more=has_more)
 
 
 async def _check_url(url: str, settings: Settings) -> None:

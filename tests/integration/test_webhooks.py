@@ -456,3 +456,15 @@ async def test_dispatch_plans_one_delivery_per_subscribed_endpoint(
                              "WHERE event_id = $1", event["id"])
     assert [(r["endpoint_id"], r["origin"]) for r in rows] == [(all_events["id"], "event")]
     assert receiver.at(succeeded_only) == [] and receiver.at(switched_off) == []
+
+
+async def test_endpoint_list_pages_newest_first(shop: DurapayClient,
+                                                receiver: WebhookReceiver) -> None:
+    created = [(await _endpoint(shop, receiver.url(_path()), ["*"]))["id"] for _ in range(3)]
+    first = (await shop.get("/webhook-endpoints?limit=2")).json()
+    assert [e["id"] for e in first["data"]] == created[:0:-1] and first["hasMore"] is True
+    rest = (await shop.get(f"/webhook-endpoints?limit=2&startingAfter={created[1]}")).json()
+    assert [e["id"] for e in rest["data"]] == [created[0]] and rest["hasMore"] is False
+    missing = await shop.get("/webhook-endpoints?startingAfter=we_nope")
+    assert missing.status_code == 400
+    assert missing.json()["error"]["param"] == "startingAfter"
