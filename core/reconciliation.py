@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from core.domain import TransactionStatus
+from core.domain import TransactionStatus, TransactionType
 
 # Event type of a discrepancy: an operator event, never shown to merchants (they see payment.*).
 DISCREPANCY_EVENT_TYPE = "reconciliation.discrepancy"
@@ -21,6 +21,14 @@ DISCREPANCY_EVENT_TYPE = "reconciliation.discrepancy"
 NETWORK_APPROVED = "approved"
 NETWORK_DECLINED = "declined"
 UNKNOWN_STATUSES = frozenset({TransactionStatus.PENDING.value, TransactionStatus.TIMEOUT.value})
+# Which ledger operations each of our transaction types may be: a charge of a manual-capture
+# intent is an `authorize` at the network; the others keep their name.
+NETWORK_TYPES: dict[str, frozenset[str]] = {
+    TransactionType.CHARGE.value: frozenset({"charge", "authorize"}),
+    TransactionType.CAPTURE.value: frozenset({"capture"}),
+    TransactionType.VOID.value: frozenset({"void"}),
+    TransactionType.REFUND.value: frozenset({"refund"}),
+}
 
 
 class DiscrepancyKind(StrEnum):
@@ -30,6 +38,8 @@ class DiscrepancyKind(StrEnum):
     SUCCEEDED_HERE_NOT_AT_NETWORK = "succeeded_here_not_at_network"
     # Both sides moved money, but not the same amount or currency.
     AMOUNT_MISMATCH = "amount_mismatch"
+    # One reference, two different operations (e.g. our refund is a capture at the network).
+    OPERATION_MISMATCH = "operation_mismatch"
 
 
 class SweepTrigger(StrEnum):
@@ -143,6 +153,8 @@ def _kind(txn: OurTransaction | None, entry: LedgerEntry | None) -> DiscrepancyK
     if txn is None:
         # A decline we never recorded moved no money; an approval did.
         return DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE if approved else None
+    if entry is not None and entry.type not in NETWORK_TYPES.get(txn.type, frozenset()):
+        return DiscrepancyKind.OPERATION_MISMATCH
     if txn.status == TransactionStatus.SUCCEEDED.value:
         if entry is None or not approved:
             return DiscrepancyKind.SUCCEEDED_HERE_NOT_AT_NETWORK

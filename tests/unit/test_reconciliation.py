@@ -21,16 +21,17 @@ INSIDE = START + timedelta(minutes=30)
 
 def ours(reference: str = "txn_1", status: str = "succeeded", *, amount: int = 2499,
          currency: str = "usd", created_at: datetime = INSIDE,
-         in_manual_review: bool = False) -> OurTransaction:
+         in_manual_review: bool = False, type: str = "charge") -> OurTransaction:
     return OurTransaction(network_reference=reference, merchant_id="mer_1",
-                          payment_intent_id="pi_1", transaction_id=reference, type="charge",
+                          payment_intent_id="pi_1", transaction_id=reference, type=type,
                           status=status, amount_in_cents=amount, currency=currency,
                           created_at=created_at, in_manual_review=in_manual_review)
 
 
 def entry(reference: str = "txn_1", status: str = "approved", *, amount: int = 2499,
-          currency: str = "usd", created_at: datetime = INSIDE) -> LedgerEntry:
-    return LedgerEntry(reference=reference, type="charge", amount_in_cents=amount,
+          currency: str = "usd", created_at: datetime = INSIDE,
+          type: str = "charge") -> LedgerEntry:
+    return LedgerEntry(reference=reference, type=type, amount_in_cents=amount,
                        currency=currency, status=status, created_at=created_at)
 
 
@@ -192,3 +193,33 @@ def test_ledger_entry_is_parsed_from_the_simulator_json() -> None:
         "createdAt": "2026-11-25T12:30:00.123Z", "committedAt": "2026-11-25T12:30:00.200Z"})
     assert parsed == LedgerEntry("txn_1", "charge", 2499, "usd", "approved",
                                  datetime(2026, 11, 25, 12, 30, 0, 123000, tzinfo=UTC))
+
+
+@pytest.mark.parametrize(("ours_type", "ledger_type"), [
+    ("charge", "charge"), ("charge", "authorize"), ("capture", "capture"), ("void", "void"),
+    ("refund", "refund")])
+def test_each_operation_matches_its_own_ledger_type(ours_type: str, ledger_type: str) -> None:
+    assert kinds([ours(type=ours_type)], [entry(type=ledger_type)]) == []
+
+
+def test_lifecycle_of_one_payment_reconciles_clean() -> None:
+    # Authorize 2499, capture 2000 (the rest released), refund 500 then 1500.
+    our_rows = [ours("txn_a", type="charge"), ours("txn_c", type="capture", amount=2000),
+                ours("txn_r1", type="refund", amount=500),
+                ours("txn_r2", type="refund", amount=1500)]
+    ledger = [entry("txn_a", type="authorize"), entry("txn_c", type="capture", amount=2000),
+              entry("txn_r1", type="refund", amount=500),
+              entry("txn_r2", type="refund", amount=1500)]
+    assert kinds(our_rows, ledger) == []
+
+
+@pytest.mark.parametrize(("ours_type", "ledger_type"), [
+    ("refund", "capture"), ("capture", "refund"), ("void", "refund"), ("charge", "refund")])
+def test_one_reference_for_two_operations_is_reported(ours_type: str, ledger_type: str) -> None:
+    assert kinds([ours(type=ours_type)], [entry(type=ledger_type)]) == ["operation_mismatch"]
+
+
+def test_a_refund_succeeded_here_but_declined_at_the_network_is_reported() -> None:
+    assert kinds([ours(type="refund", amount=500)],
+                 [entry(type="refund", status="declined", amount=500)]) == [
+        "succeeded_here_not_at_network"]

@@ -52,7 +52,7 @@ CREATE TABLE reconciliation_discrepancy (
         UNIQUE (run_id, network_reference),
     CONSTRAINT ck_reconciliation_discrepancy_kind CHECK (kind IN (
         'charged_at_network_not_succeeded_here', 'succeeded_here_not_at_network',
-        'amount_mismatch'))
+        'amount_mismatch', 'operation_mismatch'))
 );
 -- "Has this reference been reported before?" is the operator's first question.
 CREATE INDEX ix_reconciliation_discrepancy_network_reference
