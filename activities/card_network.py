@@ -32,6 +32,16 @@ class AuthorizeInput:
 
 
 @dataclass
+class OperationRequest:
+    """A capture, void or refund: acts on an earlier operation's reference, carries no card."""
+
+    network_reference: str
+    parent_reference: str
+    amount_in_cents: int
+    currency: str
+
+
+@dataclass
 class NetworkAnswer:
     outcome: NetworkOutcome
     decline_code: str | None = None
@@ -57,17 +67,22 @@ class CardNetworkActivities:
             "currency": request.currency,
             "card": card,
         }
-        try:
-            response = await self._http.post(f"{self._base_url}/v1/operations", json=body,
-                                             timeout=self._timeout)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-            # No connection, so no byte was sent: the network provably did not charge.
-            raise ApplicationError("card network unreachable", type=ErrorType.NETWORK_UNAVAILABLE) \
-                from error
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError):
-            # The request may have reached the network: only a status query can tell.
-            return NetworkAnswer(NetworkOutcome.UNKNOWN)
-        return _answer(response)
+        return await self._submit(body)
+
+    @activity.defn
+    async def capture_charge(self, request: OperationRequest) -> NetworkAnswer:
+        """Capture (part of) an authorization; the network releases the rest."""
+        return await self._submit(_operation_body("capture", request))
+
+    @activity.defn
+    async def void_authorization(self, request: OperationRequest) -> NetworkAnswer:
+        """Release a whole authorization that was never captured."""
+        return await self._submit(_operation_body("void", request))
+
+    @activity.defn
+    async def refund_charge(self, request: OperationRequest) -> NetworkAnswer:
+        """Refund (part of) a charge or capture."""
+        return await self._submit(_operation_body("refund", request))
 
     @activity.defn
     async def query_charge_status(self, network_reference: str) -> NetworkAnswer:
@@ -91,6 +106,21 @@ class CardNetworkActivities:
             return NetworkAnswer(NetworkOutcome.FAILED)
         return NetworkAnswer(NetworkOutcome.UNKNOWN)
 
+    async def _submit(self, body: dict[str, object]) -> NetworkAnswer:
+        """One POST under the operation's own reference: 5xx/refused raise (retry with the same
+        reference), a timeout or a lost answer is unknown (status queries settle it)."""
+        try:
+            response = await self._http.post(f"{self._base_url}/v1/operations", json=body,
+                                             timeout=self._timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            # No connection, so no byte was sent: the network provably did not act.
+            raise ApplicationError("card network unreachable", type=ErrorType.NETWORK_UNAVAILABLE) \
+                from error
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError):
+            # The request may have reached the network: only a status query can tell.
+            return NetworkAnswer(NetworkOutcome.UNKNOWN)
+        return _answer(response)
+
     async def _card(self, token_id: str) -> dict[str, object]:
         async with self._sessions() as session:
             token = await session.get(CardToken, token_id)
@@ -99,6 +129,12 @@ class CardNetworkActivities:
                                    non_retryable=True)
         number = self._cipher.decrypt(token.pan_ciphertext, context=token.id).decode()
         return {"number": number, "expMonth": token.exp_month, "expYear": token.exp_year}
+
+
+def _operation_body(kind: str, request: OperationRequest) -> dict[str, object]:
+    return {"reference": request.network_reference, "type": kind,
+            "parentReference": request.parent_reference,
+            "amountInCents": request.amount_in_cents, "currency": request.currency}
 
 
 def _answer(response: httpx.Response) -> NetworkAnswer:

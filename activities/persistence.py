@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from core.db.queries import (
     close_manual_review,
@@ -23,7 +26,7 @@ from core.db.queries import (
     transition_intent,
     transition_transaction,
 )
-from core.db.tables import Transaction
+from core.db.tables import PaymentIntent, Transaction
 from core.domain import (
     CaptureMethod,
     CardSummary,
@@ -31,7 +34,13 @@ from core.domain import (
     TransactionStatus,
     TransactionType,
 )
-from core.state_machine import IntentAction, TransactionAction
+from core.errors import ErrorType, IllegalTransition
+from core.state_machine import (
+    IntentAction,
+    TransactionAction,
+    can_move_intent,
+    refund_action,
+)
 
 log = logging.getLogger("durapay.payments")
 
@@ -59,6 +68,51 @@ class ChargeOutcome:
 class IntentState:
     status: str
     transaction_status: str
+    # True when this call appended an event (a second partial refund appends one without a
+    # status change): the workflow fans it out to webhooks.
+    event_appended: bool = False
+
+
+@dataclass
+class OperationAttempt:
+    """A capture, void or refund about to be sent, under its own reference (its id)."""
+
+    payment_intent_id: str
+    transaction_id: str
+    type: TransactionType
+    amount_in_cents: int
+    parent_reference: str
+
+
+@dataclass
+class OperationOutcome:
+    payment_intent_id: str
+    transaction_id: str
+    outcome: NetworkOutcome
+    decline_code: str | None = None
+    failure_code: str | None = None
+    reconciled: bool = False
+    # For a void: why the intent is canceled.
+    cancellation_reason: str | None = None
+
+
+@dataclass
+class IntentCancellation:
+    """Cancel an intent that holds no authorization: no network call, only the record."""
+
+    payment_intent_id: str
+    reason: str
+
+
+# What each operation does to the intent when the network approves it.
+OPERATION_ACTIONS = {
+    TransactionType.CAPTURE: IntentAction.CAPTURE,
+    TransactionType.VOID: IntentAction.CANCEL,
+    TransactionType.REFUND: IntentAction.REFUND_PARTIAL,
+}
+# Refunds that may still move money: succeeded, or not known yet.
+OPEN_REFUND_STATUSES = (TransactionStatus.SUCCEEDED.value, TransactionStatus.PENDING.value,
+                        TransactionStatus.TIMEOUT.value)
 
 
 @dataclass
@@ -138,6 +192,79 @@ class PaymentRecordActivities:
             return IntentState(intent.status, txn.status)
 
     @activity.defn
+    async def record_operation_attempt(self, attempt: OperationAttempt) -> IntentState:
+        """Write the pending capture/void/refund before the network is called.
+
+        The last line of defence for money: under the intent's row lock, a refund that would
+        bring succeeded plus unsettled refunds past the amount received is refused, whatever
+        the workflow believed. No event: the intent's status does not change yet.
+        """
+        async with self._sessions() as session, session.begin():
+            intent = await lock_intent(session, attempt.payment_intent_id)
+            existing = await lock_transaction(session, attempt.transaction_id)
+            if existing is not None:
+                return IntentState(intent.status, existing.status)
+            if not can_move_intent(intent.status, OPERATION_ACTIONS[attempt.type]):
+                raise ApplicationError(
+                    str(IllegalTransition("payment intent", intent.status, attempt.type.value)),
+                    type=ErrorType.ILLEGAL_TRANSITION, non_retryable=True)
+            if attempt.type is TransactionType.REFUND:
+                await _check_refund_fits(session, intent, attempt.amount_in_cents)
+            session.add(Transaction(
+                id=attempt.transaction_id, merchant_id=intent.merchant_id,
+                payment_intent_id=intent.id, type=attempt.type.value,
+                amount_in_cents=attempt.amount_in_cents, currency=intent.currency,
+                status=TransactionStatus.PENDING.value, network_reference=attempt.transaction_id,
+                parent_reference=attempt.parent_reference))
+            return IntentState(intent.status, TransactionStatus.PENDING.value)
+
+    @activity.defn
+    async def record_operation_outcome(self, result: OperationOutcome) -> IntentState:
+        """Apply the network's answer to a capture/void/refund and, if approved, to the intent
+        (amounts, status and event in one database transaction)."""
+        async with self._sessions() as session, session.begin():
+            intent = await lock_intent(session, result.payment_intent_id)
+            txn = await lock_transaction(session, result.transaction_id)
+            if txn is None:
+                raise LookupError(f"transaction {result.transaction_id} was never recorded")
+            cause = f"{txn.id}:{result.outcome.value}"
+            if await event_exists(session, event_id_for(cause)):
+                return IntentState(intent.status, txn.status, event_appended=True)
+            if _already_applied(txn, result):
+                return IntentState(intent.status, txn.status)
+            appended = False
+            if result.outcome is NetworkOutcome.APPROVED:
+                await transition_transaction(session, txn, TransactionAction.SUCCEED,
+                                             {"reconciled": result.reconciled})
+                action, changes = _approved_move(intent, txn, result)
+                await transition_intent(session, intent, action, cause=cause,
+                                        transaction_id=txn.id, changes=changes)
+                appended = True
+            elif result.outcome is NetworkOutcome.UNKNOWN:
+                await transition_transaction(session, txn, TransactionAction.LOSE_ANSWER)
+            else:
+                # The intent keeps its status: the authorization or the money stays where it was.
+                await transition_transaction(session, txn, TransactionAction.FAIL, {
+                    "decline_code": result.decline_code, "failure_code": result.failure_code,
+                    "reconciled": result.reconciled})
+            if result.outcome is not NetworkOutcome.UNKNOWN:
+                await close_manual_review(session, intent.id)
+            return IntentState(intent.status, txn.status, event_appended=appended)
+
+    @activity.defn
+    async def cancel_payment_intent(self, cancellation: IntentCancellation) -> IntentState:
+        """Cancel an intent without a successful charge (nothing to release at the network)."""
+        async with self._sessions() as session, session.begin():
+            intent = await lock_intent(session, cancellation.payment_intent_id)
+            cause = f"{intent.id}:cancel"
+            if await event_exists(session, event_id_for(cause)):
+                return IntentState(intent.status, "", event_appended=True)
+            await transition_intent(session, intent, IntentAction.CANCEL, cause=cause,
+                                    transaction_id=None,
+                                    changes={"cancellation_reason": cancellation.reason})
+            return IntentState(intent.status, "", event_appended=True)
+
+    @activity.defn
     async def flag_for_manual_review(self, flag: ManualReviewFlag) -> None:
         """Mark the intent for operators (`durapay review list`); its status stays `processing`.
 
@@ -152,7 +279,34 @@ class PaymentRecordActivities:
                       flag.waited_seconds)
 
 
-def _already_applied(txn: Transaction, result: ChargeOutcome) -> bool:
+async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amount: int) -> None:
+    committed = (await session.exec(
+        select(func.coalesce(func.sum(Transaction.amount_in_cents), 0)).where(
+            Transaction.payment_intent_id == intent.id,
+            Transaction.type == TransactionType.REFUND.value,
+            Transaction.status.in_(OPEN_REFUND_STATUSES)))).one()  # type: ignore[attr-defined]
+    if int(committed) + amount > intent.amount_received:
+        raise ApplicationError(
+            f"refund of {amount} exceeds what is left to refund "
+            f"({intent.amount_received - int(committed)})",
+            type=ErrorType.AMOUNT_INVALID, non_retryable=True)
+
+
+def _approved_move(intent: PaymentIntent, txn: Transaction,
+                   result: OperationOutcome) -> tuple[IntentAction, dict[str, object]]:
+    if txn.type == TransactionType.CAPTURE.value:
+        # The rest of the authorization is released by the network with the capture.
+        return IntentAction.CAPTURE, {"amount_received": txn.amount_in_cents,
+                                      "amount_capturable": 0}
+    if txn.type == TransactionType.VOID.value:
+        return IntentAction.CANCEL, {"amount_capturable": 0,
+                                     "cancellation_reason": result.cancellation_reason}
+    refunded = intent.amount_refunded + txn.amount_in_cents
+    return (refund_action(refunded_after=refunded, received=intent.amount_received),
+            {"amount_refunded": refunded})
+
+
+def _already_applied(txn: Transaction, result: ChargeOutcome | OperationOutcome) -> bool:
     expected = {
         NetworkOutcome.APPROVED: TransactionStatus.SUCCEEDED,
         NetworkOutcome.DECLINED: TransactionStatus.FAILED,

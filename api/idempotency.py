@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from api.errors import ConflictError, InvalidRequestError
+from api.errors import ApiError, ConflictError, InvalidRequestError
 from core.db.tables import IdempotencyRecord
 
 ABANDONED_AFTER = timedelta(seconds=60)
@@ -89,3 +90,31 @@ async def release(session: AsyncSession, *, merchant_id: str, key: str) -> None:
         IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key,
         IdempotencyRecord.response_status.is_(None)))  # type: ignore[union-attr]
     await session.commit()
+
+
+async def respond_once(session: AsyncSession, *, secret: bytes, merchant_id: str,
+                       key: str | None, endpoint: str, payload: Any,
+                       handle: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
+                       ) -> tuple[int, dict[str, Any]]:
+    """Run `handle` under an Idempotency-Key: the first answer (errors included, except 409 and
+    503, which a retry should redo) is stored and replayed for the same key and parameters."""
+    if not key:
+        return await handle()
+    stored = await claim(session, merchant_id=merchant_id, key=key, endpoint=endpoint,
+                         fingerprint=request_fingerprint(secret, endpoint, payload))
+    if stored is not None:
+        return stored.status, stored.body
+    try:
+        status, body = await handle()
+    except ApiError as error:
+        if error.status in (409, 503):
+            await release(session, merchant_id=merchant_id, key=key)
+        else:
+            await store(session, merchant_id=merchant_id, key=key, status=error.status,
+                        body=error.body())
+        raise
+    except Exception:
+        await release(session, merchant_id=merchant_id, key=key)
+        raise
+    await store(session, merchant_id=merchant_id, key=key, status=status, body=body)
+    return status, body

@@ -15,6 +15,7 @@ from api.routers import (
     health,
     merchants,
     payment_intents,
+    refunds,
     transactions,
     webhook_endpoints,
 )
@@ -71,6 +72,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Durapay", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     for router in (health.router, merchants.router, payment_intents.router,
-                   transactions.router, events.router, webhook_endpoints.router):
+                   transactions.router, refunds.router, events.router, webhook_endpoints.router):
         app.include_router(router)
     return app

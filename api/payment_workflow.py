@@ -3,20 +3,38 @@ search attributes operators filter on, shared by intent creation and update-with
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
+from api.errors import CardError, ConflictError, InvalidRequestError
 from core import search_attributes
-from core.db.tables import PaymentIntent
-from core.domain import CaptureMethod
+from core.db.tables import PaymentIntent, Transaction
+from core.domain import CaptureMethod, TransactionStatus
+from core.errors import ErrorType
 from core.settings import Settings
-from workflows.payment_intent import PaymentIntentInput, ReconcilePolicy
+from workflows.payment_intent import (
+    LifecyclePolicy,
+    OperationResult,
+    PaymentIntentInput,
+    PaymentIntentWorkflow,
+    ReconcilePolicy,
+)
 
 
 def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> PaymentIntentInput:
@@ -27,7 +45,10 @@ def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> Payment
         reconcile=ReconcilePolicy(
             first_delay_seconds=settings.reconcile_first_delay_seconds,
             max_delay_seconds=settings.reconcile_max_delay_seconds,
-            horizon_seconds=settings.reconcile_horizon_seconds))
+            horizon_seconds=settings.reconcile_horizon_seconds),
+        lifecycle=LifecyclePolicy(
+            authorization_expiry_seconds=settings.authorization_expiry_seconds,
+            refund_window_seconds=settings.refund_window_seconds))
 
 
 def payment_workflow_options(intent: PaymentIntent, settings: Settings) -> dict[str, Any]:
@@ -47,3 +68,64 @@ def payment_workflow_options(intent: PaymentIntent, settings: Settings) -> dict[
             SearchAttributePair(search_attributes.MANUAL_REVIEW, False),
         ]),
     }
+
+
+async def send_operation(temporal: Client, intent: PaymentIntent, settings: Settings,
+                         update: Any, request: Any, *, verb: str,
+                         idempotency_key: str | None) -> OperationResult | None:
+    """Send a capture/cancel/refund Update (update-with-start, like a charge) and wait, bounded,
+    for its answer; None when the wait ran out (the operation goes on: answer 202).
+
+    The update id is `<verb>:<Idempotency-Key>`, so a retried request joins the same update.
+    The workflow's refusals become API errors: 409 for the state machine or an operation in
+    flight, 400 `amountInCents` for an amount beyond what the payment allows.
+    """
+    start = WithStartWorkflowOperation(
+        PaymentIntentWorkflow.run, payment_workflow_input(intent, settings),
+        **payment_workflow_options(intent, settings))
+    try:
+        async with asyncio.timeout(settings.charge_wait_seconds):
+            handle = await temporal.start_update_with_start_workflow(
+                update, request, start_workflow_operation=start,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                id=f"{verb}:{idempotency_key}" if idempotency_key else None)
+            return await handle.result()  # type: ignore[no-any-return]
+    except WorkflowUpdateFailedError as error:
+        cause = error.cause
+        kind = cause.type if isinstance(cause, ApplicationError) else None
+        if kind == ErrorType.ATTEMPT_IN_FLIGHT:
+            raise ConflictError("attempt_in_flight", "An operation on this PaymentIntent is in "
+                                "flight; retry once it is settled.") from None
+        if kind == ErrorType.ILLEGAL_TRANSITION:
+            raise ConflictError("payment_intent_unexpected_state",
+                                f"Cannot {verb} this PaymentIntent: {cause.message}.") from None
+        if kind == ErrorType.AMOUNT_INVALID:
+            raise InvalidRequestError("amount_too_large", f"Cannot {verb} that amount: "
+                                      f"{cause.message}.", "amountInCents") from None
+        raise
+    except RPCError as error:
+        if "already" in str(error).lower() or "completed" in str(error).lower():
+            raise unexpected_state(verb, "closed") from None
+        raise
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        return None
+
+
+def unexpected_state(verb: str, current: str) -> ConflictError:
+    return ConflictError("payment_intent_unexpected_state",
+                         f"Cannot {verb} this PaymentIntent in status '{current}'.")
+
+
+def operation_answer(txn: Transaction | None, body: dict[str, Any], *,
+                     holder: str) -> tuple[int, dict[str, Any]]:
+    """200 when done, 202 while the network's answer is unknown (reconciliation goes on), 402
+    `card_error` when the network declined the operation (the body goes under `holder`)."""
+    if txn is None or txn.status == TransactionStatus.SUCCEEDED.value:
+        return 200, body
+    if txn.status == TransactionStatus.FAILED.value:
+        declined = txn.decline_code is not None
+        raise CardError("card_declined" if declined else (txn.failure_code or "processing_error"),
+                        f"The card network declined the {txn.type} ({txn.decline_code})."
+                        if declined else f"The card network could not process the {txn.type}; "
+                        "nothing changed.", extra={"declineCode": txn.decline_code, holder: body})
+    return 202, body

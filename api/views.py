@@ -42,7 +42,8 @@ def payment_intent_out(intent: PaymentIntent, transactions: list[Transaction]) -
         description=intent.description, status=intent.status,
         capture_method=intent.capture_method, amount_capturable=intent.amount_capturable,
         amount_received=intent.amount_received, amount_refunded=intent.amount_refunded,
-        last_error=intent.last_error, metadata=intent.metadata_, created_at=intent.created_at,
+        last_error=intent.last_error, cancellation_reason=intent.cancellation_reason,
+        metadata=intent.metadata_, created_at=intent.created_at,
         updated_at=intent.updated_at, transactions=[transaction_out(t) for t in transactions])
 
 

@@ -53,6 +53,16 @@ class TransactionType(StrEnum):
     REFUND = "refund"
 
 
+class CancellationReason(StrEnum):
+    """Why an intent was canceled (Stripe's words); `expired` is set by the workflow only."""
+
+    REQUESTED_BY_CUSTOMER = "requested_by_customer"
+    DUPLICATE = "duplicate"
+    FRAUDULENT = "fraudulent"
+    ABANDONED = "abandoned"
+    EXPIRED = "expired"
+
+
 class CaptureMethod(StrEnum):
     AUTOMATIC = "automatic"
     MANUAL = "manual"

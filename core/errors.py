@@ -15,6 +15,8 @@ class ErrorType:
     NETWORK_UNAVAILABLE = "NetworkUnavailable"
     NETWORK_REJECTED_REQUEST = "NetworkRejectedRequest"
     VAULT_TOKEN_MISSING = "VaultTokenMissing"
+    # A capture or refund amount beyond what the payment allows (API: 400, param amountInCents).
+    AMOUNT_INVALID = "AmountInvalid"
 
 
 class IllegalTransition(Exception):

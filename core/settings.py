@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     reconcile_first_delay_seconds: float = 2.0
     reconcile_max_delay_seconds: float = 300.0
     reconcile_horizon_seconds: float = 86_400.0
+    # Manual capture: an authorization not captured within this period is voided (`expired`).
+    authorization_expiry_seconds: float = 604_800.0
+    # A succeeded payment takes refunds this long (180 days); then its workflow ends.
+    refund_window_seconds: float = 15_552_000.0
     # The scheduled sweep that compares our transactions with the network's ledger.
     reconcile_sweep_interval_seconds: int = 900
     reconcile_sweep_window_seconds: int = 172_800

@@ -89,7 +89,16 @@ def move_transaction(current: T | str, action: TransactionAction) -> T:
 
 
 def can_start_charge(current: I | str) -> bool:
-    return (I(current), IntentAction.START_ATTEMPT) in INTENT_TRANSITIONS
+    return can_move_intent(current, IntentAction.START_ATTEMPT)
+
+
+def can_move_intent(current: I | str, action: IntentAction) -> bool:
+    return (I(current), action) in INTENT_TRANSITIONS
+
+
+def refund_action(*, refunded_after: int, received: int) -> IntentAction:
+    """A refund that brings the refunded total to the amount received refunds the payment."""
+    return IntentAction.REFUND_FULL if refunded_after >= received else IntentAction.REFUND_PARTIAL
 
 
 def is_settled(current: T | str) -> bool:

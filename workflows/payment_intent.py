@@ -11,18 +11,34 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.card_network import AuthorizeInput, CardNetworkActivities, NetworkAnswer
+    from activities.card_network import (
+        AuthorizeInput,
+        CardNetworkActivities,
+        NetworkAnswer,
+        OperationRequest,
+    )
     from activities.persistence import (
         ChargeAttempt,
         ChargeOutcome,
+        IntentCancellation,
         IntentState,
         ManualReviewFlag,
+        OperationAttempt,
+        OperationOutcome,
         PaymentRecordActivities,
     )
     from core import search_attributes
-    from core.domain import CaptureMethod, CardSummary, IntentStatus, NetworkOutcome
+    from core.domain import (
+        CancellationReason,
+        CaptureMethod,
+        CardSummary,
+        IntentStatus,
+        NetworkOutcome,
+        TransactionStatus,
+        TransactionType,
+    )
     from core.errors import ErrorType
-    from core.state_machine import can_start_charge
+    from core.state_machine import IntentAction, can_move_intent, can_start_charge
 
 from workflows.webhook_fanout import dispatch_webhooks
 
@@ -40,10 +56,17 @@ NETWORK_RETRY = RetryPolicy(
 STATUS_QUERY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                                  maximum_interval=timedelta(seconds=10), maximum_attempts=4)
 CLOSED_STATUSES = frozenset({IntentStatus.SUCCEEDED, IntentStatus.CANCELED})
+# With the lifecycle patch a succeeded payment stays open for refunds; these end it.
+FINAL_STATUSES = frozenset({IntentStatus.CANCELED, IntentStatus.REFUNDED})
+REFUNDABLE_STATUSES = frozenset({IntentStatus.SUCCEEDED, IntentStatus.PARTIALLY_REFUNDED})
+# An expiry void the network could not take (5xx after every retry) is tried again this late.
+EXPIRY_RETRY_SECONDS = 3600.0
 # Patches (see tests/workflows/test_replay.py): runs begun before a change replay unchanged.
 SEARCH_ATTRIBUTES_PATCH = "upsert-status-search-attributes-2026-11"
 MANUAL_REVIEW_PATCH = "manual-review-after-horizon-2026-11"
 WEBHOOKS_PATCH = "webhook-fan-out-2026-11"
+# Capture, cancel/void, refunds, authorization expiry; the run stays open after `succeeded`.
+LIFECYCLE_PATCH = "payment-lifecycle-2026-11"
 
 
 @dataclass
@@ -56,13 +79,38 @@ class ReconcilePolicy:
 
 
 @dataclass
+class LifecyclePolicy:
+    """How long an authorization may wait for its capture, and a payment for its refunds."""
+
+    authorization_expiry_seconds: float = 604_800.0  # 7 days
+    refund_window_seconds: float = 15_552_000.0  # 180 days
+
+
+@dataclass
 class UnknownOutcome:
-    """A charge whose outcome the network has not told us yet; carried across continue-as-new."""
+    """An operation whose outcome the network has not told us yet; carried across
+    continue-as-new. Runs before the lifecycle patch only ever had charges here."""
 
     transaction_id: str
     waited_seconds: float = 0.0
     next_delay_seconds: float = 0.0  # 0: the policy's first delay
     in_manual_review: bool = False
+    operation: TransactionType = TransactionType.CHARGE
+    amount_in_cents: int = 0
+    cancellation_reason: str | None = None  # of a void
+
+
+@dataclass
+class Money:
+    """What the network holds for this payment, as the workflow learned it from its answers."""
+
+    authorization_reference: str | None = None  # the approved authorize/charge
+    payment_reference: str | None = None  # the approved charge/capture that refunds act on
+    amount_capturable: int = 0
+    amount_received: int = 0
+    amount_refunded: int = 0
+    authorization_expires_at: float | None = None  # unix seconds (workflow time)
+    refund_window_ends_at: float | None = None
 
 
 @dataclass
@@ -71,6 +119,8 @@ class CarriedState:
     unknown: UnknownOutcome | None = None
     # The intent's events up to this `seq` have had their webhook deliveries started.
     events_dispatched: int = 0
+    money: Money | None = None
+
 
 
 @dataclass
@@ -81,6 +131,7 @@ class PaymentIntentInput:
     currency: str
     capture_method: CaptureMethod
     reconcile: ReconcilePolicy = field(default_factory=ReconcilePolicy)
+    lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
     # Past this many history events the run continues as new, carrying its state, so a payment
     # retried with many cards or reconciled for days never grows an unbounded history.
     max_history_events: int = 10_000
@@ -107,6 +158,31 @@ class ChargeResult:
 
 
 @dataclass
+class CaptureInput:
+    amount_in_cents: int | None = None  # None: everything authorized
+
+
+@dataclass
+class CancelInput:
+    reason: str = CancellationReason.REQUESTED_BY_CUSTOMER.value
+
+
+@dataclass
+class RefundInput:
+    amount_in_cents: int | None = None  # None: everything not refunded yet
+
+
+@dataclass
+class OperationResult:
+    """The answer to a capture, cancel or refund; no transaction for a cancel without a void."""
+
+    intent_status: IntentStatus
+    transaction_id: str | None = None
+    transaction_status: str | None = None
+    decline_code: str | None = None
+
+
+@dataclass
 class ManualReviewResolution:
     """An operator's verdict after checking with the network out of band."""
 
@@ -116,11 +192,11 @@ class ManualReviewResolution:
 
 @workflow.defn
 class PaymentIntentWorkflow:
-    """A PaymentIntent's life: wait for a charge, record the attempt, ask the card network, and
-    record its answer. A decline lets the merchant try another card; an unknown answer (timeout,
-    lost response) is never guessed: durable timers drive status queries until the network's
-    truth is known, and past the horizon an operator is asked to look. The run ends once the
-    payment has succeeded or been canceled.
+    """A PaymentIntent's life: charge (or authorize), then capture or void the authorization
+    (voided by itself when it expires), then refunds; each operation is recorded before the card
+    network is asked and its answer after. An unknown answer is never guessed: durable timers
+    drive status queries until the network's truth is known, and past the horizon an operator
+    is asked to look. The run ends when the payment is canceled, refunded, or out of refunds' time.
     """
 
     @workflow.init
@@ -134,19 +210,23 @@ class PaymentIntentWorkflow:
         self._events_dispatched = carried.events_dispatched
         self._webhooks = False  # decided in `run`: runs begun before webhooks send none
         self._dispatch_needed = False
+        self._money = carried.money or Money()
+        self._lifecycle = False  # decided in `run`: runs begun before it end at `succeeded`
+        self._refund_window_over = False
 
     @workflow.run
     async def run(self, input: PaymentIntentInput) -> PaymentIntentResult:
         self._webhooks = workflow.patched(WEBHOOKS_PATCH)
+        self._lifecycle = workflow.patched(LIFECYCLE_PATCH)
         self._dispatch_needed = self._webhooks  # `payment.created`, appended by the API
         while not self._closed() or self._dispatch_needed:
-            await workflow.wait_condition(
-                lambda: self._unknown is not None or self._dispatch_needed or self._closed()
-                or self._history_too_long())
+            await self._wait_for_work()
             if self._dispatch_needed:
                 await self._dispatch_webhooks()
             if self._unknown is not None:
                 await self._reconcile(self._unknown)
+            if self._lifecycle:
+                await self._enforce_deadlines()
             if self._history_too_long() and not self._closed():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._continued_input())
@@ -166,6 +246,42 @@ class PaymentIntentWorkflow:
     @confirm_charge.validator
     def _validate_charge(self, charge: ChargeInput) -> None:
         self._check_can_charge()
+
+    @workflow.update
+    async def capture(self, request: CaptureInput) -> OperationResult:
+        async with self._lock:  # serialized with refunds, cancel and the expiry
+            self._check_capture(request)  # again: the state may have moved while queued
+            amount = request.amount_in_cents or self._money.amount_capturable
+            return await self._operate(TransactionType.CAPTURE, amount,
+                                       self._money.authorization_reference)
+
+    @capture.validator
+    def _validate_capture(self, request: CaptureInput) -> None:
+        self._check_capture(request)
+
+    @workflow.update
+    async def cancel(self, request: CancelInput) -> OperationResult:
+        async with self._lock:
+            self._check_operation(IntentAction.CANCEL)
+            return await self._cancel(request.reason)
+
+    @cancel.validator
+    def _validate_cancel(self, request: CancelInput) -> None:
+        self._check_operation(IntentAction.CANCEL)
+
+    @workflow.update
+    async def refund(self, request: RefundInput) -> OperationResult:
+        # Concurrent refunds queue here; each one re-checks what is left once it is its turn,
+        # so together they never refund more than was received.
+        async with self._lock:
+            self._check_refund(request)
+            amount = request.amount_in_cents or self._refundable()
+            return await self._operate(TransactionType.REFUND, amount,
+                                       self._money.payment_reference)
+
+    @refund.validator
+    def _validate_refund(self, request: RefundInput) -> None:
+        self._check_refund(request)
 
     @workflow.update
     async def resolve_manual_review(self, resolution: ManualReviewResolution) -> IntentStatus:
@@ -208,6 +324,8 @@ class PaymentIntentWorkflow:
         state = await self._record_outcome(outcome)
         if answer.outcome is NetworkOutcome.UNKNOWN:
             self._unknown = UnknownOutcome(transaction_id)
+        self._learn(TransactionType.CHARGE, transaction_id, self._input.amount_in_cents,
+                    state.transaction_status)
         return ChargeResult(transaction_id, state.transaction_status, self._status,
                             answer.decline_code)
 
@@ -226,6 +344,103 @@ class PaymentIntentWorkflow:
                 # Every try was refused or answered 5xx: the network charged nothing.
                 return NetworkAnswer(NetworkOutcome.FAILED)
             raise
+
+    async def _operate(self, kind: TransactionType, amount: int,
+                       parent_reference: str | None) -> OperationResult:
+        """Record a capture/void/refund under its own reference, send it, record the answer."""
+        assert parent_reference is not None  # the state machine allowed it: the parent exists
+        return await self._operate_as(kind, amount, parent_reference, reason=None)
+
+    async def _operate_as(self, kind: TransactionType, amount: int, parent_reference: str, *,
+                          reason: str | None) -> OperationResult:
+        transaction_id = f"txn_{workflow.uuid4().hex[:24]}"
+        try:
+            await workflow.execute_activity_method(
+                PaymentRecordActivities.record_operation_attempt,
+                OperationAttempt(self._input.payment_intent_id, transaction_id, kind, amount,
+                                 parent_reference),
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
+        except ActivityError as error:
+            if _error_type(error) in (ErrorType.AMOUNT_INVALID, ErrorType.ILLEGAL_TRANSITION):
+                # The database refused (last line of defence): nothing was recorded or sent.
+                raise ApplicationError(str(error.cause), type=_error_type(error),
+                                       non_retryable=True) from None
+            raise
+        answer = await self._send(kind, OperationRequest(transaction_id, parent_reference,
+                                                         amount, self._input.currency))
+        state = await self._record_operation_outcome(OperationOutcome(
+            self._input.payment_intent_id, transaction_id, answer.outcome,
+            decline_code=answer.decline_code,
+            failure_code="processing_error" if answer.outcome is NetworkOutcome.FAILED else None,
+            cancellation_reason=reason))
+        if answer.outcome is NetworkOutcome.UNKNOWN:
+            self._unknown = UnknownOutcome(transaction_id, operation=kind, amount_in_cents=amount,
+                                           cancellation_reason=reason)
+        self._learn(kind, transaction_id, amount, state.transaction_status)
+        return OperationResult(self._status, transaction_id, state.transaction_status,
+                               answer.decline_code)
+
+    async def _send(self, kind: TransactionType, request: OperationRequest) -> NetworkAnswer:
+        method = {TransactionType.CAPTURE: CardNetworkActivities.capture_charge,
+                  TransactionType.VOID: CardNetworkActivities.void_authorization,
+                  TransactionType.REFUND: CardNetworkActivities.refund_charge}[kind]
+        try:
+            return await workflow.execute_activity_method(
+                method, request,
+                # As for charges: the adapter's own HTTP timeout (5 s) turns into "unknown".
+                start_to_close_timeout=timedelta(seconds=20), retry_policy=NETWORK_RETRY)
+        except ActivityError as error:
+            if _error_type(error) == ErrorType.NETWORK_UNAVAILABLE:
+                return NetworkAnswer(NetworkOutcome.FAILED)  # refused or 5xx: nothing happened
+            raise
+
+    async def _cancel(self, reason: str) -> OperationResult:
+        if self._status is IntentStatus.REQUIRES_CAPTURE:
+            reference = self._money.authorization_reference
+            assert reference is not None
+            return await self._operate_as(TransactionType.VOID, self._money.amount_capturable,
+                                          reference, reason=reason)
+        # No successful charge: nothing is held at the network, only the record changes.
+        state = await workflow.execute_activity_method(
+            PaymentRecordActivities.cancel_payment_intent,
+            IntentCancellation(self._input.payment_intent_id, reason),
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
+        self._set_status(state.status)
+        return OperationResult(self._status)
+
+    async def _record_operation_outcome(self, outcome: OperationOutcome) -> IntentState:
+        state = await workflow.execute_activity_method(
+            PaymentRecordActivities.record_operation_outcome, outcome,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
+        self._set_status(state.status)
+        if state.event_appended and self._webhooks:
+            self._dispatch_needed = True  # e.g. a second partial refund: same status, new event
+        return state
+
+    async def _enforce_deadlines(self) -> None:
+        """The authorization's expiry (void it, cancel as `expired`) and the refund window's end.
+
+        Under the lock, so a capture racing the expiry is serialized: whichever runs first
+        wins, and the other sees the new state.
+        """
+        now = workflow.now().timestamp()
+        money = self._money
+        expires_at = money.authorization_expires_at
+        if (self._status is IntentStatus.REQUIRES_CAPTURE and self._unknown is None
+                and expires_at is not None and now >= expires_at):
+            async with self._lock:
+                if self._status is IntentStatus.REQUIRES_CAPTURE and self._unknown is None:
+                    workflow.logger.info("authorization of %s expired: voiding it",
+                                         self._input.payment_intent_id)
+                    result = await self._cancel(CancellationReason.EXPIRED.value)
+                    if result.transaction_status == TransactionStatus.FAILED.value:
+                        # Not voided (the network refused or failed): try again later rather
+                        # than spin; an operator sees the failed void meanwhile.
+                        money.authorization_expires_at = (workflow.now().timestamp()
+                                                          + EXPIRY_RETRY_SECONDS)
+        ends_at = money.refund_window_ends_at
+        if self._status in REFUNDABLE_STATUSES and ends_at is not None and now >= ends_at:
+            self._refund_window_over = True
 
     async def _reconcile(self, unknown: UnknownOutcome) -> None:
         """Durable timers drive status queries until the network says what it decided.
@@ -271,9 +486,18 @@ class PaymentIntentWorkflow:
 
     async def _settle(self, unknown: UnknownOutcome, outcome: NetworkOutcome, *,
                       decline_code: str | None, failure_code: str | None) -> None:
-        await self._record_outcome(ChargeOutcome(
-            self._input.payment_intent_id, unknown.transaction_id, outcome,
-            decline_code=decline_code, failure_code=failure_code, reconciled=True))
+        if unknown.operation is TransactionType.CHARGE:
+            state = await self._record_outcome(ChargeOutcome(
+                self._input.payment_intent_id, unknown.transaction_id, outcome,
+                decline_code=decline_code, failure_code=failure_code, reconciled=True))
+            amount = self._input.amount_in_cents
+        else:
+            state = await self._record_operation_outcome(OperationOutcome(
+                self._input.payment_intent_id, unknown.transaction_id, outcome,
+                decline_code=decline_code, failure_code=failure_code, reconciled=True,
+                cancellation_reason=unknown.cancellation_reason))
+            amount = unknown.amount_in_cents
+        self._learn(unknown.operation, unknown.transaction_id, amount, state.transaction_status)
         self._attempt_in_flight = False
         if unknown.in_manual_review:
             workflow.upsert_search_attributes([search_attributes.MANUAL_REVIEW.value_set(False)])
@@ -301,10 +525,86 @@ class PaymentIntentWorkflow:
         """
         changed = status != self._status
         self._status = IntentStatus(status)
+        if changed:
+            self._arm_deadlines()
         if changed and workflow.patched(SEARCH_ATTRIBUTES_PATCH):
             workflow.upsert_search_attributes([search_attributes.STATUS.value_set(status)])
         if changed and self._webhooks:
             self._dispatch_needed = True
+
+    def _learn(self, kind: TransactionType, transaction_id: str, amount: int,
+               transaction_status: str) -> None:
+        """Track what the network holds after an operation succeeded (pure state, no command)."""
+        if transaction_status != TransactionStatus.SUCCEEDED.value:
+            return
+        money = self._money
+        if kind is TransactionType.CHARGE:
+            money.authorization_reference = transaction_id
+            if self._input.capture_method is CaptureMethod.MANUAL:
+                money.amount_capturable = amount
+            else:
+                money.payment_reference, money.amount_received = transaction_id, amount
+        elif kind is TransactionType.CAPTURE:
+            money.payment_reference, money.amount_received = transaction_id, amount
+            money.amount_capturable = 0
+        elif kind is TransactionType.VOID:
+            money.amount_capturable = 0
+        else:
+            money.amount_refunded += amount
+
+    def _arm_deadlines(self) -> None:
+        now = workflow.now().timestamp()
+        policy, money = self._input.lifecycle, self._money
+        if self._status is IntentStatus.REQUIRES_CAPTURE and money.authorization_expires_at is None:
+            money.authorization_expires_at = now + policy.authorization_expiry_seconds
+        if self._status is IntentStatus.SUCCEEDED and money.refund_window_ends_at is None:
+            money.refund_window_ends_at = now + policy.refund_window_seconds
+
+    def _check_operation(self, action: IntentAction) -> None:
+        if self._unknown is not None or self._attempt_in_flight:
+            # Never a second operation under a new reference while one is unknown.
+            raise ApplicationError("an operation on this payment is in flight",
+                                   type=ErrorType.ATTEMPT_IN_FLIGHT, non_retryable=True)
+        if not can_move_intent(self._status, action) or (
+                action is IntentAction.REFUND_PARTIAL and self._refund_window_over):
+            raise ApplicationError(
+                f"cannot {action.value.replace('_', ' ')} a payment intent in status "
+                f"{self._status}", type=ErrorType.ILLEGAL_TRANSITION, non_retryable=True)
+
+    def _check_capture(self, request: CaptureInput) -> None:
+        self._check_operation(IntentAction.CAPTURE)
+        _check_amount(request.amount_in_cents, self._money.amount_capturable, "authorized")
+
+    def _check_refund(self, request: RefundInput) -> None:
+        self._check_operation(IntentAction.REFUND_PARTIAL)
+        _check_amount(request.amount_in_cents, self._refundable(), "left to refund")
+
+    def _refundable(self) -> int:
+        return self._money.amount_received - self._money.amount_refunded
+
+    async def _wait_for_work(self) -> None:
+        def ready() -> bool:
+            return (self._unknown is not None or self._dispatch_needed or self._closed()
+                    or self._history_too_long())
+
+        deadline = self._next_deadline() if self._lifecycle else None
+        if deadline is None:
+            await workflow.wait_condition(ready)
+            return
+        wait = max(deadline - workflow.now().timestamp(), 0.001)
+        try:
+            await workflow.wait_condition(ready, timeout=timedelta(seconds=wait))
+        except TimeoutError:
+            pass  # the deadline: `_enforce_deadlines` acts on it
+
+    def _next_deadline(self) -> float | None:
+        if self._unknown is not None:
+            return None
+        if self._status is IntentStatus.REQUIRES_CAPTURE:
+            return self._money.authorization_expires_at
+        if self._status in REFUNDABLE_STATUSES and not self._refund_window_over:
+            return self._money.refund_window_ends_at
+        return None
 
     def _check_can_charge(self) -> None:
         if self._attempt_in_flight:
@@ -315,7 +615,11 @@ class PaymentIntentWorkflow:
                                    type=ErrorType.ILLEGAL_TRANSITION, non_retryable=True)
 
     def _closed(self) -> bool:
-        return self._status in CLOSED_STATUSES
+        if not self._lifecycle:
+            return self._status in CLOSED_STATUSES
+        if self._unknown is not None:
+            return False
+        return self._status in FINAL_STATUSES or self._refund_window_over
 
     def _history_too_long(self) -> bool:
         info = workflow.info()
@@ -326,8 +630,14 @@ class PaymentIntentWorkflow:
         return PaymentIntentInput(
             self._input.payment_intent_id, self._input.merchant_id, self._input.amount_in_cents,
             self._input.currency, self._input.capture_method, self._input.reconcile,
-            self._input.max_history_events,
-            CarriedState(self._status, self._unknown, self._events_dispatched))
+            self._input.lifecycle, self._input.max_history_events,
+            CarriedState(self._status, self._unknown, self._events_dispatched, self._money))
+
+
+def _check_amount(amount: int | None, allowed: int, what: str) -> None:
+    if amount is not None and not 1 <= amount <= allowed:
+        raise ApplicationError(f"amount {amount} is more than the {allowed} {what}",
+                               type=ErrorType.AMOUNT_INVALID, non_retryable=True)
 
 
 def _error_type(error: ActivityError) -> str | None:

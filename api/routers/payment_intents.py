@@ -18,16 +18,31 @@ from api.deps import (
     TemporalDep,
 )
 from api.errors import InvalidRequestError
-from api.payment_workflow import payment_workflow_input, payment_workflow_options
+from api.payment_workflow import (
+    operation_answer,
+    payment_workflow_input,
+    payment_workflow_options,
+    send_operation,
+)
 from api.schemas.base import ListOf
 from api.schemas.events import EventOut
-from api.schemas.payment_intents import PaymentIntentCreate, PaymentIntentOut
+from api.schemas.payment_intents import (
+    PaymentIntentCancel,
+    PaymentIntentCapture,
+    PaymentIntentCreate,
+    PaymentIntentOut,
+)
 from api.views import event_out, load_payment_intent_out, payment_intent_out
 from core.db.queries import append_event, merchant_visible_event, newest_first_after
 from core.db.tables import Event, PaymentIntent, Transaction
 from core.domain import IntentStatus, new_id
 from core.settings import Settings
-from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_intent import (
+    CancelInput,
+    CaptureInput,
+    OperationResult,
+    PaymentIntentWorkflow,
+)
 
 log = logging.getLogger("durapay.api")
 router = APIRouter(prefix="/payment-intents", tags=["payment-intents"])
@@ -100,6 +115,77 @@ async def list_payment_intents(
 async def retrieve_payment_intent(intent: OwnedPaymentIntentDep,
                                   session: SessionDep) -> PaymentIntentOut:
     return await load_payment_intent_out(session, intent.id)
+
+
+OPERATION_RESPONSES = {
+    202: {"description": "The network's answer is not known yet: the PaymentIntent as it "
+                         "stands; reconciliation settles the operation without client action."},
+    400: {"description": "`amountInCents` is more than the payment allows."},
+    402: {"description": "The network declined the operation: `card_error`; the error object "
+                         "also holds the PaymentIntent under `paymentIntent`."},
+    409: {"description": "Not allowed in the intent's status, or an operation is in flight."},
+}
+
+
+@router.post("/{id}/capture", response_model=PaymentIntentOut, status_code=status.HTTP_200_OK,
+             responses=OPERATION_RESPONSES,  # type: ignore[arg-type]
+             summary="Capture an authorized PaymentIntent (all or part)")
+async def capture_payment_intent(intent: OwnedPaymentIntentDep, merchant: MerchantDep,
+                                 session: SessionDep, state: StateDep, temporal: TemporalDep,
+                                 idempotency_key: IdempotencyKeyDep,
+                                 body: PaymentIntentCapture | None = None) -> JSONResponse:
+    """Captures `amountInCents` (default: everything authorized) of a `requires_capture`
+    intent at the network; the rest of the authorization is released. Waits like a charge."""
+    request = body or PaymentIntentCapture()
+    return await _operate(intent, merchant.id, session, state, temporal, idempotency_key,
+                          verb="capture", payload=request.model_dump(mode="json"),
+                          update=PaymentIntentWorkflow.capture,
+                          argument=CaptureInput(request.amount_in_cents))
+
+
+@router.post("/{id}/cancel", response_model=PaymentIntentOut, status_code=status.HTTP_200_OK,
+             responses=OPERATION_RESPONSES,  # type: ignore[arg-type]
+             summary="Cancel a PaymentIntent (voids its authorization)")
+async def cancel_payment_intent(intent: OwnedPaymentIntentDep, merchant: MerchantDep,
+                                session: SessionDep, state: StateDep, temporal: TemporalDep,
+                                idempotency_key: IdempotencyKeyDep,
+                                body: PaymentIntentCancel | None = None) -> JSONResponse:
+    """An intent without a successful charge is canceled at once; an authorized one
+    (`requires_capture`) is voided at the network first. After a capture: 409 (refund it)."""
+    request = body or PaymentIntentCancel()
+    return await _operate(intent, merchant.id, session, state, temporal, idempotency_key,
+                          verb="cancel", payload=request.model_dump(mode="json"),
+                          update=PaymentIntentWorkflow.cancel,
+                          argument=CancelInput(request.cancellation_reason))
+
+
+async def _operate(intent: PaymentIntent, merchant_id: str, session: SessionDep,
+                   state: StateDep, temporal: Client, idempotency_key: str | None, *,
+                   verb: str, payload: object, update: object,
+                   argument: object) -> JSONResponse:
+    async def handle() -> tuple[int, dict[str, object]]:
+        result = await send_operation(temporal, intent, state.settings, update, argument,
+                                      verb=verb, idempotency_key=idempotency_key)
+        return await _operation_response(session, intent.id, result)
+
+    status_code, response = await idempotency.respond_once(
+        session, secret=state.settings.resolved_master_key(), merchant_id=merchant_id,
+        key=idempotency_key, endpoint=f"POST /payment-intents/{intent.id}/{verb}",
+        payload=payload, handle=handle)
+    return JSONResponse(response, status_code=status_code)
+
+
+async def _operation_response(session: SessionDep, intent_id: str,
+                              result: OperationResult | None) -> tuple[int, dict[str, object]]:
+    out = (await load_payment_intent_out(session, intent_id)).model_dump(mode="json",
+                                                                          by_alias=True)
+    if result is None:
+        return 202, out
+    txn = None
+    if result.transaction_id is not None:
+        txn = (await session.exec(select(Transaction).where(
+            Transaction.id == result.transaction_id))).one()
+    return operation_answer(txn, out, holder="paymentIntent")
 
 
 @router.get("/{id}/events", response_model=ListOf[EventOut],

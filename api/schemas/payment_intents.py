@@ -44,7 +44,25 @@ class PaymentIntentOut(ApiModel):
     amount_received: int
     amount_refunded: int
     last_error: dict[str, Any] | None
+    # Set once canceled: `requested_by_customer`, `duplicate`, `fraudulent`, `abandoned`, or
+    # `expired` (an authorization not captured in time). An addition to API.md's object.
+    cancellation_reason: str | None = None
     metadata: dict[str, str]
     created_at: Timestamp
     updated_at: Timestamp
     transactions: list[TransactionOut]
+
+
+class PaymentIntentCapture(RequestModel):
+    # Omitted: everything authorized. Less: a partial capture; the rest is released.
+    amount_in_cents: int | None = Field(default=None, ge=MIN_AMOUNT, le=MAX_AMOUNT, strict=True)
+
+
+class PaymentIntentCancel(RequestModel):
+    cancellation_reason: Literal["requested_by_customer", "duplicate", "fraudulent",
+                                 "abandoned"] = "requested_by_customer"
+
+
+class RefundCreate(RequestModel):
+    # Omitted: everything captured and not refunded yet.
+    amount_in_cents: int | None = Field(default=None, ge=MIN_AMOUNT, le=MAX_AMOUNT, strict=True)

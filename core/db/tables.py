@@ -114,6 +114,8 @@ class PaymentIntent(SQLModel, table=True):
     # Set when an unknown outcome outlived the reconciliation horizon; a person must look.
     manual_review_since: datetime | None = _timestamp(nullable=True)
     manual_review_resolved_at: datetime | None = _timestamp(nullable=True)
+    # Why a canceled intent was canceled (`requested_by_customer`, `expired`, …).
+    cancellation_reason: str | None = None
     created_at: datetime = _created_at()
     updated_at: datetime = _created_at()
 
@@ -131,6 +133,8 @@ class Transaction(SQLModel, table=True):
     status: str
     # The idempotency key at the network: every retry of this operation reuses it.
     network_reference: str = Field(unique=True)
+    # Capture, void and refund act on an earlier operation's reference (authorize/charge/capture).
+    parent_reference: str | None = None
     card_token_id: str | None = Field(default=None, foreign_key="card_token.id")
     card_brand: str | None = None
     card_last4: str | None = None

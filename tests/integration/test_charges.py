@@ -154,10 +154,11 @@ async def test_workflow_is_visible_and_history_holds_no_card_data(
     handle = temporal.get_workflow_handle(intent["id"])
     description = await handle.describe()
     assert description.workflow_type == "PaymentIntentWorkflow"
-    result = await handle.result()
+    # A succeeded payment's workflow stays open for refunds: ask it, don't wait for its end.
+    status = await handle.query("current_status")
     assert description.status in (WorkflowExecutionStatus.RUNNING,
                                   WorkflowExecutionStatus.COMPLETED)
-    assert str(result["status"] if isinstance(result, dict) else result.status) == "succeeded"
+    assert str(status) == "succeeded"
     history = json.dumps((await handle.fetch_history()).to_json_dict())
     decoded = _decode_payloads(history)
     assert "4242" in decoded  # last4 is there, so payloads were really decoded

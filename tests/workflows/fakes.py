@@ -10,13 +10,22 @@ from temporalio import activity
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities.card_network import AuthorizeInput, NetworkAnswer
-from activities.persistence import ChargeAttempt, ChargeOutcome, IntentState, ManualReviewFlag
+from activities.card_network import AuthorizeInput, NetworkAnswer, OperationRequest
+from activities.persistence import (
+    ChargeAttempt,
+    ChargeOutcome,
+    IntentCancellation,
+    IntentState,
+    ManualReviewFlag,
+    OperationAttempt,
+    OperationOutcome,
+)
 from activities.webhooks import DeliveryPlan, PlanInput
 from core.domain import CaptureMethod, CardSummary, NetworkOutcome
 from core.webhooks import WebhookSchedule
 from workflows.payment_intent import (
     ChargeInput,
+    LifecyclePolicy,
     PaymentIntentInput,
     PaymentIntentWorkflow,
     ReconcilePolicy,
@@ -39,6 +48,13 @@ class FakeNetwork:
     webhook_plans: list[PlanInput] = field(default_factory=list)
     status: str = "created"
     hold: asyncio.Event | None = None
+    # Captures, voids and refunds: scripted answers (approved once they run out).
+    operation_answers: list[NetworkAnswer | Exception] = field(default_factory=list)
+    operations: list[tuple[str, OperationRequest]] = field(default_factory=list)
+    operation_attempts: list[OperationAttempt] = field(default_factory=list)
+    operation_outcomes: list[OperationOutcome] = field(default_factory=list)
+    received: int = 0
+    refunded: int = 0
 
     def activities(self) -> list[object]:
         @activity.defn(name="record_charge_attempt")
@@ -83,23 +99,82 @@ class FakeNetwork:
             txn_status = {NetworkOutcome.APPROVED: "succeeded", NetworkOutcome.UNKNOWN: "timeout",
                           }.get(outcome.outcome, "failed")
             if outcome.outcome is NetworkOutcome.APPROVED:
-                self.status = "succeeded"
+                manual = self.attempts and self.calls and not self.calls[-1].capture
+                self.status = "requires_capture" if manual else "succeeded"
+                self.received = 0 if manual else 2499
             elif outcome.outcome is not NetworkOutcome.UNKNOWN:
                 self.status = "failed"
             return IntentState(self.status, txn_status)
 
+        async def operate(kind: str, request: OperationRequest) -> NetworkAnswer:
+            self.operations.append((kind, request))
+            answer = (self.operation_answers.pop(0) if self.operation_answers
+                      else NetworkAnswer(NetworkOutcome.APPROVED))
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        @activity.defn(name="capture_charge")
+        async def capture_charge(request: OperationRequest) -> NetworkAnswer:
+            return await operate("capture", request)
+
+        @activity.defn(name="void_authorization")
+        async def void_authorization(request: OperationRequest) -> NetworkAnswer:
+            return await operate("void", request)
+
+        @activity.defn(name="refund_charge")
+        async def refund_charge(request: OperationRequest) -> NetworkAnswer:
+            return await operate("refund", request)
+
+        @activity.defn(name="record_operation_attempt")
+        async def record_operation_attempt(attempt: OperationAttempt) -> IntentState:
+            self.operation_attempts.append(attempt)
+            return IntentState(self.status, "pending")
+
+        @activity.defn(name="record_operation_outcome")
+        async def record_operation_outcome(outcome: OperationOutcome) -> IntentState:
+            self.operation_outcomes.append(outcome)
+            attempt = next(a for a in self.operation_attempts
+                           if a.transaction_id == outcome.transaction_id)
+            if outcome.outcome is NetworkOutcome.UNKNOWN:
+                return IntentState(self.status, "timeout")
+            if outcome.outcome is not NetworkOutcome.APPROVED:
+                return IntentState(self.status, "failed")
+            if attempt.type.value == "capture":
+                self.status, self.received = "succeeded", attempt.amount_in_cents
+            elif attempt.type.value == "void":
+                self.status = "canceled"
+            else:
+                self.refunded += attempt.amount_in_cents
+                self.status = ("refunded" if self.refunded >= self.received
+                               else "partially_refunded")
+            return IntentState(self.status, "succeeded", event_appended=True)
+
+        @activity.defn(name="cancel_payment_intent")
+        async def cancel_payment_intent(cancellation: IntentCancellation) -> IntentState:
+            self.status = "canceled"
+            return IntentState(self.status, "", event_appended=True)
+
         return [record_charge_attempt, authorize_card, query_charge_status,
-                record_charge_outcome, flag_for_manual_review, plan_webhook_deliveries]
+                record_charge_outcome, flag_for_manual_review, plan_webhook_deliveries,
+                capture_charge, void_authorization, refund_charge, record_operation_attempt,
+                record_operation_outcome, cancel_payment_intent]
+
+
+# Tests of charging alone end the run at `succeeded`, as before the lifecycle: no refund window.
+NO_REFUNDS = LifecyclePolicy(refund_window_seconds=0)
 
 
 async def start_payment(env: WorkflowEnvironment, task_queue: str, *,
                         reconcile: ReconcilePolicy | None = None,
+                        lifecycle: LifecyclePolicy = NO_REFUNDS,
+                        capture_method: CaptureMethod = CaptureMethod.AUTOMATIC,
                         max_history_events: int = 10_000) -> WorkflowHandle:
     intent_id = f"pi_{uuid.uuid4().hex[:12]}"
     return await env.client.start_workflow(
         PaymentIntentWorkflow.run,
-        PaymentIntentInput(intent_id, "mer_1", 2499, "usd", CaptureMethod.AUTOMATIC,
-                           reconcile=reconcile or ReconcilePolicy(),
+        PaymentIntentInput(intent_id, "mer_1", 2499, "usd", capture_method,
+                           reconcile=reconcile or ReconcilePolicy(), lifecycle=lifecycle,
                            max_history_events=max_history_events),
         id=intent_id, task_queue=task_queue)
 

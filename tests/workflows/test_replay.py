@@ -3,7 +3,9 @@ payment (non-determinism) fails here, before it reaches a worker.
 
 `histories/v1_*.json` were recorded from the first PaymentIntentWorkflow (before search
 attribute upserts, manual review and webhook fan-out, all behind `workflow.patched`);
-`v2_*.json` from the version with those (webhook plans, search attributes, a manual review).
+`v2_*.json` from the version with those (webhook plans, search attributes, a manual review);
+`v3_*.json` from the payment lifecycle (manual capture with an unknown answer reconciled,
+refunds, authorization expiry, the refund window), recorded with tests/workflows/fakes.py.
 Record a new set before each change to the workflow's commands.
 """
 
@@ -49,4 +51,4 @@ async def test_current_code_replays_its_own_history(env: WorkflowEnvironment) ->
 
 
 def test_histories_are_present() -> None:
-    assert len(HISTORIES) >= 5  # a glob that matched nothing must not pass silently
+    assert len(HISTORIES) >= 8  # a glob that matched nothing must not pass silently

@@ -1,0 +1,78 @@
+"""Refunds of a PaymentIntent: transactions of type `refund`, sent by the intent's workflow."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from fastapi.responses import JSONResponse
+from sqlmodel import select
+
+from api import idempotency
+from api.deps import (
+    IdempotencyKeyDep,
+    MerchantDep,
+    OwnedPaymentIntentDep,
+    SessionDep,
+    StateDep,
+    TemporalDep,
+)
+from api.errors import ApiError
+from api.payment_workflow import operation_answer, send_operation
+from api.schemas.payment_intents import RefundCreate
+from api.schemas.transactions import TransactionOut
+from api.views import transaction_out
+from core.db.tables import Transaction
+from core.domain import TransactionType
+from workflows.payment_intent import OperationResult, PaymentIntentWorkflow, RefundInput
+
+router = APIRouter(prefix="/payment-intents", tags=["refunds"])
+
+REFUND_RESPONSES = {
+    202: {"description": "The network's answer is not known yet (transaction `timeout`); "
+                         "reconciliation settles it without any client action."},
+    400: {"description": "`amountInCents` is more than what is left to refund."},
+    402: {"description": "The network declined the refund: `card_error`; the error object "
+                         "also holds the Transaction under `transaction`."},
+    409: {"description": "Nothing captured to refund (not succeeded yet, canceled, refunded), "
+                         "or an operation's outcome is still unknown."},
+}
+
+
+@router.post("/{id}/refunds", response_model=TransactionOut, status_code=status.HTTP_200_OK,
+             responses=REFUND_RESPONSES,  # type: ignore[arg-type]
+             summary="Refund a PaymentIntent (all or part)")
+async def create_refund(intent: OwnedPaymentIntentDep, merchant: MerchantDep,
+                        session: SessionDep, state: StateDep, temporal: TemporalDep,
+                        idempotency_key: IdempotencyKeyDep,
+                        body: RefundCreate | None = None) -> JSONResponse:
+    """Refunds `amountInCents` (default: all that is left). Several partial refunds may add up
+    to the amount received, never more, even when sent at once: they are applied one after
+    the other, and one that no longer fits gets 400."""
+    request = body or RefundCreate()
+
+    async def handle() -> tuple[int, dict[str, object]]:
+        result = await send_operation(temporal, intent, state.settings,
+                                      PaymentIntentWorkflow.refund,
+                                      RefundInput(request.amount_in_cents), verb="refund",
+                                      idempotency_key=idempotency_key)
+        return await _refund_response(session, intent.id, result)
+
+    status_code, response = await idempotency.respond_once(
+        session, secret=state.settings.resolved_master_key(), merchant_id=merchant.id,
+        key=idempotency_key, endpoint=f"POST /payment-intents/{intent.id}/refunds",
+        payload=request.model_dump(mode="json"), handle=handle)
+    return JSONResponse(response, status_code=status_code)
+
+
+async def _refund_response(session: SessionDep, intent_id: str,
+                           result: OperationResult | None) -> tuple[int, dict[str, object]]:
+    query = select(Transaction).where(Transaction.payment_intent_id == intent_id,
+                                      Transaction.type == TransactionType.REFUND.value)
+    if result is not None:
+        query = query.where(Transaction.id == result.transaction_id)
+    txn = (await session.exec(query.order_by(Transaction.created_at.desc())  # type: ignore[attr-defined]
+                              .execution_options(populate_existing=True))).first()
+    if txn is None:
+        raise ApiError("network_answer_pending", "The refund was accepted but not yet recorded; "
+                       "retry with the same Idempotency-Key.", status=503)
+    out = transaction_out(txn).model_dump(mode="json", by_alias=True)
+    return operation_answer(txn, out, holder="transaction")
