@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -22,10 +24,11 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from api.errors import CardError, ConflictError, InvalidRequestError
+from api.errors import ApiError, CardError, ConflictError, InvalidRequestError
+from api.views import transaction_out
 from core import search_attributes
 from core.db.tables import PaymentIntent, Transaction
-from core.domain import CaptureMethod, TransactionStatus
+from core.domain import CaptureMethod, TransactionStatus, TransactionType
 from core.errors import ErrorType
 from core.settings import Settings
 from workflows.payment_intent import (
@@ -114,6 +117,23 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
 def unexpected_state(verb: str, current: str) -> ConflictError:
     return ConflictError("payment_intent_unexpected_state",
                          f"Cannot {verb} this PaymentIntent in status '{current}'.")
+
+
+async def transaction_answer(session: AsyncSession, intent_id: str, kind: TransactionType,
+                             transaction_id: str | None) -> tuple[int, dict[str, Any]]:
+    """The answer to a charge or refund: its Transaction (the intent's newest of that type
+    when the wait ran out before the workflow named it), with 200/202/402 as below."""
+    query = select(Transaction).where(Transaction.payment_intent_id == intent_id,
+                                      Transaction.type == kind.value)
+    if transaction_id is not None:
+        query = query.where(Transaction.id == transaction_id)
+    txn = (await session.exec(query.order_by(Transaction.created_at.desc())  # type: ignore[attr-defined]
+                              .execution_options(populate_existing=True))).first()
+    if txn is None:
+        raise ApiError("network_answer_pending", f"The {kind.value} was accepted but not yet "
+                       "recorded; retry with the same Idempotency-Key.", status=503)
+    out = transaction_out(txn).model_dump(mode="json", by_alias=True)
+    return operation_answer(txn, out, holder="transaction")
 
 
 def operation_answer(txn: Transaction | None, body: dict[str, Any], *,

@@ -17,7 +17,7 @@ from api.deps import (
     StateDep,
     TemporalDep,
 )
-from api.errors import InvalidRequestError
+from api.pagination import newest_first_page
 from api.payment_workflow import (
     operation_answer,
     payment_workflow_input,
@@ -33,7 +33,7 @@ from api.schemas.payment_intents import (
     PaymentIntentOut,
 )
 from api.views import event_out, load_payment_intent_out, payment_intent_out
-from core.db.queries import append_event, merchant_visible_event, newest_first_after
+from core.db.queries import append_event, merchant_visible_event
 from core.db.tables import Event, PaymentIntent, Transaction
 from core.domain import IntentStatus, new_id
 from core.settings import Settings
@@ -88,27 +88,14 @@ async def list_payment_intents(
     status_filter: Annotated[IntentStatus | None, Query(alias="status")] = None,
 ) -> ListOf[PaymentIntentOut]:
     """Newest first. Pass the last id of a page as `startingAfter` to get the next page."""
-    cursor = None
-    if starting_after:
-        anchor = (await session.exec(select(PaymentIntent).where(
-            PaymentIntent.id == starting_after, PaymentIntent.merchant_id == merchant.id))).first()
-        if anchor is None:
-            raise InvalidRequestError("resource_missing",
-                                      f"No such payment_intent: '{starting_after}'",
-                                      "startingAfter")
-        cursor = (anchor.created_at, anchor.id)
-    query = select(PaymentIntent).where(PaymentIntent.merchant_id == merchant.id,
-                                        newest_first_after(PaymentIntent, cursor))
-    if status_filter is not None:
-        query = query.where(PaymentIntent.status == status_filter.value)
-    rows = (await session.exec(query.order_by(PaymentIntent.created_at.desc(),  # type: ignore[attr-defined]
-                                              PaymentIntent.id.desc())  # type: ignore[attr-defined]
-                               .limit(limit + 1))).all()
-    page = list(rows[:limit])
+    filters = [] if status_filter is None else [PaymentIntent.status == status_filter.value]
+    page, has_more = await newest_first_page(
+        session, PaymentIntent, [PaymentIntent.merchant_id == merchant.id], limit=limit,
+        starting_after=starting_after, noun="payment_intent", filters=filters)
     transactions = await _transactions_by_intent(session, [i.id for i in page])
     return ListOf[PaymentIntentOut](
         data=[payment_intent_out(i, transactions.get(i.id, [])) for i in page],
-        has_more=len(rows) > limit)
+        has_more=has_more)
 
 
 @router.get("/{id}", response_model=PaymentIntentOut, summary="Retrieve a PaymentIntent")

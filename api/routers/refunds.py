@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse
-from sqlmodel import select
 
 from api import idempotency
 from api.deps import (
@@ -15,14 +14,11 @@ from api.deps import (
     StateDep,
     TemporalDep,
 )
-from api.errors import ApiError
-from api.payment_workflow import operation_answer, send_operation
+from api.payment_workflow import send_operation, transaction_answer
 from api.schemas.payment_intents import RefundCreate
 from api.schemas.transactions import TransactionOut
-from api.views import transaction_out
-from core.db.tables import Transaction
 from core.domain import TransactionType
-from workflows.payment_intent import OperationResult, PaymentIntentWorkflow, RefundInput
+from workflows.payment_intent import PaymentIntentWorkflow, RefundInput
 
 router = APIRouter(prefix="/payment-intents", tags=["refunds"])
 
@@ -54,25 +50,11 @@ async def create_refund(intent: OwnedPaymentIntentDep, merchant: MerchantDep,
                                       PaymentIntentWorkflow.refund,
                                       RefundInput(request.amount_in_cents), verb="refund",
                                       idempotency_key=idempotency_key)
-        return await _refund_response(session, intent.id, result)
+        return await transaction_answer(session, intent.id, TransactionType.REFUND,
+                                        result.transaction_id if result else None)
 
     status_code, response = await idempotency.respond_once(
         session, secret=state.settings.resolved_master_key(), merchant_id=merchant.id,
         key=idempotency_key, endpoint=f"POST /payment-intents/{intent.id}/refunds",
         payload=request.model_dump(mode="json"), handle=handle)
     return JSONResponse(response, status_code=status_code)
-
-
-async def _refund_response(session: SessionDep, intent_id: str,
-                           result: OperationResult | None) -> tuple[int, dict[str, object]]:
-    query = select(Transaction).where(Transaction.payment_intent_id == intent_id,
-                                      Transaction.type == TransactionType.REFUND.value)
-    if result is not None:
-        query = query.where(Transaction.id == result.transaction_id)
-    txn = (await session.exec(query.order_by(Transaction.created_at.desc())  # type: ignore[attr-defined]
-                              .execution_options(populate_existing=True))).first()
-    if txn is None:
-        raise ApiError("network_answer_pending", "The refund was accepted but not yet recorded; "
-                       "retry with the same Idempotency-Key.", status=503)
-    out = transaction_out(txn).model_dump(mode="json", by_alias=True)
-    return operation_answer(txn, out, holder="transaction")
