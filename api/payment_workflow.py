@@ -31,13 +31,8 @@ from core.db.tables import PaymentIntent, Transaction
 from core.domain import CaptureMethod, TransactionStatus, TransactionType
 from core.errors import ErrorType
 from core.settings import Settings
-from workflows.payment_intent import (
-    LifecyclePolicy,
-    OperationResult,
-    PaymentIntentInput,
-    PaymentIntentWorkflow,
-    ReconcilePolicy,
-)
+from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
+from workflows.payment_messages import LifecyclePolicy, OperationResult, ReconcilePolicy
 
 
 def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> PaymentIntentInput:

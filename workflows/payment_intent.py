@@ -1,4 +1,9 @@
-"""PaymentIntentWorkflow: one durable process per PaymentIntent."""
+"""PaymentIntentWorkflow: one durable process per PaymentIntent.
+
+Its messages and carried state live in `payment_messages.py`, the money bookkeeping and deadline
+arithmetic in `payment_money.py` (pure), and each activity call with its timeout and retry in
+`payment_calls.py`.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.card_network import (
-        AuthorizeInput,
-        CardNetworkActivities,
-        NetworkAnswer,
-        OperationRequest,
-    )
+    from activities.card_network import AuthorizeInput, OperationRequest
     from activities.persistence import (
         ChargeAttempt,
         ChargeOutcome,
@@ -25,13 +24,11 @@ with workflow.unsafe.imports_passed_through():
         ManualReviewFlag,
         OperationAttempt,
         OperationOutcome,
-        PaymentRecordActivities,
     )
     from core import search_attributes
     from core.domain import (
         CancellationReason,
         CaptureMethod,
-        CardSummary,
         IntentStatus,
         NetworkOutcome,
         TransactionStatus,
@@ -40,25 +37,34 @@ with workflow.unsafe.imports_passed_through():
     from core.errors import ErrorType
     from core.state_machine import IntentAction, can_move_intent, can_start_charge
 
+from workflows import payment_calls as calls
+from workflows.payment_messages import (
+    CancelInput,
+    CaptureInput,
+    CarriedState,
+    ChargeInput,
+    ChargeResult,
+    LifecyclePolicy,
+    ManualReviewResolution,
+    Money,
+    OperationResult,
+    ReconcilePolicy,
+    RefundInput,
+    UnknownOutcome,
+)
+from workflows.payment_money import (
+    REFUNDABLE_STATUSES,
+    arm_deadlines,
+    check_amount,
+    learn,
+    next_deadline,
+    refundable,
+)
 from workflows.webhook_fanout import dispatch_webhooks
 
-# Database writes must eventually land: retry patiently (Postgres restarts, failovers).
-DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
-                       maximum_interval=timedelta(seconds=30))
-# 5xx/refused means "not charged": a few retries with the same reference, then the attempt fails.
-NETWORK_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=4), maximum_attempts=4,
-    non_retryable_error_types=[ErrorType.NETWORK_REJECTED_REQUEST, ErrorType.VAULT_TOKEN_MISSING],
-)
-# A status query that keeps failing counts as "still unknown": the reconciliation loop's own
-# backoff and horizon then apply, so a long network outage still ends in a manual review.
-STATUS_QUERY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
-                                 maximum_interval=timedelta(seconds=10), maximum_attempts=4)
 CLOSED_STATUSES = frozenset({IntentStatus.SUCCEEDED, IntentStatus.CANCELED})
 # With the lifecycle patch a succeeded payment stays open for refunds; these end it.
 FINAL_STATUSES = frozenset({IntentStatus.CANCELED, IntentStatus.REFUNDED})
-REFUNDABLE_STATUSES = frozenset({IntentStatus.SUCCEEDED, IntentStatus.PARTIALLY_REFUNDED})
 # An expiry void the network could not take (5xx after every retry) is tried again this late.
 EXPIRY_RETRY_SECONDS = 3600.0
 # Patches (see tests/workflows/test_replay.py): runs begun before a change replay unchanged.
@@ -67,60 +73,6 @@ MANUAL_REVIEW_PATCH = "manual-review-after-horizon-2026-11"
 WEBHOOKS_PATCH = "webhook-fan-out-2026-11"
 # Capture, cancel/void, refunds, authorization expiry; the run stays open after `succeeded`.
 LIFECYCLE_PATCH = "payment-lifecycle-2026-11"
-
-
-@dataclass
-class ReconcilePolicy:
-    """Status queries after 2 s, 4 s, 8 s … capped; past the horizon a person must look."""
-
-    first_delay_seconds: float = 2.0
-    max_delay_seconds: float = 300.0
-    horizon_seconds: float = 86_400.0
-
-
-@dataclass
-class LifecyclePolicy:
-    """How long an authorization may wait for its capture, and a payment for its refunds."""
-
-    authorization_expiry_seconds: float = 604_800.0  # 7 days
-    refund_window_seconds: float = 15_552_000.0  # 180 days
-
-
-@dataclass
-class UnknownOutcome:
-    """An operation whose outcome the network has not told us yet; carried across
-    continue-as-new. Runs before the lifecycle patch only ever had charges here."""
-
-    transaction_id: str
-    waited_seconds: float = 0.0
-    next_delay_seconds: float = 0.0  # 0: the policy's first delay
-    in_manual_review: bool = False
-    operation: TransactionType = TransactionType.CHARGE
-    amount_in_cents: int = 0
-    cancellation_reason: str | None = None  # of a void
-
-
-@dataclass
-class Money:
-    """What the network holds for this payment, as the workflow learned it from its answers."""
-
-    authorization_reference: str | None = None  # the approved authorize/charge
-    payment_reference: str | None = None  # the approved charge/capture that refunds act on
-    amount_capturable: int = 0
-    amount_received: int = 0
-    amount_refunded: int = 0
-    authorization_expires_at: float | None = None  # unix seconds (workflow time)
-    refund_window_ends_at: float | None = None
-
-
-@dataclass
-class CarriedState:
-    status: IntentStatus
-    unknown: UnknownOutcome | None = None
-    # The intent's events up to this `seq` have had their webhook deliveries started.
-    events_dispatched: int = 0
-    money: Money | None = None
-
 
 
 @dataclass
@@ -141,53 +93,6 @@ class PaymentIntentInput:
 @dataclass
 class PaymentIntentResult:
     status: IntentStatus
-
-
-@dataclass
-class ChargeInput:
-    card_token_id: str
-    card: CardSummary
-
-
-@dataclass
-class ChargeResult:
-    transaction_id: str
-    transaction_status: str
-    intent_status: IntentStatus
-    decline_code: str | None = None
-
-
-@dataclass
-class CaptureInput:
-    amount_in_cents: int | None = None  # None: everything authorized
-
-
-@dataclass
-class CancelInput:
-    reason: str = CancellationReason.REQUESTED_BY_CUSTOMER.value
-
-
-@dataclass
-class RefundInput:
-    amount_in_cents: int | None = None  # None: everything not refunded yet
-
-
-@dataclass
-class OperationResult:
-    """The answer to a capture, cancel or refund; no transaction for a cancel without a void."""
-
-    intent_status: IntentStatus
-    transaction_id: str | None = None
-    transaction_status: str | None = None
-    decline_code: str | None = None
-
-
-@dataclass
-class ManualReviewResolution:
-    """An operator's verdict after checking with the network out of band."""
-
-    outcome: NetworkOutcome  # APPROVED (the network charged) or FAILED (it did not)
-    note: str
 
 
 @workflow.defn
@@ -275,7 +180,7 @@ class PaymentIntentWorkflow:
         # so together they never refund more than was received.
         async with self._lock:
             self._check_refund(request)
-            amount = request.amount_in_cents or self._refundable()
+            amount = request.amount_in_cents or refundable(self._money)
             return await self._operate(TransactionType.REFUND, amount,
                                        self._money.payment_reference)
 
@@ -310,13 +215,12 @@ class PaymentIntentWorkflow:
     # ---- steps ---------------------------------------------------------------------------------
     async def _charge(self, charge: ChargeInput) -> ChargeResult:
         transaction_id = f"txn_{workflow.uuid4().hex[:24]}"
-        state = await workflow.execute_activity_method(
-            PaymentRecordActivities.record_charge_attempt,
-            ChargeAttempt(self._input.payment_intent_id, transaction_id, charge.card_token_id,
-                          charge.card),
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
+        state = await calls.record_charge_attempt(ChargeAttempt(
+            self._input.payment_intent_id, transaction_id, charge.card_token_id, charge.card))
         self._set_status(state.status)
-        answer = await self._ask_network(transaction_id, charge.card_token_id)
+        answer = await calls.authorize_card(AuthorizeInput(
+            transaction_id, charge.card_token_id, self._input.amount_in_cents,
+            self._input.currency, capture=self._input.capture_method is CaptureMethod.AUTOMATIC))
         outcome = ChargeOutcome(self._input.payment_intent_id, transaction_id, answer.outcome,
                                 decline_code=answer.decline_code,
                                 failure_code="processing_error"
@@ -329,22 +233,6 @@ class PaymentIntentWorkflow:
         return ChargeResult(transaction_id, state.transaction_status, self._status,
                             answer.decline_code)
 
-    async def _ask_network(self, transaction_id: str, card_token_id: str) -> NetworkAnswer:
-        try:
-            return await workflow.execute_activity_method(
-                CardNetworkActivities.authorize_card,
-                AuthorizeInput(transaction_id, card_token_id, self._input.amount_in_cents,
-                               self._input.currency,
-                               capture=self._input.capture_method is CaptureMethod.AUTOMATIC),
-                # The adapter gives up at its own HTTP timeout (5 s) and answers "unknown";
-                # this bound only catches a worker that died mid-call.
-                start_to_close_timeout=timedelta(seconds=20), retry_policy=NETWORK_RETRY)
-        except ActivityError as error:
-            if _error_type(error) == ErrorType.NETWORK_UNAVAILABLE:
-                # Every try was refused or answered 5xx: the network charged nothing.
-                return NetworkAnswer(NetworkOutcome.FAILED)
-            raise
-
     async def _operate(self, kind: TransactionType, amount: int,
                        parent_reference: str | None) -> OperationResult:
         """Record a capture/void/refund under its own reference, send it, record the answer."""
@@ -354,20 +242,10 @@ class PaymentIntentWorkflow:
     async def _operate_as(self, kind: TransactionType, amount: int, parent_reference: str, *,
                           reason: str | None) -> OperationResult:
         transaction_id = f"txn_{workflow.uuid4().hex[:24]}"
-        try:
-            await workflow.execute_activity_method(
-                PaymentRecordActivities.record_operation_attempt,
-                OperationAttempt(self._input.payment_intent_id, transaction_id, kind, amount,
-                                 parent_reference),
-                start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
-        except ActivityError as error:
-            if _error_type(error) in (ErrorType.AMOUNT_INVALID, ErrorType.ILLEGAL_TRANSITION):
-                # The database refused (last line of defence): nothing was recorded or sent.
-                raise ApplicationError(str(error.cause), type=_error_type(error),
-                                       non_retryable=True) from None
-            raise
-        answer = await self._send(kind, OperationRequest(transaction_id, parent_reference,
-                                                         amount, self._input.currency))
+        await calls.record_operation_attempt(OperationAttempt(
+            self._input.payment_intent_id, transaction_id, kind, amount, parent_reference))
+        answer = await calls.send_operation(kind, OperationRequest(
+            transaction_id, parent_reference, amount, self._input.currency))
         state = await self._record_operation_outcome(OperationOutcome(
             self._input.payment_intent_id, transaction_id, answer.outcome,
             decline_code=answer.decline_code,
@@ -380,20 +258,6 @@ class PaymentIntentWorkflow:
         return OperationResult(self._status, transaction_id, state.transaction_status,
                                answer.decline_code)
 
-    async def _send(self, kind: TransactionType, request: OperationRequest) -> NetworkAnswer:
-        method = {TransactionType.CAPTURE: CardNetworkActivities.capture_charge,
-                  TransactionType.VOID: CardNetworkActivities.void_authorization,
-                  TransactionType.REFUND: CardNetworkActivities.refund_charge}[kind]
-        try:
-            return await workflow.execute_activity_method(
-                method, request,
-                # As for charges: the adapter's own HTTP timeout (5 s) turns into "unknown".
-                start_to_close_timeout=timedelta(seconds=20), retry_policy=NETWORK_RETRY)
-        except ActivityError as error:
-            if _error_type(error) == ErrorType.NETWORK_UNAVAILABLE:
-                return NetworkAnswer(NetworkOutcome.FAILED)  # refused or 5xx: nothing happened
-            raise
-
     async def _cancel(self, reason: str) -> OperationResult:
         if self._status is IntentStatus.REQUIRES_CAPTURE:
             reference = self._money.authorization_reference
@@ -401,17 +265,13 @@ class PaymentIntentWorkflow:
             return await self._operate_as(TransactionType.VOID, self._money.amount_capturable,
                                           reference, reason=reason)
         # No successful charge: nothing is held at the network, only the record changes.
-        state = await workflow.execute_activity_method(
-            PaymentRecordActivities.cancel_payment_intent,
-            IntentCancellation(self._input.payment_intent_id, reason),
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
+        state = await calls.cancel_payment_intent(
+            IntentCancellation(self._input.payment_intent_id, reason))
         self._set_status(state.status)
         return OperationResult(self._status)
 
     async def _record_operation_outcome(self, outcome: OperationOutcome) -> IntentState:
-        state = await workflow.execute_activity_method(
-            PaymentRecordActivities.record_operation_outcome, outcome,
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
+        state = await calls.record_operation_outcome(outcome)
         self._set_status(state.status)
         if state.event_appended and self._webhooks:
             self._dispatch_needed = True  # e.g. a second partial refund: same status, new event
@@ -458,29 +318,18 @@ class PaymentIntentWorkflow:
             await workflow.sleep(timedelta(seconds=delay))
             unknown.waited_seconds += delay
             unknown.next_delay_seconds = min(delay * 2, policy.max_delay_seconds)
-            answer = await self._query_network(unknown.transaction_id)
+            answer = await calls.query_charge_status(unknown.transaction_id)
             if answer.outcome is not NetworkOutcome.UNKNOWN and self._unknown is unknown:
                 self._unknown = None
                 await self._settle(unknown, answer.outcome, decline_code=answer.decline_code,
                                    failure_code=None)
 
-    async def _query_network(self, transaction_id: str) -> NetworkAnswer:
-        try:
-            return await workflow.execute_activity_method(
-                CardNetworkActivities.query_charge_status, transaction_id,
-                start_to_close_timeout=timedelta(seconds=20), retry_policy=STATUS_QUERY_RETRY)
-        except ActivityError:
-            return NetworkAnswer(NetworkOutcome.UNKNOWN)
-
     async def _flag_for_manual_review(self, unknown: UnknownOutcome) -> None:
         """Past the horizon: flag it for operators, loudly, and keep querying the network."""
         workflow.logger.error("outcome of %s still unknown after %.0f s: manual review",
                               unknown.transaction_id, unknown.waited_seconds)
-        await workflow.execute_activity_method(
-            PaymentRecordActivities.flag_for_manual_review,
-            ManualReviewFlag(self._input.payment_intent_id, unknown.transaction_id,
-                             unknown.waited_seconds),
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
+        await calls.flag_for_manual_review(ManualReviewFlag(
+            self._input.payment_intent_id, unknown.transaction_id, unknown.waited_seconds))
         unknown.in_manual_review = True
         workflow.upsert_search_attributes([search_attributes.MANUAL_REVIEW.value_set(True)])
 
@@ -503,9 +352,7 @@ class PaymentIntentWorkflow:
             workflow.upsert_search_attributes([search_attributes.MANUAL_REVIEW.value_set(False)])
 
     async def _record_outcome(self, outcome: ChargeOutcome) -> IntentState:
-        state = await workflow.execute_activity_method(
-            PaymentRecordActivities.record_charge_outcome, outcome,
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
+        state = await calls.record_charge_outcome(outcome)
         self._set_status(state.status)
         return state
 
@@ -526,7 +373,8 @@ class PaymentIntentWorkflow:
         changed = status != self._status
         self._status = IntentStatus(status)
         if changed:
-            self._arm_deadlines()
+            arm_deadlines(self._money, self._status, self._input.lifecycle,
+                          workflow.now().timestamp())
         if changed and workflow.patched(SEARCH_ATTRIBUTES_PATCH):
             workflow.upsert_search_attributes([search_attributes.STATUS.value_set(status)])
         if changed and self._webhooks:
@@ -534,31 +382,8 @@ class PaymentIntentWorkflow:
 
     def _learn(self, kind: TransactionType, transaction_id: str, amount: int,
                transaction_status: str) -> None:
-        """Track what the network holds after an operation succeeded (pure state, no command)."""
-        if transaction_status != TransactionStatus.SUCCEEDED.value:
-            return
-        money = self._money
-        if kind is TransactionType.CHARGE:
-            money.authorization_reference = transaction_id
-            if self._input.capture_method is CaptureMethod.MANUAL:
-                money.amount_capturable = amount
-            else:
-                money.payment_reference, money.amount_received = transaction_id, amount
-        elif kind is TransactionType.CAPTURE:
-            money.payment_reference, money.amount_received = transaction_id, amount
-            money.amount_capturable = 0
-        elif kind is TransactionType.VOID:
-            money.amount_capturable = 0
-        else:
-            money.amount_refunded += amount
-
-    def _arm_deadlines(self) -> None:
-        now = workflow.now().timestamp()
-        policy, money = self._input.lifecycle, self._money
-        if self._status is IntentStatus.REQUIRES_CAPTURE and money.authorization_expires_at is None:
-            money.authorization_expires_at = now + policy.authorization_expiry_seconds
-        if self._status is IntentStatus.SUCCEEDED and money.refund_window_ends_at is None:
-            money.refund_window_ends_at = now + policy.refund_window_seconds
+        learn(self._money, kind, transaction_id, amount, transaction_status,
+              manual_capture=self._input.capture_method is CaptureMethod.MANUAL)
 
     def _check_operation(self, action: IntentAction) -> None:
         if self._unknown is not None or self._attempt_in_flight:
@@ -573,21 +398,20 @@ class PaymentIntentWorkflow:
 
     def _check_capture(self, request: CaptureInput) -> None:
         self._check_operation(IntentAction.CAPTURE)
-        _check_amount(request.amount_in_cents, self._money.amount_capturable, "authorized")
+        check_amount(request.amount_in_cents, self._money.amount_capturable, "authorized")
 
     def _check_refund(self, request: RefundInput) -> None:
         self._check_operation(IntentAction.REFUND_PARTIAL)
-        _check_amount(request.amount_in_cents, self._refundable(), "left to refund")
-
-    def _refundable(self) -> int:
-        return self._money.amount_received - self._money.amount_refunded
+        check_amount(request.amount_in_cents, refundable(self._money), "left to refund")
 
     async def _wait_for_work(self) -> None:
         def ready() -> bool:
             return (self._unknown is not None or self._dispatch_needed or self._closed()
                     or self._history_too_long())
 
-        deadline = self._next_deadline() if self._lifecycle else None
+        deadline = (next_deadline(self._money, self._status,
+                                  refund_window_over=self._refund_window_over)
+                    if self._lifecycle and self._unknown is None else None)
         if deadline is None:
             await workflow.wait_condition(ready)
             return
@@ -596,15 +420,6 @@ class PaymentIntentWorkflow:
             await workflow.wait_condition(ready, timeout=timedelta(seconds=wait))
         except TimeoutError:
             pass  # the deadline: `_enforce_deadlines` acts on it
-
-    def _next_deadline(self) -> float | None:
-        if self._unknown is not None:
-            return None
-        if self._status is IntentStatus.REQUIRES_CAPTURE:
-            return self._money.authorization_expires_at
-        if self._status in REFUNDABLE_STATUSES and not self._refund_window_over:
-            return self._money.refund_window_ends_at
-        return None
 
     def _check_can_charge(self) -> None:
         if self._attempt_in_flight:
@@ -633,13 +448,3 @@ class PaymentIntentWorkflow:
             self._input.lifecycle, self._input.max_history_events,
             CarriedState(self._status, self._unknown, self._events_dispatched, self._money))
 
-
-def _check_amount(amount: int | None, allowed: int, what: str) -> None:
-    if amount is not None and not 1 <= amount <= allowed:
-        raise ApplicationError(f"amount {amount} is more than the {allowed} {what}",
-                               type=ErrorType.AMOUNT_INVALID, non_retryable=True)
-
-
-def _error_type(error: ActivityError) -> str | None:
-    cause = error.cause
-    return cause.type if isinstance(cause, ApplicationError) else None

@@ -37,12 +37,8 @@ from core.db.queries import append_event, merchant_visible_event
 from core.db.tables import Event, PaymentIntent, Transaction
 from core.domain import IntentStatus, new_id
 from core.settings import Settings
-from workflows.payment_intent import (
-    CancelInput,
-    CaptureInput,
-    OperationResult,
-    PaymentIntentWorkflow,
-)
+from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_messages import CancelInput, CaptureInput, OperationResult
 
 log = logging.getLogger("durapay.api")
 router = APIRouter(prefix="/payment-intents", tags=["payment-intents"])

@@ -18,7 +18,8 @@ from api.payment_workflow import send_operation, transaction_answer
 from api.schemas.payment_intents import RefundCreate
 from api.schemas.transactions import TransactionOut
 from core.domain import TransactionType
-from workflows.payment_intent import PaymentIntentWorkflow, RefundInput
+from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_messages import RefundInput
 
 router = APIRouter(prefix="/payment-intents", tags=["refunds"])
 

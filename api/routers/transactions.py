@@ -21,7 +21,8 @@ from core.cards import card_brand, card_problem
 from core.db.tables import CardToken, PaymentIntent
 from core.domain import CardSummary, TransactionType, new_id
 from core.state_machine import can_start_charge
-from workflows.payment_intent import ChargeInput, PaymentIntentWorkflow
+from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_messages import ChargeInput
 
 router = APIRouter(prefix="/payment-intents", tags=["transactions"])
 

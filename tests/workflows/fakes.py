@@ -23,13 +23,8 @@ from activities.persistence import (
 from activities.webhooks import DeliveryPlan, PlanInput
 from core.domain import CaptureMethod, CardSummary, NetworkOutcome
 from core.webhooks import WebhookSchedule
-from workflows.payment_intent import (
-    ChargeInput,
-    LifecyclePolicy,
-    PaymentIntentInput,
-    PaymentIntentWorkflow,
-    ReconcilePolicy,
-)
+from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
+from workflows.payment_messages import ChargeInput, LifecyclePolicy, ReconcilePolicy
 
 CARD = ChargeInput(card_token_id="card_1", card=CardSummary("visa", "4242", 12, 2030))
 

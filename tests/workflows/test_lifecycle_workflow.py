@@ -15,13 +15,8 @@ from core.domain import CaptureMethod, IntentStatus, NetworkOutcome
 from core.errors import ErrorType
 from tests.workflows.conftest import new_worker
 from tests.workflows.fakes import CARD, FakeNetwork, start_payment
-from workflows.payment_intent import (
-    CancelInput,
-    CaptureInput,
-    LifecyclePolicy,
-    PaymentIntentWorkflow,
-    RefundInput,
-)
+from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_messages import CancelInput, CaptureInput, LifecyclePolicy, RefundInput
 
 APPROVED = NetworkAnswer(NetworkOutcome.APPROVED)
 UNKNOWN = NetworkAnswer(NetworkOutcome.UNKNOWN)

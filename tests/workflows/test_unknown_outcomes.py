@@ -16,11 +16,8 @@ from core.domain import IntentStatus, NetworkOutcome
 from core.errors import ErrorType
 from tests.workflows.conftest import new_worker
 from tests.workflows.fakes import CARD, FakeNetwork, start_payment
-from workflows.payment_intent import (
-    ManualReviewResolution,
-    PaymentIntentWorkflow,
-    ReconcilePolicy,
-)
+from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_messages import ManualReviewResolution, ReconcilePolicy
 
 UNKNOWN = NetworkAnswer(NetworkOutcome.UNKNOWN)
 APPROVED = NetworkAnswer(NetworkOutcome.APPROVED)

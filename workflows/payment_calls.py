@@ -1,0 +1,137 @@
+"""The activities PaymentIntentWorkflow calls, each with its timeout and retry and the reason.
+
+Not a workflow: coroutines that run in the caller's workflow context, so each schedules exactly
+one activity in the caller's history (as `webhook_fanout.py` starts children). Call them only
+from workflow code; they read no state of their own, so the workflow decides the order.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.card_network import (
+        AuthorizeInput,
+        CardNetworkActivities,
+        NetworkAnswer,
+        OperationRequest,
+    )
+    from activities.persistence import (
+        ChargeAttempt,
+        ChargeOutcome,
+        IntentCancellation,
+        IntentState,
+        ManualReviewFlag,
+        OperationAttempt,
+        OperationOutcome,
+        PaymentRecordActivities,
+    )
+    from core.domain import NetworkOutcome, TransactionType
+    from core.errors import ErrorType
+
+# Database writes must eventually land: retry patiently (Postgres restarts, failovers).
+DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
+                       maximum_interval=timedelta(seconds=30))
+# 5xx/refused means "not charged": a few retries with the same reference, then the attempt fails.
+NETWORK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=4), maximum_attempts=4,
+    non_retryable_error_types=[ErrorType.NETWORK_REJECTED_REQUEST, ErrorType.VAULT_TOKEN_MISSING],
+)
+# A status query that keeps failing counts as "still unknown": the reconciliation loop's own
+# backoff and horizon then apply, so a long network outage still ends in a manual review.
+STATUS_QUERY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
+                                 maximum_interval=timedelta(seconds=10), maximum_attempts=4)
+DB_TIMEOUT = timedelta(seconds=30)
+# The adapter gives up at its own HTTP timeout (5 s) and answers "unknown"; this bound only
+# catches a worker that died mid-call.
+NETWORK_TIMEOUT = timedelta(seconds=20)
+
+
+# ---- card network -----------------------------------------------------------------------------
+async def authorize_card(request: AuthorizeInput) -> NetworkAnswer:
+    try:
+        return await workflow.execute_activity_method(
+            CardNetworkActivities.authorize_card, request,
+            start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=NETWORK_RETRY)
+    except ActivityError as error:
+        if _error_type(error) == ErrorType.NETWORK_UNAVAILABLE:
+            # Every try was refused or answered 5xx: the network charged nothing.
+            return NetworkAnswer(NetworkOutcome.FAILED)
+        raise
+
+
+async def send_operation(kind: TransactionType, request: OperationRequest) -> NetworkAnswer:
+    """Capture, void or refund at the network; `kind` picks the activity."""
+    method = {TransactionType.CAPTURE: CardNetworkActivities.capture_charge,
+              TransactionType.VOID: CardNetworkActivities.void_authorization,
+              TransactionType.REFUND: CardNetworkActivities.refund_charge}[kind]
+    try:
+        return await workflow.execute_activity_method(
+            method, request, start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=NETWORK_RETRY)
+    except ActivityError as error:
+        if _error_type(error) == ErrorType.NETWORK_UNAVAILABLE:
+            return NetworkAnswer(NetworkOutcome.FAILED)  # refused or 5xx: nothing happened
+        raise
+
+
+async def query_charge_status(transaction_id: str) -> NetworkAnswer:
+    try:
+        return await workflow.execute_activity_method(
+            CardNetworkActivities.query_charge_status, transaction_id,
+            start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=STATUS_QUERY_RETRY)
+    except ActivityError:
+        return NetworkAnswer(NetworkOutcome.UNKNOWN)
+
+
+# ---- payment records --------------------------------------------------------------------------
+async def record_charge_attempt(attempt: ChargeAttempt) -> IntentState:
+    return await workflow.execute_activity_method(
+        PaymentRecordActivities.record_charge_attempt, attempt,
+        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+
+
+async def record_charge_outcome(outcome: ChargeOutcome) -> IntentState:
+    return await workflow.execute_activity_method(
+        PaymentRecordActivities.record_charge_outcome, outcome,
+        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+
+
+async def record_operation_attempt(attempt: OperationAttempt) -> None:
+    try:
+        await workflow.execute_activity_method(
+            PaymentRecordActivities.record_operation_attempt, attempt,
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+    except ActivityError as error:
+        if _error_type(error) in (ErrorType.AMOUNT_INVALID, ErrorType.ILLEGAL_TRANSITION):
+            # The database refused (last line of defence): nothing was recorded or sent.
+            raise ApplicationError(str(error.cause), type=_error_type(error),
+                                   non_retryable=True) from None
+        raise
+
+
+async def record_operation_outcome(outcome: OperationOutcome) -> IntentState:
+    return await workflow.execute_activity_method(
+        PaymentRecordActivities.record_operation_outcome, outcome,
+        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+
+
+async def cancel_payment_intent(cancellation: IntentCancellation) -> IntentState:
+    return await workflow.execute_activity_method(
+        PaymentRecordActivities.cancel_payment_intent, cancellation,
+        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+
+
+async def flag_for_manual_review(flag: ManualReviewFlag) -> None:
+    await workflow.execute_activity_method(
+        PaymentRecordActivities.flag_for_manual_review, flag,
+        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+
+
+def _error_type(error: ActivityError) -> str | None:
+    cause = error.cause
+    return cause.type if isinstance(cause, ApplicationError) else None

@@ -1,0 +1,123 @@
+"""The PaymentIntentWorkflow's messages and the state it carries across continue-as-new.
+
+Plain dataclasses, JSON on the wire (no type names), so their field names, order and defaults
+are part of every saved history: add fields with defaults at the end, never rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from core.domain import (
+        CancellationReason,
+        CardSummary,
+        IntentStatus,
+        NetworkOutcome,
+        TransactionType,
+    )
+
+
+# ---- policies (part of PaymentIntentInput) ----------------------------------------------------
+@dataclass
+class ReconcilePolicy:
+    """Status queries after 2 s, 4 s, 8 s … capped; past the horizon a person must look."""
+
+    first_delay_seconds: float = 2.0
+    max_delay_seconds: float = 300.0
+    horizon_seconds: float = 86_400.0
+
+
+@dataclass
+class LifecyclePolicy:
+    """How long an authorization may wait for its capture, and a payment for its refunds."""
+
+    authorization_expiry_seconds: float = 604_800.0  # 7 days
+    refund_window_seconds: float = 15_552_000.0  # 180 days
+
+
+# ---- carried across continue-as-new -------------------------------------------------------------
+@dataclass
+class UnknownOutcome:
+    """An operation whose outcome the network has not told us yet; carried across
+    continue-as-new. Runs before the lifecycle patch only ever had charges here."""
+
+    transaction_id: str
+    waited_seconds: float = 0.0
+    next_delay_seconds: float = 0.0  # 0: the policy's first delay
+    in_manual_review: bool = False
+    operation: TransactionType = TransactionType.CHARGE
+    amount_in_cents: int = 0
+    cancellation_reason: str | None = None  # of a void
+
+
+@dataclass
+class Money:
+    """What the network holds for this payment, as the workflow learned it from its answers."""
+
+    authorization_reference: str | None = None  # the approved authorize/charge
+    payment_reference: str | None = None  # the approved charge/capture that refunds act on
+    amount_capturable: int = 0
+    amount_received: int = 0
+    amount_refunded: int = 0
+    authorization_expires_at: float | None = None  # unix seconds (workflow time)
+    refund_window_ends_at: float | None = None
+
+
+@dataclass
+class CarriedState:
+    status: IntentStatus
+    unknown: UnknownOutcome | None = None
+    # The intent's events up to this `seq` have had their webhook deliveries started.
+    events_dispatched: int = 0
+    money: Money | None = None
+
+
+# ---- updates -------------------------------------------------------------------------------------
+@dataclass
+class ChargeInput:
+    card_token_id: str
+    card: CardSummary
+
+
+@dataclass
+class ChargeResult:
+    transaction_id: str
+    transaction_status: str
+    intent_status: IntentStatus
+    decline_code: str | None = None
+
+
+@dataclass
+class CaptureInput:
+    amount_in_cents: int | None = None  # None: everything authorized
+
+
+@dataclass
+class CancelInput:
+    reason: str = CancellationReason.REQUESTED_BY_CUSTOMER.value
+
+
+@dataclass
+class RefundInput:
+    amount_in_cents: int | None = None  # None: everything not refunded yet
+
+
+@dataclass
+class OperationResult:
+    """The answer to a capture, cancel or refund; no transaction for a cancel without a void."""
+
+    intent_status: IntentStatus
+    transaction_id: str | None = None
+    transaction_status: str | None = None
+    decline_code: str | None = None
+
+
+@dataclass
+class ManualReviewResolution:
+    """An operator's verdict after checking with the network out of band."""
+
+    outcome: NetworkOutcome  # APPROVED (the network charged) or FAILED (it did not)
+    note: str
