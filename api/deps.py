@@ -22,6 +22,7 @@ from api.errors import AuthenticationError, InvalidRequestError, NotFoundError
 from core.crypto import Cipher, sign_request, signature_matches
 from core.db.tables import Merchant, MerchantKey, PaymentIntent, RequestNonce
 from core.settings import Settings
+from core.temporal_client import connect_temporal
 
 NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -40,14 +41,13 @@ class AppState:
 class TemporalConnection:
     """Connects lazily so the API starts (and /healthz can say why) while Temporal is down."""
 
-    def __init__(self, address: str, namespace: str) -> None:
-        self._address = address
-        self._namespace = namespace
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._client: Client | None = None
 
     async def get(self) -> Client:
         if self._client is None:
-            self._client = await Client.connect(self._address, namespace=self._namespace)
+            self._client = await connect_temporal(self._settings)
         return self._client
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from api.deps import AppState, TemporalConnection
 from api.errors import install_error_handlers
 from api.routers import (
+    codec,
     events,
     health,
     merchants,
@@ -64,14 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.durapay = AppState(
             settings=settings, sessions=session_factory(engine),
             cipher=Cipher(settings.resolved_master_key()),
-            temporal=TemporalConnection(settings.effective_temporal_address,
-                                        settings.temporal_namespace))
+            temporal=TemporalConnection(settings))
         yield
         await engine.dispose()
 
     app = FastAPI(title="Durapay", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     for router in (health.router, merchants.router, payment_intents.router,
-                   transactions.router, refunds.router, events.router, webhook_endpoints.router):
+                   transactions.router, refunds.router, events.router, webhook_endpoints.router,
+                   codec.router):
         app.include_router(router)
     return app

@@ -200,6 +200,8 @@ class DevStack:
         # The local stack's webhook receivers run on this machine (loopback); an operator can
         # still say false. Production configurations never set it.
         env.setdefault("DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
+        # The local Web UI decodes our encrypted payloads through the API (loopback only).
+        env.setdefault("DURAPAY_CODEC_ENDPOINT_ENABLED", "true")
         return env
 
     def _postgres_argv(self) -> list[str]:
@@ -229,7 +231,9 @@ class DevStack:
                 "--db-filename", str(self.home / "temporal.db"), "--log-level", "error",
                 "--ui-disable-news-fetch",
                 # Measured: WAL + synchronous=normal more than doubles throughput on SQLite.
-                "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
+                "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+                # Payloads are encrypted (core/codec.py); the UI asks the API to decode them.
+                "--ui-codec-endpoint", f"{self.api_url}/codec"]
         return argv + search_attributes.registration_flags()
 
     async def _prepare_database(self) -> None:

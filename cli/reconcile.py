@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from core.domain import rfc3339
 from core.settings import Settings
+from core.temporal_client import connect_temporal
 
 if TYPE_CHECKING:
     from core.reconciliation import Discrepancy
@@ -59,7 +60,7 @@ def run(settings: Settings, window_seconds: int | None) -> NoReturn:
 async def reconcile(settings: Settings, window_seconds: int | None,
                     out: TextIO = sys.stdout) -> int:
     # Imported here: the Temporal SDK and the workflow modules would slow every other command.
-    from temporalio.client import Client, WorkflowFailureError
+    from temporalio.client import WorkflowFailureError
     from temporalio.service import RPCError
 
     from core.reconciliation import SweepTrigger
@@ -71,8 +72,7 @@ async def reconcile(settings: Settings, window_seconds: int | None,
         print("durapay: --window-seconds must be positive", file=sys.stderr)
         return EXIT_FAILED
     try:
-        client = await Client.connect(settings.effective_temporal_address,
-                                      namespace=settings.temporal_namespace)
+        client = await connect_temporal(settings)
         result = await client.execute_workflow(
             ReconciliationSweepWorkflow.run,
             ReconciliationSweepInput(window, SweepTrigger.MANUAL),

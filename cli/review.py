@@ -18,13 +18,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, select
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError
 
 from core.db.session import create_engine, session_factory
 from core.db.tables import PaymentIntent, Transaction
 from core.domain import NetworkOutcome, TransactionStatus, rfc3339
 from core.settings import Settings
-from workflows.payment_intent import ManualReviewResolution, PaymentIntentWorkflow
+from core.temporal_client import connect_temporal
+from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_messages import ManualReviewResolution
 
 OUTCOMES = {"approved": NetworkOutcome.APPROVED, "failed": NetworkOutcome.FAILED}
 
@@ -88,8 +90,7 @@ async def list_reviews(settings: Settings) -> int:
 
 async def resolve_review(settings: Settings, payment_intent_id: str, outcome: NetworkOutcome,
                          note: str) -> int:
-    client = await Client.connect(settings.effective_temporal_address,
-                                  namespace=settings.temporal_namespace)
+    client = await connect_temporal(settings)
     handle = client.get_workflow_handle_for(PaymentIntentWorkflow.run, payment_intent_id)
     try:
         status = await handle.execute_update(PaymentIntentWorkflow.resolve_manual_review,

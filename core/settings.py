@@ -72,6 +72,18 @@ class Settings(BaseSettings):
     # After a secret rotation the old secret keeps signing this long unless the request says.
     webhook_rotation_grace_seconds: int = 86_400
 
+    # The Web UI's codec endpoint (api/routers/codec.py): off unless asked for; `durapay dev`
+    # turns it on for its loopback stack.
+    codec_endpoint_enabled: bool = False
+    codec_ui_origins: str = ""  # comma-separated, e.g. https://temporal-ui.internal
+
+    @property
+    def codec_allowed_origins(self) -> frozenset[str]:
+        """The Web UI origins that may call the codec endpoint (the local UI's, and any set)."""
+        local = {f"http://{host}:{self.temporal_ui_port}" for host in ("127.0.0.1", "localhost")}
+        configured = {o.strip() for o in self.codec_ui_origins.split(",") if o.strip()}
+        return frozenset(local | configured)
+
     @property
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()

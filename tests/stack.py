@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from temporalio.client import Client
+
+from core.codec import data_converter
+from core.settings import Settings
 
 BIN = Path(sys.executable).parent
 
@@ -37,6 +41,16 @@ class RunningStack:
 
     def state(self) -> dict[str, object]:
         return json.loads((self.home / "stack.json").read_text())  # type: ignore[no-any-return]
+
+    def master_key(self) -> bytes:
+        """The stack's master key (generated into its state dir by the launcher)."""
+        return Settings(home=self.home,
+                        master_key=self.env.get("DURAPAY_MASTER_KEY")).resolved_master_key()
+
+    async def temporal_client(self) -> Client:
+        """A Temporal client that reads the stack's encrypted payloads, as its processes do."""
+        return await Client.connect(self.temporal_address,
+                                    data_converter=data_converter(self.master_key()))
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in (self.home / "logs").glob("*.log"))

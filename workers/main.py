@@ -11,7 +11,6 @@ import signal
 from datetime import timedelta
 
 import httpx
-from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.card_network import CardNetworkActivities
@@ -21,6 +20,7 @@ from activities.webhooks import WebhookActivities, new_http_client
 from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
 from core.settings import get_settings
+from core.temporal_client import connect_temporal
 from workers.schedules import ensure_reconciliation_schedule
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.reconciliation import ReconciliationSweepWorkflow
@@ -33,8 +33,7 @@ async def run_worker() -> None:
     settings = get_settings()
     engine = create_engine(settings.effective_database_url)
     sessions = session_factory(engine)
-    client = await Client.connect(settings.effective_temporal_address,
-                                  namespace=settings.temporal_namespace)
+    client = await connect_temporal(settings)
     cipher = Cipher(settings.resolved_master_key())
     async with httpx.AsyncClient() as http, new_http_client() as webhook_http:
         records = PaymentRecordActivities(sessions)

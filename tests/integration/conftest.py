@@ -55,7 +55,7 @@ async def durapay(stack: RunningStack, merchant: dict[str, Any]) -> AsyncIterato
 
 @pytest.fixture(scope="session")
 async def temporal(stack: RunningStack) -> Client:
-    return await Client.connect(stack.temporal_address)
+    return await stack.temporal_client()
 
 
 @pytest.fixture(scope="session")

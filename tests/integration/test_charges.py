@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from client import DurapayClient
+from core.codec import ENCODING, PayloadEncryptionCodec
 from tests.integration.conftest import CARD_4242, card, create_intent
 from tests.integration.helpers import ledger_entries, settled_intent
 from tests.stack import RunningStack
@@ -159,10 +163,16 @@ async def test_workflow_is_visible_and_history_holds_no_card_data(
     assert description.status in (WorkflowExecutionStatus.RUNNING,
                                   WorkflowExecutionStatus.COMPLETED)
     assert str(status) == "succeeded"
-    history = json.dumps((await handle.fetch_history()).to_json_dict())
-    decoded = _decode_payloads(history)
-    assert "4242" in decoded  # last4 is there, so payloads were really decoded
-    assert PAN not in history and PAN not in decoded
+    history = (await handle.fetch_history()).to_json_dict()
+    stored = _payload_texts(history)
+    # What Temporal stores is ciphertext: not even last4 or the amount can be read there.
+    assert stored and "4242" not in "\n".join(stored)
+    started = history["events"][0]["workflowExecutionStartedEventAttributes"]
+    assert started["input"]["payloads"][0]["metadata"]["encoding"] == \
+        base64.b64encode(ENCODING).decode()
+    decoded = "\n".join(await _decrypted_payload_texts(history, stack.master_key()))
+    assert "4242" in decoded  # last4 is there once decrypted, so payloads were really read
+    assert PAN not in json.dumps(history) and PAN not in decoded
     assert '"cvc"' not in decoded and cvc not in decoded
 
     # The database holds the PAN only encrypted, and no CVC at all.
@@ -181,27 +191,33 @@ async def test_workflow_is_visible_and_history_holds_no_card_data(
     assert PAN not in stack.logs()
 
 
-def _decode_payloads(history_json: str) -> str:
-    """Base64-decode every payload `data` field so the assertion sees what Temporal stored."""
-    import base64
-
-    decoded: list[str] = []
+def _payloads(history: Any) -> list[dict[str, Any]]:
+    """Every payload (`{"metadata", "data"}`) anywhere in a history's JSON."""
+    found: list[dict[str, Any]] = []
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if "data" in node and isinstance(node["data"], str) and "metadata" in node:
-                try:
-                    decoded.append(base64.b64decode(node["data"]).decode(errors="replace"))
-                except ValueError:
-                    pass
+            if isinstance(node.get("data"), str) and isinstance(node.get("metadata"), dict):
+                found.append(node)
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
             for value in node:
                 walk(value)
 
-    walk(json.loads(history_json))
-    return "\n".join(decoded)
+    walk(history)
+    return found
+
+
+def _payload_texts(history: Any) -> list[str]:
+    return [base64.b64decode(p["data"]).decode(errors="replace") for p in _payloads(history)]
+
+
+async def _decrypted_payload_texts(history: Any, master_key: bytes) -> list[str]:
+    """What the payloads say once decrypted with the stack's key, as our processes read them."""
+    codec = PayloadEncryptionCodec(master_key)
+    stored = [json_format.ParseDict(p, Payload()) for p in _payloads(history)]
+    return [p.data.decode(errors="replace") for p in await codec.decode(stored)]
 
 
 @pytest.mark.parametrize("number", [PAN, HELD_APPROVE_PAN], ids=["4242", "held-1018"])

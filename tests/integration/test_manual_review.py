@@ -67,7 +67,7 @@ async def test_unknown_outcome_past_the_horizon_opens_a_review_that_the_network_
     output = await assert_eventually(listed_in_cli, timeout=15, interval=0.5,
                                      message="the review never showed in `durapay review list`")
     assert response.json()["networkReference"] in output
-    temporal = await Client.connect(review_stack.temporal_address)
+    temporal = await review_stack.temporal_client()
     intent_id = intent["id"]
     query = f'DurapayManualReview = true AND WorkflowId = "{intent_id}"'
     assert await assert_eventually(lambda: _count(temporal, query), timeout=10)
