@@ -49,6 +49,7 @@ class Child:
     restartable: bool
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # this child's own settings
 
 
 class DevStack:
@@ -109,9 +110,7 @@ class DevStack:
                       self._cardnet_ready, True)
             )
         for index in range(s.workers):
-            children.append(
-                Child(f"worker-{index + 1}", [python, "-m", "workers.main"], _always_ready, True)
-            )
+            children.append(self._worker(f"worker-{index + 1}"))
         children.append(
             Child("api", [python, "-m", "uvicorn", "api.main:create_app", "--factory",
                           "--host", s.api_host, "--port", str(s.api_port),
@@ -124,7 +123,7 @@ class DevStack:
         user = postgres_system_user(self.home / "postgres") if child.name == "postgres" else None
         child.process = subprocess.Popen(
             child.argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=self._child_env(), start_new_session=True, user=user,
+            env={**self._child_env(), **child.env}, start_new_session=True, user=user,
         )
         log_file.close()
         deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
@@ -286,6 +285,16 @@ class DevStack:
     async def _cardnet_ready(self) -> bool:
         return await self._get_ok(f"{self.settings.effective_cardnet_url}/healthz")
 
+    def _worker(self, name: str) -> Child:
+        """A worker has no port to probe: once it polls its task queue it writes its pid to a
+        file, and that is its health check."""
+        ready_file = self.home / "run" / f"{name}.ready"
+        ready_file.parent.mkdir(parents=True, exist_ok=True)
+        child = Child(name, [sys.executable, "-m", "workers.main"],
+                      lambda: _wrote_pid(ready_file, child), True,
+                      env={"DURAPAY_WORKER_READY_FILE": str(ready_file)})
+        return child
+
     async def _api_ready(self) -> bool:
         return await self._get_ok(f"{self.api_url}/healthz")
 
@@ -336,10 +345,12 @@ class StackError(Exception):
     pass
 
 
-async def _always_ready() -> bool:
-    # Workers expose no port; they count as started once their process is up (a crash is
-    # caught by the supervisor on the next tick).
-    return True
+async def _wrote_pid(path: Path, child: Child) -> bool:
+    """True once this run of `child` (not an earlier, crashed one) wrote its pid to `path`."""
+    try:
+        return child.process is not None and path.read_text().strip() == str(child.process.pid)
+    except OSError:
+        return False
 
 
 def postgres_system_user(data_dir: Path) -> str | None:

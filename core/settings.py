@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # After a secret rotation the old secret keeps signing this long unless the request says.
     webhook_rotation_grace_seconds: int = 86_400
 
+    # Where a worker writes its pid once it polls its task queue (set by `durapay dev`).
+    worker_ready_file: Path | None = None
     # The Web UI's codec endpoint (api/routers/codec.py): off unless asked for; `durapay dev`
     # turns it on for its loopback stack.
     codec_endpoint_enabled: bool = False

@@ -65,8 +65,26 @@ class RunningStack:
                 self.process.wait()
 
 
+class PortTaken(RuntimeError):
+    """A port picked as free was taken by another process before our child bound it."""
+
+
 def start_stack(home: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None,
                 timeout: float = 180.0) -> RunningStack:
+    """Start `durapay dev` on free ports. Picking a free port and binding it are two steps, so
+    another process (a second test run, Temporal's own extra listeners) can take one in between:
+    then try again on new ports, with a fresh state dir."""
+    for attempt in range(3):
+        try:
+            return _start_stack(home / f"try{attempt}" if attempt else home, workers=workers,
+                                extra_env=extra_env, timeout=timeout)
+        except PortTaken:
+            continue
+    raise RuntimeError("no free ports after 3 attempts")
+
+
+def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
+                 timeout: float) -> RunningStack:
     ports = {name: free_port() for name in ("api", "cardnet", "temporal", "ui", "postgres")}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DURAPAY_") and k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
@@ -97,6 +115,9 @@ def start_stack(home: Path, *, workers: int = 1, extra_env: dict[str, str] | Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            logs = "\n".join(p.read_text(errors="replace") for p in (home / "logs").glob("*.log"))
+            if "address already in use" in logs:
+                raise PortTaken(logs[-2000:])
             raise RuntimeError("durapay dev exited:\n" + (home / "launcher.out").read_text())
         if (home / "launcher.out").read_text(errors="replace").find("Durapay is up") >= 0:
             response = httpx.get(f"{api_url}/healthz", timeout=5)

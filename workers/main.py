@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from datetime import timedelta
 
@@ -76,6 +77,8 @@ async def run_worker() -> None:
         await ensure_reconciliation_schedule(client, settings)
         log.info("worker polling task queue %s", settings.task_queue)
         async with worker:
+            if settings.worker_ready_file:  # tells a supervisor this worker is polling
+                settings.worker_ready_file.write_text(str(os.getpid()))
             await stop.wait()
     await engine.dispose()
 
