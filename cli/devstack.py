@@ -164,13 +164,13 @@ class DevStack:
         return [c for c in self.children if c.process is not None and c.process.poll() is not None]
 
     async def _stop_all(self) -> None:
+        """One at a time, in reverse order: the API stops taking requests, then workers finish
+        their activities (graceful shutdown) while Postgres and Temporal are still there."""
         for child in reversed(self.children):
-            if child.process and child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM if child.name != "postgres"
-                                          else signal.SIGINT)  # SIGINT = fast, clean shutdown
-        for child in reversed(self.children):
-            if child.process is None:
+            if child.process is None or child.process.poll() is not None:
                 continue
+            child.process.send_signal(signal.SIGTERM if child.name != "postgres"
+                                      else signal.SIGINT)  # SIGINT = fast, clean shutdown
             try:
                 await asyncio.to_thread(child.process.wait, 15)
             except subprocess.TimeoutExpired:
