@@ -15,12 +15,15 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DURAPAY_", extra="ignore")
+    # The generated secrets, read from the state dir once (see the resolved_* methods).
+    _admin_token_from_file: str | None = PrivateAttr(default=None)
+    _master_key_bytes: bytes | None = PrivateAttr(default=None)
 
     home: Path = Path(".durapay")
     api_host: str = "127.0.0.1"
@@ -109,18 +112,24 @@ class Settings(BaseSettings):
         """The admin token from config, else the one generated once under the state dir."""
         if self.admin_token:
             return self.admin_token
-        return _read_or_create_secret(self.home_dir / "admin-token",
-                                      lambda: secrets.token_urlsafe(32))
+        if self._admin_token_from_file is None:
+            self._admin_token_from_file = _read_or_create_secret(
+                self.home_dir / "admin-token", lambda: secrets.token_urlsafe(32))
+        return self._admin_token_from_file
 
     def resolved_master_key(self) -> bytes:
-        """AES-256 key that encrypts secrets and card data at rest (base64 in config or file)."""
-        encoded = self.master_key or _read_or_create_secret(
-            self.home_dir / "master.key", lambda: base64.b64encode(os.urandom(32)).decode()
-        )
-        key = base64.b64decode(encoded)
-        if len(key) != 32:
-            raise ValueError("DURAPAY_MASTER_KEY must be 32 bytes, base64-encoded")
-        return key
+        """AES-256 key that encrypts secrets and card data at rest (base64 in config or file).
+
+        Resolved once per Settings: the API asks for it on every idempotent request."""
+        if self._master_key_bytes is None:
+            encoded = self.master_key or _read_or_create_secret(
+                self.home_dir / "master.key", lambda: base64.b64encode(os.urandom(32)).decode()
+            )
+            key = base64.b64decode(encoded)
+            if len(key) != 32:
+                raise ValueError("DURAPAY_MASTER_KEY must be 32 bytes, base64-encoded")
+            self._master_key_bytes = key
+        return self._master_key_bytes
 
 
 def to_asyncpg_url(url: str) -> str:

@@ -49,31 +49,26 @@ router = APIRouter(prefix="/payment-intents", tags=["payment-intents"])
 async def create_payment_intent(body: PaymentIntentCreate, merchant: MerchantDep,
                                 session: SessionDep, state: StateDep, temporal: TemporalDep,
                                 idempotency_key: IdempotencyKeyDep) -> JSONResponse:
-    endpoint = "POST /payment-intents"
-    if idempotency_key:
-        fingerprint = idempotency.request_fingerprint(
-            state.settings.resolved_master_key(), endpoint, body.model_dump(mode="json"))
-        stored = await idempotency.claim(session, merchant_id=merchant.id, key=idempotency_key,
-                                         endpoint=endpoint, fingerprint=fingerprint)
-        if stored is not None:
-            return JSONResponse(stored.body, status_code=stored.status)
-    intent = PaymentIntent(
-        id=new_id("pi"), merchant_id=merchant.id, amount_in_cents=body.amount_in_cents,
-        currency=body.currency, description=body.description,
-        capture_method=body.capture_method, status=IntentStatus.CREATED.value,
-        metadata_=body.metadata)
-    session.add(intent)
-    await session.flush()
-    await session.refresh(intent)
-    await append_event(session, cause=f"{intent.id}:created", event_type="payment.created",
-                       intent=intent, transaction_id=None)
-    await session.commit()
-    response = payment_intent_out(intent, []).model_dump(mode="json", by_alias=True)
-    if idempotency_key:
-        await idempotency.store(session, merchant_id=merchant.id, key=idempotency_key,
-                                status=201, body=response)
-    await _start_workflow(temporal, state.settings, intent)
-    return JSONResponse(response, status_code=201)
+    async def handle() -> tuple[int, dict[str, object]]:
+        intent = PaymentIntent(
+            id=new_id("pi"), merchant_id=merchant.id, amount_in_cents=body.amount_in_cents,
+            currency=body.currency, description=body.description,
+            capture_method=body.capture_method, status=IntentStatus.CREATED.value,
+            metadata_=body.metadata)
+        session.add(intent)
+        await session.flush()
+        await session.refresh(intent)
+        await append_event(session, cause=f"{intent.id}:created", event_type="payment.created",
+                           intent=intent, transaction_id=None)
+        await session.commit()
+        await _start_workflow(temporal, state.settings, intent)
+        return 201, payment_intent_out(intent, []).model_dump(mode="json", by_alias=True)
+
+    status_code, response = await idempotency.respond_once(
+        session, secret=state.settings.resolved_master_key(), merchant_id=merchant.id,
+        key=idempotency_key, endpoint="POST /payment-intents",
+        payload=body.model_dump(mode="json"), handle=handle)
+    return JSONResponse(response, status_code=status_code)
 
 
 @router.get("", response_model=ListOf[PaymentIntentOut], summary="List your PaymentIntents")
