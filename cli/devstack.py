@@ -368,7 +368,10 @@ def postgres_system_user(data_dir: Path) -> str | None:
 
     entry = ensure_user_exists(POSTGRES_SYSTEM_USER)
     assert entry is not None
-    ensure_prefix_permissions(data_dir)
+    # The unprivileged user must reach the binaries as well as the data: a checkout in a 0700
+    # directory (e.g. `mktemp -d`) would otherwise hide initdb from it.
+    for path in (data_dir, postgres_bin_dir()):
+        ensure_prefix_permissions(path)
     ensure_folder_permissions(postgres_bin_dir(), 0o555)
     ensure_folder_permissions(postgres_bin_dir().parent / "lib", 0o444)
     if data_dir.stat().st_uid != entry.pw_uid:
