@@ -1,17 +1,17 @@
-"""Entry point: python -m cardnet [--host H] [--port N] [--data-dir DIR] [--hold-seconds S]."""
+"""Entry point: python -m cardnet [--host H] [--port N] [--data-dir DIR] [--hold-seconds S] ..."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
 
 from cardnet.app import create_app
-from cardnet.settings import Settings, default_data_dir, default_port, parse_hold_seconds
+from cardnet.settings import Settings, default_data_dir, default_port, parse_seconds
 
 # Held requests would otherwise keep a Ctrl-C waiting for a whole hold; they are persisted
 # and finish on the next start, so a short graceful period loses nothing.
@@ -34,12 +34,39 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--hold-seconds",
-        type=parse_hold_seconds,
+        type=parse_seconds,
         default=None,
         help="how long held operations wait; default: $DURAPAY_CARDNET_HOLD_SECONDS or 15",
     )
+    parser.add_argument(
+        "--status-lag-seconds",
+        type=parse_seconds,
+        default=None,
+        help="how long card 4000000000001091 is not_found to status queries after its commit; "
+        "default: $DURAPAY_CARDNET_STATUS_LAG_SECONDS or 30",
+    )
+    parser.add_argument(
+        "--trickle-seconds",
+        type=parse_seconds,
+        default=None,
+        help="the pause between the pieces of a trickled answer; "
+        "default: $DURAPAY_CARDNET_TRICKLE_SECONDS or the hold duration",
+    )
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
+
+
+def settings_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """The environment's settings, with the flags given on the command line winning."""
+    settings = Settings.from_env(environ)
+    overrides = {
+        name: getattr(args, name)
+        for name in ("hold_seconds", "status_lag_seconds", "trickle_seconds")
+        if getattr(args, name) is not None
+    }
+    return replace(settings, **overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -47,9 +74,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = Settings.from_env()
-    if args.hold_seconds is not None:
-        settings = replace(settings, hold_seconds=args.hold_seconds)
+    settings = settings_from_args(args)
     data_dir = args.data_dir or default_data_dir()
     port = args.port if args.port is not None else default_port()
     app = create_app(data_dir, settings)

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cardnet.faults import FaultSettings
+from cardnet.faults import FaultSettings, WireFault
 from cardnet.models import (
     LedgerEntryOut,
     LedgerOut,
@@ -25,7 +25,13 @@ from cardnet.models import (
 )
 from cardnet.network import Answer, CardNetwork, Outcome
 from cardnet.records import Committed, Hold
-from cardnet.responses import DroppedResponse, quiet_uvicorn_about_drops
+from cardnet.responses import (
+    DroppedResponse,
+    TrickledResponse,
+    garbage_response,
+    gateway_error_response,
+    quiet_uvicorn_about_drops,
+)
 from cardnet.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -72,7 +78,7 @@ def _ledger_entry_out(entry: Committed) -> LedgerEntryOut:
     )
 
 
-def _answer_response(answer: Answer) -> Response:
+def _answer_response(answer: Answer, trickle_pause_seconds: float) -> Response:
     if answer.outcome == Outcome.UNAVAILABLE:
         return _error(
             503,
@@ -91,10 +97,16 @@ def _answer_response(answer: Answer) -> Response:
     body = _operation_out(state).model_dump(mode="json", by_alias=True)
     # 202: the network accepted the operation but has not decided it yet; poll the status.
     status_code = 200 if answer.outcome == Outcome.DECIDED else 202
-    if answer.drop:
-        logger.warning("dropping the response for %s (simulated lost response)", state.op.reference)
+    if answer.outcome != Outcome.DECIDED or answer.wire_fault is None:
+        return JSONResponse(body, status_code=status_code)
+    logger.warning("answer for %s: simulated %s", state.op.reference, answer.wire_fault.value)
+    if answer.wire_fault == WireFault.DROP:
         return DroppedResponse(body, status_code)
-    return JSONResponse(body, status_code=status_code)
+    if answer.wire_fault == WireFault.GATEWAY_ERROR:
+        return gateway_error_response()
+    if answer.wire_fault == WireFault.GARBAGE:
+        return garbage_response(body, status_code)
+    return TrickledResponse(body, status_code, trickle_pause_seconds)
 
 
 async def _client_gone(request: Request) -> None:
@@ -124,7 +136,7 @@ async def _submit_while_connected(
         logger.info("caller of %s hung up before the answer", body.reference)
         # Nobody reads this; 499 (client closed request) keeps access logs honest.
         return Response(status_code=499)
-    return _answer_response(submit.result())
+    return _answer_response(submit.result(), network.settings.trickle_pause_seconds)
 
 
 def create_app(data_dir: Path, settings: Settings | None = None) -> FastAPI:
@@ -135,8 +147,13 @@ def create_app(data_dir: Path, settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         network.start()
+        s = network.settings
         logger.info(
-            "cardnet started (data dir %s, hold %.1fs)", data_dir, network.settings.hold_seconds
+            "cardnet started (data dir %s, hold %.1fs, status lag %.1fs, trickle pause %.1fs)",
+            data_dir,
+            s.hold_seconds,
+            s.status_lag_seconds,
+            s.trickle_pause_seconds,
         )
         try:
             yield

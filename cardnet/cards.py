@@ -21,6 +21,16 @@ class Behaviour(StrEnum):
     FLAKY = "flaky"
     # Holds, then stays pending until the status of the reference is queried enough times.
     SLOW_STATUS = "slow_status"
+    # The bad-day cards: each commits its approval on the first request, and then every answer
+    # to that reference (first request and retries alike) goes wrong on the way back.
+    # A gateway in front of the network answers 502.
+    GATEWAY_ERROR = "gateway_error"
+    # The body is not the protocol (truncated JSON under a 200).
+    GARBAGE = "garbage"
+    # The body trickles in slower than the caller's timeout.
+    TRICKLE = "trickle"
+    # Holds, then approves; the status API answers not_found for a while after the commit.
+    LAGGING_STATUS = "lagging_status"
 
 
 # How many attempts of a reference the flaky card answers with 503 before approving.
@@ -51,6 +61,10 @@ _TEST_CARDS: dict[str, CardPlan] = {
     "4000000000001034": CardPlan(Behaviour.DROP),
     "4000000000001042": CardPlan(Behaviour.FLAKY),
     "4000000000001059": CardPlan(Behaviour.SLOW_STATUS),
+    "4000000000001067": CardPlan(Behaviour.GATEWAY_ERROR),
+    "4000000000001075": CardPlan(Behaviour.GARBAGE),
+    "4000000000001083": CardPlan(Behaviour.TRICKLE),
+    "4000000000001091": CardPlan(Behaviour.LAGGING_STATUS),
 }
 
 _DEFAULT_PLAN = CardPlan(Behaviour.APPROVE)

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS operations (
     parent_reference TEXT,
     fingerprint TEXT NOT NULL,
     created_at TEXT NOT NULL,
-    committed_at TEXT NOT NULL
+    committed_at TEXT NOT NULL,
+    status_lags INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS operations_parent ON operations (parent_reference);
 CREATE TABLE IF NOT EXISTS holds (
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS holds (
     due_at REAL NOT NULL,
     decision_status TEXT,
     decision_decline_code TEXT,
-    status_queries INTEGER NOT NULL DEFAULT 0
+    status_queries INTEGER NOT NULL DEFAULT 0,
+    status_lags INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS attempts (
     reference TEXT PRIMARY KEY,
@@ -56,8 +58,14 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 _OP_COLUMNS = (
-    "reference, type, amount_in_cents, currency, brand, parent_reference, fingerprint, created_at"
+    "reference, type, amount_in_cents, currency, brand, parent_reference, fingerprint, created_at, "
+    "status_lags"
 )
+# Columns added after the first release: a data dir from before gets them in place.
+_ADDED_COLUMNS = {
+    "operations": {"status_lags": "INTEGER NOT NULL DEFAULT 0"},
+    "holds": {"status_lags": "INTEGER NOT NULL DEFAULT 0"},
+}
 
 
 def _operation(row: sqlite3.Row) -> Operation:
@@ -70,6 +78,7 @@ def _operation(row: sqlite3.Row) -> Operation:
         parent_reference=row["parent_reference"],
         fingerprint=row["fingerprint"],
         created_at=row["created_at"],
+        status_lags=bool(row["status_lags"]),
     )
 
 
@@ -112,7 +121,16 @@ class Ledger:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(_SCHEMA)
+        self._add_missing_columns()
         logger.info("ledger opened at %s", self.path)
+
+    def _add_missing_columns(self) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            present = {row["name"] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            for name, definition in columns.items():
+                if name not in present:
+                    logger.info("adding column %s.%s to the ledger", table, name)
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         with self._lock:
@@ -179,7 +197,7 @@ class Ledger:
         with self._tx() as conn:
             conn.execute(
                 f"INSERT INTO holds ({_OP_COLUMNS}, kind, due_at, decision_status, "
-                "decision_decline_code, status_queries) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "decision_decline_code, status_queries) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     *self._op_values(op),
                     hold.kind.value,
@@ -236,6 +254,7 @@ class Ledger:
             op.parent_reference,
             op.fingerprint,
             op.created_at,
+            int(op.status_lags),
         )
 
     @staticmethod
@@ -254,7 +273,7 @@ class Ledger:
         entry = Committed(op=op, decision=decision, committed_at=now_rfc3339())
         conn.execute(
             f"INSERT INTO operations ({_OP_COLUMNS}, status, decline_code, committed_at) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (*self._op_values(op), decision.status, decision.decline_code, entry.committed_at),
         )
         conn.execute("DELETE FROM holds WHERE reference = ?", (op.reference,))

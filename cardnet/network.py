@@ -10,11 +10,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from cardnet.cards import FLAKY_FAILURES, Behaviour, CardPlan, brand_for, plan_for
-from cardnet.faults import FaultInjector, FaultRoll
+from cardnet.faults import FaultInjector, FaultRoll, WireFault
 from cardnet.holds import HoldManager
 from cardnet.ledger import Ledger
 from cardnet.models import OperationIn
-from cardnet.records import Committed, Decision, Hold, HoldKind, Operation
+from cardnet.records import Committed, Decision, Hold, HoldKind, Operation, epoch_seconds
 from cardnet.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -22,6 +22,15 @@ logger = logging.getLogger(__name__)
 # Extra wait beyond a timer hold's due time before a waiting request gives up as `pending`;
 # only reached if the commit itself failed.
 _TIMER_GRACE_SECONDS = 5.0
+
+# The bad-day cards spoil every answer to their reference, the first and every retry.
+_CARD_WIRE_FAULTS = {
+    Behaviour.GATEWAY_ERROR: WireFault.GATEWAY_ERROR,
+    Behaviour.GARBAGE: WireFault.GARBAGE,
+    Behaviour.TRICKLE: WireFault.TRICKLE,
+}
+# Cards held for the hold duration, then committed by a timer.
+_TIMER_HOLD_BEHAVIOURS = frozenset({Behaviour.HOLD, Behaviour.LAGGING_STATUS})
 
 
 class Outcome(StrEnum):
@@ -36,8 +45,8 @@ class Answer:
     outcome: Outcome
     entry: Committed | None = None
     hold: Hold | None = None
-    # Commit happened, but the response must be lost on the wire.
-    drop: bool = False
+    # A DECIDED answer that goes wrong on the way back (the commit has happened).
+    wire_fault: WireFault | None = None
 
 
 class CardNetwork:
@@ -82,27 +91,50 @@ class CardNetwork:
         # event loop the idempotency check and the write cannot interleave with a duplicate.
         plan = plan_for(body.card.number) if body.card else None
         brand = brand_for(body.card.number) if body.card else None
-        op = Operation.from_request(body, brand)
+        behaviour = plan.behaviour if plan else None
+        op = Operation.from_request(body, brand, status_lags=behaviour == Behaviour.LAGGING_STATUS)
+        # Derived from the card, so a bad-day card stays bad for its reference across restarts.
+        wire_fault = _CARD_WIRE_FAULTS.get(behaviour) if behaviour else None
+        wire_fault = wire_fault or roll.wire_fault
 
         existing = self.ledger.committed(op.reference)
         if existing is not None:
             if existing.op.fingerprint != op.fingerprint:
                 return Answer(Outcome.CONFLICT, entry=existing)
-            # Idempotency wins over faults, except that the replay can be lost again.
-            return Answer(Outcome.DECIDED, entry=existing, drop=roll.drop)
+            # Idempotency wins over faults: the stored decision stands, but the answer that
+            # carries it can go wrong on the wire again.
+            return Answer(Outcome.DECIDED, entry=existing, wire_fault=wire_fault)
 
         held = self.ledger.hold(op.reference)
         if held is not None:
             if held.op.fingerprint != op.fingerprint:
                 return Answer(Outcome.CONFLICT, hold=held)
-            return await self._await_hold(held, drop=roll.drop)
+            return await self._await_hold(held, wire_fault)
 
-        return await self._decide_fresh(op, plan, roll)
+        # The lost-response card loses its first answer whatever else fired.
+        if behaviour == Behaviour.DROP:
+            wire_fault = WireFault.DROP
+        return await self._decide_fresh(op, plan, roll, wire_fault)
 
     def status(self, reference: str) -> Committed | Hold | None:
-        return self.holds.poll(reference)
+        """Answer a status query; None is `not_found`, also while the status index lags."""
+        state = self.holds.poll(reference)
+        if isinstance(state, Committed) and time.time() < self._indexed_at(state):
+            return None
+        return state
 
-    async def _decide_fresh(self, op: Operation, plan: CardPlan | None, roll: FaultRoll) -> Answer:
+    def _indexed_at(self, entry: Committed) -> float:
+        """When the status API starts to know a committed operation (epoch seconds)."""
+        lag = self.faults.settings.status_lag_ms / 1000
+        if entry.op.status_lags:
+            lag = max(lag, self.settings.status_lag_seconds)
+        if lag <= 0:
+            return 0.0
+        return epoch_seconds(entry.committed_at) + lag
+
+    async def _decide_fresh(
+        self, op: Operation, plan: CardPlan | None, roll: FaultRoll, wire_fault: WireFault | None
+    ) -> Answer:
         attempts = self.ledger.bump_attempts(op.reference)
         if roll.error:
             logger.info("fault: 503 for %s", op.reference)
@@ -120,15 +152,14 @@ class CardNetwork:
                 else Decision.decline(plan.decline_code or "generic_decline")
             )
 
-        # The lost-response card loses its first answer whether or not a fault held it.
-        drop = roll.drop or (plan is not None and plan.behaviour == Behaviour.DROP)
         hold = self._hold_for(op, plan, roll, decision)
         if hold is not None:
             logger.info("holding %s (%s)", op.reference, hold.kind.value)
             self.holds.start(hold)
-            return await self._await_hold(hold, drop=drop)
+            return await self._await_hold(hold, wire_fault)
 
-        return Answer(Outcome.DECIDED, entry=self.ledger.commit(op, decision), drop=drop)
+        entry = self.ledger.commit(op, decision)
+        return Answer(Outcome.DECIDED, entry=entry, wire_fault=wire_fault)
 
     def _hold_for(
         self, op: Operation, plan: CardPlan | None, roll: FaultRoll, decision: Decision | None
@@ -136,11 +167,11 @@ class CardNetwork:
         due_at = time.time() + self.settings.hold_seconds
         if plan is not None and plan.behaviour == Behaviour.SLOW_STATUS:
             return Hold(op, HoldKind.POLLS, due_at, Decision.approve())
-        if roll.hold or (plan is not None and plan.behaviour == Behaviour.HOLD):
+        if roll.hold or (plan is not None and plan.behaviour in _TIMER_HOLD_BEHAVIOURS):
             return Hold(op, HoldKind.TIMER, due_at, decision)
         return None
 
-    async def _await_hold(self, hold: Hold, drop: bool) -> Answer:
+    async def _await_hold(self, hold: Hold, wire_fault: WireFault | None) -> Answer:
         """Keep the caller waiting for the same decision as the original request."""
         if hold.kind == HoldKind.TIMER:
             timeout = max(0.0, hold.due_at - time.time()) + _TIMER_GRACE_SECONDS
@@ -150,4 +181,4 @@ class CardNetwork:
         entry = await self.holds.wait(hold.op.reference, timeout)
         if entry is None:
             return Answer(Outcome.PENDING, hold=self.ledger.hold(hold.op.reference) or hold)
-        return Answer(Outcome.DECIDED, entry=entry, drop=drop)
+        return Answer(Outcome.DECIDED, entry=entry, wire_fault=wire_fault)

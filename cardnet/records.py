@@ -18,6 +18,11 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def epoch_seconds(rfc3339: str) -> float:
+    """Epoch seconds of a timestamp written by now_rfc3339."""
+    return datetime.fromisoformat(rfc3339).timestamp()
+
+
 @dataclass(frozen=True)
 class Operation:
     """What the network knows about an operation request before deciding it."""
@@ -31,9 +36,14 @@ class Operation:
     # Digest of everything that identifies the request, to detect a reused reference.
     fingerprint: str
     created_at: str
+    # Card 1091: the status API answers `not_found` for a while after the commit. Stored, since
+    # a status query carries only the reference, never the card.
+    status_lags: bool = False
 
     @classmethod
-    def from_request(cls, body: OperationIn, brand: str | None) -> Operation:
+    def from_request(
+        cls, body: OperationIn, brand: str | None, *, status_lags: bool = False
+    ) -> Operation:
         card_number = body.card.number if body.card else ""
         currency = body.currency.lower()
         # The card number only enters as a digest: the ledger never stores a full PAN.
@@ -55,6 +65,7 @@ class Operation:
             parent_reference=body.parent_reference,
             fingerprint=hashlib.sha256(raw.encode()).hexdigest(),
             created_at=now_rfc3339(),
+            status_lags=status_lags,
         )
 
 

@@ -18,14 +18,27 @@ from cardnet import Settings, create_app
 
 # Short holds keep the suite fast while still outlasting the 0.3 s client timeouts used.
 HOLD_SECONDS = 1.0
+# Card 1091's status lag: short for speed, long enough that a query right after the commit
+# surely falls inside it.
+STATUS_LAG_SECONDS = 1.5
+# Trickled answers: a piece every 1 s, far beyond the 0.4 s client timeouts used, yet a patient
+# caller has the whole body (3 pieces) within 2 s.
+TRICKLE_SECONDS = 1.0
 
 
 class CardnetServer:
     """One cardnet process-equivalent: a uvicorn Server running in a thread."""
 
-    def __init__(self, data_dir: Path, hold_seconds: float = HOLD_SECONDS) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        hold_seconds: float = HOLD_SECONDS,
+        status_lag_seconds: float = STATUS_LAG_SECONDS,
+    ) -> None:
         self.data_dir = data_dir
         self.hold_seconds = hold_seconds
+        self.status_lag_seconds = status_lag_seconds
+        self.trickle_seconds = TRICKLE_SECONDS
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.base_url = ""
@@ -36,7 +49,12 @@ class CardnetServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        app = create_app(self.data_dir, Settings(hold_seconds=self.hold_seconds))
+        settings = Settings(
+            hold_seconds=self.hold_seconds,
+            status_lag_seconds=self.status_lag_seconds,
+            trickle_seconds=self.trickle_seconds,
+        )
+        app = create_app(self.data_dir, settings)
         config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=0.2)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -48,6 +66,11 @@ class CardnetServer:
             time.sleep(0.01)
         self._server, self._thread = server, thread
         return self
+
+    def requests_in_flight(self) -> int:
+        """Request tasks uvicorn is still running (a trickle that stopped has none)."""
+        assert self._server is not None
+        return len(self._server.server_state.tasks)
 
     def stop(self) -> None:
         if self._server is None or self._thread is None:
@@ -61,9 +84,12 @@ class CardnetServer:
 class Api:
     """Thin helpers over httpx for the cardnet protocol."""
 
-    def __init__(self, base_url: str, hold_seconds: float) -> None:
+    def __init__(
+        self, base_url: str, hold_seconds: float, status_lag_seconds: float = STATUS_LAG_SECONDS
+    ) -> None:
         self.base_url = base_url
         self.hold_seconds = hold_seconds
+        self.status_lag_seconds = status_lag_seconds
         self.http = httpx.Client(base_url=base_url, timeout=10, trust_env=False)
 
     @staticmethod
@@ -112,6 +138,15 @@ class Api:
         assert response.status_code == 200
         return response.json()["data"]
 
+    def wait_ledger(self, reference: str, within: float = 5.0) -> list[dict[str, Any]]:
+        """Poll the ledger until the reference is committed (or the time is up)."""
+        deadline = time.monotonic() + within
+        while True:
+            entries = self.ledger(reference)
+            if entries or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.05)
+
     def wait_status(self, reference: str, wanted: str, within: float = 5.0) -> dict[str, Any]:
         deadline = time.monotonic() + within
         while True:
@@ -133,7 +168,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CardnetServer]:
 
 @pytest.fixture
 def api(server: CardnetServer) -> Iterator[Api]:
-    client = Api(server.base_url, server.hold_seconds)
+    client = Api(server.base_url, server.hold_seconds, server.status_lag_seconds)
     yield client
     # Faults are process-wide: never let one test's chaos leak into the next.
     client.http.delete("/faults")
@@ -154,7 +189,7 @@ def api_for() -> Iterator[Callable[[CardnetServer], Api]]:
     clients: list[Api] = []
 
     def make(srv: CardnetServer) -> Api:
-        clients.append(Api(srv.base_url, srv.hold_seconds))
+        clients.append(Api(srv.base_url, srv.hold_seconds, srv.status_lag_seconds))
         return clients[-1]
 
     yield make

@@ -20,6 +20,10 @@ ZERO = {
     "errorRate": 0.0,
     "dropRate": 0.0,
     "holdRate": 0.0,
+    "commitThenErrorRate": 0.0,
+    "garbageRate": 0.0,
+    "trickleRate": 0.0,
+    "statusLagMs": 0,
     "seed": None,
 }
 

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from cardnet.settings import default_data_dir, default_port
+from cardnet.__main__ import _parse_args, settings_from_args
+from cardnet.settings import Settings, default_data_dir, default_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +32,43 @@ def test_defaults_from_environment() -> None:
     assert default_data_dir({"DURAPAY_HOME": "/h"}) == Path("/h/cardnet")
     env = {"DURAPAY_HOME": "/h", "DURAPAY_CARDNET_DATA_DIR": "/d"}
     assert default_data_dir(env) == Path("/d")
+
+
+def test_status_lag_and_trickle_settings_from_environment() -> None:
+    defaults = Settings.from_env({})
+    assert defaults.status_lag_seconds == 30
+    assert defaults.trickle_seconds is None
+    assert defaults.trickle_pause_seconds == defaults.hold_seconds == 15
+    env = {
+        "DURAPAY_CARDNET_STATUS_LAG_SECONDS": "2.5",
+        "DURAPAY_CARDNET_TRICKLE_SECONDS": "4",
+        "DURAPAY_CARDNET_HOLD_SECONDS": "3",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.status_lag_seconds, settings.trickle_pause_seconds) == (2.5, 4)
+    assert Settings.from_env({"DURAPAY_CARDNET_HOLD_SECONDS": "3"}).trickle_pause_seconds == 3
+
+
+def test_flags_win_over_the_environment() -> None:
+    env = {"DURAPAY_CARDNET_STATUS_LAG_SECONDS": "2.5", "DURAPAY_CARDNET_TRICKLE_SECONDS": "4"}
+    args = _parse_args(
+        ["--status-lag-seconds", "0.5", "--trickle-seconds", "1", "--hold-seconds", "2"]
+    )
+    settings = settings_from_args(args, env)
+    assert (settings.status_lag_seconds, settings.trickle_pause_seconds, settings.hold_seconds) == (
+        0.5,
+        1,
+        2,
+    )
+    assert settings_from_args(_parse_args([]), env).status_lag_seconds == 2.5
+
+
+@pytest.mark.parametrize("raw", ["-1", "nan", "inf", "soon"])
+def test_invalid_durations_stop_the_start(raw: str) -> None:
+    with pytest.raises(ValueError):
+        Settings.from_env({"DURAPAY_CARDNET_STATUS_LAG_SECONDS": raw})
+    with pytest.raises(SystemExit):
+        _parse_args(["--trickle-seconds", raw])
 
 
 def test_python_dash_m_cardnet_serves_on_env_port(tmp_path: Path) -> None:

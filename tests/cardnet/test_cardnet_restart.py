@@ -92,3 +92,66 @@ def test_interrupted_hold_completes_after_restart(
     assert api.status("r-held")["status"] == "approved"
     [entry] = api.ledger("r-held")
     assert entry["status"] == "approved"
+
+
+def test_bad_day_cards_stay_bad_for_their_reference_after_restart(
+    restartable: CardnetServer, api_for: ApiFor
+) -> None:
+    api = api_for(restartable)
+    gateway_error = api.primary("r-502", "4000000000001067")
+    garbage = api.primary("r-garbage", "4000000000001075")
+    assert api.post(gateway_error).status_code == 502
+    assert api.post(garbage).headers["content-length"] != "0"
+
+    restartable.stop()
+    restartable.start()
+    api = api_for(restartable)
+    assert api.post(gateway_error).status_code == 502
+    with pytest.raises(ValueError):
+        api.post(garbage).json()
+    assert [e["reference"] for e in api.ledger()] == ["r-502", "r-garbage"]
+    assert api.status("r-502")["status"] == api.status("r-garbage")["status"] == "approved"
+
+
+def test_status_lag_counts_from_the_commit_across_restarts(
+    fresh_server: CardnetServer, api_for: ApiFor
+) -> None:
+    fresh_server.status_lag_seconds = 600
+    api = api_for(fresh_server.start())
+    with pytest.raises(httpx.TimeoutException):
+        api.post(api.primary("r-lag", "4000000000001091"), timeout=0.3)
+    assert api.wait_ledger("r-lag", within=api.hold_seconds + 3) != []
+    assert api.status("r-lag")["status"] == "not_found"
+
+    fresh_server.stop()
+    fresh_server.start()
+    assert api_for(fresh_server).status("r-lag")["status"] == "not_found"
+
+    # The lag is the running setting measured from the stored commit time.
+    fresh_server.stop()
+    fresh_server.status_lag_seconds = 0
+    fresh_server.start()
+    assert api_for(fresh_server).status("r-lag")["status"] == "approved"
+
+
+def test_a_ledger_from_before_the_status_lag_column_is_upgraded_in_place(
+    fresh_server: CardnetServer, api_for: ApiFor
+) -> None:
+    api = api_for(fresh_server.start())
+    api.post(api.primary("r-old")).raise_for_status()
+    with pytest.raises(httpx.TimeoutException):
+        api.post(api.primary("r-old-hold", "4000000000001018"), timeout=0.3)
+    fresh_server.stop()
+    db = sqlite3.connect(fresh_server.data_dir / "ledger.sqlite3")
+    try:
+        for table in ("operations", "holds"):
+            db.execute(f"ALTER TABLE {table} DROP COLUMN status_lags")
+    finally:
+        db.close()
+
+    fresh_server.start()
+    api = api_for(fresh_server)
+    assert api.status("r-old")["status"] == "approved"
+    assert api.wait_status("r-old-hold", "approved")["status"] == "approved"
+    assert [e["reference"] for e in api.ledger()] == ["r-old", "r-old-hold"]
+    assert api.post(api.primary("r-new", "4000000000001067")).status_code == 502
