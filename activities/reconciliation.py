@@ -4,42 +4,52 @@ One activity does the whole sweep on purpose. A window holds as many transaction
 entries as the business made in it (thousands at modest volume); passing them through workflow
 history would copy every row into it and hit Temporal's payload limits long before the
 database would notice. Only counts and a bounded list of discrepancies come back.
+
+A problem is one open item per (reference, kind) until resolved (`core/db/discrepancies.py`): a
+sweep opens what is new (event and WARNING once), notes the open items it finds again, and
+clears (resolves with "cleared by sweep <run>") the open items it checked and no longer finds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import and_
+from sqlalchemy import and_, func, or_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
-from core.db.queries import event_id_for
+from core.db.discrepancies import (
+    clear_by_sweep,
+    lock_open_sweep_items,
+    mark_seen,
+    open_discrepancy,
+)
 from core.db.tables import (
-    Event,
     PaymentIntent,
     ReconciliationDiscrepancy,
     ReconciliationRun,
     Transaction,
 )
 from core.reconciliation import (
-    DISCREPANCY_EVENT_TYPE,
+    DEFAULT_STUCK_AFTER_SECONDS,
+    UNKNOWN_STATUSES,
     Comparison,
     Discrepancy,
+    DiscrepancyKind,
     LedgerEntry,
     OurTransaction,
     ReconciliationCounts,
     compare,
     ledger_references_in_window,
+    triage,
 )
 
 log = logging.getLogger("durapay.reconciliation")
@@ -47,6 +57,9 @@ log = logging.getLogger("durapay.reconciliation")
 # The workflow result (and the CLI's table) carries at most this many rows; the database has all.
 MAX_REPORTED_DISCREPANCIES = 200
 STATEMENT_ROWS = 1000
+# Sweeps record one at a time (a manual one may overlap the scheduled one): each sorts what it
+# found against the open items as the previous one left them.
+SWEEP_RECORD_LOCK = "durapay.reconciliation_sweep"
 T = TypeVar("T")
 
 
@@ -56,6 +69,8 @@ class ReconcileWindowInput:
     window_start: datetime
     window_end: datetime
     trigger: str
+    # A pending/timeout row created this long before window_end is stuck, whatever the window.
+    stuck_after_seconds: int = DEFAULT_STUCK_AFTER_SECONDS
 
 
 @dataclass
@@ -80,39 +95,54 @@ class ReconciliationActivities:
 
         Order matters. Our rows are read *before* the ledger: a transaction is marked succeeded
         only after the network committed, so whatever we read as succeeded is already in the
-        ledger fetched next. References the ledger shows in the window but our first read
-        missed are read again *after* the fetch: our row is written before the network is
-        called, so it exists by then. Either other order reports races as discrepancies.
+        ledger fetched next. That holds for the stuck rows (any age) and the rows of open
+        stuck items too, which are checked whatever the window so they clear once settled.
+        References the ledger shows in the window but our first read missed are read again
+        *after* the fetch: our row is written before the network is called, so it exists by
+        then. Either other order reports races as discrepancies.
         """
         stored = await self._stored_report(request.run_id)
         if stored is not None:
             return stored
         window = {"window_start": request.window_start, "window_end": request.window_end}
+        stuck_before = request.window_end - timedelta(seconds=request.stuck_after_seconds)
         ours = await self.load_transactions_in_window(request.window_start, request.window_end)
+        ours += await self.load_stuck_transactions(stuck_before)
+        recheck = await self.load_open_stuck_references()
+        ours += await self.load_transactions_by_reference(
+            recheck - {t.network_reference for t in ours})
         ledger = await self.fetch_network_ledger()
         known = {t.network_reference for t in ours}
         missing = ledger_references_in_window(ledger, **window) - known
         ours += await self.load_transactions_by_reference(missing)
-        comparison = compare(ours, ledger, **window)
-        recorded = await self.record_reconciliation_report(request, comparison)
-        if not recorded:  # a concurrent attempt committed first: its report is the report
-            return await self._stored_report(request.run_id) or _report(request, comparison)
-        for found in comparison.discrepancies:
-            log.warning("reconciliation discrepancy %s reference=%s intent=%s transaction=%s "
-                        "merchant=%s ours=%s/%s network=%s/%s currency=%s run=%s", found.kind,
-                        found.network_reference, found.payment_intent_id, found.transaction_id,
-                        found.merchant_id, found.our_status, found.our_amount_in_cents,
-                        found.network_status, found.network_amount_in_cents, found.currency,
-                        request.run_id)
-        log.info("reconciliation run %s (%s): %s", request.run_id, request.trigger,
-                 comparison.counts)
-        return _report(request, comparison)
+        comparison = compare(ours, ledger, **window, stuck_before=stuck_before, recheck=recheck)
+        if await self.record_reconciliation_report(request, comparison):
+            log.info("reconciliation run %s (%s): %s", request.run_id, request.trigger,
+                     comparison.counts)
+        # Recorded now, by this attempt or a concurrent one: the stored report is the report.
+        report = await self._stored_report(request.run_id)
+        if report is None:
+            raise RuntimeError(f"reconciliation run {request.run_id} was not recorded")
+        return report
 
     # ---- steps (plain methods: one activity runs them all, see the module docstring) ----------
     async def load_transactions_in_window(self, start: datetime,
                                           end: datetime) -> list[OurTransaction]:
         created_at = col(Transaction.created_at)
         return await self._load_transactions(and_(created_at >= start, created_at <= end))
+
+    async def load_stuck_transactions(self, stuck_before: datetime) -> list[OurTransaction]:
+        return await self._load_transactions(and_(
+            col(Transaction.status).in_(sorted(UNKNOWN_STATUSES)),
+            col(Transaction.created_at) <= stuck_before))
+
+    async def load_open_stuck_references(self) -> set[str]:
+        async with self._sessions() as session:
+            rows = await session.exec(
+                select(ReconciliationDiscrepancy.network_reference).where(
+                    col(ReconciliationDiscrepancy.kind) == DiscrepancyKind.STUCK_UNSETTLED.value,
+                    col(ReconciliationDiscrepancy.resolved_at).is_(None)))
+            return set(rows.all())
 
     async def load_transactions_by_reference(self,
                                              references: Iterable[str]) -> list[OurTransaction]:
@@ -132,26 +162,37 @@ class ReconciliationActivities:
 
     async def record_reconciliation_report(self, request: ReconcileWindowInput,
                                            comparison: Comparison) -> bool:
-        """Run row, discrepancy rows and their events in one transaction; False if already in."""
+        """Run row and the open items in one transaction; False if the run is already in.
+
+        New problems are opened (their event and WARNING come from `open_discrepancy`), open
+        ones found again are marked seen by this run, and open ones it checked but no longer
+        finds are cleared. Sets the newly opened / still open / cleared counts.
+        """
         counts = comparison.counts
         async with self._sessions() as session, session.begin():
-            inserted = await session.exec(
-                insert(ReconciliationRun).values(
-                    id=request.run_id, window_start=request.window_start,
-                    window_end=request.window_end, trigger=request.trigger,
-                    transactions_checked=counts.transactions_checked,
-                    ledger_entries_checked=counts.ledger_entries_checked,
-                    in_flight=counts.in_flight, discrepancies=counts.discrepancies,
-                ).on_conflict_do_nothing().returning(col(ReconciliationRun.id)))
-            if inserted.first() is None:
+            await session.exec(select(func.pg_advisory_xact_lock(func.hashtext(
+                SWEEP_RECORD_LOCK))))
+            if await session.get(ReconciliationRun, request.run_id) is not None:
                 return False
-            for chunk in _chunks(comparison.discrepancies):
-                await session.exec(insert(ReconciliationDiscrepancy).values(
-                    [_discrepancy_row(request.run_id, d) for d in chunk]
-                ).on_conflict_do_nothing())
-                await session.exec(insert(Event).values(
-                    [_event_row(request.run_id, d) for d in chunk]
-                ).on_conflict_do_nothing())
+            plan = triage(comparison, await lock_open_sweep_items(session))
+            counts.newly_opened, counts.still_open = len(plan.to_open), len(plan.still_open)
+            counts.cleared = len(plan.to_clear)
+            await session.exec(insert(ReconciliationRun).values(
+                id=request.run_id, window_start=request.window_start,
+                window_end=request.window_end, trigger=request.trigger,
+                transactions_checked=counts.transactions_checked,
+                ledger_entries_checked=counts.ledger_entries_checked,
+                in_flight=counts.in_flight, discrepancies=counts.discrepancies,
+                newly_opened=counts.newly_opened, still_open=counts.still_open,
+                cleared=counts.cleared))
+            # The open items are locked and other sweeps wait on SWEEP_RECORD_LOCK, so each of
+            # these opens (only code that opens a sweep's kind outside a sweep could win first).
+            for found in plan.to_open:
+                await open_discrepancy(session, **_fields(found), run_id=request.run_id,
+                                       detail=_detail(found, request))
+            await mark_seen(session, [item_id for _, item_id in plan.still_open],
+                            request.run_id)
+            await clear_by_sweep(session, plan.to_clear, request.run_id)
         return True
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -171,47 +212,44 @@ class ReconciliationActivities:
             created_at=t.created_at, in_manual_review=bool(in_review)) for t, in_review in rows]
 
     async def _stored_report(self, run_id: str) -> ReconciliationReport | None:
+        """The run's counts and the items it opened or found again (the first ones)."""
+        row = ReconciliationDiscrepancy
         async with self._sessions() as session:
             run = await session.get(ReconciliationRun, run_id)
             if run is None:
                 return None
+            # An item found again by a later run names that run as last seen; only a retry
+            # that comes after a later sweep would miss it (the counts stay exact).
             rows = (await session.exec(
-                select(ReconciliationDiscrepancy)
-                .where(col(ReconciliationDiscrepancy.run_id) == run_id)
-                .order_by(col(ReconciliationDiscrepancy.kind),
-                          col(ReconciliationDiscrepancy.network_reference))
+                select(row)
+                .where(or_(col(row.run_id) == run_id, col(row.last_seen_run_id) == run_id))
+                .order_by(col(row.kind), col(row.network_reference))
                 .limit(MAX_REPORTED_DISCREPANCIES))).all()
         counts = ReconciliationCounts(
             transactions_checked=run.transactions_checked,
             ledger_entries_checked=run.ledger_entries_checked, in_flight=run.in_flight,
-            discrepancies=run.discrepancies)
+            discrepancies=run.discrepancies, newly_opened=run.newly_opened,
+            still_open=run.still_open, cleared=run.cleared)
         return ReconciliationReport(run_id, counts, [Discrepancy(
             kind=r.kind, network_reference=r.network_reference, merchant_id=r.merchant_id,
             payment_intent_id=r.payment_intent_id, transaction_id=r.transaction_id,
             our_status=r.our_status, network_status=r.network_status,
             our_amount_in_cents=r.our_amount_in_cents,
             network_amount_in_cents=r.network_amount_in_cents, currency=r.currency,
-            network_currency=r.network_currency) for r in rows])
+            network_currency=r.network_currency, discrepancy_id=r.id,
+            newly_opened=r.run_id == run_id) for r in rows])
 
 
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    # Postgres takes at most 32,767 bind parameters per statement; a discrepancy row has 14.
+    # Postgres takes at most 32,767 bind parameters per statement: references go in chunks.
     for start in range(0, len(items), STATEMENT_ROWS):
         yield items[start:start + STATEMENT_ROWS]
 
 
-def _report(request: ReconcileWindowInput, comparison: Comparison) -> ReconciliationReport:
-    return ReconciliationReport(request.run_id, comparison.counts,
-                                comparison.discrepancies[:MAX_REPORTED_DISCREPANCIES])
-
-
-def _cause(run_id: str, found: Discrepancy) -> str:
-    return f"{run_id}:{found.network_reference}:discrepancy"
-
-
-def _discrepancy_row(run_id: str, found: Discrepancy) -> dict[str, Any]:
-    row_id = "rcd_" + hashlib.sha256(_cause(run_id, found).encode()).hexdigest()[:24]
-    return {"id": row_id, "run_id": run_id, **_fields(found)}
+def _detail(found: Discrepancy, request: ReconcileWindowInput) -> dict[str, Any]:
+    if found.kind == DiscrepancyKind.STUCK_UNSETTLED:
+        return {"stuckAfterSeconds": request.stuck_after_seconds}
+    return {}
 
 
 def _fields(found: Discrepancy) -> dict[str, Any]:
@@ -225,17 +263,3 @@ def _fields(found: Discrepancy) -> dict[str, Any]:
         "network_currency": found.network_currency,
     }
 
-
-def _event_row(run_id: str, found: Discrepancy) -> dict[str, Any]:
-    # Ledger entries carry no card data and neither does this: ids, statuses and amounts only.
-    data = {
-        "runId": run_id, "kind": found.kind, "networkReference": found.network_reference,
-        "merchantId": found.merchant_id, "paymentIntentId": found.payment_intent_id,
-        "transactionId": found.transaction_id, "ourStatus": found.our_status,
-        "networkStatus": found.network_status, "ourAmountInCents": found.our_amount_in_cents,
-        "networkAmountInCents": found.network_amount_in_cents, "currency": found.currency,
-        "networkCurrency": found.network_currency,
-    }
-    return {"id": event_id_for(_cause(run_id, found)), "merchant_id": found.merchant_id,
-            "payment_intent_id": found.payment_intent_id, "transaction_id": found.transaction_id,
-            "type": DISCREPANCY_EVENT_TYPE, "data": data}

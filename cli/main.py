@@ -6,6 +6,7 @@
     durapay request METHOD PATH [JSON]   send a signed request as the demo merchant
     durapay tour                    create a PaymentIntent and charge 4242 (signed requests)
     durapay reconcile [--window-seconds N]   compare our books with the network's ledger now
+    durapay reconcile list | resolve ID --note TEXT   operator: open discrepancies
     durapay review list | resolve PI --outcome approved|failed --note TEXT
                                     operator: payments waiting for manual review
 """
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "review":
         return asyncio.run(review.run(args, settings))
     if args.command == "reconcile":
-        reconcile.run(settings, args.window_seconds)
+        reconcile.run(settings, args)
     try:
         return _run_client_command(args, settings)
     except httpx.ConnectError:

@@ -1,28 +1,39 @@
-"""`durapay reconcile`: run a reconciliation sweep now and print its report.
+"""`durapay reconcile`: run a reconciliation sweep now, and see and resolve what sweeps found.
 
-It starts the same workflow the schedule starts (trigger `manual`) on the workers' task queue, so
-the report is also recorded (rows, events, worker log lines) exactly like a scheduled one.
+    durapay reconcile [--window-seconds N]       sweep now and print the report
+    durapay reconcile list                       open discrepancies, oldest first (exit 2 if any)
+    durapay reconcile resolve ID --note TEXT     resolve one open discrepancy (rcd_…)
 
-Exit status: 0 when the window is clean, 2 when discrepancies were found, 1 when the sweep could
-not run (no Temporal, no worker, the sweep failed). Scripts and cron jobs can alert on 2.
+A sweep starts the same workflow the schedule starts (trigger `manual`) on the workers' task
+queue, so its report is recorded exactly like a scheduled one. A problem is one open item per
+(reference, kind) until resolved: the sweep that first finds it opens it (event and worker log
+line), later sweeps report it as still open, and a sweep that checks it again and no longer
+finds it resolves it ("cleared by sweep <run>"). `resolve` is for the rest: the operator fixed
+it or accepted it, and says how in the note. Seen again after that, it opens a new item.
+
+Exit status of a sweep: 0 when it found nothing, 2 when it found discrepancies (new or still
+open), 1 when it could not run (no Temporal, no worker, the sweep failed). Scripts and cron
+jobs can alert on 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from core.domain import rfc3339
+from core.domain import rfc3339, utcnow
 from core.settings import Settings
 from core.temporal_client import connect_temporal
 
 if TYPE_CHECKING:
+    from core.db.tables import ReconciliationDiscrepancy
     from core.reconciliation import Discrepancy
     from workflows.reconciliation import ReconciliationSweepResult
 
@@ -31,26 +42,41 @@ EXIT_FAILED = 1
 EXIT_DISCREPANCIES = 2
 # Long enough for a big window; short enough that a stack with no worker does not hang the shell.
 SWEEP_TIMEOUT = timedelta(minutes=10)
-COLUMNS = ("KIND", "REFERENCE", "INTENT", "OURS", "NETWORK")
+COLUMNS = ("ID", "ITEM", "KIND", "REFERENCE", "INTENT", "OURS", "NETWORK")
+OPEN_COLUMNS = ("ID", "KIND", "REFERENCE", "INTENT", "OURS", "NETWORK", "OPEN FOR", "DETAIL")
+RESOLVE_HINT = "resolve with: durapay reconcile resolve ID --note '…'"
 
 
 def add_parser(commands: Any) -> None:
     reconcile = commands.add_parser(
-        "reconcile", help="compare our transactions with the network's ledger now",
+        "reconcile", help="compare our transactions with the network's ledger now; "
+                          "list and resolve open discrepancies",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     reconcile.add_argument("--window-seconds", type=int, default=None,
                            help="how far back to look (default: "
                                 "DURAPAY_RECONCILE_SWEEP_WINDOW_SECONDS)")
+    # No subcommand: sweep now, as before the open items existed.
+    items = reconcile.add_subparsers(dest="reconcile_command", metavar="{list,resolve}")
+    items.add_parser("list", help="open discrepancies, oldest first (exit 2 if any)")
+    resolve = items.add_parser("resolve", help="resolve one open discrepancy")
+    resolve.add_argument("discrepancy_id", help="the item's id (rcd_…), from `list`")
+    resolve.add_argument("--note", required=True, help="what was done about it, or why it "
+                                                       "stands")
 
 
-def run(settings: Settings, window_seconds: int | None) -> NoReturn:
-    """Run the sweep and leave through `os._exit` once the report is out.
+def run(settings: Settings, request: argparse.Namespace | int | None) -> NoReturn:
+    """Run the command and leave through `os._exit` once the report is out.
 
+    `request` is the parsed command line; a bare window (int or None) still means "sweep".
     A short-lived process that used a Temporal client can abort (SIGABRT) while the interpreter
     finalizes, when the SDK's Rust threads release the GIL too late (temporalio/sdk-python#300,
     seen here about once in eight runs). Skipping finalization keeps the exit code truthful.
     """
-    code = asyncio.run(reconcile(settings, window_seconds))
+    if isinstance(request, argparse.Namespace) and request.reconcile_command:
+        code = asyncio.run(run_items(request, settings))
+    else:
+        window = request.window_seconds if isinstance(request, argparse.Namespace) else request
+        code = asyncio.run(reconcile(settings, window))
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
@@ -75,7 +101,8 @@ async def reconcile(settings: Settings, window_seconds: int | None,
         client = await connect_temporal(settings)
         result = await client.execute_workflow(
             ReconciliationSweepWorkflow.run,
-            ReconciliationSweepInput(window, SweepTrigger.MANUAL),
+            ReconciliationSweepInput(window, SweepTrigger.MANUAL,
+                                     settings.reconcile_stuck_after_seconds),
             id=f"durapay-reconciliation-manual-{uuid.uuid4().hex[:12]}",
             task_queue=settings.task_queue, execution_timeout=SWEEP_TIMEOUT)
     except (RPCError, RuntimeError) as error:
@@ -95,27 +122,97 @@ def print_report(result: ReconciliationSweepResult, out: TextIO) -> None:
           f"window {rfc3339(result.window_start)} .. {rfc3339(result.window_end)}", file=out)
     print(f"checked {counts.transactions_checked} transactions and "
           f"{counts.ledger_entries_checked} ledger entries; {counts.in_flight} in flight; "
-          f"{counts.discrepancies} discrepancies", file=out)
+          f"{counts.discrepancies} discrepancies ({counts.newly_opened} newly opened, "
+          f"{counts.still_open} still open); {counts.cleared} cleared", file=out)
     if not result.discrepancies:
         print("no discrepancies", file=out)
         return
-    rows = [COLUMNS, *(_row(d) for d in result.discrepancies)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     print(file=out)
+    _print_table([COLUMNS, *(_row(d) for d in result.discrepancies)], out)
+    hidden = counts.discrepancies - len(result.discrepancies)
+    if hidden > 0:
+        print(f"... and {hidden} more: durapay reconcile list", file=out)
+    print(RESOLVE_HINT, file=out)
+
+
+async def run_items(args: argparse.Namespace, settings: Settings,
+                    out: TextIO = sys.stdout) -> int:
+    """`list` and `resolve`: straight to the database, no Temporal needed."""
+    if args.reconcile_command == "list":
+        return await list_discrepancies(settings, out)
+    return await resolve(settings, args.discrepancy_id, args.note, out)
+
+
+async def list_discrepancies(settings: Settings, out: TextIO = sys.stdout) -> int:
+    from core.db.discrepancies import list_open_discrepancies
+    from core.db.session import create_engine, session_factory
+
+    engine = create_engine(settings.effective_database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            items = await list_open_discrepancies(session)
+    finally:
+        await engine.dispose()
+    if not items:
+        print("no open discrepancies", file=out)
+        return EXIT_CLEAN
+    now = utcnow()
+    _print_table([OPEN_COLUMNS, *(_open_row(item, now) for item in items)], out)
+    print(f"{len(items)} open; {RESOLVE_HINT}", file=out)
+    return EXIT_DISCREPANCIES  # like a sweep that finds some: a cron job or alert can notice
+
+
+async def resolve(settings: Settings, discrepancy_id: str, note: str,
+                  out: TextIO = sys.stdout) -> int:
+    from core.db.discrepancies import resolve_discrepancy
+    from core.db.session import create_engine, session_factory
+
+    if not note.strip():
+        print("durapay reconcile: --note must say what was done", file=sys.stderr)
+        return EXIT_FAILED
+    engine = create_engine(settings.effective_database_url, pool_size=1)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            outcome = await resolve_discrepancy(session, discrepancy_id, note=note.strip())
+    finally:
+        await engine.dispose()
+    item = outcome.discrepancy
+    if item is None:
+        print(f"durapay reconcile: no discrepancy {discrepancy_id}", file=sys.stderr)
+        return EXIT_FAILED
+    if not outcome.resolved:
+        when = rfc3339(item.resolved_at) if item.resolved_at else "?"
+        print(f"durapay reconcile: {discrepancy_id} was already resolved at {when}: "
+              f"{item.resolution_note}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{discrepancy_id} resolved ({item.kind} {item.network_reference}): "
+          f"{item.resolution_note}", file=out)
+    return EXIT_CLEAN
+
+
+def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
               .rstrip(), file=out)
-    hidden = counts.discrepancies - len(result.discrepancies)
-    if hidden > 0:
-        print(f"... and {hidden} more in reconciliation_discrepancy "
-              f"(run_id = '{result.run_id}')", file=out)
 
 
-def _row(found: Discrepancy) -> tuple[str, str, str, str, str]:
+def _row(found: Discrepancy) -> tuple[str, ...]:
     ours = _side(found.our_status, found.our_amount_in_cents, found.currency)
     network = _side(found.network_status, found.network_amount_in_cents,
                     found.network_currency)
-    return (found.kind, found.network_reference, found.payment_intent_id or "-", ours, network)
+    return (found.discrepancy_id or "-", "new" if found.newly_opened else "open", found.kind,
+            found.network_reference, found.payment_intent_id or "-", ours, network)
+
+
+def _open_row(item: ReconciliationDiscrepancy, now: datetime) -> tuple[str, ...]:
+    ours = _side(item.our_status, item.our_amount_in_cents, item.currency)
+    network = _side(item.network_status, item.network_amount_in_cents, item.network_currency)
+    hours = (now - item.created_at).total_seconds() / 3600
+    detail = json.dumps(item.detail, sort_keys=True, separators=(",", ":")) if item.detail \
+        else "-"
+    return (item.id, item.kind, item.network_reference, item.payment_intent_id or "-", ours,
+            network, f"{hours:.1f} h", detail)
 
 
 def _side(status: str | None, amount: int | None, currency: str | None) -> str:

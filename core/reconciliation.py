@@ -2,7 +2,9 @@
 
 Pure logic, no I/O. The sweep activity loads both sides and hands them here; what comes back is
 every discrepancy plus the counts of what was checked. A reference is the join key: our
-transaction id is the network reference of every operation it sends.
+transaction id is the network reference of every operation it sends. `triage` then sorts what a
+sweep found against the items already open: a problem is one open item per (reference, kind)
+until it is resolved, however many sweeps see it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ DISCREPANCY_EVENT_TYPE = "reconciliation.discrepancy"
 NETWORK_APPROVED = "approved"
 NETWORK_DECLINED = "declined"
 UNKNOWN_STATUSES = frozenset({TransactionStatus.PENDING.value, TransactionStatus.TIMEOUT.value})
+# A pending/timeout transaction older than this is stuck (DURAPAY_RECONCILE_STUCK_AFTER_SECONDS).
+DEFAULT_STUCK_AFTER_SECONDS = 3600
 # Which ledger operations each of our transaction types may be: a charge of a manual-capture
 # intent is an `authorize` at the network; the others keep their name.
 NETWORK_TYPES: dict[str, frozenset[str]] = {
@@ -40,6 +44,17 @@ class DiscrepancyKind(StrEnum):
     AMOUNT_MISMATCH = "amount_mismatch"
     # One reference, two different operations (e.g. our refund is a capture at the network).
     OPERATION_MISMATCH = "operation_mismatch"
+    # Still pending/timeout here past the stuck age, whatever the network says: its workflow
+    # has not settled it (dead, stuck, or waiting on an operator's review).
+    STUCK_UNSETTLED = "stuck_unsettled"
+    # Not found by the sweep: the payment workflow opens it when the network's late answer
+    # contradicts an outcome we already recorded (e.g. an operator's manual-review verdict).
+    NETWORK_CONTRADICTS_RECORDED_OUTCOME = "network_contradicts_recorded_outcome"
+
+
+# The kinds `compare` finds. Only these may be cleared by a sweep that no longer finds them;
+# the others were opened by someone else and stay open until an operator resolves them.
+SWEEP_KINDS = frozenset(DiscrepancyKind) - {DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME}
 
 
 class SweepTrigger(StrEnum):
@@ -95,6 +110,14 @@ class Discrepancy:
     # Ours when we know the transaction, else the network's; `network_currency` shows a mismatch.
     currency: str | None = None
     network_currency: str | None = None
+    # Set once recorded: the open item's id (`rcd_…`, what an operator resolves) and whether
+    # this sweep opened it (False: it was already open, reported again without a new alarm).
+    discrepancy_id: str | None = None
+    newly_opened: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.network_reference, self.kind)
 
 
 @dataclass
@@ -102,15 +125,44 @@ class ReconciliationCounts:
     transactions_checked: int = 0
     ledger_entries_checked: int = 0
     # Ours still pending/timeout and not a discrepancy: its own workflow still asks the network
-    # (an open manual review lands here too, unless the network approved).
+    # (an open manual review lands here too, unless the network approved or it is stuck).
     in_flight: int = 0
+    # Everything this sweep found: newly opened plus still open (already open before it).
     discrepancies: int = 0
+    newly_opened: int = 0
+    still_open: int = 0
+    # Open items this sweep checked again and no longer found: resolved by the sweep.
+    cleared: int = 0
 
 
 @dataclass
 class Comparison:
     counts: ReconciliationCounts
     discrepancies: list[Discrepancy]
+    # Every reference compared: an open item on one of them that was not found again is gone.
+    checked_references: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class OpenItem:
+    """An unresolved discrepancy as stored: enough to match it with what a sweep found."""
+
+    discrepancy_id: str
+    network_reference: str
+    kind: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.network_reference, self.kind)
+
+
+@dataclass
+class Triage:
+    to_open: list[Discrepancy]
+    # Found again while open: (found, the open item's id).
+    still_open: list[tuple[Discrepancy, str]]
+    # Open sweep items on a checked reference that the sweep did not find again.
+    to_clear: list[OpenItem]
 
 
 def ledger_references_in_window(ledger: Iterable[LedgerEntry], *, window_start: datetime,
@@ -118,13 +170,22 @@ def ledger_references_in_window(ledger: Iterable[LedgerEntry], *, window_start: 
     return {e.reference for e in ledger if window_start <= e.created_at <= window_end}
 
 
+def is_stuck(txn: OurTransaction, stuck_before: datetime | None) -> bool:
+    return (stuck_before is not None and txn.status in UNKNOWN_STATUSES
+            and txn.created_at <= stuck_before)
+
+
 def compare(ours: Sequence[OurTransaction], ledger: Sequence[LedgerEntry], *,
-            window_start: datetime, window_end: datetime) -> Comparison:
+            window_start: datetime, window_end: datetime, stuck_before: datetime | None = None,
+            recheck: Iterable[str] = ()) -> Comparison:
     """Every discrepancy between our transactions and the ledger for one window.
 
-    Checked are our transactions created in the window and the ledger entries created in it.
-    Each is matched by reference against everything passed in, so a pair that straddles a
-    window edge (our row just before the start, the network's commit just after) still matches.
+    Checked are our transactions created in the window and the ledger entries created in it,
+    plus, whatever their age, our stuck transactions (pending/timeout created at or before
+    `stuck_before`) and the `recheck` references (open stuck items, so they clear once their
+    row settles). Each is matched by reference against everything passed in, so a pair that
+    straddles a window edge (our row just before the start, the network's commit just after)
+    still matches.
     """
     our_by_ref = {t.network_reference: t for t in ours}
     # The network commits one entry per reference; should it ever list two, the last one wins.
@@ -132,23 +193,49 @@ def compare(ours: Sequence[OurTransaction], ledger: Sequence[LedgerEntry], *,
     subjects = {t.network_reference for t in ours if window_start <= t.created_at <= window_end}
     subjects |= ledger_references_in_window(ledger, window_start=window_start,
                                             window_end=window_end)
+    subjects |= {t.network_reference for t in ours if is_stuck(t, stuck_before)}
+    subjects |= set(recheck)
     counts = ReconciliationCounts()
     found: list[Discrepancy] = []
     for reference in sorted(subjects):
         txn, entry = our_by_ref.get(reference), ledger_by_ref.get(reference)
         counts.transactions_checked += txn is not None
         counts.ledger_entries_checked += entry is not None
-        kind = _kind(txn, entry)
+        kind = _kind(txn, entry, stuck_before)
         if kind is None and txn is not None and txn.status in UNKNOWN_STATUSES:
             counts.in_flight += 1
         if kind is not None:
             found.append(_discrepancy(kind, reference, txn, entry))
     found.sort(key=lambda d: (d.kind, d.network_reference))
     counts.discrepancies = len(found)
-    return Comparison(counts, found)
+    return Comparison(counts, found, frozenset(subjects))
 
 
-def _kind(txn: OurTransaction | None, entry: LedgerEntry | None) -> DiscrepancyKind | None:
+def triage(comparison: Comparison, open_items: Iterable[OpenItem]) -> Triage:
+    """Sort what a sweep found against the open items: open it, see it again, or clear it.
+
+    Dedupe key is (network reference, kind). An open item the sweep did not find again is
+    cleared only if the sweep checked its reference (an item outside the window is not
+    judged) and only if its kind is one the sweep finds (others are not the sweep's call).
+    """
+    open_by_key = {item.key: item for item in open_items}
+    to_open: list[Discrepancy] = []
+    still_open: list[tuple[Discrepancy, str]] = []
+    for found in comparison.discrepancies:
+        item = open_by_key.get(found.key)
+        if item is None:
+            to_open.append(found)
+        else:
+            still_open.append((found, item.discrepancy_id))
+    found_keys = {d.key for d in comparison.discrepancies}
+    to_clear = [item for key, item in sorted(open_by_key.items())
+                if key not in found_keys and item.kind in SWEEP_KINDS
+                and item.network_reference in comparison.checked_references]
+    return Triage(to_open, still_open, to_clear)
+
+
+def _kind(txn: OurTransaction | None, entry: LedgerEntry | None,
+          stuck_before: datetime | None = None) -> DiscrepancyKind | None:
     approved = entry is not None and entry.status == NETWORK_APPROVED
     if txn is None:
         # A decline we never recorded moved no money; an approval did.
@@ -161,10 +248,14 @@ def _kind(txn: OurTransaction | None, entry: LedgerEntry | None) -> DiscrepancyK
         if (entry.amount_in_cents, entry.currency) != (txn.amount_in_cents, txn.currency.lower()):
             return DiscrepancyKind.AMOUNT_MISMATCH
         return None
-    if txn.status in UNKNOWN_STATUSES and not txn.in_manual_review:
+    if txn.status in UNKNOWN_STATUSES:
+        if txn.in_manual_review and approved:  # given up on, yet the network moved money
+            return DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE
+        if is_stuck(txn, stuck_before):
+            return DiscrepancyKind.STUCK_UNSETTLED
         # Its workflow is still asking the network; reporting it now would be a false alarm.
         return None
-    # Failed here, or given up on (manual review): only an approval at the network is wrong.
+    # Failed here: only an approval at the network is wrong.
     return DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE if approved else None
 
 

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     # The scheduled sweep that compares our transactions with the network's ledger.
     reconcile_sweep_interval_seconds: int = 900
     reconcile_sweep_window_seconds: int = 172_800
+    # A pending/timeout transaction older than this is a `stuck_unsettled` discrepancy.
+    reconcile_stuck_after_seconds: int = 3600
     # Webhooks: URLs resolving to loopback/private/link-local addresses (and plain http) are
     # refused unless this is set; the local dev stack sets it. Metadata addresses never pass.
     webhook_allow_private_networks: bool = False

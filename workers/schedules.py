@@ -41,7 +41,8 @@ def reconciliation_schedule(settings: Settings) -> Schedule:
         action=ScheduleActionStartWorkflow(
             ReconciliationSweepWorkflow.run,
             ReconciliationSweepInput(settings.reconcile_sweep_window_seconds,
-                                     SweepTrigger.SCHEDULE),
+                                     SweepTrigger.SCHEDULE,
+                                     settings.reconcile_stuck_after_seconds),
             # Temporal appends the scheduled time, so each sweep has its own workflow id.
             id=RECONCILIATION_SCHEDULE_ID, task_queue=settings.task_queue),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),

@@ -16,7 +16,6 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     MetaData,
-    UniqueConstraint,
     func,
     text,
 )
@@ -235,7 +234,11 @@ class WebhookDeliveryAttempt(SQLModel, table=True):
 
 
 class ReconciliationRun(SQLModel, table=True):
-    """One sweep over a window: what was compared and how much was wrong. Append-only."""
+    """One sweep over a window: what was compared and how much was wrong. Append-only.
+
+    `discrepancies` is everything the sweep found: `newly_opened` plus `still_open` (already
+    open items found again); `cleared` counts open items it checked and no longer found.
+    """
 
     __tablename__ = "reconciliation_run"
     id: str = Field(primary_key=True)
@@ -246,21 +249,27 @@ class ReconciliationRun(SQLModel, table=True):
     ledger_entries_checked: int
     in_flight: int
     discrepancies: int
+    newly_opened: int
+    still_open: int
+    cleared: int
     created_at: datetime = _created_at()
 
     __table_args__ = (Index("ix_reconciliation_run_created_at", "created_at"),)
 
 
 class ReconciliationDiscrepancy(SQLModel, table=True):
-    """One reference on which we and the network disagree, as a sweep saw it. Append-only.
+    """One problem on a reference, open until resolved: one open row per (reference, kind).
 
+    Opened by a sweep (`run_id`) or by other code (`run_id` NULL, e.g. the payment workflow);
+    `created_at` is when it opened. A trigger lets an open row change only its sighting
+    (`last_seen_*`) and its resolution; a resolved row never changes again.
     The ids are plain columns, not foreign keys: the network may know a reference that we never
     recorded, and then there is no merchant, intent or transaction to point at.
     """
 
     __tablename__ = "reconciliation_discrepancy"
     id: str = Field(primary_key=True)
-    run_id: str = Field(foreign_key="reconciliation_run.id")
+    run_id: str | None = Field(default=None, foreign_key="reconciliation_run.id", index=True)
     kind: str
     network_reference: str = Field(index=True)
     merchant_id: str | None = None
@@ -272,8 +281,23 @@ class ReconciliationDiscrepancy(SQLModel, table=True):
     network_amount_in_cents: int | None = Field(default=None, sa_type=BigInteger)
     currency: str | None = None
     network_currency: str | None = None
+    detail: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSONB, nullable=False, server_default=text("'{}'::jsonb")))
+    # The latest sweep that found it again (the opening sweep until then); bookkeeping that a
+    # retried sweep reads its report back by, so a plain column like the ids above.
+    last_seen_run_id: str | None = Field(default=None, index=True)
+    last_seen_at: datetime | None = _timestamp(nullable=True)
+    resolved_at: datetime | None = _timestamp(nullable=True)
+    # The operator's note, or "cleared by sweep recon_…" when a sweep no longer found it.
+    resolution_note: str | None = None
     created_at: datetime = _created_at()
 
-    __table_args__ = (UniqueConstraint("run_id", "network_reference"),)
+    __table_args__ = (
+        # One open item per problem: `open_discrepancy` inserts ON CONFLICT against this.
+        Index("uq_reconciliation_discrepancy_open_network_reference_kind",
+              "network_reference", "kind", unique=True,
+              postgresql_where=text("resolved_at IS NULL")),
+    )
 
 

@@ -1,18 +1,32 @@
-"""The sweep's comparison: every discrepancy kind, the in-flight rule and the window edges."""
+"""The sweep's comparison: every discrepancy kind, the in-flight and stuck rules, the window
+edges, the open-item triage (dedupe by reference and kind) and the CLI's parsing and report."""
 
 from __future__ import annotations
 
+import argparse
+import io
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from cli import reconcile as reconcile_cli
 from core.reconciliation import (
+    DEFAULT_STUCK_AFTER_SECONDS,
+    SWEEP_KINDS,
+    Comparison,
+    Discrepancy,
     DiscrepancyKind,
     LedgerEntry,
+    OpenItem,
     OurTransaction,
+    ReconciliationCounts,
+    SweepTrigger,
     compare,
+    triage,
 )
+from core.settings import Settings
+from workflows.reconciliation import ReconciliationSweepResult
 
 START = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 END = START + timedelta(hours=1)
@@ -223,3 +237,203 @@ def test_a_refund_succeeded_here_but_declined_at_the_network_is_reported() -> No
     assert kinds([ours(type="refund", amount=500)],
                  [entry(type="refund", status="declined", amount=500)]) == [
         "succeeded_here_not_at_network"]
+
+
+# ---- stuck rows ------------------------------------------------------------------------------
+STUCK_BEFORE = END - timedelta(seconds=DEFAULT_STUCK_AFTER_SECONDS)
+OLD = STUCK_BEFORE - timedelta(minutes=1)
+
+
+def stuck_kinds(our_rows: list[OurTransaction], ledger: list[LedgerEntry]) -> list[str]:
+    result = compare(our_rows, ledger, window_start=START, window_end=END,
+                     stuck_before=STUCK_BEFORE)
+    return [d.kind for d in result.discrepancies]
+
+
+@pytest.mark.parametrize("status", ["pending", "timeout"])
+@pytest.mark.parametrize("network", ["approved", "declined", None])
+def test_unknown_outcome_past_the_stuck_age_is_reported(status: str,
+                                                         network: str | None) -> None:
+    ledger = [entry(status=network, created_at=OLD)] if network else []
+    result = compare([ours(status=status, created_at=OLD)], ledger, window_start=START,
+                     window_end=END, stuck_before=STUCK_BEFORE)
+    [found] = result.discrepancies
+    assert found.kind == DiscrepancyKind.STUCK_UNSETTLED
+    assert (found.our_status, found.network_status) == (status, network)
+    assert result.counts.in_flight == 0
+
+
+def test_unknown_outcome_younger_than_the_stuck_age_is_in_flight() -> None:
+    young = STUCK_BEFORE + timedelta(seconds=1)
+    result = compare([ours(status="pending", created_at=young)], [], window_start=START,
+                     window_end=END, stuck_before=STUCK_BEFORE)
+    assert (result.discrepancies, result.counts.in_flight) == ([], 1)
+
+
+def test_stuck_age_bound_is_inclusive() -> None:
+    assert stuck_kinds([ours(status="pending", created_at=STUCK_BEFORE)], []) == [
+        DiscrepancyKind.STUCK_UNSETTLED]
+
+
+def test_stuck_row_older_than_the_window_is_still_reported() -> None:
+    # The sweep's window is short, the row is days old: stuck rows are found whatever the window.
+    ancient = START - timedelta(days=3)
+    result = compare([ours("txn_old", status="timeout", created_at=ancient)], [],
+                     window_start=START, window_end=END, stuck_before=STUCK_BEFORE)
+    assert [(d.kind, d.network_reference) for d in result.discrepancies] == [
+        (DiscrepancyKind.STUCK_UNSETTLED, "txn_old")]
+    assert result.counts.transactions_checked == 1
+    assert "txn_old" in result.checked_references
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed"])
+def test_settled_rows_are_never_stuck(status: str) -> None:
+    network = "approved" if status == "succeeded" else "declined"
+    assert stuck_kinds([ours(status=status, created_at=OLD)],
+                       [entry(status=network, created_at=OLD)]) == []
+
+
+def test_settled_row_outside_the_window_is_not_checked() -> None:
+    ancient = START - timedelta(days=3)
+    result = compare([ours("txn_old", status="succeeded", created_at=ancient)], [],
+                     window_start=START, window_end=END, stuck_before=STUCK_BEFORE)
+    assert result.discrepancies == [] and result.checked_references == frozenset()
+
+
+def test_manual_review_with_an_approval_is_reported_as_a_charge_not_as_stuck() -> None:
+    assert stuck_kinds([ours(status="timeout", created_at=OLD, in_manual_review=True)],
+                       [entry(created_at=OLD)]) == [
+        DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE]
+
+
+def test_manual_review_without_an_approval_past_the_stuck_age_is_stuck() -> None:
+    assert stuck_kinds([ours(status="timeout", created_at=OLD, in_manual_review=True)],
+                       [entry(status="declined", created_at=OLD)]) == [
+        DiscrepancyKind.STUCK_UNSETTLED]
+
+
+def test_without_a_stuck_age_nothing_is_stuck() -> None:
+    assert kinds([ours(status="pending", created_at=START)], []) == []
+
+
+def test_rechecked_reference_outside_the_window_is_checked() -> None:
+    # An open stuck item whose row has settled since: checked again so the sweep can clear it.
+    ancient = START - timedelta(days=3)
+    result = compare([ours("txn_old", status="failed", created_at=ancient)], [],
+                     window_start=START, window_end=END, stuck_before=STUCK_BEFORE,
+                     recheck={"txn_old"})
+    assert result.discrepancies == []
+    assert result.checked_references == frozenset({"txn_old"})
+    assert result.counts.transactions_checked == 1
+
+
+def test_stuck_default_matches_the_setting_default() -> None:
+    field = Settings.model_fields["reconcile_stuck_after_seconds"]
+    assert field.default == DEFAULT_STUCK_AFTER_SECONDS == 3600
+
+
+# ---- open items: one per (reference, kind) -----------------------------------------------------
+def found(reference: str, kind: DiscrepancyKind) -> Discrepancy:
+    return Discrepancy(kind=kind.value, network_reference=reference)
+
+
+def comparison(*discrepancies: Discrepancy, checked: set[str] | None = None) -> Comparison:
+    references = {d.network_reference for d in discrepancies} if checked is None else checked
+    return Comparison(ReconciliationCounts(discrepancies=len(discrepancies)),
+                      list(discrepancies), frozenset(references))
+
+
+STUCK = DiscrepancyKind.STUCK_UNSETTLED
+MISMATCH = DiscrepancyKind.AMOUNT_MISMATCH
+CONTRADICTS = DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME
+
+
+def test_dedupe_key_is_reference_and_kind() -> None:
+    assert found("txn_1", STUCK).key == ("txn_1", "stuck_unsettled")
+    assert OpenItem("rcd_1", "txn_1", "stuck_unsettled").key == found("txn_1", STUCK).key
+    assert found("txn_1", STUCK).key != found("txn_1", MISMATCH).key
+
+
+def test_a_new_problem_is_opened() -> None:
+    plan = triage(comparison(found("txn_1", STUCK)), [])
+    assert [d.key for d in plan.to_open] == [("txn_1", "stuck_unsettled")]
+    assert (plan.still_open, plan.to_clear) == ([], [])
+
+
+def test_a_problem_already_open_is_seen_again_not_reopened() -> None:
+    problem = found("txn_1", STUCK)
+    plan = triage(comparison(problem), [OpenItem("rcd_1", "txn_1", STUCK.value)])
+    assert plan.to_open == []
+    assert plan.still_open == [(problem, "rcd_1")]
+    assert plan.to_clear == []
+
+
+def test_same_reference_with_another_kind_opens_a_new_item_and_clears_the_old() -> None:
+    old = OpenItem("rcd_1", "txn_1", STUCK.value)
+    plan = triage(comparison(found("txn_1", MISMATCH)), [old])
+    assert [d.key for d in plan.to_open] == [("txn_1", "amount_mismatch")]
+    assert plan.to_clear == [old]
+
+
+def test_an_open_item_checked_and_not_found_is_cleared() -> None:
+    gone = OpenItem("rcd_1", "txn_1", STUCK.value)
+    plan = triage(comparison(checked={"txn_1"}), [gone])
+    assert plan.to_clear == [gone]
+
+
+def test_an_open_item_the_sweep_did_not_check_stays_open() -> None:
+    # e.g. a mismatch from last week, outside today's window: not judged, not cleared.
+    plan = triage(comparison(checked={"txn_other"}),
+                  [OpenItem("rcd_1", "txn_1", MISMATCH.value)])
+    assert plan.to_clear == []
+
+
+def test_items_the_sweep_does_not_find_are_never_cleared_by_it() -> None:
+    contradiction = OpenItem("rcd_1", "txn_1", CONTRADICTS.value)
+    plan = triage(comparison(checked={"txn_1"}), [contradiction])
+    assert plan.to_clear == []
+    assert CONTRADICTS not in SWEEP_KINDS and STUCK in SWEEP_KINDS
+
+
+# ---- the CLI: parsing and the report -----------------------------------------------------------
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="durapay")
+    reconcile_cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(list(argv))
+
+
+def test_reconcile_without_a_subcommand_is_a_sweep() -> None:
+    args = parse("reconcile", "--window-seconds", "900")
+    assert (args.reconcile_command, args.window_seconds) == (None, 900)
+
+
+def test_reconcile_list_and_resolve_parse() -> None:
+    assert parse("reconcile", "list").reconcile_command == "list"
+    args = parse("reconcile", "resolve", "rcd_1", "--note", "refunded by hand")
+    assert (args.reconcile_command, args.discrepancy_id, args.note) == (
+        "resolve", "rcd_1", "refunded by hand")
+
+
+def test_reconcile_resolve_requires_a_note() -> None:
+    with pytest.raises(SystemExit):
+        parse("reconcile", "resolve", "rcd_1")
+
+
+def test_report_tells_new_items_from_still_open_ones() -> None:
+    new = replace(found("txn_new", STUCK), discrepancy_id="rcd_new", newly_opened=True,
+                  our_status="pending", our_amount_in_cents=2499, currency="usd")
+    still = replace(found("txn_old", MISMATCH), discrepancy_id="rcd_old")
+    counts = ReconciliationCounts(transactions_checked=2, discrepancies=2, newly_opened=1,
+                                  still_open=1, cleared=3)
+    out = io.StringIO()
+    reconcile_cli.print_report(ReconciliationSweepResult(
+        "recon_1", SweepTrigger.MANUAL, START, END, counts, [new, still]), out)
+    lines = out.getvalue().splitlines()
+    assert "2 discrepancies (1 newly opened, 1 still open); 3 cleared" in lines[1]
+    [new_line] = [line for line in lines if "txn_new" in line]
+    assert new_line.split()[:4] == ["rcd_new", "new", "stuck_unsettled", "txn_new"]
+    assert "pending 2499 usd" in new_line
+    [still_line] = [line for line in lines if "txn_old" in line]
+    assert still_line.split()[:3] == ["rcd_old", "open", "amount_mismatch"]
+    assert "durapay reconcile resolve" in lines[-1]
+

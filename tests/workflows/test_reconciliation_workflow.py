@@ -13,7 +13,13 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.reconciliation import ReconcileWindowInput, ReconciliationReport
-from core.reconciliation import Discrepancy, DiscrepancyKind, ReconciliationCounts, SweepTrigger
+from core.reconciliation import (
+    DEFAULT_STUCK_AFTER_SECONDS,
+    Discrepancy,
+    DiscrepancyKind,
+    ReconciliationCounts,
+    SweepTrigger,
+)
 from tests.workflows.conftest import new_worker
 from workflows.reconciliation import (
     INVALID_SWEEP_INPUT,
@@ -41,7 +47,7 @@ class FakeSweep:
             if self.failures:
                 raise self.failures.pop(0)
             counts = ReconciliationCounts(transactions_checked=3, ledger_entries_checked=4,
-                                          in_flight=1, discrepancies=1)
+                                          in_flight=1, discrepancies=1, newly_opened=1)
             return ReconciliationReport(request.run_id, counts, [FOUND])
 
         return [reconcile_window]
@@ -69,8 +75,15 @@ async def test_sweep_covers_the_window_that_ends_now(env: WorkflowEnvironment) -
     assert (result.run_id, result.window_start, result.window_end) == \
         (call.run_id, call.window_start, call.window_end)
     assert result.trigger is SweepTrigger.MANUAL
-    assert result.counts == ReconciliationCounts(3, 4, 1, 1)
+    assert result.counts == ReconciliationCounts(3, 4, 1, 1, newly_opened=1)
     assert result.discrepancies == [FOUND]
+    assert call.stuck_after_seconds == DEFAULT_STUCK_AFTER_SECONDS
+
+
+async def test_sweep_passes_the_stuck_age_to_the_activity(env: WorkflowEnvironment) -> None:
+    fake = FakeSweep()
+    await _sweep(env, fake, ReconciliationSweepInput(60, SweepTrigger.MANUAL, 7200))
+    assert [c.stuck_after_seconds for c in fake.calls] == [7200]
 
 
 async def test_scheduled_sweep_is_the_default_trigger(env: WorkflowEnvironment) -> None:
@@ -110,3 +123,16 @@ async def test_empty_window_is_refused(env: WorkflowEnvironment, window_seconds:
     assert isinstance(failure.value.cause, ApplicationError)
     assert failure.value.cause.type == INVALID_SWEEP_INPUT
     assert fake.calls == []
+
+
+@pytest.mark.parametrize("stuck_after_seconds", [0, -1])
+async def test_non_positive_stuck_age_is_refused(env: WorkflowEnvironment,
+                                                 stuck_after_seconds: int) -> None:
+    fake = FakeSweep()
+    with pytest.raises(WorkflowFailureError) as failure:
+        await _sweep(env, fake, ReconciliationSweepInput(60, SweepTrigger.SCHEDULE,
+                                                         stuck_after_seconds))
+    assert isinstance(failure.value.cause, ApplicationError)
+    assert failure.value.cause.type == INVALID_SWEEP_INPUT
+    assert fake.calls == []
+
