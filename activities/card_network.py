@@ -8,6 +8,8 @@ reference, so a retry of this activity can never charge twice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -45,6 +47,12 @@ class OperationRequest:
 class NetworkAnswer:
     outcome: NetworkOutcome
     decline_code: str | None = None
+    # A status query answered `not_found`: unknown too, since a network's status index may lag
+    # its authorizations; the workflow trusts it only once the attempt is old enough.
+    not_found: bool = False
+    # When the network accepted the operation (unix seconds, the network's clock): an
+    # authorization's expiry counts from here, not from when we learned of it.
+    network_time: float | None = None
 
 
 class CardNetworkActivities:
@@ -86,7 +94,8 @@ class CardNetworkActivities:
 
     @activity.defn
     async def query_charge_status(self, network_reference: str) -> NetworkAnswer:
-        """Ask the network what it decided for a reference; `pending` reads as unknown."""
+        """Ask the network what it decided for a reference; `pending`, `not_found` and anything
+        unrecognised read as unknown (the workflow decides when `not_found` can be trusted)."""
         try:
             response = await self._http.get(
                 f"{self._base_url}/v1/operations/{network_reference}", timeout=self._timeout)
@@ -96,19 +105,18 @@ class CardNetworkActivities:
         if response.status_code >= 500:
             raise ApplicationError(f"status query answered {response.status_code}",
                                    type=ErrorType.NETWORK_UNAVAILABLE)
-        status = response.json().get("status")
-        if status == "approved":
-            return NetworkAnswer(NetworkOutcome.APPROVED)
-        if status == "declined":
-            return NetworkAnswer(NetworkOutcome.DECLINED, response.json().get("declineCode"))
-        if status == "not_found":
-            # The network never committed this reference: nothing was charged.
-            return NetworkAnswer(NetworkOutcome.FAILED)
-        return NetworkAnswer(NetworkOutcome.UNKNOWN)
+        payload = _json_object(response)
+        if response.status_code != 200 or payload is None:
+            return NetworkAnswer(NetworkOutcome.UNKNOWN)
+        if payload.get("status") == "not_found" and payload.get("reference") in (
+                None, network_reference):
+            return NetworkAnswer(NetworkOutcome.UNKNOWN, not_found=True)
+        return _decision(payload, network_reference)
 
     async def _submit(self, body: dict[str, object]) -> NetworkAnswer:
-        """One POST under the operation's own reference: 5xx/refused raise (retry with the same
-        reference), a timeout or a lost answer is unknown (status queries settle it)."""
+        """One POST under the operation's own reference: a refusal before any byte was sent, or
+        the network's own "unavailable, nothing charged", raises (retry with the same reference);
+        everything else that is not a clear decision is unknown (status queries settle it)."""
         try:
             response = await self._http.post(f"{self._base_url}/v1/operations", json=body,
                                              timeout=self._timeout)
@@ -116,10 +124,10 @@ class CardNetworkActivities:
             # No connection, so no byte was sent: the network provably did not act.
             raise ApplicationError("card network unreachable", type=ErrorType.NETWORK_UNAVAILABLE) \
                 from error
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError):
-            # The request may have reached the network: only a status query can tell.
+        except httpx.HTTPError:
+            # A timeout, a lost or broken answer: the request may have reached the network.
             return NetworkAnswer(NetworkOutcome.UNKNOWN)
-        return _answer(response)
+        return _answer(response, str(body["reference"]))
 
     async def _card(self, token_id: str) -> dict[str, object]:
         async with self._sessions() as session:
@@ -137,19 +145,57 @@ def _operation_body(kind: str, request: OperationRequest) -> dict[str, object]:
             "amountInCents": request.amount_in_cents, "currency": request.currency}
 
 
-def _answer(response: httpx.Response) -> NetworkAnswer:
-    if response.status_code >= 500:
-        # The network says it failed without charging; retrying with the same reference is safe.
-        raise ApplicationError(f"card network answered {response.status_code}",
-                               type=ErrorType.NETWORK_UNAVAILABLE)
-    if response.status_code == 202:
-        # The network took the request but has not decided: only status queries can tell.
-        return NetworkAnswer(NetworkOutcome.UNKNOWN)
-    if response.status_code != 200:
-        # A request the network refuses to process (e.g. malformed) will not improve on retry.
-        raise ApplicationError(f"card network rejected the request ({response.status_code})",
+# The network's documented answers that prove it did nothing with the request (its README):
+# 503 `network_unavailable` (failed before charging), 409 `reference_reused` (the reference
+# names another operation; nothing changes) and 422 `invalid_request` (malformed).
+NOTHING_DONE_ERRORS = {503: "network_unavailable", 409: "reference_reused",
+                       422: "invalid_request"}
+
+
+def _answer(response: httpx.Response, reference: str) -> NetworkAnswer:
+    payload = _json_object(response)
+    error = payload.get("error") if payload is not None else None
+    if NOTHING_DONE_ERRORS.get(response.status_code) == error and error is not None:
+        if response.status_code == 503:
+            # Nothing charged: retrying with the same reference is safe.
+            raise ApplicationError(f"card network answered {response.status_code} {error}",
+                                   type=ErrorType.NETWORK_UNAVAILABLE)
+        raise ApplicationError(f"card network did not process the request "
+                               f"({response.status_code} {error})",
                                type=ErrorType.NETWORK_REJECTED_REQUEST, non_retryable=True)
-    payload = response.json()
+    if response.status_code != 200 or payload is None:
+        # A gateway's 502/504, a 202 "pending", a body that is not the protocol: the network
+        # may have committed; only a status query can tell.
+        return NetworkAnswer(NetworkOutcome.UNKNOWN)
+    return _decision(payload, reference)
+
+
+def _decision(payload: dict[str, Any], reference: str) -> NetworkAnswer:
+    """An approval or a decline for exactly this reference; anything else is unknown."""
+    if payload.get("reference") != reference:
+        return NetworkAnswer(NetworkOutcome.UNKNOWN)
+    network_time = _unix_seconds(payload.get("createdAt"))
     if payload.get("status") == "approved":
-        return NetworkAnswer(NetworkOutcome.APPROVED)
-    return NetworkAnswer(NetworkOutcome.DECLINED, payload.get("declineCode"))
+        return NetworkAnswer(NetworkOutcome.APPROVED, network_time=network_time)
+    if payload.get("status") == "declined":
+        code = payload.get("declineCode")
+        return NetworkAnswer(NetworkOutcome.DECLINED, code if isinstance(code, str) else None,
+                             network_time=network_time)
+    return NetworkAnswer(NetworkOutcome.UNKNOWN)
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        payload = response.json()
+    except ValueError:  # truncated or not JSON at all (json and UnicodeDecodeError)
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _unix_seconds(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -6,16 +6,21 @@ returns the same answer without writing again.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import func
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from core.db.discrepancies import open_discrepancy
 from core.db.queries import (
     close_manual_review,
     event_exists,
@@ -35,6 +40,7 @@ from core.domain import (
     TransactionType,
 )
 from core.errors import ErrorType, IllegalTransition
+from core.reconciliation import DiscrepancyKind
 from core.state_machine import (
     IntentAction,
     TransactionAction,
@@ -43,6 +49,7 @@ from core.state_machine import (
 )
 
 log = logging.getLogger("durapay.payments")
+RecordMethod = TypeVar("RecordMethod", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclass
@@ -120,6 +127,35 @@ class ManualReviewFlag:
     payment_intent_id: str
     transaction_id: str
     waited_seconds: float
+    # Why a person must look; the default is the reconciliation horizon.
+    reason: str = ""
+
+
+@dataclass
+class OutcomeDiscrepancy:
+    """The network answered, late, the opposite of what was recorded (an operator's verdict)."""
+
+    payment_intent_id: str
+    transaction_id: str
+    recorded: NetworkOutcome
+    network: NetworkOutcome
+
+
+def refusals_are_final(activity_method: RecordMethod) -> RecordMethod:
+    """A write the database will never accept (an illegal state change, a row that does not
+    exist) is not retried: retrying would hold the payment's lock for ever. It fails for good,
+    loudly, and the workflow puts the payment in front of an operator."""
+
+    @functools.wraps(activity_method)
+    async def refusing(self: Any, argument: Any) -> Any:
+        try:
+            return await activity_method(self, argument)
+        except (IllegalTransition, LookupError, NoResultFound) as error:
+            log.error("%s refused by the database: %s", activity_method.__name__, error)
+            raise ApplicationError(f"{activity_method.__name__} refused: {error}",
+                                   type=ErrorType.RECORD_REFUSED, non_retryable=True) from error
+
+    return refusing  # type: ignore[return-value]
 
 
 class PaymentRecordActivities:
@@ -127,6 +163,7 @@ class PaymentRecordActivities:
         self._sessions = sessions
 
     @activity.defn
+    @refusals_are_final
     async def record_charge_attempt(self, attempt: ChargeAttempt) -> IntentState:
         """Write the pending transaction and `payment.processing` before the network is called.
 
@@ -154,6 +191,7 @@ class PaymentRecordActivities:
             return IntentState(intent.status, TransactionStatus.PENDING.value)
 
     @activity.defn
+    @refusals_are_final
     async def record_charge_outcome(self, result: ChargeOutcome) -> IntentState:
         """Apply the network's answer to the transaction and the intent, with their events."""
         async with self._sessions() as session, session.begin():
@@ -192,6 +230,7 @@ class PaymentRecordActivities:
             return IntentState(intent.status, txn.status)
 
     @activity.defn
+    @refusals_are_final
     async def record_operation_attempt(self, attempt: OperationAttempt) -> IntentState:
         """Write the pending capture/void/refund before the network is called.
 
@@ -219,6 +258,7 @@ class PaymentRecordActivities:
             return IntentState(intent.status, TransactionStatus.PENDING.value)
 
     @activity.defn
+    @refusals_are_final
     async def record_operation_outcome(self, result: OperationOutcome) -> IntentState:
         """Apply the network's answer to a capture/void/refund and, if approved, to the intent
         (amounts, status and event in one database transaction)."""
@@ -252,6 +292,7 @@ class PaymentRecordActivities:
             return IntentState(intent.status, txn.status, event_appended=appended)
 
     @activity.defn
+    @refusals_are_final
     async def cancel_payment_intent(self, cancellation: IntentCancellation) -> IntentState:
         """Cancel an intent without a successful charge (nothing to release at the network)."""
         async with self._sessions() as session, session.begin():
@@ -265,6 +306,7 @@ class PaymentRecordActivities:
             return IntentState(intent.status, "", event_appended=True)
 
     @activity.defn
+    @refusals_are_final
     async def flag_for_manual_review(self, flag: ManualReviewFlag) -> None:
         """Mark the intent for operators (`durapay review list`); its status stays `processing`.
 
@@ -273,10 +315,29 @@ class PaymentRecordActivities:
         """
         async with self._sessions() as session, session.begin():
             opened = await open_manual_review(session, flag.payment_intent_id)
-        if opened:
+        if opened and flag.reason:
+            log.error("payment %s needs manual review: %s (%s)", flag.payment_intent_id,
+                      flag.reason, flag.transaction_id)
+        elif opened:
             log.error("payment %s needs manual review: the outcome of %s is still unknown after "
                       "%.0f s of status queries", flag.payment_intent_id, flag.transaction_id,
                       flag.waited_seconds)
+
+    @activity.defn
+    @refusals_are_final
+    async def record_outcome_discrepancy(self, found: OutcomeDiscrepancy) -> None:
+        """Open (once) a discrepancy for operators: the network's late answer contradicts the
+        outcome recorded for the transaction. The record is never overwritten by it."""
+        async with self._sessions() as session, session.begin():
+            txn = await lock_transaction(session, found.transaction_id)
+            if txn is None:
+                raise LookupError(f"transaction {found.transaction_id} was never recorded")
+            await open_discrepancy(
+                session, kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME,
+                network_reference=txn.network_reference, merchant_id=txn.merchant_id,
+                payment_intent_id=txn.payment_intent_id, transaction_id=txn.id,
+                detail={"recorded": found.recorded.value, "network": found.network.value,
+                        "transactionStatus": txn.status})
 
 
 async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amount: int) -> None:

@@ -97,7 +97,10 @@ async def respond_once(session: AsyncSession, *, secret: bytes, merchant_id: str
                        handle: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
                        ) -> tuple[int, dict[str, Any]]:
     """Run `handle` under an Idempotency-Key: the first answer (errors included, except 409 and
-    503, which a retry should redo) is stored and replayed for the same key and parameters."""
+    503, which a retry should redo) is stored and replayed for the same key and parameters.
+
+    What `handle` leaves uncommitted in `session` commits with the stored answer, in one
+    database transaction: a crash in between can leave neither half alone."""
     if not key:
         return await handle()
     stored = await claim(session, merchant_id=merchant_id, key=key, endpoint=endpoint,

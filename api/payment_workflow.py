@@ -4,6 +4,8 @@ search attributes operators filter on, shared by intent creation and update-with
 from __future__ import annotations
 
 import asyncio
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlmodel import select
@@ -21,18 +23,18 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api.errors import ApiError, CardError, ConflictError, InvalidRequestError
 from api.views import transaction_out
 from core import search_attributes
 from core.db.tables import PaymentIntent, Transaction
-from core.domain import CaptureMethod, TransactionStatus, TransactionType
+from core.domain import CaptureMethod, TransactionStatus, transaction_id_for
 from core.errors import ErrorType
 from core.settings import Settings
 from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
-from workflows.payment_messages import LifecyclePolicy, OperationResult, ReconcilePolicy
+from workflows.payment_messages import LifecyclePolicy, ReconcilePolicy
 
 
 def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> PaymentIntentInput:
@@ -43,7 +45,8 @@ def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> Payment
         reconcile=ReconcilePolicy(
             first_delay_seconds=settings.reconcile_first_delay_seconds,
             max_delay_seconds=settings.reconcile_max_delay_seconds,
-            horizon_seconds=settings.reconcile_horizon_seconds),
+            horizon_seconds=settings.reconcile_horizon_seconds,
+            not_found_safe_age_seconds=settings.reconcile_not_found_safe_age_seconds),
         lifecycle=LifecyclePolicy(
             authorization_expiry_seconds=settings.authorization_expiry_seconds,
             refund_window_seconds=settings.refund_window_seconds))
@@ -68,16 +71,34 @@ def payment_workflow_options(intent: PaymentIntent, settings: Settings) -> dict[
     }
 
 
+@dataclass
+class SentUpdate:
+    """What the API knows after sending an Update: the transaction it creates (its id is derived
+    from the Update's id, so it is known before the workflow records it) and the workflow's
+    answer, or None when the bounded wait ran out (the operation goes on: answer 202)."""
+
+    transaction_id: str
+    result: Any | None
+
+
+def update_id_for(verb: str, idempotency_key: str | None) -> str:
+    """`<verb>:<Idempotency-Key>`, so a retried request joins the same Update (and names the same
+    transaction); without a key, a fresh id: every request is a new operation."""
+    return f"{verb}:{idempotency_key}" if idempotency_key else f"{verb}:{uuid.uuid4().hex}"
+
+
 async def send_operation(temporal: Client, intent: PaymentIntent, settings: Settings,
                          update: Any, request: Any, *, verb: str,
-                         idempotency_key: str | None) -> OperationResult | None:
-    """Send a capture/cancel/refund Update (update-with-start, like a charge) and wait, bounded,
-    for its answer; None when the wait ran out (the operation goes on: answer 202).
+                         idempotency_key: str | None) -> SentUpdate:
+    """Send a charge/capture/cancel/refund Update (update-with-start: the workflow is started if
+    intent creation could not) and wait, bounded, for its answer.
 
-    The update id is `<verb>:<Idempotency-Key>`, so a retried request joins the same update.
-    The workflow's refusals become API errors: 409 for the state machine or an operation in
-    flight, 400 `amountInCents` for an amount beyond what the payment allows.
+    The workflow's refusals become API errors: 409 for the state machine, an operation in flight
+    or a payment whose workflow has ended, 400 `amountInCents` for an amount beyond what the
+    payment allows.
     """
+    update_id = update_id_for(verb, idempotency_key)
+    sent = SentUpdate(transaction_id_for(intent.id, update_id), None)
     start = WithStartWorkflowOperation(
         PaymentIntentWorkflow.run, payment_workflow_input(intent, settings),
         **payment_workflow_options(intent, settings))
@@ -85,9 +106,9 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
         async with asyncio.timeout(settings.charge_wait_seconds):
             handle = await temporal.start_update_with_start_workflow(
                 update, request, start_workflow_operation=start,
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-                id=f"{verb}:{idempotency_key}" if idempotency_key else None)
-            return await handle.result()  # type: ignore[no-any-return]
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED, id=update_id)
+            sent.result = await handle.result()
+            return sent
     except WorkflowUpdateFailedError as error:
         cause = error.cause
         kind = cause.type if isinstance(cause, ApplicationError) else None
@@ -101,12 +122,16 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
             raise InvalidRequestError("amount_too_large", f"Cannot {verb} that amount: "
                                       f"{cause.message}.", "amountInCents") from None
         raise
+    except WorkflowAlreadyStartedError:
+        # The payment's workflow has ended (canceled, refunded, or its refund window closed)
+        # and its id is never reused: nothing more can happen to this payment.
+        raise unexpected_state(verb, intent.status) from None
     except RPCError as error:
         if "already" in str(error).lower() or "completed" in str(error).lower():
-            raise unexpected_state(verb, "closed") from None
+            raise unexpected_state(verb, intent.status) from None
         raise
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-        return None
+        return sent
 
 
 def unexpected_state(verb: str, current: str) -> ConflictError:
@@ -114,19 +139,18 @@ def unexpected_state(verb: str, current: str) -> ConflictError:
                          f"Cannot {verb} this PaymentIntent in status '{current}'.")
 
 
-async def transaction_answer(session: AsyncSession, intent_id: str, kind: TransactionType,
-                             transaction_id: str | None) -> tuple[int, dict[str, Any]]:
-    """The answer to a charge or refund: its Transaction (the intent's newest of that type
-    when the wait ran out before the workflow named it), with 200/202/402 as below."""
-    query = select(Transaction).where(Transaction.payment_intent_id == intent_id,
-                                      Transaction.type == kind.value)
-    if transaction_id is not None:
-        query = query.where(Transaction.id == transaction_id)
-    txn = (await session.exec(query.order_by(Transaction.created_at.desc())  # type: ignore[attr-defined]
+async def transaction_answer(session: AsyncSession, sent: SentUpdate, *,
+                             not_recorded_yet: Transaction) -> tuple[int, dict[str, Any]]:
+    """The answer to a charge or refund: the Transaction this request's Update creates, never
+    another one. When the wait ran out before the workflow recorded it, `not_recorded_yet` (the
+    same id, `pending`) is the answer, with 202."""
+    txn = (await session.exec(select(Transaction).where(Transaction.id == sent.transaction_id)
                               .execution_options(populate_existing=True))).first()
     if txn is None:
-        raise ApiError("network_answer_pending", f"The {kind.value} was accepted but not yet "
-                       "recorded; retry with the same Idempotency-Key.", status=503)
+        if sent.result is not None:
+            raise ApiError("network_answer_pending", "The operation was accepted but not yet "
+                           "recorded; retry with the same Idempotency-Key.", status=503)
+        txn = not_recorded_yet
     out = transaction_out(txn).model_dump(mode="json", by_alias=True)
     return operation_answer(txn, out, holder="transaction")
 

@@ -7,7 +7,12 @@ While a review is open the intent stays `processing` and its workflow keeps aski
 (every DURAPAY_RECONCILE_MAX_DELAY_SECONDS); the network's answer closes the review by itself.
 `resolve` is for when the network will never answer: the operator has confirmed out of band
 whether the card was charged, and the workflow records that verdict (`failureCode:
-manual_review` on a failed transaction). In the Temporal Web UI the same payments match
+manual_review` on a failed transaction). The workflow asks the network once more first: if it
+answers, its answer is recorded and a verdict that contradicts it is refused; a later answer
+that contradicts a recorded verdict opens a reconciliation discrepancy
+(`durapay reconcile list`). Reviews are also opened for an outcome the database refused to
+record and for an expired authorization the network would not void (void or capture it through
+the API). In the Temporal Web UI the same payments match
 `DurapayManualReview = true`.
 """
 
@@ -17,7 +22,7 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
 
 from core.db.session import create_engine, session_factory
@@ -29,6 +34,7 @@ from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import ManualReviewResolution
 
 OUTCOMES = {"approved": NetworkOutcome.APPROVED, "failed": NetworkOutcome.FAILED}
+UNSETTLED = (TransactionStatus.TIMEOUT.value, TransactionStatus.PENDING.value)
 
 
 def add_parser(commands: Any) -> None:
@@ -50,23 +56,36 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def open_reviews(settings: Settings) -> list[dict[str, Any]]:
+    """Intents with an open review, each with the transaction to look at: the one whose outcome
+    is unknown (or could not be recorded), else the newest (e.g. an expiry void the network
+    kept declining)."""
     engine = create_engine(settings.effective_database_url, pool_size=1)
     try:
         async with session_factory(engine)() as session:
-            rows = (await session.execute(
-                select(PaymentIntent, Transaction)
-                .join(Transaction, and_(
-                    Transaction.payment_intent_id == PaymentIntent.id,
-                    Transaction.status == TransactionStatus.TIMEOUT.value))
+            intents = (await session.execute(
+                select(PaymentIntent)
                 .where(PaymentIntent.manual_review_since.isnot(None),  # type: ignore[union-attr]
                        PaymentIntent.manual_review_resolved_at.is_(None))  # type: ignore[union-attr]
-                .order_by(PaymentIntent.manual_review_since))).all()
+                .order_by(PaymentIntent.manual_review_since))).scalars().all()
+            transactions = (await session.execute(
+                select(Transaction).where(Transaction.payment_intent_id.in_(  # type: ignore[attr-defined]
+                    [i.id for i in intents]))
+                .order_by(Transaction.created_at, Transaction.id))).scalars().all()
     finally:
         await engine.dispose()
-    return [{"paymentIntentId": intent.id, "merchantId": intent.merchant_id,
-             "amountInCents": txn.amount_in_cents, "currency": txn.currency,
-             "transactionId": txn.id, "networkReference": txn.network_reference,
-             "since": intent.manual_review_since} for intent, txn in rows]
+    reviews = []
+    for intent in intents:
+        own = [t for t in transactions if t.payment_intent_id == intent.id]
+        unsettled = [t for t in own if t.status in UNSETTLED]
+        txn = (unsettled or own or [None])[-1]
+        reviews.append({
+            "paymentIntentId": intent.id, "merchantId": intent.merchant_id,
+            "amountInCents": txn.amount_in_cents if txn else intent.amount_in_cents,
+            "currency": intent.currency, "transactionId": txn.id if txn else None,
+            "transactionStatus": txn.status if txn else None,
+            "networkReference": txn.network_reference if txn else "-",
+            "since": intent.manual_review_since})
+    return reviews
 
 
 async def list_reviews(settings: Settings) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,17 @@ ZERO_DECIMAL_CURRENCIES = frozenset({"jpy"})
 def new_id(prefix: str) -> str:
     """Opaque, unguessable id with its type prefix (`pi_…`, `txn_…`)."""
     return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def transaction_id_for(payment_intent_id: str, update_id: str) -> str:
+    """The id (and network reference) of the transaction an Update creates, derived from the
+    Update's id, so the API knows which transaction to answer with before the workflow has
+    recorded it, and a retried Update (same id) names the same transaction.
+
+    Pure and deterministic: the workflow calls it too (no clock, no randomness).
+    """
+    digest = hashlib.sha256(f"{payment_intent_id}\n{update_id}".encode()).hexdigest()
+    return f"txn_{digest[:24]}"
 
 
 def utcnow() -> datetime:

@@ -17,6 +17,11 @@ class ErrorType:
     VAULT_TOKEN_MISSING = "VaultTokenMissing"
     # A capture or refund amount beyond what the payment allows (API: 400, param amountInCents).
     AMOUNT_INVALID = "AmountInvalid"
+    # The database will never accept this write (an illegal state change, a row that does not
+    # exist): not retried, and surfaced to operators (manual review) instead.
+    RECORD_REFUSED = "RecordRefused"
+    # An operator's manual-review verdict that the network's own answer contradicts.
+    VERDICT_CONTRADICTS_NETWORK = "VerdictContradictsNetwork"
 
 
 class IllegalTransition(Exception):

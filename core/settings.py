@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     reconcile_first_delay_seconds: float = 2.0
     reconcile_max_delay_seconds: float = 300.0
     reconcile_horizon_seconds: float = 86_400.0
+    # A status query's `not_found` is believed ("never reached the network") only for an attempt
+    # at least this old: a network's status index may lag its authorizations. Keep it above the
+    # network's longest hold plus its status lag (the simulator: 15 s + 30 s).
+    reconcile_not_found_safe_age_seconds: float = 900.0
     # Manual capture: an authorization not captured within this period is voided (`expired`).
     authorization_expiry_seconds: float = 604_800.0
     # A succeeded payment takes refunds this long (180 days); then its workflow ends.

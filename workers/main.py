@@ -58,6 +58,7 @@ async def run_worker() -> None:
                 records.record_operation_outcome,
                 records.cancel_payment_intent,
                 records.flag_for_manual_review,
+                records.record_outcome_discrepancy,
                 network.authorize_card,
                 network.capture_charge,
                 network.void_authorization,

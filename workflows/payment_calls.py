@@ -28,14 +28,18 @@ with workflow.unsafe.imports_passed_through():
         ManualReviewFlag,
         OperationAttempt,
         OperationOutcome,
+        OutcomeDiscrepancy,
         PaymentRecordActivities,
     )
     from core.domain import NetworkOutcome, TransactionType
     from core.errors import ErrorType
 
-# Database writes must eventually land: retry patiently (Postgres restarts, failovers).
+# Database writes must eventually land: retry patiently (Postgres restarts, failovers). A state
+# the database will never accept is not retried: it would hold the payment's lock for ever.
 DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
-                       maximum_interval=timedelta(seconds=30))
+                       maximum_interval=timedelta(seconds=30),
+                       non_retryable_error_types=[ErrorType.RECORD_REFUSED,
+                                                  "IllegalTransition", "LookupError"])
 # 5xx/refused means "not charged": a few retries with the same reference, then the attempt fails.
 NETWORK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
@@ -46,6 +50,10 @@ NETWORK_RETRY = RetryPolicy(
 # backoff and horizon then apply, so a long network outage still ends in a manual review.
 STATUS_QUERY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                                  maximum_interval=timedelta(seconds=10), maximum_attempts=4)
+# Errors after which the network provably did nothing with the reference (see
+# `_answer_after_failure`).
+PROVES_NOTHING_HAPPENED = frozenset({ErrorType.NETWORK_UNAVAILABLE,
+                                     ErrorType.NETWORK_REJECTED_REQUEST})
 DB_TIMEOUT = timedelta(seconds=30)
 # The adapter gives up at its own HTTP timeout (5 s) and answers "unknown"; this bound only
 # catches a worker that died mid-call.
@@ -59,10 +67,7 @@ async def authorize_card(request: AuthorizeInput) -> NetworkAnswer:
             CardNetworkActivities.authorize_card, request,
             start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=NETWORK_RETRY)
     except ActivityError as error:
-        if _error_type(error) == ErrorType.NETWORK_UNAVAILABLE:
-            # Every try was refused or answered 5xx: the network charged nothing.
-            return NetworkAnswer(NetworkOutcome.FAILED)
-        raise
+        return _answer_after_failure(error, request.network_reference)
 
 
 async def send_operation(kind: TransactionType, request: OperationRequest) -> NetworkAnswer:
@@ -74,9 +79,23 @@ async def send_operation(kind: TransactionType, request: OperationRequest) -> Ne
         return await workflow.execute_activity_method(
             method, request, start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=NETWORK_RETRY)
     except ActivityError as error:
-        if _error_type(error) == ErrorType.NETWORK_UNAVAILABLE:
-            return NetworkAnswer(NetworkOutcome.FAILED)  # refused or 5xx: nothing happened
-        raise
+        return _answer_after_failure(error, request.network_reference)
+
+
+def _answer_after_failure(error: ActivityError, reference: str) -> NetworkAnswer:
+    """What a network call that never produced an answer tells us, after its retries.
+
+    Only a proof that nothing was done may become `failed`: every try refused before a byte
+    was sent or answered by the network's own "unavailable, nothing charged" (the network is
+    idempotent by reference, so the last try saw no commit), or a request the network documents
+    as not processed. Anything else (timeouts exhausted, a worker lost mid-call, an unexpected
+    exception, a missing vault token) may have reached the network: unknown, and reconciled.
+    """
+    if _error_type(error) in PROVES_NOTHING_HAPPENED:
+        return NetworkAnswer(NetworkOutcome.FAILED)
+    workflow.logger.warning("network call for %s ended without an answer (%s): outcome unknown, "
+                            "reconciling", reference, error.cause or error)
+    return NetworkAnswer(NetworkOutcome.UNKNOWN)
 
 
 async def query_charge_status(transaction_id: str) -> NetworkAnswer:
@@ -90,9 +109,12 @@ async def query_charge_status(transaction_id: str) -> NetworkAnswer:
 
 # ---- payment records --------------------------------------------------------------------------
 async def record_charge_attempt(attempt: ChargeAttempt) -> IntentState:
-    return await workflow.execute_activity_method(
-        PaymentRecordActivities.record_charge_attempt, attempt,
-        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+    try:
+        return await workflow.execute_activity_method(
+            PaymentRecordActivities.record_charge_attempt, attempt,
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+    except ActivityError as error:
+        raise _refused_before_sending(error) from None
 
 
 async def record_charge_outcome(outcome: ChargeOutcome) -> IntentState:
@@ -107,11 +129,7 @@ async def record_operation_attempt(attempt: OperationAttempt) -> None:
             PaymentRecordActivities.record_operation_attempt, attempt,
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
     except ActivityError as error:
-        if _error_type(error) in (ErrorType.AMOUNT_INVALID, ErrorType.ILLEGAL_TRANSITION):
-            # The database refused (last line of defence): nothing was recorded or sent.
-            raise ApplicationError(str(error.cause), type=_error_type(error),
-                                   non_retryable=True) from None
-        raise
+        raise _refused_before_sending(error) from None
 
 
 async def record_operation_outcome(outcome: OperationOutcome) -> IntentState:
@@ -121,15 +139,34 @@ async def record_operation_outcome(outcome: OperationOutcome) -> IntentState:
 
 
 async def cancel_payment_intent(cancellation: IntentCancellation) -> IntentState:
-    return await workflow.execute_activity_method(
-        PaymentRecordActivities.cancel_payment_intent, cancellation,
-        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+    try:
+        return await workflow.execute_activity_method(
+            PaymentRecordActivities.cancel_payment_intent, cancellation,
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+    except ActivityError as error:
+        raise _refused_before_sending(error) from None
 
 
 async def flag_for_manual_review(flag: ManualReviewFlag) -> None:
     await workflow.execute_activity_method(
         PaymentRecordActivities.flag_for_manual_review, flag,
         start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+
+
+async def record_outcome_discrepancy(found: OutcomeDiscrepancy) -> None:
+    await workflow.execute_activity_method(
+        PaymentRecordActivities.record_outcome_discrepancy, found,
+        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+
+
+def _refused_before_sending(error: ActivityError) -> ApplicationError:
+    """The database refused to record an operation before anything was sent (the last line of
+    defence for money): the Update fails with the reason, nothing is pending, nothing was sent.
+    A refused state change is the API's 409, an amount beyond what is allowed its 400."""
+    kind = _error_type(error)
+    if kind not in (ErrorType.AMOUNT_INVALID, ErrorType.ILLEGAL_TRANSITION):
+        kind = ErrorType.ILLEGAL_TRANSITION
+    return ApplicationError(str(error.cause), type=kind, non_retryable=True)
 
 
 def _error_type(error: ActivityError) -> str | None:

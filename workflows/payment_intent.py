@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.card_network import AuthorizeInput, OperationRequest
+    from activities.card_network import AuthorizeInput, NetworkAnswer, OperationRequest
     from activities.persistence import (
         ChargeAttempt,
         ChargeOutcome,
@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         ManualReviewFlag,
         OperationAttempt,
         OperationOutcome,
+        OutcomeDiscrepancy,
     )
     from core import search_attributes
     from core.domain import (
@@ -33,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         NetworkOutcome,
         TransactionStatus,
         TransactionType,
+        transaction_id_for,
     )
     from core.errors import ErrorType
     from core.state_machine import IntentAction, can_move_intent, can_start_charge
@@ -60,13 +62,16 @@ from workflows.payment_money import (
     next_deadline,
     refundable,
 )
+from workflows.payment_outcomes import believed, same_outcome
 from workflows.webhook_fanout import dispatch_webhooks
 
 CLOSED_STATUSES = frozenset({IntentStatus.SUCCEEDED, IntentStatus.CANCELED})
 # With the lifecycle patch a succeeded payment stays open for refunds; these end it.
 FINAL_STATUSES = frozenset({IntentStatus.CANCELED, IntentStatus.REFUNDED})
-# An expiry void the network could not take (5xx after every retry) is tried again this late.
-EXPIRY_RETRY_SECONDS = 3600.0
+# An expiry void the network declined or failed is tried again after 1, 2, 4, 8 minutes; past
+# that an operator decides (manual review), instead of a new void every hour for ever.
+EXPIRY_VOID_FIRST_RETRY_SECONDS = 60.0
+EXPIRY_VOID_MAX_FAILURES = 5
 # Patches (see tests/workflows/test_replay.py): runs begun before a change replay unchanged.
 SEARCH_ATTRIBUTES_PATCH = "upsert-status-search-attributes-2026-11"
 MANUAL_REVIEW_PATCH = "manual-review-after-horizon-2026-11"
@@ -109,13 +114,18 @@ class PaymentIntentWorkflow:
         self._input = input
         carried = input.carried or CarriedState(IntentStatus.CREATED)
         self._status = carried.status
+        # The operation whose outcome the network has not told us (or that the database refused
+        # to record): status queries on durable timers watch it until it is recorded.
         self._unknown = carried.unknown
-        self._attempt_in_flight = self._unknown is not None
-        self._lock = asyncio.Lock()  # one charge attempt at a time, even if two slip past
+        self._charging = False  # a charge attempt holds the lock
+        # One operation at a time, from its record to its recorded outcome, reconciliation's
+        # settling included: a capture never passes its checks against a void being settled.
+        self._lock = asyncio.Lock()
         self._events_dispatched = carried.events_dispatched
         self._webhooks = False  # decided in `run`: runs begun before webhooks send none
         self._dispatch_needed = False
         self._money = carried.money or Money()
+        self._review_open = carried.review_open
         self._lifecycle = False  # decided in `run`: runs begun before it end at `succeeded`
         self._refund_window_over = False
 
@@ -124,29 +134,34 @@ class PaymentIntentWorkflow:
         self._webhooks = workflow.patched(WEBHOOKS_PATCH)
         self._lifecycle = workflow.patched(LIFECYCLE_PATCH)
         self._dispatch_needed = self._webhooks  # `payment.created`, appended by the API
-        while not self._closed() or self._dispatch_needed:
-            await self._wait_for_work()
-            if self._dispatch_needed:
-                await self._dispatch_webhooks()
-            if self._unknown is not None:
-                await self._reconcile(self._unknown)
-            if self._lifecycle:
-                await self._enforce_deadlines()
-            if self._history_too_long() and not self._closed():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(self._continued_input())
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return PaymentIntentResult(self._status)
+        while True:
+            while not self._closed() or self._dispatch_needed:
+                await self._wait_for_work()
+                if self._dispatch_needed:
+                    await self._dispatch_webhooks()
+                if self._unknown is not None:
+                    await self._reconcile(self._unknown)
+                if self._lifecycle:
+                    await self._enforce_deadlines()
+                if self._history_too_long() and not self._closed():
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    workflow.continue_as_new(self._continued_input())
+            # A handler still running (a refund sent just before the window closed) may leave
+            # an unknown outcome to reconcile or an event to deliver: look again once all are done.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if self._closed() and not self._dispatch_needed:
+                return PaymentIntentResult(self._status)
 
     @workflow.update
     async def confirm_charge(self, charge: ChargeInput) -> ChargeResult:
+        transaction_id = self._update_transaction_id()
         async with self._lock:
             self._check_can_charge()  # again: a second update may pass the validator first
-            self._attempt_in_flight = True
+            self._charging = True
             try:
-                return await self._charge(charge)
+                return await self._charge(charge, transaction_id)
             finally:
-                self._attempt_in_flight = self._unknown is not None
+                self._charging = False
 
     @confirm_charge.validator
     def _validate_charge(self, charge: ChargeInput) -> None:
@@ -154,11 +169,12 @@ class PaymentIntentWorkflow:
 
     @workflow.update
     async def capture(self, request: CaptureInput) -> OperationResult:
-        async with self._lock:  # serialized with refunds, cancel and the expiry
+        transaction_id = self._update_transaction_id()
+        async with self._lock:  # serialized with refunds, cancel, the expiry and settling
             self._check_capture(request)  # again: the state may have moved while queued
             amount = request.amount_in_cents or self._money.amount_capturable
             return await self._operate(TransactionType.CAPTURE, amount,
-                                       self._money.authorization_reference)
+                                       self._money.authorization_reference, transaction_id)
 
     @capture.validator
     def _validate_capture(self, request: CaptureInput) -> None:
@@ -166,9 +182,10 @@ class PaymentIntentWorkflow:
 
     @workflow.update
     async def cancel(self, request: CancelInput) -> OperationResult:
+        transaction_id = self._update_transaction_id()
         async with self._lock:
             self._check_operation(IntentAction.CANCEL)
-            return await self._cancel(request.reason)
+            return await self._cancel(request.reason, transaction_id)
 
     @cancel.validator
     def _validate_cancel(self, request: CancelInput) -> None:
@@ -176,13 +193,14 @@ class PaymentIntentWorkflow:
 
     @workflow.update
     async def refund(self, request: RefundInput) -> OperationResult:
+        transaction_id = self._update_transaction_id()
         # Concurrent refunds queue here; each one re-checks what is left once it is its turn,
         # so together they never refund more than was received.
         async with self._lock:
             self._check_refund(request)
             amount = request.amount_in_cents or refundable(self._money)
             return await self._operate(TransactionType.REFUND, amount,
-                                       self._money.payment_reference)
+                                       self._money.payment_reference, transaction_id)
 
     @refund.validator
     def _validate_refund(self, request: RefundInput) -> None:
@@ -190,14 +208,28 @@ class PaymentIntentWorkflow:
 
     @workflow.update
     async def resolve_manual_review(self, resolution: ManualReviewResolution) -> IntentStatus:
-        unknown = self._unknown
-        assert unknown is not None  # the validator saw it; nothing awaited since
-        self._unknown = None  # the reconciliation loop stops at its next wake-up
-        await self._settle(unknown, resolution.outcome, decline_code=None,
-                           failure_code="manual_review")
-        workflow.logger.warning("manual review of %s resolved as %s: %s",
-                                unknown.transaction_id, resolution.outcome, resolution.note)
-        return self._status
+        """An operator's verdict, accepted only where the network has no answer of its own."""
+        async with self._lock:
+            unknown = self._unknown
+            if unknown is None or not unknown.in_manual_review:
+                raise ApplicationError("this payment is no longer waiting for a manual review",
+                                       type=ErrorType.ILLEGAL_TRANSITION, non_retryable=True)
+            # Ask the network once more, under the lock: its answer wins over any verdict.
+            answer = await calls.query_charge_status(unknown.transaction_id)
+            if answer.outcome is not NetworkOutcome.UNKNOWN:
+                await self._settle(unknown, answer)
+                if not same_outcome(answer.outcome, resolution.outcome):
+                    raise ApplicationError(
+                        f"the network answered {answer.outcome.value} for "
+                        f"{unknown.transaction_id}: the payment is settled as the network says "
+                        f"and the verdict {resolution.outcome.value} was not recorded",
+                        type=ErrorType.VERDICT_CONTRADICTS_NETWORK, non_retryable=True)
+                return self._status
+            await self._settle(unknown, NetworkAnswer(resolution.outcome),
+                               failure_code="manual_review")
+            workflow.logger.warning("manual review of %s resolved as %s: %s",
+                                    unknown.transaction_id, resolution.outcome, resolution.note)
+            return self._status
 
     @resolve_manual_review.validator
     def _validate_resolution(self, resolution: ManualReviewResolution) -> None:
@@ -213,68 +245,83 @@ class PaymentIntentWorkflow:
         return self._status
 
     # ---- steps ---------------------------------------------------------------------------------
-    async def _charge(self, charge: ChargeInput) -> ChargeResult:
-        transaction_id = f"txn_{workflow.uuid4().hex[:24]}"
+    async def _charge(self, charge: ChargeInput, transaction_id: str) -> ChargeResult:
         state = await calls.record_charge_attempt(ChargeAttempt(
             self._input.payment_intent_id, transaction_id, charge.card_token_id, charge.card))
         self._set_status(state.status)
         answer = await calls.authorize_card(AuthorizeInput(
             transaction_id, charge.card_token_id, self._input.amount_in_cents,
             self._input.currency, capture=self._input.capture_method is CaptureMethod.AUTOMATIC))
-        outcome = ChargeOutcome(self._input.payment_intent_id, transaction_id, answer.outcome,
-                                decline_code=answer.decline_code,
-                                failure_code="processing_error"
-                                if answer.outcome is NetworkOutcome.FAILED else None)
-        state = await self._record_outcome(outcome)
-        if answer.outcome is NetworkOutcome.UNKNOWN:
-            self._unknown = UnknownOutcome(transaction_id)
-        self._learn(TransactionType.CHARGE, transaction_id, self._input.amount_in_cents,
-                    state.transaction_status)
+        state = await self._record_answer(UnknownOutcome(transaction_id), answer)
         return ChargeResult(transaction_id, state.transaction_status, self._status,
                             answer.decline_code)
 
-    async def _operate(self, kind: TransactionType, amount: int,
-                       parent_reference: str | None) -> OperationResult:
+    async def _operate(self, kind: TransactionType, amount: int, parent_reference: str | None,
+                       transaction_id: str, *, reason: str | None = None) -> OperationResult:
         """Record a capture/void/refund under its own reference, send it, record the answer."""
         assert parent_reference is not None  # the state machine allowed it: the parent exists
-        return await self._operate_as(kind, amount, parent_reference, reason=None)
-
-    async def _operate_as(self, kind: TransactionType, amount: int, parent_reference: str, *,
-                          reason: str | None) -> OperationResult:
-        transaction_id = f"txn_{workflow.uuid4().hex[:24]}"
         await calls.record_operation_attempt(OperationAttempt(
             self._input.payment_intent_id, transaction_id, kind, amount, parent_reference))
         answer = await calls.send_operation(kind, OperationRequest(
             transaction_id, parent_reference, amount, self._input.currency))
-        state = await self._record_operation_outcome(OperationOutcome(
-            self._input.payment_intent_id, transaction_id, answer.outcome,
-            decline_code=answer.decline_code,
-            failure_code="processing_error" if answer.outcome is NetworkOutcome.FAILED else None,
-            cancellation_reason=reason))
-        if answer.outcome is NetworkOutcome.UNKNOWN:
-            self._unknown = UnknownOutcome(transaction_id, operation=kind, amount_in_cents=amount,
-                                           cancellation_reason=reason)
-        self._learn(kind, transaction_id, amount, state.transaction_status)
+        state = await self._record_answer(UnknownOutcome(
+            transaction_id, operation=kind, amount_in_cents=amount, cancellation_reason=reason),
+            answer)
         return OperationResult(self._status, transaction_id, state.transaction_status,
                                answer.decline_code)
 
-    async def _cancel(self, reason: str) -> OperationResult:
+    async def _cancel(self, reason: str, transaction_id: str) -> OperationResult:
         if self._status is IntentStatus.REQUIRES_CAPTURE:
-            reference = self._money.authorization_reference
-            assert reference is not None
-            return await self._operate_as(TransactionType.VOID, self._money.amount_capturable,
-                                          reference, reason=reason)
+            return await self._operate(TransactionType.VOID, self._money.amount_capturable,
+                                       self._money.authorization_reference, transaction_id,
+                                       reason=reason)
         # No successful charge: nothing is held at the network, only the record changes.
         state = await calls.cancel_payment_intent(
             IntentCancellation(self._input.payment_intent_id, reason))
         self._set_status(state.status)
         return OperationResult(self._status)
 
-    async def _record_operation_outcome(self, outcome: OperationOutcome) -> IntentState:
-        state = await calls.record_operation_outcome(outcome)
-        self._set_status(state.status)
+    async def _record_answer(self, operation: UnknownOutcome, answer: NetworkAnswer, *,
+                             reconciled: bool = False,
+                             failure_code: str | None = None) -> IntentState:
+        """Record the network's answer (or an operator's verdict) for one operation and learn
+        what it did to the money. An unknown answer, or one the database refuses to record, is
+        left to `_reconcile`: status queries on durable timers watch it, never a guess."""
+        if answer.outcome is NetworkOutcome.FAILED and failure_code is None:
+            failure_code = "processing_error"
+        try:
+            if operation.operation is TransactionType.CHARGE:
+                state = await calls.record_charge_outcome(ChargeOutcome(
+                    self._input.payment_intent_id, operation.transaction_id, answer.outcome,
+                    decline_code=answer.decline_code, failure_code=failure_code,
+                    reconciled=reconciled))
+            else:
+                state = await calls.record_operation_outcome(OperationOutcome(
+                    self._input.payment_intent_id, operation.transaction_id, answer.outcome,
+                    decline_code=answer.decline_code, failure_code=failure_code,
+                    reconciled=reconciled, cancellation_reason=operation.cancellation_reason))
+        except ActivityError as error:
+            # Not retried (the database will never accept it): keep the operation watched and
+            # put it in front of an operator now.
+            workflow.logger.error("the answer %s for %s could not be recorded: %s",
+                                  answer.outcome, operation.transaction_id, error.cause)
+            self._unknown = self._unknown or operation
+            if not self._unknown.in_manual_review:
+                await self._flag_for_manual_review(self._unknown)
+            return IntentState(self._status, TransactionStatus.PENDING.value)
+        self._set_status(state.status, network_time=answer.network_time)
+        if answer.outcome is NetworkOutcome.UNKNOWN:
+            self._unknown = operation
         if state.event_appended and self._webhooks:
             self._dispatch_needed = True  # e.g. a second partial refund: same status, new event
+        if answer.outcome is not NetworkOutcome.UNKNOWN:
+            operation.settled_as = answer.outcome
+            self._close_review()
+        amount = (self._input.amount_in_cents if operation.operation is TransactionType.CHARGE
+                  else operation.amount_in_cents)
+        learn(self._money, operation.operation, operation.transaction_id, amount,
+              state.transaction_status,
+              manual_capture=self._input.capture_method is CaptureMethod.MANUAL)
         return state
 
     async def _enforce_deadlines(self) -> None:
@@ -292,15 +339,31 @@ class PaymentIntentWorkflow:
                 if self._status is IntentStatus.REQUIRES_CAPTURE and self._unknown is None:
                     workflow.logger.info("authorization of %s expired: voiding it",
                                          self._input.payment_intent_id)
-                    result = await self._cancel(CancellationReason.EXPIRED.value)
+                    result = await self._cancel(CancellationReason.EXPIRED.value,
+                                                f"txn_{workflow.uuid4().hex[:24]}")
                     if result.transaction_status == TransactionStatus.FAILED.value:
-                        # Not voided (the network refused or failed): try again later rather
-                        # than spin; an operator sees the failed void meanwhile.
-                        money.authorization_expires_at = (workflow.now().timestamp()
-                                                          + EXPIRY_RETRY_SECONDS)
+                        await self._expiry_void_failed(result.transaction_id)
         ends_at = money.refund_window_ends_at
         if self._status in REFUNDABLE_STATUSES and ends_at is not None and now >= ends_at:
             self._refund_window_over = True
+
+    async def _expiry_void_failed(self, transaction_id: str | None) -> None:
+        """Not voided (the network declined or failed): try again with backoff, to a bound, then
+        ask an operator; meanwhile the failed void is on the payment for everyone to see."""
+        money = self._money
+        money.expiry_void_failures += 1
+        if money.expiry_void_failures < EXPIRY_VOID_MAX_FAILURES:
+            money.authorization_expires_at = workflow.now().timestamp() + (
+                EXPIRY_VOID_FIRST_RETRY_SECONDS * 2 ** (money.expiry_void_failures - 1))
+            return
+        money.authorization_expires_at = None  # no more voids by itself: an operator decides
+        workflow.logger.error("authorization of %s could not be voided after %d tries: manual "
+                              "review", self._input.payment_intent_id,
+                              money.expiry_void_failures)
+        await calls.flag_for_manual_review(ManualReviewFlag(
+            self._input.payment_intent_id, transaction_id or "", 0.0,
+            reason="expired authorization could not be voided"))
+        self._open_review()
 
     async def _reconcile(self, unknown: UnknownOutcome) -> None:
         """Durable timers drive status queries until the network says what it decided.
@@ -318,43 +381,45 @@ class PaymentIntentWorkflow:
             await workflow.sleep(timedelta(seconds=delay))
             unknown.waited_seconds += delay
             unknown.next_delay_seconds = min(delay * 2, policy.max_delay_seconds)
-            answer = await calls.query_charge_status(unknown.transaction_id)
-            if answer.outcome is not NetworkOutcome.UNKNOWN and self._unknown is unknown:
-                self._unknown = None
-                await self._settle(unknown, answer.outcome, decline_code=answer.decline_code,
-                                   failure_code=None)
+            answer = believed(await calls.query_charge_status(unknown.transaction_id),
+                              waited_seconds=unknown.waited_seconds, policy=policy)
+            if answer.outcome is NetworkOutcome.UNKNOWN:
+                continue
+            async with self._lock:
+                if self._unknown is unknown:
+                    await self._settle(unknown, answer)
+                elif unknown.settled_as is not None and not same_outcome(answer.outcome,
+                                                                         unknown.settled_as):
+                    await self._report_contradiction(unknown, answer.outcome)
+
+    async def _settle(self, unknown: UnknownOutcome, answer: NetworkAnswer, *,
+                      failure_code: str | None = None) -> None:
+        """Record the truth about an unknown outcome; it stays watched if the record fails."""
+        state = await self._record_answer(unknown, answer, reconciled=True,
+                                          failure_code=failure_code)
+        if state.transaction_status != TransactionStatus.PENDING.value:
+            self._unknown = None
+
+    async def _report_contradiction(self, unknown: UnknownOutcome,
+                                    network: NetworkOutcome) -> None:
+        """A late answer of the network contradicts what was recorded (an operator's verdict):
+        never overwritten, always put in front of operators."""
+        assert unknown.settled_as is not None
+        workflow.logger.error("the network answered %s for %s, recorded as %s: discrepancy",
+                              network, unknown.transaction_id, unknown.settled_as)
+        await calls.record_outcome_discrepancy(OutcomeDiscrepancy(
+            self._input.payment_intent_id, unknown.transaction_id, recorded=unknown.settled_as,
+            network=network))
 
     async def _flag_for_manual_review(self, unknown: UnknownOutcome) -> None:
-        """Past the horizon: flag it for operators, loudly, and keep querying the network."""
+        """Past the horizon (or refused by the database): flag it for operators, loudly, and
+        keep querying the network."""
         workflow.logger.error("outcome of %s still unknown after %.0f s: manual review",
                               unknown.transaction_id, unknown.waited_seconds)
         await calls.flag_for_manual_review(ManualReviewFlag(
             self._input.payment_intent_id, unknown.transaction_id, unknown.waited_seconds))
         unknown.in_manual_review = True
-        workflow.upsert_search_attributes([search_attributes.MANUAL_REVIEW.value_set(True)])
-
-    async def _settle(self, unknown: UnknownOutcome, outcome: NetworkOutcome, *,
-                      decline_code: str | None, failure_code: str | None) -> None:
-        if unknown.operation is TransactionType.CHARGE:
-            state = await self._record_outcome(ChargeOutcome(
-                self._input.payment_intent_id, unknown.transaction_id, outcome,
-                decline_code=decline_code, failure_code=failure_code, reconciled=True))
-            amount = self._input.amount_in_cents
-        else:
-            state = await self._record_operation_outcome(OperationOutcome(
-                self._input.payment_intent_id, unknown.transaction_id, outcome,
-                decline_code=decline_code, failure_code=failure_code, reconciled=True,
-                cancellation_reason=unknown.cancellation_reason))
-            amount = unknown.amount_in_cents
-        self._learn(unknown.operation, unknown.transaction_id, amount, state.transaction_status)
-        self._attempt_in_flight = False
-        if unknown.in_manual_review:
-            workflow.upsert_search_attributes([search_attributes.MANUAL_REVIEW.value_set(False)])
-
-    async def _record_outcome(self, outcome: ChargeOutcome) -> IntentState:
-        state = await calls.record_charge_outcome(outcome)
-        self._set_status(state.status)
-        return state
+        self._open_review()
 
     async def _dispatch_webhooks(self) -> None:
         """Start the deliveries of the events recorded since the last dispatch (children that
@@ -364,7 +429,7 @@ class PaymentIntentWorkflow:
                                                           self._events_dispatched)
 
     # ---- state ---------------------------------------------------------------------------------
-    def _set_status(self, status: str) -> None:
+    def _set_status(self, status: str, *, network_time: float | None = None) -> None:
         """Track the intent's status and show it to operators (Web UI search attribute).
 
         Every status change appended an event in the same database transaction, so it is also
@@ -374,19 +439,30 @@ class PaymentIntentWorkflow:
         self._status = IntentStatus(status)
         if changed:
             arm_deadlines(self._money, self._status, self._input.lifecycle,
-                          workflow.now().timestamp())
+                          workflow.now().timestamp(), authorized_at=network_time)
         if changed and workflow.patched(SEARCH_ATTRIBUTES_PATCH):
             workflow.upsert_search_attributes([search_attributes.STATUS.value_set(status)])
         if changed and self._webhooks:
             self._dispatch_needed = True
 
-    def _learn(self, kind: TransactionType, transaction_id: str, amount: int,
-               transaction_status: str) -> None:
-        learn(self._money, kind, transaction_id, amount, transaction_status,
-              manual_capture=self._input.capture_method is CaptureMethod.MANUAL)
+    def _open_review(self) -> None:
+        self._review_open = True
+        workflow.upsert_search_attributes([search_attributes.MANUAL_REVIEW.value_set(True)])
+
+    def _close_review(self) -> None:
+        """The database closed the review with the outcome it recorded; so does the Web UI."""
+        if self._review_open:
+            self._review_open = False
+            workflow.upsert_search_attributes([search_attributes.MANUAL_REVIEW.value_set(False)])
+
+    def _update_transaction_id(self) -> str:
+        """The id the API derived from this Update's id (see `transaction_id_for`)."""
+        info = workflow.current_update_info()
+        assert info is not None  # called first thing in an update handler
+        return transaction_id_for(self._input.payment_intent_id, info.id)
 
     def _check_operation(self, action: IntentAction) -> None:
-        if self._unknown is not None or self._attempt_in_flight:
+        if self._unknown is not None or self._charging:
             # Never a second operation under a new reference while one is unknown.
             raise ApplicationError("an operation on this payment is in flight",
                                    type=ErrorType.ATTEMPT_IN_FLIGHT, non_retryable=True)
@@ -422,7 +498,7 @@ class PaymentIntentWorkflow:
             pass  # the deadline: `_enforce_deadlines` acts on it
 
     def _check_can_charge(self) -> None:
-        if self._attempt_in_flight:
+        if self._charging or self._unknown is not None:
             raise ApplicationError("a charge attempt is already in flight",
                                    type=ErrorType.ATTEMPT_IN_FLIGHT, non_retryable=True)
         if not can_start_charge(self._status):
@@ -446,5 +522,5 @@ class PaymentIntentWorkflow:
             self._input.payment_intent_id, self._input.merchant_id, self._input.amount_in_cents,
             self._input.currency, self._input.capture_method, self._input.reconcile,
             self._input.lifecycle, self._input.max_history_events,
-            CarriedState(self._status, self._unknown, self._events_dispatched, self._money))
-
+            CarriedState(self._status, self._unknown, self._events_dispatched, self._money,
+                         self._review_open))

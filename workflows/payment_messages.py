@@ -28,6 +28,10 @@ class ReconcilePolicy:
     first_delay_seconds: float = 2.0
     max_delay_seconds: float = 300.0
     horizon_seconds: float = 86_400.0
+    # A status query's `not_found` is believed ("never reached the network": failed) only once
+    # the attempt is this old; before, the network's status index may simply lag. It must
+    # exceed the network's longest hold plus its status lag.
+    not_found_safe_age_seconds: float = 900.0
 
 
 @dataclass
@@ -51,6 +55,9 @@ class UnknownOutcome:
     operation: TransactionType = TransactionType.CHARGE
     amount_in_cents: int = 0
     cancellation_reason: str | None = None  # of a void
+    # How it was settled (by the network or an operator): a late answer that contradicts it
+    # is a discrepancy for operators.
+    settled_as: NetworkOutcome | None = None
 
 
 @dataclass
@@ -64,6 +71,8 @@ class Money:
     amount_refunded: int = 0
     authorization_expires_at: float | None = None  # unix seconds (workflow time)
     refund_window_ends_at: float | None = None
+    # Expiry voids the network declined or failed in a row; past a bound, an operator decides.
+    expiry_void_failures: int = 0
 
 
 @dataclass
@@ -73,6 +82,8 @@ class CarriedState:
     # The intent's events up to this `seq` have had their webhook deliveries started.
     events_dispatched: int = 0
     money: Money | None = None
+    # A manual review is open (search attribute DurapayManualReview is true).
+    review_open: bool = False
 
 
 # ---- updates -------------------------------------------------------------------------------------

@@ -49,11 +49,16 @@ def check_amount(amount: int | None, allowed: int, what: str) -> None:
                                type=ErrorType.AMOUNT_INVALID, non_retryable=True)
 
 
-def arm_deadlines(money: Money, status: IntentStatus, policy: LifecyclePolicy,
-                  now: float) -> None:
-    """Start the authorization's and the refund window's clocks when their status is reached."""
+def arm_deadlines(money: Money, status: IntentStatus, policy: LifecyclePolicy, now: float, *,
+                  authorized_at: float | None = None) -> None:
+    """Start the authorization's and the refund window's clocks when their status is reached.
+
+    The authorization's clock starts when the network authorized (`authorized_at`, from its
+    answer), not when we learned of it: an answer reconciled an hour late leaves an hour less.
+    """
     if status is IntentStatus.REQUIRES_CAPTURE and money.authorization_expires_at is None:
-        money.authorization_expires_at = now + policy.authorization_expiry_seconds
+        started = now if authorized_at is None else min(authorized_at, now)
+        money.authorization_expires_at = started + policy.authorization_expiry_seconds
     if status is IntentStatus.SUCCEEDED and money.refund_window_ends_at is None:
         money.refund_window_ends_at = now + policy.refund_window_seconds
 

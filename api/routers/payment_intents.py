@@ -19,6 +19,7 @@ from api.deps import (
 )
 from api.pagination import newest_first_page
 from api.payment_workflow import (
+    SentUpdate,
     operation_answer,
     payment_workflow_input,
     payment_workflow_options,
@@ -49,7 +50,12 @@ router = APIRouter(prefix="/payment-intents", tags=["payment-intents"])
 async def create_payment_intent(body: PaymentIntentCreate, merchant: MerchantDep,
                                 session: SessionDep, state: StateDep, temporal: TemporalDep,
                                 idempotency_key: IdempotencyKeyDep) -> JSONResponse:
+    created: list[PaymentIntent] = []
+
     async def handle() -> tuple[int, dict[str, object]]:
+        # Not committed here: the intent, its `payment.created` event and the stored answer to
+        # the Idempotency-Key commit together, so a crash can never leave an intent that a
+        # retry with the same key would create a second time.
         intent = PaymentIntent(
             id=new_id("pi"), merchant_id=merchant.id, amount_in_cents=body.amount_in_cents,
             currency=body.currency, description=body.description,
@@ -60,14 +66,16 @@ async def create_payment_intent(body: PaymentIntentCreate, merchant: MerchantDep
         await session.refresh(intent)
         await append_event(session, cause=f"{intent.id}:created", event_type="payment.created",
                            intent=intent, transaction_id=None)
-        await session.commit()
-        await _start_workflow(temporal, state.settings, intent)
+        created.append(intent)
         return 201, payment_intent_out(intent, []).model_dump(mode="json", by_alias=True)
 
     status_code, response = await idempotency.respond_once(
         session, secret=state.settings.resolved_master_key(), merchant_id=merchant.id,
         key=idempotency_key, endpoint="POST /payment-intents",
         payload=body.model_dump(mode="json"), handle=handle)
+    await session.commit()  # without a key, nothing else committed it
+    if created:  # not for a replayed answer: that intent's workflow was started the first time
+        await _start_workflow(temporal, state.settings, created[0])
     return JSONResponse(response, status_code=status_code)
 
 
@@ -142,9 +150,9 @@ async def _operate(intent: PaymentIntent, merchant_id: str, session: SessionDep,
                    verb: str, payload: object, update: object,
                    argument: object) -> JSONResponse:
     async def handle() -> tuple[int, dict[str, object]]:
-        result = await send_operation(temporal, intent, state.settings, update, argument,
-                                      verb=verb, idempotency_key=idempotency_key)
-        return await _operation_response(session, intent.id, result)
+        sent = await send_operation(temporal, intent, state.settings, update, argument,
+                                    verb=verb, idempotency_key=idempotency_key)
+        return await _operation_response(session, intent.id, sent)
 
     status_code, response = await idempotency.respond_once(
         session, secret=state.settings.resolved_master_key(), merchant_id=merchant_id,
@@ -154,9 +162,12 @@ async def _operate(intent: PaymentIntent, merchant_id: str, session: SessionDep,
 
 
 async def _operation_response(session: SessionDep, intent_id: str,
-                              result: OperationResult | None) -> tuple[int, dict[str, object]]:
+                              sent: SentUpdate) -> tuple[int, dict[str, object]]:
+    """The PaymentIntent as it stands, with the status of this request's own transaction (a
+    cancel without an authorization has none): 202 while it is not settled."""
     out = (await load_payment_intent_out(session, intent_id)).model_dump(mode="json",
                                                                           by_alias=True)
+    result: OperationResult | None = sent.result
     if result is None:
         return 202, out
     txn = None

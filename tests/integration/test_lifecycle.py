@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from client import DurapayClient
 from tests.integration.conftest import CARD_4242, create_intent
@@ -241,3 +242,28 @@ async def test_refund_webhook_events_for_each_partial_refund(
 
     await assert_eventually(two_refund_events)
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="automatic")
+
+
+@pytest.mark.parametrize("ending", ["canceled", "refunded"])
+async def test_every_operation_on_a_closed_payment_is_a_conflict(
+        durapay: DurapayClient, temporal: Client, ending: str) -> None:
+    """Once its workflow has ended, a payment answers 409 to everything, every time (not 500:
+    update-with-start finds a closed workflow whose id is never reused)."""
+    if ending == "canceled":
+        intent = await create_intent(durapay)
+        closing = await durapay.post(f"/payment-intents/{intent['id']}/cancel", {})
+    else:
+        intent = await _captured(durapay)
+        closing = await durapay.post(f"/payment-intents/{intent['id']}/refunds", {})
+    assert closing.status_code == 200, closing.text
+    handle = temporal.get_workflow_handle(intent["id"])
+
+    async def closed() -> bool:
+        return (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+    await assert_eventually(closed)
+    for _ in range(3):
+        for path, body in (("capture", {}), ("cancel", {}), ("refunds", {"amountInCents": 1})):
+            response = await durapay.post(f"/payment-intents/{intent['id']}/{path}", body)
+            assert response.status_code == 409, (path, response.text)
+            assert response.json()["error"]["code"] == "payment_intent_unexpected_state"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import asyncpg
 import httpx
 
 from client import DurapayClient
@@ -102,3 +104,42 @@ async def test_unknown_intent_is_404(durapay: DurapayClient) -> None:
     response = await durapay.get("/payment-intents/pi_doesnotexist")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found"
+
+
+async def test_a_crash_before_the_idempotent_answer_is_stored_leaves_no_intent(
+        durapay: DurapayClient, merchant: dict[str, Any], db: asyncpg.Pool) -> None:
+    """The intent and the stored answer to its Idempotency-Key commit together: if storing the
+    answer fails (here a trigger plays the crash), no intent exists, so the merchant's retry
+    creates exactly one."""
+    key = f"crash-{uuid.uuid4().hex[:8]}"
+    trigger = f"refuse_{key.replace('-', '_')}"
+    await db.execute(f"""
+        CREATE FUNCTION {trigger}() RETURNS trigger AS $$ BEGIN
+          IF NEW.key = '{key}' AND NEW.response_status IS NOT NULL THEN
+            RAISE EXCEPTION 'simulated crash before the answer is stored';
+          END IF;
+          RETURN NEW;
+        END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER {trigger} BEFORE UPDATE ON idempotency_record
+          FOR EACH ROW EXECUTE FUNCTION {trigger}();""")
+    body = {"amountInCents": 1234, "currency": "usd"}
+    try:
+        crashed = await durapay.post("/payment-intents", body, idempotency_key=key)
+        assert crashed.status_code >= 500, crashed.text
+        assert await _intents_of(db, merchant["id"]) == 0
+    finally:
+        await db.execute(f"DROP TRIGGER {trigger} ON idempotency_record; "
+                         f"DROP FUNCTION {trigger}();")
+    # The claim of the crashed request is abandoned after a while; then the retry runs.
+    await db.execute("UPDATE idempotency_record SET created_at = now() - interval '2 minutes' "
+                     "WHERE key = $1", key)
+    retried = await durapay.post("/payment-intents", body, idempotency_key=key)
+    assert retried.status_code == 201, retried.text
+    replayed = await durapay.post("/payment-intents", body, idempotency_key=key)
+    assert replayed.json()["id"] == retried.json()["id"]
+    assert await _intents_of(db, merchant["id"]) == 1
+
+
+async def _intents_of(db: asyncpg.Pool, merchant_id: str) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM payment_intent WHERE merchant_id = $1",
+                                 merchant_id))

@@ -1,8 +1,8 @@
 """Every test card of API.md end to end: the charge's HTTP status, the transaction's and the
 intent's final state, the audit trail, and what the simulated network's ledger committed.
 
-The timeout and lost-response cards answer 202 and must reach the network's truth with no
-client action: the test only polls GET /payment-intents/{id}.
+The timeout, lost-response and bad-day cards answer 202 and must reach the network's truth with
+no client action: the test only polls GET /payment-intents/{id}.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ CASES = [
     CardCase("4000000000001034", 202, True, reconciled=True, amount=1234, currency="cad"),
     CardCase("4000000000001042", 200, True),
     CardCase("4000000000001059", 202, True, reconciled=True, amount=999, currency="aud"),
+    # The network's bad day: the money moved, the answer is wrong or late; reconciliation
+    # learns the truth from status queries (…1091's status index lags: `not_found` first).
+    CardCase("4000000000001067", 202, True, reconciled=True),
+    CardCase("4000000000001075", 202, True, reconciled=True, amount=4200, currency="sek"),
+    CardCase("4000000000001083", 202, True, reconciled=True),
+    CardCase("4000000000001091", 202, True, reconciled=True, amount=777),
     # "Any other valid card number is approved (brand from its prefix)."
     CardCase("4111111111111111", 200, True),
     CardCase("2223003122003222", 200, True, brand="mastercard"),

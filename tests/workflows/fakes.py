@@ -19,6 +19,7 @@ from activities.persistence import (
     ManualReviewFlag,
     OperationAttempt,
     OperationOutcome,
+    OutcomeDiscrepancy,
 )
 from activities.webhooks import DeliveryPlan, PlanInput
 from core.domain import CaptureMethod, CardSummary, NetworkOutcome
@@ -50,6 +51,14 @@ class FakeNetwork:
     operation_outcomes: list[OperationOutcome] = field(default_factory=list)
     received: int = 0
     refunded: int = 0
+    discrepancies: list[OutcomeDiscrepancy] = field(default_factory=list)
+    # Status query number N (0-based) waits for `status_hold` before it takes its answer.
+    status_hold_at: int | None = None
+    status_hold: asyncio.Event | None = None
+    # Recording an operation's outcome waits for this (settling held mid-way).
+    operation_outcome_hold: asyncio.Event | None = None
+    # Raised by record_charge_outcome (the database refusing a write), while not empty.
+    outcome_refusals: list[Exception] = field(default_factory=list)
 
     def activities(self) -> list[object]:
         @activity.defn(name="record_charge_attempt")
@@ -71,6 +80,9 @@ class FakeNetwork:
         @activity.defn(name="query_charge_status")
         async def query_charge_status(reference: str) -> NetworkAnswer:
             self.status_queries.append(reference)
+            if (self.status_hold is not None
+                    and len(self.status_queries) - 1 == self.status_hold_at):
+                await self.status_hold.wait()
             if not self.status_answers:  # the network never answers
                 return NetworkAnswer(NetworkOutcome.UNKNOWN)
             answer = self.status_answers.pop(0)
@@ -90,6 +102,8 @@ class FakeNetwork:
 
         @activity.defn(name="record_charge_outcome")
         async def record_charge_outcome(outcome: ChargeOutcome) -> IntentState:
+            if self.outcome_refusals:
+                raise self.outcome_refusals.pop(0)
             self.outcomes.append(outcome)
             txn_status = {NetworkOutcome.APPROVED: "succeeded", NetworkOutcome.UNKNOWN: "timeout",
                           }.get(outcome.outcome, "failed")
@@ -128,6 +142,8 @@ class FakeNetwork:
 
         @activity.defn(name="record_operation_outcome")
         async def record_operation_outcome(outcome: OperationOutcome) -> IntentState:
+            if self.operation_outcome_hold is not None:
+                await self.operation_outcome_hold.wait()
             self.operation_outcomes.append(outcome)
             attempt = next(a for a in self.operation_attempts
                            if a.transaction_id == outcome.transaction_id)
@@ -145,6 +161,10 @@ class FakeNetwork:
                                else "partially_refunded")
             return IntentState(self.status, "succeeded", event_appended=True)
 
+        @activity.defn(name="record_outcome_discrepancy")
+        async def record_outcome_discrepancy(found: OutcomeDiscrepancy) -> None:
+            self.discrepancies.append(found)
+
         @activity.defn(name="cancel_payment_intent")
         async def cancel_payment_intent(cancellation: IntentCancellation) -> IntentState:
             self.status = "canceled"
@@ -153,7 +173,7 @@ class FakeNetwork:
         return [record_charge_attempt, authorize_card, query_charge_status,
                 record_charge_outcome, flag_for_manual_review, plan_webhook_deliveries,
                 capture_charge, void_authorization, refund_charge, record_operation_attempt,
-                record_operation_outcome, cancel_payment_intent]
+                record_operation_outcome, cancel_payment_intent, record_outcome_discrepancy]
 
 
 # Tests of charging alone end the run at `succeeded`, as before the lifecycle: no refund window.
