@@ -166,8 +166,10 @@ class WebhookActivities:
                 await _close_delivery(session, delivery.id, "canceled")
                 return AttemptOutcome(AttemptResult.STOP)
             secrets = self._live_secrets(endpoint)
+            assert event.seq is not None  # a stored event has its sequence
             body = event_payload(event_id=event.id, event_type=event.type,
-                                 created_at=event.created_at, data=event.data)
+                                 created_at=event.created_at, sequence=event.seq,
+                                 data=event.data)
             url, endpoint_id = endpoint.url, endpoint.id
         # No database connection is held while the merchant's server takes its time.
         started_at, started = utcnow(), time.monotonic()

@@ -48,7 +48,8 @@ def payment_intent_out(intent: PaymentIntent, transactions: list[Transaction]) -
 
 
 def event_out(event: Event) -> EventOut:
-    return EventOut(id=event.id, type=event.type, created_at=event.created_at, data=event.data)
+    return EventOut(id=event.id, type=event.type, created_at=event.created_at,
+                    sequence=event.seq, data=event.data)
 
 
 async def load_payment_intent_out(session: AsyncSession, intent_id: str) -> PaymentIntentOut:

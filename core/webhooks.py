@@ -65,11 +65,11 @@ def signature_header(secrets: Iterable[str], *, msg_id: str, timestamp: int, bod
                     for s in secrets)
 
 
-def event_payload(*, event_id: str, event_type: str, created_at: Any,
+def event_payload(*, event_id: str, event_type: str, created_at: Any, sequence: int,
                   data: dict[str, Any]) -> bytes:
     """The delivered body: the Event exactly as `GET /events` shows it."""
     body = {"id": event_id, "object": "event", "type": event_type,
-            "createdAt": rfc3339(created_at), "data": data}
+            "createdAt": rfc3339(created_at), "sequence": sequence, "data": data}
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from api.schemas.base import ApiModel, Timestamp
 
 
@@ -10,4 +12,9 @@ class EventOut(ApiModel):
     object: str = "event"
     type: str
     created_at: Timestamp
+    sequence: int = Field(description=(
+        "Increases with every event recorded, in the order the changes were committed, and "
+        "strictly across one payment's events. Webhook deliveries may arrive out of order "
+        "(retries, several workers): apply an event to a payment only if its `sequence` is "
+        "higher than the last one you applied for that payment."))
     data: dict[str, Any]

@@ -166,6 +166,9 @@ async def test_partial_then_full_refunds(durapay: DurapayClient,
     events = (await durapay.get(f"/payment-intents/{intent['id']}/events")).json()["data"]
     assert [e["type"] for e in events][-3:] == [
         "payment.partially_refunded", "payment.partially_refunded", "payment.refunded"]
+    # Merchants order a payment's (unordered) webhook deliveries by `sequence`.
+    sequences = [e["sequence"] for e in events]
+    assert sequences == sorted(set(sequences)), sequences
     more = await durapay.post(f"/payment-intents/{intent['id']}/refunds", {"amountInCents": 1})
     assert more.status_code == 409, more.text
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="automatic")

@@ -29,7 +29,7 @@ from core.webhooks import (
 )
 
 BODY = event_payload(event_id="evt_1", event_type="payment.succeeded",
-                     created_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC),
+                     created_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC), sequence=7,
                      data={"paymentId": "pi_1", "amountInCents": 2499})
 
 
@@ -76,7 +76,7 @@ def test_secret_is_whsec_base64_of_32_bytes() -> None:
 
 def test_payload_is_the_event_object() -> None:
     assert json.loads(BODY) == {"id": "evt_1", "object": "event", "type": "payment.succeeded",
-                                "createdAt": "2026-11-25T12:00:00.000Z",
+                                "createdAt": "2026-11-25T12:00:00.000Z", "sequence": 7,
                                 "data": {"paymentId": "pi_1", "amountInCents": 2499}}
 
 
