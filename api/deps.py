@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 import time
@@ -18,7 +19,12 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
-from api.errors import AuthenticationError, InvalidRequestError, NotFoundError
+from api.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    service_unavailable,
+)
 from core.crypto import Cipher, sign_request, signature_matches
 from core.db.tables import Merchant, MerchantKey, PaymentIntent, RequestNonce
 from core.settings import Settings
@@ -39,15 +45,24 @@ class AppState:
 
 
 class TemporalConnection:
-    """Connects lazily so the API starts (and /healthz can say why) while Temporal is down."""
+    """Connects lazily so the API starts (and /healthz can say why) while Temporal is down; a
+    failed connect is tried again by the next request. Once made, the client reconnects by
+    itself: it keeps working across a restart of the Temporal server."""
+
+    CONNECT_TIMEOUT_SECONDS = 5.0  # a hung server must not hold requests forever
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: Client | None = None
+        self._connecting = asyncio.Lock()  # one connect at a time, not one per waiting request
 
     async def get(self) -> Client:
-        if self._client is None:
-            self._client = await connect_temporal(self._settings)
+        if self._client is not None:
+            return self._client
+        async with self._connecting:
+            if self._client is None:
+                async with asyncio.timeout(self.CONNECT_TIMEOUT_SECONDS):
+                    self._client = await connect_temporal(self._settings)
         return self._client
 
 
@@ -67,13 +82,10 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
 async def get_temporal(state: StateDep) -> Client:
-    from api.errors import ServiceUnavailableError
-
     try:
         return await state.temporal.get()
     except Exception as error:  # noqa: BLE001 (any connect failure is "unavailable")
-        raise ServiceUnavailableError("temporal_unavailable",
-                                      "The workflow engine is unavailable; retry later.") from error
+        raise service_unavailable() from error
 
 
 TemporalDep = Annotated[Client, Depends(get_temporal)]

@@ -1,20 +1,42 @@
 """Error objects: every failure leaves the API as `{"error": {type, code, message, param}}`.
 
 Handlers raise `ApiError` subclasses; nothing builds error JSON by hand. No stack trace and no
-request data (card numbers included) ever reaches an error body.
+request data (card numbers included) ever reaches an error body. While Postgres or Temporal is
+unreachable (restarting, say), whatever a request hits answers 503 `service_unavailable` with a
+`Retry-After`, never a 500.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError, RPCStatusCode
 
 log = logging.getLogger("durapay.api")
+
+# A restarted Postgres answers within a second or two, a restarted Temporal dev server in a few.
+RETRY_AFTER_SECONDS = 2
+_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
+                             errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                             errno.EHOSTDOWN, errno.ENETDOWN})
+_DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    # Refused, reset, timed out: asyncpg lets these through unwrapped (see also _NETWORK_ERRNOS).
+    ConnectionError, TimeoutError, socket.gaierror,
+    sa_exc.OperationalError, sa_exc.InterfaceError,
+    sa_exc.TimeoutError,  # no pooled connection came free in time
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, a connection lost mid-query included
+    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+)
+_TEMPORAL_DOWN = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED})
 
 
 class ApiError(Exception):
@@ -71,6 +93,32 @@ class ServiceUnavailableError(ApiError):
     type = "api_error"
 
 
+def service_unavailable() -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "service_unavailable", "Durapay cannot reach a service it depends on right now; "
+        "nothing was lost. Retry the request (with the same Idempotency-Key) shortly.",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+def is_outage(error: BaseException) -> bool:
+    """True when `error`, or an error it was raised from, says Postgres or Temporal cannot be
+    reached: the request may succeed once it is back, so it is a 503, not a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RPCError):
+            return current.status in _TEMPORAL_DOWN
+        if isinstance(current, _DATABASE_DOWN) or (
+                isinstance(current, OSError) and current.errno in _NETWORK_ERRNOS):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or (current.orig if isinstance(current, sa_exc.DBAPIError)
+                                        else None)
+    return False
+
+
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or None
@@ -112,8 +160,23 @@ def install_error_handlers(app: FastAPI) -> None:
             body = ApiError("http_error", str(error.detail)).body()
         return JSONResponse(body, status_code=error.status_code)
 
+    async def _dependency(request: Request, error: Exception) -> JSONResponse:
+        """Registered for the exception types a dependency's failure arrives as, so that they
+        are answered here (the connection stays usable) instead of by the catch-all below."""
+        if not is_outage(error):
+            return await _unexpected(request, error)
+        # The type is enough: a driver's message may quote the statement and its parameters.
+        log.warning("dependency unavailable (%s): answering 503", type(error).__name__)
+        return await _api_error(request, service_unavailable())
+
+    for kind in (OSError, sa_exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                 RPCError):
+        app.add_exception_handler(kind, _dependency)
+
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        if is_outage(error):  # wrapped in something else on its way up
+            return await _dependency(request, error)
         log.error("unhandled error: %s", type(error).__name__, exc_info=error)
         body = {"error": {"type": "api_error", "code": "internal_error",
                           "message": "An internal error occurred; it has been logged.",

@@ -46,6 +46,10 @@ Operator endpoints (`/merchants`) take `Authorization: Bearer <admin token>` ins
 ## Errors
 Every error is `{"error": {"type", "code", "message", "param"}}`; card declines (402) add
 `declineCode` and the failed `transaction`. Another merchant's object answers 404.
+While a service Durapay depends on is briefly unreachable (its database or workflow engine
+restarting), any request may answer 503 with `"type": "api_error"`, `"code":
+"service_unavailable"` and a `Retry-After` header in seconds. Retry after that delay; retry a
+`POST` with the same `Idempotency-Key`, so that it takes effect at most once.
 
 ## Idempotency
 `POST` requests accept an `Idempotency-Key` header: the same key with the same body replays

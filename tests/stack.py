@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,24 @@ class RunningStack:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in (self.home / "logs").glob("*.log"))
+
+    def child_pid(self, name: str) -> int:
+        """The current pid of one of the launcher's children (`postgres`, `temporal`, `api`,
+        `worker-1`, …), as the launcher last wrote it to stack.json."""
+        children = self.state()["children"]
+        assert isinstance(children, dict), children
+        return int(children[name])
+
+    @contextmanager
+    def launcher_paused(self) -> Iterator[None]:
+        """Freeze the launcher (SIGSTOP) for the block, so a child killed meanwhile stays down
+        until the block ends: an outage held open for as long as a test needs. The children
+        keep running; the launcher resumes (SIGCONT) however the block ends."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.process.poll() is None:
