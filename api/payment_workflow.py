@@ -26,7 +26,13 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from api.errors import ApiError, CardError, ConflictError, InvalidRequestError
+from api.errors import (
+    ApiError,
+    CardError,
+    ConflictError,
+    InvalidRequestError,
+    service_unavailable,
+)
 from api.views import transaction_out
 from core import search_attributes
 from core.db.tables import PaymentIntent, Transaction
@@ -99,6 +105,7 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
     """
     update_id = update_id_for(verb, idempotency_key)
     sent = SentUpdate(transaction_id_for(intent.id, update_id), None)
+    accepted = False
     start = WithStartWorkflowOperation(
         PaymentIntentWorkflow.run, payment_workflow_input(intent, settings),
         **payment_workflow_options(intent, settings))
@@ -107,6 +114,7 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
             handle = await temporal.start_update_with_start_workflow(
                 update, request, start_workflow_operation=start,
                 wait_for_stage=WorkflowUpdateStage.ACCEPTED, id=update_id)
+            accepted = True
             sent.result = await handle.result()
             return sent
     except WorkflowUpdateFailedError as error:
@@ -131,6 +139,11 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
             raise unexpected_state(verb, intent.status) from None
         raise
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        if not accepted:
+            # Temporal did not confirm it has the operation (an outage): a 202 would be stored
+            # under the Idempotency-Key for an operation that may never run. 503: the retry
+            # (same key, same Update id) joins it if it did arrive, or sends it.
+            raise service_unavailable() from None
         return sent
 
 

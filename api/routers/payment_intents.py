@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated
 
@@ -200,11 +201,17 @@ async def _transactions_by_intent(session: SessionDep,
     return grouped
 
 
+# Starting the workflow here is an optimisation (the first charge starts it otherwise), so a
+# Temporal outage must not hold the merchant's 201 for the client's whole retry budget.
+WORKFLOW_START_WAIT_SECONDS = 2.0
+
+
 async def _start_workflow(temporal: Client, settings: Settings, intent: PaymentIntent) -> None:
     try:
-        await temporal.start_workflow(PaymentIntentWorkflow.run,
-                                      payment_workflow_input(intent, settings),
-                                      **payment_workflow_options(intent, settings))
+        async with asyncio.timeout(WORKFLOW_START_WAIT_SECONDS):
+            await temporal.start_workflow(PaymentIntentWorkflow.run,
+                                          payment_workflow_input(intent, settings),
+                                          **payment_workflow_options(intent, settings))
     except Exception as error:  # noqa: BLE001
         # The intent is committed; its first charge starts the workflow (update-with-start).
         log.warning("workflow start for %s deferred: %s", intent.id, type(error).__name__)
