@@ -110,7 +110,9 @@ OPERATION_RESPONSES = {
     400: {"description": "`amountInCents` is more than the payment allows."},
     402: {"description": "The network declined the operation: `card_error`; the error object "
                          "also holds the PaymentIntent under `paymentIntent`."},
-    409: {"description": "Not allowed in the intent's status, or an operation is in flight."},
+    409: {"description": "Not allowed in the intent's status (also once the payment is closed: "
+                         "canceled, refunded, refund window over), or an operation is in "
+                         "flight."},
 }
 
 

@@ -25,13 +25,15 @@ from workflows.payment_messages import RefundInput
 router = APIRouter(prefix="/payment-intents", tags=["refunds"])
 
 REFUND_RESPONSES = {
-    202: {"description": "The network's answer is not known yet (transaction `timeout`); "
-                         "reconciliation settles it without any client action."},
+    202: {"description": "The network's answer is not known yet (transaction `timeout`), or the "
+                         "wait ran out first (`pending`, e.g. queued behind another refund): "
+                         "always this request's own refund; reconciliation settles it without "
+                         "any client action."},
     400: {"description": "`amountInCents` is more than what is left to refund."},
     402: {"description": "The network declined the refund: `card_error`; the error object "
                          "also holds the Transaction under `transaction`."},
-    409: {"description": "Nothing captured to refund (not succeeded yet, canceled, refunded), "
-                         "or an operation's outcome is still unknown."},
+    409: {"description": "Nothing captured to refund (not succeeded yet, canceled, refunded, "
+                         "refund window over), or an operation's outcome is still unknown."},
 }
 
 

@@ -27,8 +27,10 @@ from workflows.payment_messages import ChargeInput
 router = APIRouter(prefix="/payment-intents", tags=["transactions"])
 
 CHARGE_RESPONSES = {
-    202: {"description": "The network's answer is not known yet (transaction `timeout`); "
-                         "reconciliation settles it without any client action."},
+    202: {"description": "The network's answer is not known yet (transaction `timeout`), or the "
+                         "wait ran out first (`pending`): always this request's own "
+                         "transaction, never an earlier one; reconciliation settles it without "
+                         "any client action."},
     402: {"description": "Declined: `card_error` with `declineCode`; the error object also "
                          "holds the failed Transaction under `transaction`."},
     409: {"description": "An attempt is in flight, or the intent takes no new charge."},

@@ -5,8 +5,11 @@ payment (non-determinism) fails here, before it reaches a worker.
 attribute upserts, manual review and webhook fan-out, all behind `workflow.patched`);
 `v2_*.json` from the version with those (webhook plans, search attributes, a manual review);
 `v3_*.json` from the payment lifecycle (manual capture with an unknown answer reconciled,
-refunds, authorization expiry, the refund window), recorded with tests/workflows/fakes.py.
-Record a new set before each change to the workflow's commands.
+refunds, authorization expiry, the refund window), recorded with tests/workflows/fakes.py;
+`v4_*.json` from the money-safety version (an unexpected error reconciled, a verdict the network
+refuses, an expiry void declined until a review), recorded by `record_histories.py`.
+Record a new set (`python -m tests.workflows.record_histories vN`) before each change to the
+workflow's commands.
 """
 
 from __future__ import annotations
@@ -51,4 +54,4 @@ async def test_current_code_replays_its_own_history(env: WorkflowEnvironment) ->
 
 
 def test_histories_are_present() -> None:
-    assert len(HISTORIES) >= 8  # a glob that matched nothing must not pass silently
+    assert len(HISTORIES) >= 11  # a glob that matched nothing must not pass silently
