@@ -145,6 +145,16 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
             # (same key, same Update id) joins it if it did arrive, or sends it.
             raise service_unavailable() from None
         return sent
+    finally:
+        _forget_start_failure(start)
+
+
+def _forget_start_failure(start: WithStartWorkflowOperation[Any, Any]) -> None:
+    """A failed update-with-start also fails the start operation's handle, which nobody awaits
+    here; reading it keeps asyncio from logging "Future exception was never retrieved"."""
+    handle = getattr(start, "_workflow_handle", None)  # SDK internals: only read, never set
+    if isinstance(handle, asyncio.Future) and handle.done() and not handle.cancelled():
+        handle.exception()
 
 
 def unexpected_state(verb: str, current: str) -> ConflictError:
