@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from temporalio import activity
@@ -22,6 +23,7 @@ from activities.persistence import (
     OutcomeDiscrepancy,
 )
 from activities.webhooks import DeliveryPlan, PlanInput
+from core import search_attributes
 from core.domain import CaptureMethod, CardSummary, NetworkOutcome
 from core.webhooks import WebhookSchedule
 from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
@@ -193,3 +195,19 @@ async def start_payment(env: WorkflowEnvironment, task_queue: str, *,
                            max_history_events=max_history_events),
         id=intent_id, task_queue=task_queue)
 
+
+async def in_review(handle: WorkflowHandle) -> bool:
+    """Whether the payment shows as in manual review in the Web UI (its search attribute)."""
+    attributes = (await handle.describe()).typed_search_attributes
+    return attributes.get(search_attributes.MANUAL_REVIEW) is True
+
+
+async def wait_until(env: WorkflowEnvironment, predicate: Callable[[], Awaitable[bool]], *,
+                     step: float = 30, limit: int = 200) -> None:
+    """Poll `predicate`, skipping `step` seconds of workflow time between tries (nothing real
+    waits while no activity runs)."""
+    for _ in range(limit):
+        if await predicate():
+            return
+        await env.sleep(step)
+    raise AssertionError("condition never became true")

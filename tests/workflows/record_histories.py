@@ -21,11 +21,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.card_network import NetworkAnswer
 from cli.temporal_setup import add_search_attributes
-from core import search_attributes
 from core.domain import CaptureMethod, NetworkOutcome
 from core.errors import ErrorType
 from tests.workflows.conftest import TEST_SERVER, new_worker
-from tests.workflows.fakes import CARD, FakeNetwork, start_payment
+from tests.workflows.fakes import CARD, FakeNetwork, in_review, start_payment, wait_until
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import (
     CancelInput,
@@ -63,9 +62,7 @@ async def verdict_refused_by_the_network(env: WorkflowEnvironment) -> WorkflowHa
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON,
                                      lifecycle=LifecyclePolicy(refund_window_seconds=3600))
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD, id="charge:k1")
-        while not (await handle.describe()).typed_search_attributes.get(
-                search_attributes.MANUAL_REVIEW):
-            await env.sleep(30)
+        await wait_until(env, lambda: in_review(handle))
         network.status_answers[:] = [APPROVED]
         try:
             await handle.execute_update(

@@ -13,11 +13,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.card_network import NetworkAnswer
-from core import search_attributes
 from core.domain import CaptureMethod, IntentStatus, NetworkOutcome, transaction_id_for
 from core.errors import ErrorType
 from tests.workflows.conftest import new_worker
-from tests.workflows.fakes import CARD, FakeNetwork, start_payment
+from tests.workflows.fakes import CARD, FakeNetwork, in_review, start_payment, wait_until
 from workflows.payment_intent import EXPIRY_VOID_MAX_FAILURES, PaymentIntentWorkflow
 from workflows.payment_messages import (
     CancelInput,
@@ -35,18 +34,6 @@ NOT_FOUND = NetworkAnswer(NetworkOutcome.UNKNOWN, not_found=True)
 SHORT_HORIZON = ReconcilePolicy(first_delay_seconds=2, max_delay_seconds=60, horizon_seconds=180)
 
 
-async def _in_review(handle: WorkflowHandle) -> bool:
-    attributes = (await handle.describe()).typed_search_attributes
-    return attributes.get(search_attributes.MANUAL_REVIEW) is True
-
-
-async def _wait_until(env: WorkflowEnvironment, predicate: object, *, step: float = 30,
-                      limit: int = 200) -> None:
-    for _ in range(limit):
-        if await predicate():  # type: ignore[operator]
-            return
-        await env.sleep(step)  # skips workflow time; nothing real waits
-    raise AssertionError("condition never became true")
 
 
 # ---- 1. an error nobody expected is an unknown outcome, never a stranded payment -------------
@@ -152,7 +139,7 @@ async def test_a_verdict_that_the_network_contradicts_is_refused(env: WorkflowEn
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
-        await _wait_until(env, lambda: _in_review(handle))
+        await wait_until(env, lambda: in_review(handle))
         network.status_answers[:] = [APPROVED]  # asked once more, the network has charged
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update(
@@ -175,16 +162,16 @@ async def test_a_late_answer_contradicting_a_verdict_opens_a_discrepancy(
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
-        await _wait_until(env, lambda: _in_review(handle))
+        await wait_until(env, lambda: in_review(handle))
         # Skip to query 7 in small steps: once it is in flight (an activity running), time
         # passes in real seconds only, well inside its 20 s timeout.
-        await _wait_until(env, lambda: _queried(network, 8), step=5)
+        await wait_until(env, lambda: _queried(network, 8), step=5)
         status = await handle.execute_update(
             PaymentIntentWorkflow.resolve_manual_review,
             ManualReviewResolution(NetworkOutcome.FAILED, "network support: never charged"))
         assert status is IntentStatus.FAILED
         hold.set()
-        await _wait_until(env, lambda: _discrepancy(network), step=1)
+        await wait_until(env, lambda: _discrepancy(network), step=1)
         assert await handle.query(PaymentIntentWorkflow.current_status) is IntentStatus.FAILED
     [found] = network.discrepancies
     assert (found.recorded, found.network) == (NetworkOutcome.FAILED, NetworkOutcome.APPROVED)
@@ -215,7 +202,7 @@ async def test_a_capture_cannot_slip_past_a_void_being_settled(env: WorkflowEnvi
         voided = await handle.execute_update(PaymentIntentWorkflow.cancel, CancelInput())
         assert voided.transaction_status == "timeout"
         network.operation_outcome_hold = held  # the void's settling stops half-way
-        await _wait_until(env, lambda: _queried(network, 1), step=1)
+        await wait_until(env, lambda: _queried(network, 1), step=1)
         with pytest.raises(WorkflowUpdateFailedError) as blocked:
             # Bounded: a capture let through would wait on the held settling for ever.
             await asyncio.wait_for(
@@ -236,7 +223,7 @@ async def test_not_found_is_unknown_until_the_attempt_is_old_enough(
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=policy)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
-        await _wait_until(env, lambda: _status_is(handle, IntentStatus.FAILED), step=10)
+        await wait_until(env, lambda: _status_is(handle, IntentStatus.FAILED), step=10)
     # 2+4+8+16+32+60 = 122 s: the sixth `not_found` is the first one old enough to believe.
     assert len(network.status_queries) == 6
     assert network.outcomes[-1].outcome is NetworkOutcome.FAILED
@@ -281,7 +268,7 @@ async def test_an_expiry_void_the_network_keeps_declining_goes_to_an_operator(
         handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
                                      lifecycle=LifecyclePolicy(authorization_expiry_seconds=3600))
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
-        await _wait_until(env, lambda: _in_review(handle), step=300)
+        await wait_until(env, lambda: in_review(handle), step=300)
         await env.sleep(86_400)  # a day later: no more voids by itself
         assert await handle.query(PaymentIntentWorkflow.current_status) is (
             IntentStatus.REQUIRES_CAPTURE)
@@ -308,6 +295,6 @@ async def test_an_outcome_the_database_refuses_is_watched_and_flagged(
         assert result.intent_status is IntentStatus.PROCESSING
         # Flagged at once, and the next status query records the network's answer.
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
-        assert not await _in_review(handle)
+        assert not await in_review(handle)
     assert len(network.review_flags) == 1
     assert network.status_queries == [result.transaction_id]

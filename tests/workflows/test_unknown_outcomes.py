@@ -11,11 +11,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.card_network import NetworkAnswer
-from core import search_attributes
 from core.domain import IntentStatus, NetworkOutcome
 from core.errors import ErrorType
 from tests.workflows.conftest import new_worker
-from tests.workflows.fakes import CARD, FakeNetwork, start_payment
+from tests.workflows.fakes import CARD, FakeNetwork, in_review, start_payment, wait_until
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import ManualReviewResolution, ReconcilePolicy
 
@@ -25,24 +24,12 @@ APPROVED = NetworkAnswer(NetworkOutcome.APPROVED)
 SHORT_HORIZON = ReconcilePolicy(first_delay_seconds=2, max_delay_seconds=60, horizon_seconds=180)
 
 
-async def _in_review(handle: WorkflowHandle) -> bool:
-    attributes = (await handle.describe()).typed_search_attributes
-    return attributes.get(search_attributes.MANUAL_REVIEW) is True
-
 
 async def _run_time(handle: WorkflowHandle) -> timedelta:
     """Workflow time from the run's start to its end, read from its history."""
     events = (await handle.fetch_history()).events
     return events[-1].event_time.ToDatetime() - events[0].event_time.ToDatetime()
 
-
-async def _wait_until(env: WorkflowEnvironment, predicate: object, *, step: float = 30,
-                      limit: int = 200) -> None:
-    for _ in range(limit):
-        if await predicate():  # type: ignore[operator]
-            return
-        await env.sleep(step)  # skips workflow time; nothing real waits
-    raise AssertionError("condition never became true")
 
 
 async def test_hours_of_status_queries_settle_a_late_approval(env: WorkflowEnvironment) -> None:
@@ -68,10 +55,10 @@ async def test_past_the_horizon_the_payment_is_flagged_for_review_and_still_sett
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
-        await _wait_until(env, lambda: _in_review(handle))
+        await wait_until(env, lambda: in_review(handle))
         assert await handle.query(PaymentIntentWorkflow.current_status) is IntentStatus.PROCESSING
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
-        assert not await _in_review(handle)
+        assert not await in_review(handle)
     assert len(network.review_flags) == 1
     assert network.review_flags[0].waited_seconds >= 180
     assert network.outcomes[-1].outcome is NetworkOutcome.APPROVED
@@ -89,12 +76,12 @@ async def test_operator_resolves_a_review_when_the_network_never_answers(
             await handle.execute_update(
                 PaymentIntentWorkflow.resolve_manual_review,
                 ManualReviewResolution(NetworkOutcome.FAILED, "too early"))
-        await _wait_until(env, lambda: _in_review(handle))
+        await wait_until(env, lambda: in_review(handle))
         status = await handle.execute_update(
             PaymentIntentWorkflow.resolve_manual_review,
             ManualReviewResolution(NetworkOutcome.FAILED, "network confirms: never charged"))
         assert status is IntentStatus.FAILED
-        assert not await _in_review(handle)
+        assert not await in_review(handle)
         # The merchant may now try another card.
         network.answers.append(APPROVED)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
@@ -104,7 +91,7 @@ async def test_operator_resolves_a_review_when_the_network_never_answers(
         NetworkOutcome.FAILED, "manual_review", True)
 
 
-async def test_a_network_outage_during_reconciliation_still_ends_in_review(
+async def test_a_network_outage_during_reconciliation_still_endsin_review(
         env: WorkflowEnvironment) -> None:
     down = ApplicationError("connection refused", type=ErrorType.NETWORK_UNAVAILABLE)
     network = FakeNetwork(answers=[UNKNOWN], status_answers=[down] * 400)
@@ -112,7 +99,7 @@ async def test_a_network_outage_during_reconciliation_still_ends_in_review(
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
-        await _wait_until(env, lambda: _in_review(handle))
+        await wait_until(env, lambda: in_review(handle))
         network.status_answers[:] = [APPROVED]  # the network is back, and had charged
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
     assert len(network.review_flags) == 1
