@@ -8,6 +8,8 @@ arithmetic in `payment_money.py` (pure), and each activity call with its timeout
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -170,7 +172,7 @@ class PaymentIntentWorkflow:
     @workflow.update
     async def capture(self, request: CaptureInput) -> OperationResult:
         transaction_id = self._update_transaction_id()
-        async with self._lock:  # serialized with refunds, cancel, the expiry and settling
+        async with self._turn():  # serialized with refunds, cancel, the expiry and settling
             self._check_capture(request)  # again: the state may have moved while queued
             amount = request.amount_in_cents or self._money.amount_capturable
             return await self._operate(TransactionType.CAPTURE, amount,
@@ -183,7 +185,7 @@ class PaymentIntentWorkflow:
     @workflow.update
     async def cancel(self, request: CancelInput) -> OperationResult:
         transaction_id = self._update_transaction_id()
-        async with self._lock:
+        async with self._turn():
             self._check_operation(IntentAction.CANCEL)
             return await self._cancel(request.reason, transaction_id)
 
@@ -196,7 +198,7 @@ class PaymentIntentWorkflow:
         transaction_id = self._update_transaction_id()
         # Concurrent refunds queue here; each one re-checks what is left once it is its turn,
         # so together they never refund more than was received.
-        async with self._lock:
+        async with self._turn():
             self._check_refund(request)
             amount = request.amount_in_cents or refundable(self._money)
             return await self._operate(TransactionType.REFUND, amount,
@@ -243,6 +245,28 @@ class PaymentIntentWorkflow:
     @workflow.query
     def current_status(self) -> IntentStatus:
         return self._status
+
+    @asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """The lock, for an accepted capture, cancel or refund: it waits until no operation runs
+        and none is unknown (reconciliation included), then re-checks its own move. Failing it
+        instead would store the refusal under its Update id, and the merchant's retry with the
+        same Idempotency-Key would get that refusal for ever."""
+        while True:
+            await workflow.wait_condition(
+                lambda: (self._unknown is None and not self._lock.locked())
+                or self._history_too_long())
+            if self._history_too_long():  # the run is about to continue as new: retry there
+                raise ApplicationError("an operation on this payment is in flight",
+                                       type=ErrorType.ATTEMPT_IN_FLIGHT, non_retryable=True)
+            await self._lock.acquire()
+            if self._unknown is None:
+                break
+            self._lock.release()  # another queued operation went first and is now unknown
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     # ---- steps ---------------------------------------------------------------------------------
     async def _charge(self, charge: ChargeInput, transaction_id: str) -> ChargeResult:

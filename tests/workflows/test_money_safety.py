@@ -213,6 +213,30 @@ async def test_a_capture_cannot_slip_past_a_void_being_settled(env: WorkflowEnvi
     assert [kind for kind, _ in network.operations] == ["void"]
 
 
+async def test_an_operation_queued_behind_an_unknown_one_waits_for_it_instead_of_failing(
+        env: WorkflowEnvironment) -> None:
+    """Both refunds are accepted; the first comes back unknown. The second waits for the
+    reconciliation and then runs: had it failed, its refusal would be stored under its Update
+    id and the merchant's retry with the same Idempotency-Key would get it for ever."""
+    network = FakeNetwork(answers=[APPROVED], operation_answers=[UNKNOWN, APPROVED],
+                          status_answers=[UNKNOWN, APPROVED])
+    async with new_worker(env.client, PaymentIntentWorkflow,
+                          activities=network.activities()) as worker:
+        handle = await start_payment(env, worker.task_queue,
+                                     lifecycle=LifecyclePolicy(refund_window_seconds=3600))
+        await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
+        first, second = await asyncio.gather(
+            handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(500), id="refund:a"),
+            handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(600), id="refund:b"))
+        assert first.transaction_status == "timeout"
+        assert (second.transaction_status, second.intent_status) == (
+            "succeeded", IntentStatus.PARTIALLY_REFUNDED)
+    assert [kind for kind, _ in network.operations] == ["refund", "refund"]
+    # The second was sent only once the first was settled by a status query.
+    assert network.status_queries[-1] == first.transaction_id
+    assert network.operation_outcomes[1].reconciled is True
+
+
 # ---- 7. `not_found` is believed only past the safe age ---------------------------------------
 async def test_not_found_is_unknown_until_the_attempt_is_old_enough(
         env: WorkflowEnvironment) -> None:
