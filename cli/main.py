@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from cli import reconcile, review
+from cli.shutdown import exit_without_finalizing
 from client import DurapayClient
 from core.settings import Settings, get_settings
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return asyncio.run(DevStack(settings).run())
     if args.command == "review":
-        return asyncio.run(review.run(args, settings))
+        exit_without_finalizing(asyncio.run(review.run(args, settings)))
     if args.command == "reconcile":
         reconcile.run(settings, args)
     try:

@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import os
 import sys
 import uuid
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
+from cli.shutdown import exit_without_finalizing
 from core.domain import rfc3339, utcnow
 from core.settings import Settings
 from core.temporal_client import connect_temporal
@@ -65,22 +64,17 @@ def add_parser(commands: Any) -> None:
 
 
 def run(settings: Settings, request: argparse.Namespace | int | None) -> NoReturn:
-    """Run the command and leave through `os._exit` once the report is out.
+    """Run the command and leave without finalizing once the report is out (see
+    `exit_without_finalizing`).
 
     `request` is the parsed command line; a bare window (int or None) still means "sweep".
-    A short-lived process that used a Temporal client can abort (SIGABRT) while the interpreter
-    finalizes, when the SDK's Rust threads release the GIL too late (temporalio/sdk-python#300,
-    seen here about once in eight runs). Skipping finalization keeps the exit code truthful.
     """
     if isinstance(request, argparse.Namespace) and request.reconcile_command:
         code = asyncio.run(run_items(request, settings))
     else:
         window = request.window_seconds if isinstance(request, argparse.Namespace) else request
         code = asyncio.run(reconcile(settings, window))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    exit_without_finalizing(code)
 
 
 async def reconcile(settings: Settings, window_seconds: int | None,
