@@ -85,6 +85,14 @@ class RunningStack:
                 self.process.wait()
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class PortTaken(RuntimeError):
     """A port picked as free was taken by another process before our child bound it."""
 

@@ -35,7 +35,7 @@ from tests.integration.helpers import (
     own_stack,
     signed_merchant,
 )
-from tests.stack import RunningStack
+from tests.stack import RunningStack, process_alive
 
 pytestmark = pytest.mark.integration
 
@@ -186,7 +186,7 @@ async def _restarted(stack: RunningStack, ops: httpx.AsyncClient, name: str,
     async def healthy_again() -> int:
         pid = stack.child_pid(name)
         assert pid != old_pid, f"{name} not restarted yet"
-        assert _alive(pid), f"{name} pid {pid} is gone"
+        assert process_alive(pid), f"{name} pid {pid} is gone"
         health = await ops.get("/healthz")
         assert health.status_code == 200, health.text
         return pid
@@ -210,10 +210,3 @@ def _assert_no_unhandled_error(stack: RunningStack) -> None:
     api_log = (stack.home / "logs" / "api.log").read_text(errors="replace")
     assert "unhandled error" not in api_log, api_log[-3000:]
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

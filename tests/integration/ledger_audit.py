@@ -1,0 +1,207 @@
+"""The chaos run's verdict: our database against the card network's ledger, reference by
+reference (our transaction id is the network reference).
+
+Every count in `Audit.counts` must be 0; `Audit.findings` says, under the same name, which
+intents or references made it move.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+
+# Ledger entry types that move the customer's money to the merchant, and the one that moves
+# it back; an approved authorize only holds it.
+RECEIVED_TYPES = frozenset({"charge", "capture"})
+PAYMENT_TYPES = frozenset({"charge", "authorize"})
+UNSETTLED_TRANSACTION_STATUSES = ("pending", "timeout")
+
+
+@dataclass
+class Audit:
+    counts: dict[str, int]
+    findings: dict[str, list[str]] = field(default_factory=dict)
+    intent_statuses: Counter[str] = field(default_factory=Counter)
+    transaction_statuses: Counter[str] = field(default_factory=Counter)
+    reconciled: int = 0
+    ledger_entries: int = 0
+
+
+async def count_unsettled(pool: asyncpg.Pool) -> tuple[int, int]:
+    """(intents `processing`, transactions `pending`/`timeout`)."""
+    row = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM payment_intent WHERE status = 'processing') AS intents, "
+        '(SELECT count(*) FROM "transaction" WHERE status = ANY($1::text[])) AS transactions',
+        list(UNSETTLED_TRANSACTION_STATUSES))
+    assert row is not None
+    return int(row["intents"]), int(row["transactions"])
+
+
+async def read_ledger(cardnet: httpx.AsyncClient) -> list[dict[str, Any]]:
+    response = await cardnet.get("/ledger")
+    assert response.status_code == 200, response.text
+    entries: list[dict[str, Any]] = response.json()["data"]
+    return entries
+
+
+async def audit_against_ledger(pool: asyncpg.Pool, cardnet: httpx.AsyncClient) -> Audit:
+    intents = await pool.fetch(
+        "SELECT id, status, capture_method, amount_in_cents, amount_received, amount_refunded "
+        "FROM payment_intent")
+    transactions = await pool.fetch(
+        'SELECT id, payment_intent_id, type, amount_in_cents, status, network_reference, '
+        'reconciled, card_last4 FROM "transaction"')
+    return compare(intents, transactions, await read_ledger(cardnet))
+
+
+def compare(intents: Iterable[asyncpg.Record | dict[str, Any]],
+            transactions: Iterable[asyncpg.Record | dict[str, Any]],
+            ledger: list[dict[str, Any]]) -> Audit:
+    intents = list(intents)
+    transactions = list(transactions)
+    by_reference = {t["network_reference"]: t for t in transactions}
+    entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for entry in ledger:
+        entries[entry["reference"]].append(entry)
+    txns_of: dict[str, list[Any]] = defaultdict(list)
+    for txn in transactions:
+        txns_of[txn["payment_intent_id"]].append(txn)
+
+    audit = Audit(counts={}, ledger_entries=len(ledger),
+                  intent_statuses=Counter(i["status"] for i in intents),
+                  transaction_statuses=Counter(f"{t['type']} {t['status']}"
+                                               for t in transactions),
+                  reconciled=sum(1 for t in transactions if t["reconciled"]))
+    f = audit.findings
+    f["double_charges"] = _double_charges(intents, txns_of, entries)
+    f["lost_successes"] = _lost_successes(by_reference, entries)
+    f["phantom_successes"] = _phantom_successes(transactions, entries)
+    f["stuck"] = _stuck(intents, transactions)
+    f["amount_mismatches"] = _amount_mismatches(intents, txns_of, entries)
+    f["unknown_network_operations"] = _unknown_operations(by_reference, entries)
+    f["status_mismatches"] = _status_mismatches(intents, txns_of, entries)
+    audit.counts = {name: len(found) for name, found in f.items()}
+    return audit
+
+
+def _approved(entries: list[dict[str, Any]], types: frozenset[str] | None = None) -> list[Any]:
+    return [e for e in entries if e["status"] == "approved"
+            and (types is None or e["type"] in types)]
+
+
+def _card(txn: Any) -> str:
+    return f" (card …{txn['card_last4']})" if txn["card_last4"] else ""
+
+
+def _reconciled(txn: Any) -> str:
+    return " by reconciliation" if txn["reconciled"] else ""
+
+
+def _double_charges(intents: list[Any], txns_of: dict[str, list[Any]],
+                    entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """An intent paid more than once, or one reference the network committed twice."""
+    found = []
+    for intent in intents:
+        paid = [f"{t['id']}{_card(t)}" for t in txns_of[intent["id"]]
+                if _approved(entries[t["network_reference"]], PAYMENT_TYPES)]
+        if len(paid) > 1:
+            found.append(f"{intent['id']} paid by {', '.join(paid)}")
+    found.extend(f"reference {reference} committed {len(committed)} times"
+                 for reference, committed in entries.items() if len(committed) > 1)
+    return found
+
+
+def _lost_successes(by_reference: dict[str, Any],
+                    entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Approved at the network, not succeeded here."""
+    found = []
+    for reference, committed in entries.items():
+        txn = by_reference.get(reference)
+        if txn is not None and _approved(committed) and txn["status"] != "succeeded":
+            found.append(f"{txn['payment_intent_id']} {txn['id']} {txn['type']} approved there, "
+                         f"{txn['status']} here{_reconciled(txn)}{_card(txn)}")
+    return found
+
+
+def _phantom_successes(transactions: list[Any],
+                       entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Succeeded here, not approved at the network."""
+    found = []
+    for txn in transactions:
+        committed = entries[txn["network_reference"]]
+        if txn["status"] == "succeeded" and not _approved(committed):
+            there = "/".join(e["status"] for e in committed) or "no entry"
+            found.append(f"{txn['payment_intent_id']} {txn['id']} {txn['type']} succeeded here, "
+                         f"{there} there{_reconciled(txn)}{_card(txn)}")
+    return found
+
+
+def _stuck(intents: list[Any], transactions: list[Any]) -> list[str]:
+    return [f"{i['id']} still processing" for i in intents if i["status"] == "processing"] + [
+        f"{t['payment_intent_id']} {t['id']} {t['type']} still {t['status']}{_card(t)}"
+        for t in transactions if t["status"] in UNSETTLED_TRANSACTION_STATUSES]
+
+
+def _amount_mismatches(intents: list[Any], txns_of: dict[str, list[Any]],
+                       entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """amountReceived / amountRefunded against the sums of the approved ledger entries of the
+    intent's references, and each transaction's amount against its ledger entry."""
+    found = []
+    for intent in intents:
+        committed = [e for t in txns_of[intent["id"]] for e in entries[t["network_reference"]]]
+        received = sum(e["amountInCents"] for e in _approved(committed, RECEIVED_TYPES))
+        refunded = sum(e["amountInCents"] for e in _approved(committed, frozenset({"refund"})))
+        differing = [f"{t['id']} {t['amount_in_cents']} here, {e['amountInCents']} there"
+                     for t in txns_of[intent["id"]] for e in entries[t["network_reference"]]
+                     if e["amountInCents"] != t["amount_in_cents"]]
+        if (intent["amount_received"], intent["amount_refunded"]) != (received, refunded) \
+                or differing:
+            found.append(
+                f"{intent['id']} received {intent['amount_received']} here, {received} there; "
+                f"refunded {intent['amount_refunded']} here, {refunded} there"
+                + "".join(f"; {d}" for d in differing))
+    return found
+
+
+def _unknown_operations(by_reference: dict[str, Any],
+                        entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Network operations under a reference that is no transaction of ours."""
+    return [f"{r} {'/'.join(e['type'] + ' ' + e['status'] for e in committed)}"
+            for r, committed in entries.items() if r not in by_reference]
+
+
+def _status_mismatches(intents: list[Any], txns_of: dict[str, list[Any]],
+                       entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The intent's status against what its approved ledger entries imply (a `processing`
+    one is counted as stuck instead)."""
+    found = []
+    for intent in intents:
+        if intent["status"] == "processing":
+            continue
+        committed = [e for t in txns_of[intent["id"]] for e in entries[t["network_reference"]]]
+        expected = _status_implied(committed)
+        if intent["status"] not in expected:
+            found.append(f"{intent['id']} is {intent['status']}, the ledger says "
+                         f"{' or '.join(sorted(expected))}")
+    return found
+
+
+def _status_implied(committed: list[dict[str, Any]]) -> frozenset[str]:
+    approved = Counter(e["type"] for e in _approved(committed))
+    received = sum(e["amountInCents"] for e in _approved(committed, RECEIVED_TYPES))
+    refunded = sum(e["amountInCents"] for e in _approved(committed, frozenset({"refund"})))
+    if approved["void"]:
+        return frozenset({"canceled"})
+    if received:
+        if refunded >= received:
+            return frozenset({"refunded"})
+        return frozenset({"partially_refunded" if refunded else "succeeded"})
+    if approved["authorize"]:
+        return frozenset({"requires_capture"})
+    # Never paid: not charged yet, declined, or canceled before any charge.
+    return frozenset({"created", "failed", "canceled"})
