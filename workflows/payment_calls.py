@@ -40,7 +40,8 @@ DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                        maximum_interval=timedelta(seconds=30),
                        non_retryable_error_types=[ErrorType.RECORD_REFUSED,
                                                   "IllegalTransition", "LookupError"])
-# 5xx/refused means "not charged": a few retries with the same reference, then the attempt fails.
+# A refused connection or the network's own 503 means "not charged": a few retries with the same
+# reference, then the attempt fails. Everything else that is not an answer is unknown.
 NETWORK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=4), maximum_attempts=4,
