@@ -7,7 +7,9 @@ from workflow code; they read no state of their own, so the workflow decides the
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -61,6 +63,10 @@ DB_TIMEOUT = timedelta(seconds=30)
 NETWORK_TIMEOUT = timedelta(seconds=20)
 
 
+Argument = TypeVar("Argument")
+Recorded = TypeVar("Recorded")
+
+
 # ---- card network -----------------------------------------------------------------------------
 async def authorize_card(request: AuthorizeInput) -> NetworkAnswer:
     try:
@@ -110,12 +116,7 @@ async def query_charge_status(transaction_id: str) -> NetworkAnswer:
 
 # ---- payment records --------------------------------------------------------------------------
 async def record_charge_attempt(attempt: ChargeAttempt) -> IntentState:
-    try:
-        return await workflow.execute_activity_method(
-            PaymentRecordActivities.record_charge_attempt, attempt,
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
-    except ActivityError as error:
-        raise _refused_before_sending(error) from None
+    return await _record_before_sending(PaymentRecordActivities.record_charge_attempt, attempt)
 
 
 async def record_charge_outcome(outcome: ChargeOutcome) -> IntentState:
@@ -125,12 +126,7 @@ async def record_charge_outcome(outcome: ChargeOutcome) -> IntentState:
 
 
 async def record_operation_attempt(attempt: OperationAttempt) -> None:
-    try:
-        await workflow.execute_activity_method(
-            PaymentRecordActivities.record_operation_attempt, attempt,
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
-    except ActivityError as error:
-        raise _refused_before_sending(error) from None
+    await _record_before_sending(PaymentRecordActivities.record_operation_attempt, attempt)
 
 
 async def record_operation_outcome(outcome: OperationOutcome) -> IntentState:
@@ -140,12 +136,8 @@ async def record_operation_outcome(outcome: OperationOutcome) -> IntentState:
 
 
 async def cancel_payment_intent(cancellation: IntentCancellation) -> IntentState:
-    try:
-        return await workflow.execute_activity_method(
-            PaymentRecordActivities.cancel_payment_intent, cancellation,
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
-    except ActivityError as error:
-        raise _refused_before_sending(error) from None
+    return await _record_before_sending(PaymentRecordActivities.cancel_payment_intent,
+                                        cancellation)
 
 
 async def flag_for_manual_review(flag: ManualReviewFlag) -> None:
@@ -160,14 +152,20 @@ async def record_outcome_discrepancy(found: OutcomeDiscrepancy) -> None:
         start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
 
 
-def _refused_before_sending(error: ActivityError) -> ApplicationError:
-    """The database refused to record an operation before anything was sent (the last line of
-    defence for money): the Update fails with the reason, nothing is pending, nothing was sent.
+async def _record_before_sending(
+        method: Callable[[PaymentRecordActivities, Argument], Awaitable[Recorded]],
+        argument: Argument) -> Recorded:
+    """A record written before anything is sent. If the database refuses it (the last line of
+    defence for money), the Update fails with the reason: nothing is pending, nothing was sent.
     A refused state change is the API's 409, an amount beyond what is allowed its 400."""
-    kind = _error_type(error)
-    if kind not in (ErrorType.AMOUNT_INVALID, ErrorType.ILLEGAL_TRANSITION):
-        kind = ErrorType.ILLEGAL_TRANSITION
-    return ApplicationError(str(error.cause), type=kind, non_retryable=True)
+    try:
+        return await workflow.execute_activity_method(
+            method, argument, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+    except ActivityError as error:
+        kind = _error_type(error)
+        if kind not in (ErrorType.AMOUNT_INVALID, ErrorType.ILLEGAL_TRANSITION):
+            kind = ErrorType.ILLEGAL_TRANSITION
+        raise ApplicationError(str(error.cause), type=kind, non_retryable=True) from None
 
 
 def _error_type(error: ActivityError) -> str | None:
