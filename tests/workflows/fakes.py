@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from temporalio import activity
 from temporalio.client import WorkflowHandle
@@ -211,3 +212,9 @@ async def wait_until(env: WorkflowEnvironment, predicate: Callable[[], Awaitable
             return
         await env.sleep(step)
     raise AssertionError("condition never became true")
+
+
+async def run_time(handle: WorkflowHandle) -> timedelta:
+    """Workflow time from the run's start to its end, read from its history."""
+    events = (await handle.fetch_history()).events
+    return events[-1].event_time.ToDatetime() - events[0].event_time.ToDatetime()

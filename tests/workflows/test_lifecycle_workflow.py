@@ -14,7 +14,7 @@ from activities.card_network import NetworkAnswer
 from core.domain import CaptureMethod, IntentStatus, NetworkOutcome
 from core.errors import ErrorType
 from tests.workflows.conftest import new_worker
-from tests.workflows.fakes import CARD, FakeNetwork, start_payment
+from tests.workflows.fakes import CARD, FakeNetwork, run_time, start_payment
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import CancelInput, CaptureInput, LifecyclePolicy, RefundInput
 
@@ -33,8 +33,7 @@ async def test_authorization_expires_after_seven_days_and_is_voided(
         result = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         assert result.intent_status is IntentStatus.REQUIRES_CAPTURE
         assert (await handle.result()).status is IntentStatus.CANCELED
-        events = (await handle.fetch_history()).events
-        waited = events[-1].event_time.ToDatetime() - events[0].event_time.ToDatetime()
+        waited = await run_time(handle)
     assert timedelta(days=7) <= waited < timedelta(days=7, hours=1)
     [(kind, void)] = network.operations
     assert (kind, void.parent_reference) == ("void", network.calls[0].network_reference)

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
@@ -14,7 +14,7 @@ from activities.card_network import NetworkAnswer
 from core.domain import IntentStatus, NetworkOutcome
 from core.errors import ErrorType
 from tests.workflows.conftest import new_worker
-from tests.workflows.fakes import CARD, FakeNetwork, in_review, start_payment, wait_until
+from tests.workflows.fakes import CARD, FakeNetwork, in_review, run_time, start_payment, wait_until
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import ManualReviewResolution, ReconcilePolicy
 
@@ -24,11 +24,6 @@ APPROVED = NetworkAnswer(NetworkOutcome.APPROVED)
 SHORT_HORIZON = ReconcilePolicy(first_delay_seconds=2, max_delay_seconds=60, horizon_seconds=180)
 
 
-
-async def _run_time(handle: WorkflowHandle) -> timedelta:
-    """Workflow time from the run's start to its end, read from its history."""
-    events = (await handle.fetch_history()).events
-    return events[-1].event_time.ToDatetime() - events[0].event_time.ToDatetime()
 
 
 
@@ -40,7 +35,7 @@ async def test_hours_of_status_queries_settle_a_late_approval(env: WorkflowEnvir
         handle = await start_payment(env, worker.task_queue)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
-        waited = await _run_time(handle)
+        waited = await run_time(handle)
     assert len(network.status_queries) == 241
     assert len(network.calls) == 1  # queried 241 times, never re-sent
     assert timedelta(hours=19) < waited < timedelta(hours=24)
