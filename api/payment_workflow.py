@@ -35,8 +35,14 @@ from api.errors import (
 )
 from api.views import transaction_out
 from core import search_attributes
-from core.db.tables import PaymentIntent, Transaction
-from core.domain import CaptureMethod, TransactionStatus, transaction_id_for
+from core.db.tables import CardToken, PaymentIntent, Transaction
+from core.domain import (
+    CaptureMethod,
+    TransactionStatus,
+    TransactionType,
+    transaction_id_for,
+    utcnow,
+)
 from core.errors import ErrorType
 from core.settings import Settings
 from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
@@ -155,6 +161,20 @@ def _forget_start_failure(start: WithStartWorkflowOperation[Any, Any]) -> None:
     handle = getattr(start, "_workflow_handle", None)  # SDK internals: only read, never set
     if isinstance(handle, asyncio.Future) and handle.done() and not handle.cancelled():
         handle.exception()
+
+
+def pending_transaction(transaction_id: str, intent: PaymentIntent, kind: TransactionType,
+                        amount_in_cents: int, card: CardToken | None = None) -> Transaction:
+    """The transaction an Update creates, as it stands before the workflow has recorded it
+    (`pending`): what a 202 answers with when the wait runs out first."""
+    now = utcnow()
+    return Transaction(
+        id=transaction_id, merchant_id=intent.merchant_id, payment_intent_id=intent.id,
+        type=kind.value, amount_in_cents=amount_in_cents, currency=intent.currency,
+        status=TransactionStatus.PENDING.value, network_reference=transaction_id,
+        card_brand=card.brand if card else None, card_last4=card.last4 if card else None,
+        card_exp_month=card.exp_month if card else None,
+        card_exp_year=card.exp_year if card else None, created_at=now, updated_at=now)
 
 
 def unexpected_state(verb: str, current: str) -> ConflictError:

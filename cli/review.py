@@ -27,14 +27,14 @@ from temporalio.client import WorkflowUpdateFailedError
 
 from core.db.session import create_engine, session_factory
 from core.db.tables import PaymentIntent, Transaction
-from core.domain import NetworkOutcome, TransactionStatus, rfc3339
+from core.domain import NetworkOutcome, rfc3339
+from core.reconciliation import UNKNOWN_STATUSES
 from core.settings import Settings
 from core.temporal_client import connect_temporal
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import ManualReviewResolution
 
 OUTCOMES = {"approved": NetworkOutcome.APPROVED, "failed": NetworkOutcome.FAILED}
-UNSETTLED = (TransactionStatus.TIMEOUT.value, TransactionStatus.PENDING.value)
 
 
 def add_parser(commands: Any) -> None:
@@ -76,7 +76,7 @@ async def open_reviews(settings: Settings) -> list[dict[str, Any]]:
     reviews = []
     for intent in intents:
         own = [t for t in transactions if t.payment_intent_id == intent.id]
-        unsettled = [t for t in own if t.status in UNSETTLED]
+        unsettled = [t for t in own if t.status in UNKNOWN_STATUSES]
         txn = (unsettled or own or [None])[-1]
         reviews.append({
             "paymentIntentId": intent.id, "merchantId": intent.merchant_id,

@@ -14,11 +14,10 @@ from api.deps import (
     StateDep,
     TemporalDep,
 )
-from api.payment_workflow import send_operation, transaction_answer
+from api.payment_workflow import pending_transaction, send_operation, transaction_answer
 from api.schemas.payment_intents import RefundCreate
 from api.schemas.transactions import TransactionOut
-from core.db.tables import PaymentIntent, Transaction
-from core.domain import TransactionStatus, TransactionType, utcnow
+from core.domain import TransactionType
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import RefundInput
 
@@ -54,8 +53,11 @@ async def create_refund(intent: OwnedPaymentIntentDep, merchant: MerchantDep,
                                     PaymentIntentWorkflow.refund,
                                     RefundInput(request.amount_in_cents), verb="refund",
                                     idempotency_key=idempotency_key)
-        return await transaction_answer(session, sent, not_recorded_yet=_pending_refund(
-            sent.transaction_id, intent, request.amount_in_cents))
+        # Queued behind another operation: without an amount, it refunds what is left at its
+        # turn, which is what is left now unless the refund ahead of it succeeds.
+        return await transaction_answer(session, sent, not_recorded_yet=pending_transaction(
+            sent.transaction_id, intent, TransactionType.REFUND,
+            request.amount_in_cents or intent.amount_received - intent.amount_refunded))
 
     status_code, response = await idempotency.respond_once(
         session, secret=state.settings.resolved_master_key(), merchant_id=merchant.id,
@@ -63,14 +65,3 @@ async def create_refund(intent: OwnedPaymentIntentDep, merchant: MerchantDep,
         payload=request.model_dump(mode="json"), handle=handle)
     return JSONResponse(response, status_code=status_code)
 
-
-def _pending_refund(transaction_id: str, intent: PaymentIntent, amount: int | None) -> Transaction:
-    """The refund as it stands before the workflow has recorded it (answered with 202): queued
-    behind another operation; without an amount, it will refund what is left at its turn."""
-    now = utcnow()
-    return Transaction(
-        id=transaction_id, merchant_id=intent.merchant_id, payment_intent_id=intent.id,
-        type=TransactionType.REFUND.value,
-        amount_in_cents=amount or intent.amount_received - intent.amount_refunded,
-        currency=intent.currency, status=TransactionStatus.PENDING.value,
-        network_reference=transaction_id, created_at=now, updated_at=now)

@@ -15,11 +15,16 @@ from api.deps import (
     TemporalDep,
 )
 from api.errors import InvalidRequestError
-from api.payment_workflow import send_operation, transaction_answer, unexpected_state
+from api.payment_workflow import (
+    pending_transaction,
+    send_operation,
+    transaction_answer,
+    unexpected_state,
+)
 from api.schemas.transactions import TransactionCreate, TransactionOut
 from core.cards import card_brand, card_problem
-from core.db.tables import CardToken, PaymentIntent, Transaction
-from core.domain import CardSummary, TransactionStatus, TransactionType, new_id, utcnow
+from core.db.tables import CardToken, PaymentIntent
+from core.domain import CardSummary, TransactionType, new_id
 from core.state_machine import can_start_charge
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import ChargeInput
@@ -68,26 +73,15 @@ async def create_transaction(body: TransactionCreate, intent: OwnedPaymentIntent
         sent = await send_operation(temporal, intent, state.settings,
                                     PaymentIntentWorkflow.confirm_charge, charge,
                                     verb="charge", idempotency_key=idempotency_key)
-        return await transaction_answer(session, sent, not_recorded_yet=_pending_charge(
-            sent.transaction_id, intent, token))
+        return await transaction_answer(session, sent, not_recorded_yet=pending_transaction(
+            sent.transaction_id, intent, TransactionType.CHARGE, intent.amount_in_cents,
+            card=token))
 
     status_code, response = await idempotency.respond_once(
         session, secret=state.settings.resolved_master_key(), merchant_id=merchant.id,
         key=idempotency_key, endpoint=f"POST /payment-intents/{intent.id}/transactions",
         payload=body.model_dump(mode="json"), handle=handle)
     return JSONResponse(response, status_code=status_code)
-
-
-def _pending_charge(transaction_id: str, intent: PaymentIntent, token: CardToken) -> Transaction:
-    """The charge as it stands before the workflow has recorded it (answered with 202)."""
-    now = utcnow()
-    return Transaction(
-        id=transaction_id, merchant_id=intent.merchant_id, payment_intent_id=intent.id,
-        type=TransactionType.CHARGE.value, amount_in_cents=intent.amount_in_cents,
-        currency=intent.currency, status=TransactionStatus.PENDING.value,
-        network_reference=transaction_id, card_brand=token.brand, card_last4=token.last4,
-        card_exp_month=token.exp_month, card_exp_year=token.exp_year, created_at=now,
-        updated_at=now)
 
 
 def _tokenize(body: TransactionCreate, intent: PaymentIntent, state: StateDep) -> CardToken:
