@@ -29,8 +29,8 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
+from cli.demo_merchant import DEMO_MERCHANT_FILE, api_url, demo_merchant
 from cli.local_postgres import ClusterInitError, postgres_argv, postgres_system_user
-from cli.main import DEMO_MERCHANT_FILE, demo_merchant
 from cli.temporal_setup import register_search_attributes
 from core import search_attributes
 from core.db.migrate import upgrade
@@ -315,7 +315,7 @@ class DevStack:
     # ---- reporting -------------------------------------------------------------------------
     @property
     def api_url(self) -> str:
-        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+        return api_url(self.settings)
 
     def _death_report(self, child: Child) -> str:
         path = self.logs / f"{child.name}.log"

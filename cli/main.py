@@ -18,17 +18,16 @@ import asyncio
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from cli import reconcile, review
+from cli.demo_merchant import api_url, create_merchant, demo_merchant
+from cli.devstack import DevStack
 from cli.shutdown import exit_without_finalizing
 from client import DurapayClient
 from core.settings import Settings, get_settings
-
-DEMO_MERCHANT_FILE = "demo-merchant.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
 
     if args.command == "dev":
-        from cli.devstack import DevStack
-
         return asyncio.run(DevStack(settings).run())
     if args.command == "review":
         exit_without_finalizing(asyncio.run(review.run(args, settings)))
@@ -86,30 +83,6 @@ def _run_client_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "tour":
         return asyncio.run(_tour(settings))
     return 2
-
-
-def api_url(settings: Settings) -> str:
-    return f"http://{settings.api_host}:{settings.api_port}"
-
-
-async def create_merchant(settings: Settings, name: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=api_url(settings), timeout=30) as http:
-        response = await http.post(
-            "/merchants", json={"name": name},
-            headers={"Authorization": f"Bearer {settings.resolved_admin_token()}"})
-    response.raise_for_status()
-    return response.json()  # type: ignore[no-any-return]
-
-
-async def demo_merchant(settings: Settings) -> dict[str, Any]:
-    """The demo merchant of this state dir, onboarded on first use and kept (mode 600)."""
-    path: Path = settings.home_dir / DEMO_MERCHANT_FILE
-    if path.exists():
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-    merchant = await create_merchant(settings, "Demo merchant")
-    path.touch(mode=0o600)
-    path.write_text(json.dumps(merchant, indent=2))
-    return merchant
 
 
 async def _request(settings: Settings, method: str, path: str, body: Any,
