@@ -170,13 +170,12 @@ def ledger_references_in_window(ledger: Iterable[LedgerEntry], *, window_start: 
     return {e.reference for e in ledger if window_start <= e.created_at <= window_end}
 
 
-def is_stuck(txn: OurTransaction, stuck_before: datetime | None) -> bool:
-    return (stuck_before is not None and txn.status in UNKNOWN_STATUSES
-            and txn.created_at <= stuck_before)
+def is_stuck(txn: OurTransaction, stuck_before: datetime) -> bool:
+    return txn.status in UNKNOWN_STATUSES and txn.created_at <= stuck_before
 
 
 def compare(ours: Sequence[OurTransaction], ledger: Sequence[LedgerEntry], *,
-            window_start: datetime, window_end: datetime, stuck_before: datetime | None = None,
+            window_start: datetime, window_end: datetime, stuck_before: datetime,
             recheck: Iterable[str] = ()) -> Comparison:
     """Every discrepancy between our transactions and the ledger for one window.
 
@@ -186,6 +185,10 @@ def compare(ours: Sequence[OurTransaction], ledger: Sequence[LedgerEntry], *,
     row settles). Each is matched by reference against everything passed in, so a pair that
     straddles a window edge (our row just before the start, the network's commit just after)
     still matches.
+
+    `stuck_before` has no default: a pending/timeout row counts as in flight only while it is
+    younger than the stuck age, and without that bound one the network has long answered would
+    be in flight for ever, never reported.
     """
     our_by_ref = {t.network_reference: t for t in ours}
     # The network commits one entry per reference; should it ever list two, the last one wins.
@@ -235,7 +238,7 @@ def triage(comparison: Comparison, open_items: Iterable[OpenItem]) -> Triage:
 
 
 def _kind(txn: OurTransaction | None, entry: LedgerEntry | None,
-          stuck_before: datetime | None = None) -> DiscrepancyKind | None:
+          stuck_before: datetime) -> DiscrepancyKind | None:
     approved = entry is not None and entry.status == NETWORK_APPROVED
     if txn is None:
         # A decline we never recorded moved no money; an approval did.

@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,24 @@ def wh_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver() as running:
+        yield running
+
+
+# Well inside DURAPAY_WEBHOOK_TIMEOUT_SECONDS, and far above a loopback round trip.
+ANSWER_DELAY = timedelta(seconds=0.4)
+
+
+class SlowReceiver(WebhookReceiver):
+    """Answers each request ANSWER_DELAY after it arrived: no attempt can take less."""
+
+    def _next(self, path: str) -> Answer:
+        time.sleep(ANSWER_DELAY.total_seconds())  # in the request's own handler thread
+        return super()._next(path)
+
+
+@pytest.fixture
+def slow_receiver() -> Iterator[WebhookReceiver]:
+    with SlowReceiver() as running:
         yield running
 
 
@@ -212,8 +232,8 @@ QUIET = ["payment.refunded"]
 
 # ---- deliveries ------------------------------------------------------------------------------
 async def test_failing_twice_then_accepting_gives_one_accepted_delivery(
-        shop: DurapayClient, receiver: WebhookReceiver) -> None:
-    path = _path()
+        shop: DurapayClient, slow_receiver: WebhookReceiver) -> None:
+    receiver, path = slow_receiver, _path()
     receiver.script(path, Answer(500, body=b"boom"), Answer(502), Answer(200, body=b"thanks"))
     endpoint = await _endpoint(shop, receiver.url(path), QUIET)
     intent = await create_intent(shop)
@@ -237,10 +257,21 @@ async def test_failing_twice_then_accepting_gives_one_accepted_delivery(
     assert [a["statusCode"] for a in final["attempts"]] == [500, 502, 200]
     assert [a["attemptNumber"] for a in final["attempts"]] == [1, 2, 3]
     assert final["attempts"][0]["responseBody"] == "boom"
-    assert all(a["durationMs"] >= 0 and a["attemptedAt"] for a in final["attempts"])
+    _assert_durations_span_the_answers(final["attempts"])
     assert final["eventType"] == "payment.created" and final["attemptCount"] == 3
     await asyncio.sleep(FIRST_DELAY * FACTOR * 2)  # nothing may arrive after the accepted one
     assert len(receiver.at(path)) == 3
+
+
+def _assert_durations_span_the_answers(attempts: list[dict[str, Any]]) -> None:
+    """Each attempt lasted at least the receiver's delay, and ended before the next began."""
+    starts = [datetime.fromisoformat(a["attemptedAt"]) for a in attempts]
+    durations = [timedelta(milliseconds=a["durationMs"]) for a in attempts]
+    assert all(d >= ANSWER_DELAY for d in durations), durations
+    ends = [start + duration for start, duration in zip(starts, durations, strict=True)]
+    assert all(end <= next_start for end, next_start in zip(ends, starts[1:], strict=False)), \
+        (starts, durations)
+    assert ends[-1] <= datetime.now(UTC), (starts, durations)
 
 
 async def test_redeliver_is_idempotent_per_key_and_keeps_the_event_id(

@@ -31,6 +31,9 @@ from workflows.reconciliation import ReconciliationSweepResult
 START = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 END = START + timedelta(hours=1)
 INSIDE = START + timedelta(minutes=30)
+# What the sweep activity passes: rows created at or before this are stuck (here: START).
+STUCK_BEFORE = END - timedelta(seconds=DEFAULT_STUCK_AFTER_SECONDS)
+OLD = STUCK_BEFORE - timedelta(minutes=1)
 
 
 def ours(reference: str = "txn_1", status: str = "succeeded", *, amount: int = 2499,
@@ -49,13 +52,19 @@ def entry(reference: str = "txn_1", status: str = "approved", *, amount: int = 2
                        currency=currency, status=status, created_at=created_at)
 
 
+def sweep(our_rows: list[OurTransaction], ledger: list[LedgerEntry], *,
+          recheck: set[str] | None = None) -> Comparison:
+    """`compare` as the sweep activity calls it: the window [START, END], the default stuck age."""
+    return compare(our_rows, ledger, window_start=START, window_end=END,
+                   stuck_before=STUCK_BEFORE, recheck=recheck or set())
+
+
 def kinds(our_rows: list[OurTransaction], ledger: list[LedgerEntry]) -> list[str]:
-    result = compare(our_rows, ledger, window_start=START, window_end=END)
-    return [d.kind for d in result.discrepancies]
+    return [d.kind for d in sweep(our_rows, ledger).discrepancies]
 
 
 def test_matching_approval_and_success_is_clean() -> None:
-    result = compare([ours()], [entry()], window_start=START, window_end=END)
+    result = sweep([ours()], [entry()])
     assert result.discrepancies == []
     assert (result.counts.transactions_checked, result.counts.ledger_entries_checked,
             result.counts.in_flight, result.counts.discrepancies) == (1, 1, 0, 0)
@@ -75,7 +84,7 @@ def test_unrecorded_decline_at_network_is_clean() -> None:
 
 
 def test_approved_at_network_but_failed_here_is_reported() -> None:
-    result = compare([ours(status="failed")], [entry()], window_start=START, window_end=END)
+    result = sweep([ours(status="failed")], [entry()])
     [found] = result.discrepancies
     assert found.kind == DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE
     assert (found.network_reference, found.payment_intent_id, found.transaction_id,
@@ -85,8 +94,7 @@ def test_approved_at_network_but_failed_here_is_reported() -> None:
 
 
 def test_approved_at_network_and_unknown_here_is_reported() -> None:
-    result = compare([], [entry("ext_1", amount=500, currency="eur")], window_start=START,
-                     window_end=END)
+    result = sweep([], [entry("ext_1", amount=500, currency="eur")])
     [found] = result.discrepancies
     assert found.kind == DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE
     assert (found.merchant_id, found.payment_intent_id, found.transaction_id) == (None,) * 3
@@ -102,19 +110,8 @@ def test_approved_at_network_while_in_manual_review_is_reported(status: str) -> 
         DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE]
 
 
-@pytest.mark.parametrize("status", ["pending", "timeout"])
-@pytest.mark.parametrize("network", ["approved", "declined", None])
-def test_unknown_outcome_outside_manual_review_is_in_flight(status: str,
-                                                            network: str | None) -> None:
-    ledger = [entry(status=network)] if network else []
-    result = compare([ours(status=status)], ledger, window_start=START, window_end=END)
-    assert result.discrepancies == []
-    assert result.counts.in_flight == 1
-
-
 def test_manual_review_without_an_approval_is_in_flight_not_a_discrepancy() -> None:
-    result = compare([ours(status="timeout", in_manual_review=True)], [entry(status="declined")],
-                     window_start=START, window_end=END)
+    result = sweep([ours(status="timeout", in_manual_review=True)], [entry(status="declined")])
     assert (result.discrepancies, result.counts.in_flight) == ([], 1)
 
 
@@ -122,7 +119,7 @@ def test_manual_review_without_an_approval_is_in_flight_not_a_discrepancy() -> N
                          ids=["absent", "declined"])
 def test_succeeded_here_without_approval_at_network_is_reported(
         ledger: list[LedgerEntry]) -> None:
-    result = compare([ours()], ledger, window_start=START, window_end=END)
+    result = sweep([ours()], ledger)
     [found] = result.discrepancies
     assert found.kind == DiscrepancyKind.SUCCEEDED_HERE_NOT_AT_NETWORK
     assert found.our_status == "succeeded"
@@ -130,16 +127,14 @@ def test_succeeded_here_without_approval_at_network_is_reported(
 
 
 def test_different_amount_is_a_mismatch() -> None:
-    result = compare([ours(amount=2499)], [entry(amount=2500)], window_start=START,
-                     window_end=END)
+    result = sweep([ours(amount=2499)], [entry(amount=2500)])
     [found] = result.discrepancies
     assert found.kind == DiscrepancyKind.AMOUNT_MISMATCH
     assert (found.our_amount_in_cents, found.network_amount_in_cents) == (2499, 2500)
 
 
 def test_different_currency_is_a_mismatch() -> None:
-    result = compare([ours(currency="usd")], [entry(currency="eur")], window_start=START,
-                     window_end=END)
+    result = sweep([ours(currency="usd")], [entry(currency="eur")])
     [found] = result.discrepancies
     assert found.kind == DiscrepancyKind.AMOUNT_MISMATCH
     assert (found.currency, found.network_currency) == ("usd", "eur")
@@ -157,9 +152,8 @@ def test_manual_capture_authorization_matches_our_charge() -> None:
 def test_rows_outside_the_window_are_not_checked() -> None:
     before = START - timedelta(seconds=1)
     after = END + timedelta(seconds=1)
-    result = compare([ours("txn_old", created_at=before), ours("txn_new", created_at=after)],
-                     [entry("ext_old", created_at=before), entry("ext_new", created_at=after)],
-                     window_start=START, window_end=END)
+    result = sweep([ours("txn_old", created_at=before), ours("txn_new", created_at=after)],
+                   [entry("ext_old", created_at=before), entry("ext_new", created_at=after)])
     assert result.discrepancies == []
     assert result.counts.transactions_checked == result.counts.ledger_entries_checked == 0
 
@@ -173,24 +167,22 @@ def test_window_bounds_are_inclusive() -> None:
 
 def test_network_entry_just_after_the_window_still_matches() -> None:
     # Our row is written before the call; the network commits a moment later, past the end.
-    result = compare([ours(created_at=END - timedelta(milliseconds=5))],
-                     [entry(created_at=END + timedelta(milliseconds=5))],
-                     window_start=START, window_end=END)
+    result = sweep([ours(created_at=END - timedelta(milliseconds=5))],
+                   [entry(created_at=END + timedelta(milliseconds=5))])
     assert result.discrepancies == []
     assert (result.counts.transactions_checked, result.counts.ledger_entries_checked) == (1, 1)
 
 
 def test_our_row_just_before_the_window_still_matches() -> None:
-    result = compare([ours(created_at=START - timedelta(milliseconds=5))],
-                     [entry(created_at=START + timedelta(milliseconds=5))],
-                     window_start=START, window_end=END)
+    result = sweep([ours(created_at=START - timedelta(milliseconds=5))],
+                   [entry(created_at=START + timedelta(milliseconds=5))])
     assert result.discrepancies == []
     assert result.counts.transactions_checked == 1
 
 
 def test_discrepancies_are_ordered_by_kind_then_reference() -> None:
-    result = compare([ours("txn_b"), ours("txn_a"), ours("txn_c", amount=1)],
-                     [entry("ext_z"), entry("txn_c")], window_start=START, window_end=END)
+    result = sweep([ours("txn_b"), ours("txn_a"), ours("txn_c", amount=1)],
+                   [entry("ext_z"), entry("txn_c")])
     assert [(d.kind, d.network_reference) for d in result.discrepancies] == [
         (DiscrepancyKind.AMOUNT_MISMATCH, "txn_c"),
         (DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE, "ext_z"),
@@ -240,46 +232,35 @@ def test_a_refund_succeeded_here_but_declined_at_the_network_is_reported() -> No
 
 
 # ---- stuck rows ------------------------------------------------------------------------------
-STUCK_BEFORE = END - timedelta(seconds=DEFAULT_STUCK_AFTER_SECONDS)
-OLD = STUCK_BEFORE - timedelta(minutes=1)
-
-
-def stuck_kinds(our_rows: list[OurTransaction], ledger: list[LedgerEntry]) -> list[str]:
-    result = compare(our_rows, ledger, window_start=START, window_end=END,
-                     stuck_before=STUCK_BEFORE)
-    return [d.kind for d in result.discrepancies]
-
 
 @pytest.mark.parametrize("status", ["pending", "timeout"])
 @pytest.mark.parametrize("network", ["approved", "declined", None])
-def test_unknown_outcome_past_the_stuck_age_is_reported(status: str,
-                                                         network: str | None) -> None:
-    ledger = [entry(status=network, created_at=OLD)] if network else []
-    result = compare([ours(status=status, created_at=OLD)], ledger, window_start=START,
-                     window_end=END, stuck_before=STUCK_BEFORE)
-    [found] = result.discrepancies
+def test_unknown_outcome_is_in_flight_until_the_stuck_age_then_reported(
+        status: str, network: str | None) -> None:
+    # Younger than the stuck age, its workflow is still asking the network (which may have
+    # answered a moment before the sweep read the ledger): not a discrepancy. A row that stays
+    # pending/timeout past it is reported, even when the network has settled it.
+    young = STUCK_BEFORE + timedelta(seconds=1)
+    ledger = [entry(status=network, created_at=young)] if network else []
+    in_flight = sweep([ours(status=status, created_at=young)], ledger)
+    assert (in_flight.discrepancies, in_flight.counts.in_flight) == ([], 1)
+
+    stale = sweep([ours(status=status, created_at=STUCK_BEFORE)], ledger)
+    [found] = stale.discrepancies
     assert found.kind == DiscrepancyKind.STUCK_UNSETTLED
     assert (found.our_status, found.network_status) == (status, network)
-    assert result.counts.in_flight == 0
-
-
-def test_unknown_outcome_younger_than_the_stuck_age_is_in_flight() -> None:
-    young = STUCK_BEFORE + timedelta(seconds=1)
-    result = compare([ours(status="pending", created_at=young)], [], window_start=START,
-                     window_end=END, stuck_before=STUCK_BEFORE)
-    assert (result.discrepancies, result.counts.in_flight) == ([], 1)
+    assert stale.counts.in_flight == 0
 
 
 def test_stuck_age_bound_is_inclusive() -> None:
-    assert stuck_kinds([ours(status="pending", created_at=STUCK_BEFORE)], []) == [
+    assert kinds([ours(status="pending", created_at=STUCK_BEFORE)], []) == [
         DiscrepancyKind.STUCK_UNSETTLED]
 
 
 def test_stuck_row_older_than_the_window_is_still_reported() -> None:
     # The sweep's window is short, the row is days old: stuck rows are found whatever the window.
     ancient = START - timedelta(days=3)
-    result = compare([ours("txn_old", status="timeout", created_at=ancient)], [],
-                     window_start=START, window_end=END, stuck_before=STUCK_BEFORE)
+    result = sweep([ours("txn_old", status="timeout", created_at=ancient)], [])
     assert [(d.kind, d.network_reference) for d in result.discrepancies] == [
         (DiscrepancyKind.STUCK_UNSETTLED, "txn_old")]
     assert result.counts.transactions_checked == 1
@@ -289,39 +270,33 @@ def test_stuck_row_older_than_the_window_is_still_reported() -> None:
 @pytest.mark.parametrize("status", ["succeeded", "failed"])
 def test_settled_rows_are_never_stuck(status: str) -> None:
     network = "approved" if status == "succeeded" else "declined"
-    assert stuck_kinds([ours(status=status, created_at=OLD)],
-                       [entry(status=network, created_at=OLD)]) == []
+    assert kinds([ours(status=status, created_at=OLD)],
+                 [entry(status=network, created_at=OLD)]) == []
 
 
 def test_settled_row_outside_the_window_is_not_checked() -> None:
     ancient = START - timedelta(days=3)
-    result = compare([ours("txn_old", status="succeeded", created_at=ancient)], [],
-                     window_start=START, window_end=END, stuck_before=STUCK_BEFORE)
+    result = sweep([ours("txn_old", status="succeeded", created_at=ancient)], [])
     assert result.discrepancies == [] and result.checked_references == frozenset()
 
 
 def test_manual_review_with_an_approval_is_reported_as_a_charge_not_as_stuck() -> None:
-    assert stuck_kinds([ours(status="timeout", created_at=OLD, in_manual_review=True)],
-                       [entry(created_at=OLD)]) == [
+    assert kinds([ours(status="timeout", created_at=OLD, in_manual_review=True)],
+                 [entry(created_at=OLD)]) == [
         DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE]
 
 
 def test_manual_review_without_an_approval_past_the_stuck_age_is_stuck() -> None:
-    assert stuck_kinds([ours(status="timeout", created_at=OLD, in_manual_review=True)],
-                       [entry(status="declined", created_at=OLD)]) == [
+    assert kinds([ours(status="timeout", created_at=OLD, in_manual_review=True)],
+                 [entry(status="declined", created_at=OLD)]) == [
         DiscrepancyKind.STUCK_UNSETTLED]
-
-
-def test_without_a_stuck_age_nothing_is_stuck() -> None:
-    assert kinds([ours(status="pending", created_at=START)], []) == []
 
 
 def test_rechecked_reference_outside_the_window_is_checked() -> None:
     # An open stuck item whose row has settled since: checked again so the sweep can clear it.
     ancient = START - timedelta(days=3)
-    result = compare([ours("txn_old", status="failed", created_at=ancient)], [],
-                     window_start=START, window_end=END, stuck_before=STUCK_BEFORE,
-                     recheck={"txn_old"})
+    result = sweep([ours("txn_old", status="failed", created_at=ancient)], [],
+                   recheck={"txn_old"})
     assert result.discrepancies == []
     assert result.checked_references == frozenset({"txn_old"})
     assert result.counts.transactions_checked == 1
