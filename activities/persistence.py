@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import func
@@ -20,10 +20,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from core.db.deliveries import events_by_id, plan_deliveries
 from core.db.discrepancies import open_discrepancy
 from core.db.queries import (
     close_manual_review,
-    event_exists,
     event_id_for,
     lock_intent,
     lock_transaction,
@@ -35,7 +35,9 @@ from core.db.tables import PaymentIntent, Transaction
 from core.domain import (
     CaptureMethod,
     CardSummary,
+    IntentStatus,
     NetworkOutcome,
+    RecordedTransaction,
     TransactionStatus,
     TransactionType,
 )
@@ -61,26 +63,6 @@ class ChargeAttempt:
 
 
 @dataclass
-class ChargeOutcome:
-    payment_intent_id: str
-    transaction_id: str
-    outcome: NetworkOutcome
-    decline_code: str | None = None
-    failure_code: str | None = None
-    # True when the network's truth was learned by a status query after an unknown answer.
-    reconciled: bool = False
-
-
-@dataclass
-class IntentState:
-    status: str
-    transaction_status: str
-    # True when this call appended an event (a second partial refund appends one without a
-    # status change): the workflow fans it out to webhooks.
-    event_appended: bool = False
-
-
-@dataclass
 class OperationAttempt:
     """A capture, void or refund about to be sent, under its own reference (its id)."""
 
@@ -92,15 +74,29 @@ class OperationAttempt:
 
 
 @dataclass
-class OperationOutcome:
+class Outcome:
+    """The network's answer (or an operator's verdict) for one charge, capture, void or refund."""
+
     payment_intent_id: str
     transaction_id: str
     outcome: NetworkOutcome
     decline_code: str | None = None
     failure_code: str | None = None
+    # True when the network's truth was learned by a status query after an unknown answer.
     reconciled: bool = False
     # For a void: why the intent is canceled.
     cancellation_reason: str | None = None
+
+
+@dataclass
+class Recorded:
+    """What a record wrote: the intent's status after it, the transaction it concerns, and the
+    webhook deliveries planned in the same database transaction for the events it appended
+    (the workflow starts them; none when the merchant has no endpoint)."""
+
+    status: str
+    transaction: RecordedTransaction | None = None
+    deliveries: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -111,15 +107,41 @@ class IntentCancellation:
     reason: str
 
 
+@dataclass
+class UnsettledOperation:
+    transaction_id: str
+    type: TransactionType
+    amount_in_cents: int
+
+
+@dataclass
+class PaymentSnapshot:
+    """A payment as the database knows it, for a run that starts after earlier ones closed
+    (a refund a month after the charge): the money, the references operations act on, when its
+    clocks started, and any operation whose outcome is still unknown."""
+
+    status: str
+    amount_capturable: int = 0
+    amount_received: int = 0
+    amount_refunded: int = 0
+    authorization_reference: str | None = None
+    payment_reference: str | None = None
+    authorized_at: float | None = None  # unix seconds: the authorization's clock
+    succeeded_at: float | None = None  # unix seconds: the refund window's clock
+    unsettled: UnsettledOperation | None = None
+    in_manual_review: bool = False
+
+
 # What each operation does to the intent when the network approves it.
 OPERATION_ACTIONS = {
     TransactionType.CAPTURE: IntentAction.CAPTURE,
     TransactionType.VOID: IntentAction.CANCEL,
     TransactionType.REFUND: IntentAction.REFUND_PARTIAL,
 }
+# Transactions whose outcome is not known yet.
+UNSETTLED_STATUSES = (TransactionStatus.PENDING.value, TransactionStatus.TIMEOUT.value)
 # Refunds that may still move money: succeeded, or not known yet.
-OPEN_REFUND_STATUSES = (TransactionStatus.SUCCEEDED.value, TransactionStatus.PENDING.value,
-                        TransactionStatus.TIMEOUT.value)
+OPEN_REFUND_STATUSES = (TransactionStatus.SUCCEEDED.value, *UNSETTLED_STATUSES)
 
 
 @dataclass
@@ -164,7 +186,7 @@ class PaymentRecordActivities:
 
     @activity.defn
     @refusals_are_final
-    async def record_charge_attempt(self, attempt: ChargeAttempt) -> IntentState:
+    async def record_charge_attempt(self, attempt: ChargeAttempt) -> Recorded:
         """Write the pending transaction and `payment.processing` before the network is called.
 
         The transaction id is the network reference, so whatever happens next, every call to the
@@ -172,10 +194,13 @@ class PaymentRecordActivities:
         """
         async with self._sessions() as session, session.begin():
             intent = await lock_intent(session, attempt.payment_intent_id)
+            cause = f"{attempt.transaction_id}:start"
             existing = await lock_transaction(session, attempt.transaction_id)
             if existing is not None:
-                return IntentState(intent.status, existing.status)
-            session.add(Transaction(
+                events = await events_by_id(session, [event_id_for(cause)])
+                return Recorded(intent.status, _view(existing),
+                                await plan_deliveries(session, events))
+            txn = Transaction(
                 id=attempt.transaction_id, merchant_id=intent.merchant_id,
                 payment_intent_id=intent.id, type=TransactionType.CHARGE.value,
                 amount_in_cents=intent.amount_in_cents, currency=intent.currency,
@@ -183,55 +208,21 @@ class PaymentRecordActivities:
                 card_token_id=attempt.card_token_id, card_brand=attempt.card.brand,
                 card_last4=attempt.card.last4, card_exp_month=attempt.card.exp_month,
                 card_exp_year=attempt.card.exp_year,
-            ))
+            )
+            session.add(txn)
             await session.flush()
-            await transition_intent(session, intent, IntentAction.START_ATTEMPT,
-                                    cause=f"{attempt.transaction_id}:start",
-                                    transaction_id=attempt.transaction_id)
-            return IntentState(intent.status, TransactionStatus.PENDING.value)
+            # The first attempt also names `payment.created`'s deliveries, which the API starts:
+            # if it could not (a Temporal outage), they start now; started ones are not redone.
+            events = (await events_by_id(session, [event_id_for(f"{intent.id}:created")])
+                      if intent.status == IntentStatus.CREATED.value else [])
+            events.append(await transition_intent(
+                session, intent, IntentAction.START_ATTEMPT, cause=cause,
+                transaction_id=attempt.transaction_id))
+            return Recorded(intent.status, _view(txn), await plan_deliveries(session, events))
 
     @activity.defn
     @refusals_are_final
-    async def record_charge_outcome(self, result: ChargeOutcome) -> IntentState:
-        """Apply the network's answer to the transaction and the intent, with their events."""
-        async with self._sessions() as session, session.begin():
-            intent = await lock_intent(session, result.payment_intent_id)
-            txn = await lock_transaction(session, result.transaction_id)
-            if txn is None:
-                raise LookupError(f"transaction {result.transaction_id} was never recorded")
-            cause = f"{txn.id}:{result.outcome.value}"
-            if await event_exists(session, event_id_for(cause)) or _already_applied(txn, result):
-                return IntentState(intent.status, txn.status)
-            if result.outcome is NetworkOutcome.APPROVED:
-                await transition_transaction(session, txn, TransactionAction.SUCCEED,
-                                             {"reconciled": result.reconciled})
-                if intent.capture_method == CaptureMethod.MANUAL.value:
-                    await transition_intent(
-                        session, intent, IntentAction.AUTHORIZATION_SUCCEEDED, cause=cause,
-                        transaction_id=txn.id,
-                        changes={"amount_capturable": txn.amount_in_cents, "last_error": None})
-                else:
-                    await transition_intent(
-                        session, intent, IntentAction.CHARGE_SUCCEEDED, cause=cause,
-                        transaction_id=txn.id,
-                        changes={"amount_received": txn.amount_in_cents, "last_error": None})
-            elif result.outcome is NetworkOutcome.UNKNOWN:
-                # The intent stays `processing`: an unknown outcome is never turned into a guess.
-                await transition_transaction(session, txn, TransactionAction.LOSE_ANSWER)
-            else:
-                await transition_transaction(session, txn, TransactionAction.FAIL, {
-                    "decline_code": result.decline_code, "failure_code": result.failure_code,
-                    "reconciled": result.reconciled})
-                await transition_intent(
-                    session, intent, IntentAction.ATTEMPT_FAILED, cause=cause,
-                    transaction_id=txn.id, changes={"last_error": _last_error(result)})
-            if result.outcome is not NetworkOutcome.UNKNOWN:
-                await close_manual_review(session, intent.id)
-            return IntentState(intent.status, txn.status)
-
-    @activity.defn
-    @refusals_are_final
-    async def record_operation_attempt(self, attempt: OperationAttempt) -> IntentState:
+    async def record_operation_attempt(self, attempt: OperationAttempt) -> Recorded:
         """Write the pending capture/void/refund before the network is called.
 
         The last line of defence for money: under the intent's row lock, a refund that would
@@ -242,68 +233,84 @@ class PaymentRecordActivities:
             intent = await lock_intent(session, attempt.payment_intent_id)
             existing = await lock_transaction(session, attempt.transaction_id)
             if existing is not None:
-                return IntentState(intent.status, existing.status)
+                return Recorded(intent.status, _view(existing))
             if not can_move_intent(intent.status, OPERATION_ACTIONS[attempt.type]):
                 raise ApplicationError(
                     str(IllegalTransition("payment intent", intent.status, attempt.type.value)),
                     type=ErrorType.ILLEGAL_TRANSITION, non_retryable=True)
             if attempt.type is TransactionType.REFUND:
                 await _check_refund_fits(session, intent, attempt.amount_in_cents)
-            session.add(Transaction(
+            txn = Transaction(
                 id=attempt.transaction_id, merchant_id=intent.merchant_id,
                 payment_intent_id=intent.id, type=attempt.type.value,
                 amount_in_cents=attempt.amount_in_cents, currency=intent.currency,
                 status=TransactionStatus.PENDING.value, network_reference=attempt.transaction_id,
-                parent_reference=attempt.parent_reference))
-            return IntentState(intent.status, TransactionStatus.PENDING.value)
+                parent_reference=attempt.parent_reference)
+            session.add(txn)
+            return Recorded(intent.status, _view(txn))
 
     @activity.defn
     @refusals_are_final
-    async def record_operation_outcome(self, result: OperationOutcome) -> IntentState:
-        """Apply the network's answer to a capture/void/refund and, if approved, to the intent
-        (amounts, status and event in one database transaction)."""
+    async def record_outcome(self, result: Outcome) -> Recorded:
+        """Apply the network's answer to a transaction and, where it moves the intent, to the
+        intent (amounts, status, event and its webhook deliveries in one database transaction).
+        An unknown answer never moves the intent: it is never turned into a guess."""
         async with self._sessions() as session, session.begin():
             intent = await lock_intent(session, result.payment_intent_id)
             txn = await lock_transaction(session, result.transaction_id)
             if txn is None:
                 raise LookupError(f"transaction {result.transaction_id} was never recorded")
             cause = f"{txn.id}:{result.outcome.value}"
-            if await event_exists(session, event_id_for(cause)):
-                return IntentState(intent.status, txn.status, event_appended=True)
-            if _already_applied(txn, result):
-                return IntentState(intent.status, txn.status)
-            appended = False
-            if result.outcome is NetworkOutcome.APPROVED:
+            if _already_applied(txn, result):  # a retry after the commit: the same answer
+                events = await events_by_id(session, [event_id_for(cause)])
+                return Recorded(intent.status, _view(txn), await plan_deliveries(session, events))
+            events = []
+            if result.outcome is NetworkOutcome.UNKNOWN:
+                await transition_transaction(session, txn, TransactionAction.LOSE_ANSWER)
+            elif result.outcome is NetworkOutcome.APPROVED:
                 await transition_transaction(session, txn, TransactionAction.SUCCEED,
                                              {"reconciled": result.reconciled})
                 action, changes = _approved_move(intent, txn, result)
-                await transition_intent(session, intent, action, cause=cause,
-                                        transaction_id=txn.id, changes=changes)
-                appended = True
-            elif result.outcome is NetworkOutcome.UNKNOWN:
-                await transition_transaction(session, txn, TransactionAction.LOSE_ANSWER)
+                events.append(await transition_intent(session, intent, action, cause=cause,
+                                                      transaction_id=txn.id, changes=changes))
             else:
-                # The intent keeps its status: the authorization or the money stays where it was.
                 await transition_transaction(session, txn, TransactionAction.FAIL, {
                     "decline_code": result.decline_code, "failure_code": result.failure_code,
                     "reconciled": result.reconciled})
+                if txn.type == TransactionType.CHARGE.value:
+                    events.append(await transition_intent(
+                        session, intent, IntentAction.ATTEMPT_FAILED, cause=cause,
+                        transaction_id=txn.id, changes={"last_error": _last_error(result)}))
+                # A failed capture/void/refund leaves the intent where it was: the
+                # authorization or the money stays as it was.
             if result.outcome is not NetworkOutcome.UNKNOWN:
                 await close_manual_review(session, intent.id)
-            return IntentState(intent.status, txn.status, event_appended=appended)
+            return Recorded(intent.status, _view(txn), await plan_deliveries(session, events))
 
     @activity.defn
     @refusals_are_final
-    async def cancel_payment_intent(self, cancellation: IntentCancellation) -> IntentState:
+    async def cancel_payment_intent(self, cancellation: IntentCancellation) -> Recorded:
         """Cancel an intent without a successful charge (nothing to release at the network)."""
         async with self._sessions() as session, session.begin():
             intent = await lock_intent(session, cancellation.payment_intent_id)
             cause = f"{intent.id}:cancel"
-            if await event_exists(session, event_id_for(cause)):
-                return IntentState(intent.status, "", event_appended=True)
-            await transition_intent(session, intent, IntentAction.CANCEL, cause=cause,
-                                    transaction_id=None,
-                                    changes={"cancellation_reason": cancellation.reason})
-            return IntentState(intent.status, "", event_appended=True)
+            events = await events_by_id(session, [event_id_for(cause)])
+            if not events:
+                events = [await transition_intent(
+                    session, intent, IntentAction.CANCEL, cause=cause, transaction_id=None,
+                    changes={"cancellation_reason": cancellation.reason})]
+            return Recorded(intent.status, None, await plan_deliveries(session, events))
+
+    @activity.defn
+    async def load_payment(self, payment_intent_id: str) -> PaymentSnapshot:
+        """The payment as recorded, for a run that opens after earlier runs closed. Read only."""
+        async with self._sessions() as session:
+            intent = (await session.exec(select(PaymentIntent).where(
+                PaymentIntent.id == payment_intent_id))).one()
+            transactions = (await session.exec(select(Transaction).where(
+                Transaction.payment_intent_id == payment_intent_id).order_by(
+                Transaction.created_at, Transaction.id))).all()  # type: ignore[arg-type]
+        return _snapshot(intent, list(transactions))
 
     @activity.defn
     @refusals_are_final
@@ -354,7 +361,13 @@ async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amoun
 
 
 def _approved_move(intent: PaymentIntent, txn: Transaction,
-                   result: OperationOutcome) -> tuple[IntentAction, dict[str, object]]:
+                   result: Outcome) -> tuple[IntentAction, dict[str, object]]:
+    if txn.type == TransactionType.CHARGE.value:
+        if intent.capture_method == CaptureMethod.MANUAL.value:
+            return IntentAction.AUTHORIZATION_SUCCEEDED, {
+                "amount_capturable": txn.amount_in_cents, "last_error": None}
+        return IntentAction.CHARGE_SUCCEEDED, {"amount_received": txn.amount_in_cents,
+                                               "last_error": None}
     if txn.type == TransactionType.CAPTURE.value:
         # The rest of the authorization is released by the network with the capture.
         return IntentAction.CAPTURE, {"amount_received": txn.amount_in_cents,
@@ -367,7 +380,7 @@ def _approved_move(intent: PaymentIntent, txn: Transaction,
             {"amount_refunded": refunded})
 
 
-def _already_applied(txn: Transaction, result: ChargeOutcome | OperationOutcome) -> bool:
+def _already_applied(txn: Transaction, result: Outcome) -> bool:
     expected = {
         NetworkOutcome.APPROVED: TransactionStatus.SUCCEEDED,
         NetworkOutcome.DECLINED: TransactionStatus.FAILED,
@@ -377,10 +390,40 @@ def _already_applied(txn: Transaction, result: ChargeOutcome | OperationOutcome)
     return txn.status == expected.value
 
 
-def _last_error(result: ChargeOutcome) -> dict[str, str | None]:
+def _last_error(result: Outcome) -> dict[str, str | None]:
     if result.outcome is NetworkOutcome.DECLINED:
         return {"type": "card_error", "code": "card_declined", "declineCode": result.decline_code,
                 "message": f"The card was declined ({result.decline_code})."}
     return {"type": "card_error", "code": result.failure_code or "processing_error",
             "declineCode": None,
             "message": "The card network could not process the charge; nothing was charged."}
+
+
+def _view(txn: Transaction) -> RecordedTransaction:
+    return RecordedTransaction(
+        id=txn.id, type=txn.type, status=txn.status, amount_in_cents=txn.amount_in_cents,
+        decline_code=txn.decline_code,
+        failure_code=txn.failure_code, reconciled=txn.reconciled,
+        created_at=txn.created_at.timestamp() if txn.created_at else 0.0,
+        updated_at=txn.updated_at.timestamp() if txn.updated_at else 0.0)
+
+
+def _snapshot(intent: PaymentIntent, transactions: list[Transaction]) -> PaymentSnapshot:
+    def succeeded(kind: TransactionType) -> Transaction | None:
+        return next((t for t in transactions if t.type == kind.value
+                     and t.status == TransactionStatus.SUCCEEDED.value), None)
+
+    charge, capture = succeeded(TransactionType.CHARGE), succeeded(TransactionType.CAPTURE)
+    paid = capture or (charge if intent.capture_method == CaptureMethod.AUTOMATIC.value else None)
+    unsettled = next((t for t in transactions if t.status in UNSETTLED_STATUSES), None)
+    return PaymentSnapshot(
+        status=intent.status, amount_capturable=intent.amount_capturable,
+        amount_received=intent.amount_received, amount_refunded=intent.amount_refunded,
+        authorization_reference=charge.id if charge else None,
+        payment_reference=paid.id if paid else None,
+        authorized_at=charge.updated_at.timestamp() if charge else None,
+        succeeded_at=paid.updated_at.timestamp() if paid else None,
+        unsettled=UnsettledOperation(unsettled.id, TransactionType(unsettled.type),
+                                     unsettled.amount_in_cents) if unsettled else None,
+        in_manual_review=(intent.manual_review_since is not None
+                          and intent.manual_review_resolved_at is None))

@@ -1,8 +1,8 @@
-"""Webhook side effects: plan deliveries, send one signed attempt, record what happened.
+"""Webhook side effects: send one signed attempt of a delivery, record what happened.
 
-Every method is idempotent. Deliveries are upserted under ids derived from (event, endpoint),
-attempts under (delivery, attempt number), and a delivery that is no longer pending is never
-sent again. A send retried after a crash repeats the same `webhook-id`, so the receiver can
+Every method is idempotent. Deliveries are planned with their event (`core/db/deliveries.py`),
+attempts recorded under (delivery, attempt number), and a delivery that is no longer pending
+is never sent again. A send retried after a crash repeats the same `webhook-id`, so the receiver can
 tell it already has the message.
 """
 
@@ -33,40 +33,16 @@ from core.settings import Settings
 from core.webhooks import (
     ENDPOINT_DISABLED_EVENT,
     UnsafeUrl,
-    WebhookSchedule,
-    delivery_id_for,
     event_payload,
-    is_subscribed,
     parse_retry_after,
     parse_webhook_url,
     resolve_host,
-    schedule_from,
     signature_header,
 )
 
 # Only the start of an answer is kept for the merchant to read; the rest is never read at all.
 RESPONSE_KEEP_BYTES = 1024
 USER_AGENT = "Durapay-Webhooks/1.0"
-
-
-@dataclass
-class PlanInput:
-    payment_intent_id: str
-    after_seq: int
-
-
-@dataclass
-class PlannedDelivery:
-    delivery_id: str
-    event_id: str
-    endpoint_id: str
-
-
-@dataclass
-class DeliveryPlan:
-    deliveries: list[PlannedDelivery]
-    last_seq: int
-    schedule: WebhookSchedule
 
 
 @dataclass
@@ -118,38 +94,6 @@ class WebhookActivities:
         self._sessions = sessions
         self._cipher = cipher
         self._settings = settings
-
-    @activity.defn
-    async def plan_webhook_deliveries(self, plan: PlanInput) -> DeliveryPlan:
-        """Upsert one delivery per (event, subscribed endpoint) for the intent's new events.
-
-        Returns every delivery of those events, including ones a previous try already wrote,
-        so a retry starts the same children.
-        """
-        schedule = schedule_from(self._settings)
-        async with self._sessions() as session, session.begin():
-            events = (await session.exec(select(Event).where(
-                Event.payment_intent_id == plan.payment_intent_id,
-                Event.seq > plan.after_seq).order_by(Event.seq))).all()  # type: ignore[operator, arg-type]
-            if not events:
-                return DeliveryPlan([], plan.after_seq, schedule)
-            endpoints = (await session.exec(select(WebhookEndpoint).where(
-                WebhookEndpoint.merchant_id == events[0].merchant_id,
-                WebhookEndpoint.status == "enabled",
-                WebhookEndpoint.deleted_at.is_(None)))).all()  # type: ignore[union-attr]
-            rows = [{"id": delivery_id_for(event.id, endpoint.id), "merchant_id": event.merchant_id,
-                     "event_id": event.id, "endpoint_id": endpoint.id, "origin": "event"}
-                    for event in events for endpoint in endpoints
-                    if is_subscribed(endpoint.enabled_events, event.type)]
-            if rows:
-                await session.exec(insert(WebhookDelivery).values(rows).on_conflict_do_nothing())
-            planned = (await session.exec(select(WebhookDelivery).where(
-                WebhookDelivery.event_id.in_([e.id for e in events]),  # type: ignore[attr-defined]
-                WebhookDelivery.origin == "event"))).all()
-        order = {event.id: event.seq for event in events}
-        planned = sorted(planned, key=lambda d: (order[d.event_id], d.endpoint_id))
-        return DeliveryPlan([PlannedDelivery(d.id, d.event_id, d.endpoint_id) for d in planned],
-                            max(e.seq or 0 for e in events), schedule)
 
     @activity.defn
     async def deliver_webhook(self, attempt: AttemptInput) -> AttemptOutcome:

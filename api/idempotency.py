@@ -3,33 +3,82 @@
 The first request with a key claims it; the stored response is replayed for the same key and
 the same parameters; the same key with other parameters is a 400; a key whose first request is
 still running is a 409. A claim abandoned by a crashed process can be taken over after a while.
+
+An endpoint takes part by declaring its key as `Annotated[str | None, idempotent(BodyModel)]`,
+on a router built with `route_class=IdempotentRoute`. Its handler then only does its work and
+returns its model (or raises an `ApiError`); around it:
+
+1. Before the handler, the dependency claims the key. For a stored answer it raises `Replay`
+   instead, which `IdempotentRoute` sends as stored (same status, same bytes): the handler
+   never runs.
+2. After the handler (the dependency's code after `yield`, scope "function": FastAPI has built
+   the response but not sent it), the answer is stored: the exact bytes sent, or the error
+   object an `ApiError` renders to. 409 and 503 are not stored but release the claim, so that
+   a retry redoes the request; so does any unexpected exception. What the handler leaves
+   uncommitted in the session commits with the stored answer, in one database transaction: a
+   crash in between can leave neither half alone. Without a key, it simply commits.
+
+Why a route class as well: a dependency with `yield` runs before and after the handler, in the
+request's session, but FastAPI never shows it the response that the handler's model became.
+`IdempotentRoute` is the small wrapper that does: it hands that response over (and sends
+replays). Why the dependency declares the endpoint's body too: dependencies run before FastAPI
+validates the handler's own parameters, so the dependency's own copy of the body is what makes
+FastAPI validate it first (an invalid request claims nothing) and gives the fingerprint the
+parameters as validated, defaults included, as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import inspect
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fastapi import Depends, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api.deps import IdempotencyKeyDep, MerchantDep, SessionDep, StateDep
 from api.errors import ApiError, ConflictError, InvalidRequestError
 from core.db.tables import IdempotencyRecord
 
 ABANDONED_AFTER = timedelta(seconds=60)
+# `response_body` is JSONB, which reorders an object's keys: the answer is kept as the JSON text
+# that was sent, under this one key, so that a replay is the same bytes.
+SENT_TEXT = "sent"
 
 
 @dataclass
 class StoredResponse:
     status: int
-    body: dict[str, Any]
+    content: bytes
+
+    @classmethod
+    def from_record(cls, status: int, body: dict[str, Any]) -> StoredResponse:
+        if set(body) == {SENT_TEXT} and isinstance(body[SENT_TEXT], str):
+            return cls(status, body[SENT_TEXT].encode())
+        # Stored before answers were kept as sent: rendered as they were replayed then.
+        return cls(status, JSONResponse(body).body)
+
+    def response(self) -> Response:
+        return Response(self.content, status_code=self.status, media_type="application/json")
+
+
+class Replay(Exception):
+    """Raised by the dependency for a stored answer; `IdempotentRoute` sends it."""
+
+    def __init__(self, stored: StoredResponse) -> None:
+        super().__init__("replay the stored answer")
+        self.stored = stored
 
 
 def request_fingerprint(secret: bytes, endpoint: str, payload: Any) -> str:
@@ -39,15 +88,19 @@ def request_fingerprint(secret: bytes, endpoint: str, payload: Any) -> str:
 
 
 async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: str,
-                fingerprint: str) -> StoredResponse | None:
-    """Claim the key for this request, or return the response stored for it."""
+                fingerprint: str, commit: bool = True) -> StoredResponse | None:
+    """Claim the key for this request, or return the response stored for it.
+
+    With `commit=False` the claim is left for the handler's first commit: until then a request
+    with the same key waits on its row lock (see `idempotent`)."""
     inserted = await session.exec(
         insert(IdempotencyRecord).values(merchant_id=merchant_id, key=key, endpoint=endpoint,
                                          request_hash=fingerprint)
         .on_conflict_do_nothing().returning(IdempotencyRecord.key)
     )
     if inserted.first() is not None:
-        await session.commit()
+        if commit:
+            await session.commit()
         return None
     record = (await session.exec(select(IdempotencyRecord).where(
         IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key))).one()
@@ -58,7 +111,7 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
             "Keys for idempotent requests can only be used with the same parameters they were "
             "first used with.", "Idempotency-Key")
     if record.response_status is not None and record.response_body is not None:
-        return StoredResponse(record.response_status, record.response_body)
+        return StoredResponse.from_record(record.response_status, record.response_body)
     if datetime.now(UTC) - record.created_at < ABANDONED_AFTER:
         raise ConflictError("idempotency_key_in_use",
                             "A request with this Idempotency-Key is still being processed.")
@@ -71,15 +124,16 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
         await session.rollback()
         raise ConflictError("idempotency_key_in_use",
                             "A request with this Idempotency-Key is still being processed.")
-    await session.commit()
+    if commit:
+        await session.commit()
     return None
 
 
 async def store(session: AsyncSession, *, merchant_id: str, key: str, status: int,
-                body: dict[str, Any]) -> None:
+                content: bytes) -> None:
     await session.exec(update(IdempotencyRecord).where(
         IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key,
-    ).values(response_status=status, response_body=body))
+    ).values(response_status=status, response_body={SENT_TEXT: content.decode()}))
     await session.commit()
 
 
@@ -92,32 +146,78 @@ async def release(session: AsyncSession, *, merchant_id: str, key: str) -> None:
     await session.commit()
 
 
-async def respond_once(session: AsyncSession, *, secret: bytes, merchant_id: str,
-                       key: str | None, endpoint: str, payload: Any,
-                       handle: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
-                       ) -> tuple[int, dict[str, Any]]:
-    """Run `handle` under an Idempotency-Key: the first answer (errors included, except 409 and
-    503, which a retry should redo) is stored and replayed for the same key and parameters.
+class IdempotentRoute(APIRoute):
+    """The route class of routers with idempotent endpoints: hands each response to the
+    request's claim before it is sent, and sends a replayed answer as stored."""
 
-    What `handle` leaves uncommitted in `session` commits with the stored answer, in one
-    database transaction: a crash in between can leave neither half alone."""
-    if not key:
-        return await handle()
-    stored = await claim(session, merchant_id=merchant_id, key=key, endpoint=endpoint,
-                         fingerprint=request_fingerprint(secret, endpoint, payload))
-    if stored is not None:
-        return stored.status, stored.body
-    try:
-        status, body = await handle()
-    except ApiError as error:
-        if error.status in (409, 503):
-            await release(session, merchant_id=merchant_id, key=key)
-        else:
-            await store(session, merchant_id=merchant_id, key=key, status=error.status,
-                        body=error.body())
-        raise
-    except Exception:
-        await release(session, merchant_id=merchant_id, key=key)
-        raise
-    await store(session, merchant_id=merchant_id, key=key, status=status, body=body)
-    return status, body
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handle_once(request: Request) -> Response:
+            try:
+                response = await handle(request)
+            except Replay as replay:
+                return replay.stored.response()
+            request.state.idempotent_answer = response
+            return response
+
+        return handle_once
+
+
+def idempotent(model: type[BaseModel], *, optional: bool = False,
+               commit_claim: bool = True) -> Any:
+    """`Depends(...)` giving an idempotent endpoint its Idempotency-Key (None without one),
+    claimed before the handler runs and answered after it (see the module's docstring).
+
+    `model` is the endpoint's body model, `optional` when the body may be absent (the model's
+    defaults then). Declare the key after the parameters whose dependencies may refuse the
+    request (an owned-intent lookup, a card check): their refusals are not stored.
+
+    `commit_claim=False`: the handler's own first commit (which must come before anything
+    slow) carries the claim, sparing a transaction; until then, a request with the same key
+    waits on the claim's row lock, and after it gets 409 `idempotency_key_in_use`.
+    """
+
+    async def claim_key(request: Request, merchant: MerchantDep, state: StateDep,
+                        session: SessionDep, key: IdempotencyKeyDep,
+                        body: BaseModel | None = None) -> AsyncIterator[str | None]:
+        if not isinstance(request.scope.get("route"), IdempotentRoute):
+            raise RuntimeError(f"{request.url.path}: an idempotent endpoint's router needs "
+                               "route_class=IdempotentRoute")
+        if not key:
+            yield key
+            await session.commit()
+            return
+        endpoint = f"{request.method} {request.url.path}"
+        payload = (body or model()).model_dump(mode="json")
+        stored = await claim(session, merchant_id=merchant.id, key=key, endpoint=endpoint,
+                             fingerprint=request_fingerprint(state.settings.resolved_master_key(),
+                                                             endpoint, payload),
+                             commit=commit_claim)
+        if stored is not None:
+            raise Replay(stored)
+        try:
+            yield key
+        except ApiError as error:
+            if error.status in (409, 503):
+                await release(session, merchant_id=merchant.id, key=key)
+            else:  # rendered as the error handler renders it (api/errors.py)
+                await store(session, merchant_id=merchant.id, key=key, status=error.status,
+                            content=JSONResponse(error.body()).body)
+            raise
+        except Exception:
+            await release(session, merchant_id=merchant.id, key=key)
+            raise
+        answer: Response = request.state.idempotent_answer
+        await store(session, merchant_id=merchant.id, key=key, status=answer.status_code,
+                    content=bytes(answer.body))
+
+    # FastAPI reads the body's type from the signature. Same name and type as the handler's own
+    # `body`, so the request still has one JSON body (not one embedded per parameter).
+    signature = inspect.signature(claim_key)
+    parameters = list(signature.parameters.values())
+    parameters[-1] = parameters[-1].replace(
+        annotation=model | None if optional else model,
+        default=None if optional else inspect.Parameter.empty)
+    claim_key.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return Depends(claim_key, scope="function")

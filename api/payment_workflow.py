@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -23,21 +22,21 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.exceptions import ApplicationError
 
 from api.errors import (
-    ApiError,
     CardError,
     ConflictError,
     InvalidRequestError,
     service_unavailable,
 )
+from api.schemas.transactions import TransactionOut
 from api.views import transaction_out
 from core import search_attributes
 from core.db.tables import CardToken, PaymentIntent, Transaction
 from core.domain import (
     CaptureMethod,
+    RecordedTransaction,
     TransactionStatus,
     TransactionType,
     transaction_id_for,
@@ -45,6 +44,8 @@ from core.domain import (
 )
 from core.errors import ErrorType
 from core.settings import Settings
+from core.state_machine import is_final
+from core.webhooks import schedule_from
 from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
 from workflows.payment_messages import LifecyclePolicy, ReconcilePolicy
 
@@ -61,7 +62,8 @@ def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> Payment
             not_found_safe_age_seconds=settings.reconcile_not_found_safe_age_seconds),
         lifecycle=LifecyclePolicy(
             authorization_expiry_seconds=settings.authorization_expiry_seconds,
-            refund_window_seconds=settings.refund_window_seconds))
+            refund_window_seconds=settings.refund_window_seconds),
+        webhooks=schedule_from(settings))
 
 
 def payment_workflow_options(intent: PaymentIntent, settings: Settings) -> dict[str, Any]:
@@ -69,9 +71,10 @@ def payment_workflow_options(intent: PaymentIntent, settings: Settings) -> dict[
     return {
         "id": intent.id,
         "task_queue": settings.task_queue,
-        # A closed payment's id is never reused: a second run would not know the first one's
-        # money. A start racing an update-with-start attaches to the running one.
-        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        # A run ends once its payment is at rest; the next operation opens a new run under the
+        # same id, which reads the payment from the database. While a run is open, every
+        # operation joins it.
+        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
         "search_attributes": TypedSearchAttributes([
             SearchAttributePair(search_attributes.MERCHANT_ID, intent.merchant_id),
@@ -109,6 +112,9 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
     or a payment whose workflow has ended, 400 `amountInCents` for an amount beyond what the
     payment allows.
     """
+    if is_final(intent.status):
+        # Canceled or refunded: nothing can happen any more, so no workflow run is opened.
+        raise unexpected_state(verb, intent.status)
     update_id = update_id_for(verb, idempotency_key)
     sent = SentUpdate(transaction_id_for(intent.id, update_id), None)
     accepted = False
@@ -135,14 +141,6 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
         if kind == ErrorType.AMOUNT_INVALID:
             raise InvalidRequestError("amount_too_large", f"Cannot {verb} that amount: "
                                       f"{cause.message}.", "amountInCents") from None
-        raise
-    except WorkflowAlreadyStartedError:
-        # The payment's workflow has ended (canceled, refunded, or its refund window closed)
-        # and its id is never reused: nothing more can happen to this payment.
-        raise unexpected_state(verb, intent.status) from None
-    except RPCError as error:
-        if "already" in str(error).lower() or "completed" in str(error).lower():
-            raise unexpected_state(verb, intent.status) from None
         raise
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         if not accepted:
@@ -182,23 +180,31 @@ def unexpected_state(verb: str, current: str) -> ConflictError:
                          f"Cannot {verb} this PaymentIntent in status '{current}'.")
 
 
-async def transaction_answer(session: AsyncSession, sent: SentUpdate, *,
-                             not_recorded_yet: Transaction) -> tuple[int, dict[str, Any]]:
+def transaction_answer(sent: SentUpdate, *,
+                       not_recorded_yet: Transaction) -> tuple[int, TransactionOut]:
     """The answer to a charge or refund: the Transaction this request's Update creates, never
-    another one. When the wait ran out before the workflow recorded it, `not_recorded_yet` (the
-    same id, `pending`) is the answer, with 202."""
-    txn = (await session.exec(select(Transaction).where(Transaction.id == sent.transaction_id)
-                              .execution_options(populate_existing=True))).first()
-    if txn is None:
-        if sent.result is not None:
-            raise ApiError("network_answer_pending", "The operation was accepted but not yet "
-                           "recorded; retry with the same Idempotency-Key.", status=503)
-        txn = not_recorded_yet
-    out = transaction_out(txn).model_dump(mode="json", by_alias=True)
-    return operation_answer(txn, out, holder="transaction")
+    another one, as the workflow reports it recorded (no second read of the database). When
+    the wait ran out first, or the answer could not be recorded, it is `not_recorded_yet`
+    (the same id, `pending`), with 202."""
+    recorded = sent.result.transaction if sent.result is not None else None
+    txn = not_recorded_yet if recorded is None else as_recorded(not_recorded_yet, recorded)
+    out = transaction_out(txn)
+    status, _ = operation_answer(txn, out.model_dump(mode="json", by_alias=True),
+                                 holder="transaction")
+    return status, out
 
 
-def operation_answer(txn: Transaction | None, body: dict[str, Any], *,
+def as_recorded(pending: Transaction, recorded: RecordedTransaction) -> Transaction:
+    """The pending transaction the API built, with what the database recorded for it."""
+    return Transaction(**{
+        **pending.model_dump(), "status": recorded.status,
+        "amount_in_cents": recorded.amount_in_cents, "decline_code": recorded.decline_code,
+        "failure_code": recorded.failure_code, "reconciled": recorded.reconciled,
+        "created_at": datetime.fromtimestamp(recorded.created_at, UTC),
+        "updated_at": datetime.fromtimestamp(recorded.updated_at, UTC)})
+
+
+def operation_answer(txn: Transaction | RecordedTransaction | None, body: dict[str, Any], *,
                      holder: str) -> tuple[int, dict[str, Any]]:
     """200 when done, 202 while the network's answer is unknown (reconciliation goes on), 402
     `card_error` when the network declined the operation (the body goes under `holder`)."""

@@ -99,3 +99,19 @@ class CardSummary:
     last4: str
     exp_month: int
     exp_year: int
+
+
+@dataclass
+class RecordedTransaction:
+    """A transaction as the database recorded it, returned through the workflow to the API so
+    its answer needs no second read. Times are unix seconds (plain JSON in Temporal history)."""
+
+    id: str
+    type: str
+    status: str
+    amount_in_cents: int = 0
+    decline_code: str | None = None
+    failure_code: str | None = None
+    reconciled: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0

@@ -58,12 +58,6 @@ TRANSACTION_TRANSITIONS: dict[tuple[T, TransactionAction], T] = {
     (T.TIMEOUT, TransactionAction.FAIL): T.FAILED,
 }
 
-# An intent in these states takes no new charge attempt.
-CHARGE_CLOSED_STATUSES = frozenset(
-    {I.SUCCEEDED, I.REQUIRES_CAPTURE, I.CANCELED, I.PARTIALLY_REFUNDED, I.REFUNDED}
-)
-
-
 @dataclass(frozen=True)
 class IntentMove:
     before: I
@@ -101,5 +95,17 @@ def refund_action(*, refunded_after: int, received: int) -> IntentAction:
     return IntentAction.REFUND_FULL if refunded_after >= received else IntentAction.REFUND_PARTIAL
 
 
-def is_settled(current: T | str) -> bool:
-    return T(current) in (T.SUCCEEDED, T.FAILED)
+def is_final(current: I | str) -> bool:
+    """Nothing can happen to the payment any more (canceled, refunded): the API answers 409
+    without asking its workflow."""
+    return not any((I(current), action) in INTENT_TRANSITIONS for action in IntentAction)
+
+
+def is_refundable(current: I | str) -> bool:
+    return can_move_intent(current, IntentAction.REFUND_PARTIAL)
+
+
+def holds_authorization(current: I | str) -> bool:
+    """Authorized, not captured: the network holds the money until a capture, a void, or the
+    authorization's expiry."""
+    return can_move_intent(current, IntentAction.CAPTURE)

@@ -3,6 +3,14 @@
 Not a workflow: coroutines that run in the caller's workflow context, so each schedules exactly
 one activity in the caller's history (as `webhook_fanout.py` starts children). Call them only
 from workflow code; they read no state of their own, so the workflow decides the order.
+
+Database records are **local activities**: they run in the worker inside the workflow task and
+leave one marker in history instead of a scheduled/started/completed trio and a workflow task
+of their own. The record-before-call guarantee holds: a record's commit happens before the
+workflow task that schedules the network call completes (its marker and that command go to
+Temporal together). A worker lost before the task completes replays the record, which finds
+its own row and answers the same (every record is idempotent). Only calls to the card network
+are regular activities, so their retries and timeouts are the server's, across worker deaths.
 """
 
 from __future__ import annotations
@@ -24,14 +32,14 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.persistence import (
         ChargeAttempt,
-        ChargeOutcome,
         IntentCancellation,
-        IntentState,
         ManualReviewFlag,
         OperationAttempt,
-        OperationOutcome,
+        Outcome,
         OutcomeDiscrepancy,
         PaymentRecordActivities,
+        PaymentSnapshot,
+        Recorded,
     )
     from core.domain import NetworkOutcome, TransactionType
     from core.errors import ErrorType
@@ -58,13 +66,16 @@ STATUS_QUERY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
 PROVES_NOTHING_HAPPENED = frozenset({ErrorType.NETWORK_UNAVAILABLE,
                                      ErrorType.NETWORK_REJECTED_REQUEST})
 DB_TIMEOUT = timedelta(seconds=30)
+# How a record that failed for good reaches the workflow: a local activity's failure arrives as
+# the activity's own ApplicationError, not wrapped in an ActivityError as a regular one's.
+RECORD_FAILURES = (ActivityError, ApplicationError)
 # The adapter gives up at its own HTTP timeout (5 s) and answers "unknown"; this bound only
 # catches a worker that died mid-call.
 NETWORK_TIMEOUT = timedelta(seconds=20)
 
 
 Argument = TypeVar("Argument")
-Recorded = TypeVar("Recorded")
+Result = TypeVar("Result")
 
 
 # ---- card network -----------------------------------------------------------------------------
@@ -114,60 +125,59 @@ async def query_charge_status(transaction_id: str) -> NetworkAnswer:
         return NetworkAnswer(NetworkOutcome.UNKNOWN)
 
 
-# ---- payment records --------------------------------------------------------------------------
-async def record_charge_attempt(attempt: ChargeAttempt) -> IntentState:
+# ---- payment records (local activities) ----------------------------------------------------
+async def load_payment(payment_intent_id: str) -> PaymentSnapshot:
+    return await _record(PaymentRecordActivities.load_payment, payment_intent_id)
+
+
+async def record_charge_attempt(attempt: ChargeAttempt) -> Recorded:
     return await _record_before_sending(PaymentRecordActivities.record_charge_attempt, attempt)
 
 
-async def record_charge_outcome(outcome: ChargeOutcome) -> IntentState:
-    return await workflow.execute_activity_method(
-        PaymentRecordActivities.record_charge_outcome, outcome,
-        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+async def record_operation_attempt(attempt: OperationAttempt) -> Recorded:
+    return await _record_before_sending(PaymentRecordActivities.record_operation_attempt,
+                                        attempt)
 
 
-async def record_operation_attempt(attempt: OperationAttempt) -> None:
-    await _record_before_sending(PaymentRecordActivities.record_operation_attempt, attempt)
-
-
-async def record_operation_outcome(outcome: OperationOutcome) -> IntentState:
-    return await workflow.execute_activity_method(
-        PaymentRecordActivities.record_operation_outcome, outcome,
-        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
-
-
-async def cancel_payment_intent(cancellation: IntentCancellation) -> IntentState:
+async def cancel_payment_intent(cancellation: IntentCancellation) -> Recorded:
     return await _record_before_sending(PaymentRecordActivities.cancel_payment_intent,
                                         cancellation)
 
 
+async def record_outcome(outcome: Outcome) -> Recorded:
+    return await _record(PaymentRecordActivities.record_outcome, outcome)
+
+
 async def flag_for_manual_review(flag: ManualReviewFlag) -> None:
-    await workflow.execute_activity_method(
-        PaymentRecordActivities.flag_for_manual_review, flag,
-        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+    await _record(PaymentRecordActivities.flag_for_manual_review, flag)
 
 
 async def record_outcome_discrepancy(found: OutcomeDiscrepancy) -> None:
-    await workflow.execute_activity_method(
-        PaymentRecordActivities.record_outcome_discrepancy, found,
-        start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+    await _record(PaymentRecordActivities.record_outcome_discrepancy, found)
+
+
+async def _record(method: Callable[[PaymentRecordActivities, Argument], Awaitable[Result]],
+                  argument: Argument) -> Result:
+    return await workflow.execute_local_activity_method(
+        method, argument, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
 
 
 async def _record_before_sending(
-        method: Callable[[PaymentRecordActivities, Argument], Awaitable[Recorded]],
-        argument: Argument) -> Recorded:
+        method: Callable[[PaymentRecordActivities, Argument], Awaitable[Result]],
+        argument: Argument) -> Result:
     """A record written before anything is sent. If the database refuses it (the last line of
     defence for money), the Update fails with the reason: nothing is pending, nothing was sent.
     A refused state change is the API's 409, an amount beyond what is allowed its 400."""
     try:
-        return await workflow.execute_activity_method(
-            method, argument, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
-    except ActivityError as error:
+        return await _record(method, argument)
+    except RECORD_FAILURES as error:
         kind = _error_type(error)
         if kind not in (ErrorType.AMOUNT_INVALID, ErrorType.ILLEGAL_TRANSITION):
             kind = ErrorType.ILLEGAL_TRANSITION
-        raise ApplicationError(str(error.cause), type=kind, non_retryable=True) from None
+        cause = error.cause if isinstance(error, ActivityError) else error
+        raise ApplicationError(str(cause), type=kind, non_retryable=True) from None
 
 
-def _error_type(error: ActivityError) -> str | None:
-    cause = error.cause
+def _error_type(error: ActivityError | ApplicationError) -> str | None:
+    cause = error.cause if isinstance(error, ActivityError) else error
     return cause.type if isinstance(cause, ApplicationError) else None

@@ -16,6 +16,7 @@ with workflow.unsafe.imports_passed_through():
         CardSummary,
         IntentStatus,
         NetworkOutcome,
+        RecordedTransaction,
         TransactionType,
     )
 
@@ -46,7 +47,7 @@ class LifecyclePolicy:
 @dataclass
 class UnknownOutcome:
     """An operation whose outcome the network has not told us yet; carried across
-    continue-as-new. Runs before the lifecycle patch only ever had charges here."""
+    continue-as-new."""
 
     transaction_id: str
     waited_seconds: float = 0.0
@@ -79,8 +80,6 @@ class Money:
 class CarriedState:
     status: IntentStatus
     unknown: UnknownOutcome | None = None
-    # The intent's events up to this `seq` have had their webhook deliveries started.
-    events_dispatched: int = 0
     money: Money | None = None
     # A manual review is open (search attribute DurapayManualReview is true).
     review_open: bool = False
@@ -95,10 +94,23 @@ class ChargeInput:
 
 @dataclass
 class ChargeResult:
-    transaction_id: str
-    transaction_status: str
+    """The charge as recorded: the API answers with it without reading it again."""
+
     intent_status: IntentStatus
-    decline_code: str | None = None
+    transaction: RecordedTransaction
+
+    # Read-only shortcuts (properties are not fields: nothing changes on the wire).
+    @property
+    def transaction_id(self) -> str | None:
+        return self.transaction.id if self.transaction is not None else None
+
+    @property
+    def transaction_status(self) -> str | None:
+        return self.transaction.status if self.transaction is not None else None
+
+    @property
+    def decline_code(self) -> str | None:
+        return self.transaction.decline_code if self.transaction is not None else None
 
 
 @dataclass
@@ -121,9 +133,20 @@ class OperationResult:
     """The answer to a capture, cancel or refund; no transaction for a cancel without a void."""
 
     intent_status: IntentStatus
-    transaction_id: str | None = None
-    transaction_status: str | None = None
-    decline_code: str | None = None
+    transaction: RecordedTransaction | None = None
+
+    # Read-only shortcuts (properties are not fields: nothing changes on the wire).
+    @property
+    def transaction_id(self) -> str | None:
+        return self.transaction.id if self.transaction is not None else None
+
+    @property
+    def transaction_status(self) -> str | None:
+        return self.transaction.status if self.transaction is not None else None
+
+    @property
+    def decline_code(self) -> str | None:
+        return self.transaction.decline_code if self.transaction is not None else None
 
 
 @dataclass

@@ -1,31 +1,16 @@
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, BackgroundTasks, Query, Response, status
 from sqlmodel import select
-from temporalio.client import Client
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from api import idempotency
-from api.deps import (
-    IdempotencyKeyDep,
-    MerchantDep,
-    OwnedPaymentIntentDep,
-    SessionDep,
-    StateDep,
-    TemporalDep,
-)
+from api.deps import MerchantDep, OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
+from api.idempotency import IdempotentRoute, idempotent
 from api.pagination import newest_first_page
-from api.payment_workflow import (
-    SentUpdate,
-    operation_answer,
-    payment_workflow_input,
-    payment_workflow_options,
-    send_operation,
-)
+from api.payment_workflow import SentUpdate, operation_answer, send_operation
 from api.schemas.base import ListOf
 from api.schemas.events import EventOut
 from api.schemas.payment_intents import (
@@ -35,49 +20,49 @@ from api.schemas.payment_intents import (
     PaymentIntentOut,
 )
 from api.views import event_out, load_payment_intent_out, payment_intent_out
+from api.webhook_workflow import start_event_deliveries
+from core.db.deliveries import plan_deliveries
 from core.db.queries import append_event, merchant_visible_event
 from core.db.tables import Event, PaymentIntent, Transaction
 from core.domain import IntentStatus, new_id
-from core.settings import Settings
 from workflows.payment_intent import PaymentIntentWorkflow
-from workflows.payment_messages import CancelInput, CaptureInput, OperationResult
+from workflows.payment_messages import CancelInput, CaptureInput
 
 log = logging.getLogger("durapay.api")
-router = APIRouter(prefix="/payment-intents", tags=["payment-intents"])
+router = APIRouter(prefix="/payment-intents", tags=["payment-intents"],
+                   route_class=IdempotentRoute)
 
 
 @router.post("", response_model=PaymentIntentOut, status_code=status.HTTP_201_CREATED,
-             summary="Create a PaymentIntent (starts its workflow)")
-async def create_payment_intent(body: PaymentIntentCreate, merchant: MerchantDep,
-                                session: SessionDep, state: StateDep, temporal: TemporalDep,
-                                idempotency_key: IdempotencyKeyDep) -> JSONResponse:
-    created: list[PaymentIntent] = []
-
-    async def handle() -> tuple[int, dict[str, object]]:
-        # Not committed here: the intent, its `payment.created` event and the stored answer to
-        # the Idempotency-Key commit together, so a crash can never leave an intent that a
-        # retry with the same key would create a second time.
-        intent = PaymentIntent(
-            id=new_id("pi"), merchant_id=merchant.id, amount_in_cents=body.amount_in_cents,
-            currency=body.currency, description=body.description,
-            capture_method=body.capture_method, status=IntentStatus.CREATED.value,
-            metadata_=body.metadata)
-        session.add(intent)
-        await session.flush()
-        await session.refresh(intent)
-        await append_event(session, cause=f"{intent.id}:created", event_type="payment.created",
-                           intent=intent, transaction_id=None)
-        created.append(intent)
-        return 201, payment_intent_out(intent, []).model_dump(mode="json", by_alias=True)
-
-    status_code, response = await idempotency.respond_once(
-        session, secret=state.settings.resolved_master_key(), merchant_id=merchant.id,
-        key=idempotency_key, endpoint="POST /payment-intents",
-        payload=body.model_dump(mode="json"), handle=handle)
-    await session.commit()  # without a key, nothing else committed it
-    if created:  # not for a replayed answer: that intent's workflow was started the first time
-        await _start_workflow(temporal, state.settings, created[0])
-    return JSONResponse(response, status_code=status_code)
+             summary="Create a PaymentIntent")
+async def create_payment_intent(
+    body: PaymentIntentCreate, merchant: MerchantDep, session: SessionDep, state: StateDep,
+    background: BackgroundTasks,
+    idempotency_key: Annotated[str | None, idempotent(PaymentIntentCreate)],
+    temporal: TemporalDep,
+) -> PaymentIntentOut:
+    # No workflow yet: the intent's first operation opens its run (update-with-start).
+    # Not committed here: the intent, its `payment.created` event, that event's webhook
+    # deliveries and the stored answer to the Idempotency-Key commit together once this
+    # returns, so a crash can never leave an intent that a retry with the same key would
+    # create a second time.
+    intent = PaymentIntent(
+        id=new_id("pi"), merchant_id=merchant.id, amount_in_cents=body.amount_in_cents,
+        currency=body.currency, description=body.description,
+        capture_method=body.capture_method, status=IntentStatus.CREATED.value,
+        metadata_=body.metadata)
+    session.add(intent)
+    await session.flush()
+    await session.refresh(intent)
+    event = await append_event(session, cause=f"{intent.id}:created",
+                               event_type="payment.created", intent=intent, transaction_id=None)
+    await session.flush()
+    deliveries = await plan_deliveries(session, [event])
+    if deliveries:
+        # Background tasks run once the answer is sent, so after the commit: a delivery never
+        # starts for an intent that is not there. Only when someone subscribed.
+        background.add_task(start_event_deliveries, temporal, state.settings, deliveries)
+    return payment_intent_out(intent, [])
 
 
 @router.get("", response_model=ListOf[PaymentIntentOut], summary="List your PaymentIntents")
@@ -119,65 +104,50 @@ OPERATION_RESPONSES = {
 @router.post("/{id}/capture", response_model=PaymentIntentOut, status_code=status.HTTP_200_OK,
              responses=OPERATION_RESPONSES,  # type: ignore[arg-type]
              summary="Capture an authorized PaymentIntent (all or part)")
-async def capture_payment_intent(intent: OwnedPaymentIntentDep, merchant: MerchantDep,
-                                 session: SessionDep, state: StateDep, temporal: TemporalDep,
-                                 idempotency_key: IdempotencyKeyDep,
-                                 body: PaymentIntentCapture | None = None) -> JSONResponse:
+async def capture_payment_intent(
+    intent: OwnedPaymentIntentDep, session: SessionDep, state: StateDep, response: Response,
+    idempotency_key: Annotated[str | None, idempotent(PaymentIntentCapture, optional=True)],
+    temporal: TemporalDep, body: PaymentIntentCapture | None = None,
+) -> PaymentIntentOut:
     """Captures `amountInCents` (default: everything authorized) of a `requires_capture`
     intent at the network; the rest of the authorization is released. Waits like a charge."""
     request = body or PaymentIntentCapture()
-    return await _operate(intent, merchant.id, session, state, temporal, idempotency_key,
-                          verb="capture", payload=request.model_dump(mode="json"),
-                          update=PaymentIntentWorkflow.capture,
-                          argument=CaptureInput(request.amount_in_cents))
+    sent = await send_operation(temporal, intent, state.settings, PaymentIntentWorkflow.capture,
+                                CaptureInput(request.amount_in_cents), verb="capture",
+                                idempotency_key=idempotency_key)
+    return await _operation_answer(session, intent.id, sent, response)
 
 
 @router.post("/{id}/cancel", response_model=PaymentIntentOut, status_code=status.HTTP_200_OK,
              responses=OPERATION_RESPONSES,  # type: ignore[arg-type]
              summary="Cancel a PaymentIntent (voids its authorization)")
-async def cancel_payment_intent(intent: OwnedPaymentIntentDep, merchant: MerchantDep,
-                                session: SessionDep, state: StateDep, temporal: TemporalDep,
-                                idempotency_key: IdempotencyKeyDep,
-                                body: PaymentIntentCancel | None = None) -> JSONResponse:
+async def cancel_payment_intent(
+    intent: OwnedPaymentIntentDep, session: SessionDep, state: StateDep, response: Response,
+    idempotency_key: Annotated[str | None, idempotent(PaymentIntentCancel, optional=True)],
+    temporal: TemporalDep, body: PaymentIntentCancel | None = None,
+) -> PaymentIntentOut:
     """An intent without a successful charge is canceled at once; an authorized one
     (`requires_capture`) is voided at the network first. After a capture: 409 (refund it)."""
     request = body or PaymentIntentCancel()
-    return await _operate(intent, merchant.id, session, state, temporal, idempotency_key,
-                          verb="cancel", payload=request.model_dump(mode="json"),
-                          update=PaymentIntentWorkflow.cancel,
-                          argument=CancelInput(request.cancellation_reason))
+    sent = await send_operation(temporal, intent, state.settings, PaymentIntentWorkflow.cancel,
+                                CancelInput(request.cancellation_reason), verb="cancel",
+                                idempotency_key=idempotency_key)
+    return await _operation_answer(session, intent.id, sent, response)
 
 
-async def _operate(intent: PaymentIntent, merchant_id: str, session: SessionDep,
-                   state: StateDep, temporal: Client, idempotency_key: str | None, *,
-                   verb: str, payload: object, update: object,
-                   argument: object) -> JSONResponse:
-    async def handle() -> tuple[int, dict[str, object]]:
-        sent = await send_operation(temporal, intent, state.settings, update, argument,
-                                    verb=verb, idempotency_key=idempotency_key)
-        return await _operation_response(session, intent.id, sent)
-
-    status_code, response = await idempotency.respond_once(
-        session, secret=state.settings.resolved_master_key(), merchant_id=merchant_id,
-        key=idempotency_key, endpoint=f"POST /payment-intents/{intent.id}/{verb}",
-        payload=payload, handle=handle)
-    return JSONResponse(response, status_code=status_code)
-
-
-async def _operation_response(session: SessionDep, intent_id: str,
-                              sent: SentUpdate) -> tuple[int, dict[str, object]]:
+async def _operation_answer(session: AsyncSession, intent_id: str, sent: SentUpdate,
+                            response: Response) -> PaymentIntentOut:
     """The PaymentIntent as it stands, with the status of this request's own transaction (a
-    cancel without an authorization has none): 202 while it is not settled."""
-    out = (await load_payment_intent_out(session, intent_id)).model_dump(mode="json",
-                                                                          by_alias=True)
-    result: OperationResult | None = sent.result
-    if result is None:
-        return 202, out
-    txn = None
-    if result.transaction_id is not None:
-        txn = (await session.exec(select(Transaction).where(
-            Transaction.id == result.transaction_id))).one()
-    return operation_answer(txn, out, holder="paymentIntent")
+    cancel without an authorization has none): 202 while it is not settled, 402 (raised)
+    when the network declined it."""
+    out = await load_payment_intent_out(session, intent_id)
+    if sent.result is None:
+        response.status_code = status.HTTP_202_ACCEPTED
+    else:
+        response.status_code, _ = operation_answer(
+            sent.result.transaction, out.model_dump(mode="json", by_alias=True),
+            holder="paymentIntent")
+    return out
 
 
 @router.get("/{id}/events", response_model=ListOf[EventOut],
@@ -201,19 +171,3 @@ async def _transactions_by_intent(session: SessionDep,
     for txn in rows:
         grouped.setdefault(txn.payment_intent_id, []).append(txn)
     return grouped
-
-
-# Starting the workflow here is an optimisation (the first charge starts it otherwise), so a
-# Temporal outage must not hold the merchant's 201 for the client's whole retry budget.
-WORKFLOW_START_WAIT_SECONDS = 2.0
-
-
-async def _start_workflow(temporal: Client, settings: Settings, intent: PaymentIntent) -> None:
-    try:
-        async with asyncio.timeout(WORKFLOW_START_WAIT_SECONDS):
-            await temporal.start_workflow(PaymentIntentWorkflow.run,
-                                          payment_workflow_input(intent, settings),
-                                          **payment_workflow_options(intent, settings))
-    except Exception as error:  # noqa: BLE001
-        # The intent is committed; its first charge starts the workflow (update-with-start).
-        log.warning("workflow start for %s deferred: %s", intent.id, type(error).__name__)

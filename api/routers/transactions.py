@@ -1,20 +1,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Response, status
 
-from api import idempotency
-from api.deps import (
-    IdempotencyKeyDep,
-    MerchantDep,
-    OwnedPaymentIntentDep,
-    SessionDep,
-    StateDep,
-    TemporalDep,
-)
+from api.deps import OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
 from api.errors import InvalidRequestError
+from api.idempotency import IdempotentRoute, idempotent
 from api.payment_workflow import (
     pending_transaction,
     send_operation,
@@ -23,13 +16,14 @@ from api.payment_workflow import (
 )
 from api.schemas.transactions import TransactionCreate, TransactionOut
 from core.cards import card_brand, card_problem
+from core.crypto import Cipher
 from core.db.tables import CardToken, PaymentIntent
 from core.domain import CardSummary, TransactionType, new_id
 from core.state_machine import can_start_charge
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import ChargeInput
 
-router = APIRouter(prefix="/payment-intents", tags=["transactions"])
+router = APIRouter(prefix="/payment-intents", tags=["transactions"], route_class=IdempotentRoute)
 
 CHARGE_RESPONSES = {
     202: {"description": "The network's answer is not known yet (transaction `timeout`), or the "
@@ -42,53 +36,57 @@ CHARGE_RESPONSES = {
 }
 
 
-@router.post("/{id}/transactions", response_model=TransactionOut,
-             status_code=status.HTTP_200_OK, responses=CHARGE_RESPONSES,  # type: ignore[arg-type]
-             summary="Charge a card on the PaymentIntent")
-async def create_transaction(body: TransactionCreate, intent: OwnedPaymentIntentDep,
-                             merchant: MerchantDep, session: SessionDep, state: StateDep,
-                             temporal: TemporalDep,
-                             idempotency_key: IdempotencyKeyDep) -> JSONResponse:
-    """Waits (about 10 s at most) for the card network's first answer.
-
-    The card is validated (Luhn, length, expiry, CVC) before anything is stored or sent; the
-    number is then kept only encrypted in the vault, and the workflow sees a token and last4.
-    """
+async def checked_charge(body: TransactionCreate) -> TransactionCreate:
+    """The card checked (Luhn, length, expiry, CVC) before anything is stored or sent, and
+    before the Idempotency-Key is claimed: a refused card is not an answer to store."""
     card = body.card
     problem = card_problem(number=card.number, exp_month=card.exp_month,
                            exp_year=card.exp_year, cvc=card.cvc, today=datetime.now(UTC).date())
     if problem is not None:
         raise InvalidRequestError(problem.code, problem.message, problem.param)
-
-    async def handle() -> tuple[int, dict[str, object]]:
-        # After the idempotency claim: a retry of an answered charge replays its answer.
-        if not can_start_charge(intent.status):
-            raise unexpected_state("charge", intent.status)
-        token = _tokenize(body, intent, state)
-        session.add(token)
-        await session.commit()
-        charge = ChargeInput(card_token_id=token.id, card=CardSummary(
-            brand=token.brand, last4=token.last4, exp_month=token.exp_month,
-            exp_year=token.exp_year))
-        sent = await send_operation(temporal, intent, state.settings,
-                                    PaymentIntentWorkflow.confirm_charge, charge,
-                                    verb="charge", idempotency_key=idempotency_key)
-        return await transaction_answer(session, sent, not_recorded_yet=pending_transaction(
-            sent.transaction_id, intent, TransactionType.CHARGE, intent.amount_in_cents,
-            card=token))
-
-    status_code, response = await idempotency.respond_once(
-        session, secret=state.settings.resolved_master_key(), merchant_id=merchant.id,
-        key=idempotency_key, endpoint=f"POST /payment-intents/{intent.id}/transactions",
-        payload=body.model_dump(mode="json"), handle=handle)
-    return JSONResponse(response, status_code=status_code)
+    return body
 
 
-def _tokenize(body: TransactionCreate, intent: PaymentIntent, state: StateDep) -> CardToken:
+@router.post("/{id}/transactions", response_model=TransactionOut,
+             status_code=status.HTTP_200_OK, responses=CHARGE_RESPONSES,  # type: ignore[arg-type]
+             summary="Charge a card on the PaymentIntent")
+async def create_transaction(
+    intent: OwnedPaymentIntentDep, body: Annotated[TransactionCreate, Depends(checked_charge)],
+    session: SessionDep, state: StateDep, response: Response,
+    idempotency_key: Annotated[str | None, idempotent(TransactionCreate, commit_claim=False)],
+    temporal: TemporalDep,
+) -> TransactionOut:
+    """Waits (about 10 s at most) for the card network's first answer.
+
+    The card is validated (Luhn, length, expiry, CVC) before anything is stored or sent; the
+    number is then kept only encrypted in the vault, and the workflow sees a token and last4.
+    """
+    # After the claim: a retry of an answered charge replays its answer.
+    if not can_start_charge(intent.status):
+        raise unexpected_state("charge", intent.status)
+    token = _tokenize(body, intent, state.cipher)
+    session.add(token)
+    # The only transaction before the Update: the vault token (the workflow reads it) and the
+    # Idempotency-Key's claim (`commit_claim=False`) commit together. Before the Update, which
+    # can take the whole wait: a request with the same key meanwhile sees the claim and gets
+    # 409 at once instead of waiting on its row lock.
+    await session.commit()
+    charge = ChargeInput(card_token_id=token.id, card=CardSummary(
+        brand=token.brand, last4=token.last4, exp_month=token.exp_month,
+        exp_year=token.exp_year))
+    sent = await send_operation(temporal, intent, state.settings,
+                                PaymentIntentWorkflow.confirm_charge, charge,
+                                verb="charge", idempotency_key=idempotency_key)
+    response.status_code, answer = transaction_answer(sent, not_recorded_yet=pending_transaction(
+        sent.transaction_id, intent, TransactionType.CHARGE, intent.amount_in_cents, card=token))
+    return answer
+
+
+def _tokenize(body: TransactionCreate, intent: PaymentIntent, cipher: Cipher) -> CardToken:
     token_id = new_id("card")
     number = body.card.number
     return CardToken(
         id=token_id, merchant_id=intent.merchant_id,
-        pan_ciphertext=state.cipher.encrypt(number.encode(), context=token_id),
+        pan_ciphertext=cipher.encrypt(number.encode(), context=token_id),
         brand=card_brand(number), last4=number[-4:], exp_month=body.card.exp_month,
         exp_year=body.card.exp_year)

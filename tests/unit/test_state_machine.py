@@ -10,6 +10,9 @@ from core.state_machine import (
     IntentAction,
     TransactionAction,
     can_start_charge,
+    holds_authorization,
+    is_final,
+    is_refundable,
     move_intent,
     move_transaction,
 )
@@ -68,3 +71,9 @@ def test_unknown_outcome_is_settled_only_by_the_network() -> None:
 def test_illegal_transition_names_the_state() -> None:
     with pytest.raises(IllegalTransition, match="canceled"):
         move_intent("canceled", IntentAction.CAPTURE)
+
+
+def test_status_predicates_follow_the_table() -> None:
+    assert {s for s in I if is_final(s)} == {I.CANCELED, I.REFUNDED}
+    assert {s for s in I if is_refundable(s)} == {I.SUCCEEDED, I.PARTIALLY_REFUNDED}
+    assert {s for s in I if holds_authorization(s)} == {I.REQUIRES_CAPTURE}

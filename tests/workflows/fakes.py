@@ -7,26 +7,33 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity
-from temporalio.client import WorkflowHandle
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowExecutionDescription,
+    WorkflowHandle,
+    WorkflowHistory,
+    WorkflowUpdateHandle,
+    WorkflowUpdateStage,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
 from activities.card_network import AuthorizeInput, NetworkAnswer, OperationRequest
 from activities.persistence import (
     ChargeAttempt,
-    ChargeOutcome,
     IntentCancellation,
-    IntentState,
     ManualReviewFlag,
     OperationAttempt,
-    OperationOutcome,
+    Outcome,
     OutcomeDiscrepancy,
+    PaymentSnapshot,
+    Recorded,
 )
-from activities.webhooks import DeliveryPlan, PlanInput
 from core import search_attributes
-from core.domain import CaptureMethod, CardSummary, NetworkOutcome
-from core.webhooks import WebhookSchedule
+from core.domain import CaptureMethod, CardSummary, NetworkOutcome, RecordedTransaction
 from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
 from workflows.payment_messages import ChargeInput, LifecyclePolicy, ReconcilePolicy
 
@@ -41,17 +48,22 @@ class FakeNetwork:
     status_answers: list[NetworkAnswer | Exception] = field(default_factory=list)
     calls: list[AuthorizeInput] = field(default_factory=list)
     status_queries: list[str] = field(default_factory=list)
-    outcomes: list[ChargeOutcome] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
     attempts: list[ChargeAttempt] = field(default_factory=list)
     review_flags: list[ManualReviewFlag] = field(default_factory=list)
-    webhook_plans: list[PlanInput] = field(default_factory=list)
+    # Webhook deliveries each record returns (one per event, as if one endpoint subscribed).
+    deliveries_per_event: int = 0
+    loads: list[str] = field(default_factory=list)
+    # What `load_payment` reports as the payment's success time (workflow time, unix seconds):
+    # tests set it, since an activity here cannot read the time-skipping server's clock.
+    succeeded_at: float | None = None
     status: str = "created"
     hold: asyncio.Event | None = None
     # Captures, voids and refunds: scripted answers (approved once they run out).
     operation_answers: list[NetworkAnswer | Exception] = field(default_factory=list)
     operations: list[tuple[str, OperationRequest]] = field(default_factory=list)
     operation_attempts: list[OperationAttempt] = field(default_factory=list)
-    operation_outcomes: list[OperationOutcome] = field(default_factory=list)
+    operation_outcomes: list[Outcome] = field(default_factory=list)
     received: int = 0
     refunded: int = 0
     discrepancies: list[OutcomeDiscrepancy] = field(default_factory=list)
@@ -63,12 +75,43 @@ class FakeNetwork:
     # Raised by record_charge_outcome (the database refusing a write), while not empty.
     outcome_refusals: list[Exception] = field(default_factory=list)
 
+    def _recorded(self, transaction_id: str | None, kind: str, txn_status: str, amount: int,
+                  *, event: bool, outcome: Outcome | None = None) -> Recorded:
+        txn = (None if transaction_id is None else RecordedTransaction(
+            transaction_id, kind, txn_status, amount,
+            decline_code=outcome.decline_code if outcome else None,
+            failure_code=outcome.failure_code if outcome else None,
+            reconciled=outcome.reconciled if outcome else False))
+        deliveries = ([f"whd_{uuid.uuid4().hex[:12]}" for _ in range(self.deliveries_per_event)]
+                      if event else [])
+        return Recorded(self.status, txn, deliveries)
+
     def activities(self) -> list[object]:
+        @activity.defn(name="load_payment")
+        async def load_payment(payment_intent_id: str) -> PaymentSnapshot:
+            self.loads.append(payment_intent_id)
+            charged = [a.transaction_id for a in self.attempts]
+            approved = [o.transaction_id for o in self.outcomes
+                        if o.outcome is NetworkOutcome.APPROVED]
+            captured = [o.transaction_id for o in self.operation_outcomes
+                        if o.outcome is NetworkOutcome.APPROVED and any(
+                            a.transaction_id == o.transaction_id and a.type.value == "capture"
+                            for a in self.operation_attempts)]
+            authorization = approved[-1] if approved and approved[-1] in charged else None
+            return PaymentSnapshot(
+                status=self.status, amount_received=self.received,
+                amount_refunded=self.refunded,
+                amount_capturable=2499 if self.status == "requires_capture" else 0,
+                authorization_reference=authorization,
+                payment_reference=(captured[-1] if captured else
+                                   authorization if self.received else None),
+                succeeded_at=self.succeeded_at)
+
         @activity.defn(name="record_charge_attempt")
-        async def record_charge_attempt(attempt: ChargeAttempt) -> IntentState:
+        async def record_charge_attempt(attempt: ChargeAttempt) -> Recorded:
             self.attempts.append(attempt)
             self.status = "processing"
-            return IntentState(self.status, "pending")
+            return self._recorded(attempt.transaction_id, "charge", "pending", 2499, event=True)
 
         @activity.defn(name="authorize_card")
         async def authorize_card(request: AuthorizeInput) -> NetworkAnswer:
@@ -97,14 +140,13 @@ class FakeNetwork:
         async def flag_for_manual_review(flag: ManualReviewFlag) -> None:
             self.review_flags.append(flag)
 
-        @activity.defn(name="plan_webhook_deliveries")
-        async def plan_webhook_deliveries(plan: PlanInput) -> DeliveryPlan:
-            self.webhook_plans.append(plan)  # no endpoints: nothing to deliver
-            return DeliveryPlan(deliveries=[], last_seq=plan.after_seq + 1,
-                                schedule=WebhookSchedule())
+        @activity.defn(name="record_outcome")
+        async def record_outcome(outcome: Outcome) -> Recorded:
+            if any(a.transaction_id == outcome.transaction_id for a in self.attempts):
+                return await record_charge_outcome(outcome)
+            return await record_operation_outcome(outcome)
 
-        @activity.defn(name="record_charge_outcome")
-        async def record_charge_outcome(outcome: ChargeOutcome) -> IntentState:
+        async def record_charge_outcome(outcome: Outcome) -> Recorded:
             if self.outcome_refusals:
                 raise self.outcome_refusals.pop(0)
             self.outcomes.append(outcome)
@@ -116,7 +158,9 @@ class FakeNetwork:
                 self.received = 0 if manual else 2499
             elif outcome.outcome is not NetworkOutcome.UNKNOWN:
                 self.status = "failed"
-            return IntentState(self.status, txn_status)
+            return self._recorded(outcome.transaction_id, "charge", txn_status, 2499,
+                                  event=outcome.outcome is not NetworkOutcome.UNKNOWN,
+                                  outcome=outcome)
 
         async def operate(kind: str, request: OperationRequest) -> NetworkAnswer:
             self.operations.append((kind, request))
@@ -139,65 +183,124 @@ class FakeNetwork:
             return await operate("refund", request)
 
         @activity.defn(name="record_operation_attempt")
-        async def record_operation_attempt(attempt: OperationAttempt) -> IntentState:
+        async def record_operation_attempt(attempt: OperationAttempt) -> Recorded:
             self.operation_attempts.append(attempt)
-            return IntentState(self.status, "pending")
+            return self._recorded(attempt.transaction_id, attempt.type.value, "pending",
+                                  attempt.amount_in_cents, event=False)
 
-        @activity.defn(name="record_operation_outcome")
-        async def record_operation_outcome(outcome: OperationOutcome) -> IntentState:
+        async def record_operation_outcome(outcome: Outcome) -> Recorded:
             if self.operation_outcome_hold is not None:
                 await self.operation_outcome_hold.wait()
             self.operation_outcomes.append(outcome)
             attempt = next(a for a in self.operation_attempts
                            if a.transaction_id == outcome.transaction_id)
+            kind, amount = attempt.type.value, attempt.amount_in_cents
             if outcome.outcome is NetworkOutcome.UNKNOWN:
-                return IntentState(self.status, "timeout")
+                return self._recorded(outcome.transaction_id, kind, "timeout", amount,
+                                      event=False, outcome=outcome)
             if outcome.outcome is not NetworkOutcome.APPROVED:
-                return IntentState(self.status, "failed")
-            if attempt.type.value == "capture":
-                self.status, self.received = "succeeded", attempt.amount_in_cents
-            elif attempt.type.value == "void":
+                return self._recorded(outcome.transaction_id, kind, "failed", amount,
+                                      event=False, outcome=outcome)
+            if kind == "capture":
+                self.status, self.received = "succeeded", amount
+            elif kind == "void":
                 self.status = "canceled"
             else:
-                self.refunded += attempt.amount_in_cents
+                self.refunded += amount
                 self.status = ("refunded" if self.refunded >= self.received
                                else "partially_refunded")
-            return IntentState(self.status, "succeeded", event_appended=True)
+            return self._recorded(outcome.transaction_id, kind, "succeeded", amount, event=True,
+                                  outcome=outcome)
 
         @activity.defn(name="record_outcome_discrepancy")
         async def record_outcome_discrepancy(found: OutcomeDiscrepancy) -> None:
             self.discrepancies.append(found)
 
         @activity.defn(name="cancel_payment_intent")
-        async def cancel_payment_intent(cancellation: IntentCancellation) -> IntentState:
+        async def cancel_payment_intent(cancellation: IntentCancellation) -> Recorded:
             self.status = "canceled"
-            return IntentState(self.status, "", event_appended=True)
+            return self._recorded(None, "", "", 0, event=True)
 
-        return [record_charge_attempt, authorize_card, query_charge_status,
-                record_charge_outcome, flag_for_manual_review, plan_webhook_deliveries,
-                capture_charge, void_authorization, refund_charge, record_operation_attempt,
-                record_operation_outcome, cancel_payment_intent, record_outcome_discrepancy]
+        return [load_payment, record_charge_attempt, authorize_card, query_charge_status,
+                record_outcome, flag_for_manual_review, capture_charge, void_authorization,
+                refund_charge, record_operation_attempt, cancel_payment_intent,
+                record_outcome_discrepancy]
 
 
-# Tests of charging alone end the run at `succeeded`, as before the lifecycle: no refund window.
-NO_REFUNDS = LifecyclePolicy(refund_window_seconds=0)
+@dataclass
+class PaymentHandle:
+    """A payment as the API drives it: every operation is an update-with-start, so it joins
+    the open run or opens a new one once the last has ended at rest. Reads go to the latest
+    run."""
+
+    env: WorkflowEnvironment
+    input: PaymentIntentInput
+    task_queue: str
+    runs: list[str] = field(default_factory=list)  # every run an operation opened or joined
+
+    @property
+    def id(self) -> str:
+        return self.input.payment_intent_id
+
+    def _start(self) -> WithStartWorkflowOperation[Any, Any]:
+        return WithStartWorkflowOperation(
+            PaymentIntentWorkflow.run, self.input, id=self.id, task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+
+    async def start_update(self, update: Any, argument: Any, *, id: str | None = None,
+                           wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
+                           ) -> WorkflowUpdateHandle[Any]:
+        start = self._start()
+        handle = await self.env.client.start_update_with_start_workflow(
+            update, argument, start_workflow_operation=start, wait_for_stage=wait_for_stage,
+            id=id)
+        run_id = (await start.workflow_handle()).result_run_id
+        if run_id is not None and run_id not in self.runs:
+            self.runs.append(run_id)
+        return handle
+
+    async def execute_update(self, update: Any, argument: Any, *, id: str | None = None) -> Any:
+        handle = await self.start_update(update, argument, id=id)
+        return await handle.result()
+
+    def latest(self) -> WorkflowHandle[Any, Any]:
+        return self.env.client.get_workflow_handle(self.id)
+
+    async def result(self) -> Any:
+        """The latest run's result (following its continue-as-new chain)."""
+        run_id = (await self.describe()).run_id
+        handle = self.env.client.get_workflow_handle_for(PaymentIntentWorkflow.run, self.id,
+                                                         run_id=run_id)
+        # As the time-skipping env does for handles of workflows it started itself: skip time
+        # while waiting for the result.
+        async with self.env.time_skipping_unlocked():  # type: ignore[attr-defined]
+            return await handle.result()
+
+    async def describe(self) -> WorkflowExecutionDescription:
+        return await self.latest().describe()
+
+    async def fetch_history(self) -> WorkflowHistory:
+        return await self.latest().fetch_history()
+
+    async def query(self, query: Any) -> Any:
+        return await self.latest().query(query)
 
 
 async def start_payment(env: WorkflowEnvironment, task_queue: str, *,
                         reconcile: ReconcilePolicy | None = None,
-                        lifecycle: LifecyclePolicy = NO_REFUNDS,
+                        lifecycle: LifecyclePolicy | None = None,
                         capture_method: CaptureMethod = CaptureMethod.AUTOMATIC,
-                        max_history_events: int = 10_000) -> WorkflowHandle:
+                        max_history_events: int = 10_000) -> PaymentHandle:
+    """A new payment; its first operation opens its first run."""
     intent_id = f"pi_{uuid.uuid4().hex[:12]}"
-    return await env.client.start_workflow(
-        PaymentIntentWorkflow.run,
-        PaymentIntentInput(intent_id, "mer_1", 2499, "usd", capture_method,
-                           reconcile=reconcile or ReconcilePolicy(), lifecycle=lifecycle,
-                           max_history_events=max_history_events),
-        id=intent_id, task_queue=task_queue)
+    return PaymentHandle(env, PaymentIntentInput(
+        intent_id, "mer_1", 2499, "usd", capture_method,
+        reconcile=reconcile or ReconcilePolicy(), lifecycle=lifecycle or LifecyclePolicy(),
+        max_history_events=max_history_events), task_queue)
 
 
-async def in_review(handle: WorkflowHandle) -> bool:
+async def in_review(handle: WorkflowHandle | PaymentHandle) -> bool:
     """Whether the payment shows as in manual review in the Web UI (its search attribute)."""
     attributes = (await handle.describe()).typed_search_attributes
     return attributes.get(search_attributes.MANUAL_REVIEW) is True
@@ -214,7 +317,7 @@ async def wait_until(env: WorkflowEnvironment, predicate: Callable[[], Awaitable
     raise AssertionError("condition never became true")
 
 
-async def run_time(handle: WorkflowHandle) -> timedelta:
+async def run_time(handle: WorkflowHandle | PaymentHandle) -> timedelta:
     """Workflow time from the run's start to its end, read from its history."""
     events = (await handle.fetch_history()).events
     return events[-1].event_time.ToDatetime() - events[0].event_time.ToDatetime()

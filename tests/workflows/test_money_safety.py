@@ -24,7 +24,7 @@ from tests.workflows.fakes import (
     start_payment,
     wait_until,
 )
-from workflows.payment_intent import EXPIRY_VOID_MAX_FAILURES, PaymentIntentWorkflow
+from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import (
     CancelInput,
     CaptureInput,
@@ -33,6 +33,7 @@ from workflows.payment_messages import (
     ReconcilePolicy,
     RefundInput,
 )
+from workflows.payment_state import EXPIRY_VOID_MAX_FAILURES
 
 APPROVED = NetworkAnswer(NetworkOutcome.APPROVED)
 DECLINED = NetworkAnswer(NetworkOutcome.DECLINED, "generic_decline")
@@ -210,12 +211,16 @@ async def test_a_capture_cannot_slip_past_a_void_being_settled(env: WorkflowEnvi
         assert voided.transaction_status == "timeout"
         network.operation_outcome_hold = held  # the void's settling stops half-way
         await wait_until(env, lambda: _queried(network, 1), step=1)
-        with pytest.raises(WorkflowUpdateFailedError) as blocked:
-            # Bounded: a capture let through would wait on the held settling for ever.
-            await asyncio.wait_for(
-                handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput()), 15)
-        assert blocked.value.cause.type == ErrorType.ATTEMPT_IN_FLIGHT  # type: ignore[union-attr]
+        # Sent while the void is half-settled: it can only be refused, once the void is
+        # settled (the database write holds the workflow task) or as in flight.
+        capture = asyncio.create_task(
+            handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput()))
+        await asyncio.sleep(1)
         held.set()
+        with pytest.raises(WorkflowUpdateFailedError) as blocked:
+            await asyncio.wait_for(capture, 30)
+        assert blocked.value.cause.type in (  # type: ignore[union-attr]
+            ErrorType.ATTEMPT_IN_FLIGHT, ErrorType.ILLEGAL_TRANSITION)
         assert (await handle.result()).status is IntentStatus.CANCELED
     assert [kind for kind, _ in network.operations] == ["void"]
 
@@ -282,12 +287,13 @@ async def test_the_expiry_clock_starts_when_the_network_authorized(
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
                                      lifecycle=LifecyclePolicy(authorization_expiry_seconds=86_400))
+        await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         started = (await handle.describe()).start_time
         assert started is not None
         # Reconciled 43 minutes after the network authorized (its clock: the run's start).
+        # No time passes before this: the server skips time only while the test waits.
         network.status_answers[:] = [UNKNOWN] * 15 + [NetworkAnswer(
             NetworkOutcome.APPROVED, network_time=started.timestamp())]
-        await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         assert (await handle.result()).status is IntentStatus.CANCELED
         waited = await run_time(handle)
     assert timedelta(days=1) <= waited < timedelta(days=1, minutes=10)

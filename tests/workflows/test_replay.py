@@ -1,15 +1,11 @@
 """Replay saved histories against today's workflow code: a change that would break a running
 payment (non-determinism) fails here, before it reaches a worker.
 
-`histories/v1_*.json` were recorded from the first PaymentIntentWorkflow (before search
-attribute upserts, manual review and webhook fan-out, all behind `workflow.patched`);
-`v2_*.json` from the version with those (webhook plans, search attributes, a manual review);
-`v3_*.json` from the payment lifecycle (manual capture with an unknown answer reconciled,
-refunds, authorization expiry, the refund window), recorded with tests/workflows/fakes.py;
-`v4_*.json` from the money-safety version (an unexpected error reconciled, a verdict the network
-refuses, an expiry void declined until a review), recorded by `record_histories.py`.
-Record a new set (`python -m tests.workflows.record_histories vN`) before each change to the
-workflow's commands.
+`histories/baseline_*.json` were recorded by `record_histories.py` from the lean workflow that
+retired the pre-release patches (nothing had been released: no run of an older version exists
+anywhere). One file per run: a payment whose runs end at rest has several. From this baseline
+on, a change to the workflow's commands goes behind `workflow.patched` and comes with a new set
+(`python -m tests.workflows.record_histories vN`) recorded before the change.
 """
 
 from __future__ import annotations
@@ -55,3 +51,4 @@ async def test_current_code_replays_its_own_history(env: WorkflowEnvironment) ->
 
 def test_histories_are_present() -> None:
     assert len(HISTORIES) >= 11  # a glob that matched nothing must not pass silently
+    assert any(p.name.startswith("baseline_") for p in HISTORIES)

@@ -107,8 +107,8 @@ async def test_long_reconciliation_continues_as_new_with_its_state(
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, max_history_events=60)
-        first_run = (await handle.describe()).run_id
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
+        first_run = handle.runs[0]
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
         first_history = await env.client.get_workflow_handle(
             handle.id, run_id=first_run).fetch_history()

@@ -1,10 +1,11 @@
-"""WebhookDeliveryWorkflow and the fan-out on the time-skipping server, activities mocked."""
+"""WebhookDeliveryWorkflow and starting deliveries on the time-skipping server, activities
+mocked."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from temporalio import activity, workflow
 from temporalio.testing import WorkflowEnvironment
@@ -15,10 +16,7 @@ with workflow.unsafe.imports_passed_through():
         AttemptInput,
         AttemptOutcome,
         AttemptResult,
-        DeliveryPlan,
         FailInput,
-        PlanInput,
-        PlannedDelivery,
     )
     from core.webhooks import WebhookSchedule
     from tests.workflows.conftest import new_worker
@@ -27,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         WebhookDeliveryResult,
         WebhookDeliveryWorkflow,
     )
-    from workflows.webhook_fanout import dispatch_webhooks
+    from workflows.webhook_fanout import start_deliveries
 
 SCHEDULE = WebhookSchedule()  # production timings: 5 s, 25 s, 125 s … 1 h, for 3 days
 
@@ -129,34 +127,26 @@ async def test_retry_after_beyond_the_horizon_fails_at_the_horizon(
 
 @dataclass
 class FanoutInput:
-    payment_intent_id: str
-    after_seq: int
+    delivery_ids: list[str]
 
 
 @workflow.defn
 class FanoutParentWorkflow:
-    """Stands in for PaymentIntentWorkflow: dispatches twice, then ends (children go on)."""
+    """Stands in for PaymentIntentWorkflow: starts the deliveries twice, then ends (the
+    children go on)."""
 
     @workflow.run
-    async def run(self, input: FanoutInput) -> list[int]:
-        first = await dispatch_webhooks(input.payment_intent_id, input.after_seq)
-        # The same events again (a caller that lost its seq): no second delivery starts.
-        again = await dispatch_webhooks(input.payment_intent_id, input.after_seq)
-        return [first, again]
+    async def run(self, input: FanoutInput) -> None:
+        await start_deliveries(input.delivery_ids, SCHEDULE)
+        # The same deliveries again (a replayed record returns them again): none starts twice.
+        await start_deliveries(input.delivery_ids, SCHEDULE)
 
 
-async def test_dispatch_starts_one_child_per_delivery_that_outlives_the_parent(
+async def test_start_deliveries_starts_one_child_each_that_outlives_the_parent(
         env: WorkflowEnvironment) -> None:
     suffix = uuid.uuid4().hex[:8]
-    plan = DeliveryPlan([PlannedDelivery(f"whd_a{suffix}", "evt_1", "we_1"),
-                         PlannedDelivery(f"whd_b{suffix}", "evt_2", "we_1")], 7, SCHEDULE)
-    plans: list[PlanInput] = []
+    deliveries = [f"whd_a{suffix}", f"whd_b{suffix}"]
     delivered: list[str] = []
-
-    @activity.defn(name="plan_webhook_deliveries")
-    async def plan_webhook_deliveries(request: PlanInput) -> DeliveryPlan:
-        plans.append(request)
-        return plan
 
     @activity.defn(name="deliver_webhook")
     async def deliver_webhook(attempt: AttemptInput) -> AttemptOutcome:
@@ -169,29 +159,13 @@ async def test_dispatch_starts_one_child_per_delivery_that_outlives_the_parent(
         raise AssertionError("no delivery should fail")
 
     async with new_worker(env.client, FanoutParentWorkflow, WebhookDeliveryWorkflow,
-                          activities=[plan_webhook_deliveries, deliver_webhook,
-                                      fail_webhook_delivery]) as worker:
-        seqs = await env.client.execute_workflow(
-            FanoutParentWorkflow.run, FanoutInput("pi_1", 3), id=f"pi_{suffix}",
+                          activities=[deliver_webhook, fail_webhook_delivery]) as worker:
+        await env.client.execute_workflow(
+            FanoutParentWorkflow.run, FanoutInput(deliveries), id=f"pi_{suffix}",
             task_queue=worker.task_queue)
-        assert seqs == [7, 7]
-        assert plans == [PlanInput("pi_1", 3), PlanInput("pi_1", 3)]
-        for delivery in plan.deliveries:
+        for delivery_id in deliveries:
             handle = env.client.get_workflow_handle_for(WebhookDeliveryWorkflow.run,
-                                                        delivery.delivery_id)
+                                                        delivery_id)
             result = await handle.result()
             assert result == WebhookDeliveryResult(delivered=True, attempts=2)
     assert sorted(delivered) == sorted([f"whd_a{suffix}"] * 2 + [f"whd_b{suffix}"] * 2)
-
-
-async def test_dispatch_with_nothing_new_returns_after_seq(env: WorkflowEnvironment) -> None:
-    @activity.defn(name="plan_webhook_deliveries")
-    async def plan_webhook_deliveries(request: PlanInput) -> DeliveryPlan:
-        return DeliveryPlan([], request.after_seq, SCHEDULE)
-
-    async with new_worker(env.client, FanoutParentWorkflow,
-                          activities=[plan_webhook_deliveries]) as worker:
-        seqs = await env.client.execute_workflow(
-            FanoutParentWorkflow.run, FanoutInput("pi_2", 12), id=f"pi_{uuid.uuid4().hex}",
-            task_queue=worker.task_queue, execution_timeout=timedelta(minutes=1))
-    assert seqs == [12, 12]
