@@ -46,8 +46,8 @@ from core.errors import ErrorType
 from core.settings import Settings
 from core.state_machine import is_final
 from core.webhooks import schedule_from
-from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
-from workflows.payment_messages import LifecyclePolicy, ReconcilePolicy
+from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_messages import LifecyclePolicy, PaymentIntentInput, ReconcilePolicy
 
 
 def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> PaymentIntentInput:

@@ -6,19 +6,21 @@ are part of every saved history: add fields with defaults at the end, never rena
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from core.domain import (
         CancellationReason,
+        CaptureMethod,
         CardSummary,
         IntentStatus,
         NetworkOutcome,
         RecordedTransaction,
         TransactionType,
     )
+    from core.webhooks import WebhookSchedule
 
 
 # ---- policies (part of PaymentIntentInput) ----------------------------------------------------
@@ -155,3 +157,25 @@ class ManualReviewResolution:
 
     outcome: NetworkOutcome  # APPROVED (the network charged) or FAILED (it did not)
     note: str
+
+
+# ---- the workflow's input and result -----------------------------------------------------------
+@dataclass
+class PaymentIntentInput:
+    payment_intent_id: str
+    merchant_id: str
+    amount_in_cents: int
+    currency: str
+    capture_method: CaptureMethod
+    reconcile: ReconcilePolicy = field(default_factory=ReconcilePolicy)
+    lifecycle: LifecyclePolicy = field(default_factory=LifecyclePolicy)
+    webhooks: WebhookSchedule = field(default_factory=WebhookSchedule)
+    # Past this many history events the run continues as new, carrying its state, so a payment
+    # reconciled for days never grows an unbounded history.
+    max_history_events: int = 10_000
+    carried: CarriedState | None = None
+
+
+@dataclass
+class PaymentIntentResult:
+    status: IntentStatus

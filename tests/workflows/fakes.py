@@ -34,8 +34,13 @@ from activities.persistence import (
 )
 from core import search_attributes
 from core.domain import CaptureMethod, CardSummary, NetworkOutcome, RecordedTransaction
-from workflows.payment_intent import PaymentIntentInput, PaymentIntentWorkflow
-from workflows.payment_messages import ChargeInput, LifecyclePolicy, ReconcilePolicy
+from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_messages import (
+    ChargeInput,
+    LifecyclePolicy,
+    PaymentIntentInput,
+    ReconcilePolicy,
+)
 
 CARD = ChargeInput(card_token_id="card_1", card=CardSummary("visa", "4242", 12, 2030))
 
