@@ -24,10 +24,12 @@ from typing import Any
 
 from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.db.session import create_engine, session_factory
 from core.db.tables import PaymentIntent, Transaction
 from core.domain import NetworkOutcome, rfc3339
+from core.errors import ErrorType
 from core.reconciliation import UNKNOWN_STATUSES
 from core.settings import Settings
 from core.temporal_client import connect_temporal
@@ -116,6 +118,14 @@ async def resolve_review(settings: Settings, payment_intent_id: str, outcome: Ne
                                              ManualReviewResolution(outcome, note))
     except WorkflowUpdateFailedError as error:
         print(f"durapay review: refused: {error.cause}")
+        return 1
+    except RPCError as error:
+        if error.status is not RPCStatusCode.NOT_FOUND:
+            raise
+        # No open run: the payment is at rest (its runs end once nothing is left to watch) or
+        # was never operated on. Either way nothing waits for a verdict.
+        print(f"durapay review: refused: {ErrorType.ILLEGAL_TRANSITION}: this payment is not "
+              "waiting for a manual review")
         return 1
     print(f"{payment_intent_id}: review resolved as {outcome.value}; payment is now {status}")
     return 0

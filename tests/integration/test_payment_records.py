@@ -13,8 +13,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.exceptions import ApplicationError
 
 from activities.persistence import (
-    ChargeOutcome,
     OperationAttempt,
+    Outcome,
     OutcomeDiscrepancy,
     PaymentRecordActivities,
 )
@@ -40,7 +40,7 @@ async def test_an_outcome_for_a_transaction_never_recorded_is_refused_for_good(
         records: PaymentRecordActivities, durapay: DurapayClient) -> None:
     intent = await create_intent(durapay)
     with pytest.raises(ApplicationError) as refused:
-        await records.record_charge_outcome(ChargeOutcome(
+        await records.record_outcome(Outcome(
             intent["id"], "txn_never_recorded_000000", NetworkOutcome.APPROVED))
     assert (refused.value.type, refused.value.non_retryable) == (ErrorType.RECORD_REFUSED, True)
 
@@ -53,7 +53,7 @@ async def test_an_illegal_state_change_is_refused_for_good(
     txn = response.json()
     # A charge that succeeded cannot be declined afterwards: the state machine refuses.
     with pytest.raises(ApplicationError) as refused:
-        await records.record_charge_outcome(ChargeOutcome(
+        await records.record_outcome(Outcome(
             intent["id"], txn["id"], NetworkOutcome.UNKNOWN))
     assert (refused.value.type, refused.value.non_retryable) == (ErrorType.RECORD_REFUSED, True)
     # A refund bigger than what was received is refused before anything is sent.
@@ -82,6 +82,19 @@ async def test_a_contradicting_late_answer_opens_one_discrepancy(
         "SELECT count(*) FROM event WHERE type = 'reconciliation.discrepancy' "
         "AND transaction_id = $1", txn["id"])
     assert events == 1
+
+
+async def test_a_settled_payment_loads_as_the_database_knows_it(
+        records: PaymentRecordActivities, durapay: DurapayClient) -> None:
+    """What a run opened for a refund reads first (`load_payment`)."""
+    intent = await create_intent(durapay)
+    txn = (await charge(durapay, intent["id"], CARD_4242)).json()
+    snapshot = await records.load_payment(intent["id"])
+    assert (snapshot.status, snapshot.amount_received, snapshot.amount_refunded) == (
+        "succeeded", intent["amountInCents"], 0)
+    assert snapshot.authorization_reference == snapshot.payment_reference == txn["id"]
+    assert snapshot.succeeded_at is not None and snapshot.unsettled is None
+    assert not snapshot.in_manual_review
 
 
 def card_declined() -> dict[str, object]:

@@ -32,7 +32,6 @@ from tests.integration.conftest import CARD_4242, create_intent
 from tests.integration.helpers import assert_eventually, own_stack, signed_merchant
 from tests.integration.webhook_receiver import Answer, WebhookReceiver
 from tests.stack import RunningStack, free_port
-from tests.workflows.test_webhook_delivery_workflow import FanoutInput, FanoutParentWorkflow
 from workflows.webhook_delivery import (
     WebhookDeliveryInput,
     WebhookDeliveryResult,
@@ -48,10 +47,6 @@ WEBHOOK_ENV = {
     "DURAPAY_WEBHOOK_TIMEOUT_SECONDS": "3",
 }
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
-WIRED = "dispatch_webhooks" in (Path(__file__).parents[2] / "workflows" /
-                                "payment_intent.py").read_text()
-needs_fanout = pytest.mark.skipif(not WIRED, reason="PaymentIntentWorkflow does not call "
-                                                    "dispatch_webhooks yet")
 
 
 # ---- fixtures: our own stack (short backoff), a receiver, merchants ------------------------------
@@ -288,7 +283,7 @@ async def test_redeliver_is_idempotent_per_key_and_keeps_the_event_id(
     assert [d["endpointId"] for d in first] == [endpoint["id"]]
     fresh = await _redeliver(shop, event["id"])
     assert fresh[0]["id"] != first[0]["id"]
-    expected = 2 + (1 if WIRED else 0)  # with the fan-out wired, the original delivery too
+    expected = 3  # the two redeliveries and the original delivery
     got = await _received(receiver, path, expected)
     await asyncio.sleep(1.0)
     assert len(receiver.at(path)) == expected
@@ -376,7 +371,6 @@ async def test_worker_sigkill_during_the_backoff_still_delivers(
     assert restarted != worker_pid
 
 
-@needs_fanout
 async def test_a_payment_is_delivered_signed_and_filtered(shop: DurapayClient,
                                                           receiver: WebhookReceiver) -> None:
     every, succeeded_only = _path(), _path()
@@ -448,10 +442,10 @@ async def test_three_days_of_failures_fail_the_delivery_and_disable_the_endpoint
     assert [e["type"] for e in events] == ["webhook_endpoint.disabled"]
 
 
-async def test_dispatch_plans_one_delivery_per_subscribed_endpoint(
-        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
-        wh_db: asyncpg.Pool) -> None:
-    """`dispatch_webhooks` from a stand-in parent, with the real activities on the stack's DB."""
+async def test_an_event_plans_one_delivery_per_subscribed_endpoint(
+        shop: DurapayClient, receiver: WebhookReceiver, wh_db: asyncpg.Pool) -> None:
+    """The transaction that appends an event plans its deliveries (`core/db/deliveries.py`):
+    one per enabled endpoint subscribed to its type; the API starts `payment.created`'s."""
     every, succeeded_only, switched_off = _path(), _path(), _path()
     all_events = await _endpoint(shop, receiver.url(every), ["*"])
     await _endpoint(shop, receiver.url(succeeded_only), ["payment.succeeded"])
@@ -459,33 +453,12 @@ async def test_dispatch_plans_one_delivery_per_subscribed_endpoint(
     await shop.post(f"/webhook-endpoints/{off['id']}", {"status": "disabled"})
     intent = await create_intent(shop)
     event = await _created_event(shop, intent["id"])
-    seq = await wh_db.fetchval("SELECT seq FROM event WHERE id = $1", event["id"])
-
-    settings = Settings(home=wh_stack.home, webhook_allow_private_networks=True)
-    engine = create_engine(to_asyncpg_url(wh_stack.database_url), pool_size=2)
-    try:
-        async with await WorkflowEnvironment.start_time_skipping(
-                test_server_existing_path=str(TEST_SERVER)) as env, new_http_client() as http:
-            webhooks = WebhookActivities(http=http, sessions=session_factory(engine),
-                                         cipher=Cipher(settings.resolved_master_key()),
-                                         settings=settings)
-            queue = f"tq-{uuid.uuid4()}"
-            async with Worker(env.client, task_queue=queue,
-                              workflows=[FanoutParentWorkflow, WebhookDeliveryWorkflow],
-                              activities=[webhooks.plan_webhook_deliveries,
-                                          webhooks.deliver_webhook,
-                                          webhooks.fail_webhook_delivery]):
-                seqs = await env.client.execute_workflow(
-                    FanoutParentWorkflow.run, FanoutInput(intent["id"], 0),
-                    id=f"parent-{uuid.uuid4().hex}", task_queue=queue)
-                assert seqs == [seq, seq]
-                [request] = await _received(receiver, every, 1)
-    finally:
-        await engine.dispose()
+    [request] = await _received(receiver, every, 1)
     assert request.verify(all_events["secret"])["id"] == event["id"]
     rows = await wh_db.fetch("SELECT endpoint_id, origin FROM webhook_delivery "
                              "WHERE event_id = $1", event["id"])
     assert [(r["endpoint_id"], r["origin"]) for r in rows] == [(all_events["id"], "event")]
+    await asyncio.sleep(1.0)
     assert receiver.at(succeeded_only) == [] and receiver.at(switched_off) == []
 
 
