@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     master_key: str | None = None
     workers: int = 1
+    # Production workers run workflow code outside Temporal's sandbox: the sandbox re-imports
+    # and recompiles the workflow's modules for every run, which `make bench` measured as the
+    # largest single cost of a charge in the worker. Determinism is still checked under the
+    # sandbox by every workflow and replay test; set true to run it in production too.
+    workflow_sandbox: bool = False
     task_queue: str = "durapay-payments"
     temporal_namespace: str = "default"
     database_url: str | None = Field(

@@ -12,7 +12,8 @@ import signal
 from datetime import timedelta
 
 import httpx
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.card_network import CardNetworkActivities
 from activities.persistence import PaymentRecordActivities
@@ -69,6 +70,8 @@ async def run_worker() -> None:
                 reconciliation.reconcile_window,
             ],
             graceful_shutdown_timeout=timedelta(seconds=10),
+            workflow_runner=(SandboxedWorkflowRunner() if settings.workflow_sandbox
+                             else UnsandboxedWorkflowRunner()),
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

