@@ -94,14 +94,12 @@ class ChargeInput:
     card: CardSummary
 
 
-@dataclass
-class ChargeResult:
-    """The charge as recorded: the API answers with it without reading it again."""
+class TransactionShortcuts:
+    """Read-only shortcuts to a result's transaction (properties, not fields: nothing changes
+    on the wire)."""
 
-    intent_status: IntentStatus
-    transaction: RecordedTransaction
+    transaction: RecordedTransaction | None
 
-    # Read-only shortcuts (properties are not fields: nothing changes on the wire).
     @property
     def transaction_id(self) -> str | None:
         return self.transaction.id if self.transaction is not None else None
@@ -113,6 +111,14 @@ class ChargeResult:
     @property
     def decline_code(self) -> str | None:
         return self.transaction.decline_code if self.transaction is not None else None
+
+
+@dataclass
+class ChargeResult(TransactionShortcuts):
+    """The charge as recorded: the API answers with it without reading it again."""
+
+    intent_status: IntentStatus
+    transaction: RecordedTransaction
 
 
 @dataclass
@@ -131,24 +137,11 @@ class RefundInput:
 
 
 @dataclass
-class OperationResult:
+class OperationResult(TransactionShortcuts):
     """The answer to a capture, cancel or refund; no transaction for a cancel without a void."""
 
     intent_status: IntentStatus
     transaction: RecordedTransaction | None = None
-
-    # Read-only shortcuts (properties are not fields: nothing changes on the wire).
-    @property
-    def transaction_id(self) -> str | None:
-        return self.transaction.id if self.transaction is not None else None
-
-    @property
-    def transaction_status(self) -> str | None:
-        return self.transaction.status if self.transaction is not None else None
-
-    @property
-    def decline_code(self) -> str | None:
-        return self.transaction.decline_code if self.transaction is not None else None
 
 
 @dataclass
