@@ -20,10 +20,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.db.deliveries import events_by_id, plan_deliveries
+from core.db.deliveries import plan_deliveries
 from core.db.discrepancies import open_discrepancy
 from core.db.queries import (
     close_manual_review,
+    event_exists,
     event_id_for,
     lock_intent,
     lock_transaction,
@@ -197,9 +198,8 @@ class PaymentRecordActivities:
             cause = f"{attempt.transaction_id}:start"
             existing = await lock_transaction(session, attempt.transaction_id)
             if existing is not None:
-                events = await events_by_id(session, [event_id_for(cause)])
-                return Recorded(intent.status, _view(existing),
-                                await plan_deliveries(session, events))
+                return Recorded(intent.status, _view(existing), await plan_deliveries(
+                    session, intent.merchant_id, [event_id_for(cause)]))
             txn = Transaction(
                 id=attempt.transaction_id, merchant_id=intent.merchant_id,
                 payment_intent_id=intent.id, type=TransactionType.CHARGE.value,
@@ -213,12 +213,12 @@ class PaymentRecordActivities:
             await session.flush()
             # The first attempt also names `payment.created`'s deliveries, which the API starts:
             # if it could not (a Temporal outage), they start now; started ones are not redone.
-            events = (await events_by_id(session, [event_id_for(f"{intent.id}:created")])
+            events = ([event_id_for(f"{intent.id}:created")]
                       if intent.status == IntentStatus.CREATED.value else [])
-            events.append(await transition_intent(
-                session, intent, IntentAction.START_ATTEMPT, cause=cause,
-                transaction_id=attempt.transaction_id))
-            return Recorded(intent.status, _view(txn), await plan_deliveries(session, events))
+            await transition_intent(session, intent, IntentAction.START_ATTEMPT, cause=cause,
+                                    transaction_id=attempt.transaction_id)
+            return Recorded(intent.status, _view(txn), await plan_deliveries(
+                session, intent.merchant_id, [*events, event_id_for(cause)]))
 
     @activity.defn
     @refusals_are_final
@@ -261,31 +261,11 @@ class PaymentRecordActivities:
             if txn is None:
                 raise LookupError(f"transaction {result.transaction_id} was never recorded")
             cause = f"{txn.id}:{result.outcome.value}"
-            if _already_applied(txn, result):  # a retry after the commit: the same answer
-                events = await events_by_id(session, [event_id_for(cause)])
-                return Recorded(intent.status, _view(txn), await plan_deliveries(session, events))
-            events = []
-            if result.outcome is NetworkOutcome.UNKNOWN:
-                await transition_transaction(session, txn, TransactionAction.LOSE_ANSWER)
-            elif result.outcome is NetworkOutcome.APPROVED:
-                await transition_transaction(session, txn, TransactionAction.SUCCEED,
-                                             {"reconciled": result.reconciled})
-                action, changes = _approved_move(intent, txn, result)
-                events.append(await transition_intent(session, intent, action, cause=cause,
-                                                      transaction_id=txn.id, changes=changes))
-            else:
-                await transition_transaction(session, txn, TransactionAction.FAIL, {
-                    "decline_code": result.decline_code, "failure_code": result.failure_code,
-                    "reconciled": result.reconciled})
-                if txn.type == TransactionType.CHARGE.value:
-                    events.append(await transition_intent(
-                        session, intent, IntentAction.ATTEMPT_FAILED, cause=cause,
-                        transaction_id=txn.id, changes={"last_error": _last_error(result)}))
-                # A failed capture/void/refund leaves the intent where it was: the
-                # authorization or the money stays as it was.
-            if result.outcome is not NetworkOutcome.UNKNOWN:
-                await close_manual_review(session, intent.id)
-            return Recorded(intent.status, _view(txn), await plan_deliveries(session, events))
+            if not _already_applied(txn, result):  # else a retry after the commit
+                await _apply_outcome(session, intent, txn, result, cause=cause)
+            # The event of this outcome, if it appended one (a retry finds it the same way).
+            return Recorded(intent.status, _view(txn), await plan_deliveries(
+                session, intent.merchant_id, [event_id_for(cause)]))
 
     @activity.defn
     @refusals_are_final
@@ -294,12 +274,12 @@ class PaymentRecordActivities:
         async with self._sessions() as session, session.begin():
             intent = await lock_intent(session, cancellation.payment_intent_id)
             cause = f"{intent.id}:cancel"
-            events = await events_by_id(session, [event_id_for(cause)])
-            if not events:
-                events = [await transition_intent(
+            if not await event_exists(session, event_id_for(cause)):  # else a retry
+                await transition_intent(
                     session, intent, IntentAction.CANCEL, cause=cause, transaction_id=None,
-                    changes={"cancellation_reason": cancellation.reason})]
-            return Recorded(intent.status, None, await plan_deliveries(session, events))
+                    changes={"cancellation_reason": cancellation.reason})
+            return Recorded(intent.status, None, await plan_deliveries(
+                session, intent.merchant_id, [event_id_for(cause)]))
 
     @activity.defn
     async def load_payment(self, payment_intent_id: str) -> PaymentSnapshot:
@@ -345,6 +325,31 @@ class PaymentRecordActivities:
                 payment_intent_id=txn.payment_intent_id, transaction_id=txn.id,
                 detail={"recorded": found.recorded.value, "network": found.network.value,
                         "transactionStatus": txn.status})
+
+
+async def _apply_outcome(session: AsyncSession, intent: PaymentIntent, txn: Transaction,
+                         result: Outcome, *, cause: str) -> None:
+    """Move the transaction and, where the answer moves it, the intent with its event."""
+    if result.outcome is NetworkOutcome.UNKNOWN:
+        await transition_transaction(session, txn, TransactionAction.LOSE_ANSWER)
+        return
+    if result.outcome is NetworkOutcome.APPROVED:
+        await transition_transaction(session, txn, TransactionAction.SUCCEED,
+                                     {"reconciled": result.reconciled})
+        action, changes = _approved_move(intent, txn, result)
+        await transition_intent(session, intent, action, cause=cause, transaction_id=txn.id,
+                                changes=changes)
+    else:
+        await transition_transaction(session, txn, TransactionAction.FAIL, {
+            "decline_code": result.decline_code, "failure_code": result.failure_code,
+            "reconciled": result.reconciled})
+        # A failed capture/void/refund leaves the intent where it was: the authorization or
+        # the money stays as it was. A failed charge fails the attempt.
+        if txn.type == TransactionType.CHARGE.value:
+            await transition_intent(session, intent, IntentAction.ATTEMPT_FAILED, cause=cause,
+                                    transaction_id=txn.id,
+                                    changes={"last_error": _last_error(result)})
+    await close_manual_review(session, intent.id)
 
 
 async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amount: int) -> None:

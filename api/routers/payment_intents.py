@@ -56,8 +56,7 @@ async def create_payment_intent(
     await session.refresh(intent)
     event = await append_event(session, cause=f"{intent.id}:created",
                                event_type="payment.created", intent=intent, transaction_id=None)
-    await session.flush()
-    deliveries = await plan_deliveries(session, [event])
+    deliveries = await plan_deliveries(session, merchant.id, [event.id])
     if deliveries:
         # Background tasks run once the answer is sent, so after the commit: a delivery never
         # starts for an intent that is not there. Only when someone subscribed.

@@ -16,15 +16,22 @@ from core.db.tables import Event, WebhookDelivery, WebhookEndpoint
 from core.webhooks import delivery_id_for, is_subscribed
 
 
-async def plan_deliveries(session: AsyncSession, events: list[Event]) -> list[str]:
+async def plan_deliveries(session: AsyncSession, merchant_id: str,
+                         event_ids: list[str]) -> list[str]:
     """Upsert one delivery per (event, enabled endpoint subscribed to its type) and return the
-    delivery ids to start, oldest event first. One query when the merchant has no endpoint."""
-    if not events:
+    delivery ids to start, oldest event first. Events are named by id (`event_id_for(cause)`):
+    one appended in this session is found through autoflush, one never appended is skipped.
+    A merchant without endpoints costs one query and nothing else."""
+    if not event_ids:
         return []
     endpoints = (await session.exec(select(WebhookEndpoint).where(
-        WebhookEndpoint.merchant_id == events[0].merchant_id,
+        WebhookEndpoint.merchant_id == merchant_id,
         WebhookEndpoint.status == "enabled",
         WebhookEndpoint.deleted_at.is_(None)))).all()  # type: ignore[union-attr]
+    if not endpoints:
+        return []
+    events = (await session.exec(select(Event).where(
+        Event.id.in_(event_ids)).order_by(Event.seq))).all()  # type: ignore[attr-defined, arg-type]
     rows = [{"id": delivery_id_for(event.id, endpoint.id), "merchant_id": event.merchant_id,
              "event_id": event.id, "endpoint_id": endpoint.id, "origin": "event"}
             for event in events for endpoint in sorted(endpoints, key=lambda e: e.id)
@@ -32,12 +39,3 @@ async def plan_deliveries(session: AsyncSession, events: list[Event]) -> list[st
     if rows:
         await session.exec(insert(WebhookDelivery).values(rows).on_conflict_do_nothing())
     return [str(row["id"]) for row in rows]
-
-
-async def events_by_id(session: AsyncSession, event_ids: list[str]) -> list[Event]:
-    """Events already appended (a retried activity finds the ones its first try committed)."""
-    if not event_ids:
-        return []
-    found = (await session.exec(select(Event).where(
-        Event.id.in_(event_ids)).order_by(Event.seq))).all()  # type: ignore[attr-defined, arg-type]
-    return list(found)

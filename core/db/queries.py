@@ -20,6 +20,7 @@ from core.db.tables import Event, PaymentIntent, Transaction
 from core.errors import IllegalTransition
 from core.state_machine import (
     IntentAction,
+    IntentMove,
     TransactionAction,
     move_intent,
     move_transaction,
@@ -72,9 +73,8 @@ async def lock_transaction(session: AsyncSession, transaction_id: str) -> Transa
 
 async def transition_intent(session: AsyncSession, intent: PaymentIntent, action: IntentAction,
                             *, cause: str, transaction_id: str | None,
-                            changes: dict[str, Any] | None = None) -> Event:
-    """Move `intent` (loaded in this session) and append its event, returned (flushed, so its
-    `seq` is known); raises IllegalTransition."""
+                            changes: dict[str, Any] | None = None) -> IntentMove:
+    """Move `intent` (loaded in this session) and append its event; raises IllegalTransition."""
     move = move_intent(intent.status, action)
     values: dict[str, Any] = {"status": move.after.value, **(changes or {})}
     result = await session.exec(
@@ -89,10 +89,9 @@ async def transition_intent(session: AsyncSession, intent: PaymentIntent, action
     for name, value in values.items():
         setattr(intent, name, value)
     intent.updated_at = row[0]
-    event = await append_event(session, cause=cause, event_type=move.event_type, intent=intent,
-                               transaction_id=transaction_id)
-    await session.flush()
-    return event
+    await append_event(session, cause=cause, event_type=move.event_type, intent=intent,
+                       transaction_id=transaction_id)
+    return move
 
 
 async def transition_transaction(session: AsyncSession, txn: Transaction,
