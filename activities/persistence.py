@@ -409,8 +409,8 @@ def _view(txn: Transaction) -> RecordedTransaction:
         id=txn.id, type=txn.type, status=txn.status, amount_in_cents=txn.amount_in_cents,
         decline_code=txn.decline_code,
         failure_code=txn.failure_code, reconciled=txn.reconciled,
-        created_at=txn.created_at.timestamp() if txn.created_at else 0.0,
-        updated_at=txn.updated_at.timestamp() if txn.updated_at else 0.0)
+        created_at=txn.created_at.timestamp() if txn.created_at else None,
+        updated_at=txn.updated_at.timestamp() if txn.updated_at else None)
 
 
 def _snapshot(intent: PaymentIntent, transactions: list[Transaction]) -> PaymentSnapshot:

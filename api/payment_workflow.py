@@ -1,5 +1,7 @@
-"""How the API starts an intent's workflow: one place for its id, input, policies and the
-search attributes operators filter on, shared by intent creation and update-with-start."""
+"""How the API sends an operation to an intent's workflow: one place for the run's id, input,
+policies and the search attributes operators filter on, for update-with-start (every
+operation opens a run when none is open), and for turning the workflow's answer into the
+API's."""
 
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> Payment
 
 
 def payment_workflow_options(intent: PaymentIntent, settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for `start_workflow` / `WithStartWorkflowOperation`."""
+    """Keyword arguments for `WithStartWorkflowOperation`."""
     return {
         "id": intent.id,
         "task_queue": settings.task_queue,
@@ -105,12 +107,12 @@ def update_id_for(verb: str, idempotency_key: str | None) -> str:
 async def send_operation(temporal: Client, intent: PaymentIntent, settings: Settings,
                          update: Any, request: Any, *, verb: str,
                          idempotency_key: str | None) -> SentUpdate:
-    """Send a charge/capture/cancel/refund Update (update-with-start: the workflow is started if
-    intent creation could not) and wait, bounded, for its answer.
+    """Send a charge/capture/cancel/refund Update (update-with-start: it joins the payment's
+    open run or opens one) and wait, bounded, for its answer.
 
-    The workflow's refusals become API errors: 409 for the state machine, an operation in flight
-    or a payment whose workflow has ended, 400 `amountInCents` for an amount beyond what the
-    payment allows.
+    The workflow's refusals become API errors: 409 for the state machine (a canceled or
+    refunded payment without asking Temporal) or an operation in flight, 400 `amountInCents`
+    for an amount beyond what the payment allows.
     """
     if is_final(intent.status):
         # Canceled or refunded: nothing can happen any more, so no workflow run is opened.
@@ -195,13 +197,17 @@ def transaction_answer(sent: SentUpdate, *,
 
 
 def as_recorded(pending: Transaction, recorded: RecordedTransaction) -> Transaction:
-    """The pending transaction the API built, with what the database recorded for it."""
+    """The pending transaction the API built, with what the database recorded for it (its
+    times only where the workflow knows them: not for an answer it could not record)."""
+    recorded_times = {name: datetime.fromtimestamp(value, UTC)
+                      for name, value in (("created_at", recorded.created_at),
+                                          ("updated_at", recorded.updated_at))
+                      if value is not None}
     return Transaction(**{
         **pending.model_dump(), "status": recorded.status,
         "amount_in_cents": recorded.amount_in_cents, "decline_code": recorded.decline_code,
         "failure_code": recorded.failure_code, "reconciled": recorded.reconciled,
-        "created_at": datetime.fromtimestamp(recorded.created_at, UTC),
-        "updated_at": datetime.fromtimestamp(recorded.updated_at, UTC)})
+        **recorded_times})
 
 
 def operation_answer(txn: Transaction | RecordedTransaction | None, body: dict[str, Any], *,

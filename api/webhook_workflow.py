@@ -24,7 +24,7 @@ from core.webhooks import delivery_id_for, schedule_from
 from workflows.webhook_delivery import WebhookDeliveryInput, WebhookDeliveryWorkflow
 
 log = logging.getLogger("durapay.api")
-# The merchant's 201 must not wait out a Temporal outage for a webhook.
+# Started after the 201 is sent; a Temporal outage must not keep that task waiting for long.
 START_WAIT_SECONDS = 2.0
 
 
@@ -52,7 +52,7 @@ async def start_event_deliveries(temporal: Client, settings: Settings,
                                  delivery_ids: list[str]) -> None:
     """Start the deliveries of an event the API appended (`payment.created`), planned in the
     transaction that appended it. A Temporal outage does not fail the merchant's request (the
-    intent is committed): the intent's first charge or cancel starts them again (see
+    intent is committed): the intent's first charge starts them again (see
     `record_charge_attempt`), under the same ids."""
     try:
         async with asyncio.timeout(START_WAIT_SECONDS):

@@ -113,5 +113,5 @@ class RecordedTransaction:
     decline_code: str | None = None
     failure_code: str | None = None
     reconciled: bool = False
-    created_at: float = 0.0
-    updated_at: float = 0.0
+    created_at: float | None = None  # None: not read back (an answer that was not recorded)
+    updated_at: float | None = None
