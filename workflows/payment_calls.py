@@ -174,10 +174,14 @@ async def _record_before_sending(
         kind = _error_type(error)
         if kind not in (ErrorType.AMOUNT_INVALID, ErrorType.ILLEGAL_TRANSITION):
             kind = ErrorType.ILLEGAL_TRANSITION
-        cause = error.cause if isinstance(error, ActivityError) else error
-        raise ApplicationError(str(cause), type=kind, non_retryable=True) from None
+        raise ApplicationError(str(_cause(error)), type=kind, non_retryable=True) from None
+
+
+def _cause(error: ActivityError | ApplicationError) -> BaseException | None:
+    """The activity's own failure, wrapped (a regular activity) or not (a local one)."""
+    return error.cause if isinstance(error, ActivityError) else error
 
 
 def _error_type(error: ActivityError | ApplicationError) -> str | None:
-    cause = error.cause if isinstance(error, ActivityError) else error
+    cause = _cause(error)
     return cause.type if isinstance(cause, ApplicationError) else None
