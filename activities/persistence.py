@@ -349,7 +349,7 @@ async def _apply_outcome(session: AsyncSession, intent: PaymentIntent, txn: Tran
             await transition_intent(session, intent, IntentAction.ATTEMPT_FAILED, cause=cause,
                                     transaction_id=txn.id,
                                     changes={"last_error": _last_error(result)})
-    await close_manual_review(session, intent.id)
+    await close_manual_review(session, intent)
 
 
 async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amount: int) -> None:

@@ -12,11 +12,14 @@ not counted (connection pools, worker caches and first-call costs):
      process (bench/bare_worker.py), like Durapay's workers: what Temporal alone costs;
   3. create + charge: signed `POST /payment-intents`, then signed `POST …/transactions` with
      4242, one unit per payment (latency = both requests): the figure that matters;
-  4. create: signed `POST /payment-intents` (DB insert, event, workflow start);
+  4. create: signed `POST /payment-intents` (DB insert and its event; no workflow yet);
   5. retrieve: signed `GET /payment-intents/{id}` (auth + one query, no workflow);
   6. charge: signed `POST …/transactions` alone, on intents created in step 4.
-Each step prints throughput and latency percentiles. The summary prints the ratios, with the
-targets of issue 10:
+Each step prints throughput and latency percentiles, and under them the CPU time each process
+spent per operation (`cpu ms/op`: the stack's processes by name, the bare worker, and `bench`,
+the load generator itself; bench/cpu.py) with how many of the machine's cores were busy: on
+one machine every process shares one CPU budget, so this says who pays for a charge.
+The summary prints the ratios, with the targets of issue 10:
   create + charge throughput / bare workflow throughput  ≥ 0.6
   create + charge p50 / bare workflow p50                 ≤ 1.5
 and the Temporal history of one payment charged in step 3 (read through the Temporal client,
@@ -42,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +57,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
 from bench.bare_workflow import BareWorkflow
+from bench.cpu import CpuUse, snapshot
 from bench.history import HistorySummary, summarize
 from cli.shutdown import exit_without_finalizing
 from client import DurapayClient
@@ -92,6 +96,7 @@ class Measurement:
     seconds: float
     latencies: list[float]  # successful operations only
     failures: list[str]
+    cpu: CpuUse | None = None  # what each process spent over the step
 
     @property
     def per_second(self) -> float:
@@ -112,6 +117,8 @@ class Measurement:
                 f"p95 {self.p95 * 1000:7.1f} ms   errors {len(self.failures)}")
         if self.failures:
             text += f"   (first: {self.failures[0][:200]})"
+        if self.cpu:
+            text += "\n" + self.cpu.line()
         return text
 
 
@@ -140,13 +147,18 @@ async def closed_loop(count: int, concurrency: int,
 
 
 async def measure(name: str, operation: Operation, options: Options,
-                  count: int | None = None) -> Measurement:
+                  processes: Mapping[str, int], count: int | None = None) -> Measurement:
+    """One step: warm-up, then `count` operations timed, with the CPU each of `processes`
+    (name → pid) and the bench itself spent over the timed part."""
     # Warm-up at full concurrency, so every connection and cache the step uses exists first.
     await closed_loop(options.warmup, options.concurrency, operation)
     count = options.count if count is None else count
+    cpu_before = snapshot(processes)
     started = time.perf_counter()
     latencies, failures = await closed_loop(count, options.concurrency, operation)
-    result = Measurement(name, count, time.perf_counter() - started, latencies, failures)
+    wall = time.perf_counter() - started
+    cpu = CpuUse.between(cpu_before, snapshot(processes), count, wall)
+    result = Measurement(name, count, wall, latencies, failures, cpu)
     print(result.line(), flush=True)
     return result
 
@@ -275,7 +287,8 @@ async def measure_bare_workflow(stack: RunningStack, options: Options,
     # Only while measured, so it takes no CPU from the Durapay steps.
     with bare_worker(stack.temporal_address, client.namespace, task_queue, log) as process:
         await wait_for_pollers(client, task_queue, process, log)
-        return await measure("bare workflow (2 acts)", run_bare_workflow, options)
+        processes = {**stack_processes(stack), "bare-worker": process.pid}
+        return await measure("bare workflow (2 acts)", run_bare_workflow, options, processes)
 
 
 # ---- the history of one charged payment ----------------------------------------------------
@@ -300,17 +313,28 @@ class Results:
     history: HistorySummary | str | None  # a summary, or why there is none
 
 
+def stack_processes(stack: RunningStack) -> dict[str, int]:
+    """The launcher's children by name (postgres, temporal, api, worker-N, cardnet)."""
+    children = stack.state()["children"]
+    assert isinstance(children, dict), children
+    return {str(name): int(pid) for name, pid in children.items()}
+
+
 async def run_all_steps(stack: RunningStack, options: Options, workdir: Path) -> Results:
+    processes = stack_processes(stack)
     async with durapay_operations(stack, options.concurrency) as ops:
-        network = await measure("network authorize", ops.authorize_at_network, options)
+        network = await measure("network authorize", ops.authorize_at_network, options,
+                                processes)
         bare = await measure_bare_workflow(stack, options, workdir)
-        create_and_charge = await measure("create + charge", ops.create_and_charge, options)
-        create = await measure("create intent", ops.create, options)
-        retrieve = await measure("retrieve intent", ops.retrieve, options)
+        create_and_charge = await measure("create + charge", ops.create_and_charge, options,
+                                          processes)
+        create = await measure("create intent", ops.create, options, processes)
+        retrieve = await measure("retrieve intent", ops.retrieve, options, processes)
         # Charges the intents the create step made, warm-up included, warm-up excluded from
         # the count; fewer if some creates failed.
         charge_count = len(ops.uncharged) - options.warmup
-        charge = (await measure("charge (end to end)", ops.charge, options, charge_count)
+        charge = (await measure("charge (end to end)", ops.charge, options, processes,
+                                charge_count)
                   if charge_count > 1 else None)
         history_of = ops.charged[0] if ops.charged else None
     history: HistorySummary | str | None = None
@@ -325,7 +349,8 @@ async def run_all_steps(stack: RunningStack, options: Options, workdir: Path) ->
 
 async def run_create_and_charge(stack: RunningStack, options: Options) -> Measurement:
     async with durapay_operations(stack, options.concurrency) as ops:
-        return await measure("create + charge", ops.create_and_charge, options)
+        return await measure("create + charge", ops.create_and_charge, options,
+                             stack_processes(stack))
 
 
 @asynccontextmanager
@@ -377,6 +402,12 @@ def print_summary(results: Results, options: Options) -> None:
           f"target ≥ {THROUGHPUT_TARGET}   {verdict(throughput >= THROUGHPUT_TARGET)}")
     print(f"  create + charge p50 / bare p50      latency    {latency:6.2f}x  "
           f"target ≤ {LATENCY_TARGET}   {verdict(latency <= LATENCY_TARGET)}")
+    if combined.cpu and bare.cpu:
+        # Both steps keep the cores near saturation, so the throughput ratio is close to the
+        # inverse of this one: the CPU a unit of each costs, summed over every process.
+        mine, theirs = combined.cpu.total_ms, bare.cpu.total_ms
+        print(f"  create + charge / bare workflow     cpu        {ratio(mine, theirs):6.2f}x  "
+              f"({mine:.1f} ms vs {theirs:.1f} ms per unit, all processes)")
     network, retrieve, charge = results.network, results.retrieve, results.charge
     if charge:
         print(f"  charge / network authorize          throughput "

@@ -82,6 +82,7 @@ async def transition_intent(session: AsyncSession, intent: PaymentIntent, action
         .where(PaymentIntent.id == intent.id, PaymentIntent.status == move.before.value)
         .values(**values, updated_at=_now_sql())
         .returning(PaymentIntent.updated_at)
+        .execution_options(synchronize_session=False)  # the caller's objects are set below
     )
     row = result.first()
     if row is None:  # someone else moved it first
@@ -104,6 +105,7 @@ async def transition_transaction(session: AsyncSession, txn: Transaction,
         .where(Transaction.id == txn.id, Transaction.status == txn.status)
         .values(**values, updated_at=_now_sql())
         .returning(Transaction.updated_at)
+        .execution_options(synchronize_session=False)  # the caller's objects are set below
     )
     row = result.first()
     if row is None:
@@ -122,19 +124,29 @@ async def open_manual_review(session: AsyncSession, intent_id: str) -> bool:
                    PaymentIntent.manual_review_resolved_at.isnot(None)))  # type: ignore[union-attr]
         .values(manual_review_since=_now_sql(), manual_review_resolved_at=None)
         .returning(PaymentIntent.id)
+        .execution_options(synchronize_session=False)
     )
     return result.first() is not None
 
 
-async def close_manual_review(session: AsyncSession, intent_id: str) -> None:
-    """The outcome is known now: an open review (if any) is resolved."""
-    await session.exec(
+async def close_manual_review(session: AsyncSession, intent: PaymentIntent) -> None:
+    """The outcome is known now: an open review (if any) is resolved. `intent` is locked in
+    this session, so its review columns are current: with no review open (nearly every
+    payment) there is nothing to write."""
+    if intent.manual_review_since is None or intent.manual_review_resolved_at is not None:
+        return
+    result = await session.exec(
         update(PaymentIntent)
-        .where(PaymentIntent.id == intent_id,
+        .where(PaymentIntent.id == intent.id,
                PaymentIntent.manual_review_since.isnot(None),  # type: ignore[union-attr]
                PaymentIntent.manual_review_resolved_at.is_(None))  # type: ignore[union-attr]
         .values(manual_review_resolved_at=_now_sql())
+        .returning(PaymentIntent.manual_review_resolved_at)
+        .execution_options(synchronize_session=False)
     )
+    row = result.first()
+    if row is not None:
+        intent.manual_review_resolved_at = row[0]
 
 
 def _now_sql() -> Any:
