@@ -9,7 +9,8 @@ not counted (connection pools, worker caches and first-call costs):
   2. bare workflow baseline: a Temporal workflow that runs two no-op activities one after the
      other (bench/bare_workflow.py), started and awaited by the bench (start → result) on the
      stack's own Temporal server, hosted on its own task queue by a worker in a separate
-     process (bench/bare_worker.py), like Durapay's workers: what Temporal alone costs;
+     process (bench/bare_worker.py), like Durapay's workers and with their workflow runner
+     (unsandboxed unless DURAPAY_WORKFLOW_SANDBOX): what Temporal alone costs;
   3. create + charge: signed `POST /payment-intents`, then signed `POST …/transactions` with
      4242, one unit per payment (latency = both requests): the figure that matters;
   4. create: signed `POST /payment-intents` (DB insert and its event; no workflow yet);
@@ -51,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from pydantic import TypeAdapter
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -61,6 +63,7 @@ from bench.cpu import CpuUse, snapshot
 from bench.history import HistorySummary, summarize
 from cli.shutdown import exit_without_finalizing
 from client import DurapayClient
+from core.settings import Settings
 from tests.stack import RunningStack, start_stack
 
 CARD = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"}
@@ -233,14 +236,15 @@ async def durapay_operations(stack: RunningStack,
 # ---- the bare workflow baseline ------------------------------------------------------------
 
 @contextmanager
-def bare_worker(address: str, namespace: str, task_queue: str,
-                log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def bare_worker(address: str, namespace: str, task_queue: str, log: Path,
+                sandbox: bool) -> Iterator[subprocess.Popen[bytes]]:
     """The bare workflow's worker, in its own process (as Durapay's workers are), stopped with
     SIGTERM when the block ends."""
     with log.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "bench.bare_worker", "--address", address,
-             "--namespace", namespace, "--task-queue", task_queue],
+             "--namespace", namespace, "--task-queue", task_queue,
+             *(["--sandbox"] if sandbox else [])],
             cwd=REPO, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         yield process
@@ -273,6 +277,14 @@ async def wait_for_pollers(client: Client, task_queue: str, process: subprocess.
                        + log.read_text(errors="replace")[-2000:])
 
 
+def stack_runs_sandboxed(stack: RunningStack) -> bool:
+    """Whether Durapay's workers in `stack` run workflows in Temporal's sandbox: the stack's
+    DURAPAY_WORKFLOW_SANDBOX, parsed as the settings parse it, or the setting's default."""
+    raw = stack.env.get("DURAPAY_WORKFLOW_SANDBOX")
+    default = bool(Settings.model_fields["workflow_sandbox"].default)
+    return default if raw is None else TypeAdapter(bool).validate_python(raw)
+
+
 async def measure_bare_workflow(stack: RunningStack, options: Options,
                                 workdir: Path) -> Measurement:
     # Default data converter, like the bare worker: bare Temporal, no Durapay codec.
@@ -285,7 +297,8 @@ async def measure_bare_workflow(stack: RunningStack, options: Options,
                                       task_queue=task_queue)
 
     # Only while measured, so it takes no CPU from the Durapay steps.
-    with bare_worker(stack.temporal_address, client.namespace, task_queue, log) as process:
+    with bare_worker(stack.temporal_address, client.namespace, task_queue, log,
+                     stack_runs_sandboxed(stack)) as process:
         await wait_for_pollers(client, task_queue, process, log)
         processes = {**stack_processes(stack), "bare-worker": process.pid}
         return await measure("bare workflow (2 acts)", run_bare_workflow, options, processes)
