@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +86,34 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     # After a secret rotation the old secret keeps signing this long unless the request says.
     webhook_rotation_grace_seconds: int = 86_400
+
+    # --- Security (issue 11). The names are binding: operators and the black-box suite use them.
+    # `production` refuses generated secrets (DURAPAY_MASTER_KEY and DURAPAY_ADMIN_TOKEN must
+    # be given) and turns the codec listener and the demo merchant off.
+    env: Literal["development", "production"] = "development"
+    # Connection to Temporal: TLS (CA to verify the server), mTLS (client cert + key), or an
+    # API key (Temporal Cloud). Each TLS value is a path to a PEM file or the PEM text itself.
+    temporal_tls_cert: str | None = None
+    temporal_tls_key: str | None = None
+    temporal_tls_ca: str | None = None
+    temporal_api_key: str | None = None
+    # Request bodies above this size are refused (413) before anything parses them.
+    max_body_bytes: int = 65_536
+    # The Web UI's codec endpoint runs on its own listener, never the merchant-facing one;
+    # bound anywhere but loopback it requires `Authorization: Bearer <DURAPAY_CODEC_TOKEN>`.
+    codec_host: str = "127.0.0.1"
+    codec_port: int = 8089
+    codec_token: str | None = None
+    # Per-key token bucket: this many requests a second, bursts of twice that.
+    rate_limit_per_second: float = 100.0
+    max_webhook_endpoints: int = 16
+    # Manual redeliveries (`POST /events/{id}/redeliver`) of one event to one endpoint.
+    max_redeliveries: int = 10
+    # Idempotency records (and their stored responses) are kept this long, as Stripe does.
+    idempotency_retention_seconds: int = 86_400
+    # Webhook URLs may use only these ports unless the operator allows others (`durapay dev`
+    # allows any: its receivers listen on free ports).
+    webhook_allowed_ports: str = "80,443"
 
     # Where a worker writes its pid once it polls its task queue (set by `durapay dev`).
     worker_ready_file: Path | None = None
