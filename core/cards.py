@@ -13,10 +13,18 @@ class CardProblem:
     message: str
 
 
+def ascii_digits(value: str) -> bool:
+    """Only 0-9: str.isdigit() also takes other scripts' digits ('٤', '４') and superscripts
+    ('²'), which int() then reads as numbers or refuses with an exception."""
+    return value.isascii() and value.isdigit()
+
+
 def card_brand(number: str) -> str:
+    if not ascii_digits(number):
+        return "unknown"
     if number.startswith("4"):
         return "visa"
-    if number[:2] in {"51", "52", "53", "54", "55"} or 2221 <= int(number[:4] or 0) <= 2720:
+    if number[:2] in {"51", "52", "53", "54", "55"} or 2221 <= int(number[:4]) <= 2720:
         return "mastercard"
     if number[:2] in {"34", "37"}:
         return "amex"
@@ -26,7 +34,7 @@ def card_brand(number: str) -> str:
 
 
 def luhn_valid(number: str) -> bool:
-    if not number.isdigit():
+    if not ascii_digits(number):
         return False
     total = 0
     for index, char in enumerate(reversed(number)):
@@ -42,7 +50,7 @@ def luhn_valid(number: str) -> bool:
 def card_problem(*, number: str, exp_month: int, exp_year: int, cvc: str,
                  today: date) -> CardProblem | None:
     """The first thing wrong with a card, or None. Messages never repeat the card data."""
-    if not number.isdigit() or not 12 <= len(number) <= 19:
+    if not ascii_digits(number) or not 12 <= len(number) <= 19:
         return CardProblem("card.number", "invalid_number",
                            "The card number must be 12 to 19 digits.")
     if not luhn_valid(number):
@@ -55,6 +63,6 @@ def card_problem(*, number: str, exp_month: int, exp_year: int, cvc: str,
                            "The expiration year must be a four-digit year.")
     if (exp_year, exp_month) < (today.year, today.month):
         return CardProblem("card.expYear", "expired_card", "The card has expired.")
-    if not cvc.isdigit() or not 3 <= len(cvc) <= 4:
+    if not ascii_digits(cvc) or not 3 <= len(cvc) <= 4:
         return CardProblem("card.cvc", "invalid_cvc", "The CVC must be 3 or 4 digits.")
     return None

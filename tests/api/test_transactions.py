@@ -110,6 +110,11 @@ async def test_a_declined_charge_is_402_with_its_transaction_and_replays_as_sent
     (_charge({"expMonth": 13}), "invalid_expiry_month", "card.expMonth"),
     (_charge({"expYear": 2001}), "expired_card", "card.expYear"),
     (_charge({"cvc": "12"}), "invalid_cvc", "card.cvc"),
+    # Only ASCII digits are digits: each of these passes Luhn if read as its ASCII digit.
+    (_charge({"number": "\u0664242424242424242"}), "invalid_number", "card.number"),
+    (_charge({"number": "424242424242424\u00b2"}), "invalid_number", "card.number"),
+    (_charge({"cvc": "\u0661\u0662\u0663"}), "invalid_cvc", "card.cvc"),
+    (_charge({"expMonth": "\u0661\u0662"}), "parameter_invalid", "card.expMonth"),
     ({"type": "charge"}, "parameter_missing", "card"),
     ({"type": "refund", "card": CARD_4242}, "parameter_invalid", "type"),
     (_charge(bogus=1), "parameter_unknown", "bogus"),

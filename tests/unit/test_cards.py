@@ -62,3 +62,25 @@ def test_messages_never_repeat_the_number() -> None:
     problem = card_problem(number="4242424242424241", exp_month=1, exp_year=2030, cvc="123",
                            today=TODAY)
     assert problem is not None and "4242" not in problem.message
+
+
+# Python's isdigit()/int() also take other scripts' digits ('٤', '４') and superscripts ('²');
+# each of these numbers passes Luhn if its odd digit is read as the ASCII one.
+NON_ASCII_DIGITS = ["\u0664242424242424242", "\uff14242424242424242", "424242424242424\u00b2",
+                    "4242424242424\u00b2\u00b2\u00b2"]
+
+
+@pytest.mark.parametrize("number", NON_ASCII_DIGITS)
+def test_only_ascii_digits_are_card_digits(number: str) -> None:
+    assert not luhn_valid(number)
+    assert _problem(number=number) == "card.number"
+
+
+@pytest.mark.parametrize("cvc", ["\u0661\u0662\u0663", "\uff11\uff12\uff13", "12\u00b3"])
+def test_only_ascii_digits_are_cvc_digits(cvc: str) -> None:
+    assert _problem(cvc=cvc) == "card.cvc"
+
+
+@pytest.mark.parametrize("number", ["2\u00b2\u00b21000000000000", "", "abcd"])
+def test_brand_of_a_non_number_is_unknown_not_an_exception(number: str) -> None:
+    assert card_brand(number) == "unknown"
