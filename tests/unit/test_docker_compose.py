@@ -43,6 +43,15 @@ def test_workers_can_scale() -> None:
     assert "ports" not in worker and "container_name" not in worker
 
 
+def test_temporal_ports_are_published_on_loopback_only() -> None:
+    # Whoever reaches Temporal's frontend (or its UI) can send Updates to every payment.
+    published = {name: [str(port) for port in service.get("ports", [])]
+                 for name, service in SERVICES.items() if name.startswith("temporal")}
+    assert published["temporal"] and published["temporal-ui"], published
+    for name, ports in published.items():
+        assert all(port.startswith("127.0.0.1:") for port in ports), (name, ports)
+
+
 def test_secrets_are_required_not_defaulted() -> None:
     raw = (ROOT / "docker-compose.temporal.yml").read_text()
     for secret in ("DURAPAY_MASTER_KEY", "DURAPAY_ADMIN_TOKEN"):
