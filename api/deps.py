@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from sqlalchemy import delete
+from sqlalchemy import delete, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
@@ -25,13 +25,22 @@ from api.errors import (
     NotFoundError,
     service_unavailable,
 )
-from core.crypto import Cipher, sign_request, signature_matches
+from core.crypto import Cipher, canonical_path_and_query, sign_request, signature_matches
 from core.db.tables import Merchant, MerchantKey, PaymentIntent, RequestNonce
 from core.settings import Settings
 from core.temporal_client import connect_temporal
 
-NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
+# Unix seconds in ASCII digits only: str.isdigit() and int() also take '²' or '٣', and int()
+# raises past 4,300 digits; twelve digits reach the year 33658.
+TIMESTAMP_PATTERN = re.compile(r"[0-9]{1,12}")
+# Sent more than once, these would leave it to each proxy and framework which copy counts.
+AUTHENTICATION_HEADERS = ("Authorization", "X-Timestamp", "X-Nonce", "X-Signature")
+# Each authenticated request deletes at most this many expired nonces (of any key): it adds
+# one, so the table stays at about the window's traffic, and a backlog left by a burst drains
+# this many a request, in one short index range scan, never a whole-table scan.
+EXPIRED_NONCES_PER_REQUEST = 100
 
 
 @dataclass
@@ -110,6 +119,9 @@ async def authenticate_merchant(
     x_signature: Annotated[str | None, Header()] = None,
 ) -> Merchant:
     """Verify the signed request (see API docs) and return the calling merchant."""
+    for name in AUTHENTICATION_HEADERS:
+        if len(request.headers.getlist(name)) > 1:
+            raise AuthenticationError("duplicate_header", f"Send {name} once.", name)
     public_key = (authorization or "").removeprefix("Bearer ").strip()
     if not public_key.startswith("pk_"):
         raise AuthenticationError("missing_api_key",
@@ -117,19 +129,19 @@ async def authenticate_merchant(
     if not (x_timestamp and x_nonce and x_signature):
         raise AuthenticationError("missing_signature",
                                   "Signed requests need X-Timestamp, X-Nonce and X-Signature.")
-    if not x_timestamp.isdigit() or abs(time.time() - int(x_timestamp)) > \
+    if not TIMESTAMP_PATTERN.fullmatch(x_timestamp) or abs(time.time() - int(x_timestamp)) > \
             state.settings.signature_tolerance_seconds:
         raise AuthenticationError("timestamp_out_of_window",
                                   "X-Timestamp is more than 300 seconds from the server's clock.")
-    if not NONCE_PATTERN.match(x_nonce):
+    if not NONCE_PATTERN.fullmatch(x_nonce):
         raise AuthenticationError("invalid_nonce", "X-Nonce must be 16 to 64 of [A-Za-z0-9_-].")
     key = await session.get(MerchantKey, public_key)
     now = datetime.now(UTC)
     if key is None or (key.expires_at is not None and key.expires_at <= now):
         raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
     secret = state.cipher.decrypt(key.secret_ciphertext, context=key.public_key).decode()
-    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    expected = sign_request(secret, method=request.method, path_and_query=path,
+    expected = sign_request(secret, method=request.method,
+                            path_and_query=_path_and_query_as_sent(request),
                             timestamp=x_timestamp, nonce=x_nonce, body=await request.body())
     if not signature_matches(expected, x_signature):
         raise AuthenticationError("invalid_signature", "The request signature does not match.")
@@ -140,12 +152,26 @@ async def authenticate_merchant(
     return merchant
 
 
+def _path_and_query_as_sent(request: Request) -> str:
+    """The request target as the client sent it, not as decoded: `request.url.path` has `%2D`
+    already turned into `-`, so a signature over what was sent would not match it."""
+    raw_path: bytes | None = request.scope.get("raw_path")
+    if raw_path is None:  # optional in ASGI; every server we run sets it
+        raw_path = request.scope["path"].encode()
+    try:
+        return canonical_path_and_query(raw_path, request.scope.get("query_string", b""))
+    except UnicodeDecodeError:  # no canonical string (UTF-8) was signed over these bytes
+        raise AuthenticationError("invalid_signature",
+                                  "The request signature does not match.") from None
+
+
 async def _consume_nonce(session: AsyncSession, public_key: str, nonce: str, now: datetime,
                          settings: Settings) -> None:
     """Record the nonce; a second use inside the window is a replay.
 
-    Kept in Postgres so every API process sees the same set; expired rows are pruned here, a
-    few at a time, instead of by a separate janitor.
+    Kept in Postgres so every API process sees the same set; expired rows of every key are
+    pruned here, a bounded batch per request (`EXPIRED_NONCES_PER_REQUEST`), instead of by a
+    separate janitor.
     """
     window = timedelta(seconds=2 * settings.signature_tolerance_seconds)
     inserted = await session.exec(
@@ -155,9 +181,12 @@ async def _consume_nonce(session: AsyncSession, public_key: str, nonce: str, now
     if inserted.first() is None:
         await session.rollback()
         raise AuthenticationError("replayed_nonce", "This nonce was already used.")
+    # SKIP LOCKED: concurrent requests prune different rows instead of queueing on the same.
+    expired = (select(RequestNonce.public_key, RequestNonce.nonce)
+               .where(RequestNonce.expires_at < now).order_by(RequestNonce.expires_at)
+               .limit(EXPIRED_NONCES_PER_REQUEST).with_for_update(skip_locked=True))
     await session.exec(delete(RequestNonce).where(
-        RequestNonce.expires_at < now,
-        RequestNonce.public_key == public_key))
+        tuple_(RequestNonce.public_key, RequestNonce.nonce).in_(expired)))
     await session.commit()
 
 

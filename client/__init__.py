@@ -1,5 +1,5 @@
 """A small Python client for Durapay that signs every request (see the API docs)."""
 
-from client.signing import DurapayClient, signed_headers
+from client.signing import DurapayClient, sign, signed_headers, wire_path_and_query
 
-__all__ = ["DurapayClient", "signed_headers"]
+__all__ = ["DurapayClient", "sign", "signed_headers", "wire_path_and_query"]

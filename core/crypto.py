@@ -45,6 +45,18 @@ def hash_secret(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def canonical_path_and_query(raw_path: bytes, query_string: bytes = b"") -> str:
+    """PATH_AND_QUERY of the canonical string: the path and the query exactly as sent, percent-
+    escapes and all, with "?" only before a non-empty query.
+
+    The server reads them from the request line (ASGI `raw_path` and `query_string`), the
+    client from the URL its HTTP library puts on the wire: a decoded path would turn a correct
+    signature over `/pi_a%2Db` into a mismatch. Raises UnicodeDecodeError for bytes that are
+    not UTF-8, which no UTF-8 canonical string can have signed.
+    """
+    return (raw_path + (b"?" + query_string if query_string else b"")).decode()
+
+
 def canonical_request(method: str, path_and_query: str, timestamp: str, nonce: str,
                       body: bytes) -> str:
     body_hash = hashlib.sha256(body).hexdigest()

@@ -37,7 +37,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.main import create_app
 from cli.local_postgres import postgres_argv, postgres_system_user
-from client import signed_headers
+from client import sign
 from core import search_attributes
 from core.codec import data_converter
 from core.db.migrate import upgrade
@@ -168,8 +168,8 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @dataclass
 class Merchant:
-    """A merchant's signed requests, signed by `client.signed_headers` as `DurapayClient`
-    signs them (that client takes no transport, so it cannot reach an in-process app)."""
+    """A merchant's signed requests, signed by `client.sign` over what httpx sends, as
+    `DurapayClient` signs them; `headers` then replace any of the signed request's."""
 
     http: httpx.AsyncClient
     id: str
@@ -180,14 +180,14 @@ class Merchant:
                       idempotency_key: str | None = None,
                       headers: dict[str, str] | None = None) -> httpx.Response:
         body = b"" if json_body is None else json.dumps(json_body).encode()
-        signed = signed_headers(public_key=self.public_key, secret_key=self.secret_key,
-                                method=method, path_and_query=path, body=body)
+        request = self.http.build_request(method, path, content=body)
+        sign(request, public_key=self.public_key, secret_key=self.secret_key)
         if body:
-            signed["Content-Type"] = "application/json"
+            request.headers["Content-Type"] = "application/json"
         if idempotency_key is not None:
-            signed["Idempotency-Key"] = idempotency_key
-        return await self.http.request(method, path, content=body,
-                                       headers={**signed, **(headers or {})})
+            request.headers["Idempotency-Key"] = idempotency_key
+        request.headers.update(headers or {})
+        return await self.http.send(request)
 
     async def get(self, path: str) -> httpx.Response:
         return await self.request("GET", path)

@@ -11,8 +11,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 
-from client import signed_headers
+from api.deps import EXPIRED_NONCES_PER_REQUEST
+from client import DurapayClient, signed_headers
+from core.crypto import sign_request
 from tests.api.conftest import Merchant, count
 
 pytestmark = pytest.mark.api
@@ -67,3 +70,111 @@ async def test_a_replayed_nonce_is_401(http: httpx.AsyncClient, merchant: Mercha
     assert replayed.status_code == 401
     assert replayed.json()["error"]["code"] == "replayed_nonce"
     assert await count(db, "payment_intent", merchant) == 1
+
+
+@pytest.mark.parametrize("timestamp", [
+    "{now}\u00b2",  # str.isdigit() says yes, int() raises: was a 500
+    "\u00b9{now}",
+    "9" * 5000,  # past int()'s digit limit: was a 500
+    " {now}",
+    "+{now}",
+])
+async def test_a_timestamp_of_anything_but_ascii_digits_is_401(
+        http: httpx.AsyncClient, merchant: Merchant, db: asyncpg.Pool, timestamp: str) -> None:
+    path = "/payment-intents"
+    body = json.dumps({"amountInCents": 100, "currency": "usd"}).encode()
+    value = timestamp.format(now=int(time.time()))
+    headers = _signed(merchant, "POST", path, body)
+    signature = sign_request(merchant.secret_key, method="POST", path_and_query=path,
+                             timestamp=value, nonce=headers["X-Nonce"], body=body)
+    # Header values are bytes on the wire; Starlette reads them as latin-1, where '²' is one.
+    raw = {**headers, "X-Timestamp": value.encode("latin-1"), "X-Signature": signature}
+    response = await http.post(path, content=body, headers=raw)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "timestamp_out_of_window"
+    assert await count(db, "payment_intent", merchant) == 0
+
+
+@pytest.mark.parametrize("header", ["Authorization", "X-Timestamp", "X-Nonce", "X-Signature"])
+async def test_an_authentication_header_sent_twice_is_401(
+        http: httpx.AsyncClient, merchant: Merchant, db: asyncpg.Pool, header: str) -> None:
+    path = "/payment-intents"
+    body = json.dumps({"amountInCents": 100, "currency": "usd"}).encode()
+    headers = _signed(merchant, "POST", path, body)
+    # The same value twice: even an unambiguous duplicate is refused, since proxies and
+    # frameworks disagree on which copy counts.
+    twice = [*headers.items(), (header, headers[header])]
+    response = await http.post(path, content=body, headers=twice)
+    assert response.status_code == 401, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("authentication_error", "duplicate_header")
+    assert error["param"] == header
+    assert await count(db, "payment_intent", merchant) == 0
+
+
+async def test_expired_nonces_of_every_key_are_deleted(
+        http: httpx.AsyncClient, merchant: Merchant, db: asyncpg.Pool) -> None:
+    elsewhere = f"pk_test_{uuid.uuid4().hex}"  # another merchant's key, which sends nothing
+    await db.executemany(
+        "INSERT INTO request_nonce (public_key, nonce, expires_at) "
+        "VALUES ($1, $2, now() + make_interval(secs => $3))",
+        [(elsewhere, "expired-" + uuid.uuid4().hex, -3600.0),
+         (elsewhere, "current-" + uuid.uuid4().hex, 3600.0)])
+    response = await merchant.get("/payment-intents")
+    assert response.status_code == 200, response.text
+    left = await db.fetch("SELECT nonce FROM request_nonce WHERE public_key = $1", elsewhere)
+    assert [row["nonce"].split("-")[0] for row in left] == ["current"]
+
+
+async def test_a_backlog_of_expired_nonces_goes_a_bounded_batch_per_request(
+        http: httpx.AsyncClient, merchant: Merchant, db: asyncpg.Pool) -> None:
+    # Only this batch is expired (none left by other tests), so each request's share shows.
+    await db.execute("DELETE FROM request_nonce WHERE expires_at < now()")
+    elsewhere = f"pk_test_{uuid.uuid4().hex}"
+    backlog = EXPIRED_NONCES_PER_REQUEST + 5
+    await db.executemany(
+        "INSERT INTO request_nonce (public_key, nonce, expires_at) "
+        "VALUES ($1, $2, now() - interval '1 hour')",
+        [(elsewhere, f"expired-{n:04d}-{uuid.uuid4().hex}") for n in range(backlog)])
+
+    async def expired_left() -> int:
+        return int(await db.fetchval(
+            "SELECT count(*) FROM request_nonce WHERE public_key = $1", elsewhere))
+
+    assert (await merchant.get("/payment-intents")).status_code == 200
+    assert await expired_left() == backlog - EXPIRED_NONCES_PER_REQUEST
+    assert (await merchant.get("/payment-intents")).status_code == 200
+    assert await expired_left() == 0
+
+
+async def test_a_request_with_percent_escapes_signed_by_the_client_is_accepted(
+        app: FastAPI, merchant: Merchant) -> None:
+    """The client signs the path and query as httpx sends them; the API verifies them as
+    received (`raw_path`, `query_string`), not as decoded."""
+    intent = await merchant.create_intent()
+    async with DurapayClient("http://durapay.test", merchant.public_key, merchant.secret_key,
+                             transport=httpx.ASGITransport(app=app)) as durapay:
+        missing = await durapay.get("/payment-intents/pi_no%2Dsuch%2Dintent")
+        assert missing.status_code == 404, missing.text
+        assert missing.json()["error"]["type"] == "not_found"
+        escaped_id = intent["id"].replace("_", "%5F", 1)
+        found = await durapay.get(f"/payment-intents/{escaped_id}")
+        assert found.status_code == 200, found.text
+        assert found.json()["id"] == intent["id"]
+        listed = await durapay.get("/payment-intents?limit=1%30&status=cr%65ated")
+        assert listed.status_code == 200, listed.text
+        assert [i["id"] for i in listed.json()["data"]] == [intent["id"]]
+        # httpx escapes the space itself (`%20`): what it sends is what the client signs.
+        events = await durapay.get("/events?type=payment.created&limit=10&startingAfter=a b")
+        assert events.status_code == 400, events.text
+        assert events.json()["error"]["param"] == "startingAfter"
+
+
+async def test_a_signature_over_the_decoded_path_is_refused(
+        http: httpx.AsyncClient, merchant: Merchant) -> None:
+    sent = "/payment-intents/pi_no%2Dsuch%2Dintent"
+    headers = _signed(merchant, "GET", "/payment-intents/pi_no-such-intent", b"")
+    response = await http.get(sent, headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "invalid_signature"
+    assert (await http.get(sent, headers=_signed(merchant, "GET", sent, b""))).status_code == 404

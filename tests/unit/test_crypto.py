@@ -4,11 +4,18 @@ import hashlib
 import hmac
 import os
 
+import httpx
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from client import signed_headers
-from core.crypto import Cipher, canonical_request, new_key_pair, sign_request
+from client import DurapayClient, signed_headers
+from core.crypto import (
+    Cipher,
+    canonical_path_and_query,
+    canonical_request,
+    new_key_pair,
+    sign_request,
+)
 
 
 def test_canonical_string_matches_the_contract() -> None:
@@ -62,3 +69,36 @@ def test_key_pairs_have_the_contract_prefixes() -> None:
     public, secret = new_key_pair()
     assert public.startswith("pk_test_") and secret.startswith("sk_test_")
     assert new_key_pair() != (public, secret)
+
+
+@pytest.mark.parametrize(("raw_path", "query", "expected"), [
+    (b"/payment-intents", b"", "/payment-intents"),
+    (b"/payment-intents", b"limit=10", "/payment-intents?limit=10"),
+    (b"/payment-intents/pi_a%2Db", b"x=%7E&y=a%20b", "/payment-intents/pi_a%2Db?x=%7E&y=a%20b"),
+    (b"/p%2fq", b"", "/p%2fq"),  # escapes kept exactly, case included
+])
+def test_path_and_query_are_signed_exactly_as_sent(raw_path: bytes, query: bytes,
+                                                   expected: str) -> None:
+    assert canonical_path_and_query(raw_path, query) == expected
+
+
+async def test_the_client_signs_the_target_that_httpx_sends() -> None:
+    """httpx escapes a space (`%20`) and keeps given escapes (`%2D`): the signature covers the
+    request line as it goes out, which is what the API verifies."""
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={})
+
+    async with DurapayClient("http://durapay.test", "pk_test_x", "sk_test_y",
+                             transport=httpx.MockTransport(answer)) as durapay:
+        await durapay.post("/payment-intents/pi_a%2Db?type=payment.succeeded&q=a b", {"a": 1})
+    [request] = sent
+    assert request.url.raw_path == b"/payment-intents/pi_a%2Db?type=payment.succeeded&q=a%20b"
+    expected = sign_request("sk_test_y", method="POST",
+                            path_and_query="/payment-intents/pi_a%2Db?type=payment.succeeded"
+                                           "&q=a%20b",
+                            timestamp=request.headers["X-Timestamp"],
+                            nonce=request.headers["X-Nonce"], body=request.content)
+    assert request.headers["X-Signature"] == expected
