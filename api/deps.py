@@ -196,7 +196,7 @@ MerchantDep = Annotated[Merchant, Depends(authenticate_merchant)]
 async def get_idempotency_key(
     idempotency_key: Annotated[str | None, Header()] = None,
 ) -> str | None:
-    if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
+    if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
         raise InvalidRequestError("idempotency_key_invalid",
                                   "Idempotency-Key must be 1 to 255 printable ASCII characters.",
                                   "Idempotency-Key")
