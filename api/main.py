@@ -11,7 +11,6 @@ from fastapi import FastAPI
 from api.deps import AppState, TemporalConnection
 from api.errors import install_error_handlers
 from api.routers import (
-    codec,
     events,
     health,
     merchants,
@@ -76,7 +75,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Durapay", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     for router in (health.router, merchants.router, payment_intents.router,
-                   transactions.router, refunds.router, events.router, webhook_endpoints.router,
-                   codec.router):
+                   transactions.router, refunds.router, events.router, webhook_endpoints.router):
         app.include_router(router)
     return app

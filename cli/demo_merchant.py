@@ -13,9 +13,14 @@ from typing import Any
 
 import httpx
 
+from core.secret_files import read_secret, write_secret
 from core.settings import Settings
 
 DEMO_MERCHANT_FILE = "demo-merchant.json"
+
+
+class NoDemoMerchant(RuntimeError):
+    """Production has no demo merchant."""
 
 
 def api_url(settings: Settings) -> str:
@@ -32,12 +37,15 @@ async def create_merchant(settings: Settings, name: str) -> dict[str, Any]:
 
 
 async def demo_merchant(settings: Settings) -> dict[str, Any]:
-    """The demo merchant of this state dir, onboarded on first use and kept (mode 600)."""
+    """The demo merchant of this state dir, onboarded on first use and kept (mode 600: the file
+    holds its secret key). Never in production, where every merchant is onboarded on purpose."""
+    if settings.env == "production":
+        raise NoDemoMerchant("DURAPAY_ENV=production has no demo merchant: onboard one with "
+                             "`durapay merchant create NAME` and use its keys")
     path: Path = settings.home_dir / DEMO_MERCHANT_FILE
-    if path.exists():
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    stored = read_secret(path)
+    if stored is not None:
+        return json.loads(stored)  # type: ignore[no-any-return]
     merchant = await create_merchant(settings, "Demo merchant")
-    # The file holds the secret key: created owner-only before anything is written to it.
-    path.touch(mode=0o600)
-    path.write_text(json.dumps(merchant, indent=2))
+    write_secret(path, json.dumps(merchant, indent=2))
     return merchant

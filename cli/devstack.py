@@ -1,6 +1,7 @@
 """`durapay dev`: start and supervise the whole local stack, in dependency order.
 
-Postgres -> migrations -> Temporal -> card-network simulator -> workers -> API. Each child runs in
+Postgres -> migrations -> Temporal -> card-network simulator -> workers -> codec -> API (the codec
+listener, for the Web UI, and the demo merchant only outside production). Each child runs in
 its own session (so a terminal's Ctrl-C reaches only us and we stop children in reverse order),
 logs to `$DURAPAY_HOME/logs/<name>.log`, and is health-checked before the next starts. A child
 that dies is reported loudly on stderr with the tail of its log and restarted in place, Postgres
@@ -29,11 +30,13 @@ import asyncpg
 import httpx
 from temporalio.client import Client
 
+from api.codec_app import public_url as codec_url
 from cli.demo_merchant import DEMO_MERCHANT_FILE, api_url, demo_merchant
-from cli.local_postgres import ClusterInitError, postgres_argv, postgres_system_user
+from cli.local_postgres import ClusterInitError, postgres_argv, run_as
 from cli.temporal_setup import register_search_attributes
 from core import search_attributes
 from core.db.migrate import upgrade
+from core.secret_files import InsecurePermissionsError, ensure_private_dir
 from core.settings import Settings
 
 log = logging.getLogger("durapay.dev")
@@ -66,11 +69,13 @@ class DevStack:
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def run(self) -> int:
-        self.logs.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
         try:
+            # Created 0700, or refused if others can reach it (core/secret_files.py).
+            ensure_private_dir(self.home)
+            self.logs.mkdir(exist_ok=True)
             for child in self._infrastructure():
                 if self._stopping.is_set():
                     return 0
@@ -82,10 +87,10 @@ class DevStack:
                     return 0
                 await self._start_child(child)
             self._write_state()
-            merchant = await demo_merchant(self.settings)
+            merchant = None if self.production else await demo_merchant(self.settings)
             self._print_banner(merchant)
             return await self._supervise()
-        except StackError as error:
+        except (StackError, InsecurePermissionsError) as error:
             print(f"\ndurapay dev: {error}", file=sys.stderr, flush=True)
             return 1
         finally:
@@ -114,6 +119,8 @@ class DevStack:
             )
         for index in range(s.workers):
             children.append(self._worker(f"worker-{index + 1}"))
+        if not self.production:  # it decrypts payloads: never part of a production stack
+            children.append(Child("codec", [python, "-m", "api.codec_app"], self._codec_ready))
         children.append(
             Child("api", [python, "-m", "uvicorn", "api.main:create_app", "--factory",
                           "--host", s.api_host, "--port", str(s.api_port),
@@ -123,10 +130,10 @@ class DevStack:
 
     async def _start(self, child: Child) -> None:
         log_file = open(self.logs / f"{child.name}.log", "ab")  # noqa: SIM115 (child owns it)
-        user = postgres_system_user(self.home / "postgres") if child.name == "postgres" else None
+        ids = run_as(self.home / "postgres") if child.name == "postgres" else {}
         child.process = subprocess.Popen(
             child.argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**self._child_env(), **child.env}, start_new_session=True, user=user,
+            env={**self._child_env(), **child.env}, start_new_session=True, **ids,
         )
         log_file.close()
         self._write_state()
@@ -224,13 +231,12 @@ class DevStack:
         # The local stack's webhook receivers run on this machine (loopback); an operator can
         # still say false. Production configurations never set it.
         env.setdefault("DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
-        # The local Web UI decodes our encrypted payloads through the API (loopback only).
-        env.setdefault("DURAPAY_CODEC_ENDPOINT_ENABLED", "true")
         return env
 
     def _postgres_argv(self) -> list[str]:
         try:
-            return postgres_argv(self.home / "postgres", self.settings.postgres_port)
+            return postgres_argv(self.home / "postgres", self.settings.postgres_port,
+                                 password_file=self.settings.local_postgres_password_file)
         except ClusterInitError as error:
             raise StackError(str(error)) from None
 
@@ -242,15 +248,16 @@ class DevStack:
                 "--db-filename", str(self.home / "temporal.db"), "--log-level", "error",
                 "--ui-disable-news-fetch",
                 # Measured: WAL + synchronous=normal more than doubles throughput on SQLite.
-                "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-                # Payloads are encrypted (core/codec.py); the UI asks the API to decode them.
-                "--ui-codec-endpoint", f"{self.api_url}/codec"]
+                "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
+        if not self.production:
+            # Payloads are encrypted (core/codec.py); the UI asks the codec listener to decode
+            # them (the browser calls it: loopback, so no token is needed).
+            argv += ["--ui-codec-endpoint", codec_url(s)]
         return argv + search_attributes.registration_flags()
 
     async def _prepare_database(self) -> None:
         if not self.settings.database_url:
-            conn = await asyncpg.connect(host="127.0.0.1", port=self.settings.postgres_port,
-                                         user="postgres", database="postgres")
+            conn = await asyncpg.connect(self.settings.local_postgres_url("postgres"))
             try:
                 exists = await conn.fetchval(
                     "SELECT 1 FROM pg_database WHERE datname = 'durapay'")
@@ -273,8 +280,7 @@ class DevStack:
     # ---- health ----------------------------------------------------------------------------
     async def _postgres_ready(self) -> bool:
         try:
-            conn = await asyncpg.connect(host="127.0.0.1", port=self.settings.postgres_port,
-                                         user="postgres", database="postgres", timeout=2)
+            conn = await asyncpg.connect(self.settings.local_postgres_url("postgres"), timeout=2)
         except (OSError, asyncpg.PostgresError, TimeoutError):
             return False
         await conn.close()
@@ -312,10 +318,17 @@ class DevStack:
     async def _api_ready(self) -> bool:
         return await self._get_ok(f"{self.api_url}/healthz")
 
+    async def _codec_ready(self) -> bool:
+        return await self._get_ok(codec_url(self.settings).removesuffix("/codec") + "/healthz")
+
     # ---- reporting -------------------------------------------------------------------------
     @property
     def api_url(self) -> str:
         return api_url(self.settings)
+
+    @property
+    def production(self) -> bool:
+        return self.settings.env == "production"
 
     def _death_report(self, child: Child) -> str:
         path = self.logs / f"{child.name}.log"
@@ -337,25 +350,30 @@ class DevStack:
         partial.write_text(json.dumps(state, indent=2))
         partial.replace(self.home / "stack.json")
 
-    def _print_banner(self, merchant: dict[str, str]) -> None:
+    def _print_banner(self, merchant: dict[str, str] | None) -> None:
         s = self.settings
         ui = (f"http://127.0.0.1:{s.temporal_ui_port}" if not s.temporal_address
               else "(external Temporal)")
-        print(
-            "\nDurapay is up.\n"
-            f"  API             {self.api_url}\n"
-            f"  API docs        {self.api_url}/docs\n"
-            f"  Temporal Web UI {ui}\n"
-            f"  Temporal gRPC   {s.effective_temporal_address}\n"
-            f"  Card network    {s.effective_cardnet_url}\n"
-            f"  State dir       {self.home}\n"
-            f"  Admin token     {s.resolved_admin_token()}\n"
-            f"\nDemo merchant {merchant['id']} (also in {self.home / DEMO_MERCHANT_FILE}):\n"
-            f"  Public key      {merchant['publicKey']}\n"
-            f"  Secret key      {merchant['secretKey']}\n"
-            "\nTry: durapay tour    (Ctrl-C stops everything; state survives a restart)\n",
-            flush=True,
-        )
+        lines = ["", "Durapay is up.",
+                 f"  API             {self.api_url}",
+                 f"  API docs        {self.api_url}/docs",
+                 f"  Temporal Web UI {ui}",
+                 f"  Temporal gRPC   {s.effective_temporal_address}",
+                 f"  Card network    {s.effective_cardnet_url}",
+                 f"  State dir       {self.home}"]
+        if not self.production:  # a production token is the operator's, never printed
+            lines += [f"  Codec (Web UI)  {codec_url(s)}",
+                      f"  Admin token     {s.resolved_admin_token()}"]
+        if merchant is not None:
+            lines += ["", f"Demo merchant {merchant['id']} (also in "
+                          f"{self.home / DEMO_MERCHANT_FILE}):",
+                      f"  Public key      {merchant['publicKey']}",
+                      f"  Secret key      {merchant['secretKey']}",
+                      "", "Try: durapay tour    (Ctrl-C stops everything; state survives a "
+                          "restart)"]
+        else:
+            lines += ["", "Ctrl-C stops everything; state survives a restart."]
+        print("\n".join(lines) + "\n", flush=True)
 
 
 class StackError(Exception):

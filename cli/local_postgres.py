@@ -1,49 +1,124 @@
-"""The embedded PostgreSQL that `durapay dev` runs itself: its binaries, its data dir and the
-unprivileged user it needs when the launcher runs as root."""
+"""The embedded PostgreSQL that `durapay dev` runs itself: its binaries, its data dir, its
+password, and the unprivileged user it needs when the launcher runs as root.
+
+The server listens on loopback only and authenticates every connection by password (SCRAM),
+local and host alike: loopback is shared by every user and process of the machine, so `trust`
+would give all of them our payments. The superuser's password is generated when the cluster is
+created and kept 0600 in the state dir (`Settings.local_postgres_password_file`), where every
+Durapay process reads it to build its database URL.
+
+A cluster made before password auth (`--auth=trust`, no password file) is upgraded in place on
+the next start, its data kept: the password is set in single-user mode (no listener open
+meanwhile) and pg_hba.conf rewritten. So is a cluster whose password file was lost.
+"""
 
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import Any
 
-POSTGRES_SYSTEM_USER = "embedded_postgres"
+from core.secret_files import POSTGRES_SYSTEM_USER, read_secret, write_secret
+
+AUTH_METHOD = "scram-sha-256"
+# What initdb --auth=scram-sha-256 writes, without its comments: every connection, local or
+# loopback, ordinary or replication, proves the password.
+PG_HBA = f"""# Written by durapay (cli/local_postgres.py): password (SCRAM) authentication only.
+local   all             all                                     {AUTH_METHOD}
+host    all             all             127.0.0.1/32            {AUTH_METHOD}
+host    all             all             ::1/128                 {AUTH_METHOD}
+local   replication     all                                     {AUTH_METHOD}
+host    replication     all             127.0.0.1/32            {AUTH_METHOD}
+host    replication     all             ::1/128                 {AUTH_METHOD}
+"""
 
 
 class ClusterInitError(RuntimeError):
     pass
 
 
-def postgres_argv(data: Path, port: int) -> list[str]:
-    """The server's command line; creates the cluster first if `data` holds none. A restart runs
-    the same command on the same data dir: PostgreSQL recovers from its WAL by itself, and
-    ignores a `postmaster.pid` left by a killed server once that process is gone."""
+def postgres_argv(data: Path, port: int, *, password_file: Path) -> list[str]:
+    """The server's command line; creates the cluster first if `data` holds none, and sets its
+    password if `password_file` holds none. A restart runs the same command on the same data
+    dir: PostgreSQL recovers from its WAL by itself, and ignores a `postmaster.pid` left by a
+    killed server once that process is gone."""
     if not (data / "PG_VERSION").exists():
-        initialize_cluster(data)
+        initialize_cluster(data, password_file)
+    elif read_secret(password_file) is None:
+        set_password(data, password_file)
     # TCP on loopback only; no unix socket, whose path length limit a deep state dir breaks.
     return [str(postgres_bin_dir() / "postgres"), "-D", str(data), "-p", str(port),
             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
             "-c", "max_connections=200"]
 
 
-def initialize_cluster(data: Path) -> None:
+def initialize_cluster(data: Path, password_file: Path) -> None:
     data.mkdir(parents=True, exist_ok=True)
-    initdb = subprocess.run(
-        [str(postgres_bin_dir() / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-         "-E", "UTF8", "--no-instructions"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=postgres_system_user(data),
-        check=False,
-    )
+    ids = run_as(data)
+    password = secrets.token_urlsafe(32)
+    # initdb reads the password from a file, which it must be able to open as `user`: a copy in
+    # a private dir of its own, removed at once (our 0600 file is not readable by that user).
+    with tempfile.TemporaryDirectory(dir=data.parent) as scratch:
+        pwfile = Path(scratch) / "pwfile"
+        pwfile.write_text(password + "\n")
+        pwfile.chmod(0o600)
+        for path in (Path(scratch), pwfile):
+            os.chown(path, ids.get("user", -1), ids.get("group", -1))
+        initdb = subprocess.run(
+            [str(postgres_bin_dir() / "initdb"), "-D", str(data), "-U", "postgres",
+             f"--auth={AUTH_METHOD}", f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, **ids,
+        )
     if initdb.returncode != 0:
         shutil.rmtree(data, ignore_errors=True)  # a half-made cluster would block retries
         raise ClusterInitError(f"initdb failed: {initdb.stderr.decode(errors='replace')}")
+    write_secret(password_file, password)
+
+
+def set_password(data: Path, password_file: Path) -> None:
+    """Give the superuser a new password and require it for every connection (pg_hba.conf),
+    then store it: the file is written last, so a start interrupted midway just does it again.
+    The server must not be running (single-user mode takes the data dir for itself)."""
+    password = secrets.token_urlsafe(32)  # URL-safe alphabet: nothing to quote in SQL
+    single = subprocess.run(
+        [str(postgres_bin_dir() / "postgres"), "--single", "-D", str(data),
+         "-c", "listen_addresses=", "-c", "unix_socket_directories=",
+         "-c", f"password_encryption={AUTH_METHOD}", "postgres"],
+        input=f"ALTER ROLE postgres PASSWORD '{password}';\n".encode(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, **run_as(data),
+    )
+    errors = single.stderr.decode(errors="replace")
+    if single.returncode != 0 or "ERROR:" in errors or "FATAL:" in errors:
+        raise ClusterInitError(f"could not set the password of the PostgreSQL cluster in {data} "
+                               f"(is a server still running on it?): {errors[-2000:]}")
+    # Written in place, so the file keeps the owner and mode the server's user needs.
+    with open(data / "pg_hba.conf", "w") as hba:
+        hba.write(PG_HBA)
+    write_secret(password_file, password)
+
+
+def run_as(data_dir: Path) -> dict[str, Any]:
+    """`subprocess` keyword arguments that run a PostgreSQL program on `data_dir`: as root, as
+    the unprivileged system user with its own group only (the group that may traverse the state
+    dir; root's groups dropped); otherwise nothing (as ourselves)."""
+    user = postgres_system_user(data_dir)
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def postgres_system_user(data_dir: Path) -> str | None:
     """PostgreSQL refuses to run as root: as root, run it as an unprivileged system user.
 
-    Uses embedded-postgres's own helpers (the same user name and permission fixes it applies).
+    Uses embedded-postgres's own helpers (the same user name and permission fixes it applies),
+    except for the data dir's parent (the state dir), which stays private: that user's group
+    may traverse it (0710), nothing more (see core/secret_files.py).
     """
     if os.geteuid() != 0:
         return None
@@ -55,10 +130,13 @@ def postgres_system_user(data_dir: Path) -> str | None:
 
     entry = ensure_user_exists(POSTGRES_SYSTEM_USER)
     assert entry is not None
+    state_dir = data_dir.parent
     # The unprivileged user must reach the binaries as well as the data: a checkout in a 0700
     # directory (e.g. `mktemp -d`) would otherwise hide initdb from it.
-    for path in (data_dir, postgres_bin_dir()):
+    for path in (state_dir, postgres_bin_dir()):
         ensure_prefix_permissions(path)
+    os.chown(state_dir, -1, entry.pw_gid)
+    state_dir.chmod(0o710)
     ensure_folder_permissions(postgres_bin_dir(), 0o555)
     ensure_folder_permissions(postgres_bin_dir().parent / "lib", 0o444)
     if data_dir.stat().st_uid != entry.pw_uid:

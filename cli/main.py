@@ -21,13 +21,15 @@ import sys
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from cli import reconcile, review
-from cli.demo_merchant import api_url, create_merchant, demo_merchant
+from cli.demo_merchant import NoDemoMerchant, api_url, create_merchant, demo_merchant
 from cli.devstack import DevStack
 from cli.shutdown import exit_without_finalizing
 from client import DurapayClient
-from core.settings import Settings, get_settings
+from core.secret_files import InsecurePermissionsError
+from core.settings import LocalPostgresPasswordMissing, Settings, get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     review.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as error:  # e.g. production without its secrets: refuse to start
+        print("durapay: " + "; ".join(e["msg"] for e in error.errors()), file=sys.stderr)
+        return 2
+    try:
+        return _run_command(args, settings)
+    except (InsecurePermissionsError, LocalPostgresPasswordMissing, NoDemoMerchant) as error:
+        print(f"durapay: {error}", file=sys.stderr)
+        return 1
 
+
+def _run_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "dev":
         return asyncio.run(DevStack(settings).run())
     if args.command == "review":

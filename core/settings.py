@@ -14,10 +14,17 @@ import secrets
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
+from urllib.parse import quote
 
-from pydantic import AliasChoices, Field, PrivateAttr
+from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.secret_files import read_or_create_secret, read_secret
+
+# Under the state dir: the embedded PostgreSQL superuser's password, written by `durapay dev`
+# when it creates (or upgrades) the cluster, read by every process that connects to it.
+LOCAL_POSTGRES_PASSWORD_FILE = "postgres-password"
 
 
 class Settings(BaseSettings):
@@ -117,10 +124,19 @@ class Settings(BaseSettings):
 
     # Where a worker writes its pid once it polls its task queue (set by `durapay dev`).
     worker_ready_file: Path | None = None
-    # The Web UI's codec endpoint (api/routers/codec.py): off unless asked for; `durapay dev`
-    # turns it on for its loopback stack.
-    codec_endpoint_enabled: bool = False
+    # Web UI origins, besides the local UI's, that may call the codec listener (api/codec_app.py)
     codec_ui_origins: str = ""  # comma-separated, e.g. https://temporal-ui.internal
+
+    @model_validator(mode="after")
+    def _production_secrets_are_given(self) -> Self:
+        """Every process reads settings first, so this is where each refuses to start."""
+        if self.env == "production":
+            missing = [name for name, value in (("DURAPAY_MASTER_KEY", self.master_key),
+                                                ("DURAPAY_ADMIN_TOKEN", self.admin_token))
+                       if not value]
+            if missing:
+                raise ValueError(_production_refusal(missing))
+        return self
 
     @property
     def codec_allowed_origins(self) -> frozenset[str]:
@@ -138,7 +154,23 @@ class Settings(BaseSettings):
         """SQLAlchemy URL (asyncpg driver) of the database every process uses."""
         if self.database_url:
             return to_asyncpg_url(self.database_url)
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.postgres_port}/durapay"
+        return to_asyncpg_url(self.local_postgres_url())
+
+    @property
+    def local_postgres_password_file(self) -> Path:
+        return self.home_dir / LOCAL_POSTGRES_PASSWORD_FILE
+
+    def local_postgres_url(self, database: str = "durapay") -> str:
+        """`postgresql://` URL of the embedded PostgreSQL that `durapay dev` runs, with its
+        password (password auth: SCRAM, see cli/local_postgres.py)."""
+        password = read_secret(self.local_postgres_password_file)
+        if password is None:
+            raise LocalPostgresPasswordMissing(
+                f"no password for the local PostgreSQL at {self.local_postgres_password_file}: "
+                "`durapay dev` writes it when it creates the database; is DURAPAY_HOME the "
+                "state dir it uses? (Or set DATABASE_URL.)")
+        return (f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:"
+                f"{self.postgres_port}/{database}")
 
     @property
     def effective_temporal_address(self) -> str:
@@ -149,12 +181,13 @@ class Settings(BaseSettings):
         return self.cardnet_url or f"http://127.0.0.1:{self.cardnet_port}"
 
     def resolved_admin_token(self) -> str:
-        """The admin token from config, else the one generated once under the state dir."""
+        """The admin token from config, else (development only) the one generated once under
+        the state dir."""
         if self.admin_token:
             return self.admin_token
         if self._admin_token_from_file is None:
-            self._admin_token_from_file = _read_or_create_secret(
-                self.home_dir / "admin-token", lambda: secrets.token_urlsafe(32))
+            self._admin_token_from_file = self._generated_secret(
+                "admin-token", "DURAPAY_ADMIN_TOKEN", lambda: secrets.token_urlsafe(32))
         return self._admin_token_from_file
 
     def resolved_master_key(self) -> bytes:
@@ -162,14 +195,31 @@ class Settings(BaseSettings):
 
         Resolved once per Settings: the API asks for it on every idempotent request."""
         if self._master_key_bytes is None:
-            encoded = self.master_key or _read_or_create_secret(
-                self.home_dir / "master.key", lambda: base64.b64encode(os.urandom(32)).decode()
-            )
+            encoded = self.master_key or self._generated_secret(
+                "master.key", "DURAPAY_MASTER_KEY",
+                lambda: base64.b64encode(os.urandom(32)).decode())
             key = base64.b64decode(encoded)
             if len(key) != 32:
                 raise ValueError("DURAPAY_MASTER_KEY must be 32 bytes, base64-encoded")
             self._master_key_bytes = key
         return self._master_key_bytes
+
+    def _generated_secret(self, file_name: str, variable: str, make: Callable[[], str]) -> str:
+        """A secret generated once into the state dir (0600, in a 0700 dir). Never in
+        production: the validator above refuses such settings, and this guards copies made
+        without validation (`model_copy`)."""
+        if self.env == "production":
+            raise ValueError(_production_refusal([variable]))
+        return read_or_create_secret(self.home_dir / file_name, make)
+
+
+class LocalPostgresPasswordMissing(RuntimeError):
+    """The state dir holds no password for the embedded PostgreSQL."""
+
+
+def _production_refusal(missing: list[str]) -> str:
+    return (f"DURAPAY_ENV=production: {' and '.join(missing)} must be set; generated secrets "
+            "are for development only")
 
 
 def to_asyncpg_url(url: str) -> str:
@@ -178,21 +228,6 @@ def to_asyncpg_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     raise ValueError("DATABASE_URL must be a postgresql:// URL")
-
-
-def _read_or_create_secret(path: Path, make: Callable[[], str]) -> str:
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = make()
-    # O_EXCL so two processes starting together cannot write two different secrets.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(value)
-    return value
 
 
 @lru_cache

@@ -113,7 +113,8 @@ def start_stack(home: Path, *, workers: int = 1, extra_env: dict[str, str] | Non
 
 def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
                  timeout: float) -> RunningStack:
-    ports = {name: free_port() for name in ("api", "cardnet", "temporal", "ui", "postgres")}
+    ports = {name: free_port()
+             for name in ("api", "cardnet", "temporal", "ui", "postgres", "codec")}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DURAPAY_") and k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
     env.update({
@@ -123,11 +124,12 @@ def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
         "DURAPAY_TEMPORAL_PORT": str(ports["temporal"]),
         "DURAPAY_TEMPORAL_UI_PORT": str(ports["ui"]),
         "DURAPAY_POSTGRES_PORT": str(ports["postgres"]),
+        "DURAPAY_CODEC_PORT": str(ports["codec"]),
         "DURAPAY_WORKERS": str(workers),
         "DURAPAY_ADMIN_TOKEN": "test-admin-token-" + os.urandom(8).hex(),
         **(extra_env or {}),
     })
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # the launcher refuses a looser one
     output = open(home / "launcher.out", "wb")  # noqa: SIM115 (the launcher owns it)
     process = subprocess.Popen([str(BIN / "durapay"), "dev"], env=env, stdout=output,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -139,7 +141,7 @@ def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
         cardnet_url=f"http://127.0.0.1:{ports['cardnet']}",
         temporal_address=f"127.0.0.1:{ports['temporal']}",
         admin_token=env["DURAPAY_ADMIN_TOKEN"],
-        database_url=f"postgresql://postgres@127.0.0.1:{ports['postgres']}/durapay")
+        database_url="")  # known once the launcher has written the password
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -150,6 +152,8 @@ def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
         if (home / "launcher.out").read_text(errors="replace").find("Durapay is up") >= 0:
             response = httpx.get(f"{api_url}/healthz", timeout=5)
             if response.status_code == 200:
+                stack.database_url = Settings(
+                    home=home, postgres_port=ports["postgres"]).local_postgres_url()
                 return stack
         time.sleep(0.3)
     stack.stop()

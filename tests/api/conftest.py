@@ -36,7 +36,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.main import create_app
-from cli.local_postgres import postgres_argv, postgres_system_user
+from cli.local_postgres import postgres_argv, run_as
 from client import sign
 from core import search_attributes
 from core.codec import data_converter
@@ -61,14 +61,17 @@ PUBLIC_URL = "https://1.1.1.1/hooks"
 async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A fresh PostgreSQL cluster with the `durapay` database at the migrations' head."""
     data = Path(tmp_path_factory.mktemp("pg")) / "data"
+    password_file = data.parent / "postgres-password"  # written by postgres_argv (SCRAM auth)
     for _ in range(3):  # a port picked as free can be taken before postgres binds it
         port = free_port()
         log = open(data.parent / "postgres.log", "ab")  # noqa: SIM115 (the server owns it)
         server = subprocess.Popen(
-            postgres_argv(data, port), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, user=postgres_system_user(data), start_new_session=True)
+            postgres_argv(data, port, password_file=password_file), stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            **run_as(data))
         log.close()
-        if await _postgres_answers(server, port):
+        password = password_file.read_text()
+        if await _postgres_answers(server, port, password):
             break
         _stop(server)
     else:
@@ -76,10 +79,10 @@ async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
                            + (data.parent / "postgres.log").read_text(errors="replace"))
     try:
         admin = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
-                                      database="postgres")
+                                      password=password, database="postgres")
         await admin.execute("CREATE DATABASE durapay")
         await admin.close()
-        url = f"postgresql://postgres@127.0.0.1:{port}/durapay"
+        url = f"postgresql://postgres:{password}@127.0.0.1:{port}/durapay"  # URL-safe password
         # Alembic's env.py runs its own event loop: keep it off this one.
         await asyncio.to_thread(upgrade, to_asyncpg_url(url))
         yield url
@@ -87,12 +90,13 @@ async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         _stop(server)
 
 
-async def _postgres_answers(server: subprocess.Popen[bytes], port: int) -> bool:
+async def _postgres_answers(server: subprocess.Popen[bytes], port: int, password: str) -> bool:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and server.poll() is None:
         try:
             connection = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
-                                               database="postgres", timeout=2)
+                                               password=password, database="postgres",
+                                               timeout=2)
         except (OSError, asyncpg.PostgresError, TimeoutError):
             await asyncio.sleep(0.1)
             continue

@@ -1,0 +1,114 @@
+"""The embedded PostgreSQL of `durapay dev`: password (SCRAM) auth for every connection, the
+password 0600 in the state dir, and a cluster made before that (`trust`) upgraded in place."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from cli.local_postgres import postgres_argv, postgres_bin_dir, run_as
+from tests.stack import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@contextmanager
+def running(data: Path, password_file: Path) -> Iterator[int]:
+    """The server of `data` on a free port, as `durapay dev` starts it; stopped at the end."""
+    port = free_port()
+    server = subprocess.Popen(postgres_argv(data, port, password_file=password_file),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL, start_new_session=True,
+                              **run_as(data))
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            assert server.poll() is None and time.monotonic() < deadline, "postgres did not start"
+            time.sleep(0.1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _connect(port: int, password: str | None) -> asyncpg.Connection:
+    return await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
+                                 password=password, database="postgres", timeout=10)
+
+
+async def _refused_without_password(port: int) -> None:
+    # asyncpg would read PGPASSWORD or ~/.pgpass; an empty password is what "none" sends.
+    with pytest.raises(asyncpg.PostgresError, match="password"):
+        await _connect(port, "")
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await _connect(port, "not-the-password")
+
+
+async def test_local_postgres_refuses_connections_without_the_password(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    password_file = home / "postgres-password"
+    with running(home / "postgres", password_file) as port:
+        assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+        await _refused_without_password(port)
+        connection = await _connect(port, password_file.read_text())
+        try:
+            assert await connection.fetchval("SHOW password_encryption") == "scram-sha-256"
+            rules = await connection.fetch("SELECT auth_method FROM pg_hba_file_rules")
+            assert {r["auth_method"] for r in rules} == {"scram-sha-256"}
+        finally:
+            await connection.close()
+
+
+async def test_trust_cluster_from_before_is_upgraded_with_its_data(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    data = home / "postgres"
+    data.mkdir()
+    # A state dir made by the previous launcher: initdb --auth=trust, no password file.
+    initdb = subprocess.run(
+        [str(postgres_bin_dir() / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+         "-E", "UTF8", "--no-instructions"], capture_output=True, check=False, **run_as(data))
+    assert initdb.returncode == 0, initdb.stderr
+    port = free_port()
+    server = subprocess.Popen(
+        [str(postgres_bin_dir() / "postgres"), "-D", str(data), "-p", str(port),
+         "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        **run_as(data))
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            assert server.poll() is None and time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        connection = await _connect(port, None)  # trust: no password asked
+        await connection.execute("CREATE TABLE kept (note text); "
+                                 "INSERT INTO kept VALUES ('from before')")
+        await connection.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    password_file = home / "postgres-password"
+    with running(data, password_file) as port:
+        await _refused_without_password(port)
+        connection = await _connect(port, password_file.read_text())
+        try:
+            assert await connection.fetchval("SELECT note FROM kept") == "from before"
+        finally:
+            await connection.close()
