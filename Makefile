@@ -3,14 +3,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Exact versions with their hashes (`make lock` writes both): the runtime and dev dependencies
+# here, the runtime ones alone for the Docker image.
+LOCK := requirements-dev.lock
+RUNTIME_LOCK := requirements.lock
+# PyPI only and no uv config, so the hashes are PyPI's whatever a machine's config adds.
+LOCK_FLAGS := --no-config --generate-hashes --python-version 3.11 \
+	--index-url https://pypi.org/simple --custom-compile-command "make lock"
 
-.PHONY: dev test test-fast lint bench clean-state
+.PHONY: dev test test-fast lint bench clean-state lock
 
-$(STAMP): pyproject.toml
+# The locked versions (every file checked against its hash), then Durapay itself on top.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# After changing pyproject.toml's dependencies: resolve again, keeping every pin that still
+# fits. `make lock LOCK_ARGS=--upgrade` moves everything to its newest version. The runtime
+# lock is resolved within the dev one, so both pin the same versions.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(LOCK_ARGS) -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(LOCK_ARGS) -c $(LOCK) \
+		-o $(RUNTIME_LOCK)
 
 dev: $(STAMP)
 	$(BIN)/durapay dev
