@@ -24,7 +24,8 @@ request's session, but FastAPI never shows it the response that the handler's mo
 replays). Why the dependency declares the endpoint's body too: dependencies run before FastAPI
 validates the handler's own parameters, so the dependency's own copy of the body is what makes
 FastAPI validate it first (an invalid request claims nothing) and gives the fingerprint the
-parameters as validated, defaults included, as before.
+parameters as validated, defaults included, as before (`RequestModel.idempotency_parameters`:
+a card counts only as the answer shows it, see `TransactionCreate`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ from typing import Any
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
 from sqlalchemy import delete, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
@@ -49,6 +49,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import IdempotencyKeyDep, MerchantDep, SessionDep, StateDep
 from api.errors import ApiError, ConflictError, InvalidRequestError
+from api.schemas.base import RequestModel
 from core.db.tables import IdempotencyRecord
 
 ABANDONED_AFTER = timedelta(seconds=60)
@@ -82,7 +83,9 @@ class Replay(Exception):
 
 
 def request_fingerprint(secret: bytes, endpoint: str, payload: Any) -> str:
-    """Keyed hash of the parameters: a charge body holds a PAN, so a bare hash would leak it."""
+    """Keyed hash of the parameters (card data already left out by `idempotency_parameters`):
+    keyed, so that a guessable body (an amount, an order number) cannot be confirmed from the
+    database alone."""
     canonical = json.dumps([endpoint, payload], sort_keys=True, separators=(",", ":"))
     return hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
 
@@ -164,7 +167,7 @@ class IdempotentRoute(APIRoute):
         return handle_once
 
 
-def idempotent(model: type[BaseModel], *, optional: bool = False,
+def idempotent(model: type[RequestModel], *, optional: bool = False,
                commit_claim: bool = True) -> Any:
     """`Depends(...)` giving an idempotent endpoint its Idempotency-Key (None without one),
     claimed before the handler runs and answered after it (see the module's docstring).
@@ -180,7 +183,7 @@ def idempotent(model: type[BaseModel], *, optional: bool = False,
 
     async def claim_key(request: Request, merchant: MerchantDep, state: StateDep,
                         session: SessionDep, key: IdempotencyKeyDep,
-                        body: BaseModel | None = None) -> AsyncIterator[str | None]:
+                        body: RequestModel | None = None) -> AsyncIterator[str | None]:
         if not isinstance(request.scope.get("route"), IdempotentRoute):
             raise RuntimeError(f"{request.url.path}: an idempotent endpoint's router needs "
                                "route_class=IdempotentRoute")
@@ -189,7 +192,7 @@ def idempotent(model: type[BaseModel], *, optional: bool = False,
             await session.commit()
             return
         endpoint = f"{request.method} {request.url.path}"
-        payload = (body or model()).model_dump(mode="json")
+        payload = (body or model()).idempotency_parameters()
         stored = await claim(session, merchant_id=merchant.id, key=key, endpoint=endpoint,
                              fingerprint=request_fingerprint(state.settings.resolved_master_key(),
                                                              endpoint, payload),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer
 from pydantic.alias_generators import to_camel
@@ -24,6 +24,12 @@ class RequestModel(BaseModel):
     """Requests: camelCase (snake_case accepted), unknown parameters refused, not ignored."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def idempotency_parameters(self) -> dict[str, Any]:
+        """What an Idempotency-Key's fingerprint covers (api/idempotency.py): every parameter
+        as validated, defaults included. A model holding card data overrides it, since the
+        fingerprint is stored and must derive from nothing secret."""
+        return self.model_dump(mode="json")
 
 
 Item = TypeVar("Item")
