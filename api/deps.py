@@ -25,6 +25,7 @@ from api.errors import (
     NotFoundError,
     service_unavailable,
 )
+from api.rate_limit import take_token
 from core.crypto import Cipher, canonical_path_and_query, sign_request, signature_matches
 from core.db.tables import Merchant, MerchantKey, PaymentIntent, RequestNonce
 from core.settings import Settings
@@ -145,6 +146,7 @@ async def authenticate_merchant(
                             timestamp=x_timestamp, nonce=x_nonce, body=await request.body())
     if not signature_matches(expected, x_signature):
         raise AuthenticationError("invalid_signature", "The request signature does not match.")
+    await take_token(session, state.settings, public_key)  # charged once the signature verified
     await _consume_nonce(session, public_key, x_nonce, now, state.settings)
     merchant = await session.get(Merchant, key.merchant_id)
     if merchant is None:

@@ -88,6 +88,16 @@ class ConflictError(ApiError):
     type = "conflict"
 
 
+class RequestTooLargeError(ApiError):
+    status = 413
+    type = "invalid_request_error"
+
+
+class RateLimitError(ApiError):
+    status = 429
+    type = "rate_limit_error"
+
+
 class ServiceUnavailableError(ApiError):
     status = 503
     type = "api_error"

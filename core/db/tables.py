@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Double,
     Index,
     LargeBinary,
     MetaData,
@@ -69,6 +70,23 @@ class RequestNonce(SQLModel, table=True):
     nonce: str = Field(primary_key=True)
     expires_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+
+
+class RateLimitBucket(SQLModel, table=True):
+    """One API key's token bucket (api/rate_limit.py), shared by every API process.
+
+    UNLOGGED: a bucket is worth nothing after a crash (it refills within seconds), so its
+    writes skip the WAL and a commit that wrote only here waits for no disk flush. One row per
+    key that ever authenticated: requests that fail authentication never reach it.
+    """
+
+    __tablename__ = "rate_limit_bucket"
+    __table_args__ = {"prefixes": ["UNLOGGED"]}
+    public_key: str = Field(primary_key=True)
+    tokens: float = Field(sa_column=Column(Double, nullable=False))
+    # Whether the latest request took a token: RETURNING sees only the row as updated.
+    allowed: bool
+    updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class CardToken(SQLModel, table=True):

@@ -197,7 +197,8 @@ async def test_a_charge_commits_once_before_its_update_and_holds_its_key_meanwhi
     await assert_eventually(lambda: idempotency_record(db, merchant, "charge-9"))
     assert await count(db, "card_token", merchant) == 1
     before_update = list(statements)
-    authenticated = before_update.index("COMMIT") + 1  # the nonce's transaction comes first
+    # The rate limiter's and the nonce's transactions come first.
+    authenticated = before_update.index("COMMIT", before_update.index("INSERT request_nonce")) + 1
     assert before_update[authenticated:] == [
         "BEGIN", "SELECT merchant", "SELECT payment_intent", "INSERT idempotency_record",
         "INSERT card_token", "COMMIT"]
@@ -219,7 +220,7 @@ async def test_a_charge_without_a_key_commits_only_its_token_before_the_update(
         f"/payment-intents/{intent['id']}/transactions", _charge()))
     await assert_eventually(lambda: count(db, "card_token", merchant))
     before_update = list(statements)
-    authenticated = before_update.index("COMMIT") + 1
+    authenticated = before_update.index("COMMIT", before_update.index("INSERT request_nonce")) + 1
     assert before_update[authenticated:] == [
         "BEGIN", "SELECT merchant", "SELECT payment_intent", "INSERT card_token", "COMMIT"]
     assert (await answered).status_code == 503
