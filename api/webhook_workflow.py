@@ -4,6 +4,10 @@ Deliveries of a payment's later events are children of its workflow
 (`workflows/webhook_fanout.py`); the API starts those of the event it appends itself and
 redeliveries (asked for long after a payment's run may have ended) as workflows of their own,
 with the same workflow and the same retry schedule.
+
+Manual redeliveries are capped per event and endpoint (`DURAPAY_MAX_REDELIVERIES`): each
+starts a workflow that may retry for three days, so an unbounded number would let one merchant
+flood the workers and the endpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,6 +23,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from api.errors import InvalidRequestError
 from core.db.tables import Event, WebhookDelivery, WebhookEndpoint
 from core.settings import Settings
 from core.webhooks import delivery_id_for, schedule_from
@@ -31,9 +37,12 @@ START_WAIT_SECONDS = 2.0
 async def start_redeliveries(session: AsyncSession, temporal: Client, settings: Settings, *,
                              event: Event, endpoints: list[WebhookEndpoint],
                              request_key: str) -> list[WebhookDelivery]:
-    """One new delivery per endpoint, named by the request: the same key starts nothing twice."""
+    """One new delivery per endpoint, named by the request: the same key starts nothing twice.
+    Refuses them all, creating nothing, when one endpoint already had its share of the event."""
     ids = [delivery_id_for(event.id, e.id, "redeliver", request_key) for e in endpoints]
     if ids:
+        await _check_redelivery_count(session, event, ids=ids, endpoints=endpoints,
+                                      limit=settings.max_redeliveries)
         await session.exec(insert(WebhookDelivery).values([
             {"id": delivery_id, "merchant_id": event.merchant_id, "event_id": event.id,
              "endpoint_id": endpoint.id, "origin": "redeliver"}
@@ -46,6 +55,31 @@ async def start_redeliveries(session: AsyncSession, temporal: Client, settings: 
         WebhookDelivery.id.in_(ids)))).all()  # type: ignore[attr-defined]
     order = {delivery_id: index for index, delivery_id in enumerate(ids)}
     return sorted(rows, key=lambda d: order[d.id])
+
+
+async def _check_redelivery_count(session: AsyncSession, event: Event, *, ids: list[str],
+                                  endpoints: list[WebhookEndpoint], limit: int) -> None:
+    """Past `limit` redeliveries of `event` to one of `endpoints`, refuse. This request's own
+    ids do not count: its retry (the same Idempotency-Key) creates nothing and is answered."""
+    endpoint_ids = sorted(e.id for e in endpoints)
+    # Locked until the deliveries commit, so concurrent requests count each other; in id order,
+    # so two of them cannot deadlock. NO KEY UPDATE: deliveries referencing them still insert.
+    await session.exec(select(WebhookEndpoint.id).where(
+        WebhookEndpoint.id.in_(endpoint_ids))  # type: ignore[attr-defined]
+        .order_by(WebhookEndpoint.id).with_for_update(key_share=True))
+    counts = (await session.exec(
+        select(WebhookDelivery.endpoint_id, func.count()).where(
+            WebhookDelivery.event_id == event.id, WebhookDelivery.origin == "redeliver",
+            WebhookDelivery.endpoint_id.in_(endpoint_ids),  # type: ignore[attr-defined]
+            WebhookDelivery.id.not_in(ids))  # type: ignore[attr-defined]
+        .group_by(WebhookDelivery.endpoint_id)
+        .order_by(WebhookDelivery.endpoint_id))).all()
+    for endpoint_id, redeliveries in counts:
+        if redeliveries >= limit:
+            raise InvalidRequestError(
+                "redelivery_limit_reached",
+                f"Event {event.id} was already redelivered {redeliveries} times to webhook "
+                f"endpoint {endpoint_id}, the most allowed ({limit}); nothing was sent.")
 
 
 async def start_event_deliveries(temporal: Client, settings: Settings,

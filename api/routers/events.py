@@ -50,7 +50,9 @@ async def list_events(
                          "`pending`); each is retried like the first. The `webhook-id` header is "
                          "still the event id, so a receiver that already processed the event "
                          "can tell. The same `Idempotency-Key` names the same deliveries: a "
-                         "retried request sends nothing twice.")
+                         "retried request sends nothing twice. One event is redelivered to "
+                         "one endpoint at most `DURAPAY_MAX_REDELIVERIES` times (default 10): "
+                         "past it, 400 `redelivery_limit_reached` and nothing is sent.")
 async def redeliver_event(id: str, merchant: MerchantDep, state: StateDep, session: SessionDep,
                           temporal: TemporalDep, idempotency_key: IdempotencyKeyDep,
                           body: RedeliverRequest | None = None) -> ListOf[WebhookDeliveryOut]:

@@ -6,8 +6,9 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import MerchantDep, SessionDep, StateDep
 from api.errors import InvalidRequestError, NotFoundError
@@ -23,7 +24,7 @@ from api.schemas.webhook_endpoints import (
     WebhookEndpointWithSecret,
 )
 from api.views import load_webhook_deliveries_out, webhook_endpoint_out
-from core.db.tables import WebhookDelivery, WebhookEndpoint
+from core.db.tables import Merchant, WebhookDelivery, WebhookEndpoint
 from core.domain import new_id, utcnow
 from core.settings import Settings
 from core.webhooks import UnsafeUrl, new_webhook_secret, parse_webhook_url, resolve_host
@@ -50,11 +51,14 @@ OwnedEndpointDep = Annotated[WebhookEndpoint, Depends(get_owned_endpoint)]
              description="The URL must be https and must not resolve to a loopback, private, "
                          "link-local or metadata address (400 `url_not_allowed`) unless the "
                          "operator allows private networks. `enabledEvents` lists event types "
-                         "or `[\"*\"]` for every payment event.")
+                         "or `[\"*\"]` for every payment event. A merchant has at most "
+                         "`DURAPAY_MAX_WEBHOOK_ENDPOINTS` (default 16) endpoints, deleted ones "
+                         "not counted: past it, 400 `webhook_endpoint_limit_reached`.")
 async def create_webhook_endpoint(
     body: WebhookEndpointCreate, merchant: MerchantDep, state: StateDep, session: SessionDep,
 ) -> WebhookEndpointWithSecret:
     await _check_url(body.url, state.settings)
+    await _check_endpoint_count(session, merchant.id, state.settings.max_webhook_endpoints)
     secret = new_webhook_secret()
     endpoint_id = new_id("we")
     endpoint = WebhookEndpoint(
@@ -159,6 +163,22 @@ async def list_webhook_deliveries(
         starting_after=starting_after, noun="webhook delivery")
     data = await load_webhook_deliveries_out(session, rows)
     return ListOf[WebhookDeliveryOut](data=data, has_more=has_more)
+
+
+async def _check_endpoint_count(session: AsyncSession, merchant_id: str, limit: int) -> None:
+    """Refuse a new endpoint past the merchant's limit. The merchant's row stays locked until
+    the endpoint commits, so two concurrent creations cannot both pass the count (NO KEY
+    UPDATE: the merchant's payments, which only reference the row, are not held up)."""
+    await session.exec(select(Merchant.id).where(Merchant.id == merchant_id)
+                       .with_for_update(key_share=True))
+    live = (await session.exec(select(func.count()).select_from(WebhookEndpoint).where(
+        WebhookEndpoint.merchant_id == merchant_id,
+        WebhookEndpoint.deleted_at.is_(None)))).one()  # type: ignore[union-attr]
+    if live >= limit:
+        raise InvalidRequestError(
+            "webhook_endpoint_limit_reached",
+            f"A merchant can have at most {limit} webhook endpoints; delete one you no longer "
+            "use before creating another.")
 
 
 async def _check_url(url: str, settings: Settings) -> None:
