@@ -7,9 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState, TemporalConnection
 from api.errors import install_error_handlers
+from api.rate_limit import burst_of
 from api.routers import (
     events,
     health,
@@ -56,7 +60,54 @@ the first response; the same key with a different body is a 400 (`idempotency_ke
 a key whose first request is still running is a 409 (`idempotency_key_in_use`).
 """
 
+
+def limits_section(settings: Settings) -> str:
+    """The API docs' limits, with this deployment's values."""
+    rate = settings.rate_limit_per_second
+    rate_text = "no per-key limit is set."
+    if rate > 0:
+        rate_text = (f"each API key may make {rate:g} requests a second on average, in bursts "
+                     f"of {burst_of(rate):g}. Past it: 429 `rate_limit_error` / "
+                     "`rate_limit_exceeded` with `Retry-After` (whole seconds); retry after "
+                     "it. Only correctly signed requests count against a key.")
+    return f"""
+## Limits
+* **Request size:** a body larger than {settings.max_body_bytes} bytes answers 413
+  `invalid_request_error` / `request_too_large`, before authentication.
+* **Rate:** {rate_text}
+* **Webhooks:** at most {settings.max_webhook_endpoints} webhook endpoints per merchant (deleted
+  ones do not count), and at most {settings.max_redeliveries} manual redeliveries of one event
+  to one endpoint; past either, 400 `webhook_endpoint_limit_reached` /
+  `redelivery_limit_reached`, and nothing is created.
+
+## Caching
+Every answer carries `Cache-Control: no-store`: some hold secrets (a merchant's secret key, a
+webhook signing secret) and none is meant for a cache.
+"""
+
+
 log = logging.getLogger("durapay.api")
+
+
+class NoStoreMiddleware:
+    """`Cache-Control: no-store` on every answer: onboarding, key rolls and webhook endpoint
+    creation and rotation (and their idempotent replays) carry secrets, and the rest is one
+    merchant's private data, so no browser or proxy may keep any of it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -72,9 +123,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await engine.dispose()
 
-    app = FastAPI(title="Durapay", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="Durapay", version="0.1.0",
+                  description=DESCRIPTION + limits_section(settings), lifespan=lifespan)
     install_error_handlers(app)
     for router in (health.router, merchants.router, payment_intents.router,
                    transactions.router, refunds.router, events.router, webhook_endpoints.router):
         app.include_router(router)
+    app.add_middleware(NoStoreMiddleware)
+    # Added last, so the outermost layer: nothing reads a body before its size is checked.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

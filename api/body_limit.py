@@ -1,0 +1,84 @@
+"""The request-size limit: bodies above `DURAPAY_MAX_BODY_BYTES` are refused before anything
+reads them.
+
+A pure ASGI middleware, the app's outermost layer: it reads the whole body itself (every
+endpoint reads it anyway: the signature covers it) and hands the app a body that is known to
+fit, so authentication, idempotency and JSON parsing never see an oversize one. A declared
+`Content-Length` over the limit is refused without reading a byte; a body sent without one
+(chunked) or longer than it declared is refused as soon as its running size passes the limit.
+Requests without credentials are refused alike: the limit comes before authentication.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError, InvalidRequestError, RequestTooLargeError
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared == "invalid":
+            await _refuse(InvalidRequestError("invalid_content_length",
+                                              "The Content-Length header is not a number."),
+                          scope, receive, send)
+            return
+        if declared is not None and declared > self.max_body_bytes:
+            await _refuse(self._too_large(), scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before it finished sending: nobody to answer
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                await _refuse(self._too_large(), scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    def _too_large(self) -> ApiError:
+        return RequestTooLargeError(
+            "request_too_large",
+            f"The request body is larger than the {self.max_body_bytes} bytes this API "
+            "accepts.")
+
+
+def _content_length(scope: Scope) -> int | str | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else "invalid"
+    return None
+
+
+async def _refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+    # Rendered as api/errors.py renders every error. `Connection: close`: the rest of the body
+    # is never read, so the connection cannot carry another request.
+    response = JSONResponse(error.body(), status_code=error.status,
+                            headers={"Cache-Control": "no-store", "Connection": "close"})
+    await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body as one message; then the client's own messages (its disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
