@@ -16,6 +16,9 @@ not counted (connection pools, worker caches and first-call costs):
   4. create: signed `POST /payment-intents` (DB insert and its event; no workflow yet);
   5. retrieve: signed `GET /payment-intents/{id}` (auth + one query, no workflow);
   6. charge: signed `POST …/transactions` alone, on intents created in step 4.
+Then the per-key rate limiter (api/rate_limit.py) that every signed request passes: its
+statement and commit timed back to back on the stack's database, beside `SELECT 1`, with its
+share of a signed retrieve (the stack's limit is set high, so it never refuses).
 Each step prints throughput and latency percentiles, and under them the CPU time each process
 spent per operation (`cpu ms/op`: the stack's processes by name, the bare worker, and `bench`,
 the load generator itself; bench/cpu.py) with how many of the machine's cores were busy: on
@@ -53,17 +56,20 @@ from pathlib import Path
 
 import httpx
 from pydantic import TypeAdapter
+from sqlalchemy import text
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from api.rate_limit import take_token
 from bench.bare_workflow import BareWorkflow
 from bench.cpu import CpuUse, snapshot
 from bench.history import HistorySummary, summarize
 from cli.shutdown import exit_without_finalizing
 from client import DurapayClient
-from core.settings import Settings
+from core.db.session import create_engine, session_factory
+from core.settings import Settings, to_asyncpg_url
 from tests.stack import RunningStack, start_stack
 
 CARD = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"}
@@ -312,6 +318,71 @@ async def charged_history(stack: RunningStack, intent_id: str) -> HistorySummary
     return summarize(await client.get_workflow_handle(intent_id).fetch_history())
 
 
+# ---- the rate limiter's cost ---------------------------------------------------------------
+
+@dataclass
+class Timed:
+    ms: float  # wall time per statement (with its commit), one after the other
+    cpu: CpuUse  # `postgres`, and `bench`: the client side, which the API pays in production
+
+
+async def measure_rate_limiter(stack: RunningStack, count: int = 1000) -> dict[str, Timed]:
+    """What the rate limit adds to every signed request: `take_token` itself (one upsert and
+    its commit) on one connection of the stack's database, beside `SELECT 1` and a commit, in
+    alternating rounds so that drift in the machine's load hits both alike."""
+    engine = create_engine(to_asyncpg_url(stack.database_url), pool_size=1)
+    settings = Settings(rate_limit_per_second=1e9)  # the limiter's full work, never a refusal
+    postgres = {"postgres": stack_processes(stack)["postgres"]}
+    rounds, per_round = 10, count // 10
+    wall = {"take_token": 0.0, "SELECT 1": 0.0}
+    cpu: dict[str, dict[str, float]] = {name: {} for name in wall}
+    try:
+        async with session_factory(engine)() as session:
+            async def limiter() -> None:
+                await take_token(session, settings, "pk_bench_rate_limiter")
+
+            async def select_one() -> None:
+                await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+                await session.commit()
+
+            steps = {"take_token": limiter, "SELECT 1": select_one}
+            for step in steps.values():  # connection, prepared statements, the bucket's row
+                for _ in range(50):
+                    await step()
+            for _ in range(rounds):
+                for name, step in steps.items():
+                    before, started = snapshot(postgres), time.perf_counter()
+                    for _ in range(per_round):
+                        await step()
+                    wall[name] += time.perf_counter() - started
+                    for process, seconds in snapshot(postgres).items():
+                        cpu[name][process] = cpu[name].get(process, 0.0) + seconds - before[process]
+    finally:
+        await engine.dispose()
+    done = rounds * per_round
+    return {name: Timed(1000 * wall[name] / done, CpuUse(cpu[name], done, wall[name]))
+            for name in wall}
+
+
+def print_rate_limiter(timed: dict[str, Timed], retrieve: Measurement) -> None:
+    limiter, floor = timed["take_token"], timed["SELECT 1"]
+    print("\nrate limiter (api/rate_limit.py), per signed request: one upsert + commit on the "
+          "bucket's row (UNLOGGED)")
+    for name, measured in timed.items():
+        cpu = measured.cpu.per_operation_ms()
+        print(f"  {name + ' + commit' if name == 'SELECT 1' else name:<20} {measured.ms:6.3f} ms"
+              f"   cpu postgres {cpu.get('postgres', 0):.3f} ms  client {cpu.get('bench', 0):.3f}"
+              " ms")
+    print(f"  over a bare round trip             {limiter.ms - floor.ms:6.3f} ms")
+    if retrieve.latencies:
+        print(f"  share of a signed retrieve p50     {ratio(limiter.ms, retrieve.p50 * 1000):6.1%}"
+              f"   ({retrieve.p50 * 1000:.1f} ms at concurrency, the limiter included)")
+    if retrieve.cpu:
+        print(f"  share of a signed retrieve's cpu   "
+              f"{ratio(limiter.cpu.total_ms, retrieve.cpu.total_ms):6.1%}"
+              f"   ({retrieve.cpu.total_ms:.1f} ms all processes, the limiter included)")
+
+
 # ---- runs ----------------------------------------------------------------------------------
 
 @dataclass
@@ -386,11 +457,13 @@ async def bench(options: Options) -> None:
         workdir = Path(tmp)
         async with running_stack(workdir, options.workers) as stack:
             results = await run_all_steps(stack, options, workdir)
+            limiter = await measure_rate_limiter(stack)
         scaled: Measurement | None = None
         if options.scaling:
             async with running_stack(workdir, options.workers * 2) as stack:
                 scaled = await run_create_and_charge(stack, options)
     print_summary(results, options)
+    print_rate_limiter(limiter, results.retrieve)
     if scaled:
         print_scaling(results.create_and_charge, scaled, options.workers)
 
