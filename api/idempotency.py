@@ -3,6 +3,8 @@
 The first request with a key claims it; the stored response is replayed for the same key and
 the same parameters; the same key with other parameters is a 400; a key whose first request is
 still running is a 409. A claim abandoned by a crashed process can be taken over after a while.
+A key is kept `DURAPAY_IDEMPOTENCY_RETENTION_SECONDS` (24 h, as Stripe): past that it is a new
+key, and each claim deletes a bounded batch of expired records, whoever's they are.
 
 An endpoint takes part by declaring its key as `Annotated[str | None, idempotent(BodyModel)]`,
 on a router built with `route_class=IdempotentRoute`. Its handler then only does its work and
@@ -42,7 +44,7 @@ from typing import Any
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy import delete, update
+from sqlalchemy import and_, delete, or_, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -53,6 +55,10 @@ from api.schemas.base import RequestModel
 from core.db.tables import IdempotencyRecord
 
 ABANDONED_AFTER = timedelta(seconds=60)
+# Each claim deletes at most this many expired records (of any merchant), in one range scan of
+# the created_at index: it adds at most one, so a backlog drains without a janitor process and
+# no request ever pays for a scan of the whole table.
+EXPIRED_RECORDS_PER_CLAIM = 100
 # `response_body` is JSONB, which reorders an object's keys: the answer is kept as the JSON text
 # that was sent, under this one key, so that a replay is the same bytes.
 SENT_TEXT = "sent"
@@ -90,18 +96,51 @@ def request_fingerprint(secret: bytes, endpoint: str, payload: Any) -> str:
     return hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
 
 
+def _expired(now: datetime, retention: timedelta) -> Any:
+    """A record past retention: answered, or a claim also past `ABANDONED_AFTER`; a request
+    still running is never overtaken by a retention shorter than that."""
+    return and_(IdempotencyRecord.created_at < now - retention,
+                or_(IdempotencyRecord.response_status.is_not(None),  # type: ignore[union-attr]
+                    IdempotencyRecord.created_at < now - ABANDONED_AFTER))
+
+
+async def _delete_expired(session: AsyncSession, now: datetime, retention: timedelta) -> None:
+    # Past both ages, so the index on created_at bounds the scan; SKIP LOCKED: concurrent
+    # claims delete different rows instead of queueing on the same ones.
+    cutoff = now - max(retention, ABANDONED_AFTER)
+    expired = (select(IdempotencyRecord.merchant_id, IdempotencyRecord.key)
+               .where(IdempotencyRecord.created_at < cutoff)
+               .order_by(IdempotencyRecord.created_at)  # type: ignore[arg-type]
+               .limit(EXPIRED_RECORDS_PER_CLAIM).with_for_update(skip_locked=True))
+    await session.exec(delete(IdempotencyRecord).where(
+        tuple_(IdempotencyRecord.merchant_id, IdempotencyRecord.key).in_(expired)))
+
+
 async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: str,
-                fingerprint: str, commit: bool = True) -> StoredResponse | None:
+                fingerprint: str, retention: timedelta,
+                commit: bool = True) -> StoredResponse | None:
     """Claim the key for this request, or return the response stored for it.
 
-    With `commit=False` the claim is left for the handler's first commit: until then a request
-    with the same key waits on its row lock (see `idempotent`)."""
-    inserted = await session.exec(
+    A record past `retention` is claimed as if it did not exist: its answer and parameters are
+    forgotten. With `commit=False` the claim is left for the handler's first commit: until
+    then a request with the same key waits on its row lock (see `idempotent`)."""
+    now = datetime.now(UTC)
+    # One statement, so two requests with an expired key cannot both take it: the second
+    # waits on the first's row lock, then finds the record fresh and no longer expired.
+    claimed = (await session.exec(
         insert(IdempotencyRecord).values(merchant_id=merchant_id, key=key, endpoint=endpoint,
-                                         request_hash=fingerprint)
-        .on_conflict_do_nothing().returning(IdempotencyRecord.key)
-    )
-    if inserted.first() is not None:
+                                         request_hash=fingerprint, created_at=now)
+        .on_conflict_do_update(
+            index_elements=[IdempotencyRecord.merchant_id, IdempotencyRecord.key],
+            set_={"endpoint": endpoint, "request_hash": fingerprint, "response_status": None,
+                  "response_body": None, "created_at": now},
+            where=_expired(now, retention))
+        .returning(IdempotencyRecord.key)
+    )).first() is not None
+    # After the claim, whose row lock is the only one this transaction waits for: the deletion
+    # skips locked rows, so two claims cannot each wait on a row the other deleted.
+    await _delete_expired(session, now, retention)
+    if claimed:
         if commit:
             await session.commit()
         return None
@@ -196,6 +235,8 @@ def idempotent(model: type[RequestModel], *, optional: bool = False,
         stored = await claim(session, merchant_id=merchant.id, key=key, endpoint=endpoint,
                              fingerprint=request_fingerprint(state.settings.resolved_master_key(),
                                                              endpoint, payload),
+                             retention=timedelta(
+                                 seconds=state.settings.idempotency_retention_seconds),
                              commit=commit_claim)
         if stored is not None:
             raise Replay(stored)

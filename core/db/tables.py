@@ -185,6 +185,8 @@ class IdempotencyRecord(SQLModel, table=True):
     """A merchant's Idempotency-Key: the request it named and the response it got."""
 
     __tablename__ = "idempotency_record"
+    # Expired records are found by age (api/idempotency.py), a bounded batch per claim.
+    __table_args__ = (Index("ix_idempotency_record_created_at", "created_at"),)
     merchant_id: str = Field(primary_key=True, foreign_key="merchant.id")
     key: str = Field(primary_key=True)
     endpoint: str

@@ -1,20 +1,47 @@
-"""api/idempotency.py: what a key's record holds (nothing derived from the card's number or
-CVC)."""
+"""api/idempotency.py: what a key's record holds (nothing derived from the card's number or CVC)
+and how long it counts (DURAPAY_IDEMPOTENCY_RETENTION_SECONDS). Records are aged by moving
+their `created_at` back, never by waiting."""
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
-from api.idempotency import request_fingerprint
+from api.idempotency import ABANDONED_AFTER, EXPIRED_RECORDS_PER_CLAIM, request_fingerprint
+from api.main import create_app
 from api.schemas.transactions import TransactionCreate
 from core.settings import Settings
-from tests.api.conftest import CARD_4242, Merchant, idempotency_record, served_by
+from tests.api.conftest import CARD_4242, Merchant, count, idempotency_record, served_by
 from tests.api.test_transactions import AnsweringPaymentWorkflow
 
 pytestmark = pytest.mark.api
+
+RETENTION_SECONDS = 90  # short, and past ABANDONED_AFTER: an expired record is deletable
+INTENT = {"amountInCents": 1200, "currency": "usd"}
+
+
+@asynccontextmanager
+async def retaining(settings: Settings, merchant: Merchant,
+                    seconds: int) -> AsyncIterator[Merchant]:
+    """`merchant`'s requests to an app that keeps idempotency records `seconds`."""
+    app = create_app(settings.model_copy(update={"idempotency_retention_seconds": seconds}))
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                  base_url="http://durapay.test") as http):
+        yield dataclasses.replace(merchant, http=http)
+
+
+async def _age(db: asyncpg.Pool, merchant: Merchant, key: str, seconds: float) -> None:
+    await db.execute("UPDATE idempotency_record SET created_at = now() - make_interval("
+                     "secs => $3) WHERE merchant_id = $1 AND key = $2",
+                     merchant.id, key, float(seconds))
 
 
 def _charge(**card: Any) -> dict[str, Any]:
@@ -58,3 +85,76 @@ def test_a_fingerprint_is_the_same_whatever_the_cvc() -> None:
 
     assert fingerprint(cvc="123") == fingerprint(cvc="999") == fingerprint(cvc="0000")
     assert fingerprint() != fingerprint(number="5555555555554444")
+
+
+async def test_a_key_past_its_retention_is_a_new_key(
+        settings: Settings, merchant: Merchant, db: asyncpg.Pool) -> None:
+    async with retaining(settings, merchant, RETENTION_SECONDS) as shop:
+        first = await shop.post("/payment-intents", INTENT, idempotency_key="order-1")
+        assert first.status_code == 201, first.text
+        await _age(db, merchant, "order-1", RETENTION_SECONDS - 5)
+        kept = await shop.post("/payment-intents", INTENT, idempotency_key="order-1")
+        assert kept.content == first.content  # still within retention: replayed
+        await _age(db, merchant, "order-1", RETENTION_SECONDS + 1)
+        again = await shop.post("/payment-intents", INTENT, idempotency_key="order-1")
+        assert again.status_code == 201, again.text
+        assert again.json()["id"] != first.json()["id"]  # the request ran again
+        assert (await shop.post("/payment-intents", INTENT,
+                                idempotency_key="order-1")).content == again.content
+        await _age(db, merchant, "order-1", RETENTION_SECONDS + 1)
+        other = await shop.post("/payment-intents", {**INTENT, "amountInCents": 1300},
+                                idempotency_key="order-1")
+        assert other.status_code == 201, other.text  # other parameters are no reuse either
+    assert await count(db, "payment_intent", merchant) == 3
+    assert await count(db, "idempotency_record", merchant) == 1
+
+
+async def test_a_claim_in_flight_outlives_a_short_retention_until_it_is_abandoned(
+        settings: Settings, merchant: Merchant, db: asyncpg.Pool) -> None:
+    async with retaining(settings, merchant, 1) as shop:
+        await shop.post("/payment-intents", INTENT, idempotency_key="in-flight")
+        # As if its request were still running.
+        await db.execute("UPDATE idempotency_record SET response_status = NULL, "
+                         "response_body = NULL WHERE merchant_id = $1", merchant.id)
+        await _age(db, merchant, "in-flight", 5)
+        in_use = await shop.post("/payment-intents", INTENT, idempotency_key="in-flight")
+        assert in_use.status_code == 409, in_use.text
+        assert in_use.json()["error"]["code"] == "idempotency_key_in_use"
+        await _age(db, merchant, "in-flight", ABANDONED_AFTER.total_seconds() + 1)
+        taken = await shop.post("/payment-intents", {**INTENT, "amountInCents": 1300},
+                                idempotency_key="in-flight")
+        assert taken.status_code == 201, taken.text
+
+
+async def test_expired_records_of_every_merchant_are_deleted(
+        settings: Settings, merchant: Merchant, other_merchant: Merchant,
+        db: asyncpg.Pool) -> None:
+    async with retaining(settings, merchant, RETENTION_SECONDS) as shop:
+        theirs = dataclasses.replace(other_merchant, http=shop.http)
+        for key in ("expired", "kept"):
+            assert (await theirs.post("/payment-intents", INTENT,
+                                      idempotency_key=key)).status_code == 201
+        await _age(db, other_merchant, "expired", RETENTION_SECONDS + 1)
+        await _age(db, other_merchant, "kept", RETENTION_SECONDS - 5)
+        assert (await shop.post("/payment-intents", INTENT,
+                                idempotency_key=uuid.uuid4().hex)).status_code == 201
+    assert await idempotency_record(db, other_merchant, "expired") is None
+    assert await idempotency_record(db, other_merchant, "kept") is not None
+
+
+async def test_a_backlog_of_expired_records_goes_a_bounded_batch_per_claim(
+        settings: Settings, merchant: Merchant, other_merchant: Merchant,
+        db: asyncpg.Pool) -> None:
+    # Only this batch is expired (none left by other tests), so each claim's share shows.
+    await db.execute("DELETE FROM idempotency_record WHERE created_at < now() - interval "
+                     "'1 day'")
+    backlog = EXPIRED_RECORDS_PER_CLAIM + 5
+    await db.executemany(
+        "INSERT INTO idempotency_record (merchant_id, key, endpoint, request_hash, "
+        "response_status, response_body, created_at) VALUES ($1, $2, 'POST /payment-intents', "
+        "'x', 201, '{}', now() - interval '2 days')",
+        [(other_merchant.id, f"old-{n}") for n in range(backlog)])
+    for left in (backlog - EXPIRED_RECORDS_PER_CLAIM, 0):
+        assert (await merchant.post("/payment-intents", INTENT,
+                                    idempotency_key=uuid.uuid4().hex)).status_code == 201
+        assert await count(db, "idempotency_record", other_merchant) == left
