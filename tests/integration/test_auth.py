@@ -141,3 +141,22 @@ async def test_other_merchants_objects_are_not_found(stack: RunningStack,
         assert all(e["data"]["paymentId"] != intent["id"] for e in events)
     # The owner's intent was not touched by the intruder's charge attempt.
     assert (await durapay.get(f"/payment-intents/{intent['id']}")).json()["status"] == "created"
+
+
+async def test_percent_escapes_signed_as_sent_pass_through_uvicorn(
+        durapay: DurapayClient) -> None:
+    """uvicorn hands the API the request line as received (`raw_path`, `query_string`), which
+    is what the client signed: an escaped id or query value is no signature mismatch."""
+    intent = await create_intent(durapay)
+    missing = await durapay.get("/payment-intents/pi_no%2Dsuch%2Dintent")
+    assert missing.status_code == 404, missing.text
+    escaped = intent["id"].replace("_", "%5F", 1)
+    found = await durapay.get(f"/payment-intents/{escaped}")
+    assert found.status_code == 200, found.text
+    assert found.json()["id"] == intent["id"]
+    listed = await durapay.get("/payment-intents?limit=1%30&status=cr%65ated")
+    assert listed.status_code == 200, listed.text
+    assert [i["id"] for i in listed.json()["data"]] == [intent["id"]]
+    events = await durapay.get("/events?type=payment.created&limit=10&startingAfter=a b")
+    assert events.status_code == 400, events.text  # signed as sent (`a%20b`), then refused
+    assert events.json()["error"]["param"] == "startingAfter"
