@@ -38,6 +38,7 @@ from core import search_attributes
 from core.db.migrate import upgrade
 from core.secret_files import InsecurePermissionsError, ensure_private_dir
 from core.settings import Settings
+from core.temporal_client import connect_temporal
 
 log = logging.getLogger("durapay.dev")
 
@@ -272,8 +273,7 @@ class DevStack:
         """The embedded server registers the search attributes itself (start-dev flags)."""
         if not self.settings.temporal_address:
             return
-        client = await Client.connect(self.settings.effective_temporal_address,
-                                      namespace=self.settings.temporal_namespace)
+        client = await connect_temporal(self.settings)  # TLS / API key, as every process
         added = await register_search_attributes(client, self.settings.temporal_namespace)
         print(f"  search attributes registered: {', '.join(added) or 'all present'}", flush=True)
 

@@ -1,14 +1,73 @@
-"""One way to connect to Temporal, so every process encrypts payloads the same way."""
+"""One way to connect to Temporal, so every process (API, workers, CLI) authenticates to it and
+encrypts payloads the same way.
+
+Temporal trusts whoever reaches its frontend, so in production that connection is
+authenticated: TLS with the server's CA (`DURAPAY_TEMPORAL_TLS_CA`), a client certificate and
+key for mTLS (`DURAPAY_TEMPORAL_TLS_CERT`, `DURAPAY_TEMPORAL_TLS_KEY`), or an API key
+(`DURAPAY_TEMPORAL_API_KEY`, Temporal Cloud), in the namespace `DURAPAY_TEMPORAL_NAMESPACE`.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from temporalio.client import Client
+from temporalio.service import TLSConfig
 
 from core.codec import data_converter
 from core.settings import Settings
 
+_PEM_START = b"-----BEGIN"
+
+
+class TemporalConfigError(ValueError):
+    """The Temporal connection settings contradict each other or name unreadable files."""
+
+
+def temporal_connect_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of `Client.connect` (address, namespace, TLS, API key), from settings
+    alone: no file other than the PEMs they name is read, nothing is connected."""
+    ca = _pem(settings.temporal_tls_ca, "DURAPAY_TEMPORAL_TLS_CA")
+    cert = _pem(settings.temporal_tls_cert, "DURAPAY_TEMPORAL_TLS_CERT")
+    key = _pem(settings.temporal_tls_key, "DURAPAY_TEMPORAL_TLS_KEY")
+    if (cert is None) != (key is None):
+        raise TemporalConfigError(
+            "mTLS needs both DURAPAY_TEMPORAL_TLS_CERT and DURAPAY_TEMPORAL_TLS_KEY; only "
+            + ("the certificate" if cert is not None else "the key") + " is set")
+    api_key = settings.temporal_api_key or None
+    tls: bool | TLSConfig
+    if ca is not None or cert is not None:
+        tls = TLSConfig(server_root_ca_cert=ca, client_cert=cert, client_private_key=key)
+    else:
+        # An API key travels only over TLS (the system's roots, as Temporal Cloud's are).
+        tls = api_key is not None
+    return {"target_host": settings.effective_temporal_address,
+            "namespace": settings.temporal_namespace,
+            "tls": tls,
+            "api_key": api_key}
+
 
 async def connect_temporal(settings: Settings) -> Client:
-    return await Client.connect(settings.effective_temporal_address,
-                                namespace=settings.temporal_namespace,
+    return await Client.connect(**temporal_connect_options(settings),
                                 data_converter=data_converter(settings.resolved_master_key()))
+
+
+def _pem(value: str | None, variable: str) -> bytes | None:
+    """A PEM given inline, or the path of a file holding it. Errors name the variable, never
+    the value (it may be a private key)."""
+    if value is None or not value.strip():
+        return None
+    if value.lstrip().startswith(_PEM_START.decode()):
+        text = value.strip()
+        if "\n" not in text:  # flattened into one line by a secret store: `\n` escapes
+            text = text.replace("\\n", "\n")
+        return text.encode() + b"\n"
+    try:
+        content = Path(value).expanduser().read_bytes()
+    except OSError as error:
+        raise TemporalConfigError(f"{variable}: cannot read the PEM file it names "
+                                  f"({error.strerror or error})") from None
+    if _PEM_START not in content:
+        raise TemporalConfigError(f"{variable}: the file it names is not PEM")
+    return content
