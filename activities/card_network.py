@@ -13,13 +13,14 @@ from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.crypto import Cipher
-from core.db.tables import CardToken
-from core.domain import NetworkOutcome
+from core.db.tables import CardToken, PaymentIntent, Transaction
+from core.domain import NetworkOutcome, TransactionType
 from core.errors import ErrorType
 
 
@@ -67,7 +68,7 @@ class CardNetworkActivities:
     @activity.defn
     async def authorize_card(self, request: AuthorizeInput) -> NetworkAnswer:
         """Charge (or authorize) at the network. 5xx/refused: retry; timeout/lost: unknown."""
-        card = await self._card(request.card_token_id)
+        card = await self._card(request.card_token_id, request.network_reference)
         body = {
             "reference": request.network_reference,
             "type": "charge" if request.capture else "authorize",
@@ -129,11 +130,24 @@ class CardNetworkActivities:
             return NetworkAnswer(NetworkOutcome.UNKNOWN)
         return _answer(response, str(body["reference"]))
 
-    async def _card(self, token_id: str) -> dict[str, object]:
+    async def _card(self, token_id: str, network_reference: str) -> dict[str, object]:
+        """The card of a recorded charge attempt, only if its token is the merchant's whose
+        intent the attempt belongs to (read from the database, never from the request): a
+        forged token id cannot make us decrypt, let alone send, another merchant's card.
+
+        A refusal is final and proves nothing was sent: it happens before any byte leaves, and
+        its answer cannot change between tries (a token is never deleted while a transaction
+        names it, and neither it nor an intent changes merchant)."""
         async with self._sessions() as session:
-            token = await session.get(CardToken, token_id)
+            token = (await session.exec(
+                select(CardToken)
+                .join(PaymentIntent, PaymentIntent.merchant_id == CardToken.merchant_id)
+                .join(Transaction, Transaction.payment_intent_id == PaymentIntent.id)
+                .where(CardToken.id == token_id, Transaction.id == network_reference,
+                       Transaction.type == TransactionType.CHARGE.value))).first()
         if token is None:
-            raise ApplicationError("card token not found", type=ErrorType.VAULT_TOKEN_MISSING,
+            raise ApplicationError("card token not found for this charge's merchant: nothing "
+                                   "was sent", type=ErrorType.VAULT_TOKEN_MISSING,
                                    non_retryable=True)
         number = self._cipher.decrypt(token.pan_ciphertext, context=token.id).decode()
         return {"number": number, "expMonth": token.exp_month, "expYear": token.exp_year}

@@ -32,7 +32,7 @@ from core.db.queries import (
     transition_intent,
     transition_transaction,
 )
-from core.db.tables import PaymentIntent, Transaction
+from core.db.tables import CardToken, PaymentIntent, Transaction
 from core.domain import (
     CaptureMethod,
     CardSummary,
@@ -195,6 +195,7 @@ class PaymentRecordActivities:
         """
         async with self._sessions() as session, session.begin():
             intent = await lock_intent(session, attempt.payment_intent_id)
+            await _check_card_token(session, attempt.card_token_id, intent.merchant_id)
             cause = f"{attempt.transaction_id}:start"
             existing = await lock_transaction(session, attempt.transaction_id)
             if existing is not None:
@@ -350,6 +351,18 @@ async def _apply_outcome(session: AsyncSession, intent: PaymentIntent, txn: Tran
                                     transaction_id=txn.id,
                                     changes={"last_error": _last_error(result)})
     await close_manual_review(session, intent)
+
+
+async def _check_card_token(session: AsyncSession, token_id: str, merchant_id: str) -> None:
+    """A charge names a vault token of the intent's own merchant (read from the intent, never
+    from the request). Another merchant's token would charge their customer's card; one that
+    does not exist would break the foreign key and be retried for ever under the intent's lock.
+    Either is refused for good (LookupError: see `refusals_are_final`), and nothing is written."""
+    owner = (await session.exec(select(CardToken.merchant_id).where(
+        CardToken.id == token_id))).first()
+    if owner != merchant_id:  # None: no such token
+        # Without the id: it came with the request, so it is not ours to log.
+        raise LookupError("the charge's card token is not a card of this payment's merchant")
 
 
 async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amount: int) -> None:
