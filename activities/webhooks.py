@@ -1,5 +1,10 @@
 """Webhook side effects: send one signed attempt of a delivery, record what happened.
 
+Sending and recording are two activities: a record that fails (the database is down) is retried
+on its own and never sends the webhook again; only the delivery's durable backoff sends again.
+What the receiver answered is cleaned before anything stores it (`core.webhooks.clean_text`,
+`parse_retry_after`), so no answer can make a record fail.
+
 Every method is idempotent. Deliveries are planned with their event (`core/db/deliveries.py`),
 attempts recorded under (delivery, attempt number), and a delivery that is no longer pending
 is never sent again. A send retried after a crash repeats the same `webhook-id`, so the receiver can
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,16 +39,20 @@ from core.settings import Settings
 from core.webhooks import (
     ENDPOINT_DISABLED_EVENT,
     UnsafeUrl,
+    UrlPolicy,
+    check_webhook_url,
+    clean_text,
     event_payload,
     parse_retry_after,
-    parse_webhook_url,
-    resolve_host,
     signature_header,
 )
 
 # Only the start of an answer is kept for the merchant to read; the rest is never read at all.
 RESPONSE_KEEP_BYTES = 1024
+# Our own error texts are short; the cap guards the few that quote the URL's host.
+ERROR_KEEP_CHARS = 500
 USER_AGENT = "Durapay-Webhooks/1.0"
+log = logging.getLogger("durapay.webhooks")
 
 
 @dataclass
@@ -62,6 +72,28 @@ class AttemptResult(StrEnum):
 class AttemptOutcome:
     result: AttemptResult
     retry_after_seconds: float | None = None
+
+
+@dataclass
+class SentAttempt:
+    """One attempt as sent (what the receiver answered), or why nothing was sent; the input of
+    `record_webhook_attempt`. Text fields are already cleaned and capped."""
+
+    delivery_id: str
+    attempt_number: int
+    # Set when nothing was sent: the delivery is closed already, or its endpoint is off.
+    closed: AttemptResult | None = None
+    endpoint_id: str | None = None
+    attempted_at: datetime | None = None
+    duration_ms: int = 0
+    status_code: int | None = None
+    error: str | None = None
+    body: str | None = None
+    retry_after_seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
 
 
 @dataclass
@@ -94,21 +126,31 @@ class WebhookActivities:
         self._sessions = sessions
         self._cipher = cipher
         self._settings = settings
+        # Parsed once: a bad DURAPAY_WEBHOOK_ALLOWED_PORTS stops the worker at start-up.
+        self._url_policy = UrlPolicy.from_settings(settings)
 
     @activity.defn
-    async def deliver_webhook(self, attempt: AttemptInput) -> AttemptOutcome:
-        """Send one signed attempt of the delivery and record it (time, status, duration)."""
+    async def send_webhook(self, attempt: AttemptInput) -> SentAttempt:
+        """Send one signed attempt of the delivery; returns what the receiver answered.
+
+        Writes nothing about the attempt: `record_webhook_attempt` does, so a record that fails
+        can be retried without sending again. Every answer (non-2xx, timeout, refused URL) is a
+        result, not an exception.
+        """
         async with self._sessions() as session, session.begin():
             loaded = await _load(session, attempt.delivery_id)
             if loaded is None:
-                return AttemptOutcome(AttemptResult.STOP)
+                return SentAttempt(attempt.delivery_id, attempt.attempt_number,
+                                   closed=AttemptResult.STOP)
             delivery, endpoint, event = loaded
             if delivery.status != "pending":
                 delivered = delivery.status == "succeeded"
-                return AttemptOutcome(AttemptResult.DELIVERED if delivered else AttemptResult.STOP)
+                return SentAttempt(attempt.delivery_id, attempt.attempt_number, closed=(
+                    AttemptResult.DELIVERED if delivered else AttemptResult.STOP))
             if endpoint.deleted_at is not None or endpoint.status != "enabled":
                 await _close_delivery(session, delivery.id, "canceled")
-                return AttemptOutcome(AttemptResult.STOP)
+                return SentAttempt(attempt.delivery_id, attempt.attempt_number,
+                                   closed=AttemptResult.STOP)
             secrets = self._live_secrets(endpoint)
             assert event.seq is not None  # a stored event has its sequence
             body = event_payload(event_id=event.id, event_type=event.type,
@@ -118,25 +160,55 @@ class WebhookActivities:
         # No database connection is held while the merchant's server takes its time.
         started_at, started = utcnow(), time.monotonic()
         answer = await self._send(url, msg_id=event.id, secrets=secrets, body=body)
-        duration_ms = int((time.monotonic() - started) * 1000)
-        ok = answer.status_code is not None and 200 <= answer.status_code < 300
+        return SentAttempt(
+            attempt.delivery_id, attempt.attempt_number, endpoint_id=endpoint_id,
+            attempted_at=started_at, duration_ms=int((time.monotonic() - started) * 1000),
+            status_code=answer.status_code, error=clean_text(answer.error, limit=ERROR_KEEP_CHARS),
+            body=clean_text(answer.body, limit=RESPONSE_KEEP_BYTES),
+            retry_after_seconds=answer.retry_after_seconds)
+
+    @activity.defn
+    async def record_webhook_attempt(self, sent: SentAttempt) -> AttemptOutcome:
+        """Record a sent attempt (time, status, duration, start of the answer) and what it means
+        for the delivery and its endpoint. Idempotent: the attempt is an upsert, every other
+        write is conditional."""
+        assert sent.endpoint_id is not None and sent.attempted_at is not None, "not sent"
         async with self._sessions() as session, session.begin():
-            await _record_attempt(session, attempt, started_at, duration_ms, answer)
-            if ok:
-                await _close_delivery(session, attempt.delivery_id, "succeeded")
+            await _record_attempt(session, sent)
+            if sent.ok:
+                await _close_delivery(session, sent.delivery_id, "succeeded")
                 await session.exec(update(WebhookEndpoint).where(
-                    WebhookEndpoint.id == endpoint_id).values(failing_since=None))
+                    WebhookEndpoint.id == sent.endpoint_id).values(failing_since=None))
                 return AttemptOutcome(AttemptResult.DELIVERED)
-            await session.exec(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
-                               .values(failing_since=func.coalesce(
-                                   WebhookEndpoint.failing_since, started_at)))
-            if answer.status_code == 410:
+            await session.exec(update(WebhookEndpoint).where(
+                WebhookEndpoint.id == sent.endpoint_id).values(failing_since=func.coalesce(
+                    WebhookEndpoint.failing_since, sent.attempted_at)))
+            if sent.status_code == 410:
                 # The merchant told us the URL is gone for good: stop sending there at once.
-                await _close_delivery(session, attempt.delivery_id, "failed")
-                await disable_endpoint(session, endpoint_id, reason="gone",
-                                       cause=attempt.delivery_id)
+                await _close_delivery(session, sent.delivery_id, "failed")
+                await disable_endpoint(session, sent.endpoint_id, reason="gone",
+                                       cause=sent.delivery_id)
                 return AttemptOutcome(AttemptResult.STOP)
-        return AttemptOutcome(AttemptResult.RETRY, answer.retry_after_seconds)
+        return AttemptOutcome(AttemptResult.RETRY, sent.retry_after_seconds)
+
+    @activity.defn
+    async def deliver_webhook(self, attempt: AttemptInput) -> AttemptOutcome:
+        """Send and record in one activity: only for deliveries whose run began before the two
+        were split (`workflows/webhook_delivery.py`, patch `SEND_THEN_RECORD`).
+
+        A record that fails after the send is not raised, since a retry of this activity would
+        send again at once: the attempt counts as failed and the delivery's backoff sends next.
+        """
+        sent = await self.send_webhook(attempt)
+        if sent.closed is not None:
+            return AttemptOutcome(sent.closed)
+        try:
+            return await self.record_webhook_attempt(sent)
+        except Exception as error:  # any failure: sending again at once would be worse
+            log.warning("webhook delivery %s: attempt %d was sent but not recorded (%s); "
+                        "the next attempt follows the backoff", attempt.delivery_id,
+                        attempt.attempt_number, type(error).__name__)
+            return AttemptOutcome(AttemptResult.RETRY)
 
     @activity.defn
     async def fail_webhook_delivery(self, failed: FailInput) -> None:
@@ -171,12 +243,12 @@ class WebhookActivities:
         return secrets
 
     async def _send(self, url: str, *, msg_id: str, secrets: list[str], body: bytes) -> _Response:
-        allow_private = self._settings.webhook_allow_private_networks
         try:
-            target = parse_webhook_url(url, allow_private=allow_private)
-            # Checked again at every attempt, and the request goes to the very address that
-            # passed: a DNS answer that changes in between (rebinding) is never followed.
-            address = (await resolve_host(target, allow_private=allow_private))[0]
+            # Checked again at every attempt (an operator may have narrowed the ports since),
+            # and the request goes to the very address that passed: a DNS answer that changes
+            # in between (rebinding) is never followed.
+            target, addresses = await check_webhook_url(url, self._url_policy)
+            address = addresses[0]
         except UnsafeUrl as error:
             return _Response(error=f"{error.code}: {error}")
         parts = urlsplit(url)
@@ -233,16 +305,18 @@ async def _load(session: AsyncSession, delivery_id: str) -> tuple[
     return None if row is None else (row[0], row[1], row[2])
 
 
-async def _record_attempt(session: AsyncSession, attempt: AttemptInput, started_at: datetime,
-                          duration_ms: int, answer: _Response) -> None:
-    values = {"attempted_at": started_at, "status_code": answer.status_code,
-              "error": answer.error, "duration_ms": duration_ms, "response_body": answer.body}
+async def _record_attempt(session: AsyncSession, sent: SentAttempt) -> None:
+    # Cleaned again here, where it is stored: whatever built `sent`, Postgres takes it.
+    values = {"attempted_at": sent.attempted_at, "status_code": sent.status_code,
+              "error": clean_text(sent.error, limit=ERROR_KEEP_CHARS),
+              "duration_ms": sent.duration_ms,
+              "response_body": clean_text(sent.body, limit=RESPONSE_KEEP_BYTES)}
     await session.exec(insert(WebhookDeliveryAttempt).values(
-        delivery_id=attempt.delivery_id, attempt_number=attempt.attempt_number, **values)
+        delivery_id=sent.delivery_id, attempt_number=sent.attempt_number, **values)
         .on_conflict_do_update(index_elements=["delivery_id", "attempt_number"], set_=values))
-    await session.exec(update(WebhookDelivery).where(WebhookDelivery.id == attempt.delivery_id)
+    await session.exec(update(WebhookDelivery).where(WebhookDelivery.id == sent.delivery_id)
                        .values(attempt_count=func.greatest(WebhookDelivery.attempt_count,
-                                                           attempt.attempt_number),
+                                                           sent.attempt_number),
                                updated_at=func.now()))
 
 

@@ -232,6 +232,7 @@ class DevStack:
         # The local stack's webhook receivers run on this machine (loopback); an operator can
         # still say false. Production configurations never set it.
         env.setdefault("DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
+        env.setdefault("DURAPAY_WEBHOOK_ALLOWED_PORTS", "*")  # receivers listen on free ports
         return env
 
     def _postgres_argv(self) -> list[str]:

@@ -14,9 +14,11 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -100,10 +102,46 @@ class WebhookTarget:
     port: int
 
 
-def parse_webhook_url(url: str, *, allow_private: bool) -> WebhookTarget:
-    """Syntax only: https (http only where private networks are allowed), a host, no userinfo."""
+DEFAULT_ALLOWED_PORTS = frozenset({80, 443})
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """What the operator lets webhook URLs reach; the API and every delivery attempt ask it."""
+
+    allow_private: bool = False
+    # None: any port (the local stack, whose receivers listen on free ports).
+    allowed_ports: frozenset[int] | None = DEFAULT_ALLOWED_PORTS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UrlPolicy:
+        return cls(allow_private=settings.webhook_allow_private_networks,
+                   allowed_ports=parse_allowed_ports(settings.webhook_allowed_ports))
+
+
+def parse_allowed_ports(value: str) -> frozenset[int] | None:
+    """`DURAPAY_WEBHOOK_ALLOWED_PORTS`: comma-separated ports, or `*` for any port (None).
+
+    Anything else raises: a typo must stop the process at start-up, not silently open (or
+    close) every port.
+    """
+    if value.strip() == "*":
+        return None
+    ports: set[int] = set()
+    for item in value.split(","):
+        item = item.strip()
+        if not re.fullmatch(r"[0-9]{1,5}", item) or not 1 <= int(item) <= 65535:
+            raise ValueError("DURAPAY_WEBHOOK_ALLOWED_PORTS must be ports (1-65535) separated "
+                             f"by commas, or *; got {value!r}")
+        ports.add(int(item))
+    return frozenset(ports)
+
+
+def parse_webhook_url(url: str, policy: UrlPolicy) -> WebhookTarget:
+    """Syntax and port: https (http only where private networks are allowed), a host, no
+    userinfo, and a port the operator allows (80 and 443 unless configured)."""
     parts = urlsplit(url)
-    allowed_schemes = ("https", "http") if allow_private else ("https",)
+    allowed_schemes = ("https", "http") if policy.allow_private else ("https",)
     if parts.scheme not in allowed_schemes:
         raise UnsafeUrl("url_invalid", "The webhook URL must use https.")
     if not parts.hostname or parts.username or parts.password or parts.fragment:
@@ -113,13 +151,51 @@ def parse_webhook_url(url: str, *, allow_private: bool) -> WebhookTarget:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as error:
         raise UnsafeUrl("url_invalid", "The webhook URL has an invalid port.") from error
+    if policy.allowed_ports is not None and port not in policy.allowed_ports:
+        allowed = ", ".join(str(p) for p in sorted(policy.allowed_ports))
+        raise UnsafeUrl("url_not_allowed",
+                        f"The webhook URL's port {port} is not allowed (allowed: {allowed}).")
     return WebhookTarget(parts.scheme, parts.hostname, port)
 
 
+# IPv6 forms whose last 32 bits are an IPv4 destination (the ipaddress module reads 6to4 and
+# Teredo itself).
+NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # RFC 4291, deprecated: ::a.b.c.d
+
+
+def embedded_ipv4(address: IpAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a packet to `address` ends up at, when it is an IPv6 wrapper.
+
+    NAT64 gateways, 6to4 relays, Teredo and IPv4-compatible tunnels forward to the IPv4 address
+    inside: unjudged, 64:ff9b::7f00:1 or 2002:7f00:1:: would reach 127.0.0.1.
+    """
+    if isinstance(address, ipaddress.IPv4Address):
+        return []
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.teredo is not None:
+        server, client = address.teredo
+        return [client, server]  # the client behind its NAT, reached through the server
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    if address in NAT64_WELL_KNOWN:
+        return [low32]
+    if address in IPV4_COMPATIBLE and int(address) > 1:  # neither :: nor ::1
+        return [low32]
+    return []
+
+
 def block_reason(address: IpAddress, *, allow_private: bool) -> str | None:
-    """Why a webhook may not reach `address`, or None when it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    """Why a webhook may not reach `address`, or None when it may.
+
+    An IPv6 address that wraps IPv4 ones is judged by where it leads: those IPv4 addresses.
+    """
+    carried = embedded_ipv4(address)
+    if carried:
+        reasons = (block_reason(inner, allow_private=allow_private) for inner in carried)
+        return next((r for r in reasons if r is not None), None)
     if address in METADATA_ADDRESSES:
         return "metadata"
     if address.is_unspecified or address.is_multicast:
@@ -128,8 +204,12 @@ def block_reason(address: IpAddress, *, allow_private: bool) -> str | None:
         kind = "loopback"
     elif address.is_link_local:
         kind = "link_local"
-    elif address.is_private or not address.is_global:
-        kind = "private"  # 10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10, …
+    elif isinstance(address, ipaddress.IPv6Address) and address.is_site_local:
+        kind = "site_local"  # fec0::/10: deprecated, still routed inside some networks
+    elif address.is_private or address.is_reserved or not address.is_global:
+        # 10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10, …, and reserved space (::/8,
+        # 64:ff9b:1::/48 local-use NAT64, …), which some Python versions call global.
+        kind = "private"
     else:
         return None
     return None if allow_private else kind
@@ -167,6 +247,15 @@ async def resolve_host(target: WebhookTarget, *, allow_private: bool,
     return answers
 
 
+async def check_webhook_url(url: str, policy: UrlPolicy, *, resolver: Resolver = system_resolver,
+                            ) -> tuple[WebhookTarget, list[IpAddress]]:
+    """The whole check, at endpoint creation and again at every attempt: syntax, port, and
+    every address the host resolves to now (a DNS answer can change in between)."""
+    target = parse_webhook_url(url, policy)
+    return target, await resolve_host(target, allow_private=policy.allow_private,
+                                      resolver=resolver)
+
+
 # ---- retry schedule -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WebhookSchedule:
@@ -200,17 +289,44 @@ class WebhookSchedule:
         return min(delay, remaining)
 
 
+# A Retry-After past the horizon already ends the delivery at the horizon; the cap only keeps
+# the number finite (and its digits within what int() reads).
+RETRY_AFTER_MAX_SECONDS = 10**9
+
+
 def parse_retry_after(value: str | None, *, now_epoch: float) -> float | None:
-    """`Retry-After` as seconds from now: delta-seconds or an HTTP date; None if absent/bad."""
+    """`Retry-After` as seconds from now: ASCII delta-seconds or an HTTP date; anything else is
+    None, as if absent.
+
+    The receiver writes it, so nothing in it may raise: `str.isdigit` accepts "²", which
+    `int()` refuses, and a 5,000-digit number is too long for `int()`.
+    """
     if not value:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(parsedate_to_datetime(value).timestamp() - now_epoch, 0.0)
-    except (TypeError, ValueError):
+    value = value.strip(" \t")
+    if re.fullmatch(r"[0-9]+", value):
+        if len(value) > len(str(RETRY_AFTER_MAX_SECONDS)):
+            return float(RETRY_AFTER_MAX_SECONDS)
+        return float(min(int(value), RETRY_AFTER_MAX_SECONDS))
+    if not value.isascii():
         return None
+    try:
+        when = parsedate_to_datetime(value)
+        if when.tzinfo is None:  # "-0000" or the asctime form: HTTP dates are always GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now_epoch
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
+        return None
+    return min(max(seconds, 0.0), float(RETRY_AFTER_MAX_SECONDS))
+
+
+def clean_text(text: str | None, *, limit: int) -> str | None:
+    """Text a receiver controls (its answer, an error about it) made storable, at most `limit`
+    characters: Postgres `text` refuses NUL, and UTF-8 cannot encode a lone surrogate."""
+    if text is None:
+        return None
+    text = text.replace("\x00", "").encode("utf-8", errors="replace").decode("utf-8")
+    return text[:limit]
 
 
 def schedule_from(settings: Settings) -> WebhookSchedule:

@@ -65,7 +65,9 @@ async def run_worker() -> None:
                 network.void_authorization,
                 network.refund_charge,
                 network.query_charge_status,
-                webhooks.deliver_webhook,
+                webhooks.send_webhook,
+                webhooks.record_webhook_attempt,
+                webhooks.deliver_webhook,  # deliveries begun before send/record were split
                 webhooks.fail_webhook_delivery,
                 reconciliation.reconcile_window,
             ],

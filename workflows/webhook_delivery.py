@@ -7,22 +7,38 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.webhooks import (
         AttemptInput,
+        AttemptOutcome,
         AttemptResult,
         FailInput,
         WebhookActivities,
     )
     from core.webhooks import WebhookSchedule
 
-# Database writes must eventually land (Postgres restarts); HTTP failures never raise, they
-# come back as an outcome and are retried by the durable backoff below, not by this policy.
-RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
-                           maximum_interval=timedelta(seconds=30))
-# 10 s for the merchant's answer plus DNS and two short DB transactions.
+# Sending and recording an attempt are two activities since this patch; runs that began before
+# it keep the single `deliver_webhook` to their end.
+SEND_THEN_RECORD = "webhook-send-then-record-2026-11"
+# Every retry here is bounded: the delivery's own backoff is the only thing that sends again
+# for long. HTTP failures never raise (they come back as an answer); a send raises only when
+# it could not start (the database is down) or its worker died mid-request, so three tries
+# within ~3 s, then the attempt counts as failed and the backoff below takes over.
+SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                         maximum_interval=timedelta(seconds=10), maximum_attempts=3)
+# A record rides through a short Postgres restart (~3.5 min: 1, 2, 4, 8, 16, then 30 s) and
+# never sends anything; past that the attempt counts as failed and is sent again on schedule.
+RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                           maximum_interval=timedelta(seconds=30), maximum_attempts=12)
+# The delivery's final mark comes once, after 3 days: worth an hour of retries (one a minute)
+# before the run fails, visibly, in the Web UI.
+CLOSE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                          maximum_interval=timedelta(seconds=60), maximum_attempts=60)
+# 10 s for the merchant's answer plus DNS and a short DB read (the old `deliver_webhook`: two).
 ATTEMPT_TIMEOUT = timedelta(seconds=60)
+RECORD_TIMEOUT = timedelta(seconds=30)
 
 
 @dataclass
@@ -40,9 +56,10 @@ class WebhookDeliveryResult:
 @workflow.defn
 class WebhookDeliveryWorkflow:
     """Deliver one event to one endpoint until a 2xx: each failed attempt (non-2xx, timeout,
-    connection error, redirect) waits on a durable timer, 5 s, 25 s, 125 s … capped at an hour
-    and no sooner than a Retry-After, so a worker restart loses nothing. After the horizon
-    (3 days) the delivery is failed, which disables an endpoint that failed everything since.
+    connection error, redirect, or one we could not send or record) waits on a durable timer,
+    5 s, 25 s, 125 s … capped at an hour and no sooner than a Retry-After, so a worker restart
+    loses nothing. After the horizon (3 days) the delivery is failed, which disables an
+    endpoint that failed everything since.
     """
 
     @workflow.run
@@ -51,9 +68,7 @@ class WebhookDeliveryWorkflow:
         attempt = 0
         while True:
             attempt += 1
-            outcome = await workflow.execute_activity_method(
-                WebhookActivities.deliver_webhook, AttemptInput(input.delivery_id, attempt),
-                start_to_close_timeout=ATTEMPT_TIMEOUT, retry_policy=RECORD_RETRY)
+            outcome = await self._attempt(AttemptInput(input.delivery_id, attempt))
             if outcome.result is not AttemptResult.RETRY:
                 return WebhookDeliveryResult(outcome.result is AttemptResult.DELIVERED, attempt)
             elapsed = (workflow.now() - started).total_seconds()
@@ -62,6 +77,29 @@ class WebhookDeliveryWorkflow:
             if delay is None:
                 return await self._give_up(input, attempt, elapsed)
             await workflow.sleep(timedelta(seconds=delay))
+
+    async def _attempt(self, attempt: AttemptInput) -> AttemptOutcome:
+        """Send one attempt, then record it. One that could not be sent or recorded is a failed
+        attempt: the backoff sends next, never a loop of activity retries."""
+        try:
+            if not workflow.patched(SEND_THEN_RECORD):
+                return await workflow.execute_activity_method(
+                    WebhookActivities.deliver_webhook, attempt,
+                    start_to_close_timeout=ATTEMPT_TIMEOUT, retry_policy=SEND_RETRY)
+            sent = await workflow.execute_activity_method(
+                WebhookActivities.send_webhook, attempt,
+                start_to_close_timeout=ATTEMPT_TIMEOUT, retry_policy=SEND_RETRY)
+            if sent.closed is not None:
+                return AttemptOutcome(sent.closed)
+            return await workflow.execute_activity_method(
+                WebhookActivities.record_webhook_attempt, sent,
+                start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY)
+        except ActivityError as error:
+            workflow.logger.warning("webhook delivery %s: attempt %d not sent or not recorded "
+                                    "(%s); the next one follows the backoff",
+                                    attempt.delivery_id, attempt.attempt_number,
+                                    type(error.cause).__name__)
+            return AttemptOutcome(AttemptResult.RETRY)
 
     async def _give_up(self, input: WebhookDeliveryInput, attempts: int,
                        elapsed: float) -> WebhookDeliveryResult:
@@ -72,5 +110,5 @@ class WebhookDeliveryWorkflow:
             await workflow.sleep(timedelta(seconds=remaining))
         await workflow.execute_activity_method(
             WebhookActivities.fail_webhook_delivery, FailInput(input.delivery_id),
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=RECORD_RETRY)
+            start_to_close_timeout=RECORD_TIMEOUT, retry_policy=CLOSE_RETRY)
         return WebhookDeliveryResult(False, attempts)

@@ -27,7 +27,7 @@ from api.views import load_webhook_deliveries_out, webhook_endpoint_out
 from core.db.tables import Merchant, WebhookDelivery, WebhookEndpoint
 from core.domain import new_id, utcnow
 from core.settings import Settings
-from core.webhooks import UnsafeUrl, new_webhook_secret, parse_webhook_url, resolve_host
+from core.webhooks import UnsafeUrl, UrlPolicy, check_webhook_url, new_webhook_secret
 
 router = APIRouter(prefix="/webhook-endpoints", tags=["webhook endpoints"])
 
@@ -182,9 +182,7 @@ async def _check_endpoint_count(session: AsyncSession, merchant_id: str, limit: 
 
 
 async def _check_url(url: str, settings: Settings) -> None:
-    allow_private = settings.webhook_allow_private_networks
     try:
-        await resolve_host(parse_webhook_url(url, allow_private=allow_private),
-                           allow_private=allow_private)
+        await check_webhook_url(url, UrlPolicy.from_settings(settings))
     except UnsafeUrl as error:
         raise InvalidRequestError(error.code, str(error), "url") from error

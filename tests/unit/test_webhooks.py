@@ -12,15 +12,22 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from core.settings import Settings
 from core.webhooks import (
+    RETRY_AFTER_MAX_SECONDS,
     UnsafeUrl,
+    UrlPolicy,
     WebhookSchedule,
     WebhookTarget,
     block_reason,
+    check_webhook_url,
+    clean_text,
     delivery_id_for,
+    embedded_ipv4,
     event_payload,
     is_subscribed,
     new_webhook_secret,
+    parse_allowed_ports,
     parse_retry_after,
     parse_webhook_url,
     resolve_host,
@@ -28,6 +35,8 @@ from core.webhooks import (
     signature_header,
 )
 
+STRICT = UrlPolicy()  # production defaults: public addresses, ports 80 and 443
+LOCAL = UrlPolicy(allow_private=True, allowed_ports=None)  # what `durapay dev` configures
 BODY = event_payload(event_id="evt_1", event_type="payment.succeeded",
                      created_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC), sequence=7,
                      data={"paymentId": "pi_1", "amountInCents": 2499})
@@ -130,6 +139,127 @@ def test_reasons_name_the_kind_of_address() -> None:
     assert reason("169.254.169.254") == "metadata"
 
 
+# IPv6 wrappers whose packets end at the IPv4 address inside them.
+@pytest.mark.parametrize(("address", "inner"), [
+    ("64:ff9b::7f00:1", "127.0.0.1"),  # NAT64, well-known prefix
+    ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
+    ("2002:7f00:1::", "127.0.0.1"),  # 6to4
+    ("2002:a00:1:1::1", "10.0.0.1"),
+    ("::127.0.0.1", "127.0.0.1"),  # IPv4-compatible (deprecated)
+    ("::10.1.2.3", "10.1.2.3"),
+    ("::ffff:192.168.0.1", "192.168.0.1"),  # IPv4-mapped
+])
+def test_ipv4_inside_ipv6_is_unwrapped_and_judged(address: str, inner: str) -> None:
+    wrapped = ipaddress.ip_address(address)
+    assert ipaddress.ip_address(inner) in embedded_ipv4(wrapped)
+    assert block_reason(wrapped, allow_private=False) == \
+        block_reason(ipaddress.ip_address(inner), allow_private=False) is not None
+
+
+def _teredo(server: str, client: str) -> ipaddress.IPv6Address:
+    """2001:0:<server>:<flags>:<port>:<client>, the client obfuscated (XOR) as RFC 4380 says."""
+    obfuscated = int(ipaddress.ip_address(client)) ^ 0xFFFF_FFFF
+    return ipaddress.IPv6Address(
+        (0x2001_0000 << 96) | (int(ipaddress.ip_address(server)) << 64) | obfuscated)
+
+
+def test_teredo_is_judged_by_its_client_and_server() -> None:
+    to_loopback = _teredo("65.54.227.120", "127.0.0.1")
+    assert embedded_ipv4(to_loopback) == [ipaddress.ip_address("127.0.0.1"),
+                                          ipaddress.ip_address("65.54.227.120")]
+    assert block_reason(to_loopback, allow_private=False) == "loopback"
+    via_private_server = _teredo("10.0.0.1", "8.8.8.8")
+    assert block_reason(via_private_server, allow_private=False) == "private"
+    # Metadata stays refused even where private networks are allowed, whatever wraps it.
+    assert block_reason(_teredo("65.54.227.120", "169.254.169.254"),
+                        allow_private=True) == "metadata"
+    assert block_reason(ipaddress.ip_address("64:ff9b::a9fe:a9fe"),
+                        allow_private=True) == "metadata"
+    assert block_reason(ipaddress.ip_address("2002:a9fe:a9fe::"), allow_private=True) == \
+        "metadata"
+    assert block_reason(_teredo("65.54.227.120", "8.8.8.8"), allow_private=False) is None
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "::8.8.8.8"])
+def test_wrapped_public_ipv4_passes(address: str) -> None:
+    # An IPv6-only host behind DNS64 reaches every IPv4 site through 64:ff9b::/96.
+    assert block_reason(ipaddress.ip_address(address), allow_private=False) is None
+
+
+@pytest.mark.parametrize("address", ["fec0::1", "fec0:1:2::3", "feff::1"])
+def test_site_local_is_refused(address: str) -> None:
+    assert block_reason(ipaddress.ip_address(address), allow_private=False) == "site_local"
+
+
+@pytest.mark.parametrize("address", ["64:ff9b:1::a00:1", "100::1", "4000::1"])
+def test_reserved_ipv6_space_is_refused(address: str) -> None:
+    # Python 3.11 calls these global; no webhook receiver lives there.
+    assert block_reason(ipaddress.ip_address(address), allow_private=False) == "private"
+
+
+async def test_wrapped_loopback_answer_is_refused_at_resolution() -> None:
+    target = WebhookTarget("https", "hooks.example.com", 443)
+    for answer in ("64:ff9b::7f00:1", "2002:7f00:1::", "::127.0.0.1", "fec0::1"):
+        with pytest.raises(UnsafeUrl) as refused:
+            await resolve_host(target, allow_private=False, resolver=_resolver(answer))
+        assert refused.value.code == "url_not_allowed"
+
+
+@pytest.mark.parametrize("url", ["https://example.com:8443/h", "https://example.com:22/",
+                                 "https://93.184.216.34:6379/"])
+def test_ports_other_than_80_and_443_are_refused_by_default(url: str) -> None:
+    with pytest.raises(UnsafeUrl) as refused:
+        parse_webhook_url(url, STRICT)
+    assert refused.value.code == "url_not_allowed"
+    assert "port" in str(refused.value)
+
+
+def test_default_and_configured_ports() -> None:
+    assert parse_webhook_url("https://example.com/h", STRICT).port == 443
+    assert parse_webhook_url("https://example.com:443/h", STRICT).port == 443
+    assert parse_webhook_url("http://127.0.0.1/h", UrlPolicy(allow_private=True)).port == 80
+    with pytest.raises(UnsafeUrl):
+        parse_webhook_url("http://127.0.0.1:8080/h", UrlPolicy(allow_private=True))
+    custom = UrlPolicy(allowed_ports=frozenset({8443}))
+    assert parse_webhook_url("https://example.com:8443/h", custom).port == 8443
+    with pytest.raises(UnsafeUrl):
+        parse_webhook_url("https://example.com/h", custom)  # 443 is not in the list
+    assert parse_webhook_url("https://example.com:65535/h", LOCAL).port == 65535
+
+
+@pytest.mark.parametrize(("value", "ports"), [
+    ("80,443", frozenset({80, 443})), (" 443 ", frozenset({443})),
+    ("443, 8443,8443", frozenset({443, 8443})), ("*", None), (" * ", None),
+])
+def test_allowed_ports_setting_is_parsed(value: str, ports: frozenset[int] | None) -> None:
+    assert parse_allowed_ports(value) == ports
+
+
+@pytest.mark.parametrize("value", ["", "80,", "0", "65536", "http", "80;443", "8O", "*,443",
+                                   "٤٤٣", "-1"])
+def test_a_bad_allowed_ports_setting_stops_the_process(value: str) -> None:
+    with pytest.raises(ValueError, match="DURAPAY_WEBHOOK_ALLOWED_PORTS"):
+        parse_allowed_ports(value)
+
+
+def test_policy_from_settings() -> None:
+    assert UrlPolicy.from_settings(Settings()) == STRICT
+    assert UrlPolicy.from_settings(Settings(webhook_allow_private_networks=True,
+                                            webhook_allowed_ports="*")) == LOCAL
+
+
+async def test_check_webhook_url_checks_port_then_every_address() -> None:
+    with pytest.raises(UnsafeUrl):
+        await check_webhook_url("https://hooks.example.com:8080/h", STRICT,
+                                resolver=_resolver("93.184.216.34"))
+    with pytest.raises(UnsafeUrl):
+        await check_webhook_url("https://hooks.example.com/h", STRICT,
+                                resolver=_resolver("64:ff9b::a00:1"))
+    target, addresses = await check_webhook_url("https://hooks.example.com/h", STRICT,
+                                                resolver=_resolver("93.184.216.34"))
+    assert (target.port, addresses) == (443, [ipaddress.ip_address("93.184.216.34")])
+
+
 def _resolver(*answers: str):  # type: ignore[no-untyped-def]
     async def resolve(host: str, port: int) -> list[str]:
         return list(answers)
@@ -152,7 +282,7 @@ async def test_hostname_resolving_to_private_is_refused() -> None:
 
 
 async def test_localhost_is_refused_by_the_system_resolver() -> None:
-    target = parse_webhook_url("https://localhost:9999/hook", allow_private=False)
+    target = parse_webhook_url("https://localhost/hook", STRICT)
     with pytest.raises(UnsafeUrl):
         await resolve_host(target, allow_private=False)
 
@@ -172,13 +302,13 @@ async def test_unresolvable_host_is_refused() -> None:
                                  "https://example.com:99999/", "not a url"])
 def test_malformed_or_insecure_urls_are_refused(url: str) -> None:
     with pytest.raises(UnsafeUrl):
-        parse_webhook_url(url, allow_private=False)
+        parse_webhook_url(url, STRICT)
 
 
 def test_http_is_allowed_only_with_private_networks() -> None:
-    assert parse_webhook_url("http://127.0.0.1:8080/h", allow_private=True) == \
+    assert parse_webhook_url("http://127.0.0.1:8080/h", LOCAL) == \
         WebhookTarget("http", "127.0.0.1", 8080)
-    assert parse_webhook_url("https://[::1]/h", allow_private=True).host == "::1"
+    assert parse_webhook_url("https://[::1]/h", LOCAL).host == "::1"
 
 
 def test_backoff_is_5_25_125_capped_at_an_hour() -> None:
@@ -211,3 +341,40 @@ def test_retry_after_parses_seconds_and_dates() -> None:
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:00 GMT", now_epoch=0) == 60
     assert parse_retry_after("soon", now_epoch=0) is None
     assert parse_retry_after(None, now_epoch=0) is None
+    assert parse_retry_after(" 30\t", now_epoch=0) == 30
+    assert parse_retry_after("0", now_epoch=0) == 0
+    # Past dates mean "now"; a date without a zone (asctime, -0000) is GMT, as HTTP says.
+    assert parse_retry_after("Thu, 01 Jan 1970 00:01:00 GMT", now_epoch=120) == 0
+    assert parse_retry_after("Thu Jan  1 00:02:00 1970", now_epoch=0) == 120
+    assert parse_retry_after("Thu, 01 Jan 1970 00:01:00 -0000", now_epoch=0) == 60
+
+
+@pytest.mark.parametrize("value", [
+    "²", "³0", "٣", "３０", "30\x00", "\x00", "1.5", "-5", "+5", "1e3", "30 s", "0x1e",
+    "Thu, 01 Jan 1970 00:01:00 GMT²", "Thu, 32 Jan 1970 00:01:00 GMT", "Jan 1970",
+    "Thu, 01 Jan 1970 25:61:00 GMT", "   ",
+])
+def test_retry_after_anything_but_ascii_digits_or_an_http_date_is_ignored(value: str) -> None:
+    """A receiver's header must never make recording the attempt fail (issue 11, item 5)."""
+    assert parse_retry_after(value, now_epoch=0) is None
+
+
+def test_retry_after_huge_values_are_capped_not_crashing() -> None:
+    # int() refuses more than 4300 digits; a far date is past any horizon anyway.
+    assert parse_retry_after("9" * 5000, now_epoch=0) == RETRY_AFTER_MAX_SECONDS
+    assert parse_retry_after("10000000000", now_epoch=0) == RETRY_AFTER_MAX_SECONDS
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now_epoch=0) == \
+        RETRY_AFTER_MAX_SECONDS
+    assert WebhookSchedule().next_delay(1, elapsed_seconds=0,
+                                        retry_after_seconds=RETRY_AFTER_MAX_SECONDS) is None
+
+
+def test_clean_text_drops_what_postgres_refuses_and_caps_the_length() -> None:
+    assert clean_text("ok\x00\x00body", limit=100) == "okbody"
+    assert clean_text("a\udcff b", limit=100) == "a? b"  # a lone surrogate cannot be UTF-8
+    assert clean_text("é" * 2000, limit=1024) == "é" * 1024
+    assert clean_text("tab\tnew\nline ✓", limit=100) == "tab\tnew\nline ✓"
+    assert clean_text(None, limit=10) is None
+    cleaned = clean_text("".join(chr(c) for c in range(0, 0x3000)), limit=10**6)
+    assert cleaned is not None and "\x00" not in cleaned
+    cleaned.encode("utf-8")  # storable as Postgres text

@@ -1,6 +1,6 @@
 """Record WebhookDeliveryWorkflow histories for tests/workflows/test_webhook_delivery_replay.py.
 
-    .venv/bin/python -m tests.workflows.record_delivery_histories baseline
+    .venv/bin/python -m tests.workflows.record_delivery_histories send_then_record
 
 Runs each scenario on the time-skipping server with scripted activities and writes
 `histories/delivery/<prefix>_<scenario>.json`. Record a new set before a change to the
@@ -21,7 +21,13 @@ from typing import Any
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 
-from activities.webhooks import AttemptInput, AttemptOutcome, AttemptResult, FailInput
+from activities.webhooks import (
+    AttemptInput,
+    AttemptOutcome,
+    AttemptResult,
+    FailInput,
+    SentAttempt,
+)
 from core.webhooks import WebhookSchedule
 from tests.workflows.conftest import TEST_SERVER, new_worker
 from workflows.webhook_delivery import WebhookDeliveryInput, WebhookDeliveryWorkflow
@@ -30,28 +36,49 @@ HISTORIES = Path(__file__).parent / "histories" / "delivery"
 RETRY = AttemptOutcome(AttemptResult.RETRY)
 # A short horizon keeps the history small: attempts at 0, 5, 30 s, the last at 60 s.
 SHORT = WebhookSchedule(horizon_seconds=60)
-# (schedule, scripted outcomes: the last one repeats)
-SCENARIOS: dict[str, tuple[WebhookSchedule, list[AttemptOutcome]]] = {
+# (schedule, scripted outcomes: the last one repeats; None: the record fails every time)
+SCENARIOS: dict[str, tuple[WebhookSchedule, list[AttemptOutcome | None]]] = {
     "retried_then_delivered": (WebhookSchedule(), [
         RETRY, AttemptOutcome(AttemptResult.RETRY, retry_after_seconds=60),
         AttemptOutcome(AttemptResult.DELIVERED)]),
     "failed_at_the_horizon": (SHORT, [RETRY]),
+    # An attempt whose record never lands: the delivery goes on with its backoff.
+    "unrecorded_then_delivered": (WebhookSchedule(), [
+        None, AttemptOutcome(AttemptResult.DELIVERED)]),
 }
 
 
-def scripted_activities(outcomes: list[AttemptOutcome]) -> list[Callable[..., Any]]:
-    def next_outcome() -> AttemptOutcome:
-        return outcomes.pop(0) if len(outcomes) > 1 else outcomes[0]
+def scripted_activities(outcomes: list[AttemptOutcome | None]) -> list[Callable[..., Any]]:
+    by_attempt: dict[int, AttemptOutcome | None] = {}
 
+    def outcome_of(number: int) -> AttemptOutcome:
+        if number not in by_attempt:  # a retried record keeps its attempt's outcome
+            by_attempt[number] = outcomes.pop(0) if len(outcomes) > 1 else outcomes[0]
+        outcome = by_attempt[number]
+        if outcome is None:
+            raise RuntimeError("database unavailable")
+        return outcome
+
+    @activity.defn(name="send_webhook")
+    async def send_webhook(attempt: AttemptInput) -> SentAttempt:
+        return SentAttempt(attempt.delivery_id, attempt.attempt_number, endpoint_id="we_1",
+                           attempted_at=activity.info().current_attempt_scheduled_time,
+                           status_code=500)
+
+    @activity.defn(name="record_webhook_attempt")
+    async def record_webhook_attempt(sent: SentAttempt) -> AttemptOutcome:
+        return outcome_of(sent.attempt_number)
+
+    # Before the send/record split (the `baseline_*` set) one activity did both.
     @activity.defn(name="deliver_webhook")
     async def deliver_webhook(attempt: AttemptInput) -> AttemptOutcome:
-        return next_outcome()
+        return outcome_of(attempt.attempt_number)
 
     @activity.defn(name="fail_webhook_delivery")
     async def fail_webhook_delivery(failed: FailInput) -> None:
         return None
 
-    return [deliver_webhook, fail_webhook_delivery]
+    return [send_webhook, record_webhook_attempt, deliver_webhook, fail_webhook_delivery]
 
 
 async def record(prefix: str) -> None:

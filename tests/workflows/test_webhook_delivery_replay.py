@@ -2,8 +2,9 @@
 
 A delivery runs for up to 3 days, so a worker deployed mid-delivery replays histories written by
 the code before it. `histories/delivery/<prefix>_*.json` are recorded by
-`record_delivery_histories.py`: `baseline_*` before the send/record split, one set per patch
-after it. A change to the delivery's commands that is not behind `workflow.patched` fails here.
+`record_delivery_histories.py`: `baseline_*` before the send/record split, `send_then_record_*`
+with its patch (`SEND_THEN_RECORD`), then one set per later patch. A change to the delivery's
+commands that is not behind `workflow.patched` fails here.
 """
 
 from __future__ import annotations
@@ -29,5 +30,6 @@ async def test_saved_delivery_history_replays_on_current_code(path: Path) -> Non
 
 def test_delivery_histories_are_present() -> None:
     # A glob that matched nothing must not pass silently.
-    assert {p.stem.split("_", 1)[0] for p in HISTORIES} >= {"baseline"}
-    assert len(HISTORIES) >= 2
+    prefixes = {p.stem.split("_")[0] for p in HISTORIES}
+    assert prefixes >= {"baseline", "send"}, prefixes
+    assert len(HISTORIES) >= 5

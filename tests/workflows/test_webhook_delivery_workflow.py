@@ -4,8 +4,9 @@ mocked."""
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from temporalio import activity, workflow
 from temporalio.testing import WorkflowEnvironment
@@ -17,10 +18,13 @@ with workflow.unsafe.imports_passed_through():
         AttemptOutcome,
         AttemptResult,
         FailInput,
+        SentAttempt,
     )
     from core.webhooks import WebhookSchedule
     from tests.workflows.conftest import new_worker
     from workflows.webhook_delivery import (
+        RECORD_RETRY,
+        SEND_RETRY,
         WebhookDeliveryInput,
         WebhookDeliveryResult,
         WebhookDeliveryWorkflow,
@@ -32,26 +36,55 @@ SCHEDULE = WebhookSchedule()  # production timings: 5 s, 25 s, 125 s … 1 h, fo
 
 @dataclass
 class FakeReceiver:
-    """Scripted attempt outcomes; records when (in workflow time) each attempt was scheduled."""
+    """Scripted attempt outcomes; records when (in workflow time) each attempt was sent.
+
+    `send_failures` / `record_failures` name attempt numbers whose send (before any request) or
+    record raises every time it runs, as when the database is down."""
 
     outcomes: list[AttemptOutcome]
+    send_failures: set[int] = field(default_factory=set)
+    record_failures: set[int] = field(default_factory=set)
     attempts: list[tuple[int, datetime]] = field(default_factory=list)
+    send_calls: Counter[int] = field(default_factory=Counter)
+    record_calls: Counter[int] = field(default_factory=Counter)
     failed: list[tuple[str, datetime]] = field(default_factory=list)
 
+    def _send(self, attempt: AttemptInput) -> SentAttempt:
+        self.send_calls[attempt.attempt_number] += 1
+        if attempt.attempt_number in self.send_failures:
+            raise RuntimeError("database unavailable")  # before any request went out
+        scheduled = activity.info().current_attempt_scheduled_time
+        self.attempts.append((attempt.attempt_number, scheduled))
+        return SentAttempt(attempt.delivery_id, attempt.attempt_number, endpoint_id="we_test",
+                           attempted_at=scheduled, status_code=500)
+
+    def _record(self, sent: SentAttempt) -> AttemptOutcome:
+        self.record_calls[sent.attempt_number] += 1
+        if sent.attempt_number in self.record_failures:
+            raise RuntimeError("database unavailable")
+        if len(self.outcomes) > 1:
+            return self.outcomes.pop(0)
+        return self.outcomes[0]  # the last outcome repeats forever
+
     def activities(self) -> list[object]:
+        @activity.defn(name="send_webhook")
+        async def send_webhook(attempt: AttemptInput) -> SentAttempt:
+            return self._send(attempt)
+
+        @activity.defn(name="record_webhook_attempt")
+        async def record_webhook_attempt(sent: SentAttempt) -> AttemptOutcome:
+            return self._record(sent)
+
         @activity.defn(name="deliver_webhook")
         async def deliver_webhook(attempt: AttemptInput) -> AttemptOutcome:
-            self.attempts.append((attempt.attempt_number,
-                                  activity.info().current_attempt_scheduled_time))
-            if len(self.outcomes) > 1:
-                return self.outcomes.pop(0)
-            return self.outcomes[0]  # the last outcome repeats forever
+            # What the single activity did before the split: send, then record, in one.
+            return self._record(self._send(attempt))
 
         @activity.defn(name="fail_webhook_delivery")
         async def fail_webhook_delivery(failed: FailInput) -> None:
             self.failed.append((failed.delivery_id, activity.info().current_attempt_scheduled_time))
 
-        return [deliver_webhook, fail_webhook_delivery]
+        return [send_webhook, record_webhook_attempt, deliver_webhook, fail_webhook_delivery]
 
     def gaps(self) -> list[float]:
         times = [t for _, t in self.attempts]
@@ -62,12 +95,14 @@ RETRY = AttemptOutcome(AttemptResult.RETRY)
 DELIVERED = AttemptOutcome(AttemptResult.DELIVERED)
 
 
-async def _deliver(env: WorkflowEnvironment, receiver: FakeReceiver) -> WebhookDeliveryResult:
+async def _deliver(env: WorkflowEnvironment, receiver: FakeReceiver, *,
+                   within: timedelta | None = None) -> WebhookDeliveryResult:
     async with new_worker(env.client, WebhookDeliveryWorkflow,
                           activities=receiver.activities()) as worker:
         return await env.client.execute_workflow(
             WebhookDeliveryWorkflow.run, WebhookDeliveryInput("whd_test", SCHEDULE),
-            id=f"whd_{uuid.uuid4().hex}", task_queue=worker.task_queue)
+            id=f"whd_{uuid.uuid4().hex}", task_queue=worker.task_queue,
+            execution_timeout=within)
 
 
 def _close(actual: list[float], expected: list[float]) -> bool:
@@ -92,6 +127,49 @@ async def test_retry_after_is_honoured(env: WorkflowEnvironment) -> None:
     assert result.delivered
     # Not before the 600 s asked, and a short Retry-After never shortens the backoff (25 s).
     assert _close(receiver.gaps(), [600, 25]), receiver.gaps()
+
+
+# The record's retries, all spent: 1, 2, 4, 8, 16, then 30 s between its tries.
+RECORD_RETRIES_SECONDS = sum(min(2 ** n, 30) for n in range(RECORD_RETRY.maximum_attempts - 1))
+
+
+async def test_an_attempt_that_cannot_be_recorded_is_never_sent_again_by_retries(
+        env: WorkflowEnvironment) -> None:
+    """Issue 11, item 5: a record failing after the send (the database down, or once an answer
+    it could not store) retries the record alone, a bounded number of times; the delivery
+    then sends again on its backoff, not every ≤30 s for ever."""
+    receiver = FakeReceiver([DELIVERED], record_failures={1, 2})
+    # Bounded, so the loop this guards against fails the test rather than hanging it.
+    result = await _deliver(env, receiver, within=timedelta(hours=1))
+    assert result == WebhookDeliveryResult(delivered=True, attempts=3)
+    assert receiver.send_calls == Counter({1: 1, 2: 1, 3: 1}), receiver.send_calls
+    assert receiver.record_calls == Counter({1: RECORD_RETRY.maximum_attempts,
+                                             2: RECORD_RETRY.maximum_attempts, 3: 1})
+    assert _close(receiver.gaps(), [RECORD_RETRIES_SECONDS + 5, RECORD_RETRIES_SECONDS + 25]), \
+        receiver.gaps()
+    assert receiver.failed == []
+
+
+async def test_an_attempt_that_cannot_be_sent_counts_as_failed(env: WorkflowEnvironment) -> None:
+    receiver = FakeReceiver([DELIVERED], send_failures={1})
+    result = await _deliver(env, receiver, within=timedelta(hours=1))
+    assert result == WebhookDeliveryResult(delivered=True, attempts=2)
+    assert receiver.send_calls == Counter({1: SEND_RETRY.maximum_attempts, 2: 1})
+    assert receiver.record_calls == Counter({2: 1})
+
+
+async def test_records_that_never_succeed_still_end_at_the_horizon(
+        env: WorkflowEnvironment) -> None:
+    """Every attempt's record fails: one send per attempt, and the delivery still fails at the
+    horizon (then `fail_webhook_delivery` marks it), instead of retrying one attempt forever."""
+    receiver = FakeReceiver([RETRY], record_failures=set(range(1, 1000)))
+    result = await _deliver(env, receiver, within=timedelta(days=4))
+    assert not result.delivered
+    assert set(receiver.send_calls.values()) == {1}
+    assert sorted(receiver.send_calls) == list(range(1, result.attempts + 1))
+    first, last = receiver.attempts[0][1], receiver.attempts[-1][1]
+    assert (last - first).total_seconds() <= SCHEDULE.horizon_seconds
+    assert [d for d, _ in receiver.failed] == ["whd_test"]
 
 
 async def test_gone_stops_at_once(env: WorkflowEnvironment) -> None:
@@ -148,18 +226,24 @@ async def test_start_deliveries_starts_one_child_each_that_outlives_the_parent(
     deliveries = [f"whd_a{suffix}", f"whd_b{suffix}"]
     delivered: list[str] = []
 
-    @activity.defn(name="deliver_webhook")
-    async def deliver_webhook(attempt: AttemptInput) -> AttemptOutcome:
+    @activity.defn(name="send_webhook")
+    async def send_webhook(attempt: AttemptInput) -> SentAttempt:
         delivered.append(attempt.delivery_id)
+        return SentAttempt(attempt.delivery_id, attempt.attempt_number, endpoint_id="we_test",
+                           attempted_at=activity.info().current_attempt_scheduled_time)
+
+    @activity.defn(name="record_webhook_attempt")
+    async def record_webhook_attempt(sent: SentAttempt) -> AttemptOutcome:
         # The first attempt fails: its retry runs after the parent has already completed.
-        return DELIVERED if delivered.count(attempt.delivery_id) > 1 else RETRY
+        return DELIVERED if delivered.count(sent.delivery_id) > 1 else RETRY
 
     @activity.defn(name="fail_webhook_delivery")
     async def fail_webhook_delivery(failed: FailInput) -> None:
         raise AssertionError("no delivery should fail")
 
     async with new_worker(env.client, FanoutParentWorkflow, WebhookDeliveryWorkflow,
-                          activities=[deliver_webhook, fail_webhook_delivery]) as worker:
+                          activities=[send_webhook, record_webhook_attempt,
+                                      fail_webhook_delivery]) as worker:
         await env.client.execute_workflow(
             FanoutParentWorkflow.run, FanoutInput(deliveries), id=f"pi_{suffix}",
             task_queue=worker.task_queue)
