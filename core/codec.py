@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,8 @@ from temporalio.converter import (
     PayloadCodec,
 )
 from temporalio.exceptions import ApplicationError
+
+log = logging.getLogger("durapay.codec")
 
 ENCODING = b"binary/encrypted"
 # What decode makes of a payload that is not ours. It carries only a short reason, never a byte
@@ -139,6 +142,9 @@ class RefusedPayloadConverter(EncodingPayloadConverter):
 
     def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
         reason = payload.metadata.get(REFUSAL_REASON, b"refused").decode(errors="replace")
+        # Operators' signal that someone reached Temporal with a client of their own (or that
+        # a process runs with another DURAPAY_MASTER_KEY).
+        log.warning("refused a Temporal payload: %s", reason)
         raise ApplicationError(f"payload refused: {reason}; only payloads encrypted under "
                                "Durapay's master key are accepted", type=PAYLOAD_REFUSED,
                                non_retryable=True)

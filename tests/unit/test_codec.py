@@ -3,6 +3,7 @@ what is not ours is never decoded into a value (a refusal marker the converter r
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -48,12 +49,17 @@ async def test_a_payload_in_clear_becomes_a_marker_that_keeps_nothing_of_it() ->
                    for value in marker.metadata.values())
 
 
-async def test_the_converter_refuses_a_payload_in_clear_for_good() -> None:
-    with pytest.raises(ApplicationError) as refused:
+async def test_the_converter_refuses_a_payload_in_clear_for_good(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "durapay.codec"), \
+            pytest.raises(ApplicationError) as refused:
         await data_converter(KEY).decode([await _plain(CHARGE)], [ChargeInput])
     assert refused.value.type == PAYLOAD_REFUSED
     assert refused.value.non_retryable
     assert "not encrypted" in refused.value.message
+    # Operators see it; nothing of the payload is in the log line.
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a Temporal payload: not encrypted"]
 
 
 async def test_the_display_codec_passes_payloads_in_clear_through() -> None:
