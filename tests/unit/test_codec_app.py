@@ -124,3 +124,15 @@ async def test_merchant_api_has_no_codec_route(tmp_path: Path) -> None:
     answer = await post_decode(app, base_url="http://127.0.0.1:8000",
                                headers={"Origin": UI_ORIGIN})
     assert answer.status_code == 404
+
+
+async def test_a_payload_in_clear_is_shown_as_it_is(tmp_path: Path) -> None:
+    # Workers refuse it (core/codec.py, strict); the operator's view still shows what it says.
+    plain = Payload(metadata={"encoding": b"json/plain"}, data=b'{"forged": true}')
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_codec_app(
+            settings_for(tmp_path))), base_url="http://127.0.0.1:8089") as http:
+        response = await http.post(
+            "/codec/decode", content=json_format.MessageToJson(Payloads(payloads=[plain])),
+            headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert decoded_data(response) == {"forged": True}
