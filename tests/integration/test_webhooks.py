@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,18 @@ import asyncpg
 import httpx
 import pytest
 from standardwebhooks.webhooks import WebhookVerificationError
-from temporalio.testing import WorkflowEnvironment
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowFailureError
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.webhooks import WebhookActivities, new_http_client
+from activities.webhooks import (
+    AttemptInput,
+    AttemptOutcome,
+    AttemptResult,
+    WebhookActivities,
+    new_http_client,
+)
 from client import DurapayClient
 from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
@@ -203,13 +212,27 @@ async def test_private_urls_are_refused_unless_configured(wh_stack: RunningStack
         await assert_eventually(healthy, timeout=30)
         async with signed_merchant(wh_stack, api_url=url) as strict:
             for target in (receiver.url("/x"), "https://127.0.0.1/x", "https://localhost/x",
-                           "https://10.1.2.3/x", "https://[::1]/x", "https://192.168.0.1/x"):
+                           "https://10.1.2.3/x", "https://[::1]/x", "https://192.168.0.1/x",
+                           # IPv4 inside IPv6: NAT64, 6to4, IPv4-compatible; site-local
+                           "https://[64:ff9b::7f00:1]/x", "https://[2002:a9fe:a9fe::]/x",
+                           "https://[::127.0.0.1]/x", "https://[fec0::1]/x",
+                           # a public address, but a port other than 80 and 443
+                           "https://1.1.1.1:8443/x", "https://1.1.1.1:22/x"):
                 response = await strict.post("/webhook-endpoints",
                                              {"url": target, "enabledEvents": ["*"]})
                 assert response.status_code == 400, (target, response.text)
                 error = response.json()["error"]
                 assert error["type"] == "invalid_request_error" and error["param"] == "url"
                 assert error["code"] in ("url_not_allowed", "url_invalid"), error
+            port_refused = await strict.post("/webhook-endpoints", {
+                "url": "https://1.1.1.1:8443/x", "enabledEvents": ["*"]})
+            assert port_refused.json()["error"]["code"] == "url_not_allowed"
+            assert "port 8443" in port_refused.json()["error"]["message"]
+            # Ports 80 and 443 are what production allows by default.
+            created = await strict.post("/webhook-endpoints", {
+                "url": "https://1.1.1.1:443/x", "enabledEvents": QUIET})
+            assert created.status_code == 201, created.text
+            await strict.request("DELETE", f"/webhook-endpoints/{created.json()['id']}")
     finally:
         api.send_signal(signal.SIGTERM)
         try:
@@ -396,13 +419,9 @@ async def test_a_payment_is_delivered_signed_and_filtered(shop: DurapayClient,
     assert {d["origin"] for d in deliveries} == {"event"}
 
 
-# ---- the 3-day horizon: time-skipping server, real activities on the stack's database --------
-async def test_three_days_of_failures_fail_the_delivery_and_disable_the_endpoint(
-        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
-        wh_db: asyncpg.Pool) -> None:
-    path = _path()
-    receiver.script(path, Answer(500))
-    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+# ---- time-skipping server, real activities on the stack's database -----------------------------
+async def _planted_delivery(shop: DurapayClient, wh_db: asyncpg.Pool, endpoint_id: str) -> str:
+    """A pending delivery of a fresh `payment.created` to the endpoint, run by the test itself."""
     intent = await create_intent(shop)
     event = await _created_event(shop, intent["id"])
     delivery_id = f"whd_{uuid.uuid4().hex[:24]}"
@@ -410,27 +429,53 @@ async def test_three_days_of_failures_fail_the_delivery_and_disable_the_endpoint
     await wh_db.execute(
         "INSERT INTO webhook_delivery (id, merchant_id, event_id, endpoint_id, origin) "
         "VALUES ($1, $2, $3, $4, 'redeliver')", delivery_id, merchant_id, event["id"],
-        endpoint["id"])
+        endpoint_id)
+    return delivery_id
 
-    settings = Settings(home=wh_stack.home, webhook_allow_private_networks=True,
-                        webhook_timeout_seconds=3)
+
+@asynccontextmanager
+async def _webhook_activities(wh_stack: RunningStack,
+                              **settings: Any) -> AsyncIterator[WebhookActivities]:
+    """The real activities on the stack's database (the local stack's URL policy by default)."""
+    configured = Settings(home=wh_stack.home, **{
+        "webhook_allow_private_networks": True, "webhook_allowed_ports": "*",
+        "webhook_timeout_seconds": 3, **settings})
     engine = create_engine(to_asyncpg_url(wh_stack.database_url), pool_size=2)
     try:
-        async with await WorkflowEnvironment.start_time_skipping(
-                test_server_existing_path=str(TEST_SERVER)) as env, new_http_client() as http:
-            webhooks = WebhookActivities(http=http, sessions=session_factory(engine),
-                                         cipher=Cipher(settings.resolved_master_key()),
-                                         settings=settings)
-            queue = f"tq-{uuid.uuid4()}"
-            async with Worker(env.client, task_queue=queue, workflows=[WebhookDeliveryWorkflow],
-                              activities=[webhooks.deliver_webhook,
-                                          webhooks.fail_webhook_delivery]):
-                result = await env.client.execute_workflow(
-                    WebhookDeliveryWorkflow.run,
-                    WebhookDeliveryInput(delivery_id, WebhookSchedule()),  # the real 3 days
-                    id=delivery_id, task_queue=queue)
+        async with new_http_client() as http:
+            yield WebhookActivities(http=http, sessions=session_factory(engine),
+                                    cipher=Cipher(configured.resolved_master_key()),
+                                    settings=configured)
     finally:
         await engine.dispose()
+
+
+@asynccontextmanager
+async def _skipping_worker(wh_stack: RunningStack) -> AsyncIterator[tuple[WorkflowEnvironment,
+                                                                          str]]:
+    """A time-skipping server and a worker on it running the real webhook activities."""
+    async with _webhook_activities(wh_stack) as webhooks, \
+            await WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=str(TEST_SERVER)) as env:
+        queue = f"tq-{uuid.uuid4()}"
+        async with Worker(env.client, task_queue=queue, workflows=[WebhookDeliveryWorkflow],
+                          activities=[webhooks.send_webhook, webhooks.record_webhook_attempt,
+                                      webhooks.deliver_webhook, webhooks.fail_webhook_delivery]):
+            yield env, queue
+
+
+async def test_three_days_of_failures_fail_the_delivery_and_disable_the_endpoint(
+        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
+        wh_db: asyncpg.Pool) -> None:
+    path = _path()
+    receiver.script(path, Answer(500))
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+    delivery_id = await _planted_delivery(shop, wh_db, endpoint["id"])
+    async with _skipping_worker(wh_stack) as (env, queue):
+        result = await env.client.execute_workflow(
+            WebhookDeliveryWorkflow.run,
+            WebhookDeliveryInput(delivery_id, WebhookSchedule()),  # the real 3 days
+            id=delivery_id, task_queue=queue)
     assert result == WebhookDeliveryResult(delivered=False, attempts=77)
     assert len(receiver.at(path)) == 77
     [final] = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery_id]
@@ -440,6 +485,95 @@ async def test_three_days_of_failures_fail_the_delivery_and_disable_the_endpoint
     events = await wh_db.fetch("SELECT type, data FROM event WHERE data->>'endpointId' = $1",
                                endpoint["id"])
     assert [e["type"] for e in events] == ["webhook_endpoint.disabled"]
+
+
+# An hour of the production schedule: attempts at 0, 5, 30, 155 and 780 s, and the last one on
+# the horizon (after 2820 s instead of 3125 s).
+HOUR = WebhookSchedule(horizon_seconds=3600)
+HOUR_TIMERS = [5.0, 25.0, 125.0, 625.0]
+
+
+@pytest.mark.parametrize(("answer", "posts", "stored_body"), [
+    (Answer(500, body=b"bad\x00body\x00"), 6, "badbody"),
+    (Answer(503, headers={"Retry-After": "\u00b2"}, body=b"busy"), 6, "busy"),
+    (Answer(200, body=b"\x00thanks"), 1, "thanks"),
+], ids=["500-nul-in-body", "503-retry-after-superscript-two", "200-nul-in-body"])
+async def test_a_hostile_answer_keeps_the_delivery_on_its_schedule(
+        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
+        wh_db: asyncpg.Pool, answer: Answer, posts: int, stored_body: str) -> None:
+    """Issue 11, item 5: a NUL byte in the answer, or `Retry-After: ²`, once made recording the
+    attempt fail after the POST, and the activity's unbounded retry sent it again every ≤30 s
+    for ever. Over an hour of (skipped) time, a real receiver now gets exactly the POSTs of
+    the schedule, and every attempt is recorded."""
+    path = _path()
+    receiver.script(path, answer)
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+    delivery_id = await _planted_delivery(shop, wh_db, endpoint["id"])
+    async with _skipping_worker(wh_stack) as (env, queue):
+        handle = await env.client.start_workflow(
+            WebhookDeliveryWorkflow.run, WebhookDeliveryInput(delivery_id, HOUR),
+            id=delivery_id, task_queue=queue,
+            execution_timeout=timedelta(hours=2))  # the old loop ran out this clock
+        try:
+            result: WebhookDeliveryResult | None = await handle.result()
+        except WorkflowFailureError:
+            result = None
+        history = await handle.fetch_history()
+    got = receiver.at(path)
+    assert len(got) == posts, f"{len(got)} POSTs; the schedule's hour has {posts}"
+    assert {r.headers["webhook-id"] for r in got} == {got[0].headers["webhook-id"]}
+    assert result == WebhookDeliveryResult(delivered=posts == 1, attempts=posts)
+    timers = [e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+              .total_seconds() for e in history.events
+              if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
+    if posts == 1:
+        assert timers == []
+    else:  # the backoff, untouched by the unreadable Retry-After; the last lands on the hour
+        assert timers[:4] == HOUR_TIMERS and 2800 < timers[4] <= 2820, timers
+    [final] = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery_id]
+    assert final["status"] == ("succeeded" if posts == 1 else "failed")
+    assert [a["attemptNumber"] for a in final["attempts"]] == list(range(1, posts + 1))
+    assert {(a["statusCode"], a["responseBody"]) for a in final["attempts"]} == \
+        {(answer.status, stored_body)}
+
+
+async def test_the_single_activity_of_older_runs_records_a_hostile_answer_once(
+        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
+        wh_db: asyncpg.Pool) -> None:
+    """`deliver_webhook` (send and record in one, kept for deliveries begun before the split)
+    stores the cleaned answer and returns; it never raises after its POST."""
+    path = _path()
+    receiver.script(path, Answer(503, headers={"Retry-After": "\u00b2"}, body=b"x\x00y"))
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+    delivery_id = await _planted_delivery(shop, wh_db, endpoint["id"])
+    async with _webhook_activities(wh_stack) as webhooks:
+        outcome = await ActivityEnvironment().run(webhooks.deliver_webhook,
+                                                  AttemptInput(delivery_id, 1))
+    assert outcome == AttemptOutcome(AttemptResult.RETRY, None)
+    assert len(receiver.at(path)) == 1
+    stored = await wh_db.fetch("SELECT status_code, response_body FROM webhook_delivery_attempt "
+                               "WHERE delivery_id = $1", delivery_id)
+    assert [(r["status_code"], r["response_body"]) for r in stored] == [(503, "xy")]
+
+
+async def test_a_port_the_operator_no_longer_allows_is_refused_at_delivery(
+        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
+        wh_db: asyncpg.Pool) -> None:
+    """The endpoint was created where any port was allowed; a worker configured with the
+    production default (80, 443) checks again at the attempt and sends nothing."""
+    path = _path()
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
+    delivery_id = await _planted_delivery(shop, wh_db, endpoint["id"])
+    async with _webhook_activities(wh_stack, webhook_allowed_ports="80,443") as webhooks:
+        sent = await ActivityEnvironment().run(webhooks.send_webhook,
+                                               AttemptInput(delivery_id, 1))
+        assert sent.status_code is None and sent.error is not None
+        assert sent.error.startswith("url_not_allowed") and f"port {receiver.port}" in sent.error
+        outcome = await ActivityEnvironment().run(webhooks.record_webhook_attempt, sent)
+    assert outcome.result is AttemptResult.RETRY
+    assert receiver.at(path) == []
+    [final] = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery_id]
+    assert [a["error"] for a in final["attempts"]] == [sent.error]
 
 
 async def test_an_event_plans_one_delivery_per_subscribed_endpoint(
