@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import func
-from sqlalchemy.exc import NoResultFound
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -166,19 +166,34 @@ class OutcomeDiscrepancy:
 
 def refusals_are_final(activity_method: RecordMethod) -> RecordMethod:
     """A write the database will never accept (an illegal state change, a row that does not
-    exist) is not retried: retrying would hold the payment's lock for ever. It fails for good,
-    loudly, and the workflow puts the payment in front of an operator."""
+    exist, a constraint or a value it rejects) is not retried: the same write would fail the
+    same way for ever while holding the payment's lock. It fails for good, loudly, and the
+    workflow puts the payment in front of an operator. Only transient failures (the database
+    unreachable, a connection lost) are retried, with backoff and no bound: a record is
+    idempotent, sends nothing, and giving up on `record_outcome` would drop the network's
+    answer (see DB_RETRY in workflows/payment_calls.py)."""
 
     @functools.wraps(activity_method)
     async def refusing(self: Any, argument: Any) -> Any:
         try:
             return await activity_method(self, argument)
-        except (IllegalTransition, LookupError, NoResultFound) as error:
-            log.error("%s refused by the database: %s", activity_method.__name__, error)
-            raise ApplicationError(f"{activity_method.__name__} refused: {error}",
+        except (IllegalTransition, LookupError, NoResultFound, IntegrityError,
+                DataError) as error:
+            reason = _refusal_reason(error)
+            log.error("%s refused by the database: %s", activity_method.__name__, reason)
+            raise ApplicationError(f"{activity_method.__name__} refused: {reason}",
                                    type=ErrorType.RECORD_REFUSED, non_retryable=True) from error
 
     return refusing  # type: ignore[return-value]
+
+
+def _refusal_reason(error: Exception) -> str:
+    """The database's own message, without the statement and its parameters that SQLAlchemy
+    appends to a driver error (they could carry what the row held)."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        first_line = str(error.orig).splitlines()[0] if str(error.orig) else ""
+        return f"{type(error.orig).__name__}: {first_line}"
+    return str(error)
 
 
 class PaymentRecordActivities:
