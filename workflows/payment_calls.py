@@ -45,7 +45,12 @@ with workflow.unsafe.imports_passed_through():
     from core.errors import ErrorType
 
 # Database writes must eventually land: retry patiently (Postgres restarts, failovers). A state
-# the database will never accept is not retried: it would hold the payment's lock for ever.
+# the database will never accept is not retried: it would hold the payment's lock for ever
+# (`refusals_are_final`: illegal moves, missing rows, rejected constraints and values). The
+# transient case has no bound on purpose, unlike every activity that sends something (the
+# network's NETWORK_RETRY, the webhook activities): a record sends nothing and is idempotent,
+# and giving up would either drop the network's answer or leave it unknown whether an attempt
+# was committed; each try is still bounded by DB_TIMEOUT.
 DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                        maximum_interval=timedelta(seconds=30),
                        non_retryable_error_types=[ErrorType.RECORD_REFUSED,
