@@ -26,6 +26,7 @@ from api.routers import (
 from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
 from core.settings import Settings, get_settings
+from core.webhooks import UrlPolicy
 
 DESCRIPTION = """
 Durapay's PaymentIntents API. Every payment runs as a durable Temporal workflow.
@@ -112,6 +113,9 @@ class NoStoreMiddleware:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # A malformed DURAPAY_WEBHOOK_ALLOWED_PORTS stops the API here, as it stops the workers,
+    # instead of failing every webhook endpoint request with a 500.
+    UrlPolicy.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
