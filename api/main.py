@@ -41,8 +41,10 @@ Every merchant request carries four headers:
 
 where `canonical` is the UTF-8 string
 `METHOD + "\\n" + PATH_AND_QUERY + "\\n" + TIMESTAMP + "\\n" + NONCE + "\\n" + hex(SHA256(body))`
-(`PATH_AND_QUERY` exactly as sent, e.g. `/payment-intents?limit=10`; empty body for GET).
-A bad signature, stale timestamp, replayed nonce or unknown/revoked key answers 401.
+(`PATH_AND_QUERY` exactly as sent, e.g. `/payment-intents?limit=10`: raw, percent-escapes as
+sent, never decoded; empty body for GET).
+A bad signature, stale timestamp, replayed nonce, unknown/revoked key or an authentication
+header sent twice answers 401.
 The project's Python client (`client.DurapayClient`) signs for you.
 
 Operator endpoints (`/merchants`) take `Authorization: Bearer <admin token>` instead.
@@ -59,6 +61,9 @@ restarting), any request may answer 503 with `"type": "api_error"`, `"code":
 `POST` requests accept an `Idempotency-Key` header: the same key with the same body replays
 the first response; the same key with a different body is a 400 (`idempotency_key_reused`);
 a key whose first request is still running is a 409 (`idempotency_key_in_use`).
+Keys are kept 24 h (`DURAPAY_IDEMPOTENCY_RETENTION_SECONDS`); an older key is treated as new.
+A charge's card counts toward the "same body" check only as brand, last4 and expiry: a retry
+that changes only the CVC replays the first response.
 """
 
 
