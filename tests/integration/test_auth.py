@@ -10,6 +10,7 @@ import httpx
 
 from client import DurapayClient, signed_headers
 from tests.integration.conftest import create_intent, onboard
+from tests.signed_escapes import check_escaped_requests_are_verified
 from tests.stack import RunningStack
 
 
@@ -148,15 +149,4 @@ async def test_percent_escapes_signed_as_sent_pass_through_uvicorn(
     """uvicorn hands the API the request line as received (`raw_path`, `query_string`), which
     is what the client signed: an escaped id or query value is no signature mismatch."""
     intent = await create_intent(durapay)
-    missing = await durapay.get("/payment-intents/pi_no%2Dsuch%2Dintent")
-    assert missing.status_code == 404, missing.text
-    escaped = intent["id"].replace("_", "%5F", 1)
-    found = await durapay.get(f"/payment-intents/{escaped}")
-    assert found.status_code == 200, found.text
-    assert found.json()["id"] == intent["id"]
-    listed = await durapay.get("/payment-intents?limit=1%30&status=cr%65ated")
-    assert listed.status_code == 200, listed.text
-    assert [i["id"] for i in listed.json()["data"]] == [intent["id"]]
-    events = await durapay.get("/events?type=payment.created&limit=10&startingAfter=a b")
-    assert events.status_code == 400, events.text  # signed as sent (`a%20b`), then refused
-    assert events.json()["error"]["param"] == "startingAfter"
+    await check_escaped_requests_are_verified(durapay, intent["id"])
