@@ -22,6 +22,7 @@ from core.crypto import Cipher
 from core.db.tables import CardToken, PaymentIntent, Transaction
 from core.domain import NetworkOutcome, TransactionType
 from core.errors import ErrorType
+from core.keyring import Purpose
 
 
 @dataclass
@@ -58,10 +59,13 @@ class NetworkAnswer:
 
 class CardNetworkActivities:
     def __init__(self, *, http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession],
-                 cipher: Cipher, base_url: str, timeout_seconds: float) -> None:
+                 vault: Cipher, base_url: str, timeout_seconds: float) -> None:
+        if vault.purpose is not Purpose.VAULT:  # a miswired cipher fails here, not per charge
+            raise ValueError(f"the card network adapter needs the vault's cipher, not "
+                             f"{vault.purpose}'s")
         self._http = http
         self._sessions = sessions
-        self._cipher = cipher
+        self._vault = vault
         self._base_url = base_url.rstrip("/")
         self._timeout = timeout_seconds
 
@@ -149,7 +153,7 @@ class CardNetworkActivities:
             raise ApplicationError("card token not found for this charge's merchant: nothing "
                                    "was sent", type=ErrorType.VAULT_TOKEN_MISSING,
                                    non_retryable=True)
-        number = self._cipher.decrypt(token.pan_ciphertext, context=token.id).decode()
+        number = self._vault.decrypt(token.pan_ciphertext, context=token.id).decode()
         return {"number": number, "expMonth": token.exp_month, "expYear": token.exp_year}
 
 

@@ -35,6 +35,7 @@ from core.crypto import Cipher
 from core.db.queries import event_id_for
 from core.db.tables import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from core.domain import utcnow
+from core.keyring import Purpose
 from core.settings import Settings
 from core.webhooks import (
     ENDPOINT_DISABLED_EVENT,
@@ -121,10 +122,13 @@ def new_http_client() -> httpx.AsyncClient:
 
 class WebhookActivities:
     def __init__(self, *, http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession],
-                 cipher: Cipher, settings: Settings) -> None:
+                 webhook_secrets: Cipher, settings: Settings) -> None:
+        if webhook_secrets.purpose is not Purpose.WEBHOOK_SECRETS:  # miswired: fail at start
+            raise ValueError(f"webhook signing needs the webhook secrets' cipher, not "
+                             f"{webhook_secrets.purpose}'s")
         self._http = http
         self._sessions = sessions
-        self._cipher = cipher
+        self._secrets = webhook_secrets
         self._settings = settings
         # Parsed once: a bad DURAPAY_WEBHOOK_ALLOWED_PORTS stops the worker at start-up.
         self._url_policy = UrlPolicy.from_settings(settings)
@@ -234,12 +238,13 @@ class WebhookActivities:
 
     # ---- helpers -------------------------------------------------------------------------------
     def _live_secrets(self, endpoint: WebhookEndpoint) -> list[str]:
-        secrets = [self._cipher.decrypt(endpoint.secret_ciphertext, context=endpoint.id).decode()]
+        secrets = [self._secrets.decrypt(endpoint.secret_ciphertext,
+                                         context=endpoint.id).decode()]
         if endpoint.previous_secret_ciphertext is not None and \
                 endpoint.previous_secret_expires_at is not None and \
                 endpoint.previous_secret_expires_at > utcnow():
-            secrets.append(self._cipher.decrypt(endpoint.previous_secret_ciphertext,
-                                                context=endpoint.id).decode())
+            secrets.append(self._secrets.decrypt(endpoint.previous_secret_ciphertext,
+                                                 context=endpoint.id).decode())
         return secrets
 
     async def _send(self, url: str, *, msg_id: str, secrets: list[str], body: bytes) -> _Response:

@@ -52,7 +52,7 @@ def display_codec(settings: Settings) -> PayloadEncryptionCodec:
     """The codec that decodes for display (the only place the endpoint builds one). Lenient:
     a payload in clear is shown as it is, where the workers' strict codec refuses it, so an
     operator can see in the Web UI what a forged plaintext Update carried."""
-    return PayloadEncryptionCodec(settings.resolved_master_key(), strict=False)
+    return PayloadEncryptionCodec.from_key_ring(settings.resolved_key_ring(), strict=False)
 
 
 def startup_refusal(settings: Settings) -> str | None:

@@ -28,6 +28,7 @@ from api.errors import (
 from api.rate_limit import take_token
 from core.crypto import Cipher, canonical_path_and_query, sign_request, signature_matches
 from core.db.tables import Merchant, MerchantKey, PaymentIntent, RequestNonce
+from core.keyring import Purpose
 from core.settings import Settings
 from core.temporal_client import connect_temporal
 
@@ -50,8 +51,21 @@ class AppState:
 
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
-    cipher: Cipher
+    # One cipher per purpose, each with its own subkey of the same key ring: a ciphertext of
+    # one purpose never decrypts as another's.
+    vault: Cipher
+    merchant_secrets: Cipher
+    webhook_secrets: Cipher
     temporal: TemporalConnection
+
+    @classmethod
+    def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession],
+              temporal: TemporalConnection) -> AppState:
+        keys = settings.resolved_key_ring()
+        return cls(settings=settings, sessions=sessions,
+                   vault=Cipher(keys, Purpose.VAULT),
+                   merchant_secrets=Cipher(keys, Purpose.MERCHANT_SECRETS),
+                   webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), temporal=temporal)
 
 
 class TemporalConnection:
@@ -140,7 +154,8 @@ async def authenticate_merchant(
     now = datetime.now(UTC)
     if key is None or (key.expires_at is not None and key.expires_at <= now):
         raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
-    secret = state.cipher.decrypt(key.secret_ciphertext, context=key.public_key).decode()
+    secret = state.merchant_secrets.decrypt(key.secret_ciphertext,
+                                            context=key.public_key).decode()
     expected = sign_request(secret, method=request.method,
                             path_and_query=_path_and_query_as_sent(request),
                             timestamp=x_timestamp, nonce=x_nonce, body=await request.body())

@@ -23,7 +23,6 @@ from api.routers import (
     transactions,
     webhook_endpoints,
 )
-from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
 from core.settings import Settings, get_settings
 from core.webhooks import UrlPolicy
@@ -125,10 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.effective_database_url)
-        app.state.durapay = AppState(
-            settings=settings, sessions=session_factory(engine),
-            cipher=Cipher(settings.resolved_master_key()),
-            temporal=TemporalConnection(settings))
+        app.state.durapay = AppState.build(settings, session_factory(engine),
+                                           TemporalConnection(settings))
         yield
         await engine.dispose()
 

@@ -36,6 +36,8 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
+from core.keyring import KeyRing
+
 log = logging.getLogger("durapay.codec")
 
 ENCODING = b"binary/encrypted"
@@ -44,7 +46,8 @@ ENCODING = b"binary/encrypted"
 REFUSED_ENCODING = b"binary/durapay-refused"
 REFUSAL_REASON = "durapay-refusal"
 PAYLOAD_REFUSED = "PayloadRefused"
-_KEY_ID = "encryption-key-id"
+# Names the key a payload is encrypted under, in clear (`durapay keys status` reads it).
+KEY_ID_METADATA = "encryption-key-id"
 _NONCE_BYTES = 12
 
 
@@ -76,14 +79,44 @@ class PayloadEncryptionCodec(PayloadCodec):
 
     def __init__(self, master_key: bytes, retired_master_keys: Sequence[bytes] = (), *,
                  strict: bool = True) -> None:
-        self._current = PayloadKey(master_key)
-        self._keys = {key.key_id: key for key in
-                      (*(PayloadKey(k) for k in retired_master_keys), self._current)}
         self._strict = strict
+        self._ring: KeyRing | None = None
+        self._generation = 0
+        self._use(master_key, retired_master_keys)
+
+    @classmethod
+    def from_key_ring(cls, ring: KeyRing, *, strict: bool = True) -> PayloadEncryptionCodec:
+        """The codec of a process's key ring: it follows the ring when the ring reloads (the
+        local stack's key files, rewritten by `durapay keys rotate` while processes run)."""
+        codec = cls(ring.current.material, [k.material for k in ring.retired], strict=strict)
+        codec._ring, codec._generation = ring, ring.generation
+        return codec
+
+    def _use(self, master_key: bytes, retired_master_keys: Sequence[bytes]) -> None:
+        current = PayloadKey(master_key)
+        self._keys = {key.key_id: key for key in
+                      (*(PayloadKey(k) for k in retired_master_keys), current)}
+        self._current = current
+
+    def _follow_ring(self) -> None:
+        ring = self._ring
+        if ring is not None and ring.generation != self._generation:
+            self._generation = ring.generation
+            self._use(ring.current.material, [k.material for k in ring.retired])
+
+    def _key(self, key_id: bytes) -> PayloadKey | None:
+        self._follow_ring()
+        key = self._keys.get(key_id)
+        # Another process may already write under a key this one has not loaded yet.
+        if key is None and self._ring is not None and self._ring.refresh():
+            self._follow_ring()
+            key = self._keys.get(key_id)
+        return key
 
     @property
     def key_id(self) -> bytes:
         """The id of the key new payloads are encrypted under."""
+        self._follow_ring()
         return self._current.key_id
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
@@ -93,16 +126,17 @@ class PayloadEncryptionCodec(PayloadCodec):
         return [self._decrypt(p) for p in payloads]
 
     def _encrypt(self, payload: Payload) -> Payload:
+        self._follow_ring()
         key = self._current
         nonce = os.urandom(_NONCE_BYTES)
         data = nonce + key.aead.encrypt(nonce, payload.SerializeToString(), key.key_id)
-        return Payload(metadata={"encoding": ENCODING, _KEY_ID: key.key_id}, data=data)
+        return Payload(metadata={"encoding": ENCODING, KEY_ID_METADATA: key.key_id}, data=data)
 
     def _decrypt(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
             return refusal("not encrypted") if self._strict else payload
-        key_id = payload.metadata.get(_KEY_ID, b"")
-        key = self._keys.get(key_id)
+        key_id = payload.metadata.get(KEY_ID_METADATA, b"")
+        key = self._key(key_id)
         if key is None:
             # Not the sender's key id: metadata is the sender's text, and none of it is copied.
             return refusal(f"encrypted under a key that is not ours (ours: "
@@ -159,9 +193,12 @@ class RefusingPayloadConverter(CompositePayloadConverter):
                          *DefaultPayloadConverter.default_encoding_payload_converters)
 
 
-def data_converter(master_key: bytes,
+def data_converter(master_key: bytes | KeyRing,
                    retired_master_keys: Sequence[bytes] = ()) -> DataConverter:
-    """The converter every Durapay Temporal client uses (API, workers, CLI, tests): strict."""
+    """The converter every Durapay Temporal client uses (API, workers, CLI, tests): strict.
+    Given a key ring (as every process passes its own), it decrypts under each of its keys."""
+    codec = (PayloadEncryptionCodec.from_key_ring(master_key) if isinstance(master_key, KeyRing)
+             else PayloadEncryptionCodec(master_key, retired_master_keys))
     return dataclasses.replace(
         DataConverter.default, payload_converter_class=RefusingPayloadConverter,
-        payload_codec=PayloadEncryptionCodec(master_key, retired_master_keys))
+        payload_codec=codec)

@@ -9,7 +9,6 @@ starting embedded ones.
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 from collections.abc import Callable
 from functools import lru_cache
@@ -20,6 +19,15 @@ from urllib.parse import quote
 from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.keyring import (
+    MASTER_KEY_FILE,
+    KeyFiles,
+    KeyRing,
+    decode_key,
+    decode_keys,
+    encode_key,
+    new_master_key,
+)
 from core.secret_files import read_or_create_secret, read_secret
 
 # Under the state dir: the embedded PostgreSQL superuser's password, written by `durapay dev`
@@ -32,6 +40,8 @@ class Settings(BaseSettings):
     # The generated secrets, read from the state dir once (see the resolved_* methods).
     _admin_token_from_file: str | None = PrivateAttr(default=None)
     _master_key_bytes: bytes | None = PrivateAttr(default=None)
+    _key_ring: KeyRing | None = PrivateAttr(default=None)
+    _key_ring_config: tuple[object, ...] = PrivateAttr(default=())
 
     home: Path = Path(".durapay")
     api_host: str = "127.0.0.1"
@@ -43,6 +53,11 @@ class Settings(BaseSettings):
     postgres_port: int = 55432
     admin_token: str | None = None
     master_key: str | None = None
+    # Master keys that no longer encrypt anything but still decrypt (comma-separated base64):
+    # rows not yet re-encrypted by `durapay keys rotate --reencrypt-only`, and the Temporal
+    # histories of runs still open. Without DURAPAY_MASTER_KEY, `durapay keys rotate` keeps
+    # the local stack's in `$DURAPAY_HOME/retired-master-keys` instead.
+    retired_master_keys: str = ""
     workers: int = 1
     # Production workers run workflow code outside Temporal's sandbox: the sandbox re-imports
     # and recompiles the workflow's modules for every run, which `make bench` measured as the
@@ -191,18 +206,49 @@ class Settings(BaseSettings):
         return self._admin_token_from_file
 
     def resolved_master_key(self) -> bytes:
-        """AES-256 key that encrypts secrets and card data at rest (base64 in config or file).
+        """The current master key as this process started with it (base64 in config or file).
 
-        Resolved once per Settings: the API asks for it on every idempotent request."""
+        Resolved once per Settings: the API asks for it on every idempotent request. What
+        encrypts at rest and in Temporal is the key ring (`resolved_key_ring`), whose subkeys
+        derive from it."""
         if self._master_key_bytes is None:
             encoded = self.master_key or self._generated_secret(
-                "master.key", "DURAPAY_MASTER_KEY",
-                lambda: base64.b64encode(os.urandom(32)).decode())
+                MASTER_KEY_FILE, "DURAPAY_MASTER_KEY",
+                lambda: encode_key(new_master_key()))
             key = base64.b64decode(encoded)
             if len(key) != 32:
                 raise ValueError("DURAPAY_MASTER_KEY must be 32 bytes, base64-encoded")
             self._master_key_bytes = key
         return self._master_key_bytes
+
+    @property
+    def master_key_from_files(self) -> bool:
+        """Whether the master keys live in the state dir (no DURAPAY_MASTER_KEY), where
+        `durapay keys rotate` can replace them."""
+        return not self.master_key
+
+    def resolved_key_ring(self) -> KeyRing:
+        """The current master key and the retired ones, one ring per Settings (so per
+        process). With the keys in the state dir, the ring follows a rotation made by
+        `durapay keys rotate` while this process runs (see core/keyring.py)."""
+        # A copy with other keys (`model_copy` keeps private attributes) gets a ring of its own.
+        config = (self.master_key, self.retired_master_keys, self.home_dir)
+        if self._key_ring is None or self._key_ring_config != config:
+            if self.master_key_from_files:
+                self._generated_secret(MASTER_KEY_FILE, "DURAPAY_MASTER_KEY",
+                                       lambda: encode_key(new_master_key()))
+                ring = KeyRing.from_source(self.key_files())
+            else:
+                ring = KeyRing(decode_key(self.master_key or "", where="DURAPAY_MASTER_KEY"),
+                               decode_keys(self.retired_master_keys,
+                                           where="DURAPAY_RETIRED_MASTER_KEYS"))
+            self._key_ring, self._key_ring_config = ring, config
+        return self._key_ring
+
+    def key_files(self) -> KeyFiles:
+        """The local stack's key files (meaningful only with `master_key_from_files`)."""
+        return KeyFiles(self.home_dir, configured_retired=decode_keys(
+            self.retired_master_keys, where="DURAPAY_RETIRED_MASTER_KEYS"))
 
     def _generated_secret(self, file_name: str, variable: str, make: Callable[[], str]) -> str:
         """A secret generated once into the state dir (0600, in a 0700 dir). Never in

@@ -49,8 +49,10 @@ def temporal_connect_options(settings: Settings) -> dict[str, Any]:
 
 
 async def connect_temporal(settings: Settings) -> Client:
+    # The whole key ring: a run opened before a key rotation carries payloads under the key
+    # retired since, and this client (a worker replaying it, the API) must still read them.
     return await Client.connect(**temporal_connect_options(settings),
-                                data_converter=data_converter(settings.resolved_master_key()))
+                                data_converter=data_converter(settings.resolved_key_ring()))
 
 
 def _pem(value: str | None, variable: str) -> bytes | None:

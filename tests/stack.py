@@ -19,6 +19,7 @@ import httpx
 from temporalio.client import Client
 
 from core.codec import data_converter
+from core.keyring import KeyRing
 from core.settings import Settings
 
 BIN = Path(sys.executable).parent
@@ -44,15 +45,25 @@ class RunningStack:
     def state(self) -> dict[str, object]:
         return json.loads((self.home / "stack.json").read_text())  # type: ignore[no-any-return]
 
+    def settings(self) -> Settings:
+        """The stack's settings as far as keys go (DURAPAY_MASTER_KEY and
+        DURAPAY_RETIRED_MASTER_KEYS if the test set them, else the state dir's key files)."""
+        return Settings(home=self.home, master_key=self.env.get("DURAPAY_MASTER_KEY"),
+                        retired_master_keys=self.env.get("DURAPAY_RETIRED_MASTER_KEYS", ""))
+
     def master_key(self) -> bytes:
-        """The stack's master key (generated into its state dir by the launcher)."""
-        return Settings(home=self.home,
-                        master_key=self.env.get("DURAPAY_MASTER_KEY")).resolved_master_key()
+        """The stack's current master key (generated into its state dir by the launcher)."""
+        return self.key_ring().current.material
+
+    def key_ring(self) -> KeyRing:
+        """The stack's current and retired master keys, as its processes read them."""
+        return self.settings().resolved_key_ring()
 
     async def temporal_client(self) -> Client:
-        """A Temporal client that reads the stack's encrypted payloads, as its processes do."""
+        """A Temporal client that reads the stack's encrypted payloads, as its processes do:
+        with every key of the ring, retired ones included."""
         return await Client.connect(self.temporal_address,
-                                    data_converter=data_converter(self.master_key()))
+                                    data_converter=data_converter(self.key_ring()))
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in (self.home / "logs").glob("*.log"))

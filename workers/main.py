@@ -21,6 +21,7 @@ from activities.reconciliation import ReconciliationActivities
 from activities.webhooks import WebhookActivities, new_http_client
 from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
+from core.keyring import Purpose
 from core.settings import get_settings
 from core.temporal_client import connect_temporal
 from workers.schedules import ensure_reconciliation_schedule
@@ -36,17 +37,18 @@ async def run_worker() -> None:
     engine = create_engine(settings.effective_database_url)
     sessions = session_factory(engine)
     client = await connect_temporal(settings)
-    cipher = Cipher(settings.resolved_master_key())
+    keys = settings.resolved_key_ring()  # the same ring as the client's codec
     async with httpx.AsyncClient() as http, new_http_client() as webhook_http:
         records = PaymentRecordActivities(sessions)
         network = CardNetworkActivities(
-            http=http, sessions=sessions, cipher=cipher,
+            http=http, sessions=sessions, vault=Cipher(keys, Purpose.VAULT),
             base_url=settings.effective_cardnet_url,
             timeout_seconds=settings.network_timeout_seconds)
         reconciliation = ReconciliationActivities(
             sessions=sessions, http=http, cardnet_url=settings.effective_cardnet_url)
-        webhooks = WebhookActivities(http=webhook_http, sessions=sessions, cipher=cipher,
-                                     settings=settings)
+        webhooks = WebhookActivities(
+            http=webhook_http, sessions=sessions,
+            webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), settings=settings)
         worker = Worker(
             client,
             task_queue=settings.task_queue,

@@ -50,7 +50,7 @@ async def roll_merchant_keys(id: str, _: AdminDep, state: StateDep, session: Ses
 def _add_key(session: SessionDep, state: StateDep, merchant_id: str) -> tuple[str, str]:
     public_key, secret_key = new_key_pair()
     # Bound to the public key: the ciphertext cannot be moved onto another key's row.
-    ciphertext = state.cipher.encrypt(secret_key.encode(), context=public_key)
+    ciphertext = state.merchant_secrets.encrypt(secret_key.encode(), context=public_key)
     session.add(MerchantKey(public_key=public_key, merchant_id=merchant_id,
                             secret_ciphertext=ciphertext))
     return public_key, secret_key

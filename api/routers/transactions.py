@@ -64,7 +64,7 @@ async def create_transaction(
     # After the claim: a retry of an answered charge replays its answer.
     if not can_start_charge(intent.status):
         raise unexpected_state("charge", intent.status)
-    token = _tokenize(body, intent, state.cipher)
+    token = _tokenize(body, intent, state.vault)
     session.add(token)
     # The only transaction before the Update: the vault token (the workflow reads it) and the
     # Idempotency-Key's claim (`commit_claim=False`) commit together. Before the Update, which

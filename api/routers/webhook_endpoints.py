@@ -65,7 +65,7 @@ async def create_webhook_endpoint(
         id=endpoint_id, merchant_id=merchant.id, url=body.url, description=body.description,
         enabled_events=body.enabled_events, status="enabled",
         # Bound to the endpoint id: the ciphertext cannot be moved onto another endpoint.
-        secret_ciphertext=state.cipher.encrypt(secret.encode(), context=endpoint_id))
+        secret_ciphertext=state.webhook_secrets.encrypt(secret.encode(), context=endpoint_id))
     session.add(endpoint)
     await session.commit()
     await session.refresh(endpoint)
@@ -142,7 +142,7 @@ async def rotate_webhook_secret(endpoint: OwnedEndpointDep, state: StateDep, ses
     await session.exec(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id).values(
         previous_secret_ciphertext=endpoint.secret_ciphertext if grace > 0 else None,
         previous_secret_expires_at=utcnow() + timedelta(seconds=grace) if grace > 0 else None,
-        secret_ciphertext=state.cipher.encrypt(secret.encode(), context=endpoint.id),
+        secret_ciphertext=state.webhook_secrets.encrypt(secret.encode(), context=endpoint.id),
         updated_at=utcnow()))
     await session.commit()
     await session.refresh(endpoint)

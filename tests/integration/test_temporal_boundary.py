@@ -36,6 +36,7 @@ from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
 from core.domain import CaptureMethod, CardSummary, IntentStatus, transaction_id_for
 from core.errors import ErrorType
+from core.keyring import Purpose
 from tests.integration.conftest import CARD_4242, card, create_intent
 from tests.integration.helpers import charge, ledger_entries, signed_merchant
 from tests.stack import RunningStack
@@ -203,7 +204,7 @@ async def adapter(stack: RunningStack) -> AsyncIterator[tuple[CardNetworkActivit
     sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
     async with httpx.AsyncClient(transport=httpx.MockTransport(network)) as http:
         yield CardNetworkActivities(http=http, sessions=sessions,
-                                    cipher=Cipher(stack.master_key()),
+                                    vault=Cipher(stack.key_ring(), Purpose.VAULT),
                                     base_url="http://network", timeout_seconds=1), sent
     await engine.dispose()
 

@@ -35,6 +35,7 @@ from activities.webhooks import (
 from client import DurapayClient
 from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
+from core.keyring import Purpose
 from core.settings import Settings, to_asyncpg_url
 from core.webhooks import WebhookSchedule
 from tests.integration.conftest import CARD_4242, create_intent
@@ -444,7 +445,8 @@ async def _webhook_activities(wh_stack: RunningStack,
     try:
         async with new_http_client() as http:
             yield WebhookActivities(http=http, sessions=session_factory(engine),
-                                    cipher=Cipher(configured.resolved_master_key()),
+                                    webhook_secrets=Cipher(configured.resolved_key_ring(),
+                                                           Purpose.WEBHOOK_SECRETS),
                                     settings=configured)
     finally:
         await engine.dispose()

@@ -8,6 +8,7 @@ end to end in tests/integration/test_test_cards.py).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 
 import httpx
@@ -15,8 +16,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.card_network import CardNetworkActivities, NetworkAnswer, OperationRequest
+from core.crypto import Cipher
 from core.domain import NetworkOutcome
 from core.errors import ErrorType
+from core.keyring import KeyRing, Purpose
 
 REFERENCE = "txn_0123456789abcdef01234567"
 OPERATION = {"reference": REFERENCE, "type": "capture", "status": "approved",
@@ -26,7 +29,8 @@ OPERATION = {"reference": REFERENCE, "type": "capture", "status": "approved",
 
 def _adapter(handler: Callable[[httpx.Request], httpx.Response]) -> CardNetworkActivities:
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return CardNetworkActivities(http=http, sessions=None, cipher=None,  # type: ignore[arg-type]
+    return CardNetworkActivities(http=http, sessions=None,  # type: ignore[arg-type]
+                                 vault=Cipher(KeyRing(os.urandom(32)), Purpose.VAULT),
                                  base_url="http://network", timeout_seconds=1.0)
 
 

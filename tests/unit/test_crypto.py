@@ -16,6 +16,7 @@ from core.crypto import (
     new_key_pair,
     sign_request,
 )
+from core.keyring import KeyRing, Purpose
 
 
 def test_canonical_string_matches_the_contract() -> None:
@@ -56,7 +57,7 @@ def test_client_headers_carry_key_timestamp_nonce_and_signature() -> None:
 
 
 def test_cipher_round_trips_and_is_bound_to_its_context() -> None:
-    cipher = Cipher(os.urandom(32))
+    cipher = Cipher(KeyRing(os.urandom(32)), Purpose.VAULT)
     blob = cipher.encrypt(b"4242424242424242", context="card_1")
     assert b"4242424242424242" not in blob
     assert cipher.decrypt(blob, context="card_1") == b"4242424242424242"
