@@ -141,7 +141,9 @@ class CardNetworkActivities:
 
         A refusal is final and proves nothing was sent: it happens before any byte leaves, and
         its answer cannot change between tries (a token is never deleted while a transaction
-        names it, and neither it nor an intent changes merchant)."""
+        names it, and neither it nor an intent changes merchant; its card number is deleted
+        only with the charge's definite outcome, or a day after, see core/db/vault.py, and
+        never comes back)."""
         async with self._sessions() as session:
             token = (await session.exec(
                 select(CardToken)
@@ -153,6 +155,9 @@ class CardNetworkActivities:
             raise ApplicationError("card token not found for this charge's merchant: nothing "
                                    "was sent", type=ErrorType.VAULT_TOKEN_MISSING,
                                    non_retryable=True)
+        if token.pan_ciphertext is None:
+            raise ApplicationError("the charge's card number was deleted: nothing was sent",
+                                   type=ErrorType.VAULT_TOKEN_MISSING, non_retryable=True)
         number = self._vault.decrypt(token.pan_ciphertext, context=token.id).decode()
         return {"number": number, "expMonth": token.exp_month, "expYear": token.exp_year}
 

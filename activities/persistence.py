@@ -33,6 +33,7 @@ from core.db.queries import (
     transition_transaction,
 )
 from core.db.tables import CardToken, PaymentIntent, Transaction
+from core.db.vault import shred_card_number
 from core.domain import (
     CaptureMethod,
     CardSummary,
@@ -365,6 +366,10 @@ async def _apply_outcome(session: AsyncSession, intent: PaymentIntent, txn: Tran
             await transition_intent(session, intent, IntentAction.ATTEMPT_FAILED, cause=cause,
                                     transaction_id=txn.id,
                                     changes={"last_error": _last_error(result)})
+    if txn.card_token_id is not None:
+        # The charge's outcome is definite: no authorization will read its card number again
+        # (capture, void and refund go by reference), so it goes, with the outcome's commit.
+        await shred_card_number(session, txn.card_token_id)
     await close_manual_review(session, intent)
 
 

@@ -57,6 +57,8 @@ class AppState:
     merchant_secrets: Cipher
     webhook_secrets: Cipher
     temporal: TemporalConnection
+    # When (time.monotonic()) this process next deletes stale card numbers (a charge does it).
+    next_vault_sweep: float = float("-inf")
 
     @classmethod
     def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession],

@@ -1,7 +1,7 @@
 """Database tables. Only this module knows column names; API schemas are separate.
 
 Money is `amount_in_cents BIGINT` plus `currency`; times are `timestamptz` in UTC. Card numbers
-and merchant secrets exist here only as AES-GCM ciphertext.
+and secrets exist here only as AES-GCM ciphertext, each naming its master key (core/crypto.py).
 """
 
 from __future__ import annotations
@@ -90,12 +90,20 @@ class RateLimitBucket(SQLModel, table=True):
 
 
 class CardToken(SQLModel, table=True):
-    """The vault: the PAN encrypted, bound to its token id. The CVC is never stored."""
+    """The vault: the PAN encrypted, bound to its token id. The CVC is never stored.
+
+    The PAN is deleted once no authorization can need it any more (core/db/vault.py); brand,
+    last4 and expiry stay for display."""
 
     __tablename__ = "card_token"
+    __table_args__ = (
+        # The PANs still held, oldest first: the retention sweep's bounded batches.
+        Index("ix_card_token_pan_held_created_at", "created_at",
+              postgresql_where=text("pan_ciphertext IS NOT NULL")),)
     id: str = Field(primary_key=True)
     merchant_id: str = Field(foreign_key="merchant.id", index=True)
-    pan_ciphertext: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    pan_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    pan_deleted_at: datetime | None = _timestamp(nullable=True)
     brand: str
     last4: str
     exp_month: int

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -158,8 +160,11 @@ async def test_a_charge_on_another_merchants_intent_is_404(
 
 
 @pytest.fixture
-def statements(app: FastAPI) -> Iterator[list[str]]:
-    """Every transaction boundary and statement the app sends to Postgres, in order."""
+def statements(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Every transaction boundary and statement the app sends to Postgres, in order; without
+    the sweep of stale card numbers that a charge runs once a minute, so that they are the
+    same whatever ran before (the sweep has tests of its own)."""
+    monkeypatch.setattr(app.state.durapay, "next_vault_sweep", math.inf)
     engine = app.state.durapay.sessions.kw["bind"].sync_engine
     log: list[str] = []
     listeners: dict[str, Any] = {
@@ -226,3 +231,41 @@ async def test_a_charge_without_a_key_commits_only_its_token_before_the_update(
         "BEGIN", "SELECT merchant", "SELECT payment_intent", "INSERT card_token", "COMMIT"]
     assert (await answered).status_code == 503
     assert await count(db, "idempotency_record", merchant) == 0
+
+
+async def _abandoned_token(app: FastAPI, db: asyncpg.Pool, merchant: Merchant,
+                           age: str) -> str:
+    """A card number still in the vault `age` after a charge request that never got an
+    outcome recorded left it there."""
+    token_id = f"card_{uuid.uuid4().hex}"
+    blob = app.state.durapay.vault.encrypt(CARD_4242["number"].encode(), context=token_id)
+    await db.execute(
+        "INSERT INTO card_token (id, merchant_id, pan_ciphertext, brand, last4, exp_month, "
+        f"exp_year, created_at) VALUES ($1, $2, $3, 'visa', '4242', 12, 2030, "
+        f"now() - interval '{age}')", token_id, merchant.id, blob)
+    return token_id
+
+
+async def _held(db: asyncpg.Pool, token_id: str) -> bool:
+    return bool(await db.fetchval(
+        "SELECT pan_ciphertext IS NOT NULL AND pan_deleted_at IS NULL FROM card_token "
+        "WHERE id = $1", token_id))
+
+
+async def test_a_charge_now_and_then_deletes_card_numbers_held_over_a_day(
+        app: FastAPI, merchant: Merchant, db: asyncpg.Pool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = await _abandoned_token(app, db, merchant, "25 hours")
+    recent = await _abandoned_token(app, db, merchant, "23 hours")
+    monkeypatch.setattr(app.state.durapay, "next_vault_sweep", -math.inf)  # one is due
+    intent = await merchant.create_intent()
+    path = f"/payment-intents/{intent['id']}/transactions"
+    assert (await merchant.post(path, _charge())).status_code == 503  # no worker: no outcome
+    assert not await _held(db, stale)
+    assert await _held(db, recent)
+    row = await db.fetchrow("SELECT brand, last4 FROM card_token WHERE id = $1", stale)
+    assert (row["brand"], row["last4"]) == ("visa", "4242")  # kept for display
+    # The next sweep is a minute away: charges until then pay nothing for it.
+    later = await _abandoned_token(app, db, merchant, "2 days")
+    assert (await merchant.post(path, _charge())).status_code == 503
+    assert await _held(db, later)

@@ -211,7 +211,7 @@ async def adapter(stack: RunningStack) -> AsyncIterator[tuple[CardNetworkActivit
 
 async def test_the_adapter_sends_only_the_card_of_the_charges_own_merchant(
         adapter: tuple[CardNetworkActivities, list[httpx.Request]], durapay: DurapayClient,
-        foreign_token: str, db: asyncpg.Pool) -> None:
+        foreign_token: str, db: asyncpg.Pool, stack: RunningStack) -> None:
     network, sent = adapter
     intent = await create_intent(durapay)
     txn = (await charge(durapay, intent["id"], CARD_4242)).json()
@@ -224,9 +224,21 @@ async def test_the_adapter_sends_only_the_card_of_the_charges_own_merchant(
         assert (refused_token.value.type, refused_token.value.non_retryable) == (
             ErrorType.VAULT_TOKEN_MISSING, True)
         assert "nothing was sent" in refused_token.value.message
+    # The charge succeeded, so its card number is gone: a late retry of its authorization
+    # (which the workflow reads as "unknown", never as "nothing happened") sends nothing.
+    with pytest.raises(ApplicationError) as deleted:
+        await network.authorize_card(AuthorizeInput(txn["id"], own_token, 2499, "usd", True))
+    assert (deleted.value.type, deleted.value.non_retryable) == (
+        ErrorType.VAULT_TOKEN_MISSING, True)
+    assert "nothing was sent" in deleted.value.message
     assert sent == []
-    # The merchant's own card on its own recorded charge does go out (here to a network that
-    # answers "unavailable": retried by Temporal with the same reference).
+    # The merchant's own card on its own recorded charge, while it is still held (an attempt
+    # not answered yet), does go out (here to a network that answers "unavailable": retried
+    # by Temporal with the same reference).
+    await db.execute("UPDATE card_token SET pan_ciphertext = $2 WHERE id = $1", own_token,
+                     Cipher(stack.key_ring(), Purpose.VAULT).encrypt(
+                         CARD_4242["number"].encode(), context=own_token))
     with pytest.raises(ApplicationError, match="network_unavailable"):
         await network.authorize_card(AuthorizeInput(txn["id"], own_token, 2499, "usd", True))
     assert [request.url.path for request in sent] == ["/v1/operations"]
+    assert sent[0].read().decode().count(CARD_4242["number"]) == 1
