@@ -9,6 +9,8 @@
     durapay reconcile list | resolve ID --note TEXT   operator: open discrepancies
     durapay review list | resolve PI --outcome approved|failed --note TEXT
                                     operator: payments waiting for manual review
+    durapay keys status | rotate [--reencrypt-only] | drop KEY_ID
+                                    operator: master keys, rotation, re-encryption at rest
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from cli import reconcile, review
+from cli import keys, reconcile, review
 from cli.demo_merchant import NoDemoMerchant, api_url, create_merchant, demo_merchant
 from cli.devstack import DevStack
 from cli.shutdown import exit_without_finalizing
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("tour", help="the README's 30-second tour")
     reconcile.add_parser(commands)
     review.add_parser(commands)
+    keys.add_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     try:
@@ -71,6 +74,8 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
         exit_without_finalizing(asyncio.run(review.run(args, settings)))
     if args.command == "reconcile":
         reconcile.run(settings, args)
+    if args.command == "keys":
+        return keys.run(settings, args)
     try:
         return _run_client_command(args, settings)
     except httpx.ConnectError:
