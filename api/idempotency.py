@@ -36,7 +36,7 @@ import hashlib
 import hmac
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,6 +53,7 @@ from api.deps import IdempotencyKeyDep, MerchantDep, SessionDep, StateDep
 from api.errors import ApiError, ConflictError, InvalidRequestError
 from api.schemas.base import RequestModel
 from core.db.tables import IdempotencyRecord
+from core.keyring import KeyRing, MasterKey
 
 ABANDONED_AFTER = timedelta(seconds=60)
 # Each claim deletes at most this many expired records (of any merchant), in one range scan of
@@ -88,12 +89,19 @@ class Replay(Exception):
         self.stored = stored
 
 
-def request_fingerprint(secret: bytes, endpoint: str, payload: Any) -> str:
+def request_fingerprint(key: MasterKey, endpoint: str, payload: Any) -> str:
     """Keyed hash of the parameters (card data already left out by `idempotency_parameters`):
     keyed, so that a guessable body (an amount, an order number) cannot be confirmed from the
     database alone."""
     canonical = json.dumps([endpoint, payload], sort_keys=True, separators=(",", ":"))
-    return hmac.new(secret, canonical.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(key.fingerprint_key, canonical.encode(), hashlib.sha256).hexdigest()
+
+
+def request_fingerprints(ring: KeyRing, endpoint: str, payload: Any) -> list[str]:
+    """The fingerprint under every master key of the ring, the current one (which new
+    records store) first: a retry whose first request was fingerprinted before a key rotation
+    still matches it, for as long as the old key is retired rather than dropped."""
+    return [request_fingerprint(key, endpoint, payload) for key in ring.keys]
 
 
 def _expired(now: datetime, retention: timedelta) -> Any:
@@ -117,14 +125,18 @@ async def _delete_expired(session: AsyncSession, now: datetime, retention: timed
 
 
 async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: str,
-                fingerprint: str, retention: timedelta,
+                fingerprints: Sequence[str], retention: timedelta,
                 commit: bool = True) -> StoredResponse | None:
     """Claim the key for this request, or return the response stored for it.
+
+    `fingerprints`: the request's, the first under the current key (stored by a new claim),
+    the others under retired keys (matched by a record stored before a rotation).
 
     A record past `retention` is claimed as if it did not exist: its answer and parameters are
     forgotten. With `commit=False` the claim is left for the handler's first commit: until
     then a request with the same key waits on its row lock (see `idempotent`)."""
     now = datetime.now(UTC)
+    fingerprint = fingerprints[0]
     # One statement, so two requests with an expired key cannot both take it: the second
     # waits on the first's row lock, then finds the record fresh and no longer expired.
     claimed = (await session.exec(
@@ -147,7 +159,7 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
     record = (await session.exec(select(IdempotencyRecord).where(
         IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key))).one()
     await session.commit()
-    if record.endpoint != endpoint or record.request_hash != fingerprint:
+    if record.endpoint != endpoint or record.request_hash not in fingerprints:
         raise InvalidRequestError(
             "idempotency_key_reused",
             "Keys for idempotent requests can only be used with the same parameters they were "
@@ -233,8 +245,8 @@ def idempotent(model: type[RequestModel], *, optional: bool = False,
         endpoint = f"{request.method} {request.url.path}"
         payload = (body or model()).idempotency_parameters()
         stored = await claim(session, merchant_id=merchant.id, key=key, endpoint=endpoint,
-                             fingerprint=request_fingerprint(state.settings.resolved_master_key(),
-                                                             endpoint, payload),
+                             fingerprints=request_fingerprints(
+                                 state.settings.resolved_key_ring(), endpoint, payload),
                              retention=timedelta(
                                  seconds=state.settings.idempotency_retention_seconds),
                              commit=commit_claim)

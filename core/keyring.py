@@ -90,6 +90,12 @@ class MasterKey:
         return aead
 
     @cached_property
+    def fingerprint_key(self) -> bytes:
+        """HMAC key of idempotency fingerprints (api/idempotency.py): its own subkey, so a
+        fingerprint never doubles as anything encrypted under another purpose's key."""
+        return _hkdf(self._material, b"durapay idempotency fingerprints v1", KEY_BYTES)
+
+    @cached_property
     def legacy_aead(self) -> AESGCM:
         """The master key used raw, as ciphertexts written before key ids were (read only)."""
         return AESGCM(self._material)

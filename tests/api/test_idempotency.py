@@ -4,7 +4,9 @@ their `created_at` back, never by waiting."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +19,7 @@ import pytest
 from api.idempotency import ABANDONED_AFTER, EXPIRED_RECORDS_PER_CLAIM, request_fingerprint
 from api.main import create_app
 from api.schemas.transactions import TransactionCreate
+from core.keyring import MasterKey
 from core.settings import Settings
 from tests.api.conftest import CARD_4242, Merchant, count, idempotency_record, served_by
 from tests.api.test_transactions import AnsweringPaymentWorkflow
@@ -31,7 +34,15 @@ INTENT = {"amountInCents": 1200, "currency": "usd"}
 async def retaining(settings: Settings, merchant: Merchant,
                     seconds: int) -> AsyncIterator[Merchant]:
     """`merchant`'s requests to an app that keeps idempotency records `seconds`."""
-    app = create_app(settings.model_copy(update={"idempotency_retention_seconds": seconds}))
+    async with served_with(settings, merchant, idempotency_retention_seconds=seconds) as shop:
+        yield shop
+
+
+@asynccontextmanager
+async def served_with(settings: Settings, merchant: Merchant,
+                      **changes: Any) -> AsyncIterator[Merchant]:
+    """`merchant`'s requests to an app whose settings differ by `changes`."""
+    app = create_app(settings.model_copy(update=changes))
     async with (app.router.lifespan_context(app),
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                   base_url="http://durapay.test") as http):
@@ -60,7 +71,7 @@ async def test_a_charge_key_holds_nothing_derived_from_the_number_or_the_cvc(
         # The fingerprint covers the card as the answer shows it (brand, last4, expiry), which
         # the record's stored answer and the vault's row hold in clear anyway; nothing else.
         assert record["request_hash"] == request_fingerprint(
-            settings.resolved_master_key(), record["endpoint"],
+            settings.resolved_key_ring().current, record["endpoint"],
             {"type": "charge", "card": {"brand": "visa", "last4": "4242", "expMonth": 12,
                                         "expYear": 2030}})
         assert CARD_4242["number"] not in str(dict(record))
@@ -80,7 +91,8 @@ async def test_a_charge_key_holds_nothing_derived_from_the_number_or_the_cvc(
 def test_a_fingerprint_is_the_same_whatever_the_cvc() -> None:
     def fingerprint(**card: Any) -> str:
         body = TransactionCreate.model_validate(_charge(**card))
-        return request_fingerprint(b"k" * 32, "POST /payment-intents/pi_1/transactions",
+        return request_fingerprint(MasterKey(b"k" * 32),
+                                   "POST /payment-intents/pi_1/transactions",
                                    body.idempotency_parameters())
 
     assert fingerprint(cvc="123") == fingerprint(cvc="999") == fingerprint(cvc="0000")
@@ -107,6 +119,28 @@ async def test_a_key_past_its_retention_is_a_new_key(
         assert other.status_code == 201, other.text  # other parameters are no reuse either
     assert await count(db, "payment_intent", merchant) == 3
     assert await count(db, "idempotency_record", merchant) == 1
+
+
+async def test_a_key_first_used_before_a_master_key_rotation_still_replays(
+        settings: Settings, merchant: Merchant) -> None:
+    # Fingerprints are keyed by the master key: after a rotation the old key, retired, still
+    # recognises the first request, so the merchant's retry gets its answer, not a 400.
+    rotated = {"master_key": base64.b64encode(os.urandom(32)).decode(),
+               "retired_master_keys": settings.master_key}
+    async with served_with(settings, merchant) as shop:
+        first = await shop.post("/payment-intents", INTENT, idempotency_key="order-rotated")
+        assert first.status_code == 201, first.text
+    async with served_with(settings, merchant, **rotated) as shop:
+        again = await shop.post("/payment-intents", INTENT, idempotency_key="order-rotated")
+        assert (again.status_code, again.content) == (201, first.content)
+        other = await shop.post("/payment-intents", {**INTENT, "amountInCents": 1300},
+                                idempotency_key="order-rotated")
+        assert other.status_code == 400, other.text
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+        fresh = await shop.post("/payment-intents", INTENT, idempotency_key="order-after")
+        assert fresh.status_code == 201, fresh.text
+        assert (await shop.post("/payment-intents", INTENT, idempotency_key="order-after")
+                ).content == fresh.content
 
 
 async def test_a_claim_in_flight_outlives_a_short_retention_until_it_is_abandoned(
