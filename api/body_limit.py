@@ -11,10 +11,19 @@ Requests without credentials are refused alike: the limit comes before authentic
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, InvalidRequestError, RequestTooLargeError
+
+# Before answering 413, read and drop what the client is still sending, up to this much and
+# this long: a connection closed with unread data is reset by the kernel, and the reset can
+# destroy our answer before the client reads it (seen: httpx.ReadError instead of the 413 on a
+# loaded machine). Past either bound the client gets the reset: it is sending far too much.
+DISCARD_LIMIT_BYTES = 1 << 20
+DISCARD_SECONDS = 2.0
 
 
 class BodyLimitMiddleware:
@@ -33,6 +42,7 @@ class BodyLimitMiddleware:
                           scope, receive, send)
             return
         if declared is not None and declared > self.max_body_bytes:
+            await _discard_rest(receive)
             await _refuse(self._too_large(), scope, receive, send)
             return
         body = bytearray()
@@ -42,6 +52,8 @@ class BodyLimitMiddleware:
                 return  # the client left before it finished sending: nobody to answer
             body += message.get("body", b"")
             if len(body) > self.max_body_bytes:
+                if message.get("more_body", False):
+                    await _discard_rest(receive)
                 await _refuse(self._too_large(), scope, receive, send)
                 return
             if not message.get("more_body", False):
@@ -62,9 +74,26 @@ def _content_length(scope: Scope) -> int | str | None:
     return None
 
 
+async def _discard_rest(receive: Receive) -> None:
+    """Drop the rest of the body, within DISCARD_LIMIT_BYTES and DISCARD_SECONDS."""
+    discarded = 0
+    try:
+        async with asyncio.timeout(DISCARD_SECONDS):
+            while discarded <= DISCARD_LIMIT_BYTES:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                discarded += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
+
+
 async def _refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
     # Rendered as api/errors.py renders every error. `Connection: close`: the rest of the body
-    # is never read, so the connection cannot carry another request.
+    # may not have been read (past the discard bounds), so the connection cannot carry another
+    # request.
     response = JSONResponse(error.body(), status_code=error.status,
                             headers={"Cache-Control": "no-store", "Connection": "close"})
     await response(scope, receive, send)

@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
+from api.body_limit import DISCARD_LIMIT_BYTES, BodyLimitMiddleware
 from client import signed_headers
 from core.settings import Settings
 from tests.api.conftest import Merchant, rows_of
@@ -91,3 +92,53 @@ async def test_an_unparsable_content_length_is_400(http: httpx.AsyncClient) -> N
     response = await http.post(PATH, content=b"{}", headers={"Content-Length": "12x"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_content_length"
+
+
+class SendingClient:
+    """A client still sending its body in chunks when the answer comes (pure ASGI, no app)."""
+
+    def __init__(self, chunks: int, chunk: bytes) -> None:
+        self.pending = [chunk] * chunks
+        self.read_when_answered: int | None = None
+        self.status: int | None = None
+
+    async def receive(self) -> dict[str, object]:
+        body = self.pending.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(self.pending)}
+
+    async def send(self, message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            self.read_when_answered = len(self.pending)
+            self.status = message["status"]  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_the_rest_of_an_oversize_body_is_read_before_the_413(declared: bool) -> None:
+    # Closing a connection with unread data makes the kernel reset it, and the reset can
+    # destroy the 413 before the client reads it: the body is drained first (within bounds).
+    client = SendingClient(chunks=20, chunk=b" " * 8192)
+    headers = [(b"content-length", str(20 * 8192).encode())] if declared else []
+    scope = {"type": "http", "method": "POST", "path": "/payment-intents", "headers": headers}
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("an oversize body must not reach the app")
+
+    await BodyLimitMiddleware(app, max_body_bytes=65_536)(
+        scope, client.receive, client.send)  # type: ignore[arg-type]
+    assert client.status == 413
+    assert client.read_when_answered == 0
+
+
+async def test_draining_stops_at_its_bound() -> None:
+    # A client sending without end is answered (then reset) once the bound is drained.
+    chunk = b" " * 65_536
+    client = SendingClient(chunks=2 * DISCARD_LIMIT_BYTES // len(chunk), chunk=chunk)
+    scope = {"type": "http", "method": "POST", "path": "/payment-intents", "headers": []}
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("an oversize body must not reach the app")
+
+    await BodyLimitMiddleware(app, max_body_bytes=65_536)(
+        scope, client.receive, client.send)  # type: ignore[arg-type]
+    assert client.status == 413
+    assert client.read_when_answered is not None and client.read_when_answered > 0
