@@ -70,7 +70,7 @@ from cli.shutdown import exit_without_finalizing
 from client import DurapayClient
 from core.db.session import create_engine, session_factory
 from core.settings import Settings, to_asyncpg_url
-from tests.stack import RunningStack, start_stack
+from tests.stack import RunningStack, start_stack, stop_process
 
 CARD = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"}
 INTENT = {"amountInCents": 1000, "currency": "usd"}
@@ -255,12 +255,7 @@ def bare_worker(address: str, namespace: str, task_queue: str, log: Path,
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 async def wait_for_pollers(client: Client, task_queue: str, process: subprocess.Popen[bytes],

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from temporalio.client import Client
@@ -94,6 +95,18 @@ class RunningStack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL if it is still running after `timeout`; always
+    reaped, so no test or bench leaves a process (or a zombie) behind."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
 
 
 def process_alive(pid: int) -> bool:

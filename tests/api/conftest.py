@@ -42,7 +42,7 @@ from core import search_attributes
 from core.codec import data_converter
 from core.db.migrate import upgrade
 from core.settings import Settings, to_asyncpg_url
-from tests.stack import free_port
+from tests.stack import free_port, stop_process
 
 T = TypeVar("T")
 
@@ -106,13 +106,7 @@ async def _postgres_answers(server: subprocess.Popen[bytes], port: int, password
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
-    if server.poll() is None:
-        server.terminate()  # SIGTERM: PostgreSQL's "smart" shutdown, quick with no clients
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    stop_process(server)  # SIGTERM: PostgreSQL's "smart" shutdown, quick with no clients
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from client import DurapayClient
-from tests.stack import RunningStack, free_port
+from tests.stack import RunningStack, free_port, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -50,12 +50,7 @@ def api_process(stack: RunningStack, log: Path, **env: str) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from core.webhooks import WebhookSchedule
 from tests.integration.conftest import CARD_4242, create_intent
 from tests.integration.helpers import assert_eventually, own_stack, signed_merchant
 from tests.integration.webhook_receiver import Answer, WebhookReceiver
-from tests.stack import RunningStack, free_port
+from tests.stack import RunningStack, free_port, stop_process
 from workflows.webhook_delivery import (
     WebhookDeliveryInput,
     WebhookDeliveryResult,
@@ -235,12 +235,7 @@ async def test_private_urls_are_refused_unless_configured(wh_stack: RunningStack
             assert created.status_code == 201, created.text
             await strict.request("DELETE", f"/webhook-endpoints/{created.json()['id']}")
     finally:
-        api.send_signal(signal.SIGTERM)
-        try:
-            api.wait(20)
-        except subprocess.TimeoutExpired:
-            api.kill()
-            api.wait()
+        stop_process(api, 20)
         log.close()
 
 
