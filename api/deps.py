@@ -6,12 +6,14 @@ import asyncio
 import hmac
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from sqlalchemy import delete, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -20,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.errors import (
+    ApiError,
     AuthenticationError,
     InvalidRequestError,
     NotFoundError,
@@ -136,6 +139,23 @@ async def authenticate_merchant(
     x_signature: Annotated[str | None, Header()] = None,
 ) -> Merchant:
     """Verify the signed request (see API docs) and return the calling merchant."""
+    key = await verify_signature(request, state, session, authorization=authorization,
+                                 x_timestamp=x_timestamp, x_nonce=x_nonce,
+                                 x_signature=x_signature)
+    now = datetime.now(UTC)
+    await take_token(session, state.settings, key.public_key)  # once the signature verified
+    await _consume_nonce(session, key.public_key, x_nonce or "", now, state.settings)
+    merchant = await session.get(Merchant, key.merchant_id)
+    if merchant is None:
+        raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
+    return merchant
+
+
+async def verify_signature(request: Request, state: AppState, session: AsyncSession, *,
+                           authorization: str | None, x_timestamp: str | None,
+                           x_nonce: str | None, x_signature: str | None) -> MerchantKey:
+    """The request's key, if its signature verifies; AuthenticationError if not. Changes
+    nothing: the nonce and the rate limit are the caller's."""
     for name in AUTHENTICATION_HEADERS:
         if len(request.headers.getlist(name)) > 1:
             raise AuthenticationError("duplicate_header", f"Send {name} once.", name)
@@ -163,12 +183,45 @@ async def authenticate_merchant(
                             timestamp=x_timestamp, nonce=x_nonce, body=await request.body())
     if not signature_matches(expected, x_signature):
         raise AuthenticationError("invalid_signature", "The request signature does not match.")
-    await take_token(session, state.settings, public_key)  # charged once the signature verified
-    await _consume_nonce(session, public_key, x_nonce, now, state.settings)
-    merchant = await session.get(Merchant, key.merchant_id)
-    if merchant is None:
-        raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
-    return merchant
+    return key
+
+
+async def refusal_of_unparsed_request(request: Request) -> ApiError | None:
+    """What the credentials of a request whose body FastAPI could not parse earn, before its
+    parse error is told: FastAPI parses JSON before any dependency runs, and a client that
+    cannot authenticate must get the 401 every other request gets, not a description of how
+    its body failed. Nothing is recorded (no nonce, no rate-limit token): the request changes
+    nothing either way. None when the credentials hold or the route needs none."""
+    route = request.scope.get("route")
+    needs = _authentication_of(route.dependant) if isinstance(route, APIRoute) else None
+    if needs is None:
+        return None
+    state: AppState = request.app.state.durapay
+    try:
+        if needs is require_admin:
+            await require_admin(state, request.headers.get("authorization"))
+        else:
+            async with state.sessions() as session:
+                await verify_signature(
+                    request, state, session, authorization=request.headers.get("authorization"),
+                    x_timestamp=request.headers.get("x-timestamp"),
+                    x_nonce=request.headers.get("x-nonce"),
+                    x_signature=request.headers.get("x-signature"))
+    except AuthenticationError as refused:
+        return refused
+    return None
+
+
+def _authentication_of(dependant: Dependant) -> Callable[..., Any] | None:
+    """The authentication dependency a route runs (merchant signature or admin token), found
+    anywhere in its dependency tree (e.g. under the idempotency dependency)."""
+    for dependency in dependant.dependencies:
+        if dependency.call in (authenticate_merchant, require_admin):
+            return dependency.call
+        found = _authentication_of(dependency)
+        if found is not None:
+            return found
+    return None
 
 
 def _path_and_query_as_sent(request: Request) -> str:

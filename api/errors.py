@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -134,17 +135,27 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+        app: FastAPI,
+        refusal_of_unparsed: Callable[[Request], Awaitable[ApiError | None]] | None = None,
+) -> None:
+    """`refusal_of_unparsed`: what a request whose body could not be parsed earns for its
+    credentials (a 401), asked before its parse error is answered."""
+
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {}
         kind = str(first.get("type", ""))
         param = _param_from_loc(tuple(first.get("loc", ())))
-        if kind == "json_invalid":
+        refusal = (await refusal_of_unparsed(request)
+                   if kind == "json_invalid" and refusal_of_unparsed else None)
+        if refusal is not None:
+            api_error = refusal
+        elif kind == "json_invalid":
             api_error = InvalidRequestError("invalid_json", "The request body is not valid JSON.")
         elif kind == "missing":
             api_error = InvalidRequestError("parameter_missing",

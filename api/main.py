@@ -11,7 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.body_limit import BodyLimitMiddleware
-from api.deps import AppState, TemporalConnection
+from api.deps import AppState, TemporalConnection, refusal_of_unparsed_request
 from api.errors import install_error_handlers
 from api.rate_limit import burst_of
 from api.routers import (
@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Durapay", version="0.1.0",
                   description=DESCRIPTION + limits_section(settings), lifespan=lifespan)
-    install_error_handlers(app)
+    install_error_handlers(app, refusal_of_unparsed=refusal_of_unparsed_request)
     for router in (health.router, merchants.router, payment_intents.router,
                    transactions.router, refunds.router, events.router, webhook_endpoints.router):
         app.include_router(router)

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from api.deps import EXPIRED_NONCES_PER_REQUEST
 from client import DurapayClient, signed_headers
 from core.crypto import sign_request
-from tests.api.conftest import Merchant, count
+from tests.api.conftest import ADMIN_TOKEN, Merchant, count
 from tests.signed_escapes import check_escaped_requests_are_verified
 
 pytestmark = pytest.mark.api
@@ -167,3 +167,29 @@ async def test_a_signature_over_the_decoded_path_is_refused(
     assert response.status_code == 401, response.text
     assert response.json()["error"]["code"] == "invalid_signature"
     assert (await http.get(sent, headers=_signed(merchant, "GET", sent, b""))).status_code == 404
+
+
+async def test_a_body_that_is_not_json_is_401_before_its_parse_error_without_credentials(
+        http: httpx.AsyncClient, merchant: Merchant) -> None:
+    # FastAPI parses JSON before any dependency runs: the credentials are checked first anyway,
+    # so an unauthenticated client learns nothing about how its body failed.
+    body = b'{"amountInCents": '
+    json_headers = {"Content-Type": "application/json"}
+    unsigned = await http.post("/payment-intents", content=body, headers=json_headers)
+    assert unsigned.status_code == 401, unsigned.text
+    assert unsigned.json()["error"]["code"] == "missing_api_key"
+    forged = {**_signed(merchant, "POST", "/payment-intents", body), "X-Signature": "v1=00",
+              **json_headers}
+    assert (await http.post("/payment-intents", content=body, headers=forged)).json()[
+        "error"]["code"] == "invalid_signature"
+    signed = {**_signed(merchant, "POST", "/payment-intents", body), **json_headers}
+    parsed = await http.post("/payment-intents", content=body, headers=signed)
+    assert parsed.status_code == 400, parsed.text
+    assert parsed.json()["error"]["code"] == "invalid_json"
+    # Operator routes alike, with the admin token.
+    no_token = await http.post("/merchants", content=body, headers=json_headers)
+    assert no_token.status_code == 401, no_token.text
+    with_token = await http.post("/merchants", content=body, headers={
+        **json_headers, "Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert with_token.status_code == 400, with_token.text
+    assert with_token.json()["error"]["code"] == "invalid_json"
