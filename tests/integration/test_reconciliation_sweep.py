@@ -28,6 +28,7 @@ import pytest
 from temporalio.client import (
     Client,
     ScheduleActionStartWorkflow,
+    ScheduleHandle,
     ScheduleOverlapPolicy,
     WorkflowExecutionStatus,
 )
@@ -434,15 +435,27 @@ async def test_schedule_follows_the_interval_and_keeps_a_pause(temporal: Client)
         # Three workers starting together with the new setting: one update, no error.
         await asyncio.gather(*(ensure_reconciliation_schedule(temporal, changed)
                                for _ in range(3)))
-        described = await handle.describe()
-        assert [i.every for i in described.schedule.spec.intervals] == [timedelta(hours=1)]
-        assert described.schedule.state.paused
+        await assert_eventually(lambda: _schedule_is(handle, timedelta(hours=1), paused=True),
+                                timeout=15)
     finally:
         await ensure_reconciliation_schedule(temporal, configured)
+        # The update carries the state it was made with (paused, to keep an operator's pause).
+        # Sent back to back, the scheduler applied the unpause first and the update after it,
+        # paused for good (seen 1 run in 4-8): unpause only once the update shows.
+        await assert_eventually(
+            lambda: _schedule_is(handle, timedelta(seconds=900), paused=True), timeout=15)
         await handle.unpause()
-    restored = await handle.describe()
-    assert [i.every for i in restored.schedule.spec.intervals] == [timedelta(seconds=900)]
-    assert not restored.schedule.state.paused
+    await assert_eventually(lambda: _schedule_is(handle, timedelta(seconds=900), paused=False),
+                            timeout=15)
+
+
+async def _schedule_is(handle: ScheduleHandle, every: timedelta, *, paused: bool) -> bool:
+    """Updates and pauses reach a schedule as signals to its scheduler, applied after the call
+    returns: what they did shows in a describe only once the scheduler took them."""
+    described = await handle.describe()
+    assert [i.every for i in described.schedule.spec.intervals] == [every]
+    assert described.schedule.state.paused is paused, described.schedule.state
+    return True
 
 
 async def test_triggered_schedule_runs_a_recorded_sweep(temporal: Client,
