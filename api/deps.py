@@ -32,6 +32,7 @@ from api.rate_limit import take_token
 from core.crypto import Cipher, canonical_path_and_query, sign_request, signature_matches
 from core.db.tables import Merchant, MerchantKey, PaymentIntent, RequestNonce
 from core.keyring import Purpose
+from core.logs import request_context
 from core.settings import Settings
 from core.temporal_client import connect_temporal
 
@@ -148,6 +149,9 @@ async def authenticate_merchant(
     merchant = await session.get(Merchant, key.merchant_id)
     if merchant is None:
         raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
+    context = request_context.get()
+    if context is not None:  # the request's log lines name the merchant from here on
+        context.merchant_id = merchant.id
     return merchant
 
 

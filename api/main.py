@@ -14,6 +14,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState, TemporalConnection, refusal_of_unparsed_request
 from api.errors import install_error_handlers
 from api.rate_limit import burst_of
+from api.request_log import RequestLogMiddleware
 from api.routers import (
     events,
     health,
@@ -24,6 +25,7 @@ from api.routers import (
     webhook_endpoints,
 )
 from core.db.session import create_engine, session_factory
+from core.logs import configure_logging
 from core.settings import Settings, get_settings
 from core.webhooks import UrlPolicy
 
@@ -117,6 +119,9 @@ class NoStoreMiddleware:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Here, not in a uvicorn log config: uvicorn (`--factory`) calls this after setting up its
+    # own loggers, which this turns into JSON lines through the root handler.
+    configure_logging("api")
     # A malformed DURAPAY_WEBHOOK_ALLOWED_PORTS stops the API here, as it stops the workers,
     # instead of failing every webhook endpoint request with a 500.
     UrlPolicy.from_settings(settings)
@@ -138,4 +143,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NoStoreMiddleware)
     # Added last, so the outermost layer: nothing reads a body before its size is checked.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # Outside the body limit, so a 413 carries its Request-Id and gets its log line too.
+    app.add_middleware(RequestLogMiddleware)
     return app
