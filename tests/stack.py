@@ -3,12 +3,15 @@ clean stop of every process it started."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,6 +98,25 @@ class RunningStack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+_PRIVATE_ROOT: Path | None = None
+
+
+def private_dir(name: str) -> Path:
+    """A fresh directory for a stack's (or a Postgres cluster's) state, outside pytest's
+    basetemp, removed when the test process exits.
+
+    The embedded Postgres runs as its own unprivileged user, which must traverse every
+    directory above its data. Every pytest session that starts on this machine resets
+    `/tmp/pytest-of-<user>` to 0700, so a second run starting (in another clone, say) cut a
+    first run's Postgres off from its own files mid-initdb (seen: PANIC, pg_control
+    permission denied). Our own root is touched by no other run."""
+    global _PRIVATE_ROOT
+    if _PRIVATE_ROOT is None:
+        _PRIVATE_ROOT = Path(tempfile.mkdtemp(prefix="dpt-"))
+        atexit.register(shutil.rmtree, _PRIVATE_ROOT, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_PRIVATE_ROOT))
 
 
 def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> None:

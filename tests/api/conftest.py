@@ -42,7 +42,7 @@ from core import search_attributes
 from core.codec import data_converter
 from core.db.migrate import upgrade
 from core.settings import Settings, to_asyncpg_url
-from tests.stack import free_port, stop_process
+from tests.stack import free_port, private_dir, stop_process
 
 T = TypeVar("T")
 
@@ -60,7 +60,7 @@ PUBLIC_URL = "https://1.1.1.1/hooks"
 @pytest.fixture(scope="session")
 async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A fresh PostgreSQL cluster with the `durapay` database at the migrations' head."""
-    data = Path(tmp_path_factory.mktemp("pg")) / "data"
+    data = private_dir("pg") / "data"
     password_file = data.parent / "postgres-password"  # written by postgres_argv (SCRAM auth)
     for _ in range(3):  # a port picked as free can be taken before postgres binds it
         port = free_port()

@@ -3,7 +3,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,7 +12,7 @@ from temporalio.client import Client
 
 from client import DurapayClient
 from tests.integration.helpers import FAST_TIMING_ENV, onboard
-from tests.stack import RunningStack, start_stack
+from tests.stack import RunningStack, private_dir, start_stack
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +22,7 @@ LAUNCH_SECONDS: dict[str, float] = {}
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     # A short path: PostgreSQL and Temporal state live under it.
-    home = Path(tmp_path_factory.mktemp("dp")) / "home"
+    home = private_dir("dp") / "home"
     started = time.monotonic()
     # Test timing (see FAST_TIMING_ENV): holds outlive the adapter timeout and reconciliation
     # polls within seconds, so the timeout cards settle quickly with no client action.

@@ -6,14 +6,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from client import DurapayClient
-from tests.stack import RunningStack, start_stack
+from tests.stack import RunningStack, private_dir, start_stack
 
 T = TypeVar("T")
 
@@ -87,7 +86,7 @@ async def settled_intent(durapay: DurapayClient, intent_id: str, *,
 def own_stack(tmp_path_factory: pytest.TempPathFactory, name: str,
               **start: Any) -> Iterator[RunningStack]:
     """A stack of a test module's own (other settings, or processes it may kill)."""
-    running = start_stack(Path(tmp_path_factory.mktemp(name)) / "home", **start)
+    running = start_stack(private_dir(name) / "home", **start)
     try:
         yield running
     finally:

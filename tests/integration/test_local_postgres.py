@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from cli.local_postgres import postgres_argv, postgres_bin_dir, run_as
-from tests.stack import free_port
+from tests.stack import free_port, private_dir
 
 pytestmark = pytest.mark.integration
 
@@ -59,8 +59,8 @@ async def _refused_without_password(port: int) -> None:
         await _connect(port, "not-the-password")
 
 
-async def test_local_postgres_refuses_connections_without_the_password(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+async def test_local_postgres_refuses_connections_without_the_password() -> None:
+    home = private_dir("pw") / "home"
     home.mkdir(mode=0o700)
     password_file = home / "postgres-password"
     with running(home / "postgres", password_file) as port:
@@ -75,8 +75,8 @@ async def test_local_postgres_refuses_connections_without_the_password(tmp_path:
             await connection.close()
 
 
-async def test_trust_cluster_from_before_is_upgraded_with_its_data(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+async def test_trust_cluster_from_before_is_upgraded_with_its_data() -> None:
+    home = private_dir("trust") / "home"
     home.mkdir(mode=0o700)
     data = home / "postgres"
     data.mkdir()
