@@ -120,5 +120,7 @@ def configure_logging(service: str, level: int | str = logging.INFO) -> None:
     root.setLevel(level.upper() if isinstance(level, str) else level)
     for name in UVICORN_LOGGERS:
         logger = logging.getLogger(name)
+        if not logger.handlers and not logger.propagate:
+            continue  # switched off (`--no-access-log` leaves uvicorn.access so): keep it off
         logger.handlers.clear()
         logger.propagate = True

@@ -136,3 +136,12 @@ def test_configure_logging_twice_keeps_one_json_handler_and_routes_uvicorn(
     line = json.loads(text)
     assert (line["logger"], line["message"], line["service"]) == \
         ("uvicorn.error", "Started server process [42]", "api")
+
+
+def test_configure_logging_keeps_a_switched_off_access_log_off(
+        clean_root: logging.Logger) -> None:
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False  # what uvicorn's `--no-access-log` does
+    configure_logging("api")
+    assert not access.hasHandlers()
