@@ -34,6 +34,7 @@ from starlette.routing import Route
 from temporalio.api.common.v1 import Payloads
 
 from core.codec import PayloadEncryptionCodec
+from core.logs import configure_logging
 from core.settings import Settings, get_settings
 
 CODEC_PATH = "/codec"  # the endpoint the UI is given; it appends /decode
@@ -167,7 +168,7 @@ def _error(status: int, code: str, message: str,
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    configure_logging("codec")
     try:
         settings = get_settings()
     except ValidationError as error:
@@ -179,7 +180,7 @@ def main() -> int:
         return 2
     # Our own server on the checked address: the bind the refusal rule was checked against.
     uvicorn.run(create_codec_app(settings), host=settings.codec_host, port=settings.codec_port,
-                access_log=False)
+                access_log=False, log_config=None)  # uvicorn's lines: our JSON handler
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +11,7 @@ import uvicorn
 
 from cardnet.app import create_app
 from cardnet.settings import Settings, default_data_dir, default_port, parse_seconds
+from core.logs import configure_logging
 
 # Held requests would otherwise keep a Ctrl-C waiting for a whole hold; they are persisted
 # and finish on the next start, so a short graceful period loses nothing.
@@ -71,9 +71,7 @@ def settings_from_args(
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging("cardnet", args.log_level.upper())
     settings = settings_from_args(args)
     data_dir = args.data_dir or default_data_dir()
     port = args.port if args.port is not None else default_port()
@@ -84,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=port,
         log_level=args.log_level,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+        log_config=None,  # uvicorn's lines go through configure_logging's JSON handler
     )
 
 

@@ -30,6 +30,7 @@ from cli.demo_merchant import NoDemoMerchant, api_url, create_merchant, demo_mer
 from cli.devstack import DevStack
 from cli.shutdown import exit_without_finalizing
 from client import DurapayClient
+from core.logs import configure_logging
 from core.secret_files import InsecurePermissionsError
 from core.settings import LocalPostgresPasswordMissing, Settings, get_settings
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     review.add_parser(commands)
     keys.add_parser(commands)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    configure_logging("cli", logging.WARNING)
     try:
         settings = get_settings()
     except ValidationError as error:  # e.g. production without its secrets: refuse to start

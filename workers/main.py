@@ -22,6 +22,7 @@ from activities.webhooks import WebhookActivities, new_http_client
 from core.crypto import Cipher
 from core.db.session import create_engine, session_factory
 from core.keyring import Purpose
+from core.logs import configure_logging
 from core.settings import get_settings
 from core.temporal_client import connect_temporal
 from workers.schedules import ensure_reconciliation_schedule
@@ -91,7 +92,7 @@ async def run_worker() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("worker")
     asyncio.run(run_worker())
 
 

@@ -267,8 +267,21 @@ async def test_reconcile_logs_each_discrepancy_in_the_worker(sweep: Sweep, plant
 
 
 def _warnings(stack: RunningStack, kind: str, reference: str) -> list[str]:
-    return re.findall(rf"WARNING durapay.reconciliation reconciliation discrepancy {kind} "
-                      rf"reference={reference} .*run=recon_\w+ id=rcd_\w+", stack.logs())
+    """The worker's WARNING lines (JSON objects, core/logs.py) reporting this discrepancy."""
+    pattern = re.compile(rf"reconciliation discrepancy {kind} reference={reference} "
+                         rf".*run=recon_\w+ id=rcd_\w+")
+    found = []
+    for text in stack.logs().splitlines():
+        if not text.startswith("{"):
+            continue  # Postgres's and Temporal's own lines
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue  # a line still being written
+        if (line.get("level"), line.get("logger")) == ("WARNING", "durapay.reconciliation") \
+                and pattern.search(line.get("message", "")):
+            found.append(line["message"])
+    return found
 
 
 async def test_second_sweep_reports_the_same_problems_as_still_open(
