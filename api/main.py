@@ -117,6 +117,16 @@ class NoStoreMiddleware:
         await self.app(scope, receive, send_no_store)
 
 
+class DurapayApi(FastAPI):
+    """The FastAPI app with the request-id and request-log layer around everything, Starlette's
+    catch-all for unexpected errors included (`add_middleware` would put it inside that one):
+    a 500 carries its Request-Id and is logged as 500, and every line logged while answering
+    (the 413 of the body limit, the "unhandled error" line) has the request's id."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestLogMiddleware(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # Here, not in a uvicorn log config: uvicorn (`--factory`) calls this after setting up its
@@ -134,8 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await engine.dispose()
 
-    app = FastAPI(title="Durapay", version="0.1.0",
-                  description=DESCRIPTION + limits_section(settings), lifespan=lifespan)
+    app = DurapayApi(title="Durapay", version="0.1.0",
+                       description=DESCRIPTION + limits_section(settings), lifespan=lifespan)
     install_error_handlers(app, refusal_of_unparsed=refusal_of_unparsed_request)
     for router in (health.router, merchants.router, payment_intents.router,
                    transactions.router, refunds.router, events.router, webhook_endpoints.router):
@@ -143,6 +153,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NoStoreMiddleware)
     # Added last, so the outermost layer: nothing reads a body before its size is checked.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    # Outside the body limit, so a 413 carries its Request-Id and gets its log line too.
-    app.add_middleware(RequestLogMiddleware)
     return app

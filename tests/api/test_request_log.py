@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from api.main import create_app
 from core.logs import JsonFormatter
+from core.settings import Settings
 from tests.api.conftest import Merchant
 
 pytestmark = pytest.mark.api
@@ -120,3 +122,22 @@ async def test_an_unmatched_url_is_logged_as_unmatched(http: httpx.AsyncClient,
     [line] = log_lines.requests()
     assert (line["route"], line["status"]) == ("unmatched", 404)
     assert "merchantId" not in line
+
+
+async def test_an_unexpected_error_is_a_500_with_a_request_id_and_a_line(
+        settings: Settings, log_lines: JsonLines) -> None:
+    app = create_app(settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=transport, base_url="http://durapay.test") as http):
+        response = await http.get("/boom", headers={"Request-Id": "req_boom"})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert response.headers["Request-Id"] == "req_boom"
+    [line] = log_lines.requests()
+    assert (line["route"], line["status"], line["requestId"]) == ("/boom", 500, "req_boom")
