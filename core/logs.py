@@ -118,6 +118,8 @@ def configure_logging(service: str, level: int | str = logging.INFO) -> None:
     handler.setFormatter(JsonFormatter(service))
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    # `warnings.warn` writes plain text to stderr otherwise: send it through the same lines.
+    logging.captureWarnings(True)
     for name in UVICORN_LOGGERS:
         logger = logging.getLogger(name)
         if not logger.handlers and not logger.propagate:

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -113,6 +114,7 @@ def clean_root() -> Iterator[logging.Logger]:
     uvicorn = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
                for name in UVICORN_LOGGERS}
     yield root
+    logging.captureWarnings(False)  # configure_logging turns it on
     root.handlers[:] = handlers
     root.setLevel(level)
     for name, (saved, propagate) in uvicorn.items():
@@ -145,3 +147,17 @@ def test_configure_logging_keeps_a_switched_off_access_log_off(
     access.propagate = False  # what uvicorn's `--no-access-log` does
     configure_logging("api")
     assert not access.hasHandlers()
+
+
+def test_python_warnings_become_json_lines(clean_root: logging.Logger,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    configure_logging("worker")
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("a deprecated thing", DeprecationWarning, stacklevel=1)
+    [text] = stderr.getvalue().splitlines()
+    line = json.loads(text)
+    assert (line["logger"], line["level"]) == ("py.warnings", "WARNING")
+    assert "a deprecated thing" in line["message"]
