@@ -9,10 +9,18 @@ key for mTLS (`DURAPAY_TEMPORAL_TLS_CERT`, `DURAPAY_TEMPORAL_TLS_KEY`), or an AP
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.service import TLSConfig
 
 from core.codec import data_converter
@@ -48,11 +56,29 @@ def temporal_connect_options(settings: Settings) -> dict[str, Any]:
             "api_key": api_key}
 
 
+# The SDK's Rust core logs (connection retries, worker warnings) through Python logging, so
+# they become JSON lines like every other (core/logs.py); by default it prints plain text
+# straight to stderr, which broke "one JSON object per line" after a Temporal outage.
+CORE_TELEMETRY = TelemetryConfig(logging=LoggingConfig(
+    filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+    forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core"))))
+_runtime: Runtime | None = None
+
+
+def temporal_runtime() -> Runtime:
+    """One runtime per process (the SDK's advice), created on first use."""
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(telemetry=CORE_TELEMETRY)
+    return _runtime
+
+
 async def connect_temporal(settings: Settings) -> Client:
     # The whole key ring: a run opened before a key rotation carries payloads under the key
     # retired since, and this client (a worker replaying it, the API) must still read them.
     return await Client.connect(**temporal_connect_options(settings),
-                                data_converter=data_converter(settings.resolved_key_ring()))
+                                data_converter=data_converter(settings.resolved_key_ring()),
+                                runtime=temporal_runtime())
 
 
 def _pem(value: str | None, variable: str) -> bytes | None:

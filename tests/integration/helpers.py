@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -110,3 +111,18 @@ async def signed_merchant(stack: RunningStack, name: str = "Acme", *,
     async with DurapayClient(api_url or stack.api_url, merchant["publicKey"],
                              merchant["secretKey"]) as client:
         yield client
+
+
+def log_lines(stack: RunningStack, child: str, *, strict: bool = True) -> list[dict[str, Any]]:
+    """The child's log lines as objects; any line that is not JSON fails the test, unless not
+    `strict` (a test about one request's line, not about the format, skips them)."""
+    text = (stack.home / "logs" / f"{child}.log").read_text(errors="replace")
+    # Complete lines only: the process may be writing the last one as we read.
+    complete = text.rpartition("\n")[0]
+    lines = []
+    for line in filter(str.strip, complete.splitlines()):
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            assert not strict, f"{child}.log has a line that is not JSON: {line[:500]}"
+    return lines

@@ -3,45 +3,29 @@ API writes one line per request carrying the caller's Request-Id."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import httpx
 
 from client import DurapayClient, sign
 from tests.integration.conftest import create_intent
-from tests.integration.helpers import assert_eventually
+from tests.integration.helpers import assert_eventually, log_lines
 from tests.stack import RunningStack
 
 # Our processes, by the log file the launcher gives each; Postgres and Temporal log as they do.
 SERVICES = {"api": "api", "worker-1": "worker", "cardnet": "cardnet", "codec": "codec"}
 
 
-def _lines(stack: RunningStack, child: str, *, strict: bool = True) -> list[dict[str, Any]]:
-    """The child's log lines as objects; any line that is not JSON fails the test, unless not
-    `strict` (a test about one request's line, not about the format, skips them)."""
-    text = (stack.home / "logs" / f"{child}.log").read_text(errors="replace")
-    # Complete lines only: the process may be writing the last one as we read.
-    complete = text.rpartition("\n")[0]
-    lines = []
-    for line in filter(str.strip, complete.splitlines()):
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            assert not strict, f"{child}.log has a line that is not JSON: {line[:500]}"
-    return lines
-
-
 async def test_every_line_of_every_durapay_process_is_a_json_object(
         stack: RunningStack, durapay: DurapayClient) -> None:
     await create_intent(durapay)  # at least one request line in the API's log
     for child, service in SERVICES.items():
-        lines = _lines(stack, child)  # json.loads fails on any line that is not JSON
+        lines = log_lines(stack, child)  # json.loads fails on any line that is not JSON
         assert lines, f"{child} logged nothing"
         for line in lines:
             assert line["service"] == service, line
             assert {"time", "level", "logger", "message"} <= line.keys(), line
-    api = _lines(stack, "api")
+    api = log_lines(stack, "api")
     assert any(line["logger"] == "uvicorn.error" for line in api)
     # `--no-access-log` holds: the request line replaces uvicorn's (which has the raw path
     # and query string).
@@ -60,7 +44,7 @@ async def test_the_api_logs_the_request_under_the_callers_request_id(
     assert response.headers["Request-Id"] == "req_integration_log_test"
 
     async def logged() -> dict[str, Any]:
-        found = [line for line in _lines(stack, "api", strict=False)
+        found = [line for line in log_lines(stack, "api", strict=False)
                  if line.get("requestId") == "req_integration_log_test"
                  and line["logger"] == "durapay.api.requests"]
         assert len(found) == 1, found

@@ -32,6 +32,7 @@ from tests.integration.helpers import (
     FAST_TIMING_ENV,
     assert_eventually,
     charge,
+    log_lines,
     own_stack,
     signed_merchant,
 )
@@ -134,6 +135,10 @@ async def test_killed_temporal_is_restarted_and_a_charge_meanwhile_answers_503(
     assert (intent["status"], intent["amountReceived"]) == ("succeeded", 2499)
     assert _pids(stack, exclude="temporal") == riders  # the API and the worker rode through
     _assert_no_unhandled_error(stack)
+    # What the SDK's Rust core said about the outage came through Python logging: JSON lines
+    # like every other (core/temporal_client.py), not plain text on stderr.
+    for child in ("api", "worker-1"):
+        log_lines(stack, child)
 
 
 def _caused(error: BaseException, cause: BaseException) -> BaseException:
