@@ -22,9 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
@@ -36,7 +34,7 @@ from temporalio.converter import (
 )
 from temporalio.exceptions import ApplicationError
 
-from core.keyring import KeyRing
+from core.keyring import KeyRing, derive_key
 
 log = logging.getLogger("durapay.codec")
 
@@ -56,8 +54,7 @@ class PayloadKey:
     and secrets at rest) and the id that names it in each payload's metadata."""
 
     def __init__(self, master_key: bytes) -> None:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                   info=b"durapay temporal payloads v1").derive(master_key)
+        key = derive_key(master_key, b"durapay temporal payloads v1")
         self.aead = AESGCM(key)
         # Names the key without revealing it: a history written under another master key says
         # so instead of failing with a bare decryption error.

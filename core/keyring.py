@@ -72,7 +72,7 @@ class MasterKey:
         if len(material) != KEY_BYTES:
             raise InvalidMasterKey(f"a master key is {KEY_BYTES} bytes")
         self._material = material
-        self.id_bytes = _hkdf(material, b"durapay master key id v1", KEY_ID_BYTES)
+        self.id_bytes = derive_key(material, b"durapay master key id v1", KEY_ID_BYTES)
         self.key_id = self.id_bytes.hex()
         self._aeads: dict[Purpose, AESGCM] = {}
 
@@ -84,7 +84,7 @@ class MasterKey:
     def aead(self, purpose: Purpose) -> AESGCM:
         aead = self._aeads.get(purpose)
         if aead is None:
-            subkey = _hkdf(self._material, b"durapay at rest v1: " + purpose.value.encode(),
+            subkey = derive_key(self._material, b"durapay at rest v1: " + purpose.value.encode(),
                            KEY_BYTES)
             aead = self._aeads[purpose] = AESGCM(subkey)
         return aead
@@ -93,7 +93,7 @@ class MasterKey:
     def fingerprint_key(self) -> bytes:
         """HMAC key of idempotency fingerprints (api/idempotency.py): its own subkey, so a
         fingerprint never doubles as anything encrypted under another purpose's key."""
-        return _hkdf(self._material, b"durapay idempotency fingerprints v1", KEY_BYTES)
+        return derive_key(self._material, b"durapay idempotency fingerprints v1", KEY_BYTES)
 
     @cached_property
     def legacy_aead(self) -> AESGCM:
@@ -294,5 +294,7 @@ def _stat_signature(path: Path) -> tuple[int, int, int] | None:
     return info.st_ino, info.st_mtime_ns, info.st_size
 
 
-def _hkdf(material: bytes, info: bytes, length: int) -> bytes:
+def derive_key(material: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
+    """A subkey of `material` (HKDF-SHA256, no salt) under its own label `info`: every key
+    Durapay uses is one of these, never a master key itself."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(material)
