@@ -22,7 +22,7 @@ from temporalio.client import Client
 from client import DurapayClient
 from tests.integration.conftest import CARD_4242, create_intent
 from tests.integration.helpers import assert_eventually, charge
-from tests.stack import RunningStack, free_port
+from tests.stack import RunningStack, free_port, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -91,9 +91,7 @@ def codec_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(30)
+        stop_process(process)
         for stream in (process.stdout, process.stderr):
             assert stream is not None
             stream.close()

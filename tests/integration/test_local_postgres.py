@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from cli.local_postgres import postgres_argv, postgres_bin_dir, run_as
-from tests.stack import free_port, private_dir
+from tests.stack import free_port, private_dir, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +35,7 @@ def running(data: Path, password_file: Path) -> Iterator[int]:
             time.sleep(0.1)
         yield port
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_process(server)
 
 
 def _listening(port: int) -> bool:
@@ -101,8 +100,7 @@ async def test_trust_cluster_from_before_is_upgraded_with_its_data() -> None:
                                  "INSERT INTO kept VALUES ('from before')")
         await connection.close()
     finally:
-        server.terminate()
-        server.wait(30)
+        stop_process(server)
 
     password_file = home / "postgres-password"
     with running(data, password_file) as port:
