@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Exact versions with their hashes (`make lock` writes both): the runtime and dev dependencies
-# here, the runtime ones alone for the Docker image.
+# Exact versions with their hashes (`make lock` writes both): the runtime, local-stack and dev
+# dependencies here, the runtime ones alone for the Docker image.
 LOCK := requirements-dev.lock
 RUNTIME_LOCK := requirements.lock
 # PyPI only and no uv config, so the hashes are PyPI's whatever a machine's config adds.
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml $(LOCK)
 # fits. `make lock LOCK_ARGS=--upgrade` moves everything to its newest version. The runtime
 # lock is resolved within the dev one, so both pin the same versions.
 lock: $(STAMP)
-	$(BIN)/uv pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(LOCK_ARGS) -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra local $(LOCK_FLAGS) $(LOCK_ARGS) -o $(LOCK)
 	$(BIN)/uv pip compile pyproject.toml $(LOCK_FLAGS) $(LOCK_ARGS) -c $(LOCK) \
 		-o $(RUNTIME_LOCK)
 

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 RUNTIME = [Requirement(r) for r in PYPROJECT["dependencies"]]
 DEV = [Requirement(r) for r in PYPROJECT["optional-dependencies"]["dev"]]
+LOCAL = [Requirement(r) for r in PYPROJECT["optional-dependencies"]["local"]]
 
 
 def read_lock(name: str) -> dict[str, tuple[str, list[str]]]:
@@ -61,7 +62,7 @@ def extra_requirements(requirement: Requirement) -> list[Requirement]:
 
 
 @pytest.mark.parametrize(("lock", "requirements"), [
-    ("requirements-dev.lock", RUNTIME + DEV),
+    ("requirements-dev.lock", RUNTIME + LOCAL + DEV),
     ("requirements.lock", RUNTIME),
 ], ids=["dev", "runtime"])
 def test_every_dependency_is_pinned_with_hashes(
@@ -73,6 +74,12 @@ def test_every_dependency_is_pinned_with_hashes(
         version, _ = pins[name]
         assert requirement.specifier.contains(version, prereleases=True), (
             f"{lock} pins {name}=={version}, outside {requirement}: run make lock")
+
+
+def test_the_runtime_lock_leaves_out_the_local_stack_binaries() -> None:
+    """The image talks to an external Temporal and Postgres: it installs neither binary."""
+    for requirement in LOCAL:
+        assert canonicalize_name(requirement.name) not in RUNTIME_LOCK, requirement.name
 
 
 def test_runtime_lock_pins_the_versions_the_tests_run_with() -> None:
