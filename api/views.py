@@ -49,7 +49,7 @@ def payment_intent_out(intent: PaymentIntent, transactions: list[Transaction]) -
 
 def event_out(event: Event) -> EventOut:
     return EventOut(id=event.id, type=event.type, created_at=event.created_at,
-                    sequence=event.seq, data=event.data)
+                    sequence=event.seq, intent_sequence=event.intent_seq, data=event.data)
 
 
 async def load_payment_intent_out(session: AsyncSession, intent_id: str) -> PaymentIntentOut:

@@ -11,6 +11,7 @@
                                     operator: payments waiting for manual review
     durapay keys status | rotate [--reencrypt-only] | drop KEY_ID
                                     operator: master keys, rotation, re-encryption at rest
+    durapay audit verify [--merchant M]   operator: prove the audit trail's hash chains hold
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from cli import keys, reconcile, review
+from cli import audit, keys, reconcile, review
 from cli.demo_merchant import NoDemoMerchant, api_url, create_merchant, demo_merchant
 from cli.devstack import DevStack
 from cli.shutdown import exit_without_finalizing
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     reconcile.add_parser(commands)
     review.add_parser(commands)
     keys.add_parser(commands)
+    audit.add_parser(commands)
     args = parser.parse_args(argv)
     configure_logging("cli", logging.WARNING)
     try:
@@ -77,6 +79,8 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
         reconcile.run(settings, args)
     if args.command == "keys":
         return keys.run(settings, args)
+    if args.command == "audit":
+        return audit.run(settings, args)
     try:
         return _run_client_command(args, settings)
     except httpx.ConnectError:

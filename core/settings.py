@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     reconcile_sweep_window_seconds: int = 172_800
     # A pending/timeout transaction older than this is a `stuck_unsettled` discrepancy.
     reconcile_stuck_after_seconds: int = 3600
+    # How often the audit chains' heads are checkpointed (durapay-audit-checkpoint schedule).
+    audit_checkpoint_interval_seconds: int = Field(default=300, gt=0)
     # Webhooks: URLs resolving to loopback/private/link-local addresses (and plain http) are
     # refused unless this is set; the local dev stack sets it. Metadata addresses never pass.
     webhook_allow_private_networks: bool = False

@@ -15,6 +15,7 @@ import httpx
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from activities.audit import AuditActivities
 from activities.card_network import CardNetworkActivities
 from activities.persistence import PaymentRecordActivities
 from activities.reconciliation import ReconciliationActivities
@@ -25,7 +26,8 @@ from core.keyring import Purpose
 from core.logs import configure_logging
 from core.settings import get_settings
 from core.temporal_client import connect_temporal
-from workers.schedules import ensure_reconciliation_schedule
+from workers.schedules import ensure_schedules
+from workflows.audit_checkpoint import AuditCheckpointWorkflow
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.reconciliation import ReconciliationSweepWorkflow
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
@@ -47,6 +49,7 @@ async def run_worker() -> None:
             timeout_seconds=settings.network_timeout_seconds)
         reconciliation = ReconciliationActivities(
             sessions=sessions, http=http, cardnet_url=settings.effective_cardnet_url)
+        audit = AuditActivities(engine)
         webhooks = WebhookActivities(
             http=webhook_http, sessions=sessions,
             webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), settings=settings)
@@ -54,7 +57,7 @@ async def run_worker() -> None:
             client,
             task_queue=settings.task_queue,
             workflows=[PaymentIntentWorkflow, WebhookDeliveryWorkflow,
-                       ReconciliationSweepWorkflow],
+                       ReconciliationSweepWorkflow, AuditCheckpointWorkflow],
             activities=[
                 records.load_payment,
                 records.record_charge_attempt,
@@ -73,6 +76,7 @@ async def run_worker() -> None:
                 webhooks.deliver_webhook,  # deliveries begun before send/record were split
                 webhooks.fail_webhook_delivery,
                 reconciliation.reconcile_window,
+                audit.record_chain_checkpoints,
             ],
             graceful_shutdown_timeout=timedelta(seconds=10),
             workflow_runner=(SandboxedWorkflowRunner() if settings.workflow_sandbox
@@ -82,7 +86,7 @@ async def run_worker() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await ensure_reconciliation_schedule(client, settings)
+        await ensure_schedules(client, settings)
         log.info("worker polling task queue %s", settings.task_queue)
         async with worker:
             if settings.worker_ready_file:  # tells a supervisor this worker is polling

@@ -1,7 +1,8 @@
 """Temporal Schedules the workers keep in place: wiring only, no business logic.
 
-Every worker calls `ensure_reconciliation_schedule` at start-up, so the schedule exists wherever
-workers run and follows the configured interval after a redeploy. Several workers starting at
+Every worker calls `ensure_schedules` at start-up (the reconciliation sweep and the audit
+checkpoint), so the schedules exist wherever workers run and follow the configured intervals
+after a redeploy. Several workers starting at
 once are safe: creation is atomic on the server (the losers see "already running"), and an
 update goes through the schedule's conflict token, retried by the SDK.
 """
@@ -28,11 +29,13 @@ from temporalio.client import (
 
 from core.reconciliation import SweepTrigger
 from core.settings import Settings
+from workflows.audit_checkpoint import AuditCheckpointWorkflow
 from workflows.reconciliation import ReconciliationSweepInput, ReconciliationSweepWorkflow
 
 log = logging.getLogger("durapay.worker")
 
 RECONCILIATION_SCHEDULE_ID = "durapay-reconciliation-sweep"
+AUDIT_CHECKPOINT_SCHEDULE_ID = "durapay-audit-checkpoint"
 
 
 def reconciliation_schedule(settings: Settings) -> Schedule:
@@ -53,13 +56,35 @@ def reconciliation_schedule(settings: Settings) -> Schedule:
     )
 
 
+def audit_checkpoint_schedule(settings: Settings) -> Schedule:
+    interval = timedelta(seconds=settings.audit_checkpoint_interval_seconds)
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            AuditCheckpointWorkflow.run, id=AUDIT_CHECKPOINT_SCHEDULE_ID,
+            task_queue=settings.task_queue),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
+        # Each checkpoint covers everything before it: missed ones need no catching up.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP,
+                              catchup_window=max(interval, timedelta(minutes=1))),
+    )
+
+
+async def ensure_schedules(client: Client, settings: Settings) -> None:
+    await ensure_schedule(client, RECONCILIATION_SCHEDULE_ID, reconciliation_schedule(settings))
+    await ensure_schedule(client, AUDIT_CHECKPOINT_SCHEDULE_ID,
+                          audit_checkpoint_schedule(settings))
+
+
 async def ensure_reconciliation_schedule(client: Client, settings: Settings) -> None:
-    """Create the sweep's schedule, or bring an existing one to the configured settings."""
-    desired = reconciliation_schedule(settings)
+    await ensure_schedule(client, RECONCILIATION_SCHEDULE_ID, reconciliation_schedule(settings))
+
+
+async def ensure_schedule(client: Client, schedule_id: str, desired: Schedule) -> None:
+    """Create a schedule, or bring an existing one to the configured settings."""
+    every = [str(i.every) for i in desired.spec.intervals]
     try:
-        await client.create_schedule(RECONCILIATION_SCHEDULE_ID, desired)
-        log.info("created schedule %s (every %s s)", RECONCILIATION_SCHEDULE_ID,
-                 settings.reconcile_sweep_interval_seconds)
+        await client.create_schedule(schedule_id, desired)
+        log.info("created schedule %s (every %s)", schedule_id, ", ".join(every))
         return
     except ScheduleAlreadyRunningError:
         pass
@@ -67,13 +92,12 @@ async def ensure_reconciliation_schedule(client: Client, settings: Settings) -> 
     async def update(current: ScheduleUpdateInput) -> ScheduleUpdate | None:
         if await _is_current(client, current.description, desired):
             return None
-        log.info("updating schedule %s (every %s s)", RECONCILIATION_SCHEDULE_ID,
-                 settings.reconcile_sweep_interval_seconds)
-        # Keep the state: an operator who paused the sweep keeps it paused across restarts.
+        log.info("updating schedule %s (every %s)", schedule_id, ", ".join(every))
+        # Keep the state: an operator who paused the schedule keeps it paused across restarts.
         state = current.description.schedule.state
         return ScheduleUpdate(dataclasses.replace(desired, state=state))
 
-    await client.get_schedule_handle(RECONCILIATION_SCHEDULE_ID).update(update)
+    await client.get_schedule_handle(schedule_id).update(update)
 
 
 async def _is_current(client: Client, description: ScheduleDescription,
@@ -87,6 +111,8 @@ async def _is_current(client: Client, description: ScheduleDescription,
             or current.policy.overlap != desired.policy.overlap
             or (action.workflow, action.task_queue) != (wanted.workflow, wanted.task_queue)):
         return False
+    if not wanted.args:
+        return not action.args
     try:
         # Described args are raw payloads: decode them to compare the window.
         [args] = await client.data_converter.decode(action.args, [ReconciliationSweepInput])

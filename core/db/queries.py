@@ -12,11 +12,12 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, func, or_, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.db.tables import Event, PaymentIntent, Transaction
+from core.audit_chain import GENESIS_HASH, chain_of, link_hash
+from core.db.tables import AuditChainHead, Event, PaymentIntent, Transaction
 from core.errors import IllegalTransition
 from core.state_machine import (
     IntentAction,
@@ -32,13 +33,30 @@ def event_id_for(cause: str) -> str:
     return "evt_" + hashlib.sha256(cause.encode()).hexdigest()[:24]
 
 
-def event_data(intent: PaymentIntent, transaction_id: str | None) -> dict[str, Any]:
+def intent_state(intent: PaymentIntent) -> dict[str, Any]:
+    """What an event records of the intent, before and after its change."""
+    return {
+        "status": intent.status,
+        "amountInCents": intent.amount_in_cents,
+        "amountCapturable": intent.amount_capturable,
+        "amountReceived": intent.amount_received,
+        "amountRefunded": intent.amount_refunded,
+    }
+
+
+def event_data(intent: PaymentIntent, transaction: Transaction | None,
+               previous: dict[str, Any] | None) -> dict[str, Any]:
+    """API.md's event data (the intent after the change), plus the intent before it and the
+    transaction it concerns: a payment's story can be rebuilt from its events alone."""
     return {
         "paymentId": intent.id,
-        "amountInCents": intent.amount_in_cents,
         "currency": intent.currency,
-        "status": intent.status,
-        "transactionId": transaction_id,
+        **intent_state(intent),
+        "transactionId": transaction.id if transaction else None,
+        "previous": previous,
+        "transaction": None if transaction is None else {
+            "id": transaction.id, "type": transaction.type, "status": transaction.status,
+            "amountInCents": transaction.amount_in_cents},
     }
 
 
@@ -47,12 +65,39 @@ async def event_exists(session: AsyncSession, event_id: str) -> bool:
     return found.first() is not None
 
 
+# Takes the chain's head row lock (creating the row for a chain's first event) and reads, in
+# the same round trip, what the new event's link needs: the head, the intent's last sequence
+# number, and the time (clock_timestamp, not the transaction's start: events of one
+# transaction keep their order).
+_LOCK_CHAIN_HEAD = text("""
+INSERT INTO audit_chain_head AS head (chain, chain_seq, hash) VALUES (:chain, 0, :genesis)
+ON CONFLICT (chain) DO UPDATE SET chain = head.chain
+RETURNING head.chain_seq, head.hash, clock_timestamp() AS now,
+    (SELECT coalesce(max(intent_seq), 0) FROM event
+     WHERE payment_intent_id = CAST(:payment_intent_id AS VARCHAR)) AS intent_seq
+""")
+
+
 async def append_event(session: AsyncSession, *, cause: str, event_type: str,
-                       intent: PaymentIntent, transaction_id: str | None) -> Event:
+                       intent: PaymentIntent, transaction_id: str | None,
+                       previous: dict[str, Any] | None = None) -> Event:
+    """Append the intent's event at the end of its merchant's hash chain (same transaction as
+    the change it records). The head's row lock is held until the commit: one merchant's
+    appends queue up there, other merchants' never meet it."""
+    transaction = (await session.get(Transaction, transaction_id)
+                   if transaction_id is not None else None)
+    chain = chain_of(intent.merchant_id)
+    head = (await session.exec(_LOCK_CHAIN_HEAD, params={  # type: ignore[call-overload]
+        "chain": chain, "genesis": GENESIS_HASH, "payment_intent_id": intent.id})).one()
     event = Event(id=event_id_for(cause), merchant_id=intent.merchant_id,
                   payment_intent_id=intent.id, transaction_id=transaction_id, type=event_type,
-                  data=event_data(intent, transaction_id))
+                  data=event_data(intent, transaction, previous), created_at=head.now,
+                  chain=chain, chain_seq=head.chain_seq + 1, prev_hash=head.hash,
+                  intent_seq=head.intent_seq + 1, hash="")
+    event.hash = link_hash(head.hash, event.model_dump())
     session.add(event)
+    await session.exec(update(AuditChainHead).where(  # type: ignore[call-overload]
+        AuditChainHead.chain == chain).values(chain_seq=event.chain_seq, hash=event.hash))
     return event
 
 
@@ -76,6 +121,7 @@ async def transition_intent(session: AsyncSession, intent: PaymentIntent, action
                             changes: dict[str, Any] | None = None) -> IntentMove:
     """Move `intent` (loaded in this session) and append its event; raises IllegalTransition."""
     move = move_intent(intent.status, action)
+    previous = intent_state(intent)
     values: dict[str, Any] = {"status": move.after.value, **(changes or {})}
     result = await session.exec(
         update(PaymentIntent)
@@ -91,7 +137,7 @@ async def transition_intent(session: AsyncSession, intent: PaymentIntent, action
         setattr(intent, name, value)
     intent.updated_at = row[0]
     await append_event(session, cause=cause, event_type=move.event_type, intent=intent,
-                       transaction_id=transaction_id)
+                       transaction_id=transaction_id, previous=previous)
     return move
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     MetaData,
+    UniqueConstraint,
     func,
     text,
 )
@@ -177,7 +178,9 @@ class Event(SQLModel, table=True):
 
     __tablename__ = "event"
     # GET /events: the merchant's newest first.
-    __table_args__ = (Index("ix_event_merchant_id_seq", "merchant_id", text("seq DESC")),)
+    __table_args__ = (Index("ix_event_merchant_id_seq", "merchant_id", text("seq DESC")),
+                      UniqueConstraint("chain", "chain_seq"),
+                      UniqueConstraint("payment_intent_id", "intent_seq"))
     seq: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
     id: str = Field(unique=True)
     # NULL only for operator events about no merchant (a network charge we never recorded).
@@ -187,6 +190,38 @@ class Event(SQLModel, table=True):
     type: str
     data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     created_at: datetime = _created_at()
+    # The hash chain (core/audit_chain.py): the merchant's chain, the position in it, the
+    # predecessor's hash and this event's. Written once, by `append_event`, never updated.
+    chain: str
+    chain_seq: int = Field(sa_type=BigInteger)
+    prev_hash: str
+    hash: str
+    # 1, 2, 3, … over one payment's events: its story in order, from its events alone.
+    intent_seq: int | None = None
+
+
+class AuditChainHead(SQLModel, table=True):
+    """Each chain's last position and hash. Its row lock orders one merchant's appends."""
+
+    __tablename__ = "audit_chain_head"
+    chain: str = Field(primary_key=True)
+    chain_seq: int = Field(sa_type=BigInteger)
+    hash: str
+
+
+class AuditCheckpoint(SQLModel, table=True):
+    """A chain's head as the checkpoint schedule saw it (append-only): a tail deleted later is
+    missing from a chain that once reached further."""
+
+    __tablename__ = "audit_checkpoint"
+    # The last checkpoint of each chain, for the verifier and the next checkpoint.
+    __table_args__ = (Index("ix_audit_checkpoint_chain_chain_seq", "chain",
+                            text("chain_seq DESC")),)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    chain: str
+    chain_seq: int = Field(sa_type=BigInteger)
+    hash: str
+    recorded_at: datetime = _created_at()
 
 
 class IdempotencyRecord(SQLModel, table=True):

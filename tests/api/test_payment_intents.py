@@ -412,12 +412,16 @@ async def test_intent_events_are_its_audit_trail(merchant: Merchant) -> None:
     listed = response.json()
     assert listed["hasMore"] is False
     [event] = listed["data"]
-    assert set(event) == {"id", "object", "type", "createdAt", "sequence", "data"}
+    assert set(event) == {"id", "object", "type", "createdAt", "sequence", "intentSequence",
+                          "data"}
     assert event["id"].startswith("evt_") and event["object"] == "event"
     assert event["type"] == "payment.created"
     assert isinstance(event["sequence"], int)
-    assert event["data"] == {**event["data"], "paymentId": intent["id"], "amountInCents": 777,
-                             "currency": "usd", "status": "created"}
+    assert event["intentSequence"] == 1
+    assert event["data"] == {
+        "paymentId": intent["id"], "amountInCents": 777, "currency": "usd", "status": "created",
+        "amountCapturable": 0, "amountReceived": 0, "amountRefunded": 0, "transactionId": None,
+        "previous": None, "transaction": None}
 
 
 async def test_openapi_documents_the_idempotent_endpoints(http: httpx.AsyncClient) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 from core.db import tables  # noqa: F401  (registers the tables on the metadata)
+from core.db.audit import verify_chains
 from core.db.migrate import downgrade, upgrade
 from core.settings import to_asyncpg_url
 from tests.stack import RunningStack
@@ -66,3 +67,41 @@ async def test_migrations_build_the_declared_schema_and_downgrade_cleanly(
     assert await _tables(scratch_url) == set()
     await asyncio.to_thread(upgrade, scratch_url)  # and up again, from nothing
     assert await _schema_drift(scratch_url) == []
+
+
+async def test_events_written_before_the_chain_are_chained_by_the_migration(
+        scratch_url: str) -> None:
+    await asyncio.to_thread(upgrade, scratch_url, "2026_11_28_card_number_retention")
+    plain = scratch_url.replace("postgresql+asyncpg", "postgresql")
+    connection = await asyncpg.connect(plain)
+    try:
+        for merchant in ("mer_a", "mer_b"):
+            await connection.execute("INSERT INTO merchant (id, name) VALUES ($1, $1)", merchant)
+            await connection.execute(
+                "INSERT INTO payment_intent (id, merchant_id, amount_in_cents, currency, "
+                "capture_method, status) VALUES ($1, $2, 100, 'usd', 'automatic', 'created')",
+                f"pi_{merchant}", merchant)
+        for n, merchant in enumerate(["mer_a", "mer_b", "mer_a", "mer_a", "mer_b"]):
+            await connection.execute(
+                "INSERT INTO event (id, merchant_id, payment_intent_id, type, data) "
+                "VALUES ($1, $2, $3, 'payment.created', '{\"status\": \"created\"}')",
+                f"evt_{n}", merchant, f"pi_{merchant}")
+    finally:
+        await connection.close()
+
+    await asyncio.to_thread(upgrade, scratch_url)
+    engine = create_async_engine(scratch_url)
+    try:
+        report = await verify_chains(engine)
+    finally:
+        await engine.dispose()
+    assert report.first_broken is None
+    assert {(c.chain, c.events) for c in report.chains} == {
+        ("merchant:mer_a", 3), ("merchant:mer_b", 2)}
+    connection = await asyncpg.connect(plain)
+    try:
+        rows = await connection.fetch("SELECT id, intent_seq FROM event ORDER BY seq")
+    finally:
+        await connection.close()
+    assert [(r["id"], r["intent_seq"]) for r in rows] == [
+        ("evt_0", 1), ("evt_1", 1), ("evt_2", 2), ("evt_3", 3), ("evt_4", 2)]
