@@ -57,7 +57,11 @@ def postgres_argv(data: Path, port: int, *, password_file: Path) -> list[str]:
     # TCP on loopback only; no unix socket, whose path length limit a deep state dir breaks.
     return [str(postgres_bin_dir() / "postgres"), "-D", str(data), "-p", str(port),
             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-            "-c", "max_connections=200"]
+            "-c", "max_connections=200",
+            # The event stream reads the WAL through a logical replication slot. A slot whose
+            # consumer stalls keeps WAL; past this much it is dropped rather than fill the disk
+            # (the consumer then rebuilds with --from-seq).
+            "-c", "wal_level=logical", "-c", "max_slot_wal_keep_size=1GB"]
 
 
 def initialize_cluster(data: Path, password_file: Path) -> None:

@@ -12,6 +12,8 @@
     durapay keys status | rotate [--reencrypt-only] | drop KEY_ID
                                     operator: master keys, rotation, re-encryption at rest
     durapay audit verify [--merchant M]   operator: prove the audit trail's hash chains hold
+    durapay events stream [--sink …] [--from-seq N] | status | drop-slot
+                                    operator: every committed event from the WAL, at least once
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from cli import audit, keys, reconcile, review
+from cli import audit, events, keys, reconcile, review
 from cli.demo_merchant import NoDemoMerchant, api_url, create_merchant, demo_merchant
 from cli.devstack import DevStack
 from cli.shutdown import exit_without_finalizing
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     review.add_parser(commands)
     keys.add_parser(commands)
     audit.add_parser(commands)
+    events.add_parser(commands)
     args = parser.parse_args(argv)
     configure_logging("cli", logging.WARNING)
     try:
@@ -81,6 +84,8 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
         return keys.run(settings, args)
     if args.command == "audit":
         return audit.run(settings, args)
+    if args.command == "events":
+        return events.run(settings, args)
     try:
         return _run_client_command(args, settings)
     except httpx.ConnectError:

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     reconcile_stuck_after_seconds: int = 3600
     # How often the audit chains' heads are checkpointed (durapay-audit-checkpoint schedule).
     audit_checkpoint_interval_seconds: int = Field(default=300, gt=0)
+    # The event stream (`durapay events stream`): its replication slot, and Kafka when set.
+    event_stream_slot: str = Field(default="durapay_events", pattern=r"^[a-z0-9_]{1,63}$")
+    kafka_bootstrap: str | None = None
+    kafka_topic: str = "durapay.events"
     # Webhooks: URLs resolving to loopback/private/link-local addresses (and plain http) are
     # refused unless this is set; the local dev stack sets it. Metadata addresses never pass.
     webhook_allow_private_networks: bool = False

@@ -1,0 +1,136 @@
+"""`durapay events`: the event stream, fed from the database's write-ahead log.
+
+    durapay events stream [--sink stdout|file:PATH|kafka] [--from-seq N] [--slot NAME]
+    durapay events status                 logical slots, their position and WAL lag
+    durapay events drop-slot [--slot NAME]
+
+`stream` delivers every committed event in commit order, at least once, as one JSON object per
+event (the whole row: ids, type, data with the state before and after, hash chain), to stdout,
+a file (fsynced before the slot moves) or the Kafka topic DURAPAY_KAFKA_TOPIC at
+DURAPAY_KAFKA_BOOTSTRAP (the default sink when that is set), keyed by payment intent. Stop it
+with Ctrl-C or SIGTERM; kill it anyhow: it resumes where the sink last confirmed. `--from-seq
+1` first copies the table from the beginning (a new consumer's view), then streams.
+
+The slot keeps the WAL its consumer has not confirmed: a consumer that stops for good must
+drop its slot (`drop-slot`), or the database's disk fills (`status` shows the lag; alert on
+`durapay_event_stream_lag_bytes`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from core.db import replication
+from core.settings import Settings
+from workers.event_sinks import EventSink, FileSink, KafkaSink, StreamSink
+from workers.event_stream import EventStream, SlotBusy
+
+
+def add_parser(commands: Any) -> None:
+    events = commands.add_parser("events", help="operator: the event stream (CDC)")
+    event_commands = events.add_subparsers(dest="events_command", required=True)
+    stream = event_commands.add_parser("stream", help="deliver every committed event")
+    stream.add_argument("--sink", help="stdout (default), file:PATH, or kafka "
+                                       "(default when DURAPAY_KAFKA_BOOTSTRAP is set)")
+    stream.add_argument("--from-seq", type=int, help="first copy the table from this seq on")
+    stream.add_argument("--slot", help="replication slot (default DURAPAY_EVENT_STREAM_SLOT)")
+    stream.add_argument("--batch", type=int, default=500, help="messages per read")
+    event_commands.add_parser("status", help="replication slots and their WAL lag")
+    drop = event_commands.add_parser("drop-slot", help="drop a consumer's slot")
+    drop.add_argument("--slot", help="replication slot (default DURAPAY_EVENT_STREAM_SLOT)")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    slot = getattr(args, "slot", None) or settings.event_stream_slot
+    if args.events_command == "stream":
+        return asyncio.run(stream(settings, slot, sink_name(settings, args.sink),
+                                  args.from_seq, args.batch))
+    if args.events_command == "status":
+        return asyncio.run(status(settings))
+    return asyncio.run(drop_slot(settings, slot))
+
+
+def sink_name(settings: Settings, chosen: str | None) -> str:
+    if chosen:
+        return chosen
+    return "kafka" if settings.kafka_bootstrap else "stdout"
+
+
+def open_sink(settings: Settings, name: str) -> EventSink:
+    if name == "stdout":
+        return StreamSink(sys.stdout)
+    if name.startswith("file:"):
+        return FileSink(Path(name.removeprefix("file:")))
+    if name == "kafka":
+        if not settings.kafka_bootstrap:
+            raise SystemExit("durapay: --sink kafka needs DURAPAY_KAFKA_BOOTSTRAP")
+        return KafkaSink(settings.kafka_bootstrap, settings.kafka_topic)
+    raise SystemExit(f"durapay: unknown sink {name!r} (stdout, file:PATH, kafka)")
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    url = settings.effective_database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    return await asyncpg.connect(url)
+
+
+async def stream(settings: Settings, slot: str, sink_choice: str, from_seq: int | None,
+                 batch: int) -> int:
+    sink = open_sink(settings, sink_choice)
+    connection = await _connect(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    events = EventStream(connection, sink, slot=slot, batch=batch)
+    try:
+        try:
+            created = await events.open()
+        except (SlotBusy, replication.SlotLost) as error:
+            print(f"durapay: {error}", file=sys.stderr)
+            return 1
+        if created and from_seq is None:
+            print(f"durapay: created replication slot {slot}: events committed from now on "
+                  "are streamed; add --from-seq 1 for the ones before", file=sys.stderr)
+        if from_seq is not None:
+            await events.copy_from_table(from_seq)
+        await events.run(stop)
+    finally:
+        await sink.close()
+        await connection.close()
+        stats = events.stats
+        print(f"durapay: events stream stopped: {stats.snapshot} copied, {stats.streamed} "
+              f"streamed in {stats.transactions} transactions, slot {slot} at "
+              f"{replication.int_to_lsn(stats.confirmed_lsn)}", file=sys.stderr)
+    return 0
+
+
+async def status(settings: Settings) -> int:
+    connection = await _connect(settings)
+    try:
+        slots = await replication.slot_statuses(connection)
+    finally:
+        await connection.close()
+    if not slots:
+        print("no logical replication slots (no event stream consumer has run)")
+    for s in slots:
+        print(f"{s.slot}: {'active' if s.active else 'idle'}, confirmed "
+              f"{replication.int_to_lsn(s.confirmed_lsn)}, lag {s.lag_bytes} bytes, "
+              f"wal {s.wal_status}")
+    return 0
+
+
+async def drop_slot(settings: Settings, slot: str) -> int:
+    connection = await _connect(settings)
+    try:
+        dropped = await replication.drop_slot(connection, slot)
+    finally:
+        await connection.close()
+    print(f"dropped slot {slot}" if dropped else f"no slot {slot}")
+    return 0 if dropped else 1

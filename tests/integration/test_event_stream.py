@@ -1,0 +1,259 @@
+"""The event stream on the real stack: `durapay events stream` reads the event table's changes
+from PostgreSQL's WAL through a logical replication slot and delivers every committed event at
+least once, in commit order; killed with SIGKILL while charges run, it resumes without losing
+one. Each test uses its own slot and drops it, so no WAL is kept after the test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from client import DurapayClient
+from core.db.replication import lsn_to_int
+from tests.integration.conftest import CARD_4242, create_intent
+from tests.integration.helpers import assert_eventually, charge, signed_merchant
+from tests.stack import RunningStack, stop_process
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+async def db(stack: RunningStack) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(stack.database_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def slot(stack: RunningStack) -> Iterator[str]:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield name
+    subprocess.run([str(BIN / "durapay"), "events", "drop-slot", "--slot", name],
+                   env=stack.env, capture_output=True, timeout=60, check=False)
+
+
+def _start_consumer(stack: RunningStack, slot: str, sink: Path,
+                    *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "durapay"), "events", "stream", "--slot", slot, "--sink", f"file:{sink}",
+         *extra], env=stack.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _lines(sink: Path) -> list[dict[str, Any]]:
+    if not sink.exists():
+        return []
+    return [json.loads(line) for line in sink.read_text().splitlines()]
+
+
+async def _merchant_events(db: asyncpg.Connection, merchant_ids: list[str]) -> list[str]:
+    rows = await db.fetch("SELECT id FROM event WHERE merchant_id = ANY($1) ORDER BY seq",
+                          merchant_ids)
+    return [r["id"] for r in rows]
+
+
+async def _merchant_id(db: asyncpg.Connection, intent_id: str) -> str:
+    return str(await db.fetchval("SELECT merchant_id FROM payment_intent WHERE id = $1",
+                                 intent_id))
+
+
+async def _until_delivered(sink: Path, ids: list[str], timeout: float = 60) -> None:
+    async def delivered() -> bool:
+        missing = set(ids) - {line["id"] for line in _lines(sink)}
+        assert not missing, f"{len(missing)} of {len(ids)} events not delivered yet"
+        return True
+
+    await assert_eventually(delivered, timeout=timeout, interval=0.3)
+
+
+async def _charges(durapay: DurapayClient, count: int) -> list[str]:
+    intents = []
+    for _ in range(count):
+        intent = await create_intent(durapay, random.randint(100, 9000))
+        response = await charge(durapay, intent["id"], CARD_4242)
+        assert response.status_code == 200, response.text
+        intents.append(intent["id"])
+    return intents
+
+
+async def test_every_committed_event_is_streamed_in_commit_order(
+        stack: RunningStack, db: asyncpg.Connection, slot: str, tmp_path: Path) -> None:
+    sink = tmp_path / "events.jsonl"
+    consumer = _start_consumer(stack, slot, sink)
+    try:
+        await assert_eventually(lambda: _slot_exists(db, slot), timeout=30)
+        async with signed_merchant(stack, "Stream") as durapay:
+            [intent_id] = await _charges(durapay, 1)
+        merchant = await _merchant_id(db, intent_id)
+        ids = await _merchant_events(db, [merchant])
+        await _until_delivered(sink, ids)
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        _, stderr = consumer.communicate(timeout=30)
+    assert consumer.returncode == 0, stderr
+    lines = [line for line in _lines(sink) if line["merchantId"] == merchant]
+    assert [line["id"] for line in lines] == ids
+    assert [line["type"] for line in lines] == [
+        "payment.created", "payment.processing", "payment.succeeded"]
+    table = {r["id"]: r for r in await db.fetch(
+        "SELECT id, seq, hash, chain_seq, data::text FROM event WHERE id = ANY($1)", ids)}
+    for line in lines:  # the whole row, as committed
+        row = table[line["id"]]
+        assert (line["seq"], line["hash"], line["chainSeq"]) == (
+            row["seq"], row["hash"], row["chain_seq"])
+        assert line["data"] == json.loads(row["data"])
+        assert line["source"] == "wal" and line["commitLsn"]
+    assert "4242424242424242" not in sink.read_text()
+
+
+async def _slot_exists(db: asyncpg.Connection, slot: str) -> bool:
+    return bool(await db.fetchval(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot))
+
+
+async def test_a_consumer_killed_mid_stream_resumes_without_losing_an_event(
+        stack: RunningStack, db: asyncpg.Connection, slot: str, tmp_path: Path) -> None:
+    sink = tmp_path / "events.jsonl"
+    # Small reads: the consumer spends its time between sending and confirming a batch.
+    consumer = _start_consumer(stack, slot, sink, "--batch", "4")
+    await assert_eventually(lambda: _slot_exists(db, slot), timeout=30)
+    kills: list[int] = []  # the sink's length at each kill
+    killing = asyncio.Event()
+
+    async def kill_and_restart() -> None:
+        """Four times: once the (re)started consumer has delivered something, kill it within
+        the next 0.3 s, while it may be between writing a batch and moving its slot."""
+        nonlocal consumer
+        try:
+            for _ in range(4):
+                size = sink.stat().st_size if sink.exists() else 0
+
+                async def grew(size: int = size) -> bool:
+                    return sink.exists() and sink.stat().st_size > size
+
+                await assert_eventually(grew, timeout=60, interval=0.05)
+                await asyncio.sleep(random.uniform(0, 0.3))
+                os.kill(consumer.pid, signal.SIGKILL)
+                consumer.wait(timeout=30)
+                kills.append(sink.stat().st_size)
+                consumer = _start_consumer(stack, slot, sink, "--batch", "4")
+        finally:
+            killing.set()
+
+    async def charges_until_the_kills_are_done(durapay: DurapayClient) -> list[str]:
+        intents: list[str] = []
+        while not killing.is_set() or len(intents) < 4:
+            intents += await _charges(durapay, 1)
+        return intents
+
+    try:
+        merchants = [signed_merchant(stack, f"Kill {i}") for i in range(3)]
+        clients = [await m.__aenter__() for m in merchants]
+        try:
+            charged, _ = await asyncio.gather(
+                asyncio.gather(*(charges_until_the_kills_are_done(c) for c in clients)),
+                kill_and_restart())
+        finally:
+            for m in merchants:
+                await m.__aexit__(None, None, None)
+        merchant_ids = [await _merchant_id(db, intents[0]) for intents in charged]
+        produced = await _merchant_events(db, merchant_ids)
+        await _until_delivered(sink, produced, timeout=90)
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        try:
+            consumer.communicate(timeout=30)
+        finally:
+            stop_process(consumer)
+
+    lines = [line for line in _lines(sink) if line["merchantId"] in merchant_ids]
+    counts = Counter(line["id"] for line in lines)
+    duplicates = sum(n - 1 for n in counts.values())
+    lost = set(produced) - set(counts)
+    print(f"\n[event stream] produced {len(produced)}, delivered {len(counts)} distinct "
+          f"({len(lines)} lines), duplicated {duplicates}, lost {len(lost)}, "
+          f"{len(kills)} SIGKILLs at sink offsets {kills}")
+    assert not lost
+    assert set(counts) == set(produced)  # nothing that is not in the table
+    assert len(kills) == 4
+
+    # Each duplicate is a re-send of the unconfirmed tail after a kill, identical to the first.
+    first: dict[str, dict[str, Any]] = {}
+    offset = 0
+    for raw in sink.read_text().splitlines(keepends=True):
+        line = json.loads(raw)
+        if line["id"] in first:
+            assert line == first[line["id"]]
+            assert any(k <= offset for k in kills), "a duplicate before any kill"
+        else:
+            first[line["id"]] = line
+        offset += len(raw.encode())
+
+    # Commit order: first deliveries in WAL order; each merchant's chain complete and in order.
+    distinct = [first[i] for i in dict.fromkeys(line["id"] for line in lines)]
+    lsns = [lsn_to_int(line["commitLsn"]) for line in distinct]
+    assert lsns == sorted(lsns)
+    by_chain: dict[str, list[int]] = defaultdict(list)
+    for line in distinct:
+        by_chain[line["chain"]].append(line["chainSeq"])
+    for positions in by_chain.values():
+        assert positions == list(range(1, len(positions) + 1))
+
+
+async def test_a_new_consumer_builds_its_view_from_the_beginning(
+        stack: RunningStack, db: asyncpg.Connection, slot: str, tmp_path: Path) -> None:
+    async with signed_merchant(stack, "Before") as durapay:
+        [before] = await _charges(durapay, 1)
+    sink = tmp_path / "events.jsonl"
+    consumer = _start_consumer(stack, slot, sink, "--from-seq", "1")
+    try:
+        everything = [r["id"] for r in await db.fetch("SELECT id FROM event ORDER BY seq")]
+        await _until_delivered(sink, everything)
+        async with signed_merchant(stack, "After") as durapay:
+            [after] = await _charges(durapay, 1)
+        later = await _merchant_events(db, [await _merchant_id(db, after)])
+        await _until_delivered(sink, later)
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        consumer.communicate(timeout=30)
+    lines = _lines(sink)
+    sources = {line["id"]: line["source"] for line in lines}
+    assert sources[everything[0]] == "snapshot"
+    assert all(sources[i] == "wal" for i in later)
+    assert await _merchant_id(db, before) in {line["merchantId"] for line in lines}
+
+
+async def test_status_shows_the_slot_and_its_lag_and_a_second_consumer_is_refused(
+        stack: RunningStack, db: asyncpg.Connection, slot: str, tmp_path: Path) -> None:
+    consumer = _start_consumer(stack, slot, tmp_path / "a.jsonl")
+    try:
+        await assert_eventually(lambda: _slot_exists(db, slot), timeout=30)
+        second = _start_consumer(stack, slot, tmp_path / "b.jsonl")
+        _, stderr = second.communicate(timeout=60)
+        assert second.returncode == 1 and "another consumer" in stderr
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        consumer.communicate(timeout=30)
+    async with signed_merchant(stack, "Lag") as durapay:
+        await _charges(durapay, 1)  # written while no consumer runs: the slot keeps it
+    status = subprocess.run([str(BIN / "durapay"), "events", "status"], env=stack.env,
+                            text=True, capture_output=True, timeout=60, check=True)
+    [line] = [s for s in status.stdout.splitlines() if s.startswith(f"{slot}:")]
+    lag = int(line.split("lag ")[1].split(" bytes")[0])
+    assert "idle" in line and lag > 0, line
