@@ -248,3 +248,17 @@ async def test_durapay_tour_runs_on_the_sdk(stack: RunningStack) -> None:
     assert lines[0].startswith("POST /payment-intents -> pi_")
     assert "status=succeeded card=…4242" in lines[1]
     assert lines[-1] == "events: payment.created -> payment.processing -> payment.succeeded"
+
+
+async def test_durapay_request_sends_a_signed_request_through_the_sdk(
+        stack: RunningStack) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "durapay"), "request", *args], env=stack.env,
+                              capture_output=True, text=True, timeout=60)
+
+    created = await asyncio.to_thread(run, "POST", "/payment-intents",
+                                      '{"amountInCents": 1000, "currency": "eur"}')
+    assert created.returncode == 0, created.stderr[-2000:]
+    assert created.stdout.startswith("HTTP 201\n") and '"currency": "eur"' in created.stdout
+    missing = await asyncio.to_thread(run, "GET", "/payment-intents/pi_nope")
+    assert missing.returncode == 1 and missing.stdout.startswith("HTTP 404\n")
