@@ -19,6 +19,7 @@ from api.routers import (
     events,
     health,
     merchants,
+    metrics,
     payment_intents,
     refunds,
     transactions,
@@ -147,7 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = DurapayApi(title="Durapay", version="0.1.0",
                        description=DESCRIPTION + limits_section(settings), lifespan=lifespan)
     install_error_handlers(app, refusal_of_unparsed=refusal_of_unparsed_request)
-    for router in (health.router, merchants.router, payment_intents.router,
+    for router in (health.router, metrics.router, merchants.router, payment_intents.router,
                    transactions.router, refunds.router, events.router, webhook_endpoints.router):
         app.include_router(router)
     app.add_middleware(NoStoreMiddleware)

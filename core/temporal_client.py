@@ -9,6 +9,7 @@ key for mTLS (`DURAPAY_TEMPORAL_TLS_CERT`, `DURAPAY_TEMPORAL_TLS_KEY`), or an AP
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from temporalio.client import Client
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
+    PrometheusConfig,
     Runtime,
     TelemetryConfig,
     TelemetryFilter,
@@ -70,6 +72,17 @@ def temporal_runtime() -> Runtime:
     global _runtime
     if _runtime is None:
         _runtime = Runtime(telemetry=CORE_TELEMETRY)
+    return _runtime
+
+
+def start_runtime_with_metrics(metrics: PrometheusConfig) -> Runtime:
+    """Workers only: create this process's runtime exporting the SDK's metrics (workers/
+    health_server.py serves them with ours). Before any connection, since a runtime's
+    telemetry is fixed when it is created; ValueError if the address cannot be bound."""
+    global _runtime
+    if _runtime is not None:
+        raise RuntimeError("the Temporal runtime exists already: start its metrics first")
+    _runtime = Runtime(telemetry=dataclasses.replace(CORE_TELEMETRY, metrics=metrics))
     return _runtime
 
 

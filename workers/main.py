@@ -25,6 +25,7 @@ from core.keyring import Purpose
 from core.logs import configure_logging
 from core.settings import get_settings
 from core.temporal_client import connect_temporal
+from workers.health_server import HealthServer, postgres_check, start_sdk_metrics, temporal_check
 from workers.schedules import ensure_reconciliation_schedule
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.reconciliation import ReconciliationSweepWorkflow
@@ -37,6 +38,7 @@ async def run_worker() -> None:
     settings = get_settings()
     engine = create_engine(settings.effective_database_url)
     sessions = session_factory(engine)
+    sdk_metrics_url = start_sdk_metrics()  # creates the runtime: before any connection
     client = await connect_temporal(settings)
     keys = settings.resolved_key_ring()  # the same ring as the client's codec
     async with httpx.AsyncClient() as http, new_http_client() as webhook_http:
@@ -82,12 +84,19 @@ async def run_worker() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        health = await HealthServer.start(
+            settings.worker_metrics_host, settings.worker_metrics_port + settings.worker_index,
+            checks={"postgres": postgres_check(sessions), "temporal": temporal_check(client)},
+            sessions=sessions, sdk_metrics_url=sdk_metrics_url)
+        log.info("worker metrics, livez and readyz on %s port %d",
+                 settings.worker_metrics_host, health.port)
         await ensure_reconciliation_schedule(client, settings)
         log.info("worker polling task queue %s", settings.task_queue)
         async with worker:
             if settings.worker_ready_file:  # tells a supervisor this worker is polling
                 settings.worker_ready_file.write_text(str(os.getpid()))
             await stop.wait()
+        await health.close()
     await engine.dispose()
 
 
