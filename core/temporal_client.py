@@ -27,6 +27,7 @@ from temporalio.service import TLSConfig
 
 from core.codec import data_converter
 from core.settings import Settings
+from core.telemetry import temporal_interceptors
 
 _PEM_START = b"-----BEGIN"
 
@@ -91,7 +92,9 @@ async def connect_temporal(settings: Settings) -> Client:
     # retired since, and this client (a worker replaying it, the API) must still read them.
     return await Client.connect(**temporal_connect_options(settings),
                                 data_converter=data_converter(settings.resolved_key_ring()),
-                                runtime=temporal_runtime())
+                                runtime=temporal_runtime(),
+                                # Tracing's, when on; a Worker takes its client's interceptors.
+                                interceptors=temporal_interceptors())
 
 
 def _pem(value: str | None, variable: str) -> bytes | None:

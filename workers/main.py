@@ -24,6 +24,7 @@ from core.db.session import create_engine, session_factory
 from core.keyring import Purpose
 from core.logs import configure_logging
 from core.settings import get_settings
+from core.telemetry import instrument_httpx, setup_tracing
 from core.temporal_client import connect_temporal
 from workers.health_server import HealthServer, postgres_check, start_sdk_metrics, temporal_check
 from workers.schedules import ensure_reconciliation_schedule
@@ -42,6 +43,9 @@ async def run_worker() -> None:
     client = await connect_temporal(settings)
     keys = settings.resolved_key_ring()  # the same ring as the client's codec
     async with httpx.AsyncClient() as http, new_http_client() as webhook_http:
+        # The card network's calls carry the trace to the simulator; webhooks to merchants
+        # get no traceparent (their receivers are outside our traces).
+        instrument_httpx(http)
         records = PaymentRecordActivities(sessions)
         network = CardNetworkActivities(
             http=http, sessions=sessions, vault=Cipher(keys, Purpose.VAULT),
@@ -102,6 +106,8 @@ async def run_worker() -> None:
 
 def main() -> None:
     configure_logging("worker")
+    # Before connecting: the client's (and so the Worker's) interceptors depend on it.
+    setup_tracing("durapay-worker")
     asyncio.run(run_worker())
 
 
