@@ -374,7 +374,7 @@ class DevStack:
                  f"  Temporal gRPC   {s.effective_temporal_address}",
                  f"  Card network    {s.effective_cardnet_url}",
                  f"  API metrics     {self.api_url}/metrics  (with the admin token)",
-                 *(f"  {name + ' metrics':<15} {url}  (and /livez, /readyz)"
+                 *(f"  {name:<15} {url}  (and /livez, /readyz)"
                    for name, url in self.worker_metrics_urls().items()),
                  f"  State dir       {self.home}"]
         if not self.production:  # a production token is the operator's, never printed
