@@ -23,6 +23,7 @@ from core.db.tables import CardToken, PaymentIntent, Transaction
 from core.domain import NetworkOutcome, TransactionType
 from core.errors import ErrorType
 from core.keyring import Purpose
+from core.metrics import STATUS_QUERIES
 
 
 @dataclass
@@ -101,6 +102,16 @@ class CardNetworkActivities:
     async def query_charge_status(self, network_reference: str) -> NetworkAnswer:
         """Ask the network what it decided for a reference; `pending`, `not_found` and anything
         unrecognised read as unknown (the workflow decides when `not_found` can be trusted)."""
+        try:
+            answer = await self._query_status(network_reference)
+        except ApplicationError:
+            STATUS_QUERIES.labels(answer="unavailable").inc()
+            raise
+        STATUS_QUERIES.labels(answer="not_found" if answer.not_found
+                              else answer.outcome.value).inc()
+        return answer
+
+    async def _query_status(self, network_reference: str) -> NetworkAnswer:
         try:
             response = await self._http.get(
                 f"{self._base_url}/v1/operations/{network_reference}", timeout=self._timeout)

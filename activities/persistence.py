@@ -44,6 +44,7 @@ from core.domain import (
     TransactionType,
 )
 from core.errors import ErrorType, IllegalTransition
+from core.metrics import DISCREPANCIES_OPENED, MANUAL_REVIEWS_OPENED, count_recorded_outcome
 from core.reconciliation import DiscrepancyKind
 from core.state_machine import (
     IntentAction,
@@ -53,6 +54,8 @@ from core.state_machine import (
 )
 
 log = logging.getLogger("durapay.payments")
+# The failure code of an outcome an operator recorded (`durapay review resolve`).
+OPERATOR_VERDICT = "manual_review"
 RecordMethod = TypeVar("RecordMethod", bound=Callable[..., Awaitable[Any]])
 
 
@@ -278,11 +281,18 @@ class PaymentRecordActivities:
             if txn is None:
                 raise LookupError(f"transaction {result.transaction_id} was never recorded")
             cause = f"{txn.id}:{result.outcome.value}"
-            if not _already_applied(txn, result):  # else a retry after the commit
+            status_before = txn.status
+            applied = not _already_applied(txn, result)  # else a retry after the commit
+            if applied:
                 await _apply_outcome(session, intent, txn, result, cause=cause)
             # The event of this outcome, if it appended one (a retry finds it the same way).
-            return Recorded(intent.status, _view(txn), await plan_deliveries(
+            recorded = Recorded(intent.status, _view(txn), await plan_deliveries(
                 session, intent.merchant_id, [event_id_for(cause)]))
+        if applied:  # committed now, by this attempt: counted once
+            count_recorded_outcome(transaction_type=txn.type, status_before=status_before,
+                                   outcome=result.outcome, intent_status=recorded.status,
+                                   operator_verdict=result.failure_code == OPERATOR_VERDICT)
+        return recorded
 
     @activity.defn
     @refusals_are_final
@@ -319,6 +329,8 @@ class PaymentRecordActivities:
         """
         async with self._sessions() as session, session.begin():
             opened = await open_manual_review(session, flag.payment_intent_id)
+        if opened:
+            MANUAL_REVIEWS_OPENED.inc()
         if opened and flag.reason:
             log.error("payment %s needs manual review: %s (%s)", flag.payment_intent_id,
                       flag.reason, flag.transaction_id)
@@ -336,12 +348,15 @@ class PaymentRecordActivities:
             txn = await lock_transaction(session, found.transaction_id)
             if txn is None:
                 raise LookupError(f"transaction {found.transaction_id} was never recorded")
-            await open_discrepancy(
+            opened = await open_discrepancy(
                 session, kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME,
                 network_reference=txn.network_reference, merchant_id=txn.merchant_id,
                 payment_intent_id=txn.payment_intent_id, transaction_id=txn.id,
                 detail={"recorded": found.recorded.value, "network": found.network.value,
                         "transactionStatus": txn.status})
+        if opened:
+            DISCREPANCIES_OPENED.labels(
+                kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME.value).inc()
 
 
 async def _apply_outcome(session: AsyncSession, intent: PaymentIntent, txn: Transaction,

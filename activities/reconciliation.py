@@ -38,6 +38,7 @@ from core.db.tables import (
     ReconciliationRun,
     Transaction,
 )
+from core.metrics import DISCREPANCIES_OPENED, SWEEPS
 from core.reconciliation import (
     DEFAULT_STUCK_AFTER_SECONDS,
     UNKNOWN_STATUSES,
@@ -193,6 +194,10 @@ class ReconciliationActivities:
             await mark_seen(session, [item_id for _, item_id in plan.still_open],
                             request.run_id)
             await clear_by_sweep(session, plan.to_clear, request.run_id)
+        # Committed now, once per run (a retry finds the run row above and returns False).
+        SWEEPS.labels(trigger=request.trigger).inc()
+        for found in plan.to_open:
+            DISCREPANCIES_OPENED.labels(kind=str(found.kind)).inc()
         return True
 
     # ---- helpers ---------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from core.db.queries import event_id_for
 from core.db.tables import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from core.domain import utcnow
 from core.keyring import Purpose
+from core.metrics import WEBHOOK_ATTEMPTS
 from core.settings import Settings
 from core.webhooks import (
     ENDPOINT_DISABLED_EVENT,
@@ -178,22 +179,11 @@ class WebhookActivities:
         write is conditional."""
         assert sent.endpoint_id is not None and sent.attempted_at is not None, "not sent"
         async with self._sessions() as session, session.begin():
-            await _record_attempt(session, sent)
-            if sent.ok:
-                await _close_delivery(session, sent.delivery_id, "succeeded")
-                await session.exec(update(WebhookEndpoint).where(
-                    WebhookEndpoint.id == sent.endpoint_id).values(failing_since=None))
-                return AttemptOutcome(AttemptResult.DELIVERED)
-            await session.exec(update(WebhookEndpoint).where(
-                WebhookEndpoint.id == sent.endpoint_id).values(failing_since=func.coalesce(
-                    WebhookEndpoint.failing_since, sent.attempted_at)))
-            if sent.status_code == 410:
-                # The merchant told us the URL is gone for good: stop sending there at once.
-                await _close_delivery(session, sent.delivery_id, "failed")
-                await disable_endpoint(session, sent.endpoint_id, reason="gone",
-                                       cause=sent.delivery_id)
-                return AttemptOutcome(AttemptResult.STOP)
-        return AttemptOutcome(AttemptResult.RETRY, sent.retry_after_seconds)
+            first_record = await _record_attempt(session, sent)
+            outcome = await _settle_delivery(session, sent)
+        if first_record:  # committed now; a retry after the commit counts nothing
+            WEBHOOK_ATTEMPTS.labels(result=attempt_result(sent)).inc()
+        return outcome
 
     @activity.defn
     async def deliver_webhook(self, attempt: AttemptInput) -> AttemptOutcome:
@@ -310,7 +300,48 @@ async def _load(session: AsyncSession, delivery_id: str) -> tuple[
     return None if row is None else (row[0], row[1], row[2])
 
 
-async def _record_attempt(session: AsyncSession, sent: SentAttempt) -> None:
+def attempt_result(sent: SentAttempt) -> str:
+    """The result label of a sent attempt (core/metrics.py WEBHOOK_RESULTS), from the answer
+    and the error texts `_send` writes."""
+    if sent.ok:
+        return "delivered"
+    if sent.status_code == 410:
+        return "gone"
+    if sent.status_code is not None:
+        return "http_error"
+    error = sent.error or ""
+    if error.startswith("timeout:"):
+        return "timeout"
+    if error.startswith("connection_error:"):
+        return "network_error"
+    return "url_refused"  # the URL failed its check at this attempt: nothing was sent
+
+
+async def _settle_delivery(session: AsyncSession, sent: SentAttempt) -> AttemptOutcome:
+    """What a recorded attempt means for its delivery and endpoint."""
+    assert sent.endpoint_id is not None
+    if sent.ok:
+        await _close_delivery(session, sent.delivery_id, "succeeded")
+        await session.exec(update(WebhookEndpoint).where(
+            WebhookEndpoint.id == sent.endpoint_id).values(failing_since=None))
+        return AttemptOutcome(AttemptResult.DELIVERED)
+    await session.exec(update(WebhookEndpoint).where(
+        WebhookEndpoint.id == sent.endpoint_id).values(failing_since=func.coalesce(
+            WebhookEndpoint.failing_since, sent.attempted_at)))
+    if sent.status_code == 410:
+        # The merchant told us the URL is gone for good: stop sending there at once.
+        await _close_delivery(session, sent.delivery_id, "failed")
+        await disable_endpoint(session, sent.endpoint_id, reason="gone",
+                               cause=sent.delivery_id)
+        return AttemptOutcome(AttemptResult.STOP)
+    return AttemptOutcome(AttemptResult.RETRY, sent.retry_after_seconds)
+
+
+async def _record_attempt(session: AsyncSession, sent: SentAttempt) -> bool:
+    """Upsert the attempt; True if it was not recorded before (not a retry of this record)."""
+    recorded_before = (await session.exec(select(WebhookDeliveryAttempt.attempt_number).where(
+        WebhookDeliveryAttempt.delivery_id == sent.delivery_id,
+        WebhookDeliveryAttempt.attempt_number == sent.attempt_number))).first() is not None
     # Cleaned again here, where it is stored: whatever built `sent`, Postgres takes it.
     values = {"attempted_at": sent.attempted_at, "status_code": sent.status_code,
               "error": clean_text(sent.error, limit=ERROR_KEEP_CHARS),
@@ -323,6 +354,7 @@ async def _record_attempt(session: AsyncSession, sent: SentAttempt) -> None:
                        .values(attempt_count=func.greatest(WebhookDelivery.attempt_count,
                                                            sent.attempt_number),
                                updated_at=func.now()))
+    return not recorded_before
 
 
 async def _close_delivery(session: AsyncSession, delivery_id: str, status: str) -> None:

@@ -13,12 +13,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState, TemporalConnection, refusal_of_unparsed_request
 from api.errors import install_error_handlers
+from api.openapi import install_openapi
 from api.rate_limit import burst_of
 from api.request_log import RequestLogMiddleware
 from api.routers import (
     events,
     health,
     merchants,
+    metrics,
     payment_intents,
     refunds,
     transactions,
@@ -27,6 +29,7 @@ from api.routers import (
 from core.db.session import create_engine, session_factory
 from core.logs import configure_logging
 from core.settings import Settings, get_settings
+from core.telemetry import instrument_fastapi, setup_tracing
 from core.webhooks import UrlPolicy
 
 DESCRIPTION = """
@@ -132,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Here, not in a uvicorn log config: uvicorn (`--factory`) calls this after setting up its
     # own loggers, which this turns into JSON lines through the root handler.
     configure_logging("api")
+    setup_tracing("durapay-api")  # nothing unless OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set
     # A malformed DURAPAY_WEBHOOK_ALLOWED_PORTS stops the API here, as it stops the workers,
     # instead of failing every webhook endpoint request with a 500.
     UrlPolicy.from_settings(settings)
@@ -147,10 +151,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = DurapayApi(title="Durapay", version="0.1.0",
                        description=DESCRIPTION + limits_section(settings), lifespan=lifespan)
     install_error_handlers(app, refusal_of_unparsed=refusal_of_unparsed_request)
-    for router in (health.router, merchants.router, payment_intents.router,
+    install_openapi(app)
+    for router in (health.router, metrics.router, merchants.router, payment_intents.router,
                    transactions.router, refunds.router, events.router, webhook_endpoints.router):
         app.include_router(router)
     app.add_middleware(NoStoreMiddleware)
     # Added last, so the outermost layer: nothing reads a body before its size is checked.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    instrument_fastapi(app)  # a no-op when tracing is off
     return app

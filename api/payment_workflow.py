@@ -47,6 +47,7 @@ from core.domain import (
 from core.errors import ErrorType
 from core.settings import Settings
 from core.state_machine import is_final
+from core.telemetry import annotate_current_span
 from core.webhooks import schedule_from
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import LifecyclePolicy, PaymentIntentInput, ReconcilePolicy
@@ -119,6 +120,8 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
         raise unexpected_state(verb, intent.status)
     update_id = update_id_for(verb, idempotency_key)
     sent = SentUpdate(transaction_id_for(intent.id, update_id), None)
+    annotate_current_span(merchant_id=intent.merchant_id, payment_intent_id=intent.id,
+                          transaction_id=sent.transaction_id)  # the request's server span
     accepted = False
     start = WithStartWorkflowOperation(
         PaymentIntentWorkflow.run, payment_workflow_input(intent, settings),

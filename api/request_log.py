@@ -25,6 +25,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.logs import RequestContext, request_context
+from core.metrics import observe_request
 
 REQUEST_ID_PATTERN = re.compile(r"req_[A-Za-z0-9_-]{1,64}")
 # W3C trace context: version-traceid-parentid-flags; an all-zero trace id is invalid.
@@ -69,7 +70,10 @@ class RequestLogMiddleware:
             intent_id = (scope.get("path_params") or {}).get("id")
             if isinstance(intent_id, str) and intent_id.startswith("pi_"):
                 context.payment_intent_id = intent_id
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            seconds = time.perf_counter() - started
+            observe_request(route=template, method=scope["method"], status=status,
+                            seconds=seconds)
+            duration_ms = round(seconds * 1000, 1)
             log.info("%s %s %d %.1f ms", scope["method"], template, status, duration_ms,
                      extra={"fields": {"method": scope["method"], "route": template,
                                        "status": status, "durationMs": duration_ms}})

@@ -12,6 +12,7 @@ import uvicorn
 from cardnet.app import create_app
 from cardnet.settings import Settings, default_data_dir, default_port, parse_seconds
 from core.logs import configure_logging
+from core.telemetry import instrument_fastapi, setup_tracing
 
 # Held requests would otherwise keep a Ctrl-C waiting for a whole hold; they are persisted
 # and finish on the next start, so a short graceful period loses nothing.
@@ -72,10 +73,12 @@ def settings_from_args(
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse_args(argv)
     configure_logging("cardnet", args.log_level.upper())
+    setup_tracing("durapay-cardnet")  # nothing unless an OTLP endpoint is set
     settings = settings_from_args(args)
     data_dir = args.data_dir or default_data_dir()
     port = args.port if args.port is not None else default_port()
     app = create_app(data_dir, settings)
+    instrument_fastapi(app)
     uvicorn.run(
         app,
         host=args.host,

@@ -119,7 +119,7 @@ class DevStack:
                       self._cardnet_ready)
             )
         for index in range(s.workers):
-            children.append(self._worker(f"worker-{index + 1}"))
+            children.append(self._worker(index))
         if not self.production:  # it decrypts payloads: never part of a production stack
             children.append(Child("codec", [python, "-m", "api.codec_app"], self._codec_ready))
         children.append(
@@ -306,15 +306,26 @@ class DevStack:
     async def _cardnet_ready(self) -> bool:
         return await self._get_ok(f"{self.settings.effective_cardnet_url}/healthz")
 
-    def _worker(self, name: str) -> Child:
-        """A worker has no port to probe: once it polls its task queue it writes its pid to a
-        file, and that is its health check."""
+    def _worker(self, index: int) -> Child:
+        """Once a worker polls its task queue it writes its pid to a file, and that is its
+        health check. Its index puts its metrics on DURAPAY_WORKER_METRICS_PORT + index."""
+        name = f"worker-{index + 1}"
         ready_file = self.home / "run" / f"{name}.ready"
         ready_file.parent.mkdir(parents=True, exist_ok=True)
         child = Child(name, [sys.executable, "-m", "workers.main"],
                       lambda: _wrote_pid(ready_file, child), True,
-                      env={"DURAPAY_WORKER_READY_FILE": str(ready_file)})
+                      env={"DURAPAY_WORKER_READY_FILE": str(ready_file),
+                           "DURAPAY_WORKER_INDEX": str(index)})
         return child
+
+    def worker_metrics_urls(self) -> dict[str, str]:
+        """Each worker's /metrics (its /livez and /readyz are beside it)."""
+        s = self.settings
+        host = s.worker_metrics_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # any address: loopback
+        host = f"[{host}]" if ":" in host else host
+        return {f"worker-{index + 1}": f"http://{host}:{s.worker_metrics_port + index}/metrics"
+                for index in range(s.workers)}
 
     async def _api_ready(self) -> bool:
         return await self._get_ok(f"{self.api_url}/healthz")
@@ -345,6 +356,7 @@ class DevStack:
             "cardnetUrl": self.settings.effective_cardnet_url,
             "temporalAddress": self.settings.effective_temporal_address,
             "children": {c.name: c.process.pid for c in self.children if c.process},
+            "workerMetricsUrls": self.worker_metrics_urls(),
         }
         # Readers (tests killing children) must never see a half-written file.
         partial = self.home / "stack.json.tmp"
@@ -361,6 +373,9 @@ class DevStack:
                  f"  Temporal Web UI {ui}",
                  f"  Temporal gRPC   {s.effective_temporal_address}",
                  f"  Card network    {s.effective_cardnet_url}",
+                 f"  API metrics     {self.api_url}/metrics  (with the admin token)",
+                 *(f"  {name:<15} {url}  (and /livez, /readyz)"
+                   for name, url in self.worker_metrics_urls().items()),
                  f"  State dir       {self.home}"]
         if not self.production:  # a production token is the operator's, never printed
             lines += [f"  Codec (Web UI)  {codec_url(s)}",

@@ -32,7 +32,7 @@ from cli import audit, events, keys, reconcile, review
 from cli.demo_merchant import NoDemoMerchant, api_url, create_merchant, demo_merchant
 from cli.devstack import DevStack
 from cli.shutdown import exit_without_finalizing
-from client import DurapayClient
+from client import APIConnectionError, CardError, Durapay, DurapayError
 from core.logs import configure_logging
 from core.secret_files import InsecurePermissionsError
 from core.settings import LocalPostgresPasswordMissing, Settings, get_settings
@@ -88,9 +88,12 @@ def _run_command(args: argparse.Namespace, settings: Settings) -> int:
         return events.run(settings, args)
     try:
         return _run_client_command(args, settings)
-    except httpx.ConnectError:
+    except (httpx.ConnectError, APIConnectionError):
         print(f"durapay: no API at {api_url(settings)}; is `durapay dev` running "
               "(same DURAPAY_HOME and DURAPAY_API_PORT)?", file=sys.stderr)
+        return 1
+    except DurapayError as error:  # the API's error object, said in one line
+        print(f"durapay: {error}", file=sys.stderr)
         return 1
 
 
@@ -116,38 +119,43 @@ def _run_client_command(args: argparse.Namespace, settings: Settings) -> int:
 async def _request(settings: Settings, method: str, path: str, body: Any,
                    idempotency_key: str | None) -> int:
     merchant = await demo_merchant(settings)
-    async with DurapayClient(api_url(settings), merchant["publicKey"],
-                             merchant["secretKey"]) as durapay:
+    async with _sdk(settings, merchant) as durapay:
+        # Signed and retried by the SDK (a POST keeps one Idempotency-Key across its retries),
+        # but answered as it came: this command shows any status and body.
         response = await durapay.request(method, path, body, idempotency_key=idempotency_key)
     print(f"HTTP {response.status_code}")
     print(json.dumps(response.json(), indent=2))
     return 0 if response.status_code < 400 else 1
 
 
+def _sdk(settings: Settings, merchant: dict[str, Any]) -> Durapay:
+    return Durapay(api_url(settings), merchant["publicKey"], merchant["secretKey"])
+
+
 async def _tour(settings: Settings) -> int:
     merchant = await demo_merchant(settings)
-    async with DurapayClient(api_url(settings), merchant["publicKey"],
-                             merchant["secretKey"]) as durapay:
-        created = await durapay.post("/payment-intents", {
-            "amountInCents": 2499, "currency": "usd", "description": "Order#1234",
-            "metadata": {"orderId": "1234"}})
-        intent = created.json()
-        print(f"POST /payment-intents -> {created.status_code} {intent['id']} "
-              f"status={intent['status']}")
-        charged = await durapay.post(f"/payment-intents/{intent['id']}/transactions", {
-            "type": "charge",
-            "card": {"number": "4242424242424242", "expMonth": 12, "expYear": 2030,
-                     "cvc": "123"}})
-        txn = charged.json()
-        last4 = (txn.get("card") or {}).get("last4")
-        print(f"POST /payment-intents/{intent['id']}/transactions -> {charged.status_code} "
-              f"{txn.get('id')} status={txn.get('status')} card=…{last4}")
-        final = (await durapay.get(f"/payment-intents/{intent['id']}")).json()
-        print(f"GET /payment-intents/{intent['id']} -> status={final['status']} "
-              f"amountReceived={final['amountReceived']}")
-        events = (await durapay.get(f"/payment-intents/{intent['id']}/events")).json()
-        print("events: " + " -> ".join(e["type"] for e in events["data"]))
-    return 0 if final["status"] == "succeeded" else 1
+    async with _sdk(settings, merchant) as durapay:
+        intent = await durapay.payment_intents.create(
+            amount_in_cents=2499, currency="usd", description="Order#1234",
+            metadata={"orderId": "1234"})
+        print(f"POST /payment-intents -> {intent.id} status={intent.status}")
+        charge = f"POST /payment-intents/{intent.id}/transactions"
+        try:
+            txn = await durapay.payment_intents.charge(intent.id, card={
+                "number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"})
+        except CardError as declined:
+            print(f"{charge} -> declined ({declined.decline_code})")
+        except DurapayError as error:
+            print(f"{charge} -> {error}")
+        else:
+            last4 = txn.card.last4 if txn.card else None
+            print(f"{charge} -> {txn.id} status={txn.status} card=…{last4}")
+        final = await durapay.payment_intents.retrieve(intent.id)
+        print(f"GET /payment-intents/{intent.id} -> status={final.status} "
+              f"amountReceived={final.amount_received}")
+        events = await durapay.payment_intents.list_events(intent.id)
+        print("events: " + " -> ".join(e.type for e in events))
+    return 0 if final.status == "succeeded" else 1
 
 
 if __name__ == "__main__":

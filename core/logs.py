@@ -1,7 +1,9 @@
 """Logging for every Durapay process: one JSON object per line, on stderr.
 
 Each line has `time` (RFC 3339, UTC), `level`, `logger`, `message` and `service`, and, where
-known, `requestId`, `merchantId`, `paymentIntentId`, `workflowId`, `activity` and `traceId`.
+known, `requestId`, `merchantId`, `paymentIntentId`, `workflowId`, `activity`, `traceId` and
+`spanId` (the current OpenTelemetry span's, when tracing is on; else `traceId` of the request's
+W3C `traceparent`).
 The API's middleware puts the request's ids in a contextvar (`request_context`); inside a
 Temporal activity the ids come from `activity.info()`, and `workflow.logger` lines carry the
 SDK's own `temporal_workflow` details. Messages are kept as the code wrote them (searches over
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import trace
 from temporalio import activity
 
 # The loggers uvicorn configures for itself (their own handlers, propagate=False): we send
@@ -80,6 +83,12 @@ def _known_ids(record: logging.LogRecord) -> dict[str, str]:
             ids["paymentIntentId"] = context.payment_intent_id
         if context.trace_id:
             ids["traceId"] = context.trace_id
+    # The current span's ids, when tracing is on (core/telemetry.py): the trace this line
+    # belongs to, even where no request is (a workflow, an activity, the simulator).
+    span = trace.get_current_span().get_span_context()
+    if span.is_valid:
+        ids["traceId"] = trace.format_trace_id(span.trace_id)
+        ids["spanId"] = trace.format_span_id(span.span_id)
     # workflow.logger's lines carry the SDK's details as `temporal_workflow` (a dict).
     details = getattr(record, "temporal_workflow", None)
     if isinstance(details, dict) and details.get("workflow_id"):

@@ -145,6 +145,12 @@ class Settings(BaseSettings):
 
     # Where a worker writes its pid once it polls its task queue (set by `durapay dev`).
     worker_ready_file: Path | None = None
+    # Each worker serves /metrics, /livez and /readyz on host:port + its index (0 for the
+    # first; `durapay dev` numbers its workers). Loopback by default: the metrics say how much
+    # business flows; a container sets 0.0.0.0 and its network decides who scrapes.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9464, ge=1, le=65535)
+    worker_index: int = Field(default=0, ge=0)
     # Web UI origins, besides the local UI's, that may call the codec listener (api/codec_app.py)
     codec_ui_origins: str = ""  # comma-separated, e.g. https://temporal-ui.internal
 

@@ -9,6 +9,7 @@ key for mTLS (`DURAPAY_TEMPORAL_TLS_CERT`, `DURAPAY_TEMPORAL_TLS_KEY`), or an AP
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from temporalio.client import Client
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
+    PrometheusConfig,
     Runtime,
     TelemetryConfig,
     TelemetryFilter,
@@ -25,6 +27,7 @@ from temporalio.service import TLSConfig
 
 from core.codec import data_converter
 from core.settings import Settings
+from core.telemetry import temporal_interceptors
 
 _PEM_START = b"-----BEGIN"
 
@@ -73,12 +76,25 @@ def temporal_runtime() -> Runtime:
     return _runtime
 
 
+def start_runtime_with_metrics(metrics: PrometheusConfig) -> Runtime:
+    """Workers only: create this process's runtime exporting the SDK's metrics (workers/
+    health_server.py serves them with ours). Before any connection, since a runtime's
+    telemetry is fixed when it is created; ValueError if the address cannot be bound."""
+    global _runtime
+    if _runtime is not None:
+        raise RuntimeError("the Temporal runtime exists already: start its metrics first")
+    _runtime = Runtime(telemetry=dataclasses.replace(CORE_TELEMETRY, metrics=metrics))
+    return _runtime
+
+
 async def connect_temporal(settings: Settings) -> Client:
     # The whole key ring: a run opened before a key rotation carries payloads under the key
     # retired since, and this client (a worker replaying it, the API) must still read them.
     return await Client.connect(**temporal_connect_options(settings),
                                 data_converter=data_converter(settings.resolved_key_ring()),
-                                runtime=temporal_runtime())
+                                runtime=temporal_runtime(),
+                                # Tracing's, when on; a Worker takes its client's interceptors.
+                                interceptors=temporal_interceptors())
 
 
 def _pem(value: str | None, variable: str) -> bytes | None:

@@ -35,6 +35,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive free ports (the workers' metrics: base + index)."""
+    for _ in range(50):
+        first = free_port()
+        if first + count <= 65536 and all(_port_is_free(first + i) for i in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class RunningStack:
     home: Path
@@ -172,6 +190,8 @@ def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
         "DURAPAY_POSTGRES_PORT": str(ports["postgres"]),
         "DURAPAY_CODEC_PORT": str(ports["codec"]),
         "DURAPAY_WORKERS": str(workers),
+        # Worker i serves its metrics on this + i: two test runs never share one.
+        "DURAPAY_WORKER_METRICS_PORT": str(free_ports_in_a_row(workers)),
         "DURAPAY_ADMIN_TOKEN": "test-admin-token-" + os.urandom(8).hex(),
         # Tests and `make bench` send many requests a second with one key: the limiter still
         # runs (and costs what it costs) but never refuses; rate-limit tests set their own.

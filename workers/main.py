@@ -25,7 +25,9 @@ from core.db.session import create_engine, session_factory
 from core.keyring import Purpose
 from core.logs import configure_logging
 from core.settings import get_settings
+from core.telemetry import instrument_httpx, setup_tracing
 from core.temporal_client import connect_temporal
+from workers.health_server import HealthServer, postgres_check, start_sdk_metrics, temporal_check
 from workers.schedules import ensure_schedules
 from workflows.audit_checkpoint import AuditCheckpointWorkflow
 from workflows.payment_intent import PaymentIntentWorkflow
@@ -39,9 +41,13 @@ async def run_worker() -> None:
     settings = get_settings()
     engine = create_engine(settings.effective_database_url)
     sessions = session_factory(engine)
+    sdk_metrics_url = start_sdk_metrics()  # creates the runtime: before any connection
     client = await connect_temporal(settings)
     keys = settings.resolved_key_ring()  # the same ring as the client's codec
     async with httpx.AsyncClient() as http, new_http_client() as webhook_http:
+        # The card network's calls carry the trace to the simulator; webhooks to merchants
+        # get no traceparent (their receivers are outside our traces).
+        instrument_httpx(http)
         records = PaymentRecordActivities(sessions)
         network = CardNetworkActivities(
             http=http, sessions=sessions, vault=Cipher(keys, Purpose.VAULT),
@@ -86,17 +92,26 @@ async def run_worker() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        health = await HealthServer.start(
+            settings.worker_metrics_host, settings.worker_metrics_port + settings.worker_index,
+            checks={"postgres": postgres_check(sessions), "temporal": temporal_check(client)},
+            sessions=sessions, sdk_metrics_url=sdk_metrics_url)
+        log.info("worker metrics, livez and readyz on %s port %d",
+                 settings.worker_metrics_host, health.port)
         await ensure_schedules(client, settings)
         log.info("worker polling task queue %s", settings.task_queue)
         async with worker:
             if settings.worker_ready_file:  # tells a supervisor this worker is polling
                 settings.worker_ready_file.write_text(str(os.getpid()))
             await stop.wait()
+        await health.close()
     await engine.dispose()
 
 
 def main() -> None:
     configure_logging("worker")
+    # Before connecting: the client's (and so the Worker's) interceptors depend on it.
+    setup_tracing("durapay-worker")
     asyncio.run(run_worker())
 
 

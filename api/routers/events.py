@@ -8,6 +8,7 @@ from sqlmodel import select
 
 from api.deps import IdempotencyKeyDep, MerchantDep, SessionDep, StateDep, TemporalDep
 from api.errors import ConflictError, InvalidRequestError, NotFoundError
+from api.openapi import errors
 from api.schemas.base import ListOf
 from api.schemas.events import EventOut
 from api.schemas.webhook_endpoints import RedeliverRequest, WebhookDeliveryOut
@@ -20,7 +21,8 @@ from core.webhooks import is_subscribed
 router = APIRouter(prefix="/events", tags=["events"])
 
 
-@router.get("", response_model=ListOf[EventOut], summary="List your events, newest first")
+@router.get("", response_model=ListOf[EventOut], operation_id="events-list",
+            responses=errors(400, 401, 429, 503), summary="List your events, newest first")
 async def list_events(
     merchant: MerchantDep, session: SessionDep,
     type: Annotated[str | None, Query()] = None,
@@ -44,7 +46,10 @@ async def list_events(
 
 
 @router.post("/{id}/redeliver", response_model=ListOf[WebhookDeliveryOut],
-             status_code=status.HTTP_202_ACCEPTED,
+             status_code=status.HTTP_202_ACCEPTED, operation_id="events-redeliver",
+             responses=errors(400, 401, 404, 409, 429, 503, described={
+                 404: "No such event, or no such webhook endpoint (`endpointId`).",
+                 409: "The endpoint named by `endpointId` is disabled."}),
              summary="Send an event again, to every subscribed endpoint or to `endpointId`",
              description="Starts one new delivery per endpoint (answer 202 with them, status "
                          "`pending`); each is retried like the first. The `webhook-id` header is "

@@ -13,6 +13,8 @@ from sqlalchemy import text
 
 from api.deps import StateDep
 from api.errors import RETRY_AFTER_SECONDS
+from api.openapi import RETRY_AFTER
+from api.schemas.health import Liveness, NotReady, Readiness
 
 router = APIRouter(tags=["health"])
 
@@ -21,15 +23,25 @@ router = APIRouter(tags=["health"])
 CHECK_SECONDS = 2
 
 
-@router.get("/livez", summary="The API process is up and serving (no auth)")
+READINESS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "Postgres and Temporal both answer."},
+    503: {"model": NotReady, "headers": RETRY_AFTER,
+          "description": "Not ready: `down` names what cannot be reached."},
+}
+
+
+@router.get("/livez", response_model=Liveness, operation_id="health-livez",
+            summary="The API process is up and serving (no auth)")
 async def check_live() -> dict[str, str]:
     """200 while the process serves requests; checks nothing else, so a liveness probe does not
     restart the API for an outage of Postgres or Temporal, which a restart cannot fix."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The API can reach Postgres and Temporal (no auth)")
-@router.get("/healthz", summary="Alias of /readyz (no auth)")
+@router.get("/readyz", operation_id="health-readyz", responses=READINESS_RESPONSES,
+            summary="The API can reach Postgres and Temporal (no auth)")
+@router.get("/healthz", operation_id="health-healthz", responses=READINESS_RESPONSES,
+            summary="Alias of /readyz (no auth)")
 async def check_ready(state: StateDep) -> JSONResponse:
     """200 only when Postgres and Temporal both answer; otherwise 503 with the error object,
     naming what is down (and, as before, `status`, `checks` and `down`)."""

@@ -9,6 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import MerchantDep, OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
 from api.idempotency import IdempotentRoute, idempotent
+from api.openapi import errors
 from api.pagination import newest_first_page
 from api.payment_workflow import SentUpdate, operation_answer, send_operation
 from api.schemas.base import ListOf
@@ -34,6 +35,9 @@ router = APIRouter(prefix="/payment-intents", tags=["payment-intents"],
 
 
 @router.post("", response_model=PaymentIntentOut, status_code=status.HTTP_201_CREATED,
+             operation_id="payment-intents-create",
+             responses=errors(400, 401, 409, 429, 503, described={
+                 409: "A request with this Idempotency-Key is still running."}),
              summary="Create a PaymentIntent")
 async def create_payment_intent(
     body: PaymentIntentCreate, merchant: MerchantDep, session: SessionDep, state: StateDep,
@@ -64,7 +68,8 @@ async def create_payment_intent(
     return payment_intent_out(intent, [])
 
 
-@router.get("", response_model=ListOf[PaymentIntentOut], summary="List your PaymentIntents")
+@router.get("", response_model=ListOf[PaymentIntentOut], operation_id="payment-intents-list",
+            responses=errors(400, 401, 429, 503), summary="List your PaymentIntents")
 async def list_payment_intents(
     merchant: MerchantDep, session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
@@ -82,26 +87,27 @@ async def list_payment_intents(
         has_more=has_more)
 
 
-@router.get("/{id}", response_model=PaymentIntentOut, summary="Retrieve a PaymentIntent")
+@router.get("/{id}", response_model=PaymentIntentOut, operation_id="payment-intents-retrieve",
+            responses=errors(401, 404, 429, 503), summary="Retrieve a PaymentIntent")
 async def retrieve_payment_intent(intent: OwnedPaymentIntentDep,
                                   session: SessionDep) -> PaymentIntentOut:
     return await load_payment_intent_out(session, intent.id)
 
 
-OPERATION_RESPONSES = {
-    202: {"description": "The network's answer is not known yet: the PaymentIntent as it "
-                         "stands; reconciliation settles the operation without client action."},
-    400: {"description": "`amountInCents` is more than the payment allows."},
-    402: {"description": "The network declined the operation: `card_error`; the error object "
-                         "also holds the PaymentIntent under `paymentIntent`."},
-    409: {"description": "Not allowed in the intent's status (also once the payment is closed: "
-                         "canceled, refunded, refund window over), or an operation is in "
-                         "flight."},
-}
+OPERATION_RESPONSES = errors(
+    202, 400, 401, 402, 404, 409, 429, 503, card_error_holds="paymentIntent", described={
+        202: "The network's answer is not known yet: the PaymentIntent as it stands; "
+             "reconciliation settles the operation without client action.",
+        400: "`amountInCents` is more than the payment allows, or the body is invalid.",
+        402: "The network declined the operation: `card_error`; the error object also holds "
+             "the PaymentIntent under `paymentIntent`.",
+        409: "Not allowed in the intent's status (also once the payment is closed: canceled, "
+             "refunded, refund window over), an operation is in flight, or a request with "
+             "this Idempotency-Key is still running."})
 
 
 @router.post("/{id}/capture", response_model=PaymentIntentOut, status_code=status.HTTP_200_OK,
-             responses=OPERATION_RESPONSES,  # type: ignore[arg-type]
+             operation_id="payment-intents-capture", responses=OPERATION_RESPONSES,
              summary="Capture an authorized PaymentIntent (all or part)")
 async def capture_payment_intent(
     intent: OwnedPaymentIntentDep, session: SessionDep, state: StateDep, response: Response,
@@ -118,7 +124,7 @@ async def capture_payment_intent(
 
 
 @router.post("/{id}/cancel", response_model=PaymentIntentOut, status_code=status.HTTP_200_OK,
-             responses=OPERATION_RESPONSES,  # type: ignore[arg-type]
+             operation_id="payment-intents-cancel", responses=OPERATION_RESPONSES,
              summary="Cancel a PaymentIntent (voids its authorization)")
 async def cancel_payment_intent(
     intent: OwnedPaymentIntentDep, session: SessionDep, state: StateDep, response: Response,
@@ -150,6 +156,7 @@ async def _operation_answer(session: AsyncSession, intent_id: str, sent: SentUpd
 
 
 @router.get("/{id}/events", response_model=ListOf[EventOut],
+            operation_id="payment-intents-events-list", responses=errors(401, 404, 429, 503),
             summary="The intent's audit trail, oldest first")
 async def list_payment_intent_events(intent: OwnedPaymentIntentDep,
                                      session: SessionDep) -> ListOf[EventOut]:

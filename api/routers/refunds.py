@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response, status
 
 from api.deps import OwnedPaymentIntentDep, StateDep, TemporalDep
 from api.idempotency import IdempotentRoute, idempotent
+from api.openapi import errors
 from api.payment_workflow import pending_transaction, send_operation, transaction_answer
 from api.schemas.payment_intents import RefundCreate
 from api.schemas.transactions import TransactionOut
@@ -17,21 +18,21 @@ from workflows.payment_messages import RefundInput
 
 router = APIRouter(prefix="/payment-intents", tags=["refunds"], route_class=IdempotentRoute)
 
-REFUND_RESPONSES = {
-    202: {"description": "The network's answer is not known yet (transaction `timeout`), or the "
-                         "wait ran out first (`pending`, e.g. queued behind another refund): "
-                         "always this request's own refund; reconciliation settles it without "
-                         "any client action."},
-    400: {"description": "`amountInCents` is more than what is left to refund."},
-    402: {"description": "The network declined the refund: `card_error`; the error object "
-                         "also holds the Transaction under `transaction`."},
-    409: {"description": "Nothing captured to refund (not succeeded yet, canceled, refunded, "
-                         "refund window over), or an operation's outcome is still unknown."},
-}
+REFUND_RESPONSES = errors(
+    202, 400, 401, 402, 404, 409, 429, 503, card_error_holds="transaction", described={
+        202: "The network's answer is not known yet (transaction `timeout`), or the wait ran "
+             "out first (`pending`, e.g. queued behind another refund): always this request's "
+             "own refund; reconciliation settles it without any client action.",
+        400: "`amountInCents` is more than what is left to refund, or the body is invalid.",
+        402: "The network declined the refund: `card_error`; the error object also holds the "
+             "Transaction under `transaction`.",
+        409: "Nothing captured to refund (not succeeded yet, canceled, refunded, refund window "
+             "over), an operation's outcome is still unknown, or a request with this "
+             "Idempotency-Key is still running."})
 
 
 @router.post("/{id}/refunds", response_model=TransactionOut, status_code=status.HTTP_200_OK,
-             responses=REFUND_RESPONSES,  # type: ignore[arg-type]
+             operation_id="payment-intents-refunds-create", responses=REFUND_RESPONSES,
              summary="Refund a PaymentIntent (all or part)")
 async def create_refund(
     intent: OwnedPaymentIntentDep, state: StateDep, response: Response,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Response, status
 from api.deps import OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
 from api.errors import InvalidRequestError
 from api.idempotency import IdempotentRoute, idempotent
+from api.openapi import errors
 from api.payment_workflow import (
     pending_transaction,
     send_operation,
@@ -32,15 +33,17 @@ router = APIRouter(prefix="/payment-intents", tags=["transactions"], route_class
 VAULT_SWEEP_INTERVAL_SECONDS = 60.0
 VAULT_SWEEP_BATCH = 100
 
-CHARGE_RESPONSES = {
-    202: {"description": "The network's answer is not known yet (transaction `timeout`), or the "
-                         "wait ran out first (`pending`): always this request's own "
-                         "transaction, never an earlier one; reconciliation settles it without "
-                         "any client action."},
-    402: {"description": "Declined: `card_error` with `declineCode`; the error object also "
-                         "holds the failed Transaction under `transaction`."},
-    409: {"description": "An attempt is in flight, or the intent takes no new charge."},
-}
+CHARGE_RESPONSES = errors(
+    202, 400, 401, 402, 404, 409, 429, 503, card_error_holds="transaction", described={
+        202: "The network's answer is not known yet (transaction `timeout`), or the wait ran "
+             "out first (`pending`): always this request's own transaction, never an earlier "
+             "one; reconciliation settles it without any client action.",
+        400: "The card is invalid (Luhn, length, expiry, CVC: `param` names the field), or "
+             "the body is.",
+        402: "Declined: `card_error` with `declineCode`; the error object also holds the "
+             "failed Transaction under `transaction`.",
+        409: "An attempt is in flight, the intent takes no new charge, or a request with "
+             "this Idempotency-Key is still running."})
 
 
 async def checked_charge(body: TransactionCreate) -> TransactionCreate:
@@ -55,8 +58,8 @@ async def checked_charge(body: TransactionCreate) -> TransactionCreate:
 
 
 @router.post("/{id}/transactions", response_model=TransactionOut,
-             status_code=status.HTTP_200_OK, responses=CHARGE_RESPONSES,  # type: ignore[arg-type]
-             summary="Charge a card on the PaymentIntent")
+             status_code=status.HTTP_200_OK, operation_id="payment-intents-transactions-create",
+             responses=CHARGE_RESPONSES, summary="Charge a card on the PaymentIntent")
 async def create_transaction(
     intent: OwnedPaymentIntentDep, body: Annotated[TransactionCreate, Depends(checked_charge)],
     session: SessionDep, state: StateDep, response: Response,

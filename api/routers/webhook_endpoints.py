@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import MerchantDep, SessionDep, StateDep
 from api.errors import InvalidRequestError, NotFoundError
+from api.openapi import errors
 from api.pagination import newest_first_page
 from api.schemas.base import ListOf
 from api.schemas.webhook_endpoints import (
@@ -47,6 +48,7 @@ OwnedEndpointDep = Annotated[WebhookEndpoint, Depends(get_owned_endpoint)]
 
 
 @router.post("", response_model=WebhookEndpointWithSecret, status_code=status.HTTP_201_CREATED,
+             operation_id="webhook-endpoints-create", responses=errors(400, 401, 429, 503),
              summary="Create a webhook endpoint; its `whsec_` signing secret is shown only here",
              description="The URL must be https and must not resolve to a loopback, private, "
                          "link-local or metadata address (400 `url_not_allowed`) unless the "
@@ -74,6 +76,7 @@ async def create_webhook_endpoint(
 
 
 @router.get("", response_model=ListOf[WebhookEndpointOut],
+            operation_id="webhook-endpoints-list", responses=errors(400, 401, 429, 503),
             summary="List your webhook endpoints, newest first (secrets are never listed)")
 async def list_webhook_endpoints(
     merchant: MerchantDep, session: SessionDep,
@@ -89,12 +92,14 @@ async def list_webhook_endpoints(
                                       has_more=has_more)
 
 
-@router.get("/{id}", response_model=WebhookEndpointOut, summary="Retrieve a webhook endpoint")
+@router.get("/{id}", response_model=WebhookEndpointOut, operation_id="webhook-endpoints-retrieve",
+            responses=errors(401, 404, 429, 503), summary="Retrieve a webhook endpoint")
 async def get_webhook_endpoint(endpoint: OwnedEndpointDep) -> WebhookEndpointOut:
     return webhook_endpoint_out(endpoint)
 
 
 @router.post("/{id}", response_model=WebhookEndpointOut,
+             operation_id="webhook-endpoints-update", responses=errors(400, 401, 404, 429, 503),
              summary="Update a webhook endpoint: url, enabledEvents, description, or "
                      "status `enabled`/`disabled`",
              description="Disabling stops deliveries (pending ones end `canceled`); enabling "
@@ -117,6 +122,7 @@ async def update_webhook_endpoint(body: WebhookEndpointUpdate, endpoint: OwnedEn
 
 
 @router.delete("/{id}", response_model=WebhookEndpointDeleted,
+               operation_id="webhook-endpoints-delete", responses=errors(401, 404, 429, 503),
                summary="Delete a webhook endpoint; its pending deliveries end `canceled`")
 async def delete_webhook_endpoint(endpoint: OwnedEndpointDep,
                                   session: SessionDep) -> WebhookEndpointDeleted:
@@ -128,6 +134,8 @@ async def delete_webhook_endpoint(endpoint: OwnedEndpointDep,
 
 
 @router.post("/{id}/rotate-secret", response_model=WebhookEndpointWithSecret,
+             operation_id="webhook-endpoints-rotate-secret",
+             responses=errors(400, 401, 404, 429, 503),
              summary="Rotate the signing secret; the old one also signs during the grace period",
              description="Returns the new `whsec_` secret (shown only here). Until the grace "
                          "period ends (`gracePeriodSeconds`, default 24 h, at most 7 days) "
@@ -151,6 +159,8 @@ async def rotate_webhook_secret(endpoint: OwnedEndpointDep, state: StateDep, ses
 
 
 @router.get("/{id}/deliveries", response_model=ListOf[WebhookDeliveryOut],
+            operation_id="webhook-endpoints-deliveries-list",
+            responses=errors(400, 401, 404, 429, 503),
             summary="List an endpoint's deliveries, newest first, each with every attempt "
                     "(time, HTTP status or error, duration, start of the response body)")
 async def list_webhook_deliveries(

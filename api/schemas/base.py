@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 from core.domain import rfc3339
 
-Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str)]
+Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str),
+                     WithJsonSchema({"type": "string", "format": "date-time"},
+                                    mode="serialization")]
+
+
+
+def one_of(values: Iterable[str], *, nullable: bool = False, **field: Any) -> Any:
+    """A `str` field whose OpenAPI schema lists the values it can hold (`enum`), for response
+    fields filled from database columns: the wire format and the Python type stay `str`, and
+    the Schemathesis run checks every answer against the list."""
+    allowed: list[str | None] = [str(value) for value in values]
+    return Field(json_schema_extra={"enum": allowed + [None] if nullable else allowed}, **field)
+
+
+def answered_currency() -> Any:
+    """A currency as answered: lowercase ISO 4217 (requests accept only the supported ones).
+    Documentation only, like `one_of`: answers are not validated again."""
+    return Field(json_schema_extra={"pattern": "^[a-z]{3}$"})
+
+
+def examples(*example: dict[str, Any]) -> dict[str, Any]:
+    """`json_schema_extra` giving a model's OpenAPI examples (the wire form: camelCase)."""
+    return {"examples": list(example)}
 
 
 class ApiModel(BaseModel):
@@ -36,6 +59,6 @@ Item = TypeVar("Item")
 
 
 class ListOf(ApiModel, Generic[Item]):
-    object: str = "list"
+    object: Literal["list"] = "list"
     data: list[Item]
     has_more: bool

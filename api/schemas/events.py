@@ -1,16 +1,29 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
-from api.schemas.base import ApiModel, Timestamp
+from api.schemas.base import ApiModel, Timestamp, examples, one_of
+from core.webhooks import ENDPOINT_DISABLED_EVENT, PAYMENT_EVENT_TYPES
+
+EVENT_TYPES = (*PAYMENT_EVENT_TYPES, ENDPOINT_DISABLED_EVENT)
+EVENT_EXAMPLE = {
+    "id": "evt_5b0d7e2c94a1f83e6c2d0a19", "object": "event", "type": "payment.succeeded",
+    "createdAt": "2026-11-25T10:15:31.870Z", "sequence": 4187,
+    "data": {"paymentId": "pi_3f9c2a7e51b04d8e6a1c0b27", "amountInCents": 2499,
+             "currency": "usd", "status": "succeeded",
+             "transactionId": "txn_8e41c09b2d7a5f36c1e0a947"}}
 
 
 class EventOut(ApiModel):
+    model_config = ConfigDict(json_schema_extra=examples(EVENT_EXAMPLE))
+
     id: str
-    object: str = "event"
-    type: str
+    object: Literal["event"] = "event"
+    # `payment.*` for a payment's changes; `webhook_endpoint.disabled` when Durapay disabled
+    # one of your endpoints (it is not delivered: that endpoint no longer listens).
+    type: str = one_of(EVENT_TYPES)
     created_at: Timestamp
     sequence: int = Field(description=(
         "Increases with every event recorded, in the order the changes were committed, and "

@@ -2,10 +2,26 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from api.schemas.base import ApiModel, RequestModel, Timestamp
+from api.schemas.base import (
+    ApiModel,
+    RequestModel,
+    Timestamp,
+    answered_currency,
+    examples,
+    one_of,
+)
 from core.cards import card_brand
+from core.domain import TransactionStatus, TransactionType
+
+CARD_EXAMPLE = {"brand": "visa", "last4": "4242", "expMonth": 12, "expYear": 2030}
+TRANSACTION_EXAMPLE = {
+    "id": "txn_8e41c09b2d7a5f36c1e0a947", "object": "transaction",
+    "paymentIntentId": "pi_3f9c2a7e51b04d8e6a1c0b27", "type": "charge", "amountInCents": 2499,
+    "currency": "usd", "status": "succeeded", "networkReference": "txn_8e41c09b2d7a5f36c1e0a947",
+    "card": CARD_EXAMPLE, "failureCode": None, "declineCode": None, "reconciled": False,
+    "createdAt": "2026-11-25T10:15:30.120Z", "updatedAt": "2026-11-25T10:15:31.870Z"}
 
 
 class CardIn(RequestModel):
@@ -21,6 +37,10 @@ class CardIn(RequestModel):
 
 
 class TransactionCreate(RequestModel):
+    model_config = ConfigDict(json_schema_extra=examples({
+        "type": "charge",
+        "card": {"number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"}}))
+
     type: Literal["charge"]
     card: CardIn
 
@@ -36,20 +56,25 @@ class TransactionCreate(RequestModel):
 
 
 class CardOut(ApiModel):
-    brand: str
+    model_config = ConfigDict(json_schema_extra=examples(CARD_EXAMPLE))
+
+    brand: str = one_of(("visa", "mastercard", "amex", "discover", "unknown"))
     last4: str
     exp_month: int
     exp_year: int
 
 
 class TransactionOut(ApiModel):
+    model_config = ConfigDict(json_schema_extra=examples(TRANSACTION_EXAMPLE))
+
     id: str
-    object: str = "transaction"
+    object: Literal["transaction"] = "transaction"
     payment_intent_id: str
-    type: str
+    type: str = one_of(TransactionType)
     amount_in_cents: int
-    currency: str
-    status: str
+    currency: str = answered_currency()
+    # `timeout`: the outcome is not known yet; reconciliation settles it (`reconciled: true`).
+    status: str = one_of(TransactionStatus)
     network_reference: str
     card: CardOut | None
     failure_code: str | None

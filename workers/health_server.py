@@ -1,0 +1,225 @@
+"""A worker's own HTTP port: `/metrics`, `/livez` and `/readyz`, on
+DURAPAY_WORKER_METRICS_HOST : DURAPAY_WORKER_METRICS_PORT + DURAPAY_WORKER_INDEX.
+
+`/metrics` is one exposition: ours (core/metrics.py: business counters, the gauges read from
+Postgres, process and Python) followed by the Temporal SDK's. The SDK's Rust core serves its
+metrics on a port of its own (`PrometheusConfig`); the worker binds it to loopback on a free
+port and reads it at each scrape, so an operator scrapes one port per worker and gets the SDK's
+histograms exactly as the SDK computes them. (The alternative, `MetricBuffer`, is experimental
+and would have us rebuild the SDK's histograms and label sets in Python.)
+
+`/livez` answers while the worker's event loop does (it serves this port, so a wedged loop
+fails it); `/readyz` is 200 only when Postgres answers `SELECT 1` and Temporal its health check,
+each within CHECK_SECONDS.
+
+A deliberately small HTTP/1.1 server on asyncio: GET (and HEAD) of three paths, one request per
+connection, nothing read but the request head. It runs in the worker's own loop, so its checks
+use the worker's own database pool and Temporal client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig
+
+from core.metrics import DATABASE_GAUGES, WORKER_REGISTRY
+from core.temporal_client import start_runtime_with_metrics
+
+log = logging.getLogger("durapay.worker")
+
+# A probe gives up after 1 to 5 s; a dependency slower than this is as good as down.
+CHECK_SECONDS = 2.0
+# A client that has not sent its request head by then is dropped (a slow-loris guard).
+REQUEST_HEAD_SECONDS = 5.0
+REQUEST_HEAD_LIMIT = 8192
+SDK_BIND_ATTEMPTS = 5
+
+Check = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+
+def start_sdk_metrics() -> str:
+    """Create the process's Temporal runtime with the SDK's Prometheus exporter on a free
+    loopback port, and return the URL of its metrics. A port taken between picking and binding
+    fails the runtime's creation (ValueError): another is tried."""
+    attempts_left = SDK_BIND_ATTEMPTS
+    while True:
+        address = f"127.0.0.1:{_free_loopback_port()}"
+        try:
+            # Seconds, like every other duration a Prometheus user meets.
+            start_runtime_with_metrics(PrometheusConfig(bind_address=address,
+                                                        durations_as_seconds=True))
+        except ValueError:
+            attempts_left -= 1
+            if attempts_left == 0:
+                raise
+            continue
+        return f"http://{address}/metrics"
+
+
+def postgres_check(sessions: async_sessionmaker[AsyncSession]) -> Check:
+    async def postgres_ok() -> bool:
+        try:
+            async with asyncio.timeout(CHECK_SECONDS), sessions() as session:
+                await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        except Exception:  # noqa: BLE001 (any failure is "down")
+            return False
+        return True
+
+    return postgres_ok
+
+
+def temporal_check(client: Client) -> Check:
+    async def temporal_ok() -> bool:
+        try:
+            async with asyncio.timeout(CHECK_SECONDS):
+                return await client.service_client.check_health()
+        except Exception:  # noqa: BLE001
+            return False
+
+    return temporal_ok
+
+
+class HealthServer:
+    """Serves the three paths until `close`. Start it with `HealthServer.start`."""
+
+    def __init__(self, *, checks: Mapping[str, Check],
+                 sessions: async_sessionmaker[AsyncSession], sdk_metrics_url: str | None) -> None:
+        self._checks = dict(checks)
+        self._sessions = sessions
+        self._sdk_metrics_url = sdk_metrics_url
+        self._http = httpx.AsyncClient(timeout=CHECK_SECONDS, trust_env=False)
+        self._server: asyncio.Server | None = None
+
+    @classmethod
+    async def start(cls, host: str, port: int, *, checks: Mapping[str, Check],
+                    sessions: async_sessionmaker[AsyncSession],
+                    sdk_metrics_url: str | None) -> HealthServer:
+        server = cls(checks=checks, sessions=sessions, sdk_metrics_url=sdk_metrics_url)
+        server._server = await asyncio.start_server(server._serve, host, port,
+                                                    limit=REQUEST_HEAD_LIMIT)
+        return server
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await self._http.aclose()
+
+    # ---- the three answers -----------------------------------------------------------------
+    async def answer(self, path: str) -> Answer:
+        if path == "/livez":
+            return _json(200, {"status": "ok"})
+        if path == "/readyz":
+            return await self._readiness()
+        if path == "/metrics":
+            return Answer(200, CONTENT_TYPE_PLAIN_0_0_4, await self._exposition())
+        return _json(404, {"error": "not found"})
+
+    async def _readiness(self) -> Answer:
+        names = list(self._checks)
+        # All at once: with everything down the probe waits CHECK_SECONDS, not that times n.
+        results = await asyncio.gather(*(self._checks[name]() for name in names))
+        down = [name for name, ok in zip(names, results, strict=True) if not ok]
+        body: dict[str, object] = {
+            "status": "unavailable" if down else "ok",
+            "checks": {name: "down" if name in down else "ok" for name in names}}
+        if down:
+            body["down"] = down
+        return _json(503 if down else 200, body)
+
+    async def _exposition(self) -> bytes:
+        try:
+            async with asyncio.timeout(CHECK_SECONDS):
+                await DATABASE_GAUGES.refresh(self._sessions)
+        except Exception as error:  # noqa: BLE001 (the gauges are left out of this scrape)
+            log.warning("metrics: Postgres gauges unavailable (%s)", type(error).__name__)
+        ours = generate_latest(WORKER_REGISTRY)
+        return ours + await self._sdk_exposition()
+
+    async def _sdk_exposition(self) -> bytes:
+        if self._sdk_metrics_url is None:
+            return b""
+        try:
+            response = await self._http.get(self._sdk_metrics_url)
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            log.warning("metrics: the Temporal SDK's metrics unavailable (%s)",
+                        type(error).__name__)
+            return b""
+        return response.content
+
+    # ---- HTTP ------------------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_HEAD_SECONDS):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, path = _request_line(head)
+            if method not in ("GET", "HEAD"):
+                answer = _json(405, {"error": "method not allowed"})
+            elif path is None:
+                answer = _json(400, {"error": "bad request"})
+            else:
+                answer = await self.answer(path)
+            writer.write(_response_head(answer) + (answer.body if method != "HEAD" else b""))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            pass  # the client went away or never finished its request: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           503: "Service Unavailable"}
+
+
+def _request_line(head: bytes) -> tuple[str, str | None]:
+    """(method, path without its query) of `GET /metrics?x HTTP/1.1`; path None if malformed."""
+    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return (parts[0] if parts else "", None)
+    return parts[0], parts[1].split("?", 1)[0]
+
+
+def _response_head(answer: Answer) -> bytes:
+    return (f"HTTP/1.1 {answer.status} {REASONS[answer.status]}\r\n"
+            f"Content-Type: {answer.content_type}\r\n"
+            f"Content-Length: {len(answer.body)}\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n").encode("latin-1")
+
+
+def _json(status: int, body: object) -> Answer:
+    return Answer(status, "application/json", json.dumps(body).encode())
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
