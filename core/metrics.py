@@ -15,7 +15,7 @@ or anything a client sent.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -29,7 +29,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -175,6 +175,10 @@ def outcome_label(*, transaction_type: str, outcome: NetworkOutcome, intent_stat
 class DatabaseSnapshot:
     manual_reviews_open: int
     discrepancies_open: dict[str, int]
+    # Logical replication slots (the event stream's consumers): WAL held, and whether a
+    # consumer is reading now. A stalled consumer's slot keeps WAL until the disk fills.
+    slot_lag_bytes: dict[str, int] = field(default_factory=dict)
+    slot_active: dict[str, bool] = field(default_factory=dict)
 
 
 class DatabaseGauges(Collector):
@@ -204,6 +208,18 @@ class DatabaseGauges(Collector):
         for kind in sorted({k.value for k in DiscrepancyKind} | set(snapshot.discrepancies_open)):
             open_items.add_metric([kind], snapshot.discrepancies_open.get(kind, 0))
         yield open_items
+        lag = GaugeMetricFamily(
+            "durapay_event_stream_lag_bytes", "WAL written since the event stream consumer "
+            "of this replication slot last confirmed (`durapay events status`): what the "
+            "database keeps for it.", labels=["slot"])
+        active = GaugeMetricFamily(
+            "durapay_event_stream_slot_active", "1 while a consumer is reading the slot.",
+            labels=["slot"])
+        for slot in sorted(snapshot.slot_lag_bytes):
+            lag.add_metric([slot], snapshot.slot_lag_bytes[slot])
+            active.add_metric([slot], 1 if snapshot.slot_active.get(slot) else 0)
+        yield lag
+        yield active
 
 
 async def read_database_snapshot(
@@ -216,7 +232,13 @@ async def read_database_snapshot(
             select(ReconciliationDiscrepancy.kind, func.count())
             .where(col(ReconciliationDiscrepancy.resolved_at).is_(None))
             .group_by(col(ReconciliationDiscrepancy.kind)))).all()
-    return DatabaseSnapshot(int(reviews), {str(kind): int(count) for kind, count in rows})
+        slots = (await session.exec(text(  # type: ignore[call-overload]
+            "SELECT slot_name, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), "
+            "confirmed_flush_lsn), 0)::bigint FROM pg_replication_slots "
+            "WHERE slot_type = 'logical' AND database = current_database()"))).all()
+    return DatabaseSnapshot(int(reviews), {str(kind): int(count) for kind, count in rows},
+                            {str(name): int(lag) for name, _, lag in slots},
+                            {str(name): bool(busy) for name, busy, _ in slots})
 
 
 DATABASE_GAUGES = DatabaseGauges()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from client import DurapayClient
@@ -257,3 +258,12 @@ async def test_status_shows_the_slot_and_its_lag_and_a_second_consumer_is_refuse
     [line] = [s for s in status.stdout.splitlines() if s.startswith(f"{slot}:")]
     lag = int(line.split("lag ")[1].split(" bytes")[0])
     assert "idle" in line and lag > 0, line
+    # The alert's gauge, from a worker's /metrics: true even while no consumer runs.
+    urls = stack.state()["workerMetricsUrls"]
+    assert isinstance(urls, dict), urls
+    async with httpx.AsyncClient(timeout=10) as http:
+        metrics = (await http.get(str(urls["worker-1"]))).text
+    assert f'durapay_event_stream_slot_active{{slot="{slot}"}} 0.0' in metrics
+    [gauge] = [m for m in metrics.splitlines()
+               if m.startswith(f'durapay_event_stream_lag_bytes{{slot="{slot}"}}')]
+    assert float(gauge.split()[-1]) > 0, gauge
