@@ -32,7 +32,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
 from core.crypto import Cipher
-from core.db.queries import event_id_for
+from core.db.queries import append_chained_event, event_id_for
 from core.db.tables import Event, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from core.domain import utcnow
 from core.keyring import Purpose
@@ -374,9 +374,8 @@ async def disable_endpoint(session: AsyncSession, endpoint_id: str, *, reason: s
     if disabled is None:
         return False
     merchant_id, url = disabled
-    await session.exec(insert(Event).values(
-        id=event_id_for(f"{endpoint_id}:disabled:{cause}"), merchant_id=merchant_id,
-        type=ENDPOINT_DISABLED_EVENT,
-        data={"endpointId": endpoint_id, "url": url, "reason": reason},
-    ).on_conflict_do_nothing())
+    await append_chained_event(
+        session, event_id=event_id_for(f"{endpoint_id}:disabled:{cause}"),
+        merchant_id=merchant_id, event_type=ENDPOINT_DISABLED_EVENT,
+        data={"endpointId": endpoint_id, "url": url, "reason": reason}, unless_recorded=True)
     return True

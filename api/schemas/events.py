@@ -10,10 +10,15 @@ from core.webhooks import ENDPOINT_DISABLED_EVENT, PAYMENT_EVENT_TYPES
 EVENT_TYPES = (*PAYMENT_EVENT_TYPES, ENDPOINT_DISABLED_EVENT)
 EVENT_EXAMPLE = {
     "id": "evt_5b0d7e2c94a1f83e6c2d0a19", "object": "event", "type": "payment.succeeded",
-    "createdAt": "2026-11-25T10:15:31.870Z", "sequence": 4187,
+    "createdAt": "2026-11-25T10:15:31.870Z", "sequence": 4187, "intentSequence": 3,
     "data": {"paymentId": "pi_3f9c2a7e51b04d8e6a1c0b27", "amountInCents": 2499,
-             "currency": "usd", "status": "succeeded",
-             "transactionId": "txn_8e41c09b2d7a5f36c1e0a947"}}
+             "currency": "usd", "status": "succeeded", "amountCapturable": 0,
+             "amountReceived": 2499, "amountRefunded": 0,
+             "transactionId": "txn_8e41c09b2d7a5f36c1e0a947",
+             "previous": {"status": "processing", "amountInCents": 2499,
+                          "amountCapturable": 0, "amountReceived": 0, "amountRefunded": 0},
+             "transaction": {"id": "txn_8e41c09b2d7a5f36c1e0a947", "type": "charge",
+                             "status": "succeeded", "amountInCents": 2499}}}
 
 
 class EventOut(ApiModel):

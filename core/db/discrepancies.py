@@ -19,8 +19,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.db.queries import event_id_for
-from core.db.tables import Event, ReconciliationDiscrepancy
+from core.db.queries import append_chained_event, event_id_for
+from core.db.tables import ReconciliationDiscrepancy
 from core.domain import new_id
 from core.reconciliation import DISCREPANCY_EVENT_TYPE, SWEEP_KINDS, OpenItem
 
@@ -60,7 +60,7 @@ async def open_discrepancy(
         .returning(col(Discrepancies.id)))
     if inserted.first() is None:
         return False
-    await session.exec(insert(Event).values(_event_row(row)).on_conflict_do_nothing())
+    await append_chained_event(session, **_event_row(row), unless_recorded=True)
     log.warning("reconciliation discrepancy %s reference=%s intent=%s transaction=%s "
                 "merchant=%s ours=%s/%s network=%s/%s currency=%s run=%s id=%s", kind,
                 network_reference, payment_intent_id, transaction_id, merchant_id, our_status,
@@ -145,7 +145,7 @@ def _event_row(row: dict[str, Any]) -> dict[str, Any]:
         "networkAmountInCents": row["network_amount_in_cents"], "currency": row["currency"],
         "networkCurrency": row["network_currency"], "detail": row["detail"],
     }
-    return {"id": event_id_for(f"{row['id']}:opened"), "merchant_id": row["merchant_id"],
+    return {"event_id": event_id_for(f"{row['id']}:opened"), "merchant_id": row["merchant_id"],
             "payment_intent_id": row["payment_intent_id"],
-            "transaction_id": row["transaction_id"], "type": DISCREPANCY_EVENT_TYPE,
+            "transaction_id": row["transaction_id"], "event_type": DISCREPANCY_EVENT_TYPE,
             "data": data}

@@ -78,26 +78,49 @@ RETURNING head.chain_seq, head.hash, clock_timestamp() AS now,
 """)
 
 
-async def append_event(session: AsyncSession, *, cause: str, event_type: str,
-                       intent: PaymentIntent, transaction_id: str | None,
-                       previous: dict[str, Any] | None = None) -> Event:
-    """Append the intent's event at the end of its merchant's hash chain (same transaction as
-    the change it records). The head's row lock is held until the commit: one merchant's
-    appends queue up there, other merchants' never meet it."""
-    transaction = (await session.get(Transaction, transaction_id)
-                   if transaction_id is not None else None)
-    chain = chain_of(intent.merchant_id)
+async def append_chained_event(session: AsyncSession, *, event_id: str,
+                               merchant_id: str | None, event_type: str,
+                               data: dict[str, Any], payment_intent_id: str | None = None,
+                               transaction_id: str | None = None, in_intent_story: bool = False,
+                               unless_recorded: bool = False) -> Event | None:
+    """The one way an event is written: at the end of its merchant's hash chain, in the caller's
+    transaction. The head's row lock is held until the commit: one merchant's appends queue up
+    there, other merchants' never meet it.
+
+    `in_intent_story`: the event is one of the payment's own (numbered by `intent_seq`, shown to
+    the merchant); operator and endpoint events are chained but not numbered.
+    `unless_recorded`: an event with this id already written is left alone (None comes back);
+    checked under the head's lock, so two concurrent writers of one event write it once.
+    """
+    chain = chain_of(merchant_id)
     head = (await session.exec(_LOCK_CHAIN_HEAD, params={  # type: ignore[call-overload]
-        "chain": chain, "genesis": GENESIS_HASH, "payment_intent_id": intent.id})).one()
-    event = Event(id=event_id_for(cause), merchant_id=intent.merchant_id,
-                  payment_intent_id=intent.id, transaction_id=transaction_id, type=event_type,
-                  data=event_data(intent, transaction, previous), created_at=head.now,
-                  chain=chain, chain_seq=head.chain_seq + 1, prev_hash=head.hash,
-                  intent_seq=head.intent_seq + 1, hash="")
+        "chain": chain, "genesis": GENESIS_HASH,
+        "payment_intent_id": payment_intent_id if in_intent_story else None})).one()
+    if unless_recorded and await event_exists(session, event_id):
+        return None
+    event = Event(id=event_id, merchant_id=merchant_id, payment_intent_id=payment_intent_id,
+                  transaction_id=transaction_id, type=event_type, data=data,
+                  created_at=head.now, chain=chain, chain_seq=head.chain_seq + 1,
+                  prev_hash=head.hash, hash="",
+                  intent_seq=head.intent_seq + 1 if in_intent_story else None)
     event.hash = link_hash(head.hash, event.model_dump())
     session.add(event)
     await session.exec(update(AuditChainHead).where(  # type: ignore[call-overload]
         AuditChainHead.chain == chain).values(chain_seq=event.chain_seq, hash=event.hash))
+    return event
+
+
+async def append_event(session: AsyncSession, *, cause: str, event_type: str,
+                       intent: PaymentIntent, transaction_id: str | None,
+                       previous: dict[str, Any] | None = None) -> Event:
+    """The payment's event for a change of `intent` (its callers write each cause once)."""
+    transaction = (await session.get(Transaction, transaction_id)
+                   if transaction_id is not None else None)
+    event = await append_chained_event(
+        session, event_id=event_id_for(cause), merchant_id=intent.merchant_id,
+        event_type=event_type, data=event_data(intent, transaction, previous),
+        payment_intent_id=intent.id, transaction_id=transaction_id, in_intent_story=True)
+    assert event is not None
     return event
 
 

@@ -97,7 +97,8 @@ def _chain_existing_events() -> None:
         chain = chain_of(row["merchant_id"])
         position, previous = heads.get(chain, (0, GENESIS_HASH))
         intent_seq = None
-        if row["payment_intent_id"]:
+        # Only the payment's own events are numbered (operator events are chained, unnumbered).
+        if row["payment_intent_id"] and row["type"].startswith("payment."):
             intent_seq = intent_counts.get(row["payment_intent_id"], 0) + 1
             intent_counts[row["payment_intent_id"]] = intent_seq
         chained = {**row, "chain": chain, "chain_seq": position + 1, "intent_seq": intent_seq}
