@@ -22,7 +22,9 @@ SET password_encryption = 'scram-sha-256';
 CREATE ROLE temporal LOGIN PASSWORD :'temporal_password';
 CREATE DATABASE temporal OWNER temporal;
 CREATE DATABASE temporal_visibility OWNER temporal;
-CREATE ROLE durapay LOGIN PASSWORD :'durapay_password';
+-- REPLICATION: the event stream reads the event table's changes through a logical
+-- replication slot (README, "Audit trail and event stream"); the role already owns the data.
+CREATE ROLE durapay LOGIN REPLICATION PASSWORD :'durapay_password';
 CREATE DATABASE durapay OWNER durapay;
 -- Every role may connect to every database by default (PUBLIC); each tenant keeps to its own.
 REVOKE CONNECT, TEMPORARY ON DATABASE temporal, temporal_visibility, durapay FROM PUBLIC;

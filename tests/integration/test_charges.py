@@ -84,9 +84,15 @@ async def test_decline_is_402_then_another_card_succeeds(durapay: DurapayClient,
     assert [e["type"] for e in events] == [
         "payment.created", "payment.processing", "payment.failed", "payment.processing",
         "payment.succeeded"]
-    assert events[-1]["data"] == {"paymentId": intent["id"], "amountInCents": 1000,
-                                  "currency": "usd", "status": "succeeded",
-                                  "transactionId": retried.json()["id"]}
+    last = events[-1]["data"]
+    assert {k: last[k] for k in ("paymentId", "amountInCents", "currency", "status",
+                                 "transactionId")} == {
+        "paymentId": intent["id"], "amountInCents": 1000, "currency": "usd",
+        "status": "succeeded", "transactionId": retried.json()["id"]}  # API.md's event data
+    assert last["previous"]["status"] == "processing" and last["amountReceived"] == 1000
+    assert last["transaction"] == {"id": retried.json()["id"], "type": "charge",
+                                   "status": "succeeded", "amountInCents": 1000}
+    assert [e["intentSequence"] for e in events] == [1, 2, 3, 4, 5]
     assert all(e["id"].startswith("evt_") for e in events)
     declined_ref = error["transaction"]["networkReference"]
     assert [e["status"] for e in await _ledger(cardnet, declined_ref)] == ["declined"]

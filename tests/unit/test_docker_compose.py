@@ -426,6 +426,25 @@ def test_prometheus_scrapes_every_scaled_container() -> None:
     assert SERVICES["prometheus"]["profiles"] == ["metrics"]
 
 
+def test_the_event_stream_reads_a_logical_slot_into_kafka() -> None:
+    """Profile `kafka`: the consumer runs `durapay events stream` into the compose Kafka, on a
+    Postgres whose WAL carries logical decoding, as a role allowed to replicate."""
+    command = SERVICES["postgresql"]["command"]
+    assert "wal_level=logical" in command and any(
+        c.startswith("max_slot_wal_keep_size=") for c in command)
+    assert "LOGIN REPLICATION" in (ROOT / "deploy/postgres-init/10-roles.sh").read_text()
+    events, kafka = SERVICES["events"], SERVICES["kafka"]
+    assert events["profiles"] == kafka["profiles"] == ["kafka"]
+    assert events["command"][:3] == ["durapay", "events", "stream"]
+    assert "deploy" not in events or events["deploy"].get("replicas", 1) == 1
+    env = environment("events")
+    assert env["DURAPAY_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["DURAPAY_ENV"] == "production"
+    assert kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
+    assert events["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert not kafka.get("ports")
+
+
 def test_traces_go_through_the_collector_to_jaeger() -> None:
     collector = yaml.safe_load((DEPLOY / "otel-collector" / "config.yaml").read_text())
     http = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
