@@ -14,7 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,6 @@ from tests.stack import RunningStack, stop_process
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-async def db(stack: RunningStack) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(stack.database_url)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 @pytest.fixture
@@ -63,13 +54,13 @@ def _lines(sink: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in sink.read_text().splitlines()]
 
 
-async def _merchant_events(db: asyncpg.Connection, merchant_ids: list[str]) -> list[str]:
+async def _merchant_events(db: asyncpg.Pool, merchant_ids: list[str]) -> list[str]:
     rows = await db.fetch("SELECT id FROM event WHERE merchant_id = ANY($1) ORDER BY seq",
                           merchant_ids)
     return [r["id"] for r in rows]
 
 
-async def _merchant_id(db: asyncpg.Connection, intent_id: str) -> str:
+async def _merchant_id(db: asyncpg.Pool, intent_id: str) -> str:
     return str(await db.fetchval("SELECT merchant_id FROM payment_intent WHERE id = $1",
                                  intent_id))
 
@@ -94,7 +85,7 @@ async def _charges(durapay: DurapayClient, count: int) -> list[str]:
 
 
 async def test_every_committed_event_is_streamed_in_commit_order(
-        stack: RunningStack, db: asyncpg.Connection, slot: str, tmp_path: Path) -> None:
+        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
     sink = tmp_path / "events.jsonl"
     consumer = _start_consumer(stack, slot, sink)
     try:
@@ -123,13 +114,13 @@ async def test_every_committed_event_is_streamed_in_commit_order(
     assert "4242424242424242" not in sink.read_text()
 
 
-async def _slot_exists(db: asyncpg.Connection, slot: str) -> bool:
+async def _slot_exists(db: asyncpg.Pool, slot: str) -> bool:
     return bool(await db.fetchval(
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot))
 
 
 async def test_a_consumer_killed_mid_stream_resumes_without_losing_an_event(
-        stack: RunningStack, db: asyncpg.Connection, slot: str, tmp_path: Path) -> None:
+        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
     sink = tmp_path / "events.jsonl"
     # Small reads: the consumer spends its time between sending and confirming a batch.
     consumer = _start_consumer(stack, slot, sink, "--batch", "4")
@@ -218,7 +209,7 @@ async def test_a_consumer_killed_mid_stream_resumes_without_losing_an_event(
 
 
 async def test_a_new_consumer_builds_its_view_from_the_beginning(
-        stack: RunningStack, db: asyncpg.Connection, slot: str, tmp_path: Path) -> None:
+        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
     async with signed_merchant(stack, "Before") as durapay:
         [before] = await _charges(durapay, 1)
     sink = tmp_path / "events.jsonl"
@@ -241,7 +232,7 @@ async def test_a_new_consumer_builds_its_view_from_the_beginning(
 
 
 async def test_status_shows_the_slot_and_its_lag_and_a_second_consumer_is_refused(
-        stack: RunningStack, db: asyncpg.Connection, slot: str, tmp_path: Path) -> None:
+        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
     consumer = _start_consumer(stack, slot, tmp_path / "a.jsonl")
     try:
         await assert_eventually(lambda: _slot_exists(db, slot), timeout=30)
