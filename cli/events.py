@@ -120,7 +120,7 @@ async def status(settings: Settings) -> int:
     if not slots:
         print("no logical replication slots (no event stream consumer has run)")
     for s in slots:
-        print(f"{s.slot}: {'active' if s.active else 'idle'}, confirmed "
+        print(f"{s.slot}: {'consumer running' if s.consumer else 'no consumer'}, confirmed "
               f"{replication.int_to_lsn(s.confirmed_lsn)}, lag {s.lag_bytes} bytes, "
               f"wal {s.wal_status}")
     return 0

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core.db.replication import SLOT_STATUS_SQL
 from core.db.tables import PaymentIntent, ReconciliationDiscrepancy
 from core.domain import IntentStatus, NetworkOutcome, TransactionStatus, TransactionType
 from core.reconciliation import DiscrepancyKind, SweepTrigger
@@ -178,7 +179,7 @@ class DatabaseSnapshot:
     # Logical replication slots (the event stream's consumers): WAL held, and whether a
     # consumer is reading now. A stalled consumer's slot keeps WAL until the disk fills.
     slot_lag_bytes: dict[str, int] = field(default_factory=dict)
-    slot_active: dict[str, bool] = field(default_factory=dict)
+    slot_consumer: dict[str, bool] = field(default_factory=dict)
 
 
 class DatabaseGauges(Collector):
@@ -212,14 +213,14 @@ class DatabaseGauges(Collector):
             "durapay_event_stream_lag_bytes", "WAL written since the event stream consumer "
             "of this replication slot last confirmed (`durapay events status`): what the "
             "database keeps for it.", labels=["slot"])
-        active = GaugeMetricFamily(
-            "durapay_event_stream_slot_active", "1 while a consumer is reading the slot.",
-            labels=["slot"])
+        consumer = GaugeMetricFamily(
+            "durapay_event_stream_consumer_running", "1 while a consumer holds the slot "
+            "(`durapay events stream` connected), else 0.", labels=["slot"])
         for slot in sorted(snapshot.slot_lag_bytes):
             lag.add_metric([slot], snapshot.slot_lag_bytes[slot])
-            active.add_metric([slot], 1 if snapshot.slot_active.get(slot) else 0)
+            consumer.add_metric([slot], 1 if snapshot.slot_consumer.get(slot) else 0)
         yield lag
-        yield active
+        yield consumer
 
 
 async def read_database_snapshot(
@@ -232,13 +233,11 @@ async def read_database_snapshot(
             select(ReconciliationDiscrepancy.kind, func.count())
             .where(col(ReconciliationDiscrepancy.resolved_at).is_(None))
             .group_by(col(ReconciliationDiscrepancy.kind)))).all()
-        slots = (await session.exec(text(  # type: ignore[call-overload]
-            "SELECT slot_name, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), "
-            "confirmed_flush_lsn), 0)::bigint FROM pg_replication_slots "
-            "WHERE slot_type = 'logical' AND database = current_database()"))).all()
+        slots = (await session.exec(  # type: ignore[call-overload]
+            text(SLOT_STATUS_SQL))).mappings().all()
     return DatabaseSnapshot(int(reviews), {str(kind): int(count) for kind, count in rows},
-                            {str(name): int(lag) for name, _, lag in slots},
-                            {str(name): bool(busy) for name, busy, _ in slots})
+                            {str(r["slot_name"]): int(r["lag"]) for r in slots},
+                            {str(r["slot_name"]): bool(r["consumer"]) for r in slots})
 
 
 DATABASE_GAUGES = DatabaseGauges()

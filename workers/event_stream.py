@@ -87,8 +87,7 @@ class EventStream:
 
     async def open(self) -> bool:
         """Take the slot for this consumer (one at a time), creating it if needed."""
-        if not await self._db.fetchval("SELECT pg_try_advisory_lock(hashtext($1))",
-                                       f"durapay-event-stream:{self.slot}"):
+        if not await replication.take_consumer_lock(self._db, self.slot):
             raise SlotBusy(f"another consumer is streaming slot {self.slot}")
         # Timestamps in the decoded rows are printed in the session's zone: make it UTC.
         await self._db.execute("SET TIME ZONE 'UTC'")

@@ -18,6 +18,10 @@ import asyncpg
 
 PUBLICATION = "durapay_events"
 PLUGIN = "pgoutput"
+# A consumer holds the advisory lock (CONSUMER_LOCK_CLASS, hashtext(slot)) for as long as its
+# connection lives: one consumer per slot, and the sign that one is running. (The slot itself
+# is "active" only during each read: the SQL functions take it and give it back.)
+CONSUMER_LOCK_CLASS = 0x44505354
 
 
 # WAL positions are ints here (asyncpg's pg_lsn codec); PostgreSQL prints them as `0/16B3748`.
@@ -33,7 +37,8 @@ def int_to_lsn(value: int) -> str:
 @dataclass(frozen=True)
 class SlotStatus:
     slot: str
-    active: bool
+    # A consumer is connected and holds the slot's consumer lock.
+    consumer: bool
     confirmed_lsn: int
     # WAL written since the slot's confirmed position: what the server keeps for it.
     lag_bytes: int
@@ -43,6 +48,12 @@ class SlotStatus:
 
 class SlotLost(RuntimeError):
     pass
+
+
+async def take_consumer_lock(connection: asyncpg.Connection, slot: str) -> bool:
+    """Become the slot's one consumer, until this connection closes (or a kill closes it)."""
+    return bool(await connection.fetchval(
+        "SELECT pg_try_advisory_lock($1, hashtext($2))", CONSUMER_LOCK_CLASS, slot))
 
 
 async def ensure_slot(connection: asyncpg.Connection, slot: str) -> bool:
@@ -91,13 +102,29 @@ async def slot_status(connection: asyncpg.Connection,
 
 async def slot_statuses(connection: asyncpg.Connection) -> list[SlotStatus]:
     """Every logical slot on the database (Durapay's and any other), with its lag."""
-    rows = await connection.fetch(
-        "SELECT slot_name, active, coalesce(confirmed_flush_lsn, '0/0')::text AS confirmed, "
-        "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint "
-        "AS lag, wal_status FROM pg_replication_slots "
-        "WHERE slot_type = 'logical' AND database = current_database() ORDER BY slot_name")
-    return [SlotStatus(r["slot_name"], r["active"], lsn_to_int(r["confirmed"]), r["lag"],
+    rows = await connection.fetch(SLOT_STATUS_SQL)
+    return [SlotStatus(r["slot_name"], r["consumer"], lsn_to_int(r["confirmed"]), r["lag"],
                        r["wal_status"]) for r in rows]
+
+
+# Every logical slot of this database: its confirmed position, the WAL it holds, and whether a
+# consumer holds its lock (a two-key advisory lock shows in pg_locks as classid, objid,
+# objsubid = 2). Also read by the workers' metrics (core/metrics.py).
+SLOT_STATUS_SQL = f"""
+SELECT slot_name, coalesce(confirmed_flush_lsn, '0/0')::text AS confirmed,
+    coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn), 0)::bigint AS lag,
+    wal_status,
+    EXISTS (SELECT 1 FROM pg_locks AS lock WHERE lock.locktype = 'advisory'
+            AND lock.granted AND lock.objsubid = 2
+            AND lock.classid = {CONSUMER_LOCK_CLASS}::int8::oid
+            -- the lock's key as pg_locks shows it: the int4 hash's 32 bits, unsigned
+            AND lock.objid = (hashtext(slot_name)::int8 & 4294967295)::oid
+            AND lock.database = (SELECT oid FROM pg_database
+                                 WHERE datname = current_database())) AS consumer
+FROM pg_replication_slots
+WHERE slot_type = 'logical' AND database = current_database()
+ORDER BY slot_name
+"""
 
 
 async def drop_slot(connection: asyncpg.Connection, slot: str) -> bool:

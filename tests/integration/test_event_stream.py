@@ -231,11 +231,29 @@ async def test_a_new_consumer_builds_its_view_from_the_beginning(
     assert await _merchant_id(db, before) in {line["merchantId"] for line in lines}
 
 
-async def test_status_shows_the_slot_and_its_lag_and_a_second_consumer_is_refused(
+async def _worker_metrics(stack: RunningStack) -> str:
+    urls = stack.state()["workerMetricsUrls"]
+    assert isinstance(urls, dict), urls
+    async with httpx.AsyncClient(timeout=10) as http:
+        return (await http.get(str(urls["worker-1"]))).text
+
+
+def _status_line(stack: RunningStack, slot: str) -> str:
+    status = subprocess.run([str(BIN / "durapay"), "events", "status"], env=stack.env,
+                            text=True, capture_output=True, timeout=60, check=True)
+    [line] = [s for s in status.stdout.splitlines() if s.startswith(f"{slot}:")]
+    return line
+
+
+async def test_status_shows_the_consumer_and_the_lag_and_a_second_consumer_is_refused(
         stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
     consumer = _start_consumer(stack, slot, tmp_path / "a.jsonl")
     try:
         await assert_eventually(lambda: _slot_exists(db, slot), timeout=30)
+        # Between its reads the slot itself is idle: the consumer's lock says one runs.
+        assert "consumer running" in _status_line(stack, slot)
+        running = f'durapay_event_stream_consumer_running{{slot="{slot}"}} 1.0'
+        assert running in await _worker_metrics(stack)
         second = _start_consumer(stack, slot, tmp_path / "b.jsonl")
         _, stderr = second.communicate(timeout=60)
         assert second.returncode == 1 and "another consumer" in stderr
@@ -244,17 +262,12 @@ async def test_status_shows_the_slot_and_its_lag_and_a_second_consumer_is_refuse
         consumer.communicate(timeout=30)
     async with signed_merchant(stack, "Lag") as durapay:
         await _charges(durapay, 1)  # written while no consumer runs: the slot keeps it
-    status = subprocess.run([str(BIN / "durapay"), "events", "status"], env=stack.env,
-                            text=True, capture_output=True, timeout=60, check=True)
-    [line] = [s for s in status.stdout.splitlines() if s.startswith(f"{slot}:")]
+    line = _status_line(stack, slot)
     lag = int(line.split("lag ")[1].split(" bytes")[0])
-    assert "idle" in line and lag > 0, line
-    # The alert's gauge, from a worker's /metrics: true even while no consumer runs.
-    urls = stack.state()["workerMetricsUrls"]
-    assert isinstance(urls, dict), urls
-    async with httpx.AsyncClient(timeout=10) as http:
-        metrics = (await http.get(str(urls["worker-1"]))).text
-    assert f'durapay_event_stream_slot_active{{slot="{slot}"}} 0.0' in metrics
+    assert "no consumer" in line and lag > 0, line
+    # The alerts' gauges, from a worker's /metrics: true while no consumer runs.
+    metrics = await _worker_metrics(stack)
+    assert f'durapay_event_stream_consumer_running{{slot="{slot}"}} 0.0' in metrics
     [gauge] = [m for m in metrics.splitlines()
                if m.startswith(f'durapay_event_stream_lag_bytes{{slot="{slot}"}}')]
     assert float(gauge.split()[-1]) > 0, gauge
