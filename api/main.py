@@ -62,12 +62,16 @@ restarting), any request may answer 503 with `"type": "api_error"`, `"code":
 `POST` with the same `Idempotency-Key`, so that it takes effect at most once.
 
 ## Idempotency
-`POST` requests accept an `Idempotency-Key` header: the same key with the same body replays
-the first response; the same key with a different body is a 400 (`idempotency_key_reused`);
-a key whose first request is still running is a 409 (`idempotency_key_in_use`).
+The payment `POST`s (create, charge, capture, cancel, refund) accept an `Idempotency-Key`
+header: the same key with the same body replays the first response; the same key with a
+different body is a 400 (`idempotency_key_reused`); a key whose first request is still running
+is a 409 (`idempotency_key_in_use`).
 Keys are kept 24 h (`DURAPAY_IDEMPOTENCY_RETENTION_SECONDS`); an older key is treated as new.
 A charge's card counts toward the "same body" check only as brand, last4 and expiry: a retry
-that changes only the CVC replays the first response.
+that changes only the CVC replays the first response. `POST /events/{id}/redeliver` uses the
+key to name its deliveries (the same key sends nothing twice). Creating a webhook endpoint,
+rotating its secret and onboarding a merchant take no key: their answers hold a secret shown
+once, which Durapay does not store to replay; after a lost answer, list before retrying.
 """
 
 
