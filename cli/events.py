@@ -30,7 +30,7 @@ import asyncpg
 from core.db import replication
 from core.settings import Settings
 from workers.event_sinks import EventSink, FileSink, KafkaSink, StreamSink
-from workers.event_stream import EventStream, SlotBusy
+from workers.event_stream import SlotBusy, stream_until_stopped
 
 
 def add_parser(commands: Any) -> None:
@@ -77,37 +77,34 @@ def open_sink(settings: Settings, name: str) -> EventSink:
 
 async def _connect(settings: Settings) -> asyncpg.Connection:
     url = settings.effective_database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    return await asyncpg.connect(url)
+    return await asyncpg.connect(url, server_settings={"application_name": "durapay-events"})
 
 
 async def stream(settings: Settings, slot: str, sink_choice: str, from_seq: int | None,
                  batch: int) -> int:
     sink = open_sink(settings, sink_choice)
-    connection = await _connect(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    events = EventStream(connection, sink, slot=slot, batch=batch)
-    try:
-        try:
-            created = await events.open()
-        except (SlotBusy, replication.SlotLost) as error:
-            print(f"durapay: {error}", file=sys.stderr)
-            return 1
-        if created and from_seq is None:
+
+    def slot_created() -> None:
+        if from_seq is None:
             print(f"durapay: created replication slot {slot}: events committed from now on "
                   "are streamed; add --from-seq 1 for the ones before", file=sys.stderr)
-        if from_seq is not None:
-            await events.copy_from_table(from_seq)
-        await events.run(stop)
+
+    try:
+        stats = await stream_until_stopped(
+            lambda: _connect(settings), sink, stop, slot=slot, batch=batch, from_seq=from_seq,
+            on_slot_created=slot_created)
+    except (SlotBusy, replication.SlotLost) as error:
+        print(f"durapay: {error}", file=sys.stderr)
+        return 1
     finally:
         await sink.close()
-        await connection.close()
-        stats = events.stats
-        print(f"durapay: events stream stopped: {stats.snapshot} copied, {stats.streamed} "
-              f"streamed in {stats.transactions} transactions, slot {slot} at "
-              f"{replication.int_to_lsn(stats.confirmed_lsn)}", file=sys.stderr)
+    print(f"durapay: events stream stopped: {stats.snapshot} copied, {stats.streamed} "
+          f"streamed in {stats.transactions} transactions, slot {slot} at "
+          f"{replication.int_to_lsn(stats.confirmed_lsn)}", file=sys.stderr)
     return 0
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +39,12 @@ _COLUMNS = ("seq, id, type, merchant_id, payment_intent_id, transaction_id, inte
 
 class SlotBusy(RuntimeError):
     pass
+
+
+# What a database restart, failover or severed connection looks like from here.
+CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                   asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError)
+MAX_RECONNECT_DELAY = 30.0
 
 
 @dataclass
@@ -80,10 +86,11 @@ def _iso(value: datetime) -> str:
 
 class EventStream:
     def __init__(self, connection: asyncpg.Connection, sink: EventSink, *, slot: str,
-                 batch: int = 500, poll_seconds: float = 0.2) -> None:
+                 batch: int = 500, poll_seconds: float = 0.2,
+                 stats: StreamStats | None = None) -> None:
         self._db, self._sink, self.slot = connection, sink, slot
         self._batch, self._poll = batch, poll_seconds
-        self.stats = StreamStats()
+        self.stats = stats or StreamStats()
 
     async def open(self) -> bool:
         """Take the slot for this consumer (one at a time), creating it if needed."""
@@ -166,3 +173,52 @@ class EventStream:
         self.stats.rewrites_seen += 1
         log.error("the append-only event table was rewritten: %s of event %s (seq %s); "
                   "run `durapay audit verify`", kind, row.get("id", "?"), row.get("seq", "?"))
+
+
+async def stream_until_stopped(connect: Callable[[], Awaitable[asyncpg.Connection]],
+                               sink: EventSink, stop: asyncio.Event, *, slot: str,
+                               batch: int = 500, from_seq: int | None = None,
+                               on_slot_created: Callable[[], None] | None = None,
+                               ) -> StreamStats:
+    """Stream until `stop` is set, through database restarts: a lost connection is opened
+    again (backoff 1 s doubling to 30 s) and the stream goes on from the slot's confirmed
+    position, so nothing is lost and at most the unconfirmed batch is sent again.
+
+    Another consumer on the slot at the first start is an error (SlotBusy). After a lost
+    connection it is waited out: the old session's lock goes when the server notices it."""
+    stats, delay, copied, first = StreamStats(), 1.0, from_seq is None, True
+    while not stop.is_set():
+        connection: asyncpg.Connection | None = None
+        try:
+            connection = await connect()
+            stream = EventStream(connection, sink, slot=slot, batch=batch, stats=stats)
+            try:
+                created = await stream.open()
+            except SlotBusy:
+                if first:
+                    raise
+                log.warning("slot %s still held by the lost session; retrying", slot)
+                raise ConnectionError("slot busy after reconnecting") from None
+            if created and on_slot_created is not None:
+                on_slot_created()
+            if not copied:
+                await stream.copy_from_table(from_seq or 1)
+                copied = True
+            if not first:
+                log.warning("event stream resumed on slot %s at %s", slot,
+                            replication.int_to_lsn(stats.confirmed_lsn))
+            first, delay = False, 1.0
+            await stream.run(stop)
+        except CONNECTION_LOST as error:
+            first = False if connection is not None else first
+            log.warning("event stream lost the database (%s: %s); reconnecting in %.0f s",
+                        type(error).__name__, error, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+        finally:
+            if connection is not None and not connection.is_closed():
+                await connection.close()
+    return stats

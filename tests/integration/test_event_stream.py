@@ -271,3 +271,26 @@ async def test_status_shows_the_consumer_and_the_lag_and_a_second_consumer_is_re
     [gauge] = [m for m in metrics.splitlines()
                if m.startswith(f'durapay_event_stream_lag_bytes{{slot="{slot}"}}')]
     assert float(gauge.split()[-1]) > 0, gauge
+
+
+async def test_the_consumer_rides_out_a_lost_database_connection(
+        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    sink = tmp_path / "events.jsonl"
+    consumer = _start_consumer(stack, slot, sink)
+    try:
+        await assert_eventually(lambda: _slot_exists(db, slot), timeout=30)
+        # As a database restart or failover would: the server ends the consumer's session.
+        ended = await db.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'durapay-events'")
+        assert ended >= 1
+        async with signed_merchant(stack, "Reconnect") as durapay:
+            [intent_id] = await _charges(durapay, 1)
+        ids = await _merchant_events(db, [await _merchant_id(db, intent_id)])
+        await _until_delivered(sink, ids)
+        assert consumer.poll() is None, "the consumer gave up"
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        _, stderr = consumer.communicate(timeout=30)
+    assert consumer.returncode == 0, stderr
+    assert "lost the database" in stderr and "resumed on slot" in stderr
