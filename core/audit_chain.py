@@ -85,11 +85,15 @@ class ChainWalk:
     from the chain's end; a hash that differs from the row's at its position was rewritten.
     """
 
-    def __init__(self, chain: str, marked_positions: Iterable[int] = ()) -> None:
+    def __init__(self, chain: str, head: ChainHead | None = None,
+                 checkpoints: Iterable[ChainHead] = ()) -> None:
         self.chain = chain
+        self.head = head
+        self.marks = [*((c, "a recorded checkpoint") for c in checkpoints),
+                      *([(head, "the chain's head")] if head else [])]
         self.walked = 0
         self.last: Mapping[str, Any] | None = None
-        self._wanted = set(marked_positions)
+        self._wanted = {mark.chain_seq for mark, _ in self.marks}
         self._seen: dict[int, str] = {0: GENESIS_HASH}
 
     def feed(self, row: Mapping[str, Any]) -> BrokenLink | None:
@@ -102,11 +106,8 @@ class ChainWalk:
             self.last = row
         return broken
 
-    def finish(self, head: ChainHead | None,
-               checkpoints: Iterable[ChainHead] = ()) -> BrokenLink | None:
-        marks = [*((c, "a recorded checkpoint") for c in checkpoints),
-                 *([(head, "the chain's head")] if head else [])]
-        for mark, what in marks:
+    def finish(self) -> BrokenLink | None:
+        for mark, what in self.marks:
             if mark.chain_seq > self.walked:
                 return BrokenLink(
                     self.chain, self.walked + 1, None,
@@ -115,7 +116,7 @@ class ChainWalk:
             if self._seen.get(mark.chain_seq) != mark.hash:
                 return BrokenLink(self.chain, mark.chain_seq, None,
                                   f"{what} recorded another hash at this position")
-        if head is None and self.last is not None:
+        if self.head is None and self.last is not None:
             return BrokenLink(self.chain, self.walked, self.last["id"],
                               "the chain has no head row")
         return None
@@ -125,14 +126,12 @@ def first_broken_link(chain: str, rows: Iterable[Mapping[str, Any]],
                       head: ChainHead | None = None,
                       checkpoints: Iterable[ChainHead] = ()) -> tuple[int, BrokenLink | None]:
     """A whole chain at once: (events walked, first broken link or None)."""
-    checkpoints = list(checkpoints)
-    walk = ChainWalk(chain, [c.chain_seq for c in checkpoints]
-                     + ([head.chain_seq] if head else []))
+    walk = ChainWalk(chain, head, checkpoints)
     for row in rows:
         broken = walk.feed(row)
         if broken:
             return walk.walked, broken
-    return walk.walked, walk.finish(head, checkpoints)
+    return walk.walked, walk.finish()
 
 
 def _check_link(chain: str, position: int, row: Mapping[str, Any],

@@ -57,19 +57,16 @@ async def verify_chains(engine: AsyncEngine, merchant_id: str | None = None) -> 
             checkpoints = (await connection.execute(text(
                 "SELECT chain_seq, hash FROM audit_checkpoint WHERE chain = :chain "
                 "ORDER BY chain_seq"), {"chain": chain})).all()
-            head = ChainHead(*heads[0]) if heads else None
-            marks = [ChainHead(*c) for c in checkpoints]
-            walk = ChainWalk(chain, [m.chain_seq for m in marks]
-                             + ([head.chain_seq] if head else []))
+            walk = ChainWalk(chain, ChainHead(*heads[0]) if heads else None,
+                             [ChainHead(*c) for c in checkpoints])
             broken = None
             async for row in _chain_rows(connection, chain):
                 broken = walk.feed(row)
                 if broken:
                     break
             else:
-                broken = walk.finish(head, marks)
-            walked = walk.walked
-            report.chains.append(ChainReport(chain, walked, broken))
+                broken = walk.finish()
+            report.chains.append(ChainReport(chain, walk.walked, broken))
     return report
 
 
