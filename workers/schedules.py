@@ -39,38 +39,33 @@ AUDIT_CHECKPOINT_SCHEDULE_ID = "durapay-audit-checkpoint"
 
 
 def reconciliation_schedule(settings: Settings) -> Schedule:
-    interval = timedelta(seconds=settings.reconcile_sweep_interval_seconds)
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            ReconciliationSweepWorkflow.run,
-            ReconciliationSweepInput(settings.reconcile_sweep_window_seconds,
-                                     SweepTrigger.SCHEDULE,
-                                     settings.reconcile_stuck_after_seconds),
-            # Temporal appends the scheduled time, so each sweep has its own workflow id.
-            id=RECONCILIATION_SCHEDULE_ID, task_queue=settings.task_queue),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
-        # A sweep still running when the next is due makes the next one redundant (the windows
-        # overlap); after an outage one catch-up sweep is enough, not one per missed interval.
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP,
-                              catchup_window=max(interval, timedelta(minutes=1))),
-    )
+    return _every(settings.reconcile_sweep_interval_seconds, ScheduleActionStartWorkflow(
+        ReconciliationSweepWorkflow.run,
+        ReconciliationSweepInput(settings.reconcile_sweep_window_seconds,
+                                 SweepTrigger.SCHEDULE, settings.reconcile_stuck_after_seconds),
+        # Temporal appends the scheduled time, so each sweep has its own workflow id.
+        id=RECONCILIATION_SCHEDULE_ID, task_queue=settings.task_queue))
 
 
 def audit_checkpoint_schedule(settings: Settings) -> Schedule:
-    interval = timedelta(seconds=settings.audit_checkpoint_interval_seconds)
+    return _every(settings.audit_checkpoint_interval_seconds, ScheduleActionStartWorkflow(
+        AuditCheckpointWorkflow.run, id=AUDIT_CHECKPOINT_SCHEDULE_ID,
+        task_queue=settings.task_queue))
+
+
+def _every(seconds: int, action: ScheduleActionStartWorkflow) -> Schedule:
+    """Both schedules' runs cover everything before them (a sweep's windows overlap; a
+    checkpoint takes every head): one still running when the next is due makes the next
+    redundant, and after an outage one catch-up run is enough, not one per missed interval."""
+    interval = timedelta(seconds=seconds)
     return Schedule(
-        action=ScheduleActionStartWorkflow(
-            AuditCheckpointWorkflow.run, id=AUDIT_CHECKPOINT_SCHEDULE_ID,
-            task_queue=settings.task_queue),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
-        # Each checkpoint covers everything before it: missed ones need no catching up.
+        action=action, spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP,
-                              catchup_window=max(interval, timedelta(minutes=1))),
-    )
+                              catchup_window=max(interval, timedelta(minutes=1))))
 
 
 async def ensure_schedules(client: Client, settings: Settings) -> None:
-    await ensure_schedule(client, RECONCILIATION_SCHEDULE_ID, reconciliation_schedule(settings))
+    await ensure_reconciliation_schedule(client, settings)
     await ensure_schedule(client, AUDIT_CHECKPOINT_SCHEDULE_ID,
                           audit_checkpoint_schedule(settings))
 
