@@ -24,30 +24,26 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig
 
 from core.metrics import DATABASE_GAUGES, WORKER_REGISTRY
+from core.readiness import CHECK_SECONDS, Check, postgres_ok, readiness, temporal_ok
 from core.temporal_client import start_runtime_with_metrics
 
 log = logging.getLogger("durapay.worker")
 
-# A probe gives up after 1 to 5 s; a dependency slower than this is as good as down.
-CHECK_SECONDS = 2.0
 # A client that has not sent its request head by then is dropped (a slow-loris guard).
 REQUEST_HEAD_SECONDS = 5.0
 REQUEST_HEAD_LIMIT = 8192
 SDK_BIND_ATTEMPTS = 5
-
-Check = Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -77,26 +73,14 @@ def start_sdk_metrics() -> str:
 
 
 def postgres_check(sessions: async_sessionmaker[AsyncSession]) -> Check:
-    async def postgres_ok() -> bool:
-        try:
-            async with asyncio.timeout(CHECK_SECONDS), sessions() as session:
-                await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
-        except Exception:  # noqa: BLE001 (any failure is "down")
-            return False
-        return True
-
-    return postgres_ok
+    return lambda: postgres_ok(sessions)
 
 
 def temporal_check(client: Client) -> Check:
-    async def temporal_ok() -> bool:
-        try:
-            async with asyncio.timeout(CHECK_SECONDS):
-                return await client.service_client.check_health()
-        except Exception:  # noqa: BLE001
-            return False
+    async def this_client() -> Client:
+        return client
 
-    return temporal_ok
+    return lambda: temporal_ok(this_client)
 
 
 class HealthServer:
@@ -141,15 +125,7 @@ class HealthServer:
         return _json(404, {"error": "not found"})
 
     async def _readiness(self) -> Answer:
-        names = list(self._checks)
-        # All at once: with everything down the probe waits CHECK_SECONDS, not that times n.
-        results = await asyncio.gather(*(self._checks[name]() for name in names))
-        down = [name for name, ok in zip(names, results, strict=True) if not ok]
-        body: dict[str, object] = {
-            "status": "unavailable" if down else "ok",
-            "checks": {name: "down" if name in down else "ok" for name in names}}
-        if down:
-            body["down"] = down
+        body, down = await readiness(self._checks)
         return _json(503 if down else 200, body)
 
     async def _exposition(self) -> bytes:
