@@ -98,9 +98,8 @@ class EventStream:
             raise SlotBusy(f"another consumer is streaming slot {self.slot}")
         # Timestamps in the decoded rows are printed in the session's zone: make it UTC.
         await self._db.execute("SET TIME ZONE 'UTC'")
-        created = await replication.ensure_slot(self._db, self.slot)
-        status = await replication.slot_status(self._db, self.slot)
-        self.stats.confirmed_lsn = status.confirmed_lsn if status else 0
+        status, created = await replication.ensure_slot(self._db, self.slot)
+        self.stats.confirmed_lsn = status.confirmed_lsn
         return created
 
     async def copy_from_table(self, from_seq: int) -> None:

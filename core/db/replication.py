@@ -56,23 +56,25 @@ async def take_consumer_lock(connection: asyncpg.Connection, slot: str) -> bool:
         "SELECT pg_try_advisory_lock($1, hashtext($2))", CONSUMER_LOCK_CLASS, slot))
 
 
-async def ensure_slot(connection: asyncpg.Connection, slot: str) -> bool:
-    """Create the slot if it is not there; True when created (it starts at the current WAL
-    position: events committed before it are read from the table, `--from-seq`)."""
-    exists = await connection.fetchval(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot)
-    if exists:
-        status = await slot_status(connection, slot)
-        if status and status.wal_status == "lost":
+async def ensure_slot(connection: asyncpg.Connection, slot: str) -> tuple[SlotStatus, bool]:
+    """The slot's status, creating the slot if it is not there (True when created: it starts
+    at the current WAL position; events committed before it are read from the table,
+    `--from-seq`)."""
+    status = await slot_status(connection, slot)
+    if status is not None:
+        if status.wal_status == "lost":
             raise SlotLost(f"replication slot {slot} lost WAL it had not confirmed "
                            "(max_slot_wal_keep_size): drop it and rebuild with --from-seq")
-        return False
+        return status, False
+    created = True
     try:
         await connection.execute(
             "SELECT pg_create_logical_replication_slot($1, $2)", slot, PLUGIN)
     except asyncpg.DuplicateObjectError:
-        return False  # another consumer created it meanwhile
-    return True
+        created = False  # another consumer created it meanwhile
+    status = await slot_status(connection, slot)
+    assert status is not None, slot
+    return status, created
 
 
 async def peek(connection: asyncpg.Connection, slot: str, upto_lsn: int,
@@ -94,10 +96,8 @@ async def flushed_lsn(connection: asyncpg.Connection) -> int:
     return int(await connection.fetchval("SELECT pg_current_wal_flush_lsn()"))
 
 
-async def slot_status(connection: asyncpg.Connection,
-                      slot: str | None = None) -> SlotStatus | None:
-    statuses = await slot_statuses(connection)
-    return next((s for s in statuses if slot is None or s.slot == slot), None)
+async def slot_status(connection: asyncpg.Connection, slot: str) -> SlotStatus | None:
+    return next((s for s in await slot_statuses(connection) if s.slot == slot), None)
 
 
 async def slot_statuses(connection: asyncpg.Connection) -> list[SlotStatus]:
