@@ -50,7 +50,12 @@ from core.state_machine import is_final
 from core.telemetry import annotate_current_span
 from core.webhooks import schedule_from
 from workflows.payment_intent import PaymentIntentWorkflow
-from workflows.payment_messages import LifecyclePolicy, PaymentIntentInput, ReconcilePolicy
+from workflows.payment_messages import (
+    LifecyclePolicy,
+    PaymentIntentInput,
+    ReconcilePolicy,
+    addressed,
+)
 
 
 def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> PaymentIntentInput:
@@ -126,6 +131,7 @@ async def send_operation(temporal: Client, intent: PaymentIntent, settings: Sett
     start = WithStartWorkflowOperation(
         PaymentIntentWorkflow.run, payment_workflow_input(intent, settings),
         **payment_workflow_options(intent, settings))
+    request = addressed(request, update, payment_intent_id=intent.id, update_id=update_id)
     try:
         async with asyncio.timeout(settings.charge_wait_seconds):
             handle = await temporal.start_update_with_start_workflow(

@@ -38,6 +38,7 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.converter import WorkflowSerializationContext
 from temporalio.service import RPCError
 
 from cli.shutdown import exit_without_finalizing
@@ -220,8 +221,8 @@ async def reencode_schedules(client: Client) -> int:
     """Re-encode the workflow input each schedule stores (the reconciliation sweep's) under
     the current key: unlike histories, a schedule is kept at rest and replayed at every run.
     Input this process cannot read is left as it is; returns how many were re-encoded."""
-    codec = client.data_converter.payload_codec
-    assert isinstance(codec, PayloadEncryptionCodec)
+    process_codec = client.data_converter.payload_codec
+    assert isinstance(process_codec, PayloadEncryptionCodec)
     reencoded = 0
 
     async def reencoded_input(update: ScheduleUpdateInput) -> ScheduleUpdate | None:
@@ -230,6 +231,9 @@ async def reencode_schedules(client: Client) -> int:
         action = schedule.action
         if not isinstance(action, ScheduleActionStartWorkflow):
             return None
+        # Bound, like every payload, to the workflow id its runs are started under.
+        codec = process_codec.with_context(WorkflowSerializationContext(
+            namespace=client.namespace, workflow_id=action.id))
         stored = [arg for arg in action.args if isinstance(arg, Payload)]
         if all(arg.metadata.get(KEY_ID_METADATA) == codec.key_id for arg in stored):
             return None

@@ -19,6 +19,7 @@ the API). In the Temporal Web UI the same payments match
 from __future__ import annotations
 
 import argparse
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +35,7 @@ from core.reconciliation import UNKNOWN_STATUSES
 from core.settings import Settings
 from core.temporal_client import connect_temporal
 from workflows.payment_intent import PaymentIntentWorkflow
-from workflows.payment_messages import ManualReviewResolution
+from workflows.payment_messages import ManualReviewResolution, addressed
 
 OUTCOMES = {"approved": NetworkOutcome.APPROVED, "failed": NetworkOutcome.FAILED}
 
@@ -114,8 +115,13 @@ async def resolve_review(settings: Settings, payment_intent_id: str, outcome: Ne
     client = await connect_temporal(settings)
     handle = client.get_workflow_handle_for(PaymentIntentWorkflow.run, payment_intent_id)
     try:
-        status = await handle.execute_update(PaymentIntentWorkflow.resolve_manual_review,
-                                             ManualReviewResolution(outcome, note))
+        update_id = f"review:{uuid.uuid4().hex}"
+        status = await handle.execute_update(
+            PaymentIntentWorkflow.resolve_manual_review,
+            addressed(ManualReviewResolution(outcome, note),
+                      PaymentIntentWorkflow.resolve_manual_review,
+                      payment_intent_id=payment_intent_id, update_id=update_id),
+            id=update_id)
     except WorkflowUpdateFailedError as error:
         print(f"durapay review: refused: {error.cause}")
         return 1

@@ -117,6 +117,15 @@ DISCREPANCIES_OPENED = Counter(
 SWEEPS = Counter(
     "durapay_reconciliation_sweeps", "Reconciliation sweeps recorded, by trigger.", ["trigger"],
     registry=WORKER_REGISTRY)
+# Someone reached Temporal with a client of their own, or a process runs with another master key.
+# Unlike the business facts, counted where it happens (a refusal commits nothing).
+REFUSAL_KINDS = ("not_encrypted", "unknown_key", "wrong_place", "failed_authentication",
+                 "misaddressed")
+PAYLOADS_REFUSED = Counter(
+    "durapay_temporal_payloads_refused", "Temporal payloads the workers refused before any "
+    "code acted on them: in clear, under a key not ours, bound to another workflow or "
+    "activity, failing authentication, or an operation input addressed to another payment or "
+    "Update (misaddressed).", ["kind"], registry=WORKER_REGISTRY)
 
 # Every series of a fixed vocabulary exists from the start at 0, so `rate()` and `increase()`
 # see the first event and an alert is not blind until a series first appears.
@@ -138,6 +147,12 @@ for _kind in DiscrepancyKind:
     DISCREPANCIES_OPENED.labels(kind=_kind.value)
 for _trigger in SweepTrigger:
     SWEEPS.labels(trigger=_trigger.value)
+for _kind in REFUSAL_KINDS:
+    PAYLOADS_REFUSED.labels(kind=_kind)
+
+
+def count_refused_payload(kind: str) -> None:
+    PAYLOADS_REFUSED.labels(kind=kind if kind in REFUSAL_KINDS else "failed_authentication").inc()
 
 
 def count_recorded_outcome(*, transaction_type: str, status_before: str,

@@ -23,10 +23,12 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.card_network import AuthorizeInput, OperationRequest
     from activities.persistence import ChargeAttempt, IntentCancellation, OperationAttempt
+    from core.codec import PAYLOAD_REFUSED
     from core.domain import (
         CancellationReason,
         CaptureMethod,
@@ -37,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         transaction_id_for,
     )
     from core.errors import ErrorType
+    from core.metrics import count_refused_payload
     from core.state_machine import holds_authorization
 
     # Our own workflow helpers are deterministic: passed through, a sandboxed run does not
@@ -44,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import payment_calls as calls
     from workflows.payment_book import PaymentBook
     from workflows.payment_messages import (
+        Address,
         CancelInput,
         CaptureInput,
         ChargeInput,
@@ -75,6 +79,9 @@ class PaymentIntentWorkflow:
 
     @workflow.run
     async def run(self, input: PaymentIntentInput) -> PaymentIntentResult:
+        if not self._start_is_genuine():
+            raise ApplicationError("this run's input was not written for it", type=PAYLOAD_REFUSED,
+                                   non_retryable=True)
         while True:
             await self._wait_for_work()
             if self._book.deliveries:
@@ -103,6 +110,7 @@ class PaymentIntentWorkflow:
 
     @confirm_charge.validator
     def _validate_charge(self, charge: ChargeInput) -> None:
+        self._check_addressed(charge.address)
         self._state.check_charge()
 
     @workflow.update
@@ -117,6 +125,7 @@ class PaymentIntentWorkflow:
 
     @capture.validator
     def _validate_capture(self, request: CaptureInput) -> None:
+        self._check_addressed(request.address)
         self._state.check_capture(request.amount_in_cents)
 
     @workflow.update
@@ -128,6 +137,7 @@ class PaymentIntentWorkflow:
 
     @cancel.validator
     def _validate_cancel(self, request: CancelInput) -> None:
+        self._check_addressed(request.address)
         self._state.check_cancel()
 
     @workflow.update
@@ -143,6 +153,7 @@ class PaymentIntentWorkflow:
 
     @refund.validator
     def _validate_refund(self, request: RefundInput) -> None:
+        self._check_addressed(request.address)
         self._state.check_refund(request.amount_in_cents, now=workflow.now().timestamp())
 
     @workflow.update
@@ -154,6 +165,7 @@ class PaymentIntentWorkflow:
 
     @resolve_manual_review.validator
     def _validate_resolution(self, resolution: ManualReviewResolution) -> None:
+        self._check_addressed(resolution.address)
         if self._state.unknown is None or not self._state.unknown.in_manual_review:
             raise refused("this payment is not waiting for a manual review")
         if resolution.outcome not in (NetworkOutcome.APPROVED, NetworkOutcome.FAILED):
@@ -272,6 +284,27 @@ class PaymentIntentWorkflow:
             yield
         finally:
             self._lock.release()
+
+    def _start_is_genuine(self) -> bool:
+        """The start input names this workflow's payment, and carries state only into a run
+        continued from another (a carried state copied into a fresh run would be stale)."""
+        info = workflow.info()
+        return (self._input.payment_intent_id == info.workflow_id
+                and (self._input.carried is None or info.continued_run_id is not None))
+
+    def _check_addressed(self, address: Address | None) -> None:
+        """Refuses an operation input issued for another payment, Update name or Update id:
+        inputs are encrypted and bound to this workflow, so only a copy of an earlier input of
+        this very payment could get here, and it must not run again under a new id."""
+        info = workflow.current_update_info()
+        if (address is not None and info is not None and self._start_is_genuine()
+                and address.payment_intent_id == self._input.payment_intent_id
+                and address.update_name == info.name and address.update_id == info.id):
+            return
+        count_refused_payload("misaddressed")
+        workflow.logger.warning("refused an Update %s: its input was not issued for it",
+                                info.name if info else "?")
+        raise refused("this input was not issued for this payment and Update", PAYLOAD_REFUSED)
 
     def _update_transaction_id(self) -> str:
         """The id the API derived from this Update's id (see `transaction_id_for`)."""

@@ -6,7 +6,10 @@ are part of every saved history: add fields with defaults at the end, never rena
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from temporalio import workflow
 
@@ -89,9 +92,33 @@ class CarriedState:
 
 # ---- updates -------------------------------------------------------------------------------------
 @dataclass
+class Address:
+    """Where an operation's input was issued to: this payment, this Update name, this Update
+    id. The API writes it (`api/payment_workflow.py`) and the workflow's validators refuse any
+    other, so an input copied out of a history (it is encrypted, so it cannot be altered)
+    cannot be sent again as another Update, under another id, or to another payment."""
+
+    payment_intent_id: str
+    update_name: str
+    update_id: str
+
+
+Addressable = TypeVar("Addressable")
+
+
+def addressed(argument: Addressable, update: Callable[..., Any], *, payment_intent_id: str,
+              update_id: str) -> Addressable:
+    """`argument` (an operation's input) addressed to `update` of this payment, sent under
+    `update_id`: what every sender (the API, `durapay review`) passes."""
+    address = Address(payment_intent_id, update.__name__, update_id)
+    return dataclasses.replace(argument, address=address)  # type: ignore[type-var]
+
+
+@dataclass
 class ChargeInput:
     card_token_id: str
     card: CardSummary
+    address: Address | None = None
 
 
 class TransactionShortcuts:
@@ -124,16 +151,19 @@ class ChargeResult(TransactionShortcuts):
 @dataclass
 class CaptureInput:
     amount_in_cents: int | None = None  # None: everything authorized
+    address: Address | None = None
 
 
 @dataclass
 class CancelInput:
     reason: str = CancellationReason.REQUESTED_BY_CUSTOMER.value
+    address: Address | None = None
 
 
 @dataclass
 class RefundInput:
     amount_in_cents: int | None = None  # None: everything not refunded yet
+    address: Address | None = None
 
 
 @dataclass
@@ -150,6 +180,7 @@ class ManualReviewResolution:
 
     outcome: NetworkOutcome  # APPROVED (the network charged) or FAILED (it did not)
     note: str
+    address: Address | None = None
 
 
 # ---- the workflow's input and result -----------------------------------------------------------

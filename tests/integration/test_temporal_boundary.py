@@ -46,6 +46,7 @@ from workflows.payment_messages import (
     CaptureInput,
     ChargeInput,
     PaymentIntentInput,
+    addressed,
 )
 
 pytestmark = pytest.mark.integration
@@ -174,10 +175,13 @@ async def test_an_encrypted_charge_naming_a_card_not_the_merchants_is_refused_be
     token = foreign_token if whose == "another-merchants" else "card_does_not_exist_000000"
     intent = await create_intent(durapay)
     before = await traces(db, cardnet, intent["id"])
+    update_id = f"charge:{uuid.uuid4().hex}"
+    forged = addressed(forged_charge(token), PaymentIntentWorkflow.confirm_charge,
+                       payment_intent_id=intent["id"], update_id=update_id)
     with pytest.raises(WorkflowUpdateFailedError) as rejected:
-        async with asyncio.timeout(30):  # before the fix: retried for ever, never answered
+        async with asyncio.timeout(30):  # retried for ever, never answered, it would time out
             await temporal.execute_update_with_start_workflow(
-                PaymentIntentWorkflow.confirm_charge, forged_charge(token),
+                PaymentIntentWorkflow.confirm_charge, forged, id=update_id,
                 start_workflow_operation=forged_start(intent, merchant["id"]))
     cause = rejected.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == ErrorType.ILLEGAL_TRANSITION

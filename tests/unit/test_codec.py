@@ -10,7 +10,11 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
-from temporalio.converter import DataConverter
+from temporalio.converter import (
+    ActivitySerializationContext,
+    DataConverter,
+    WorkflowSerializationContext,
+)
 from temporalio.exceptions import ApplicationError
 
 from core.codec import (
@@ -21,6 +25,8 @@ from core.codec import (
     is_refusal,
 )
 from core.domain import CardSummary
+from core.keyring import KeyRing
+from core.metrics import PAYLOADS_REFUSED
 from workflows.payment_intent import ChargeInput
 
 KEY = os.urandom(32)
@@ -59,7 +65,7 @@ async def test_the_converter_refuses_a_payload_in_clear_for_good(
     assert "not encrypted" in refused.value.message
     # Operators see it; nothing of the payload is in the log line.
     assert [r.getMessage() for r in caplog.records] == [
-        "refused a Temporal payload: not encrypted"]
+        "refused a Temporal payload for no workflow: not encrypted"]
 
 
 async def test_the_display_codec_passes_payloads_in_clear_through() -> None:
@@ -117,3 +123,96 @@ async def test_payload_key_is_not_the_master_key() -> None:
     with pytest.raises(InvalidTag):
         AESGCM(KEY).decrypt(stored.data[:12], stored.data[12:], stored.metadata[
             "encryption-key-id"])
+
+
+def workflow_context(workflow_id: str, namespace: str = "default") -> WorkflowSerializationContext:
+    return WorkflowSerializationContext(namespace=namespace, workflow_id=workflow_id)
+
+
+def activity_context(workflow_id: str, activity_type: str, *,
+                     activity_id: str | None = None) -> ActivitySerializationContext:
+    return ActivitySerializationContext(
+        namespace="default", activity_id=activity_id, activity_type=activity_type,
+        activity_task_queue="q", workflow_id=workflow_id, workflow_type="PaymentIntentWorkflow",
+        is_local=False)
+
+
+def refused_count(kind: str) -> float:
+    return PAYLOADS_REFUSED.labels(kind=kind)._value.get()
+
+
+async def test_a_payload_opens_only_in_the_workflow_it_was_written_for(
+        caplog: pytest.LogCaptureFixture) -> None:
+    converter = data_converter(KEY)
+    [stored] = await converter.with_context(workflow_context("pi_a")).encode([CHARGE])
+    [back] = await converter.with_context(workflow_context("pi_a")).decode([stored],
+                                                                           [ChargeInput])
+    assert back == CHARGE
+    before = refused_count("wrong_place")
+    for elsewhere in (workflow_context("pi_b"), workflow_context("pi_a", "other-namespace"),
+                      activity_context("pi_a", "authorize_card")):
+        with caplog.at_level(logging.WARNING, "durapay.codec"), \
+                pytest.raises(ApplicationError, match="another workflow or activity") as refused:
+            await converter.with_context(elsewhere).decode([stored], [ChargeInput])
+        assert refused.value.type == PAYLOAD_REFUSED
+    with pytest.raises(ApplicationError, match="another workflow or activity"):
+        await converter.decode([stored], [ChargeInput])  # no context at all
+    # Logged with the place it was refused in, and counted.
+    assert "refused a Temporal payload for workflow pi_b" in caplog.text
+    assert refused_count("wrong_place") == before + 4
+
+
+async def test_an_activity_payload_opens_only_in_that_activity_type_of_that_workflow() -> None:
+    codec = PayloadEncryptionCodec(KEY)
+    written = codec.with_context(activity_context("pi_a", "authorize_card"))
+    [stored] = await written.encode([Payload(data=b"answer")])
+    # The activity side knows the activity id; the workflow side may not: neither is bound.
+    same = codec.with_context(activity_context("pi_a", "authorize_card", activity_id="7"))
+    assert await same.decode([stored]) == [Payload(data=b"answer")]
+    for elsewhere in (activity_context("pi_a", "refund_charge"),
+                      activity_context("pi_b", "authorize_card"), workflow_context("pi_a")):
+        [marker] = await codec.with_context(elsewhere).decode([stored])
+        assert is_refusal(marker)
+
+
+async def test_a_schedules_input_opens_in_the_runs_it_starts_only() -> None:
+    codec = PayloadEncryptionCodec(KEY)
+    [stored] = await codec.with_context(workflow_context("durapay-sweep")).encode(
+        [Payload(data=b"window")])
+    run = codec.with_context(workflow_context("durapay-sweep-2026-12-04T17:00:00Z"))
+    assert await run.decode([stored]) == [Payload(data=b"window")]
+    for elsewhere in ("durapay-sweep-x", "durapay-other-2026-12-04T17:00:00Z", "durapay-sweep-2"):
+        [marker] = await codec.with_context(workflow_context(elsewhere)).decode([stored])
+        assert is_refusal(marker)
+    # A payment's payload does not open in a workflow named like a scheduled run of it.
+    [payment] = await codec.with_context(workflow_context("pi_a")).encode([Payload(data=b"p")])
+    [marker] = await codec.with_context(workflow_context("pi_a-2026-12-04T17:00:00Z")).decode(
+        [payment])
+    assert is_refusal(marker)
+
+
+async def test_the_display_codec_opens_a_bound_payload_by_the_place_it_names() -> None:
+    [stored] = await PayloadEncryptionCodec(KEY).with_context(workflow_context("pi_a")).encode(
+        [Payload(data=b"shown")])
+    assert await PayloadEncryptionCodec(KEY, strict=False).decode([stored]) == [
+        Payload(data=b"shown")]
+    # A place rewritten in the metadata does not authenticate, even for display.
+    stored.metadata["encryption-context"] = b"workflow\x00default\x00pi_b"
+    [marker] = await PayloadEncryptionCodec(KEY, strict=False).decode([stored])
+    assert is_refusal(marker)
+    [marker] = await PayloadEncryptionCodec(KEY).with_context(workflow_context("pi_b")).decode(
+        [stored])
+    assert is_refusal(marker)
+
+
+async def test_codecs_made_for_a_context_follow_the_processes_rotation() -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    ring = KeyRing(old)
+    codec = PayloadEncryptionCodec.from_key_ring(ring)
+    bound = codec.with_context(workflow_context("pi_a"))
+    [before] = await bound.encode([Payload(data=b"x")])
+    ring._install(new, [old])  # what a reload does
+    ring.generation += 1
+    [after] = await codec.with_context(workflow_context("pi_a")).encode([Payload(data=b"y")])
+    assert after.metadata["encryption-key-id"] != before.metadata["encryption-key-id"]
+    assert await bound.decode([before, after]) == [Payload(data=b"x"), Payload(data=b"y")]

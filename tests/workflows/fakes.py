@@ -40,6 +40,7 @@ from workflows.payment_messages import (
     LifecyclePolicy,
     PaymentIntentInput,
     ReconcilePolicy,
+    addressed,
 )
 
 CARD = ChargeInput(card_token_id="card_1", card=CardSummary("visa", "4242", 12, 2030))
@@ -257,6 +258,8 @@ class PaymentHandle:
                            wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
                            ) -> WorkflowUpdateHandle[Any]:
         start = self._start()
+        id = id or f"{update.__name__}:{uuid.uuid4().hex}"
+        argument = addressed(argument, update, payment_intent_id=self.id, update_id=id)
         handle = await self.env.client.start_update_with_start_workflow(
             update, argument, start_workflow_operation=start, wait_for_stage=wait_for_stage,
             id=id)

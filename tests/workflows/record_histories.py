@@ -42,6 +42,7 @@ from workflows.payment_messages import (
     ManualReviewResolution,
     ReconcilePolicy,
     RefundInput,
+    addressed,
 )
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
@@ -102,7 +103,10 @@ async def verdict_refused_by_the_network(env: WorkflowEnvironment) -> PaymentHan
         try:
             await handle.latest().execute_update(
                 PaymentIntentWorkflow.resolve_manual_review,
-                ManualReviewResolution(NetworkOutcome.FAILED, "never charged?"))
+                addressed(ManualReviewResolution(NetworkOutcome.FAILED, "never charged?"),
+                          PaymentIntentWorkflow.resolve_manual_review,
+                          payment_intent_id=handle.id, update_id="review:k1"),
+                id="review:k1")
         except WorkflowUpdateFailedError as error:
             assert isinstance(error.cause, ApplicationError)
             assert error.cause.type == ErrorType.VERDICT_CONTRADICTS_NETWORK

@@ -39,7 +39,12 @@ from core.domain import CaptureMethod, CardSummary, IntentStatus, NetworkOutcome
 from tests.workflows.conftest import new_worker
 from tests.workflows.fakes import CARD, FakeNetwork, start_payment
 from workflows.payment_intent import PaymentIntentWorkflow
-from workflows.payment_messages import CaptureInput, ChargeInput, PaymentIntentInput
+from workflows.payment_messages import (
+    CaptureInput,
+    ChargeInput,
+    PaymentIntentInput,
+    addressed,
+)
 
 KEY = os.urandom(32)
 FORGED = ChargeInput(card_token_id="card_forged", card=CardSummary("visa", "4242", 12, 2030))
@@ -57,6 +62,13 @@ def update_with_start(client: Client, payment: PaymentIntentInput,
         PaymentIntentWorkflow.run, payment, id=payment.payment_intent_id, task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+
+
+def addressed_to(payment: PaymentIntentInput, update: Any, argument: Any) -> tuple[Any, str]:
+    """`argument` as the API sends it to `update`, and the Update id it is sent under."""
+    update_id = f"{update.__name__}:{uuid.uuid4().hex}"
+    return addressed(argument, update, payment_intent_id=payment.payment_intent_id,
+                     update_id=update_id), update_id
 
 
 def refused(error: BaseException) -> bool:
@@ -78,8 +90,9 @@ async def test_a_plaintext_update_to_an_open_run_is_rejected_and_the_run_goes_on
         payment = (await start_payment(env, worker.task_queue,
                                        capture_method=CaptureMethod.MANUAL)).input
         # The merchant's authorization: the run stays open, holding it until its capture.
+        charge, charge_id = addressed_to(payment, PaymentIntentWorkflow.confirm_charge, CARD)
         authorized = await client.execute_update_with_start_workflow(
-            PaymentIntentWorkflow.confirm_charge, CARD,
+            PaymentIntentWorkflow.confirm_charge, charge, id=charge_id,
             start_workflow_operation=update_with_start(client, payment, worker.task_queue))
         assert authorized.intent_status is IntentStatus.REQUIRES_CAPTURE
 
@@ -100,7 +113,9 @@ async def test_a_plaintext_update_to_an_open_run_is_rejected_and_the_run_goes_on
                     if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
         assert len(accepted) == 1
 
-        captured = await mine.execute_update(PaymentIntentWorkflow.capture, CaptureInput())
+        capture, capture_id = addressed_to(payment, PaymentIntentWorkflow.capture, CaptureInput())
+        captured = await mine.execute_update(PaymentIntentWorkflow.capture, capture,
+                                             id=capture_id)
     assert captured.intent_status is IntentStatus.SUCCEEDED
     assert [kind for kind, _ in network.operations] == ["capture"]
 
@@ -139,8 +154,10 @@ async def test_a_plaintext_update_with_start_fails_its_run_and_the_next_charge_o
         assert network.attempts == [] and network.calls == []
 
         start = update_with_start(client, payment, worker.task_queue)
+        charge, charge_id = addressed_to(payment, PaymentIntentWorkflow.confirm_charge, CARD)
         charged = await client.execute_update_with_start_workflow(
-            PaymentIntentWorkflow.confirm_charge, CARD, start_workflow_operation=start)
+            PaymentIntentWorkflow.confirm_charge, charge, id=charge_id,
+            start_workflow_operation=start)
         assert charged.transaction_status == "succeeded"
         assert (await start.workflow_handle()).result_run_id != forged_run_id
     assert [a.card_token_id for a in network.attempts] == [CARD.card_token_id]
