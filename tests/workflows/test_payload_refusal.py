@@ -9,6 +9,7 @@ activity input never reaches the activity's code.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import uuid
@@ -41,7 +42,9 @@ from tests.workflows.fakes import CARD, FakeNetwork, start_payment
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import (
     CaptureInput,
+    CarriedState,
     ChargeInput,
+    Money,
     PaymentIntentInput,
     addressed,
 )
@@ -199,3 +202,58 @@ async def test_an_activity_scheduled_with_an_input_in_clear_never_runs(
     assert calls == []
     assert PAYLOAD_REFUSED in outcome, outcome
 
+
+
+async def test_an_input_issued_for_another_payment_update_or_id_is_refused(
+        env: WorkflowEnvironment) -> None:
+    """Inputs are encrypted and bound to their workflow, so only an earlier input of this very
+    payment could arrive here: the validators still refuse one not addressed to this payment,
+    this Update name and this Update id (what a copy sent under a new id would be)."""
+    network = FakeNetwork(answers=[APPROVED])
+    async with new_worker(env.client, PaymentIntentWorkflow,
+                          activities=network.activities()) as worker:
+        payment = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL)
+        await payment.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
+        run = payment.latest()
+        intent = payment.id
+        capture = PaymentIntentWorkflow.capture
+        for argument, update_id in (
+                (addressed(CaptureInput(), capture, payment_intent_id="pi_another",
+                           update_id="capture:k"), "capture:k"),
+                (addressed(CaptureInput(), PaymentIntentWorkflow.refund,
+                           payment_intent_id=intent, update_id="capture:k"), "capture:k"),
+                (addressed(CaptureInput(), capture, payment_intent_id=intent,
+                           update_id="capture:k"), "capture:copied-under-a-new-id"),
+                (CaptureInput(), "capture:k")):  # not addressed at all
+            with pytest.raises(WorkflowUpdateFailedError) as rejected:
+                await run.execute_update(capture, argument, id=update_id)
+            assert refused(rejected.value), rejected.value.cause
+        assert network.operations == []
+        assert await run.query(PaymentIntentWorkflow.current_status) is \
+            IntentStatus.REQUIRES_CAPTURE
+        captured = await run.execute_update(
+            capture, addressed(CaptureInput(), capture, payment_intent_id=intent,
+                               update_id="capture:k"), id="capture:k")
+    assert captured.intent_status is IntentStatus.SUCCEEDED
+    assert [kind for kind, _ in network.operations] == ["capture"]
+
+
+@pytest.mark.parametrize("forged", ["another-payment", "carried-into-a-fresh-run"])
+async def test_a_start_input_not_written_for_its_run_fails_the_run_before_anything_runs(
+        forged: str, env: WorkflowEnvironment) -> None:
+    network = FakeNetwork(answers=[APPROVED])
+    async with new_worker(env.client, PaymentIntentWorkflow,
+                          activities=network.activities()) as worker:
+        payment = (await start_payment(env, worker.task_queue)).input
+        if forged == "another-payment":
+            start_input = dataclasses.replace(payment, payment_intent_id="pi_another")
+        else:
+            start_input = dataclasses.replace(payment, carried=CarriedState(
+                IntentStatus.REQUIRES_CAPTURE, money=Money("txn_old", None, 2499)))
+        handle = await env.client.start_workflow(
+            PaymentIntentWorkflow.run, start_input, id=payment.payment_intent_id,
+            task_queue=worker.task_queue)
+        with pytest.raises(WorkflowFailureError) as failed:
+            await handle.result()
+    assert refused(failed.value)
+    assert network.calls == [] and network.operations == []
