@@ -220,8 +220,9 @@ def _payload_texts(history: Any) -> list[str]:
 
 
 async def _decrypted_payload_texts(history: Any, master_key: bytes) -> list[str]:
-    """What the payloads say once decrypted with the stack's key, as our processes read them."""
-    codec = PayloadEncryptionCodec(master_key)
+    """What the payloads say once decrypted with the stack's key, as the Web UI's codec reads
+    them (each by the place it was bound to: the history does not say which activity)."""
+    codec = PayloadEncryptionCodec(master_key, strict=False)
     stored = [json_format.ParseDict(p, Payload()) for p in _payloads(history)]
     return [p.data.decode(errors="replace") for p in await codec.decode(stored)]
 
