@@ -15,15 +15,16 @@ which the workflow treats as an unknown outcome and reconciles, never as "nothin
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db.tables import CardToken
+from core.vault_epochs import CARD_NUMBER_RETENTION
 
-CARD_NUMBER_RETENTION = timedelta(days=1)
+__all__ = ["CARD_NUMBER_RETENTION", "shred_card_number", "shred_stale_card_numbers"]
 
 
 async def shred_card_number(session: AsyncSession, token_id: str) -> None:
