@@ -102,13 +102,16 @@ class EpochKeys:
     def current(self) -> tuple[int, bytes]:
         """The current epoch and its key, created if this is the epoch's first card number."""
         epoch = self.current_epoch()
-        key = self.find(epoch)
+        key = self._find(epoch, report_missing=False)  # missing: it is ours to create
         if key is None:
             key = self._create(epoch)
         return epoch, key
 
     def find(self, epoch: int) -> bytes | None:
         """The epoch's key, or None once it is destroyed or past its destruction time."""
+        return self._find(epoch, report_missing=True)
+
+    def _find(self, epoch: int, *, report_missing: bool) -> bytes | None:
         if self._clock() >= self.destroy_at(epoch):
             self._forget(epoch)
             return None
@@ -117,7 +120,8 @@ class EpochKeys:
             info = path.stat()
         except FileNotFoundError:
             self._forget(epoch)
-            self._report_missing(epoch)
+            if report_missing:
+                self._report_missing(epoch)
             return None
         identity = (info.st_ino, info.st_mtime_ns)
         with self._lock:
