@@ -28,7 +28,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.card_network import AuthorizeInput, CardNetworkActivities
 from api.main import create_app
-from core.crypto import VaultCipher, vault_epoch_aead
+from cli import keys
+from core.crypto import VaultCipher, epoch_of, vault_epoch_aead
 from core.db.migrate import upgrade
 from core.db.session import create_engine, session_factory
 from core.db.vault import CARD_NUMBER_RETENTION, shred_card_number, shred_stale_card_numbers
@@ -225,4 +226,46 @@ async def test_a_charge_whose_epoch_key_is_destroyed_sends_nothing(
         assert len(sent) == 1
     finally:
         await engine.dispose()
+        await db.close()
+
+
+async def test_rotation_clears_a_card_number_whose_epoch_key_is_gone(
+        tmp_path: Path, scratch_url: str, temporal_env: WorkflowEnvironment,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`durapay keys rotate` keeps each card number in its epoch; one whose epoch key is gone
+    cannot be re-encrypted, and is deleted instead of failing the rotation for ever."""
+    before = _settings(tmp_path, scratch_url, temporal_env)
+    db = await asyncpg.connect(scratch_url)
+    try:
+        async with _merchant(before) as merchant:
+            for number in CARDS[:2]:
+                await _charge_without_outcome(merchant, number)
+        tokens = [r["id"] for r in await db.fetch("SELECT id FROM card_token ORDER BY id")]
+        lost = bytes(await db.fetchval("SELECT pan_ciphertext FROM card_token WHERE id = $1",
+                                       tokens[0]))
+        epochs = before.vault_epoch_keys()
+        # The second card number in the next epoch, as if charged an hour later.
+        next_hour = EpochKeys(epochs.directory, epoch_seconds=epochs.epoch_seconds,
+                              keep_after_end=epochs.keep_after_end,
+                              clock=lambda: epoch_of(lost) + 1)
+        await db.execute("UPDATE card_token SET pan_ciphertext = $2 WHERE id = $1", tokens[1],
+                         VaultCipher(before.resolved_key_ring(), next_hour).encrypt(
+                             CARDS[1].encode(), context=tokens[1]))
+        epochs.path(epoch_of(lost)).unlink()  # lost, say
+        old = before.resolved_key_ring().current.material
+        after = before.model_copy(update={"master_key": encode_key(new_master_key()),
+                                          "retired_master_keys": encode_key(old)})
+        assert await keys.rotate(after, reencrypt_only=True) == keys.EXIT_OK
+        assert "1 deleted: their vault epoch key is destroyed" in capsys.readouterr().out
+        rows = {r["id"]: r for r in await db.fetch(
+            "SELECT id, pan_ciphertext, pan_deleted_at FROM card_token")}
+        assert rows[tokens[0]]["pan_ciphertext"] is None
+        assert rows[tokens[0]]["pan_deleted_at"] is not None
+        # The other one is under the new master key, still in its own epoch.
+        moved = bytes(rows[tokens[1]]["pan_ciphertext"])
+        assert moved[1:9] == after.resolved_key_ring().current.id_bytes
+        assert epoch_of(moved) == next_hour.current_epoch() == epoch_of(lost) + 3600
+        vault = VaultCipher(after.resolved_key_ring(), next_hour)
+        assert vault.decrypt(moved, context=tokens[1]).decode() == CARDS[1]
+    finally:
         await db.close()

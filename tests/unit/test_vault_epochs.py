@@ -4,6 +4,7 @@ card number whose epoch key is gone reads as deleted, cached or not."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import stat
@@ -19,7 +20,13 @@ from core.crypto import Cipher, VaultCipher, epoch_of
 from core.keyring import KeyRing, MasterKey, Purpose
 from core.secret_files import InsecurePermissionsError
 from core.settings import Settings
-from core.vault_epochs import CARD_NUMBER_RETENTION, CardNumberDeleted, EpochKeys, epoch_name
+from core.vault_epochs import (
+    CARD_NUMBER_RETENTION,
+    CardNumberDeleted,
+    EpochKeys,
+    destroy_expired_periodically,
+    epoch_name,
+)
 
 HOUR = 3600
 KEEP = CARD_NUMBER_RETENTION + timedelta(hours=1)
@@ -216,3 +223,26 @@ def test_the_settings_name_the_directory_the_epoch_and_the_margin(tmp_path: Path
                           vault_epoch_key_margin_seconds=0).vault_epoch_keys()
     assert configured.directory == (tmp_path / "shared").resolve()
     assert (configured.epoch_seconds, configured.keep_after_end) == (600, timedelta(days=1))
+
+
+async def test_destruction_runs_again_and_again_until_cancelled(tmp_path: Path) -> None:
+    """As every worker and API process runs it: keys that come due later go too."""
+    clock = Clock()
+    store = _store(tmp_path, clock)
+    first, _ = store.current()
+    destroyer = asyncio.create_task(destroy_expired_periodically(store, every=0.01))
+    try:
+        clock.now = first + KEEP.total_seconds()
+        second, _ = store.current()  # a later epoch's key, due a while after
+        for due, gone in ((None, first), (second + KEEP.total_seconds(), second)):
+            if due is not None:
+                clock.now = due
+            deadline = asyncio.get_running_loop().time() + 5
+            while store.path(gone).exists():
+                assert asyncio.get_running_loop().time() < deadline, "not destroyed"
+                await asyncio.sleep(0.01)
+            if due is None:
+                assert store.path(second).exists()
+    finally:
+        destroyer.cancel()
+    assert store.held() == []
