@@ -37,10 +37,12 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-deps /wheels/durapay-*.whl
 COPY deploy/healthcheck.py /opt/durapay/healthcheck.py
 # The state dir is private to its user (the processes refuse one that others can reach). In
-# production nothing is generated there; the simulator keeps its ledger under it.
+# production nothing is generated there; the simulator keeps its ledger under it. The card
+# vault's epoch keys go in /vault-epochs: a new volume mounted there takes this owner and mode.
 RUN groupadd --system --gid 10001 durapay \
     && useradd --system --uid 10001 --gid 10001 --home-dir /data --shell /usr/sbin/nologin durapay \
-    && mkdir -p /data && chown durapay /data && chmod 700 /data
+    && mkdir -p /data /vault-epochs && chown durapay /data /vault-epochs \
+    && chmod 700 /data /vault-epochs
 USER 10001:10001
 WORKDIR /data
 EXPOSE 8000 8081 8089 9464

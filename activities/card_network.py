@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.crypto import Cipher
+from core.crypto import CardNumberDeleted, VaultCipher
 from core.db.tables import CardToken, PaymentIntent, Transaction
 from core.domain import NetworkOutcome, TransactionType
 from core.errors import ErrorType
@@ -60,7 +60,7 @@ class NetworkAnswer:
 
 class CardNetworkActivities:
     def __init__(self, *, http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession],
-                 vault: Cipher, base_url: str, timeout_seconds: float) -> None:
+                 vault: VaultCipher, base_url: str, timeout_seconds: float) -> None:
         if vault.purpose is not Purpose.VAULT:  # a miswired cipher fails here, not per charge
             raise ValueError(f"the card network adapter needs the vault's cipher, not "
                              f"{vault.purpose}'s")
@@ -154,7 +154,7 @@ class CardNetworkActivities:
         its answer cannot change between tries (a token is never deleted while a transaction
         names it, and neither it nor an intent changes merchant; its card number is deleted
         only with the charge's definite outcome, or a day after, see core/db/vault.py, and
-        never comes back)."""
+        never comes back; nor does its epoch key once destroyed, core/vault_epochs.py)."""
         async with self._sessions() as session:
             token = (await session.exec(
                 select(CardToken)
@@ -166,10 +166,15 @@ class CardNetworkActivities:
             raise ApplicationError("card token not found for this charge's merchant: nothing "
                                    "was sent", type=ErrorType.VAULT_TOKEN_MISSING,
                                    non_retryable=True)
-        if token.pan_ciphertext is None:
+        try:
+            if token.pan_ciphertext is None:
+                raise CardNumberDeleted(token.id)
+            number = self._vault.decrypt(token.pan_ciphertext, context=token.id).decode()
+        except CardNumberDeleted:
+            # Its column cleared, or its epoch key destroyed: the same fact, told the same way.
             raise ApplicationError("the charge's card number was deleted: nothing was sent",
-                                   type=ErrorType.VAULT_TOKEN_MISSING, non_retryable=True)
-        number = self._vault.decrypt(token.pan_ciphertext, context=token.id).decode()
+                                   type=ErrorType.VAULT_TOKEN_MISSING, non_retryable=True) \
+                from None
         return {"number": number, "expMonth": token.exp_month, "expYear": token.exp_year}
 
 

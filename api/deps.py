@@ -29,7 +29,13 @@ from api.errors import (
     service_unavailable,
 )
 from api.rate_limit import take_token
-from core.crypto import Cipher, canonical_path_and_query, sign_request, signature_matches
+from core.crypto import (
+    Cipher,
+    VaultCipher,
+    canonical_path_and_query,
+    sign_request,
+    signature_matches,
+)
 from core.db.tables import Merchant, MerchantKey, PaymentIntent, RequestNonce
 from core.keyring import Purpose
 from core.logs import request_context
@@ -57,7 +63,7 @@ class AppState:
     sessions: async_sessionmaker[AsyncSession]
     # One cipher per purpose, each with its own subkey of the same key ring: a ciphertext of
     # one purpose never decrypts as another's.
-    vault: Cipher
+    vault: VaultCipher
     merchant_secrets: Cipher
     webhook_secrets: Cipher
     temporal: TemporalConnection
@@ -69,7 +75,7 @@ class AppState:
               temporal: TemporalConnection) -> AppState:
         keys = settings.resolved_key_ring()
         return cls(settings=settings, sessions=sessions,
-                   vault=Cipher(keys, Purpose.VAULT),
+                   vault=VaultCipher(keys, settings.vault_epoch_keys()),
                    merchant_secrets=Cipher(keys, Purpose.MERCHANT_SECRETS),
                    webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), temporal=temporal)
 

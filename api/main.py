@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from core.db.session import create_engine, session_factory
 from core.logs import configure_logging
 from core.settings import Settings, get_settings
 from core.telemetry import instrument_fastapi, setup_tracing
+from core.vault_epochs import destroy_expired_periodically
 from core.webhooks import UrlPolicy
 
 DESCRIPTION = """
@@ -149,7 +151,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings.effective_database_url)
         app.state.durapay = AppState.build(settings, session_factory(engine),
                                            TemporalConnection(settings))
+        # As every worker does: card numbers must not outlive their epoch key's time because
+        # no worker runs.
+        destroyer = asyncio.create_task(destroy_expired_periodically(settings.vault_epoch_keys()))
         yield
+        destroyer.cancel()
         await engine.dispose()
 
     app = DurapayApi(title="Durapay", version="0.1.0",

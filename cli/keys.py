@@ -12,7 +12,10 @@ At rest are merchant secret keys, webhook secrets (the previous one of a rotatio
 card numbers still held; each ciphertext names its master key. Re-encryption goes in batches,
 each in its own database transaction, and skips every row already under the current key, so a
 second run, or a run after one that crashed midway, only does what is left. Card numbers held
-longer than a day are deleted first (core/db/vault.py), not re-encrypted.
+longer than a day are deleted first (core/db/vault.py), not re-encrypted, and the vault epoch
+keys past their time are destroyed (core/vault_epochs.py); a card number stays in its epoch
+(one from before epochs goes into the current one), and one whose epoch key is gone is
+deleted.
 
 Temporal payloads are never re-encrypted (histories are immutable): a retired key stays in the
 ring while a run still open holds payloads under it (`--open-runs` counts them).
@@ -43,13 +46,21 @@ from temporalio.service import RPCError
 
 from cli.shutdown import exit_without_finalizing
 from core.codec import KEY_ID_METADATA, PayloadEncryptionCodec, PayloadKey, is_refusal
-from core.crypto import Cipher, UnknownMasterKey, current_header
+from core.crypto import (
+    CardNumberDeleted,
+    Cipher,
+    UnknownMasterKey,
+    VaultCipher,
+    current_header,
+    current_vault_header,
+)
 from core.db.session import create_engine, session_factory
 from core.db.tables import CardToken, MerchantKey, WebhookEndpoint
 from core.db.vault import shred_stale_card_numbers
 from core.keyring import KeyRing, Purpose, new_master_key
 from core.settings import Settings
 from core.temporal_client import connect_temporal
+from core.vault_epochs import EpochKeys, epoch_name
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -91,6 +102,7 @@ AT_REST = (
 @dataclass
 class Rewrite:
     rewritten: int = 0
+    deleted: int = 0  # card numbers whose epoch key is gone: unreadable, so cleared
     failed: list[str] = field(default_factory=list)  # row ids (never secrets)
 
 
@@ -156,10 +168,16 @@ async def rotate(settings: Settings, *, reencrypt_only: bool = False,
         async with sessions() as session, session.begin():
             shredded = await shred_stale_card_numbers(session, datetime.now(UTC), limit=None)
         print(f"{'card numbers deleted (held over a day)':<40} {shredded:>8}")
+        epochs = settings.vault_epoch_keys()
+        destroyed = epochs.destroy_expired()
+        print(f"{'vault epoch keys destroyed':<40} {len(destroyed):>8}")
         failed = 0
         for column in AT_REST:
-            result = await reencrypt(sessions, keys, column, batch_size=batch_size)
+            result = await reencrypt(sessions, keys, column, batch_size=batch_size,
+                                     epochs=epochs)
             print(f"{column.label + ' re-encrypted':<40} {result.rewritten:>8}")
+            if result.deleted:
+                print(f"  {result.deleted} deleted: their vault epoch key is destroyed")
             if result.failed:
                 failed += len(result.failed)
                 print(f"  {len(result.failed)} could not be decrypted with any key held: "
@@ -185,15 +203,20 @@ async def rotate(settings: Settings, *, reencrypt_only: bool = False,
 
 
 async def reencrypt(sessions: Any, keys: KeyRing, column: AtRest, *,
-                    batch_size: int = BATCH_SIZE) -> Rewrite:
+                    batch_size: int = BATCH_SIZE, epochs: EpochKeys | None = None) -> Rewrite:
     """Re-encrypt one column under the current key, a batch of rows per transaction, in id
-    order; rows already under it are not even read (their header says so)."""
-    cipher = Cipher(keys, column.purpose)
+    order; rows already under it are not even read (their header says so). Card numbers need
+    the vault's `epochs`."""
+    vault = column.purpose is Purpose.VAULT
+    if vault and epochs is None:
+        raise ValueError("re-encrypting card numbers needs the vault's epoch keys")
+    cipher: Cipher | VaultCipher = (VaultCipher(keys, epochs) if epochs is not None and vault
+                                    else Cipher(keys, column.purpose))
     ids, ciphertexts = column.ids(), column.ciphertexts()
     result = Rewrite()
     after = ""
     while True:
-        header = current_header(keys)
+        header = current_vault_header(keys) if vault else current_header(keys)
         async with sessions() as session, session.begin():
             # Locked until the batch commits: a concurrent write of a row (a webhook secret
             # rotated meanwhile) waits, then replaces what we wrote, under whichever key it has.
@@ -207,6 +230,12 @@ async def reencrypt(sessions: Any, keys: KeyRing, column: AtRest, *,
             for row_id, blob in rows:
                 try:
                     new = cipher.reencrypted(blob, context=row_id)
+                except CardNumberDeleted:
+                    await session.exec(update(column.table).where(ids == row_id)  # type: ignore[call-overload]
+                                       .values({column.ciphertext_column: None,
+                                                "pan_deleted_at": func.now()}))
+                    result.deleted += 1
+                    continue
                 except (InvalidTag, UnknownMasterKey):
                     result.failed.append(row_id)
                     continue
@@ -256,7 +285,8 @@ async def count_at_rest(sessions: Any) -> dict[str, Counter[str]]:
     async with sessions() as session:
         for column in AT_REST:
             ciphertexts = column.ciphertexts()
-            versioned = func.substring(ciphertexts, 1, 1) == bytes([1])
+            # Both formats with a key id: `Cipher`'s (1) and the card vault's (2).
+            versioned = func.substring(ciphertexts, 1, 1).in_([bytes([1]), bytes([2])])
             key_id = func.encode(func.substring(ciphertexts, 2, 8), "hex")
             rows = (await session.exec(
                 select(versioned, key_id, func.count())
@@ -277,6 +307,10 @@ async def status(settings: Settings, *, open_runs: bool = False) -> int:
     for key in keys.retired:
         print(f"retired master key  {key.key_id}  "
               f"(Temporal payload key {_payload_key_id(key.material)})")
+    epochs = settings.vault_epoch_keys()
+    held = epochs.held()
+    print(f"vault epoch keys    {len(held)} in {epochs.directory}"
+          + (f" (oldest: epoch ending {epoch_name(held[0])})" if held else ""))
     engine = create_engine(settings.effective_database_url, pool_size=1)
     try:
         counts = await count_at_rest(session_factory(engine))

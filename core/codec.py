@@ -129,7 +129,9 @@ class _PayloadKeys:
 
     def follow_ring(self) -> None:
         ring = self.ring
-        if ring is not None and ring.generation != self.generation:
+        # maybe_refresh: a key dropped from the ring's files stops decrypting within its bound,
+        # without a restart (a long-running codec listener, workers).
+        if ring is not None and (ring.maybe_refresh() or ring.generation != self.generation):
             self.generation = ring.generation
             self.use(ring.current.material, [k.material for k in ring.retired])
 

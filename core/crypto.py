@@ -13,8 +13,12 @@ import os
 import secrets
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from core.keyring import KEY_ID_BYTES, KeyRing, MasterKey, Purpose
+from core.keyring import KEY_BYTES, KEY_ID_BYTES, KeyRing, MasterKey, Purpose, derive_key
+from core.vault_epochs import CardNumberDeleted, EpochKeys, epoch_name
+
+__all__ = ["CardNumberDeleted"]  # raised by VaultCipher.decrypt; defined with the keys
 
 SIGNATURE_VERSION = "v1"
 # Ciphertexts at rest: version byte, master key id, nonce, then AES-GCM's output.
@@ -23,6 +27,12 @@ _NONCE_BYTES = 12
 _TAG_BYTES = 16
 _HEADER_BYTES = 1 + KEY_ID_BYTES
 _PREFIX_BYTES = _HEADER_BYTES + _NONCE_BYTES
+# Card numbers: version byte, master key id, epoch (its end, unix seconds), nonce, then AES-GCM's
+# output under a key of both the master key and the epoch's key (`VaultCipher`).
+VAULT_FORMAT_VERSION = 2
+_EPOCH_BYTES = 8
+_VAULT_HEADER_BYTES = _HEADER_BYTES + _EPOCH_BYTES
+_VAULT_PREFIX_BYTES = _VAULT_HEADER_BYTES + _NONCE_BYTES
 
 
 class UnknownMasterKey(LookupError):
@@ -61,6 +71,7 @@ class Cipher:
     def decrypt(self, blob: bytes, *, context: str) -> bytes:
         """The plaintext; raises InvalidTag for a ciphertext of another row or purpose, or a
         damaged one, and UnknownMasterKey for one under a key this ring does not hold."""
+        self._keys.maybe_refresh()  # a key dropped meanwhile no longer decrypts
         key = self._keys.find(key_id_bytes(blob)) if _has_header(blob) else None
         if key is not None:
             header, nonce = blob[:_HEADER_BYTES], blob[_HEADER_BYTES:_PREFIX_BYTES]
@@ -91,6 +102,112 @@ class Cipher:
         if self.is_current(blob):
             return None
         return self.encrypt(self.decrypt(blob, context=context), context=context)
+
+
+class VaultCipher:
+    """The card vault's encryption: under the ring's current master key AND the current vault
+    epoch's key (core/vault_epochs.py), so that destroying the epoch's key deletes every copy
+    of its card numbers (dead row versions, the WAL, backups) for good, even for whoever holds
+    the master key; and whoever holds only the epoch keys holds nothing either.
+
+    A ciphertext is `version 2 (1) | master key id (8) | epoch (8) | nonce (12) | ciphertext and
+    tag`, under AES-256-GCM with the key HKDF-SHA256(master key's vault subkey ‖ epoch key,
+    info = label ‖ epoch); the header and the token id are bound as associated data, as
+    `Cipher` binds them. Card numbers written before epochs (`Cipher`'s formats, under the
+    master key alone) are still read; they leave the vault within the day like any card
+    number, and `durapay keys rotate` rewrites any still held into this format.
+    """
+
+    purpose = Purpose.VAULT
+
+    def __init__(self, keys: KeyRing, epochs: EpochKeys) -> None:
+        self._keys = keys
+        self.epochs = epochs
+        self._before_epochs = Cipher(keys, Purpose.VAULT)
+
+    def encrypt(self, plaintext: bytes, *, context: str) -> bytes:
+        self._keys.refresh()  # as `Cipher.encrypt`: a rotation made meanwhile
+        epoch, epoch_key = self.epochs.current()
+        return _seal(self._keys.current, epoch, epoch_key, plaintext, context)
+
+    def decrypt(self, blob: bytes, *, context: str) -> bytes:
+        """The card number; raises CardNumberDeleted once its epoch key is destroyed, and as
+        `Cipher.decrypt` otherwise (InvalidTag, UnknownMasterKey)."""
+        if not _is_vault_blob(blob):
+            return self._before_epochs.decrypt(blob, context=context)
+        key = self._keys.find(key_id_bytes(blob))
+        if key is None:
+            try:  # one ciphertext from before key ids in 256 starts with this version byte
+                return self._before_epochs.decrypt(blob, context=context)
+            except InvalidTag:
+                raise UnknownMasterKey(
+                    f"card number under master key {key_id_bytes(blob).hex()}, which this "
+                    "ring does not hold") from None
+        epoch = epoch_of(blob)
+        epoch_key = self.epochs.find(epoch)
+        if epoch_key is None:
+            raise CardNumberDeleted(f"the key of vault epoch {epoch_name(epoch)} is destroyed")
+        header = blob[:_VAULT_HEADER_BYTES]
+        return vault_epoch_aead(key, epoch, epoch_key).decrypt(
+            blob[_VAULT_HEADER_BYTES:_VAULT_PREFIX_BYTES], blob[_VAULT_PREFIX_BYTES:],
+            header + context.encode())
+
+    def is_current(self, blob: bytes) -> bool:
+        """Whether `blob` is already in this format under the current master key."""
+        return blob[:_HEADER_BYTES] == current_vault_header(self._keys)
+
+    def reencrypted(self, blob: bytes, *, context: str) -> bytes | None:
+        """`blob` under the current master key, in its own epoch (a rotation must not extend a
+        card number's life); None if it already is. One from before epochs goes into the
+        current epoch. Raises CardNumberDeleted for one whose epoch key is destroyed."""
+        if self.is_current(blob):
+            return None
+        plaintext = self.decrypt(blob, context=context)
+        if not _is_vault_blob(blob) or self._keys.find(key_id_bytes(blob)) is None:
+            return self.encrypt(plaintext, context=context)
+        epoch = epoch_of(blob)
+        epoch_key = self.epochs.find(epoch)
+        if epoch_key is None:
+            raise CardNumberDeleted(f"the key of vault epoch {epoch_name(epoch)} is destroyed")
+        self._keys.refresh()
+        return _seal(self._keys.current, epoch, epoch_key, plaintext, context)
+
+
+def vault_epoch_aead(key: MasterKey, epoch: int, epoch_key: bytes) -> AESGCM:
+    """The AES-GCM key of one epoch's card numbers under one master key: neither key alone
+    gives it."""
+    return AESGCM(derive_key(key.subkey(Purpose.VAULT) + epoch_key,
+                             b"durapay vault epoch v1: " + epoch.to_bytes(_EPOCH_BYTES, "big"),
+                             KEY_BYTES))
+
+
+def vault_header(key: MasterKey, epoch: int) -> bytes:
+    return current_vault_prefix(key) + epoch.to_bytes(_EPOCH_BYTES, "big")
+
+
+def current_vault_prefix(key: MasterKey) -> bytes:
+    return bytes([VAULT_FORMAT_VERSION]) + key.id_bytes
+
+
+def current_vault_header(keys: KeyRing) -> bytes:
+    """The first bytes of every card number under the ring's current key (for SQL filters)."""
+    return current_vault_prefix(keys.current)
+
+
+def epoch_of(blob: bytes) -> int:
+    """The epoch a card number's ciphertext names (meaningful only in the vault's format)."""
+    return int.from_bytes(blob[_HEADER_BYTES:_VAULT_HEADER_BYTES], "big")
+
+
+def _seal(key: MasterKey, epoch: int, epoch_key: bytes, plaintext: bytes, context: str) -> bytes:
+    header = vault_header(key, epoch)
+    nonce = os.urandom(_NONCE_BYTES)
+    return header + nonce + vault_epoch_aead(key, epoch, epoch_key).encrypt(
+        nonce, plaintext, header + context.encode())
+
+
+def _is_vault_blob(blob: bytes) -> bool:
+    return len(blob) >= _VAULT_PREFIX_BYTES + _TAG_BYTES and blob[0] == VAULT_FORMAT_VERSION
 
 
 def key_id_bytes(blob: bytes) -> bytes:

@@ -12,9 +12,10 @@ Where the keys come from (see `Settings.resolved_key_ring`):
 - configured (`DURAPAY_MASTER_KEY`, `DURAPAY_RETIRED_MASTER_KEYS`): fixed for the process's life;
   an operator rotates by restarting with new values.
 - the local stack's files in `DURAPAY_HOME` (`master.key`, `retired-master-keys`, both 0600),
-  which `durapay keys rotate` rewrites while the stack runs: a ring read from them reloads
-  itself when it meets a key id it does not know and the files have changed, so running
-  processes follow a rotation without a restart.
+  which `durapay keys rotate` and `durapay keys drop` rewrite while the stack runs: a ring read
+  from them reloads itself when it meets a key id it does not know and the files have changed
+  (a rotation), and re-checks the files at most every `RECHECK_SECONDS` when it is asked for a
+  key it does know (a drop), so running processes follow both without a restart.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from functools import cached_property
@@ -51,6 +53,9 @@ RETIRED_KEYS_FILE = "retired-master-keys"
 KEYS_LOCK_FILE = "keys.lock"
 KEY_BYTES = 32
 KEY_ID_BYTES = 8
+# How stale a ring read from files may be about a key that was dropped: a known key id costs
+# at most one stat of the key files per this interval (an unknown one re-checks at once).
+RECHECK_SECONDS = 1.0
 
 
 class Purpose(StrEnum):
@@ -84,10 +89,14 @@ class MasterKey:
     def aead(self, purpose: Purpose) -> AESGCM:
         aead = self._aeads.get(purpose)
         if aead is None:
-            subkey = derive_key(self._material, b"durapay at rest v1: " + purpose.value.encode(),
-                           KEY_BYTES)
-            aead = self._aeads[purpose] = AESGCM(subkey)
+            aead = self._aeads[purpose] = AESGCM(self.subkey(purpose))
         return aead
+
+    def subkey(self, purpose: Purpose) -> bytes:
+        """The purpose's subkey itself, for what combines it with another key (the card
+        vault's epoch keys, core/crypto.py `VaultCipher`)."""
+        return derive_key(self._material, b"durapay at rest v1: " + purpose.value.encode(),
+                          KEY_BYTES)
 
     @cached_property
     def fingerprint_key(self) -> bytes:
@@ -117,21 +126,28 @@ class KeySource(Protocol):
 class KeyRing:
     """The current master key and the retired ones, by id."""
 
-    def __init__(self, current: bytes, retired: Sequence[bytes] = ()) -> None:
+    def __init__(self, current: bytes, retired: Sequence[bytes] = (), *,
+                 recheck_seconds: float = RECHECK_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._source: KeySource | None = None
         self._signature: object = None
         self._lock = threading.Lock()
+        self._recheck_seconds = recheck_seconds
+        self._clock = clock
+        self._next_check = float("-inf")
         # Bumped by every reload, so holders of derived keys (the codec) know to rebuild.
         self.generation = 0
         self._install(current, retired)
 
     @classmethod
-    def from_source(cls, source: KeySource) -> KeyRing:
+    def from_source(cls, source: KeySource, *, recheck_seconds: float = RECHECK_SECONDS,
+                    clock: Callable[[], float] = time.monotonic) -> KeyRing:
         """A ring read from `source` that reloads when it changes."""
         # The signature is taken before reading: a change in between is seen next time.
         signature = source.signature()
-        ring = cls(*source.read())
+        ring = cls(*source.read(), recheck_seconds=recheck_seconds, clock=clock)
         ring._source, ring._signature = source, signature
+        ring._next_check = clock() + recheck_seconds
         return ring
 
     def _install(self, current: bytes, retired: Sequence[bytes]) -> None:
@@ -167,7 +183,10 @@ class KeyRing:
 
     def find(self, key_id: bytes) -> MasterKey | None:
         """The key with this id; a ring read from files reloads them first if the id is
-        unknown and they changed (a rotation by another process)."""
+        unknown and they changed (a rotation by another process), and, for a known id, if
+        they changed since they were last checked over `RECHECK_SECONDS` ago: a key dropped by
+        `durapay keys drop` meanwhile is not found, so nothing decrypts under it any more."""
+        self.maybe_refresh()
         key = self._by_id.get(key_id)
         if key is None and self.refresh():
             key = self._by_id.get(key_id)
@@ -176,11 +195,21 @@ class KeyRing:
     def find_hex(self, key_id: str) -> MasterKey | None:
         return self._by_hex.get(key_id)
 
+    def maybe_refresh(self) -> bool:
+        """`refresh()`, if the source was last checked `RECHECK_SECONDS` ago or more: cheap
+        enough for every decryption (a clock read; a stat of the key files now and then).
+        Holders of keys derived from the ring (the payload codec) call it before comparing
+        `generation`, so they too stop using a dropped key within that bound."""
+        if self._source is None or self._clock() < self._next_check:
+            return False
+        return self.refresh()
+
     def refresh(self) -> bool:
         """Reload from the source if it changed since the last read; True if reloaded."""
         if self._source is None:
             return False
         with self._lock:
+            self._next_check = self._clock() + self._recheck_seconds
             signature = self._source.signature()
             if signature == self._signature:
                 return False

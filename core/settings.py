@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Callable
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -29,10 +30,13 @@ from core.keyring import (
     new_master_key,
 )
 from core.secret_files import read_or_create_secret, read_secret
+from core.vault_epochs import CARD_NUMBER_RETENTION, EpochKeys
 
 # Under the state dir: the embedded PostgreSQL superuser's password, written by `durapay dev`
 # when it creates (or upgrades) the cluster, read by every process that connects to it.
 LOCAL_POSTGRES_PASSWORD_FILE = "postgres-password"
+# Under the state dir unless DURAPAY_VAULT_KEY_DIR says otherwise: the card vault's epoch keys.
+VAULT_KEY_DIR = "vault-epochs"
 
 
 class Settings(BaseSettings):
@@ -42,6 +46,7 @@ class Settings(BaseSettings):
     _master_key_bytes: bytes | None = PrivateAttr(default=None)
     _key_ring: KeyRing | None = PrivateAttr(default=None)
     _key_ring_config: tuple[object, ...] = PrivateAttr(default=())
+    _epoch_keys: EpochKeys | None = PrivateAttr(default=None)
 
     home: Path = Path(".durapay")
     api_host: str = "127.0.0.1"
@@ -58,6 +63,13 @@ class Settings(BaseSettings):
     # histories of runs still open. Without DURAPAY_MASTER_KEY, `durapay keys rotate` keeps
     # the local stack's in `$DURAPAY_HOME/retired-master-keys` instead.
     retired_master_keys: str = ""
+    # The card vault (core/vault_epochs.py): card numbers are encrypted under the key of their
+    # epoch too, which is destroyed this long after the epoch ends plus a day (the retention of
+    # a card number); the keys live in this directory, which the API and every worker must
+    # share (one volume across containers): docs/operations.md, "Card numbers".
+    vault_epoch_seconds: int = Field(default=3600, gt=0)
+    vault_epoch_key_margin_seconds: int = Field(default=3600, ge=0)
+    vault_key_dir: Path | None = None
     workers: int = 1
     # Production workers run workflow code outside Temporal's sandbox: the sandbox re-imports
     # and recompiles the workflow's modules for every run, which `make bench` measured as the
@@ -256,6 +268,19 @@ class Settings(BaseSettings):
                                            where="DURAPAY_RETIRED_MASTER_KEYS"))
             self._key_ring, self._key_ring_config = ring, config
         return self._key_ring
+
+    def vault_epoch_keys(self) -> EpochKeys:
+        """The card vault's epoch keys, one store per Settings (so per process)."""
+        directory = (self.vault_key_dir.expanduser().resolve() if self.vault_key_dir
+                     else self.home_dir / VAULT_KEY_DIR)
+        keys = self._epoch_keys
+        if keys is None or keys.directory != directory or \
+                keys.epoch_seconds != self.vault_epoch_seconds:
+            keys = self._epoch_keys = EpochKeys(
+                directory, epoch_seconds=self.vault_epoch_seconds,
+                keep_after_end=CARD_NUMBER_RETENTION + timedelta(
+                    seconds=self.vault_epoch_key_margin_seconds))
+        return keys
 
     def key_files(self) -> KeyFiles:
         """The local stack's key files (meaningful only with `master_key_from_files`)."""

@@ -20,13 +20,14 @@ from activities.card_network import CardNetworkActivities
 from activities.persistence import PaymentRecordActivities
 from activities.reconciliation import ReconciliationActivities
 from activities.webhooks import WebhookActivities, new_http_client
-from core.crypto import Cipher
+from core.crypto import Cipher, VaultCipher
 from core.db.session import create_engine, session_factory
 from core.keyring import Purpose
 from core.logs import configure_logging
 from core.settings import get_settings
 from core.telemetry import instrument_httpx, setup_tracing
 from core.temporal_client import connect_temporal
+from core.vault_epochs import destroy_expired_periodically
 from workers.health_server import HealthServer, postgres_check, start_sdk_metrics, temporal_check
 from workers.schedules import ensure_schedules
 from workflows.audit_checkpoint import AuditCheckpointWorkflow
@@ -50,7 +51,7 @@ async def run_worker() -> None:
         instrument_httpx(http)
         records = PaymentRecordActivities(sessions)
         network = CardNetworkActivities(
-            http=http, sessions=sessions, vault=Cipher(keys, Purpose.VAULT),
+            http=http, sessions=sessions, vault=VaultCipher(keys, settings.vault_epoch_keys()),
             base_url=settings.effective_cardnet_url,
             timeout_seconds=settings.network_timeout_seconds)
         reconciliation = ReconciliationActivities(
@@ -99,11 +100,15 @@ async def run_worker() -> None:
         log.info("worker metrics, livez and readyz on %s port %d",
                  settings.worker_metrics_host, health.port)
         await ensure_schedules(client, settings)
+        # Every worker destroys the card vault's expired epoch keys: no single process, nor
+        # Temporal, has to be up for card numbers to be deleted on time.
+        destroyer = asyncio.create_task(destroy_expired_periodically(settings.vault_epoch_keys()))
         log.info("worker polling task queue %s", settings.task_queue)
         async with worker:
             if settings.worker_ready_file:  # tells a supervisor this worker is polling
                 settings.worker_ready_file.write_text(str(os.getpid()))
             await stop.wait()
+        destroyer.cancel()
         await health.close()
     await engine.dispose()
 

@@ -18,7 +18,7 @@ from api.payment_workflow import (
 )
 from api.schemas.transactions import TransactionCreate, TransactionOut
 from core.cards import card_brand, card_problem
-from core.crypto import Cipher
+from core.crypto import VaultCipher
 from core.db.tables import CardToken, PaymentIntent
 from core.db.vault import shred_stale_card_numbers
 from core.domain import CardSummary, TransactionType, new_id
@@ -93,7 +93,8 @@ async def create_transaction(
     return answer
 
 
-def _tokenize(body: TransactionCreate, intent: PaymentIntent, cipher: Cipher) -> CardToken:
+def _tokenize(body: TransactionCreate, intent: PaymentIntent,
+              cipher: VaultCipher) -> CardToken:
     token_id = new_id("card")
     number = body.card.number
     return CardToken(

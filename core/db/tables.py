@@ -94,7 +94,8 @@ class CardToken(SQLModel, table=True):
     """The vault: the PAN encrypted, bound to its token id. The CVC is never stored.
 
     The PAN is deleted once no authorization can need it any more (core/db/vault.py); brand,
-    last4 and expiry stay for display."""
+    last4 and expiry stay for display. It is encrypted under its epoch's key too (core/crypto.py
+    `VaultCipher`), whose destruction makes every earlier copy of the row unreadable."""
 
     __tablename__ = "card_token"
     __table_args__ = (

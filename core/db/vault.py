@@ -11,19 +11,24 @@ outcome the database refused, an attempt whose outcome stays unknown) are delete
 `CARD_NUMBER_RETENTION` old (`shred_stale_card_numbers`): by then every retry of their
 authorization is long over; one that still came (a worker down for a day) would find no card,
 which the workflow treats as an unknown outcome and reconciles, never as "nothing happened".
+
+Clearing the column leaves the ciphertext in the table's dead row versions and in the WAL; what
+makes those copies unreadable is the destruction of its epoch key (core/vault_epochs.py), a
+margin after this retention has run out for every card number of the epoch.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import func, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db.tables import CardToken
+from core.vault_epochs import CARD_NUMBER_RETENTION
 
-CARD_NUMBER_RETENTION = timedelta(days=1)
+__all__ = ["CARD_NUMBER_RETENTION", "shred_card_number", "shred_stale_card_numbers"]
 
 
 async def shred_card_number(session: AsyncSession, token_id: str) -> None:

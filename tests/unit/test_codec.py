@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidTag
@@ -25,7 +26,7 @@ from core.codec import (
     is_refusal,
 )
 from core.domain import CardSummary
-from core.keyring import KeyRing
+from core.keyring import RECHECK_SECONDS, KeyFiles, KeyRing, MasterKey, encode_key
 from core.metrics import PAYLOADS_REFUSED
 from workflows.payment_intent import ChargeInput
 
@@ -216,3 +217,28 @@ async def test_codecs_made_for_a_context_follow_the_processes_rotation() -> None
     [after] = await codec.with_context(workflow_context("pi_a")).encode([Payload(data=b"y")])
     assert after.metadata["encryption-key-id"] != before.metadata["encryption-key-id"]
     assert await bound.decode([before, after]) == [Payload(data=b"x"), Payload(data=b"y")]
+
+
+async def test_a_running_codec_stops_decrypting_with_a_dropped_key(tmp_path: Path) -> None:
+    """`durapay keys drop` rewrites the key files while a codec listener or worker runs: the
+    codec knows the dropped key's id, so nothing forces a reload, yet within the ring's bound
+    it refuses payloads under that key and keeps decrypting under the others."""
+    old, new = os.urandom(32), os.urandom(32)
+    now = [0.0]
+    (tmp_path / "master.key").write_text(encode_key(old))
+    (tmp_path / "master.key").chmod(0o600)
+    files = KeyFiles(tmp_path)
+    files.rotate(new)
+    codec = PayloadEncryptionCodec.from_key_ring(
+        KeyRing.from_source(KeyFiles(tmp_path), clock=lambda: now[0])).with_context(
+            workflow_context("pi_a"))
+    [under_old] = await PayloadEncryptionCodec(old).with_context(
+        workflow_context("pi_a")).encode([Payload(data=b"old")])
+    assert await codec.decode([under_old]) == [Payload(data=b"old")]
+
+    assert files.drop(MasterKey(old).key_id)
+    now[0] += RECHECK_SECONDS
+    [marker] = await codec.decode([under_old])
+    assert is_refusal(marker)
+    [under_new] = await codec.encode([Payload(data=b"new")])
+    assert await codec.decode([under_new]) == [Payload(data=b"new")]

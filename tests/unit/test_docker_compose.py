@@ -297,6 +297,25 @@ def test_the_web_ui_reaches_the_codec_through_the_proxy(
     assert f"http://127.0.0.1:{ui_port}" in settings.codec_allowed_origins
 
 
+def test_the_api_and_every_worker_share_the_vault_epoch_keys(
+        clean_environ: pytest.MonkeyPatch) -> None:
+    """The API encrypts card numbers under the epoch keys and the workers decrypt them: one
+    volume, at the directory the settings name, private to the image's user."""
+    volumes = {}
+    for name in ("api", "worker"):
+        directory = environment(name)["DURAPAY_VAULT_KEY_DIR"]
+        mounted = [volume.split(":") for volume in SERVICES[name]["volumes"]]
+        [source] = [parts[0] for parts in mounted if parts[1] == directory]
+        volumes[name] = source
+        settings = settings_of(clean_environ, environment(name))
+        assert settings.vault_epoch_keys().directory == Path(directory)
+    assert volumes["api"] == volumes["worker"] and volumes["api"] in COMPOSE["volumes"]
+    directory = environment("api")["DURAPAY_VAULT_KEY_DIR"]
+    [setup] = [line for line in DOCKERFILE_LINES if f"mkdir -p /data {directory}" in line]
+    assert f"chown durapay /data {directory}" in setup
+    assert f"chmod 700 /data {directory}" in setup
+
+
 # ------------------------------------------------------------------ ports and scaling
 
 

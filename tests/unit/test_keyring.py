@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from temporalio.api.common.v1 import Payload
 from core.codec import PayloadEncryptionCodec
 from core.crypto import Cipher, UnknownMasterKey
 from core.keyring import (
+    RECHECK_SECONDS,
     InvalidMasterKey,
     KeyFiles,
     KeyRing,
@@ -199,3 +201,52 @@ async def test_the_payload_codec_follows_its_ring_across_a_rotation(tmp_path: Pa
     assert await new_codec.decode([before]) == [Payload(data=b"before")]
     # And from then on the running one writes under the new key too.
     assert old_codec.key_id == new_codec.key_id == PayloadEncryptionCodec(NEW).key_id
+
+
+def test_a_running_ring_stops_decrypting_with_a_dropped_key_within_the_bound(
+        tmp_path: Path) -> None:
+    """`durapay keys drop` rewrites the files while processes run: a ring that holds the key
+    (it knows its id, so meeting it never reloads) re-checks the files within the bound."""
+    now = [0.0]
+    (tmp_path / "master.key").write_text(encode_key(OLD))
+    (tmp_path / "master.key").chmod(0o600)
+    files = KeyFiles(tmp_path)
+    files.rotate(NEW)
+    running = KeyRing.from_source(KeyFiles(tmp_path), clock=lambda: now[0])
+    secrets = Cipher(running, Purpose.MERCHANT_SECRETS)
+    under_old = Cipher(KeyRing(OLD), Purpose.MERCHANT_SECRETS).encrypt(b"sk_1", context="pk_1")
+    assert secrets.decrypt(under_old, context="pk_1") == b"sk_1"
+    generation = running.generation
+
+    assert files.drop(MasterKey(OLD).key_id)
+    now[0] += RECHECK_SECONDS
+    with pytest.raises(UnknownMasterKey, match=MasterKey(OLD).key_id):
+        secrets.decrypt(under_old, context="pk_1")
+    assert [k.key_id for k in running.keys] == [MasterKey(NEW).key_id]
+    # Holders of derived keys (the payload codec) see the ring change by its generation.
+    assert running.generation == generation + 1
+    assert not running.maybe_refresh()  # nothing changed since: no reload
+
+
+def test_a_dropped_key_stops_decrypting_in_a_process_that_runs_on(tmp_path: Path) -> None:
+    """The same on the real clock, through the settings every process uses."""
+    running = _local_settings(tmp_path)
+    vault = Cipher(running.resolved_key_ring(), Purpose.VAULT)
+    before = vault.encrypt(PAN, context="card_1")
+    running.key_files().rotate(NEW)
+    assert vault.decrypt(before, context="card_1") == PAN
+    old_id = before[1:9].hex()
+    dropped_at = time.monotonic()
+    assert _local_settings(tmp_path).key_files().drop(old_id)  # `durapay keys drop`, elsewhere
+
+    def refused() -> bool:
+        try:
+            vault.decrypt(before, context="card_1")
+        except UnknownMasterKey:
+            return True
+        return False
+
+    while not refused():
+        assert time.monotonic() - dropped_at < RECHECK_SECONDS + 1, "still decrypts"
+        time.sleep(0.01)
+    assert vault.decrypt(vault.encrypt(PAN, context="card_2"), context="card_2") == PAN
