@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from cli import main as cli_main
+from cli.devstack import DevStack
 from core.settings import Settings, get_settings
 
 SECRETS = {"DURAPAY_MASTER_KEY": base64.b64encode(b"m" * 32).decode(),
@@ -111,4 +112,15 @@ def test_every_process_refuses_at_start_through_the_cli(
     err = capsys.readouterr().err
     assert "refuses an unauthenticated connection to Temporal" in err
     assert SECRETS["DURAPAY_MASTER_KEY"] not in err
+    assert not (tmp_path / "home").exists()
+
+
+async def test_the_local_stack_refuses_tls_settings_for_its_plaintext_dev_server(
+        environ: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Production settings always name a client certificate or an API key; the embedded dev
+    server has no TLS, so `durapay dev` says so before it starts anything."""
+    settings = production(environ, DURAPAY_TEMPORAL_TLS_CERT=CERT, DURAPAY_TEMPORAL_TLS_KEY=KEY)
+    assert await DevStack(settings).run() == 1
+    assert "the embedded Temporal dev server has no TLS" in capsys.readouterr().err
     assert not (tmp_path / "home").exists()
