@@ -28,7 +28,6 @@ from pathlib import Path
 
 import asyncpg
 import httpx
-from temporalio.client import Client
 
 from api.codec_app import public_url as codec_url
 from cli.demo_merchant import DEMO_MERCHANT_FILE, api_url, demo_merchant
@@ -74,6 +73,7 @@ class DevStack:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
         try:
+            self._refuse_tls_to_the_embedded_server()
             # Created 0700, or refused if others can reach it (core/secret_files.py).
             ensure_private_dir(self.home)
             self.logs.mkdir(exist_ok=True)
@@ -97,6 +97,20 @@ class DevStack:
         finally:
             await self._stop_all()
             await self._http.aclose()
+
+    def _refuse_tls_to_the_embedded_server(self) -> None:
+        """The embedded dev server speaks plaintext only: TLS or API-key settings (which
+        production requires) are for an external Temporal, and against the embedded one every
+        process would fail its handshake, so say so once, before starting anything."""
+        s = self.settings
+        if s.temporal_address or not (s.temporal_tls_cert or s.temporal_tls_ca
+                                      or s.temporal_api_key):
+            return
+        raise StackError(
+            "DURAPAY_TEMPORAL_TLS_* / DURAPAY_TEMPORAL_API_KEY are set but TEMPORAL_ADDRESS is "
+            "not: the embedded Temporal dev server has no TLS. Set TEMPORAL_ADDRESS to a "
+            "Temporal that requires client certificates (README, Production), or unset them "
+            "for a development stack.")
 
     def _infrastructure(self) -> list[Child]:
         """The stateful services that are not external."""
@@ -291,7 +305,7 @@ class DevStack:
         """The namespace and schedules live in the SQLite file, and the search attributes are
         flags on its command line, so a restarted dev server needs nothing more than this."""
         try:
-            client = await Client.connect(self.settings.effective_temporal_address)
+            client = await connect_temporal(self.settings)
             await client.count_workflows()
         except Exception:  # noqa: BLE001 (any failure means "not yet")
             return False

@@ -14,6 +14,8 @@
     durapay audit verify [--merchant M]   operator: prove the audit trail's hash chains hold
     durapay events stream [--sink …] [--from-seq N] | status | drop-slot
                                     operator: every committed event from the WAL, at least once
+    durapay certs DIR [--san NAME]… [--client ROLE]… [--owner ROLE=UID[:GID]]… [--force]
+                                    operator: a CA and mTLS certificates for Temporal
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from cli import audit, events, keys, reconcile, review
+from cli import audit, certs, events, keys, reconcile, review
 from cli.demo_merchant import NoDemoMerchant, api_url, create_merchant, demo_merchant
 from cli.devstack import DevStack
 from cli.shutdown import exit_without_finalizing
@@ -59,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_parser(commands)
     audit.add_parser(commands)
     events.add_parser(commands)
+    certs.add_parser(commands)
     args = parser.parse_args(argv)
     configure_logging("cli", logging.WARNING)
+    if args.command == "certs":  # before settings: production refuses to start without them
+        return certs.run(args)
     try:
         settings = get_settings()
     except ValidationError as error:  # e.g. production without its secrets: refuse to start

@@ -14,7 +14,10 @@ or anything a client sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -38,6 +41,8 @@ from core.db.replication import SLOT_STATUS_SQL
 from core.db.tables import PaymentIntent, ReconciliationDiscrepancy
 from core.domain import IntentStatus, NetworkOutcome, TransactionStatus, TransactionType
 from core.reconciliation import DiscrepancyKind, SweepTrigger
+
+log = logging.getLogger("durapay.metrics")
 
 # Counters' `_created` series double every exposition for a timestamp nobody alerts on.
 disable_created_metrics()
@@ -257,3 +262,59 @@ async def read_database_snapshot(
 
 DATABASE_GAUGES = DatabaseGauges()
 WORKER_REGISTRY.register(DATABASE_GAUGES)
+
+
+# ---- Workers: Temporal Schedules, read from Temporal when scraped -----------------------------
+# Whoever reaches Temporal can pause a schedule, and a paused one stays paused across worker
+# restarts (by design: an operator's pause must hold), so nothing but this gauge would say the
+# sweep or the audit checkpoint stopped. A read answers within SCHEDULE_READ_SECONDS or the
+# scrape goes on without it; one read serves every scrape for SCHEDULE_CACHE_SECONDS.
+SCHEDULE_READ_SECONDS = 2.0
+SCHEDULE_CACHE_SECONDS = 5.0
+
+# schedule id -> paused (True), running (False) or unknown (None: Temporal did not say).
+ScheduleStates = Callable[[], Awaitable[Mapping[str, bool | None]]]
+
+
+class ScheduleGauges(Collector):
+    """`durapay_schedule_paused{schedule}`: 1 paused, 0 running. A schedule whose state is
+    unknown (Temporal down or slow) is left out of the scrape rather than reported running."""
+
+    def __init__(self, *, read_seconds: float = SCHEDULE_READ_SECONDS,
+                 cache_seconds: float = SCHEDULE_CACHE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read_seconds = read_seconds
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._paused: dict[str, bool] = {}
+        self._read_at: float | None = None
+        self._lock = asyncio.Lock()  # scrapes arriving together share one read
+
+    async def refresh(self, read: ScheduleStates) -> None:
+        async with self._lock:
+            if self._read_at is not None and self._clock() - self._read_at < self._cache_seconds:
+                return
+            try:
+                async with asyncio.timeout(self._read_seconds):
+                    states = await read()
+            except Exception as error:  # noqa: BLE001 (the gauge is left out of this scrape)
+                log.warning("metrics: schedule states unavailable (%s)", type(error).__name__)
+                states = {}
+            self._paused = {schedule: paused for schedule, paused in states.items()
+                            if paused is not None}
+            self._read_at = self._clock()
+
+    def collect(self) -> Iterator[Metric]:
+        if not self._paused:
+            return
+        paused = GaugeMetricFamily(
+            "durapay_schedule_paused", "1 while the Temporal Schedule is paused (or deleted: "
+            "it fires no more until a worker re-creates it), 0 while it runs.",
+            labels=["schedule"])
+        for schedule in sorted(self._paused):
+            paused.add_metric([schedule], 1 if self._paused[schedule] else 0)
+        yield paused
+
+
+SCHEDULE_GAUGES = ScheduleGauges()
+WORKER_REGISTRY.register(SCHEDULE_GAUGES)

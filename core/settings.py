@@ -177,6 +177,36 @@ class Settings(BaseSettings):
                 raise ValueError(_production_refusal(missing))
         return self
 
+    # --- The connection to Temporal must authenticate Durapay in production. Whoever reaches
+    # Temporal's frontend can send Updates to payment workflows, so production refuses to start
+    # unless the server can tell Durapay's processes from anyone else: a client certificate
+    # and its key (mutual TLS), or a Temporal Cloud API key. A CA alone is refused: it lets
+    # Durapay verify the server, but the server still accepts anyone. A certificate without its
+    # key (or a key without its certificate) is a mistake in every environment.
+    @model_validator(mode="after")
+    def _temporal_connection_is_authenticated(self) -> Self:
+        given = {name: bool(value and value.strip()) for name, value in (
+            ("DURAPAY_TEMPORAL_TLS_CERT", self.temporal_tls_cert),
+            ("DURAPAY_TEMPORAL_TLS_KEY", self.temporal_tls_key),
+            ("DURAPAY_TEMPORAL_TLS_CA", self.temporal_tls_ca),
+            ("DURAPAY_TEMPORAL_API_KEY", self.temporal_api_key))}
+        cert, key = given["DURAPAY_TEMPORAL_TLS_CERT"], given["DURAPAY_TEMPORAL_TLS_KEY"]
+        if cert != key:
+            present, absent = (("DURAPAY_TEMPORAL_TLS_CERT", "DURAPAY_TEMPORAL_TLS_KEY") if cert
+                               else ("DURAPAY_TEMPORAL_TLS_KEY", "DURAPAY_TEMPORAL_TLS_CERT"))
+            raise ValueError(f"{present} is set but {absent} is not: mutual TLS to Temporal "
+                             "needs the client certificate and its private key")
+        if self.env == "production" and not (cert or given["DURAPAY_TEMPORAL_API_KEY"]):
+            ca_only = (" (DURAPAY_TEMPORAL_TLS_CA alone verifies the server, but Temporal "
+                       "would still accept any client)" if given["DURAPAY_TEMPORAL_TLS_CA"]
+                       else "")
+            raise ValueError(
+                "DURAPAY_ENV=production refuses an unauthenticated connection to Temporal"
+                f"{ca_only}: set DURAPAY_TEMPORAL_TLS_CERT and DURAPAY_TEMPORAL_TLS_KEY "
+                "(mutual TLS; with DURAPAY_TEMPORAL_TLS_CA for a private CA, e.g. one made by "
+                "`durapay certs`) or DURAPAY_TEMPORAL_API_KEY (Temporal Cloud)")
+        return self
+
     @property
     def codec_allowed_origins(self) -> frozenset[str]:
         """The Web UI origins that may call the codec endpoint (the local UI's, and any set)."""

@@ -2,9 +2,11 @@
 encrypts payloads the same way.
 
 Temporal trusts whoever reaches its frontend, so in production that connection is
-authenticated: TLS with the server's CA (`DURAPAY_TEMPORAL_TLS_CA`), a client certificate and
-key for mTLS (`DURAPAY_TEMPORAL_TLS_CERT`, `DURAPAY_TEMPORAL_TLS_KEY`), or an API key
-(`DURAPAY_TEMPORAL_API_KEY`, Temporal Cloud), in the namespace `DURAPAY_TEMPORAL_NAMESPACE`.
+authenticated (core/settings.py refuses to start otherwise): a client certificate and key for
+mTLS (`DURAPAY_TEMPORAL_TLS_CERT`, `DURAPAY_TEMPORAL_TLS_KEY`, with the server's CA in
+`DURAPAY_TEMPORAL_TLS_CA` when it is private), or an API key (`DURAPAY_TEMPORAL_API_KEY`,
+Temporal Cloud), in the namespace `DURAPAY_TEMPORAL_NAMESPACE`. Nothing else calls
+`Client.connect` (tests/unit/test_temporal_connections.py).
 """
 
 from __future__ import annotations

@@ -2,11 +2,12 @@
 DURAPAY_WORKER_METRICS_HOST : DURAPAY_WORKER_METRICS_PORT + DURAPAY_WORKER_INDEX.
 
 `/metrics` is one exposition: ours (core/metrics.py: business counters, the gauges read from
-Postgres, process and Python) followed by the Temporal SDK's. The SDK's Rust core serves its
-metrics on a port of its own (`PrometheusConfig`); the worker binds it to loopback on a free
-port and reads it at each scrape, so an operator scrapes one port per worker and gets the SDK's
-histograms exactly as the SDK computes them. (The alternative, `MetricBuffer`, is experimental
-and would have us rebuild the SDK's histograms and label sets in Python.)
+Postgres, whether the Temporal Schedules are paused, process and Python) followed by the
+Temporal SDK's. The SDK's Rust core serves its metrics on a port of its own
+(`PrometheusConfig`); the worker binds it to loopback on a free port and reads it at each
+scrape, so an operator scrapes one port per worker and gets the SDK's histograms exactly as
+the SDK computes them. (The alternative, `MetricBuffer`, is experimental and would have us
+rebuild the SDK's histograms and label sets in Python.)
 
 `/livez` answers while the worker's event loop does (it serves this port, so a wedged loop
 fails it); `/readyz` is 200 only when Postgres answers `SELECT 1` and Temporal its health check,
@@ -34,7 +35,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig
 
-from core.metrics import DATABASE_GAUGES, WORKER_REGISTRY
+from core.metrics import DATABASE_GAUGES, SCHEDULE_GAUGES, WORKER_REGISTRY, ScheduleStates
 from core.readiness import CHECK_SECONDS, Check, postgres_ok, readiness, temporal_ok
 from core.temporal_client import start_runtime_with_metrics
 
@@ -87,18 +88,21 @@ class HealthServer:
     """Serves the three paths until `close`. Start it with `HealthServer.start`."""
 
     def __init__(self, *, checks: Mapping[str, Check],
-                 sessions: async_sessionmaker[AsyncSession], sdk_metrics_url: str | None) -> None:
+                 sessions: async_sessionmaker[AsyncSession], sdk_metrics_url: str | None,
+                 schedule_states: ScheduleStates | None = None) -> None:
         self._checks = dict(checks)
         self._sessions = sessions
+        self._schedule_states = schedule_states
         self._sdk_metrics_url = sdk_metrics_url
         self._http = httpx.AsyncClient(timeout=CHECK_SECONDS, trust_env=False)
         self._server: asyncio.Server | None = None
 
     @classmethod
     async def start(cls, host: str, port: int, *, checks: Mapping[str, Check],
-                    sessions: async_sessionmaker[AsyncSession],
-                    sdk_metrics_url: str | None) -> HealthServer:
-        server = cls(checks=checks, sessions=sessions, sdk_metrics_url=sdk_metrics_url)
+                    sessions: async_sessionmaker[AsyncSession], sdk_metrics_url: str | None,
+                    schedule_states: ScheduleStates | None = None) -> HealthServer:
+        server = cls(checks=checks, sessions=sessions, sdk_metrics_url=sdk_metrics_url,
+                     schedule_states=schedule_states)
         server._server = await asyncio.start_server(server._serve, host, port,
                                                     limit=REQUEST_HEAD_LIMIT)
         return server
@@ -129,13 +133,21 @@ class HealthServer:
         return _json(503 if down else 200, body)
 
     async def _exposition(self) -> bytes:
+        # Postgres and Temporal are read side by side: a scrape waits for the slower only.
+        await asyncio.gather(self._refresh_database_gauges(), self._refresh_schedule_gauges())
+        ours = generate_latest(WORKER_REGISTRY)
+        return ours + await self._sdk_exposition()
+
+    async def _refresh_database_gauges(self) -> None:
         try:
             async with asyncio.timeout(CHECK_SECONDS):
                 await DATABASE_GAUGES.refresh(self._sessions)
         except Exception as error:  # noqa: BLE001 (the gauges are left out of this scrape)
             log.warning("metrics: Postgres gauges unavailable (%s)", type(error).__name__)
-        ours = generate_latest(WORKER_REGISTRY)
-        return ours + await self._sdk_exposition()
+
+    async def _refresh_schedule_gauges(self) -> None:
+        if self._schedule_states is not None:  # bounded, and never raises (core/metrics.py)
+            await SCHEDULE_GAUGES.refresh(self._schedule_states)
 
     async def _sdk_exposition(self) -> bytes:
         if self._sdk_metrics_url is None:

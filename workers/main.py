@@ -29,7 +29,7 @@ from core.telemetry import instrument_httpx, setup_tracing
 from core.temporal_client import connect_temporal
 from core.vault_epochs import destroy_expired_periodically
 from workers.health_server import HealthServer, postgres_check, start_sdk_metrics, temporal_check
-from workers.schedules import ensure_schedules
+from workers.schedules import ensure_schedules, schedules_paused
 from workflows.audit_checkpoint import AuditCheckpointWorkflow
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.reconciliation import ReconciliationSweepWorkflow
@@ -96,7 +96,8 @@ async def run_worker() -> None:
         health = await HealthServer.start(
             settings.worker_metrics_host, settings.worker_metrics_port + settings.worker_index,
             checks={"postgres": postgres_check(sessions), "temporal": temporal_check(client)},
-            sessions=sessions, sdk_metrics_url=sdk_metrics_url)
+            sessions=sessions, sdk_metrics_url=sdk_metrics_url,
+            schedule_states=lambda: schedules_paused(client))
         log.info("worker metrics, livez and readyz on %s port %d",
                  settings.worker_metrics_host, health.port)
         await ensure_schedules(client, settings)

@@ -9,6 +9,7 @@ update goes through the schedule's conflict token, retried by the SDK.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from datetime import timedelta
@@ -26,7 +27,9 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.service import RPCError, RPCStatusCode
 
+from core.metrics import SCHEDULE_READ_SECONDS
 from core.reconciliation import SweepTrigger
 from core.settings import Settings
 from workflows.audit_checkpoint import AuditCheckpointWorkflow
@@ -36,6 +39,7 @@ log = logging.getLogger("durapay.worker")
 
 RECONCILIATION_SCHEDULE_ID = "durapay-reconciliation-sweep"
 AUDIT_CHECKPOINT_SCHEDULE_ID = "durapay-audit-checkpoint"
+SCHEDULE_IDS = (RECONCILIATION_SCHEDULE_ID, AUDIT_CHECKPOINT_SCHEDULE_ID)
 
 
 def reconciliation_schedule(settings: Settings) -> Schedule:
@@ -114,3 +118,19 @@ async def _is_current(client: Client, description: ScheduleDescription,
     except Exception:  # noqa: BLE001  (an undecodable action is simply replaced)
         return False
     return bool(args == wanted.args[0])
+
+
+async def schedules_paused(client: Client) -> dict[str, bool | None]:
+    """Whether each of the workers' schedules is paused, for the worker's metrics (core/
+    metrics.py, ScheduleGauges). One deleted counts as paused: it fires no more until a worker
+    restarts and re-creates it. None when Temporal did not answer."""
+    async def paused(schedule_id: str) -> bool | None:
+        try:
+            described = await client.get_schedule_handle(schedule_id).describe(
+                rpc_timeout=timedelta(seconds=SCHEDULE_READ_SECONDS))
+        except RPCError as error:
+            return True if error.status == RPCStatusCode.NOT_FOUND else None
+        return described.schedule.state.paused
+
+    states = await asyncio.gather(*(paused(schedule_id) for schedule_id in SCHEDULE_IDS))
+    return dict(zip(SCHEDULE_IDS, states, strict=True))

@@ -2,7 +2,9 @@
 proxy that requires a client certificate from our test CA stands in front of one, as a
 production frontend (or Temporal Cloud) does. Durapay's own connection (`connect_temporal`,
 settings only) gets through; one without a client certificate, with another CA's certificate,
-or that cannot verify the server, does not."""
+or that cannot verify the server, does not. The same holds with the PKI `durapay certs` writes
+(the compose file's): each role's directory connects, another PKI's client certificate does
+not."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import datetime
 import ipaddress
 import os
 import ssl
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.settings import Settings
 from core.temporal_client import connect_temporal
+from tests.stack import BIN
 
 pytestmark = pytest.mark.integration
 
@@ -107,34 +111,48 @@ def pki() -> Pki:
 
 
 @pytest.fixture(scope="module")
-async def mtls_address(pki: Pki, tmp_path_factory: pytest.TempPathFactory,
-                       ) -> AsyncIterator[str]:
-    """host:port of a dev server behind a proxy that terminates TLS and requires a client
-    certificate from the test CA (gRPC over HTTP/2: ALPN h2)."""
+async def dev_server() -> AsyncIterator[tuple[str, int]]:
     server = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
         dev_server_log_level="error")
-    upstream = server.client.service_client.config.target_host.rsplit(":", 1)
-    files = tmp_path_factory.mktemp("tls")
-    (files / "server.pem").write_text(pki.server.cert)
-    (files / "server.key").write_text(pki.server.key)
+    host, port = server.client.service_client.config.target_host.rsplit(":", 1)
+    try:
+        yield host, int(port)
+    finally:
+        await server.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def mtls_proxy(upstream: tuple[str, int], *, ca: str, cert_file: Path,
+                     key_file: Path) -> AsyncIterator[str]:
+    """host:port of a proxy in front of the dev server that terminates TLS with this server
+    certificate and requires a client certificate from this CA (gRPC over HTTP/2: ALPN h2)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(files / "server.pem", files / "server.key")
-    context.load_verify_locations(cadata=pki.ca.cert)
+    context.load_cert_chain(cert_file, key_file)
+    context.load_verify_locations(cadata=ca)
     context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["h2"])
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(upstream[0], int(upstream[1]))
+        up_reader, up_writer = await asyncio.open_connection(*upstream)
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
     proxy = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=context)
-    port = proxy.sockets[0].getsockname()[1]
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
     finally:
         proxy.close()
-        await server.shutdown()
+
+
+@pytest.fixture(scope="module")
+async def mtls_address(pki: Pki, dev_server: tuple[str, int],
+                       tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    files = tmp_path_factory.mktemp("tls")
+    (files / "server.pem").write_text(pki.server.cert)
+    (files / "server.key").write_text(pki.server.key)
+    async with mtls_proxy(dev_server, ca=pki.ca.cert, cert_file=files / "server.pem",
+                          key_file=files / "server.key") as address:
+        yield address
 
 
 def _settings(address: str, **tls: Any) -> Settings:
@@ -165,4 +183,56 @@ async def test_a_connection_without_the_right_certificates_is_refused(
     with pytest.raises(RuntimeError, match="Failed client connect"):
         async with asyncio.timeout(60):
             client = await connect_temporal(_settings(mtls_address, **tls))
+            await client.count_workflows()
+
+
+# ---------------------------------------------------------------- certificates of `durapay certs`
+
+
+def _durapay_certs(directory: Path) -> Path:
+    done = subprocess.run([str(BIN / "durapay"), "certs", str(directory)], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return directory
+
+
+@pytest.fixture(scope="module")
+async def certs_address(dev_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactory,
+                        ) -> AsyncIterator[tuple[str, Path]]:
+    """The dev server behind a TLS proxy that presents the server certificate `durapay certs`
+    made for `temporal` (its SANs include localhost and 127.0.0.1) and requires a client
+    certificate from that CA, as docker-compose.temporal.yml's Temporal does."""
+    pki = _durapay_certs(tmp_path_factory.mktemp("durapay-certs") / "pki")
+    server = pki / "temporal"
+    async with mtls_proxy(dev_server, ca=(server / "ca.pem").read_text(),
+                          cert_file=server / "cert.pem", key_file=server / "key.pem") as address:
+        yield address, pki
+
+
+def _role(address: str, role_dir: Path) -> Settings:
+    """A process's settings as the compose file gives them: paths into its role directory."""
+    return _settings(address, temporal_tls_ca=str(role_dir / "ca.pem"),
+                     temporal_tls_cert=str(role_dir / "cert.pem"),
+                     temporal_tls_key=str(role_dir / "key.pem"))
+
+
+@pytest.mark.parametrize("role", ["api", "worker", "cli"])
+async def test_durapay_certs_make_a_working_mtls_connection(
+        certs_address: tuple[str, Path], role: str) -> None:
+    address, pki = certs_address
+    client = await connect_temporal(_role(address, pki / role))
+    assert (await client.count_workflows()).count >= 0
+
+
+async def test_a_client_certificate_from_another_durapay_certs_ca_is_refused(
+        certs_address: tuple[str, Path], tmp_path: Path) -> None:
+    address, pki = certs_address
+    other = _durapay_certs(tmp_path / "other")
+    # The right CA to verify the server, another PKI's client certificate: the server refuses.
+    settings = _settings(address, temporal_tls_ca=str(pki / "api" / "ca.pem"),
+                         temporal_tls_cert=str(other / "api" / "cert.pem"),
+                         temporal_tls_key=str(other / "api" / "key.pem"))
+    with pytest.raises(RuntimeError, match="Failed client connect"):
+        async with asyncio.timeout(60):
+            client = await connect_temporal(settings)
             await client.count_workflows()

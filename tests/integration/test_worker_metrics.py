@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from temporalio.client import Client
 
 from client import DurapayClient
 from core.db.session import create_engine, session_factory
@@ -18,6 +19,7 @@ from tests.integration.helpers import assert_eventually, charge, settled_intent
 from tests.integration.webhook_receiver import Answer, WebhookReceiver
 from tests.stack import RunningStack, free_port
 from workers.health_server import HealthServer, postgres_check, temporal_check
+from workers.schedules import AUDIT_CHECKPOINT_SCHEDULE_ID, RECONCILIATION_SCHEDULE_ID
 
 pytestmark = pytest.mark.integration
 
@@ -166,6 +168,33 @@ async def test_webhook_attempts_count_once_by_result(
 
         # The first retry follows DURAPAY_WEBHOOK_FIRST_DELAY_SECONDS (5 s).
         await assert_eventually(delivered_once, timeout=40)
+
+
+async def test_a_paused_schedule_shows_on_the_worker_gauge(
+        worker_http: httpx.AsyncClient, temporal: Client) -> None:
+    """Whoever reaches Temporal can pause the sweep, and the pause outlives worker restarts:
+    the worker's gauge says so within its cache period, and says when it runs again."""
+    schedule = temporal.get_schedule_handle(RECONCILIATION_SCHEDULE_ID)
+
+    def paused_gauge(value: float) -> Any:
+        async def check() -> bool:
+            exposition = await scrape(worker_http)
+            assert sample(exposition, "durapay_schedule_paused",
+                          schedule=RECONCILIATION_SCHEDULE_ID) == value
+            # The other schedule is reported beside it, running.
+            assert sample(exposition, "durapay_schedule_paused",
+                          schedule=AUDIT_CHECKPOINT_SCHEDULE_ID) == 0
+            return True
+        return check
+
+    await assert_eventually(paused_gauge(0), timeout=30)
+    await schedule.pause(note="test_worker_metrics: paused on purpose")
+    try:
+        assert (await schedule.describe()).schedule.state.paused
+        await assert_eventually(paused_gauge(1), timeout=30)
+    finally:
+        await schedule.unpause(note="test_worker_metrics: resumed")
+    await assert_eventually(paused_gauge(0), timeout=30)
 
 
 async def test_worker_readyz_is_503_while_postgres_is_unreachable(

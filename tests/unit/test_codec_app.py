@@ -112,7 +112,8 @@ def test_main_refuses_a_public_bind_without_a_token_before_binding(
 
 
 def test_production_has_no_codec_listener(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, env="production", codec_token="t")
+    settings = settings_for(tmp_path, env="production", codec_token="t",
+                            temporal_api_key="tc-key")
     assert startup_refusal(settings) is not None
     with pytest.raises(CodecRefused, match="production"):
         create_codec_app(settings)

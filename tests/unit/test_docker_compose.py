@@ -5,14 +5,17 @@ nginx config and the Postgres init script run for real where their programs exis
 
 from __future__ import annotations
 
+import argparse
 import ast
 import base64
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -31,9 +34,11 @@ from pydantic import ValidationError
 
 from api.codec_app import CODEC_PATH, startup_refusal
 from cardnet import settings as cardnet_settings
+from cli import certs
 from cli.local_postgres import postgres_argv, postgres_bin_dir, run_as
 from core import search_attributes
 from core.settings import Settings
+from core.temporal_client import temporal_connect_options
 from tests.stack import free_port, private_dir, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +124,28 @@ def published(service: Mapping[str, Any]) -> list[tuple[str, int, int]]:
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+    subpath: str | None = None
+
+
+def mounts(service: Mapping[str, Any]) -> list[Mount]:
+    """Every volume or bind mount of a service, either syntax."""
+    result = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            result.append(Mount(volume["source"], volume["target"],
+                                bool(volume.get("read_only")),
+                                volume.get("volume", {}).get("subpath")))
+            continue
+        source, target, *options = str(volume).split(":")
+        result.append(Mount(source, target, "ro" in options))
+    return result
+
+
 def is_one_shot(name: str) -> bool:
     return SERVICES[name].get("restart") == "no"
 
@@ -179,10 +206,9 @@ def test_temporal_runs_on_the_images_temporal_recommends() -> None:
     assert SERVICES["temporal"]["depends_on"]["temporal-schema"]["condition"] == (
         "service_completed_successfully")
     dynamic_config = environment("temporal")["DYNAMIC_CONFIG_FILE_PATH"]
-    mounts = [v.split(":")[:2] for v in SERVICES["temporal"]["volumes"]]
-    assert any(dynamic_config.startswith(target + "/")
-               and (ROOT / source / Path(dynamic_config).name).exists()
-               for source, target in mounts), (dynamic_config, mounts)
+    assert any(dynamic_config.startswith(mount.target + "/")
+               and (ROOT / mount.source / Path(dynamic_config).name).exists()
+               for mount in mounts(SERVICES["temporal"])), dynamic_config
 
 
 def test_search_attributes_match_core() -> None:
@@ -280,8 +306,8 @@ def test_the_codec_listener_holds_the_keys_and_nothing_else(
 
 def test_the_web_ui_reaches_the_codec_through_the_proxy(
         clean_environ: pytest.MonkeyPatch) -> None:
-    ui_port = next(host for _, host, target in published(SERVICES["temporal-ui"])
-                   if target == 8080)
+    ui_port = next(host for _, host, target in published(SERVICES["proxy"]) if target == 8233)
+    assert "set $ui_upstream http://temporal-ui:8080;" in PROXY_TEMPLATE.read_text()
     codec_port = int(environment("codec")["DURAPAY_CODEC_PORT"])
     proxy_ports = {target: host for _, host, target in published(SERVICES["proxy"])}
     # The browser calls the endpoint itself: it must be the proxy's published loopback port.
@@ -304,8 +330,9 @@ def test_the_api_and_every_worker_share_the_vault_epoch_keys(
     volumes = {}
     for name in ("api", "worker"):
         directory = environment(name)["DURAPAY_VAULT_KEY_DIR"]
-        mounted = [volume.split(":") for volume in SERVICES[name]["volumes"]]
-        [source] = [parts[0] for parts in mounted if parts[1] == directory]
+        mounted = [(v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2])
+                   for v in SERVICES[name]["volumes"]]
+        [source] = [source for source, target in mounted if target == directory]
         volumes[name] = source
         settings = settings_of(clean_environ, environment(name))
         assert settings.vault_epoch_keys().directory == Path(directory)
@@ -348,6 +375,204 @@ def test_the_worker_outlives_its_graceful_shutdown() -> None:
     assert duration_seconds(SERVICES["worker"]["stop_grace_period"]) > graceful
     charge_wait = Settings.model_fields["charge_wait_seconds"].default
     assert duration_seconds(SERVICES["api"]["stop_grace_period"]) > charge_wait
+
+
+# ------------------------------------------------------------------ Temporal's mTLS, networks
+
+PKI = "temporal-pki"
+# What each kind of image reads for its client certificate: (CA, certificate, key).
+CLIENT_TLS = {
+    "durapay": ("DURAPAY_TEMPORAL_TLS_CA", "DURAPAY_TEMPORAL_TLS_CERT",
+                "DURAPAY_TEMPORAL_TLS_KEY"),
+    # The `temporal` CLI, 1.4 and later (temporalio/cli, cliext/option-sets.yaml).
+    "temporalio/admin-tools": ("TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+                               "TEMPORAL_TLS_CLIENT_CERT_PATH", "TEMPORAL_TLS_CLIENT_KEY_PATH"),
+    # temporalio/ui, server/docker/config-template.yaml.
+    "temporalio/ui": ("TEMPORAL_TLS_CA", "TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY"),
+}
+# The TLS names temporalio/server's embedded config template reads (temporalio/temporal
+# v1.30.1, common/config/config_template_embedded.yaml): a misspelt one is silently ignored.
+SERVER_TLS_NAMES = {
+    "TEMPORAL_TLS_REQUIRE_CLIENT_AUTH", "TEMPORAL_TLS_SERVER_CA_CERT", "TEMPORAL_TLS_SERVER_CERT",
+    "TEMPORAL_TLS_SERVER_KEY", "TEMPORAL_TLS_FRONTEND_CERT", "TEMPORAL_TLS_FRONTEND_KEY",
+    "TEMPORAL_TLS_CLIENT1_CA_CERT", "TEMPORAL_TLS_CLIENT2_CA_CERT",
+    "TEMPORAL_TLS_INTERNODE_SERVER_NAME", "TEMPORAL_TLS_FRONTEND_SERVER_NAME",
+    "TEMPORAL_TLS_INTERNODE_DISABLE_HOST_VERIFICATION",
+    "TEMPORAL_TLS_FRONTEND_DISABLE_HOST_VERIFICATION", "TEMPORAL_TLS_REFRESH_INTERVAL"}
+
+
+def image_kind(name: str) -> str:
+    return "durapay" if name in OURS else SERVICES[name]["image"].split(":")[0]
+
+
+def temporal_clients() -> list[str]:
+    return sorted(name for name in SERVICES if "TEMPORAL_ADDRESS" in environment(name))
+
+
+def pki_mount(name: str) -> Mount | None:
+    found = [m for m in mounts(SERVICES[name]) if m.source == PKI]
+    assert len(found) <= 1, name
+    return found[0] if found else None
+
+
+def certs_args() -> argparse.Namespace:
+    """The compose `certs` service's command, parsed by `durapay certs`' own parser."""
+    command = SERVICES["certs"]["command"]
+    assert command[:2] == ["durapay", "certs"]
+    parser = argparse.ArgumentParser()
+    certs.add_parser(parser.add_subparsers())
+    return parser.parse_args(command[1:])
+
+
+@pytest.fixture(scope="module")
+def compose_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the `certs` service writes, made here with its arguments (no --owner: that takes
+    root, and the owners are checked separately)."""
+    args = certs_args()
+    directory = tmp_path_factory.mktemp("compose") / "pki"
+    certs.make_pki(directory, server_names=args.server_names, clients=args.clients, owners={})
+    return directory
+
+
+def in_pki(name: str, path: str, pki: Path) -> Path:
+    """The file a container path names, in the PKI as `certs` writes it."""
+    mount = pki_mount(name)
+    assert mount is not None and mount.subpath, f"{name} mounts no role directory"
+    assert path.startswith(mount.target + "/"), (name, path)
+    return pki / mount.subpath / path.removeprefix(mount.target + "/")
+
+
+def test_temporal_requires_client_certificates(compose_pki: Path) -> None:
+    env = environment("temporal")
+    assert env["TEMPORAL_TLS_REQUIRE_CLIENT_AUTH"] == "true"
+    assert {n for n in env if n.startswith("TEMPORAL_TLS_")} <= SERVER_TLS_NAMES
+    assert pki_mount("temporal") == Mount(PKI, "/certs", True, certs.SERVER_ROLE)
+    files = {name: in_pki("temporal", env[name], compose_pki) for name in (
+        "TEMPORAL_TLS_SERVER_CA_CERT", "TEMPORAL_TLS_CLIENT1_CA_CERT",
+        "TEMPORAL_TLS_CLIENT2_CA_CERT", "TEMPORAL_TLS_SERVER_CERT", "TEMPORAL_TLS_SERVER_KEY",
+        "TEMPORAL_TLS_FRONTEND_CERT", "TEMPORAL_TLS_FRONTEND_KEY")}
+    ca = (compose_pki / "ca" / "ca.pem").read_bytes()
+    # Clients are accepted only if this PKI's CA signed them, and internode peers likewise.
+    for name in ("TEMPORAL_TLS_SERVER_CA_CERT", "TEMPORAL_TLS_CLIENT1_CA_CERT",
+                 "TEMPORAL_TLS_CLIENT2_CA_CERT"):
+        assert files[name].read_bytes() == ca, name
+    assert files["TEMPORAL_TLS_FRONTEND_CERT"].name == "cert.pem"
+    assert files["TEMPORAL_TLS_FRONTEND_KEY"].name == "key.pem"
+    # Its services verify one another under a name its certificate carries, as do clients.
+    for name in ("TEMPORAL_TLS_INTERNODE_SERVER_NAME", "TEMPORAL_TLS_FRONTEND_SERVER_NAME"):
+        assert env[name] in certs_args().server_names, name
+    for client in temporal_clients():
+        host = environment(client)["TEMPORAL_ADDRESS"].rsplit(":", 1)[0]
+        assert host == "temporal" and host in certs_args().server_names, client
+
+
+def test_every_temporal_client_has_its_own_certificate(
+        compose_pki: Path, clean_environ: pytest.MonkeyPatch) -> None:
+    clients = temporal_clients()
+    # One certificate per role, so that one can be revoked (re-issued from a new CA) or told
+    # apart in the server's logs; `migrate` and `events` are `durapay` commands like the CLI.
+    roles = {"api": "api", "worker": "worker", "migrate": "cli", "events": "cli", "cli": "cli",
+             "temporal-setup": "admin-tools", "temporal-cli": "admin-tools", "temporal-ui": "ui"}
+    assert set(clients) == set(roles)
+    issued = set(certs_args().clients)
+    for name in clients:
+        env = environment(name)
+        mount = pki_mount(name)
+        assert mount is not None and mount.read_only and mount.subpath == roles[name], name
+        assert mount.subpath in issued, name
+        assert SERVICES[name]["depends_on"]["certs"]["condition"] == (
+            "service_completed_successfully"), name
+        ca, cert, key = (in_pki(name, env[variable], compose_pki)
+                         for variable in CLIENT_TLS[image_kind(name)])
+        assert (ca.name, cert.name, key.name) == ("ca.pem", "cert.pem", "key.pem"), name
+        assert ssl_pair_loads(cert, key), name
+    ui = environment("temporal-ui")
+    assert ui["TEMPORAL_TLS_ENABLE_HOST_VERIFICATION"] == "true"
+    assert ui["TEMPORAL_TLS_SERVER_NAME"] in certs_args().server_names
+    # Durapay's processes: their settings, pointed at these files, give a mutual TLS connection.
+    for name in (n for n in clients if image_kind(n) == "durapay"):
+        env = environment(name)
+        for variable in CLIENT_TLS["durapay"]:
+            env[variable] = str(in_pki(name, env[variable], compose_pki))
+        tls = temporal_connect_options(settings_of(clean_environ, env))["tls"]
+        assert tls.client_cert == Path(env["DURAPAY_TEMPORAL_TLS_CERT"]).read_bytes(), name
+        assert tls.server_root_ca_cert == (compose_pki / "ca" / "ca.pem").read_bytes(), name
+
+
+def ssl_pair_loads(cert: Path, key: Path) -> bool:
+    ssl.create_default_context().load_cert_chain(cert, key)  # raises if they do not match
+    return True
+
+
+def test_the_pki_volume_gives_each_service_its_role_only() -> None:
+    args = certs_args()
+    for name in SERVICES:
+        mount = pki_mount(name)
+        if name == "certs":
+            assert mount == Mount(PKI, args.directory.as_posix(), False)
+            continue
+        if mount is not None:  # never the CA's directory, never the whole volume
+            assert mount.read_only and mount.subpath not in (None, certs.CA_DIR), name
+    # The codec listener never talks to Temporal: no certificate for it.
+    assert pki_mount("codec") is None and "TEMPORAL_ADDRESS" not in environment("codec")
+
+
+def test_the_certs_service_hands_each_role_to_its_containers_user() -> None:
+    service, args = SERVICES["certs"], certs_args()
+    assert is_one_shot("certs") and service["network_mode"] == "none"
+    assert service["user"] == "0:0" and set(service["cap_add"]) == {"CHOWN", "DAC_OVERRIDE"}
+    assert service["cap_drop"] == ["ALL"]
+    owners = certs.parse_owners(args.owner, args.clients)
+    ours = re.search(r"^USER\s+(\d+):(\d+)", DOCKERFILE, re.M)
+    assert ours is not None
+    for name in SERVICES:
+        mount = pki_mount(name)
+        if mount is None or name == "certs":
+            continue
+        owner = owners[mount.subpath]  # every mounted role is handed to someone
+        if image_kind(name) == "durapay":
+            assert (owner.uid, owner.gid) == (int(ours[1]), int(ours[2])), name
+        if "user" in SERVICES[name]:
+            assert SERVICES[name]["user"].split(":")[0] == str(owner.uid), name
+
+
+def service_networks(name: str) -> set[str]:
+    networks = SERVICES[name].get("networks", [])
+    return set(networks if isinstance(networks, list) else networks)
+
+
+def test_only_the_proxy_is_on_the_edge_and_publishes_ports() -> None:
+    networks = COMPOSE["networks"]
+    assert networks["internal"]["internal"] is True
+    for name in SERVICES:
+        if SERVICES[name].get("network_mode") == "none":
+            assert not service_networks(name), name
+            continue
+        # Named, so that no service lands on compose's default network (not internal).
+        assert service_networks(name) and service_networks(name) <= set(networks), name
+        assert "internal" in service_networks(name), name
+        if name != "proxy":
+            assert "edge" not in service_networks(name), name
+            assert "ports" not in SERVICES[name], f"{name}: publish through the proxy"
+    assert service_networks("proxy") == {"internal", "edge"}
+    assert {target for _, _, target in published(SERVICES["proxy"])} == {
+        8000, 8089, 8233, 16686, 9090}
+    # Temporal and Postgres are reachable from the internal network only.
+    assert service_networks("temporal") == service_networks("postgresql") == {"internal"}
+    # The workers alone get a way out (merchants' webhook URLs); it publishes nothing.
+    assert [n for n in SERVICES if "egress" in service_networks(n)] == ["worker"]
+    assert not networks["egress"].get("internal")
+
+
+def test_the_proxy_serves_the_consoles_on_their_published_ports() -> None:
+    template = PROXY_TEMPLATE.read_text()
+    for port, upstream in ((8233, "http://temporal-ui:8080"), (16686, "http://jaeger:16686"),
+                           (9090, "http://prometheus:9090")):
+        assert f"listen {port} default_server;" in template, port  # other Host names: 421
+        block = template.split(f"listen {port};", 1)[1].split("\nserver {", 1)[0]
+        assert "server_name 127.0.0.1 localhost;" in block and upstream in block, port
+    for name, port in (("temporal-ui", "8080"), ("jaeger", "16686"), ("prometheus", "9090")):
+        assert port in [str(p) for p in SERVICES[name]["expose"]], name
 
 
 # ------------------------------------------------------------------ health and start order
@@ -531,11 +756,17 @@ def test_the_proxy_passes_requests_unchanged_and_guards_the_codec(tmp_path: Path
     upstream = EchoHandler()
     upstream.start()
     api, codec, health = free_port(), free_port(), free_port()
+    consoles = [(port, free_port()) for port in (8233, 16686, 9090)]  # UI, Jaeger, Prometheus
     # The template as the nginx image renders it, with local ports and upstreams.
     config = PROXY_TEMPLATE.read_text().replace("${DURAPAY_CODEC_TOKEN}", "codec-token")
     for old, new in (("listen 8000;", f"listen 127.0.0.1:{api};"),
                      ("listen 8089 default_server;", f"listen 127.0.0.1:{codec} default_server;"),
                      ("listen 8089;", f"listen 127.0.0.1:{codec};"),
+                     *((f"listen {console} default_server;",
+                        f"listen 127.0.0.1:{local} default_server;")
+                       for console, local in consoles),
+                     *((f"listen {console};", f"listen 127.0.0.1:{local};")
+                       for console, local in consoles),
                      ("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{health};"),
                      ("http://api:8000", f"http://127.0.0.1:{upstream.port}"),
                      ("http://codec:8089", f"http://127.0.0.1:{upstream.port}")):

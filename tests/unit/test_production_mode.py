@@ -19,7 +19,8 @@ MASTER_KEY = base64.b64encode(b"p" * 32).decode()
 
 def stack_settings(tmp_path: Path, env: str) -> Settings:
     return Settings(env=env, home=tmp_path / "home", master_key=MASTER_KEY,  # type: ignore[arg-type]
-                    admin_token="given-token", codec_port=18089)
+                    admin_token="given-token", codec_port=18089,
+                    temporal_tls_cert="/certs/cert.pem", temporal_tls_key="/certs/key.pem")
 
 
 @pytest.fixture

@@ -77,7 +77,7 @@ def test_production_refuses_to_start_on_generated_secrets(
 
 def test_production_uses_the_given_secrets_and_writes_nothing(tmp_path: Path) -> None:
     settings = Settings(env="production", home=tmp_path / "home", master_key=MASTER_KEY,
-                        admin_token="given-token")
+                        admin_token="given-token", temporal_api_key="tc-key")
     assert settings.resolved_master_key() == b"k" * 32
     assert settings.resolved_admin_token() == "given-token"
     assert not (tmp_path / "home").exists()
