@@ -137,6 +137,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         temporal_address=temporal_env.client.service_client.config.target_host,
         admin_token=ADMIN_TOKEN, master_key=base64.b64encode(os.urandom(32)).decode(),
         charge_wait_seconds=CHARGE_WAIT_SECONDS,
+        # Every test reaches the session's app from one address: its admin-token failures
+        # must not add up to a 429 (tests/api/test_admin_rate_limit.py tests the throttle).
+        admin_rate_limit_per_minute=1000,
         # Nothing polls it: operations that reach Temporal are never accepted (see above).
         task_queue=f"api-tests-{uuid.uuid4().hex[:8]}")
 
