@@ -179,8 +179,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _check_authentication_comes_first(app: FastAPI) -> None:
     """Every authenticated route authenticates before its body is parsed: a router declared
     without `route_class=AuthenticatedRoute` stops the API at start, not in production."""
-    for route in app.routes:
-        if isinstance(route, APIRoute) and needs_authentication(route) and \
+    pending = list(app.routes)
+    while pending:
+        route = pending.pop()
+        included = getattr(route, "original_router", None)  # FastAPI keeps routers nested
+        if included is not None:
+            pending.extend(included.routes)
+        elif isinstance(route, APIRoute) and needs_authentication(route) and \
                 not isinstance(route, AuthenticatedRoute):
             raise RuntimeError(f"{route.path}: its router needs route_class=AuthenticatedRoute "
                                "(api/deps.py)")

@@ -123,9 +123,9 @@ class DevStack:
         if not self.production:  # it decrypts payloads: never part of a production stack
             children.append(Child("codec", [python, "-m", "api.codec_app"], self._codec_ready))
         children.append(
-            Child("api", [python, "-m", "uvicorn", "api.main:create_app", "--factory",
-                          "--host", s.api_host, "--port", str(s.api_port),
-                          "--no-access-log"], self._api_ready)
+            # api.serve: uvicorn with the connection limits from settings.
+            Child("api", [python, "-m", "api.serve", "--host", s.api_host,
+                          "--port", str(s.api_port)], self._api_ready)
         )
         return children
 

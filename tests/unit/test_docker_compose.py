@@ -519,7 +519,10 @@ def test_the_proxy_passes_requests_unchanged_and_guards_the_codec(tmp_path: Path
                      ("listen 8089;", f"listen 127.0.0.1:{codec};"),
                      ("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{health};"),
                      ("http://api:8000", f"http://127.0.0.1:{upstream.port}"),
-                     ("http://codec:8089", f"http://127.0.0.1:{upstream.port}")):
+                     ("http://codec:8089", f"http://127.0.0.1:{upstream.port}"),
+                     # The slow-client bounds, shortened for the test.
+                     ("client_header_timeout 10s;", "client_header_timeout 1s;"),
+                     ("client_body_timeout 10s;", "client_body_timeout 1s;")):
         assert old in config, old
         config = config.replace(old, new)
     (tmp_path / "durapay.conf").write_text(config)
@@ -549,6 +552,18 @@ def test_the_proxy_passes_requests_unchanged_and_guards_the_codec(tmp_path: Path
         assert http("POST", f"http://127.0.0.1:{codec}/codec/decode",
                     {"Host": f"rebound.example:{codec}"})[0] == 421
         assert http("GET", f"http://127.0.0.1:{codec}/metrics")[0] == 404
+        # A client stalling in its headers, or in its body, is cut off at the bound.
+        for stalled in (b"GET /payment-intents HTTP/1.1\r\nHost: x\r\n",
+                        b"POST /payment-intents HTTP/1.1\r\nHost: x\r\nContent-Length: 100"
+                        b"\r\n\r\n0123456789"):
+            with socket.create_connection(("127.0.0.1", api), timeout=10) as sock:
+                started = time.monotonic()
+                sock.sendall(stalled)
+                answer = b""
+                while chunk := sock.recv(4096):  # until nginx closes the connection
+                    answer += chunk
+                assert 0.9 < time.monotonic() - started < 8, answer
+                assert answer in (b"",) or answer.startswith(b"HTTP/1.1 408"), answer
         # No API container answering: the API's error shape, retryable.
         upstream.close()
         status, body = http("GET", f"http://127.0.0.1:{api}/payment-intents")
