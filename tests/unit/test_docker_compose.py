@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from api.codec_app import CODEC_PATH, startup_refusal
 from cardnet import settings as cardnet_settings
-from cli.local_postgres import postgres_argv, postgres_bin_dir, run_as
+from cli.local_postgres import postgres_argv, postgres_bin_dir, postgres_data_dir, run_as
 from core import search_attributes
 from core.settings import Settings
 from tests.stack import free_port, private_dir, stop_process
@@ -580,8 +580,9 @@ def listening(port: int) -> bool:
 
 @pytest.mark.integration
 async def test_postgres_init_gives_each_tenant_its_own_databases() -> None:
-    state = private_dir("pginit")
-    data, password_file = state / "postgres", state / "postgres-password"
+    state = private_dir("pginit") / "home"  # as `durapay dev` lays out its state dir
+    state.mkdir(mode=0o700)
+    data, password_file = postgres_data_dir(state), state / "postgres-password"
     port = free_port()
     server = subprocess.Popen(postgres_argv(data, port, password_file=password_file),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
