@@ -49,4 +49,4 @@ EXPOSE 8000 8081 8089 9464
 # The probe reads the container's command to find its port (deploy/healthcheck.py).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "/opt/durapay/healthcheck.py"]
-CMD ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--no-access-log"]
+CMD ["python", "-m", "api.serve", "--host", "0.0.0.0", "--port", "8000"]

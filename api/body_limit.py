@@ -7,6 +7,12 @@ fit, so authentication, idempotency and JSON parsing never see an oversize one. 
 `Content-Length` over the limit is refused without reading a byte; a body sent without one
 (chunked) or longer than it declared is refused as soon as its running size passes the limit.
 Requests without credentials are refused alike: the limit comes before authentication.
+
+The body must also arrive within `DURAPAY_REQUEST_BODY_TIMEOUT_SECONDS` of the request's
+headers: a client that declares a body and then sends it slowly, or stalls, gets 408
+`request_timeout` and the connection is closed, instead of holding it (and a slot of the
+process's connection limit) for as long as it likes. How long the headers themselves may take
+is the proxy's bound (nginx `client_header_timeout`): uvicorn has none (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ApiError, InvalidRequestError, RequestTooLargeError
+from api.errors import ApiError, InvalidRequestError, RequestTimeoutError, RequestTooLargeError
 
 # Before answering 413, read and drop what the client is still sending, up to this much and
 # this long: a connection closed with unread data is reset by the kernel, and the reset can
@@ -27,9 +33,10 @@ DISCARD_SECONDS = 2.0
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, timeout_seconds: float) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,20 +52,35 @@ class BodyLimitMiddleware:
             await _discard_rest(receive)
             await _refuse(self._too_large(), scope, receive, send)
             return
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                body, unread = await self._read_body(receive)
+        except TimeoutError:
+            await _refuse(RequestTimeoutError(
+                "request_timeout", f"The request body did not arrive within "
+                f"{self.timeout_seconds:g} seconds."), scope, receive, send)
+            return
+        if body is None:
+            return  # the client left before it finished sending: nobody to answer
+        if len(body) > self.max_body_bytes:
+            if unread:
+                await _discard_rest(receive)
+            await _refuse(self._too_large(), scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read_body(self, receive: Receive) -> tuple[bytes | None, bool]:
+        """The whole body, or the part that passes the limit and whether more is unread; None
+        when the client disconnected."""
         body = bytearray()
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return  # the client left before it finished sending: nobody to answer
+                return None, False
             body += message.get("body", b"")
-            if len(body) > self.max_body_bytes:
-                if message.get("more_body", False):
-                    await _discard_rest(receive)
-                await _refuse(self._too_large(), scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(bytes(body), receive), send)
+            more = bool(message.get("more_body", False))
+            if len(body) > self.max_body_bytes or not more:
+                return bytes(body), more
 
     def _too_large(self) -> ApiError:
         return RequestTooLargeError(

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from sqlalchemy import delete, tuple_
@@ -21,8 +23,8 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
+from api.admin_throttle import AdminThrottle
 from api.errors import (
-    ApiError,
     AuthenticationError,
     InvalidRequestError,
     NotFoundError,
@@ -53,6 +55,9 @@ AUTHENTICATION_HEADERS = ("Authorization", "X-Timestamp", "X-Nonce", "X-Signatur
 # one, so the table stays at about the window's traffic, and a backlog left by a burst drains
 # this many a request, in one short index range scan, never a whole-table scan.
 EXPIRED_NONCES_PER_REQUEST = 100
+# Where AuthenticatedRoute leaves what it verified, for the dependencies to pick up.
+_VERIFIED_KEY = "durapay.verified_key"
+_ADMIN_VERIFIED = "durapay.admin_verified"
 
 
 @dataclass
@@ -67,6 +72,7 @@ class AppState:
     merchant_secrets: Cipher
     webhook_secrets: Cipher
     temporal: TemporalConnection
+    admin_throttle: AdminThrottle
     # When (time.monotonic()) this process next deletes stale card numbers (a charge does it).
     next_vault_sweep: float = float("-inf")
 
@@ -77,7 +83,8 @@ class AppState:
         return cls(settings=settings, sessions=sessions,
                    vault=VaultCipher(keys, settings.vault_epoch_keys()),
                    merchant_secrets=Cipher(keys, Purpose.MERCHANT_SECRETS),
-                   webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), temporal=temporal)
+                   webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), temporal=temporal,
+                   admin_throttle=AdminThrottle(settings.admin_rate_limit_per_minute))
 
 
 class TemporalConnection:
@@ -127,12 +134,26 @@ async def get_temporal(state: StateDep) -> Client:
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
-async def require_admin(state: StateDep,
+async def require_admin(request: Request, state: StateDep,
                         authorization: Annotated[str | None, Header()] = None) -> None:
-    token = (authorization or "").removeprefix("Bearer ").strip()
+    """The operator's bearer token, compared in constant time. Failed attempts are throttled
+    per client address and in all (api/admin_throttle.py): past the limit every admin request
+    of that address answers 429 before its token is even compared, so the answers tell a
+    guesser nothing. Checked once per request, before the body is read (AuthenticatedRoute)."""
+    if request.scope.get(_ADMIN_VERIFIED):
+        return
+    client = request.client.host if request.client else "unknown"
+    state.admin_throttle.check(client)
+    # The header declared above only tells the API docs the scheme (api/openapi.py): the value
+    # is read here, where AuthenticatedRoute calls this without it.
+    token = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
     expected = state.settings.resolved_admin_token()
-    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
+    # Digests compared, not the tokens: compare_digest's time still tells their lengths apart.
+    if len(request.headers.getlist("authorization")) > 1 or not token or not hmac.compare_digest(
+            hashlib.sha256(token.encode()).digest(), hashlib.sha256(expected.encode()).digest()):
+        state.admin_throttle.failed(client)
         raise AuthenticationError("invalid_admin_token", "Invalid admin token.")
+    request.scope[_ADMIN_VERIFIED] = True
 
 
 AdminDep = Annotated[None, Depends(require_admin)]
@@ -140,18 +161,19 @@ AdminDep = Annotated[None, Depends(require_admin)]
 
 async def authenticate_merchant(
     request: Request, state: StateDep, session: SessionDep,
+    # Declared for the API docs (api/openapi.py names the scheme from them); the values are
+    # read from the request, by AuthenticatedRoute before the body is parsed.
     authorization: Annotated[str | None, Header()] = None,
     x_timestamp: Annotated[str | None, Header()] = None,
     x_nonce: Annotated[str | None, Header()] = None,
     x_signature: Annotated[str | None, Header()] = None,
 ) -> Merchant:
-    """Verify the signed request (see API docs) and return the calling merchant."""
-    key = await verify_signature(request, state, session, authorization=authorization,
-                                 x_timestamp=x_timestamp, x_nonce=x_nonce,
-                                 x_signature=x_signature)
-    now = datetime.now(UTC)
-    await take_token(session, state.settings, key.public_key)  # once the signature verified
-    await _consume_nonce(session, key.public_key, x_nonce or "", now, state.settings)
+    """Verify the signed request (see API docs) and return the calling merchant. The
+    signature, nonce and rate limit are checked by AuthenticatedRoute before the body is
+    parsed; only a route built otherwise checks them here."""
+    key: MerchantKey | None = request.scope.get(_VERIFIED_KEY)
+    if key is None:
+        key = await authenticate_request(request, state, session)
     merchant = await session.get(Merchant, key.merchant_id)
     if merchant is None:
         raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
@@ -159,6 +181,26 @@ async def authenticate_merchant(
     if context is not None:  # the request's log lines name the merchant from here on
         context.merchant_id = merchant.id
     return merchant
+
+
+async def authenticate_request(request: Request, state: AppState,
+                               session: AsyncSession) -> MerchantKey:
+    """The signing key of a request whose signature verifies, its nonce spent and one token of
+    its rate limit taken; AuthenticationError or RateLimitError if not.
+
+    The nonce is spent before the rate limit is asked: a request refused with 429 has still
+    used its nonce, so the same signed bytes sent again later are a replay (401), not a
+    request that now succeeds."""
+    headers = request.headers
+    x_nonce = headers.get("x-nonce")
+    key = await verify_signature(request, state, session,
+                                 authorization=headers.get("authorization"),
+                                 x_timestamp=headers.get("x-timestamp"), x_nonce=x_nonce,
+                                 x_signature=headers.get("x-signature"))
+    await _consume_nonce(session, key.public_key, x_nonce or "", datetime.now(UTC),
+                         state.settings)
+    await take_token(session, state.settings, key.public_key)  # once the signature verified
+    return key
 
 
 async def verify_signature(request: Request, state: AppState, session: AsyncSession, *,
@@ -196,30 +238,80 @@ async def verify_signature(request: Request, state: AppState, session: AsyncSess
     return key
 
 
-async def refusal_of_unparsed_request(request: Request) -> ApiError | None:
-    """What the credentials of a request whose body FastAPI could not parse earn, before its
-    parse error is told: FastAPI parses JSON before any dependency runs, and a client that
-    cannot authenticate must get the 401 every other request gets, not a description of how
-    its body failed. Nothing is recorded (no nonce, no rate-limit token): the request changes
-    nothing either way. None when the credentials hold or the route needs none."""
-    route = request.scope.get("route")
-    needs = _authentication_of(route.dependant) if isinstance(route, APIRoute) else None
-    if needs is None:
-        return None
-    state: AppState = request.app.state.durapay
+class AuthenticatedRoute(APIRoute):
+    """A route that authenticates its request (merchant signature or admin token, whichever
+    its dependencies ask for) before FastAPI reads the body: FastAPI parses JSON before any
+    dependency runs, and a client that cannot authenticate must get the same 401 whatever its
+    body holds (invalid JSON, gzip, nesting too deep), never a description of how it failed.
+    Then it refuses NUL characters anywhere in the request (see `refuse_nul_characters`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        needs = _authentication_of(self.dependant)
+
+        async def authenticate_then_handle(request: Request) -> Response:
+            state: AppState = request.app.state.durapay
+            if needs is require_admin:
+                await require_admin(request, state)
+            elif needs is authenticate_merchant:
+                async with state.sessions() as session:
+                    request.scope[_VERIFIED_KEY] = await authenticate_request(
+                        request, state, session)
+            await refuse_nul_characters(request)
+            return await handle(request)
+
+        return authenticate_then_handle
+
+
+def needs_authentication(route: APIRoute) -> bool:
+    return _authentication_of(route.dependant) is not None
+
+
+async def refuse_nul_characters(request: Request) -> None:
+    """400 naming the parameter for a NUL character in a path id, a query parameter or any
+    string (key or value) of a JSON body. PostgreSQL text cannot hold NUL, so such a value
+    would otherwise fail its query as a 500; no parameter has a use for one."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise _nul_refusal(name)
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in value:
+            raise _nul_refusal(name.replace("\x00", "") or None)
+    body = await request.body()
+    # A JSON string can hold NUL only as the escape `\u0000` (a raw one is invalid JSON), so
+    # only a body holding that text is parsed here; FastAPI answers for invalid JSON.
+    if b"\\u0000" not in body:
+        return
     try:
-        if needs is require_admin:
-            await require_admin(state, request.headers.get("authorization"))
-        else:
-            async with state.sessions() as session:
-                await verify_signature(
-                    request, state, session, authorization=request.headers.get("authorization"),
-                    x_timestamp=request.headers.get("x-timestamp"),
-                    x_nonce=request.headers.get("x-nonce"),
-                    x_signature=request.headers.get("x-signature"))
-    except AuthenticationError as refused:
-        return refused
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return
+    found = _nul_path(document)
+    if found is not None:
+        raise _nul_refusal(found or None)
+
+
+def _nul_path(document: Any) -> str | None:
+    """The dotted path (camelCase names, list indexes) of the first string holding NUL ("" for
+    the top level), or None. Iterative: the body may nest as deep as the JSON parser allows."""
+    pending: list[tuple[str, Any]] = [("", document)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str) and "\x00" in value:
+            return path
+        items = (value.items() if isinstance(value, dict)
+                 else enumerate(value) if isinstance(value, list) else ())
+        for name, item in items:
+            if isinstance(name, str) and "\x00" in name:
+                return path  # the key itself: name the object holding it
+            pending.append((f"{path}.{name}" if path else str(name), item))
     return None
+
+
+def _nul_refusal(param: str | None) -> InvalidRequestError:
+    return InvalidRequestError("parameter_invalid",
+                               f"Invalid {param or 'request'}: NUL characters are not allowed.",
+                               param)
 
 
 def _authentication_of(dependant: Dependant) -> Callable[..., Any] | None:
@@ -276,8 +368,12 @@ MerchantDep = Annotated[Merchant, Depends(authenticate_merchant)]
 
 
 async def get_idempotency_key(
-    idempotency_key: Annotated[str | None, Header()] = None,
+    request: Request, idempotency_key: Annotated[str | None, Header()] = None,
 ) -> str | None:
+    if len(request.headers.getlist("idempotency-key")) > 1:
+        # Which copy counts would be up to each proxy and framework on the way.
+        raise InvalidRequestError("idempotency_key_invalid", "Send Idempotency-Key once.",
+                                  "Idempotency-Key")
     if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
         raise InvalidRequestError("idempotency_key_invalid",
                                   "Idempotency-Key must be 1 to 255 printable ASCII characters.",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -94,6 +93,11 @@ class RequestTooLargeError(ApiError):
     type = "invalid_request_error"
 
 
+class RequestTimeoutError(ApiError):
+    status = 408
+    type = "invalid_request_error"
+
+
 class RateLimitError(ApiError):
     status = 429
     type = "rate_limit_error"
@@ -135,27 +139,20 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
-def install_error_handlers(
-        app: FastAPI,
-        refusal_of_unparsed: Callable[[Request], Awaitable[ApiError | None]] | None = None,
-) -> None:
-    """`refusal_of_unparsed`: what a request whose body could not be parsed earns for its
-    credentials (a 401), asked before its parse error is answered."""
+def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, error: RequestValidationError) -> JSONResponse:
+    async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
+        # Authentication has passed by now (api/deps.py, AuthenticatedRoute): telling how the
+        # body failed helps only a client that may send it.
         first = error.errors()[0] if error.errors() else {}
         kind = str(first.get("type", ""))
         param = _param_from_loc(tuple(first.get("loc", ())))
-        refusal = (await refusal_of_unparsed(request)
-                   if kind == "json_invalid" and refusal_of_unparsed else None)
-        if refusal is not None:
-            api_error = refusal
-        elif kind == "json_invalid":
+        if kind == "json_invalid":
             api_error = InvalidRequestError("invalid_json", "The request body is not valid JSON.")
         elif kind == "missing":
             api_error = InvalidRequestError("parameter_missing",
@@ -177,6 +174,8 @@ def install_error_handlers(
             body["error"]["type"] = "not_found"
         elif error.status_code == 405:
             body = ApiError("method_not_allowed", "Method not allowed for this URL.").body()
+        elif error.status_code == 400:  # FastAPI could not read the body (not UTF-8, too deep)
+            body = InvalidRequestError("invalid_json", "The request body is not valid JSON.").body()
         else:
             body = ApiError("http_error", str(error.detail)).body()
         return JSONResponse(body, status_code=error.status_code)

@@ -43,13 +43,12 @@ from typing import Any
 
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from sqlalchemy import and_, delete, or_, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from api.deps import IdempotencyKeyDep, MerchantDep, SessionDep, StateDep
+from api.deps import AuthenticatedRoute, IdempotencyKeyDep, MerchantDep, SessionDep, StateDep
 from api.errors import ApiError, ConflictError, InvalidRequestError
 from api.schemas.base import RequestModel
 from core.db.tables import IdempotencyRecord
@@ -200,7 +199,7 @@ async def release(session: AsyncSession, *, merchant_id: str, key: str) -> None:
     await session.commit()
 
 
-class IdempotentRoute(APIRoute):
+class IdempotentRoute(AuthenticatedRoute):
     """The route class of routers with idempotent endpoints: hands each response to the
     request's claim before it is sent, and sends a replayed answer as stored."""
 

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.body_limit import BodyLimitMiddleware
-from api.deps import AppState, TemporalConnection, refusal_of_unparsed_request
+from api.deps import AppState, AuthenticatedRoute, TemporalConnection, needs_authentication
 from api.errors import install_error_handlers
 from api.openapi import install_openapi
 from api.rate_limit import burst_of
@@ -90,7 +91,14 @@ def limits_section(settings: Settings) -> str:
 ## Limits
 * **Request size:** a body larger than {settings.max_body_bytes} bytes answers 413
   `invalid_request_error` / `request_too_large`, before authentication.
+* **Slow bodies:** a body that has not arrived {settings.request_body_timeout_seconds:g} seconds
+  after the request's headers answers 408 `invalid_request_error` / `request_timeout`, and the
+  connection is closed.
+* **Connections:** past {settings.api_max_connections} open connections to one API process, a
+  request answers 503 at once (plain text, from the HTTP server); retry shortly.
 * **Rate:** {rate_text}
+* **Operator token:** after {settings.admin_rate_limit_per_minute:g} failed admin-token attempts
+  a minute from one address, `/merchants` answers 429 with `Retry-After` to that address.
 * **Webhooks:** at most {settings.max_webhook_endpoints} webhook endpoints per merchant (deleted
   ones do not count), and at most {settings.max_redeliveries} manual redeliveries of one event
   to one endpoint; past either, 400 `webhook_endpoint_limit_reached` /
@@ -127,13 +135,14 @@ class NoStoreMiddleware:
 
 
 class DurapayApi(FastAPI):
-    """The FastAPI app with the request-id and request-log layer around everything, Starlette's
-    catch-all for unexpected errors included (`add_middleware` would put it inside that one):
-    a 500 carries its Request-Id and is logged as 500, and every line logged while answering
-    (the 413 of the body limit, the "unhandled error" line) has the request's id."""
+    """The FastAPI app with the request-id, request-log and no-store layers around everything,
+    Starlette's catch-all for unexpected errors included (`add_middleware` would put them
+    inside that one): a 500 carries its Request-Id and `Cache-Control: no-store` and is logged
+    as 500, and every line logged while answering (the 413 of the body limit, the "unhandled
+    error" line) has the request's id."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestLogMiddleware(super().build_middleware_stack())
+        return RequestLogMiddleware(NoStoreMiddleware(super().build_middleware_stack()))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -160,13 +169,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = DurapayApi(title="Durapay", version="0.1.0",
                        description=DESCRIPTION + limits_section(settings), lifespan=lifespan)
-    install_error_handlers(app, refusal_of_unparsed=refusal_of_unparsed_request)
+    install_error_handlers(app)
     install_openapi(app)
     for router in (health.router, metrics.router, merchants.router, payment_intents.router,
                    transactions.router, refunds.router, events.router, webhook_endpoints.router):
         app.include_router(router)
-    app.add_middleware(NoStoreMiddleware)
+    _check_authentication_comes_first(app)
     # Added last, so the outermost layer: nothing reads a body before its size is checked.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
+                       timeout_seconds=settings.request_body_timeout_seconds)
     instrument_fastapi(app)  # a no-op when tracing is off
     return app
+
+
+def _check_authentication_comes_first(app: FastAPI) -> None:
+    """Every authenticated route authenticates before its body is parsed: a router declared
+    without `route_class=AuthenticatedRoute` stops the API at start, not in production."""
+    pending = list(app.routes)
+    while pending:
+        route = pending.pop()
+        included = getattr(route, "original_router", None)  # FastAPI keeps routers nested
+        if included is not None:
+            pending.extend(included.routes)
+        elif isinstance(route, APIRoute) and needs_authentication(route) and \
+                not isinstance(route, AuthenticatedRoute):
+            raise RuntimeError(f"{route.path}: its router needs route_class=AuthenticatedRoute "
+                               "(api/deps.py)")

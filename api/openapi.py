@@ -7,7 +7,8 @@ give, each with the error model of that status) and an `operationId` `<resource>
 * the security schemes: the four headers of a signed merchant request, each an `apiKey`
   scheme, all four required together; the operator's bearer token on `/merchants`; none on
   the health probes;
-* 413 (the body limit comes before routing) and 500 on every operation, and the
+* 408 and 413 (the body's time and size limits come before routing) and 500 on every
+  operation, and the
   `Request-Id` and `Cache-Control: no-store` headers on every answer;
 * a media-type `example` on every request body and answer, from the schemas' own (FastAPI
   drops their null fields; they are put back);
@@ -34,6 +35,7 @@ from api.schemas.errors import (
     NotFoundErrorResponse,
     PaymentIntentCardErrorResponse,
     RateLimitErrorResponse,
+    RequestTimeoutErrorResponse,
     RequestTooLargeErrorResponse,
     ServiceUnavailableErrorResponse,
     TransactionCardErrorResponse,
@@ -77,16 +79,19 @@ ERROR_RESPONSES: dict[int, tuple[type[ApiModel], str, dict[str, Any]]] = {
           {}),
     409: (ConflictErrorResponse, "Conflict: a request with this Idempotency-Key is still "
           "running, or the object's state does not allow the operation.", {}),
+    408: (RequestTimeoutErrorResponse, "The body did not arrive within the time limit "
+          "(`DURAPAY_REQUEST_BODY_TIMEOUT_SECONDS`); the connection is closed.", {}),
     413: (RequestTooLargeErrorResponse, "The body is over the size limit (refused before "
           "authentication).", {}),
-    429: (RateLimitErrorResponse, "This API key is over its rate limit.", RETRY_AFTER),
+    429: (RateLimitErrorResponse, "This API key is over its rate limit (on `/merchants`: "
+          "too many failed admin-token attempts).", RETRY_AFTER),
     500: (InternalErrorResponse, "An unexpected error; it is logged with the Request-Id.", {}),
     503: (ServiceUnavailableErrorResponse, "Postgres or Temporal is briefly unreachable; "
           "retry after `Retry-After` (a POST with the same Idempotency-Key).", RETRY_AFTER),
 }
 CARD_ERRORS: dict[str, type[ApiModel]] = {"transaction": TransactionCardErrorResponse,
                                           "paymentIntent": PaymentIntentCardErrorResponse}
-ON_EVERY_OPERATION = (413, 500)
+ON_EVERY_OPERATION = (408, 413, 500)
 # operationIds: `<resource>-<verb>`, the resource named as its path names it (nested ones
 # with their parent: `payment-intents-refunds-create`), the verb one of the standard ones or
 # the action the path ends in (`capture`, `redeliver`, `rotate-secret`, `roll`).

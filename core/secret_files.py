@@ -6,10 +6,10 @@ fixed, as ssh refuses a private key with loose permissions: whoever could read i
 have the secret, so the operator decides (chmod it, and rotate it if anyone else may have read
 it); quietly tightening it would hide that. The message names the file and the command.
 
-One exception, for the embedded PostgreSQL when we run as root: PostgreSQL refuses to run as
-root, so it runs as an unprivileged system user, which must traverse the state dir to reach its
-data dir. The state dir is then 0710 with that user's group: it may enter, never list, and
-every secret file stays 0600, owned by us.
+The embedded PostgreSQL, which runs as an unprivileged system user when we run as root, keeps
+its data beside the state dir, never inside (cli/local_postgres.py, `postgres_data_dir`). A
+state dir that an earlier version opened to that user's group (0710: enter, never list) is
+still accepted, and `durapay dev` closes it to 0700 again.
 """
 
 from __future__ import annotations

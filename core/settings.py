@@ -9,7 +9,10 @@ starting embedded ones.
 from __future__ import annotations
 
 import base64
+import itertools
+import math
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from functools import lru_cache
@@ -153,7 +156,7 @@ class Settings(BaseSettings):
     idempotency_retention_seconds: int = 86_400
     # Webhook URLs may use only these ports unless the operator allows others (`durapay dev`
     # allows any: its receivers listen on free ports).
-    webhook_allowed_ports: str = "80,443"
+    webhook_allowed_ports: str = "443"
 
     # Where a worker writes its pid once it polls its task queue (set by `durapay dev`).
     worker_ready_file: Path | None = None
@@ -205,6 +208,33 @@ class Settings(BaseSettings):
                 f"{ca_only}: set DURAPAY_TEMPORAL_TLS_CERT and DURAPAY_TEMPORAL_TLS_KEY "
                 "(mutual TLS; with DURAPAY_TEMPORAL_TLS_CA for a private CA, e.g. one made by "
                 "`durapay certs`) or DURAPAY_TEMPORAL_API_KEY (Temporal Cloud)")
+        return self
+
+    # --- Abuse limits and production hardening (checked by `_production_is_hardened`).
+    # Failed admin-token attempts a client address may make a minute (all addresses together:
+    # ten times that) before admin requests answer 429; 0 turns the throttle off (not in
+    # production). Per API process, in memory: api/admin_throttle.py.
+    admin_rate_limit_per_minute: float = 10.0
+    # A request body must arrive within this many seconds of the request's headers, or the API
+    # answers 408 and closes the connection: a client trickling a body cannot hold a
+    # connection (and its worker slot) open.
+    request_body_timeout_seconds: float = 10.0
+    # Connections (and requests) one API process serves at once; past it uvicorn answers 503
+    # (its `limit_concurrency`). Set by `python -m api.serve`, which every launcher runs.
+    api_max_connections: int = 1000
+    # Production webhooks are https on 443: a DURAPAY_WEBHOOK_ALLOWED_PORTS with any other
+    # port is refused at start unless this says the operator means it.
+    webhook_allow_nonstandard_ports: bool = False
+
+    @model_validator(mode="after")
+    def _production_is_hardened(self) -> Self:
+        """In production, refuse settings that would leave a door open: each refusal names
+        the variable and how to fix it."""
+        if self.env == "production":
+            problems = _weak_production_settings(self)
+            if problems:
+                raise ValueError("DURAPAY_ENV=production refuses weak settings:\n- "
+                                 + "\n- ".join(problems))
         return self
 
     @property
@@ -333,6 +363,87 @@ class LocalPostgresPasswordMissing(RuntimeError):
 def _production_refusal(missing: list[str]) -> str:
     return (f"DURAPAY_ENV=production: {' and '.join(missing)} must be set; generated secrets "
             "are for development only")
+
+
+# --- Production hardening: what `Settings._production_is_hardened` refuses.
+MIN_ADMIN_TOKEN_CHARS = 32
+# A token's characters carry at least this many bits by their own frequencies (Shannon): a
+# random 32-character hex token has about 110, `abcd` repeated has 64.
+MIN_ADMIN_TOKEN_BITS = 80
+MIN_KEY_DISTINCT_BYTES = 16  # 32 random bytes have about 30 distinct values
+PRODUCTION_WEBHOOK_PORTS = frozenset({443})
+
+
+def _weak_production_settings(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    token = settings.admin_token or ""
+    if token and _is_weak_secret(token, min_length=MIN_ADMIN_TOKEN_CHARS,
+                                 min_bits=MIN_ADMIN_TOKEN_BITS):
+        problems.append(f"DURAPAY_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} "
+                        "characters or guessable (repeated or patterned characters): set a "
+                        "random one, e.g. `openssl rand -hex 32`")
+    keys = [("DURAPAY_MASTER_KEY", settings.master_key or "")] + [
+        (f"DURAPAY_RETIRED_MASTER_KEYS (key {n})", key) for n, key in enumerate(
+            (k for k in settings.retired_master_keys.replace("\n", ",").split(",")
+             if k.strip()), 1)]
+    for name, encoded in keys:
+        try:
+            key = base64.b64decode(encoded.strip(), validate=True)
+        except ValueError:
+            continue  # malformed: decoding it at start-up names the variable
+        if key and _is_weak_key(key):
+            problems.append(f"{name} is trivially weak (a repeated byte or a pattern): "
+                            "generate one with `openssl rand -base64 32`")
+    if settings.webhook_allow_private_networks:
+        problems.append("DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true lets merchants aim "
+                        "webhooks at internal services: unset it (development only)")
+    if settings.rate_limit_per_second <= 0:
+        problems.append("DURAPAY_RATE_LIMIT_PER_SECOND must be above 0 (0 turns the per-key "
+                        "rate limit off)")
+    if settings.admin_rate_limit_per_minute <= 0:
+        problems.append("DURAPAY_ADMIN_RATE_LIMIT_PER_MINUTE must be above 0 (0 lets anyone "
+                        "guess the admin token at full speed)")
+    if settings.request_body_timeout_seconds <= 0:
+        problems.append("DURAPAY_REQUEST_BODY_TIMEOUT_SECONDS must be above 0 (a slow client "
+                        "would hold a connection forever)")
+    if settings.api_max_connections <= 0:
+        problems.append("DURAPAY_API_MAX_CONNECTIONS must be above 0")
+    if not settings.webhook_allow_nonstandard_ports and not _ports_within(
+            settings.webhook_allowed_ports, PRODUCTION_WEBHOOK_PORTS):
+        problems.append("DURAPAY_WEBHOOK_ALLOWED_PORTS allows ports other than 443: set it to "
+                        "443 (webhooks are https), or set "
+                        "DURAPAY_WEBHOOK_ALLOW_NONSTANDARD_PORTS=true if you mean it")
+    if not 0 < settings.signature_tolerance_seconds <= 300:
+        problems.append("DURAPAY_SIGNATURE_TOLERANCE_SECONDS must be 1 to 300 (a longer "
+                        "window keeps a captured request replayable longer)")
+    return problems
+
+
+def _is_weak_secret(secret: str, *, min_length: int, min_bits: float) -> bool:
+    if len(secret) < min_length or _is_patterned(secret.encode()):
+        return True
+    counts = Counter(secret)
+    bits = -sum(n * math.log2(n / len(secret)) for n in counts.values())
+    return bits < min_bits
+
+
+def _is_weak_key(key: bytes) -> bool:
+    return len(set(key)) < MIN_KEY_DISTINCT_BYTES or _is_patterned(key)
+
+
+def _is_patterned(data: bytes) -> bool:
+    """A repetition of a shorter block, or a run where most steps between neighbours are the
+    same (`abcdef…`, 0x00 0x01 0x02 …): chance does neither to a random secret."""
+    if any(data == data[:period] * (len(data) // period) + data[:len(data) % period]
+           for period in range(1, len(data) // 2 + 1)):
+        return True
+    steps = Counter((b - a) % 256 for a, b in itertools.pairwise(data))
+    return bool(steps) and steps.most_common(1)[0][1] > (len(data) - 1) // 2
+
+
+def _ports_within(configured: str, allowed: frozenset[int]) -> bool:
+    entries = [p.strip() for p in configured.split(",") if p.strip()]
+    return bool(entries) and all(p.isdigit() and int(p) in allowed for p in entries)
 
 
 def to_asyncpg_url(url: str) -> str:

@@ -102,7 +102,8 @@ class WebhookTarget:
     port: int
 
 
-DEFAULT_ALLOWED_PORTS = frozenset({80, 443})
+# https on its own port: http is refused anyway outside `allow_private` (the local stack).
+DEFAULT_ALLOWED_PORTS = frozenset({443})
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def parse_allowed_ports(value: str) -> frozenset[int] | None:
 
 def parse_webhook_url(url: str, policy: UrlPolicy) -> WebhookTarget:
     """Syntax and port: https (http only where private networks are allowed), a host, no
-    userinfo, and a port the operator allows (80 and 443 unless configured)."""
+    userinfo, and a port the operator allows (443 unless configured)."""
     parts = urlsplit(url)
     allowed_schemes = ("https", "http") if policy.allow_private else ("https",)
     if parts.scheme not in allowed_schemes:

@@ -4,7 +4,8 @@ One image plays four roles, and the command a container runs decides which, so t
 PID 1's command line (docker-init's under compose's `init: true`, which ends with the same
 command) and picks the endpoint from it:
 
-- `uvicorn api.main:create_app … --port N` (the API): `/livez` on N;
+- `python -m api.serve … --port N` (the API; or `uvicorn api.main:create_app … --port N`):
+  `/livez` on N;
 - `python -m cardnet --port N` (the simulator): `/healthz` on N (else DURAPAY_CARDNET_PORT, 8081);
 - `python -m workers.main` (a worker): `/livez` on DURAPAY_WORKER_METRICS_PORT +
   DURAPAY_WORKER_INDEX (9464 + 0), its metrics port;
@@ -40,7 +41,7 @@ def probe_url(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
     if _runs_module(argv, "cardnet"):
         port = _option(argv, "--port") or environ.get("DURAPAY_CARDNET_PORT", "8081")
         return f"http://127.0.0.1:{port}/healthz"
-    if any(arg.startswith("api.main:") for arg in argv):  # uvicorn's app argument
+    if _runs_module(argv, "api.serve") or any(arg.startswith("api.main:") for arg in argv):
         return f"http://127.0.0.1:{_option(argv, '--port') or '8000'}/livez"
     return None
 

@@ -6,7 +6,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from sqlmodel import select
 
-from api.deps import IdempotencyKeyDep, MerchantDep, SessionDep, StateDep, TemporalDep
+from api.deps import (
+    AuthenticatedRoute,
+    IdempotencyKeyDep,
+    MerchantDep,
+    SessionDep,
+    StateDep,
+    TemporalDep,
+)
 from api.errors import ConflictError, InvalidRequestError, NotFoundError
 from api.openapi import errors
 from api.schemas.base import ListOf
@@ -18,7 +25,7 @@ from core.db.queries import merchant_visible_event
 from core.db.tables import Event, WebhookEndpoint
 from core.webhooks import is_subscribed
 
-router = APIRouter(prefix="/events", tags=["events"])
+router = APIRouter(prefix="/events", tags=["events"], route_class=AuthenticatedRoute)
 
 
 @router.get("", response_model=ListOf[EventOut], operation_id="events-list",

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter, status
 from sqlalchemy import or_, update
 
-from api.deps import AdminDep, SessionDep, StateDep
+from api.deps import AdminDep, AuthenticatedRoute, SessionDep, StateDep
 from api.errors import NotFoundError
 from api.openapi import errors
 from api.schemas.merchants import KeyRoll, MerchantCreate, MerchantWithKeys
@@ -13,11 +13,12 @@ from core.crypto import new_key_pair
 from core.db.tables import Merchant, MerchantKey
 from core.domain import new_id
 
-router = APIRouter(prefix="/merchants", tags=["merchants (operator)"])
+router = APIRouter(prefix="/merchants", tags=["merchants (operator)"],
+                   route_class=AuthenticatedRoute)
 
 
 @router.post("", response_model=MerchantWithKeys, status_code=status.HTTP_201_CREATED,
-             operation_id="merchants-create", responses=errors(400, 401, 503),
+             operation_id="merchants-create", responses=errors(400, 401, 429, 503),
              summary="Onboard a merchant (admin token); the secret key is shown only here")
 async def create_merchant(body: MerchantCreate, _: AdminDep, state: StateDep,
                           session: SessionDep) -> MerchantWithKeys:
@@ -31,7 +32,7 @@ async def create_merchant(body: MerchantCreate, _: AdminDep, state: StateDep,
 
 
 @router.post("/{id}/keys/roll", response_model=MerchantWithKeys, status_code=status.HTTP_200_OK,
-             operation_id="merchants-keys-roll", responses=errors(400, 401, 404, 503),
+             operation_id="merchants-keys-roll", responses=errors(400, 401, 404, 429, 503),
              summary="Issue a new key pair; the old one stops working after the grace period")
 async def roll_merchant_keys(id: str, _: AdminDep, state: StateDep, session: SessionDep,
                              body: KeyRoll | None = None) -> MerchantWithKeys:

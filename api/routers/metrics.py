@@ -15,10 +15,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-from api.deps import AdminDep
+from api.deps import AdminDep, AuthenticatedRoute
 from core.metrics import API_REGISTRY
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=AuthenticatedRoute)
 
 
 @router.get("/metrics", status_code=200)

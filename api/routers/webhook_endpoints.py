@@ -10,7 +10,7 @@ from sqlalchemy import func, update
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from api.deps import MerchantDep, SessionDep, StateDep
+from api.deps import AuthenticatedRoute, MerchantDep, SessionDep, StateDep
 from api.errors import InvalidRequestError, NotFoundError
 from api.openapi import errors
 from api.pagination import newest_first_page
@@ -30,7 +30,8 @@ from core.domain import new_id, utcnow
 from core.settings import Settings
 from core.webhooks import UnsafeUrl, UrlPolicy, check_webhook_url, new_webhook_secret
 
-router = APIRouter(prefix="/webhook-endpoints", tags=["webhook endpoints"])
+router = APIRouter(prefix="/webhook-endpoints", tags=["webhook endpoints"],
+                   route_class=AuthenticatedRoute)
 
 
 async def get_owned_endpoint(id: str, merchant: MerchantDep,

@@ -139,6 +139,17 @@ class RequestTooLargeErrorResponse(ApiModel):
     error: RequestTooLargeDetail
 
 
+class RequestTimeoutDetail(ErrorDetail):
+    type: Literal["invalid_request_error"]
+    code: Literal["request_timeout"]
+
+
+class RequestTimeoutErrorResponse(ApiModel):
+    model_config = _example("invalid_request_error", "request_timeout",
+                            "The request body did not arrive within 10 seconds.")
+    error: RequestTimeoutDetail
+
+
 class RateLimitDetail(ErrorDetail):
     type: Literal["rate_limit_error"]
     code: Literal["rate_limit_exceeded"]

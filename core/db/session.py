@@ -11,6 +11,9 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
+        # A failed statement's error (and so any log line or traceback quoting it) names no
+        # bound value: those are card tokens, ciphertexts, merchants' own text.
+        hide_parameters=True,
         pool_pre_ping=True,  # survive a Postgres restart without failing the first request
     )
 

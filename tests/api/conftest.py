@@ -36,7 +36,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.main import create_app
-from cli.local_postgres import postgres_argv, run_as
+from cli.local_postgres import postgres_argv, postgres_data_dir, run_as
 from client import sign
 from core import search_attributes
 from core.codec import data_converter
@@ -60,8 +60,12 @@ PUBLIC_URL = "https://1.1.1.1/hooks"
 @pytest.fixture(scope="session")
 async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A fresh PostgreSQL cluster with the `durapay` database at the migrations' head."""
-    data = private_dir("pg") / "data"
-    password_file = data.parent / "postgres-password"  # written by postgres_argv (SCRAM auth)
+    # Laid out as `durapay dev` does: the password in a private state dir, the data where
+    # postgres_data_dir puts it (beside that dir when we run as root).
+    state = private_dir("pg") / "state"
+    state.mkdir(mode=0o700)
+    data = postgres_data_dir(state)
+    password_file = state / "postgres-password"  # written by postgres_argv (SCRAM auth)
     for _ in range(3):  # a port picked as free can be taken before postgres binds it
         port = free_port()
         log = open(data.parent / "postgres.log", "ab")  # noqa: SIM115 (the server owns it)
@@ -137,6 +141,9 @@ def settings(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         temporal_address=temporal_env.client.service_client.config.target_host,
         admin_token=ADMIN_TOKEN, master_key=base64.b64encode(os.urandom(32)).decode(),
         charge_wait_seconds=CHARGE_WAIT_SECONDS,
+        # Every test reaches the session's app from one address: its admin-token failures
+        # must not add up to a 429 (tests/api/test_admin_rate_limit.py tests the throttle).
+        admin_rate_limit_per_minute=1000,
         # Nothing polls it: operations that reach Temporal are never accepted (see above).
         task_queue=f"api-tests-{uuid.uuid4().hex[:8]}")
 

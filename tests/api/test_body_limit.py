@@ -123,7 +123,7 @@ async def test_the_rest_of_an_oversize_body_is_read_before_the_413(declared: boo
     async def app(scope: object, receive: object, send: object) -> None:
         raise AssertionError("an oversize body must not reach the app")
 
-    await BodyLimitMiddleware(app, max_body_bytes=65_536)(
+    await BodyLimitMiddleware(app, max_body_bytes=65_536, timeout_seconds=10)(
         scope, client.receive, client.send)  # type: ignore[arg-type]
     assert client.status == 413
     assert client.read_when_answered == 0
@@ -138,7 +138,7 @@ async def test_draining_stops_at_its_bound() -> None:
     async def app(scope: object, receive: object, send: object) -> None:
         raise AssertionError("an oversize body must not reach the app")
 
-    await BodyLimitMiddleware(app, max_body_bytes=65_536)(
+    await BodyLimitMiddleware(app, max_body_bytes=65_536, timeout_seconds=10)(
         scope, client.receive, client.send)  # type: ignore[arg-type]
     assert client.status == 413
     assert client.read_when_answered is not None and client.read_when_answered > 0

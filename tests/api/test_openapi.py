@@ -26,9 +26,9 @@ ADMIN = [{"adminToken": []}]
 HEALTH_PATHS = ("/livez", "/readyz", "/healthz")
 # The error `type` each status always carries (API.md, Conventions).
 ERROR_TYPES = {"400": "invalid_request_error", "401": "authentication_error",
-               "402": "card_error", "404": "not_found", "409": "conflict",
-               "413": "invalid_request_error", "429": "rate_limit_error", "500": "api_error",
-               "503": "api_error"}
+               "402": "card_error", "404": "not_found", "408": "invalid_request_error",
+               "409": "conflict", "413": "invalid_request_error", "429": "rate_limit_error",
+               "500": "api_error", "503": "api_error"}
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +107,12 @@ def test_every_operation_documents_the_errors_it_can_answer(spec: dict[str, Any]
         takes_input = "requestBody" in operation or bool(parameters - {"path"})
         idempotent = any(p["name"].lower() == "idempotency-key"
                          for p in operation.get("parameters", []))
-        expected = {"413", "500"}  # the body limit is before routing; a crash is a 500
+        # The body's time and size limits are before routing; a crash is a 500.
+        expected = {"408", "413", "500"}
         if path not in HEALTH_PATHS:
             expected |= {"401", "503"}
-        if operation["security"] == SIGNED:
-            expected.add("429")  # the rate limit is per merchant key
+        if operation["security"] in (SIGNED, ADMIN):
+            expected.add("429")  # per merchant key; failed admin tokens per address
         if "{id}" in path:
             expected.add("404")
         if takes_input:

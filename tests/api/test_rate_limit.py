@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from api.rate_limit import burst_of
+from client import sign
 from core.settings import Settings
 from tests.api.app_instances import app_instance, through
 from tests.api.conftest import Merchant, count, onboard
@@ -149,3 +150,22 @@ async def test_a_rate_of_zero_turns_the_limit_off(
         for _ in range(3):
             assert (await through(unlimited, merchant).get("/payment-intents")).status_code == 200
     assert await _bucket(db, merchant) is None
+
+
+async def test_a_request_refused_for_its_rate_still_spends_its_nonce(
+        settings: Settings, http: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+    """The same signed bytes sent again once the bucket refilled are a replay, not a request
+    that now succeeds."""
+    merchant = await onboard(http)
+    async with app_instance(settings, rate_limit_per_second=0.5) as limited:
+        assert (await through(limited, merchant).get("/payment-intents")).status_code == 200
+        await _stop_refilling(db, merchant)
+        request = limited.build_request("GET", "/payment-intents")
+        sign(request, public_key=merchant.public_key, secret_key=merchant.secret_key)
+        _assert_rate_limited(await limited.send(request), retry_after=2)
+        await _set_bucket(db, merchant, tokens=1, seconds_ago=0)  # as if Retry-After passed
+        resent = await limited.send(request)
+        assert resent.status_code == 401, resent.text
+        assert resent.json()["error"]["code"] == "replayed_nonce"
+        # The bucket still holds its tokens: the replay was refused before the rate limit.
+        assert (await through(limited, merchant).get("/payment-intents")).status_code == 200

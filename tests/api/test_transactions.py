@@ -202,8 +202,9 @@ async def test_a_charge_commits_once_before_its_update_and_holds_its_key_meanwhi
     await assert_eventually(lambda: idempotency_record(db, merchant, "charge-9"))
     assert await count(db, "card_token", merchant) == 1
     before_update = list(statements)
-    # The rate limiter's and the nonce's transactions come first.
-    authenticated = before_update.index("COMMIT", before_update.index("INSERT request_nonce")) + 1
+    # The nonce's and the rate limiter's transactions come first.
+    authenticated = before_update.index(
+        "COMMIT", before_update.index("INSERT rate_limit_bucket")) + 1
     assert before_update[authenticated:] == [
         "BEGIN", "SELECT merchant", "SELECT payment_intent", "INSERT idempotency_record",
         "DELETE idempotency_record",  # expired records, a bounded batch (api/idempotency.py)
@@ -226,7 +227,8 @@ async def test_a_charge_without_a_key_commits_only_its_token_before_the_update(
         f"/payment-intents/{intent['id']}/transactions", _charge()))
     await assert_eventually(lambda: count(db, "card_token", merchant))
     before_update = list(statements)
-    authenticated = before_update.index("COMMIT", before_update.index("INSERT request_nonce")) + 1
+    authenticated = before_update.index(
+        "COMMIT", before_update.index("INSERT rate_limit_bucket")) + 1
     assert before_update[authenticated:] == [
         "BEGIN", "SELECT merchant", "SELECT payment_intent", "INSERT card_token", "COMMIT"]
     assert (await answered).status_code == 503

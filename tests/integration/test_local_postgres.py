@@ -4,6 +4,8 @@ password 0600 in the state dir, and a cluster made before that (`trust`) upgrade
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import stat
 import subprocess
 import time
@@ -14,8 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from cli.local_postgres import postgres_argv, postgres_bin_dir, run_as
-from tests.stack import free_port, private_dir, stop_process
+from cli.local_postgres import postgres_argv, postgres_bin_dir, postgres_data_dir, run_as
+from core.secret_files import POSTGRES_SYSTEM_USER
+from tests.stack import RunningStack, free_port, private_dir, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +65,7 @@ async def test_local_postgres_refuses_connections_without_the_password() -> None
     home = private_dir("pw") / "home"
     home.mkdir(mode=0o700)
     password_file = home / "postgres-password"
-    with running(home / "postgres", password_file) as port:
+    with running(postgres_data_dir(home), password_file) as port:
         assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
         await _refused_without_password(port)
         connection = await _connect(port, password_file.read_text())
@@ -77,7 +80,7 @@ async def test_local_postgres_refuses_connections_without_the_password() -> None
 async def test_trust_cluster_from_before_is_upgraded_with_its_data() -> None:
     home = private_dir("trust") / "home"
     home.mkdir(mode=0o700)
-    data = home / "postgres"
+    data = postgres_data_dir(home)
     data.mkdir()
     # A state dir made by the previous launcher: initdb --auth=trust, no password file.
     initdb = subprocess.run(
@@ -110,3 +113,15 @@ async def test_trust_cluster_from_before_is_upgraded_with_its_data() -> None:
             assert await connection.fetchval("SELECT note FROM kept") == "from before"
         finally:
             await connection.close()
+
+
+def test_the_state_dir_is_exactly_0700_while_the_stack_runs(stack: RunningStack) -> None:
+    # As root, the embedded PostgreSQL runs as its own user; its data lives beside the state
+    # dir, so the state dir (master key, admin token) is opened to no one, not even to traverse.
+    assert stat.S_IMODE(stack.home.stat().st_mode) == 0o700
+    data = postgres_data_dir(stack.home)
+    assert (data / "PG_VERSION").exists()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    if os.geteuid() == 0:
+        assert not data.is_relative_to(stack.home)
+        assert data.stat().st_uid == pwd.getpwnam(POSTGRES_SYSTEM_USER).pw_uid

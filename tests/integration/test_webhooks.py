@@ -217,7 +217,7 @@ async def test_private_urls_are_refused_unless_configured(wh_stack: RunningStack
                            # IPv4 inside IPv6: NAT64, 6to4, IPv4-compatible; site-local
                            "https://[64:ff9b::7f00:1]/x", "https://[2002:a9fe:a9fe::]/x",
                            "https://[::127.0.0.1]/x", "https://[fec0::1]/x",
-                           # a public address, but a port other than 80 and 443
+                           # a public address, but a port other than 443
                            "https://1.1.1.1:8443/x", "https://1.1.1.1:22/x"):
                 response = await strict.post("/webhook-endpoints",
                                              {"url": target, "enabledEvents": ["*"]})
@@ -229,7 +229,7 @@ async def test_private_urls_are_refused_unless_configured(wh_stack: RunningStack
                 "url": "https://1.1.1.1:8443/x", "enabledEvents": ["*"]})
             assert port_refused.json()["error"]["code"] == "url_not_allowed"
             assert "port 8443" in port_refused.json()["error"]["message"]
-            # Ports 80 and 443 are what production allows by default.
+            # Port 443 is what production allows by default.
             created = await strict.post("/webhook-endpoints", {
                 "url": "https://1.1.1.1:443/x", "enabledEvents": QUIET})
             assert created.status_code == 201, created.text

@@ -4,6 +4,7 @@ whenever one is set, CORS for the Web UI's origins, nothing of it on the merchan
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -112,8 +113,11 @@ def test_main_refuses_a_public_bind_without_a_token_before_binding(
 
 
 def test_production_has_no_codec_listener(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, env="production", codec_token="t",
-                            temporal_api_key="tc-key")
+    # Secrets that production takes (tests/unit/test_production_settings.py).
+    settings = Settings(home=tmp_path / "home", env="production", codec_token="t",
+                        master_key=base64.b64encode(hashlib.sha256(b"codec key").digest()).decode(),
+                        admin_token=hashlib.sha256(b"codec admin token").hexdigest(),
+                        temporal_api_key="tc-key")
     assert startup_refusal(settings) is not None
     with pytest.raises(CodecRefused, match="production"):
         create_codec_app(settings)

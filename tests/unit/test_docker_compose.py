@@ -35,7 +35,7 @@ from pydantic import ValidationError
 from api.codec_app import CODEC_PATH, startup_refusal
 from cardnet import settings as cardnet_settings
 from cli import certs
-from cli.local_postgres import postgres_argv, postgres_bin_dir, run_as
+from cli.local_postgres import postgres_argv, postgres_bin_dir, postgres_data_dir, run_as
 from core import search_attributes
 from core.settings import Settings
 from core.temporal_client import temporal_connect_options
@@ -769,7 +769,10 @@ def test_the_proxy_passes_requests_unchanged_and_guards_the_codec(tmp_path: Path
                        for console, local in consoles),
                      ("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{health};"),
                      ("http://api:8000", f"http://127.0.0.1:{upstream.port}"),
-                     ("http://codec:8089", f"http://127.0.0.1:{upstream.port}")):
+                     ("http://codec:8089", f"http://127.0.0.1:{upstream.port}"),
+                     # The slow-client bounds, shortened for the test.
+                     ("client_header_timeout 10s;", "client_header_timeout 1s;"),
+                     ("client_body_timeout 10s;", "client_body_timeout 1s;")):
         assert old in config, old
         config = config.replace(old, new)
     (tmp_path / "durapay.conf").write_text(config)
@@ -799,6 +802,18 @@ def test_the_proxy_passes_requests_unchanged_and_guards_the_codec(tmp_path: Path
         assert http("POST", f"http://127.0.0.1:{codec}/codec/decode",
                     {"Host": f"rebound.example:{codec}"})[0] == 421
         assert http("GET", f"http://127.0.0.1:{codec}/metrics")[0] == 404
+        # A client stalling in its headers, or in its body, is cut off at the bound.
+        for stalled in (b"GET /payment-intents HTTP/1.1\r\nHost: x\r\n",
+                        b"POST /payment-intents HTTP/1.1\r\nHost: x\r\nContent-Length: 100"
+                        b"\r\n\r\n0123456789"):
+            with socket.create_connection(("127.0.0.1", api), timeout=10) as sock:
+                started = time.monotonic()
+                sock.sendall(stalled)
+                answer = b""
+                while chunk := sock.recv(4096):  # until nginx closes the connection
+                    answer += chunk
+                assert 0.9 < time.monotonic() - started < 8, answer
+                assert answer in (b"",) or answer.startswith(b"HTTP/1.1 408"), answer
         # No API container answering: the API's error shape, retryable.
         upstream.close()
         status, body = http("GET", f"http://127.0.0.1:{api}/payment-intents")
@@ -815,8 +830,9 @@ def listening(port: int) -> bool:
 
 @pytest.mark.integration
 async def test_postgres_init_gives_each_tenant_its_own_databases() -> None:
-    state = private_dir("pginit")
-    data, password_file = state / "postgres", state / "postgres-password"
+    state = private_dir("pginit") / "home"  # as `durapay dev` lays out its state dir
+    state.mkdir(mode=0o700)
+    data, password_file = postgres_data_dir(state), state / "postgres-password"
     port = free_port()
     server = subprocess.Popen(postgres_argv(data, port, password_file=password_file),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -4,6 +4,7 @@ codec listener and creates no demo merchant."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +15,14 @@ from cli.demo_merchant import NoDemoMerchant, demo_merchant
 from cli.devstack import DevStack
 from core.settings import Settings, get_settings
 
-MASTER_KEY = base64.b64encode(b"p" * 32).decode()
+# Production refuses weak secrets (tests/unit/test_production_settings.py): these are not.
+MASTER_KEY = base64.b64encode(hashlib.sha256(b"test_production_mode key").digest()).decode()
+GIVEN_TOKEN = "given-" + hashlib.sha256(b"test_production_mode token").hexdigest()[:40]
 
 
 def stack_settings(tmp_path: Path, env: str) -> Settings:
     return Settings(env=env, home=tmp_path / "home", master_key=MASTER_KEY,  # type: ignore[arg-type]
-                    admin_token="given-token", codec_port=18089,
+                    admin_token=GIVEN_TOKEN, codec_port=18089,
                     temporal_tls_cert="/certs/cert.pem", temporal_tls_key="/certs/key.pem")
 
 
@@ -62,7 +65,7 @@ def test_cli_refuses_to_start_in_production_without_given_secrets(
         fresh_settings: None) -> None:
     monkeypatch.setenv("DURAPAY_ENV", "production")
     monkeypatch.setenv("DURAPAY_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("DURAPAY_ADMIN_TOKEN", "given-token")
+    monkeypatch.setenv("DURAPAY_ADMIN_TOKEN", GIVEN_TOKEN)
     monkeypatch.delenv("DURAPAY_MASTER_KEY", raising=False)
     assert cli_main.main(["migrate"]) == 2
     assert "DURAPAY_MASTER_KEY must be set" in capsys.readouterr().err

@@ -5,6 +5,7 @@ every environment. Settings are read from the environment, as every process read
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from cli import main as cli_main
 from cli.devstack import DevStack
 from core.settings import Settings, get_settings
 
-SECRETS = {"DURAPAY_MASTER_KEY": base64.b64encode(b"m" * 32).decode(),
-           "DURAPAY_ADMIN_TOKEN": "given-token"}
+# Strong, as production requires (tests/unit/test_production_settings.py).
+SECRETS = {"DURAPAY_MASTER_KEY": base64.b64encode(hashlib.sha256(b"master").digest()).decode(),
+           "DURAPAY_ADMIN_TOKEN": hashlib.sha256(b"admin token").hexdigest()}
 TLS_NAMES = ("DURAPAY_TEMPORAL_TLS_CERT", "DURAPAY_TEMPORAL_TLS_KEY", "DURAPAY_TEMPORAL_TLS_CA",
              "DURAPAY_TEMPORAL_API_KEY")
 # Presence is what the settings check; the files are read when connecting (core/temporal_client).

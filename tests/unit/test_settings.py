@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import stat
 from pathlib import Path
 
@@ -56,11 +57,14 @@ def test_configured_master_key_must_be_32_bytes(tmp_path: Path) -> None:
         settings.resolved_master_key()
 
 
-MASTER_KEY = base64.b64encode(b"k" * 32).decode()
+# Production refuses weak secrets (tests/unit/test_production_settings.py): these are not.
+KEY_BYTES = hashlib.sha256(b"test_settings master key").digest()
+MASTER_KEY = base64.b64encode(KEY_BYTES).decode()
+GIVEN_TOKEN = "given-" + hashlib.sha256(b"test_settings admin token").hexdigest()[:40]
 
 
 @pytest.mark.parametrize(("given", "missing"), [
-    ({"admin_token": "given-token"}, "DURAPAY_MASTER_KEY"),
+    ({"admin_token": GIVEN_TOKEN}, "DURAPAY_MASTER_KEY"),
     ({"master_key": MASTER_KEY}, "DURAPAY_ADMIN_TOKEN"),
     ({}, "DURAPAY_MASTER_KEY and DURAPAY_ADMIN_TOKEN"),
 ])
@@ -77,9 +81,9 @@ def test_production_refuses_to_start_on_generated_secrets(
 
 def test_production_uses_the_given_secrets_and_writes_nothing(tmp_path: Path) -> None:
     settings = Settings(env="production", home=tmp_path / "home", master_key=MASTER_KEY,
-                        admin_token="given-token", temporal_api_key="tc-key")
-    assert settings.resolved_master_key() == b"k" * 32
-    assert settings.resolved_admin_token() == "given-token"
+                        admin_token=GIVEN_TOKEN, temporal_api_key="tc-key")
+    assert settings.resolved_master_key() == KEY_BYTES
+    assert settings.resolved_admin_token() == GIVEN_TOKEN
     assert not (tmp_path / "home").exists()
     # Settings made without validation still never generate one.
     unchecked = Settings.model_construct(env="production", home=tmp_path / "home")

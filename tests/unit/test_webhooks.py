@@ -35,7 +35,7 @@ from core.webhooks import (
     signature_header,
 )
 
-STRICT = UrlPolicy()  # production defaults: public addresses, ports 80 and 443
+STRICT = UrlPolicy()  # production defaults: public addresses, port 443
 LOCAL = UrlPolicy(allow_private=True, allowed_ports=None)  # what `durapay dev` configures
 BODY = event_payload(event_id="evt_1", event_type="payment.succeeded",
                      created_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC), sequence=7,
@@ -206,8 +206,8 @@ async def test_wrapped_loopback_answer_is_refused_at_resolution() -> None:
 
 
 @pytest.mark.parametrize("url", ["https://example.com:8443/h", "https://example.com:22/",
-                                 "https://93.184.216.34:6379/"])
-def test_ports_other_than_80_and_443_are_refused_by_default(url: str) -> None:
+                                 "https://93.184.216.34:6379/", "https://example.com:80/h"])
+def test_ports_other_than_443_are_refused_by_default(url: str) -> None:
     with pytest.raises(UnsafeUrl) as refused:
         parse_webhook_url(url, STRICT)
     assert refused.value.code == "url_not_allowed"
@@ -217,9 +217,12 @@ def test_ports_other_than_80_and_443_are_refused_by_default(url: str) -> None:
 def test_default_and_configured_ports() -> None:
     assert parse_webhook_url("https://example.com/h", STRICT).port == 443
     assert parse_webhook_url("https://example.com:443/h", STRICT).port == 443
-    assert parse_webhook_url("http://127.0.0.1/h", UrlPolicy(allow_private=True)).port == 80
+    with pytest.raises(UnsafeUrl):  # http's port 80 is not a default any more
+        parse_webhook_url("http://127.0.0.1/h", UrlPolicy(allow_private=True))
+    http_too = UrlPolicy(allow_private=True, allowed_ports=frozenset({80, 443}))
+    assert parse_webhook_url("http://127.0.0.1/h", http_too).port == 80
     with pytest.raises(UnsafeUrl):
-        parse_webhook_url("http://127.0.0.1:8080/h", UrlPolicy(allow_private=True))
+        parse_webhook_url("http://127.0.0.1:8080/h", http_too)
     custom = UrlPolicy(allowed_ports=frozenset({8443}))
     assert parse_webhook_url("https://example.com:8443/h", custom).port == 8443
     with pytest.raises(UnsafeUrl):
