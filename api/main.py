@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.body_limit import BodyLimitMiddleware
 from api.deps import AppState, AuthenticatedRoute, TemporalConnection, needs_authentication
 from api.errors import install_error_handlers
+from api.in_flight import InFlightLimitMiddleware
 from api.openapi import install_openapi
 from api.rate_limit import burst_of
 from api.request_log import RequestLogMiddleware
@@ -94,8 +95,10 @@ def limits_section(settings: Settings) -> str:
 * **Slow bodies:** a body that has not arrived {settings.request_body_timeout_seconds:g} seconds
   after the request's headers answers 408 `invalid_request_error` / `request_timeout`, and the
   connection is closed.
-* **Connections:** past {settings.api_max_connections} open connections to one API process, a
-  request answers 503 at once (plain text, from the HTTP server); retry shortly.
+* **Load:** past {settings.api_max_in_flight} requests being answered at once by one API
+  process, a request answers 503 `api_error` / `service_unavailable` at once, with
+  `Retry-After`; nothing was done for it. Past {settings.api_max_connections} open connections
+  to one process (idle ones included), the HTTP server itself answers 503 (plain text).
 * **Rate:** {rate_text}
 * **Operator token:** after {settings.admin_rate_limit_per_minute:g} failed admin-token attempts
   a minute from one address, `/merchants` answers 429 with `Retry-After` to that address.
@@ -175,9 +178,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    transactions.router, refunds.router, events.router, webhook_endpoints.router):
         app.include_router(router)
     _check_authentication_comes_first(app)
-    # Added last, so the outermost layer: nothing reads a body before its size is checked.
+    # Added last, so the outermost layers: nothing reads a body before its size is checked,
+    # and a request past the process's load is refused before even that.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        timeout_seconds=settings.request_body_timeout_seconds)
+    app.add_middleware(InFlightLimitMiddleware, max_in_flight=settings.api_max_in_flight)
     instrument_fastapi(app)  # a no-op when tracing is off
     return app
 

@@ -222,6 +222,9 @@ class Settings(BaseSettings):
     # Connections (and requests) one API process serves at once; past it uvicorn answers 503
     # (its `limit_concurrency`). Set by `python -m api.serve`, which every launcher runs.
     api_max_connections: int = 1000
+    # Requests one API process answers at once; past it a request is refused at once with 503
+    # and Retry-After (api/in_flight.py). Below the connection limit, so this one answers.
+    api_max_in_flight: int = 256
     # Production webhooks are https on 443: a DURAPAY_WEBHOOK_ALLOWED_PORTS with any other
     # port is refused at start unless this says the operator means it.
     webhook_allow_nonstandard_ports: bool = False
@@ -408,6 +411,10 @@ def _weak_production_settings(settings: Settings) -> list[str]:
                         "would hold a connection forever)")
     if settings.api_max_connections <= 0:
         problems.append("DURAPAY_API_MAX_CONNECTIONS must be above 0")
+    if not 0 < settings.api_max_in_flight < max(settings.api_max_connections, 1):
+        problems.append("DURAPAY_API_MAX_IN_FLIGHT must be above 0 and below "
+                        "DURAPAY_API_MAX_CONNECTIONS (else the HTTP server's plain 503, without "
+                        "Retry-After, answers first)")
     if not settings.webhook_allow_nonstandard_ports and not _ports_within(
             settings.webhook_allowed_ports, PRODUCTION_WEBHOOK_PORTS):
         problems.append("DURAPAY_WEBHOOK_ALLOWED_PORTS allows ports other than 443: set it to "

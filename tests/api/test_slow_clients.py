@@ -134,3 +134,48 @@ async def _at_least(value: int, minimum: int) -> bool:
 
 async def _none_open(server: uvicorn.Server) -> bool:
     return not server.server_state.connections
+
+
+async def test_past_the_in_flight_limit_a_request_is_503_with_retry_after_at_once(
+        settings: Settings) -> None:
+    """Two requests whose bodies are still on their way are being answered; a third is
+    refused at once, as an error object with Retry-After, and probes still answer."""
+    limited = settings.model_copy(update={"api_max_in_flight": 2, "api_max_connections": 10,
+                                          "request_body_timeout_seconds": 30})
+    async with served(limited) as (_, port):
+        stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _, stalled_writer in stalled:
+                stalled_writer.write(b"POST /payment-intents HTTP/1.1\r\nHost: durapay.test\r\n"
+                                     b"Content-Length: 100\r\n\r\n{")
+                await stalled_writer.drain()
+
+            async def refused() -> tuple[int, dict[str, str], bytes] | None:
+                probe_reader, probe_writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    probe_writer.write(b"GET /payment-intents HTTP/1.1\r\nHost: durapay.test\r\n"
+                                       b"\r\n")
+                    await probe_writer.drain()
+                    answer = await asyncio.wait_for(_read_response(probe_reader), timeout=10)
+                finally:
+                    probe_writer.close()
+                return answer if answer[0] == 503 else None
+
+            started = time.monotonic()
+            status, headers, body = await assert_eventually(refused, timeout=10)
+            assert time.monotonic() - started < 5  # at once, not after the stalled bodies
+            error = json.loads(body)["error"]
+            assert (status, error["type"], error["code"]) == (503, "api_error",
+                                                              "service_unavailable")
+            assert headers["retry-after"] == "1"
+            assert headers["cache-control"] == "no-store"
+            assert headers["request-id"].startswith("req_")
+            writer.write(b"GET /livez HTTP/1.1\r\nHost: durapay.test\r\n\r\n")
+            await writer.drain()
+            live, _, _ = await asyncio.wait_for(_read_response(reader), timeout=10)
+            assert live == 200
+        finally:
+            writer.close()
+            for _, stalled_writer in stalled:
+                stalled_writer.close()

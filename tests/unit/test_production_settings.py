@@ -90,6 +90,13 @@ def test_production_refuses_no_connection_limit(tmp_path: Path) -> None:
     _refused(tmp_path, "DURAPAY_API_MAX_CONNECTIONS", "above 0", api_max_connections=0)
 
 
+@pytest.mark.parametrize("in_flight", [0, 1000, 5000])
+def test_production_refuses_an_in_flight_limit_the_connection_limit_would_preempt(
+        tmp_path: Path, in_flight: int) -> None:
+    _refused(tmp_path, "DURAPAY_API_MAX_IN_FLIGHT", "below DURAPAY_API_MAX_CONNECTIONS",
+             api_max_in_flight=in_flight, api_max_connections=1000)
+
+
 @pytest.mark.parametrize("ports", ["80,443", "*", "8443", "443,8443"])
 def test_production_refuses_webhook_ports_other_than_443(tmp_path: Path, ports: str) -> None:
     _refused(tmp_path, "DURAPAY_WEBHOOK_ALLOWED_PORTS", "DURAPAY_WEBHOOK_ALLOW_NONSTANDARD_PORTS",
