@@ -297,3 +297,19 @@ async def assert_eventually(predicate: Callable[[], Awaitable[T | None]], *,
             return result
         assert time.monotonic() < deadline, f"not true after {timeout} s"
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def scratch_url(database_url: str) -> AsyncIterator[str]:
+    """A migrated database of the test's own (its tables hold this test's rows only), dropped
+    after it."""
+    name = f"scratch_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database_url.rsplit("/", 1)[0] + "/postgres")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = database_url.rsplit("/", 1)[0] + f"/{name}"
+        await asyncio.to_thread(upgrade, to_asyncpg_url(url))
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()

@@ -12,7 +12,6 @@ card number from the heap and from the WAL, so the scan does find them when it c
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,12 +29,11 @@ from activities.card_network import AuthorizeInput, CardNetworkActivities
 from api.main import create_app
 from cli import keys
 from core.crypto import VaultCipher, epoch_of, vault_epoch_aead
-from core.db.migrate import upgrade
 from core.db.session import create_engine, session_factory
 from core.db.vault import CARD_NUMBER_RETENTION, shred_card_number, shred_stale_card_numbers
 from core.errors import ErrorType
 from core.keyring import KeyRing, Purpose, encode_key, new_master_key
-from core.settings import Settings, to_asyncpg_url
+from core.settings import Settings
 from core.vault_epochs import EpochKeys
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, CARD_4242, Merchant
 
@@ -44,21 +42,6 @@ pytestmark = pytest.mark.api
 CARDS = ("4242424242424242", "5555555555554444", "4000056655665556", "6011111111111117")
 PAN_DIGITS = range(12, 20)
 TAG_BYTES, NONCE_BYTES = 16, 12
-
-
-@pytest.fixture
-async def scratch_url(database_url: str) -> AsyncIterator[str]:
-    """A database of its own: its `card_token` heap holds this test's rows only."""
-    name = f"vault_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(database_url.rsplit("/", 1)[0] + "/postgres")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = database_url.rsplit("/", 1)[0] + f"/{name}"
-        await asyncio.to_thread(upgrade, to_asyncpg_url(url))
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def _settings(tmp_path: Path, url: str, temporal_env: WorkflowEnvironment) -> Settings:

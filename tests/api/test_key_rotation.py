@@ -5,7 +5,6 @@ old key is needed at rest no more. On a database of its own: it re-encrypts ever
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,29 +18,14 @@ from temporalio.testing import WorkflowEnvironment
 from api.main import create_app
 from cli import keys
 from core.crypto import Cipher
-from core.db.migrate import upgrade
 from core.keyring import KeyRing, MasterKey, Purpose, encode_key, new_master_key
-from core.settings import Settings, to_asyncpg_url
+from core.settings import Settings
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, CARD_4242, PUBLIC_URL, Merchant
 
 pytestmark = pytest.mark.api
 
 AT_REST = (("merchant_key", "secret_ciphertext"), ("webhook_endpoint", "secret_ciphertext"),
            ("webhook_endpoint", "previous_secret_ciphertext"), ("card_token", "pan_ciphertext"))
-
-
-@pytest.fixture
-async def scratch_url(database_url: str) -> AsyncIterator[str]:
-    name = f"keys_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(database_url.rsplit("/", 1)[0] + "/postgres")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = database_url.rsplit("/", 1)[0] + f"/{name}"
-        await asyncio.to_thread(upgrade, to_asyncpg_url(url))
-        yield url
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 def _settings(tmp_path: Path, url: str, temporal_env: WorkflowEnvironment, current: bytes,

@@ -11,7 +11,7 @@ import pytest
 from temporalio.client import Client
 
 from client import DurapayClient
-from tests.integration.helpers import FAST_TIMING_ENV, onboard
+from tests.integration.helpers import FAST_TIMING_ENV, cardnet_client, database_pool, onboard
 from tests.stack import RunningStack, private_dir, start_stack
 
 pytestmark = pytest.mark.integration
@@ -59,14 +59,13 @@ async def temporal(stack: RunningStack) -> Client:
 
 @pytest.fixture(scope="session")
 async def db(stack: RunningStack) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=4)
-    yield pool
-    await pool.close()
+    async with database_pool(stack) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="session")
 async def cardnet(stack: RunningStack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.cardnet_url, timeout=10) as http:
+    async with cardnet_client(stack) as http:
         yield http
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 import pytest
 
@@ -126,3 +127,20 @@ def log_lines(stack: RunningStack, child: str, *, strict: bool = True) -> list[d
         except ValueError:
             assert not strict, f"{child}.log has a line that is not JSON: {line[:500]}"
     return lines
+
+
+@asynccontextmanager
+async def database_pool(stack: RunningStack) -> AsyncIterator[asyncpg.Pool]:
+    """Direct access to the stack's database, to look behind the API."""
+    pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def cardnet_client(stack: RunningStack) -> AsyncIterator[httpx.AsyncClient]:
+    """The simulator's operator surface (its ledger, its faults)."""
+    async with httpx.AsyncClient(base_url=stack.cardnet_url, timeout=10) as http:
+        yield http

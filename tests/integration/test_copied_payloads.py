@@ -37,7 +37,9 @@ from tests.integration.conftest import CARD_4242, card, create_intent
 from tests.integration.helpers import (
     FAST_TIMING_ENV,
     assert_eventually,
+    cardnet_client,
     charge,
+    database_pool,
     ledger_entries,
     own_stack,
     signed_merchant,
@@ -73,14 +75,13 @@ async def intruder(copy_stack: RunningStack) -> Client:
 
 @pytest.fixture(scope="module")
 async def copy_db(copy_stack: RunningStack) -> AsyncIterator[asyncpg.Pool]:
-    pool = await asyncpg.create_pool(copy_stack.database_url, min_size=1, max_size=2)
-    yield pool
-    await pool.close()
+    async with database_pool(copy_stack) as pool:
+        yield pool
 
 
 @pytest.fixture(scope="module")
 async def copy_cardnet(copy_stack: RunningStack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=copy_stack.cardnet_url, timeout=10) as http:
+    async with cardnet_client(copy_stack) as http:
         yield http
 
 
