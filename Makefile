@@ -48,9 +48,11 @@ test: $(STAMP) browser
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration and not slow"
 
-# Throughput and latency of the real stack, as ratios against baselines of the same run.
+# Throughput and latency of the real stack, as ratios against baselines of the same run; then
+# how often one busy merchant makes Postgres backends wait on a lock (bench/lock_waits.py).
 bench: $(STAMP)
 	$(BIN)/python -m bench.charges $(BENCH_ARGS)
+	$(BIN)/python -m bench.lock_waits
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
