@@ -345,7 +345,7 @@ async def measure_rate_limiter(stack: RunningStack, count: int = 1000) -> dict[s
                 await session.commit()
 
             steps = {"take_token": limiter, "SELECT 1": select_one}
-            for step in steps.values():  # connection, prepared statements, the bucket's row
+            for step in steps.values():  # connection, prepared statements, the key's bucket rows
                 for _ in range(50):
                     await step()
             for _ in range(rounds):
