@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     MetaData,
+    SmallInteger,
     UniqueConstraint,
     func,
     text,
@@ -74,16 +75,18 @@ class RequestNonce(SQLModel, table=True):
 
 
 class RateLimitBucket(SQLModel, table=True):
-    """One API key's token bucket (api/rate_limit.py), shared by every API process.
+    """One shard of an API key's token bucket (api/rate_limit.py), shared by every API process:
+    a key of a rate up to `SHARD_RATE` has one (shard 0), a bigger key up to `MAX_SHARDS`.
 
     UNLOGGED: a bucket is worth nothing after a crash (it refills within seconds), so its
-    writes skip the WAL and a commit that wrote only here waits for no disk flush. One row per
-    key that ever authenticated: requests that fail authentication never reach it.
+    writes skip the WAL and a commit that wrote only here waits for no disk flush. Rows only
+    for keys that ever authenticated: requests that fail authentication never reach it.
     """
 
     __tablename__ = "rate_limit_bucket"
     __table_args__ = {"prefixes": ["UNLOGGED"]}
     public_key: str = Field(primary_key=True)
+    shard: int = Field(sa_column=Column(SmallInteger, primary_key=True))
     tokens: float = Field(sa_column=Column(Double, nullable=False))
     # Whether the latest request took a token: RETURNING sees only the row as updated.
     allowed: bool

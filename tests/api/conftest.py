@@ -16,7 +16,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -36,13 +35,12 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from api.main import create_app
-from cli.local_postgres import postgres_argv, postgres_data_dir, run_as
 from client import sign
 from core import search_attributes
 from core.codec import data_converter
 from core.db.migrate import upgrade
 from core.settings import Settings, to_asyncpg_url
-from tests.stack import free_port, private_dir, stop_process
+from tests.scratch_postgres import scratch_postgres
 
 T = TypeVar("T")
 
@@ -58,59 +56,10 @@ PUBLIC_URL = "https://1.1.1.1/hooks"
 
 
 @pytest.fixture(scope="session")
-async def database_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def database_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL cluster with the `durapay` database at the migrations' head."""
-    # Laid out as `durapay dev` does: the password in a private state dir, the data where
-    # postgres_data_dir puts it (beside that dir when we run as root).
-    state = private_dir("pg") / "state"
-    state.mkdir(mode=0o700)
-    data = postgres_data_dir(state)
-    password_file = state / "postgres-password"  # written by postgres_argv (SCRAM auth)
-    for _ in range(3):  # a port picked as free can be taken before postgres binds it
-        port = free_port()
-        log = open(data.parent / "postgres.log", "ab")  # noqa: SIM115 (the server owns it)
-        server = subprocess.Popen(
-            postgres_argv(data, port, password_file=password_file), stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            **run_as(data))
-        log.close()
-        password = password_file.read_text()
-        if await _postgres_answers(server, port, password):
-            break
-        _stop(server)
-    else:
-        raise RuntimeError("PostgreSQL did not start:\n"
-                           + (data.parent / "postgres.log").read_text(errors="replace"))
-    try:
-        admin = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
-                                      password=password, database="postgres")
-        await admin.execute("CREATE DATABASE durapay")
-        await admin.close()
-        url = f"postgresql://postgres:{password}@127.0.0.1:{port}/durapay"  # URL-safe password
-        # Alembic's env.py runs its own event loop: keep it off this one.
-        await asyncio.to_thread(upgrade, to_asyncpg_url(url))
+    async with scratch_postgres() as url:
         yield url
-    finally:
-        _stop(server)
-
-
-async def _postgres_answers(server: subprocess.Popen[bytes], port: int, password: str) -> bool:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            connection = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
-                                               password=password, database="postgres",
-                                               timeout=2)
-        except (OSError, asyncpg.PostgresError, TimeoutError):
-            await asyncio.sleep(0.1)
-            continue
-        await connection.close()
-        return True
-    return False
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    stop_process(server)  # SIGTERM: PostgreSQL's "smart" shutdown, quick with no clients
 
 
 @pytest.fixture(scope="session")

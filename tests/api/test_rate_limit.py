@@ -1,17 +1,21 @@
-"""api/rate_limit.py: one token bucket per API key, in Postgres, shared by every API process.
+"""api/rate_limit.py: token buckets per API key, in Postgres, shared by every API process; one
+bucket for a key at the default rate, shards for a key of many requests a second.
 
-The bucket refills with time, so these tests stop time where they need an exact count: they
-move the bucket's `updated_at` an hour ahead (nothing refills until the clock gets there) or
+The buckets refill with time, so these tests stop time where they need an exact count: they
+move a bucket's `updated_at` an hour ahead (nothing refills until the clock gets there) or
 back (it refills as if that long had passed).
 """
 
 from __future__ import annotations
 
+import random
+
 import asyncpg
 import httpx
 import pytest
 
-from api.rate_limit import burst_of
+from api import rate_limit
+from api.rate_limit import burst_of, shards_for
 from client import sign
 from core.settings import Settings
 from tests.api.app_instances import app_instance, through
@@ -21,8 +25,11 @@ pytestmark = pytest.mark.api
 
 
 async def _bucket(db: asyncpg.Pool, merchant: Merchant) -> asyncpg.Record | None:
-    return await db.fetchrow("SELECT * FROM rate_limit_bucket WHERE public_key = $1",
-                             merchant.public_key)
+    """The key's one bucket (a key of a rate up to 200 a second has only shard 0)."""
+    rows = await db.fetch("SELECT * FROM rate_limit_bucket WHERE public_key = $1",
+                          merchant.public_key)
+    assert [row["shard"] for row in rows] in ([], [0])
+    return rows[0] if rows else None
 
 
 async def _stop_refilling(db: asyncpg.Pool, merchant: Merchant) -> None:
@@ -37,6 +44,15 @@ async def _set_bucket(db: asyncpg.Pool, merchant: Merchant, *, tokens: float,
                      merchant.public_key, tokens, seconds_ago)
 
 
+async def _frozen_shards(db: asyncpg.Pool, merchant: Merchant, *, shards: int,
+                         tokens: float) -> None:
+    """Every shard of the key holding `tokens`, none refilling."""
+    await db.executemany(
+        "INSERT INTO rate_limit_bucket (public_key, shard, tokens, allowed, updated_at) "
+        "VALUES ($1, $2, $3, true, clock_timestamp() + interval '1 hour')",
+        [(merchant.public_key, shard, tokens) for shard in range(shards)])
+
+
 def _assert_rate_limited(response: httpx.Response, retry_after: int) -> None:
     assert response.status_code == 429, response.text
     assert response.json() == {"error": {
@@ -45,9 +61,9 @@ def _assert_rate_limited(response: httpx.Response, retry_after: int) -> None:
     assert response.headers["Retry-After"] == str(retry_after)
 
 
-def test_the_default_is_100_a_second_in_bursts_of_200() -> None:
+def test_the_default_is_100_a_second_in_bursts_of_200_in_one_bucket() -> None:
     rate = Settings.model_fields["rate_limit_per_second"].default
-    assert (rate, burst_of(rate)) == (100, 200)
+    assert (rate, burst_of(rate), shards_for(rate)) == (100, 200, 1)
 
 
 async def test_a_key_gets_a_burst_of_twice_the_rate_then_429(
@@ -169,3 +185,50 @@ async def test_a_request_refused_for_its_rate_still_spends_its_nonce(
         assert resent.json()["error"]["code"] == "replayed_nonce"
         # The bucket still holds its tokens: the replay was refused before the rate limit.
         assert (await through(limited, merchant).get("/payment-intents")).status_code == 200
+
+
+async def test_a_large_keys_requests_are_spread_over_its_shards(
+        settings: Settings, http: httpx.AsyncClient, db: asyncpg.Pool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 a second: 50 rows of 200 a second each, one taken per request (one lock each)."""
+    merchant = await onboard(http)
+    assert shards_for(10_000) == 50
+    await _frozen_shards(db, merchant, shards=50, tokens=10)
+    monkeypatch.setattr(rate_limit, "_CHOICE", random.Random(11))
+    async with app_instance(settings, rate_limit_per_second=10_000) as limited:
+        shop = through(limited, merchant)
+        for _ in range(60):
+            assert (await shop.get("/payment-intents")).status_code == 200
+    rows = await db.fetch("SELECT shard, tokens FROM rate_limit_bucket WHERE public_key = $1",
+                          merchant.public_key)
+    assert sorted(row["shard"] for row in rows) == list(range(50))  # no row past the 50
+    assert sum(10 - row["tokens"] for row in rows) == 60  # each request took one token
+    assert sum(row["tokens"] < 10 for row in rows) >= 25  # from many shards
+
+
+async def test_two_api_instances_share_a_sharded_keys_budget(
+        settings: Settings, http: httpx.AsyncClient, db: asyncpg.Pool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 a second is 5 shards; with 4 tokens in each and no refill, two API processes
+    admit 20 requests in all (40 if each had buckets of its own), then both answer 429 with
+    Retry-After 1 (a shard of 200 a second has a token again within it)."""
+    merchant = await onboard(http)
+    await _frozen_shards(db, merchant, shards=5, tokens=4)
+    monkeypatch.setattr(rate_limit, "_CHOICE", random.Random(7))
+    async with app_instance(settings, rate_limit_per_second=1000) as first, \
+            app_instance(settings, rate_limit_per_second=1000) as second:
+        shops = [through(first, merchant), through(second, merchant)]
+        admitted = {0: 0, 1: 0}
+        for sent in range(200):  # until every token is spent: a request sees 2 of 5 shards
+            response = await shops[sent % 2].get("/payment-intents")
+            if response.status_code == 200:
+                admitted[sent % 2] += 1
+            else:
+                _assert_rate_limited(response, retry_after=1)
+            if sum(admitted.values()) == 20:
+                break
+        assert sum(admitted.values()) == 20 and min(admitted.values()) > 0
+        assert await db.fetchval("SELECT sum(tokens) FROM rate_limit_bucket WHERE "
+                                 "public_key = $1", merchant.public_key) == 0
+        for shop in shops:
+            _assert_rate_limited(await shop.get("/payment-intents"), retry_after=1)
