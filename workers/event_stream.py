@@ -143,8 +143,9 @@ class EventStream:
             await replication.drop_slot(self._db, self.slot)
             status = None
         elif status is not None and snapshot and not (record and record.snapshot):
-            raise SlotBusy(f"slot {self.slot} was created without a copy of the table; "
-                           "add --rebuild to start it over with one")
+            # The copy is for a new slot; this one's consumer has streamed from it all along.
+            log.warning("slot %s exists and was created without a copy of the table: "
+                        "streaming on from it (--rebuild starts it over with one)", self.slot)
         created = status is None
         if created:
             copy = snapshot or rebuild or unfinished
