@@ -142,6 +142,12 @@ class EventStream:
                             "slot", self.slot)
             await replication.drop_slot(self._db, self.slot)
             status = None
+        elif status is None and record is not None and record.consistent_lsn is not None \
+                and not (rebuild or unfinished):
+            # Gone from under its consumer: a new slot would start at today's position, and
+            # the events since the old one's would never be delivered.
+            raise replication.SlotLost(self.slot, record.last_cursor,
+                                       reason=replication.SlotLost.VANISHED)
         elif status is not None and snapshot and not (record and record.snapshot):
             # The copy is for a new slot; this one's consumer has streamed from it all along.
             log.warning("slot %s exists and was created without a copy of the table: "
@@ -155,7 +161,8 @@ class EventStream:
                     raise ValueError("a copy of the table needs a replication connection")
                 await self._create_and_copy(connect_replication)
             else:
-                await replication.create_slot(self._db, self.slot)
+                await replication.record_consistent_point(
+                    self._db, self.slot, await replication.create_slot(self._db, self.slot))
         status = await replication.slot_status(self._db, self.slot)
         assert status is not None, self.slot
         self.stats.confirmed_lsn = status.confirmed_lsn
@@ -167,7 +174,7 @@ class EventStream:
             return
         status = await replication.slot_status(self._db, self.slot)
         confirmed = await replication.last_cursor(self._db, self.slot)
-        if (status is not None and confirmed is not None
+        if (status is not None and status.wal_status != "lost" and confirmed is not None
                 and parse_cursor(confirmed) > self._after
                 and self._after[0] <= status.confirmed_lsn):
             raise CursorGone(

@@ -103,11 +103,16 @@ class SlotLost(RuntimeError):
     consumer's last confirmed cursor are no longer in the log and must be read from the table
     (`durapay events stream --rebuild`)."""
 
-    def __init__(self, slot: str, last_cursor: str | None = None) -> None:
+    WAL_REMOVED = "the server removed WAL it had not confirmed (max_slot_wal_keep_size)"
+    VANISHED = ("it is no longer on the server (dropped other than by `durapay events "
+                "drop-slot`, or a failover to a server without it)")
+
+    def __init__(self, slot: str, last_cursor: str | None = None, *,
+                 reason: str = WAL_REMOVED) -> None:
         since = f"after cursor {last_cursor}" if last_cursor else "after its last confirmed one"
         super().__init__(
-            f"replication slot {slot} is lost: the server removed WAL it had not confirmed "
-            f"(max_slot_wal_keep_size), so events committed {since} cannot be streamed. "
+            f"replication slot {slot} is lost: {reason}, so events committed {since} cannot "
+            "be streamed. "
             f"Rebuild the consumer's view from the table: durapay events stream --slot {slot} "
             "--rebuild (drops the slot, copies every event committed before a new slot, then "
             "streams; drop the events you already hold by id)")
@@ -120,9 +125,11 @@ async def take_consumer_lock(connection: asyncpg.Connection, slot: str) -> bool:
         "SELECT pg_try_advisory_lock($1, hashtext($2))", CONSUMER_LOCK_CLASS, slot))
 
 
-async def create_slot(connection: asyncpg.Connection, slot: str) -> None:
-    """A slot that starts at the current WAL position (the events before it are not read)."""
-    await connection.execute("SELECT pg_create_logical_replication_slot($1, $2)", slot, PLUGIN)
+async def create_slot(connection: asyncpg.Connection, slot: str) -> int:
+    """A slot that starts at the current WAL position (the events before it are not read);
+    returns its consistent point."""
+    return int(await connection.fetchval(
+        "SELECT lsn FROM pg_create_logical_replication_slot($1, $2)", slot, PLUGIN))
 
 
 async def create_slot_with_snapshot(replication: asyncpg.Connection, slot: str) -> int:

@@ -350,6 +350,24 @@ async def test_a_sink_that_lost_its_tail_is_refused_a_stale_cursor_and_rebuilt(
     assert cursors[0] > parse_cursor(stale)  # a new slot's cursors follow the old one's
 
 
+async def test_a_slot_dropped_behind_its_consumers_back_is_not_silently_replaced(
+        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    sink = tmp_path / "events.jsonl"
+    consumer = _start_consumer(stack, slot, sink)
+    await assert_eventually(lambda: _slot_exists(db, slot), timeout=30)
+    consumer.send_signal(signal.SIGTERM)
+    consumer.communicate(timeout=30)
+    # As a failover to a server without the slot, or a DBA's DROP: a new slot would start at
+    # today's position and skip what was committed since.
+    await db.execute("SELECT pg_drop_replication_slot($1)", slot)
+    again = subprocess.run(
+        [str(BIN / "durapay"), "events", "stream", "--slot", slot, "--sink", f"file:{sink}"],
+        env=stack.env, text=True, capture_output=True, timeout=60)
+    assert again.returncode == 3, again.stderr
+    assert "no longer on the server" in again.stderr and "--rebuild" in again.stderr
+    assert not await _slot_exists(db, slot)
+
+
 async def test_the_local_postgres_bounds_the_wal_a_slot_keeps(db: asyncpg.Pool) -> None:
     assert await db.fetchval("SHOW max_slot_wal_keep_size") == "1GB"
 
