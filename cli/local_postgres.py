@@ -60,7 +60,7 @@ def postgres_argv(data: Path, port: int, *, password_file: Path) -> list[str]:
             "-c", "max_connections=200",
             # The event stream reads the WAL through a logical replication slot. A slot whose
             # consumer stalls keeps WAL; past this much it is dropped rather than fill the disk
-            # (the consumer then rebuilds with --from-seq).
+            # (the consumer then rebuilds with `durapay events stream --rebuild`).
             "-c", "wal_level=logical", "-c", "max_slot_wal_keep_size=1GB"]
 
 

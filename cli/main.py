@@ -12,7 +12,7 @@
     durapay keys status | rotate [--reencrypt-only] | drop KEY_ID
                                     operator: master keys, rotation, re-encryption at rest
     durapay audit verify [--merchant M]   operator: prove the audit trail's hash chains hold
-    durapay events stream [--sink …] [--from-seq N] | status | drop-slot
+    durapay events stream [--sink …] [--snapshot | --rebuild | --from-cursor C] | status | drop-slot
                                     operator: every committed event from the WAL, at least once
     durapay certs DIR [--san NAME]… [--client ROLE]… [--owner ROLE=UID[:GID]]… [--force]
                                     operator: a CA and mTLS certificates for Temporal

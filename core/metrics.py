@@ -200,6 +200,9 @@ class DatabaseSnapshot:
     # consumer is reading now. A stalled consumer's slot keeps WAL until the disk fills.
     slot_lag_bytes: dict[str, int] = field(default_factory=dict)
     slot_consumer: dict[str, bool] = field(default_factory=dict)
+    # Slots the server invalidated (wal_status `lost`): they hold no WAL, and their consumer
+    # must rebuild from the table.
+    slot_lost: dict[str, bool] = field(default_factory=dict)
 
 
 class DatabaseGauges(Collector):
@@ -236,11 +239,19 @@ class DatabaseGauges(Collector):
         consumer = GaugeMetricFamily(
             "durapay_event_stream_consumer_running", "1 while a consumer holds the slot "
             "(`durapay events stream` connected), else 0.", labels=["slot"])
+        lost = GaugeMetricFamily(
+            "durapay_event_stream_slot_lost", "1 once the server dropped WAL the slot had not "
+            "confirmed (max_slot_wal_keep_size): its consumer must rebuild "
+            "(`durapay events stream --rebuild`), else 0.", labels=["slot"])
         for slot in sorted(snapshot.slot_lag_bytes):
-            lag.add_metric([slot], snapshot.slot_lag_bytes[slot])
+            # A lost slot holds no WAL: the distance to its old position is not lag.
+            if not snapshot.slot_lost.get(slot):
+                lag.add_metric([slot], snapshot.slot_lag_bytes[slot])
             consumer.add_metric([slot], 1 if snapshot.slot_consumer.get(slot) else 0)
+            lost.add_metric([slot], 1 if snapshot.slot_lost.get(slot) else 0)
         yield lag
         yield consumer
+        yield lost
 
 
 async def read_database_snapshot(
@@ -257,7 +268,8 @@ async def read_database_snapshot(
             text(SLOT_STATUS_SQL))).mappings().all()
     return DatabaseSnapshot(int(reviews), {str(kind): int(count) for kind, count in rows},
                             {str(r["slot_name"]): int(r["lag"]) for r in slots},
-                            {str(r["slot_name"]): bool(r["consumer"]) for r in slots})
+                            {str(r["slot_name"]): bool(r["consumer"]) for r in slots},
+                            {str(r["slot_name"]): r["wal_status"] == "lost" for r in slots})
 
 
 DATABASE_GAUGES = DatabaseGauges()

@@ -17,6 +17,9 @@ from temporalio.client import Client
 CHECK_SECONDS = 2.0
 
 Check = Callable[[], Awaitable[bool]]
+# A condition that does not stop this process from serving but needs an operator: a message,
+# or None when all is well. A warning never turns readiness to 503.
+ReadinessWarning = Callable[[], Awaitable[str | None]]
 
 
 async def postgres_ok(sessions: async_sessionmaker[AsyncSession]) -> bool:
@@ -38,16 +41,52 @@ async def temporal_ok(client: Callable[[], Awaitable[Client]]) -> bool:
         return False
 
 
-async def readiness(checks: Mapping[str, Check]) -> tuple[dict[str, Any], list[str]]:
-    """Run every check at once (with everything down a probe waits CHECK_SECONDS, not that
-    times n): the answer's body (`status`, `checks`, and `down` when something is) and what
-    is down."""
-    names = list(checks)
-    results = await asyncio.gather(*(checks[name]() for name in names))
+async def readiness(checks: Mapping[str, Check],
+                    warnings: Mapping[str, ReadinessWarning] | None = None,
+                    ) -> tuple[dict[str, Any], list[str]]:
+    """Run every check and warning at once (with everything down a probe waits CHECK_SECONDS,
+    not that times n): the answer's body (`status`, `checks`, `down` when something is,
+    `warnings` when one speaks) and what is down."""
+    names, warning_names = list(checks), list(warnings or {})
+    results, messages = await asyncio.gather(
+        asyncio.gather(*(checks[name]() for name in names)),
+        asyncio.gather(*(_warning((warnings or {})[name]) for name in warning_names)))
     down = [name for name, ok in zip(names, results, strict=True) if not ok]
     body: dict[str, Any] = {
         "status": "unavailable" if down else "ok",
         "checks": {name: "down" if name in down else "ok" for name in names}}
     if down:
         body["down"] = down
+    spoken = {name: m for name, m in zip(warning_names, messages, strict=True) if m}
+    if spoken:
+        body["warnings"] = spoken
     return body, down
+
+
+async def _warning(warning: ReadinessWarning) -> str | None:
+    # A warning that cannot be evaluated says nothing: the checks report what is down.
+    try:
+        async with asyncio.timeout(CHECK_SECONDS):
+            return await warning()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# Every logical slot of Durapay's database: a consumer that stalls keeps the WAL from its
+# position on; with max_slot_wal_keep_size at -1 nothing bounds that short of a full disk.
+SLOT_WAL_UNBOUNDED_SQL = """
+SELECT current_setting('max_slot_wal_keep_size') = '-1' AS unlimited,
+       (SELECT count(*) FROM pg_replication_slots
+        WHERE slot_type = 'logical' AND database = current_database()) AS slots
+"""
+
+
+async def slot_wal_unbounded(sessions: async_sessionmaker[AsyncSession]) -> str | None:
+    """A warning while a replication slot exists and the server keeps its WAL without limit."""
+    async with sessions() as session:
+        row = (await session.exec(text(SLOT_WAL_UNBOUNDED_SQL))).one()  # type: ignore[call-overload]
+    if row.unlimited and row.slots:
+        return (f"{row.slots} logical replication slot(s) and max_slot_wal_keep_size = -1: a "
+                "stalled event stream consumer keeps WAL until the database's disk is full; "
+                "set a limit (docs/operations.md)")
+    return None

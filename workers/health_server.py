@@ -11,7 +11,8 @@ rebuild the SDK's histograms and label sets in Python.)
 
 `/livez` answers while the worker's event loop does (it serves this port, so a wedged loop
 fails it); `/readyz` is 200 only when Postgres answers `SELECT 1` and Temporal its health check,
-each within CHECK_SECONDS.
+each within CHECK_SECONDS. Its body also carries `warnings` that need an operator but do not
+stop the worker (a replication slot on a server that keeps its WAL without limit).
 
 A deliberately small HTTP/1.1 server on asyncio: GET (and HEAD) of three paths, one request per
 connection, nothing read but the request head. It runs in the worker's own loop, so its checks
@@ -36,7 +37,15 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig
 
 from core.metrics import DATABASE_GAUGES, SCHEDULE_GAUGES, WORKER_REGISTRY, ScheduleStates
-from core.readiness import CHECK_SECONDS, Check, postgres_ok, readiness, temporal_ok
+from core.readiness import (
+    CHECK_SECONDS,
+    Check,
+    ReadinessWarning,
+    postgres_ok,
+    readiness,
+    slot_wal_unbounded,
+    temporal_ok,
+)
 from core.temporal_client import start_runtime_with_metrics
 
 log = logging.getLogger("durapay.worker")
@@ -91,6 +100,8 @@ class HealthServer:
                  sessions: async_sessionmaker[AsyncSession], sdk_metrics_url: str | None,
                  schedule_states: ScheduleStates | None = None) -> None:
         self._checks = dict(checks)
+        self._warnings: dict[str, ReadinessWarning] = {
+            "replication_slot_wal": lambda: slot_wal_unbounded(sessions)}
         self._sessions = sessions
         self._schedule_states = schedule_states
         self._sdk_metrics_url = sdk_metrics_url
@@ -129,7 +140,7 @@ class HealthServer:
         return _json(404, {"error": "not found"})
 
     async def _readiness(self) -> Answer:
-        body, down = await readiness(self._checks)
+        body, down = await readiness(self._checks, self._warnings)
         return _json(503 if down else 200, body)
 
     async def _exposition(self) -> bytes:

@@ -368,3 +368,20 @@ class ReconciliationDiscrepancy(SQLModel, table=True):
     )
 
 
+
+
+class EventStreamSlot(SQLModel, table=True):
+    """One event stream consumer's slot (core/db/replication.py): written by the consumer."""
+
+    __tablename__ = "event_stream_slot"
+    slot: str = Field(primary_key=True)
+    # The consumer asked for the table's events committed before the slot (`--snapshot`).
+    snapshot: bool
+    # The slot's consistent point: the copy holds exactly what committed before it.
+    consistent_lsn: str | None = None
+    snapshot_rows: int | None = Field(default=None, sa_type=BigInteger)
+    # Set once the sink confirmed the whole copy: a restart streams on, never copies again.
+    snapshot_done_at: datetime | None = _timestamp(nullable=True)
+    # The last cursor the sink confirmed.
+    last_cursor: str | None = None
+    created_at: datetime = _created_at()

@@ -18,6 +18,7 @@ from core.metrics import (
     observe_request,
     outcome_label,
 )
+from core.readiness import readiness
 from workers.health_server import HealthServer, _request_line
 
 
@@ -172,3 +173,34 @@ async def test_readyz_names_what_is_down() -> None:
     assert refused.body == (b'{"status": "unavailable", "checks": {"postgres": "down", '
                             b'"temporal": "ok"}, "down": ["postgres"]}')
     assert (ready.status, live.status) == (200, 200)
+
+
+def test_a_lost_slot_is_reported_lost_and_its_freed_wal_not_as_lag() -> None:
+    gauges = DatabaseGauges()
+    gauges.snapshot = DatabaseSnapshot(
+        0, {}, slot_lag_bytes={"kept": 4096, "gone": 9_000_000_000},
+        slot_consumer={"kept": True, "gone": False}, slot_lost={"kept": False, "gone": True})
+    families = {family.name: family for family in gauges.collect()}
+    samples = {name: {s.labels["slot"]: s.value for s in families[name].samples} for name in (
+        "durapay_event_stream_lag_bytes", "durapay_event_stream_slot_lost")}
+    assert samples["durapay_event_stream_lag_bytes"] == {"kept": 4096}
+    assert samples["durapay_event_stream_slot_lost"] == {"kept": 0, "gone": 1}
+
+
+async def test_readyz_carries_a_warning_without_turning_unready() -> None:
+    async def up() -> bool:
+        return True
+
+    async def says(message: str | None) -> str | None:
+        return message
+
+    async def fails() -> str | None:
+        raise OSError("database gone")
+
+    body, down = await readiness({"postgres": up}, {
+        "slots": lambda: says("max_slot_wal_keep_size = -1"), "quiet": lambda: says(None),
+        "broken": fails})
+    assert down == [] and body["status"] == "ok"
+    assert body["warnings"] == {"slots": "max_slot_wal_keep_size = -1"}
+    body, _ = await readiness({"postgres": up}, {"quiet": lambda: says(None)})
+    assert "warnings" not in body
