@@ -3,14 +3,14 @@ finished (so a restart never copies again) and the last cursor its sink confirme
 consumer that asks to resume from an older cursor is told those events have left the slot).
 
 Revision ID: 2026_12_04_event_stream_slot
-Revises: 2026_11_30_event_publication
+Revises: 2026_12_04_rate_limit_shards
 Create Date: 2026-12-04
 """
 
 from core.db.migrate import run_sql_script
 
 revision = "2026_12_04_event_stream_slot"
-down_revision = "2026_11_30_event_publication"
+down_revision = "2026_12_04_rate_limit_shards"
 branch_labels = None
 depends_on = None
 
