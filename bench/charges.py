@@ -101,7 +101,7 @@ class Options:
     warmup: int
     workers: int
     scaling: bool
-    write_events: int = 3000
+    write_events: int = 1500
     write_path_only: bool = False
 
 
@@ -589,7 +589,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="Durapay worker processes")
     parser.add_argument("--scaling", action="store_true",
                         help="also measure create + charge with twice the worker processes")
-    parser.add_argument("--write-events", type=int, default=3000,
+    parser.add_argument("--write-events", type=int, default=1500,
                         help="events appended per layout in the write-path step")
     parser.add_argument("--write-path-only", action="store_true",
                         help="start a stack and run only the write-path step")

@@ -12,9 +12,10 @@ worker write them:
   3. under the intent's row lock, `payment.succeeded` (the worker's outcome).
 Each transaction appends one event, so operations per second are events per second.
 
-It runs twice: every writer on ONE merchant, then the writers spread over as many merchants
-as there are writers; the ratio one merchant / spread says whether a single merchant gets the
-throughput the database gives many (≥ 0.9), or a merchant-wide lock caps it.
+It runs two layouts, alternating in rounds: every writer on ONE merchant, and the writers spread
+over as many merchants as there are writers; the ratio one merchant / spread says whether a
+single merchant gets the throughput the database gives many (≥ 0.9), or a merchant-wide lock
+caps it.
 """
 
 from __future__ import annotations
@@ -111,28 +112,45 @@ async def _run(sessions: async_sessionmaker[AsyncSession], merchant_of_writer: S
 
 
 async def measure_event_writes(database_url: str, merchants: Sequence[str],
-                               processes: Mapping[str, int], *, events: int,
-                               warmup: int) -> tuple[WriteRun, WriteRun]:
-    """(all writers on merchants[0], writer i on merchants[i]); one writer per merchant."""
+                               processes: Mapping[str, int], *, events: int, warmup: int,
+                               rounds: int = 4) -> tuple[WriteRun, WriteRun]:
+    """(all writers on merchants[0], writer i on merchants[i]); one writer per merchant.
+
+    The two layouts alternate over `rounds` rounds of events / rounds each, so that a change in
+    the machine's load (other processes on a shared machine) hits both alike. Every writer
+    records payments through its own pooled connection, like the API's and workers' sessions."""
     writers = len(merchants)
     engine = create_engine(to_asyncpg_url(database_url), pool_size=writers)
     sessions = session_factory(engine)
-    payments = max(1, events // EVENTS_PER_PAYMENT)
-    runs = []
+    payments = max(1, events // EVENTS_PER_PAYMENT // rounds)
+    layouts = {f"1 merchant, {writers} writers": [merchants[0]] * writers,
+               f"{writers} merchants, 1 each": list(merchants)}
+    runs = {name: WriteRun(name, 0, 0.0, [], [], None) for name in layouts}
+    spent: dict[str, dict[str, float]] = {name: {} for name in layouts}
     try:
-        for name, layout in ((f"1 merchant, {writers} writers", [merchants[0]] * writers),
-                             (f"{writers} merchants, 1 each", list(merchants))):
-            await _run(sessions, layout, warmup)  # connections, prepared statements, caches
-            before = snapshot(processes)
-            seconds, latencies, failures = await _run(sessions, layout, payments)
-            cpu = CpuUse.between(before, snapshot(processes), len(latencies), seconds)
-            run = WriteRun(name, payments * EVENTS_PER_PAYMENT, seconds, latencies, failures,
-                           cpu)
-            print(run.line(), flush=True)
-            runs.append(run)
+        for layout in layouts.values():  # connections, prepared statements, caches
+            await _run(sessions, layout, warmup)
+        for round_number in range(rounds):
+            # A B, B A, …: a drift in the machine's load over the run hits both alike.
+            order = list(layouts.items())[::-1 if round_number % 2 else 1]
+            for name, layout in order:
+                before = snapshot(processes)
+                seconds, latencies, failures = await _run(sessions, layout, payments)
+                after, run = snapshot(processes), runs[name]
+                run.events += payments * EVENTS_PER_PAYMENT
+                run.seconds += seconds
+                run.latencies += latencies
+                run.failures += failures
+                for process in after.keys() & before.keys():
+                    spent[name][process] = (spent[name].get(process, 0.0)
+                                            + after[process] - before[process])
     finally:
         await engine.dispose()
-    return runs[0], runs[1]
+    for name, run in runs.items():
+        run.cpu = CpuUse(spent[name], len(run.latencies), run.seconds)
+        print(run.line(), flush=True)
+    one, spread = runs.values()
+    return one, spread
 
 
 def print_write_path(one: WriteRun, spread: WriteRun) -> None:
