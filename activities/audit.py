@@ -1,4 +1,5 @@
-"""The audit trail's checkpoint: copy each hash chain's head into `audit_checkpoint`."""
+"""The audit trail's checkpoint: record the heads of the hash chains that moved, one checkpoint
+per merchant (core/db/audit.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ class AuditActivities:
 
     @activity.defn
     async def record_chain_checkpoints(self) -> int:
-        """Idempotent: a retry finds the heads checkpointed and records nothing more."""
+        """Idempotent: a retry finds the heads checkpointed and records nothing more.
+        Returns how many chain heads were recorded."""
         async with self._engine.begin() as connection:
-            recorded = await record_checkpoints(connection)
-        if recorded:
-            log.info("checkpointed %d audit chain heads", recorded)
-        return recorded
+            run = await record_checkpoints(connection)
+        if run.heads:
+            log.info("checkpointed %d audit chain heads of %d merchants", run.heads, run.scopes)
+        return run.heads

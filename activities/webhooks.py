@@ -374,8 +374,9 @@ async def disable_endpoint(session: AsyncSession, endpoint_id: str, *, reason: s
     if disabled is None:
         return False
     merchant_id, url = disabled
+    # The endpoint's own chain: its row, locked by the update above, orders its appends.
     await append_chained_event(
-        session, event_id=event_id_for(f"{endpoint_id}:disabled:{cause}"),
+        session, chain=endpoint_id, event_id=event_id_for(f"{endpoint_id}:disabled:{cause}"),
         merchant_id=merchant_id, event_type=ENDPOINT_DISABLED_EVENT,
         data={"endpointId": endpoint_id, "url": url, "reason": reason}, unless_recorded=True)
     return True

@@ -20,6 +20,10 @@ Then the per-key rate limiter (api/rate_limit.py) that every signed request pass
 statement (its own transaction) timed back to back on the stack's database, beside a bare
 `SELECT 1` as its own transaction, with its share of a signed retrieve (the stack's limit is
 set high, so it never refuses). `python -m bench.rate_limit` measures it under contention.
+Then the write path (bench/event_writes.py): 32 writers appending payment events through the
+real writer, all for one merchant and then one merchant each, and the ratio of the two
+(target ≥ 0.9: one merchant is not capped by a merchant-wide lock). `--write-path-only` starts a
+stack and runs this step alone (well under a minute).
 Each step prints throughput and latency percentiles, and under them the CPU time each process
 spent per operation (`cpu ms/op`: the stack's processes by name, the bare worker, and `bench`,
 the load generator itself; bench/cpu.py) with how many of the machine's cores were busy: on
@@ -66,6 +70,7 @@ from temporalio.client import Client
 from api.rate_limit import take_token
 from bench.bare_workflow import BareWorkflow
 from bench.cpu import CpuUse, snapshot
+from bench.event_writes import WriteRun, measure_event_writes, print_write_path
 from bench.history import HistorySummary, summarize
 from cli.shutdown import exit_without_finalizing
 from client import DurapayClient
@@ -97,6 +102,8 @@ class Options:
     warmup: int
     workers: int
     scaling: bool
+    write_events: int = 1500
+    write_path_only: bool = False
 
 
 @dataclass
@@ -449,7 +456,28 @@ async def running_stack(workdir: Path, workers: int) -> AsyncIterator[RunningSta
         stack.stop()
 
 
+async def run_write_path(stack: RunningStack, options: Options,
+                         writers: int = 32) -> tuple[WriteRun, WriteRun]:
+    print(f"\nwrite path: {writers} writers, {options.write_events} events per layout",
+          flush=True)
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers={
+            "Authorization": f"Bearer {stack.admin_token}"}) as admin:
+        merchants = []
+        for n in range(writers):
+            response = await admin.post("/merchants", json={"name": f"Bench writes {n}"})
+            expect(response, 201)
+            merchants.append(str(response.json()["id"]))
+    return await measure_event_writes(stack.database_url, merchants, stack_processes(stack),
+                                      events=options.write_events, warmup=writers)
+
+
 async def bench(options: Options) -> None:
+    if options.write_path_only:
+        with tempfile.TemporaryDirectory(prefix="dpb") as tmp:
+            async with running_stack(Path(tmp), options.workers) as stack:
+                writes = await run_write_path(stack, options)
+        print_write_path(*writes)
+        return
     print(f"{options.count} operations per step, concurrency {options.concurrency}, "
           f"{options.warmup} warm-up operations per step (not counted)")
     with tempfile.TemporaryDirectory(prefix="dpb") as tmp:
@@ -457,12 +485,14 @@ async def bench(options: Options) -> None:
         async with running_stack(workdir, options.workers) as stack:
             results = await run_all_steps(stack, options, workdir)
             limiter = await measure_rate_limiter(stack)
+            writes = await run_write_path(stack, options)
         scaled: Measurement | None = None
         if options.scaling:
             async with running_stack(workdir, options.workers * 2) as stack:
                 scaled = await run_create_and_charge(stack, options)
     print_summary(results, options)
     print_rate_limiter(limiter, results.retrieve)
+    print_write_path(*writes)
     if scaled:
         print_scaling(results.create_and_charge, scaled, options.workers)
 
@@ -563,10 +593,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="Durapay worker processes")
     parser.add_argument("--scaling", action="store_true",
                         help="also measure create + charge with twice the worker processes")
+    parser.add_argument("--write-events", type=int, default=1500,
+                        help="events appended per layout in the write-path step")
+    parser.add_argument("--write-path-only", action="store_true",
+                        help="start a stack and run only the write-path step")
     args = parser.parse_args()
     started = time.perf_counter()
     asyncio.run(bench(Options(args.count, args.concurrency, args.warmup, args.workers,
-                              args.scaling)))
+                              args.scaling, args.write_events, args.write_path_only)))
     print(f"\nbench took {time.perf_counter() - started:.0f} s")
     # This process used Temporal clients: skip finalization, where the SDK can abort the
     # process (see cli.shutdown), so `make bench` exits 0 when the bench ran.

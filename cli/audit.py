@@ -2,12 +2,15 @@
 
     durapay audit verify [--merchant M]     walk the hash chains; exit 1 at the first break
 
-Each event stores a hash over its contents and its predecessor's hash, one chain per merchant
-(core/audit_chain.py). `verify` walks every chain (or merchant M's) from its first event and
-checks each link, the order the events were recorded in, the chain's head, and the heads the
-`durapay-audit-checkpoint` schedule recorded (so events deleted from a chain's end are found
-too). It prints one line per chain and, for a broken one, the first broken or missing link with
-its event id. Read only; safe while payments run (it checks one consistent snapshot).
+Each event stores a hash over its contents and its predecessor's hash, one chain per payment
+(or endpoint, or discrepancy), and the `durapay-audit-checkpoint` schedule records the heads of
+the chains that moved in a hash-linked chain of checkpoints per merchant (core/audit_chain.py).
+`verify` walks every chain (or merchant M's) from its first event and checks each link, the
+order the events were recorded in, every head a checkpoint recorded (so events deleted from a
+chain's end, or a whole chain, are found too), and each merchant's checkpoints: their links,
+their hashes and their Merkle roots. It prints one line per merchant and, for a broken one,
+the first broken or missing link with its event id. Read only; safe while payments run (it
+checks one consistent snapshot).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def add_parser(commands: Any) -> None:
     audit = commands.add_parser("audit", help="operator: verify the audit trail's hash chains")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="walk the chains; exit 1 at a break")
-    verify.add_argument("--merchant", help="only this merchant's chain (mer_…)")
+    verify.add_argument("--merchant", help="only this merchant's chains and checkpoints (mer_…)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -38,11 +41,15 @@ async def verify(settings: Settings, merchant_id: str | None) -> int:
         report = await verify_chains(engine, merchant_id)
     finally:
         await engine.dispose()
-    for chain in report.chains:
-        state = f"BROKEN at {chain.broken}" if chain.broken else "ok"
-        print(f"{chain.chain}: {chain.events} events verified, {state}")
+    for scope in report.scopes.values():
+        state = f"BROKEN at {scope.broken}" if scope.broken else "ok"
+        if scope.broken_chains > 1:
+            state += f" (and {scope.broken_chains - 1} more broken)"
+        print(f"{scope.scope}: {scope.chains} chains, {scope.events} events, "
+              f"{scope.checkpoints} checkpoints verified, {state}")
     if report.first_broken:
         print(f"audit: the trail is broken: {report.first_broken}")
         return 1
-    print(f"audit: {len(report.chains)} chains, {report.events} events, every link holds")
+    print(f"audit: {len(report.scopes)} scopes, {report.chains} chains, {report.events} "
+          f"events, {report.checkpoints} checkpoints, every link holds")
     return 0

@@ -1,5 +1,6 @@
-"""AuditCheckpointWorkflow: record where every audit hash chain ends, so that events deleted
-from a chain's end later are missing from a chain known to reach further."""
+"""AuditCheckpointWorkflow: record where every audit hash chain that moved now ends, so that
+events deleted from a chain's end later, or a whole chain, are missing from a chain known to
+reach further."""
 
 from __future__ import annotations
 

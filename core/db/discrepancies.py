@@ -145,7 +145,10 @@ def _event_row(row: dict[str, Any]) -> dict[str, Any]:
         "networkAmountInCents": row["network_amount_in_cents"], "currency": row["currency"],
         "networkCurrency": row["network_currency"], "detail": row["detail"],
     }
-    return {"event_id": event_id_for(f"{row['id']}:opened"), "merchant_id": row["merchant_id"],
+    # The discrepancy's own chain (its one event): never the payment's, whose row the sweep
+    # does not lock and whose story (`intent_seq`) is the merchant's.
+    return {"chain": row["id"], "event_id": event_id_for(f"{row['id']}:opened"),
+            "merchant_id": row["merchant_id"],
             "payment_intent_id": row["payment_intent_id"],
             "transaction_id": row["transaction_id"], "event_type": DISCREPANCY_EVENT_TYPE,
             "data": data}

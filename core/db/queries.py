@@ -16,8 +16,8 @@ from sqlalchemy import and_, func, or_, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.audit_chain import GENESIS_HASH, chain_of, link_hash
-from core.db.tables import AuditChainHead, Event, PaymentIntent, Transaction
+from core.audit_chain import GENESIS_HASH, link_hash
+from core.db.tables import Event, PaymentIntent, Transaction
 from core.errors import IllegalTransition
 from core.state_machine import (
     IntentAction,
@@ -65,48 +65,48 @@ async def event_exists(session: AsyncSession, event_id: str) -> bool:
     return found.first() is not None
 
 
-# Takes the chain's head row lock (creating the row for a chain's first event) and reads, in
-# the same round trip, what the new event's link needs: the head, the intent's last sequence
-# number, and the time (clock_timestamp, not the transaction's start: events of one
-# transaction keep their order).
-_LOCK_CHAIN_HEAD = text("""
-INSERT INTO audit_chain_head AS head (chain, chain_seq, hash) VALUES (:chain, 0, :genesis)
-ON CONFLICT (chain) DO UPDATE SET chain = head.chain
-RETURNING head.chain_seq, head.hash, clock_timestamp() AS now,
-    (SELECT coalesce(max(intent_seq), 0) FROM event
-     WHERE payment_intent_id = CAST(:payment_intent_id AS VARCHAR)) AS intent_seq
+# What the new event's link needs, in one round trip: the chain's last event (none before a
+# chain's first) and the time (clock_timestamp, not the transaction's start: events of one
+# transaction keep their order). One index probe on (chain, chain_seq); nothing is locked.
+_CHAIN_TAIL = text("""
+SELECT clock_timestamp() AS now, tail.chain_seq, tail.hash
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT chain_seq, hash FROM event WHERE chain = :chain ORDER BY chain_seq DESC LIMIT 1
+) AS tail ON true
 """)
 
 
-async def append_chained_event(session: AsyncSession, *, event_id: str,
+async def append_chained_event(session: AsyncSession, *, chain: str, event_id: str,
                                merchant_id: str | None, event_type: str,
                                data: dict[str, Any], payment_intent_id: str | None = None,
                                transaction_id: str | None = None, in_intent_story: bool = False,
                                unless_recorded: bool = False) -> Event | None:
-    """The one way an event is written: at the end of its merchant's hash chain, in the caller's
-    transaction. The head's row lock is held until the commit: one merchant's appends queue up
-    there, other merchants' never meet it.
+    """The one way an event is written: at the end of its subject's hash chain (`chain`: the
+    payment's id, the endpoint's, the discrepancy's), in the caller's transaction.
 
-    `in_intent_story`: the event is one of the payment's own (numbered by `intent_seq`, shown to
-    the merchant); operator and endpoint events are chained but not numbered.
+    The caller holds its subject's row lock (the payment's, the endpoint's; a discrepancy's
+    row is new), so one subject's appends line up there and nowhere else: two payments of one
+    merchant never wait for each other. Were a caller to skip it, the unique (chain, chain_seq)
+    would refuse the second of two racing appends rather than let the chain fork.
+
+    `in_intent_story`: the event is one of the payment's own, numbered by `intent_seq` (its
+    position in the payment's chain) and shown to the merchant.
     `unless_recorded`: an event with this id already written is left alone (None comes back);
-    checked under the head's lock, so two concurrent writers of one event write it once.
+    checked under the subject's lock, so two concurrent writers of one event write it once.
     """
-    chain = chain_of(merchant_id)
-    head = (await session.exec(_LOCK_CHAIN_HEAD, params={  # type: ignore[call-overload]
-        "chain": chain, "genesis": GENESIS_HASH,
-        "payment_intent_id": payment_intent_id if in_intent_story else None})).one()
+    tail = (await session.exec(_CHAIN_TAIL, params={  # type: ignore[call-overload]
+        "chain": chain})).one()
     if unless_recorded and await event_exists(session, event_id):
         return None
-    event = Event(id=event_id, merchant_id=merchant_id, payment_intent_id=payment_intent_id,
-                  transaction_id=transaction_id, type=event_type, data=data,
-                  created_at=head.now, chain=chain, chain_seq=head.chain_seq + 1,
-                  prev_hash=head.hash, hash="",
-                  intent_seq=head.intent_seq + 1 if in_intent_story else None)
-    event.hash = link_hash(head.hash, event.model_dump())
+    position = (tail.chain_seq or 0) + 1
+    previous = tail.hash or GENESIS_HASH
+    row = {"id": event_id, "merchant_id": merchant_id, "payment_intent_id": payment_intent_id,
+           "transaction_id": transaction_id, "type": event_type, "data": data,
+           "created_at": tail.now, "chain": chain, "chain_seq": position,
+           "intent_seq": position if in_intent_story else None}
+    event = Event(**row, prev_hash=previous, hash=link_hash(previous, row))
     session.add(event)
-    await session.exec(update(AuditChainHead).where(  # type: ignore[call-overload]
-        AuditChainHead.chain == chain).values(chain_seq=event.chain_seq, hash=event.hash))
+    await session.flush()  # a second append to the chain in this transaction reads this one
     return event
 
 
@@ -117,7 +117,7 @@ async def append_event(session: AsyncSession, *, cause: str, event_type: str,
     transaction = (await session.get(Transaction, transaction_id)
                    if transaction_id is not None else None)
     event = await append_chained_event(
-        session, event_id=event_id_for(cause), merchant_id=intent.merchant_id,
+        session, chain=intent.id, event_id=event_id_for(cause), merchant_id=intent.merchant_id,
         event_type=event_type, data=event_data(intent, transaction, previous),
         payment_intent_id=intent.id, transaction_id=transaction_id, in_intent_story=True)
     assert event is not None

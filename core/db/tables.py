@@ -194,38 +194,53 @@ class Event(SQLModel, table=True):
     type: str
     data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     created_at: datetime = _created_at()
-    # The hash chain (core/audit_chain.py): the merchant's chain, the position in it, the
-    # predecessor's hash and this event's. Written once, by `append_event`, never updated.
+    # The hash chain (core/audit_chain.py): the chain of the event's subject (a payment's id,
+    # an endpoint's, a discrepancy's), the position in it, the predecessor's hash and this
+    # event's. Written once, by `append_chained_event`, never updated.
     chain: str
     chain_seq: int = Field(sa_type=BigInteger)
     prev_hash: str
     hash: str
     # 1, 2, 3, … over one payment's events: its story in order, from its events alone.
     intent_seq: int | None = None
-
-
-class AuditChainHead(SQLModel, table=True):
-    """Each chain's last position and hash. Its row lock orders one merchant's appends."""
-
-    __tablename__ = "audit_chain_head"
-    chain: str = Field(primary_key=True)
-    chain_seq: int = Field(sa_type=BigInteger)
-    hash: str
+    # The writing transaction's id: the checkpoint finds the chains that moved since its last
+    # snapshot by it (core/db/audit.py), without a row every writer would have to update.
+    txid: int = Field(sa_column=Column(
+        BigInteger, nullable=False, index=True,
+        server_default=text("(pg_current_xact_id()::text)::bigint")))
 
 
 class AuditCheckpoint(SQLModel, table=True):
-    """A chain's head as the checkpoint schedule saw it (append-only): a tail deleted later is
-    missing from a chain that once reached further."""
+    """One checkpoint of a scope (a merchant, or the operator's events): append-only, hash
+    linked to the scope's previous one, with a Merkle root over the chain heads it records
+    (core/audit_chain.py)."""
 
     __tablename__ = "audit_checkpoint"
-    # The last checkpoint of each chain, for the verifier and the next checkpoint.
-    __table_args__ = (Index("ix_audit_checkpoint_chain_chain_seq", "chain",
-                            text("chain_seq DESC")),)
+    __table_args__ = (UniqueConstraint("scope", "position"),)
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
-    chain: str
+    scope: str
+    position: int = Field(sa_type=BigInteger)
+    chains: int
+    root: str
+    prev_hash: str
+    hash: str
+    # What this checkpoint's run saw (pg_current_snapshot()): the next run takes the chains
+    # with events this snapshot did not see. Not hashed: it says where to look, not what was.
+    covered_snapshot: str
+    recorded_at: datetime = _created_at()
+
+
+class AuditCheckpointHead(SQLModel, table=True):
+    """A chain's head as a checkpoint recorded it (append-only)."""
+
+    __tablename__ = "audit_checkpoint_head"
+    # The verifier reads a chain's recorded heads beside its events, in position order.
+    __table_args__ = (Index("ix_audit_checkpoint_head_chain_chain_seq", "chain", "chain_seq"),)
+    checkpoint_id: int = Field(primary_key=True, foreign_key="audit_checkpoint.id",
+                               sa_type=BigInteger)
+    chain: str = Field(primary_key=True)
     chain_seq: int = Field(sa_type=BigInteger)
     hash: str
-    recorded_at: datetime = _created_at()
 
 
 class IdempotencyRecord(SQLModel, table=True):

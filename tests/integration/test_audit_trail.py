@@ -1,6 +1,7 @@
 """The audit trail on the real stack: a payment's story rebuilt from its events alone, and every
-kind of tampering with the event table (as the database owner, with the append-only trigger
-set aside) caught by `durapay audit verify` with the event where it shows."""
+kind of tampering with the event and checkpoint tables (as the database owner, with their
+append-only triggers set aside) caught by `durapay audit verify` with the event where it
+shows."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import pytest
 from temporalio.client import Client
 
 from client import DurapayClient
-from core.audit_chain import chain_of
+from core.audit_chain import scope_of
 from tests.integration.conftest import CARD_4242, create_intent
 from tests.integration.helpers import assert_eventually, charge, signed_merchant
 from tests.stack import RunningStack
@@ -90,144 +92,224 @@ async def test_a_payments_story_rebuilds_from_its_events_alone(durapay: DurapayC
     assert (state["amountReceived"], state["amountRefunded"]) == (2000, 500)
 
 
+APPEND_ONLY = {"event": "event_append_only",
+               "audit_checkpoint": "audit_checkpoint_append_only",
+               "audit_checkpoint_head": "audit_checkpoint_head_append_only"}
+
+
 @asynccontextmanager
 async def _tampering(db: asyncpg.Connection, merchant_id: str) -> AsyncIterator[None]:
-    """Tamper with one merchant's chain as the table's owner, then put every row back as it
-    was, so the session's other tests see an intact trail."""
-    chain = chain_of(merchant_id)
-    saved = await db.fetch("SELECT * FROM event WHERE chain = $1", chain)
-    head = await db.fetchrow("SELECT * FROM audit_chain_head WHERE chain = $1", chain)
-    await db.execute("ALTER TABLE event DISABLE TRIGGER event_append_only")
+    """Tamper with one merchant's events and checkpoints as the tables' owner, then put every
+    row back as it was (same `seq`, same `txid`: no chain looks moved), so the session's other
+    tests see an intact trail."""
+    scope = scope_of(merchant_id)
+    events = await db.fetch("SELECT * FROM event WHERE merchant_id = $1", merchant_id)
+    checkpoints = await db.fetch("SELECT * FROM audit_checkpoint WHERE scope = $1", scope)
+    heads = await db.fetch(
+        "SELECT head.* FROM audit_checkpoint_head AS head JOIN audit_checkpoint AS checkpoint "
+        "ON checkpoint.id = head.checkpoint_id WHERE checkpoint.scope = $1", scope)
+    for table, trigger in APPEND_ONLY.items():
+        await db.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
     try:
         yield
     finally:
         async with db.transaction():
-            await db.execute("DELETE FROM event WHERE chain = $1", chain)
-            columns = list(saved[0].keys())
-            await db.executemany(
-                f"INSERT INTO event ({', '.join(columns)}) VALUES "
-                f"({', '.join(f'${i + 1}' for i in range(len(columns)))})",
-                [tuple(row.values()) for row in saved])
-            await db.execute("UPDATE audit_chain_head SET chain_seq = $2, hash = $3 "
-                             "WHERE chain = $1", chain, head["chain_seq"], head["hash"])
-        await db.execute("ALTER TABLE event ENABLE TRIGGER event_append_only")
+            # Only the checkpoints there before: one the schedule recorded meanwhile stays.
+            saved = [row["id"] for row in checkpoints]
+            await db.execute("DELETE FROM audit_checkpoint_head WHERE checkpoint_id = ANY($1)",
+                             saved)
+            await db.execute("DELETE FROM audit_checkpoint WHERE id = ANY($1)", saved)
+            await db.execute("DELETE FROM event WHERE merchant_id = $1", merchant_id)
+            for table, rows in (("event", events), ("audit_checkpoint", checkpoints),
+                                ("audit_checkpoint_head", heads)):
+                if rows:
+                    columns = list(rows[0].keys())
+                    await db.executemany(
+                        f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                        f"({', '.join(f'${i + 1}' for i in range(len(columns)))})",
+                        [tuple(row.values()) for row in rows])
+        for table, trigger in APPEND_ONLY.items():
+            await db.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
+
+
+@dataclass(frozen=True)
+class Trail:
+    """A fresh merchant's trail: a charged payment (three events) and a created one (one)."""
+
+    merchant_id: str
+    charged: str
+    created: str
+    charged_events: list[str]  # in chain order
+    created_events: list[str]
 
 
 @pytest.fixture
-async def chain_of_four(stack: RunningStack) -> AsyncIterator[tuple[str, list[str]]]:
-    """A fresh merchant whose chain holds four events (a charge and a second intent); its
-    event ids in chain order."""
+async def trail(stack: RunningStack) -> Trail:
     async with signed_merchant(stack, f"Audit {uuid.uuid4().hex[:6]}") as durapay:
-        first = await create_intent(durapay, 1200)
-        assert (await charge(durapay, first["id"], CARD_4242)).status_code == 200
-        await create_intent(durapay, 300)
+        charged = await create_intent(durapay, 1200)
+        assert (await charge(durapay, charged["id"], CARD_4242)).status_code == 200
+        created = await create_intent(durapay, 300)
     connection = await asyncpg.connect(stack.database_url)
     try:
         merchant_id = await connection.fetchval(
-            "SELECT merchant_id FROM payment_intent WHERE id = $1", first["id"])
-        ids = [r["id"] for r in await connection.fetch(
-            "SELECT id FROM event WHERE chain = $1 ORDER BY chain_seq", chain_of(merchant_id))]
+            "SELECT merchant_id FROM payment_intent WHERE id = $1", charged["id"])
+        ids = {intent: [r["id"] for r in await connection.fetch(
+            "SELECT id FROM event WHERE chain = $1 ORDER BY chain_seq", intent)]
+            for intent in (charged["id"], created["id"])}
     finally:
         await connection.close()
-    assert len(ids) == 4
-    yield merchant_id, ids
+    assert [len(ids[charged["id"]]), len(ids[created["id"]])] == [3, 1]
+    return Trail(merchant_id, charged["id"], created["id"], ids[charged["id"]],
+                 ids[created["id"]])
 
 
-def _assert_verified(stack: RunningStack, merchant_id: str) -> None:
-    result = _audit_cli(stack, "--merchant", merchant_id)
+async def _checkpointed(temporal: Client, db: asyncpg.Connection, trail: Trail) -> int:
+    """Run the checkpoint schedule until a checkpoint of the merchant holds both payments'
+    current heads; that checkpoint's position."""
+    handle = temporal.get_schedule_handle(AUDIT_CHECKPOINT_SCHEDULE_ID)
+
+    async def covered() -> int:
+        rows = await db.fetch(
+            "SELECT head.chain, head.chain_seq, checkpoint.position FROM audit_checkpoint_head "
+            "AS head JOIN audit_checkpoint AS checkpoint ON checkpoint.id = head.checkpoint_id "
+            "WHERE checkpoint.scope = $1", scope_of(trail.merchant_id))
+        heads = {(r["chain"], r["chain_seq"]): r["position"] for r in rows}
+        if (trail.charged, 3) in heads and (trail.created, 1) in heads:
+            return heads[trail.charged, 3]
+        # A run already going when the schedule was triggered skips the trigger: again.
+        await handle.trigger()
+        raise AssertionError(f"not checkpointed yet: {sorted(heads)}")
+
+    return await assert_eventually(covered, timeout=60, interval=0.5)
+
+
+def _assert_verified(stack: RunningStack, trail: Trail, checkpoints: int = 0) -> None:
+    result = _audit_cli(stack, "--merchant", trail.merchant_id)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 events verified, ok" in result.stdout
+    assert (f"{scope_of(trail.merchant_id)}: 2 chains, 4 events, {checkpoints} checkpoints "
+            "verified, ok") in result.stdout, result.stdout
 
 
-def _assert_broken_at(stack: RunningStack, merchant_id: str, event_id: str | None,
-                      reason: str) -> str:
-    result = _audit_cli(stack, "--merchant", merchant_id)
+def _assert_broken_at(stack: RunningStack, trail: Trail, verdict: str) -> None:
+    """`verdict`: the whole line after "the trail is broken: ", as the operator reads it."""
+    result = _audit_cli(stack, "--merchant", trail.merchant_id)
     assert result.returncode == 1, result.stdout + result.stderr
-    [verdict] = [line for line in result.stdout.splitlines() if line.startswith("audit:")]
-    assert reason in verdict, verdict
-    if event_id is not None:
-        assert event_id in verdict, verdict
-    print(f"\n$ durapay audit verify --merchant {merchant_id}\n{result.stdout}")
-    return verdict
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("audit:")]
+    assert line == f"audit: the trail is broken: {verdict}", result.stdout
+    print(f"\n$ durapay audit verify --merchant {trail.merchant_id}\n{result.stdout}")
 
 
 async def test_verify_catches_an_edited_event(stack: RunningStack, db: asyncpg.Connection,
-                                              chain_of_four: tuple[str, list[str]]) -> None:
-    merchant_id, ids = chain_of_four
-    _assert_verified(stack, merchant_id)
-    async with _tampering(db, merchant_id):
+                                              trail: Trail) -> None:
+    _assert_verified(stack, trail)
+    async with _tampering(db, trail.merchant_id):
         await db.execute("UPDATE event SET data = jsonb_set(data, '{amountReceived}', '1') "
-                         "WHERE id = $1", ids[2])
-        _assert_broken_at(stack, merchant_id, ids[2], "contents do not match its hash")
-    _assert_verified(stack, merchant_id)
+                         "WHERE id = $1", trail.charged_events[2])
+        _assert_broken_at(stack, trail, f"{trail.charged} position 3 "
+                          f"{trail.charged_events[2]}: its contents do not match its hash")
+    _assert_verified(stack, trail)
 
 
 async def test_verify_catches_a_deleted_event(stack: RunningStack, db: asyncpg.Connection,
-                                              chain_of_four: tuple[str, list[str]]) -> None:
-    merchant_id, ids = chain_of_four
-    async with _tampering(db, merchant_id):
-        await db.execute("DELETE FROM event WHERE id = $1", ids[1])
-        _assert_broken_at(stack, merchant_id, ids[2], "missing link")
-    _assert_verified(stack, merchant_id)
+                                              trail: Trail) -> None:
+    async with _tampering(db, trail.merchant_id):
+        await db.execute("DELETE FROM event WHERE id = $1", trail.charged_events[1])
+        _assert_broken_at(stack, trail, f"{trail.charged} position 2 "
+                          f"{trail.charged_events[2]}: missing link: expected position 2, "
+                          "found 3")
+    _assert_verified(stack, trail)
 
 
-async def test_verify_catches_reordered_events(stack: RunningStack, db: asyncpg.Connection,
-                                               chain_of_four: tuple[str, list[str]]) -> None:
-    merchant_id, ids = chain_of_four
-    async with _tampering(db, merchant_id):  # swap two events' places in the chain
-        await db.execute("UPDATE event SET chain_seq = -chain_seq WHERE id = ANY($1)", ids[1:3])
-        await db.execute("UPDATE event SET chain_seq = 2 WHERE id = $1", ids[2])
-        await db.execute("UPDATE event SET chain_seq = 3 WHERE id = $1", ids[1])
-        _assert_broken_at(stack, merchant_id, ids[2], "")
-    async with _tampering(db, merchant_id):  # or swap the order they were recorded in
+async def test_verify_catches_events_swapped_in_their_chain(
+        stack: RunningStack, db: asyncpg.Connection, trail: Trail) -> None:
+    second, third = trail.charged_events[1:]
+    async with _tampering(db, trail.merchant_id):
+        await db.execute("UPDATE event SET chain_seq = -chain_seq WHERE id = ANY($1)",
+                         [second, third])
+        await db.execute("UPDATE event SET chain_seq = 2 WHERE id = $1", third)
+        await db.execute("UPDATE event SET chain_seq = 3 WHERE id = $1", second)
+        _assert_broken_at(stack, trail, f"{trail.charged} position 2 {third}: does not link "
+                          "to the event before it (reordered or one removed)")
+    _assert_verified(stack, trail)
+
+
+async def test_verify_catches_events_swapped_in_recording_order(
+        stack: RunningStack, db: asyncpg.Connection, trail: Trail) -> None:
+    second, third = trail.charged_events[1:]
+    async with _tampering(db, trail.merchant_id):
         seqs = [r["seq"] for r in await db.fetch(
-            "SELECT seq FROM event WHERE id = ANY($1) ORDER BY seq", ids[1:3])]
-        await db.execute("UPDATE event SET seq = -seq WHERE id = ANY($1)", ids[1:3])
-        await db.execute("UPDATE event SET seq = $2 WHERE id = $1", ids[1], seqs[1])
-        await db.execute("UPDATE event SET seq = $2 WHERE id = $1", ids[2], seqs[0])
-        _assert_broken_at(stack, merchant_id, ids[2], "recorded before the event it follows")
-    _assert_verified(stack, merchant_id)
+            "SELECT seq FROM event WHERE id = ANY($1) ORDER BY seq", [second, third])]
+        await db.execute("UPDATE event SET seq = -seq WHERE id = ANY($1)", [second, third])
+        await db.execute("UPDATE event SET seq = $2 WHERE id = $1", second, seqs[1])
+        await db.execute("UPDATE event SET seq = $2 WHERE id = $1", third, seqs[0])
+        _assert_broken_at(stack, trail, f"{trail.charged} position 3 {third}: recorded "
+                          "before the event it follows (rows reordered)")
+    _assert_verified(stack, trail)
 
 
-async def test_verify_catches_a_truncated_tail_by_the_checkpoint(
-        stack: RunningStack, temporal: Client, db: asyncpg.Connection,
-        chain_of_four: tuple[str, list[str]]) -> None:
-    merchant_id, ids = chain_of_four
-    chain = chain_of(merchant_id)
-    handle = temporal.get_schedule_handle(AUDIT_CHECKPOINT_SCHEDULE_ID)
-    await handle.trigger()
-
-    async def checkpointed() -> bool:
-        position = await db.fetchval(
-            "SELECT max(chain_seq) FROM audit_checkpoint WHERE chain = $1", chain)
-        assert position == 4, position
-        return True
-
-    await assert_eventually(checkpointed, timeout=60)
-    async with _tampering(db, merchant_id):
-        # The tail goes, and the writer's head is moved back to cover it: only the
-        # checkpoint, kept apart and append-only, still knows the chain reached further.
-        await db.execute("DELETE FROM event WHERE id = $1", ids[3])
-        await db.execute("UPDATE audit_chain_head SET (chain_seq, hash) = (SELECT chain_seq, "
-                         "hash FROM event WHERE id = $2) WHERE chain = $1", chain, ids[2])
-        _assert_broken_at(stack, merchant_id, None, "a recorded checkpoint names position 4")
-    _assert_verified(stack, merchant_id)
+async def test_a_truncated_tail_is_caught_once_a_checkpoint_covered_it(
+        stack: RunningStack, temporal: Client, db: asyncpg.Connection, trail: Trail) -> None:
+    position = await _checkpointed(temporal, db, trail)
+    _assert_verified(stack, trail, checkpoints=position)
+    async with _tampering(db, trail.merchant_id):
+        await db.execute("DELETE FROM event WHERE id = $1", trail.charged_events[2])
+        _assert_broken_at(stack, trail, f"{trail.charged} position 3: missing: checkpoint "
+                          f"{position} names position 3 but the chain ends at 2 (events "
+                          "deleted from its end)")
+    _assert_verified(stack, trail, checkpoints=position)
 
 
-async def test_checkpoints_and_events_refuse_rewrites(db: asyncpg.Connection,
-                                                      chain_of_four: tuple[str, list[str]]
-                                                      ) -> None:
-    merchant_id, ids = chain_of_four
-    await db.execute("INSERT INTO audit_checkpoint (chain, chain_seq, hash) SELECT chain, "
-                     "chain_seq, hash FROM audit_chain_head WHERE chain = $1",
-                     chain_of(merchant_id))
-    for statement in ("UPDATE audit_checkpoint SET hash = 'x' WHERE chain = $1",
-                      "DELETE FROM audit_checkpoint WHERE chain = $1",
-                      "UPDATE event SET hash = 'x' WHERE chain = $1",
-                      "DELETE FROM event WHERE chain = $1"):
+async def test_a_deleted_payment_is_caught_once_a_checkpoint_covered_it(
+        stack: RunningStack, temporal: Client, db: asyncpg.Connection, trail: Trail) -> None:
+    position = await _checkpointed(temporal, db, trail)
+    async with _tampering(db, trail.merchant_id):
+        await db.execute("DELETE FROM event WHERE chain = $1", trail.created)
+        _assert_broken_at(stack, trail, f"{trail.created} position 1: missing chain: "
+                          f"checkpoint {position} names position 1 but the chain has no "
+                          "events (deleted whole)")
+    _assert_verified(stack, trail, checkpoints=position)
+
+
+async def test_verify_catches_a_tampered_checkpoint(
+        stack: RunningStack, temporal: Client, db: asyncpg.Connection, trail: Trail) -> None:
+    position = await _checkpointed(temporal, db, trail)
+    scope = scope_of(trail.merchant_id)
+    checkpoint_id = await db.fetchval(
+        "SELECT id FROM audit_checkpoint WHERE scope = $1 AND position = $2", scope, position)
+    checkpoints = f"checkpoints of {scope} position {position}"
+    async with _tampering(db, trail.merchant_id):  # its recorded root
+        await db.execute("UPDATE audit_checkpoint SET root = repeat('0', 64) WHERE id = $1",
+                         checkpoint_id)
+        _assert_broken_at(stack, trail, f"{checkpoints}: its contents do not match its hash")
+    async with _tampering(db, trail.merchant_id):  # a head it recorded, gone
+        await db.execute("DELETE FROM audit_checkpoint_head WHERE checkpoint_id = $1 AND "
+                         "chain = $2", checkpoint_id, trail.created)
+        _assert_broken_at(stack, trail, f"{checkpoints}: its root does not match the chain "
+                          "heads it records (a head edited, added or removed)")
+    async with _tampering(db, trail.merchant_id):  # a head it recorded, rewritten
+        await db.execute("UPDATE audit_checkpoint_head SET hash = repeat('0', 64) WHERE "
+                         "checkpoint_id = $1 AND chain = $2", checkpoint_id, trail.charged)
+        _assert_broken_at(stack, trail, f"{trail.charged} position 3 {trail.charged_events[2]}: "
+                          f"checkpoint {position} recorded another hash at this position")
+    _assert_verified(stack, trail, checkpoints=position)
+
+
+async def test_checkpoints_and_events_refuse_rewrites(
+        temporal: Client, db: asyncpg.Connection, trail: Trail) -> None:
+    await _checkpointed(temporal, db, trail)
+    scope = scope_of(trail.merchant_id)
+    for statement in (
+            "UPDATE audit_checkpoint SET hash = 'x' WHERE scope = $1",
+            "DELETE FROM audit_checkpoint WHERE scope = $1",
+            "UPDATE audit_checkpoint_head SET hash = 'x' WHERE checkpoint_id IN "
+            "(SELECT id FROM audit_checkpoint WHERE scope = $1)",
+            "DELETE FROM audit_checkpoint_head WHERE checkpoint_id IN "
+            "(SELECT id FROM audit_checkpoint WHERE scope = $1)",
+            "UPDATE event SET hash = 'x' WHERE 'merchant:' || merchant_id = $1",
+            "DELETE FROM event WHERE 'merchant:' || merchant_id = $1"):
         with pytest.raises(asyncpg.RaiseError, match="immutable"):
-            await db.execute(statement, chain_of(merchant_id))
-    for table in ("audit_checkpoint", "event"):
+            await db.execute(statement, scope)
+    for table in APPEND_ONLY:
         # Rolled back whatever happens: a TRUNCATE that got through must not empty the trail.
         transaction = db.transaction()
         await transaction.start()
@@ -242,4 +324,3 @@ async def test_the_whole_trail_verifies(stack: RunningStack) -> None:
     result = await asyncio.to_thread(_audit_cli, stack)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "every link holds" in result.stdout
-

@@ -69,7 +69,18 @@ async def test_migrations_build_the_declared_schema_and_downgrade_cleanly(
     assert await _schema_drift(scratch_url) == []
 
 
-async def test_events_written_before_the_chain_are_chained_by_the_migration(
+async def _verified(url: str) -> dict[str, tuple[int, int]]:
+    """Each scope's (chains, events), once every link is checked to hold."""
+    engine = create_async_engine(url)
+    try:
+        report = await verify_chains(engine)
+    finally:
+        await engine.dispose()
+    assert report.first_broken is None, str(report.first_broken)
+    return {s.scope: (s.chains, s.events) for s in report.scopes.values()}
+
+
+async def test_events_written_before_the_chains_are_chained_per_payment_by_the_migrations(
         scratch_url: str) -> None:
     await asyncio.to_thread(upgrade, scratch_url, "2026_11_28_card_number_retention")
     plain = scratch_url.replace("postgresql+asyncpg", "postgresql")
@@ -86,22 +97,47 @@ async def test_events_written_before_the_chain_are_chained_by_the_migration(
                 "INSERT INTO event (id, merchant_id, payment_intent_id, type, data) "
                 "VALUES ($1, $2, $3, 'payment.created', '{\"status\": \"created\"}')",
                 f"evt_{n}", merchant, f"pi_{merchant}")
+        await connection.execute(
+            "INSERT INTO event (id, merchant_id, type, data) VALUES "
+            "('evt_we', 'mer_a', 'webhook_endpoint.disabled', '{\"endpointId\": \"we_1\"}'), "
+            "('evt_rcd', NULL, 'reconciliation.discrepancy', '{\"discrepancyId\": \"rcd_1\"}')")
     finally:
         await connection.close()
 
+    # One chain per merchant first (2026_11_29), then one per subject.
+    await asyncio.to_thread(upgrade, scratch_url, "2026_11_30_event_publication")
+    assert await _chains(plain) == {
+        "evt_0": ("merchant:mer_a", 1, 1), "evt_1": ("merchant:mer_b", 1, 1),
+        "evt_2": ("merchant:mer_a", 2, 2), "evt_3": ("merchant:mer_a", 3, 3),
+        "evt_4": ("merchant:mer_b", 2, 2), "evt_we": ("merchant:mer_a", 4, None),
+        "evt_rcd": ("operator", 1, None)}
     await asyncio.to_thread(upgrade, scratch_url)
-    engine = create_async_engine(scratch_url)
-    try:
-        report = await verify_chains(engine)
-    finally:
-        await engine.dispose()
-    assert report.first_broken is None
-    assert {(c.chain, c.events) for c in report.chains} == {
-        ("merchant:mer_a", 3), ("merchant:mer_b", 2)}
+    assert await _chains(plain) == {
+        "evt_0": ("pi_mer_a", 1, 1), "evt_1": ("pi_mer_b", 1, 1), "evt_2": ("pi_mer_a", 2, 2),
+        "evt_3": ("pi_mer_a", 3, 3), "evt_4": ("pi_mer_b", 2, 2), "evt_we": ("we_1", 1, None),
+        "evt_rcd": ("rcd_1", 1, None)}
+    assert await _verified(scratch_url) == {
+        "merchant:mer_a": (2, 4), "merchant:mer_b": (1, 2), "operator": (1, 1)}
+
+    # And back: the merchant chains and their head rows, as 2026_11_29 left them.
+    await asyncio.to_thread(downgrade, scratch_url, "2026_11_30_event_publication")
+    assert (await _chains(plain))["evt_we"] == ("merchant:mer_a", 4, None)
     connection = await asyncpg.connect(plain)
     try:
-        rows = await connection.fetch("SELECT id, intent_seq FROM event ORDER BY seq")
+        heads = {r["chain"]: r["chain_seq"] for r in await connection.fetch(
+            "SELECT chain, chain_seq FROM audit_chain_head")}
     finally:
         await connection.close()
-    assert [(r["id"], r["intent_seq"]) for r in rows] == [
-        ("evt_0", 1), ("evt_1", 1), ("evt_2", 2), ("evt_3", 3), ("evt_4", 2)]
+    assert heads == {"merchant:mer_a": 4, "merchant:mer_b": 2, "operator": 1}
+    await asyncio.to_thread(upgrade, scratch_url)
+    assert await _verified(scratch_url) == {
+        "merchant:mer_a": (2, 4), "merchant:mer_b": (1, 2), "operator": (1, 1)}
+
+
+async def _chains(plain_url: str) -> dict[str, tuple[str, int, int | None]]:
+    connection = await asyncpg.connect(plain_url)
+    try:
+        rows = await connection.fetch("SELECT id, chain, chain_seq, intent_seq FROM event")
+    finally:
+        await connection.close()
+    return {r["id"]: (r["chain"], r["chain_seq"], r["intent_seq"]) for r in rows}

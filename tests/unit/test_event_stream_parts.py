@@ -104,7 +104,7 @@ def test_the_kafka_sink_keys_by_payment_and_confirms_only_acknowledged_sends() -
     async def run(fail: bool) -> list[Any]:
         producer = _Producer(fail)
         sink = KafkaSink("kafka:9092", "durapay.events", producer=producer)
-        await sink.send([{"id": "evt_1", "paymentIntentId": "pi_1", "chain": "merchant:m"}])
+        await sink.send([{"id": "evt_1", "paymentIntentId": "pi_1", "chain": "pi_1"}])
         await sink.confirm()
         return producer.sent
 

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from core.audit_chain import GENESIS_HASH, chain_of, link_hash
+from core.audit_chain import GENESIS_HASH, link_hash
 from core.db.migrate import run_sql_script
 
 revision = "2026_11_29_audit_chain"
@@ -72,6 +72,11 @@ ALTER TABLE event DROP COLUMN prev_hash;
 ALTER TABLE event DROP COLUMN chain_seq;
 ALTER TABLE event DROP COLUMN chain;
 """
+
+
+def chain_of(merchant_id: str | None) -> str:
+    """This revision's chains: one per merchant, one for events about no merchant."""
+    return f"merchant:{merchant_id}" if merchant_id else "operator"
 
 
 def upgrade() -> None:
