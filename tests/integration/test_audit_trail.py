@@ -145,6 +145,10 @@ class Trail:
 
 @pytest.fixture
 async def trail(stack: RunningStack) -> Trail:
+    return await new_trail(stack)
+
+
+async def new_trail(stack: RunningStack) -> Trail:
     async with signed_merchant(stack, f"Audit {uuid.uuid4().hex[:6]}") as durapay:
         charged = await create_intent(durapay, 1200)
         assert (await charge(durapay, charged["id"], CARD_4242)).status_code == 200
@@ -245,6 +249,34 @@ async def test_verify_catches_events_swapped_in_recording_order(
         _assert_broken_at(stack, trail, f"{trail.charged} position 3 {third}: recorded "
                           "before the event it follows (rows reordered)")
     _assert_verified(stack, trail)
+
+
+async def test_events_written_while_checkpoints_were_stopped_are_chained_and_then_covered(
+        stack: RunningStack, temporal: Client, db: asyncpg.Connection) -> None:
+    """Chaining does not wait for the checkpoint schedule: a trail written while it is paused
+    is chained as it is written (an edit is caught at once), and the first checkpoint after it
+    resumes covers it (a truncation is caught from then on)."""
+    schedule = temporal.get_schedule_handle(AUDIT_CHECKPOINT_SCHEDULE_ID)
+    await schedule.pause(note="test_audit_trail: checkpoints stopped on purpose")
+    try:
+        assert (await schedule.describe()).schedule.state.paused
+        written = await new_trail(stack)
+        _assert_verified(stack, written)
+        async with _tampering(db, written.merchant_id):
+            await db.execute("UPDATE event SET data = jsonb_set(data, '{amountReceived}', '7') "
+                             "WHERE id = $1", written.charged_events[1])
+            _assert_broken_at(stack, written, f"{written.charged} position 2 "
+                              f"{written.charged_events[1]}: its contents do not match its "
+                              "hash")
+    finally:
+        await schedule.unpause(note="test_audit_trail: checkpoints resumed")
+    position = await _checkpointed(temporal, db, written)
+    async with _tampering(db, written.merchant_id):
+        await db.execute("DELETE FROM event WHERE id = $1", written.charged_events[2])
+        _assert_broken_at(stack, written, f"{written.charged} position 3: missing: checkpoint "
+                          f"{position} names position 3 but the chain ends at 2 (events "
+                          "deleted from its end)")
+    _assert_verified(stack, written, checkpoints=position)
 
 
 async def test_a_truncated_tail_is_caught_once_a_checkpoint_covered_it(
