@@ -13,6 +13,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.body_limit import BodyLimitMiddleware
+from api.concurrency_limit import AdaptiveConcurrencyLimit
 from api.deps import AppState, AuthenticatedRoute, TemporalConnection, needs_authentication
 from api.errors import install_error_handlers
 from api.in_flight import InFlightLimitMiddleware
@@ -95,10 +96,13 @@ def limits_section(settings: Settings) -> str:
 * **Slow bodies:** a body that has not arrived {settings.request_body_timeout_seconds:g} seconds
   after the request's headers answers 408 `invalid_request_error` / `request_timeout`, and the
   connection is closed.
-* **Load:** past {settings.api_max_in_flight} requests being answered at once by one API
-  process, a request answers 503 `api_error` / `service_unavailable` at once, with
-  `Retry-After`; nothing was done for it. Past {settings.api_max_connections} open connections
-  to one process (idle ones included), the HTTP server itself answers 503 (plain text).
+* **Load:** each API process answers a bounded number of requests at once (at most
+  {settings.api_max_in_flight}; fewer while answers slow down, so that the requests it takes
+  are answered at about their usual latency). Past it, a request answers 503 `api_error` /
+  `service_unavailable` at once, with `Retry-After`; nothing was done for it, so it may be
+  sent again after that delay (a `POST` with the same `Idempotency-Key`). Past
+  {settings.api_max_connections} open connections to one process (idle ones included), the
+  HTTP server itself answers 503 (plain text).
 * **Rate:** {rate_text}
 * **Operator token:** after {settings.admin_rate_limit_per_minute:g} failed admin-token attempts
   a minute from one address, `/merchants` answers 429 with `Retry-After` to that address.
@@ -182,7 +186,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and a request past the process's load is refused before even that.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
                        timeout_seconds=settings.request_body_timeout_seconds)
-    app.add_middleware(InFlightLimitMiddleware, max_in_flight=settings.api_max_in_flight)
+    app.state.admission = AdaptiveConcurrencyLimit(
+        min_limit=settings.api_min_in_flight, max_limit=settings.api_max_in_flight,
+        tolerance=settings.api_latency_tolerance)
+    app.add_middleware(InFlightLimitMiddleware, limit=app.state.admission)
     instrument_fastapi(app)  # a no-op when tracing is off
     return app
 

@@ -24,6 +24,7 @@ from prometheus_client import (
     GC_COLLECTOR,
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -78,6 +79,20 @@ def observe_request(*, route: str, method: str, status: int, seconds: float) -> 
               "status": str(status)}
     HTTP_REQUESTS.labels(**labels).inc()
     HTTP_REQUEST_SECONDS.labels(**labels).observe(seconds)
+
+
+# ---- API: admission control (api/in_flight.py, api/concurrency_limit.py) ---------------------
+ADMISSION_REFUSALS = Counter(
+    "durapay_api_admission_refusals", "Requests this API process refused at once (503 "
+    "service_unavailable with Retry-After, nothing done) because it was at its concurrency "
+    "limit.", registry=API_REGISTRY)
+ADMISSION_LIMIT = Gauge(
+    "durapay_api_admission_limit", "Requests this API process admits at once now: the "
+    "adaptive limit, between DURAPAY_API_MIN_IN_FLIGHT and DURAPAY_API_MAX_IN_FLIGHT.",
+    registry=API_REGISTRY)
+REQUESTS_IN_FLIGHT = Gauge(
+    "durapay_api_requests_in_flight", "Requests this API process is answering now (health "
+    "probes and /metrics not counted).", registry=API_REGISTRY)
 
 
 # ---- Workers: business facts ----------------------------------------------------------------

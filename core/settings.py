@@ -222,9 +222,15 @@ class Settings(BaseSettings):
     # Connections (and requests) one API process serves at once; past it uvicorn answers 503
     # (its `limit_concurrency`). Set by `python -m api.serve`, which every launcher runs.
     api_max_connections: int = 1000
-    # Requests one API process answers at once; past it a request is refused at once with 503
-    # and Retry-After (api/in_flight.py). Below the connection limit, so this one answers.
+    # Admission control (api/in_flight.py, api/concurrency_limit.py): the requests one API
+    # process answers at once, an adaptive limit between these two bounds (equal bounds: a
+    # fixed one); past it a request is refused at once with 503 and Retry-After. The ceiling
+    # stays below the connection limit, so this one answers.
     api_max_in_flight: int = 256
+    api_min_in_flight: int = 4
+    # The limit shrinks while the median answer takes more than this many times its route's
+    # calm latency, and may grow while it does not.
+    api_latency_tolerance: float = 2.0
     # Production webhooks are https on 443: a DURAPAY_WEBHOOK_ALLOWED_PORTS with any other
     # port is refused at start unless this says the operator means it.
     webhook_allow_nonstandard_ports: bool = False
@@ -415,6 +421,12 @@ def _weak_production_settings(settings: Settings) -> list[str]:
         problems.append("DURAPAY_API_MAX_IN_FLIGHT must be above 0 and below "
                         "DURAPAY_API_MAX_CONNECTIONS (else the HTTP server's plain 503, without "
                         "Retry-After, answers first)")
+    if not 0 < settings.api_min_in_flight <= settings.api_max_in_flight:
+        problems.append("DURAPAY_API_MIN_IN_FLIGHT must be above 0 and at most "
+                        "DURAPAY_API_MAX_IN_FLIGHT")
+    if settings.api_latency_tolerance <= 1:
+        problems.append("DURAPAY_API_LATENCY_TOLERANCE must be above 1 (at 1, every answer "
+                        "slower than calm would shrink the limit)")
     if not settings.webhook_allow_nonstandard_ports and not _ports_within(
             settings.webhook_allowed_ports, PRODUCTION_WEBHOOK_PORTS):
         problems.append("DURAPAY_WEBHOOK_ALLOWED_PORTS allows ports other than 443: set it to "
