@@ -33,6 +33,9 @@ from core.metrics import ADMISSION_LIMIT, ADMISSION_REFUSALS, REQUESTS_IN_FLIGHT
 OVERLOAD_RETRY_AFTER_SECONDS = 1
 NEVER_REFUSED = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 CARD_DECLINED = 402
+# Says a refusal did nothing, so a client may send it again even where the API ignores
+# Idempotency-Key (the SDK's client/retry.py reads it); other 503s may come after some work.
+NOT_PROCESSED_HEADER = "Durapay-Not-Processed"
 
 
 class InFlightLimitMiddleware:
@@ -92,5 +95,6 @@ async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
         "the Retry-After delay.",
         headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
     response = JSONResponse(error.body(), status_code=error.status, headers={
-        "Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS), "Cache-Control": "no-store"})
+        "Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS), "Cache-Control": "no-store",
+        NOT_PROCESSED_HEADER: "true"})
     await response(scope, receive, send)

@@ -17,6 +17,7 @@ from client.retry import (
     CONNECTION_ERRORS,
     NOT_SENT_ERRORS,
     RetryPolicy,
+    refused_unprocessed,
     repeats_safely,
     retry_after_seconds,
     retryable_status,
@@ -77,6 +78,7 @@ class Requestor:
             headers["Idempotency-Key"] = key
         query = {k: v for k, v in (params or {}).items() if v is not None}
         retries = 0
+        waited = 0.0
         while True:
             # Built afresh and signed at send time (DurapayAuth): a new timestamp and nonce on
             # every attempt, so the API's replay protection never refuses a retry.
@@ -88,20 +90,23 @@ class Requestor:
                 # Where the API ignores Idempotency-Key, only an error before anything was
                 # sent may be retried: a lost answer may hide a request that took effect.
                 safe = idempotent_on_server or isinstance(error, NOT_SENT_ERRORS)
-                if not safe or retries >= self.retry.max_retries:
+                delay = self.retry.delay(retries + 1, None)
+                if not safe or retries >= self.retry.max_retries or \
+                        waited + delay > self.retry.max_total_wait:
                     raise APIConnectionError(
                         f"No answer from the Durapay API ({type(error).__name__}: {error})",
                         idempotency_key=key) from error
                 retries += 1
-                delay = self.retry.delay(retries, None)
+                waited += delay
                 log.info("%s %s: %s; retry %d in %.2f s", method, path,
                          type(error).__name__, retries, delay)
                 await self._sleep(delay)
                 continue
             delay = self._retry_delay(response, retries, idempotent_on_server)
-            if delay is None:
+            if delay is None or waited + delay > self.retry.max_total_wait:
                 return response, key
             retries += 1
+            waited += delay
             log.info("%s %s: HTTP %d; retry %d in %.2f s", method, path,
                      response.status_code, retries, delay)
             await response.aclose()
@@ -112,8 +117,8 @@ class Requestor:
         """Seconds to wait before retrying this answer, or None to return it."""
         if response.status_code < 400 or retries >= self.retry.max_retries:
             return None
-        if not idempotent_on_server and response.status_code != 429:
-            return None  # a 429 did nothing; anything else may have
+        if not idempotent_on_server and not refused_unprocessed(response):
+            return None  # a 429 or a marked 503 did nothing; anything else may have
         if not retryable_status(response.status_code, _error_code(response)):
             return None
         retry_after = retry_after_seconds(response.headers.get("Retry-After"))

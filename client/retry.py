@@ -3,8 +3,10 @@
 As Stripe's libraries do: retry a connection error or timeout, any 5xx, a 429, and a 409 that
 says the same request is still running; never another 4xx (the same request would fail the
 same way). A POST keeps its Idempotency-Key across retries, so that it takes effect at most
-once. Waits grow exponentially with jitter, and are never shorter than the `Retry-After` the
-API asked for.
+once; on a route where the API ignores that key, only answers that prove nothing was done (a
+429, a 503 marked `Durapay-Not-Processed: true`) are retried. Waits grow exponentially with
+jitter, are never shorter than the `Retry-After` the API asked for, and add up to at most
+`max_total_wait`.
 """
 
 from __future__ import annotations
@@ -41,9 +43,19 @@ CONNECTION_ERRORS: tuple[type[Exception], ...] = (httpx.TimeoutException, httpx.
                                                   httpx.RemoteProtocolError)
 
 
+# On a 503, the API's word that it refused the request before doing anything for it (its
+# admission control: too busy right now). Such a 503, like a 429, may be retried even where
+# the API ignores Idempotency-Key; any other 503 may come after part of the work.
+NOT_PROCESSED_HEADER = "Durapay-Not-Processed"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     max_retries: int = 2
+    # The waits between one call's attempts add up to at most this: a retry that would wait
+    # past it is not made (the last error is raised), so a call ends within about
+    # (max_retries + 1) x the timeout + this, however often the API says "come back".
+    max_total_wait: float = 30.0
     initial_delay: float = 0.5  # seconds before the first retry, before jitter
     max_delay: float = 5.0  # the backoff's ceiling, before jitter
     # A longer Retry-After is not waited for: the error is raised at once (with `retry_after`),
@@ -67,6 +79,14 @@ def repeats_safely(method: str, path: str) -> bool:
     """Whether sending this request again after a lost answer cannot act twice: any GET or
     DELETE, and a POST on a route that honours its Idempotency-Key."""
     return method.upper() != "POST" or _KEYLESS_POST.match(path) is None
+
+
+def refused_unprocessed(response: httpx.Response) -> bool:
+    """A 429 (rate limit) or a 503 the API marked as refused before any work: nothing was
+    done, so sending it again cannot act twice."""
+    return response.status_code == 429 or (
+        response.status_code == 503
+        and response.headers.get(NOT_PROCESSED_HEADER, "").strip().lower() == "true")
 
 
 def retryable_status(status: int, error_code: str | None) -> bool:

@@ -169,6 +169,7 @@ async def test_past_the_in_flight_limit_a_request_is_503_with_retry_after_at_onc
             assert (status, error["type"], error["code"]) == (503, "api_error",
                                                               "service_unavailable")
             assert headers["retry-after"] == "1"
+            assert headers["durapay-not-processed"] == "true"  # the SDK may send it again
             assert headers["cache-control"] == "no-store"
             assert headers["request-id"].startswith("req_")
             writer.write(b"GET /livez HTTP/1.1\r\nHost: durapay.test\r\n\r\n")

@@ -245,3 +245,28 @@ async def test_a_raw_request_is_retried_and_answered_as_it_came() -> None:
                                          {"type": "charge"})
     assert response.status_code == 402 and len(api.requests) == 2
     assert len(set(api.header("Idempotency-Key"))) == 1
+
+
+async def test_a_route_without_idempotency_is_retried_after_a_503_that_did_nothing() -> None:
+    """The API marks its admission control's refusals: nothing was done, so even a request it
+    would not deduplicate is sent again, after the Retry-After, re-signed."""
+    endpoint = {"id": "we_1", "url": "https://x", "enabledEvents": ["*"], "status": "enabled",
+                "secret": "whsec_AAAA"}
+    refused = error(503, "api_error", "service_unavailable",
+                    {"Retry-After": "1", "Durapay-Not-Processed": "true"})
+    api = FakeApi(refused, httpx.Response(201, json=endpoint))
+    async with api.durapay() as durapay:
+        created = await durapay.webhook_endpoints.create(url="https://x", enabled_events=["*"])
+    assert created.secret == "whsec_AAAA" and len(api.requests) == 2
+    assert api.sleeps[0] >= 1
+    assert len(set(api.header("X-Nonce"))) == 2
+
+
+async def test_retries_stop_once_their_waits_would_pass_the_total_budget() -> None:
+    refused = error(503, "api_error", "service_unavailable",
+                    {"Retry-After": "4", "Durapay-Not-Processed": "true"})
+    api = FakeApi(refused)
+    with pytest.raises(APIError):
+        await create(api, max_retries=10, max_total_wait=10.0)
+    assert api.sleeps == [4.0, 4.0]  # a third wait would reach 12 s
+    assert len(api.requests) == 3
