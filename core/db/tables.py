@@ -11,9 +11,11 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     Double,
+    ForeignKeyConstraint,
     Index,
     LargeBinary,
     MetaData,
@@ -126,6 +128,8 @@ class PaymentIntent(SQLModel, table=True):
         Index("ix_payment_intent_open_manual_review", "manual_review_since",
               postgresql_where=text("manual_review_since IS NOT NULL "
                                     "AND manual_review_resolved_at IS NULL")),
+        # What a transaction's and an event's key refer to: an intent *and* its merchant.
+        UniqueConstraint("id", "merchant_id"),
     )
     id: str = Field(primary_key=True)
     merchant_id: str = Field(foreign_key="merchant.id", index=True)
@@ -152,11 +156,19 @@ class PaymentIntent(SQLModel, table=True):
 
 class Transaction(SQLModel, table=True):
     __tablename__ = "transaction"
-    # The reconciliation sweep selects transactions by creation time.
-    __table_args__ = (Index("ix_transaction_created_at", "created_at"),)
+    __table_args__ = (
+        # The reconciliation sweep selects transactions by creation time.
+        Index("ix_transaction_created_at", "created_at"),
+        # One key for both: the intent exists and the transaction names the intent's own
+        # merchant (which the intent's key to merchant makes exist). One check per insert
+        # where two keys made two, each locking its parent row (the merchant's for every
+        # write of every payment).
+        ForeignKeyConstraint(["payment_intent_id", "merchant_id"],
+                             ["payment_intent.id", "payment_intent.merchant_id"]),
+    )
     id: str = Field(primary_key=True)
-    merchant_id: str = Field(foreign_key="merchant.id")
-    payment_intent_id: str = Field(foreign_key="payment_intent.id", index=True)
+    merchant_id: str
+    payment_intent_id: str = Field(index=True)
     type: str
     amount_in_cents: int = Field(sa_type=BigInteger)
     currency: str
@@ -184,12 +196,24 @@ class Event(SQLModel, table=True):
     # GET /events: the merchant's newest first.
     __table_args__ = (Index("ix_event_merchant_id_seq", "merchant_id", text("seq DESC")),
                       UniqueConstraint("chain", "chain_seq"),
-                      UniqueConstraint("payment_intent_id", "intent_seq"))
+                      UniqueConstraint("payment_intent_id", "intent_seq"),
+                      # A payment's event names its intent and the intent's own merchant (as
+                      # a transaction does). An event about no payment (an endpoint's, a
+                      # discrepancy's) has no key on its merchant_id: its writers take it from
+                      # a row they just read (the authenticated merchant, an endpoint, which
+                      # has its key), merchants are never deleted, and a key would lock the
+                      # merchant's row on every payment event too.
+                      ForeignKeyConstraint(["payment_intent_id", "merchant_id"],
+                                           ["payment_intent.id", "payment_intent.merchant_id"]),
+                      # A key with a NULL column checks nothing: a payment's event must name
+                      # its merchant, so that its key is checked.
+                      CheckConstraint("payment_intent_id IS NULL OR merchant_id IS NOT NULL",
+                                      name="payment_event_has_merchant"))
     seq: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
     id: str = Field(unique=True)
     # NULL only for operator events about no merchant (a network charge we never recorded).
-    merchant_id: str | None = Field(default=None, foreign_key="merchant.id")
-    payment_intent_id: str | None = Field(default=None, foreign_key="payment_intent.id", index=True)
+    merchant_id: str | None = None
+    payment_intent_id: str | None = Field(default=None, index=True)
     transaction_id: str | None = None
     type: str
     data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
@@ -264,7 +288,8 @@ class WebhookEndpoint(SQLModel, table=True):
     __tablename__ = "webhook_endpoint"
     __table_args__ = (  # the merchant's list, newest first
         Index("ix_webhook_endpoint_merchant_id_created_at_id", "merchant_id",
-              text("created_at DESC"), text("id DESC")),)
+              text("created_at DESC"), text("id DESC")),
+        UniqueConstraint("id", "merchant_id"),)  # what a delivery's key refers to
     id: str = Field(primary_key=True)
     merchant_id: str = Field(foreign_key="merchant.id")
     url: str
@@ -290,11 +315,14 @@ class WebhookDelivery(SQLModel, table=True):
     __tablename__ = "webhook_delivery"
     __table_args__ = (  # an endpoint's deliveries, newest first
         Index("ix_webhook_delivery_endpoint_id_created_at_id", "endpoint_id",
-              text("created_at DESC"), text("id DESC")),)
+              text("created_at DESC"), text("id DESC")),
+        # The endpoint, and its own merchant (as for a transaction: one key, not two).
+        ForeignKeyConstraint(["endpoint_id", "merchant_id"],
+                             ["webhook_endpoint.id", "webhook_endpoint.merchant_id"]),)
     id: str = Field(primary_key=True)
-    merchant_id: str = Field(foreign_key="merchant.id")
+    merchant_id: str
     event_id: str = Field(foreign_key="event.id", index=True)
-    endpoint_id: str = Field(foreign_key="webhook_endpoint.id")
+    endpoint_id: str
     origin: str = "event"  # `event` (planned by the payment) or `redeliver`
     status: str = "pending"  # pending | succeeded | failed | canceled
     attempt_count: int = 0
