@@ -99,8 +99,9 @@ def limits_section(settings: Settings) -> str:
 * **Load:** each API process answers a bounded number of requests at once (at most
   {settings.api_max_in_flight}; fewer while answers slow down, so that the requests it takes
   are answered at about their usual latency). Past it, a request answers 503 `api_error` /
-  `service_unavailable` at once, with `Retry-After`; nothing was done for it, so it may be
-  sent again after that delay (a `POST` with the same `Idempotency-Key`). Past
+  `service_unavailable` at once, with `Retry-After` and `Durapay-Not-Processed: true`: nothing
+  was done for it, so it may be sent again after that delay (a `POST` with the same
+  `Idempotency-Key`). Past
   {settings.api_max_connections} open connections to one process (idle ones included), the
   HTTP server itself answers 503 (plain text).
 * **Rate:** {rate_text}
