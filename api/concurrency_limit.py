@@ -23,6 +23,13 @@ answers today. So the limit follows the latency it observes, as a gradient limit
 - The limit stays between `min_limit` and `max_limit`; `min_limit == max_limit` is a fixed
   bound. It starts at `INITIAL_LIMIT` (within those bounds).
 
+A refused client is told when to come back (`retry_after_seconds`): the ratio of the requests
+refused to those admitted over the last one to two seconds, between 1 and
+`MAX_RETRY_AFTER_SECONDS`. Clients that retry as told make that ratio about P / (R x A) for P
+waiting clients, R the Retry-After and A the admissions a second, so R settles near
+sqrt(P / A): a burst's refused clients come back spread out instead of all every second, and
+refusals cost the process a fraction of what a retry storm would.
+
 The median is robust to the few answers that are slow for their own reasons (a card network
 that holds one authorization, a charge that waits out its unknown outcome). Only answers that
 did the route's work are samples (api/in_flight.py decides: 2xx and card declines, not an
@@ -44,6 +51,8 @@ CALM_DRIFT_SECONDS = 60.0
 SMALLEST_DECREASE = 0.9
 LARGEST_DECREASE = 0.5
 NEARLY_REACHED = 0.75  # share of the limit in flight that counts as the limit being reached
+MAX_RETRY_AFTER_SECONDS = 10
+RATE_WINDOW_SECONDS = 1.0
 
 
 @dataclass
@@ -65,6 +74,10 @@ class AdaptiveConcurrencyLimit:
     _slowdowns: list[float] = field(init=False, default_factory=list)
     _window_started_at: float | None = field(init=False, default=None)
     _peak_in_flight: int = field(init=False, default=0)
+    # Admissions and refusals in this rate window and the one before it.
+    _admitted: list[int] = field(init=False, default_factory=lambda: [0, 0])
+    _refused: list[int] = field(init=False, default_factory=lambda: [0, 0])
+    _rate_window_started_at: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         if self.max_limit < 1:
@@ -78,16 +91,33 @@ class AdaptiveConcurrencyLimit:
     def current_limit(self) -> int:
         return int(self.limit)
 
-    def try_admit(self) -> int | None:
+    def try_admit(self, now: float) -> int | None:
         """Admit one request: the number in flight when it was admitted (itself excluded),
         to hand back to `release`; None when the process is at its limit (counted)."""
+        self._roll_rate_window(now)
         if self.in_flight >= self.current_limit:
             self.refused += 1
+            self._refused[1] += 1
             return None
+        self._admitted[1] += 1
         admitted_with = self.in_flight
         self.in_flight += 1
         self._peak_in_flight = max(self._peak_in_flight, self.in_flight)
         return admitted_with
+
+    def retry_after_seconds(self) -> int:
+        """Whole seconds a request refused now should wait before it is sent again."""
+        ratio = sum(self._refused) / max(1, sum(self._admitted))
+        return max(1, min(MAX_RETRY_AFTER_SECONDS, math.ceil(ratio)))
+
+    def _roll_rate_window(self, now: float) -> None:
+        started = self._rate_window_started_at
+        if started is not None and now - started < RATE_WINDOW_SECONDS:
+            return
+        recent = started is not None and now - started < 2 * RATE_WINDOW_SECONDS
+        self._admitted = [self._admitted[1] if recent else 0, 0]
+        self._refused = [self._refused[1] if recent else 0, 0]
+        self._rate_window_started_at = now
 
     def release(self) -> None:
         """An admitted request ended without a latency sample (an error, a replay)."""

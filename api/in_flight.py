@@ -29,8 +29,6 @@ from api.errors import ServiceUnavailableError
 from api.idempotency import IdempotentRoute
 from core.metrics import ADMISSION_LIMIT, ADMISSION_REFUSALS, REQUESTS_IN_FLIGHT
 
-# Long enough for a burst's first wave to be answered, short enough not to idle a client.
-OVERLOAD_RETRY_AFTER_SECONDS = 1
 NEVER_REFUSED = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 CARD_DECLINED = 402
 # Says a refusal did nothing, so a client may send it again even where the API ignores
@@ -49,10 +47,11 @@ class InFlightLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in NEVER_REFUSED:
             await self.app(scope, receive, send)
             return
-        admitted_with = self.limit.try_admit()
+        admitted_with = self.limit.try_admit(time.monotonic())
         if admitted_with is None:
             ADMISSION_REFUSALS.inc()
-            await _refuse(scope, receive, send)
+            await _refuse(scope, receive, send,
+                          retry_after_seconds=self.limit.retry_after_seconds())
             return
         status = 0
 
@@ -88,13 +87,14 @@ def _did_the_work(scope: Scope, status: int) -> bool:
     return not replayed
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, *,
+                  retry_after_seconds: int) -> None:
     error = ServiceUnavailableError(
         "service_unavailable", "Durapay is answering as many requests as it can; "
         "nothing was done for this one. Retry it (with the same Idempotency-Key) after "
         "the Retry-After delay.",
-        headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+        headers={"Retry-After": str(retry_after_seconds)})
     response = JSONResponse(error.body(), status_code=error.status, headers={
-        "Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS), "Cache-Control": "no-store",
+        "Retry-After": str(retry_after_seconds), "Cache-Control": "no-store",
         NOT_PROCESSED_HEADER: "true"})
     await response(scope, receive, send)

@@ -79,7 +79,7 @@ async def test_a_flood_is_refused_at_once_and_what_was_admitted_completes(
         for response, _ in refusals:
             error = response.json()["error"]
             assert (error["type"], error["code"]) == ("api_error", "service_unavailable")
-            assert response.headers["retry-after"] == "1"
+            assert 1 <= int(response.headers["retry-after"]) <= 10
             assert response.headers["durapay-not-processed"] == "true"
         slowest_refusal = max(seconds for _, seconds in refusals)
         assert slowest_refusal < 2.0, f"a refusal took {slowest_refusal:.2f} s"

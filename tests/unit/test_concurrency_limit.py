@@ -8,7 +8,12 @@ from statistics import median
 
 import pytest
 
-from api.concurrency_limit import INITIAL_LIMIT, WINDOW_SAMPLES, AdaptiveConcurrencyLimit
+from api.concurrency_limit import (
+    INITIAL_LIMIT,
+    MAX_RETRY_AFTER_SECONDS,
+    WINDOW_SAMPLES,
+    AdaptiveConcurrencyLimit,
+)
 
 CHARGE = "POST /payment-intents/{id}/transactions"
 RETRIEVE = "GET /payment-intents/{id}"
@@ -24,7 +29,7 @@ def answer(limit: AdaptiveConcurrencyLimit, clock: Clock, route: str, seconds: f
     """`batches` times: `concurrent` requests arrive together, those admitted are answered
     after `seconds` each (the clock moves on by that much per batch)."""
     for _ in range(batches):
-        admitted = [limit.try_admit() for _ in range(concurrent)]
+        admitted = [limit.try_admit(clock.now) for _ in range(concurrent)]
         clock.now += seconds
         for admitted_with in admitted:
             if admitted_with is None:
@@ -41,7 +46,7 @@ def keep_full(limit: AdaptiveConcurrencyLimit, clock: Clock, route: str, *,
     answered: list[float] = []
     until = clock.now + for_seconds
     while clock.now < until:
-        while (admitted_with := limit.try_admit()) is not None:
+        while (admitted_with := limit.try_admit(clock.now)) is not None:
             seconds = latency(admitted_with + 1)
             heapq.heappush(pending, (clock.now + seconds, seconds, admitted_with))
         clock.now, seconds, admitted_with = heapq.heappop(pending)
@@ -67,14 +72,14 @@ def learn_calm(limit: AdaptiveConcurrencyLimit, clock: Clock, route: str,
 
 
 def test_past_the_limit_a_request_is_refused_and_counted_until_one_ends() -> None:
-    limit = AdaptiveConcurrencyLimit(min_limit=4, max_limit=256)
+    limit, clock = AdaptiveConcurrencyLimit(min_limit=4, max_limit=256), Clock()
     assert limit.current_limit == INITIAL_LIMIT
-    admitted = [limit.try_admit() for _ in range(INITIAL_LIMIT)]
+    admitted = [limit.try_admit(clock.now) for _ in range(INITIAL_LIMIT)]
     assert admitted == list(range(INITIAL_LIMIT))
-    assert limit.try_admit() is None
+    assert limit.try_admit(clock.now) is None
     assert (limit.refused, limit.in_flight) == (1, INITIAL_LIMIT)
     limit.release()
-    assert limit.try_admit() == INITIAL_LIMIT - 1
+    assert limit.try_admit(clock.now) == INITIAL_LIMIT - 1
 
 
 def test_a_limit_reached_at_calm_latency_grows() -> None:
@@ -179,3 +184,24 @@ def test_the_limit_never_exceeds_the_ceiling() -> None:
 def test_a_tolerance_that_calls_calm_an_overload_is_refused(tolerance: float) -> None:
     with pytest.raises(ValueError, match="tolerance"):
         AdaptiveConcurrencyLimit(min_limit=4, max_limit=256, tolerance=tolerance)
+
+
+def test_retry_after_grows_with_the_refusals_per_admission_and_is_bounded() -> None:
+    limit, clock = AdaptiveConcurrencyLimit(min_limit=4, max_limit=4), Clock()
+    assert limit.retry_after_seconds() == 1
+    for _ in range(4):
+        assert limit.try_admit(clock.now) is not None
+    for _ in range(11):  # 11 refused for 4 admitted: come back in 3 s
+        assert limit.try_admit(clock.now) is None
+    assert limit.retry_after_seconds() == 3
+    for _ in range(100):
+        limit.try_admit(clock.now)
+    assert limit.retry_after_seconds() == MAX_RETRY_AFTER_SECONDS
+    clock.now += 1.5  # the window before still counts
+    limit.try_admit(clock.now)
+    assert limit.retry_after_seconds() == MAX_RETRY_AFTER_SECONDS
+    clock.now += 2.5  # both windows past: calm again
+    for _ in range(4):
+        limit.release()
+    assert limit.try_admit(clock.now) is not None
+    assert limit.retry_after_seconds() == 1
