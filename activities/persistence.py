@@ -10,30 +10,44 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import func
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, NoResultFound
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.db.deliveries import plan_deliveries
+from core.db.deliveries import plan_deliveries, planned_deliveries
 from core.db.discrepancies import open_discrepancy
+from core.db.payment_records import (
+    REFUSED_BY_DATABASE,
+    IntentRow,
+    LockedPayment,
+    RecordWrite,
+    TransactionRow,
+    deliveries_of_recorded,
+    driver_connection,
+    lock_payment,
+    lock_payment_for_charge,
+    write_record,
+)
 from core.db.queries import (
-    close_manual_review,
+    chained_event_row,
+    changed_columns,
+    event_data,
     event_exists,
     event_id_for,
+    intent_state,
     lock_intent,
     lock_transaction,
     open_manual_review,
     transition_intent,
-    transition_transaction,
 )
-from core.db.tables import CardToken, PaymentIntent, Transaction
-from core.db.vault import shred_card_number
+from core.db.tables import PaymentIntent, Transaction
 from core.domain import (
     CaptureMethod,
     CardSummary,
@@ -50,6 +64,8 @@ from core.state_machine import (
     IntentAction,
     TransactionAction,
     can_move_intent,
+    move_intent,
+    move_transaction,
     refund_action,
 )
 
@@ -182,7 +198,7 @@ def refusals_are_final(activity_method: RecordMethod) -> RecordMethod:
         try:
             return await activity_method(self, argument)
         except (IllegalTransition, LookupError, NoResultFound, IntegrityError,
-                DataError) as error:
+                DataError, *REFUSED_BY_DATABASE) as error:
             reason = _refusal_reason(error)
             log.error("%s refused by the database: %s", activity_method.__name__, reason)
             raise ApplicationError(f"{activity_method.__name__} refused: {reason}",
@@ -201,8 +217,14 @@ def _refusal_reason(error: Exception) -> str:
 
 
 class PaymentRecordActivities:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """The payment's records. The two every charge writes (`record_charge_attempt`,
+    `record_outcome`) run as plain SQL on the engine's driver connections
+    (core/db/payment_records.py); the rest through the ORM's sessions."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession],
+                 engine: AsyncEngine | None = None) -> None:
         self._sessions = sessions
+        self._engine: AsyncEngine = engine or sessions.kw["bind"]
 
     @activity.defn
     @refusals_are_final
@@ -212,33 +234,57 @@ class PaymentRecordActivities:
         The transaction id is the network reference, so whatever happens next, every call to the
         network for this attempt carries the same idempotency key.
         """
-        async with self._sessions() as session, session.begin():
-            intent = await lock_intent(session, attempt.payment_intent_id)
-            await _check_card_token(session, attempt.card_token_id, intent.merchant_id)
+        created_event = event_id_for(f"{attempt.payment_intent_id}:created")
+        async with driver_connection(self._engine) as connection, connection.transaction():
+            locked = await lock_payment_for_charge(
+                connection, attempt.payment_intent_id, attempt.transaction_id,
+                card_token_id=attempt.card_token_id, created_event_id=created_event)
+            intent = locked.intent
+            _check_card_token(locked)
             cause = f"{attempt.transaction_id}:start"
-            existing = await lock_transaction(session, attempt.transaction_id)
-            if existing is not None:
-                return Recorded(intent.status, _view(existing), await plan_deliveries(
-                    session, intent.merchant_id, [event_id_for(cause)]))
-            txn = Transaction(
-                id=attempt.transaction_id, merchant_id=intent.merchant_id,
-                payment_intent_id=intent.id, type=TransactionType.CHARGE.value,
-                amount_in_cents=intent.amount_in_cents, currency=intent.currency,
-                status=TransactionStatus.PENDING.value, network_reference=attempt.transaction_id,
-                card_token_id=attempt.card_token_id, card_brand=attempt.card.brand,
-                card_last4=attempt.card.last4, card_exp_month=attempt.card.exp_month,
-                card_exp_year=attempt.card.exp_year,
-            )
-            session.add(txn)
-            await session.flush()
+            if locked.transaction is not None:  # a retry after the commit
+                return Recorded(intent.status, _view(locked.transaction),
+                                await deliveries_of_recorded(
+                                    connection, intent.merchant_id, locked.endpoints,
+                                    [event_id_for(cause)]))
+            move = move_intent(intent.status, IntentAction.START_ATTEMPT)
+            txn = TransactionRow(
+                id=attempt.transaction_id, type=TransactionType.CHARGE.value,
+                status=TransactionStatus.PENDING.value, amount_in_cents=intent.amount_in_cents,
+                card_token_id=attempt.card_token_id, decline_code=None, failure_code=None,
+                reconciled=False, created_at=None, updated_at=None)
+            previous = intent_state(intent)
+            intent.status = move.after.value
+            event = _payment_event(locked, cause=cause, event_type=move.event_type, txn=txn,
+                                   previous=previous)
             # The first attempt also names `payment.created`'s deliveries, which the API starts:
             # if it could not (a Temporal outage), they start now; started ones are not redone.
-            events = ([event_id_for(f"{intent.id}:created")]
-                      if intent.status == IntentStatus.CREATED.value else [])
-            await transition_intent(session, intent, IntentAction.START_ATTEMPT, cause=cause,
-                                    transaction_id=attempt.transaction_id)
-            return Recorded(intent.status, _view(txn), await plan_deliveries(
-                session, intent.merchant_id, [*events, event_id_for(cause)]))
+            created = ([(created_event, "payment.created")]
+                       if move.before is IntentStatus.CREATED and locked.created_event_recorded
+                       else [])
+            deliveries = planned_deliveries(intent.merchant_id, locked.endpoints,
+                                            [*created, (event["id"], event["type"])])
+            written = await write_record(connection, RecordWrite(
+                inserted_transaction={
+                    "id": (txn.id, "text"), "merchant_id": (intent.merchant_id, "text"),
+                    "payment_intent_id": (intent.id, "text"), "type": (txn.type, "text"),
+                    "amount_in_cents": (txn.amount_in_cents, "bigint"),
+                    "currency": (intent.currency, "text"), "status": (txn.status, "text"),
+                    "network_reference": (txn.id, "text"),
+                    "card_token_id": (attempt.card_token_id, "text"),
+                    "card_brand": (attempt.card.brand, "text"),
+                    "card_last4": (attempt.card.last4, "text"),
+                    "card_exp_month": (attempt.card.exp_month, "int"),
+                    "card_exp_year": (attempt.card.exp_year, "int"),
+                    "reconciled": (False, "boolean")},
+                moved_intent=(intent.id, move.before.value,
+                              {"status": intent.status, "updated_at": locked.now}),
+                event=event, deliveries=deliveries))
+            if not written.intent_moved:  # never under the lock; refused rather than guessed
+                raise IllegalTransition("payment intent", move.before, "start attempt")
+            txn.created_at, txn.updated_at = (written.transaction_created_at,
+                                              written.transaction_updated_at)
+            return Recorded(intent.status, _view(txn), [d["id"] for d in deliveries])
 
     @activity.defn
     @refusals_are_final
@@ -275,19 +321,31 @@ class PaymentRecordActivities:
         """Apply the network's answer to a transaction and, where it moves the intent, to the
         intent (amounts, status, event and its webhook deliveries in one database transaction).
         An unknown answer never moves the intent: it is never turned into a guess."""
-        async with self._sessions() as session, session.begin():
-            intent = await lock_intent(session, result.payment_intent_id)
-            txn = await lock_transaction(session, result.transaction_id)
+        async with driver_connection(self._engine) as connection, connection.transaction():
+            locked = await lock_payment(connection, result.payment_intent_id,
+                                        result.transaction_id)
+            txn = locked.transaction
             if txn is None:
                 raise LookupError(f"transaction {result.transaction_id} was never recorded")
             cause = f"{txn.id}:{result.outcome.value}"
             status_before = txn.status
             applied = not _already_applied(txn, result)  # else a retry after the commit
             if applied:
-                await _apply_outcome(session, intent, txn, result, cause=cause)
-            # The event of this outcome, if it appended one (a retry finds it the same way).
-            recorded = Recorded(intent.status, _view(txn), await plan_deliveries(
-                session, intent.merchant_id, [event_id_for(cause)]))
+                write = _outcome_write(locked, result, cause=cause)
+                written = await write_record(connection, write)
+                if not written.transaction_moved:  # never under the locks
+                    raise IllegalTransition("transaction", status_before, result.outcome.value)
+                if write.event is not None and not written.intent_moved:
+                    raise IllegalTransition("payment intent", write.moved_intent[1],  # type: ignore[index]
+                                            result.outcome.value)
+                txn.updated_at = written.transaction_updated_at
+                deliveries = [d["id"] for d in write.deliveries]
+            else:
+                # The event of this outcome, if it appended one (a retry finds it by its id).
+                deliveries = await deliveries_of_recorded(
+                    connection, locked.intent.merchant_id, locked.endpoints,
+                    [event_id_for(cause)])
+            recorded = Recorded(locked.intent.status, _view(txn), deliveries)
         if applied:  # committed now, by this attempt: counted once
             count_recorded_outcome(transaction_type=txn.type, status_before=status_before,
                                    outcome=result.outcome, intent_status=recorded.status,
@@ -359,43 +417,81 @@ class PaymentRecordActivities:
                 kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME.value).inc()
 
 
-async def _apply_outcome(session: AsyncSession, intent: PaymentIntent, txn: Transaction,
-                         result: Outcome, *, cause: str) -> None:
-    """Move the transaction and, where the answer moves it, the intent with its event."""
+def _outcome_write(locked: LockedPayment, result: Outcome, *, cause: str) -> RecordWrite:
+    """What an outcome writes, the state machine deciding each move; `locked`'s rows are set
+    to what they hold after it. Only the columns that change are written."""
+    intent, txn, now = locked.intent, locked.transaction, locked.now
+    assert txn is not None
     if result.outcome is NetworkOutcome.UNKNOWN:
-        await transition_transaction(session, txn, TransactionAction.LOSE_ANSWER)
-        return
+        return RecordWrite(moved_transaction=_move_transaction(
+            txn, TransactionAction.LOSE_ANSWER, {}, now))
+    action: IntentAction | None = None
+    intent_changes: dict[str, object] = {}
     if result.outcome is NetworkOutcome.APPROVED:
-        await transition_transaction(session, txn, TransactionAction.SUCCEED,
-                                     {"reconciled": result.reconciled})
-        action, changes = _approved_move(intent, txn, result)
-        await transition_intent(session, intent, action, cause=cause, transaction_id=txn.id,
-                                changes=changes)
+        moved_transaction = _move_transaction(txn, TransactionAction.SUCCEED,
+                                              {"reconciled": result.reconciled}, now)
+        action, intent_changes = _approved_move(intent, txn, result)
     else:
-        await transition_transaction(session, txn, TransactionAction.FAIL, {
+        moved_transaction = _move_transaction(txn, TransactionAction.FAIL, {
             "decline_code": result.decline_code, "failure_code": result.failure_code,
-            "reconciled": result.reconciled})
+            "reconciled": result.reconciled}, now)
         # A failed capture/void/refund leaves the intent where it was: the authorization or
         # the money stays as it was. A failed charge fails the attempt.
         if txn.type == TransactionType.CHARGE.value:
-            await transition_intent(session, intent, IntentAction.ATTEMPT_FAILED, cause=cause,
-                                    transaction_id=txn.id,
-                                    changes={"last_error": _last_error(result)})
-    if txn.card_token_id is not None:
-        # The charge's outcome is definite: no authorization will read its card number again
-        # (capture, void and refund go by reference), so it goes, with the outcome's commit.
-        await shred_card_number(session, txn.card_token_id)
-    await close_manual_review(session, intent)
+            action, intent_changes = IntentAction.ATTEMPT_FAILED, {
+                "last_error": _last_error(result)}
+    write = RecordWrite(moved_transaction=moved_transaction,
+                        # The charge's outcome is definite: no authorization will read its card
+                        # number again (capture, void and refund go by reference), so it goes,
+                        # with the outcome's commit.
+                        shredded_card_token=txn.card_token_id)
+    expected = intent.status
+    changes: dict[str, object] = {}
+    if action is not None:
+        move = move_intent(intent.status, action)
+        previous = intent_state(intent)
+        changes = {**changed_columns(intent, {"status": move.after.value, **intent_changes}),
+                   "updated_at": now}
+        for name, value in changes.items():
+            setattr(intent, name, value)
+        write.event = _payment_event(locked, cause=cause, event_type=move.event_type, txn=txn,
+                                     previous=previous)
+        write.deliveries = planned_deliveries(intent.merchant_id, locked.endpoints,
+                                              [(write.event["id"], write.event["type"])])
+    if intent.review_open:  # the outcome is known now: an open review is resolved
+        changes["manual_review_resolved_at"] = intent.manual_review_resolved_at = now
+    if changes:
+        write.moved_intent = (intent.id, expected, changes)
+    return write
 
 
-async def _check_card_token(session: AsyncSession, token_id: str, merchant_id: str) -> None:
+def _move_transaction(txn: TransactionRow, action: TransactionAction, changes: dict[str, object],
+                      now: datetime) -> tuple[str, str, dict[str, object]]:
+    expected = txn.status
+    after = move_transaction(txn.status, action)
+    values = {**changed_columns(txn, {"status": after.value, **changes}), "updated_at": now}
+    for name, value in values.items():
+        setattr(txn, name, value)
+    return txn.id, expected, values
+
+
+def _payment_event(locked: LockedPayment, *, cause: str, event_type: str, txn: TransactionRow,
+                   previous: dict[str, object]) -> dict[str, object]:
+    """The payment's event for the move just applied to `locked.intent`, at its chain's end."""
+    intent = locked.intent
+    return chained_event_row(
+        chain=intent.id, tail_seq=locked.tail_seq, tail_hash=locked.tail_hash, now=locked.now,
+        event_id=event_id_for(cause), merchant_id=intent.merchant_id, event_type=event_type,
+        data=event_data(intent, txn, previous), payment_intent_id=intent.id,
+        transaction_id=txn.id, in_intent_story=True)
+
+
+def _check_card_token(locked: LockedPayment) -> None:
     """A charge names a vault token of the intent's own merchant (read from the intent, never
     from the request). Another merchant's token would charge their customer's card; one that
     does not exist would break the foreign key and be retried for ever under the intent's lock.
     Either is refused for good (LookupError: see `refusals_are_final`), and nothing is written."""
-    owner = (await session.exec(select(CardToken.merchant_id).where(
-        CardToken.id == token_id))).first()
-    if owner != merchant_id:  # None: no such token
+    if locked.card_token_owner != locked.intent.merchant_id:  # None: no such token
         # Without the id: it came with the request, so it is not ours to log.
         raise LookupError("the charge's card token is not a card of this payment's merchant")
 
@@ -413,7 +509,7 @@ async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amoun
             type=ErrorType.AMOUNT_INVALID, non_retryable=True)
 
 
-def _approved_move(intent: PaymentIntent, txn: Transaction,
+def _approved_move(intent: IntentRow, txn: TransactionRow,
                    result: Outcome) -> tuple[IntentAction, dict[str, object]]:
     if txn.type == TransactionType.CHARGE.value:
         if intent.capture_method == CaptureMethod.MANUAL.value:
@@ -433,7 +529,7 @@ def _approved_move(intent: PaymentIntent, txn: Transaction,
             {"amount_refunded": refunded})
 
 
-def _already_applied(txn: Transaction, result: Outcome) -> bool:
+def _already_applied(txn: TransactionRow, result: Outcome) -> bool:
     expected = {
         NetworkOutcome.APPROVED: TransactionStatus.SUCCEEDED,
         NetworkOutcome.DECLINED: TransactionStatus.FAILED,
@@ -452,7 +548,7 @@ def _last_error(result: Outcome) -> dict[str, str | None]:
             "message": "The card network could not process the charge; nothing was charged."}
 
 
-def _view(txn: Transaction) -> RecordedTransaction:
+def _view(txn: Transaction | TransactionRow) -> RecordedTransaction:
     return RecordedTransaction(
         id=txn.id, type=txn.type, status=txn.status, amount_in_cents=txn.amount_in_cents,
         decline_code=txn.decline_code,
