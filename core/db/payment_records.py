@@ -189,7 +189,8 @@ class RecordWrite:
     inserted_transaction: dict[str, Any] | None = None
     moved_transaction: tuple[str, str, dict[str, Any]] | None = None  # id, expected, changes
     moved_intent: tuple[str, str, dict[str, Any]] | None = None  # id, expected status, changes
-    event: dict[str, Any] | None = None  # a `chained_event_row`; appended only if moved_intent
+    # A `chained_event_row`; with `moved_intent`, appended only if the move matched.
+    event: dict[str, Any] | None = None
     shredded_card_token: str | None = None
     deliveries: list[dict[str, str]] = field(default_factory=list)
 
@@ -245,19 +246,21 @@ def write_statement(write: RecordWrite) -> tuple[str, list[Any]]:
                      " RETURNING id)")
         selected[3] = "EXISTS (SELECT FROM moved_intent)"
     if write.event is not None:
-        assert write.moved_intent is not None, "a payment's event comes with its move"
         event = write.event
+        values = ", ".join((
+            bind(event["id"], "text"), bind(event["merchant_id"], "text"),
+            bind(event["payment_intent_id"], "text"), bind(event["transaction_id"], "text"),
+            bind(event["type"], "text"), bind(json.dumps(event["data"]), "jsonb"),
+            bind(event["created_at"], "timestamptz"), bind(event["chain"], "text"),
+            bind(event["chain_seq"], "bigint"), bind(event["intent_seq"], "int"),
+            bind(event["prev_hash"], "text"), bind(event["hash"], "text")))
+        # A payment's event comes with its move: appended only if the move matched.
+        source = (f"SELECT {values} FROM moved_intent" if write.moved_intent is not None
+                  else f"VALUES ({values})")
         parts.append(
             "appended AS (INSERT INTO event (id, merchant_id, payment_intent_id, transaction_id, "
-            "type, data, created_at, chain, chain_seq, intent_seq, prev_hash, hash) SELECT "
-            f"{bind(event['id'], 'text')}, {bind(event['merchant_id'], 'text')}, "
-            f"{bind(event['payment_intent_id'], 'text')}, "
-            f"{bind(event['transaction_id'], 'text')}, {bind(event['type'], 'text')}, "
-            f"{bind(json.dumps(event['data']), 'jsonb')}, "
-            f"{bind(event['created_at'], 'timestamptz')}, {bind(event['chain'], 'text')}, "
-            f"{bind(event['chain_seq'], 'bigint')}, {bind(event['intent_seq'], 'int')}, "
-            f"{bind(event['prev_hash'], 'text')}, {bind(event['hash'], 'text')} "
-            "FROM moved_intent RETURNING id)")
+            f"type, data, created_at, chain, chain_seq, intent_seq, prev_hash, hash) {source} "
+            "RETURNING id)")
     if write.shredded_card_token is not None:
         parts.append(
             "shredded AS (UPDATE card_token SET pan_ciphertext = NULL, pan_deleted_at = now() "
