@@ -86,7 +86,9 @@ async def run_worker() -> None:
                 reconciliation.reconcile_window,
                 audit.record_chain_checkpoints,
             ],
+            # The records run as local activities, in slots of their own: the same bound.
             max_concurrent_activities=settings.worker_max_concurrent_activities,
+            max_concurrent_local_activities=settings.worker_max_concurrent_activities,
             max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
             graceful_shutdown_timeout=timedelta(seconds=10),
             workflow_runner=(SandboxedWorkflowRunner() if settings.workflow_sandbox
