@@ -318,5 +318,9 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
             await greenlet_spawn(pooled.invalidate, error)
         raise
     finally:
+        if not connection.is_closed() and connection.is_in_transaction():
+            # Cut short mid-transaction (a cancelled activity) with its rollback unsent: the
+            # pool knows nothing of it, so the next user would write inside it.
+            await greenlet_spawn(pooled.invalidate)
         # Returning it may close it (pool overflow), which awaits: in SQLAlchemy's greenlet.
         await greenlet_spawn(pooled.close)
