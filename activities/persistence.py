@@ -33,6 +33,7 @@ from core.db.payment_records import (
     driver_connection,
     lock_payment,
     lock_payment_for_charge,
+    read_payment,
     write_record,
 )
 from core.db.queries import (
@@ -369,13 +370,9 @@ class PaymentRecordActivities:
     @activity.defn
     async def load_payment(self, payment_intent_id: str) -> PaymentSnapshot:
         """The payment as recorded, for a run that opens after earlier runs closed. Read only."""
-        async with self._sessions() as session:
-            intent = (await session.exec(select(PaymentIntent).where(
-                PaymentIntent.id == payment_intent_id))).one()
-            transactions = (await session.exec(select(Transaction).where(
-                Transaction.payment_intent_id == payment_intent_id).order_by(
-                Transaction.created_at, Transaction.id))).all()  # type: ignore[arg-type]
-        return _snapshot(intent, list(transactions))
+        async with driver_connection(self._engine) as connection:
+            intent, transactions = await read_payment(connection, payment_intent_id)
+        return _snapshot(intent, transactions)
 
     @activity.defn
     @refusals_are_final
@@ -557,8 +554,8 @@ def _view(txn: Transaction | TransactionRow) -> RecordedTransaction:
         updated_at=txn.updated_at.timestamp() if txn.updated_at else None)
 
 
-def _snapshot(intent: PaymentIntent, transactions: list[Transaction]) -> PaymentSnapshot:
-    def succeeded(kind: TransactionType) -> Transaction | None:
+def _snapshot(intent: IntentRow, transactions: list[TransactionRow]) -> PaymentSnapshot:
+    def succeeded(kind: TransactionType) -> TransactionRow | None:
         return next((t for t in transactions if t.type == kind.value
                      and t.status == TransactionStatus.SUCCEEDED.value), None)
 

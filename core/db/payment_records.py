@@ -169,6 +169,22 @@ async def _read_locked(connection: asyncpg.Connection, statement: str, *args: st
         if "created_event_recorded" in keys else False)
 
 
+async def read_payment(connection: asyncpg.Connection, intent_id: str
+                       ) -> tuple[IntentRow, list[TransactionRow]]:
+    """A payment as recorded, its transactions oldest first; nothing locked."""
+    row = await connection.fetchrow(
+        f"SELECT {', '.join(c for c in _INTENT_COLUMNS if c != 'last_error')}, "
+        "last_error::text AS last_error FROM payment_intent WHERE id = $1", intent_id)
+    if row is None:
+        raise LookupError(f"payment intent {intent_id} was never recorded")
+    intent = IntentRow(**{c: row[c] for c in _INTENT_COLUMNS if c != "last_error"},
+                       last_error=json.loads(row["last_error"]) if row["last_error"] else None)
+    transactions = await connection.fetch(
+        f"SELECT {', '.join(_TRANSACTION_COLUMNS)} FROM transaction "
+        "WHERE payment_intent_id = $1 ORDER BY created_at, id", intent_id)
+    return intent, [TransactionRow(**dict(t)) for t in transactions]
+
+
 # The SQL type of each column a record writes: every parameter is cast, so the driver never
 # has to guess one and one statement text always has one plan.
 _COLUMN_TYPES = {
