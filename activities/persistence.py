@@ -10,7 +10,6 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import func
@@ -21,6 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.payment_moves import already_applied, outcome_write, payment_event
 from core.db.deliveries import plan_deliveries, planned_deliveries
 from core.db.discrepancies import open_discrepancy
 from core.db.payment_records import (
@@ -37,9 +37,6 @@ from core.db.payment_records import (
     write_record,
 )
 from core.db.queries import (
-    chained_event_row,
-    changed_columns,
-    event_data,
     event_exists,
     event_id_for,
     intent_state,
@@ -63,11 +60,8 @@ from core.metrics import DISCREPANCIES_OPENED, MANUAL_REVIEWS_OPENED, count_reco
 from core.reconciliation import DiscrepancyKind
 from core.state_machine import (
     IntentAction,
-    TransactionAction,
     can_move_intent,
     move_intent,
-    move_transaction,
-    refund_action,
 )
 
 log = logging.getLogger("durapay.payments")
@@ -256,7 +250,7 @@ class PaymentRecordActivities:
                 reconciled=False, created_at=None, updated_at=None)
             previous = intent_state(intent)
             intent.status = move.after.value
-            event = _payment_event(locked, cause=cause, event_type=move.event_type, txn=txn,
+            event = payment_event(locked, cause=cause, event_type=move.event_type, txn=txn,
                                    previous=previous)
             # The first attempt also names `payment.created`'s deliveries, which the API starts:
             # if it could not (a Temporal outage), they start now; started ones are not redone.
@@ -330,9 +324,9 @@ class PaymentRecordActivities:
                 raise LookupError(f"transaction {result.transaction_id} was never recorded")
             cause = f"{txn.id}:{result.outcome.value}"
             status_before = txn.status
-            applied = not _already_applied(txn, result)  # else a retry after the commit
+            applied = not already_applied(txn, result)  # else a retry after the commit
             if applied:
-                write = _outcome_write(locked, result, cause=cause)
+                write = outcome_write(locked, result, cause=cause)
                 written = await write_record(connection, write)
                 if not written.transaction_moved:  # never under the locks
                     raise IllegalTransition("transaction", status_before, result.outcome.value)
@@ -414,75 +408,6 @@ class PaymentRecordActivities:
                 kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME.value).inc()
 
 
-def _outcome_write(locked: LockedPayment, result: Outcome, *, cause: str) -> RecordWrite:
-    """What an outcome writes, the state machine deciding each move; `locked`'s rows are set
-    to what they hold after it. Only the columns that change are written."""
-    intent, txn, now = locked.intent, locked.transaction, locked.now
-    assert txn is not None
-    if result.outcome is NetworkOutcome.UNKNOWN:
-        return RecordWrite(moved_transaction=_move_transaction(
-            txn, TransactionAction.LOSE_ANSWER, {}, now))
-    action: IntentAction | None = None
-    intent_changes: dict[str, object] = {}
-    if result.outcome is NetworkOutcome.APPROVED:
-        moved_transaction = _move_transaction(txn, TransactionAction.SUCCEED,
-                                              {"reconciled": result.reconciled}, now)
-        action, intent_changes = _approved_move(intent, txn, result)
-    else:
-        moved_transaction = _move_transaction(txn, TransactionAction.FAIL, {
-            "decline_code": result.decline_code, "failure_code": result.failure_code,
-            "reconciled": result.reconciled}, now)
-        # A failed capture/void/refund leaves the intent where it was: the authorization or
-        # the money stays as it was. A failed charge fails the attempt.
-        if txn.type == TransactionType.CHARGE.value:
-            action, intent_changes = IntentAction.ATTEMPT_FAILED, {
-                "last_error": _last_error(result)}
-    write = RecordWrite(moved_transaction=moved_transaction,
-                        # The charge's outcome is definite: no authorization will read its card
-                        # number again (capture, void and refund go by reference), so it goes,
-                        # with the outcome's commit.
-                        shredded_card_token=txn.card_token_id)
-    expected = intent.status
-    changes: dict[str, object] = {}
-    if action is not None:
-        move = move_intent(intent.status, action)
-        previous = intent_state(intent)
-        changes = {**changed_columns(intent, {"status": move.after.value, **intent_changes}),
-                   "updated_at": now}
-        for name, value in changes.items():
-            setattr(intent, name, value)
-        write.event = _payment_event(locked, cause=cause, event_type=move.event_type, txn=txn,
-                                     previous=previous)
-        write.deliveries = planned_deliveries(intent.merchant_id, locked.endpoints,
-                                              [(write.event["id"], write.event["type"])])
-    if intent.review_open:  # the outcome is known now: an open review is resolved
-        changes["manual_review_resolved_at"] = intent.manual_review_resolved_at = now
-    if changes:
-        write.moved_intent = (intent.id, expected, changes)
-    return write
-
-
-def _move_transaction(txn: TransactionRow, action: TransactionAction, changes: dict[str, object],
-                      now: datetime) -> tuple[str, str, dict[str, object]]:
-    expected = txn.status
-    after = move_transaction(txn.status, action)
-    values = {**changed_columns(txn, {"status": after.value, **changes}), "updated_at": now}
-    for name, value in values.items():
-        setattr(txn, name, value)
-    return txn.id, expected, values
-
-
-def _payment_event(locked: LockedPayment, *, cause: str, event_type: str, txn: TransactionRow,
-                   previous: dict[str, object]) -> dict[str, object]:
-    """The payment's event for the move just applied to `locked.intent`, at its chain's end."""
-    intent = locked.intent
-    return chained_event_row(
-        chain=intent.id, tail_seq=locked.tail_seq, tail_hash=locked.tail_hash, now=locked.now,
-        event_id=event_id_for(cause), merchant_id=intent.merchant_id, event_type=event_type,
-        data=event_data(intent, txn, previous), payment_intent_id=intent.id,
-        transaction_id=txn.id, in_intent_story=True)
-
-
 def _check_card_token(locked: LockedPayment) -> None:
     """A charge names a vault token of the intent's own merchant (read from the intent, never
     from the request). Another merchant's token would charge their customer's card; one that
@@ -504,45 +429,6 @@ async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amoun
             f"refund of {amount} exceeds what is left to refund "
             f"({intent.amount_received - int(committed)})",
             type=ErrorType.AMOUNT_INVALID, non_retryable=True)
-
-
-def _approved_move(intent: IntentRow, txn: TransactionRow,
-                   result: Outcome) -> tuple[IntentAction, dict[str, object]]:
-    if txn.type == TransactionType.CHARGE.value:
-        if intent.capture_method == CaptureMethod.MANUAL.value:
-            return IntentAction.AUTHORIZATION_SUCCEEDED, {
-                "amount_capturable": txn.amount_in_cents, "last_error": None}
-        return IntentAction.CHARGE_SUCCEEDED, {"amount_received": txn.amount_in_cents,
-                                               "last_error": None}
-    if txn.type == TransactionType.CAPTURE.value:
-        # The rest of the authorization is released by the network with the capture.
-        return IntentAction.CAPTURE, {"amount_received": txn.amount_in_cents,
-                                      "amount_capturable": 0}
-    if txn.type == TransactionType.VOID.value:
-        return IntentAction.CANCEL, {"amount_capturable": 0,
-                                     "cancellation_reason": result.cancellation_reason}
-    refunded = intent.amount_refunded + txn.amount_in_cents
-    return (refund_action(refunded_after=refunded, received=intent.amount_received),
-            {"amount_refunded": refunded})
-
-
-def _already_applied(txn: TransactionRow, result: Outcome) -> bool:
-    expected = {
-        NetworkOutcome.APPROVED: TransactionStatus.SUCCEEDED,
-        NetworkOutcome.DECLINED: TransactionStatus.FAILED,
-        NetworkOutcome.FAILED: TransactionStatus.FAILED,
-        NetworkOutcome.UNKNOWN: TransactionStatus.TIMEOUT,
-    }[result.outcome]
-    return txn.status == expected.value
-
-
-def _last_error(result: Outcome) -> dict[str, str | None]:
-    if result.outcome is NetworkOutcome.DECLINED:
-        return {"type": "card_error", "code": "card_declined", "declineCode": result.decline_code,
-                "message": f"The card was declined ({result.decline_code})."}
-    return {"type": "card_error", "code": result.failure_code or "processing_error",
-            "declineCode": None,
-            "message": "The card network could not process the charge; nothing was charged."}
 
 
 def _view(txn: Transaction | TransactionRow) -> RecordedTransaction:

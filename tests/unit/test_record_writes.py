@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from activities.persistence import Outcome, _outcome_write
+from activities.payment_moves import outcome_write
+from activities.persistence import Outcome
 from core.db.payment_records import IntentRow, LockedPayment, TransactionRow, write_statement
 from core.domain import NetworkOutcome
 
@@ -26,7 +27,7 @@ def _locked(*, capture_method: str = "automatic", review_open: bool = False) -> 
 
 
 def test_an_approved_charge_writes_only_what_changes() -> None:
-    write = _outcome_write(_locked(), Outcome("pi_1", "txn_1", NetworkOutcome.APPROVED),
+    write = outcome_write(_locked(), Outcome("pi_1", "txn_1", NetworkOutcome.APPROVED),
                            cause="txn_1:approved")
     assert write.moved_transaction == ("txn_1", "pending",
                                        {"status": "succeeded", "updated_at": NOW})
@@ -38,7 +39,7 @@ def test_an_approved_charge_writes_only_what_changes() -> None:
 
 def test_a_declined_charge_fails_the_attempt_and_resolves_an_open_review() -> None:
     locked = _locked(review_open=True)
-    write = _outcome_write(locked, Outcome("pi_1", "txn_1", NetworkOutcome.DECLINED,
+    write = outcome_write(locked, Outcome("pi_1", "txn_1", NetworkOutcome.DECLINED,
                                            decline_code="insufficient_funds", reconciled=True),
                            cause="txn_1:declined")
     assert write.moved_transaction is not None and write.moved_transaction[2] == {
@@ -51,7 +52,7 @@ def test_a_declined_charge_fails_the_attempt_and_resolves_an_open_review() -> No
 
 
 def test_an_unknown_answer_moves_only_the_transaction() -> None:
-    write = _outcome_write(_locked(), Outcome("pi_1", "txn_1", NetworkOutcome.UNKNOWN),
+    write = outcome_write(_locked(), Outcome("pi_1", "txn_1", NetworkOutcome.UNKNOWN),
                            cause="txn_1:unknown")
     assert write.moved_transaction == ("txn_1", "pending", {"status": "timeout",
                                                             "updated_at": NOW})
