@@ -13,14 +13,13 @@ from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from core.crypto import CardNumberDeleted, VaultCipher
-from core.db.tables import CardToken, PaymentIntent, Transaction
-from core.domain import NetworkOutcome, TransactionType
+from core.db.payment_records import driver_connection
+from core.domain import NetworkOutcome
 from core.errors import ErrorType
 from core.keyring import Purpose
 from core.metrics import STATUS_QUERIES
@@ -155,27 +154,34 @@ class CardNetworkActivities:
         names it, and neither it nor an intent changes merchant; its card number is deleted
         only with the charge's definite outcome, or a day after, see core/db/vault.py, and
         never comes back; nor does its epoch key once destroyed, core/vault_epochs.py)."""
-        async with self._sessions() as session:
-            token = (await session.exec(
-                select(CardToken)
-                .join(PaymentIntent, PaymentIntent.merchant_id == CardToken.merchant_id)
-                .join(Transaction, Transaction.payment_intent_id == PaymentIntent.id)
-                .where(CardToken.id == token_id, Transaction.id == network_reference,
-                       Transaction.type == TransactionType.CHARGE.value))).first()
+        # One statement on the driver's connection, outside any transaction: a read of rows
+        # that never change under it.
+        async with driver_connection(self._sessions.kw["bind"]) as connection:
+            token = await connection.fetchrow(_CARD_OF_CHARGE, token_id, network_reference)
         if token is None:
             raise ApplicationError("card token not found for this charge's merchant: nothing "
                                    "was sent", type=ErrorType.VAULT_TOKEN_MISSING,
                                    non_retryable=True)
         try:
-            if token.pan_ciphertext is None:
-                raise CardNumberDeleted(token.id)
-            number = self._vault.decrypt(token.pan_ciphertext, context=token.id).decode()
+            if token["pan_ciphertext"] is None:
+                raise CardNumberDeleted(token_id)
+            number = self._vault.decrypt(token["pan_ciphertext"], context=token_id).decode()
         except CardNumberDeleted:
             # Its column cleared, or its epoch key destroyed: the same fact, told the same way.
             raise ApplicationError("the charge's card number was deleted: nothing was sent",
                                    type=ErrorType.VAULT_TOKEN_MISSING, non_retryable=True) \
                 from None
-        return {"number": number, "expMonth": token.exp_month, "expYear": token.exp_year}
+        return {"number": number, "expMonth": token["exp_month"], "expYear": token["exp_year"]}
+
+
+# The token, only if it is a card of the merchant whose intent the charge belongs to.
+_CARD_OF_CHARGE = """
+SELECT c.pan_ciphertext, c.exp_month, c.exp_year
+FROM transaction AS t
+JOIN payment_intent AS i ON i.id = t.payment_intent_id
+JOIN card_token AS c ON c.merchant_id = i.merchant_id
+WHERE c.id = $1 AND t.id = $2 AND t.type = 'charge'
+"""
 
 
 def _operation_body(kind: str, request: OperationRequest) -> dict[str, object]:

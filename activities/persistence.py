@@ -14,26 +14,38 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, NoResultFound
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.db.deliveries import plan_deliveries
+from activities.payment_moves import already_applied, outcome_write, payment_event
+from core.db.deliveries import plan_deliveries, planned_deliveries
 from core.db.discrepancies import open_discrepancy
+from core.db.payment_records import (
+    REFUSED_BY_DATABASE,
+    IntentRow,
+    LockedPayment,
+    RecordWrite,
+    TransactionRow,
+    deliveries_of_recorded,
+    driver_connection,
+    lock_payment,
+    lock_payment_for_charge,
+    read_payment,
+    write_record,
+)
 from core.db.queries import (
-    close_manual_review,
     event_exists,
     event_id_for,
+    intent_state,
     lock_intent,
     lock_transaction,
     open_manual_review,
     transition_intent,
-    transition_transaction,
 )
-from core.db.tables import CardToken, PaymentIntent, Transaction
-from core.db.vault import shred_card_number
+from core.db.tables import PaymentIntent, Transaction
 from core.domain import (
     CaptureMethod,
     CardSummary,
@@ -48,9 +60,8 @@ from core.metrics import DISCREPANCIES_OPENED, MANUAL_REVIEWS_OPENED, count_reco
 from core.reconciliation import DiscrepancyKind
 from core.state_machine import (
     IntentAction,
-    TransactionAction,
     can_move_intent,
-    refund_action,
+    move_intent,
 )
 
 log = logging.getLogger("durapay.payments")
@@ -182,7 +193,7 @@ def refusals_are_final(activity_method: RecordMethod) -> RecordMethod:
         try:
             return await activity_method(self, argument)
         except (IllegalTransition, LookupError, NoResultFound, IntegrityError,
-                DataError) as error:
+                DataError, *REFUSED_BY_DATABASE) as error:
             reason = _refusal_reason(error)
             log.error("%s refused by the database: %s", activity_method.__name__, reason)
             raise ApplicationError(f"{activity_method.__name__} refused: {reason}",
@@ -201,8 +212,14 @@ def _refusal_reason(error: Exception) -> str:
 
 
 class PaymentRecordActivities:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """The payment's records. The two every charge writes (`record_charge_attempt`,
+    `record_outcome`) run as plain SQL on the engine's driver connections
+    (core/db/payment_records.py); the rest through the ORM's sessions."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession],
+                 engine: AsyncEngine | None = None) -> None:
         self._sessions = sessions
+        self._engine: AsyncEngine = engine or sessions.kw["bind"]
 
     @activity.defn
     @refusals_are_final
@@ -212,33 +229,57 @@ class PaymentRecordActivities:
         The transaction id is the network reference, so whatever happens next, every call to the
         network for this attempt carries the same idempotency key.
         """
-        async with self._sessions() as session, session.begin():
-            intent = await lock_intent(session, attempt.payment_intent_id)
-            await _check_card_token(session, attempt.card_token_id, intent.merchant_id)
+        created_event = event_id_for(f"{attempt.payment_intent_id}:created")
+        async with driver_connection(self._engine) as connection, connection.transaction():
+            locked = await lock_payment_for_charge(
+                connection, attempt.payment_intent_id, attempt.transaction_id,
+                card_token_id=attempt.card_token_id, created_event_id=created_event)
+            intent = locked.intent
+            _check_card_token(locked)
             cause = f"{attempt.transaction_id}:start"
-            existing = await lock_transaction(session, attempt.transaction_id)
-            if existing is not None:
-                return Recorded(intent.status, _view(existing), await plan_deliveries(
-                    session, intent.merchant_id, [event_id_for(cause)]))
-            txn = Transaction(
-                id=attempt.transaction_id, merchant_id=intent.merchant_id,
-                payment_intent_id=intent.id, type=TransactionType.CHARGE.value,
-                amount_in_cents=intent.amount_in_cents, currency=intent.currency,
-                status=TransactionStatus.PENDING.value, network_reference=attempt.transaction_id,
-                card_token_id=attempt.card_token_id, card_brand=attempt.card.brand,
-                card_last4=attempt.card.last4, card_exp_month=attempt.card.exp_month,
-                card_exp_year=attempt.card.exp_year,
-            )
-            session.add(txn)
-            await session.flush()
+            if locked.transaction is not None:  # a retry after the commit
+                return Recorded(intent.status, _view(locked.transaction),
+                                await deliveries_of_recorded(
+                                    connection, intent.merchant_id, locked.endpoints,
+                                    [event_id_for(cause)]))
+            move = move_intent(intent.status, IntentAction.START_ATTEMPT)
+            txn = TransactionRow(
+                id=attempt.transaction_id, type=TransactionType.CHARGE.value,
+                status=TransactionStatus.PENDING.value, amount_in_cents=intent.amount_in_cents,
+                card_token_id=attempt.card_token_id, decline_code=None, failure_code=None,
+                reconciled=False, created_at=None, updated_at=None)
+            previous = intent_state(intent)
+            intent.status = move.after.value
+            event = payment_event(locked, cause=cause, event_type=move.event_type, txn=txn,
+                                   previous=previous)
             # The first attempt also names `payment.created`'s deliveries, which the API starts:
             # if it could not (a Temporal outage), they start now; started ones are not redone.
-            events = ([event_id_for(f"{intent.id}:created")]
-                      if intent.status == IntentStatus.CREATED.value else [])
-            await transition_intent(session, intent, IntentAction.START_ATTEMPT, cause=cause,
-                                    transaction_id=attempt.transaction_id)
-            return Recorded(intent.status, _view(txn), await plan_deliveries(
-                session, intent.merchant_id, [*events, event_id_for(cause)]))
+            created = ([(created_event, "payment.created")]
+                       if move.before is IntentStatus.CREATED and locked.created_event_recorded
+                       else [])
+            deliveries = planned_deliveries(intent.merchant_id, locked.endpoints,
+                                            [*created, (event["id"], event["type"])])
+            written = await write_record(connection, RecordWrite(
+                inserted_transaction={
+                    "id": (txn.id, "text"), "merchant_id": (intent.merchant_id, "text"),
+                    "payment_intent_id": (intent.id, "text"), "type": (txn.type, "text"),
+                    "amount_in_cents": (txn.amount_in_cents, "bigint"),
+                    "currency": (intent.currency, "text"), "status": (txn.status, "text"),
+                    "network_reference": (txn.id, "text"),
+                    "card_token_id": (attempt.card_token_id, "text"),
+                    "card_brand": (attempt.card.brand, "text"),
+                    "card_last4": (attempt.card.last4, "text"),
+                    "card_exp_month": (attempt.card.exp_month, "int"),
+                    "card_exp_year": (attempt.card.exp_year, "int"),
+                    "reconciled": (False, "boolean")},
+                moved_intent=(intent.id, move.before.value,
+                              {"status": intent.status, "updated_at": locked.now}),
+                event=event, deliveries=deliveries))
+            if not written.intent_moved:  # never under the lock; refused rather than guessed
+                raise IllegalTransition("payment intent", move.before, "start attempt")
+            txn.created_at, txn.updated_at = (written.transaction_created_at,
+                                              written.transaction_updated_at)
+            return Recorded(intent.status, _view(txn), [d["id"] for d in deliveries])
 
     @activity.defn
     @refusals_are_final
@@ -275,19 +316,31 @@ class PaymentRecordActivities:
         """Apply the network's answer to a transaction and, where it moves the intent, to the
         intent (amounts, status, event and its webhook deliveries in one database transaction).
         An unknown answer never moves the intent: it is never turned into a guess."""
-        async with self._sessions() as session, session.begin():
-            intent = await lock_intent(session, result.payment_intent_id)
-            txn = await lock_transaction(session, result.transaction_id)
+        async with driver_connection(self._engine) as connection, connection.transaction():
+            locked = await lock_payment(connection, result.payment_intent_id,
+                                        result.transaction_id)
+            txn = locked.transaction
             if txn is None:
                 raise LookupError(f"transaction {result.transaction_id} was never recorded")
             cause = f"{txn.id}:{result.outcome.value}"
             status_before = txn.status
-            applied = not _already_applied(txn, result)  # else a retry after the commit
+            applied = not already_applied(txn, result)  # else a retry after the commit
             if applied:
-                await _apply_outcome(session, intent, txn, result, cause=cause)
-            # The event of this outcome, if it appended one (a retry finds it the same way).
-            recorded = Recorded(intent.status, _view(txn), await plan_deliveries(
-                session, intent.merchant_id, [event_id_for(cause)]))
+                write = outcome_write(locked, result, cause=cause)
+                written = await write_record(connection, write)
+                if not written.transaction_moved:  # never under the locks
+                    raise IllegalTransition("transaction", status_before, result.outcome.value)
+                if write.event is not None and not written.intent_moved:
+                    raise IllegalTransition("payment intent", write.moved_intent[1],  # type: ignore[index]
+                                            result.outcome.value)
+                txn.updated_at = written.transaction_updated_at
+                deliveries = [d["id"] for d in write.deliveries]
+            else:
+                # The event of this outcome, if it appended one (a retry finds it by its id).
+                deliveries = await deliveries_of_recorded(
+                    connection, locked.intent.merchant_id, locked.endpoints,
+                    [event_id_for(cause)])
+            recorded = Recorded(locked.intent.status, _view(txn), deliveries)
         if applied:  # committed now, by this attempt: counted once
             count_recorded_outcome(transaction_type=txn.type, status_before=status_before,
                                    outcome=result.outcome, intent_status=recorded.status,
@@ -311,13 +364,9 @@ class PaymentRecordActivities:
     @activity.defn
     async def load_payment(self, payment_intent_id: str) -> PaymentSnapshot:
         """The payment as recorded, for a run that opens after earlier runs closed. Read only."""
-        async with self._sessions() as session:
-            intent = (await session.exec(select(PaymentIntent).where(
-                PaymentIntent.id == payment_intent_id))).one()
-            transactions = (await session.exec(select(Transaction).where(
-                Transaction.payment_intent_id == payment_intent_id).order_by(
-                Transaction.created_at, Transaction.id))).all()  # type: ignore[arg-type]
-        return _snapshot(intent, list(transactions))
+        async with driver_connection(self._engine) as connection:
+            intent, transactions = await read_payment(connection, payment_intent_id)
+        return _snapshot(intent, transactions)
 
     @activity.defn
     @refusals_are_final
@@ -359,43 +408,12 @@ class PaymentRecordActivities:
                 kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME.value).inc()
 
 
-async def _apply_outcome(session: AsyncSession, intent: PaymentIntent, txn: Transaction,
-                         result: Outcome, *, cause: str) -> None:
-    """Move the transaction and, where the answer moves it, the intent with its event."""
-    if result.outcome is NetworkOutcome.UNKNOWN:
-        await transition_transaction(session, txn, TransactionAction.LOSE_ANSWER)
-        return
-    if result.outcome is NetworkOutcome.APPROVED:
-        await transition_transaction(session, txn, TransactionAction.SUCCEED,
-                                     {"reconciled": result.reconciled})
-        action, changes = _approved_move(intent, txn, result)
-        await transition_intent(session, intent, action, cause=cause, transaction_id=txn.id,
-                                changes=changes)
-    else:
-        await transition_transaction(session, txn, TransactionAction.FAIL, {
-            "decline_code": result.decline_code, "failure_code": result.failure_code,
-            "reconciled": result.reconciled})
-        # A failed capture/void/refund leaves the intent where it was: the authorization or
-        # the money stays as it was. A failed charge fails the attempt.
-        if txn.type == TransactionType.CHARGE.value:
-            await transition_intent(session, intent, IntentAction.ATTEMPT_FAILED, cause=cause,
-                                    transaction_id=txn.id,
-                                    changes={"last_error": _last_error(result)})
-    if txn.card_token_id is not None:
-        # The charge's outcome is definite: no authorization will read its card number again
-        # (capture, void and refund go by reference), so it goes, with the outcome's commit.
-        await shred_card_number(session, txn.card_token_id)
-    await close_manual_review(session, intent)
-
-
-async def _check_card_token(session: AsyncSession, token_id: str, merchant_id: str) -> None:
+def _check_card_token(locked: LockedPayment) -> None:
     """A charge names a vault token of the intent's own merchant (read from the intent, never
     from the request). Another merchant's token would charge their customer's card; one that
     does not exist would break the foreign key and be retried for ever under the intent's lock.
     Either is refused for good (LookupError: see `refusals_are_final`), and nothing is written."""
-    owner = (await session.exec(select(CardToken.merchant_id).where(
-        CardToken.id == token_id))).first()
-    if owner != merchant_id:  # None: no such token
+    if locked.card_token_owner != locked.intent.merchant_id:  # None: no such token
         # Without the id: it came with the request, so it is not ours to log.
         raise LookupError("the charge's card token is not a card of this payment's merchant")
 
@@ -413,46 +431,7 @@ async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amoun
             type=ErrorType.AMOUNT_INVALID, non_retryable=True)
 
 
-def _approved_move(intent: PaymentIntent, txn: Transaction,
-                   result: Outcome) -> tuple[IntentAction, dict[str, object]]:
-    if txn.type == TransactionType.CHARGE.value:
-        if intent.capture_method == CaptureMethod.MANUAL.value:
-            return IntentAction.AUTHORIZATION_SUCCEEDED, {
-                "amount_capturable": txn.amount_in_cents, "last_error": None}
-        return IntentAction.CHARGE_SUCCEEDED, {"amount_received": txn.amount_in_cents,
-                                               "last_error": None}
-    if txn.type == TransactionType.CAPTURE.value:
-        # The rest of the authorization is released by the network with the capture.
-        return IntentAction.CAPTURE, {"amount_received": txn.amount_in_cents,
-                                      "amount_capturable": 0}
-    if txn.type == TransactionType.VOID.value:
-        return IntentAction.CANCEL, {"amount_capturable": 0,
-                                     "cancellation_reason": result.cancellation_reason}
-    refunded = intent.amount_refunded + txn.amount_in_cents
-    return (refund_action(refunded_after=refunded, received=intent.amount_received),
-            {"amount_refunded": refunded})
-
-
-def _already_applied(txn: Transaction, result: Outcome) -> bool:
-    expected = {
-        NetworkOutcome.APPROVED: TransactionStatus.SUCCEEDED,
-        NetworkOutcome.DECLINED: TransactionStatus.FAILED,
-        NetworkOutcome.FAILED: TransactionStatus.FAILED,
-        NetworkOutcome.UNKNOWN: TransactionStatus.TIMEOUT,
-    }[result.outcome]
-    return txn.status == expected.value
-
-
-def _last_error(result: Outcome) -> dict[str, str | None]:
-    if result.outcome is NetworkOutcome.DECLINED:
-        return {"type": "card_error", "code": "card_declined", "declineCode": result.decline_code,
-                "message": f"The card was declined ({result.decline_code})."}
-    return {"type": "card_error", "code": result.failure_code or "processing_error",
-            "declineCode": None,
-            "message": "The card network could not process the charge; nothing was charged."}
-
-
-def _view(txn: Transaction) -> RecordedTransaction:
+def _view(txn: Transaction | TransactionRow) -> RecordedTransaction:
     return RecordedTransaction(
         id=txn.id, type=txn.type, status=txn.status, amount_in_cents=txn.amount_in_cents,
         decline_code=txn.decline_code,
@@ -461,8 +440,8 @@ def _view(txn: Transaction) -> RecordedTransaction:
         updated_at=txn.updated_at.timestamp() if txn.updated_at else None)
 
 
-def _snapshot(intent: PaymentIntent, transactions: list[Transaction]) -> PaymentSnapshot:
-    def succeeded(kind: TransactionType) -> Transaction | None:
+def _snapshot(intent: IntentRow, transactions: list[TransactionRow]) -> PaymentSnapshot:
+    def succeeded(kind: TransactionType) -> TransactionRow | None:
         return next((t for t in transactions if t.type == kind.value
                      and t.status == TransactionStatus.SUCCEEDED.value), None)
 

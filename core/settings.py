@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     # largest single cost of a charge in the worker. Determinism is still checked under the
     # sandbox by every workflow and replay test; set true to run it in production too.
     workflow_sandbox: bool = False
+    # What one worker process takes on at once; the rest waits in Temporal's task queue, where
+    # any worker can pick it up, instead of in this process's event loop and connection pool.
+    # An activity mostly waits (the card network holds a charge up to about 2 s; a record takes
+    # a pooled connection for a few ms), so by Little's law ~40 charges/s per worker with a
+    # network call in flight each for up to 2 s is ~80 activities: 100 leaves headroom without
+    # letting a burst pile up thousands of coroutines in one process.
+    worker_max_concurrent_activities: int = Field(default=100, ge=1)
+    # Workflow tasks are short bursts of CPU on one core: more at once only queue in-process.
+    worker_max_concurrent_workflow_tasks: int = Field(default=100, ge=2)
     task_queue: str = "durapay-payments"
     temporal_namespace: str = "default"
     database_url: str | None = Field(

@@ -19,9 +19,11 @@ from tests.stack import free_port, private_dir, stop_process
 
 
 @asynccontextmanager
-async def scratch_postgres() -> AsyncIterator[str]:
+async def scratch_postgres(settings: dict[str, str] | None = None) -> AsyncIterator[str]:
     """A fresh PostgreSQL cluster with the `durapay` database at the migrations' head; yields
-    its URL (`postgresql://…`, for asyncpg; `to_asyncpg_url` makes it SQLAlchemy's)."""
+    its URL (`postgresql://…`, for asyncpg; `to_asyncpg_url` makes it SQLAlchemy's).
+    `settings`: server settings on its command line (`shared_preload_libraries`, say)."""
+    extra = [arg for name, value in (settings or {}).items() for arg in ("-c", f"{name}={value}")]
     # Laid out as `durapay dev` does: the password in a private state dir, the data where
     # postgres_data_dir puts it (beside that dir when we run as root).
     state = private_dir("pg") / "state"
@@ -32,7 +34,7 @@ async def scratch_postgres() -> AsyncIterator[str]:
         port = free_port()
         log = open(data.parent / "postgres.log", "ab")  # noqa: SIM115 (the server owns it)
         server = subprocess.Popen(
-            postgres_argv(data, port, password_file=password_file), stdout=log,
+            [*postgres_argv(data, port, password_file=password_file), *extra], stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             **run_as(data))
         log.close()

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -49,7 +50,7 @@ async def run_worker() -> None:
         # The card network's calls carry the trace to the simulator; webhooks to merchants
         # get no traceparent (their receivers are outside our traces).
         instrument_httpx(http)
-        records = PaymentRecordActivities(sessions)
+        records = PaymentRecordActivities(sessions, engine)
         network = CardNetworkActivities(
             http=http, sessions=sessions, vault=VaultCipher(keys, settings.vault_epoch_keys()),
             base_url=settings.effective_cardnet_url,
@@ -85,6 +86,10 @@ async def run_worker() -> None:
                 reconciliation.reconcile_window,
                 audit.record_chain_checkpoints,
             ],
+            # The records run as local activities, in slots of their own: the same bound.
+            max_concurrent_activities=settings.worker_max_concurrent_activities,
+            max_concurrent_local_activities=settings.worker_max_concurrent_activities,
+            max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
             graceful_shutdown_timeout=timedelta(seconds=10),
             workflow_runner=(SandboxedWorkflowRunner() if settings.workflow_sandbox
                              else UnsandboxedWorkflowRunner()),
@@ -118,7 +123,18 @@ def main() -> None:
     configure_logging("worker")
     # Before connecting: the client's (and so the Worker's) interceptors depend on it.
     setup_tracing("durapay-worker")
-    asyncio.run(run_worker())
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(run_worker())
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop: the worker's event loop costs a fraction of asyncio's own per activity and
+    workflow task. The default loop where the platform has no uvloop (Windows)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from api.schemas.payment_intents import (
 )
 from api.views import event_out, load_payment_intent_out, payment_intent_out
 from api.webhook_workflow import start_event_deliveries
-from core.db.deliveries import plan_deliveries
-from core.db.queries import append_event, merchant_visible_event
+from core.db.intent_writes import insert_payment_intent
+from core.db.queries import merchant_visible_event
 from core.db.tables import Event, PaymentIntent, Transaction
 from core.domain import IntentStatus, new_id
 from workflows.payment_intent import PaymentIntentWorkflow
@@ -50,21 +50,24 @@ async def create_payment_intent(
     # deliveries and the stored answer to the Idempotency-Key commit together once this
     # returns, so a crash can never leave an intent that a retry with the same key would
     # create a second time.
-    intent = PaymentIntent(
-        id=new_id("pi"), merchant_id=merchant.id, amount_in_cents=body.amount_in_cents,
-        currency=body.currency, description=body.description,
-        capture_method=body.capture_method, status=IntentStatus.CREATED.value,
-        metadata_=body.metadata)
-    session.add(intent)
-    await session.flush()
-    await session.refresh(intent)
-    event = await append_event(session, cause=f"{intent.id}:created",
-                               event_type="payment.created", intent=intent, transaction_id=None)
-    deliveries = await plan_deliveries(session, merchant.id, [event.id])
-    if deliveries:
+    inserted = await insert_payment_intent(
+        await session.connection(), intent_id=new_id("pi"), merchant_id=merchant.id,
+        amount_in_cents=body.amount_in_cents, currency=body.currency,
+        description=body.description, capture_method=body.capture_method,
+        metadata=body.metadata)
+    if inserted.deliveries:
         # Background tasks run once the answer is sent, so after the commit: a delivery never
         # starts for an intent that is not there. Only when someone subscribed.
-        background.add_task(start_event_deliveries, temporal, state.settings, deliveries)
+        background.add_task(start_event_deliveries, temporal, state.settings,
+                            inserted.deliveries)
+    intent = PaymentIntent(
+        id=inserted.id, merchant_id=inserted.merchant_id,
+        amount_in_cents=inserted.amount_in_cents, currency=inserted.currency,
+        description=inserted.description, capture_method=inserted.capture_method,
+        status=inserted.status, amount_capturable=inserted.amount_capturable,
+        amount_received=inserted.amount_received, amount_refunded=inserted.amount_refunded,
+        metadata_=inserted.metadata, created_at=inserted.created_at,
+        updated_at=inserted.updated_at)
     return payment_intent_out(intent, [])
 
 

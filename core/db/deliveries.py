@@ -8,6 +8,9 @@ activity, the API after a crash) names the same deliveries and writes nothing tw
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -32,10 +35,28 @@ async def plan_deliveries(session: AsyncSession, merchant_id: str,
         return []
     events = (await session.exec(select(Event).where(
         Event.id.in_(event_ids)).order_by(Event.seq))).all()  # type: ignore[attr-defined, arg-type]
-    rows = [{"id": delivery_id_for(event.id, endpoint.id), "merchant_id": event.merchant_id,
-             "event_id": event.id, "endpoint_id": endpoint.id, "origin": "event"}
-            for event in events for endpoint in sorted(endpoints, key=lambda e: e.id)
-            if is_subscribed(endpoint.enabled_events, event.type)]
+    rows = planned_deliveries(
+        merchant_id, [DeliveryTarget(e.id, e.enabled_events) for e in endpoints],
+        [(event.id, event.type) for event in events])
     if rows:
-        await session.exec(insert(WebhookDelivery).values(rows).on_conflict_do_nothing())
-    return [str(row["id"]) for row in rows]
+        await session.exec(insert(WebhookDelivery).values(
+            [{**row, "origin": "event"} for row in rows]).on_conflict_do_nothing())
+    return [row["id"] for row in rows]
+
+
+class DeliveryTarget(NamedTuple):
+    """An enabled endpoint of the merchant and the event types it listens to."""
+
+    endpoint_id: str
+    enabled_events: list[str]
+
+
+def planned_deliveries(merchant_id: str, endpoints: Sequence[DeliveryTarget],
+                       events: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """The delivery rows owed for `events` ((id, type), oldest first): one per (event, endpoint
+    subscribed to its type), endpoints in id order."""
+    targets = sorted(endpoints)
+    return [{"id": delivery_id_for(event_id, target.endpoint_id), "merchant_id": merchant_id,
+             "event_id": event_id, "endpoint_id": target.endpoint_id}
+            for event_id, event_type in events for target in targets
+            if is_subscribed(target.enabled_events, event_type)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, func, or_, text, update
 from sqlmodel import col, select
@@ -33,7 +33,27 @@ def event_id_for(cause: str) -> str:
     return "evt_" + hashlib.sha256(cause.encode()).hexdigest()[:24]
 
 
-def intent_state(intent: PaymentIntent) -> dict[str, Any]:
+class IntentFacts(Protocol):
+    """What an event tells of an intent: a `PaymentIntent` row, or the plain row the hot
+    path reads (core/db/payment_records.py)."""
+
+    id: str
+    currency: str
+    status: str
+    amount_in_cents: int
+    amount_capturable: int
+    amount_received: int
+    amount_refunded: int
+
+
+class TransactionFacts(Protocol):
+    id: str
+    type: str
+    status: str
+    amount_in_cents: int
+
+
+def intent_state(intent: IntentFacts) -> dict[str, Any]:
     """What an event records of the intent, before and after its change."""
     return {
         "status": intent.status,
@@ -44,7 +64,7 @@ def intent_state(intent: PaymentIntent) -> dict[str, Any]:
     }
 
 
-def event_data(intent: PaymentIntent, transaction: Transaction | None,
+def event_data(intent: IntentFacts, transaction: TransactionFacts | None,
                previous: dict[str, Any] | None) -> dict[str, Any]:
     """API.md's event data (the intent after the change), plus the intent before it and the
     transaction it concerns: a payment's story can be rebuilt from its events alone."""
@@ -98,16 +118,30 @@ async def append_chained_event(session: AsyncSession, *, chain: str, event_id: s
         "chain": chain})).one()
     if unless_recorded and await event_exists(session, event_id):
         return None
-    position = (tail.chain_seq or 0) + 1
-    previous = tail.hash or GENESIS_HASH
-    row = {"id": event_id, "merchant_id": merchant_id, "payment_intent_id": payment_intent_id,
-           "transaction_id": transaction_id, "type": event_type, "data": data,
-           "created_at": tail.now, "chain": chain, "chain_seq": position,
-           "intent_seq": position if in_intent_story else None}
-    event = Event(**row, prev_hash=previous, hash=link_hash(previous, row))
+    event = Event(**chained_event_row(
+        chain=chain, tail_seq=tail.chain_seq, tail_hash=tail.hash, now=tail.now,
+        event_id=event_id, merchant_id=merchant_id, event_type=event_type, data=data,
+        payment_intent_id=payment_intent_id, transaction_id=transaction_id,
+        in_intent_story=in_intent_story))
     session.add(event)
     await session.flush()  # a second append to the chain in this transaction reads this one
     return event
+
+
+def chained_event_row(*, chain: str, tail_seq: int | None, tail_hash: str | None,
+                      now: datetime, event_id: str, merchant_id: str | None, event_type: str,
+                      data: dict[str, Any], payment_intent_id: str | None,
+                      transaction_id: str | None, in_intent_story: bool) -> dict[str, Any]:
+    """An event's row at the end of its chain (after `tail_seq`/`tail_hash`, none for a new
+    chain), with its link: every writer of events builds it here, so the hash covers the
+    same columns whichever path wrote it."""
+    position = (tail_seq or 0) + 1
+    previous = tail_hash or GENESIS_HASH
+    row = {"id": event_id, "merchant_id": merchant_id, "payment_intent_id": payment_intent_id,
+           "transaction_id": transaction_id, "type": event_type, "data": data,
+           "created_at": now, "chain": chain, "chain_seq": position,
+           "intent_seq": position if in_intent_story else None}
+    return {**row, "prev_hash": previous, "hash": link_hash(previous, row)}
 
 
 async def append_event(session: AsyncSession, *, cause: str, event_type: str,
@@ -145,7 +179,7 @@ async def transition_intent(session: AsyncSession, intent: PaymentIntent, action
     """Move `intent` (loaded in this session) and append its event; raises IllegalTransition."""
     move = move_intent(intent.status, action)
     previous = intent_state(intent)
-    values: dict[str, Any] = {"status": move.after.value, **(changes or {})}
+    values = changed_columns(intent, {"status": move.after.value, **(changes or {})})
     result = await session.exec(
         update(PaymentIntent)
         .where(PaymentIntent.id == intent.id, PaymentIntent.status == move.before.value)
@@ -168,7 +202,7 @@ async def transition_transaction(session: AsyncSession, txn: Transaction,
                                  action: TransactionAction,
                                  changes: dict[str, Any] | None = None) -> None:
     after = move_transaction(txn.status, action)
-    values: dict[str, Any] = {"status": after.value, **(changes or {})}
+    values = changed_columns(txn, {"status": after.value, **(changes or {})})
     result = await session.exec(
         update(Transaction)
         .where(Transaction.id == txn.id, Transaction.status == txn.status)
@@ -216,6 +250,14 @@ async def close_manual_review(session: AsyncSession, intent: PaymentIntent) -> N
     row = result.first()
     if row is not None:
         intent.manual_review_resolved_at = row[0]
+
+
+def changed_columns(row: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The values that differ from what `row` holds: an UPDATE writes only what changes (an
+    unchanged column rewritten costs WAL and index work for nothing). The status always
+    stays, since a move is guarded by it even where it stays the same (a partial refund)."""
+    return {name: value for name, value in values.items()
+            if name == "status" or getattr(row, name) != value}
 
 
 def _now_sql() -> Any:
