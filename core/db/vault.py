@@ -8,7 +8,8 @@ outcome is unknown, when a retry of the same authorization may still need it.
 
 Card numbers that no outcome deletes (a request that failed before its charge was recorded, an
 outcome the database refused, an attempt whose outcome stays unknown) are deleted once they are
-`CARD_NUMBER_RETENTION` old (`shred_stale_card_numbers`): by then every retry of their
+`CARD_NUMBER_RETENTION` old (`shred_stale_card_numbers`, in bounded batches by the
+`durapay-housekeeping` schedule, workflows/housekeeping.py): by then every retry of their
 authorization is long over; one that still came (a worker down for a day) would find no card,
 which the workflow treats as an unknown outcome and reconciles, never as "nothing happened".
 
