@@ -20,7 +20,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.admin_throttle import AdminThrottle
-from api.authentication import AUTHENTICATION_HEADERS, SigningKeys, authenticate
+from api.authentication import (
+    AUTHENTICATION_HEADERS,
+    SigningKeys,
+    VerifiedMerchant,
+    authenticate,
+)
 from api.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -29,7 +34,7 @@ from api.errors import (
 )
 from api.views import load_owned_payment_intent
 from core.crypto import Cipher, VaultCipher
-from core.db.tables import Merchant, PaymentIntent
+from core.db.tables import PaymentIntent
 from core.keyring import Purpose
 from core.logs import request_context
 from core.settings import Settings
@@ -105,7 +110,8 @@ class TemporalConnection:
         return self._client
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hand-off per request.
     return request.app.state.durapay  # type: ignore[no-any-return]
 
 
@@ -163,11 +169,11 @@ async def authenticate_merchant(
     x_timestamp: Annotated[str | None, Header()] = None,
     x_nonce: Annotated[str | None, Header()] = None,
     x_signature: Annotated[str | None, Header()] = None,
-) -> Merchant:
+) -> VerifiedMerchant:
     """Verify the signed request (see API docs and api/authentication.py) and return the
     calling merchant. AuthenticatedRoute does it before the body is parsed; only a route built
     otherwise does it here."""
-    merchant: Merchant | None = request.scope.get(_VERIFIED_MERCHANT)
+    merchant: VerifiedMerchant | None = request.scope.get(_VERIFIED_MERCHANT)
     if merchant is None:
         merchant = await authenticate_request(request, state)
     context = request_context.get()
@@ -176,7 +182,7 @@ async def authenticate_merchant(
     return merchant
 
 
-async def authenticate_request(request: Request, state: AppState) -> Merchant:
+async def authenticate_request(request: Request, state: AppState) -> VerifiedMerchant:
     """The merchant of a request whose signature verifies, its nonce spent and one token of its
     rate limit taken (api/authentication.py); AuthenticationError or RateLimitError if not."""
     async with state.autocommit() as connection:
@@ -269,7 +275,7 @@ def _authentication_of(dependant: Dependant) -> Callable[..., Any] | None:
     return None
 
 
-MerchantDep = Annotated[Merchant, Depends(authenticate_merchant)]
+MerchantDep = Annotated[VerifiedMerchant, Depends(authenticate_merchant)]
 
 
 async def get_idempotency_key(
