@@ -167,6 +167,10 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
 
 async def store(session: AsyncSession, *, merchant_id: str, key: str, status: int,
                 content: bytes) -> None:
+    if not (session.in_transaction() or session.new or session.dirty or session.deleted):
+        # Nothing of the handler's left to commit with it (a charge committed before its
+        # Update): the UPDATE alone is atomic, so it runs without a BEGIN and a COMMIT.
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     await session.exec(update(IdempotencyRecord).where(
         IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key,
     ).values(response_status=status, response_body={SENT_TEXT: content.decode()}))

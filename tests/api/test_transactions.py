@@ -86,6 +86,22 @@ async def test_an_approved_charge_is_200_with_its_transaction_and_replays_as_sen
         assert (again.status_code, again.content) == (200, first.content)
 
 
+async def test_an_answered_charge_is_seven_statements_its_answer_stored_by_one(
+        settings: Settings, merchant: Merchant) -> None:
+    async with served_by(AnsweringPaymentWorkflow, settings, merchant) as shop:
+        intent = await shop.create_intent()
+        app = shop.http._transport.app  # type: ignore[attr-defined]
+        with statements_of(app) as sent:
+            answered = await shop.post(f"/payment-intents/{intent['id']}/transactions",
+                                       _charge(), idempotency_key="order-stored")
+        assert answered.status_code == 200, answered.text
+    # The claim and the token commit before the Update; after it, the stored answer is one
+    # autocommit UPDATE: nothing else of the request is left to commit with it.
+    assert _summaries(sent) == [
+        "AUTHENTICATE", "BEGIN", "SELECT payment_intent", "INSERT idempotency_record",
+        "INSERT card_token", "COMMIT", "UPDATE idempotency_record"]
+
+
 async def test_a_declined_charge_is_402_with_its_transaction_and_replays_as_sent(
         settings: Settings, merchant: Merchant) -> None:
     declined_card = {"number": "4000000000000002"}
