@@ -43,7 +43,7 @@ async def shred_stale_card_numbers(session: AsyncSession, now: datetime, *,
                                    limit: int | None) -> int:
     """Delete the card numbers held longer than `CARD_NUMBER_RETENTION`, oldest first, at most
     `limit` of them (None: all); returns how many. SKIP LOCKED: a token being written now is
-    left for the next sweep instead of waiting on it."""
+    left for the next batch instead of waiting on it."""
     stale = (select(CardToken.id)
              .where(CardToken.pan_ciphertext.is_not(None),  # type: ignore[union-attr]
                     CardToken.created_at < now - CARD_NUMBER_RETENTION)  # type: ignore[operator]
