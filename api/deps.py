@@ -7,56 +7,44 @@ import hashlib
 import hmac
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from sqlalchemy import delete, tuple_
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 
 from api.admin_throttle import AdminThrottle
+from api.authentication import (
+    AUTHENTICATION_HEADERS,
+    SigningKeys,
+    VerifiedMerchant,
+    authenticate,
+)
 from api.errors import (
     AuthenticationError,
     InvalidRequestError,
     NotFoundError,
     service_unavailable,
 )
-from api.rate_limit import take_token
-from core.crypto import (
-    Cipher,
-    VaultCipher,
-    canonical_path_and_query,
-    sign_request,
-    signature_matches,
-)
-from core.db.tables import Merchant, MerchantKey, PaymentIntent, RequestNonce
+from api.views import load_owned_payment_intent
+from core.crypto import Cipher, VaultCipher
+from core.db.tables import PaymentIntent
 from core.keyring import Purpose
 from core.logs import request_context
 from core.settings import Settings
 from core.temporal_client import connect_temporal
 
-NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+__all__ = ["AUTHENTICATION_HEADERS"]  # api/openapi.py names the scheme's headers
+
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
-# Unix seconds in ASCII digits only: str.isdigit() and int() also take '²' or '٣', and int()
-# raises past 4,300 digits; twelve digits reach the year 33658.
-TIMESTAMP_PATTERN = re.compile(r"[0-9]{1,12}")
-# Sent more than once, these would leave it to each proxy and framework which copy counts.
-AUTHENTICATION_HEADERS = ("Authorization", "X-Timestamp", "X-Nonce", "X-Signature")
-# Each authenticated request deletes at most this many expired nonces (of any key): it adds
-# one, so the table stays at about the window's traffic, and a backlog left by a burst drains
-# this many a request, in one short index range scan, never a whole-table scan.
-EXPIRED_NONCES_PER_REQUEST = 100
 # Where AuthenticatedRoute leaves what it verified, for the dependencies to pick up.
-_VERIFIED_KEY = "durapay.verified_key"
+_VERIFIED_MERCHANT = "durapay.verified_merchant"
 _ADMIN_VERIFIED = "durapay.admin_verified"
 
 
@@ -73,18 +61,31 @@ class AppState:
     webhook_secrets: Cipher
     temporal: TemporalConnection
     admin_throttle: AdminThrottle
-    # When (time.monotonic()) this process next deletes stale card numbers (a charge does it).
-    next_vault_sweep: float = float("-inf")
+    signing_keys: SigningKeys
 
     @classmethod
     def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession],
               temporal: TemporalConnection) -> AppState:
         keys = settings.resolved_key_ring()
+        merchant_secrets = Cipher(keys, Purpose.MERCHANT_SECRETS)
         return cls(settings=settings, sessions=sessions,
                    vault=VaultCipher(keys, settings.vault_epoch_keys()),
-                   merchant_secrets=Cipher(keys, Purpose.MERCHANT_SECRETS),
+                   merchant_secrets=merchant_secrets,
                    webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), temporal=temporal,
-                   admin_throttle=AdminThrottle(settings.admin_rate_limit_per_minute))
+                   admin_throttle=AdminThrottle(settings.admin_rate_limit_per_minute),
+                   signing_keys=SigningKeys(merchant_secrets))
+
+    @property
+    def engine(self) -> AsyncEngine:
+        engine: AsyncEngine = self.sessions.kw["bind"]
+        return engine
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose every statement is its own transaction: no BEGIN and COMMIT
+        round trips around a statement that is atomic by itself."""
+        async with self.engine.connect() as connection:
+            yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
 
 class TemporalConnection:
@@ -109,7 +110,8 @@ class TemporalConnection:
         return self._client
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hand-off per request.
     return request.app.state.durapay  # type: ignore[no-any-return]
 
 
@@ -160,82 +162,31 @@ AdminDep = Annotated[None, Depends(require_admin)]
 
 
 async def authenticate_merchant(
-    request: Request, state: StateDep, session: SessionDep,
+    request: Request, state: StateDep,
     # Declared for the API docs (api/openapi.py names the scheme from them); the values are
     # read from the request, by AuthenticatedRoute before the body is parsed.
     authorization: Annotated[str | None, Header()] = None,
     x_timestamp: Annotated[str | None, Header()] = None,
     x_nonce: Annotated[str | None, Header()] = None,
     x_signature: Annotated[str | None, Header()] = None,
-) -> Merchant:
-    """Verify the signed request (see API docs) and return the calling merchant. The
-    signature, nonce and rate limit are checked by AuthenticatedRoute before the body is
-    parsed; only a route built otherwise checks them here."""
-    key: MerchantKey | None = request.scope.get(_VERIFIED_KEY)
-    if key is None:
-        key = await authenticate_request(request, state, session)
-    merchant = await session.get(Merchant, key.merchant_id)
+) -> VerifiedMerchant:
+    """Verify the signed request (see API docs and api/authentication.py) and return the
+    calling merchant. AuthenticatedRoute does it before the body is parsed; only a route built
+    otherwise does it here."""
+    merchant: VerifiedMerchant | None = request.scope.get(_VERIFIED_MERCHANT)
     if merchant is None:
-        raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
+        merchant = await authenticate_request(request, state)
     context = request_context.get()
     if context is not None:  # the request's log lines name the merchant from here on
         context.merchant_id = merchant.id
     return merchant
 
 
-async def authenticate_request(request: Request, state: AppState,
-                               session: AsyncSession) -> MerchantKey:
-    """The signing key of a request whose signature verifies, its nonce spent and one token of
-    its rate limit taken; AuthenticationError or RateLimitError if not.
-
-    The nonce is spent before the rate limit is asked: a request refused with 429 has still
-    used its nonce, so the same signed bytes sent again later are a replay (401), not a
-    request that now succeeds."""
-    headers = request.headers
-    x_nonce = headers.get("x-nonce")
-    key = await verify_signature(request, state, session,
-                                 authorization=headers.get("authorization"),
-                                 x_timestamp=headers.get("x-timestamp"), x_nonce=x_nonce,
-                                 x_signature=headers.get("x-signature"))
-    await _consume_nonce(session, key.public_key, x_nonce or "", datetime.now(UTC),
-                         state.settings)
-    await take_token(session, state.settings, key.public_key)  # once the signature verified
-    return key
-
-
-async def verify_signature(request: Request, state: AppState, session: AsyncSession, *,
-                           authorization: str | None, x_timestamp: str | None,
-                           x_nonce: str | None, x_signature: str | None) -> MerchantKey:
-    """The request's key, if its signature verifies; AuthenticationError if not. Changes
-    nothing: the nonce and the rate limit are the caller's."""
-    for name in AUTHENTICATION_HEADERS:
-        if len(request.headers.getlist(name)) > 1:
-            raise AuthenticationError("duplicate_header", f"Send {name} once.", name)
-    public_key = (authorization or "").removeprefix("Bearer ").strip()
-    if not public_key.startswith("pk_"):
-        raise AuthenticationError("missing_api_key",
-                                  "Send your public key as 'Authorization: Bearer pk_…'.")
-    if not (x_timestamp and x_nonce and x_signature):
-        raise AuthenticationError("missing_signature",
-                                  "Signed requests need X-Timestamp, X-Nonce and X-Signature.")
-    if not TIMESTAMP_PATTERN.fullmatch(x_timestamp) or abs(time.time() - int(x_timestamp)) > \
-            state.settings.signature_tolerance_seconds:
-        raise AuthenticationError("timestamp_out_of_window",
-                                  "X-Timestamp is more than 300 seconds from the server's clock.")
-    if not NONCE_PATTERN.fullmatch(x_nonce):
-        raise AuthenticationError("invalid_nonce", "X-Nonce must be 16 to 64 of [A-Za-z0-9_-].")
-    key = await session.get(MerchantKey, public_key)
-    now = datetime.now(UTC)
-    if key is None or (key.expires_at is not None and key.expires_at <= now):
-        raise AuthenticationError("invalid_api_key", "Unknown or revoked API key.")
-    secret = state.merchant_secrets.decrypt(key.secret_ciphertext,
-                                            context=key.public_key).decode()
-    expected = sign_request(secret, method=request.method,
-                            path_and_query=_path_and_query_as_sent(request),
-                            timestamp=x_timestamp, nonce=x_nonce, body=await request.body())
-    if not signature_matches(expected, x_signature):
-        raise AuthenticationError("invalid_signature", "The request signature does not match.")
-    return key
+async def authenticate_request(request: Request, state: AppState) -> VerifiedMerchant:
+    """The merchant of a request whose signature verifies, its nonce spent and one token of its
+    rate limit taken (api/authentication.py); AuthenticationError or RateLimitError if not."""
+    async with state.autocommit() as connection:
+        return await authenticate(request, connection, state.signing_keys, state.settings)
 
 
 class AuthenticatedRoute(APIRoute):
@@ -254,9 +205,7 @@ class AuthenticatedRoute(APIRoute):
             if needs is require_admin:
                 await require_admin(request, state)
             elif needs is authenticate_merchant:
-                async with state.sessions() as session:
-                    request.scope[_VERIFIED_KEY] = await authenticate_request(
-                        request, state, session)
+                request.scope[_VERIFIED_MERCHANT] = await authenticate_request(request, state)
             await refuse_nul_characters(request)
             return await handle(request)
 
@@ -326,45 +275,7 @@ def _authentication_of(dependant: Dependant) -> Callable[..., Any] | None:
     return None
 
 
-def _path_and_query_as_sent(request: Request) -> str:
-    """The request target as the client sent it, not as decoded: `request.url.path` has `%2D`
-    already turned into `-`, so a signature over what was sent would not match it."""
-    raw_path: bytes | None = request.scope.get("raw_path")
-    if raw_path is None:  # optional in ASGI; every server we run sets it
-        raw_path = request.scope["path"].encode()
-    try:
-        return canonical_path_and_query(raw_path, request.scope.get("query_string", b""))
-    except UnicodeDecodeError:  # no canonical string (UTF-8) was signed over these bytes
-        raise AuthenticationError("invalid_signature",
-                                  "The request signature does not match.") from None
-
-
-async def _consume_nonce(session: AsyncSession, public_key: str, nonce: str, now: datetime,
-                         settings: Settings) -> None:
-    """Record the nonce; a second use inside the window is a replay.
-
-    Kept in Postgres so every API process sees the same set; expired rows of every key are
-    pruned here, a bounded batch per request (`EXPIRED_NONCES_PER_REQUEST`), instead of by a
-    separate janitor.
-    """
-    window = timedelta(seconds=2 * settings.signature_tolerance_seconds)
-    inserted = await session.exec(
-        insert(RequestNonce).values(public_key=public_key, nonce=nonce, expires_at=now + window)
-        .on_conflict_do_nothing().returning(RequestNonce.nonce)
-    )
-    if inserted.first() is None:
-        await session.rollback()
-        raise AuthenticationError("replayed_nonce", "This nonce was already used.")
-    # SKIP LOCKED: concurrent requests prune different rows instead of queueing on the same.
-    expired = (select(RequestNonce.public_key, RequestNonce.nonce)
-               .where(RequestNonce.expires_at < now).order_by(RequestNonce.expires_at)
-               .limit(EXPIRED_NONCES_PER_REQUEST).with_for_update(skip_locked=True))
-    await session.exec(delete(RequestNonce).where(
-        tuple_(RequestNonce.public_key, RequestNonce.nonce).in_(expired)))
-    await session.commit()
-
-
-MerchantDep = Annotated[Merchant, Depends(authenticate_merchant)]
+MerchantDep = Annotated[VerifiedMerchant, Depends(authenticate_merchant)]
 
 
 async def get_idempotency_key(
@@ -386,9 +297,7 @@ IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]
 
 async def get_owned_payment_intent(id: str, merchant: MerchantDep,
                                    session: SessionDep) -> PaymentIntent:
-    result = await session.exec(select(PaymentIntent).where(
-        PaymentIntent.id == id, PaymentIntent.merchant_id == merchant.id))
-    intent = result.first()
+    intent = await load_owned_payment_intent(session, id, merchant.id)
     if intent is None:
         # Another merchant's intent is indistinguishable from a missing one.
         raise NotFoundError("payment_intent", id)

@@ -4,7 +4,8 @@ The first request with a key claims it; the stored response is replayed for the 
 the same parameters; the same key with other parameters is a 400; a key whose first request is
 still running is a 409. A claim abandoned by a crashed process can be taken over after a while.
 A key is kept `DURAPAY_IDEMPOTENCY_RETENTION_SECONDS` (24 h, as Stripe): past that it is a new
-key, and each claim deletes a bounded batch of expired records, whoever's they are.
+key; the `durapay-housekeeping` schedule deletes expired records (core/db/housekeeping.py), so a
+claim never pays for anyone's cleanup.
 
 An endpoint takes part by declaring its key as `Annotated[str | None, idempotent(BodyModel)]`,
 on a router built with `route_class=IdempotentRoute`. Its handler then only does its work and
@@ -43,7 +44,7 @@ from typing import Any
 
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import and_, delete, or_, tuple_, update
+from sqlalchemy import and_, delete, or_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -51,14 +52,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from api.deps import AuthenticatedRoute, IdempotencyKeyDep, MerchantDep, SessionDep, StateDep
 from api.errors import ApiError, ConflictError, InvalidRequestError
 from api.schemas.base import RequestModel
+from core.db.housekeeping import ABANDONED_AFTER
 from core.db.tables import IdempotencyRecord
 from core.keyring import KeyRing, MasterKey
 
-ABANDONED_AFTER = timedelta(seconds=60)
-# Each claim deletes at most this many expired records (of any merchant), in one range scan of
-# the created_at index: it adds at most one, so a backlog drains without a janitor process and
-# no request ever pays for a scan of the whole table.
-EXPIRED_RECORDS_PER_CLAIM = 100
+__all__ = ["ABANDONED_AFTER"]
 # `response_body` is JSONB, which reorders an object's keys: the answer is kept as the JSON text
 # that was sent, under this one key, so that a replay is the same bytes.
 SENT_TEXT = "sent"
@@ -111,18 +109,6 @@ def _expired(now: datetime, retention: timedelta) -> Any:
                     IdempotencyRecord.created_at < now - ABANDONED_AFTER))
 
 
-async def _delete_expired(session: AsyncSession, now: datetime, retention: timedelta) -> None:
-    # Past both ages, so the index on created_at bounds the scan; SKIP LOCKED: concurrent
-    # claims delete different rows instead of queueing on the same ones.
-    cutoff = now - max(retention, ABANDONED_AFTER)
-    expired = (select(IdempotencyRecord.merchant_id, IdempotencyRecord.key)
-               .where(IdempotencyRecord.created_at < cutoff)
-               .order_by(IdempotencyRecord.created_at)  # type: ignore[arg-type]
-               .limit(EXPIRED_RECORDS_PER_CLAIM).with_for_update(skip_locked=True))
-    await session.exec(delete(IdempotencyRecord).where(
-        tuple_(IdempotencyRecord.merchant_id, IdempotencyRecord.key).in_(expired)))
-
-
 async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: str,
                 fingerprints: Sequence[str], retention: timedelta,
                 commit: bool = True) -> StoredResponse | None:
@@ -148,9 +134,6 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
             where=_expired(now, retention))
         .returning(IdempotencyRecord.key)
     )).first() is not None
-    # After the claim, whose row lock is the only one this transaction waits for: the deletion
-    # skips locked rows, so two claims cannot each wait on a row the other deleted.
-    await _delete_expired(session, now, retention)
     if claimed:
         if commit:
             await session.commit()
@@ -184,6 +167,10 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
 
 async def store(session: AsyncSession, *, merchant_id: str, key: str, status: int,
                 content: bytes) -> None:
+    if not (session.in_transaction() or session.new or session.dirty or session.deleted):
+        # Nothing of the handler's left to commit with it (a charge committed before its
+        # Update): the UPDATE alone is atomic, so it runs without a BEGIN and a COMMIT.
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     await session.exec(update(IdempotencyRecord).where(
         IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key,
     ).values(response_status=status, response_body={SENT_TEXT: content.decode()}))

@@ -7,10 +7,12 @@ bursts of up to twice that; past it the API answers 429 `rate_limit_error` with 
 Why Postgres: the API runs as several processes, and a bucket per process would let each of
 them grant the whole budget. A bucket is a row (`rate_limit_bucket`) that one statement
 refills and spends atomically, with time read from the database's clock, so every process
-sees one clock and one balance. The statement runs as its own transaction (autocommit): the
-row is locked only while Postgres executes it, not across a BEGIN and a COMMIT sent from the
-API, and it costs one round trip; the table is UNLOGGED, so that commit waits for no disk
-flush (`make bench` and `python -m bench.rate_limit` measure it).
+sees one clock and one balance. A request's first token is taken inside authentication's one
+statement, right after its nonce is spent (api/authentication.py), so the limit costs no round
+trip of its own; a fallback shard's token (below) by `TAKE_TOKEN` alone. Either statement runs
+as its own transaction (autocommit): the row is locked only while Postgres executes it, not
+across a BEGIN and a COMMIT sent from the API; the table is UNLOGGED, so its writes skip the
+WAL (`make bench` and `python -m bench.rate_limit` measure the statement).
 
 Why shards: every request of a key updates that key's row, so one row caps a key's requests at
 what one row lock serialises, whichever number of API processes serve it. A key whose rate
@@ -44,8 +46,10 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.errors import RateLimitError
@@ -62,19 +66,22 @@ MAX_SHARDS = 64
 # fraction of a percent of an instant full burst (docs/operations.md).
 FALLBACK_SHARDS = 1
 
-# The tokens a bucket holds at `excluded.updated_at` (the clock read once, in VALUES), capped at
-# the burst. greatest(0, …): a request that waited for the row lock may carry an earlier time
-# than the one its predecessor stored; it then refills nothing rather than a negative amount.
+# The tokens a bucket holds at `excluded.updated_at` (the clock read once, in the inserted row),
+# capped at the burst. greatest(0, …): a request that waited for the row lock may carry an earlier
+# time than the one its predecessor stored; it then refills nothing rather than a negative amount.
 _REFILLED = ("least(CAST(:burst AS float8), bucket.tokens + CAST(:rate AS float8) * greatest("
              "0, extract(epoch FROM excluded.updated_at - bucket.updated_at)::float8))")
-TAKE_TOKEN = text(f"""
-INSERT INTO rate_limit_bucket AS bucket (public_key, shard, tokens, allowed, updated_at)
-VALUES (:public_key, :shard, CAST(:burst AS float8) - 1, true, clock_timestamp())
-ON CONFLICT (public_key, shard) DO UPDATE SET
+# Refill and spend an existing bucket: the tail of every statement that takes a token, whether on
+# its own (`TAKE_TOKEN`) or inside authentication's one statement (api/authentication.py).
+SPEND_FROM_BUCKET = f"""ON CONFLICT (public_key, shard) DO UPDATE SET
     tokens = {_REFILLED} - CASE WHEN {_REFILLED} >= 1 THEN 1 ELSE 0 END,
     allowed = {_REFILLED} >= 1,
     updated_at = greatest(bucket.updated_at, excluded.updated_at)
-RETURNING allowed, tokens
+RETURNING allowed, tokens"""
+TAKE_TOKEN = text(f"""
+INSERT INTO rate_limit_bucket AS bucket (public_key, shard, tokens, allowed, updated_at)
+VALUES (:public_key, :shard, CAST(:burst AS float8) - 1, true, clock_timestamp())
+{SPEND_FROM_BUCKET}
 """)
 
 # Which shard serves a request is no secret and needs no strength: a client that could steer it
@@ -98,28 +105,64 @@ def shard_order(shards: int, choice: random.Random, *,
     return choice.sample(range(shards), min(shards, 1 + fallbacks))
 
 
+@dataclass(frozen=True)
+class TokenRequest:
+    """The buckets one request of a key tries, in order, and each one's rate and burst."""
+
+    rate: float
+    shards: list[int]
+    shard_rate: float
+    shard_burst: float
+
+    def parameters(self, shard: int) -> dict[str, float | int]:
+        return {"shard": shard, "rate": self.shard_rate, "burst": self.shard_burst}
+
+
+def token_request(settings: Settings) -> TokenRequest | None:
+    """What one request takes from its key's buckets; None when the limit is off."""
+    rate = settings.rate_limit_per_second
+    if rate <= 0:
+        return None
+    shards = shards_for(rate)
+    return TokenRequest(rate=rate, shards=shard_order(shards, _CHOICE), shard_rate=rate / shards,
+                        shard_burst=burst_of(rate) / shards)
+
+
 async def take_token(session: AsyncSession, settings: Settings, public_key: str) -> None:
     """Spend one of `public_key`'s tokens, or raise 429 with the wait until the next one.
 
     Call it with no transaction open on `session`: its statements commit one by one."""
-    rate = settings.rate_limit_per_second
-    if rate <= 0:
+    wanted = token_request(settings)
+    if wanted is None:
         return
-    shards = shards_for(rate)
-    shard_rate, shard_burst = rate / shards, burst_of(rate) / shards
-    waits: list[float] = []
     connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     try:
-        for shard in shard_order(shards, _CHOICE):
-            row = (await connection.execute(TAKE_TOKEN, {
-                "public_key": public_key, "shard": shard, "rate": shard_rate,
-                "burst": shard_burst})).one()
-            if row.allowed:
-                return
-            waits.append((1 - row.tokens) / shard_rate)
+        await take_from_shards(connection, wanted, public_key, wanted.shards, waits=[])
     finally:
         await session.commit()  # nothing left to commit: it hands the connection back
-    raise RateLimitError(
+
+
+async def take_from_shards(connection: AsyncConnection, wanted: TokenRequest, public_key: str,
+                           shards: list[int], *, waits: list[float]) -> None:
+    """Take a token from the first of `shards` that holds one, each in its own autocommit
+    statement; RateLimitError if none does. `waits`: the seconds until a token of each shard
+    already found empty (authentication's statement tries the first shard itself)."""
+    for shard in shards:
+        row = (await connection.execute(TAKE_TOKEN, {
+            "public_key": public_key, **wanted.parameters(shard)})).one()
+        if row.allowed:
+            return
+        waits.append(seconds_until_token(wanted, row.tokens))
+    raise rate_limited(wanted, waits)
+
+
+def seconds_until_token(wanted: TokenRequest, tokens: float) -> float:
+    return (1 - tokens) / wanted.shard_rate
+
+
+def rate_limited(wanted: TokenRequest, waits: list[float]) -> RateLimitError:
+    rate = wanted.rate
+    return RateLimitError(
         "rate_limit_exceeded",
         f"Too many requests with this API key: at most {rate:g} a second on average, in "
         f"bursts of {burst_of(rate):g}. Retry after the delay in Retry-After (seconds).",

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from sqlmodel import select
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import Select, bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.schemas.events import EventOut
@@ -23,7 +29,7 @@ from core.db.tables import (
 )
 
 
-def transaction_out(txn: Transaction) -> TransactionOut:
+def transaction_out(txn: Transaction | SimpleNamespace) -> TransactionOut:
     card = None
     if txn.card_brand and txn.card_last4:
         card = CardOut(brand=txn.card_brand, last4=txn.card_last4,
@@ -36,7 +42,8 @@ def transaction_out(txn: Transaction) -> TransactionOut:
         updated_at=txn.updated_at)
 
 
-def payment_intent_out(intent: PaymentIntent, transactions: list[Transaction]) -> PaymentIntentOut:
+def payment_intent_out(intent: PaymentIntent | SimpleNamespace,
+                       transactions: Sequence[Transaction | SimpleNamespace]) -> PaymentIntentOut:
     return PaymentIntentOut(
         id=intent.id, amount_in_cents=intent.amount_in_cents, currency=intent.currency,
         description=intent.description, status=intent.status,
@@ -52,15 +59,64 @@ def event_out(event: Event) -> EventOut:
                     sequence=event.seq, intent_sequence=event.intent_seq, data=event.data)
 
 
-async def load_payment_intent_out(session: AsyncSession, intent_id: str) -> PaymentIntentOut:
-    """Fresh read of an intent and its transactions (oldest first)."""
-    intent = (await session.exec(select(PaymentIntent).where(PaymentIntent.id == intent_id)
-                                 .execution_options(populate_existing=True))).one()
-    transactions = (await session.exec(
-        select(Transaction).where(Transaction.payment_intent_id == intent_id)
-        .order_by(Transaction.created_at, Transaction.id)
-        .execution_options(populate_existing=True))).all()
-    return payment_intent_out(intent, list(transactions))
+def _labelled(model: type[SQLModel], prefix: str) -> dict[str, Any]:
+    """The model's columns labelled `prefix + attribute name` (e.g. `metadata_`, whose column is
+    `metadata`), so that one row of a join builds both models."""
+    mapper = model.__mapper__  # type: ignore[attr-defined]
+    return {attribute.key: attribute.columns[0].label(prefix + attribute.key)
+            for attribute in mapper.column_attrs}
+
+
+_INTENT_COLUMNS = _labelled(PaymentIntent, "intent_")
+_TRANSACTION_COLUMNS = _labelled(Transaction, "transaction_")
+_INTENT_ID = bindparam("intent_id")
+# Built once: a statement object keeps its cache key, so each execution skips rebuilding it.
+# An intent and its transactions, oldest first: one row per transaction (one row of NULLs for
+# an intent without any), in one statement.
+_INTENT_WITH_TRANSACTIONS = (
+    select(*_INTENT_COLUMNS.values(), *_TRANSACTION_COLUMNS.values())
+    .select_from(PaymentIntent.__table__.outerjoin(  # type: ignore[attr-defined]
+        Transaction.__table__,  # type: ignore[attr-defined]
+        Transaction.payment_intent_id == PaymentIntent.id))
+    .where(PaymentIntent.id == _INTENT_ID)
+    .order_by(Transaction.created_at, Transaction.id))
+_OWNED_INTENT_WITH_TRANSACTIONS = _INTENT_WITH_TRANSACTIONS.where(
+    PaymentIntent.merchant_id == bindparam("merchant_id"))
+_OWNED_INTENT: Select[Any] = select(*_INTENT_COLUMNS.values()).where(
+    PaymentIntent.id == _INTENT_ID, PaymentIntent.merchant_id == bindparam("merchant_id"))
+
+
+def _fields(columns: dict[str, Any], row: Any) -> dict[str, Any]:
+    values = row._mapping
+    return {key: values[column.key] for key, column in columns.items()}
+
+
+async def load_payment_intent_out(database: AsyncSession | AsyncConnection, intent_id: str, *,
+                                  merchant_id: str | None = None) -> PaymentIntentOut | None:
+    """Fresh read of an intent and its transactions (oldest first), in one statement; None if
+    there is no such intent (of `merchant_id`, when given). The rows map straight to the
+    answer: read-only views (SimpleNamespace), no table models to build."""
+    if merchant_id is None:
+        query, parameters = _INTENT_WITH_TRANSACTIONS, {"intent_id": intent_id}
+    else:
+        query = _OWNED_INTENT_WITH_TRANSACTIONS
+        parameters = {"intent_id": intent_id, "merchant_id": merchant_id}
+    rows = (await database.exec(query, params=parameters) if isinstance(database, AsyncSession)
+            else await database.execute(query, parameters)).all()
+    if not rows:
+        return None
+    intent = SimpleNamespace(**_fields(_INTENT_COLUMNS, rows[0]))
+    transactions = [SimpleNamespace(**_fields(_TRANSACTION_COLUMNS, row)) for row in rows
+                    if row._mapping[_TRANSACTION_COLUMNS["id"].key] is not None]
+    return payment_intent_out(intent, transactions)
+
+
+async def load_owned_payment_intent(session: AsyncSession, intent_id: str,
+                                    merchant_id: str) -> PaymentIntent | None:
+    """The merchant's intent, read in Core (no identity map: always as committed)."""
+    row = (await session.exec(_OWNED_INTENT, params={
+        "intent_id": intent_id, "merchant_id": merchant_id})).first()
+    return None if row is None else PaymentIntent(**_fields(_INTENT_COLUMNS, row))
 
 
 def webhook_endpoint_out(endpoint: WebhookEndpoint) -> WebhookEndpointOut:

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     reconcile_stuck_after_seconds: int = 3600
     # How often the audit chains' heads are checkpointed (durapay-audit-checkpoint schedule).
     audit_checkpoint_interval_seconds: int = Field(default=300, gt=0)
+    # How often expired nonces, Idempotency-Key records and card numbers are deleted
+    # (durapay-housekeeping schedule): what waits for deletion is at most this much older.
+    housekeeping_interval_seconds: int = Field(default=60, gt=0)
     # The event stream (`durapay events stream`): its replication slot, and Kafka when set.
     event_stream_slot: str = Field(default="durapay_events", pattern=r"^[a-z0-9_]{1,63}$")
     kafka_bootstrap: str | None = None

@@ -18,6 +18,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.audit import AuditActivities
 from activities.card_network import CardNetworkActivities
+from activities.housekeeping import HousekeepingActivities
 from activities.persistence import PaymentRecordActivities
 from activities.reconciliation import ReconciliationActivities
 from activities.webhooks import WebhookActivities, new_http_client
@@ -32,6 +33,7 @@ from core.vault_epochs import destroy_expired_periodically
 from workers.health_server import HealthServer, postgres_check, start_sdk_metrics, temporal_check
 from workers.schedules import ensure_schedules, schedules_paused
 from workflows.audit_checkpoint import AuditCheckpointWorkflow
+from workflows.housekeeping import HousekeepingWorkflow
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.reconciliation import ReconciliationSweepWorkflow
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
@@ -58,6 +60,9 @@ async def run_worker() -> None:
         reconciliation = ReconciliationActivities(
             sessions=sessions, http=http, cardnet_url=settings.effective_cardnet_url)
         audit = AuditActivities(engine)
+        housekeeping = HousekeepingActivities(
+            engine=engine, sessions=sessions,
+            idempotency_retention=timedelta(seconds=settings.idempotency_retention_seconds))
         webhooks = WebhookActivities(
             http=webhook_http, sessions=sessions,
             webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), settings=settings)
@@ -65,7 +70,7 @@ async def run_worker() -> None:
             client,
             task_queue=settings.task_queue,
             workflows=[PaymentIntentWorkflow, WebhookDeliveryWorkflow,
-                       ReconciliationSweepWorkflow, AuditCheckpointWorkflow],
+                       ReconciliationSweepWorkflow, AuditCheckpointWorkflow, HousekeepingWorkflow],
             activities=[
                 records.load_payment,
                 records.record_charge_attempt,
@@ -85,6 +90,9 @@ async def run_worker() -> None:
                 webhooks.fail_webhook_delivery,
                 reconciliation.reconcile_window,
                 audit.record_chain_checkpoints,
+                housekeeping.delete_expired_nonces,
+                housekeeping.delete_expired_idempotency_records,
+                housekeeping.shred_stale_card_numbers,
             ],
             # The records run as local activities, in slots of their own: the same bound.
             max_concurrent_activities=settings.worker_max_concurrent_activities,

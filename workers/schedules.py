@@ -1,8 +1,8 @@
 """Temporal Schedules the workers keep in place: wiring only, no business logic.
 
-Every worker calls `ensure_schedules` at start-up (the reconciliation sweep and the audit
-checkpoint), so the schedules exist wherever workers run and follow the configured intervals
-after a redeploy. Several workers starting at
+Every worker calls `ensure_schedules` at start-up (the reconciliation sweep, the audit
+checkpoint and housekeeping), so the schedules exist wherever workers run and follow the
+configured intervals after a redeploy. Several workers starting at
 once are safe: creation is atomic on the server (the losers see "already running"), and an
 update goes through the schedule's conflict token, retried by the SDK.
 """
@@ -33,13 +33,15 @@ from core.metrics import SCHEDULE_READ_SECONDS
 from core.reconciliation import SweepTrigger
 from core.settings import Settings
 from workflows.audit_checkpoint import AuditCheckpointWorkflow
+from workflows.housekeeping import HousekeepingWorkflow
 from workflows.reconciliation import ReconciliationSweepInput, ReconciliationSweepWorkflow
 
 log = logging.getLogger("durapay.worker")
 
 RECONCILIATION_SCHEDULE_ID = "durapay-reconciliation-sweep"
 AUDIT_CHECKPOINT_SCHEDULE_ID = "durapay-audit-checkpoint"
-SCHEDULE_IDS = (RECONCILIATION_SCHEDULE_ID, AUDIT_CHECKPOINT_SCHEDULE_ID)
+HOUSEKEEPING_SCHEDULE_ID = "durapay-housekeeping"
+SCHEDULE_IDS = (RECONCILIATION_SCHEDULE_ID, AUDIT_CHECKPOINT_SCHEDULE_ID, HOUSEKEEPING_SCHEDULE_ID)
 
 
 def reconciliation_schedule(settings: Settings) -> Schedule:
@@ -57,10 +59,16 @@ def audit_checkpoint_schedule(settings: Settings) -> Schedule:
         task_queue=settings.task_queue))
 
 
+def housekeeping_schedule(settings: Settings) -> Schedule:
+    return _every(settings.housekeeping_interval_seconds, ScheduleActionStartWorkflow(
+        HousekeepingWorkflow.run, id=HOUSEKEEPING_SCHEDULE_ID, task_queue=settings.task_queue))
+
+
 def _every(seconds: int, action: ScheduleActionStartWorkflow) -> Schedule:
-    """Both schedules' runs cover everything before them (a sweep's windows overlap; a
-    checkpoint takes every head): one still running when the next is due makes the next
-    redundant, and after an outage one catch-up run is enough, not one per missed interval."""
+    """Every schedule's run covers everything before it (a sweep's windows overlap; a
+    checkpoint takes every head; housekeeping deletes all that expired): one still running
+    when the next is due makes the next redundant, and after an outage one catch-up run is
+    enough, not one per missed interval."""
     interval = timedelta(seconds=seconds)
     return Schedule(
         action=action, spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
@@ -72,6 +80,7 @@ async def ensure_schedules(client: Client, settings: Settings) -> None:
     await ensure_reconciliation_schedule(client, settings)
     await ensure_schedule(client, AUDIT_CHECKPOINT_SCHEDULE_ID,
                           audit_checkpoint_schedule(settings))
+    await ensure_schedule(client, HOUSEKEEPING_SCHEDULE_ID, housekeeping_schedule(settings))
 
 
 async def ensure_reconciliation_schedule(client: Client, settings: Settings) -> None:

@@ -8,6 +8,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import MerchantDep, OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
+from api.errors import NotFoundError
 from api.idempotency import IdempotentRoute, idempotent
 from api.openapi import errors
 from api.pagination import newest_first_page
@@ -92,9 +93,16 @@ async def list_payment_intents(
 
 @router.get("/{id}", response_model=PaymentIntentOut, operation_id="payment-intents-retrieve",
             responses=errors(401, 404, 429, 503), summary="Retrieve a PaymentIntent")
-async def retrieve_payment_intent(intent: OwnedPaymentIntentDep,
-                                  session: SessionDep) -> PaymentIntentOut:
-    return await load_payment_intent_out(session, intent.id)
+async def retrieve_payment_intent(id: str, merchant: MerchantDep,
+                                  state: StateDep) -> PaymentIntentOut:
+    # One autocommit statement for the intent, its owner check and its transactions: no
+    # transaction to open or close around a single read.
+    async with state.autocommit() as connection:
+        out = await load_payment_intent_out(connection, id, merchant_id=merchant.id)
+    if out is None:
+        # Another merchant's intent is indistinguishable from a missing one.
+        raise NotFoundError("payment_intent", id)
+    return out
 
 
 OPERATION_RESPONSES = errors(
@@ -149,6 +157,8 @@ async def _operation_answer(session: AsyncSession, intent_id: str, sent: SentUpd
     cancel without an authorization has none): 202 while it is not settled, 402 (raised)
     when the network declined it."""
     out = await load_payment_intent_out(session, intent_id)
+    if out is None:  # intents are never deleted: only a broken database gets here
+        raise NotFoundError("payment_intent", intent_id)
     if sent.result is None:
         response.status_code = status.HTTP_202_ACCEPTED
     else:

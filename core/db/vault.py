@@ -8,7 +8,8 @@ outcome is unknown, when a retry of the same authorization may still need it.
 
 Card numbers that no outcome deletes (a request that failed before its charge was recorded, an
 outcome the database refused, an attempt whose outcome stays unknown) are deleted once they are
-`CARD_NUMBER_RETENTION` old (`shred_stale_card_numbers`): by then every retry of their
+`CARD_NUMBER_RETENTION` old (`shred_stale_card_numbers`, in bounded batches by the
+`durapay-housekeeping` schedule, workflows/housekeeping.py): by then every retry of their
 authorization is long over; one that still came (a worker down for a day) would find no card,
 which the workflow treats as an unknown outcome and reconciles, never as "nothing happened".
 
@@ -42,7 +43,7 @@ async def shred_stale_card_numbers(session: AsyncSession, now: datetime, *,
                                    limit: int | None) -> int:
     """Delete the card numbers held longer than `CARD_NUMBER_RETENTION`, oldest first, at most
     `limit` of them (None: all); returns how many. SKIP LOCKED: a token being written now is
-    left for the next sweep instead of waiting on it."""
+    left for the next batch instead of waiting on it."""
     stale = (select(CardToken.id)
              .where(CardToken.pan_ciphertext.is_not(None),  # type: ignore[union-attr]
                     CardToken.created_at < now - CARD_NUMBER_RETENTION)  # type: ignore[operator]

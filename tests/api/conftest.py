@@ -19,8 +19,8 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import event
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
@@ -234,6 +235,43 @@ async def workflow_exists(temporal: Client, workflow_id: str) -> bool:
             return False
         raise
     return True
+
+
+@contextmanager
+def statements_of(app: FastAPI) -> Iterator[list[str]]:
+    """Every statement the app sends to PostgreSQL during the block, in the order sent: its SQL
+    and the transaction control the asyncpg adapter sends around it (`BEGIN;` before the first
+    statement of a transaction, `COMMIT;`, `ROLLBACK;`; none on an autocommit connection).
+    The pool's own liveness pings (core/db/session.py) are not the request's and not listed."""
+    engine = app.state.durapay.engine.sync_engine
+    sent: list[str] = []
+
+    def executed(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        adapter = connection.connection.dbapi_connection
+        if adapter._transaction is None and adapter.isolation_level != "autocommit":
+            sent.append("BEGIN;")  # the adapter begins lazily, right before this statement
+        sent.append(statement)
+
+    def ended(verb: str) -> Callable[[Any], None]:
+        def end(connection: Any) -> None:
+            if connection.connection.dbapi_connection._transaction is not None:
+                sent.append(verb)
+        return end
+
+    def reset(dbapi_connection: Any, *args: Any) -> None:
+        if dbapi_connection._transaction is not None:
+            sent.append("ROLLBACK;")
+
+    listeners: list[tuple[Any, str, Any]] = [
+        (engine, "before_cursor_execute", executed), (engine, "commit", ended("COMMIT;")),
+        (engine, "rollback", ended("ROLLBACK;")), (engine.pool, "reset", reset)]
+    for target, name, listener in listeners:
+        event.listen(target, name, listener)
+    try:
+        yield sent
+    finally:
+        for target, name, listener in listeners:
+            event.remove(target, name, listener)
 
 
 async def assert_eventually(predicate: Callable[[], Awaitable[T | None]], *,

@@ -13,10 +13,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api.deps import EXPIRED_NONCES_PER_REQUEST
 from client import DurapayClient, signed_headers
 from core.crypto import sign_request
-from tests.api.conftest import ADMIN_TOKEN, Merchant, count
+from tests.api.conftest import ADMIN_TOKEN, Merchant, count, statements_of
 from tests.signed_escapes import check_escaped_requests_are_verified
 
 pytestmark = pytest.mark.api
@@ -114,39 +113,38 @@ async def test_an_authentication_header_sent_twice_is_401(
     assert await count(db, "payment_intent", merchant) == 0
 
 
-async def test_expired_nonces_of_every_key_are_deleted(
-        http: httpx.AsyncClient, merchant: Merchant, db: asyncpg.Pool) -> None:
-    elsewhere = f"pk_test_{uuid.uuid4().hex}"  # another merchant's key, which sends nothing
-    await db.executemany(
-        "INSERT INTO request_nonce (public_key, nonce, expires_at) "
-        "VALUES ($1, $2, now() + make_interval(secs => $3))",
-        [(elsewhere, "expired-" + uuid.uuid4().hex, -3600.0),
-         (elsewhere, "current-" + uuid.uuid4().hex, 3600.0)])
-    response = await merchant.get("/payment-intents")
-    assert response.status_code == 200, response.text
-    left = await db.fetch("SELECT nonce FROM request_nonce WHERE public_key = $1", elsewhere)
-    assert [row["nonce"].split("-")[0] for row in left] == ["current"]
-
-
-async def test_a_backlog_of_expired_nonces_goes_a_bounded_batch_per_request(
-        http: httpx.AsyncClient, merchant: Merchant, db: asyncpg.Pool) -> None:
-    # Only this batch is expired (none left by other tests), so each request's share shows.
-    await db.execute("DELETE FROM request_nonce WHERE expires_at < now()")
+async def test_a_signed_get_writes_nothing_but_its_nonce_and_rate_limit_token(
+        app: FastAPI, merchant: Merchant, db: asyncpg.Pool) -> None:
+    intent = await merchant.create_intent()
+    # Expired rows of another key: a request used to delete some; housekeeping does now.
     elsewhere = f"pk_test_{uuid.uuid4().hex}"
-    backlog = EXPIRED_NONCES_PER_REQUEST + 5
-    await db.executemany(
-        "INSERT INTO request_nonce (public_key, nonce, expires_at) "
-        "VALUES ($1, $2, now() - interval '1 hour')",
-        [(elsewhere, f"expired-{n:04d}-{uuid.uuid4().hex}") for n in range(backlog)])
+    await db.execute("INSERT INTO request_nonce (public_key, nonce, expires_at) "
+                     "VALUES ($1, $2, now() - interval '1 hour')", elsewhere, uuid.uuid4().hex)
+    for path in (f"/payment-intents/{intent['id']}", "/payment-intents"):
+        with statements_of(app) as sent:
+            response = await merchant.get(path)
+        assert response.status_code == 200, response.text
+        writes = [s for s in sent if not s.lstrip().upper().startswith(("SELECT", "BEGIN",
+                                                                         "ROLLBACK"))]
+        # The one authentication statement: its only writes are the nonce and the token.
+        [authentication] = writes
+        assert "INSERT INTO request_nonce" in authentication
+        assert "INSERT INTO rate_limit_bucket" in authentication
+        for table in ("payment_intent", "idempotency_record", "card_token", "event"):
+            assert table not in authentication
+        assert "DELETE" not in " ".join(sent).upper()
+    assert await db.fetchval("SELECT count(*) FROM request_nonce WHERE public_key = $1",
+                             elsewhere) == 1
 
-    async def expired_left() -> int:
-        return int(await db.fetchval(
-            "SELECT count(*) FROM request_nonce WHERE public_key = $1", elsewhere))
 
-    assert (await merchant.get("/payment-intents")).status_code == 200
-    assert await expired_left() == backlog - EXPIRED_NONCES_PER_REQUEST
-    assert (await merchant.get("/payment-intents")).status_code == 200
-    assert await expired_left() == 0
+async def test_a_signed_retrieve_is_two_statements(app: FastAPI, merchant: Merchant) -> None:
+    intent = await merchant.create_intent()
+    await merchant.get(f"/payment-intents/{intent['id']}")  # this process has cached the key
+    with statements_of(app) as sent:
+        response = await merchant.get(f"/payment-intents/{intent['id']}")
+    assert response.status_code == 200, response.text
+    # Authentication, then the intent with its transactions: no BEGIN, COMMIT or ROLLBACK.
+    assert len(sent) == 2, [query[:40] for query in sent]
 
 
 async def test_a_request_with_percent_escapes_signed_by_the_client_is_accepted(

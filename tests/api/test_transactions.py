@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import math
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event
 from temporalio import workflow
 from temporalio.client import Client
 
@@ -26,6 +23,7 @@ from tests.api.conftest import (
     insert_intent,
     rows_of,
     served_by,
+    statements_of,
     workflow_exists,
 )
 from workflows.payment_messages import ChargeResult
@@ -86,6 +84,22 @@ async def test_an_approved_charge_is_200_with_its_transaction_and_replays_as_sen
         assert txn["createdAt"].endswith("Z")
         again = await shop.post(path, _charge(), idempotency_key="order-1")
         assert (again.status_code, again.content) == (200, first.content)
+
+
+async def test_an_answered_charge_is_seven_statements_its_answer_stored_by_one(
+        settings: Settings, merchant: Merchant) -> None:
+    async with served_by(AnsweringPaymentWorkflow, settings, merchant) as shop:
+        intent = await shop.create_intent()
+        app = shop.http._transport.app  # type: ignore[attr-defined]
+        with statements_of(app) as sent:
+            answered = await shop.post(f"/payment-intents/{intent['id']}/transactions",
+                                       _charge(), idempotency_key="order-stored")
+        assert answered.status_code == 200, answered.text
+    # The claim and the token commit before the Update; after it, the stored answer is one
+    # autocommit UPDATE: nothing else of the request is left to commit with it.
+    assert _summaries(sent) == [
+        "AUTHENTICATE", "BEGIN", "SELECT payment_intent", "INSERT idempotency_record",
+        "INSERT card_token", "COMMIT", "UPDATE idempotency_record"]
 
 
 async def test_a_declined_charge_is_402_with_its_transaction_and_replays_as_sent(
@@ -160,29 +174,23 @@ async def test_a_charge_on_another_merchants_intent_is_404(
 
 
 @pytest.fixture
-def statements(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Every transaction boundary and statement the app sends to Postgres, in order; without
-    the sweep of stale card numbers that a charge runs once a minute, so that they are the
-    same whatever ran before (the sweep has tests of its own)."""
-    monkeypatch.setattr(app.state.durapay, "next_vault_sweep", math.inf)
-    engine = app.state.durapay.sessions.kw["bind"].sync_engine
-    log: list[str] = []
-    listeners: dict[str, Any] = {
-        "begin": lambda *_: log.append("BEGIN"),
-        "commit": lambda *_: log.append("COMMIT"),
-        "rollback": lambda *_: log.append("ROLLBACK"),
-        "before_cursor_execute": lambda _c, _k, sql, *_: log.append(_summary(sql)),
-    }
-    for name, listener in listeners.items():
-        event.listen(engine, name, listener)
-    yield log
-    for name, listener in listeners.items():
-        event.remove(engine, name, listener)
+def statements(app: FastAPI) -> Iterator[list[str]]:
+    """Every transaction boundary and statement the app sends to Postgres, in order."""
+    with statements_of(app) as sent:
+        yield sent
+
+
+def _summaries(sent: list[str]) -> list[str]:
+    """`BEGIN`, `SELECT payment_intent`, …"""
+    return [_summary(query) for query in sent]
 
 
 def _summary(sql: str) -> str:
-    """`SELECT merchant`, `INSERT card_token`: the verb and the (first) table."""
-    words = sql.split()
+    """`SELECT merchant`, `INSERT card_token`: the verb and the (first) table; `AUTHENTICATE`
+    for authentication's one statement (api/authentication.py)."""
+    words = sql.replace(";", "").split()
+    if words[:2] == ["WITH", "signing_key"]:
+        return "AUTHENTICATE"
     for marker in ("INTO", "FROM", "UPDATE"):
         if marker in words:
             return f"{words[0]} {words[words.index(marker) + 1]}"
@@ -201,13 +209,10 @@ async def test_a_charge_commits_once_before_its_update_and_holds_its_key_meanwhi
     # The claim and the token are visible together, while the Update is in flight.
     await assert_eventually(lambda: idempotency_record(db, merchant, "charge-9"))
     assert await count(db, "card_token", merchant) == 1
-    before_update = list(statements)
-    # The nonce's and the rate limiter's transactions come first.
-    authenticated = before_update.index(
-        "COMMIT", before_update.index("INSERT rate_limit_bucket")) + 1
-    assert before_update[authenticated:] == [
-        "BEGIN", "SELECT merchant", "SELECT payment_intent", "INSERT idempotency_record",
-        "DELETE idempotency_record",  # expired records, a bounded batch (api/idempotency.py)
+    before_update = _summaries(statements)
+    # Authentication first, one autocommit statement; then one transaction, nothing else.
+    assert before_update == [
+        "AUTHENTICATE", "BEGIN", "SELECT payment_intent", "INSERT idempotency_record",
         "INSERT card_token", "COMMIT"]
     second = await merchant.post(path, _charge(), idempotency_key="charge-9")
     assert second.status_code == 409, second.text
@@ -226,48 +231,8 @@ async def test_a_charge_without_a_key_commits_only_its_token_before_the_update(
     answered = asyncio.create_task(merchant.post(
         f"/payment-intents/{intent['id']}/transactions", _charge()))
     await assert_eventually(lambda: count(db, "card_token", merchant))
-    before_update = list(statements)
-    authenticated = before_update.index(
-        "COMMIT", before_update.index("INSERT rate_limit_bucket")) + 1
-    assert before_update[authenticated:] == [
-        "BEGIN", "SELECT merchant", "SELECT payment_intent", "INSERT card_token", "COMMIT"]
+    before_update = _summaries(statements)
+    assert before_update == [
+        "AUTHENTICATE", "BEGIN", "SELECT payment_intent", "INSERT card_token", "COMMIT"]
     assert (await answered).status_code == 503
     assert await count(db, "idempotency_record", merchant) == 0
-
-
-async def _abandoned_token(app: FastAPI, db: asyncpg.Pool, merchant: Merchant,
-                           age: str) -> str:
-    """A card number still in the vault `age` after a charge request that never got an
-    outcome recorded left it there."""
-    token_id = f"card_{uuid.uuid4().hex}"
-    blob = app.state.durapay.vault.encrypt(CARD_4242["number"].encode(), context=token_id)
-    await db.execute(
-        "INSERT INTO card_token (id, merchant_id, pan_ciphertext, brand, last4, exp_month, "
-        f"exp_year, created_at) VALUES ($1, $2, $3, 'visa', '4242', 12, 2030, "
-        f"now() - interval '{age}')", token_id, merchant.id, blob)
-    return token_id
-
-
-async def _held(db: asyncpg.Pool, token_id: str) -> bool:
-    return bool(await db.fetchval(
-        "SELECT pan_ciphertext IS NOT NULL AND pan_deleted_at IS NULL FROM card_token "
-        "WHERE id = $1", token_id))
-
-
-async def test_a_charge_now_and_then_deletes_card_numbers_held_over_a_day(
-        app: FastAPI, merchant: Merchant, db: asyncpg.Pool,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    stale = await _abandoned_token(app, db, merchant, "25 hours")
-    recent = await _abandoned_token(app, db, merchant, "23 hours")
-    monkeypatch.setattr(app.state.durapay, "next_vault_sweep", -math.inf)  # one is due
-    intent = await merchant.create_intent()
-    path = f"/payment-intents/{intent['id']}/transactions"
-    assert (await merchant.post(path, _charge())).status_code == 503  # no worker: no outcome
-    assert not await _held(db, stale)
-    assert await _held(db, recent)
-    row = await db.fetchrow("SELECT brand, last4 FROM card_token WHERE id = $1", stale)
-    assert (row["brand"], row["last4"]) == ("visa", "4242")  # kept for display
-    # The next sweep is a minute away: charges until then pay nothing for it.
-    later = await _abandoned_token(app, db, merchant, "2 days")
-    assert (await merchant.post(path, _charge())).status_code == 503
-    assert await _held(db, later)
