@@ -99,9 +99,13 @@ class BurstRun:
 class CarefulClient:
     """Sends one arrival's requests as a careful merchant integration would."""
 
-    def __init__(self, durapay: DurapayClient, started: float) -> None:
+    def __init__(self, durapay: DurapayClient, started: float, *,
+                 timeout: float = CLIENT_TIMEOUT_SECONDS,
+                 patience: float = PATIENCE_SECONDS) -> None:
         self.durapay = durapay
         self.started = started
+        self.timeout = timeout
+        self.patience = patience
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -124,13 +128,13 @@ class CarefulClient:
     async def send(self, arrival: Arrival, request: str, path: str, body: dict[str, Any],
                    key: str) -> httpx.Response | None:
         """The final answer, or None when the arrival ended without one (a client timeout,
-        or retries past PATIENCE_SECONDS): then its outcome says which."""
-        deadline = self.now() + PATIENCE_SECONDS
+        or retries past its patience): then its outcome says which."""
+        deadline = self.now() + self.patience
         while True:
             sent = self.now()
             wait: float | None = None
             try:
-                async with asyncio.timeout(CLIENT_TIMEOUT_SECONDS):
+                async with asyncio.timeout(self.timeout):
                     response = await self.durapay.post(path, body, idempotency_key=key)
             except (TimeoutError, httpx.TimeoutException):
                 arrival.attempts.append(Attempt(request, sent, self.now() - sent, TIMEOUT))

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from bench.measurement import ratio
 
 REFUSALS = frozenset({"429", "503"})
-ACCEPTED_CREATE = "201"
 ACCEPTED_CHARGE = frozenset({"200", "202"})
 TIMEOUT = "timeout"
 CONNECTION_ERROR = "connection error"
@@ -102,11 +101,10 @@ class Arrival:
         stack took over the work it took on (waits after refusals left out)."""
         if not self.accepted:
             return None
-        create = [a.seconds for a in self.attempts
-                  if a.request == "create" and a.answer == ACCEPTED_CREATE]
-        charge = [a.seconds for a in self.attempts
-                  if a.request == "charge" and a.answer in ACCEPTED_CHARGE]
-        return (create[-1] if create else 0.0) + charge[-1]
+        # Each request ends at its first accepted answer: its last attempt is that one.
+        create = [a.seconds for a in self.attempts if a.request == "create"]
+        charge = [a.seconds for a in self.attempts if a.request == "charge"]
+        return create[-1] + charge[-1]
 
     def first_answer(self, request: str) -> str | None:
         return next((a.answer for a in self.attempts if a.request == request), None)
