@@ -56,6 +56,7 @@ from bench.burst_report import (
 )
 from bench.measurement import Measurement, verdict
 from bench.operations import CARD, INTENT, create_merchant
+from bench.statements import shorten
 from client import DurapayClient
 from tests.ledger_audit import Audit, audit_against_ledger, count_unsettled
 from tests.stack import RunningStack
@@ -94,6 +95,7 @@ class BurstRun:
     settle_seconds: float | None  # None: still unsettled after SETTLE_TIMEOUT_SECONDS
     audit: Audit
     accepted_statuses: Counter[str]  # of the intents whose charge was accepted
+    refusal_kinds: Counter[str]
 
 
 class CarefulClient:
@@ -106,6 +108,9 @@ class CarefulClient:
         self.started = started
         self.timeout = timeout
         self.patience = patience
+        # Which refusals came back: a 503 of the API's in-flight limit, of a dependency it
+        # could not reach in time, or the HTTP server's own plain one past its connections.
+        self.refusal_kinds: Counter[str] = Counter()
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -147,6 +152,8 @@ class CarefulClient:
             else:
                 arrival.attempts.append(Attempt(request, sent, self.now() - sent,
                                                 answer_label(response)))
+                if response.status_code in (429, 503):
+                    self.refusal_kinds[refusal_kind(response)] += 1
                 if not retried(response):
                     return response
                 wait = retry_after(response)
@@ -160,6 +167,17 @@ def answer_label(response: httpx.Response) -> str:
     if response.status_code == 409:
         return f"409 {error_code(response)}"
     return str(response.status_code)
+
+
+def refusal_kind(response: httpx.Response) -> str:
+    """`503 "Durapay is answering as many requests…"`: the status and the start of the error's
+    message (the API's error codes do not tell an overload from an outage)."""
+    try:
+        message = str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        message = f"(body: {response.text[:40].strip()})"
+    retry = "" if "retry-after" in response.headers else ", no Retry-After"
+    return f'{response.status_code} "{shorten(message, 60)}"{retry}'
 
 
 def error_code(response: httpx.Response) -> str:
@@ -182,9 +200,10 @@ def retry_after(response: httpx.Response) -> float:
 
 
 async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
-        list[Arrival], float]:
+        list[Arrival], float, Counter[str]]:
     """Every arrival of the schedule, each sent when due; returns them once all ended, with
-    the latest any was sent after it was due (the load generator's own lag)."""
+    the latest any was sent after it was due (the load generator's own lag) and the kinds of
+    refusal answered."""
     merchant = await create_merchant(stack, "Bench burst")
     # No client-side pool limit: a request waiting for one of our own connections would be
     # queueing we measure as the server's.
@@ -207,7 +226,7 @@ async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
             arrivals.append(arrival)
             tasks.append(asyncio.create_task(client.arrive(arrival, f"burst-{run}-{index}")))
         await asyncio.gather(*tasks)
-    return arrivals, lag
+    return arrivals, lag, client.refusal_kinds
 
 
 async def settle_and_audit(stack: RunningStack, accepted: Sequence[str]) -> tuple[
@@ -237,10 +256,10 @@ async def run_burst(stack: RunningStack, capacity: Measurement,
                     options: BurstOptions) -> BurstRun:
     phases = options.phases(capacity.per_second)
     print(f"\nburst: {describe(phases)}; open loop, evenly spaced arrivals", flush=True)
-    arrivals, lag = await send_arrivals(stack, phases)
+    arrivals, lag, refusal_kinds = await send_arrivals(stack, phases)
     accepted = [a.intent_id for a in arrivals if a.accepted and a.intent_id]
     settle, audit, statuses = await settle_and_audit(stack, accepted)
-    return BurstRun(capacity, phases, arrivals, lag, settle, audit, statuses)
+    return BurstRun(capacity, phases, arrivals, lag, settle, audit, statuses, refusal_kinds)
 
 
 def describe(phases: Sequence[Phase]) -> str:
@@ -277,6 +296,8 @@ def print_burst(run: BurstRun) -> None:
               else f"{run.settle_seconds:.1f} s after the last arrival ended")
     print(f"  settled: {settle}; accepted intents by status: "
           f"{sorted_counts(run.accepted_statuses) or 'none'}")
+    for kind, count in run.refusal_kinds.most_common():
+        print(f"  refusals {count:5d} × {kind}")
     print("  chaos audit: " + " ".join(f"{name}={n}" for name, n in run.audit.counts.items()))
     print("  verdicts")
     for line in verdicts(summaries, recovery, settled, run.audit.counts):

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from bench.burst import CarefulClient
+from bench.burst import RETRY_AFTER_WHEN_UNNAMED, CarefulClient, refusal_kind, retry_after
 from bench.burst_report import (
     CONNECTION_ERROR,
     TIMEOUT,
@@ -164,7 +164,8 @@ async def test_a_refused_request_is_retried_with_its_key_after_retry_after() -> 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append((request.url.path, request.headers["Idempotency-Key"]))
         if len(seen) == 1:
-            return httpx.Response(503, headers={"Retry-After": "0"}, json={"error": {}})
+            return httpx.Response(503, headers={"Retry-After": "0"}, json={
+                "error": {"code": "service_unavailable", "message": "Busy; retry."}})
         if request.url.path == "/payment-intents":
             return httpx.Response(201, json={"id": "pi_1"})
         return httpx.Response(200, json={"id": "pi_1", "status": "succeeded"})
@@ -174,11 +175,22 @@ async def test_a_refused_request_is_retried_with_its_key_after_retry_after() -> 
     async with durapay:
         await asyncio.wait_for(client.arrive(arrival, "k1"), 5)
 
-    assert seen == [("/payment-intents", "k1-c"), ("/payment-intents", "k1-c"),
-                    ("/payment-intents/pi_1/transactions", "k1-t")]
+    assert seen == [("/payment-intents", "k1-c")] * 2 + [
+        ("/payment-intents/pi_1/transactions", "k1-t")]
     assert [(a.request, a.answer) for a in arrival.attempts] == [
         ("create", "503"), ("create", "201"), ("charge", "200")]
     assert (arrival.outcome, arrival.intent_id) == ("200", "pi_1")
+    assert client.refusal_kinds == {'503 "Busy; retry."': 1}
+
+
+def test_a_refusal_is_told_apart_by_its_message_and_its_retry_after() -> None:
+    plain = httpx.Response(503, text="Service Unavailable")  # the HTTP server's own
+    assert refusal_kind(plain) == '503 "(body: Service Unavailable)", no Retry-After'
+    assert retry_after(plain) == RETRY_AFTER_WHEN_UNNAMED
+    limited = httpx.Response(429, headers={"Retry-After": "3"}, json={
+        "error": {"code": "rate_limit_exceeded", "message": "Too many requests."}})
+    assert refusal_kind(limited) == '429 "Too many requests."'
+    assert retry_after(limited) == 3.0
 
 
 async def test_a_client_timeout_ends_the_arrival_as_a_failure() -> None:
