@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     postgres_port: int = 55432
     # The embedded Postgres loads pg_stat_statements and counts every statement (nested ones,
     # such as foreign-key checks, and BEGIN/COMMIT included), so `make bench` can say how many
-    # statements an operation costs. Off by default: the counting costs Postgres some CPU.
+    # statements an operation costs. Off by default: the counting costs Postgres CPU (about
+    # 0.6 ms per create + charge, ~5 % of its share, measured).
     postgres_track_statements: bool = False
     admin_token: str | None = None
     master_key: str | None = None
