@@ -120,14 +120,14 @@ class CarefulClient:
         if response is None:
             return
         if response.status_code != 201:
-            arrival.outcome = f"create {response.status_code}"
+            arrival.outcome = f"create {answer_label(response)}"
             return
         arrival.intent_id = str(response.json()["id"])
         response = await self.send(arrival, "charge",
                                    f"/payment-intents/{arrival.intent_id}/transactions",
                                    {"type": "charge", "card": CARD}, f"{key}-t")
         if response is not None:
-            status = str(response.status_code)
+            status = answer_label(response)
             arrival.outcome = status if status in ACCEPTED_CHARGE else f"charge {status}"
 
     async def send(self, arrival: Arrival, request: str, path: str, body: dict[str, Any],
@@ -137,7 +137,6 @@ class CarefulClient:
         deadline = self.now() + self.patience
         while True:
             sent = self.now()
-            wait: float | None = None
             try:
                 async with asyncio.timeout(self.timeout):
                     response = await self.durapay.post(path, body, idempotency_key=key)
