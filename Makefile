@@ -48,11 +48,13 @@ test: $(STAMP) browser
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration and not slow"
 
-# Throughput and latency of the real stack, as ratios against baselines of the same run; then
-# how often one busy merchant makes Postgres backends wait on a lock (bench/lock_waits.py).
+# Throughput, latency, CPU and database statements per operation of the real stack, as ratios
+# against baselines of the same run, and a burst at 3x capacity on a fresh stack; then how often
+# one busy merchant makes Postgres backends wait on a lock (bench/lock_waits.py), unless
+# BENCH_ARGS asks for one step only (--write-path-only, --burst-only).
 bench: $(STAMP)
 	$(BIN)/python -m bench.charges $(BENCH_ARGS)
-	$(BIN)/python -m bench.lock_waits
+	$(if $(findstring -only,$(BENCH_ARGS)),,$(BIN)/python -m bench.lock_waits)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

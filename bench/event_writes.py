@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bench.cpu import CpuUse, snapshot
+from bench.measurement import verdict as pass_or_fail
 from core.db.queries import append_event, lock_intent, transition_intent
 from core.db.session import create_engine, session_factory
 from core.db.tables import PaymentIntent
@@ -155,7 +156,7 @@ async def measure_event_writes(database_url: str, merchants: Sequence[str],
 
 def print_write_path(one: WriteRun, spread: WriteRun) -> None:
     ratio = one.per_second / spread.per_second if spread.per_second else float("nan")
-    verdict = "PASS" if ratio >= WRITE_PATH_TARGET else "below target"
+    verdict = pass_or_fail(ratio >= WRITE_PATH_TARGET)
     print("\nwrite path (payment events appended through core/db/queries.py)")
     print(f"  one merchant       {one.per_second:8.1f} events/s")
     print(f"  spread             {spread.per_second:8.1f} events/s")

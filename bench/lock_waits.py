@@ -25,7 +25,10 @@ from pathlib import Path
 
 import asyncpg
 
-from bench.charges import Options, durapay_operations, measure, running_stack, stack_processes
+from bench.measurement import Options, measure
+from bench.measurement import verdict as pass_or_fail
+from bench.operations import durapay_operations
+from bench.stack import running_stack, stack_processes
 from cli.shutdown import exit_without_finalizing
 from tests.stack import RunningStack
 
@@ -94,7 +97,7 @@ async def one_merchant_under_load(stack: RunningStack, options: Options) -> Lock
 
 
 def report(found: LockSamples) -> None:
-    verdict = "PASS" if found.share <= TARGET_WAITING_SHARE else "above target"
+    verdict = pass_or_fail(found.share <= TARGET_WAITING_SHARE)
     print(f"\nlock waits: {found.waiting} of {found.samples} samples every "
           f"{SAMPLE_SECONDS * 1000:.0f} ms had a backend waiting on a lock: "
           f"{found.share:.1%} (target ≤ {TARGET_WAITING_SHARE:.0%}: {verdict})")

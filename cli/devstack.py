@@ -254,10 +254,14 @@ class DevStack:
 
     def _postgres_argv(self) -> list[str]:
         try:
-            return postgres_argv(postgres_data_dir(self.home), self.settings.postgres_port,
+            argv = postgres_argv(postgres_data_dir(self.home), self.settings.postgres_port,
                                  password_file=self.settings.local_postgres_password_file)
         except ClusterInitError as error:
             raise StackError(str(error)) from None
+        if self.settings.postgres_track_statements:
+            argv += ["-c", "shared_preload_libraries=pg_stat_statements",
+                     "-c", "pg_stat_statements.track=all"]
+        return argv
 
     def _temporal_argv(self) -> list[str]:
         s = self.settings

@@ -29,7 +29,7 @@ from temporalio.client import Client
 from client import DurapayClient
 from tests.integration.chaos_load import RETRY_BUDGET_SECONDS, Load, run_load
 from tests.integration.helpers import FAST_TIMING_ENV, assert_eventually, own_stack, signed_merchant
-from tests.integration.ledger_audit import Audit, audit_against_ledger, count_unsettled
+from tests.ledger_audit import Audit, audit_against_ledger, count_unsettled
 from tests.stack import RunningStack, process_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

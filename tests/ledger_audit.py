@@ -1,5 +1,6 @@
-"""The chaos run's verdict: our database against the card network's ledger, reference by
-reference (our transaction id is the network reference).
+"""Our database against the card network's ledger, reference by reference (our transaction id
+is the network reference): the verdict of the chaos run (tests/integration/test_chaos.py) and
+of `make bench`'s burst step (bench/burst.py), which both start a stack of their own.
 
 Every count in `Audit.counts` must be 0; `Audit.findings` says, under the same name, which
 intents or references made it move.

@@ -1,0 +1,35 @@
+"""The stacks `make bench` starts: `durapay dev` on free ports in a temp dir (tests/stack.py),
+its Postgres counting statements (bench/statements.py), stopped when the block ends."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tests.stack import RunningStack, start_stack
+
+TRACK_STATEMENTS = {"DURAPAY_POSTGRES_TRACK_STATEMENTS": "true"}
+
+
+def stack_processes(stack: RunningStack) -> dict[str, int]:
+    """The launcher's children by name (postgres, temporal, api, worker-N, cardnet)."""
+    children = stack.state()["children"]
+    assert isinstance(children, dict), children
+    return {str(name): int(pid) for name, pid in children.items()}
+
+
+@asynccontextmanager
+async def running_stack(workdir: Path, workers: int, *,
+                        name: str = "") -> AsyncIterator[RunningStack]:
+    started = time.perf_counter()
+    # start_stack blocks (it polls with sleeps); nothing else runs meanwhile.
+    stack = start_stack(workdir / f"home-{name}{workers}w", workers=workers,
+                        extra_env=TRACK_STATEMENTS)
+    print(f"\nstack with {workers} worker process(es) up in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    try:
+        yield stack
+    finally:
+        stack.stop()
