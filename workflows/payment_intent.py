@@ -76,6 +76,8 @@ class PaymentIntentWorkflow:
         # settling included: a capture never passes its checks against a void being settled.
         self._lock = asyncio.Lock()
         self._book = PaymentBook(input.payment_intent_id, input.amount_in_cents, self._state)
+        if input.carried is not None:
+            self._book.deliveries.extend(input.carried.deliveries)
 
     @workflow.run
     async def run(self, input: PaymentIntentInput) -> PaymentIntentResult:
@@ -342,4 +344,4 @@ class PaymentIntentWorkflow:
             self._input.payment_intent_id, self._input.merchant_id, self._input.amount_in_cents,
             self._input.currency, self._input.capture_method, self._input.reconcile,
             self._input.lifecycle, self._input.webhooks, self._input.max_history_events,
-            self._state.carried())
+            self._state.carried(deliveries=self._book.deliveries))

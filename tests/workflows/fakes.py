@@ -59,6 +59,7 @@ class FakeNetwork:
     review_flags: list[ManualReviewFlag] = field(default_factory=list)
     # Webhook deliveries each record returns (one per event, as if one endpoint subscribed).
     deliveries_per_event: int = 0
+    planned_deliveries: list[str] = field(default_factory=list)  # every id handed out
     loads: list[str] = field(default_factory=list)
     # What `load_payment` reports as the payment's success time (workflow time, unix seconds):
     # tests set it, since an activity here cannot read the time-skipping server's clock.
@@ -88,8 +89,12 @@ class FakeNetwork:
             decline_code=outcome.decline_code if outcome else None,
             failure_code=outcome.failure_code if outcome else None,
             reconciled=outcome.reconciled if outcome else False))
-        deliveries = ([f"whd_{uuid.uuid4().hex[:12]}" for _ in range(self.deliveries_per_event)]
+        # Named by what planned them, as the database does: a record run again plans the same.
+        cause = transaction_id or uuid.uuid4().hex[:12]
+        deliveries = ([f"whd_{cause}_{txn_status}_{n}" for n in range(self.deliveries_per_event)]
                       if event else [])
+        self.planned_deliveries.extend(d for d in deliveries
+                                       if d not in self.planned_deliveries)
         return Recorded(self.status, txn, deliveries)
 
     def activities(self) -> list[object]:

@@ -1,0 +1,84 @@
+"""What a payment's run owes at its edges: nothing planned is dropped when it continues as new,
+and a run that starts finds and watches an attempt its predecessor left unsettled."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from activities.card_network import NetworkAnswer
+from activities.webhooks import AttemptInput, AttemptResult, SentAttempt
+from core.domain import CaptureMethod, IntentStatus, NetworkOutcome
+from core.errors import ErrorType
+from tests.workflows.conftest import new_worker
+from tests.workflows.fakes import CARD, FakeNetwork, PaymentHandle, start_payment
+from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_messages import CaptureInput, LifecyclePolicy
+from workflows.webhook_delivery import WebhookDeliveryWorkflow
+
+APPROVED = NetworkAnswer(NetworkOutcome.APPROVED)
+SHORT_WINDOW = LifecyclePolicy(refund_window_seconds=3600)
+
+
+@activity.defn(name="send_webhook")
+async def send_webhook(attempt: AttemptInput) -> SentAttempt:
+    return SentAttempt(attempt.delivery_id, attempt.attempt_number, closed=AttemptResult.DELIVERED)
+
+
+async def _charge_and_capture(handle: PaymentHandle) -> None:
+    """As the API does: an operation refused because the run is about to continue as new is
+    sent again (the merchant's retry), and lands in the next run."""
+    await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
+    for _ in range(5):
+        try:
+            await handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput())
+            return
+        except WorkflowUpdateFailedError as error:
+            cause = error.cause
+            if not (isinstance(cause, ApplicationError)
+                    and cause.type == ErrorType.ATTEMPT_IN_FLIGHT):
+                raise
+    raise AssertionError("the capture was refused five times")
+
+
+async def _not_started(env: WorkflowEnvironment, delivery_ids: list[str]) -> list[str]:
+    missing = []
+    for delivery_id in delivery_ids:
+        try:
+            await env.client.get_workflow_handle(delivery_id).describe()
+        except RPCError:
+            missing.append(delivery_id)
+    return missing
+
+
+async def test_deliveries_planned_while_continuing_as_new_are_started(
+        env: WorkflowEnvironment) -> None:
+    # Every history limit from just after the charge to just after the capture, so the run's
+    # crossing falls before the capture, inside it (it waits for the capture's handler, which
+    # plans `payment.succeeded`'s delivery), and after it.
+    network = FakeNetwork(answers=[APPROVED] * 40, deliveries_per_event=1)
+    async with new_worker(env.client, PaymentIntentWorkflow, WebhookDeliveryWorkflow,
+                          activities=[*network.activities(), send_webhook]) as worker:
+        probe = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
+                                    lifecycle=SHORT_WINDOW)
+        await probe.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
+        charged = len((await probe.fetch_history()).events)
+        await probe.execute_update(PaymentIntentWorkflow.capture, CaptureInput())
+        captured = len((await probe.fetch_history()).events)
+        assert (await probe.result()).status is IntentStatus.SUCCEEDED
+        crossed = 0
+        for limit in range(charged + 1, captured + 2):
+            network.status = "created"
+            handle = await start_payment(env, worker.task_queue,
+                                         capture_method=CaptureMethod.MANUAL,
+                                         lifecycle=SHORT_WINDOW, max_history_events=limit)
+            await _charge_and_capture(handle)
+            assert (await handle.result()).status is IntentStatus.SUCCEEDED
+            crossed += len(handle.runs) > 1 or (await handle.describe()).run_id != handle.runs[0]
+    assert crossed > 0  # the sweep did make runs continue as new
+    # processing, requires_capture, succeeded: for the probe and each limit
+    assert len(network.planned_deliveries) == 3 * (captured - charged + 2)
+    assert await _not_started(env, network.planned_deliveries) == []
