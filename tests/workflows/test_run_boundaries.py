@@ -11,7 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.card_network import NetworkAnswer
 from activities.webhooks import AttemptInput, AttemptResult, SentAttempt
-from core.domain import CaptureMethod, IntentStatus, NetworkOutcome
+from core.domain import CaptureMethod, IntentStatus, NetworkOutcome, transaction_id_for
 from core.errors import ErrorType
 from tests.workflows.conftest import new_worker
 from tests.workflows.fakes import CARD, FakeNetwork, PaymentHandle, start_payment
@@ -82,3 +82,44 @@ async def test_deliveries_planned_while_continuing_as_new_are_started(
     # processing, requires_capture, succeeded: for the probe and each limit
     assert len(network.planned_deliveries) == 3 * (captured - charged + 2)
     assert await _not_started(env, network.planned_deliveries) == []
+
+
+async def test_a_run_that_starts_watches_an_attempt_left_unsettled(
+        env: WorkflowEnvironment) -> None:
+    # `record_charge_attempt` committed the pending charge, then Temporal lost the Update that
+    # wrote it: the next run (started by anything, here a bare start) must not end at rest.
+    network = FakeNetwork(answers=[], status_answers=[APPROVED])
+    async with new_worker(env.client, PaymentIntentWorkflow,
+                          activities=network.activities()) as worker:
+        handle = await start_payment(env, worker.task_queue)
+        lost = transaction_id_for(handle.id, "confirm_charge:lost")
+        network.seed_charge(handle.id, lost, None, status="processing")
+        await env.client.start_workflow(PaymentIntentWorkflow.run, handle.input, id=handle.id,
+                                        task_queue=worker.task_queue)
+        assert (await handle.result()).status is IntentStatus.SUCCEEDED
+    assert network.status_queries == [lost]
+    assert network.calls == []  # watched by status queries, never sent again
+    assert (network.outcomes[-1].transaction_id, network.outcomes[-1].reconciled) == (lost, True)
+
+
+async def test_a_charge_answered_in_an_earlier_run_brings_its_money(
+        env: WorkflowEnvironment) -> None:
+    # The API retried a charge (same Update id) after the run that answered it had closed: the
+    # new run answers with the recorded charge, and knows the authorization it holds.
+    network = FakeNetwork(answers=[])
+    async with new_worker(env.client, PaymentIntentWorkflow,
+                          activities=network.activities()) as worker:
+        handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
+                                     lifecycle=SHORT_WINDOW)
+        update_id = "confirm_charge:k1"
+        charged = transaction_id_for(handle.id, update_id)
+        network.seed_charge(handle.id, charged, NetworkOutcome.APPROVED, status="requires_capture")
+        again = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD,
+                                            id=update_id)
+        assert (again.transaction_id, again.intent_status) == (
+            charged, IntentStatus.REQUIRES_CAPTURE)
+        captured = await handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput(1000))
+        assert captured.intent_status is IntentStatus.SUCCEEDED
+    assert network.calls == []  # answered before: not sent again
+    [(kind, capture)] = network.operations
+    assert (kind, capture.parent_reference, capture.amount_in_cents) == ("capture", charged, 1000)
