@@ -19,6 +19,7 @@ from activities.audit import AuditActivities
 from activities.card_network import CardNetworkActivities
 from activities.persistence import PaymentRecordActivities
 from activities.reconciliation import ReconciliationActivities
+from activities.webhook_reaper import WebhookReaperActivities
 from activities.webhooks import WebhookActivities, new_http_client
 from core.crypto import Cipher, VaultCipher
 from core.db.session import create_engine, session_factory
@@ -34,6 +35,7 @@ from workflows.audit_checkpoint import AuditCheckpointWorkflow
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.reconciliation import ReconciliationSweepWorkflow
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
+from workflows.webhook_reaper import WebhookReaperWorkflow
 
 log = logging.getLogger("durapay.worker")
 
@@ -57,6 +59,7 @@ async def run_worker() -> None:
         reconciliation = ReconciliationActivities(
             sessions=sessions, http=http, cardnet_url=settings.effective_cardnet_url)
         audit = AuditActivities(engine)
+        reaper = WebhookReaperActivities(sessions)
         webhooks = WebhookActivities(
             http=webhook_http, sessions=sessions,
             webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), settings=settings)
@@ -64,7 +67,8 @@ async def run_worker() -> None:
             client,
             task_queue=settings.task_queue,
             workflows=[PaymentIntentWorkflow, WebhookDeliveryWorkflow,
-                       ReconciliationSweepWorkflow, AuditCheckpointWorkflow],
+                       ReconciliationSweepWorkflow, AuditCheckpointWorkflow,
+                       WebhookReaperWorkflow],
             activities=[
                 records.load_payment,
                 records.record_charge_attempt,
@@ -82,6 +86,7 @@ async def run_worker() -> None:
                 webhooks.record_webhook_attempt,
                 webhooks.deliver_webhook,  # deliveries begun before send/record were split
                 webhooks.fail_webhook_delivery,
+                reaper.find_stranded_deliveries,
                 reconciliation.reconcile_window,
                 audit.record_chain_checkpoints,
             ],
