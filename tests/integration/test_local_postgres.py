@@ -3,7 +3,6 @@ password 0600 in the state dir, and a cluster made before that (`trust`) upgrade
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 import stat
@@ -32,20 +31,22 @@ def running(data: Path, password_file: Path) -> Iterator[int]:
                               stdin=subprocess.DEVNULL, start_new_session=True,
                               **run_as(data))
     try:
-        deadline = time.monotonic() + 60
-        while not _listening(port):
-            assert server.poll() is None and time.monotonic() < deadline, "postgres did not start"
-            time.sleep(0.1)
+        _wait_until_accepting(server, port)
         yield port
     finally:
         stop_process(server)
 
 
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _wait_until_accepting(server: subprocess.Popen[bytes], port: int) -> None:
+    """Until the server takes connections. A listening port is not enough: while it starts
+    (or replays its WAL) Postgres answers every connection "the database system is starting
+    up", which a test expecting a password error would take for the wrong answer. pg_isready
+    tells "accepting" apart from "rejecting" without authenticating."""
+    deadline = time.monotonic() + 60
+    while subprocess.run([str(postgres_bin_dir() / "pg_isready"), "-q", "-h", "127.0.0.1",
+                          "-p", str(port), "-t", "2"], check=False).returncode != 0:
+        assert server.poll() is None and time.monotonic() < deadline, "postgres did not start"
+        time.sleep(0.1)
 
 
 async def _connect(port: int, password: str | None) -> asyncpg.Connection:
@@ -94,10 +95,7 @@ async def test_trust_cluster_from_before_is_upgraded_with_its_data() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         **run_as(data))
     try:
-        deadline = time.monotonic() + 60
-        while not _listening(port):
-            assert server.poll() is None and time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+        _wait_until_accepting(server, port)
         connection = await _connect(port, None)  # trust: no password asked
         await connection.execute("CREATE TABLE kept (note text); "
                                  "INSERT INTO kept VALUES ('from before')")
