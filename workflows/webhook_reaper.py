@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -21,9 +22,6 @@ from workflows.webhook_fanout import start_deliveries
 # A reaper that cannot read the database gives up after ~1 minute: the schedule runs the next.
 READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                          maximum_interval=timedelta(seconds=15), maximum_attempts=6)
-# Each start (or refused start) is a few history events; past this many deliveries looked at,
-# the run continues as new from its cursor.
-DELIVERIES_PER_RUN = 1000
 
 
 @dataclass
@@ -33,15 +31,19 @@ class WebhookReaperInput:
     grace_seconds: float
     webhooks: WebhookSchedule = field(default_factory=WebhookSchedule)
     page_size: int = 100
+    # Each start (or refused start) is a few history events; past this many deliveries looked
+    # at, the run continues as new from its cursor.
+    deliveries_per_run: int = 1000
     # Carried across continue-as-new: where the last run stopped, and the time it read up to.
     created_before: datetime | None = None
     after_created_at: datetime | None = None
     after_id: str | None = None
+    started_before: int = 0  # by the runs this one continues
 
 
 @dataclass
 class WebhookReaperResult:
-    started: int
+    started: int  # deliveries this reaper started (not those someone had started already)
 
 
 @workflow.defn
@@ -57,7 +59,7 @@ class WebhookReaperWorkflow:
             workflow.now() - timedelta(seconds=input.grace_seconds))
         page = StrandedDeliveriesPage(created_before, input.page_size, input.after_created_at,
                                       input.after_id)
-        started = examined = 0
+        started, examined = input.started_before, 0
         while True:
             found: StrandedDeliveries = await workflow.execute_activity_method(
                 WebhookReaperActivities.find_stranded_deliveries, page,
@@ -74,7 +76,7 @@ class WebhookReaperWorkflow:
                 return WebhookReaperResult(started)
             page = StrandedDeliveriesPage(created_before, input.page_size, found.next_created_at,
                                           found.next_id)
-            if examined >= DELIVERIES_PER_RUN:
-                workflow.continue_as_new(WebhookReaperInput(
-                    input.grace_seconds, input.webhooks, input.page_size, created_before,
-                    page.after_created_at, page.after_id))
+            if examined >= input.deliveries_per_run:
+                workflow.continue_as_new(dataclasses.replace(
+                    input, created_before=created_before, after_created_at=page.after_created_at,
+                    after_id=page.after_id, started_before=started))
