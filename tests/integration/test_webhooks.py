@@ -58,6 +58,8 @@ WEBHOOK_ENV = {
     "DURAPAY_WEBHOOK_MAX_DELAY_SECONDS": "8",
     "DURAPAY_WEBHOOK_HORIZON_SECONDS": "600",
     "DURAPAY_WEBHOOK_TIMEOUT_SECONDS": "3",
+    # The scheduled reaper leaves every test's rows alone (the reaper tests run their own).
+    "DURAPAY_WEBHOOK_REAPER_GRACE_SECONDS": str(365 * 86_400),
 }
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
@@ -623,8 +625,10 @@ async def _stranded_delivery(wh_db: asyncpg.Pool, event: dict[str, Any], endpoin
 
 
 async def _reap(temporal: Client) -> WebhookReaperResult:
+    # Longer than this module runs: only the rows a test back-dates are past the grace period,
+    # never a delivery another test's run has yet to start.
     return await temporal.execute_workflow(
-        WebhookReaperWorkflow.run, WebhookReaperInput(grace_seconds=60, webhooks=WebhookSchedule(
+        WebhookReaperWorkflow.run, WebhookReaperInput(grace_seconds=1800, webhooks=WebhookSchedule(
             FIRST_DELAY, FACTOR, 8, 600)),
         id=f"reaper-test-{uuid.uuid4().hex[:8]}", task_queue="durapay-payments",
         result_type=WebhookReaperResult)
@@ -636,8 +640,8 @@ async def test_the_reaper_starts_a_pending_delivery_nobody_started_once(
     path = _path()
     endpoint = await _endpoint(shop, receiver.url(path), QUIET)  # the API starts nothing
     event = await _created_event(shop, (await create_intent(shop))["id"])
-    stranded = await _stranded_delivery(wh_db, event, endpoint, age=timedelta(minutes=10))
-    fresh = await _stranded_delivery(wh_db, event, endpoint, age=timedelta(0))
+    stranded = await _stranded_delivery(wh_db, event, endpoint, age=timedelta(hours=1))
+    fresh = await _stranded_delivery(wh_db, event, endpoint, age=timedelta(minutes=1))
     temporal = await wh_stack.temporal_client()
 
     assert (await _reap(temporal)).started == 1
