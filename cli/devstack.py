@@ -8,12 +8,13 @@ that dies is reported loudly on stderr with the tail of its log and restarted in
 and Temporal included (same data, ports and arguments: Postgres recovers from its WAL, the dev
 server reopens its SQLite file); the stack stops only if a child dies more than
 MAX_RESTARTS_PER_MINUTE times in a minute. `stack.json` always names every child's current pid.
+Children die with the launcher, even a killed one, and the next start stops any it left
+running (`cli/dev_children.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,15 @@ import httpx
 
 from api.codec_app import public_url as codec_url
 from cli.demo_merchant import DEMO_MERCHANT_FILE, api_url, demo_merchant
+from cli.dev_children import (
+    REAP_TIMEOUT_SECONDS,
+    LauncherStillRunning,
+    parent_death_signal,
+    reap_session,
+    remove_pid_file,
+    stop_leftovers,
+    write_pid_file,
+)
 from cli.local_postgres import ClusterInitError, postgres_argv, postgres_data_dir, run_as
 from cli.temporal_setup import register_search_attributes
 from core import search_attributes
@@ -44,8 +54,6 @@ log = logging.getLogger("durapay.dev")
 # Search attributes operators filter on in the Web UI (registered at server start).
 HEALTH_TIMEOUT_SECONDS = 90.0
 MAX_RESTARTS_PER_MINUTE = 5
-# A killed child's leftovers (Postgres backends) exit by themselves within moments.
-REAP_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass
@@ -66,6 +74,10 @@ class DevStack:
         self.children: list[Child] = []
         self._stopping = asyncio.Event()
         self._http = httpx.AsyncClient(timeout=2.0)
+        # What a child receives if the launcher dies without stopping it (keyed by "is it
+        # Postgres"): Postgres its fast shutdown, the others a graceful stop.
+        self._on_launcher_death = {True: parent_death_signal(signal.SIGINT),
+                                   False: parent_death_signal(signal.SIGTERM)}
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def run(self) -> int:
@@ -80,6 +92,7 @@ class DevStack:
             ensure_private_dir(self.home)
             self.home.chmod(0o700)
             self.logs.mkdir(exist_ok=True)
+            self._stop_leftovers()
             for child in self._infrastructure():
                 if self._stopping.is_set():
                     return 0
@@ -94,12 +107,20 @@ class DevStack:
             merchant = None if self.production else await demo_merchant(self.settings)
             self._print_banner(merchant)
             return await self._supervise()
-        except (StackError, InsecurePermissionsError) as error:
+        except (StackError, InsecurePermissionsError, LauncherStillRunning) as error:
             print(f"\ndurapay dev: {error}", file=sys.stderr, flush=True)
             return 1
         finally:
             await self._stop_all()
             await self._http.aclose()
+
+    def _stop_leftovers(self) -> None:
+        """Children an earlier launcher on this state dir left running (it was killed before it
+        could stop them) hold its ports and data: stop them first, and say what was stopped."""
+        stopped = stop_leftovers(self.home)
+        if stopped:
+            print(f"durapay dev: stopped what an earlier durapay dev left running on "
+                  f"{self.home}: {', '.join(stopped)}", file=sys.stderr, flush=True)
 
     def _refuse_tls_to_the_embedded_server(self) -> None:
         """The embedded dev server speaks plaintext only: TLS or API-key settings (which
@@ -149,9 +170,11 @@ class DevStack:
     async def _start(self, child: Child) -> None:
         log_file = open(self.logs / f"{child.name}.log", "ab")  # noqa: SIM115 (child owns it)
         ids = run_as(postgres_data_dir(self.home)) if child.name == "postgres" else {}
+        # Called from the event loop's thread (the signal follows the thread that forks).
         child.process = subprocess.Popen(
             child.argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**self._child_env(), **child.env}, start_new_session=True, **ids,
+            preexec_fn=self._on_launcher_death[child.name == "postgres"],
         )
         log_file.close()
         self._write_state()
@@ -227,6 +250,7 @@ class DevStack:
                 print(f"durapay dev: {child.name} ignored SIGTERM; killing", file=sys.stderr)
                 child.process.kill()
                 child.process.wait()
+        remove_pid_file(self.home)
         print("durapay dev: stopped", flush=True)
 
     # ---- children --------------------------------------------------------------------------
@@ -371,18 +395,20 @@ class DevStack:
 
     def _write_state(self) -> None:
         """Pids and URLs for tools and tests (e.g. a chaos run that kills one worker)."""
+        children = {c.name: c.process.pid for c in self.children if c.process}
         state = {
             "pid": os.getpid(),
             "apiUrl": self.api_url,
             "cardnetUrl": self.settings.effective_cardnet_url,
             "temporalAddress": self.settings.effective_temporal_address,
-            "children": {c.name: c.process.pid for c in self.children if c.process},
+            "children": children,
             "workerMetricsUrls": self.worker_metrics_urls(),
         }
         # Readers (tests killing children) must never see a half-written file.
         partial = self.home / "stack.json.tmp"
         partial.write_text(json.dumps(state, indent=2))
         partial.replace(self.home / "stack.json")
+        write_pid_file(self.home, children)
 
     def _print_banner(self, merchant: dict[str, str] | None) -> None:
         s = self.settings
@@ -425,12 +451,3 @@ async def _wrote_pid(path: Path, child: Child) -> bool:
         return False
 
 
-def reap_session(pid: int, timeout: float) -> None:
-    """Kill whatever is left of a dead child's session (each child leads its own, whose id is
-    its pid) and wait, bounded, until it is gone."""
-    deadline = time.monotonic() + timeout
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-        while time.monotonic() < deadline:
-            os.killpg(pid, 0)  # ProcessLookupError once the last one is gone
-            time.sleep(0.05)

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     webhook_backoff_factor: float = 5.0
     webhook_max_delay_seconds: float = 3600.0
     webhook_horizon_seconds: float = 259_200.0
+    # The webhook reaper (durapay-webhook-reaper schedule) starts, this often, every delivery
+    # left pending without an attempt for longer than the grace period (nobody started it).
+    webhook_reaper_interval_seconds: int = Field(default=300, gt=0)
+    webhook_reaper_grace_seconds: int = Field(default=300, gt=0)
     # A 2xx within this budget (connect, send, read) is success; anything slower is a failure.
     webhook_timeout_seconds: float = 10.0
     # After a secret rotation the old secret keeps signing this long unless the request says.

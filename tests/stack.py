@@ -4,6 +4,7 @@ clean stop of every process it started."""
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import shutil
@@ -199,18 +200,37 @@ def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
         **(extra_env or {}),
     })
     home.mkdir(mode=0o700, parents=True, exist_ok=True)  # the launcher refuses a looser one
+    api_url = f"http://127.0.0.1:{ports['api']}"
+    stack = RunningStack(
+        home=home, env=env, process=_launch(home, env), api_url=api_url,
+        cardnet_url=f"http://127.0.0.1:{ports['cardnet']}",
+        temporal_address=f"127.0.0.1:{ports['temporal']}",
+        admin_token=env["DURAPAY_ADMIN_TOKEN"],
+        database_url="")  # known once the launcher has written the password
+    _wait_until_up(stack, timeout)
+    stack.database_url = Settings(home=home, postgres_port=ports["postgres"]).local_postgres_url()
+    return stack
+
+
+def launch_again(stack: RunningStack, timeout: float = 180.0) -> RunningStack:
+    """`durapay dev` once more on the stack's state dir, ports and settings (after the first
+    launcher stopped or was killed); its output goes to a fresh `launcher.out`."""
+    again = dataclasses.replace(stack, process=_launch(stack.home, stack.env))
+    _wait_until_up(again, timeout)
+    return again
+
+
+def _launch(home: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     output = open(home / "launcher.out", "wb")  # noqa: SIM115 (the launcher owns it)
     process = subprocess.Popen([str(BIN / "durapay"), "dev"], env=env, stdout=output,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                start_new_session=True)
     output.close()
-    api_url = f"http://127.0.0.1:{ports['api']}"
-    stack = RunningStack(
-        home=home, env=env, process=process, api_url=api_url,
-        cardnet_url=f"http://127.0.0.1:{ports['cardnet']}",
-        temporal_address=f"127.0.0.1:{ports['temporal']}",
-        admin_token=env["DURAPAY_ADMIN_TOKEN"],
-        database_url="")  # known once the launcher has written the password
+    return process
+
+
+def _wait_until_up(stack: RunningStack, timeout: float) -> None:
+    home, process = stack.home, stack.process
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -219,11 +239,9 @@ def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
                 raise PortTaken(logs[-2000:])
             raise RuntimeError("durapay dev exited:\n" + (home / "launcher.out").read_text())
         if (home / "launcher.out").read_text(errors="replace").find("Durapay is up") >= 0:
-            response = httpx.get(f"{api_url}/healthz", timeout=5)
+            response = httpx.get(f"{stack.api_url}/healthz", timeout=5)
             if response.status_code == 200:
-                stack.database_url = Settings(
-                    home=home, postgres_port=ports["postgres"]).local_postgres_url()
-                return stack
+                return
         time.sleep(0.3)
     stack.stop()
     raise RuntimeError("stack not healthy in time:\n" + (home / "launcher.out").read_text())

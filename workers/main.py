@@ -21,6 +21,7 @@ from activities.card_network import CardNetworkActivities
 from activities.housekeeping import HousekeepingActivities
 from activities.persistence import PaymentRecordActivities
 from activities.reconciliation import ReconciliationActivities
+from activities.webhook_reaper import WebhookReaperActivities
 from activities.webhooks import WebhookActivities, new_http_client
 from core.crypto import Cipher, VaultCipher
 from core.db.session import create_engine, session_factory
@@ -37,6 +38,7 @@ from workflows.housekeeping import HousekeepingWorkflow
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.reconciliation import ReconciliationSweepWorkflow
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
+from workflows.webhook_reaper import WebhookReaperWorkflow
 
 log = logging.getLogger("durapay.worker")
 
@@ -63,6 +65,7 @@ async def run_worker() -> None:
         housekeeping = HousekeepingActivities(
             engine=engine, sessions=sessions,
             idempotency_retention=timedelta(seconds=settings.idempotency_retention_seconds))
+        reaper = WebhookReaperActivities(sessions)
         webhooks = WebhookActivities(
             http=webhook_http, sessions=sessions,
             webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), settings=settings)
@@ -70,7 +73,8 @@ async def run_worker() -> None:
             client,
             task_queue=settings.task_queue,
             workflows=[PaymentIntentWorkflow, WebhookDeliveryWorkflow,
-                       ReconciliationSweepWorkflow, AuditCheckpointWorkflow, HousekeepingWorkflow],
+                       ReconciliationSweepWorkflow, AuditCheckpointWorkflow, HousekeepingWorkflow,
+                       WebhookReaperWorkflow],
             activities=[
                 records.load_payment,
                 records.record_charge_attempt,
@@ -88,6 +92,7 @@ async def run_worker() -> None:
                 webhooks.record_webhook_attempt,
                 webhooks.deliver_webhook,  # deliveries begun before send/record were split
                 webhooks.fail_webhook_delivery,
+                reaper.find_stranded_deliveries,
                 reconciliation.reconcile_window,
                 audit.record_chain_checkpoints,
                 housekeeping.delete_expired_nonces,

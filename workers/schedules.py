@@ -1,10 +1,10 @@
 """Temporal Schedules the workers keep in place: wiring only, no business logic.
 
 Every worker calls `ensure_schedules` at start-up (the reconciliation sweep, the audit
-checkpoint and housekeeping), so the schedules exist wherever workers run and follow the
-configured intervals after a redeploy. Several workers starting at
-once are safe: creation is atomic on the server (the losers see "already running"), and an
-update goes through the schedule's conflict token, retried by the SDK.
+checkpoint, housekeeping and the webhook reaper), so the schedules exist wherever workers
+run and follow the configured intervals after a redeploy. Several workers starting at once are
+safe: creation is atomic on the server (the losers see "already running"), and an update goes
+through the schedule's conflict token, retried by the SDK.
 """
 
 from __future__ import annotations
@@ -32,16 +32,20 @@ from temporalio.service import RPCError, RPCStatusCode
 from core.metrics import SCHEDULE_READ_SECONDS
 from core.reconciliation import SweepTrigger
 from core.settings import Settings
+from core.webhooks import schedule_from
 from workflows.audit_checkpoint import AuditCheckpointWorkflow
 from workflows.housekeeping import HousekeepingWorkflow
 from workflows.reconciliation import ReconciliationSweepInput, ReconciliationSweepWorkflow
+from workflows.webhook_reaper import WebhookReaperInput, WebhookReaperWorkflow
 
 log = logging.getLogger("durapay.worker")
 
 RECONCILIATION_SCHEDULE_ID = "durapay-reconciliation-sweep"
 AUDIT_CHECKPOINT_SCHEDULE_ID = "durapay-audit-checkpoint"
 HOUSEKEEPING_SCHEDULE_ID = "durapay-housekeeping"
-SCHEDULE_IDS = (RECONCILIATION_SCHEDULE_ID, AUDIT_CHECKPOINT_SCHEDULE_ID, HOUSEKEEPING_SCHEDULE_ID)
+WEBHOOK_REAPER_SCHEDULE_ID = "durapay-webhook-reaper"
+SCHEDULE_IDS = (RECONCILIATION_SCHEDULE_ID, AUDIT_CHECKPOINT_SCHEDULE_ID, HOUSEKEEPING_SCHEDULE_ID,
+                WEBHOOK_REAPER_SCHEDULE_ID)
 
 
 def reconciliation_schedule(settings: Settings) -> Schedule:
@@ -64,11 +68,18 @@ def housekeeping_schedule(settings: Settings) -> Schedule:
         HousekeepingWorkflow.run, id=HOUSEKEEPING_SCHEDULE_ID, task_queue=settings.task_queue))
 
 
+def webhook_reaper_schedule(settings: Settings) -> Schedule:
+    return _every(settings.webhook_reaper_interval_seconds, ScheduleActionStartWorkflow(
+        WebhookReaperWorkflow.run,
+        WebhookReaperInput(settings.webhook_reaper_grace_seconds, schedule_from(settings)),
+        id=WEBHOOK_REAPER_SCHEDULE_ID, task_queue=settings.task_queue))
+
+
 def _every(seconds: int, action: ScheduleActionStartWorkflow) -> Schedule:
-    """Every schedule's run covers everything before it (a sweep's windows overlap; a
-    checkpoint takes every head; housekeeping deletes all that expired): one still running
-    when the next is due makes the next redundant, and after an outage one catch-up run is
-    enough, not one per missed interval."""
+    """Every schedule's runs cover everything before them (a sweep's windows overlap; a
+    checkpoint takes every head; housekeeping deletes all that expired; a reaper starts every
+    stranded delivery): one still running when the next is due makes the next redundant, and
+    after an outage one catch-up run is enough, not one per missed interval."""
     interval = timedelta(seconds=seconds)
     return Schedule(
         action=action, spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
@@ -81,6 +92,7 @@ async def ensure_schedules(client: Client, settings: Settings) -> None:
     await ensure_schedule(client, AUDIT_CHECKPOINT_SCHEDULE_ID,
                           audit_checkpoint_schedule(settings))
     await ensure_schedule(client, HOUSEKEEPING_SCHEDULE_ID, housekeeping_schedule(settings))
+    await ensure_schedule(client, WEBHOOK_REAPER_SCHEDULE_ID, webhook_reaper_schedule(settings))
 
 
 async def ensure_reconciliation_schedule(client: Client, settings: Settings) -> None:
@@ -122,8 +134,8 @@ async def _is_current(client: Client, description: ScheduleDescription,
     if not wanted.args:
         return not action.args
     try:
-        # Described args are raw payloads: decode them to compare the window.
-        [args] = await client.data_converter.decode(action.args, [ReconciliationSweepInput])
+        # Described args are raw payloads: decode them to compare (the window, the grace).
+        [args] = await client.data_converter.decode(action.args, [type(wanted.args[0])])
     except Exception:  # noqa: BLE001  (an undecodable action is simply replaced)
         return False
     return bool(args == wanted.args[0])

@@ -8,7 +8,9 @@ it is known, and past the horizon an operator is asked to look.
 A run lasts while the payment needs watching (an operation in flight, an unknown outcome, an
 authorization that will expire) and ends once it is at rest. The next operation opens a new
 run with update-with-start, which reads the payment from the database first: a settled payment
-costs no open workflow for its refund window.
+costs no open workflow for its refund window. A run about to end without having read it reads
+it too, so an attempt left unsettled (its record committed, its Update lost) is watched like
+any unknown outcome, whatever started the run.
 
 What the workflow knows and the guards of every operation: `payment_state.py`; how answers are
 recorded and shown to operators: `payment_book.py`; activity calls with their timeouts and
@@ -76,6 +78,8 @@ class PaymentIntentWorkflow:
         # settling included: a capture never passes its checks against a void being settled.
         self._lock = asyncio.Lock()
         self._book = PaymentBook(input.payment_intent_id, input.amount_in_cents, self._state)
+        if input.carried is not None:
+            self._book.deliveries.extend(input.carried.deliveries)
 
     @workflow.run
     async def run(self, input: PaymentIntentInput) -> PaymentIntentResult:
@@ -95,7 +99,12 @@ class PaymentIntentWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(self._continued_input())
             if self._at_rest():
-                return PaymentIntentResult(self._state.status)
+                if self._state.loaded:
+                    return PaymentIntentResult(self._state.status)
+                # Never read the payment: an attempt may be pending whose Update was lost
+                # after its record committed. Watched here, like any unknown outcome.
+                async with self._lock:
+                    await self._load()
 
     @workflow.update
     async def confirm_charge(self, charge: ChargeInput) -> ChargeResult:
@@ -180,10 +189,13 @@ class PaymentIntentWorkflow:
         recorded = await calls.record_charge_attempt(ChargeAttempt(
             self._input.payment_intent_id, transaction_id, charge.card_token_id, charge.card))
         self._book.note(recorded)
-        self._state.loaded = True  # a charge starts where no money has moved: nothing to load
         earlier = self._book.answered_before(recorded, UnknownOutcome(transaction_id))
         if earlier is not None:
+            # This Update ran in an earlier run: what its answer did to the money is recorded.
+            await self._load()
             return ChargeResult(self._state.status, earlier)
+        # A charge not answered yet: the database records one only where no money has moved.
+        self._state.loaded = True
         answer = await calls.authorize_card(AuthorizeInput(
             transaction_id, charge.card_token_id, self._input.amount_in_cents,
             self._input.currency, capture=self._input.capture_method is CaptureMethod.AUTOMATIC))
@@ -275,8 +287,7 @@ class PaymentIntentWorkflow:
                 raise refused("an operation on this payment is in flight",
                               ErrorType.ATTEMPT_IN_FLIGHT)
             await self._lock.acquire()
-            if not self._state.loaded:
-                self._state.load(await calls.load_payment(self._input.payment_intent_id))
+            await self._load()
             if self._state.unknown is None:
                 break
             self._lock.release()  # another operation went first, or one was left unknown
@@ -284,6 +295,12 @@ class PaymentIntentWorkflow:
             yield
         finally:
             self._lock.release()
+
+    async def _load(self) -> None:
+        """Read the payment from the database once per run (a run opened after earlier ones
+        closed), with any operation left unsettled. The caller holds the lock."""
+        if not self._state.loaded:
+            self._state.load(await calls.load_payment(self._input.payment_intent_id))
 
     def _start_is_genuine(self) -> bool:
         """The start input names this workflow's payment, and carries state only into a run
@@ -342,4 +359,4 @@ class PaymentIntentWorkflow:
             self._input.payment_intent_id, self._input.merchant_id, self._input.amount_in_cents,
             self._input.currency, self._input.capture_method, self._input.reconcile,
             self._input.lifecycle, self._input.webhooks, self._input.max_history_events,
-            self._state.carried())
+            self._state.carried(deliveries=self._book.deliveries))

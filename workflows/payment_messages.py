@@ -88,6 +88,9 @@ class CarriedState:
     money: Money | None = None
     # A manual review is open (search attribute DurapayManualReview is true).
     review_open: bool = False
+    # Webhook deliveries planned but not started when the run continued as new (an operation
+    # that finished while the run waited for its handlers): the next run starts them.
+    deliveries: list[str] = field(default_factory=list)
 
 
 # ---- updates -------------------------------------------------------------------------------------

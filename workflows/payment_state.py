@@ -9,6 +9,8 @@ the workflow knows: an operation in flight, the amounts left, and the deadlines.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
@@ -181,8 +183,10 @@ class PaymentState:
         return (self.unknown is None and not self.charging
                 and not holds_authorization(self.status))
 
-    def carried(self) -> CarriedState:
-        return CarriedState(self.status, self.unknown, self.money, self.review_open)
+    def carried(self, *, deliveries: Sequence[str] = ()) -> CarriedState:
+        """What the next run starts from, with the webhook deliveries not started yet."""
+        return CarriedState(self.status, self.unknown, self.money, self.review_open,
+                            list(deliveries))
 
 
 def _check_amount(amount: int | None, allowed: int, what: str) -> None:

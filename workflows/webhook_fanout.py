@@ -1,7 +1,8 @@
-"""Starting an intent's webhook deliveries, called from inside PaymentIntentWorkflow.
+"""Starting webhook deliveries as children, from inside PaymentIntentWorkflow (an intent's
+deliveries) or WebhookReaperWorkflow (deliveries nobody started).
 
 Not a workflow of its own: a coroutine that runs in the caller's workflow context, so every
-delivery is a child of the intent's workflow and shows up in its history. The deliveries were
+delivery is a child of the caller's workflow and shows up in its history. The deliveries were
 planned in the database transaction that appended their event (`core/db/deliveries.py`): when
 the merchant has no endpoint there is nothing to start and nothing reaches history.
 """
@@ -21,12 +22,14 @@ with workflow.unsafe.imports_passed_through():
 from workflows.webhook_delivery import WebhookDeliveryInput, WebhookDeliveryWorkflow
 
 
-async def start_deliveries(delivery_ids: list[str], schedule: WebhookSchedule) -> None:
-    """One child WebhookDeliveryWorkflow per delivery, all started in one workflow task."""
-    await asyncio.gather(*(_start_delivery(d, schedule) for d in delivery_ids))
+async def start_deliveries(delivery_ids: list[str], schedule: WebhookSchedule) -> int:
+    """One child WebhookDeliveryWorkflow per delivery, all started in one workflow task; how
+    many were started here (the others had been started before)."""
+    started = await asyncio.gather(*(_start_delivery(d, schedule) for d in delivery_ids))
+    return sum(started)
 
 
-async def _start_delivery(delivery_id: str, schedule: WebhookSchedule) -> None:
+async def _start_delivery(delivery_id: str, schedule: WebhookSchedule) -> bool:
     try:
         await workflow.start_child_workflow(
             WebhookDeliveryWorkflow.run, WebhookDeliveryInput(delivery_id, schedule),
@@ -38,4 +41,5 @@ async def _start_delivery(delivery_id: str, schedule: WebhookSchedule) -> None:
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
     except WorkflowAlreadyStartedError:
-        pass  # started before (a replayed record, or the API): the same delivery
+        return False  # started before (a replayed record, the API, the reaper): the same one
+    return True

@@ -313,12 +313,17 @@ class WebhookDelivery(SQLModel, table=True):
     """One event sent to one endpoint; its id is derived from what planned it (stable)."""
 
     __tablename__ = "webhook_delivery"
-    __table_args__ = (  # an endpoint's deliveries, newest first
+    __table_args__ = (
+        # An endpoint's deliveries, newest first.
         Index("ix_webhook_delivery_endpoint_id_created_at_id", "endpoint_id",
               text("created_at DESC"), text("id DESC")),
         # The endpoint, and its own merchant (as for a transaction: one key, not two).
         ForeignKeyConstraint(["endpoint_id", "merchant_id"],
-                             ["webhook_endpoint.id", "webhook_endpoint.merchant_id"]),)
+                             ["webhook_endpoint.id", "webhook_endpoint.merchant_id"]),
+        # Deliveries not attempted yet, oldest first: the webhook reaper's pages (few rows).
+        Index("ix_webhook_delivery_unattempted", "created_at", "id",
+              postgresql_where=text("status = 'pending' AND attempt_count = 0")),
+    )
     id: str = Field(primary_key=True)
     merchant_id: str
     event_id: str = Field(foreign_key="event.id", index=True)

@@ -21,7 +21,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import WebhookVerificationError
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowFailureError
+from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowFailureError
+from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -42,11 +43,13 @@ from tests.integration.conftest import CARD_4242, create_intent
 from tests.integration.helpers import assert_eventually, own_stack, signed_merchant
 from tests.integration.webhook_receiver import Answer, WebhookReceiver
 from tests.stack import RunningStack, free_port, stop_process
+from workers.schedules import WEBHOOK_REAPER_SCHEDULE_ID
 from workflows.webhook_delivery import (
     WebhookDeliveryInput,
     WebhookDeliveryResult,
     WebhookDeliveryWorkflow,
 )
+from workflows.webhook_reaper import WebhookReaperInput, WebhookReaperResult, WebhookReaperWorkflow
 
 FIRST_DELAY, FACTOR = 3.0, 2.0
 WEBHOOK_ENV = {
@@ -55,6 +58,8 @@ WEBHOOK_ENV = {
     "DURAPAY_WEBHOOK_MAX_DELAY_SECONDS": "8",
     "DURAPAY_WEBHOOK_HORIZON_SECONDS": "600",
     "DURAPAY_WEBHOOK_TIMEOUT_SECONDS": "3",
+    # The scheduled reaper leaves every test's rows alone (the reaper tests run their own).
+    "DURAPAY_WEBHOOK_REAPER_GRACE_SECONDS": str(365 * 86_400),
 }
 TEST_SERVER = Path(sys.executable).parent / "temporal-test-server"
 
@@ -603,3 +608,60 @@ async def test_endpoint_list_pages_newest_first(shop: DurapayClient,
     missing = await shop.get("/webhook-endpoints?startingAfter=we_nope")
     assert missing.status_code == 400
     assert missing.json()["error"]["param"] == "startingAfter"
+
+
+# ---- the reaper: deliveries nobody started -------------------------------------------------------
+async def _stranded_delivery(wh_db: asyncpg.Pool, event: dict[str, Any], endpoint: dict[str, Any],
+                             *, age: timedelta) -> str:
+    """A delivery row as the transaction that appended its event plans it, whose start never
+    happened (the planner lost between its commit and the start)."""
+    delivery_id = f"whd_stranded_{uuid.uuid4().hex[:12]}"
+    await wh_db.execute(
+        "INSERT INTO webhook_delivery (id, merchant_id, event_id, endpoint_id, origin, status, "
+        "attempt_count, created_at, updated_at) SELECT $1, merchant_id, id, $3, 'event', "
+        "'pending', 0, now() - $4::interval, now() - $4::interval FROM event WHERE id = $2",
+        delivery_id, event["id"], endpoint["id"], age)
+    return delivery_id
+
+
+async def _reap(temporal: Client) -> WebhookReaperResult:
+    # Longer than this module runs: only the rows a test back-dates are past the grace period,
+    # never a delivery another test's run has yet to start.
+    return await temporal.execute_workflow(
+        WebhookReaperWorkflow.run, WebhookReaperInput(grace_seconds=1800, webhooks=WebhookSchedule(
+            FIRST_DELAY, FACTOR, 8, 600)),
+        id=f"reaper-test-{uuid.uuid4().hex[:8]}", task_queue="durapay-payments",
+        result_type=WebhookReaperResult)
+
+
+async def test_the_reaper_starts_a_pending_delivery_nobody_started_once(
+        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
+        wh_db: asyncpg.Pool) -> None:
+    path = _path()
+    endpoint = await _endpoint(shop, receiver.url(path), QUIET)  # the API starts nothing
+    event = await _created_event(shop, (await create_intent(shop))["id"])
+    stranded = await _stranded_delivery(wh_db, event, endpoint, age=timedelta(hours=1))
+    fresh = await _stranded_delivery(wh_db, event, endpoint, age=timedelta(minutes=1))
+    temporal = await wh_stack.temporal_client()
+
+    assert (await _reap(temporal)).started == 1
+    [request] = await _received(receiver, path, 1)
+    assert request.verify(endpoint["secret"])["id"] == event["id"]
+    assert await temporal.get_workflow_handle(stranded).result() == {
+        "delivered": True, "attempts": 1}
+    # Within its grace period a delivery is left to whoever planned it.
+    with pytest.raises(RPCError):
+        await temporal.get_workflow_handle(fresh).describe()
+    # Again: the delivery that ran is never started a second time.
+    assert (await _reap(temporal)).started == 0
+    await asyncio.sleep(1.0)
+    assert len(receiver.at(path)) == 1
+
+
+async def test_the_worker_keeps_the_reaper_schedule(wh_stack: RunningStack) -> None:
+    temporal = await wh_stack.temporal_client()
+    described = await temporal.get_schedule_handle(WEBHOOK_REAPER_SCHEDULE_ID).describe()
+    schedule = described.schedule
+    assert [i.every for i in schedule.spec.intervals] == [timedelta(seconds=300)]
+    assert isinstance(schedule.action, ScheduleActionStartWorkflow)
+    assert schedule.action.workflow == "WebhookReaperWorkflow"

@@ -31,9 +31,16 @@ from activities.persistence import (
     OutcomeDiscrepancy,
     PaymentSnapshot,
     Recorded,
+    UnsettledOperation,
 )
 from core import search_attributes
-from core.domain import CaptureMethod, CardSummary, NetworkOutcome, RecordedTransaction
+from core.domain import (
+    CaptureMethod,
+    CardSummary,
+    NetworkOutcome,
+    RecordedTransaction,
+    TransactionType,
+)
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import (
     ChargeInput,
@@ -44,6 +51,7 @@ from workflows.payment_messages import (
 )
 
 CARD = ChargeInput(card_token_id="card_1", card=CardSummary("visa", "4242", 12, 2030))
+_CHARGE_STATUS = {NetworkOutcome.APPROVED: "succeeded", NetworkOutcome.UNKNOWN: "timeout"}
 
 
 @dataclass
@@ -59,6 +67,7 @@ class FakeNetwork:
     review_flags: list[ManualReviewFlag] = field(default_factory=list)
     # Webhook deliveries each record returns (one per event, as if one endpoint subscribed).
     deliveries_per_event: int = 0
+    planned_deliveries: list[str] = field(default_factory=list)  # every id handed out
     loads: list[str] = field(default_factory=list)
     # What `load_payment` reports as the payment's success time (workflow time, unix seconds):
     # tests set it, since an activity here cannot read the time-skipping server's clock.
@@ -88,9 +97,31 @@ class FakeNetwork:
             decline_code=outcome.decline_code if outcome else None,
             failure_code=outcome.failure_code if outcome else None,
             reconciled=outcome.reconciled if outcome else False))
-        deliveries = ([f"whd_{uuid.uuid4().hex[:12]}" for _ in range(self.deliveries_per_event)]
+        # Named by what planned them, as the database does: a record run again plans the same.
+        cause = transaction_id or uuid.uuid4().hex[:12]
+        deliveries = ([f"whd_{cause}_{txn_status}_{n}" for n in range(self.deliveries_per_event)]
                       if event else [])
+        self.planned_deliveries.extend(d for d in deliveries
+                                       if d not in self.planned_deliveries)
         return Recorded(self.status, txn, deliveries)
+
+    def seed_charge(self, payment_intent_id: str, transaction_id: str,
+                    outcome: NetworkOutcome | None, *, status: str) -> None:
+        """A charge an earlier run recorded (and answered, unless `outcome` is None), leaving
+        the intent in `status`."""
+        self.attempts.append(ChargeAttempt(payment_intent_id, transaction_id, CARD.card_token_id,
+                                           CARD.card))
+        if outcome is not None:
+            self.outcomes.append(Outcome(payment_intent_id, transaction_id, outcome))
+        self.status = status
+
+    def _unsettled(self) -> UnsettledOperation | None:
+        """The charge attempt whose outcome is not recorded yet (or recorded as unknown)."""
+        for attempt in reversed(self.attempts):
+            answered = [o for o in self.outcomes if o.transaction_id == attempt.transaction_id]
+            if not answered or answered[-1].outcome is NetworkOutcome.UNKNOWN:
+                return UnsettledOperation(attempt.transaction_id, TransactionType.CHARGE, 2499)
+        return None
 
     def activities(self) -> list[object]:
         @activity.defn(name="load_payment")
@@ -105,6 +136,7 @@ class FakeNetwork:
                             for a in self.operation_attempts)]
             authorization = approved[-1] if approved and approved[-1] in charged else None
             return PaymentSnapshot(
+                unsettled=self._unsettled(),
                 status=self.status, amount_received=self.received,
                 amount_refunded=self.refunded,
                 amount_capturable=2499 if self.status == "requires_capture" else 0,
@@ -115,6 +147,11 @@ class FakeNetwork:
 
         @activity.defn(name="record_charge_attempt")
         async def record_charge_attempt(attempt: ChargeAttempt) -> Recorded:
+            answered = [o for o in self.outcomes if o.transaction_id == attempt.transaction_id]
+            if answered:  # the same attempt again (its Update retried): it is answered
+                return self._recorded(attempt.transaction_id, "charge",
+                                      _CHARGE_STATUS.get(answered[-1].outcome, "failed"), 2499,
+                                      event=False, outcome=answered[-1])
             self.attempts.append(attempt)
             self.status = "processing"
             return self._recorded(attempt.transaction_id, "charge", "pending", 2499, event=True)
@@ -156,8 +193,7 @@ class FakeNetwork:
             if self.outcome_refusals:
                 raise self.outcome_refusals.pop(0)
             self.outcomes.append(outcome)
-            txn_status = {NetworkOutcome.APPROVED: "succeeded", NetworkOutcome.UNKNOWN: "timeout",
-                          }.get(outcome.outcome, "failed")
+            txn_status = _CHARGE_STATUS.get(outcome.outcome, "failed")
             if outcome.outcome is NetworkOutcome.APPROVED:
                 manual = self.attempts and self.calls and not self.calls[-1].capture
                 self.status = "requires_capture" if manual else "succeeded"
