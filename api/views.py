@@ -134,7 +134,7 @@ async def load_webhook_deliveries_out(
     ids = [d.id for d in deliveries]
     attempts = (await session.exec(select(WebhookDeliveryAttempt).where(
         WebhookDeliveryAttempt.delivery_id.in_(ids))  # type: ignore[attr-defined]
-        .order_by(WebhookDeliveryAttempt.attempt_number))).all()
+        .order_by(WebhookDeliveryAttempt.attempt_number))).scalars().all()
     types = dict((await session.exec(select(Event.id, Event.type).where(
         Event.id.in_({d.event_id for d in deliveries})))).all())  # type: ignore[attr-defined]
     by_delivery: dict[str, list[DeliveryAttemptOut]] = {i: [] for i in ids}

@@ -248,7 +248,9 @@ class Settings(BaseSettings):
     # fixed one); past it a request is refused at once with 503 and Retry-After. The ceiling
     # stays below the connection limit, so this one answers.
     api_max_in_flight: int = 256
-    api_min_in_flight: int = 4
+    # The floor: a slow machine (CPU shared with others) slows every answer alike, which the
+    # limit cannot tell from queueing; a few concurrent clients must never be refused for it.
+    api_min_in_flight: int = 16
     # The limit shrinks while the median answer takes more than this many times its route's
     # calm latency, and may grow while it does not.
     api_latency_tolerance: float = 2.0

@@ -25,7 +25,7 @@ from tests.integration.conftest import CARD_4242, create_intent
 from tests.integration.helpers import assert_eventually, charge, own_stack, signed_merchant
 from tests.integration.webhook_receiver import WebhookReceiver
 from tests.stack import BIN, RunningStack
-from workers.schedules import RECONCILIATION_SCHEDULE_ID
+from workers.schedules import RECONCILIATION_SCHEDULE_ID, WEBHOOK_REAPER_SCHEDULE_ID
 
 pytestmark = pytest.mark.integration
 
@@ -150,9 +150,14 @@ async def test_rotate_moves_everything_at_rest_to_a_new_key_while_the_stack_runs
     assert f"current master key  {new.key_id}" in status.stdout
     assert f"retired master key  {old.key_id}" in status.stdout
 
-    # The sweep's schedule stores its input too: re-encoded, and the workers still read it.
-    assert "Temporal schedules re-encoded                   1" in done.stdout, done.stdout
+    # The sweep's and the webhook reaper's schedules store their inputs too: re-encoded, and
+    # the workers still read them.
+    assert "Temporal schedules re-encoded                   2" in done.stdout, done.stdout
     temporal = await keys_stack.temporal_client()
+    reaper = await temporal.get_schedule_handle(WEBHOOK_REAPER_SCHEDULE_ID).describe()
+    assert isinstance(reaper.schedule.action, ScheduleActionStartWorkflow)
+    assert [arg.metadata[KEY_ID_METADATA]  # type: ignore[union-attr]
+            for arg in reaper.schedule.action.args] == [PayloadKey(new.material).key_id]
     schedule = temporal.get_schedule_handle(RECONCILIATION_SCHEDULE_ID)
     action = (await schedule.describe()).schedule.action
     assert isinstance(action, ScheduleActionStartWorkflow)
