@@ -5,22 +5,32 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 from sqlalchemy import insert
+from sqlmodel import select
 
 from api.deps import OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
 from api.errors import InvalidRequestError
 from api.idempotency import IdempotentRoute, idempotent
 from api.openapi import errors
 from api.payment_workflow import (
+    operation_answer,
     pending_transaction,
     send_operation,
     transaction_answer,
     unexpected_state,
+    update_id_for,
 )
 from api.schemas.transactions import TransactionCreate, TransactionOut
+from api.views import transaction_out
 from core.cards import card_brand, card_problem
 from core.crypto import VaultCipher
-from core.db.tables import CardToken, PaymentIntent
-from core.domain import CardSummary, TransactionType, new_id
+from core.db.tables import CardToken, PaymentIntent, Transaction
+from core.domain import (
+    CardSummary,
+    TransactionStatus,
+    TransactionType,
+    new_id,
+    transaction_id_for,
+)
 from core.state_machine import can_start_charge
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import ChargeInput
@@ -67,7 +77,17 @@ async def create_transaction(
     """
     # After the claim: a retry of an answered charge replays its answer.
     if not can_start_charge(intent.status):
-        raise unexpected_state("charge", intent.status)
+        settled = await _settled_charge(session, intent.id, idempotency_key)
+        if settled is None:
+            raise unexpected_state("charge", intent.status)
+        # This key's own charge ran and settled, but its answer was never stored: the first
+        # request answered 503 (Temporal had not confirmed the Update in time) and the Update
+        # ran all the same. The retry gets that charge's outcome, not a 409 for the payment
+        # it moved.
+        answer = transaction_out(settled)
+        response.status_code, _ = operation_answer(
+            settled, answer.model_dump(mode="json", by_alias=True), holder="transaction")
+        return answer
     token = _tokenize(body, intent, state.vault)
     # Core, not the ORM: one INSERT with nothing to flush or track.
     await session.exec(insert(CardToken).values(  # type: ignore[call-overload]
@@ -99,3 +119,17 @@ def _tokenize(body: TransactionCreate, intent: PaymentIntent,
         pan_ciphertext=cipher.encrypt(number.encode(), context=token_id),
         brand=card_brand(number), last4=number[-4:], exp_month=body.card.exp_month,
         exp_year=body.card.exp_year)
+
+
+async def _settled_charge(session: SessionDep, intent_id: str,
+                          idempotency_key: str | None) -> Transaction | None:
+    """The settled charge this Idempotency-Key's Update made on the intent, if any (its id
+    derives from the key: the workflow names it the same way)."""
+    if idempotency_key is None:
+        return None
+    transaction_id = transaction_id_for(intent_id, update_id_for("charge", idempotency_key))
+    return (await session.exec(select(Transaction).where(
+        Transaction.id == transaction_id, Transaction.payment_intent_id == intent_id,
+        Transaction.type == TransactionType.CHARGE.value,
+        Transaction.status.in_((TransactionStatus.SUCCEEDED.value,  # type: ignore[attr-defined]
+                                TransactionStatus.FAILED.value))))).first()

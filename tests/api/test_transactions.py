@@ -163,6 +163,32 @@ async def test_a_charge_on_a_canceled_intent_is_409_without_temporal(
     assert not await workflow_exists(temporal, intent_id)
 
 
+async def test_a_charge_retried_after_its_answer_was_lost_gets_its_own_outcome(
+        merchant: Merchant, db: asyncpg.Pool, temporal: Client) -> None:
+    """The first request answered 503 (Temporal had not confirmed its Update in time), but the
+    Update ran, the charge succeeded and the payment's run closed. The retry with the same
+    Idempotency-Key gets that charge, not a 409 for the intent it moved to `succeeded`; a
+    request with another key still gets the 409."""
+    intent_id = await insert_intent(db, merchant, status="succeeded", amount_received=2499)
+    charged = transaction_id_for(intent_id, "charge:answer-lost")
+    await db.execute(
+        "INSERT INTO transaction (id, merchant_id, payment_intent_id, type, amount_in_cents, "
+        "currency, status, network_reference, card_brand, card_last4, card_exp_month, "
+        "card_exp_year, reconciled) VALUES ($1, $2, $3, 'charge', 2499, 'usd', 'succeeded', "
+        "$1, 'visa', '4242', 12, 2030, false)", charged, merchant.id, intent_id)
+    before = await rows_of(db, merchant)
+    response = await merchant.post(f"/payment-intents/{intent_id}/transactions", _charge(),
+                                   idempotency_key="answer-lost")
+    assert response.status_code == 200, response.text
+    assert (response.json()["id"], response.json()["status"]) == (charged, "succeeded")
+    other = await merchant.post(f"/payment-intents/{intent_id}/transactions", _charge(),
+                                idempotency_key="another-charge")
+    assert other.status_code == 409, other.text
+    assert other.json()["error"]["code"] == "payment_intent_unexpected_state"
+    assert await count(db, "card_token", merchant) == before.get("card_token", 0)
+    assert not await workflow_exists(temporal, intent_id)
+
+
 async def test_a_charge_on_another_merchants_intent_is_404(
         merchant: Merchant, other_merchant: Merchant, db: asyncpg.Pool) -> None:
     theirs = await other_merchant.create_intent()
