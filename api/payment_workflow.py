@@ -198,7 +198,12 @@ def transaction_answer(sent: SentUpdate, *,
     the wait ran out first, or the answer could not be recorded, it is `not_recorded_yet`
     (the same id, `pending`), with 202."""
     recorded = sent.result.transaction if sent.result is not None else None
-    txn = not_recorded_yet if recorded is None else as_recorded(not_recorded_yet, recorded)
+    return transaction_status_and_out(
+        not_recorded_yet if recorded is None else as_recorded(not_recorded_yet, recorded))
+
+
+def transaction_status_and_out(txn: Transaction) -> tuple[int, TransactionOut]:
+    """A charge or refund's answer for `txn`: 200, 202 or (raised) 402, and its body."""
     out = transaction_out(txn)
     status, _ = operation_answer(txn, out.model_dump(mode="json", by_alias=True),
                                  holder="transaction")

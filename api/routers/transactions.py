@@ -12,15 +12,14 @@ from api.errors import InvalidRequestError
 from api.idempotency import IdempotentRoute, idempotent
 from api.openapi import errors
 from api.payment_workflow import (
-    operation_answer,
     pending_transaction,
     send_operation,
     transaction_answer,
+    transaction_status_and_out,
     unexpected_state,
     update_id_for,
 )
 from api.schemas.transactions import TransactionCreate, TransactionOut
-from api.views import transaction_out
 from core.cards import card_brand, card_problem
 from core.crypto import VaultCipher
 from core.db.tables import CardToken, PaymentIntent, Transaction
@@ -84,9 +83,7 @@ async def create_transaction(
         # request answered 503 (Temporal had not confirmed the Update in time) and the Update
         # ran all the same. The retry gets that charge's outcome, not a 409 for the payment
         # it moved.
-        answer = transaction_out(settled)
-        response.status_code, _ = operation_answer(
-            settled, answer.model_dump(mode="json", by_alias=True), holder="transaction")
+        response.status_code, answer = transaction_status_and_out(settled)
         return answer
     token = _tokenize(body, intent, state.vault)
     # Core, not the ORM: one INSERT with nothing to flush or track.

@@ -239,22 +239,24 @@ def write_statement(write: RecordWrite) -> tuple[str, list[Any]]:
     bind = _Parameters()
     parts: list[str] = []
     selected = ["NULL::timestamptz", "NULL::timestamptz", "false", "false"]
+    written_transaction: str | None = None  # the CTE whose transaction row the answer reads
     if write.inserted_transaction is not None:
         row = write.inserted_transaction
         columns = ", ".join(row)
         values = ", ".join(bind(value, sql_type) for value, sql_type in row.values())
         parts.append(f"inserted AS (INSERT INTO transaction ({columns}) VALUES ({values}) "
                      "RETURNING created_at, updated_at)")
-        selected[0:3] = ["(SELECT created_at FROM inserted)", "(SELECT updated_at FROM inserted)",
-                         "EXISTS (SELECT FROM inserted)"]
+        written_transaction = "inserted"
     if write.moved_transaction is not None:
         txn_id, expected, changes = write.moved_transaction
         parts.append(f"moved_transaction AS (UPDATE transaction SET {_assignments(bind, changes)} "
                      f"WHERE id = {bind(txn_id, 'text')} AND status = {bind(expected, 'text')} "
                      "RETURNING created_at, updated_at)")
-        selected[0:3] = ["(SELECT created_at FROM moved_transaction)",
-                         "(SELECT updated_at FROM moved_transaction)",
-                         "EXISTS (SELECT FROM moved_transaction)"]
+        written_transaction = "moved_transaction"
+    if written_transaction is not None:
+        selected[0:3] = [f"(SELECT created_at FROM {written_transaction})",
+                         f"(SELECT updated_at FROM {written_transaction})",
+                         f"EXISTS (SELECT FROM {written_transaction})"]
     if write.moved_intent is not None:
         intent_id, expected, changes = write.moved_intent
         parts.append(f"moved_intent AS (UPDATE payment_intent SET {_assignments(bind, changes)} "
