@@ -143,6 +143,26 @@ class Trail:
     created_events: list[str]
 
 
+@pytest.fixture(autouse=True)
+async def checkpoints_on_demand(temporal: Client) -> AsyncIterator[None]:
+    """Checkpoints only when a test triggers one: the schedule fires on its own every few
+    minutes, and a checkpoint it took between two verifications would change the count they
+    print (or, taken while a test tampers, record the tampered heads)."""
+    schedule = temporal.get_schedule_handle(AUDIT_CHECKPOINT_SCHEDULE_ID)
+    await schedule.pause(note="test_audit_trail: checkpoints on demand")
+
+    async def idle() -> bool:
+        running = (await schedule.describe()).info.running_actions
+        assert not running, f"a checkpoint is still running: {running}"
+        return True
+
+    try:
+        await assert_eventually(idle, timeout=60, interval=0.2)
+        yield
+    finally:
+        await schedule.unpause(note="test_audit_trail: checkpoints resumed")
+
+
 @pytest.fixture
 async def trail(stack: RunningStack) -> Trail:
     return await new_trail(stack)
@@ -180,7 +200,8 @@ async def _checkpointed(temporal: Client, db: asyncpg.Connection, trail: Trail) 
         heads = {(r["chain"], r["chain_seq"]): r["position"] for r in rows}
         if (trail.charged, 3) in heads and (trail.created, 1) in heads:
             return heads[trail.charged, 3]
-        # A run already going when the schedule was triggered skips the trigger: again.
+        # A run already going when the schedule was triggered skips the trigger: again. A
+        # trigger starts a run even while the schedule is paused.
         await handle.trigger()
         raise AssertionError(f"not checkpointed yet: {sorted(heads)}")
 
@@ -254,22 +275,18 @@ async def test_verify_catches_events_swapped_in_recording_order(
 async def test_events_written_while_checkpoints_were_stopped_are_chained_and_then_covered(
         stack: RunningStack, temporal: Client, db: asyncpg.Connection) -> None:
     """Chaining does not wait for the checkpoint schedule: a trail written while it is paused
-    is chained as it is written (an edit is caught at once), and the first checkpoint after it
-    resumes covers it (a truncation is caught from then on)."""
+    is chained as it is written (an edit is caught at once), and the first checkpoint taken
+    after it covers it (a truncation is caught from then on)."""
+    # The schedule is paused for every test here (`checkpoints_on_demand`).
     schedule = temporal.get_schedule_handle(AUDIT_CHECKPOINT_SCHEDULE_ID)
-    await schedule.pause(note="test_audit_trail: checkpoints stopped on purpose")
-    try:
-        assert (await schedule.describe()).schedule.state.paused
-        written = await new_trail(stack)
-        _assert_verified(stack, written)
-        async with _tampering(db, written.merchant_id):
-            await db.execute("UPDATE event SET data = jsonb_set(data, '{amountReceived}', '7') "
-                             "WHERE id = $1", written.charged_events[1])
-            _assert_broken_at(stack, written, f"{written.charged} position 2 "
-                              f"{written.charged_events[1]}: its contents do not match its "
-                              "hash")
-    finally:
-        await schedule.unpause(note="test_audit_trail: checkpoints resumed")
+    assert (await schedule.describe()).schedule.state.paused
+    written = await new_trail(stack)
+    _assert_verified(stack, written)
+    async with _tampering(db, written.merchant_id):
+        await db.execute("UPDATE event SET data = jsonb_set(data, '{amountReceived}', '7') "
+                         "WHERE id = $1", written.charged_events[1])
+        _assert_broken_at(stack, written, f"{written.charged} position 2 "
+                          f"{written.charged_events[1]}: its contents do not match its hash")
     position = await _checkpointed(temporal, db, written)
     async with _tampering(db, written.merchant_id):
         await db.execute("DELETE FROM event WHERE id = $1", written.charged_events[2])
