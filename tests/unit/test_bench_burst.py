@@ -24,6 +24,7 @@ from bench.burst_report import (
     recovery_seconds,
     summarize,
     verdicts,
+    served_window_p50s,
     window_p50s,
 )
 from client import DurapayClient
@@ -107,6 +108,18 @@ def test_windows_group_arrivals_by_when_they_were_due_and_skip_empty_ones() -> N
                 accepted(13.0, 2, served=5.0)]
     windows = window_p50s(arrivals, 10.0, 13.0)
     assert windows == [(10.0, pytest.approx(0.3)), (12.0, pytest.approx(0.2))]
+
+
+def test_served_windows_group_accepted_charges_by_when_they_were_sent() -> None:
+    never = Arrival(10.5, 2, [Attempt("create", 10.5, 0.1, "400")], "create 400")
+    # Due in the burst, refused for 2 s: its accepted charge is sent in the after phase.
+    late = accepted(8.5, 1, served=0.4, waited=2.0)
+    arrivals = [accepted(10.0, 2, served=0.1), accepted(10.2, 2, served=0.3), never, late,
+                accepted(12.8, 2, served=0.2), accepted(7.0, 1, served=5.0),
+                accepted(12.95, 2, served=5.0)]  # its charge is sent at 13.45: after the end
+    windows = served_window_p50s(arrivals, 10.0, 13.0)
+    assert windows == [(10.0, pytest.approx(0.3)), (12.0, pytest.approx(0.2))]
+    assert served_window_p50s([late], 10.0, 11.0) == [(10.0, pytest.approx(0.4))]
 
 
 def test_recovery_is_when_every_later_window_is_calm() -> None:
