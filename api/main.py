@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -174,6 +175,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # no worker runs.
         destroyer = asyncio.create_task(destroy_expired_periodically(settings.vault_epoch_keys()))
         lag_watcher = asyncio.create_task(watch_loop_lag(API_LOOP_LAG))
+        # Everything built so far lives as long as the process. Frozen, it is left out of the
+        # collector's full passes: with ~165,000 such objects a full pass took ~80 ms of CPU,
+        # a pause of every request in flight (and longer on a machine short of CPU).
+        gc.freeze()
         yield
         lag_watcher.cancel()
         destroyer.cancel()

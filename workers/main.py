@@ -6,6 +6,7 @@ Run several of these for horizontal scale; they share the task queue.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -126,6 +127,9 @@ async def run_worker() -> None:
         destroyer = asyncio.create_task(destroy_expired_periodically(settings.vault_epoch_keys()))
         lag_watcher = asyncio.create_task(watch_loop_lag(WORKER_LOOP_LAG))
         log.info("worker polling task queue %s", settings.task_queue)
+        # As in the API (api/main.py): what start-up built lives as long as the process, and
+        # frozen it is left out of the collector's full passes, which pause every task.
+        gc.freeze()
         async with worker:
             if settings.worker_ready_file:  # tells a supervisor this worker is polling
                 settings.worker_ready_file.write_text(str(os.getpid()))
