@@ -93,7 +93,6 @@ async def run_worker() -> None:
                 network.query_charge_status,
                 webhooks.send_webhook,
                 webhooks.record_webhook_attempt,
-                webhooks.deliver_webhook,  # deliveries begun before send/record were split
                 webhooks.fail_webhook_delivery,
                 reaper.find_stranded_deliveries,
                 reconciliation.reconcile_window,
