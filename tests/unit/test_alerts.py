@@ -90,7 +90,9 @@ def documented_alerts() -> list[Alert]:
     # The table ends the section's introduction; "What to do when each fires" follows it.
     section = markdown_section(OPERATIONS.read_text(), "## Alerts")
     alerts = []
-    for name, expr_cell, for_, severity_cell in table_rows(section):
+    for cells in table_rows(section):
+        assert len(cells) == 4, f"{cells[0]}: {len(cells)} cells (write a `|` in PromQL as `\\|`)"
+        name, expr_cell, for_, severity_cell = cells
         code = re.fullmatch(r"`([^`]+)`", expr_cell)
         assert code, f"{name}: the PromQL cell must be one code span, got {expr_cell!r}"
         # "ticket (page if nobody on the team paused it)": the note is for the reader.
