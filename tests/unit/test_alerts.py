@@ -2,12 +2,15 @@
 of truth: change the table, then the rules file to match), and every expression parses (with
 promql-parser, which also type-checks function arguments) and names only metrics that
 something we scrape exports: Durapay's registries (core/metrics.py), the Temporal SDK's
-metrics that docs/operations.md names, and Prometheus's own `up`. tests/unit/test_dashboard.py
+metrics that docs/operations.md names, and Prometheus's own `up`. A label an expression
+matches on must be one the metric has and, where its values are a fixed set, a value it takes
+(a misspelt `outcome` or `job` would make an alert that never fires). tests/unit/test_dashboard.py
 checks the Grafana dashboard's expressions with the same helpers."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,8 +20,10 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from core import metrics
 from core.metrics import (
     API_REGISTRY,
     WORKER_REGISTRY,
@@ -26,6 +31,7 @@ from core.metrics import (
     DatabaseSnapshot,
     ScheduleGauges,
 )
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -46,6 +52,12 @@ SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_
                    "info": ("_info",)}
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 DURATION = re.compile(r"^(\d+[smhdwy])+$")
+# Labels whose values are not a fixed set (deployment names, route templates, status codes):
+# their names are checked, not their values.
+OPEN_LABELS = frozenset({"slot", "schedule", "route", "method", "status", "instance"})
+# (The parser's MatchOp compares equal but is not hashable.)
+MATCH_OPS = ((promql_parser.MatchOp.Equal, "="), (promql_parser.MatchOp.NotEqual, "!="),
+             (promql_parser.MatchOp.Re, "=~"), (promql_parser.MatchOp.NotRe, "!~"))
 
 
 @dataclass(frozen=True)
@@ -170,37 +182,112 @@ def temporal_sdk_names() -> set[str]:
     return names
 
 
+@functools.cache
 def known_metric_names() -> frozenset[str]:
     ours = set().union(*durapay_families().values())
     return frozenset(ours | temporal_sdk_names() | PROMETHEUS_SERIES)
 
 
-def metric_names_in(expr: str) -> set[str]:
-    """The metric names an expression selects. Raises ValueError if it does not parse (syntax,
+@dataclass(frozen=True)
+class Selector:
+    metric: str
+    matchers: tuple[tuple[str, str, str], ...]  # (label, operator, value), metric name left out
+
+
+def match_operator(op: promql_parser.MatchOp) -> str:
+    return next(text for known, text in MATCH_OPS if known == op)
+
+
+def selectors_in(expr: str) -> list[Selector]:
+    """The series selectors of an expression. Raises ValueError if it does not parse (syntax,
     unknown function, wrong argument type) or selects series without naming a metric."""
-    names: set[str] = set()
+    selectors: list[Selector] = []
     nameless: list[str] = []
 
     def visit(node: promql_parser.Expr) -> None:
         if not isinstance(node, promql_parser.VectorSelector):
             return
-        name = node.name or next(
-            (m.value for m in node.matchers.matchers
-             if m.name == "__name__" and m.op == promql_parser.MatchOp.Equal), None)
+        matchers = [*node.matchers.matchers,
+                    *(m for group in node.matchers.or_matchers for m in group)]
+        name = node.name or next((m.value for m in matchers if m.name == "__name__"
+                                  and m.op == promql_parser.MatchOp.Equal), None)
         if name is None:
             nameless.append(str(node))
-        else:
-            names.add(name)
+            return
+        selectors.append(Selector(name, tuple((m.name, match_operator(m.op), m.value)
+                                              for m in matchers if m.name != "__name__")))
 
     promql_parser.walk(promql_parser.parse(expr), pre_visit=visit)
     if nameless:
         raise ValueError(f"selectors without a metric name: {nameless}")
-    return names
+    return selectors
+
+
+def metric_names_in(expr: str) -> set[str]:
+    return {selector.metric for selector in selectors_in(expr)}
 
 
 def unknown_metrics(exprs: Iterable[str]) -> set[str]:
     known = known_metric_names()
     return {name for expr in exprs for name in metric_names_in(expr)} - known
+
+
+@functools.cache
+def durapay_labels() -> dict[str, dict[str, set[str]]]:
+    """Sample name -> its label names -> the values its series take: every value of a fixed
+    vocabulary, since each such series exists from the start. A family without series yet
+    (its labels come with requests) gives its label names with no values."""
+    labels: dict[str, dict[str, set[str]]] = {}
+    for collector in (API_REGISTRY, WORKER_REGISTRY, *collectors_with_something_to_say()):
+        for family in collector.collect():
+            for sample in family.samples:
+                for label, value in sample.labels.items():
+                    labels.setdefault(sample.name, {}).setdefault(label, set()).add(value)
+    for metric in vars(metrics).values():
+        if isinstance(metric, MetricWrapperBase):
+            for name in sample_names(metric._name, metric._type):
+                bucket_label = ("le",) if name.endswith("_bucket") else ()
+                for label in (*metric._labelnames, *bucket_label):
+                    labels.setdefault(name, {}).setdefault(label, set())
+    return labels
+
+
+def scrape_jobs() -> set[str]:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    return {job["job_name"] for job in config["scrape_configs"]}
+
+
+def matches_some(operator: str, pattern: str, values: set[str]) -> bool:
+    """Whether a matcher can select one of `values`: each alternative of a regular expression
+    must (a misspelt one would silently match nothing)."""
+    if operator in ("=", "!="):
+        return pattern in values
+    alternatives = pattern.split("|") if "(" not in pattern else [pattern]
+    return all(any(re.fullmatch(alternative, value) for value in values)
+               for alternative in alternatives)
+
+
+def label_problems(expr: str) -> list[str]:
+    """Matchers on a label the metric does not have, or on a value it never takes: `job` of
+    `up` against prometheus.yml's jobs, `task_queue` of the SDK's against Durapay's queue."""
+    ours = durapay_labels()
+    fixed_values = {"job": scrape_jobs(),
+                    "task_queue": {str(Settings.model_fields["task_queue"].default)}}
+    problems = []
+    for selector in selectors_in(expr):
+        for label, operator, value in selector.matchers:
+            if selector.metric in ours:
+                has = ours[selector.metric]
+                if label not in has:
+                    problems.append(f"{selector.metric} has no label {label!r}")
+                    continue
+                values = set() if label in OPEN_LABELS else has[label]
+            else:
+                values = fixed_values.get(label, set())
+            if values and not matches_some(operator, value, values):
+                problems.append(f"{selector.metric}{{{label}{operator}{value!r}}}: "
+                                f"it takes {sorted(values)}")
+    return problems
 
 
 # ---- The rules file ----------------------------------------------------------------------------
@@ -253,6 +340,7 @@ def test_every_rule_links_the_runbook_entry_that_names_it() -> None:
 def test_alert_expression_parses_and_names_only_exported_metrics(alert: Alert) -> None:
     assert metric_names_in(alert.expr)
     assert not unknown_metrics([alert.expr]), alert.expr
+    assert not label_problems(alert.expr)
 
 
 def test_prometheus_loads_the_rules_file_the_compose_file_mounts() -> None:
@@ -285,6 +373,25 @@ def test_metric_check_refuses_a_metric_nobody_exports() -> None:
                             "temporal_activity_schedule_to_start_latency_seconds_bucket",
                             "durapay_event_loop_lag_seconds_bucket"]) == {
         "durapay_charge_total", "temporal_activity_schedule_to_start_latency_seconds_bucket"}
+
+
+@pytest.mark.parametrize(("expr", "problem"), [
+    ('durapay_charges_total{outcome="faild"}', "outcome='faild'"),
+    ('durapay_webhook_attempts_total{result=~"network_error|timeouts"}', "result=~"),
+    ('durapay_charges_total{kind="charge"}', "has no label 'kind'"),
+    ('up{job="durapay-workers"}', "job='durapay-workers'"),
+    ('temporal_num_pollers{task_queue="payments"}', "task_queue='payments'"),
+])
+def test_label_check_refuses_a_label_or_value_no_series_has(expr: str, problem: str) -> None:
+    assert any(problem in found for found in label_problems(expr)), label_problems(expr)
+
+
+def test_label_check_accepts_what_the_series_carry() -> None:
+    assert not label_problems(
+        'sum(rate(durapay_http_requests_total{route="/payment-intents/{id}",status=~"5.."}[5m]))'
+        ' / on() durapay_reconciliation_discrepancies_open{kind!="stuck_unsettled"}'
+        ' + durapay_http_request_duration_seconds_bucket{le="0.5"}'
+        ' + up{job=~"durapay-api|durapay-worker"}')
 
 
 def test_metric_check_knows_the_scrape_time_gauges_and_the_sdks_metrics() -> None:

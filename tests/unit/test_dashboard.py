@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_alerts import durapay_families, metric_names_in, unknown_metrics
+from tests.unit.test_alerts import (
+    durapay_families,
+    label_problems,
+    metric_names_in,
+    unknown_metrics,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_FILE = ROOT / "deploy" / "grafana" / "durapay.json"
@@ -55,6 +60,7 @@ def queries() -> list[tuple[str, str]]:
 def test_dashboard_query_parses_and_names_only_exported_metrics(query: str, expr: str) -> None:
     assert metric_names_in(as_sent(expr)), query
     assert not unknown_metrics([as_sent(expr)]), query
+    assert not label_problems(as_sent(expr)), query
 
 
 def test_dashboard_shows_every_durapay_metric_family() -> None:
