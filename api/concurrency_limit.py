@@ -30,8 +30,7 @@ leave the process idle in between) or all every second (a retry storm whose refu
 process's CPU). The turns are `1 / A` apart for A admissions a second over the last
 `RATE_WINDOWS` seconds. Past `MAX_RETRY_AFTER_SECONDS` no turn is given (a client would not
 wait that long): the overflow is spread over that many seconds, one second after the other.
-Refused
-again (a newcomer took its turn's capacity), a client simply gets a later turn. Once nothing
+Refused again (a newcomer took its turn's capacity), a client simply gets a later turn. Once nothing
 is refused, the next free turn falls in the past and Retry-After is back to 1.
 
 The median is robust to the few answers that are slow for their own reasons (a card network
