@@ -83,11 +83,13 @@ async def run_worker() -> None:
                 records.cancel_payment_intent,
                 records.flag_for_manual_review,
                 records.record_outcome_discrepancy,
+                records.record_reversal_attempt,
                 network.authorize_card,
                 network.capture_charge,
                 network.void_authorization,
                 network.refund_charge,
                 network.query_charge_status,
+                network.reverse_charge,
                 webhooks.send_webhook,
                 webhooks.record_webhook_attempt,
                 webhooks.deliver_webhook,  # deliveries begun before send/record were split
