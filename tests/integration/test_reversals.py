@@ -20,7 +20,9 @@ from tests.integration.helpers import (
     ledger_entries,
     settled_intent,
 )
+from tests.integration.test_reconciliation_sweep import _run_reconcile
 from tests.ledger_audit import compare
+from tests.stack import RunningStack
 
 REVERSAL_AFTER = float(FAST_TIMING_ENV["DURAPAY_RECONCILE_REVERSAL_AFTER_SECONDS"])
 # The adapter's timeout (1.5 s), one step of the status queries' backoff (2 s) and the
@@ -124,3 +126,29 @@ async def test_a_reversal_whose_answer_is_lost_is_reconciled(
         await cardnet.delete("/faults")
     await _void_of(cardnet, row["reversal_reference"], txn_id)
     assert set((await _audit_of(db, cardnet, intent["id"])).values()) == {0}
+
+
+async def test_an_approved_charge_its_reversal_voided_is_net_zero(
+        stack: RunningStack, durapay: DurapayClient, cardnet: httpx.AsyncClient,
+        db: asyncpg.Pool) -> None:
+    # The charge is approved but its answer dropped, and the status index lags far past the
+    # reversal bound: the workflow cannot tell, reverses it, and the reversal voids it.
+    lagging = {"statusLagMs": 600_000}
+    try:
+        intent, txn_id = await _lost_charge(durapay, cardnet, {**lagging, "dropRate": 1.0},
+                                            then=lagging)
+        row = await _settled_by_reversal(durapay, db, intent["id"], txn_id)
+    finally:
+        await cardnet.delete("/faults")
+    [original] = await ledger_entries(cardnet, txn_id)
+    assert (original["type"], original["status"]) == ("charge", "approved")
+    await _void_of(cardnet, row["reversal_reference"], txn_id)
+    # Approved + void: no lost success, no phantom, nothing received.
+    assert set((await _audit_of(db, cardnet, intent["id"])).values()) == {0}
+    # ... and the reconciliation sweep agrees.
+    sweep = await _run_reconcile(stack, "--window-seconds", "900")
+    assert sweep.run_id, sweep.stdout + sweep.stderr
+    found = await db.fetchval(
+        "SELECT count(*) FROM reconciliation_discrepancy WHERE network_reference = ANY($1)",
+        [txn_id, row["reversal_reference"]])
+    assert found == 0
