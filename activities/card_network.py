@@ -55,6 +55,8 @@ class NetworkAnswer:
     # When the network accepted the operation (unix seconds, the network's clock): an
     # authorization's expiry counts from here, not from when we learned of it.
     network_time: float | None = None
+    # No answer at all: the status query itself failed after its retries (unreachable, 5xx).
+    unanswered: bool = False
 
 
 class CardNetworkActivities:
@@ -96,6 +98,12 @@ class CardNetworkActivities:
     async def refund_charge(self, request: OperationRequest) -> NetworkAnswer:
         """Refund (part of) a charge or capture."""
         return await self._submit(_operation_body("refund", request))
+
+    @activity.defn
+    async def reverse_charge(self, request: OperationRequest) -> NetworkAnswer:
+        """Reverse a charge/authorization whose answer was lost, by its reference: the network
+        voids it if it approved it, or refuses it should it still arrive (cardnet/README.md)."""
+        return await self._submit(_operation_body("reversal", request))
 
     @activity.defn
     async def query_charge_status(self, network_reference: str) -> NetworkAnswer:

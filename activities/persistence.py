@@ -90,6 +90,15 @@ class OperationAttempt:
 
 
 @dataclass
+class ReversalAttempt:
+    """A reversal about to be sent for a charge whose answer was lost, under its own reference."""
+
+    payment_intent_id: str
+    transaction_id: str
+    reversal_reference: str
+
+
+@dataclass
 class Outcome:
     """The network's answer (or an operator's verdict) for one charge, capture, void or refund."""
 
@@ -128,6 +137,8 @@ class UnsettledOperation:
     transaction_id: str
     type: TransactionType
     amount_in_cents: int
+    # A reversal was recorded (and maybe sent): only its answer may settle the charge now.
+    reversal_reference: str | None = None
 
 
 @dataclass
@@ -362,6 +373,22 @@ class PaymentRecordActivities:
                 session, intent.merchant_id, [event_id_for(cause)]))
 
     @activity.defn
+    @refusals_are_final
+    async def record_reversal_attempt(self, attempt: ReversalAttempt) -> None:
+        """Write the reversal's reference on its unsettled charge before the reversal is sent,
+        so every reference the network may know is ours. Not a state change (the charge stays
+        unsettled until the reversal's answer settles it): no event. Idempotent: the same
+        reference again is a no-op; a settled charge, or another reference, is refused."""
+        async with driver_connection(self._engine) as connection:
+            recorded = await connection.fetchval(
+                _RECORD_REVERSAL, attempt.transaction_id, attempt.payment_intent_id,
+                attempt.reversal_reference)
+        if recorded is None:
+            raise LookupError(f"no unsettled charge {attempt.transaction_id} of "
+                              f"{attempt.payment_intent_id} to reverse under "
+                              f"{attempt.reversal_reference}")
+
+    @activity.defn
     async def load_payment(self, payment_intent_id: str) -> PaymentSnapshot:
         """The payment as recorded, for a run that opens after earlier runs closed. Read only."""
         async with driver_connection(self._engine) as connection:
@@ -406,6 +433,18 @@ class PaymentRecordActivities:
         if opened:
             DISCREPANCIES_OPENED.labels(
                 kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME.value).inc()
+
+
+# Sets the reference once, on a charge still unsettled; finds it again if already set.
+_RECORD_REVERSAL = """
+UPDATE transaction
+SET reversal_reference = $3,
+    updated_at = CASE WHEN reversal_reference IS NULL THEN clock_timestamp() ELSE updated_at END
+WHERE id = $1 AND payment_intent_id = $2 AND type = 'charge'
+  AND (reversal_reference = $3
+       OR (reversal_reference IS NULL AND status IN ('pending', 'timeout')))
+RETURNING id
+"""
 
 
 def _check_card_token(locked: LockedPayment) -> None:
@@ -456,6 +495,7 @@ def _snapshot(intent: IntentRow, transactions: list[TransactionRow]) -> PaymentS
         authorized_at=charge.updated_at.timestamp() if charge else None,
         succeeded_at=paid.updated_at.timestamp() if paid else None,
         unsettled=UnsettledOperation(unsettled.id, TransactionType(unsettled.type),
-                                     unsettled.amount_in_cents) if unsettled else None,
+                                     unsettled.amount_in_cents, unsettled.reversal_reference)
+        if unsettled else None,
         in_manual_review=(intent.manual_review_since is not None
                           and intent.manual_review_resolved_at is None))

@@ -113,7 +113,8 @@ class ReconciliationActivities:
         ours += await self.load_transactions_by_reference(
             recheck - {t.network_reference for t in ours})
         ledger = await self.fetch_network_ledger()
-        known = {t.network_reference for t in ours}
+        known = {t.network_reference for t in ours} | {
+            t.reversal_reference for t in ours if t.reversal_reference is not None}
         missing = ledger_references_in_window(ledger, **window) - known
         ours += await self.load_transactions_by_reference(missing)
         comparison = compare(ours, ledger, **window, stuck_before=stuck_before, recheck=recheck)
@@ -149,8 +150,9 @@ class ReconciliationActivities:
                                              references: Iterable[str]) -> list[OurTransaction]:
         found: list[OurTransaction] = []
         for wanted in _chunks(sorted(references)):
-            found += await self._load_transactions(
-                col(Transaction.network_reference).in_(wanted))
+            found += await self._load_transactions(or_(
+                col(Transaction.network_reference).in_(wanted),
+                col(Transaction.reversal_reference).in_(wanted)))
         return found
 
     async def fetch_network_ledger(self) -> list[LedgerEntry]:
@@ -214,7 +216,8 @@ class ReconciliationActivities:
             network_reference=t.network_reference, merchant_id=t.merchant_id,
             payment_intent_id=t.payment_intent_id, transaction_id=t.id, type=t.type,
             status=t.status, amount_in_cents=t.amount_in_cents, currency=t.currency,
-            created_at=t.created_at, in_manual_review=bool(in_review)) for t, in_review in rows]
+            created_at=t.created_at, in_manual_review=bool(in_review),
+            reversal_reference=t.reversal_reference) for t, in_review in rows]
 
     async def _stored_report(self, run_id: str) -> ReconciliationReport | None:
         """The run's counts and the items it opened or found again (the first ones)."""

@@ -67,7 +67,9 @@ def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> Payment
             first_delay_seconds=settings.reconcile_first_delay_seconds,
             max_delay_seconds=settings.reconcile_max_delay_seconds,
             horizon_seconds=settings.reconcile_horizon_seconds,
-            not_found_safe_age_seconds=settings.reconcile_not_found_safe_age_seconds),
+            not_found_safe_age_seconds=settings.reconcile_not_found_safe_age_seconds,
+            reversals=settings.network_reversals,
+            reversal_after_seconds=settings.reconcile_reversal_after_seconds),
         lifecycle=LifecyclePolicy(
             authorization_expiry_seconds=settings.authorization_expiry_seconds,
             refund_window_seconds=settings.refund_window_seconds),

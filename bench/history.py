@@ -21,7 +21,7 @@ LOCAL_ACTIVITY_MARKER = "core_local_activity"
 # The activities of activities/card_network.py: the calls that leave for the card network.
 # A literal, so the bench does not import code being rewritten; a unit test keeps it in sync.
 NETWORK_ACTIVITIES = frozenset({"authorize_card", "capture_charge", "void_authorization",
-                                "refund_charge", "query_charge_status"})
+                                "refund_charge", "query_charge_status", "reverse_charge"})
 
 _CLOSING_EVENTS = frozenset({
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,

@@ -22,6 +22,7 @@ from cardnet.models import (
     OperationIn,
     OperationOut,
     OperationStatusOut,
+    OperationType,
 )
 from cardnet.network import Answer, CardNetwork, Outcome
 from cardnet.records import Committed, Hold
@@ -66,7 +67,8 @@ def _ledger_entry_out(entry: Committed) -> LedgerEntryOut:
     op = entry.op
     return LedgerEntryOut(
         reference=op.reference,
-        type=op.type,
+        # For the money a reversal is a void of its original (or of nothing, a tombstone).
+        type=OperationType.VOID if op.type == OperationType.REVERSAL else op.type,
         status=entry.decision.status,
         decline_code=entry.decision.decline_code,
         amount_in_cents=op.amount_in_cents,

@@ -33,6 +33,9 @@ class FaultSettings(BaseModel):
     trickle_rate: Rate = 0.0
     # Not drawn: every committed operation is `not_found` to status queries for this long.
     status_lag_ms: int = Field(default=0, ge=0)
+    # Not drawn: every operation request takes this long in transit before the network sees
+    # it, and its caller hanging up does not recall it (a late-arriving original).
+    transit_delay_ms: int = Field(default=0, ge=0)
     seed: int | None = None
 
     def to_json(self) -> dict[str, object]:

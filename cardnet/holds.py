@@ -9,7 +9,8 @@ import time
 
 from cardnet.cards import SLOW_STATUS_PENDING_QUERIES
 from cardnet.ledger import Ledger
-from cardnet.records import Committed, Hold, HoldKind
+from cardnet.models import OperationType
+from cardnet.records import Committed, Hold, HoldKind, Operation
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,14 @@ class HoldManager:
             # Keep the hold row: the next start retries it. Waiters time out to `pending`.
             logger.exception("failed to commit held operation %s", hold.op.reference)
             return
-        self._notify(hold.op.reference)
+        self.committed(hold.op)
+
+    def committed(self, op: Operation) -> None:
+        """Wake the requests waiting on an operation just committed, and for a reversal those
+        waiting on the original it stopped while held."""
+        self._notify(op.reference)
+        if op.type == OperationType.REVERSAL and op.parent_reference:
+            self._notify(op.parent_reference)
 
     def _notify(self, reference: str) -> None:
         event = self._events.pop(reference, None)

@@ -17,6 +17,8 @@ from cardnet.rules import decide_child
 logger = logging.getLogger(__name__)
 
 LEDGER_FILENAME = "ledger.sqlite3"
+# The decline of an authorize/charge that a reversal of its reference reached first.
+REVERSED_DECLINE_CODE = "reversed"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -268,7 +270,11 @@ class Ledger:
         existing = self._committed_in(conn, op.reference)
         if existing is not None:
             return existing
-        if decision is None or op.type not in PRIMARY_TYPES:
+        if op.type != OperationType.REVERSAL and self._reversed_in(conn, op.reference):
+            # A reversal of this reference came first (its caller gave up on this request):
+            # it is never approved now.
+            decision = Decision.decline(REVERSED_DECLINE_CODE)
+        elif decision is None or op.type not in PRIMARY_TYPES:
             op, decision = self._decide_child_in(conn, op)
         entry = Committed(op=op, decision=decision, committed_at=now_rfc3339())
         conn.execute(
@@ -277,6 +283,8 @@ class Ledger:
             (*self._op_values(op), decision.status, decision.decline_code, entry.committed_at),
         )
         conn.execute("DELETE FROM holds WHERE reference = ?", (op.reference,))
+        if op.type == OperationType.REVERSAL and decision.status == "approved":
+            self._decline_held_original_in(conn, op.parent_reference or "")
         logger.info(
             "committed %s %s %s %s",
             op.reference,
@@ -285,6 +293,22 @@ class Ledger:
             decision.decline_code or "",
         )
         return entry
+
+    @staticmethod
+    def _reversed_in(conn: sqlite3.Connection, reference: str) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM operations WHERE parent_reference = ? AND type = ? "
+            "AND status = 'approved'",
+            (reference, OperationType.REVERSAL.value),
+        ).fetchone()
+        return row is not None
+
+    def _decline_held_original_in(self, conn: sqlite3.Connection, reference: str) -> None:
+        """A reversal of an operation still held inside the network stops it: the original
+        commits now, declined (`reversed`), and its timer later finds it committed."""
+        row = conn.execute("SELECT * FROM holds WHERE reference = ?", (reference,)).fetchone()
+        if row is not None:
+            self._commit_in(conn, _hold(row).op, Decision.decline(REVERSED_DECLINE_CODE))
 
     def _decide_child_in(
         self, conn: sqlite3.Connection, op: Operation

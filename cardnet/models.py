@@ -15,6 +15,9 @@ class OperationType(StrEnum):
     CAPTURE = "capture"
     VOID = "void"
     REFUND = "refund"
+    # Takes back an authorize/charge whose answer the caller lost, by its reference: voids it,
+    # or leaves a tombstone that declines it should it arrive later. Listed as `void` in /ledger.
+    REVERSAL = "reversal"
 
 
 # Operations that move money on a card; the others act on an earlier operation (the parent).
@@ -90,6 +93,7 @@ class OperationStatusOut(_Wire):
 
 class LedgerEntryOut(_Wire):
     reference: str
+    # Never `reversal`: the ledger lists a reversal as the `void` it is for the money.
     type: OperationType
     status: Literal["approved", "declined"]
     decline_code: str | None

@@ -58,6 +58,8 @@ class CardNetwork:
         self.faults = FaultInjector(settings.faults)
         self._ledger: Ledger | None = None
         self._holds: HoldManager | None = None
+        # Requests delayed in transit (fault `transitDelayMs`); strong references for the loop.
+        self._in_transit: set[asyncio.Task[Answer]] = set()
 
     @property
     def ledger(self) -> Ledger:
@@ -77,6 +79,11 @@ class CardNetwork:
         self._holds.resume()
 
     async def stop(self) -> None:
+        # Requests still in transit are lost with the process, before the network saw them.
+        in_transit = list(self._in_transit)
+        for task in in_transit:
+            task.cancel()
+        await asyncio.gather(*in_transit, return_exceptions=True)
         if self._holds is not None:
             await self._holds.close()
         if self._ledger is not None:
@@ -85,6 +92,25 @@ class CardNetwork:
 
     async def submit(self, body: OperationIn) -> Answer:
         roll = self.faults.roll()
+        transit_seconds = self.faults.settings.transit_delay_ms / 1000
+        if not transit_seconds:
+            return await self._handle(body, roll)
+        # Detached from the request: a caller that hangs up cannot recall a request that is
+        # already on its way to the network (it arrives late, after the caller gave up).
+        task = asyncio.get_running_loop().create_task(
+            self._arrive_late(body, roll, transit_seconds),
+            name=f"cardnet-transit-{body.reference}",
+        )
+        self._in_transit.add(task)
+        task.add_done_callback(self._in_transit.discard)
+        return await asyncio.shield(task)
+
+    async def _arrive_late(self, body: OperationIn, roll: FaultRoll, seconds: float) -> Answer:
+        await asyncio.sleep(seconds)
+        logger.info("fault: %s arrives after %.1f s in transit", body.reference, seconds)
+        return await self._handle(body, roll)
+
+    async def _handle(self, body: OperationIn, roll: FaultRoll) -> Answer:
         if roll.latency_seconds:
             await asyncio.sleep(roll.latency_seconds)
         # From here to the commit or the start of the hold there is no await: on the single
@@ -159,6 +185,7 @@ class CardNetwork:
             return await self._await_hold(hold, wire_fault)
 
         entry = self.ledger.commit(op, decision)
+        self.holds.committed(entry.op)
         return Answer(Outcome.DECIDED, entry=entry, wire_fault=wire_fault)
 
     def _hold_for(

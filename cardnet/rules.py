@@ -1,8 +1,8 @@
-"""Rules for operations that act on an earlier operation: capture, void and refund."""
+"""Rules for operations that act on an earlier operation: capture, void, refund and reversal."""
 
 from __future__ import annotations
 
-from cardnet.models import OperationType
+from cardnet.models import PRIMARY_TYPES, OperationType
 from cardnet.records import Committed, Decision, Operation
 
 
@@ -15,8 +15,12 @@ def decide_child(op: Operation, parent: Committed | None, siblings: list[Committ
 
     The caller must hold the ledger's write lock, so siblings cannot change underneath.
     """
+    if op.type == OperationType.REVERSAL:
+        return _decide_reversal(parent, siblings)
     if parent is None:
         return Decision.decline("parent_not_found")
+    if _approved(siblings, OperationType.REVERSAL):
+        return Decision.decline("already_reversed")
     if op.type == OperationType.CAPTURE:
         return _decide_capture(op, parent, siblings)
     if op.type == OperationType.VOID:
@@ -63,4 +67,24 @@ def _decide_refund(op: Operation, parent: Committed, siblings: list[Committed]) 
     refunded = sum(e.op.amount_in_cents for e in _approved(siblings, OperationType.REFUND))
     if refunded + op.amount_in_cents > parent.op.amount_in_cents:
         return Decision.decline("amount_exceeds_captured")
+    return Decision.approve()
+
+
+def _decide_reversal(parent: Committed | None, siblings: list[Committed]) -> Decision:
+    """Approved: the original is voided, or (unknown or still held) can never be approved.
+    Declined: it was declined anyway, or its money has moved on (captured, refunded, voided)."""
+    if _approved(siblings, OperationType.REVERSAL):
+        return Decision.decline("already_reversed")
+    if parent is None:
+        return Decision.approve()  # a tombstone: the original, arriving later, is declined
+    if parent.op.type not in PRIMARY_TYPES:
+        return Decision.decline("invalid_parent")
+    if parent.decision.status != "approved":
+        return Decision.decline("original_declined")
+    if _approved(siblings, OperationType.CAPTURE):
+        return Decision.decline("already_captured")
+    if _approved(siblings, OperationType.REFUND):
+        return Decision.decline("already_refunded")
+    if _approved(siblings, OperationType.VOID):
+        return Decision.decline("already_voided")
     return Decision.approve()

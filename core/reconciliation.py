@@ -75,6 +75,8 @@ class OurTransaction:
     created_at: datetime
     # An open manual review means the workflow gave up waiting for the network's answer.
     in_manual_review: bool
+    # The reversal sent for a charge the network did not know (its ledger entry is a `void`).
+    reversal_reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class LedgerEntry:
     currency: str
     status: str
     created_at: datetime
+    parent_reference: str | None = None
 
     @staticmethod
     def from_json(entry: dict[str, Any]) -> LedgerEntry:
@@ -93,7 +96,8 @@ class LedgerEntry:
             reference=str(entry["reference"]), type=str(entry["type"]),
             amount_in_cents=int(entry["amountInCents"]), currency=str(entry["currency"]).lower(),
             status=str(entry["status"]),
-            created_at=datetime.fromisoformat(str(entry["createdAt"]).replace("Z", "+00:00")))
+            created_at=datetime.fromisoformat(str(entry["createdAt"]).replace("Z", "+00:00")),
+            parent_reference=entry.get("parentReference"))
 
 
 @dataclass
@@ -191,11 +195,19 @@ def compare(ours: Sequence[OurTransaction], ledger: Sequence[LedgerEntry], *,
     be in flight for ever, never reported.
     """
     our_by_ref = {t.network_reference: t for t in ours}
+    # A reversal is ours (on its charge's row) and checked through its charge: an approval it
+    # voided is net zero, no money moved.
+    reversed_by = {t.reversal_reference: t.network_reference for t in ours
+                   if t.reversal_reference is not None}
+    voided = {reversed_by[e.reference] for e in ledger
+              if e.reference in reversed_by and e.status == NETWORK_APPROVED}
     # The network commits one entry per reference; should it ever list two, the last one wins.
-    ledger_by_ref = {e.reference: e for e in ledger}
+    ledger_by_ref = {e.reference: e for e in ledger
+                     if e.reference not in voided and e.reference not in reversed_by}
     subjects = {t.network_reference for t in ours if window_start <= t.created_at <= window_end}
-    subjects |= ledger_references_in_window(ledger, window_start=window_start,
+    in_window = ledger_references_in_window(ledger, window_start=window_start,
                                             window_end=window_end)
+    subjects |= {reversed_by.get(reference, reference) for reference in in_window}
     subjects |= {t.network_reference for t in ours if is_stuck(t, stuck_before)}
     subjects |= set(recheck)
     counts = ReconciliationCounts()

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     # at least this old: a network's status index may lag its authorizations. Keep it above the
     # network's longest hold plus its status lag (the simulator: 15 s + 30 s).
     reconcile_not_found_safe_age_seconds: float = 900.0
+    # Whether the card network takes reversals (cardnet does). With them, a charge whose answer
+    # was lost and that the network keeps answering `not_found` to is reversed by reference
+    # once the attempt is this old, and settles `failed` at once; without them, only the
+    # not-found safe age settles it. Keep it above the network's status lag plus its holds.
+    network_reversals: bool = True
+    reconcile_reversal_after_seconds: float = 60.0
     # Manual capture: an authorization not captured within this period is voided (`expired`).
     authorization_expiry_seconds: float = 604_800.0
     # A succeeded payment takes refunds this long (180 days); then its workflow ends.

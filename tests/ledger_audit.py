@@ -56,7 +56,7 @@ async def audit_against_ledger(pool: asyncpg.Pool, cardnet: httpx.AsyncClient) -
         "FROM payment_intent")
     transactions = await pool.fetch(
         'SELECT id, payment_intent_id, type, amount_in_cents, status, network_reference, '
-        'reconciled, card_last4 FROM "transaction"')
+        'reconciled, card_last4, reversal_reference FROM "transaction"')
     return compare(intents, transactions, await read_ledger(cardnet))
 
 
@@ -65,6 +65,7 @@ def compare(intents: Iterable[asyncpg.Record | dict[str, Any]],
             ledger: list[dict[str, Any]]) -> Audit:
     intents = list(intents)
     transactions = list(transactions)
+    ledger = _net_of_reversals(ledger, {t.get("reversal_reference") for t in transactions})
     by_reference = {t["network_reference"]: t for t in transactions}
     entries: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for entry in ledger:
@@ -88,6 +89,16 @@ def compare(intents: Iterable[asyncpg.Record | dict[str, Any]],
     f["status_mismatches"] = _status_mismatches(intents, txns_of, entries)
     audit.counts = {name: len(found) for name, found in f.items()}
     return audit
+
+
+def _net_of_reversals(ledger: list[dict[str, Any]],
+                      ours: set[str | None]) -> list[dict[str, Any]]:
+    """The ledger without our reversals (recorded on their charge's row) and without the
+    approvals they voided: a reversed charge is net zero (approved + void), nothing moved."""
+    voided = {e["parentReference"] for e in ledger
+              if e["reference"] in ours and e["status"] == "approved"}
+    return [e for e in ledger if e["reference"] not in ours
+            and not (e["reference"] in voided and e["status"] == "approved")]
 
 
 def _approved(entries: list[dict[str, Any]], types: frozenset[str] | None = None) -> list[Any]:

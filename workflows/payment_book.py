@@ -12,7 +12,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.card_network import NetworkAnswer
+    from activities.card_network import NetworkAnswer, OperationRequest
     from activities.persistence import ManualReviewFlag, Outcome, OutcomeDiscrepancy, Recorded
     from core import search_attributes
     from core.domain import NetworkOutcome, RecordedTransaction, TransactionStatus, TransactionType
@@ -20,15 +20,16 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows import payment_calls as calls
 from workflows.payment_messages import ManualReviewResolution, UnknownOutcome
-from workflows.payment_outcomes import same_outcome
+from workflows.payment_outcomes import CHARGE_REVERSED, reversal_proves, same_outcome
 from workflows.payment_state import PaymentState, refused
 
 
 class PaymentBook:
     def __init__(self, payment_intent_id: str, amount_in_cents: int,
-                 state: PaymentState) -> None:
+                 state: PaymentState, *, currency: str) -> None:
         self._payment_intent_id = payment_intent_id
         self._amount_in_cents = amount_in_cents
+        self._currency = currency
         self._state = state
         self.deliveries: list[str] = []  # planned with their events, not started yet
 
@@ -91,6 +92,9 @@ class PaymentBook:
     async def settle(self, unknown: UnknownOutcome, answer: NetworkAnswer, *,
                      failure_code: str | None = None) -> None:
         """Record the truth about an unknown outcome; it stays watched if the record fails."""
+        if (failure_code is None and unknown.reversal_reference is not None
+                and answer.outcome is NetworkOutcome.FAILED):
+            failure_code = CHARGE_REVERSED
         if await self.record_answer(unknown, answer, reconciled=True,
                                     failure_code=failure_code) is not None:
             self._state.unknown = None
@@ -133,7 +137,7 @@ class PaymentBook:
         unknown = self._state.unknown
         if unknown is None or not unknown.in_manual_review:
             raise refused("this payment is no longer waiting for a manual review")
-        answer = await calls.query_charge_status(unknown.transaction_id)
+        answer = await self.ask_network(unknown)
         if answer.outcome is NetworkOutcome.UNKNOWN:
             await self.settle(unknown, NetworkAnswer(resolution.outcome),
                               failure_code="manual_review")
@@ -147,6 +151,24 @@ class PaymentBook:
                 f"the payment is settled as the network says and the verdict "
                 f"{resolution.outcome.value} was not recorded",
                 ErrorType.VERDICT_CONTRADICTS_NETWORK)
+
+    async def ask_network(self, unknown: UnknownOutcome) -> NetworkAnswer:
+        """A status query about the operation, or about its reversal once one was sent (the
+        original's own status may then show an approval the reversal undid); a reversal the
+        network does not know (lost before it arrived) is sent again, same reference."""
+        if unknown.reversal_reference is None:
+            return await calls.query_charge_status(unknown.transaction_id)
+        answer = await calls.query_charge_status(unknown.reversal_reference)
+        if answer.not_found:
+            return await self.send_reversal(unknown)
+        return reversal_proves(answer)
+
+    async def send_reversal(self, unknown: UnknownOutcome) -> NetworkAnswer:
+        """Send the recorded reversal of a charge; what its answer proves about the charge."""
+        assert unknown.reversal_reference is not None  # recorded before it is sent
+        return reversal_proves(await calls.reverse_charge(OperationRequest(
+            unknown.reversal_reference, unknown.transaction_id, self._amount_in_cents,
+            self._currency)))
 
     def note(self, recorded: Recorded, *, network_time: float | None = None) -> None:
         """Learn the status the database recorded, show a change to operators (the Web UI's

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentRecordActivities,
         PaymentSnapshot,
         Recorded,
+        ReversalAttempt,
     )
     from core.domain import NetworkOutcome, TransactionType
     from core.errors import ErrorType
@@ -127,6 +128,20 @@ async def query_charge_status(transaction_id: str) -> NetworkAnswer:
             CardNetworkActivities.query_charge_status, transaction_id,
             start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=STATUS_QUERY_RETRY)
     except ActivityError:
+        return NetworkAnswer(NetworkOutcome.UNKNOWN, unanswered=True)
+
+
+async def reverse_charge(request: OperationRequest) -> NetworkAnswer:
+    """The reversal's own answer. A reversal that never produced one, even one that provably
+    did nothing (503s), is unknown: the reconciliation loop asks about it, and sends it again
+    under the same reference, on its next turn."""
+    try:
+        return await workflow.execute_activity_method(
+            CardNetworkActivities.reverse_charge, request,
+            start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=NETWORK_RETRY)
+    except ActivityError as error:
+        workflow.logger.warning("reversal %s ended without an answer (%s): asked again later",
+                                request.network_reference, error.cause or error)
         return NetworkAnswer(NetworkOutcome.UNKNOWN)
 
 
@@ -159,6 +174,11 @@ async def flag_for_manual_review(flag: ManualReviewFlag) -> None:
 
 async def record_outcome_discrepancy(found: OutcomeDiscrepancy) -> None:
     await _record(PaymentRecordActivities.record_outcome_discrepancy, found)
+
+
+async def record_reversal_attempt(attempt: ReversalAttempt) -> None:
+    """Before the reversal is sent; a refusal reaches the caller (RECORD_FAILURES)."""
+    await _record(PaymentRecordActivities.record_reversal_attempt, attempt)
 
 
 async def _record(method: Callable[[PaymentRecordActivities, Argument], Awaitable[Result]],

@@ -28,8 +28,13 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.card_network import AuthorizeInput, OperationRequest
-    from activities.persistence import ChargeAttempt, IntentCancellation, OperationAttempt
+    from activities.card_network import AuthorizeInput, NetworkAnswer, OperationRequest
+    from activities.persistence import (
+        ChargeAttempt,
+        IntentCancellation,
+        OperationAttempt,
+        ReversalAttempt,
+    )
     from core.codec import PAYLOAD_REFUSED
     from core.domain import (
         CancellationReason,
@@ -61,7 +66,12 @@ with workflow.unsafe.imports_passed_through():
         RefundInput,
         UnknownOutcome,
     )
-    from workflows.payment_outcomes import believed, same_outcome
+    from workflows.payment_outcomes import (
+        believed,
+        reversal_due,
+        reversal_reference_for,
+        same_outcome,
+    )
     from workflows.payment_state import PaymentState, refused
     from workflows.webhook_fanout import start_deliveries
 
@@ -77,7 +87,8 @@ class PaymentIntentWorkflow:
         # One operation at a time, from its record to its recorded outcome, reconciliation's
         # settling included: a capture never passes its checks against a void being settled.
         self._lock = asyncio.Lock()
-        self._book = PaymentBook(input.payment_intent_id, input.amount_in_cents, self._state)
+        self._book = PaymentBook(input.payment_intent_id, input.amount_in_cents, self._state,
+                                 currency=input.currency)
         if input.carried is not None:
             self._book.deliveries.extend(input.carried.deliveries)
 
@@ -260,8 +271,7 @@ class PaymentIntentWorkflow:
             await workflow.sleep(timedelta(seconds=delay))
             unknown.waited_seconds += delay
             unknown.next_delay_seconds = min(delay * 2, policy.max_delay_seconds)
-            answer = believed(await calls.query_charge_status(unknown.transaction_id),
-                              waited_seconds=unknown.waited_seconds, policy=policy)
+            answer = await self._ask_network(unknown)
             if answer.outcome is NetworkOutcome.UNKNOWN:
                 continue
             async with self._lock:
@@ -270,6 +280,40 @@ class PaymentIntentWorkflow:
                 elif unknown.settled_as is not None and not same_outcome(answer.outcome,
                                                                          unknown.settled_as):
                     await self._book.report_contradiction(unknown, answer.outcome)
+
+    async def _ask_network(self, unknown: UnknownOutcome) -> NetworkAnswer:
+        """One turn of reconciliation: what the network says about the operation, or about its
+        reversal once one was sent. A charge the network keeps not finding is reversed: its
+        answer is definite at once, where a `not_found` is believed only after the safe age."""
+        policy = self._input.reconcile
+        if unknown.reversal_reference is not None:
+            return await self._book.ask_network(unknown)
+        answer = await calls.query_charge_status(unknown.transaction_id)
+        unknown.unanswered_queries = unknown.unanswered_queries + 1 if answer.unanswered else 0
+        if reversal_due(unknown, answer, policy=policy):
+            return await self._reverse(unknown)
+        return believed(answer, waited_seconds=unknown.waited_seconds, policy=policy)
+
+    async def _reverse(self, unknown: UnknownOutcome) -> NetworkAnswer:
+        """Record the reversal's reference, then send it. Under the lock, so an operator's
+        verdict never crosses a reversal in flight."""
+        async with self._lock:
+            if self._state.unknown is not unknown or unknown.in_manual_review:
+                return NetworkAnswer(NetworkOutcome.UNKNOWN)
+            reference = reversal_reference_for(unknown.transaction_id)
+            try:
+                await calls.record_reversal_attempt(ReversalAttempt(
+                    self._input.payment_intent_id, unknown.transaction_id, reference))
+            except calls.RECORD_FAILURES as error:
+                # Nothing was sent; an operator looks, and status queries go on meanwhile.
+                workflow.logger.error("the reversal of %s could not be recorded: %s",
+                                      unknown.transaction_id, error)
+                await self._book.flag_for_manual_review(unknown)
+                return NetworkAnswer(NetworkOutcome.UNKNOWN)
+            unknown.reversal_reference = reference
+            workflow.logger.warning("%s unknown to the network after %.0f s: reversing it as %s",
+                                    unknown.transaction_id, unknown.waited_seconds, reference)
+            return await self._book.send_reversal(unknown)
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     @asynccontextmanager

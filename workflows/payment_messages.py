@@ -38,6 +38,12 @@ class ReconcilePolicy:
     # the attempt is this old; before, the network's status index may simply lag. It must
     # exceed the network's longest hold plus its status lag.
     not_found_safe_age_seconds: float = 900.0
+    # The network takes reversals (cardnet does): a charge it keeps not finding is reversed by
+    # reference instead, once the attempt is this old (more than the network's status lag plus
+    # its holds) or its status queries went unanswered this many times in a row.
+    reversals: bool = True
+    reversal_after_seconds: float = 60.0
+    reversal_after_unanswered_queries: int = 10
 
 
 @dataclass
@@ -64,6 +70,10 @@ class UnknownOutcome:
     # How it was settled (by the network or an operator): a late answer that contradicts it
     # is a discrepancy for operators.
     settled_as: NetworkOutcome | None = None
+    # The reversal sent for it (recorded first): from then on only its answer settles it.
+    reversal_reference: str | None = None
+    # Status queries in a row that got no answer at all.
+    unanswered_queries: int = 0
 
 
 @dataclass

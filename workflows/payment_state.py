@@ -151,7 +151,8 @@ class PaymentState:
         if unsettled is not None and self.unknown is None:
             self.unknown = UnknownOutcome(unsettled.transaction_id, operation=unsettled.type,
                                           amount_in_cents=unsettled.amount_in_cents,
-                                          in_manual_review=snapshot.in_manual_review)
+                                          in_manual_review=snapshot.in_manual_review,
+                                          reversal_reference=unsettled.reversal_reference)
 
     # ---- deadlines -------------------------------------------------------------------------------
     def expiry_due(self, now: float) -> bool:

@@ -70,6 +70,8 @@ class TransactionRow:
     reconciled: bool
     created_at: datetime | None
     updated_at: datetime | None
+    # Read only by `read_payment` (a run that opens after earlier ones closed).
+    reversal_reference: str | None = None
 
 
 @dataclass(slots=True)
@@ -180,7 +182,7 @@ async def read_payment(connection: asyncpg.Connection, intent_id: str
     intent = IntentRow(**{c: row[c] for c in _INTENT_COLUMNS if c != "last_error"},
                        last_error=json.loads(row["last_error"]) if row["last_error"] else None)
     transactions = await connection.fetch(
-        f"SELECT {', '.join(_TRANSACTION_COLUMNS)} FROM transaction "
+        f"SELECT {', '.join(_TRANSACTION_COLUMNS)}, reversal_reference FROM transaction "
         "WHERE payment_intent_id = $1 ORDER BY created_at, id", intent_id)
     return intent, [TransactionRow(**dict(t)) for t in transactions]
 

@@ -177,6 +177,9 @@ class Transaction(SQLModel, table=True):
     network_reference: str = Field(unique=True)
     # Capture, void and refund act on an earlier operation's reference (authorize/charge/capture).
     parent_reference: str | None = None
+    # A charge whose answer was lost and that the network does not know is reversed under this
+    # reference of its own, recorded before the reversal is sent (never shown to merchants).
+    reversal_reference: str | None = Field(default=None, unique=True)
     card_token_id: str | None = Field(default=None, foreign_key="card_token.id")
     card_brand: str | None = None
     card_last4: str | None = None

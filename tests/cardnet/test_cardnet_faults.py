@@ -24,6 +24,7 @@ ZERO = {
     "garbageRate": 0.0,
     "trickleRate": 0.0,
     "statusLagMs": 0,
+    "transitDelayMs": 0,
     "seed": None,
 }
 

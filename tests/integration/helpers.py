@@ -21,8 +21,9 @@ T = TypeVar("T")
 # Test-friendly timing for the whole stack. The simulator's hold (3 s) outlives the adapter's
 # timeout (1.5 s), so a held card really becomes an unknown outcome; reconciliation then polls
 # after 0.5 s, 1 s, 2 s, 2 s … so a held card settles a few seconds after its 202. The status
-# index of card …1091 lags 4 s; `not_found` is believed only for attempts older than 15 s
-# (more than the hold plus the lag, as in production).
+# index of card …1091 lags 4 s; a charge still `not_found` after 8 s is reversed (more than the
+# hold plus the lag, as in production), and `not_found` alone is believed only for attempts older
+# than 15 s (networks without reversals).
 FAST_TIMING_ENV: dict[str, str] = {
     "DURAPAY_NETWORK_TIMEOUT_SECONDS": "1.5",
     "DURAPAY_CARDNET_HOLD_SECONDS": "3",
@@ -30,6 +31,7 @@ FAST_TIMING_ENV: dict[str, str] = {
     "DURAPAY_RECONCILE_FIRST_DELAY_SECONDS": "0.5",
     "DURAPAY_RECONCILE_MAX_DELAY_SECONDS": "2",
     "DURAPAY_RECONCILE_NOT_FOUND_SAFE_AGE_SECONDS": "15",
+    "DURAPAY_RECONCILE_REVERSAL_AFTER_SECONDS": "8",
 }
 
 

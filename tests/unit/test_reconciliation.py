@@ -412,3 +412,24 @@ def test_report_tells_new_items_from_still_open_ones() -> None:
     assert still_line.split()[:3] == ["rcd_old", "open", "amount_mismatch"]
     assert "durapay reconcile resolve" in lines[-1]
 
+
+
+def test_a_charge_its_reversal_voided_is_net_zero() -> None:
+    reversed_charge = replace(ours(status="failed"), reversal_reference="txn_1:reversal")
+    reversal = LedgerEntry(reference="txn_1:reversal", type="void", amount_in_cents=2499,
+                           currency="usd", status="approved", created_at=INSIDE,
+                           parent_reference="txn_1")
+    assert kinds([reversed_charge], [entry(), reversal]) == []
+    # A tombstone: the charge never reached the network, or arrived later and was declined.
+    assert kinds([reversed_charge], [reversal]) == []
+    assert kinds([reversed_charge], [reversal, entry(status="declined")]) == []
+    # Succeeded here although reversed there: no money moved.
+    assert kinds([replace(reversed_charge, status="succeeded")], [entry(), reversal]) == [
+        DiscrepancyKind.SUCCEEDED_HERE_NOT_AT_NETWORK]
+    # A reversal the network refused voided nothing: the approval stands.
+    assert kinds([reversed_charge], [entry(), replace(reversal, status="declined")]) == [
+        DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE]
+    # A void under a reference that is no reversal of ours is money we do not know of.
+    assert kinds([ours(status="failed")], [entry(), reversal]) == [
+        DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE,
+        DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE]

@@ -31,6 +31,7 @@ from activities.persistence import (
     OutcomeDiscrepancy,
     PaymentSnapshot,
     Recorded,
+    ReversalAttempt,
     UnsettledOperation,
 )
 from core import search_attributes
@@ -89,6 +90,13 @@ class FakeNetwork:
     operation_outcome_hold: asyncio.Event | None = None
     # Raised by record_charge_outcome (the database refusing a write), while not empty.
     outcome_refusals: list[Exception] = field(default_factory=list)
+    # Reversals: their answers (approved once they run out), the answers to status queries of
+    # their references (`not_found` once they run out), and every reversal recorded and sent,
+    # in order ("record <reference>", "send <reference>").
+    reversal_answers: list[NetworkAnswer | Exception] = field(default_factory=list)
+    reversal_status_answers: list[NetworkAnswer] = field(default_factory=list)
+    reversal_steps: list[str] = field(default_factory=list)
+    reversals: list[OperationRequest] = field(default_factory=list)
 
     def _recorded(self, transaction_id: str | None, kind: str, txn_status: str, amount: int,
                   *, event: bool, outcome: Outcome | None = None) -> Recorded:
@@ -169,6 +177,9 @@ class FakeNetwork:
         @activity.defn(name="query_charge_status")
         async def query_charge_status(reference: str) -> NetworkAnswer:
             self.status_queries.append(reference)
+            if reference.endswith(":reversal"):
+                return (self.reversal_status_answers.pop(0) if self.reversal_status_answers
+                        else NetworkAnswer(NetworkOutcome.UNKNOWN, not_found=True))
             if (self.status_hold is not None
                     and len(self.status_queries) - 1 == self.status_hold_at):
                 await self.status_hold.wait()
@@ -263,10 +274,24 @@ class FakeNetwork:
             self.status = "canceled"
             return self._recorded(None, "", "", 0, event=True)
 
+        @activity.defn(name="record_reversal_attempt")
+        async def record_reversal_attempt(attempt: ReversalAttempt) -> None:
+            self.reversal_steps.append(f"record {attempt.reversal_reference}")
+
+        @activity.defn(name="reverse_charge")
+        async def reverse_charge(request: OperationRequest) -> NetworkAnswer:
+            self.reversal_steps.append(f"send {request.network_reference}")
+            self.reversals.append(request)
+            answer = (self.reversal_answers.pop(0) if self.reversal_answers
+                      else NetworkAnswer(NetworkOutcome.APPROVED))
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
         return [load_payment, record_charge_attempt, authorize_card, query_charge_status,
                 record_outcome, flag_for_manual_review, capture_charge, void_authorization,
                 refund_charge, record_operation_attempt, cancel_payment_intent,
-                record_outcome_discrepancy]
+                record_outcome_discrepancy, record_reversal_attempt, reverse_charge]
 
 
 @dataclass

@@ -257,7 +257,7 @@ async def test_an_operation_queued_behind_an_unknown_one_waits_for_it_instead_of
 async def test_not_found_is_unknown_until_the_attempt_is_old_enough(
         env: WorkflowEnvironment) -> None:
     policy = ReconcilePolicy(first_delay_seconds=2, max_delay_seconds=60, horizon_seconds=86_400,
-                             not_found_safe_age_seconds=120)
+                             not_found_safe_age_seconds=120, reversals=False)
     network = FakeNetwork(answers=[UNKNOWN], status_answers=[NOT_FOUND] * 20)
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
