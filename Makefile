@@ -45,8 +45,10 @@ test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
 
+# Unit, workflow (time-skipping server) and tests/api; the tests that start processes of their
+# own run in `make test` only.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration and not slow"
+	$(BIN)/python -m pytest -q -m "not integration and not slow and not processes"
 
 # Throughput, latency, CPU and database statements per operation of the real stack, as ratios
 # against baselines of the same run, and a burst at 3x capacity on a fresh stack; then how often
