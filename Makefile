@@ -11,7 +11,7 @@ RUNTIME_LOCK := requirements.lock
 LOCK_FLAGS := --no-config --generate-hashes --python-version 3.11 \
 	--index-url https://pypi.org/simple --custom-compile-command "make lock"
 
-.PHONY: dev test test-fast lint bench clean-state lock browser
+.PHONY: dev test test-busy test-fast lint bench clean-state lock browser
 
 # The locked versions (every file checked against its hash), then Durapay itself on top.
 $(STAMP): pyproject.toml $(LOCK)
@@ -44,6 +44,11 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra
+
+# The whole suite with two CPU-burning processes beside it (tests/busy_machine.py): a test that
+# passes only on an idle machine leans on a wall-clock margin that load can eat.
+test-busy: $(STAMP) browser
+	$(BIN)/python -m tests.busy_machine -- $(MAKE) test
 
 # Unit, workflow (time-skipping server) and tests/api; the tests that start processes of their
 # own run in `make test` only. Three processes: most of the time is waiting (holds, timeouts,

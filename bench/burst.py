@@ -29,12 +29,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
+from api.serve import KEEP_ALIVE_SECONDS
 from bench.burst_report import (
     ACCEPTED_CHARGE,
     CONNECTION_ERROR,
@@ -48,8 +51,10 @@ from bench.burst_report import (
     Verdict,
     arrival_schedule,
     percentile,
+    phase_at,
     phase_starts,
     recovery_seconds,
+    served_window_p50s,
     summarize,
     verdicts,
     window_p50s,
@@ -69,6 +74,15 @@ SETTLE_TIMEOUT_SECONDS = 120.0
 # 409 codes that mean "the first request with this key is still running: ask again".
 IN_PROGRESS_CODES = frozenset({"attempt_in_flight", "idempotency_key_in_use"})
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+# Arrivals are spread over this many HTTP clients, none with a pool limit (a request waiting
+# for one of our own connections would be queueing we measure as the server's). One client
+# holding every connection costs the load generator more CPU per request the more it holds
+# (httpcore's pool scans its connections and waiting requests on every request), until its
+# own overhead is what the burst measures.
+CLIENT_SHARDS = 64
+# Below the API's own idle keep-alive timeout: a connection the server closes just as the
+# client reuses it is a connection error neither side caused.
+CLIENT_KEEPALIVE_SECONDS = KEEP_ALIVE_SECONDS / 2
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,8 @@ class BurstRun:
     audit: Audit
     accepted_statuses: Counter[str]  # of the intents whose charge was accepted
     refusal_kinds: Counter[str]
+    loop_lag: list[tuple[float, float]]  # the load generator's (seconds since start, lag)
+    api_loop_lag: list[LoopLagBuckets]  # the API's, scraped at the start and each phase's end
 
 
 class CarefulClient:
@@ -198,24 +214,84 @@ def retry_after(response: httpx.Response) -> float:
         return RETRY_AFTER_WHEN_UNNAMED
 
 
+class LoopLag:
+    """How late the load generator's own event loop runs: every `TICK_SECONDS` it notes how
+    much later than asked a sleep ended. Every latency the burst reports includes this lag,
+    so it says how far the figures are the client's rather than the stack's."""
+
+    TICK_SECONDS = 0.01
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.samples: list[tuple[float, float]] = []  # (seconds since the start, lag)
+
+    async def watch(self) -> None:
+        while True:
+            asked = time.monotonic()
+            await asyncio.sleep(self.TICK_SECONDS)
+            now = time.monotonic()
+            self.samples.append((now - self.started, now - asked - self.TICK_SECONDS))
+
+
+LoopLagBuckets = dict[float, float]  # the API's lag histogram: upper bound → cumulative count
+
+
+async def api_loop_lag(stack: RunningStack) -> LoopLagBuckets:
+    """The API process's `durapay_event_loop_lag_seconds` buckets as they stand."""
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10, headers={
+            "Authorization": f"Bearer {stack.admin_token}"}) as http:
+        response = await http.get("/metrics")
+    response.raise_for_status()
+    return {float(sample.labels["le"]): sample.value
+            for family in text_string_to_metric_families(response.text)
+            if family.name == "durapay_event_loop_lag_seconds"
+            for sample in family.samples if sample.name.endswith("_bucket")}
+
+
+def lag_bound(before: LoopLagBuckets, after: LoopLagBuckets,
+              share: float = 0.99) -> tuple[float, int]:
+    """The smallest bucket bound holding `share` of the samples taken between the two scrapes,
+    and how many there were."""
+    deltas = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = deltas[-1][1] if deltas else 0.0
+    for bound, count in deltas:
+        if count >= share * total:
+            return bound, int(total)
+    return math.inf, int(total)
+
+
+async def scrape_at_phase_ends(stack: RunningStack, started: float,
+                               phases: Sequence[Phase]) -> list[LoopLagBuckets]:
+    """The API's loop-lag buckets at the start and at the end of every phase."""
+    snapshots = [await api_loop_lag(stack)]
+    for start, phase in zip(phase_starts(phases), phases, strict=True):
+        await asyncio.sleep(max(0.0, started + start + phase.seconds - time.monotonic()))
+        snapshots.append(await api_loop_lag(stack))
+    return snapshots
+
+
 async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
-        list[Arrival], float, Counter[str]]:
+        list[Arrival], float, Counter[str], list[tuple[float, float]],
+        list[LoopLagBuckets]]:
     """Every arrival of the schedule, each sent when due; returns them once all ended, with
     the latest any was sent after it was due (the load generator's own lag) and the kinds of
     refusal answered."""
     merchant = await create_merchant(stack, "Bench burst")
-    # No client-side pool limit: a request waiting for one of our own connections would be
-    # queueing we measure as the server's.
-    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(
-        max_connections=None, max_keepalive_connections=200))
     run = uuid.uuid4().hex[:8]
     arrivals: list[Arrival] = []
     tasks: list[asyncio.Task[None]] = []
     lag = 0.0
-    async with DurapayClient(stack.api_url, merchant["publicKey"], merchant["secretKey"],
-                             timeout=2 * CLIENT_TIMEOUT_SECONDS, transport=transport) as durapay:
+    async with AsyncExitStack() as exits:
         started = time.monotonic()
-        client = CarefulClient(durapay, started)
+        loop_lag = LoopLag(started)
+        watcher = asyncio.create_task(loop_lag.watch())
+        api_lag = asyncio.create_task(scrape_at_phase_ends(stack, started, phases))
+        clients = [CarefulClient(await exits.enter_async_context(DurapayClient(
+            stack.api_url, merchant["publicKey"], merchant["secretKey"],
+            timeout=2 * CLIENT_TIMEOUT_SECONDS, transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=8,
+                                    keepalive_expiry=CLIENT_KEEPALIVE_SECONDS)))),
+            started) for _ in range(CLIENT_SHARDS)]
         for index, (due, phase) in enumerate(arrival_schedule(phases)):
             delay = started + due - time.monotonic()
             if delay > 0:
@@ -223,9 +299,13 @@ async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
             lag = max(lag, time.monotonic() - started - due)
             arrival = Arrival(due, phase)
             arrivals.append(arrival)
+            client = clients[index % CLIENT_SHARDS]
             tasks.append(asyncio.create_task(client.arrive(arrival, f"burst-{run}-{index}")))
         await asyncio.gather(*tasks)
-    return arrivals, lag, client.refusal_kinds
+        watcher.cancel()
+        api_lag_snapshots = await api_lag
+    return (arrivals, lag, sum((c.refusal_kinds for c in clients), Counter()), loop_lag.samples,
+            api_lag_snapshots)
 
 
 async def settle_and_audit(stack: RunningStack, accepted: Sequence[str]) -> tuple[
@@ -255,10 +335,11 @@ async def run_burst(stack: RunningStack, capacity: Measurement,
                     options: BurstOptions) -> BurstRun:
     phases = options.phases(capacity.per_second)
     print(f"\nburst: {describe(phases)}; open loop, evenly spaced arrivals", flush=True)
-    arrivals, lag, refusal_kinds = await send_arrivals(stack, phases)
+    arrivals, lag, refusal_kinds, loop_lag, api_lag = await send_arrivals(stack, phases)
     accepted = [a.intent_id for a in arrivals if a.accepted and a.intent_id]
     settle, audit, statuses = await settle_and_audit(stack, accepted)
-    return BurstRun(capacity, phases, arrivals, lag, settle, audit, statuses, refusal_kinds)
+    return BurstRun(capacity, phases, arrivals, lag, settle, audit, statuses, refusal_kinds,
+                    loop_lag, api_lag)
 
 
 def describe(phases: Sequence[Phase]) -> str:
@@ -271,9 +352,13 @@ def print_burst(run: BurstRun) -> None:
     summaries = summarize(run.arrivals, run.phases)
     starts = phase_starts(run.phases)
     burst_end = starts[1] + run.phases[1].seconds
-    calm_p50 = percentile(summaries[0].end_to_end, 0.5)
-    windows = window_p50s(run.arrivals, burst_end, burst_end + run.phases[2].seconds)
+    after_end = burst_end + run.phases[2].seconds
+    calm_p50 = percentile(summaries[0].served, 0.5)
+    windows = served_window_p50s(run.arrivals, burst_end, after_end)
     recovery = recovery_seconds(windows, burst_end, calm_p50)
+    calm_end_to_end_p50 = percentile(summaries[0].end_to_end, 0.5)
+    end_to_end_windows = window_p50s(run.arrivals, burst_end, after_end)
+    end_to_end_recovery = recovery_seconds(end_to_end_windows, burst_end, calm_end_to_end_p50)
     settled = run.settle_seconds is not None and set(run.accepted_statuses) <= {"succeeded"}
     print(f"\nburst at {run.phases[1].rate / run.capacity.per_second:g}× the create + charge "
           f"capacity ({run.capacity.per_second:.1f}/s, measured closed loop on this stack): "
@@ -282,15 +367,31 @@ def print_burst(run: BurstRun) -> None:
           f"{run.scheduler_lag * 1000:.0f} ms after it was due; client timeout "
           f"{CLIENT_TIMEOUT_SECONDS:g} s; refused requests retried with their Idempotency-Key "
           "after Retry-After")
-    for summary in summaries:
+    for index, summary in enumerate(summaries):
         print_phase(summary)
+        lags = [lag for at, lag in run.loop_lag if phase_at(at, run.phases) == index]
+        print(f"    load generator's loop lag  {p50_p99(lags)}, max "
+              f"{max(lags, default=0.0) * 1000:.0f} ms   (in every latency above)")
+        if len(run.api_loop_lag) > index + 1:
+            before, after = run.api_loop_lag[index], run.api_loop_lag[index + 1]
+            p99, samples = lag_bound(before, after)
+            most, _ = lag_bound(before, after, share=1.0)
+            print(f"    API process's loop lag     p99 ≤ {p99 * 1000:g} ms, max ≤ "
+                  f"{most * 1000:g} ms   ({samples} samples of durapay_event_loop_lag_seconds)")
     print("  back to calm after the burst's end: "
           + ("not within the after phase" if recovery is None else f"{recovery:.1f} s")
-          + f"   ({RECOVERY_WINDOW_SECONDS:g} s windows of arrivals; calm once every later "
-          f"window's end-to-end p50 is within {RECOVERY_FACTOR:g}× the calm p50, "
-          f"{calm_p50 * 1000:.0f} ms)")
+          + f"   ({RECOVERY_WINDOW_SECONDS:g} s windows by when the accepted charge was sent; "
+          f"calm once every later window's served p50 is within {RECOVERY_FACTOR:g}× the calm "
+          f"p50, {calm_p50 * 1000:.0f} ms)")
+    print("  served p50 per window after the burst (ms): " + " ".join(
+        f"{p50 * 1000:.0f}" for _, p50 in windows))
+    print("  end to end, arrivals due after the burst: "
+          + ("not calm within the after phase" if end_to_end_recovery is None
+             else f"calm {end_to_end_recovery:.1f} s after its end")
+          + f"   (calm p50 {calm_end_to_end_p50 * 1000:.0f} ms; refused arrivals of the burst "
+          "still retrying share the stack with them until that backlog is served)")
     print("  end-to-end p50 per window after the burst (ms): " + " ".join(
-        "-" if math.isinf(p50) else f"{p50 * 1000:.0f}" for _, p50 in windows))
+        "-" if math.isinf(p50) else f"{p50 * 1000:.0f}" for _, p50 in end_to_end_windows))
     settle = (f"NOT within {SETTLE_TIMEOUT_SECONDS:g} s" if run.settle_seconds is None
               else f"{run.settle_seconds:.1f} s after the last arrival ended")
     print(f"  settled: {settle}; accepted intents by status: "

@@ -172,6 +172,23 @@ def window_p50s(arrivals: Sequence[Arrival], start: float, end: float,
     return [(start + n * window, percentile(buckets[n], 0.5)) for n in sorted(buckets)]
 
 
+def served_window_p50s(arrivals: Sequence[Arrival], start: float, end: float,
+                       window: float = RECOVERY_WINDOW_SECONDS) -> list[tuple[float, float]]:
+    """(window start, p50 of the served latency of the arrivals whose accepted charge was sent
+    in it) for back-to-back windows from `start` until `end`: how long the stack took over
+    the work it took on at each moment, whenever that work first arrived. A window without an
+    accepted charge is left out."""
+    buckets: dict[int, list[float]] = {}
+    for arrival in arrivals:
+        served = arrival.served
+        if served is None:
+            continue
+        sent = arrival.attempts[-1].sent
+        if start <= sent < end:
+            buckets.setdefault(int((sent - start) // window), []).append(served)
+    return [(start + n * window, percentile(buckets[n], 0.5)) for n in sorted(buckets)]
+
+
 def recovery_seconds(windows: Sequence[tuple[float, float]], since: float, calm_p50: float,
                      factor: float = RECOVERY_FACTOR) -> float | None:
     """Seconds from `since` (the burst's end) until the start of the first window from which

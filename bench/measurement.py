@@ -44,6 +44,7 @@ class Measurement:
     failures: list[str]
     cpu: CpuUse | None = None  # what each process spent over the step
     statements: StatementUse | None = None  # what the database ran over the step
+    refused: int = 0  # requests refused at admission and sent again (operations still done)
 
     @property
     def per_second(self) -> float:
@@ -62,6 +63,8 @@ class Measurement:
     def line(self) -> str:
         text = (f"{self.name:<24} {self.per_second:8.1f}/s   p50 {self.p50 * 1000:7.1f} ms   "
                 f"p95 {self.p95 * 1000:7.1f} ms   errors {len(self.failures)}")
+        if self.refused:
+            text += f"   refused and sent again {self.refused}"
         if self.failures:
             text += f"   (first: {self.failures[0][:200]})"
         if self.cpu:
@@ -97,22 +100,26 @@ async def closed_loop(count: int, concurrency: int,
 
 async def measure(name: str, operation: Operation, options: Options,
                   processes: Mapping[str, int], count: int | None = None,
-                  statements: StatementCounter | None = None) -> Measurement:
+                  statements: StatementCounter | None = None,
+                  refused: Callable[[], int] | None = None) -> Measurement:
     """One step: warm-up, then `count` operations timed, with the CPU each of `processes`
     (name → pid) and the bench itself spent over the timed part, and, given a `statements`
-    counter, the database statements run over it."""
+    counter, the database statements run over it; given `refused` (a running count of
+    requests refused at admission and sent again), how many the timed part had."""
     # Warm-up at full concurrency, so every connection and cache the step uses exists first.
     await closed_loop(options.warmup, options.concurrency, operation)
     count = options.count if count is None else count
     if statements:
         await statements.reset()
+    refused_before = refused() if refused else 0
     cpu_before = snapshot(processes)
     started = time.perf_counter()
     latencies, failures = await closed_loop(count, options.concurrency, operation)
     wall = time.perf_counter() - started
     cpu = CpuUse.between(cpu_before, snapshot(processes), count, wall)
     used = await statements.read(count) if statements else None
-    result = Measurement(name, count, wall, latencies, failures, cpu, used)
+    result = Measurement(name, count, wall, latencies, failures, cpu, used,
+                         (refused() - refused_before) if refused else 0)
     print(result.line(), flush=True)
     return result
 

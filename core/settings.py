@@ -250,7 +250,9 @@ class Settings(BaseSettings):
     api_max_in_flight: int = 256
     # The floor: a slow machine (CPU shared with others) slows every answer alike, which the
     # limit cannot tell from queueing; a few concurrent clients must never be refused for it.
-    api_min_in_flight: int = 16
+    # Answers admitted below it teach the calm latency, so it is about what one process
+    # answers at calm latency (docs/operations.md); a higher floor is a standing queue.
+    api_min_in_flight: int = 4
     # The limit shrinks while the median answer takes more than this many times its route's
     # calm latency, and may grow while it does not.
     api_latency_tolerance: float = 2.0

@@ -197,6 +197,11 @@ def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
         # Tests and `make bench` send many requests a second with one key: the limiter still
         # runs (and costs what it costs) but never refuses; rate-limit tests set their own.
         "DURAPAY_RATE_LIMIT_PER_SECOND": "1000000",
+        # Likewise admission control: tests on a machine shared with other tests see every
+        # answer slowed alike, and a handful of concurrent test clients must not be refused
+        # for it (the SDK would retry; the raw client the tests use shows the 503).
+        # Admission tests set their own bounds.
+        "DURAPAY_API_MIN_IN_FLIGHT": "16",
         **(extra_env or {}),
     })
     home.mkdir(mode=0o700, parents=True, exist_ok=True)  # the launcher refuses a looser one

@@ -94,6 +94,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         # Every test reaches the session's app from one address: its admin-token failures
         # must not add up to a 429 (tests/api/test_admin_rate_limit.py tests the throttle).
         admin_rate_limit_per_minute=1000,
+        # As on the integration stack (tests/stack.py): a machine busy with other tests slows
+        # every answer alike, and the few concurrent requests a test sends are not refused
+        # for it; test_admission.py (here and in tests/integration) tests the limit itself.
+        api_min_in_flight=16,
         # Nothing polls it: operations that reach Temporal are never accepted (see above).
         task_queue=f"api-tests-{uuid.uuid4().hex[:8]}")
 

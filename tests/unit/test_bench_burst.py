@@ -10,7 +10,13 @@ import time
 import httpx
 import pytest
 
-from bench.burst import RETRY_AFTER_WHEN_UNNAMED, CarefulClient, refusal_kind, retry_after
+from bench.burst import (
+    RETRY_AFTER_WHEN_UNNAMED,
+    CarefulClient,
+    lag_bound,
+    refusal_kind,
+    retry_after,
+)
 from bench.burst_report import (
     CONNECTION_ERROR,
     TIMEOUT,
@@ -22,6 +28,7 @@ from bench.burst_report import (
     percentile,
     phase_at,
     recovery_seconds,
+    served_window_p50s,
     summarize,
     verdicts,
     window_p50s,
@@ -107,6 +114,18 @@ def test_windows_group_arrivals_by_when_they_were_due_and_skip_empty_ones() -> N
                 accepted(13.0, 2, served=5.0)]
     windows = window_p50s(arrivals, 10.0, 13.0)
     assert windows == [(10.0, pytest.approx(0.3)), (12.0, pytest.approx(0.2))]
+
+
+def test_served_windows_group_accepted_charges_by_when_they_were_sent() -> None:
+    never = Arrival(10.5, 2, [Attempt("create", 10.5, 0.1, "400")], "create 400")
+    # Due in the burst, refused for 2 s: its accepted charge is sent in the after phase.
+    late = accepted(8.5, 1, served=0.4, waited=2.0)
+    arrivals = [accepted(10.0, 2, served=0.1), accepted(10.2, 2, served=0.3), never, late,
+                accepted(12.8, 2, served=0.2), accepted(7.0, 1, served=5.0),
+                accepted(12.95, 2, served=5.0)]  # its charge is sent at 13.45: after the end
+    windows = served_window_p50s(arrivals, 10.0, 13.0)
+    assert windows == [(10.0, pytest.approx(0.3)), (12.0, pytest.approx(0.2))]
+    assert served_window_p50s([late], 10.0, 11.0) == [(10.0, pytest.approx(0.4))]
 
 
 def test_recovery_is_when_every_later_window_is_calm() -> None:
@@ -234,3 +253,14 @@ async def test_a_decline_or_a_bad_request_is_final_not_retried() -> None:
 
     assert [a.answer for a in arrival.attempts] == ["201", "402"]
     assert arrival.outcome == "charge 402" and not arrival.accepted
+
+
+def test_the_api_lag_p99_is_the_bucket_holding_99_percent_of_the_samples_between_scrapes() -> None:
+    before = {0.01: 90.0, 0.1: 100.0, 1.0: 100.0, math.inf: 100.0}
+    # 200 new samples: 150 ≤ 10 ms, 48 more ≤ 100 ms, 2 more ≤ 1 s.
+    after = {0.01: 240.0, 0.1: 288.0, 1.0: 300.0, math.inf: 300.0}
+    assert lag_bound(before, after) == (1.0, 200)
+    after[0.1] = 299.0  # only one above 100 ms: 99.5 % within it
+    assert lag_bound(before, after) == (0.1, 200)
+    assert lag_bound(before, after, share=1.0) == (1.0, 200)
+    assert lag_bound({}, {}) == (math.inf, 0)
