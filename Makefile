@@ -50,8 +50,14 @@ test: $(STAMP) browser
 test-busy: $(STAMP) browser
 	$(BIN)/python -m tests.busy_machine -- $(MAKE) test
 
+# Unit, workflow (time-skipping server) and tests/api; the tests that start processes of their
+# own run in `make test` only. Three processes: most of the time is waiting (holds, timeouts,
+# servers), so they overlap on two cores; every tests/api test in one of them (one session
+# Postgres and Temporal server, see tests/conftest.py).
+TEST_FAST_WORKERS ?= 3
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration and not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_FAST_WORKERS) --dist loadgroup \
+		-m "not integration and not slow and not processes"
 
 # Throughput, latency, CPU and database statements per operation of the real stack, as ratios
 # against baselines of the same run, and a burst at 3x capacity on a fresh stack; then how often

@@ -19,7 +19,10 @@ returns its model (or raises an `ApiError`); around it:
    object an `ApiError` renders to. 409 and 503 are not stored but release the claim, so that
    a retry redoes the request; so does any unexpected exception. What the handler leaves
    uncommitted in the session commits with the stored answer, in one database transaction: a
-   crash in between can leave neither half alone. Without a key, it simply commits.
+   crash in between can leave neither half alone. Without a key, it simply commits. If the
+   database goes away while the answer is stored (the connection dies at the UPDATE or the
+   COMMIT), the request answers 503 and the claim is released as well, when Postgres still
+   answers the release.
 
 Why a route class as well: a dependency with `yield` runs before and after the handler, in the
 request's session, but FastAPI never shows it the response that the handler's model became.
@@ -50,7 +53,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import AuthenticatedRoute, IdempotencyKeyDep, MerchantDep, SessionDep, StateDep
-from api.errors import ApiError, ConflictError, InvalidRequestError
+from api.errors import ApiError, ConflictError, InvalidRequestError, is_outage
 from api.schemas.base import RequestModel
 from core.db.housekeeping import ABANDONED_AFTER
 from core.db.tables import IdempotencyRecord
@@ -186,6 +189,18 @@ async def release(session: AsyncSession, *, merchant_id: str, key: str) -> None:
     await session.commit()
 
 
+async def _release_if_reachable(session: AsyncSession, *, merchant_id: str, key: str) -> None:
+    """Release a claim whose answer could not be stored because the database went away. Had
+    the COMMIT reached Postgres before the connection died, the answer is stored and `release`
+    deletes nothing (the retry replays it). While Postgres is still down the claim stays, and a
+    retry may take it over after `ABANDONED_AFTER`, as after a crash."""
+    try:
+        await release(session, merchant_id=merchant_id, key=key)
+    except Exception as error:
+        if not is_outage(error):
+            raise
+
+
 class IdempotentRoute(AuthenticatedRoute):
     """The route class of routers with idempotent endpoints: hands each response to the
     request's claim before it is sent, and sends a replayed answer as stored."""
@@ -251,8 +266,13 @@ def idempotent(model: type[RequestModel], *, optional: bool = False,
             await release(session, merchant_id=merchant.id, key=key)
             raise
         answer: Response = request.state.idempotent_answer
-        await store(session, merchant_id=merchant.id, key=key, status=answer.status_code,
-                    content=bytes(answer.body))
+        try:
+            await store(session, merchant_id=merchant.id, key=key, status=answer.status_code,
+                        content=bytes(answer.body))
+        except Exception as error:
+            if is_outage(error):  # answered 503: the retry it asks for must find the key free
+                await _release_if_reachable(session, merchant_id=merchant.id, key=key)
+            raise
 
     # FastAPI reads the body's type from the signature. Same name and type as the handler's own
     # `body`, so the request still has one JSON body (not one embedded per parameter).

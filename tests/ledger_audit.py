@@ -56,7 +56,7 @@ async def audit_against_ledger(pool: asyncpg.Pool, cardnet: httpx.AsyncClient) -
         "FROM payment_intent")
     transactions = await pool.fetch(
         'SELECT id, payment_intent_id, type, amount_in_cents, status, network_reference, '
-        'reconciled, card_last4, reversal_reference FROM "transaction"')
+        'reconciled, card_last4, reversal_reference, parent_reference FROM "transaction"')
     return compare(intents, transactions, await read_ledger(cardnet))
 
 
@@ -87,6 +87,7 @@ def compare(intents: Iterable[asyncpg.Record | dict[str, Any]],
     f["amount_mismatches"] = _amount_mismatches(intents, txns_of, entries)
     f["unknown_network_operations"] = _unknown_operations(by_reference, entries)
     f["status_mismatches"] = _status_mismatches(intents, txns_of, entries)
+    f.update(child_operation_findings(transactions, ledger))
     audit.counts = {name: len(found) for name, found in f.items()}
     return audit
 
@@ -217,3 +218,90 @@ def _status_implied(committed: list[dict[str, Any]]) -> frozenset[str]:
         return frozenset({"requires_capture"})
     # Never paid: not charged yet, declined, or canceled before any charge.
     return frozenset({"created", "failed", "canceled"})
+
+
+# ---- child operations at the network: captures and refunds against what we recorded -----------
+CHILD_TYPES = frozenset({"capture", "refund"})
+
+
+def child_operation_findings(transactions: Iterable[asyncpg.Record | dict[str, Any]],
+                             ledger: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """`orphan_captures_and_refunds`: a capture or refund at the network under a reference we do
+    not hold, or naming another parent than the one we recorded for it.
+    `duplicate_refunds`: one refund transaction of ours approved twice there, or the refunds
+    approved against one of our payments adding up to more than we recorded as refunded."""
+    transactions = list(transactions)
+    by_reference = {t["network_reference"]: t for t in transactions}
+    return {"orphan_captures_and_refunds": _orphan_children(by_reference, ledger),
+            "duplicate_refunds": _duplicate_refunds(transactions, ledger)}
+
+
+def _orphan_children(by_reference: dict[str, Any], ledger: list[dict[str, Any]]) -> list[str]:
+    found = []
+    for entry in ledger:
+        if entry["type"] not in CHILD_TYPES:
+            continue
+        txn = by_reference.get(entry["reference"])
+        what = f"{entry['type']} {entry['reference']} ({entry['status']})"
+        if txn is None:
+            found.append(f"{what} of parent {entry['parentReference']} is no transaction of ours")
+        elif entry["parentReference"] != txn["parent_reference"]:
+            found.append(f"{what} names parent {entry['parentReference']} there, "
+                         f"{txn['parent_reference']} here ({txn['payment_intent_id']})")
+    return found
+
+
+def _duplicate_refunds(transactions: list[Any], ledger: list[dict[str, Any]]) -> list[str]:
+    approved = [e for e in ledger if e["type"] == "refund" and e["status"] == "approved"]
+    found = [f"refund {reference} approved {times} times at the network"
+             for reference, times in Counter(e["reference"] for e in approved).items()
+             if times > 1]
+    at_network: Counter[str] = Counter()
+    for entry in approved:
+        at_network[entry["parentReference"]] += entry["amountInCents"]
+    recorded: Counter[str] = Counter()
+    for txn in transactions:
+        if txn["type"] == "refund" and txn["status"] == "succeeded":
+            recorded[txn["parent_reference"]] += txn["amount_in_cents"]
+    found.extend(f"{parent}: {refunded} refunded at the network, {recorded[parent]} recorded"
+                 for parent, refunded in at_network.items() if refunded > recorded[parent])
+    return found
+
+
+# ---- what the merchant's systems received: webhooks, the event stream, the audit trail ---------
+def webhook_findings(events: Iterable[str], deliveries: Iterable[tuple[str, str]],
+                     received: Iterable[str]) -> dict[str, list[str]]:
+    """For one endpoint that was up the whole time, subscribed to every event: `events` are the
+    ids of the events it was owed, `deliveries` its (event id, status) delivery rows, `received`
+    the `webhook-id` of every request that reached it (the event's id: a send retried after a
+    crash repeats it). Every event delivered and received; no event planned twice."""
+    events = list(events)
+    deliveries = list(deliveries)
+    received_ids = set(received)
+    planned = Counter(event_id for event_id, _ in deliveries)
+    succeeded = {event_id for event_id, status in deliveries if status == "succeeded"}
+    known = set(events)
+    return {
+        "undelivered_webhooks": [f"{e} {'not received' if e not in received_ids else 'received'}"
+                                 f"{'' if e in succeeded else ', its delivery not succeeded'}"
+                                 for e in events if e not in received_ids or e not in succeeded],
+        "duplicate_webhook_deliveries": [
+            f"{e} planned {n} times" for e, n in planned.items() if n > 1] + [
+            f"{e} received, no event of ours" for e in sorted(received_ids - known)],
+    }
+
+
+def event_stream_findings(events: Iterable[str], streamed: Iterable[str]) -> dict[str, list[str]]:
+    """Every event row on the WAL-fed event stream (`durapay events stream`), none it does not
+    hold. At least once: an event streamed twice (after a consumer's restart) is no finding."""
+    events = list(events)
+    streamed_ids = set(streamed)
+    known = set(events)
+    return {"events_missing_from_stream": [e for e in events if e not in streamed_ids] + [
+        f"{e} streamed, no event row" for e in sorted(streamed_ids - known)]}
+
+
+def audit_verify_findings(exit_code: int, output: str) -> dict[str, list[str]]:
+    """`durapay audit verify` over the whole database: exit 0, or its last lines."""
+    return {"audit_verify_failures": [] if exit_code == 0 else
+            [f"exit {exit_code}: " + " | ".join(output.strip().splitlines()[-3:])]}

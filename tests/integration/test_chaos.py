@@ -3,7 +3,11 @@ merchant's closed-loop load, with the card network misbehaving at random (bad-da
 included) while every process of the stack is SIGKILLed once: a worker, the API, the simulator,
 Postgres and the Temporal server. Once the faults stop and everything settles, our database
 and the network's ledger must agree exactly: nobody charged twice, no success lost or invented,
-no amount off, nothing stuck, no network operation we do not know about.
+no amount off, nothing stuck, no network operation we do not know about, no capture or refund
+there that we did not ask for, no refund twice. And what the merchant's own systems received
+must be whole: its webhook endpoint (up throughout) got every payment event, none planned twice;
+the WAL-fed event stream (`durapay events stream`, restarted whenever it stops) holds every
+event row; `durapay audit verify` passes over the whole database.
 
 Runs on its own stack (two workers) so the kills disturb no other test. Reproduce a run with
 `DURAPAY_CHAOS_SEED=<seed>`; size it with `DURAPAY_CHAOS_INTENTS=<n>`.
@@ -16,10 +20,14 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -27,10 +35,19 @@ import pytest
 from temporalio.client import Client
 
 from client import DurapayClient
+from core.webhooks import PAYMENT_EVENT_TYPES
 from tests.integration.chaos_load import RETRY_BUDGET_SECONDS, Load, run_load
 from tests.integration.helpers import FAST_TIMING_ENV, assert_eventually, own_stack, signed_merchant
-from tests.ledger_audit import Audit, audit_against_ledger, count_unsettled
-from tests.stack import RunningStack, process_alive
+from tests.integration.webhook_receiver import WebhookReceiver
+from tests.ledger_audit import (
+    Audit,
+    audit_against_ledger,
+    audit_verify_findings,
+    count_unsettled,
+    event_stream_findings,
+    webhook_findings,
+)
+from tests.stack import RunningStack, process_alive, stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -51,11 +68,23 @@ FINDINGS_SHOWN = 5  # per kind, in the printed block
 FAULTS = {"latencyMs": 400, "latencyRate": 0.2, "errorRate": 0.1, "dropRate": 0.05,
           "holdRate": 0.04, "commitThenErrorRate": 0.03, "garbageRate": 0.03,
           "trickleRate": 0.03, "statusLagMs": 2000, "seed": SEED}
+# Webhooks retried within seconds, and a delivery whose start was lost with a killed API
+# process found by the reaper within seconds too, so every event reaches the receiver soon
+# after the load.
+CHAOS_WEBHOOK_ENV = {"DURAPAY_WEBHOOK_FIRST_DELAY_SECONDS": "1",
+                     "DURAPAY_WEBHOOK_BACKOFF_FACTOR": "2",
+                     "DURAPAY_WEBHOOK_MAX_DELAY_SECONDS": "8",
+                     "DURAPAY_WEBHOOK_REAPER_INTERVAL_SECONDS": "5",
+                     "DURAPAY_WEBHOOK_REAPER_GRACE_SECONDS": "10"}
+RECEIVER_PATH = "/chaos"
+DELIVERED_TIMEOUT_SECONDS = 120.0
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
 def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with own_stack(tmp_path_factory, "chaos", workers=2, extra_env=FAST_TIMING_ENV) as running:
+    with own_stack(tmp_path_factory, "chaos", workers=2,
+                   extra_env={**FAST_TIMING_ENV, **CHAOS_WEBHOOK_ENV}) as running:
         yield running
 
 
@@ -83,37 +112,164 @@ class Kill:
 
 
 async def test_chaos_run_settles_with_ledger_and_database_in_agreement(
-        chaos_stack: RunningStack, chaos_merchant: DurapayClient,
+        chaos_stack: RunningStack, chaos_merchant: DurapayClient, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    async with httpx.AsyncClient(base_url=chaos_stack.cardnet_url, timeout=30) as cardnet:
-        await _turn_faults_on(cardnet)
-        load = Load()
-        started = time.monotonic()
-        merchant = asyncio.create_task(run_load(chaos_merchant, seed=SEED, intents=INTENTS,
-                                                concurrency=CONCURRENCY, load=load))
-        try:
-            kills = await _kill_each_child_during_load(chaos_stack, cardnet, load, merchant)
-            await merchant
-        finally:
-            if not merchant.done():  # a kill went wrong: stop the merchant before failing
-                merchant.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await merchant
-        load_seconds = time.monotonic() - started
-        response = await cardnet.delete("/faults")
-        assert response.status_code == 200, response.text
+    with (WebhookReceiver() as receiver,
+          EventStream(chaos_stack, tmp_path / "stream.jsonl") as stream):
+        await _subscribe(chaos_merchant, receiver)
+        await stream.started()
+        async with httpx.AsyncClient(base_url=chaos_stack.cardnet_url, timeout=30) as cardnet:
+            await _turn_faults_on(cardnet)
+            load = Load()
+            started = time.monotonic()
+            merchant = asyncio.create_task(run_load(chaos_merchant, seed=SEED, intents=INTENTS,
+                                                    concurrency=CONCURRENCY, load=load))
+            try:
+                kills = await _kill_each_child_during_load(chaos_stack, cardnet, load, merchant)
+                await merchant
+            finally:
+                if not merchant.done():  # a kill went wrong: stop the merchant before failing
+                    merchant.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await merchant
+            load_seconds = time.monotonic() - started
+            response = await cardnet.delete("/faults")
+            assert response.status_code == 200, response.text
 
-        pool = await asyncpg.create_pool(chaos_stack.database_url, min_size=1, max_size=2)
-        try:
-            settle_seconds = await _wait_until_settled(pool)
-            audit = await audit_against_ledger(pool, cardnet)
-        finally:
-            await pool.close()
+            pool = await asyncpg.create_pool(chaos_stack.database_url, min_size=1, max_size=2)
+            try:
+                settle_seconds = await _wait_until_settled(pool)
+                audit = await audit_against_ledger(pool, cardnet)
+                audit.findings.update(await _webhooks_delivered(pool, receiver))
+                audit.findings.update(await _events_streamed(pool, stream))
+                seen = (len(await _payment_events(pool)), len(receiver.at(RECEIVER_PATH)),
+                        len(stream.event_ids()))
+            finally:
+                await pool.close()
+    audit.findings.update(_audit_verified(chaos_stack))
+    audit.counts = {name: len(found) for name, found in audit.findings.items()}
 
     with capsys.disabled():
-        print(_report(load, kills, audit, load_seconds, settle_seconds))
+        print(_report(load, kills, audit, load_seconds, settle_seconds)
+              + f"\n  payment events={seen[0]} webhook requests={seen[1]} streamed={seen[2]} "
+              f"(the stream's consumer started {stream.starts} times)")
     problems = _problems(chaos_stack, load, kills, audit, settle_seconds)
     assert not problems, "; ".join(problems) + f" (logs under {chaos_stack.home / 'logs'})"
+
+
+# ---- what the merchant's systems receive: webhooks, the event stream, the audit trail ---------
+async def _subscribe(merchant: DurapayClient, receiver: WebhookReceiver) -> None:
+    response = await merchant.post("/webhook-endpoints", {"url": receiver.url(RECEIVER_PATH),
+                                                          "enabledEvents": ["*"]})
+    assert response.status_code == 201, response.text
+
+
+async def _payment_events(pool: asyncpg.Pool) -> list[str]:
+    """The run's payment events (its one merchant's), oldest first."""
+    rows = await pool.fetch("SELECT id FROM event WHERE type = ANY($1::text[]) ORDER BY seq",
+                            list(PAYMENT_EVENT_TYPES))
+    return [row["id"] for row in rows]
+
+
+async def _webhooks_delivered(pool: asyncpg.Pool,
+                              receiver: WebhookReceiver) -> dict[str, list[str]]:
+    """Waits (bounded) for every event's delivery to end, then judges what was received."""
+    async def findings() -> dict[str, list[str]] | None:
+        deliveries = await pool.fetch("SELECT event_id, status FROM webhook_delivery")
+        found = webhook_findings(
+            await _payment_events(pool), [(d["event_id"], d["status"]) for d in deliveries],
+            [r.headers.get("webhook-id", "") for r in receiver.at(RECEIVER_PATH)])
+        return None if any(found.values()) else found
+
+    try:
+        return await assert_eventually(findings, timeout=DELIVERED_TIMEOUT_SECONDS,
+                                       interval=1.0)
+    except AssertionError:
+        deliveries = await pool.fetch("SELECT event_id, status FROM webhook_delivery")
+        return webhook_findings(
+            await _payment_events(pool), [(d["event_id"], d["status"]) for d in deliveries],
+            [r.headers.get("webhook-id", "") for r in receiver.at(RECEIVER_PATH)])
+
+
+async def _events_streamed(pool: asyncpg.Pool, stream: EventStream) -> dict[str, list[str]]:
+    async def findings() -> dict[str, list[str]] | None:
+        found = event_stream_findings(await _payment_events(pool), stream.event_ids())
+        return None if any(found.values()) else found
+
+    try:
+        return await assert_eventually(findings, timeout=DELIVERED_TIMEOUT_SECONDS,
+                                       interval=1.0)
+    except AssertionError:
+        return event_stream_findings(await _payment_events(pool), stream.event_ids())
+
+
+def _audit_verified(stack: RunningStack) -> dict[str, list[str]]:
+    result = subprocess.run([str(BIN / "durapay"), "audit", "verify"], env=stack.env, text=True,
+                            capture_output=True, timeout=300, check=False)
+    return audit_verify_findings(result.returncode, result.stdout + result.stderr)
+
+
+class EventStream:
+    """`durapay events stream` into a file sink on a slot of its own, restarted (resuming from
+    its sink's cursor) whenever it stops: a Postgres kill may end it. Stopped, and its slot
+    dropped, at the end of the block."""
+
+    def __init__(self, stack: RunningStack, sink: Path) -> None:
+        self.stack = stack
+        self.sink = sink
+        self.slot = f"chaos_{uuid.uuid4().hex[:12]}"
+        self.starts = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        if self._process is not None:
+            stop_process(self._process)
+        subprocess.run([str(BIN / "durapay"), "events", "drop-slot", "--slot", self.slot],
+                       env=self.stack.env, capture_output=True, timeout=60, check=False)
+
+    async def started(self) -> None:
+        """Running, its slot created (events committed from now on are streamed), and kept
+        running from now on."""
+        self._ensure_running()
+
+        async def slot_exists() -> bool:
+            connection = await asyncpg.connect(self.stack.database_url)
+            try:
+                return bool(await connection.fetchval(
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", self.slot))
+            finally:
+                await connection.close()
+
+        await assert_eventually(slot_exists, timeout=60, message="the event stream's slot")
+        self._supervisor = asyncio.create_task(self._keep_running())
+
+    def event_ids(self) -> list[str]:
+        if not self.sink.exists():
+            return []
+        return [json.loads(line)["id"] for line in self.sink.read_text().splitlines()
+                if line.strip()]
+
+    async def _keep_running(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._ensure_running()
+
+    def _ensure_running(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            return
+        self.starts += 1
+        log = self.stack.home / "logs" / "events-stream.log"
+        with open(log, "ab") as output:
+            self._process = subprocess.Popen(
+                [str(BIN / "durapay"), "events", "stream", "--slot", self.slot,
+                 "--sink", f"file:{self.sink}"], env=self.stack.env, stdout=output,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 # ---- the network's bad day ---------------------------------------------------------------------

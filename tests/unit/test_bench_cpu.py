@@ -7,11 +7,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from bench.cpu import CpuUse, tree_cpu_seconds
 
 BURN = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n"
 
 
+@pytest.mark.processes
 def test_an_exited_and_reaped_child_still_counts_for_its_parent() -> None:
     # Postgres backends of overflow connections exit mid-step; their CPU must not vanish.
     before = tree_cpu_seconds(os.getpid())
@@ -19,6 +22,7 @@ def test_an_exited_and_reaped_child_still_counts_for_its_parent() -> None:
     assert tree_cpu_seconds(os.getpid()) - before >= 0.3
 
 
+@pytest.mark.processes
 def test_a_live_child_counts_for_its_parent() -> None:
     child = subprocess.Popen([sys.executable, "-c", BURN + "input()\n"],
                              stdin=subprocess.PIPE, text=True)

@@ -98,6 +98,7 @@ def test_the_auth_never_shows_the_secret_key() -> None:
     assert "sk_test_secret" not in repr(DurapayAuth("pk_test_x", "sk_test_secret"))
 
 
+@pytest.mark.processes
 def test_client_imports_no_server_package() -> None:
     """Every module of `client/` imports with the server's packages made unimportable."""
     script = textwrap.dedent(f"""

@@ -123,6 +123,7 @@ def test_production_has_no_codec_listener(tmp_path: Path) -> None:
         create_codec_app(settings)
 
 
+@pytest.mark.processes
 async def test_merchant_api_has_no_codec_route(tmp_path: Path) -> None:
     app = create_app(settings_for(tmp_path, database_url="postgresql://u:p@db/x"))
     assert "/payment-intents" in app.openapi()["paths"]

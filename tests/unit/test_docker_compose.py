@@ -176,11 +176,13 @@ def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
          str(path)], capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.processes
 def test_the_file_follows_the_compose_specification() -> None:
     result = check_compose_schema(COMPOSE_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.processes
 def test_the_schema_check_catches_a_misspelt_key(tmp_path: Path) -> None:
     broken = tmp_path / "compose.yml"
     broken.write_text(RAW.replace("stop_grace_period: 30s", "stop_grace_periods: 30s", 1))
@@ -751,6 +753,7 @@ def http(method: str, url: str, headers: Mapping[str, str] | None = None) -> tup
         return error.code, error.read().decode()
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed here")
 def test_the_proxy_passes_requests_unchanged_and_guards_the_codec(tmp_path: Path) -> None:
     upstream = EchoHandler()

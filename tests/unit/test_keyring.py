@@ -228,6 +228,7 @@ def test_a_running_ring_stops_decrypting_with_a_dropped_key_within_the_bound(
     assert not running.maybe_refresh()  # nothing changed since: no reload
 
 
+@pytest.mark.processes
 def test_a_dropped_key_stops_decrypting_in_a_process_that_runs_on(tmp_path: Path) -> None:
     """The same on the real clock, through the settings every process uses."""
     running = _local_settings(tmp_path)

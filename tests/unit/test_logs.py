@@ -113,6 +113,10 @@ def clean_root() -> Iterator[logging.Logger]:
     handlers, level = list(root.handlers), root.level
     uvicorn = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
                for name in UVICORN_LOGGERS}
+    # An app built earlier in this process (a tests/api test in the same xdist worker) left
+    # warnings captured: configure_logging would then keep the `showwarning` it found, this
+    # test's own recorder from pytest rather than logging's.
+    logging.captureWarnings(False)
     yield root
     logging.captureWarnings(False)  # configure_logging turns it on
     root.handlers[:] = handlers

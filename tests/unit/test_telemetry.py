@@ -93,6 +93,7 @@ def _probe(**env: str) -> dict[str, object]:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+@pytest.mark.processes
 def test_an_endpoint_installs_a_provider_from_the_standard_environment() -> None:
     probe = _probe(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9", OTEL_TRACES_SAMPLER=
                    "always_off", OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
@@ -104,6 +105,7 @@ def test_an_endpoint_installs_a_provider_from_the_standard_environment() -> None
     assert (named["service"], named["sampler"]) == ("payments-eu", "ParentBased")  # the default
 
 
+@pytest.mark.processes
 def test_a_grpc_protocol_is_refused_clearly() -> None:
     probe = _probe(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
                    OTEL_EXPORTER_OTLP_PROTOCOL="grpc")

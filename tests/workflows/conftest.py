@@ -3,10 +3,12 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.testservice.v1 import LockTimeSkippingRequest, UnlockTimeSkippingRequest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -33,3 +35,17 @@ def new_worker(client: Client, *workflows: type,
     """A worker on a fresh task queue, so tests never see each other's tasks."""
     return Worker(client, task_queue=f"tq-{uuid.uuid4()}", workflows=list(workflows),
                   activities=list(activities))
+
+
+@asynccontextmanager
+async def time_skipping(env: WorkflowEnvironment) -> AsyncIterator[None]:
+    """Time skips during the block as it does while a client awaits a workflow's result. The
+    test server skips time only then: not while a client awaits an Update (whose handler may
+    wait out activity retry backoff or a status query's interval) nor the result of a handle
+    from `get_workflow_handle_for`, where the wait would otherwise take real seconds."""
+    test_service = env.client.test_service
+    await test_service.unlock_time_skipping(UnlockTimeSkippingRequest())
+    try:
+        yield
+    finally:
+        await test_service.lock_time_skipping(LockTimeSkippingRequest())

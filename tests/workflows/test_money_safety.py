@@ -15,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.card_network import NetworkAnswer
 from core.domain import CaptureMethod, IntentStatus, NetworkOutcome, transaction_id_for
 from core.errors import ErrorType
-from tests.workflows.conftest import new_worker
+from tests.workflows.conftest import new_worker, time_skipping
 from tests.workflows.fakes import (
     CARD,
     FakeNetwork,
@@ -237,9 +237,12 @@ async def test_an_operation_queued_behind_an_unknown_one_waits_for_it_instead_of
         handle = await start_payment(env, worker.task_queue,
                                      lifecycle=LifecyclePolicy(refund_window_seconds=3600))
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
-        results = await asyncio.gather(
-            handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(500), id="refund:a"),
-            handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(600), id="refund:b"))
+        async with time_skipping(env):  # the status queries' interval
+            results = await asyncio.gather(
+                handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(500),
+                                      id="refund:a"),
+                handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(600),
+                                      id="refund:b"))
         # Either may take the lock first: the first to run is the unknown one.
         first, second = sorted(results, key=lambda r: r.transaction_status != "timeout")
         assert first.transaction_status == "timeout"

@@ -14,7 +14,7 @@ from activities.card_network import NetworkAnswer
 from core import search_attributes
 from core.domain import IntentStatus, NetworkOutcome
 from core.errors import ErrorType
-from tests.workflows.conftest import new_worker
+from tests.workflows.conftest import new_worker, time_skipping
 from tests.workflows.fakes import CARD, FakeNetwork, start_payment
 from workflows.payment_intent import PaymentIntentWorkflow
 
@@ -60,7 +60,8 @@ async def test_network_5xx_retries_with_the_same_reference_then_fails_cleanly(
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue)
-        result = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
+        async with time_skipping(env):  # the retries' backoff
+            result = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
     assert result.transaction_status == "failed"
     assert network.outcomes[-1].failure_code == "processing_error"
     assert len(network.calls) == 4
