@@ -186,25 +186,6 @@ class WebhookActivities:
         return outcome
 
     @activity.defn
-    async def deliver_webhook(self, attempt: AttemptInput) -> AttemptOutcome:
-        """Send and record in one activity: only for deliveries whose run began before the two
-        were split (`workflows/webhook_delivery.py`, patch `SEND_THEN_RECORD`).
-
-        A record that fails after the send is not raised, since a retry of this activity would
-        send again at once: the attempt counts as failed and the delivery's backoff sends next.
-        """
-        sent = await self.send_webhook(attempt)
-        if sent.closed is not None:
-            return AttemptOutcome(sent.closed)
-        try:
-            return await self.record_webhook_attempt(sent)
-        except Exception as error:  # any failure: sending again at once would be worse
-            log.warning("webhook delivery %s: attempt %d was sent but not recorded (%s); "
-                        "the next attempt follows the backoff", attempt.delivery_id,
-                        attempt.attempt_number, type(error).__name__)
-            return AttemptOutcome(AttemptResult.RETRY)
-
-    @activity.defn
     async def fail_webhook_delivery(self, failed: FailInput) -> None:
         """Past the horizon: the delivery failed; an endpoint failing everything since is disabled.
 

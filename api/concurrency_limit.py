@@ -23,12 +23,16 @@ answers today. So the limit follows the latency it observes, as a gradient limit
 - The limit stays between `min_limit` and `max_limit`; `min_limit == max_limit` is a fixed
   bound. It starts at `INITIAL_LIMIT` (within those bounds).
 
-A refused client is told when to come back (`retry_after_seconds`): the ratio of the requests
-refused to those admitted over the last one to two seconds, between 1 and
-`MAX_RETRY_AFTER_SECONDS`. Clients that retry as told make that ratio about P / (R x A) for P
-waiting clients, R the Retry-After and A the admissions a second, so R settles near
-sqrt(P / A): a burst's refused clients come back spread out instead of all every second, and
-refusals cost the process a fraction of what a retry storm would.
+A refused client is told when to come back (`retry_after_seconds`): it is given the next free
+turn at the rate this process admits requests, so the clients refused in a burst come back
+spread out, each about when its turn to be served comes, instead of all together (waves that
+leave the process idle in between) or all every second (a retry storm whose refusals take the
+process's CPU). The turns are `1 / A` apart for A admissions a second over the last
+`RATE_WINDOWS` seconds. Past `MAX_RETRY_AFTER_SECONDS` no turn is given (a client would not
+wait that long): the overflow is spread over that many seconds, one second after the other.
+Refused
+again (a newcomer took its turn's capacity), a client simply gets a later turn. Once nothing
+is refused, the next free turn falls in the past and Retry-After is back to 1.
 
 The median is robust to the few answers that are slow for their own reasons (a card network
 that holds one authorization, a charge that waits out its unknown outcome). Only answers that
@@ -39,6 +43,7 @@ idempotent replay, not an error).
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from statistics import median
 
@@ -51,8 +56,9 @@ CALM_DRIFT_SECONDS = 60.0
 SMALLEST_DECREASE = 0.9
 LARGEST_DECREASE = 0.5
 NEARLY_REACHED = 0.75  # share of the limit in flight that counts as the limit being reached
-MAX_RETRY_AFTER_SECONDS = 10
+MAX_RETRY_AFTER_SECONDS = 30
 RATE_WINDOW_SECONDS = 1.0
+RATE_WINDOWS = 3  # the admission rate that spaces refused clients' turns: over this many
 
 
 @dataclass
@@ -74,10 +80,12 @@ class AdaptiveConcurrencyLimit:
     _slowdowns: list[float] = field(init=False, default_factory=list)
     _window_started_at: float | None = field(init=False, default=None)
     _peak_in_flight: int = field(init=False, default=0)
-    # Admissions and refusals in this rate window and the one before it.
-    _admitted: list[int] = field(init=False, default_factory=lambda: [0, 0])
-    _refused: list[int] = field(init=False, default_factory=lambda: [0, 0])
+    # Admissions in each of the last RATE_WINDOWS rate windows, and in the one now open.
+    _windows: deque[int] = field(init=False, default_factory=lambda: deque(maxlen=RATE_WINDOWS))
+    _admitted: int = field(init=False, default=0)
     _rate_window_started_at: float | None = field(init=False, default=None)
+    _next_turn: float = field(init=False, default=-math.inf)  # the next free turn (monotonic)
+    _overflow: int = field(init=False, default=0)  # the last Retry-After given past every turn
 
     def __post_init__(self) -> None:
         if self.max_limit < 1:
@@ -97,26 +105,40 @@ class AdaptiveConcurrencyLimit:
         self._roll_rate_window(now)
         if self.in_flight >= self.current_limit:
             self.refused += 1
-            self._refused[1] += 1
             return None
-        self._admitted[1] += 1
+        self._admitted += 1
         admitted_with = self.in_flight
         self.in_flight += 1
         self._peak_in_flight = max(self._peak_in_flight, self.in_flight)
         return admitted_with
 
-    def retry_after_seconds(self) -> int:
-        """Whole seconds a request refused now should wait before it is sent again."""
-        ratio = sum(self._refused) / max(1, sum(self._admitted))
-        return max(1, min(MAX_RETRY_AFTER_SECONDS, math.ceil(ratio)))
+    def retry_after_seconds(self, now: float) -> int:
+        """Whole seconds a request refused at `now` should wait before it is sent again: its
+        turn, the next free one (module docstring). Call it once per refusal: it takes that
+        turn."""
+        self._roll_rate_window(now)
+        done = list(self._windows)
+        rate = max(1.0, sum(done) / (len(done) * RATE_WINDOW_SECONDS)) if done else 1.0
+        turn = max(now + 1 / rate, self._next_turn)
+        if turn - now > MAX_RETRY_AFTER_SECONDS + 1e-9:
+            # Every turn up to the bound is taken: spread the overflow over the bound's seconds
+            # instead of sending it all back at the bound together.
+            self._overflow = self._overflow % MAX_RETRY_AFTER_SECONDS + 1
+            return self._overflow
+        self._next_turn = turn + 1 / rate
+        # (less a rounding error of the sum of turns, which must not cost a second)
+        return max(1, math.ceil(turn - now - 1e-9))
 
     def _roll_rate_window(self, now: float) -> None:
         started = self._rate_window_started_at
         if started is not None and now - started < RATE_WINDOW_SECONDS:
             return
-        recent = started is not None and now - started < 2 * RATE_WINDOW_SECONDS
-        self._admitted = [self._admitted[1] if recent else 0, 0]
-        self._refused = [self._refused[1] if recent else 0, 0]
+        if started is not None:
+            self._windows.append(self._admitted)
+            # Windows in which no request came admitted none.
+            quiet = int((now - started) // RATE_WINDOW_SECONDS) - 1
+            self._windows.extend([0] * min(max(0, quiet), RATE_WINDOWS))
+        self._admitted = 0
         self._rate_window_started_at = now
 
     def release(self) -> None:

@@ -47,11 +47,12 @@ class InFlightLimitMiddleware:
         if scope["type"] != "http" or scope["path"] in NEVER_REFUSED:
             await self.app(scope, receive, send)
             return
-        admitted_with = self.limit.try_admit(time.monotonic())
+        now = time.monotonic()
+        admitted_with = self.limit.try_admit(now)
         if admitted_with is None:
             ADMISSION_REFUSALS.inc()
             await _refuse(scope, receive, send,
-                          retry_after_seconds=self.limit.retry_after_seconds())
+                          retry_after_seconds=self.limit.retry_after_seconds(now))
             return
         status = 0
 

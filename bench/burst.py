@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.serve import KEEP_ALIVE_SECONDS
 from bench.burst_report import (
@@ -110,6 +111,7 @@ class BurstRun:
     accepted_statuses: Counter[str]  # of the intents whose charge was accepted
     refusal_kinds: Counter[str]
     loop_lag: list[tuple[float, float]]  # the load generator's (seconds since start, lag)
+    api_loop_lag: list[LoopLagBuckets]  # the API's, scraped at the start and each phase's end
 
 
 class CarefulClient:
@@ -231,8 +233,46 @@ class LoopLag:
             self.samples.append((now - self.started, now - asked - self.TICK_SECONDS))
 
 
+LoopLagBuckets = dict[float, float]  # the API's lag histogram: upper bound → cumulative count
+
+
+async def api_loop_lag(stack: RunningStack) -> LoopLagBuckets:
+    """The API process's `durapay_event_loop_lag_seconds` buckets as they stand."""
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10, headers={
+            "Authorization": f"Bearer {stack.admin_token}"}) as http:
+        response = await http.get("/metrics")
+    response.raise_for_status()
+    return {float(sample.labels["le"]): sample.value
+            for family in text_string_to_metric_families(response.text)
+            if family.name == "durapay_event_loop_lag_seconds"
+            for sample in family.samples if sample.name.endswith("_bucket")}
+
+
+def lag_bound(before: LoopLagBuckets, after: LoopLagBuckets,
+              share: float = 0.99) -> tuple[float, int]:
+    """The smallest bucket bound holding `share` of the samples taken between the two scrapes,
+    and how many there were."""
+    deltas = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = deltas[-1][1] if deltas else 0.0
+    for bound, count in deltas:
+        if count >= share * total:
+            return bound, int(total)
+    return math.inf, int(total)
+
+
+async def scrape_at_phase_ends(stack: RunningStack, started: float,
+                               phases: Sequence[Phase]) -> list[LoopLagBuckets]:
+    """The API's loop-lag buckets at the start and at the end of every phase."""
+    snapshots = [await api_loop_lag(stack)]
+    for start, phase in zip(phase_starts(phases), phases, strict=True):
+        await asyncio.sleep(max(0.0, started + start + phase.seconds - time.monotonic()))
+        snapshots.append(await api_loop_lag(stack))
+    return snapshots
+
+
 async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
-        list[Arrival], float, Counter[str], list[tuple[float, float]]]:
+        list[Arrival], float, Counter[str], list[tuple[float, float]],
+        list[LoopLagBuckets]]:
     """Every arrival of the schedule, each sent when due; returns them once all ended, with
     the latest any was sent after it was due (the load generator's own lag) and the kinds of
     refusal answered."""
@@ -245,6 +285,7 @@ async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
         started = time.monotonic()
         loop_lag = LoopLag(started)
         watcher = asyncio.create_task(loop_lag.watch())
+        api_lag = asyncio.create_task(scrape_at_phase_ends(stack, started, phases))
         clients = [CarefulClient(await exits.enter_async_context(DurapayClient(
             stack.api_url, merchant["publicKey"], merchant["secretKey"],
             timeout=2 * CLIENT_TIMEOUT_SECONDS, transport=httpx.AsyncHTTPTransport(
@@ -262,7 +303,9 @@ async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
             tasks.append(asyncio.create_task(client.arrive(arrival, f"burst-{run}-{index}")))
         await asyncio.gather(*tasks)
         watcher.cancel()
-    return arrivals, lag, sum((c.refusal_kinds for c in clients), Counter()), loop_lag.samples
+        api_lag_snapshots = await api_lag
+    return (arrivals, lag, sum((c.refusal_kinds for c in clients), Counter()), loop_lag.samples,
+            api_lag_snapshots)
 
 
 async def settle_and_audit(stack: RunningStack, accepted: Sequence[str]) -> tuple[
@@ -292,11 +335,11 @@ async def run_burst(stack: RunningStack, capacity: Measurement,
                     options: BurstOptions) -> BurstRun:
     phases = options.phases(capacity.per_second)
     print(f"\nburst: {describe(phases)}; open loop, evenly spaced arrivals", flush=True)
-    arrivals, lag, refusal_kinds, loop_lag = await send_arrivals(stack, phases)
+    arrivals, lag, refusal_kinds, loop_lag, api_lag = await send_arrivals(stack, phases)
     accepted = [a.intent_id for a in arrivals if a.accepted and a.intent_id]
     settle, audit, statuses = await settle_and_audit(stack, accepted)
     return BurstRun(capacity, phases, arrivals, lag, settle, audit, statuses, refusal_kinds,
-                    loop_lag)
+                    loop_lag, api_lag)
 
 
 def describe(phases: Sequence[Phase]) -> str:
@@ -329,6 +372,12 @@ def print_burst(run: BurstRun) -> None:
         lags = [lag for at, lag in run.loop_lag if phase_at(at, run.phases) == index]
         print(f"    load generator's loop lag  {p50_p99(lags)}, max "
               f"{max(lags, default=0.0) * 1000:.0f} ms   (in every latency above)")
+        if len(run.api_loop_lag) > index + 1:
+            before, after = run.api_loop_lag[index], run.api_loop_lag[index + 1]
+            p99, samples = lag_bound(before, after)
+            most, _ = lag_bound(before, after, share=1.0)
+            print(f"    API process's loop lag     p99 ≤ {p99 * 1000:g} ms, max ≤ "
+                  f"{most * 1000:g} ms   ({samples} samples of durapay_event_loop_lag_seconds)")
     print("  back to calm after the burst's end: "
           + ("not within the after phase" if recovery is None else f"{recovery:.1f} s")
           + f"   ({RECOVERY_WINDOW_SECONDS:g} s windows by when the accepted charge was sent; "

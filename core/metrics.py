@@ -95,6 +95,18 @@ REQUESTS_IN_FLIGHT = Gauge(
     "probes and /metrics not counted).", registry=API_REGISTRY)
 
 
+# ---- Every process: its event loop (core/loop_lag.py) ------------------------------------------
+# How much later than asked a short sleep ends: the wait every coroutine of the process has on
+# top of its own work (CPU taken by other processes, a blocking call, a long callback).
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LOOP_LAG_HELP = ("How much later than asked this process's event loop ran a timer, sampled "
+                  "every 100 ms: a wait added to every request or task it handles.")
+API_LOOP_LAG = Histogram("durapay_event_loop_lag_seconds", _LOOP_LAG_HELP,
+                         buckets=LOOP_LAG_BUCKETS, registry=API_REGISTRY)
+WORKER_LOOP_LAG = Histogram("durapay_event_loop_lag_seconds", _LOOP_LAG_HELP,
+                            buckets=LOOP_LAG_BUCKETS, registry=WORKER_REGISTRY)
+
+
 # ---- Workers: business facts ----------------------------------------------------------------
 CHARGE_OUTCOMES = ("succeeded", "requires_capture", "declined", "failed", "unknown")
 OPERATION_TYPES = (TransactionType.CAPTURE, TransactionType.VOID, TransactionType.REFUND)

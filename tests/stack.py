@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 
+from cli.local_postgres import postgres_bin_dir
 from core.codec import data_converter
 from core.keyring import KeyRing
 from core.settings import Settings
@@ -148,6 +149,18 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
     process.wait()
+
+
+def wait_until_postgres_accepts(server: subprocess.Popen[bytes], port: int) -> None:
+    """Until the server takes connections. A listening port is not enough: while it starts
+    (or replays its WAL) Postgres answers every connection "the database system is starting
+    up", which a test expecting a password error would take for the wrong answer. pg_isready
+    tells "accepting" apart from "rejecting" without authenticating."""
+    deadline = time.monotonic() + 60
+    while subprocess.run([str(postgres_bin_dir() / "pg_isready"), "-q", "-h", "127.0.0.1",
+                          "-p", str(port), "-t", "2"], check=False).returncode != 0:
+        assert server.poll() is None and time.monotonic() < deadline, "postgres did not start"
+        time.sleep(0.1)
 
 
 def process_alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ Run several of these for horizontal scale; they share the task queue.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -27,6 +28,8 @@ from core.crypto import Cipher, VaultCipher
 from core.db.session import create_engine, session_factory
 from core.keyring import Purpose
 from core.logs import configure_logging
+from core.loop_lag import watch_loop_lag
+from core.metrics import WORKER_LOOP_LAG
 from core.settings import get_settings
 from core.telemetry import instrument_httpx, setup_tracing
 from core.temporal_client import connect_temporal
@@ -90,7 +93,6 @@ async def run_worker() -> None:
                 network.query_charge_status,
                 webhooks.send_webhook,
                 webhooks.record_webhook_attempt,
-                webhooks.deliver_webhook,  # deliveries begun before send/record were split
                 webhooks.fail_webhook_delivery,
                 reaper.find_stranded_deliveries,
                 reconciliation.reconcile_window,
@@ -122,11 +124,16 @@ async def run_worker() -> None:
         # Every worker destroys the card vault's expired epoch keys: no single process, nor
         # Temporal, has to be up for card numbers to be deleted on time.
         destroyer = asyncio.create_task(destroy_expired_periodically(settings.vault_epoch_keys()))
+        lag_watcher = asyncio.create_task(watch_loop_lag(WORKER_LOOP_LAG))
         log.info("worker polling task queue %s", settings.task_queue)
+        # As in the API (api/main.py): what start-up built lives as long as the process, and
+        # frozen it is left out of the collector's full passes, which pause every task.
+        gc.freeze()
         async with worker:
             if settings.worker_ready_file:  # tells a supervisor this worker is polling
                 settings.worker_ready_file.write_text(str(os.getpid()))
             await stop.wait()
+        lag_watcher.cancel()
         destroyer.cancel()
         await health.close()
     await engine.dispose()

@@ -19,9 +19,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from core.webhooks import WebhookSchedule
 
-# Sending and recording an attempt are two activities since this patch; runs that began before
-# it keep the single `deliver_webhook` to their end.
-SEND_THEN_RECORD = "webhook-send-then-record-2026-11"
 # Every retry here is bounded: the delivery's own backoff is the only thing that sends again
 # for long. HTTP failures never raise (they come back as an answer); a send raises only when
 # it could not start (the database is down) or its worker died mid-request, so three tries
@@ -36,7 +33,7 @@ RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeffi
 # before the run fails, visibly, in the Web UI.
 CLOSE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                           maximum_interval=timedelta(seconds=60), maximum_attempts=60)
-# 10 s for the merchant's answer plus DNS and a short DB read (the old `deliver_webhook`: two).
+# 10 s for the merchant's answer plus DNS and a short DB read.
 ATTEMPT_TIMEOUT = timedelta(seconds=60)
 RECORD_TIMEOUT = timedelta(seconds=30)
 
@@ -82,10 +79,6 @@ class WebhookDeliveryWorkflow:
         """Send one attempt, then record it. One that could not be sent or recorded is a failed
         attempt: the backoff sends next, never a loop of activity retries."""
         try:
-            if not workflow.patched(SEND_THEN_RECORD):
-                return await workflow.execute_activity_method(
-                    WebhookActivities.deliver_webhook, attempt,
-                    start_to_close_timeout=ATTEMPT_TIMEOUT, retry_policy=SEND_RETRY)
             sent = await workflow.execute_activity_method(
                 WebhookActivities.send_webhook, attempt,
                 start_to_close_timeout=ATTEMPT_TIMEOUT, retry_policy=SEND_RETRY)

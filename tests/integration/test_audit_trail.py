@@ -227,12 +227,18 @@ def _assert_broken_at(stack: RunningStack, trail: Trail, verdict: str) -> None:
 async def test_verify_catches_an_edited_event(stack: RunningStack, db: asyncpg.Connection,
                                               trail: Trail) -> None:
     _assert_verified(stack, trail)
-    async with _tampering(db, trail.merchant_id):
-        await db.execute("UPDATE event SET data = jsonb_set(data, '{amountReceived}', '1') "
-                         "WHERE id = $1", trail.charged_events[2])
-        _assert_broken_at(stack, trail, f"{trail.charged} position 3 "
-                          f"{trail.charged_events[2]}: its contents do not match its hash")
+    await _assert_edit_caught(stack, db, trail, 2)
     _assert_verified(stack, trail)
+
+
+async def _assert_edit_caught(stack: RunningStack, db: asyncpg.Connection, trail: Trail,
+                              index: int) -> None:
+    """The charged payment's event at `index` edited (its amount received), then put back."""
+    async with _tampering(db, trail.merchant_id):
+        await db.execute("UPDATE event SET data = jsonb_set(data, '{amountReceived}', '7') "
+                         "WHERE id = $1", trail.charged_events[index])
+        _assert_broken_at(stack, trail, f"{trail.charged} position {index + 1} "
+                          f"{trail.charged_events[index]}: its contents do not match its hash")
 
 
 async def test_verify_catches_a_deleted_event(stack: RunningStack, db: asyncpg.Connection,
@@ -282,11 +288,7 @@ async def test_events_written_while_checkpoints_were_stopped_are_chained_and_the
     assert (await schedule.describe()).schedule.state.paused
     written = await new_trail(stack)
     _assert_verified(stack, written)
-    async with _tampering(db, written.merchant_id):
-        await db.execute("UPDATE event SET data = jsonb_set(data, '{amountReceived}', '7') "
-                         "WHERE id = $1", written.charged_events[1])
-        _assert_broken_at(stack, written, f"{written.charged} position 2 "
-                          f"{written.charged_events[1]}: its contents do not match its hash")
+    await _assert_edit_caught(stack, db, written, 1)
     position = await _checkpointed(temporal, db, written)
     async with _tampering(db, written.merchant_id):
         await db.execute("DELETE FROM event WHERE id = $1", written.charged_events[2])

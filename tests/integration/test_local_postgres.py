@@ -7,7 +7,6 @@ import os
 import pwd
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,13 @@ import pytest
 
 from cli.local_postgres import postgres_argv, postgres_bin_dir, postgres_data_dir, run_as
 from core.secret_files import POSTGRES_SYSTEM_USER
-from tests.stack import RunningStack, free_port, private_dir, stop_process
+from tests.stack import (
+    RunningStack,
+    free_port,
+    private_dir,
+    stop_process,
+    wait_until_postgres_accepts,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -31,22 +36,10 @@ def running(data: Path, password_file: Path) -> Iterator[int]:
                               stdin=subprocess.DEVNULL, start_new_session=True,
                               **run_as(data))
     try:
-        _wait_until_accepting(server, port)
+        wait_until_postgres_accepts(server, port)
         yield port
     finally:
         stop_process(server)
-
-
-def _wait_until_accepting(server: subprocess.Popen[bytes], port: int) -> None:
-    """Until the server takes connections. A listening port is not enough: while it starts
-    (or replays its WAL) Postgres answers every connection "the database system is starting
-    up", which a test expecting a password error would take for the wrong answer. pg_isready
-    tells "accepting" apart from "rejecting" without authenticating."""
-    deadline = time.monotonic() + 60
-    while subprocess.run([str(postgres_bin_dir() / "pg_isready"), "-q", "-h", "127.0.0.1",
-                          "-p", str(port), "-t", "2"], check=False).returncode != 0:
-        assert server.poll() is None and time.monotonic() < deadline, "postgres did not start"
-        time.sleep(0.1)
 
 
 async def _connect(port: int, password: str | None) -> asyncpg.Connection:
@@ -95,7 +88,7 @@ async def test_trust_cluster_from_before_is_upgraded_with_its_data() -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         **run_as(data))
     try:
-        _wait_until_accepting(server, port)
+        wait_until_postgres_accepts(server, port)
         connection = await _connect(port, None)  # trust: no password asked
         await connection.execute("CREATE TABLE kept (note text); "
                                  "INSERT INTO kept VALUES ('from before')")

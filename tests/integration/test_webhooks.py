@@ -28,7 +28,6 @@ from temporalio.worker import Worker
 
 from activities.webhooks import (
     AttemptInput,
-    AttemptOutcome,
     AttemptResult,
     WebhookActivities,
     new_http_client,
@@ -462,7 +461,7 @@ async def _skipping_worker(wh_stack: RunningStack) -> AsyncIterator[tuple[Workfl
         queue = f"tq-{uuid.uuid4()}"
         async with Worker(env.client, task_queue=queue, workflows=[WebhookDeliveryWorkflow],
                           activities=[webhooks.send_webhook, webhooks.record_webhook_attempt,
-                                      webhooks.deliver_webhook, webhooks.fail_webhook_delivery]):
+                                      webhooks.fail_webhook_delivery]):
             yield env, queue
 
 
@@ -537,25 +536,6 @@ async def test_a_hostile_answer_keeps_the_delivery_on_its_schedule(
     assert [a["attemptNumber"] for a in final["attempts"]] == list(range(1, posts + 1))
     assert {(a["statusCode"], a["responseBody"]) for a in final["attempts"]} == \
         {(answer.status, stored_body)}
-
-
-async def test_the_single_activity_of_older_runs_records_a_hostile_answer_once(
-        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
-        wh_db: asyncpg.Pool) -> None:
-    """`deliver_webhook` (send and record in one, kept for deliveries begun before the split)
-    stores the cleaned answer and returns; it never raises after its POST."""
-    path = _path()
-    receiver.script(path, Answer(503, headers={"Retry-After": "\u00b2"}, body=b"x\x00y"))
-    endpoint = await _endpoint(shop, receiver.url(path), QUIET)
-    delivery_id = await _planted_delivery(shop, wh_db, endpoint["id"])
-    async with _webhook_activities(wh_stack) as webhooks:
-        outcome = await ActivityEnvironment().run(webhooks.deliver_webhook,
-                                                  AttemptInput(delivery_id, 1))
-    assert outcome == AttemptOutcome(AttemptResult.RETRY, None)
-    assert len(receiver.at(path)) == 1
-    stored = await wh_db.fetch("SELECT status_code, response_body FROM webhook_delivery_attempt "
-                               "WHERE delivery_id = $1", delivery_id)
-    assert [(r["status_code"], r["response_body"]) for r in stored] == [(503, "xy")]
 
 
 async def test_a_port_the_operator_no_longer_allows_is_refused_at_delivery(

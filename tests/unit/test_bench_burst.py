@@ -10,7 +10,13 @@ import time
 import httpx
 import pytest
 
-from bench.burst import RETRY_AFTER_WHEN_UNNAMED, CarefulClient, refusal_kind, retry_after
+from bench.burst import (
+    RETRY_AFTER_WHEN_UNNAMED,
+    CarefulClient,
+    lag_bound,
+    refusal_kind,
+    retry_after,
+)
 from bench.burst_report import (
     CONNECTION_ERROR,
     TIMEOUT,
@@ -22,9 +28,9 @@ from bench.burst_report import (
     percentile,
     phase_at,
     recovery_seconds,
+    served_window_p50s,
     summarize,
     verdicts,
-    served_window_p50s,
     window_p50s,
 )
 from client import DurapayClient
@@ -247,3 +253,14 @@ async def test_a_decline_or_a_bad_request_is_final_not_retried() -> None:
 
     assert [a.answer for a in arrival.attempts] == ["201", "402"]
     assert arrival.outcome == "charge 402" and not arrival.accepted
+
+
+def test_the_api_lag_p99_is_the_bucket_holding_99_percent_of_the_samples_between_scrapes() -> None:
+    before = {0.01: 90.0, 0.1: 100.0, 1.0: 100.0, math.inf: 100.0}
+    # 200 new samples: 150 ≤ 10 ms, 48 more ≤ 100 ms, 2 more ≤ 1 s.
+    after = {0.01: 240.0, 0.1: 288.0, 1.0: 300.0, math.inf: 300.0}
+    assert lag_bound(before, after) == (1.0, 200)
+    after[0.1] = 299.0  # only one above 100 ms: 99.5 % within it
+    assert lag_bound(before, after) == (0.1, 200)
+    assert lag_bound(before, after, share=1.0) == (1.0, 200)
+    assert lag_bound({}, {}) == (math.inf, 0)

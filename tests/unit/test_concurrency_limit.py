@@ -186,22 +186,73 @@ def test_a_tolerance_that_calls_calm_an_overload_is_refused(tolerance: float) ->
         AdaptiveConcurrencyLimit(min_limit=4, max_limit=256, tolerance=tolerance)
 
 
-def test_retry_after_grows_with_the_refusals_per_admission_and_is_bounded() -> None:
-    limit, clock = AdaptiveConcurrencyLimit(min_limit=4, max_limit=4), Clock()
-    assert limit.retry_after_seconds() == 1
-    for _ in range(4):
+def _admitting(rate: int, seconds: int) -> tuple[AdaptiveConcurrencyLimit, Clock]:
+    """A limit of `rate` in flight that admitted `rate` requests a second for `seconds`
+    seconds, each answered within its second; the clock at the start of the next second."""
+    limit, clock = AdaptiveConcurrencyLimit(min_limit=rate, max_limit=rate), Clock()
+    for _ in range(seconds):
+        for _ in range(rate):
+            assert limit.try_admit(clock.now) is not None
+        for _ in range(rate):
+            limit.release()
+        clock.now += 1.0
+    for _ in range(rate):  # the next second's capacity, taken
         assert limit.try_admit(clock.now) is not None
-    for _ in range(11):  # 11 refused for 4 admitted: come back in 3 s
+    return limit, clock
+
+
+def test_refused_requests_are_given_turns_at_the_admission_rate() -> None:
+    limit, clock = _admitting(rate=10, seconds=3)
+    waits = []
+    for _ in range(35):
         assert limit.try_admit(clock.now) is None
-    assert limit.retry_after_seconds() == 3
-    for _ in range(100):
-        limit.try_admit(clock.now)
-    assert limit.retry_after_seconds() == MAX_RETRY_AFTER_SECONDS
-    clock.now += 1.5  # the window before still counts
-    limit.try_admit(clock.now)
-    assert limit.retry_after_seconds() == MAX_RETRY_AFTER_SECONDS
-    clock.now += 2.5  # both windows past: calm again
-    for _ in range(4):
-        limit.release()
-    assert limit.try_admit(clock.now) is not None
-    assert limit.retry_after_seconds() == 1
+        waits.append(limit.retry_after_seconds(clock.now))
+    # Ten turns a second: the first ten refused come back in 1 s, the next ten in 2 s, ...
+    assert waits == [1] * 10 + [2] * 10 + [3] * 10 + [4] * 5
+
+
+def test_past_the_bound_refusals_are_spread_over_it_not_sent_back_together() -> None:
+    limit, clock = _admitting(rate=1, seconds=3)
+    waits = [limit.retry_after_seconds(clock.now) for _ in range(MAX_RETRY_AFTER_SECONDS + 5)]
+    assert waits[:MAX_RETRY_AFTER_SECONDS] == list(range(1, MAX_RETRY_AFTER_SECONDS + 1))
+    assert waits[MAX_RETRY_AFTER_SECONDS:] == [1, 2, 3, 4, 5]
+    assert max(waits) == MAX_RETRY_AFTER_SECONDS
+
+
+def test_once_nothing_is_refused_the_turns_run_out_and_retry_after_is_1() -> None:
+    limit, clock = _admitting(rate=10, seconds=3)
+    assert [limit.retry_after_seconds(clock.now) for _ in range(50)][-1] == 5
+    clock.now += 6.0
+    assert limit.retry_after_seconds(clock.now) == 1
+
+
+def test_a_burst_is_served_at_capacity_with_about_one_refusal_per_client() -> None:
+    """Open-loop arrivals at 3x what the process admits for 20 s, then 0.4x; every refused
+    client comes back after the Retry-After it was given until admitted (each admitted request
+    is answered within its second). The backlog is served at full capacity, and it costs about
+    one refusal per client, not a retry storm."""
+    capacity = 20
+    limit, clock = AdaptiveConcurrencyLimit(min_limit=capacity, max_limit=capacity), Clock()
+    due: list[float] = []  # when each waiting client sends its request (again)
+    admitted_per_second, refusals, arrivals = [], 0, 0
+    for second in range(150):
+        rate = 3 * capacity if 15 <= second < 35 else (0.4 * capacity if second < 55 else 0)
+        arrivals += int(rate)
+        due += [second + (n + 0.5) / rate for n in range(int(rate))]
+        now_due = sorted(t for t in due if t < second + 1)
+        due = [t for t in due if t >= second + 1]
+        admitted = 0
+        for at in now_due:
+            clock.now = at
+            if limit.try_admit(at) is None:
+                refusals += 1
+                due.append(at + limit.retry_after_seconds(at))
+            else:
+                admitted += 1
+        for _ in range(limit.in_flight):
+            limit.release()
+        admitted_per_second.append(admitted)
+    assert not due and sum(admitted_per_second) == arrivals  # everyone served
+    backlog = range(15, 75)  # while clients were waiting
+    assert sum(admitted_per_second[s] for s in backlog) >= 0.9 * capacity * len(backlog)
+    assert refusals <= 1.5 * arrivals

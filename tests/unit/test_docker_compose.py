@@ -39,7 +39,7 @@ from cli.local_postgres import postgres_argv, postgres_bin_dir, postgres_data_di
 from core import search_attributes
 from core.settings import Settings
 from core.temporal_client import temporal_connect_options
-from tests.stack import free_port, private_dir, stop_process
+from tests.stack import free_port, private_dir, stop_process, wait_until_postgres_accepts
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.temporal.yml"
@@ -845,10 +845,7 @@ async def test_postgres_init_gives_each_tenant_its_own_databases() -> None:
                                      password=passwords[user], database=database, timeout=10)
 
     try:
-        deadline = time.monotonic() + 60
-        while not listening(port):
-            assert server.poll() is None and time.monotonic() < deadline, "postgres did not start"
-            time.sleep(0.1)
+        wait_until_postgres_accepts(server, port)
         passwords["postgres"] = password_file.read_text().strip()
         env = {**os.environ, "PATH": f"{postgres_bin_dir()}:{os.environ['PATH']}",
                "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGPASSWORD": passwords["postgres"],

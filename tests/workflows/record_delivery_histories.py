@@ -1,6 +1,6 @@
 """Record WebhookDeliveryWorkflow histories for tests/workflows/test_webhook_delivery_replay.py.
 
-    .venv/bin/python -m tests.workflows.record_delivery_histories send_then_record
+    .venv/bin/python -m tests.workflows.record_delivery_histories <prefix>
 
 Runs each scenario on the time-skipping server with scripted activities and writes
 `histories/delivery/<prefix>_<scenario>.json`. Record a new set before a change to the
@@ -28,6 +28,7 @@ from activities.webhooks import (
     FailInput,
     SentAttempt,
 )
+from cli.shutdown import exit_without_finalizing
 from core.webhooks import WebhookSchedule
 from tests.workflows.conftest import TEST_SERVER, new_worker
 from workflows.webhook_delivery import WebhookDeliveryInput, WebhookDeliveryWorkflow
@@ -69,16 +70,11 @@ def scripted_activities(outcomes: list[AttemptOutcome | None]) -> list[Callable[
     async def record_webhook_attempt(sent: SentAttempt) -> AttemptOutcome:
         return outcome_of(sent.attempt_number)
 
-    # Before the send/record split (the `baseline_*` set) one activity did both.
-    @activity.defn(name="deliver_webhook")
-    async def deliver_webhook(attempt: AttemptInput) -> AttemptOutcome:
-        return outcome_of(attempt.attempt_number)
-
     @activity.defn(name="fail_webhook_delivery")
     async def fail_webhook_delivery(failed: FailInput) -> None:
         return None
 
-    return [send_webhook, record_webhook_attempt, deliver_webhook, fail_webhook_delivery]
+    return [send_webhook, record_webhook_attempt, fail_webhook_delivery]
 
 
 async def record(prefix: str) -> None:
@@ -100,3 +96,5 @@ async def record(prefix: str) -> None:
 
 if __name__ == "__main__":
     asyncio.run(record(sys.argv[1] if len(sys.argv) > 1 else "baseline"))
+    # A process that used a Temporal client can abort while the interpreter finalizes.
+    exit_without_finalizing(0)

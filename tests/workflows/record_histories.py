@@ -14,14 +14,14 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.card_network import NetworkAnswer
-from activities.webhooks import AttemptInput, AttemptOutcome, AttemptResult
+from activities.webhooks import AttemptOutcome, AttemptResult
 from cli.temporal_setup import add_search_attributes
 from core.domain import CaptureMethod, NetworkOutcome
 from core.errors import ErrorType
@@ -34,6 +34,7 @@ from tests.workflows.fakes import (
     start_payment,
     wait_until,
 )
+from tests.workflows.record_delivery_histories import scripted_activities
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import (
     CancelInput,
@@ -172,12 +173,9 @@ async def expiry_void_declined_until_review(env: WorkflowEnvironment) -> Payment
     return handle
 
 
-def delivered_webhooks() -> list[object]:
-    @activity.defn(name="deliver_webhook")
-    async def deliver_webhook(attempt: AttemptInput) -> AttemptOutcome:
-        return AttemptOutcome(AttemptResult.DELIVERED)
-
-    return [deliver_webhook]
+def delivered_webhooks() -> list[Callable[..., Any]]:
+    """Every attempt of the payment's deliveries (its child workflows) delivered."""
+    return scripted_activities([AttemptOutcome(AttemptResult.DELIVERED)])
 
 
 SCENARIOS: dict[str, Scenario] = {

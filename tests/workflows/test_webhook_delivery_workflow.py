@@ -75,16 +75,11 @@ class FakeReceiver:
         async def record_webhook_attempt(sent: SentAttempt) -> AttemptOutcome:
             return self._record(sent)
 
-        @activity.defn(name="deliver_webhook")
-        async def deliver_webhook(attempt: AttemptInput) -> AttemptOutcome:
-            # What the single activity did before the split: send, then record, in one.
-            return self._record(self._send(attempt))
-
         @activity.defn(name="fail_webhook_delivery")
         async def fail_webhook_delivery(failed: FailInput) -> None:
             self.failed.append((failed.delivery_id, activity.info().current_attempt_scheduled_time))
 
-        return [send_webhook, record_webhook_attempt, deliver_webhook, fail_webhook_delivery]
+        return [send_webhook, record_webhook_attempt, fail_webhook_delivery]
 
     def gaps(self) -> list[float]:
         times = [t for _, t in self.attempts]

@@ -1,0 +1,25 @@
+"""The event loop's lag, for `durapay_event_loop_lag_seconds` in the API and the workers.
+
+A loop that runs late delays everything in its process alike (answers, refusals, activity
+heartbeats) and shows in no single request's own timing: a process starved of CPU by its
+neighbours, a blocking call, or a long callback. Sampled by a timer, so the cost is one wake-up
+per interval whatever the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import Histogram
+
+SAMPLE_INTERVAL_SECONDS = 0.1
+
+
+async def watch_loop_lag(histogram: Histogram,
+                         interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
+    """Observe, until cancelled, how much later than `interval` each sleep of it ended."""
+    loop = asyncio.get_running_loop()
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(interval)
+        histogram.observe(max(0.0, loop.time() - asked - interval))
