@@ -32,9 +32,8 @@ from api.errors import (
     NotFoundError,
     service_unavailable,
 )
-from api.views import load_owned_payment_intent
 from core.crypto import Cipher, VaultCipher
-from core.db.tables import PaymentIntent
+from core.db.intent_operations import IntentSnapshot, read_owned_intent
 from core.keyring import Purpose
 from core.logs import request_context
 from core.settings import Settings
@@ -296,12 +295,12 @@ IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]
 
 
 async def get_owned_payment_intent(id: str, merchant: MerchantDep,
-                                   session: SessionDep) -> PaymentIntent:
-    intent = await load_owned_payment_intent(session, id, merchant.id)
+                                   session: SessionDep) -> IntentSnapshot:
+    intent = await read_owned_intent(await session.connection(), id, merchant.id)
     if intent is None:
         # Another merchant's intent is indistinguishable from a missing one.
         raise NotFoundError("payment_intent", id)
     return intent
 
 
-OwnedPaymentIntentDep = Annotated[PaymentIntent, Depends(get_owned_payment_intent)]
+OwnedPaymentIntentDep = Annotated[IntentSnapshot, Depends(get_owned_payment_intent)]

@@ -47,16 +47,20 @@ from typing import Any
 
 from fastapi import Depends, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import and_, delete, or_, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import AuthenticatedRoute, IdempotencyKeyDep, MerchantDep, SessionDep, StateDep
 from api.errors import ApiError, ConflictError, InvalidRequestError, is_outage
 from api.schemas.base import RequestModel
 from core.db.housekeeping import ABANDONED_AFTER
-from core.db.tables import IdempotencyRecord
+from core.db.idempotency_records import (
+    claim_record,
+    read_record,
+    release_claim,
+    store_response,
+    take_over_record,
+)
 from core.keyring import KeyRing, MasterKey
 
 __all__ = ["ABANDONED_AFTER"]
@@ -104,14 +108,6 @@ def request_fingerprints(ring: KeyRing, endpoint: str, payload: Any) -> list[str
     return [request_fingerprint(key, endpoint, payload) for key in ring.keys]
 
 
-def _expired(now: datetime, retention: timedelta) -> Any:
-    """A record past retention: answered, or a claim also past `ABANDONED_AFTER`; a request
-    still running is never overtaken by a retention shorter than that."""
-    return and_(IdempotencyRecord.created_at < now - retention,
-                or_(IdempotencyRecord.response_status.is_not(None),  # type: ignore[union-attr]
-                    IdempotencyRecord.created_at < now - ABANDONED_AFTER))
-
-
 async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: str,
                 fingerprints: Sequence[str], retention: timedelta,
                 commit: bool = True) -> StoredResponse | None:
@@ -121,28 +117,16 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
     the others under retired keys (matched by a record stored before a rotation).
 
     A record past `retention` is claimed as if it did not exist: its answer and parameters are
-    forgotten. With `commit=False` the claim is left for the handler's first commit: until
-    then a request with the same key waits on its row lock (see `idempotent`)."""
-    now = datetime.now(UTC)
-    fingerprint = fingerprints[0]
-    # One statement, so two requests with an expired key cannot both take it: the second
-    # waits on the first's row lock, then finds the record fresh and no longer expired.
-    claimed = (await session.exec(
-        insert(IdempotencyRecord).values(merchant_id=merchant_id, key=key, endpoint=endpoint,
-                                         request_hash=fingerprint, created_at=now)
-        .on_conflict_do_update(
-            index_elements=[IdempotencyRecord.merchant_id, IdempotencyRecord.key],
-            set_={"endpoint": endpoint, "request_hash": fingerprint, "response_status": None,
-                  "response_body": None, "created_at": now},
-            where=_expired(now, retention))
-        .returning(IdempotencyRecord.key)
-    )).first() is not None
-    if claimed:
+    forgotten (core/db/idempotency_records.py). With `commit=False` the claim is left for the
+    handler's first commit: until then a request with the same key waits on its row lock (see
+    `idempotent`)."""
+    if await claim_record(await session.connection(), merchant_id=merchant_id, key=key,
+                          endpoint=endpoint, request_hash=fingerprints[0],
+                          now=datetime.now(UTC), retention=retention):
         if commit:
             await session.commit()
         return None
-    record = (await session.exec(select(IdempotencyRecord).where(
-        IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key))).one()
+    record = await read_record(await session.connection(), merchant_id=merchant_id, key=key)
     await session.commit()
     if record.endpoint != endpoint or record.request_hash not in fingerprints:
         raise InvalidRequestError(
@@ -154,12 +138,9 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
     if datetime.now(UTC) - record.created_at < ABANDONED_AFTER:
         raise ConflictError("idempotency_key_in_use",
                             "A request with this Idempotency-Key is still being processed.")
-    taken = await session.exec(
-        update(IdempotencyRecord)
-        .where(IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key,
-               IdempotencyRecord.created_at == record.created_at)
-        .values(created_at=datetime.now(UTC)).returning(IdempotencyRecord.key))
-    if taken.first() is None:
+    if not await take_over_record(await session.connection(), merchant_id=merchant_id,
+                                  key=key, claimed_at=record.created_at,
+                                  now=datetime.now(UTC)):
         await session.rollback()
         raise ConflictError("idempotency_key_in_use",
                             "A request with this Idempotency-Key is still being processed.")
@@ -170,22 +151,17 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
 
 async def store(session: AsyncSession, *, merchant_id: str, key: str, status: int,
                 content: bytes) -> None:
-    if not (session.in_transaction() or session.new or session.dirty or session.deleted):
-        # Nothing of the handler's left to commit with it (a charge committed before its
-        # Update): the UPDATE alone is atomic, so it runs without a BEGIN and a COMMIT.
-        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    await session.exec(update(IdempotencyRecord).where(
-        IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key,
-    ).values(response_status=status, response_body={SENT_TEXT: content.decode()}))
+    """Store the answer, committing with it whatever the handler left uncommitted."""
+    await store_response(await _connection_for_one_statement(session), merchant_id=merchant_id,
+                         key=key, status=status, body={SENT_TEXT: content.decode()})
     await session.commit()
 
 
 async def release(session: AsyncSession, *, merchant_id: str, key: str) -> None:
     """Forget a claim whose request failed before doing anything, so a retry can run."""
     await session.rollback()
-    await session.exec(delete(IdempotencyRecord).where(
-        IdempotencyRecord.merchant_id == merchant_id, IdempotencyRecord.key == key,
-        IdempotencyRecord.response_status.is_(None)))  # type: ignore[union-attr]
+    await release_claim(await _connection_for_one_statement(session), merchant_id=merchant_id,
+                        key=key)
     await session.commit()
 
 
@@ -199,6 +175,15 @@ async def _release_if_reachable(session: AsyncSession, *, merchant_id: str, key:
     except Exception as error:
         if not is_outage(error):
             raise
+
+
+async def _connection_for_one_statement(session: AsyncSession) -> AsyncConnection:
+    """The session's connection; in autocommit when nothing of the handler's is left to
+    commit (a charge committed before its Update, or a release after the rollback): the one
+    statement is atomic by itself, so it runs without a BEGIN and a COMMIT."""
+    if session.in_transaction() or session.new or session.dirty or session.deleted:
+        return await session.connection()
+    return await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
 
 class IdempotentRoute(AuthenticatedRoute):

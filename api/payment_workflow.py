@@ -6,6 +6,7 @@ API's."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,11 +34,13 @@ from api.errors import (
     service_unavailable,
 )
 from api.schemas.transactions import TransactionOut
-from api.views import transaction_out
+from api.views import TransactionView, transaction_out
 from core import search_attributes
-from core.db.tables import CardToken, PaymentIntent, Transaction
+from core.db.intent_operations import IntentSnapshot
+from core.db.tables import Transaction
 from core.domain import (
     CaptureMethod,
+    CardSummary,
     RecordedTransaction,
     TransactionStatus,
     TransactionType,
@@ -58,7 +61,7 @@ from workflows.payment_messages import (
 )
 
 
-def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> PaymentIntentInput:
+def payment_workflow_input(intent: IntentSnapshot, settings: Settings) -> PaymentIntentInput:
     return PaymentIntentInput(
         payment_intent_id=intent.id, merchant_id=intent.merchant_id,
         amount_in_cents=intent.amount_in_cents, currency=intent.currency,
@@ -76,7 +79,7 @@ def payment_workflow_input(intent: PaymentIntent, settings: Settings) -> Payment
         webhooks=schedule_from(settings))
 
 
-def payment_workflow_options(intent: PaymentIntent, settings: Settings) -> dict[str, Any]:
+def payment_workflow_options(intent: IntentSnapshot, settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `WithStartWorkflowOperation`."""
     return {
         "id": intent.id,
@@ -112,7 +115,7 @@ def update_id_for(verb: str, idempotency_key: str | None) -> str:
     return f"{verb}:{idempotency_key}" if idempotency_key else f"{verb}:{uuid.uuid4().hex}"
 
 
-async def send_operation(temporal: Client, intent: PaymentIntent, settings: Settings,
+async def send_operation(temporal: Client, intent: IntentSnapshot, settings: Settings,
                          update: Any, request: Any, *, verb: str,
                          idempotency_key: str | None) -> SentUpdate:
     """Send a charge/capture/cancel/refund Update (update-with-start: it joins the payment's
@@ -174,12 +177,12 @@ def _forget_start_failure(start: WithStartWorkflowOperation[Any, Any]) -> None:
         handle.exception()
 
 
-def pending_transaction(transaction_id: str, intent: PaymentIntent, kind: TransactionType,
-                        amount_in_cents: int, card: CardToken | None = None) -> Transaction:
+def pending_transaction(transaction_id: str, intent: IntentSnapshot, kind: TransactionType,
+                        amount_in_cents: int, card: CardSummary | None = None) -> TransactionView:
     """The transaction an Update creates, as it stands before the workflow has recorded it
     (`pending`): what a 202 answers with when the wait runs out first."""
     now = utcnow()
-    return Transaction(
+    return TransactionView(
         id=transaction_id, merchant_id=intent.merchant_id, payment_intent_id=intent.id,
         type=kind.value, amount_in_cents=amount_in_cents, currency=intent.currency,
         status=TransactionStatus.PENDING.value, network_reference=transaction_id,
@@ -194,7 +197,7 @@ def unexpected_state(verb: str, current: str) -> ConflictError:
 
 
 def transaction_answer(sent: SentUpdate, *,
-                       not_recorded_yet: Transaction) -> tuple[int, TransactionOut]:
+                       not_recorded_yet: TransactionView) -> tuple[int, TransactionOut]:
     """The answer to a charge or refund: the Transaction this request's Update creates, never
     another one, as the workflow reports it recorded (no second read of the database). When
     the wait ran out first, or the answer could not be recorded, it is `not_recorded_yet`
@@ -204,7 +207,8 @@ def transaction_answer(sent: SentUpdate, *,
         not_recorded_yet if recorded is None else as_recorded(not_recorded_yet, recorded))
 
 
-def transaction_status_and_out(txn: Transaction) -> tuple[int, TransactionOut]:
+def transaction_status_and_out(
+        txn: Transaction | TransactionView) -> tuple[int, TransactionOut]:
     """A charge or refund's answer for `txn`: 200, 202 or (raised) 402, and its body."""
     out = transaction_out(txn)
     status, _ = operation_answer(txn, out.model_dump(mode="json", by_alias=True),
@@ -212,22 +216,21 @@ def transaction_status_and_out(txn: Transaction) -> tuple[int, TransactionOut]:
     return status, out
 
 
-def as_recorded(pending: Transaction, recorded: RecordedTransaction) -> Transaction:
+def as_recorded(pending: TransactionView, recorded: RecordedTransaction) -> TransactionView:
     """The pending transaction the API built, with what the database recorded for it (its
     times only where the workflow knows them: not for an answer it could not record)."""
     recorded_times = {name: datetime.fromtimestamp(value, UTC)
                       for name, value in (("created_at", recorded.created_at),
                                           ("updated_at", recorded.updated_at))
                       if value is not None}
-    return Transaction(**{
-        **pending.model_dump(), "status": recorded.status,
-        "amount_in_cents": recorded.amount_in_cents, "decline_code": recorded.decline_code,
-        "failure_code": recorded.failure_code, "reconciled": recorded.reconciled,
-        **recorded_times})
+    return dataclasses.replace(
+        pending, status=recorded.status, amount_in_cents=recorded.amount_in_cents,
+        decline_code=recorded.decline_code, failure_code=recorded.failure_code,
+        reconciled=recorded.reconciled, **recorded_times)
 
 
-def operation_answer(txn: Transaction | RecordedTransaction | None, body: dict[str, Any], *,
-                     holder: str) -> tuple[int, dict[str, Any]]:
+def operation_answer(txn: Transaction | TransactionView | RecordedTransaction | None,
+                     body: dict[str, Any], *, holder: str) -> tuple[int, dict[str, Any]]:
     """200 when done, 202 while the network's answer is unknown (reconciliation goes on), 402
     `card_error` when the network declined the operation (the body goes under `holder`)."""
     if txn is None or txn.status == TransactionStatus.SUCCEEDED.value:

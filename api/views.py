@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -29,7 +31,31 @@ from core.db.tables import (
 )
 
 
-def transaction_out(txn: Transaction | SimpleNamespace) -> TransactionOut:
+@dataclass(frozen=True, slots=True)
+class TransactionView:
+    """A charge or refund as its answer shows it, built by the API from what it sent and what
+    the workflow reported (api/payment_workflow.py): plain values, no table model."""
+
+    id: str
+    merchant_id: str
+    payment_intent_id: str
+    type: str
+    amount_in_cents: int
+    currency: str
+    status: str
+    network_reference: str
+    card_brand: str | None
+    card_last4: str | None
+    card_exp_month: int | None
+    card_exp_year: int | None
+    created_at: datetime
+    updated_at: datetime
+    failure_code: str | None = None
+    decline_code: str | None = None
+    reconciled: bool = False
+
+
+def transaction_out(txn: Transaction | TransactionView | SimpleNamespace) -> TransactionOut:
     card = None
     if txn.card_brand and txn.card_last4:
         card = CardOut(brand=txn.card_brand, last4=txn.card_last4,
@@ -82,8 +108,6 @@ _INTENT_WITH_TRANSACTIONS = (
     .order_by(Transaction.created_at, Transaction.id))
 _OWNED_INTENT_WITH_TRANSACTIONS = _INTENT_WITH_TRANSACTIONS.where(
     PaymentIntent.merchant_id == bindparam("merchant_id"))
-_OWNED_INTENT: Select[Any] = select(*_INTENT_COLUMNS.values()).where(
-    PaymentIntent.id == _INTENT_ID, PaymentIntent.merchant_id == bindparam("merchant_id"))
 
 
 def _fields(columns: dict[str, Any], row: Any) -> dict[str, Any]:
@@ -109,14 +133,6 @@ async def load_payment_intent_out(database: AsyncSession | AsyncConnection, inte
     transactions = [SimpleNamespace(**_fields(_TRANSACTION_COLUMNS, row)) for row in rows
                     if row._mapping[_TRANSACTION_COLUMNS["id"].key] is not None]
     return payment_intent_out(intent, transactions)
-
-
-async def load_owned_payment_intent(session: AsyncSession, intent_id: str,
-                                    merchant_id: str) -> PaymentIntent | None:
-    """The merchant's intent, read in Core (no identity map: always as committed)."""
-    row = (await session.exec(_OWNED_INTENT, params={
-        "intent_id": intent_id, "merchant_id": merchant_id})).first()
-    return None if row is None else PaymentIntent(**_fields(_INTENT_COLUMNS, row))
 
 
 def webhook_endpoint_out(endpoint: WebhookEndpoint) -> WebhookEndpointOut:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query, Response, status
@@ -42,15 +43,16 @@ router = APIRouter(prefix="/payment-intents", tags=["payment-intents"],
              summary="Create a PaymentIntent")
 async def create_payment_intent(
     body: PaymentIntentCreate, merchant: MerchantDep, session: SessionDep, state: StateDep,
-    background: BackgroundTasks,
-    idempotency_key: Annotated[str | None, idempotent(PaymentIntentCreate)],
-    temporal: TemporalDep,
+    background: BackgroundTasks, temporal: TemporalDep,
+    idempotency_key: Annotated[str | None, idempotent(PaymentIntentCreate, commit_claim=False)],
 ) -> PaymentIntentOut:
     # No workflow yet: the intent's first operation opens its run (update-with-start).
-    # Not committed here: the intent, its `payment.created` event, that event's webhook
-    # deliveries and the stored answer to the Idempotency-Key commit together once this
-    # returns, so a crash can never leave an intent that a retry with the same key would
-    # create a second time.
+    # Not committed here: the Idempotency-Key's claim (`commit_claim=False`), the intent, its
+    # `payment.created` event, that event's webhook deliveries and the stored answer commit
+    # together once this returns, in one transaction, so a crash can never leave an intent
+    # that a retry with the same key would create a second time. Nothing here is slow: a
+    # request with the same key meanwhile waits a moment on the claim's row lock, then gets
+    # this answer replayed.
     inserted = await insert_payment_intent(
         await session.connection(), intent_id=new_id("pi"), merchant_id=merchant.id,
         amount_in_cents=body.amount_in_cents, currency=body.currency,
@@ -61,14 +63,13 @@ async def create_payment_intent(
         # starts for an intent that is not there. Only when someone subscribed.
         background.add_task(start_event_deliveries, temporal, state.settings,
                             inserted.deliveries)
-    intent = PaymentIntent(
-        id=inserted.id, merchant_id=inserted.merchant_id,
-        amount_in_cents=inserted.amount_in_cents, currency=inserted.currency,
-        description=inserted.description, capture_method=inserted.capture_method,
-        status=inserted.status, amount_capturable=inserted.amount_capturable,
+    intent = SimpleNamespace(
+        id=inserted.id, amount_in_cents=inserted.amount_in_cents, currency=inserted.currency,
+        description=inserted.description, status=inserted.status,
+        capture_method=inserted.capture_method, amount_capturable=inserted.amount_capturable,
         amount_received=inserted.amount_received, amount_refunded=inserted.amount_refunded,
-        metadata_=inserted.metadata, created_at=inserted.created_at,
-        updated_at=inserted.updated_at)
+        last_error=None, cancellation_reason=None, metadata_=inserted.metadata,
+        created_at=inserted.created_at, updated_at=inserted.updated_at)
     return payment_intent_out(intent, [])
 
 

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
-from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import select
 
 from api.deps import OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
@@ -22,7 +23,8 @@ from api.payment_workflow import (
 from api.schemas.transactions import TransactionCreate, TransactionOut
 from core.cards import card_brand, card_problem
 from core.crypto import VaultCipher
-from core.db.tables import CardToken, PaymentIntent, Transaction
+from core.db.intent_operations import IntentSnapshot, insert_card_token
+from core.db.tables import Transaction
 from core.domain import (
     CardSummary,
     TransactionStatus,
@@ -85,37 +87,40 @@ async def create_transaction(
         # it moved.
         response.status_code, answer = transaction_status_and_out(settled)
         return answer
-    token = _tokenize(body, intent, state.vault)
-    # Core, not the ORM: one INSERT with nothing to flush or track.
-    await session.exec(insert(CardToken).values(  # type: ignore[call-overload]
-        id=token.id, merchant_id=token.merchant_id, pan_ciphertext=token.pan_ciphertext,
-        brand=token.brand, last4=token.last4, exp_month=token.exp_month,
-        exp_year=token.exp_year))
+    card = await _tokenize(await session.connection(), body, intent, state.vault)
     # The only transaction before the Update: the vault token (the workflow reads it) and the
     # Idempotency-Key's claim (`commit_claim=False`) commit together. Before the Update, which
     # can take the whole wait: a request with the same key meanwhile sees the claim and gets
     # 409 at once instead of waiting on its row lock.
     await session.commit()
-    charge = ChargeInput(card_token_id=token.id, card=CardSummary(
-        brand=token.brand, last4=token.last4, exp_month=token.exp_month,
-        exp_year=token.exp_year))
     sent = await send_operation(temporal, intent, state.settings,
-                                PaymentIntentWorkflow.confirm_charge, charge,
+                                PaymentIntentWorkflow.confirm_charge, ChargeInput(
+                                    card_token_id=card.token_id, card=card.summary),
                                 verb="charge", idempotency_key=idempotency_key)
     response.status_code, answer = transaction_answer(sent, not_recorded_yet=pending_transaction(
-        sent.transaction_id, intent, TransactionType.CHARGE, intent.amount_in_cents, card=token))
+        sent.transaction_id, intent, TransactionType.CHARGE, intent.amount_in_cents,
+        card=card.summary))
     return answer
 
 
-def _tokenize(body: TransactionCreate, intent: PaymentIntent,
-              cipher: VaultCipher) -> CardToken:
+@dataclass(frozen=True, slots=True)
+class VaultedCard:
+    token_id: str
+    summary: CardSummary  # what may travel beyond the vault
+
+
+async def _tokenize(connection: AsyncConnection, body: TransactionCreate,
+                    intent: IntentSnapshot, cipher: VaultCipher) -> VaultedCard:
+    """The card's number into the vault, encrypted and bound to a new token id."""
     token_id = new_id("card")
     number = body.card.number
-    return CardToken(
-        id=token_id, merchant_id=intent.merchant_id,
-        pan_ciphertext=cipher.encrypt(number.encode(), context=token_id),
-        brand=card_brand(number), last4=number[-4:], exp_month=body.card.exp_month,
-        exp_year=body.card.exp_year)
+    summary = CardSummary(brand=card_brand(number), last4=number[-4:],
+                          exp_month=body.card.exp_month, exp_year=body.card.exp_year)
+    await insert_card_token(
+        connection, token_id=token_id, merchant_id=intent.merchant_id,
+        pan_ciphertext=cipher.encrypt(number.encode(), context=token_id), brand=summary.brand,
+        last4=summary.last4, exp_month=summary.exp_month, exp_year=summary.exp_year)
+    return VaultedCard(token_id, summary)
 
 
 async def _settled_charge(session: SessionDep, intent_id: str,

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -26,6 +27,7 @@ from tests.api.conftest import (
     insert_intent,
     rows_of,
     served_by,
+    statements_of,
     workflow_exists,
 )
 from workflows.payment_messages import OperationResult
@@ -121,6 +123,47 @@ async def test_create_replays_the_same_bytes_and_status_for_the_same_key(
     # The replay did not run the handler: one intent, one `payment.created`.
     assert await count(db, "payment_intent", merchant) == 1
     assert await count(db, "event", merchant) == 1
+
+
+async def test_create_with_a_key_is_one_transaction_its_claim_included(
+        app: FastAPI, merchant: Merchant) -> None:
+    await merchant.create_intent()  # this process has cached the key
+    with statements_of(app) as sent:
+        created = await merchant.post("/payment-intents", {"amountInCents": 700,
+                                                           "currency": "usd"},
+                                      idempotency_key="one-transaction")
+    assert created.status_code == 201, created.text
+    control = [query for query in sent if query in ("BEGIN;", "COMMIT;", "ROLLBACK;")]
+    assert control == ["BEGIN;", "COMMIT;"], [query[:40] for query in sent]
+    claim = next(i for i, query in enumerate(sent) if "INSERT INTO idempotency_record" in query)
+    assert sent.index("BEGIN;") < claim < sent.index("COMMIT;")
+
+
+async def _waiting_on_a_lock(db: asyncpg.Pool, statement: str) -> bool:
+    return bool(await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND position($1 in query) > 0 AND pid <> pg_backend_pid()", statement))
+
+
+async def test_a_create_sent_again_while_the_first_runs_gets_its_answer(
+        merchant: Merchant, db: asyncpg.Pool) -> None:
+    """The claim commits with the intent: a second request with the key waits on the claim's
+    row lock while the first runs, then replays the first's answer (nothing created twice)."""
+    body = {"amountInCents": 650, "currency": "usd"}
+    async with db.acquire() as holder, holder.transaction():
+        # Holds the first request between its claim and its intent's insert.
+        await holder.execute("LOCK TABLE payment_intent IN SHARE MODE")
+        first = asyncio.create_task(
+            merchant.post("/payment-intents", body, idempotency_key="twice"))
+        await assert_eventually(lambda: _waiting_on_a_lock(db, "INSERT INTO payment_intent"))
+        second = asyncio.create_task(
+            merchant.post("/payment-intents", body, idempotency_key="twice"))
+        await assert_eventually(
+            lambda: _waiting_on_a_lock(db, "INSERT INTO idempotency_record"))
+    answered, replayed = await first, await second
+    assert answered.status_code == 201, answered.text
+    assert (replayed.status_code, replayed.content) == (201, answered.content)
+    assert await count(db, "payment_intent", merchant) == 1
 
 
 async def test_create_without_a_key_creates_each_time(merchant: Merchant,

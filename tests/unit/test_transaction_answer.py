@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from api.payment_workflow import as_recorded, pending_transaction
-from core.db.tables import PaymentIntent
+from core.db.intent_operations import IntentSnapshot
 from core.domain import RecordedTransaction, TransactionType
 
-INTENT = PaymentIntent(id="pi_1", merchant_id="mer_1", amount_in_cents=2499, currency="usd",
-                       capture_method="automatic", status="processing")
+INTENT = IntentSnapshot(id="pi_1", merchant_id="mer_1", amount_in_cents=2499, currency="usd",
+                        capture_method="automatic", status="processing", amount_received=0,
+                        amount_refunded=0)
 
 
 def test_a_recorded_transaction_answers_with_the_database_times() -> None:
