@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -41,6 +43,7 @@ from core.db.tables import Transaction
 from core.domain import (
     CaptureMethod,
     CardSummary,
+    IntentStatus,
     RecordedTransaction,
     TransactionStatus,
     TransactionType,
@@ -55,6 +58,7 @@ from core.webhooks import schedule_from
 from workflows.payment_intent import PaymentIntentWorkflow
 from workflows.payment_messages import (
     LifecyclePolicy,
+    OperationResult,
     PaymentIntentInput,
     ReconcilePolicy,
     addressed,
@@ -115,19 +119,21 @@ def update_id_for(verb: str, idempotency_key: str | None) -> str:
     return f"{verb}:{idempotency_key}" if idempotency_key else f"{verb}:{uuid.uuid4().hex}"
 
 
-async def send_operation(temporal: Client, intent: IntentSnapshot, settings: Settings,
-                         update: Any, request: Any, *, verb: str,
+async def send_operation(temporal: Client, session: AsyncSession, intent: IntentSnapshot,
+                         settings: Settings, update: Any, request: Any, *, verb: str,
                          idempotency_key: str | None) -> SentUpdate:
     """Send a charge/capture/cancel/refund Update (update-with-start: it joins the payment's
     open run or opens one) and wait, bounded, for its answer.
 
     The workflow's refusals become API errors: 409 for the state machine (a canceled or
     refunded payment without asking Temporal) or an operation in flight, 400 `amountInCents`
-    for an amount beyond what the payment allows.
+    for an amount beyond what the payment allows. Except for this Idempotency-Key's own
+    operation: when the state machine refuses a retry because the first request's Update ran
+    and settled (its answer lost: it was a 503), the retry gets that operation's transaction.
     """
     if is_final(intent.status):
         # Canceled or refunded: nothing can happen any more, so no workflow run is opened.
-        raise unexpected_state(verb, intent.status)
+        return await _settled_or_refused(session, intent, verb, idempotency_key)
     update_id = update_id_for(verb, idempotency_key)
     sent = SentUpdate(transaction_id_for(intent.id, update_id), None)
     annotate_current_span(merchant_id=intent.merchant_id, payment_intent_id=intent.id,
@@ -152,6 +158,9 @@ async def send_operation(temporal: Client, intent: IntentSnapshot, settings: Set
             raise ConflictError("attempt_in_flight", "An operation on this PaymentIntent is in "
                                 "flight; retry once it is settled.") from None
         if kind == ErrorType.ILLEGAL_TRANSITION:
+            settled = await settled_by_key(session, intent.id, verb, idempotency_key)
+            if settled is not None:
+                return _settled_update(intent, settled)
             raise ConflictError("payment_intent_unexpected_state",
                                 f"Cannot {verb} this PaymentIntent: {cause.message}.") from None
         if kind == ErrorType.AMOUNT_INVALID:
@@ -167,6 +176,49 @@ async def send_operation(temporal: Client, intent: IntentSnapshot, settings: Set
         return sent
     finally:
         _forget_start_failure(start)
+
+
+# The transaction each operation's Update records (a cancel records one only when it voids).
+OPERATION_TRANSACTION_TYPES = {"charge": TransactionType.CHARGE,
+                               "capture": TransactionType.CAPTURE,
+                               "cancel": TransactionType.VOID,
+                               "refund": TransactionType.REFUND}
+
+
+async def settled_by_key(session: AsyncSession, intent_id: str, verb: str,
+                         idempotency_key: str | None) -> Transaction | None:
+    """The settled transaction this Idempotency-Key's `verb` Update recorded on the intent, if
+    any: its id derives from the key, as the workflow names it (`transaction_id_for`)."""
+    if idempotency_key is None:
+        return None
+    transaction_id = transaction_id_for(intent_id, update_id_for(verb, idempotency_key))
+    return (await session.exec(select(Transaction).where(
+        Transaction.id == transaction_id, Transaction.payment_intent_id == intent_id,
+        Transaction.type == OPERATION_TRANSACTION_TYPES[verb].value,
+        Transaction.status.in_((TransactionStatus.SUCCEEDED.value,  # type: ignore[attr-defined]
+                                TransactionStatus.FAILED.value))))).first()
+
+
+async def _settled_or_refused(session: AsyncSession, intent: IntentSnapshot, verb: str,
+                              idempotency_key: str | None) -> SentUpdate:
+    settled = await settled_by_key(session, intent.id, verb, idempotency_key)
+    if settled is None:
+        raise unexpected_state(verb, intent.status)
+    return _settled_update(intent, settled)
+
+
+def _settled_update(intent: IntentSnapshot, settled: Transaction) -> SentUpdate:
+    """The answer of an Update that ran before, as if this request had waited for it."""
+    return SentUpdate(settled.id, OperationResult(IntentStatus(intent.status),
+                                                  recorded_transaction(settled)))
+
+
+def recorded_transaction(txn: Transaction) -> RecordedTransaction:
+    return RecordedTransaction(
+        id=txn.id, type=txn.type, status=txn.status, amount_in_cents=txn.amount_in_cents,
+        decline_code=txn.decline_code, failure_code=txn.failure_code, reconciled=txn.reconciled,
+        created_at=txn.created_at.timestamp() if txn.created_at else None,
+        updated_at=txn.updated_at.timestamp() if txn.updated_at else None)
 
 
 def _forget_start_failure(start: WithStartWorkflowOperation[Any, Any]) -> None:

@@ -129,7 +129,8 @@ async def capture_payment_intent(
     """Captures `amountInCents` (default: everything authorized) of a `requires_capture`
     intent at the network; the rest of the authorization is released. Waits like a charge."""
     request = body or PaymentIntentCapture()
-    sent = await send_operation(temporal, intent, state.settings, PaymentIntentWorkflow.capture,
+    sent = await send_operation(temporal, session, intent, state.settings,
+                                PaymentIntentWorkflow.capture,
                                 CaptureInput(request.amount_in_cents), verb="capture",
                                 idempotency_key=idempotency_key)
     return await _operation_answer(session, intent.id, sent, response)
@@ -146,7 +147,8 @@ async def cancel_payment_intent(
     """An intent without a successful charge is canceled at once; an authorized one
     (`requires_capture`) is voided at the network first. After a capture: 409 (refund it)."""
     request = body or PaymentIntentCancel()
-    sent = await send_operation(temporal, intent, state.settings, PaymentIntentWorkflow.cancel,
+    sent = await send_operation(temporal, session, intent, state.settings,
+                                PaymentIntentWorkflow.cancel,
                                 CancelInput(request.cancellation_reason), verb="cancel",
                                 idempotency_key=idempotency_key)
     return await _operation_answer(session, intent.id, sent, response)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Response, status
 
-from api.deps import OwnedPaymentIntentDep, StateDep, TemporalDep
+from api.deps import OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
 from api.idempotency import IdempotentRoute, idempotent
 from api.openapi import errors
 from api.payment_workflow import pending_transaction, send_operation, transaction_answer
@@ -35,7 +35,7 @@ REFUND_RESPONSES = errors(
              operation_id="payment-intents-refunds-create", responses=REFUND_RESPONSES,
              summary="Refund a PaymentIntent (all or part)")
 async def create_refund(
-    intent: OwnedPaymentIntentDep, state: StateDep, response: Response,
+    intent: OwnedPaymentIntentDep, session: SessionDep, state: StateDep, response: Response,
     idempotency_key: Annotated[str | None, idempotent(RefundCreate, optional=True)],
     temporal: TemporalDep, body: RefundCreate | None = None,
 ) -> TransactionOut:
@@ -43,7 +43,8 @@ async def create_refund(
     to the amount received, never more, even when sent at once: they are applied one after
     the other, and one that no longer fits gets 400."""
     request = body or RefundCreate()
-    sent = await send_operation(temporal, intent, state.settings, PaymentIntentWorkflow.refund,
+    sent = await send_operation(temporal, session, intent, state.settings,
+                                PaymentIntentWorkflow.refund,
                                 RefundInput(request.amount_in_cents), verb="refund",
                                 idempotency_key=idempotency_key)
     # Queued behind another operation: without an amount, it refunds what is left at its

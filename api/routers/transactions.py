@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response, status
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlmodel import select
 
 from api.deps import OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
 from api.errors import InvalidRequestError
@@ -15,22 +14,19 @@ from api.openapi import errors
 from api.payment_workflow import (
     pending_transaction,
     send_operation,
+    settled_by_key,
     transaction_answer,
     transaction_status_and_out,
     unexpected_state,
-    update_id_for,
 )
 from api.schemas.transactions import TransactionCreate, TransactionOut
 from core.cards import card_brand, card_problem
 from core.crypto import VaultCipher
 from core.db.intent_operations import IntentSnapshot, insert_card_token
-from core.db.tables import Transaction
 from core.domain import (
     CardSummary,
-    TransactionStatus,
     TransactionType,
     new_id,
-    transaction_id_for,
 )
 from core.state_machine import can_start_charge
 from workflows.payment_intent import PaymentIntentWorkflow
@@ -78,7 +74,7 @@ async def create_transaction(
     """
     # After the claim: a retry of an answered charge replays its answer.
     if not can_start_charge(intent.status):
-        settled = await _settled_charge(session, intent.id, idempotency_key)
+        settled = await settled_by_key(session, intent.id, "charge", idempotency_key)
         if settled is None:
             raise unexpected_state("charge", intent.status)
         # This key's own charge ran and settled, but its answer was never stored: the first
@@ -93,7 +89,7 @@ async def create_transaction(
     # can take the whole wait: a request with the same key meanwhile sees the claim and gets
     # 409 at once instead of waiting on its row lock.
     await session.commit()
-    sent = await send_operation(temporal, intent, state.settings,
+    sent = await send_operation(temporal, session, intent, state.settings,
                                 PaymentIntentWorkflow.confirm_charge, ChargeInput(
                                     card_token_id=card.token_id, card=card.summary),
                                 verb="charge", idempotency_key=idempotency_key)
@@ -121,17 +117,3 @@ async def _tokenize(connection: AsyncConnection, body: TransactionCreate,
         pan_ciphertext=cipher.encrypt(number.encode(), context=token_id), brand=summary.brand,
         last4=summary.last4, exp_month=summary.exp_month, exp_year=summary.exp_year)
     return VaultedCard(token_id, summary)
-
-
-async def _settled_charge(session: SessionDep, intent_id: str,
-                          idempotency_key: str | None) -> Transaction | None:
-    """The settled charge this Idempotency-Key's Update made on the intent, if any (its id
-    derives from the key: the workflow names it the same way)."""
-    if idempotency_key is None:
-        return None
-    transaction_id = transaction_id_for(intent_id, update_id_for("charge", idempotency_key))
-    return (await session.exec(select(Transaction).where(
-        Transaction.id == transaction_id, Transaction.payment_intent_id == intent_id,
-        Transaction.type == TransactionType.CHARGE.value,
-        Transaction.status.in_((TransactionStatus.SUCCEEDED.value,  # type: ignore[attr-defined]
-                                TransactionStatus.FAILED.value))))).first()

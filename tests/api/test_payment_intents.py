@@ -477,3 +477,83 @@ async def test_openapi_documents_the_idempotent_endpoints(http: httpx.AsyncClien
         schema = json.dumps(operation["requestBody"]["content"]["application/json"]["schema"])
         assert "#/components/schemas/" in schema, path  # one body, not one per dependency
     assert "201" in spec["paths"]["/payment-intents"]["post"]["responses"]
+
+
+# ---- a retry whose first request answered 503 although its Update ran -------------------------
+
+async def insert_settled(db: asyncpg.Pool, merchant: Merchant, intent_id: str, *, verb: str,
+                         kind: str, key: str, amount: int = 2499) -> str:
+    """The transaction the `verb` Update of `key` recorded and settled, as the workflow names
+    it: what a first request that answered 503 left behind when its Update ran all the same."""
+    transaction_id = transaction_id_for(intent_id, f"{verb}:{key}")
+    await db.execute(
+        "INSERT INTO transaction (id, merchant_id, payment_intent_id, type, amount_in_cents, "
+        "currency, status, network_reference, reconciled) "
+        "VALUES ($1, $2, $3, $4, $5, 'usd', 'succeeded', $1, false)",
+        transaction_id, merchant.id, intent_id, kind, amount)
+    return transaction_id
+
+
+@pytest.mark.parametrize(("verb", "status", "kind"), [
+    ("cancel", "canceled", "void"), ("refunds", "refunded", "refund")])
+async def test_a_retry_on_a_closed_payment_gets_its_own_settled_operation(
+        merchant: Merchant, db: asyncpg.Pool, temporal: Client, verb: str, status: str,
+        kind: str) -> None:
+    """The first request's Update voided or refunded the payment and closed it, but its answer
+    was a 503. The retry with the same Idempotency-Key gets that operation's outcome, without
+    Temporal; another key still gets the 409 of a closed payment."""
+    intent_id = await insert_intent(db, merchant, status=status, amount_received=2499,
+                                    amount_refunded=2499 if kind == "refund" else 0)
+    settled = await insert_settled(db, merchant, intent_id, verb=verb.removesuffix("s"),
+                                   kind=kind, key="answer-lost")
+    path = f"/payment-intents/{intent_id}/{verb}"
+    retried = await merchant.post(path, idempotency_key="answer-lost")
+    assert retried.status_code == 200, retried.text
+    if kind == "refund":  # a refund answers with its transaction, a cancel with the intent
+        assert (retried.json()["id"], retried.json()["status"]) == (settled, "succeeded")
+    else:
+        assert (retried.json()["id"], retried.json()["status"]) == (intent_id, status)
+    again = await merchant.post(path, idempotency_key="answer-lost")
+    assert (again.status_code, again.content) == (200, retried.content)  # stored now
+    other = await merchant.post(path, idempotency_key="another-operation")
+    assert other.status_code == 409, other.text
+    assert other.json()["error"]["code"] == "payment_intent_unexpected_state"
+    assert not await workflow_exists(temporal, intent_id)
+
+
+@workflow.defn(name="PaymentIntentWorkflow")
+class CapturedPaymentWorkflow:
+    """Stands in for a fresh run of a payment already captured: its state machine refuses
+    every capture."""
+
+    @workflow.run
+    async def run(self, _: Any) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.update
+    async def capture(self, _: Any) -> None:
+        raise AssertionError("the validator refuses every capture")
+
+    @capture.validator
+    def _refuse(self, _: Any) -> None:
+        raise ApplicationError("succeeded -> succeeded", type=ErrorType.ILLEGAL_TRANSITION,
+                               non_retryable=True)
+
+
+async def test_a_capture_retried_after_its_run_closed_gets_its_own_capture(
+        settings: Settings, merchant: Merchant, db: asyncpg.Pool) -> None:
+    """The capture's Update ran and the run closed before its answer came back (503); the retry
+    opens a fresh run, whose state machine refuses a capture of a captured payment. The retry
+    gets its own capture's outcome; another key gets that 409."""
+    async with served_by(CapturedPaymentWorkflow, settings, merchant) as shop:
+        intent_id = await insert_intent(db, merchant, status="succeeded",
+                                        capture_method="manual", amount_received=2499)
+        await insert_settled(db, merchant, intent_id, verb="capture", kind="capture",
+                             key="answer-lost")
+        path = f"/payment-intents/{intent_id}/capture"
+        retried = await shop.post(path, idempotency_key="answer-lost")
+        assert retried.status_code == 200, retried.text
+        assert (retried.json()["id"], retried.json()["status"]) == (intent_id, "succeeded")
+        other = await shop.post(path, idempotency_key="another-capture")
+        assert other.status_code == 409, other.text
+        assert other.json()["error"]["code"] == "payment_intent_unexpected_state"
