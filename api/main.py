@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # As every worker does: card numbers must not outlive their epoch key's time because
         # no worker runs.
         destroyer = asyncio.create_task(destroy_expired_periodically(settings.vault_epoch_keys()))
-        lag_watcher = asyncio.create_task(watch_loop_lag(API_LOOP_LAG))
+        lag_watcher = asyncio.create_task(watch_loop_lag(API_LOOP_LAG.observe))
         # Everything built so far lives as long as the process. Frozen, it is left out of the
         # collector's full passes: with ~165,000 such objects a full pass took ~80 ms of CPU,
         # a pause of every request in flight (and longer on a machine short of CPU).

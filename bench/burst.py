@@ -63,6 +63,7 @@ from bench.measurement import Measurement, verdict
 from bench.operations import CARD, INTENT, create_merchant
 from bench.statements import shorten
 from client import DurapayClient
+from core.loop_lag import watch_loop_lag
 from tests.ledger_audit import Audit, audit_against_ledger, count_unsettled
 from tests.stack import RunningStack
 
@@ -216,8 +217,9 @@ def retry_after(response: httpx.Response) -> float:
 
 class LoopLag:
     """How late the load generator's own event loop runs: every `TICK_SECONDS` it notes how
-    much later than asked a sleep ended. Every latency the burst reports includes this lag,
-    so it says how far the figures are the client's rather than the stack's."""
+    much later than asked a sleep ended (core/loop_lag.py, as the API and workers measure
+    theirs). Every latency the burst reports includes this lag, so it says how far the figures
+    are the client's rather than the stack's."""
 
     TICK_SECONDS = 0.01
 
@@ -225,12 +227,11 @@ class LoopLag:
         self.started = started
         self.samples: list[tuple[float, float]] = []  # (seconds since the start, lag)
 
+    def observe(self, lag: float) -> None:
+        self.samples.append((time.monotonic() - self.started, lag))
+
     async def watch(self) -> None:
-        while True:
-            asked = time.monotonic()
-            await asyncio.sleep(self.TICK_SECONDS)
-            now = time.monotonic()
-            self.samples.append((now - self.started, now - asked - self.TICK_SECONDS))
+        await watch_loop_lag(self.observe, self.TICK_SECONDS)
 
 
 LoopLagBuckets = dict[float, float]  # the API's lag histogram: upper bound → cumulative count

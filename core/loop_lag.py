@@ -9,17 +9,17 @@ per interval whatever the load.
 from __future__ import annotations
 
 import asyncio
-
-from prometheus_client import Histogram
+from collections.abc import Callable
 
 SAMPLE_INTERVAL_SECONDS = 0.1
 
 
-async def watch_loop_lag(histogram: Histogram,
+async def watch_loop_lag(observe: Callable[[float], object],
                          interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
-    """Observe, until cancelled, how much later than `interval` each sleep of it ended."""
+    """Call `observe` (a histogram's `observe`, or the bench's recorder), until cancelled,
+    with how much later than `interval` each sleep of it ended."""
     loop = asyncio.get_running_loop()
     while True:
         asked = loop.time()
         await asyncio.sleep(interval)
-        histogram.observe(max(0.0, loop.time() - asked - interval))
+        observe(max(0.0, loop.time() - asked - interval))

@@ -126,7 +126,7 @@ async def run_worker() -> None:
         # Every worker destroys the card vault's expired epoch keys: no single process, nor
         # Temporal, has to be up for card numbers to be deleted on time.
         destroyer = asyncio.create_task(destroy_expired_periodically(settings.vault_epoch_keys()))
-        lag_watcher = asyncio.create_task(watch_loop_lag(WORKER_LOOP_LAG))
+        lag_watcher = asyncio.create_task(watch_loop_lag(WORKER_LOOP_LAG.observe))
         log.info("worker polling task queue %s", settings.task_queue)
         # As in the API (api/main.py): what start-up built lives as long as the process, and
         # frozen it is left out of the collector's full passes, which pause every task.

@@ -24,7 +24,7 @@ def _count_above(registry: CollectorRegistry, bound: str) -> float:
 
 async def test_a_loop_blocked_by_a_callback_shows_its_lag() -> None:
     histogram, registry = _histogram()
-    watcher = asyncio.create_task(watch_loop_lag(histogram, interval=0.02))
+    watcher = asyncio.create_task(watch_loop_lag(histogram.observe, interval=0.02))
     try:
         await asyncio.sleep(0.1)
         before = _count_above(registry, "0.2")
