@@ -358,7 +358,7 @@ class DevStack:
         ready_file = self.home / "run" / f"{name}.ready"
         ready_file.parent.mkdir(parents=True, exist_ok=True)
         child = Child(name, [sys.executable, "-m", "workers.main"],
-                      lambda: _wrote_pid(ready_file, child), True,
+                      lambda: _wrote_pid(ready_file, child),
                       env={"DURAPAY_WORKER_READY_FILE": str(ready_file),
                            "DURAPAY_WORKER_INDEX": str(index)})
         return child
