@@ -18,6 +18,7 @@ is the proxy's bound (nginx `client_header_timeout`): uvicorn has none (docs/ope
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -89,7 +90,7 @@ class BodyLimitMiddleware:
             "accepts.")
 
 
-def _content_length(scope: Scope) -> int | str | None:
+def _content_length(scope: Scope) -> int | Literal["invalid"] | None:
     for name, value in scope["headers"]:
         if name == b"content-length":
             return int(value) if value.isdigit() else "invalid"

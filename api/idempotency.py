@@ -79,7 +79,9 @@ class StoredResponse:
         if set(body) == {SENT_TEXT} and isinstance(body[SENT_TEXT], str):
             return cls(status, body[SENT_TEXT].encode())
         # Stored before answers were kept as sent: rendered as they were replayed then.
-        return cls(status, JSONResponse(body).body)
+        rendered = JSONResponse(body).body
+        assert isinstance(rendered, bytes)  # JSONResponse renders bytes
+        return cls(status, rendered)
 
     def response(self) -> Response:
         return Response(self.content, status_code=self.status, media_type="application/json")
@@ -244,8 +246,10 @@ def idempotent(model: type[RequestModel], *, optional: bool = False,
             if error.status in (409, 503):
                 await release(session, merchant_id=merchant.id, key=key)
             else:  # rendered as the error handler renders it (api/errors.py)
+                rendered = JSONResponse(error.body()).body
+                assert isinstance(rendered, bytes)  # JSONResponse renders bytes
                 await store(session, merchant_id=merchant.id, key=key, status=error.status,
-                            content=JSONResponse(error.body()).body)
+                            content=rendered)
             raise
         except Exception:
             await release(session, merchant_id=merchant.id, key=key)

@@ -148,7 +148,8 @@ def finish_openapi(spec: dict[str, Any]) -> None:
     schemas = components.setdefault("schemas", {})
     # The models of the answers every operation can give, which no route names itself, and
     # the error object in general (every `type`).
-    models = [ErrorResponse, *(ERROR_RESPONSES[status][0] for status in ON_EVERY_OPERATION)]
+    models: list[type[BaseModel]] = [
+        ErrorResponse, *(ERROR_RESPONSES[status][0] for status in ON_EVERY_OPERATION)]
     _, definitions = models_json_schema([(model, "serialization") for model in models],
                                         ref_template="#/components/schemas/{model}")
     schemas.update(definitions.get("$defs", {}))
@@ -238,6 +239,6 @@ def _examples_by_model() -> dict[str, list[Any]]:
         pending.extend(model.__subclasses__())
         extra = model.model_config.get("json_schema_extra")
         if model.__module__.startswith("api.schemas.") and isinstance(extra, dict) \
-                and isinstance(extra.get("examples"), list):
-            found[model.__name__] = extra["examples"]
+                and isinstance(examples := extra.get("examples"), list):
+            found[model.__name__] = examples
     return found

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import (
     Client,
@@ -161,9 +161,11 @@ async def send_operation(temporal: Client, session: AsyncSession, intent: Intent
             settled = await settled_by_key(session, intent.id, verb, idempotency_key)
             if settled is not None:
                 return _settled_update(intent, settled)
+            assert isinstance(cause, ApplicationError)  # `kind` is set for those only
             raise ConflictError("payment_intent_unexpected_state",
                                 f"Cannot {verb} this PaymentIntent: {cause.message}.") from None
         if kind == ErrorType.AMOUNT_INVALID:
+            assert isinstance(cause, ApplicationError)
             raise InvalidRequestError("amount_too_large", f"Cannot {verb} that amount: "
                                       f"{cause.message}.", "amountInCents") from None
         raise
@@ -195,7 +197,7 @@ async def settled_by_key(session: AsyncSession, intent_id: str, verb: str,
     return (await session.exec(select(Transaction).where(
         Transaction.id == transaction_id, Transaction.payment_intent_id == intent_id,
         Transaction.type == OPERATION_TRANSACTION_TYPES[verb].value,
-        Transaction.status.in_((TransactionStatus.SUCCEEDED.value,  # type: ignore[attr-defined]
+        col(Transaction.status).in_((TransactionStatus.SUCCEEDED.value,
                                 TransactionStatus.FAILED.value))))).first()
 
 
@@ -271,7 +273,7 @@ def transaction_status_and_out(
 def as_recorded(pending: TransactionView, recorded: RecordedTransaction) -> TransactionView:
     """The pending transaction the API built, with what the database recorded for it (its
     times only where the workflow knows them: not for an answer it could not record)."""
-    recorded_times = {name: datetime.fromtimestamp(value, UTC)
+    recorded_times: dict[str, Any] = {name: datetime.fromtimestamp(value, UTC)
                       for name, value in (("created_at", recorded.created_at),
                                           ("updated_at", recorded.updated_at))
                       if value is not None}

@@ -8,9 +8,10 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, select
+import sqlalchemy
+from sqlalchemy import BindParameter, Label, bindparam
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.schemas.events import EventOut
@@ -85,29 +86,29 @@ def event_out(event: Event) -> EventOut:
                     sequence=event.seq, intent_sequence=event.intent_seq, data=event.data)
 
 
-def _labelled(model: type[SQLModel], prefix: str) -> dict[str, Any]:
+def _labelled(model: type[SQLModel], prefix: str) -> dict[str, Label[Any]]:
     """The model's columns labelled `prefix + attribute name` (e.g. `metadata_`, whose column is
     `metadata`), so that one row of a join builds both models."""
-    mapper = model.__mapper__  # type: ignore[attr-defined]
+    mapper = sqlalchemy.inspect(model)
     return {attribute.key: attribute.columns[0].label(prefix + attribute.key)
             for attribute in mapper.column_attrs}
 
 
 _INTENT_COLUMNS = _labelled(PaymentIntent, "intent_")
 _TRANSACTION_COLUMNS = _labelled(Transaction, "transaction_")
-_INTENT_ID = bindparam("intent_id")
+_INTENT_ID: BindParameter[str] = bindparam("intent_id")
 # Built once: a statement object keeps its cache key, so each execution skips rebuilding it.
 # An intent and its transactions, oldest first: one row per transaction (one row of NULLs for
 # an intent without any), in one statement.
 _INTENT_WITH_TRANSACTIONS = (
-    select(*_INTENT_COLUMNS.values(), *_TRANSACTION_COLUMNS.values())
+    sqlalchemy.select(*_INTENT_COLUMNS.values(), *_TRANSACTION_COLUMNS.values())
     .select_from(PaymentIntent.__table__.outerjoin(  # type: ignore[attr-defined]
         Transaction.__table__,  # type: ignore[attr-defined]
-        Transaction.payment_intent_id == PaymentIntent.id))
-    .where(PaymentIntent.id == _INTENT_ID)
-    .order_by(Transaction.created_at, Transaction.id))
+        col(Transaction.payment_intent_id) == PaymentIntent.id))
+    .where(col(PaymentIntent.id) == _INTENT_ID)
+    .order_by(col(Transaction.created_at), col(Transaction.id)))
 _OWNED_INTENT_WITH_TRANSACTIONS = _INTENT_WITH_TRANSACTIONS.where(
-    PaymentIntent.merchant_id == bindparam("merchant_id"))
+    col(PaymentIntent.merchant_id) == bindparam("merchant_id"))
 
 
 def _fields(columns: dict[str, Any], row: Any) -> dict[str, Any]:
@@ -125,8 +126,12 @@ async def load_payment_intent_out(database: AsyncSession | AsyncConnection, inte
     else:
         query = _OWNED_INTENT_WITH_TRANSACTIONS
         parameters = {"intent_id": intent_id, "merchant_id": merchant_id}
-    rows = (await database.exec(query, params=parameters) if isinstance(database, AsyncSession)
-            else await database.execute(query, parameters)).all()
+    if isinstance(database, AsyncSession):
+        # sqlmodel types exec() for its own select() only, whose signature takes at most four
+        # columns; this statement is SQLAlchemy's, which exec() runs the same way.
+        rows = (await database.exec(query, params=parameters)).all()  # type: ignore[call-overload]
+    else:
+        rows = (await database.execute(query, parameters)).all()
     if not rows:
         return None
     intent = SimpleNamespace(**_fields(_INTENT_COLUMNS, rows[0]))
@@ -149,10 +154,10 @@ async def load_webhook_deliveries_out(
     """Deliveries with their event type and every attempt (oldest attempt first)."""
     ids = [d.id for d in deliveries]
     attempts = (await session.exec(select(WebhookDeliveryAttempt).where(
-        WebhookDeliveryAttempt.delivery_id.in_(ids))  # type: ignore[attr-defined]
-        .order_by(WebhookDeliveryAttempt.attempt_number))).scalars().all()
+        col(WebhookDeliveryAttempt.delivery_id).in_(ids))
+        .order_by(col(WebhookDeliveryAttempt.attempt_number)))).all()
     types = dict((await session.exec(select(Event.id, Event.type).where(
-        Event.id.in_({d.event_id for d in deliveries})))).all())  # type: ignore[attr-defined]
+        col(Event.id).in_({d.event_id for d in deliveries})))).all())
     by_delivery: dict[str, list[DeliveryAttemptOut]] = {i: [] for i in ids}
     for a in attempts:
         by_delivery[a.delivery_id].append(DeliveryAttemptOut(
@@ -161,6 +166,6 @@ async def load_webhook_deliveries_out(
             response_body=a.response_body))
     return [WebhookDeliveryOut(
         id=d.id, event_id=d.event_id, event_type=types.get(d.event_id, ""),
-        endpoint_id=d.endpoint_id, origin=d.origin, status=d.status,  # type: ignore[arg-type]
+        endpoint_id=d.endpoint_id, origin=d.origin, status=d.status,
         attempt_count=d.attempt_count, created_at=d.created_at, updated_at=d.updated_at,
         attempts=by_delivery[d.id]) for d in deliveries]

@@ -17,7 +17,7 @@ import logging
 
 from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
@@ -52,7 +52,7 @@ async def start_redeliveries(session: AsyncSession, temporal: Client, settings: 
     for delivery_id in ids:
         await _start_delivery(temporal, settings, delivery_id)
     rows = (await session.exec(select(WebhookDelivery).where(
-        WebhookDelivery.id.in_(ids)))).all()  # type: ignore[attr-defined]
+        col(WebhookDelivery.id).in_(ids)))).all()
     order = {delivery_id: index for index, delivery_id in enumerate(ids)}
     return sorted(rows, key=lambda d: order[d.id])
 
@@ -65,13 +65,13 @@ async def _check_redelivery_count(session: AsyncSession, event: Event, *, ids: l
     # Locked until the deliveries commit, so concurrent requests count each other; in id order,
     # so two of them cannot deadlock. NO KEY UPDATE: deliveries referencing them still insert.
     await session.exec(select(WebhookEndpoint.id).where(
-        WebhookEndpoint.id.in_(endpoint_ids))  # type: ignore[attr-defined]
+        col(WebhookEndpoint.id).in_(endpoint_ids))
         .order_by(WebhookEndpoint.id).with_for_update(key_share=True))
     counts = (await session.exec(
         select(WebhookDelivery.endpoint_id, func.count()).where(
             WebhookDelivery.event_id == event.id, WebhookDelivery.origin == "redeliver",
-            WebhookDelivery.endpoint_id.in_(endpoint_ids),  # type: ignore[attr-defined]
-            WebhookDelivery.id.not_in(ids))  # type: ignore[attr-defined]
+            col(WebhookDelivery.endpoint_id).in_(endpoint_ids),
+            col(WebhookDelivery.id).not_in(ids))
         .group_by(WebhookDelivery.endpoint_id)
         .order_by(WebhookDelivery.endpoint_id))).all()
     for endpoint_id, redeliveries in counts:

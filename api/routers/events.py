@@ -4,7 +4,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from sqlmodel import select
+from sqlmodel import col, select
 
 from api.deps import (
     AuthenticatedRoute,
@@ -44,10 +44,10 @@ async def list_events(
         if anchor is None:
             raise InvalidRequestError("resource_missing", f"No such event: '{starting_after}'",
                                       "startingAfter")
-        query = query.where(Event.seq < anchor.seq)  # type: ignore[operator]
+        query = query.where(col(Event.seq) < anchor.seq)
     if type:
         query = query.where(Event.type == type)
-    rows = (await session.exec(query.order_by(Event.seq.desc())  # type: ignore[union-attr]
+    rows = (await session.exec(query.order_by(col(Event.seq).desc())
                                .limit(limit + 1))).all()
     return ListOf[EventOut](data=[event_out(e) for e in rows[:limit]], has_more=len(rows) > limit)
 
@@ -73,7 +73,7 @@ async def redeliver_event(id: str, merchant: MerchantDep, state: StateDep, sessi
     if event is None:
         raise NotFoundError("event", id)
     live = (WebhookEndpoint.merchant_id == merchant.id,
-            WebhookEndpoint.deleted_at.is_(None))  # type: ignore[union-attr]
+            col(WebhookEndpoint.deleted_at).is_(None))
     endpoint_id = (body or RedeliverRequest()).endpoint_id
     if endpoint_id is not None:
         endpoint = (await session.exec(select(WebhookEndpoint).where(
@@ -87,7 +87,7 @@ async def redeliver_event(id: str, merchant: MerchantDep, state: StateDep, sessi
     else:
         candidates = (await session.exec(select(WebhookEndpoint).where(
             *live, WebhookEndpoint.status == "enabled")
-            .order_by(WebhookEndpoint.created_at))).all()  # type: ignore[arg-type]
+            .order_by(col(WebhookEndpoint.created_at)))).all()
         endpoints = [e for e in candidates if is_subscribed(e.enabled_events, event.type)]
     request_key = f"key:{idempotency_key}" if idempotency_key else f"new:{uuid.uuid4().hex}"
     deliveries = await start_redeliveries(session, temporal, state.settings, event=event,

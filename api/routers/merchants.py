@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, status
 from sqlalchemy import or_, update
+from sqlmodel import col
 
 from api.deps import AdminDep, AuthenticatedRoute, SessionDep, StateDep
 from api.errors import NotFoundError
@@ -42,8 +43,8 @@ async def roll_merchant_keys(id: str, _: AdminDep, state: StateDep, session: Ses
     now = datetime.now(UTC)
     grace = timedelta(seconds=(body or KeyRoll()).grace_period_seconds)
     await session.exec(update(MerchantKey).where(
-        MerchantKey.merchant_id == id,
-        or_(MerchantKey.expires_at.is_(None), MerchantKey.expires_at > now + grace),  # type: ignore[union-attr]
+        col(MerchantKey.merchant_id) == id,
+        or_(col(MerchantKey.expires_at).is_(None), col(MerchantKey.expires_at) > now + grace),
     ).values(expires_at=now + grace))
     public_key, secret_key = _add_key(session, state, id)
     await session.commit()

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query, Response, status
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import MerchantDep, OwnedPaymentIntentDep, SessionDep, StateDep, TemporalDep
@@ -178,7 +178,7 @@ async def list_payment_intent_events(intent: OwnedPaymentIntentDep,
                                      session: SessionDep) -> ListOf[EventOut]:
     events = (await session.exec(select(Event).where(Event.payment_intent_id == intent.id,
                                                      merchant_visible_event())
-                                 .order_by(Event.seq))).all()  # type: ignore[arg-type]
+                                 .order_by(col(Event.seq)))).all()
     return ListOf[EventOut](data=[event_out(e) for e in events], has_more=False)
 
 
@@ -187,8 +187,8 @@ async def _transactions_by_intent(session: SessionDep,
     if not intent_ids:
         return {}
     rows = (await session.exec(select(Transaction).where(
-        Transaction.payment_intent_id.in_(intent_ids))  # type: ignore[attr-defined]
-        .order_by(Transaction.created_at, Transaction.id))).all()
+        col(Transaction.payment_intent_id).in_(intent_ids))
+        .order_by(col(Transaction.created_at), col(Transaction.id)))).all()
     grouped: dict[str, list[Transaction]] = {}
     for txn in rows:
         grouped.setdefault(txn.payment_intent_id, []).append(txn)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 from sqlalchemy import func, update
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.deps import AuthenticatedRoute, MerchantDep, SessionDep, StateDep
@@ -38,7 +38,7 @@ async def get_owned_endpoint(id: str, merchant: MerchantDep,
                              session: SessionDep) -> WebhookEndpoint:
     endpoint = (await session.exec(select(WebhookEndpoint).where(
         WebhookEndpoint.id == id, WebhookEndpoint.merchant_id == merchant.id,
-        WebhookEndpoint.deleted_at.is_(None)))).first()  # type: ignore[union-attr]
+        col(WebhookEndpoint.deleted_at).is_(None)))).first()
     if endpoint is None:
         # Another merchant's endpoint is indistinguishable from a missing one.
         raise NotFoundError("webhook endpoint", id)
@@ -85,7 +85,7 @@ async def list_webhook_endpoints(
     starting_after: Annotated[str | None, Query(alias="startingAfter")] = None,
 ) -> ListOf[WebhookEndpointOut]:
     live = (WebhookEndpoint.merchant_id == merchant.id,
-            WebhookEndpoint.deleted_at.is_(None))  # type: ignore[union-attr]
+            col(WebhookEndpoint.deleted_at).is_(None))
     rows, has_more = await newest_first_page(session, WebhookEndpoint, live, limit=limit,
                                              starting_after=starting_after,
                                              noun="webhook endpoint")
@@ -115,7 +115,7 @@ async def update_webhook_endpoint(body: WebhookEndpointUpdate, endpoint: OwnedEn
     elif changes.get("status") == "disabled" and endpoint.status != "disabled":
         changes["disabled_reason"] = "merchant"
     if changes:
-        await session.exec(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id)
+        await session.exec(update(WebhookEndpoint).where(col(WebhookEndpoint.id) == endpoint.id)
                            .values(**changes, updated_at=utcnow()))
         await session.commit()
         await session.refresh(endpoint)
@@ -128,7 +128,7 @@ async def update_webhook_endpoint(body: WebhookEndpointUpdate, endpoint: OwnedEn
 async def delete_webhook_endpoint(endpoint: OwnedEndpointDep,
                                   session: SessionDep) -> WebhookEndpointDeleted:
     # Soft delete: the deliveries and attempts that name it stay readable for the audit.
-    await session.exec(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id)
+    await session.exec(update(WebhookEndpoint).where(col(WebhookEndpoint.id) == endpoint.id)
                        .values(deleted_at=utcnow(), updated_at=utcnow()))
     await session.commit()
     return WebhookEndpointDeleted(id=endpoint.id)
@@ -148,7 +148,7 @@ async def rotate_webhook_secret(endpoint: OwnedEndpointDep, state: StateDep, ses
     if grace is None:
         grace = state.settings.webhook_rotation_grace_seconds
     secret = new_webhook_secret()
-    await session.exec(update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint.id).values(
+    await session.exec(update(WebhookEndpoint).where(col(WebhookEndpoint.id) == endpoint.id).values(
         previous_secret_ciphertext=endpoint.secret_ciphertext if grace > 0 else None,
         previous_secret_expires_at=utcnow() + timedelta(seconds=grace) if grace > 0 else None,
         secret_ciphertext=state.webhook_secrets.encrypt(secret.encode(), context=endpoint.id),
@@ -184,7 +184,7 @@ async def _check_endpoint_count(session: AsyncSession, merchant_id: str, limit: 
                        .with_for_update(key_share=True))
     live = (await session.exec(select(func.count()).select_from(WebhookEndpoint).where(
         WebhookEndpoint.merchant_id == merchant_id,
-        WebhookEndpoint.deleted_at.is_(None)))).one()  # type: ignore[union-attr]
+        col(WebhookEndpoint.deleted_at).is_(None)))).one()
     if live >= limit:
         raise InvalidRequestError(
             "webhook_endpoint_limit_reached",

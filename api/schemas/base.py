@@ -8,6 +8,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonValue
 
 from core.domain import rfc3339
 
@@ -21,7 +22,7 @@ def one_of(values: Iterable[str], *, nullable: bool = False, **field: Any) -> An
     """A `str` field whose OpenAPI schema lists the values it can hold (`enum`), for response
     fields filled from database columns: the wire format and the Python type stay `str`, and
     the Schemathesis run checks every answer against the list."""
-    allowed: list[str | None] = [str(value) for value in values]
+    allowed: list[JsonValue] = [str(value) for value in values]
     return Field(json_schema_extra={"enum": allowed + [None] if nullable else allowed}, **field)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 from api.schemas.base import ApiModel
 from api.schemas.payment_intents import PAYMENT_INTENT_EXAMPLE, PaymentIntentOut
@@ -81,9 +82,9 @@ class PaymentIntentCardErrorDetail(CardErrorDetail):
     payment_intent: PaymentIntentOut = Field(description="The PaymentIntent as it stands.")
 
 
-_DECLINED_TRANSACTION = {**TRANSACTION_EXAMPLE, "status": "failed",
+_DECLINED_TRANSACTION: JsonDict = {**TRANSACTION_EXAMPLE, "status": "failed",
                          "failureCode": "card_declined", "declineCode": "insufficient_funds"}
-_CARD_DECLINED = {"type": "card_error", "code": "card_declined", "param": None,
+_CARD_DECLINED: JsonDict = {"type": "card_error", "code": "card_declined", "param": None,
                   "message": "The card network declined the charge (insufficient_funds).",
                   "declineCode": "insufficient_funds"}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
+from pydantic.json_schema import JsonDict
 
 from api.schemas.base import (
     ApiModel,
@@ -22,7 +23,7 @@ from core.domain import (
     IntentStatus,
 )
 
-PAYMENT_INTENT_EXAMPLE = {
+PAYMENT_INTENT_EXAMPLE: JsonDict = {
     "id": "pi_3f9c2a7e51b04d8e6a1c0b27", "object": "payment_intent", "amountInCents": 2499,
     "currency": "usd", "description": "Order#1234", "status": "succeeded",
     "captureMethod": "automatic", "amountCapturable": 0, "amountReceived": 2499,

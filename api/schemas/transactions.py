@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator
+from pydantic.json_schema import JsonDict
 
 from api.schemas.base import (
     ApiModel,
@@ -15,8 +16,8 @@ from api.schemas.base import (
 from core.cards import card_brand
 from core.domain import TransactionStatus, TransactionType
 
-CARD_EXAMPLE = {"brand": "visa", "last4": "4242", "expMonth": 12, "expYear": 2030}
-TRANSACTION_EXAMPLE = {
+CARD_EXAMPLE: JsonDict = {"brand": "visa", "last4": "4242", "expMonth": 12, "expYear": 2030}
+TRANSACTION_EXAMPLE: JsonDict = {
     "id": "txn_8e41c09b2d7a5f36c1e0a947", "object": "transaction",
     "paymentIntentId": "pi_3f9c2a7e51b04d8e6a1c0b27", "type": "charge", "amountInCents": 2499,
     "currency": "usd", "status": "succeeded", "networkReference": "txn_8e41c09b2d7a5f36c1e0a947",

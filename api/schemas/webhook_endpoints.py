@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
+from pydantic.json_schema import JsonDict
 
 from api.schemas.base import ApiModel, RequestModel, Timestamp, examples, one_of
 from core.webhooks import ALL_EVENTS, PAYMENT_EVENT_TYPES
 
 MAX_GRACE_SECONDS = 7 * 24 * 3600
 # What `_known_events` accepts, shown in the schema.
-ENABLED_EVENTS_ITEMS = {"enum": [ALL_EVENTS, *PAYMENT_EVENT_TYPES]}
+ENABLED_EVENTS_ITEMS: JsonDict = {"enum": [ALL_EVENTS, *PAYMENT_EVENT_TYPES]}
 ENDPOINT_EXAMPLE = {
     "id": "we_9d2f0b7c41e5a83c6b0e1f24", "object": "webhook_endpoint",
     "url": "https://shop.example/webhooks/durapay", "description": "Order fulfilment",
