@@ -103,7 +103,7 @@ def _known_ids(record: logging.LogRecord) -> dict[str, str]:
     return {key: value for key, value in ids.items() if value}
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time of the line (as logging's own last-resort
     handler does), not the stream of the moment it was made: pytest swaps stderr per test."""
 
@@ -111,7 +111,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         logging.Handler.__init__(self)
 
     @property
-    def stream(self) -> Any:  # type: ignore[override]
+    def stream(self) -> Any:
         return sys.stderr
 
 

@@ -179,8 +179,8 @@ for _kind in DiscrepancyKind:
     DISCREPANCIES_OPENED.labels(kind=_kind.value)
 for _trigger in SweepTrigger:
     SWEEPS.labels(trigger=_trigger.value)
-for _kind in REFUSAL_KINDS:
-    PAYLOADS_REFUSED.labels(kind=_kind)
+for _refusal_kind in REFUSAL_KINDS:
+    PAYLOADS_REFUSED.labels(kind=_refusal_kind)
 
 
 def count_refused_payload(kind: str) -> None:

@@ -14,10 +14,11 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlmodel import col
 
 from core.audit_chain import (
     GENESIS_HASH,
@@ -124,7 +125,7 @@ async def _stream(connection: AsyncConnection, sql: str,
                   params: Mapping[str, Any]) -> AsyncIterator[Mapping[str, Any]]:
     result = await connection.stream(text(sql), params)
     async for row in result.mappings():
-        yield row
+        yield cast(Mapping[str, Any], row)  # a text() statement's rows: keys are column names
 
 
 async def _walk_chains(connection: AsyncConnection, report: VerifyReport,
@@ -229,8 +230,8 @@ async def record_checkpoints(connection: AsyncConnection) -> CheckpointRun:
     checkpoints = [_checkpoint(scope, heads, last.get(scope), now, snapshot)
                    for scope, heads in sorted(by_scope.items())]
     ids = {row.scope: row.id for row in await connection.execute(
-        insert(AuditCheckpoint).returning(AuditCheckpoint.id,  # type: ignore[arg-type]
-                                          AuditCheckpoint.scope), checkpoints)}
+        insert(AuditCheckpoint).returning(col(AuditCheckpoint.id),
+                                          col(AuditCheckpoint.scope)), checkpoints)}
     await connection.execute(insert(AuditCheckpointHead), [
         {"checkpoint_id": ids[scope], "chain": head.chain, "chain_seq": head.chain_seq,
          "hash": head.hash} for scope, heads in by_scope.items() for head in heads])

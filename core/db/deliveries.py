@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from sqlalchemy.dialects.postgresql import insert
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db.tables import Event, WebhookDelivery, WebhookEndpoint
@@ -30,11 +30,11 @@ async def plan_deliveries(session: AsyncSession, merchant_id: str,
     endpoints = (await session.exec(select(WebhookEndpoint).where(
         WebhookEndpoint.merchant_id == merchant_id,
         WebhookEndpoint.status == "enabled",
-        WebhookEndpoint.deleted_at.is_(None)))).all()  # type: ignore[union-attr]
+        col(WebhookEndpoint.deleted_at).is_(None)))).all()
     if not endpoints:
         return []
     events = (await session.exec(select(Event).where(
-        Event.id.in_(event_ids)).order_by(Event.seq))).all()  # type: ignore[attr-defined, arg-type]
+        col(Event.id).in_(event_ids)).order_by(col(Event.seq)))).all()
     rows = planned_deliveries(
         merchant_id, [DeliveryTarget(e.id, e.enabled_events) for e in endpoints],
         [(event.id, event.type) for event in events])

@@ -34,7 +34,7 @@ async def delete_expired_nonces(connection: AsyncConnection, *, limit: int) -> i
     """Nonces whose signature window is over: a request carrying one is refused for its
     timestamp anyway (api/authentication.py)."""
     result = await connection.execute(_DELETE_EXPIRED_NONCES, {"limit": limit})
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return int(result.rowcount)
 
 
 async def delete_expired_idempotency_records(connection: AsyncConnection, now: datetime,
@@ -43,4 +43,4 @@ async def delete_expired_idempotency_records(connection: AsyncConnection, now: d
     claim even under a retention shorter than that."""
     result = await connection.execute(_DELETE_EXPIRED_IDEMPOTENCY_RECORDS, {
         "cutoff": now - max(retention, ABANDONED_AFTER), "limit": limit})
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return int(result.rowcount)

@@ -6,7 +6,9 @@ built, compiled or cache-keyed per call and no table model is built from a row."
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 # Scoped to the merchant: another merchant's intent is no row at all.
@@ -39,7 +41,9 @@ class IntentSnapshot:
 async def read_owned_intent(connection: AsyncConnection, intent_id: str,
                             merchant_id: str) -> IntentSnapshot | None:
     """The merchant's intent, None if it has none of that id."""
-    row = (await connection.exec_driver_sql(_OWNED_INTENT, (intent_id, merchant_id))).first()
+    # exec_driver_sql() is typed as answering one column; this statement answers seven.
+    row: Row[*tuple[Any, ...]] | None = (
+        await connection.exec_driver_sql(_OWNED_INTENT, (intent_id, merchant_id))).first()
     if row is None:
         return None
     return IntentSnapshot(intent_id, *row)

@@ -35,4 +35,6 @@ def run_sql_script(script: str) -> None:
     from alembic import op
     from sqlalchemy.util import await_only
 
-    await_only(op.get_bind().connection.driver_connection.execute(script))
+    driver_connection = op.get_bind().connection.driver_connection
+    assert driver_connection is not None  # a migration's connection is open
+    await_only(driver_connection.execute(script))

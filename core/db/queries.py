@@ -182,9 +182,9 @@ async def transition_intent(session: AsyncSession, intent: PaymentIntent, action
     values = changed_columns(intent, {"status": move.after.value, **(changes or {})})
     result = await session.exec(
         update(PaymentIntent)
-        .where(PaymentIntent.id == intent.id, PaymentIntent.status == move.before.value)
+        .where(col(PaymentIntent.id) == intent.id, col(PaymentIntent.status) == move.before.value)
         .values(**values, updated_at=_now_sql())
-        .returning(PaymentIntent.updated_at)
+        .returning(col(PaymentIntent.updated_at))
         .execution_options(synchronize_session=False)  # the caller's objects are set below
     )
     row = result.first()
@@ -205,9 +205,9 @@ async def transition_transaction(session: AsyncSession, txn: Transaction,
     values = changed_columns(txn, {"status": after.value, **(changes or {})})
     result = await session.exec(
         update(Transaction)
-        .where(Transaction.id == txn.id, Transaction.status == txn.status)
+        .where(col(Transaction.id) == txn.id, col(Transaction.status) == txn.status)
         .values(**values, updated_at=_now_sql())
-        .returning(Transaction.updated_at)
+        .returning(col(Transaction.updated_at))
         .execution_options(synchronize_session=False)  # the caller's objects are set below
     )
     row = result.first()
@@ -222,11 +222,11 @@ async def open_manual_review(session: AsyncSession, intent_id: str) -> bool:
     """Flag the intent for operators; False if a review is already open (idempotent)."""
     result = await session.exec(
         update(PaymentIntent)
-        .where(PaymentIntent.id == intent_id,
-               or_(PaymentIntent.manual_review_since.is_(None),  # type: ignore[union-attr]
-                   PaymentIntent.manual_review_resolved_at.isnot(None)))  # type: ignore[union-attr]
+        .where(col(PaymentIntent.id) == intent_id,
+               or_(col(PaymentIntent.manual_review_since).is_(None),
+                   col(PaymentIntent.manual_review_resolved_at).isnot(None)))
         .values(manual_review_since=_now_sql(), manual_review_resolved_at=None)
-        .returning(PaymentIntent.id)
+        .returning(col(PaymentIntent.id))
         .execution_options(synchronize_session=False)
     )
     return result.first() is not None
@@ -240,11 +240,11 @@ async def close_manual_review(session: AsyncSession, intent: PaymentIntent) -> N
         return
     result = await session.exec(
         update(PaymentIntent)
-        .where(PaymentIntent.id == intent.id,
-               PaymentIntent.manual_review_since.isnot(None),  # type: ignore[union-attr]
-               PaymentIntent.manual_review_resolved_at.is_(None))  # type: ignore[union-attr]
+        .where(col(PaymentIntent.id) == intent.id,
+               col(PaymentIntent.manual_review_since).isnot(None),
+               col(PaymentIntent.manual_review_resolved_at).is_(None))
         .values(manual_review_resolved_at=_now_sql())
-        .returning(PaymentIntent.manual_review_resolved_at)
+        .returning(col(PaymentIntent.manual_review_resolved_at))
         .execution_options(synchronize_session=False)
     )
     row = result.first()

@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import func, update
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.db.tables import CardToken
@@ -34,8 +34,8 @@ __all__ = ["CARD_NUMBER_RETENTION", "shred_card_number", "shred_stale_card_numbe
 
 async def shred_card_number(session: AsyncSession, token_id: str) -> None:
     """Delete a token's card number (its charge's outcome is definite); idempotent."""
-    await session.exec(update(CardToken).where(  # type: ignore[call-overload]
-        CardToken.id == token_id, CardToken.pan_ciphertext.is_not(None))  # type: ignore[union-attr]
+    await session.exec(update(CardToken).where(
+        col(CardToken.id) == token_id, col(CardToken.pan_ciphertext).is_not(None))
         .values(pan_ciphertext=None, pan_deleted_at=func.now()))
 
 
@@ -45,13 +45,13 @@ async def shred_stale_card_numbers(session: AsyncSession, now: datetime, *,
     `limit` of them (None: all); returns how many. SKIP LOCKED: a token being written now is
     left for the next batch instead of waiting on it."""
     stale = (select(CardToken.id)
-             .where(CardToken.pan_ciphertext.is_not(None),  # type: ignore[union-attr]
-                    CardToken.created_at < now - CARD_NUMBER_RETENTION)  # type: ignore[operator]
-             .order_by(CardToken.created_at)  # type: ignore[arg-type]
+             .where(col(CardToken.pan_ciphertext).is_not(None),
+                    col(CardToken.created_at) < now - CARD_NUMBER_RETENTION)
+             .order_by(col(CardToken.created_at))
              .with_for_update(skip_locked=True))
     if limit is not None:
         stale = stale.limit(limit)
-    result = await session.exec(  # type: ignore[call-overload]
-        update(CardToken).where(CardToken.id.in_(stale.scalar_subquery()))  # type: ignore[attr-defined]
+    result = await session.exec(
+        update(CardToken).where(col(CardToken.id).in_(stale.scalar_subquery()))
         .values(pan_ciphertext=None, pan_deleted_at=func.now()))
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return int(result.rowcount)

@@ -19,7 +19,7 @@ Create Date: 2026-12-04
 """
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from alembic import op
@@ -148,7 +148,7 @@ def _rechain(order: str, chain_of: Callable[[Mapping[str, Any]], str]) -> None:
     heads: dict[str, tuple[int, str]] = {}
     updates: list[dict[str, Any]] = []
     for row in rows:
-        chain = chain_of(row)
+        chain = chain_of(cast(Mapping[str, Any], row))  # text(): keys are column names
         position, previous = heads.get(chain, (0, GENESIS_HASH))
         chained = {**row, "chain": chain, "chain_seq": position + 1}
         digest = link_hash(previous, chained)
