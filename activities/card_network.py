@@ -75,7 +75,7 @@ class CardNetworkActivities:
     async def authorize_card(self, request: AuthorizeInput) -> NetworkAnswer:
         """Charge (or authorize) at the network. 5xx/refused: retry; timeout/lost: unknown."""
         card = await self._card(request.card_token_id, request.network_reference)
-        body = {
+        body: dict[str, object] = {
             "reference": request.network_reference,
             "type": "charge" if request.capture else "authorize",
             "amountInCents": request.amount_in_cents,

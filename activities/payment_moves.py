@@ -5,7 +5,7 @@ Pure functions over the rows the record read (core/db/payment_records.py)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.db.deliveries import planned_deliveries
 from core.db.payment_records import IntentRow, LockedPayment, RecordWrite, TransactionRow
@@ -88,7 +88,7 @@ def _move_transaction(txn: TransactionRow, action: TransactionAction, changes: d
 
 
 def payment_event(locked: LockedPayment, *, cause: str, event_type: str, txn: TransactionRow,
-                   previous: dict[str, object]) -> dict[str, object]:
+                   previous: dict[str, object]) -> dict[str, Any]:
     """The payment's event for the move just applied to `locked.intent`, at its chain's end."""
     intent = locked.intent
     return chained_event_row(

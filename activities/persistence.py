@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -190,6 +190,12 @@ class OutcomeDiscrepancy:
     network: NetworkOutcome
 
 
+# What the database will never accept (see refusals_are_final).
+_REFUSALS: tuple[type[Exception], ...] = (
+    IllegalTransition, LookupError, NoResultFound, IntegrityError, DataError,
+    *REFUSED_BY_DATABASE)
+
+
 def refusals_are_final(activity_method: RecordMethod) -> RecordMethod:
     """A write the database will never accept (an illegal state change, a row that does not
     exist, a constraint or a value it rejects) is not retried: the same write would fail the
@@ -203,8 +209,7 @@ def refusals_are_final(activity_method: RecordMethod) -> RecordMethod:
     async def refusing(self: Any, argument: Any) -> Any:
         try:
             return await activity_method(self, argument)
-        except (IllegalTransition, LookupError, NoResultFound, IntegrityError,
-                DataError, *REFUSED_BY_DATABASE) as error:
+        except _REFUSALS as error:
             reason = _refusal_reason(error)
             log.error("%s refused by the database: %s", activity_method.__name__, reason)
             raise ApplicationError(f"{activity_method.__name__} refused: {reason}",
@@ -462,7 +467,7 @@ async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amoun
         select(func.coalesce(func.sum(Transaction.amount_in_cents), 0)).where(
             Transaction.payment_intent_id == intent.id,
             Transaction.type == TransactionType.REFUND.value,
-            Transaction.status.in_(OPEN_REFUND_STATUSES)))).one()  # type: ignore[attr-defined]
+            col(Transaction.status).in_(OPEN_REFUND_STATUSES)))).one()
     if int(committed) + amount > intent.amount_received:
         raise ApplicationError(
             f"refund of {amount} exceeds what is left to refund "
@@ -492,8 +497,8 @@ def _snapshot(intent: IntentRow, transactions: list[TransactionRow]) -> PaymentS
         amount_received=intent.amount_received, amount_refunded=intent.amount_refunded,
         authorization_reference=charge.id if charge else None,
         payment_reference=paid.id if paid else None,
-        authorized_at=charge.updated_at.timestamp() if charge else None,
-        succeeded_at=paid.updated_at.timestamp() if paid else None,
+        authorized_at=charge.updated_at.timestamp() if charge and charge.updated_at else None,
+        succeeded_at=paid.updated_at.timestamp() if paid and paid.updated_at else None,
         unsettled=UnsettledOperation(unsettled.id, TransactionType(unsettled.type),
                                      unsettled.amount_in_cents, unsettled.reversal_reference)
         if unsettled else None,

@@ -27,7 +27,7 @@ import httpx
 from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 
@@ -275,8 +275,8 @@ async def _load(session: AsyncSession, delivery_id: str) -> tuple[
         WebhookDelivery, WebhookEndpoint, Event] | None:
     row = (await session.exec(
         select(WebhookDelivery, WebhookEndpoint, Event)
-        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)  # type: ignore[arg-type]
-        .join(Event, Event.id == WebhookDelivery.event_id)  # type: ignore[arg-type]
+        .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
+        .join(Event, col(Event.id) == col(WebhookDelivery.event_id))
         .where(WebhookDelivery.id == delivery_id))).first()
     return None if row is None else (row[0], row[1], row[2])
 
@@ -304,10 +304,10 @@ async def _settle_delivery(session: AsyncSession, sent: SentAttempt) -> AttemptO
     if sent.ok:
         await _close_delivery(session, sent.delivery_id, "succeeded")
         await session.exec(update(WebhookEndpoint).where(
-            WebhookEndpoint.id == sent.endpoint_id).values(failing_since=None))
+            col(WebhookEndpoint.id) == sent.endpoint_id).values(failing_since=None))
         return AttemptOutcome(AttemptResult.DELIVERED)
     await session.exec(update(WebhookEndpoint).where(
-        WebhookEndpoint.id == sent.endpoint_id).values(failing_since=func.coalesce(
+        col(WebhookEndpoint.id) == sent.endpoint_id).values(failing_since=func.coalesce(
             WebhookEndpoint.failing_since, sent.attempted_at)))
     if sent.status_code == 410:
         # The merchant told us the URL is gone for good: stop sending there at once.
@@ -331,7 +331,7 @@ async def _record_attempt(session: AsyncSession, sent: SentAttempt) -> bool:
     await session.exec(insert(WebhookDeliveryAttempt).values(
         delivery_id=sent.delivery_id, attempt_number=sent.attempt_number, **values)
         .on_conflict_do_update(index_elements=["delivery_id", "attempt_number"], set_=values))
-    await session.exec(update(WebhookDelivery).where(WebhookDelivery.id == sent.delivery_id)
+    await session.exec(update(WebhookDelivery).where(col(WebhookDelivery.id) == sent.delivery_id)
                        .values(attempt_count=func.greatest(WebhookDelivery.attempt_count,
                                                            sent.attempt_number),
                                updated_at=func.now()))
@@ -340,7 +340,7 @@ async def _record_attempt(session: AsyncSession, sent: SentAttempt) -> bool:
 
 async def _close_delivery(session: AsyncSession, delivery_id: str, status: str) -> None:
     await session.exec(update(WebhookDelivery).where(
-        WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
+        col(WebhookDelivery.id) == delivery_id, col(WebhookDelivery.status) == "pending",
     ).values(status=status, updated_at=func.now()))
 
 
@@ -349,9 +349,9 @@ async def disable_endpoint(session: AsyncSession, endpoint_id: str, *, reason: s
     """Disable an enabled endpoint and append the event that says so (once, even on retry)."""
     disabled = (await session.exec(
         update(WebhookEndpoint)
-        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.status == "enabled")
+        .where(col(WebhookEndpoint.id) == endpoint_id, col(WebhookEndpoint.status) == "enabled")
         .values(status="disabled", disabled_reason=reason, updated_at=func.now())
-        .returning(WebhookEndpoint.merchant_id, WebhookEndpoint.url))).first()
+        .returning(col(WebhookEndpoint.merchant_id), col(WebhookEndpoint.url)))).first()
     if disabled is None:
         return False
     merchant_id, url = disabled

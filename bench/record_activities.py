@@ -121,7 +121,7 @@ def _load(path: Path) -> type:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
-    return module.PaymentRecordActivities  # type: ignore[no-any-return]
+    return module.PaymentRecordActivities
 
 
 async def main(charges: int, rounds: int, endpoints: bool, compare: Path | None) -> None:

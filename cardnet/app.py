@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -46,6 +47,7 @@ def _error(status_code: int, error: str, message: str, **extra: object) -> JSONR
 
 
 def _operation_out(state: Committed | Hold) -> OperationOut:
+    status: Literal["approved", "declined", "pending"]
     if isinstance(state, Committed):
         op, status, code = state.op, state.decision.status, state.decision.decline_code
     else:

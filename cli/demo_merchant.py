@@ -46,7 +46,7 @@ async def create_merchant(settings: Settings, name: str, url: str | None = None)
             raise ApiUnreachable(url, error) from error
     if response.status_code >= 400:
         raise AdminRequestRefused(_refusal(settings, url, response))
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 def _refusal(settings: Settings, url: str, response: httpx.Response) -> str:
@@ -76,7 +76,7 @@ async def demo_merchant(settings: Settings) -> dict[str, Any]:
     path: Path = settings.home_dir / DEMO_MERCHANT_FILE
     stored = read_secret(path)
     if stored is not None:
-        return json.loads(stored)  # type: ignore[no-any-return]
+        return json.loads(stored)
     merchant = await create_merchant(settings, "Demo merchant")
     write_secret(path, json.dumps(merchant, indent=2))
     return merchant

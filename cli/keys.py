@@ -231,7 +231,7 @@ async def reencrypt(sessions: Any, keys: KeyRing, column: AtRest, *,
                 try:
                     new = cipher.reencrypted(blob, context=row_id)
                 except CardNumberDeleted:
-                    await session.exec(update(column.table).where(ids == row_id)  # type: ignore[call-overload]
+                    await session.exec(update(column.table).where(ids == row_id)
                                        .values({column.ciphertext_column: None,
                                                 "pan_deleted_at": func.now()}))
                     result.deleted += 1
@@ -240,7 +240,7 @@ async def reencrypt(sessions: Any, keys: KeyRing, column: AtRest, *,
                     result.failed.append(row_id)
                     continue
                 if new is not None:
-                    await session.exec(update(column.table).where(ids == row_id)  # type: ignore[call-overload]
+                    await session.exec(update(column.table).where(ids == row_id)
                                        .values({column.ciphertext_column: new}))
                     result.rewritten += 1
             after = rows[-1][0]

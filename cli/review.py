@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlmodel import col
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -67,13 +68,13 @@ async def open_reviews(settings: Settings) -> list[dict[str, Any]]:
         async with session_factory(engine)() as session:
             intents = (await session.execute(
                 select(PaymentIntent)
-                .where(PaymentIntent.manual_review_since.isnot(None),  # type: ignore[union-attr]
-                       PaymentIntent.manual_review_resolved_at.is_(None))  # type: ignore[union-attr]
-                .order_by(PaymentIntent.manual_review_since))).scalars().all()
+                .where(col(PaymentIntent.manual_review_since).isnot(None),
+                       col(PaymentIntent.manual_review_resolved_at).is_(None))
+                .order_by(col(PaymentIntent.manual_review_since)))).scalars().all()
             transactions = (await session.execute(
-                select(Transaction).where(Transaction.payment_intent_id.in_(  # type: ignore[attr-defined]
+                select(Transaction).where(col(Transaction.payment_intent_id).in_(
                     [i.id for i in intents]))
-                .order_by(Transaction.created_at, Transaction.id))).scalars().all()
+                .order_by(col(Transaction.created_at), col(Transaction.id)))).scalars().all()
     finally:
         await engine.dispose()
     reviews = []

@@ -79,6 +79,7 @@ class Requestor:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         retries = 0
         waited = 0.0
+        delay: float | None  # a connection error always has one, an answer may not
         while True:
             # Built afresh and signed at send time (DurapayAuth): a new timestamp and nonce on
             # every attempt, so the API's replay protection never refuses a retry.

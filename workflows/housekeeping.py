@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.types import MethodAsyncNoParam
 
 with workflow.unsafe.imports_passed_through():
     from activities.housekeeping import HousekeepingActivities, Pruned
@@ -42,7 +42,7 @@ class HousekeepingWorkflow:
         cards = await self._prune(HousekeepingActivities.shred_stale_card_numbers)
         return HousekeepingResult(nonces=nonces, idempotency_records=records, card_numbers=cards)
 
-    async def _prune(self, prune: Callable[[HousekeepingActivities], Awaitable[Pruned]]) -> Pruned:
+    async def _prune(self, prune: MethodAsyncNoParam[HousekeepingActivities, Pruned]) -> Pruned:
         return await workflow.execute_activity_method(
             prune, start_to_close_timeout=START_TO_CLOSE, heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=HOUSEKEEPING_RETRY)
