@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from core.crypto import CardNumberDeleted, VaultCipher
+from core.crypto import CardNumberDeleted, Cipher, VaultCipher
 from core.db.payment_records import driver_connection
 from core.domain import NetworkOutcome
 from core.errors import ErrorType
@@ -61,7 +61,7 @@ class NetworkAnswer:
 
 class CardNetworkActivities:
     def __init__(self, *, http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession],
-                 vault: VaultCipher, base_url: str, timeout_seconds: float) -> None:
+                 vault: VaultCipher | Cipher, base_url: str, timeout_seconds: float) -> None:
         if vault.purpose is not Purpose.VAULT:  # a miswired cipher fails here, not per charge
             raise ValueError(f"the card network adapter needs the vault's cipher, not "
                              f"{vault.purpose}'s")
