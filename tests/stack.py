@@ -66,8 +66,8 @@ class RunningStack:
     admin_token: str
     database_url: str
 
-    def state(self) -> dict[str, object]:
-        return json.loads((self.home / "stack.json").read_text())  # type: ignore[no-any-return]
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.home / "stack.json").read_text())
 
     def settings(self) -> Settings:
         """The stack's settings as far as keys go (DURAPAY_MASTER_KEY and

@@ -50,7 +50,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # the operator's header (`/m
 # Long enough for a second request to arrive while the first waits; short enough to keep the
 # suite quick. Past it, an Update that no worker accepted answers 503.
 CHARGE_WAIT_SECONDS = 1.5
-CARD_4242 = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"}
+CARD_4242: dict[str, Any] = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030,
+                             "cvc": "123"}
 # A public address needs no DNS answer and passes the webhook URL checks; no worker runs, so
 # nothing is ever sent to it.
 PUBLIC_URL = "https://1.1.1.1/hooks"
@@ -159,7 +160,7 @@ class Merchant:
         response = await self.post("/payment-intents",
                                    {"amountInCents": amount, "currency": "usd", **extra})
         assert response.status_code == 201, response.text
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
 
 async def onboard(http: httpx.AsyncClient) -> Merchant:

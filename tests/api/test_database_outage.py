@@ -75,7 +75,7 @@ async def _create(merchant: Merchant, key: str | None) -> httpx.Response:
 
 
 async def _held_backend(admin: asyncpg.Connection) -> int | None:
-    return await admin.fetchval(  # type: ignore[no-any-return]
+    return await admin.fetchval(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
         "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")
 

@@ -59,7 +59,8 @@ async def test_ready_is_503_naming_postgres_without_its_password(settings: Setti
     assert response.status_code == 503
     assert response.json()["down"] == ["postgres"]
     assert response.json()["error"]["message"] == "Not ready: cannot reach postgres."
-    assert urlsplit(dead).password not in response.text
+    password = urlsplit(dead).password
+    assert password is not None and password not in response.text
 
 
 def _dead_postgres(settings: Settings) -> str:

@@ -77,6 +77,7 @@ async def test_a_charge_key_holds_nothing_derived_from_the_number_or_the_cvc(
         assert CARD_4242["number"] not in str(dict(record))
         # So another CVC, or another number with the same brand, last4 and expiry, is the same
         # request: its answer is replayed and the record does not change.
+        card: dict[str, Any]
         for card in ({"cvc": "987"}, {"cvc": "4321"}, {"number": "4000000000024242"}):
             again = await shop.post(path, _charge(**card), idempotency_key="card-key")
             assert (again.status_code, again.content) == (200, first.content), card

@@ -21,8 +21,9 @@ from core.domain import IntentStatus, TransactionStatus, TransactionType
 from core.settings import Settings
 from core.webhooks import ENDPOINT_DISABLED_EVENT, PAYMENT_EVENT_TYPES
 
-SIGNED = [{"publicKey": [], "timestamp": [], "nonce": [], "signature": []}]
-ADMIN = [{"adminToken": []}]
+SIGNED: list[dict[str, list[str]]] = [
+    {"publicKey": [], "timestamp": [], "nonce": [], "signature": []}]
+ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 HEALTH_PATHS = ("/livez", "/readyz", "/healthz")
 # The error `type` each status always carries (API.md, Conventions).
 ERROR_TYPES = {"400": "invalid_request_error", "401": "authentication_error",

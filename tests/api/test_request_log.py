@@ -67,7 +67,7 @@ async def test_a_valid_incoming_request_id_is_echoed(http: httpx.AsyncClient) ->
                                       "req_" + "a" * 65, "req_caf\u00e9"])
 async def test_a_malformed_request_id_is_replaced(http: httpx.AsyncClient,
                                                   incoming: str) -> None:
-    response = await http.get("/livez", headers={"Request-Id": incoming.encode()})
+    response = await http.get("/livez", headers={b"Request-Id": incoming.encode()})
     assert GENERATED.fullmatch(response.headers["Request-Id"])
 
 

@@ -15,7 +15,7 @@ from cardnet.faults import FaultSettings
 from cardnet.settings import Settings
 
 if TYPE_CHECKING:
-    from conftest import Api
+    from tests.cardnet.conftest import Api
 
 CALLER_TIMEOUT = 0.4  # see test_cardnet_bad_day_cards.py
 

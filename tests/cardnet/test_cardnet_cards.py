@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Api
+    from tests.cardnet.conftest import Api
 
 DECISIONS = [
     ("4242424242424242", "approved", None, "visa"),

@@ -12,7 +12,7 @@ from cardnet.faults import FaultSettings
 from cardnet.settings import Settings
 
 if TYPE_CHECKING:
-    from conftest import Api
+    from tests.cardnet.conftest import Api
 
 ZERO = {
     "latencyMs": 0,

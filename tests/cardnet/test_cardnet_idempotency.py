@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Api
+    from tests.cardnet.conftest import Api
 
 
 @pytest.mark.parametrize("number", ["4242424242424242", "4000000000000002"])

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import Api
+    from tests.cardnet.conftest import Api
 
 
 def _approved(api: Api, type_: str, amount: int = 1000) -> str:

@@ -12,7 +12,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from conftest import Api, CardnetServer
+    from tests.cardnet.conftest import Api, CardnetServer
 
     ApiFor = Callable[[CardnetServer], Api]
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from conftest import Api
+    from tests.cardnet.conftest import Api
 
 
 def _reverse(api: Api, original: str, reference: str | None = None,

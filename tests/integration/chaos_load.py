@@ -219,7 +219,7 @@ class Merchant:
         response = await self.send("retrieve", "GET", f"/payment-intents/{intent_id}")
         if response is None or response.status_code != 200:
             return None
-        return response.json()  # type: ignore[no-any-return]
+        return response.json()
 
     async def settled_status(self, intent_id: str) -> str | None:
         """The intent's status once no operation on it is pending, as a merchant would poll

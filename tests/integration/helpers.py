@@ -35,7 +35,7 @@ FAST_TIMING_ENV: dict[str, str] = {
 }
 
 
-async def assert_eventually(predicate: Callable[[], Awaitable[T]], *, timeout: float = 30.0,
+async def assert_eventually(predicate: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0,
                             interval: float = 0.2, message: str = "") -> T:
     """Poll `predicate` until it returns something other than None/False without raising
     AssertionError, and return that value; past `timeout`, fail with the last reason."""
@@ -100,7 +100,7 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory, name: str,
 async def onboard(admin: httpx.AsyncClient, name: str = "Acme") -> dict[str, Any]:
     response = await admin.post("/merchants", json={"name": name})
     assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 @asynccontextmanager

@@ -48,7 +48,7 @@ async def db(stack: RunningStack) -> AsyncIterator[asyncpg.Connection]:
 async def _events(durapay: DurapayClient, intent_id: str) -> list[dict[str, Any]]:
     response = await durapay.get(f"/payment-intents/{intent_id}/events")
     assert response.status_code == 200, response.text
-    return response.json()["data"]  # type: ignore[no-any-return]
+    return response.json()["data"]
 
 
 async def test_a_payments_story_rebuilds_from_its_events_alone(durapay: DurapayClient) -> None:
@@ -80,6 +80,7 @@ async def test_a_payments_story_rebuilds_from_its_events_alone(durapay: DurapayC
                      + (f" ({txn['type']} {txn['amountInCents']} {txn['status']})" if txn
                         else ""))
     print("\n" + "\n".join(story))
+    assert final is not None and state is not None
     assert state == {k: final[k] for k in state}
     transactions = {t["id"]: t for t in final["transactions"]}
     kinds = [(e["data"]["transaction"] or {}).get("type") for e in events]

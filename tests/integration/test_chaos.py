@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -298,7 +299,7 @@ async def _kill_each_child_during_load(stack: RunningStack, cardnet: httpx.Async
         during_load = not merchant.done()
         os.kill(old_pid, signal.SIGKILL)
         new_pid = await assert_eventually(
-            lambda c=child, p=old_pid: _back(stack, c, p), timeout=RESTART_TIMEOUT_SECONDS,
+            functools.partial(_back, stack, child, old_pid), timeout=RESTART_TIMEOUT_SECONDS,
             interval=0.2, message=f"{child} (pid {old_pid}) was not restarted")
         if child == "cardnet":
             await _turn_faults_on(cardnet)

@@ -183,7 +183,7 @@ async def test_workflow_is_visible_and_history_holds_no_card_data(
 
     # The database holds the PAN only encrypted, and no CVC at all.
     async with db.acquire() as conn:
-        dump = []
+        dump: list[Any] = []
         for table in ("merchant", "merchant_key", "card_token", "payment_intent", "transaction",
                       "event", "idempotency_record", "request_nonce"):
             rows = await conn.fetch(f'SELECT * FROM "{table}"')

@@ -31,7 +31,8 @@ from tests.integration.helpers import assert_eventually, ledger_entries
 from tests.integration.webhook_receiver import WebhookReceiver
 from tests.stack import BIN, RunningStack
 
-CARD_4242 = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"}
+CARD_4242: dict[str, Any] = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030,
+                             "cvc": "123"}
 CARD_DECLINED = {**CARD_4242, "number": "4000000000000002"}
 
 

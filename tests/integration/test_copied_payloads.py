@@ -104,7 +104,7 @@ def _cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
 
 async def _ok(response: httpx.Response, *statuses: int) -> dict[str, Any]:
     assert response.status_code in (statuses or (200,)), response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 async def _in_review(durapay: DurapayClient, stack: RunningStack) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def _refused(error: BaseException) -> bool:
 
 
 async def _refusals(stack: RunningStack) -> dict[str, float]:
-    url = str(stack.state()["workerMetricsUrls"]["worker-1"])  # type: ignore[index]
+    url = str(stack.state()["workerMetricsUrls"]["worker-1"])
     async with httpx.AsyncClient(timeout=10) as http:
         exposition = (await http.get(url)).text
     return {kind: sample(exposition, "durapay_temporal_payloads_refused_total", kind=kind) or 0.0
@@ -228,7 +228,7 @@ async def _replay_everything(scene: dict[str, Any], intruder: Client) -> int:
             sent += 1
     # A refund into B's closed payment: update-with-start, the start input copied from B's own
     # closed run (it opens a run: a start input is bound to its workflow, which this one is).
-    start = WithStartWorkflowOperation(
+    start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
         "PaymentIntentWorkflow", RawValue(scene["b_paid_start"]), id=b["paid"],
         task_queue=TASK_QUEUE, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
@@ -245,7 +245,7 @@ async def _replay_own_refund(scene: dict[str, Any], intruder: Client) -> None:
     own id it is the same operation, which answers as before and moves nothing."""
     update_id, payload = scene["b_own_refund"]
     for new_id in (True, False):
-        start = WithStartWorkflowOperation(
+        start: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
             "PaymentIntentWorkflow", RawValue(scene["b_paid_start"]), id=scene["b"]["paid"],
             task_queue=TASK_QUEUE, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)

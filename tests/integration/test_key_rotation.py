@@ -156,12 +156,12 @@ async def test_rotate_moves_everything_at_rest_to_a_new_key_while_the_stack_runs
     temporal = await keys_stack.temporal_client()
     reaper = await temporal.get_schedule_handle(WEBHOOK_REAPER_SCHEDULE_ID).describe()
     assert isinstance(reaper.schedule.action, ScheduleActionStartWorkflow)
-    assert [arg.metadata[KEY_ID_METADATA]  # type: ignore[union-attr]
+    assert [arg.metadata[KEY_ID_METADATA]
             for arg in reaper.schedule.action.args] == [PayloadKey(new.material).key_id]
     schedule = temporal.get_schedule_handle(RECONCILIATION_SCHEDULE_ID)
     action = (await schedule.describe()).schedule.action
     assert isinstance(action, ScheduleActionStartWorkflow)
-    assert [arg.metadata[KEY_ID_METADATA] for arg in action.args] == [  # type: ignore[union-attr]
+    assert [arg.metadata[KEY_ID_METADATA] for arg in action.args] == [
         PayloadKey(new.material).key_id]
     runs_before = await keys_db.fetchval(
         "SELECT count(*) FROM reconciliation_run WHERE trigger = 'schedule'")

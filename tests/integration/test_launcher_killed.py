@@ -34,7 +34,7 @@ def doomed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSt
 def test_a_sigkilled_launcher_leaves_no_child_holding_the_next_ones_ports(
         doomed_stack: RunningStack) -> None:
     stack = doomed_stack
-    children = {name: stack.child_pid(name) for name in stack.state()["children"]}  # type: ignore[union-attr]
+    children = {name: stack.child_pid(name) for name in stack.state()["children"]}
     frozen = children["cardnet"]
     os.kill(frozen, signal.SIGSTOP)
     os.kill(stack.process.pid, signal.SIGKILL)
@@ -55,7 +55,7 @@ def test_a_sigkilled_launcher_leaves_no_child_holding_the_next_ones_ports(
         assert not _alive(frozen)
         assert httpx.get(f"{again.api_url}/healthz", timeout=5).status_code == 200
         assert all(pid not in children.values()
-                   for pid in again.state()["children"].values())  # type: ignore[union-attr]
+                   for pid in again.state()["children"].values())
     finally:
         again.stop()
 

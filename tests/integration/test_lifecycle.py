@@ -20,7 +20,7 @@ LEDGER_TYPE = {"capture": "capture", "void": "void", "refund": "refund"}
 async def _intent(durapay: DurapayClient, intent_id: str) -> dict[str, Any]:
     response = await durapay.get(f"/payment-intents/{intent_id}")
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 async def assert_ledger_agrees(durapay: DurapayClient, cardnet: httpx.AsyncClient,

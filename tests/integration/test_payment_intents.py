@@ -40,7 +40,7 @@ async def test_create_returns_the_contract_shape(durapay: DurapayClient) -> None
 
 async def test_validation_errors_name_the_param_and_change_nothing(
         durapay: DurapayClient) -> None:
-    bad_bodies = {
+    bad_bodies: dict[str, list[dict[str, Any]]] = {
         "amountInCents": [{"currency": "usd"}, {"amountInCents": 0, "currency": "usd"},
                           {"amountInCents": 100_000_000, "currency": "usd"},
                           {"amountInCents": "100", "currency": "usd"},

@@ -132,7 +132,7 @@ async def sweep(stack: RunningStack, planted: Planted) -> Sweep:
 async def merchant(admin: httpx.AsyncClient) -> dict[str, Any]:
     response = await admin.post("/merchants", json={"name": f"Recon {uuid.uuid4().hex[:6]}"})
     assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,7 @@ async def test_a_retry_waiting_on_the_lock_returns_what_its_first_try_committed(
     attempt = ChargeAttempt(intent, txn, token, CARD)
     holder = await database.engine.raw_connection()
     blocker = holder.driver_connection
+    assert blocker is not None
     transaction = blocker.transaction()
     await transaction.start()
     await blocker.execute("SELECT 1 FROM payment_intent WHERE id = $1 FOR UPDATE", intent)

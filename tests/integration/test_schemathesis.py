@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_headers_conformance,
@@ -78,6 +79,7 @@ class SignedRequest(requests.auth.AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         body = request.body or b""
+        assert isinstance(body, str | bytes)  # a prepared request's body, never a stream
         raw_path, _, query = (request.path_url or "/").partition("?")
         request.headers.update(signed_headers(
             public_key=self.public_key, secret_key=self.secret_key,
@@ -164,7 +166,7 @@ def onboard(stack: RunningStack, name: str) -> dict[str, Any]:
     response = requests.post(f"{stack.api_url}/merchants", json={"name": name},
                              auth=AdminToken(stack.admin_token), timeout=30)
     assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 class Shop:
@@ -259,7 +261,7 @@ def cases_of(operation: schemathesis.APIOperation, mode: GenerationMode,
                          suppress_health_check=list(hypothesis.HealthCheck))
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode), data=st.data())
     def generate(case: Case, data: st.DataObject) -> None:
-        if pool and data.draw(st.booleans(), label="real id"):
+        if bool(pool) and data.draw(st.booleans(), label="real id"):
             case.path_parameters["id"] = data.draw(st.sampled_from(pool), label="id")
         signed = data.draw(st.integers(0, UNSIGNED_SHARE - 1), label="signed") != 0
         found.append((case, signed))
@@ -309,7 +311,10 @@ def test_every_answer_conforms_to_the_openapi_document(stack: RunningStack,
     merchant = SignedRequest(keys["publicKey"], keys["secretKey"])
     admin = AdminToken(stack.admin_token)
     tally = Tally()
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result
+        operations.append(result.ok())
     assert len(operations) >= 20, [o.label for o in operations]
 
     def send(case: Case, phase: str, signed: bool = True,
@@ -357,7 +362,8 @@ def test_every_answer_conforms_to_the_openapi_document(stack: RunningStack,
         for operation in operations:
             if operation.path.startswith(("/merchants", "/livez", "/readyz", "/healthz")):
                 continue  # the limit is per merchant key; these take none
-            case = next(examples_of(operation), None) or oversized(operation, objects)
+            first_example: Case | None = next(examples_of(operation), None)
+            case = first_example or oversized(operation, objects)
             response = case.call(base_url=limited_url, timeout=30, auth=limited_auth)
             tally.record(case, response, "429")
             assert response.status_code == 429, (operation.label, response.status_code)

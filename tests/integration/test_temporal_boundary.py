@@ -150,6 +150,7 @@ async def test_plaintext_updates_to_an_open_run_are_refused_and_the_merchant_sti
     assert authorized.status_code == 200, authorized.text
     before = await traces(db, cardnet, intent["id"])
     handle = intruder.get_workflow_handle(intent["id"])
+    update: Any  # each pair has its own types (mypy would take their union)
     for update, argument in ((PaymentIntentWorkflow.capture, CaptureInput()),
                              (PaymentIntentWorkflow.cancel, CancelInput()),
                              (PaymentIntentWorkflow.confirm_charge,

@@ -114,19 +114,19 @@ def _path() -> str:
 async def _endpoint(shop: DurapayClient, url: str, events: list[str]) -> dict[str, Any]:
     response = await shop.post("/webhook-endpoints", {"url": url, "enabledEvents": events})
     assert response.status_code == 201, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 async def _created_event(shop: DurapayClient, intent_id: str) -> dict[str, Any]:
     events = (await shop.get(f"/payment-intents/{intent_id}/events")).json()
     events = events["data"] if isinstance(events, dict) else events
-    return next(e for e in events if e["type"] == "payment.created")  # type: ignore[no-any-return]
+    return next(e for e in events if e["type"] == "payment.created")
 
 
 async def _deliveries(shop: DurapayClient, endpoint_id: str) -> list[dict[str, Any]]:
     response = await shop.get(f"/webhook-endpoints/{endpoint_id}/deliveries?limit=100")
     assert response.status_code == 200, response.text
-    return response.json()["data"]  # type: ignore[no-any-return]
+    return response.json()["data"]
 
 
 async def _redeliver(shop: DurapayClient, event_id: str, endpoint_id: str | None = None,
@@ -134,7 +134,7 @@ async def _redeliver(shop: DurapayClient, event_id: str, endpoint_id: str | None
     body = {"endpointId": endpoint_id} if endpoint_id else None
     response = await shop.post(f"/events/{event_id}/redeliver", body, idempotency_key=key)
     assert response.status_code == 202, response.text
-    return response.json()["data"]  # type: ignore[no-any-return]
+    return response.json()["data"]
 
 
 async def _received(receiver: WebhookReceiver, path: str, count: int,
@@ -383,14 +383,14 @@ async def test_worker_sigkill_during_the_backoff_still_delivers(
         mine = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery["id"]]
         return bool(mine and mine[0]["attemptCount"] == 1)
     await assert_eventually(first_attempt_recorded, timeout=20, interval=0.1)
-    worker_pid = int(wh_stack.state()["children"]["worker-1"])  # type: ignore[index]
+    worker_pid = int(wh_stack.state()["children"]["worker-1"])
     os.kill(worker_pid, signal.SIGKILL)
     assert len(receiver.at(path)) == 1  # killed while waiting on the timer
 
     got = await _received(receiver, path, 2, timeout=90)
     assert got[1].at - got[0].at >= 10 - 0.3  # no sooner than Retry-After asked
     got[1].verify(endpoint["secret"])
-    restarted = int(wh_stack.state()["children"]["worker-1"])  # type: ignore[index]
+    restarted = int(wh_stack.state()["children"]["worker-1"])
     assert restarted != worker_pid
 
 
@@ -610,8 +610,7 @@ async def _reap(temporal: Client) -> WebhookReaperResult:
     return await temporal.execute_workflow(
         WebhookReaperWorkflow.run, WebhookReaperInput(grace_seconds=1800, webhooks=WebhookSchedule(
             FIRST_DELAY, FACTOR, 8, 600)),
-        id=f"reaper-test-{uuid.uuid4().hex[:8]}", task_queue="durapay-payments",
-        result_type=WebhookReaperResult)
+        id=f"reaper-test-{uuid.uuid4().hex[:8]}", task_queue="durapay-payments")
 
 
 async def test_the_reaper_starts_a_pending_delivery_nobody_started_once(

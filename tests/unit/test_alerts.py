@@ -86,7 +86,7 @@ def markdown_section(text: str, heading: str) -> str:
 def table_rows(section: str) -> list[list[str]]:
     """The cells of the first Markdown table in `section`, header and rule left out. `\\|` is
     a `|` inside a cell (GitHub's rule, code spans included)."""
-    rows = []
+    rows: list[list[str]] = []
     for line in section.splitlines():
         if not line.startswith("|"):
             if rows:
@@ -245,6 +245,7 @@ def durapay_labels() -> dict[str, dict[str, set[str]]]:
                     labels.setdefault(sample.name, {}).setdefault(label, set()).add(value)
     for metric in vars(metrics).values():
         if isinstance(metric, MetricWrapperBase):
+            assert metric._type is not None
             for name in sample_names(metric._name, metric._type):
                 bucket_label = ("le",) if name.endswith("_bucket") else ()
                 for label in (*metric._labelnames, *bucket_label):

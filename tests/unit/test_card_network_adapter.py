@@ -29,6 +29,7 @@ OPERATION = {"reference": REFERENCE, "type": "capture", "status": "approved",
 
 def _adapter(handler: Callable[[httpx.Request], httpx.Response]) -> CardNetworkActivities:
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    # No database: these tests never reach it.
     return CardNetworkActivities(http=http, sessions=None,  # type: ignore[arg-type]
                                  vault=Cipher(KeyRing(os.urandom(32)), Purpose.VAULT),
                                  base_url="http://network", timeout_seconds=1.0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ async def test_the_server_verifies_what_the_auth_signs_as_sent(target: str) -> N
     canonical path and signature over what arrived equal what `DurapayAuth` signed."""
     seen: list[dict[str, Any]] = []
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         body = b""
         while True:
             message = await receive()

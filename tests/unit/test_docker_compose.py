@@ -371,7 +371,7 @@ def test_the_worker_outlives_its_graceful_shutdown() -> None:
     assert len(timeouts) == 1, "one Worker(graceful_shutdown_timeout=…) in workers/main.py"
     call = timeouts[0]
     assert isinstance(call, ast.Call) and ast.unparse(call.func) == "timedelta"
-    graceful = sum(ast.literal_eval(k.value) * {"seconds": 1, "minutes": 60}[k.arg]
+    graceful = sum(ast.literal_eval(k.value) * {"seconds": 1, "minutes": 60}[k.arg or ""]
                    for k in call.keywords)
     assert graceful > 0
     assert duration_seconds(SERVICES["worker"]["stop_grace_period"]) > graceful
@@ -531,6 +531,7 @@ def test_the_certs_service_hands_each_role_to_its_containers_user() -> None:
         mount = pki_mount(name)
         if mount is None or name == "certs":
             continue
+        assert mount.subpath is not None
         owner = owners[mount.subpath]  # every mounted role is handed to someone
         if image_kind(name) == "durapay":
             assert (owner.uid, owner.gid) == (int(ours[1]), int(ours[2])), name
@@ -573,8 +574,8 @@ def test_the_proxy_serves_the_consoles_on_their_published_ports() -> None:
         assert f"listen {port} default_server;" in template, port  # other Host names: 421
         block = template.split(f"listen {port};", 1)[1].split("\nserver {", 1)[0]
         assert "server_name 127.0.0.1 localhost;" in block and upstream in block, port
-    for name, port in (("temporal-ui", "8080"), ("jaeger", "16686"), ("prometheus", "9090")):
-        assert port in [str(p) for p in SERVICES[name]["expose"]], name
+    for name, exposed in (("temporal-ui", "8080"), ("jaeger", "16686"), ("prometheus", "9090")):
+        assert exposed in [str(p) for p in SERVICES[name]["expose"]], name
 
 
 # ------------------------------------------------------------------ health and start order

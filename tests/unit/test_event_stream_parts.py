@@ -84,7 +84,8 @@ class _Producer:
     """aiokafka's producer as the sink uses it: send() returns a delivery future."""
 
     def __init__(self, fail: bool) -> None:
-        self.fail, self.sent = fail, []
+        self.fail = fail
+        self.sent: list[Any] = []
 
     async def start(self) -> None: ...
 

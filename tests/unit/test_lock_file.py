@@ -7,6 +7,7 @@ import re
 import tomllib
 from importlib import metadata
 from pathlib import Path
+from typing import cast
 
 import pytest
 from packaging.markers import default_environment
@@ -55,7 +56,8 @@ def extra_requirements(requirement: Requirement) -> list[Requirement]:
         dependency = Requirement(line)
         if dependency.marker is None:
             continue
-        if any(dependency.marker.evaluate({**default_environment(), "extra": extra})
+        environment = cast(dict[str, str], default_environment())
+        if any(dependency.marker.evaluate({**environment, "extra": extra})
                for extra in requirement.extras):
             added.append(dependency)
     return added

@@ -21,7 +21,7 @@ GIVEN_TOKEN = "given-" + hashlib.sha256(b"test_production_mode token").hexdigest
 
 
 def stack_settings(tmp_path: Path, env: str) -> Settings:
-    return Settings(env=env, home=tmp_path / "home", master_key=MASTER_KEY,  # type: ignore[arg-type]
+    return Settings(env=env, home=tmp_path / "home", master_key=MASTER_KEY,
                     admin_token=GIVEN_TOKEN, codec_port=18089,
                     temporal_tls_cert="/certs/cert.pem", temporal_tls_key="/certs/key.pem")
 

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -69,7 +70,7 @@ GIVEN_TOKEN = "given-" + hashlib.sha256(b"test_settings admin token").hexdigest(
     ({}, "DURAPAY_MASTER_KEY and DURAPAY_ADMIN_TOKEN"),
 ])
 def test_production_refuses_to_start_on_generated_secrets(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, str],
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, Any],
         missing: str) -> None:
     monkeypatch.delenv("DURAPAY_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("DURAPAY_MASTER_KEY", raising=False)

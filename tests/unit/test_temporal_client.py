@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.service import TLSConfig
@@ -67,7 +68,7 @@ def test_an_empty_api_key_is_no_api_key() -> None:
 
 @pytest.mark.parametrize(("given", "missing"), [({"temporal_tls_cert": CERT}, "the certificate"),
                                                 ({"temporal_tls_key": KEY}, "the key")])
-def test_half_of_a_client_certificate_is_a_configuration_error(given: dict[str, str],
+def test_half_of_a_client_certificate_is_a_configuration_error(given: dict[str, Any],
                                                                missing: str) -> None:
     # Settings refuse this when read (tests/unit/test_production_temporal.py); the connection
     # refuses it too, for settings made without validation.

@@ -263,7 +263,7 @@ async def test_check_webhook_url_checks_port_then_every_address() -> None:
     assert (target.port, addresses) == (443, [ipaddress.ip_address("93.184.216.34")])
 
 
-def _resolver(*answers: str):  # type: ignore[no-untyped-def]
+def _resolver(*answers: str):
     async def resolve(host: str, port: int) -> list[str]:
         return list(answers)
     return resolve

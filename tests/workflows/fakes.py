@@ -131,7 +131,7 @@ class FakeNetwork:
                 return UnsettledOperation(attempt.transaction_id, TransactionType.CHARGE, 2499)
         return None
 
-    def activities(self) -> list[object]:
+    def activities(self) -> list[Callable[..., Any]]:
         @activity.defn(name="load_payment")
         async def load_payment(payment_intent_id: str) -> PaymentSnapshot:
             self.loads.append(payment_intent_id)

@@ -160,7 +160,7 @@ async def expiry_void_declined_until_review(env: WorkflowEnvironment) -> Payment
     """An authorization whose expiry void the network keeps declining: bounded retries, then a
     manual review; an operator cancels later."""
     declined = NetworkAnswer(NetworkOutcome.DECLINED, "already_voided")
-    network = FakeNetwork(answers=[APPROVED], operation_answers=[declined] * 5 + [APPROVED])
+    network = FakeNetwork(answers=[APPROVED], operation_answers=[*[declined] * 5, APPROVED])
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,

@@ -50,12 +50,14 @@ async def test_capture_then_refunds_until_refunded_end_the_run(env: WorkflowEnvi
         with pytest.raises(WorkflowUpdateFailedError) as too_much:
             await handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput(2500))
         assert isinstance(too_much.value.cause, ApplicationError)
+        assert isinstance(too_much.value.cause, ApplicationError)
         assert too_much.value.cause.type == ErrorType.AMOUNT_INVALID
         captured = await handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput(2000))
         assert captured.intent_status is IntentStatus.SUCCEEDED
         with pytest.raises(WorkflowUpdateFailedError) as twice:
             await handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput())
-        assert twice.value.cause.type == ErrorType.ILLEGAL_TRANSITION  # type: ignore[union-attr]
+        assert isinstance(twice.value.cause, ApplicationError)
+        assert twice.value.cause.type == ErrorType.ILLEGAL_TRANSITION
         # Concurrent refunds queue on the lock: exactly 2000 in all reaches the network.
         results = await asyncio.gather(*(
             handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(800))
@@ -85,7 +87,8 @@ async def test_unknown_capture_is_reconciled_and_blocks_other_operations(
             "timeout", IntentStatus.REQUIRES_CAPTURE)
         with pytest.raises(WorkflowUpdateFailedError) as blocked:
             await handle.execute_update(PaymentIntentWorkflow.cancel, CancelInput())
-        assert blocked.value.cause.type == ErrorType.ATTEMPT_IN_FLIGHT  # type: ignore[union-attr]
+        assert isinstance(blocked.value.cause, ApplicationError)
+        assert blocked.value.cause.type == ErrorType.ATTEMPT_IN_FLIGHT
         # Reconciled, then the refund window (1 h) ends the run.
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
     capture_reference = network.operations[0][1].network_reference

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
@@ -19,6 +20,7 @@ from tests.workflows.conftest import new_worker, time_skipping
 from tests.workflows.fakes import (
     CARD,
     FakeNetwork,
+    PaymentHandle,
     in_review,
     run_time,
     start_payment,
@@ -153,7 +155,8 @@ async def test_a_verdict_that_the_network_contradicts_is_refused(env: WorkflowEn
             await handle.execute_update(
                 PaymentIntentWorkflow.resolve_manual_review,
                 ManualReviewResolution(NetworkOutcome.FAILED, "looked like nothing happened"))
-        assert refused.value.cause.type == ErrorType.VERDICT_CONTRADICTS_NETWORK  # type: ignore[union-attr]
+        assert isinstance(refused.value.cause, ApplicationError)
+        assert refused.value.cause.type == ErrorType.VERDICT_CONTRADICTS_NETWORK
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
     assert [o.outcome for o in network.outcomes][-1] is NetworkOutcome.APPROVED
     assert all(o.failure_code != "manual_review" for o in network.outcomes)
@@ -164,7 +167,7 @@ async def test_a_late_answer_contradicting_a_verdict_opens_a_discrepancy(
     hold = asyncio.Event()
     # Query 7 (the first after the horizon) is in flight while the operator resolves; the
     # operator's own query finds nothing, the late one says the card was charged.
-    network = FakeNetwork(answers=[UNKNOWN], status_answers=[UNKNOWN] * 8 + [APPROVED],
+    network = FakeNetwork(answers=[UNKNOWN], status_answers=[*[UNKNOWN] * 8, APPROVED],
                           status_hold_at=7, status_hold=hold)
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
@@ -189,7 +192,8 @@ async def _queried(network: FakeNetwork, count: int) -> bool:
     return len(network.status_queries) >= count
 
 
-async def _status_is(handle: WorkflowHandle, status: IntentStatus) -> bool:
+async def _status_is(handle: WorkflowHandle[Any, Any] | PaymentHandle,
+                     status: IntentStatus) -> bool:
     return await handle.query(PaymentIntentWorkflow.current_status) is status
 
 
@@ -219,7 +223,8 @@ async def test_a_capture_cannot_slip_past_a_void_being_settled(env: WorkflowEnvi
         held.set()
         with pytest.raises(WorkflowUpdateFailedError) as blocked:
             await asyncio.wait_for(capture, 30)
-        assert blocked.value.cause.type in (  # type: ignore[union-attr]
+        assert isinstance(blocked.value.cause, ApplicationError)
+        assert blocked.value.cause.type in (
             ErrorType.ATTEMPT_IN_FLIGHT, ErrorType.ILLEGAL_TRANSITION)
         assert (await handle.result()).status is IntentStatus.CANCELED
     assert [kind for kind, _ in network.operations] == ["void"]
@@ -274,7 +279,7 @@ async def test_not_found_is_unknown_until_the_attempt_is_old_enough(
 
 async def test_not_found_then_approved_within_the_safe_age_succeeds(
         env: WorkflowEnvironment) -> None:
-    network = FakeNetwork(answers=[UNKNOWN], status_answers=[NOT_FOUND] * 4 + [APPROVED])
+    network = FakeNetwork(answers=[UNKNOWN], status_answers=[*[NOT_FOUND] * 4, APPROVED])
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue)

@@ -56,7 +56,9 @@ APPROVED = NetworkAnswer(NetworkOutcome.APPROVED)
 
 def ours(env: WorkflowEnvironment) -> Client:
     """A client as Durapay's processes have it (the same server and time-skipping hooks)."""
-    return Client(**{**env.client.config(), "data_converter": data_converter(KEY)})
+    config = env.client.config()
+    config["data_converter"] = data_converter(KEY)
+    return Client(**config)
 
 
 def update_with_start(client: Client, payment: PaymentIntentInput,
@@ -100,6 +102,7 @@ async def test_a_plaintext_update_to_an_open_run_is_rejected_and_the_run_goes_on
         assert authorized.intent_status is IntentStatus.REQUIRES_CAPTURE
 
         foreign = env.client.get_workflow_handle(payment.payment_intent_id)  # no codec
+        update: Any  # each pair has its own types (mypy would take their union)
         for update, argument in ((PaymentIntentWorkflow.capture, CaptureInput()),
                                  (PaymentIntentWorkflow.confirm_charge, FORGED)):
             with pytest.raises(WorkflowUpdateFailedError) as rejected:

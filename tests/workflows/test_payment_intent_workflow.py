@@ -71,7 +71,7 @@ async def test_network_5xx_retries_with_the_same_reference_then_fails_cleanly(
 async def test_unknown_outcome_is_reconciled_by_status_queries(env: WorkflowEnvironment) -> None:
     pending = NetworkAnswer(NetworkOutcome.UNKNOWN)
     network = FakeNetwork(answers=[NetworkAnswer(NetworkOutcome.UNKNOWN)],
-                          status_answers=[pending] * 5 + [NetworkAnswer(NetworkOutcome.APPROVED)])
+                          status_answers=[*[pending] * 5, NetworkAnswer(NetworkOutcome.APPROVED)])
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue)

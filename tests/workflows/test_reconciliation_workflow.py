@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from temporalio import activity
@@ -40,7 +42,7 @@ class FakeSweep:
     failures: list[Exception] = field(default_factory=list)
     calls: list[ReconcileWindowInput] = field(default_factory=list)
 
-    def activities(self) -> list[object]:
+    def activities(self) -> list[Callable[..., Any]]:
         @activity.defn(name="reconcile_window")
         async def reconcile_window(request: ReconcileWindowInput) -> ReconciliationReport:
             self.calls.append(request)

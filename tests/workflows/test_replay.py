@@ -49,7 +49,7 @@ async def test_current_code_replays_its_own_history(env: WorkflowEnvironment) ->
     unknown = NetworkAnswer(NetworkOutcome.UNKNOWN)
     network = FakeNetwork(answers=[NetworkAnswer(NetworkOutcome.DECLINED, "generic_decline"),
                                    unknown],
-                          status_answers=[unknown] * 3 + [NetworkAnswer(NetworkOutcome.APPROVED)])
+                          status_answers=[*[unknown] * 3, NetworkAnswer(NetworkOutcome.APPROVED)])
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue)

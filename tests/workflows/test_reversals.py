@@ -52,7 +52,7 @@ async def test_a_charge_not_found_past_the_bound_is_reversed_and_fails(
 
 async def test_a_pending_charge_is_never_reversed(env: WorkflowEnvironment) -> None:
     network = FakeNetwork(answers=[UNKNOWN],
-                          status_answers=[PENDING] * 8 + [NetworkAnswer(NetworkOutcome.APPROVED)])
+                          status_answers=[*[PENDING] * 8, NetworkAnswer(NetworkOutcome.APPROVED)])
     status, _ = await _charge(env, network)
     assert status is IntentStatus.SUCCEEDED
     assert network.reversal_steps == []

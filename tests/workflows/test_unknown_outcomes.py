@@ -29,7 +29,7 @@ SHORT_HORIZON = ReconcilePolicy(first_delay_seconds=2, max_delay_seconds=60, hor
 
 async def test_hours_of_status_queries_settle_a_late_approval(env: WorkflowEnvironment) -> None:
     # The network answers only after ~20 hours: 8 doubling queries, then one every 5 minutes.
-    network = FakeNetwork(answers=[UNKNOWN], status_answers=[UNKNOWN] * 240 + [APPROVED])
+    network = FakeNetwork(answers=[UNKNOWN], status_answers=[*[UNKNOWN] * 240, APPROVED])
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue)
@@ -45,7 +45,7 @@ async def test_hours_of_status_queries_settle_a_late_approval(env: WorkflowEnvir
 
 async def test_past_the_horizon_the_payment_is_flagged_for_review_and_still_settles(
         env: WorkflowEnvironment) -> None:
-    network = FakeNetwork(answers=[UNKNOWN], status_answers=[UNKNOWN] * 12 + [APPROVED])
+    network = FakeNetwork(answers=[UNKNOWN], status_answers=[*[UNKNOWN] * 12, APPROVED])
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON)
@@ -103,7 +103,7 @@ async def test_a_network_outage_during_reconciliation_still_endsin_review(
 
 async def test_long_reconciliation_continues_as_new_with_its_state(
         env: WorkflowEnvironment) -> None:
-    network = FakeNetwork(answers=[UNKNOWN], status_answers=[UNKNOWN] * 40 + [APPROVED])
+    network = FakeNetwork(answers=[UNKNOWN], status_answers=[*[UNKNOWN] * 40, APPROVED])
     async with new_worker(env.client, PaymentIntentWorkflow,
                           activities=network.activities()) as worker:
         handle = await start_payment(env, worker.task_queue, max_history_events=60)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import activity, workflow
 from temporalio.testing import WorkflowEnvironment
@@ -66,7 +68,7 @@ class FakeReceiver:
             return self.outcomes.pop(0)
         return self.outcomes[0]  # the last outcome repeats forever
 
-    def activities(self) -> list[object]:
+    def activities(self) -> list[Callable[..., Any]]:
         @activity.defn(name="send_webhook")
         async def send_webhook(attempt: AttemptInput) -> SentAttempt:
             return self._send(attempt)

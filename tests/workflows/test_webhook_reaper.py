@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
@@ -12,7 +14,7 @@ from activities.webhook_reaper import StrandedDeliveries, StrandedDeliveriesPage
 from activities.webhooks import AttemptInput, AttemptResult, SentAttempt
 from tests.workflows.conftest import new_worker
 from workflows.webhook_delivery import WebhookDeliveryInput, WebhookDeliveryWorkflow
-from workflows.webhook_reaper import WebhookReaperInput, WebhookReaperResult, WebhookReaperWorkflow
+from workflows.webhook_reaper import WebhookReaperInput, WebhookReaperWorkflow
 
 LONG_AGO = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -32,7 +34,7 @@ class StrandedRows:
                            for n in range(count))
         self.pages: list[StrandedDeliveriesPage] = []
 
-    def activity(self) -> object:
+    def activity(self) -> Callable[..., Any]:
         @activity.defn(name="find_stranded_deliveries")
         async def find_stranded_deliveries(page: StrandedDeliveriesPage) -> StrandedDeliveries:
             self.pages.append(page)
@@ -59,7 +61,7 @@ async def test_the_reaper_starts_every_stranded_delivery_once_across_pages_and_r
         result = await env.client.execute_workflow(
             WebhookReaperWorkflow.run,
             WebhookReaperInput(grace_seconds=300, page_size=3, deliveries_per_run=5),
-            id=reaper, task_queue=worker.task_queue, result_type=WebhookReaperResult)
+            id=reaper, task_queue=worker.task_queue)
         runs = await _runs(env, reaper)
         delivered = [await env.client.get_workflow_handle(delivery_id).result()
                      for _, delivery_id in stranded.rows]
