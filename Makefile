@@ -40,9 +40,11 @@ browser:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y --no-install-recommends chromium; }
 
-# The whole suite: unit, workflow (time-skipping server) and integration (the real stack).
+# Lint and type check (what `make lint` runs), then the whole suite: unit, workflow
+# (time-skipping server) and integration (the real stack). CI runs this (.ci/run).
 test: $(STAMP) browser
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra
 
 # The whole suite with two CPU-burning processes beside it (tests/busy_machine.py): a test that
@@ -67,5 +69,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.charges $(BENCH_ARGS)
 	$(if $(findstring -only,$(BENCH_ARGS)),,$(BIN)/python -m bench.lock_waits)
 
+# Ruff, then mypy over every first-party folder ([tool.mypy] in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
