@@ -10,7 +10,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import func
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, NoResultFound
@@ -215,7 +215,7 @@ def refusals_are_final(activity_method: RecordMethod) -> RecordMethod:
             raise ApplicationError(f"{activity_method.__name__} refused: {reason}",
                                    type=ErrorType.RECORD_REFUSED, non_retryable=True) from error
 
-    return refusing  # type: ignore[return-value]
+    return cast(RecordMethod, refusing)  # functools.wraps keeps its signature
 
 
 def _refusal_reason(error: Exception) -> str:
@@ -347,7 +347,8 @@ class PaymentRecordActivities:
                 if not written.transaction_moved:  # never under the locks
                     raise IllegalTransition("transaction", status_before, result.outcome.value)
                 if write.event is not None and not written.intent_moved:
-                    raise IllegalTransition("payment intent", write.moved_intent[1],  # type: ignore[index]
+                    assert write.moved_intent is not None  # an event comes with its move
+                    raise IllegalTransition("payment intent", write.moved_intent[1],
                                             result.outcome.value)
                 txn.updated_at = written.transaction_updated_at
                 deliveries = [d["id"] for d in write.deliveries]

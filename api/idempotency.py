@@ -270,5 +270,6 @@ def idempotent(model: type[RequestModel], *, optional: bool = False,
     parameters[-1] = parameters[-1].replace(
         annotation=model | None if optional else model,
         default=None if optional else inspect.Parameter.empty)
+    # FastAPI reads the parameters from __signature__, which typeshed does not declare on functions.
     claim_key.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return Depends(claim_key, scope="function")

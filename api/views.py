@@ -102,6 +102,7 @@ _INTENT_ID: BindParameter[str] = bindparam("intent_id")
 # an intent without any), in one statement.
 _INTENT_WITH_TRANSACTIONS = (
     sqlalchemy.select(*_INTENT_COLUMNS.values(), *_TRANSACTION_COLUMNS.values())
+    # SQLModel does not declare the __table__ a table=True class has.
     .select_from(PaymentIntent.__table__.outerjoin(  # type: ignore[attr-defined]
         Transaction.__table__,  # type: ignore[attr-defined]
         col(Transaction.payment_intent_id) == PaymentIntent.id))

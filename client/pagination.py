@@ -33,6 +33,7 @@ class AutoPager(Generic[Item]):
             yield page
             if not page.has_more or not page.data:
                 return
+            # Every listed object has an id; the models declare only their own fields.
             cursor = page.data[-1].id  # type: ignore[attr-defined]
 
     async def __aiter__(self) -> AsyncIterator[Item]:

@@ -56,6 +56,7 @@ class Resource:
         async def fetch(cursor: str | None) -> Page[Model]:
             answer = await self._requestor.request_json(
                 "GET", path, params={**params, "startingAfter": cursor})
+            # A page of the class given at run time, which mypy cannot use as a type argument.
             return Page[model].model_validate(answer)  # type: ignore[valid-type]
 
         return AutoPager(fetch, starting_after=starting_after)

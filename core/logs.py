@@ -107,6 +107,8 @@ class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time of the line (as logging's own last-resort
     handler does), not the stream of the moment it was made: pytest swaps stderr per test."""
 
+    durapay_json: bool  # marks the handler configure_logging installs
+
     def __init__(self) -> None:
         logging.Handler.__init__(self)
 
@@ -123,7 +125,7 @@ def configure_logging(service: str, level: int | str = logging.INFO) -> None:
         if getattr(handler, "durapay_json", False):
             root.removeHandler(handler)
     handler = _StderrHandler()
-    handler.durapay_json = True  # type: ignore[attr-defined]
+    handler.durapay_json = True
     handler.setFormatter(JsonFormatter(service))
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)

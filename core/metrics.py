@@ -291,6 +291,7 @@ async def read_database_snapshot(
             select(ReconciliationDiscrepancy.kind, func.count())
             .where(col(ReconciliationDiscrepancy.resolved_at).is_(None))
             .group_by(col(ReconciliationDiscrepancy.kind)))).all()
+        # sqlmodel types exec() for its select() and DML only; it runs text() the same way.
         slots = (await session.exec(  # type: ignore[call-overload]
             text(SLOT_STATUS_SQL))).mappings().all()
     return DatabaseSnapshot(int(reviews), {str(kind): int(count) for kind, count in rows},

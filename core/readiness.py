@@ -25,6 +25,7 @@ ReadinessWarning = Callable[[], Awaitable[str | None]]
 async def postgres_ok(sessions: async_sessionmaker[AsyncSession]) -> bool:
     try:
         async with asyncio.timeout(CHECK_SECONDS), sessions() as session:
+            # sqlmodel types exec() for its select() and DML only; it runs text() the same way.
             await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
     except Exception:  # noqa: BLE001 (any failure is "down")
         return False
@@ -84,6 +85,7 @@ SELECT current_setting('max_slot_wal_keep_size') = '-1' AS unlimited,
 async def slot_wal_unbounded(sessions: async_sessionmaker[AsyncSession]) -> str | None:
     """A warning while a replication slot exists and the server keeps its WAL without limit."""
     async with sessions() as session:
+        # sqlmodel types exec() for its select() and DML only; it runs text() the same way.
         row = (await session.exec(text(SLOT_WAL_UNBOUNDED_SQL))).one()  # type: ignore[call-overload]
     if row.unlimited and row.slots:
         return (f"{row.slots} logical replication slot(s) and max_slot_wal_keep_size = -1: a "

@@ -168,6 +168,7 @@ def _shape_stack_for_instrumentation(app: FastAPI,
             return stack
         return ServerErrorMiddleware(_FlushTracesAtShutdown(stack, provider))
 
+    # Replaced on this instance only (a method assignment, which mypy refuses).
     app.build_middleware_stack = build_shaped  # type: ignore[method-assign]
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from temporalio import workflow
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 with workflow.unsafe.imports_passed_through():
     from core.domain import (
@@ -116,7 +119,7 @@ class Address:
     update_id: str
 
 
-Addressable = TypeVar("Addressable")
+Addressable = TypeVar("Addressable", bound="DataclassInstance")
 
 
 def addressed(argument: Addressable, update: Callable[..., Any], *, payment_intent_id: str,
@@ -124,7 +127,7 @@ def addressed(argument: Addressable, update: Callable[..., Any], *, payment_inte
     """`argument` (an operation's input) addressed to `update` of this payment, sent under
     `update_id`: what every sender (the API, `durapay review`) passes."""
     address = Address(payment_intent_id, update.__name__, update_id)
-    return dataclasses.replace(argument, address=address)  # type: ignore[type-var]
+    return dataclasses.replace(argument, address=address)
 
 
 @dataclass

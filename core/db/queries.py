@@ -114,6 +114,7 @@ async def append_chained_event(session: AsyncSession, *, chain: str, event_id: s
     `unless_recorded`: an event with this id already written is left alone (None comes back);
     checked under the subject's lock, so two concurrent writers of one event write it once.
     """
+    # sqlmodel types exec() for its select() and DML only; it runs text() the same way.
     tail = (await session.exec(_CHAIN_TAIL, params={  # type: ignore[call-overload]
         "chain": chain})).one()
     if unless_recorded and await event_exists(session, event_id):
