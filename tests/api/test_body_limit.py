@@ -109,6 +109,7 @@ class SendingClient:
     async def send(self, message: dict[str, object]) -> None:
         if message["type"] == "http.response.start":
             self.read_when_answered = len(self.pending)
+            # A message is a plain dict here; a start message's status is an int.
             self.status = message["status"]  # type: ignore[assignment]
 
 
@@ -123,6 +124,7 @@ async def test_the_rest_of_an_oversize_body_is_read_before_the_413(declared: boo
     async def app(scope: object, receive: object, send: object) -> None:
         raise AssertionError("an oversize body must not reach the app")
 
+    # A plain-dict scope and a fake client's callables stand in for the server's.
     await BodyLimitMiddleware(app, max_body_bytes=65_536, timeout_seconds=10)(
         scope, client.receive, client.send)  # type: ignore[arg-type]
     assert client.status == 413
@@ -138,6 +140,7 @@ async def test_draining_stops_at_its_bound() -> None:
     async def app(scope: object, receive: object, send: object) -> None:
         raise AssertionError("an oversize body must not reach the app")
 
+    # A plain-dict scope and a fake client's callables stand in for the server's.
     await BodyLimitMiddleware(app, max_body_bytes=65_536, timeout_seconds=10)(
         scope, client.receive, client.send)  # type: ignore[arg-type]
     assert client.status == 413

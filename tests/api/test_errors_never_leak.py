@@ -50,6 +50,7 @@ async def failing_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
 
     async def failing_statement(session: SessionDep) -> None:
+        # sqlmodel types exec() for its select() and DML only; it runs text() the same way.
         await session.exec(FAILING, params={"value": MARKER})  # type: ignore[call-overload]
 
     async def failing_code() -> None:

@@ -90,6 +90,7 @@ async def test_an_answered_charge_is_seven_statements_its_answer_stored_by_one(
         settings: Settings, merchant: Merchant) -> None:
     async with served_by(AnsweringPaymentWorkflow, settings, merchant) as shop:
         intent = await shop.create_intent()
+        # The in-process app behind the test client (httpx types the transport in general).
         app = shop.http._transport.app  # type: ignore[attr-defined]
         with statements_of(app) as sent:
             answered = await shop.post(f"/payment-intents/{intent['id']}/transactions",

@@ -222,6 +222,7 @@ def real_objects(stack: RunningStack, shop: Shop) -> Objects:
 def known_outcomes(shop: Shop, schema: schemathesis.BaseSchema) -> Iterator[tuple[Case, int]]:
     """Cases whose answer is known, on objects made for them: the success and decline answers
     that generated data reaches only by luck."""
+    # An OpenAPI schema has it; schemathesis types the base class.
     by_id = schema.find_operation_by_id  # type: ignore[attr-defined]
     charge = by_id("payment-intents-transactions-create")
     for number, status in ((APPROVED_CARD, 200), (DECLINED_CARD, 402), (HELD_CARD, 202)):

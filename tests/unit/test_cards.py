@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -30,9 +31,9 @@ def test_brand_comes_from_the_prefix() -> None:
 
 
 def _problem(**overrides: object) -> str | None:
-    card = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123",
-            **overrides}
-    problem = card_problem(today=TODAY, **card)  # type: ignore[arg-type]
+    card: dict[str, Any] = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030,
+                            "cvc": "123", **overrides}
+    problem = card_problem(today=TODAY, **card)
     return problem.param if problem else None
 
 

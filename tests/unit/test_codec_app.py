@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from google.protobuf import json_format
+from starlette.types import ASGIApp
 from temporalio.api.common.v1 import Payload, Payloads
 
 from api import codec_app
@@ -36,9 +37,9 @@ async def encrypted_body() -> str:
     return json_format.MessageToJson(Payloads(payloads=[stored]))
 
 
-async def post_decode(app: object, *, base_url: str = "http://127.0.0.1:8089",
+async def post_decode(app: ASGIApp, *, base_url: str = "http://127.0.0.1:8089",
                       headers: dict[str, str] | None = None) -> httpx.Response:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url=base_url) as http:
         return await http.post("/codec/decode", content=await encrypted_body(),
                                 headers={"Content-Type": "application/json", **(headers or {})})

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from typing import Any
 
 import httpx
 import pytest
@@ -38,13 +39,13 @@ def test_signature_is_hex_hmac_sha256_of_the_canonical_string() -> None:
 
 
 def test_any_change_changes_the_signature() -> None:
-    base = {"method": "POST", "path_and_query": "/p", "timestamp": "1", "nonce": "n" * 16,
-            "body": b"{}"}
-    reference = sign_request("sk", **base)  # type: ignore[arg-type]
+    base: dict[str, Any] = {"method": "POST", "path_and_query": "/p", "timestamp": "1",
+                            "nonce": "n" * 16, "body": b"{}"}
+    reference = sign_request("sk", **base)
     for field, value in [("method", "GET"), ("path_and_query", "/q"), ("timestamp", "2"),
                          ("nonce", "m" * 16), ("body", b"{ }")]:
-        assert sign_request("sk", **{**base, field: value}) != reference  # type: ignore[arg-type]
-    assert sign_request("sk2", **base) != reference  # type: ignore[arg-type]
+        assert sign_request("sk", **{**base, field: value}) != reference
+    assert sign_request("sk2", **base) != reference
 
 
 def test_client_headers_carry_key_timestamp_nonce_and_signature() -> None:

@@ -139,6 +139,7 @@ def _wal(*messages: bytes) -> list[tuple[int, bytes]]:
 
 
 def test_streamed_events_carry_their_commits_end_and_their_place_in_it_as_cursor() -> None:
+    # No database or sink: only the parsing of the stream is under test.
     stream = EventStream(None, None, slot="s")  # type: ignore[arg-type]
     # A higher seq committed first: the cursor follows the commits, not seq.
     transactions = stream._transactions(_wal(
@@ -153,6 +154,7 @@ def test_streamed_events_carry_their_commits_end_and_their_place_in_it_as_cursor
 
 
 def test_events_at_or_before_the_resume_cursor_are_not_delivered() -> None:
+    # No database or sink: only the parsing of the stream is under test.
     stream = EventStream(None, None, slot="s",  # type: ignore[arg-type]
                          after=parse_cursor("0/16B3748:0"))
     [transaction] = stream._transactions(_wal(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from activities.webhooks import SentAttempt, attempt_result
 from core.domain import NetworkOutcome
@@ -22,8 +23,8 @@ from core.readiness import readiness
 from workers.health_server import HealthServer, _request_line
 
 
-def value(name: str, registry: object = WORKER_REGISTRY, **labels: str) -> float:
-    found = registry.get_sample_value(name, labels)  # type: ignore[attr-defined]
+def value(name: str, registry: CollectorRegistry = WORKER_REGISTRY, **labels: str) -> float:
+    found = registry.get_sample_value(name, labels)
     assert found is not None, f"{name}{labels} does not exist"
     return float(found)
 
@@ -160,6 +161,7 @@ async def test_readyz_names_what_is_down() -> None:
     async def down() -> bool:
         return False
 
+    # No database: the checks given stand in for it.
     server = HealthServer(checks={"postgres": down, "temporal": up}, sessions=None,  # type: ignore[arg-type]
                           sdk_metrics_url=None)
     try:

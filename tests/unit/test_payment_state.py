@@ -4,6 +4,8 @@ the expiry void's backoff, and the state carried across continue-as-new."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError
@@ -60,8 +62,8 @@ def unknown_outcome(transaction_id: str = "txn_unknown") -> UnknownOutcome:
     return UnknownOutcome(transaction_id, operation=TransactionType.CAPTURE, amount_in_cents=500)
 
 
-def snapshot(status: str, **fields: object) -> PaymentSnapshot:
-    return PaymentSnapshot(status, **fields)  # type: ignore[arg-type]
+def snapshot(status: str, **fields: Any) -> PaymentSnapshot:
+    return PaymentSnapshot(status, **fields)
 
 
 def assert_refused(error: pytest.ExceptionInfo[ApplicationError], kind: str,
@@ -658,7 +660,8 @@ def test_expiry_void_failed_backs_off_then_asks_an_operator() -> None:
     retries = []
     for now in (1_000.0, 1_060.0, 1_180.0, 1_420.0):
         assert state.expiry_void_failed(now=now) is False
-        retries.append(state.money.authorization_expires_at - now)  # type: ignore[operator]
+        assert state.money.authorization_expires_at is not None
+        retries.append(state.money.authorization_expires_at - now)
     assert retries == [60.0, 120.0, 240.0, 480.0]
     assert state.money.expiry_void_failures == 4
     assert state.money.authorization_expires_at == 1_900.0

@@ -17,8 +17,8 @@ CERT = "-----BEGIN CERTIFICATE-----\nY2VydA==\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleQ==\n-----END PRIVATE KEY-----\n"
 
 
-def _settings(**values: object) -> Settings:
-    return Settings(temporal_address="temporal.internal:7233", **values)  # type: ignore[arg-type]
+def _settings(**values: Any) -> Settings:
+    return Settings(temporal_address="temporal.internal:7233", **values)
 
 
 def test_without_tls_settings_the_connection_is_plain() -> None:

@@ -343,6 +343,7 @@ class PaymentHandle:
                                                          run_id=run_id)
         # As the time-skipping env does for handles of workflows it started itself: skip time
         # while waiting for the result.
+        # The time-skipping environment has it; WorkflowEnvironment, the type given, does not.
         async with self.env.time_skipping_unlocked():  # type: ignore[attr-defined]
             return await handle.result()
 
