@@ -1,5 +1,5 @@
-"""api/deps.py's signed-request auth (API.md "Authentication"), through POST /payment-intents:
-every way a request fails it answers 401 and changes nothing."""
+"""api/deps.py's signed-request auth (docs/api.md, "Signed requests"), through
+POST /payment-intents: every way a request fails it answers 401 and changes nothing."""
 
 from __future__ import annotations
 

@@ -358,7 +358,7 @@ def test_retry_after_parses_seconds_and_dates() -> None:
     "Thu, 01 Jan 1970 25:61:00 GMT", "   ",
 ])
 def test_retry_after_anything_but_ascii_digits_or_an_http_date_is_ignored(value: str) -> None:
-    """A receiver's header must never make recording the attempt fail (issue 11, item 5)."""
+    """A receiver's header must never make recording the attempt fail."""
     assert parse_retry_after(value, now_epoch=0) is None
 
 
