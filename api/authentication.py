@@ -121,7 +121,7 @@ class SigningKey:
 
 class SigningKeys:
     """Decrypted signing secrets by public key, for this process. Only keys that existed when
-    read are kept (an unknown key is read again each time, as before any cache), at most
+    read are kept (an unknown key is read again each time), at most
     `MAX_KEYS` of them: past that the oldest entry goes first."""
 
     MAX_KEYS = 10_000
