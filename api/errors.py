@@ -117,7 +117,9 @@ def service_unavailable() -> ServiceUnavailableError:
 
 def is_outage(error: BaseException) -> bool:
     """True when `error`, or an error it was raised from, says Postgres or Temporal cannot be
-    reached: the request may succeed once it is back, so it is a 503, not a bug."""
+    reached: the request may succeed once it is back, so it is a 503, not a bug. A SQLAlchemy
+    error raised while handling an outage counts too (a session whose connection died refuses
+    further work with `PendingRollbackError`, whose only link to the outage is its context)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
@@ -129,8 +131,12 @@ def is_outage(error: BaseException) -> bool:
             return True
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
-        current = current.__cause__ or (current.orig if isinstance(current, sa_exc.DBAPIError)
-                                        else None)
+        if isinstance(current, sa_exc.DBAPIError):
+            current = current.__cause__ or current.orig
+        elif isinstance(current, sa_exc.SQLAlchemyError):
+            current = current.__cause__ or current.__context__
+        else:
+            current = current.__cause__
     return False
 
 

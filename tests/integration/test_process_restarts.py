@@ -146,6 +146,14 @@ def _caused(error: BaseException, cause: BaseException) -> BaseException:
     return error
 
 
+def _while_handling(error: BaseException, handled: BaseException) -> BaseException:
+    error.__context__ = handled  # as raising `error` in an `except` block leaves it
+    return error
+
+
+CONNECTION_LOST = asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
+
+
 @pytest.mark.parametrize(("error", "outage"), [
     (ConnectionRefusedError(111, "Connection refused"), True),  # asyncpg lets it through as is
     (OSError(errno.EHOSTUNREACH, "No route to host"), True),
@@ -161,6 +169,12 @@ def _caused(error: BaseException, cause: BaseException) -> BaseException:
     (sa_exc.IntegrityError("INSERT", None, Exception("duplicate key")), False),
     (RPCError("workflow not found", RPCStatusCode.NOT_FOUND, b""), False),
     (KeyError("bug"), False),
+    # A session used again after its connection died mid-transaction.
+    (_while_handling(sa_exc.PendingRollbackError("Can't reconnect until invalid transaction is "
+                                                 "rolled back"), CONNECTION_LOST), True),
+    (_while_handling(sa_exc.PendingRollbackError("a flush failed"),
+                     sa_exc.IntegrityError("INSERT", None, Exception("duplicate key"))), False),
+    (_while_handling(KeyError("a bug in an except block"), CONNECTION_LOST), False),
 ])
 def test_outages_are_told_from_bugs(error: BaseException, outage: bool) -> None:
     """Runs without the stack: which failures answer 503 (retry later) rather than 500."""
