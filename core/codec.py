@@ -42,6 +42,7 @@ from temporalio.converter import (
     DataConverter,
     DefaultPayloadConverter,
     EncodingPayloadConverter,
+    JSONPlainPayloadConverter,
     PayloadCodec,
     SerializationContext,
     WithSerializationContext,
@@ -51,6 +52,7 @@ from temporalio.exceptions import ApplicationError
 
 from core.keyring import KeyRing, derive_key
 from core.metrics import count_refused_payload
+from core.payload_json import json_payload_converter
 
 log = logging.getLogger("durapay.codec")
 
@@ -289,9 +291,12 @@ class RefusingPayloadConverter(CompositePayloadConverter):
     """Temporal's default converters plus the refusal of markers (nullary, as the SDK needs)."""
 
     def __init__(self) -> None:
-        # First: it never produces a payload, so it costs nothing on the way out.
-        super().__init__(RefusedPayloadConverter(),
-                         *DefaultPayloadConverter.default_encoding_payload_converters)
+        # First: it never produces a payload, so it costs nothing on the way out. The SDK's
+        # JSON converter is replaced by the same one decoding dataclasses faster.
+        super().__init__(RefusedPayloadConverter(), *(
+            json_payload_converter() if isinstance(converter, JSONPlainPayloadConverter)
+            else converter
+            for converter in DefaultPayloadConverter.default_encoding_payload_converters))
 
 
 def data_converter(master_key: bytes | KeyRing,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import httpx
 import pytest
@@ -88,3 +90,37 @@ async def test_a_key_roll_of_an_unknown_merchant_is_404(http: httpx.AsyncClient)
     response = await http.post("/merchants/mer_nope/keys/roll", headers=ADMIN)
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found"
+
+
+@pytest.mark.parametrize("statement", [
+    "DELETE FROM merchant WHERE id = $1",
+    "UPDATE merchant SET id = id || '-renamed' WHERE id = $1",
+])
+async def test_a_merchant_is_never_deleted_or_renamed(merchant: Merchant, db: asyncpg.Pool,
+                                                      statement: str) -> None:
+    """Its payments name it without a foreign key: the database keeps the name valid."""
+    await merchant.create_intent()
+    with pytest.raises(asyncpg.RaiseError, match="never deleted or renamed"):
+        await db.execute(statement, merchant.id)
+    async with db.acquire() as connection:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:  # rolled back whatever happens
+            with pytest.raises(asyncpg.RaiseError, match="never deleted or renamed"):
+                await connection.execute("TRUNCATE merchant CASCADE")
+        finally:
+            await transaction.rollback()
+    assert await db.fetchval("SELECT count(*) FROM merchant WHERE id = $1", merchant.id) == 1
+
+
+async def test_a_merchants_payments_take_no_lock_on_its_row(merchant: Merchant,
+                                                            db: asyncpg.Pool) -> None:
+    """A create (intent, event, Idempotency-Key's claim and answer) writes no row whose check
+    locks the merchant's row: with that row locked FOR UPDATE elsewhere, it still answers (a
+    foreign key's FOR KEY SHARE would wait for the lock holder's commit)."""
+    async with db.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM merchant WHERE id = $1 FOR UPDATE", merchant.id)
+        created = await asyncio.wait_for(merchant.post(
+            "/payment-intents", {"amountInCents": 900, "currency": "usd"},
+            idempotency_key="row-locked"), timeout=60)
+    assert created.status_code == 201, created.text
