@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also keep its keys (and the API URL) as this profile")
     signed_requests.add_parsers(commands)
     profiles.add_parser(commands)
-    tour = commands.add_parser("tour", help="the README's 30-second tour")
+    tour = commands.add_parser(
+        "tour", help="create a PaymentIntent and charge test card 4242, as a merchant")
     add_key_arguments(tour)
     reconcile.add_parser(commands)
     review.add_parser(commands)

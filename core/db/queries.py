@@ -66,8 +66,8 @@ def intent_state(intent: IntentFacts) -> dict[str, Any]:
 
 def event_data(intent: IntentFacts, transaction: TransactionFacts | None,
                previous: dict[str, Any] | None) -> dict[str, Any]:
-    """API.md's event data (the intent after the change), plus the intent before it and the
-    transaction it concerns: a payment's story can be rebuilt from its events alone."""
+    """The event data of docs/api.md (the intent after the change), plus the intent before it
+    and the transaction it concerns: a payment's story can be rebuilt from its events alone."""
     return {
         "paymentId": intent.id,
         "currency": intent.currency,
