@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = signed_requests.take_late_body(parser, *parser.parse_known_args(argv))
     configure_logging("cli", logging.WARNING)
     settings = LazySettings()
     try:
