@@ -11,7 +11,7 @@ RUNTIME_LOCK := requirements.lock
 LOCK_FLAGS := --no-config --generate-hashes --python-version 3.11 \
 	--index-url https://pypi.org/simple --custom-compile-command "make lock"
 
-.PHONY: dev test test-busy test-fast lint bench clean-state lock browser
+.PHONY: dev test test-busy test-fast lint bench lock browser
 
 # The locked versions (every file checked against its hash), then Durapay itself on top.
 $(STAMP): pyproject.toml $(LOCK)
@@ -33,11 +33,14 @@ dev: $(STAMP)
 	$(BIN)/durapay dev
 
 # The Web UI test drives Debian's chromium with Playwright, which downloads no browser:
-# installed here once (with sudo unless root), a no-op when it is present.
+# installed here once (with sudo unless root), a no-op when it is present. It says so first,
+# since sudo may ask for a password.
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
-	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	@test -x $(CHROMIUM) || { \
+		echo "make browser: installing chromium ($(strip $(SUDO) apt-get install chromium)) for tests/integration/test_web_ui.py, which drives the Temporal Web UI"; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y --no-install-recommends chromium; }
 
 # Lint and type check (what `make lint` runs), then the whole suite: unit, workflow

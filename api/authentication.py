@@ -1,4 +1,4 @@
-"""Signed requests verified in one database round trip (API.md "Authentication").
+"""Signed requests verified in one database round trip (docs/api.md, "Signed requests").
 
 A request is checked in this order, and every failure is a 401 that changes nothing:
 1. its headers (shape only, no I/O);
@@ -121,7 +121,7 @@ class SigningKey:
 
 class SigningKeys:
     """Decrypted signing secrets by public key, for this process. Only keys that existed when
-    read are kept (an unknown key is read again each time, as before any cache), at most
+    read are kept (an unknown key is read again each time), at most
     `MAX_KEYS` of them: past that the oldest entry goes first."""
 
     MAX_KEYS = 10_000
@@ -218,8 +218,9 @@ async def verify_signature(request: Request, connection: AsyncConnection, keys: 
                                   "Signed requests need X-Timestamp, X-Nonce and X-Signature.")
     if not TIMESTAMP_PATTERN.fullmatch(x_timestamp) or abs(time.time() - int(x_timestamp)) > \
             settings.signature_tolerance_seconds:
-        raise AuthenticationError("timestamp_out_of_window",
-                                  "X-Timestamp is more than 300 seconds from the server's clock.")
+        raise AuthenticationError(
+            "timestamp_out_of_window", f"X-Timestamp is more than "
+            f"{settings.signature_tolerance_seconds} seconds from the server's clock.")
     if not NONCE_PATTERN.fullmatch(x_nonce):
         raise AuthenticationError("invalid_nonce", "X-Nonce must be 16 to 64 of [A-Za-z0-9_-].")
     key = await keys.get(connection, public_key)

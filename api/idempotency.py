@@ -30,7 +30,7 @@ request's session, but FastAPI never shows it the response that the handler's mo
 replays). Why the dependency declares the endpoint's body too: dependencies run before FastAPI
 validates the handler's own parameters, so the dependency's own copy of the body is what makes
 FastAPI validate it first (an invalid request claims nothing) and gives the fingerprint the
-parameters as validated, defaults included, as before (`RequestModel.idempotency_parameters`:
+parameters as validated, defaults included (`RequestModel.idempotency_parameters`:
 a card counts only as the answer shows it, see `TransactionCreate`).
 """
 

@@ -1,4 +1,4 @@
-"""Cursor pagination, newest first, as every list endpoint of API.md does it."""
+"""Cursor pagination, newest first, as every list endpoint of docs/api.md does it."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """`durapay dev`: start and supervise the whole local stack, in dependency order.
 
-Postgres -> migrations -> Temporal -> card-network simulator -> workers -> codec -> API (the codec
-listener, for the Web UI, and the demo merchant only outside production). Each child runs in
+Postgres -> Temporal -> migrations (and, on an external Temporal, its search attributes) ->
+card-network simulator -> workers -> codec -> API (the codec listener, for the Web UI, and the
+demo merchant only outside production; an external Postgres, Temporal or card network is not
+started). Each child runs in
 its own session (so a terminal's Ctrl-C reaches only us and we stop children in reverse order),
 logs to `$DURAPAY_HOME/logs/<name>.log`, and is health-checked before the next starts. A child
 that dies is reported loudly on stderr with the tail of its log and restarted in place, Postgres
@@ -133,7 +135,7 @@ class DevStack:
         raise StackError(
             "DURAPAY_TEMPORAL_TLS_* / DURAPAY_TEMPORAL_API_KEY are set but TEMPORAL_ADDRESS is "
             "not: the embedded Temporal dev server has no TLS. Set TEMPORAL_ADDRESS to a "
-            "Temporal that requires client certificates (README, Production), or unset them "
+            "Temporal that requires client certificates (docs/deployment.md), or unset them "
             "for a development stack.")
 
     def _infrastructure(self) -> list[Child]:
@@ -432,8 +434,8 @@ class DevStack:
                           f"{self.home / DEMO_MERCHANT_FILE}):",
                       f"  Public key      {merchant['publicKey']}",
                       f"  Secret key      {merchant['secretKey']}",
-                      "", "Try: durapay tour    (Ctrl-C stops everything; state survives a "
-                          "restart)"]
+                      "", "Try: .venv/bin/durapay tour    (Ctrl-C stops everything; state "
+                          "survives a restart)"]
         else:
             lines += ["", "Ctrl-C stops everything; state survives a restart."]
         print("\n".join(lines) + "\n", flush=True)

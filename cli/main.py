@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also keep its keys (and the API URL) as this profile")
     signed_requests.add_parsers(commands)
     profiles.add_parser(commands)
-    tour = commands.add_parser("tour", help="the README's 30-second tour")
+    tour = commands.add_parser(
+        "tour", help="create a PaymentIntent and charge test card 4242, as a merchant")
     add_key_arguments(tour)
     reconcile.add_parser(commands)
     review.add_parser(commands)
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = signed_requests.take_late_body(parser, *parser.parse_known_args(argv))
     configure_logging("cli", logging.WARNING)
     settings = LazySettings()
     try:

@@ -54,7 +54,7 @@ def add_parser(commands: Any) -> None:
     reconcile.add_argument("--window-seconds", type=int, default=None,
                            help="how far back to look (default: "
                                 "DURAPAY_RECONCILE_SWEEP_WINDOW_SECONDS)")
-    # No subcommand: sweep now, as before the open items existed.
+    # No subcommand: sweep now.
     items = reconcile.add_subparsers(dest="reconcile_command", metavar="{list,resolve}")
     items.add_parser("list", help="open discrepancies, oldest first (exit 2 if any)")
     resolve = items.add_parser("resolve", help="resolve one open discrepancy")

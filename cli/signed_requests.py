@@ -57,6 +57,19 @@ def _add_request_arguments(parser: argparse.ArgumentParser) -> None:
     add_key_arguments(parser)
 
 
+def take_late_body(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   unrecognized: list[str]) -> argparse.Namespace:
+    """The body of `request`/`sign` given after an option (`request POST /x --profile acme
+    '{…}'`): argparse fills an optional positional only from the first run of positionals, so
+    it comes back unrecognized. Anything else unrecognized is the usual usage error."""
+    if (len(unrecognized) == 1 and getattr(args, "body", False) is None
+            and not unrecognized[0].startswith("-")):
+        args.body = unrecognized[0]
+    elif unrecognized:
+        parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
+    return args
+
+
 def parse_body(text: str | None) -> Any:
     if not text:
         return None

@@ -1,4 +1,4 @@
-"""One exception per error `type` of API.md, built from the API's error object.
+"""One exception per error `type` of docs/api.md, built from the API's error object.
 
     try:
         await durapay.payment_intents.charge(intent.id, card=card)

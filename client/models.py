@@ -1,4 +1,4 @@
-"""Typed objects of the API, as API.md shows them: camelCase on the wire, snake_case here.
+"""Typed objects of the API, as docs/api.md shows them: camelCase on the wire, snake_case here.
 
 Forward compatible: a field the API adds later is kept (`model_extra`, or as an attribute by
 its wire name) rather than refused, and statuses and types are plain strings, so a new value

@@ -1,4 +1,4 @@
-"""The API's resources, one class each, with the routes of API.md.
+"""The API's resources, one class each, with the routes of docs/api.md.
 
 (`builtins.list` in annotations: the classes name a method `list`, as merchants expect.)
 """

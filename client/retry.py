@@ -20,7 +20,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-# 409 codes of a request that may succeed if sent again unchanged (API.md, api docs):
+# 409 codes of a request that may succeed if sent again unchanged (docs/api.md):
 # `idempotency_key_in_use`, the key's first request is still running (a retry gets its
 # answer); `attempt_in_flight`, another operation on the intent is in flight ("retry once it
 # is settled"). `payment_intent_unexpected_state` and the like would fail again: not retried.

@@ -1,4 +1,4 @@
-"""Request signing, as API.md fixes it, implemented here without any server code.
+"""Request signing, as docs/api.md fixes it, implemented here without any server code.
 
     canonical = METHOD \\n PATH_AND_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA256(body))
     X-Signature: v1=<lowercase hex HMAC-SHA256(secret_key, canonical)>

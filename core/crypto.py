@@ -6,7 +6,6 @@ the canonical string is defined exactly once.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import os
@@ -233,10 +232,6 @@ def new_key_pair() -> tuple[str, str]:
     return f"pk_test_{secrets.token_hex(16)}", f"sk_test_{secrets.token_hex(24)}"
 
 
-def hash_secret(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 def canonical_path_and_query(raw_path: bytes, query_string: bytes = b"") -> str:
     """PATH_AND_QUERY of the canonical string: the path and the query exactly as sent, percent-
     escapes and all, with "?" only before a non-empty query.
@@ -266,6 +261,3 @@ def sign_request(secret_key: str, *, method: str, path_and_query: str, timestamp
 def signature_matches(expected: str, presented: str) -> bool:
     return hmac.compare_digest(expected.encode(), presented.encode())
 
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

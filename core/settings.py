@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     # After a secret rotation the old secret keeps signing this long unless the request says.
     webhook_rotation_grace_seconds: int = 86_400
 
-    # --- Security (issue 11). The names are binding: operators and the black-box suite use them.
+    # --- Security. The names are binding: operators and the black-box suite use them.
     # `production` refuses generated secrets (DURAPAY_MASTER_KEY and DURAPAY_ADMIN_TOKEN must
     # be given) and turns the codec listener and the demo merchant off.
     env: Literal["development", "production"] = "development"

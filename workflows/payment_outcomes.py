@@ -33,7 +33,7 @@ def same_outcome(a: NetworkOutcome, b: NetworkOutcome) -> bool:
     return (a is NetworkOutcome.APPROVED) == (b is NetworkOutcome.APPROVED)
 
 
-# The failure code of a charge settled by its reversal: nothing was charged (API.md).
+# The failure code of a charge settled by its reversal: nothing was charged (docs/api.md).
 CHARGE_REVERSED = "charge_reversed"
 # A reversal's declines that prove the original was approved and its money moved on.
 ORIGINAL_MOVED_MONEY = frozenset({"already_captured", "already_refunded"})

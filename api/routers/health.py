@@ -39,7 +39,7 @@ async def check_live() -> dict[str, str]:
             summary="Alias of /readyz (no auth)")
 async def check_ready(state: StateDep) -> JSONResponse:
     """200 only when Postgres and Temporal both answer; otherwise 503 with the error object,
-    naming what is down (and, as before, `status`, `checks` and `down`)."""
+    naming what is down, with `status`, `checks` and `down`."""
     body, down = await readiness({"postgres": lambda: postgres_ok(state.sessions),
                                   "temporal": lambda: temporal_ok(state.temporal.get)})
     if not down:

@@ -77,7 +77,7 @@ class PaymentIntentOut(ApiModel):
     amount_refunded: int
     last_error: dict[str, Any] | None
     # Set once canceled: `requested_by_customer`, `duplicate`, `fraudulent`, `abandoned`, or
-    # `expired` (an authorization not captured in time). An addition to API.md's object.
+    # `expired` (an authorization not captured in time).
     cancellation_reason: str | None = one_of(CancellationReason, nullable=True, default=None)
     metadata: dict[str, str]
     created_at: Timestamp

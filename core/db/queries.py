@@ -1,9 +1,10 @@
 """Queries and the one write path for state changes.
 
-`transition_intent` and `transition_transaction` are the only code that changes a status: they
-ask the state machine, update with `WHERE status = :expected`, and append the event in the
-caller's database transaction. Event ids are derived from what caused them, so an activity that
-is retried after its commit finds its own event and does nothing twice.
+`transition_intent` here and the worker's hot records (core/db/payment_records.py, the same
+guarantees in plain SQL) are the only code that changes a status: they ask the state machine,
+update with `WHERE status = :expected`, and append the event in the caller's database
+transaction. Event ids are derived from what caused them, so an activity that is retried after
+its commit finds its own event and does nothing twice.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from core.errors import IllegalTransition
 from core.state_machine import (
     IntentAction,
     IntentMove,
-    TransactionAction,
     move_intent,
-    move_transaction,
 )
 
 
@@ -66,8 +65,8 @@ def intent_state(intent: IntentFacts) -> dict[str, Any]:
 
 def event_data(intent: IntentFacts, transaction: TransactionFacts | None,
                previous: dict[str, Any] | None) -> dict[str, Any]:
-    """API.md's event data (the intent after the change), plus the intent before it and the
-    transaction it concerns: a payment's story can be rebuilt from its events alone."""
+    """The event data of docs/api.md (the intent after the change), plus the intent before it
+    and the transaction it concerns: a payment's story can be rebuilt from its events alone."""
     return {
         "paymentId": intent.id,
         "currency": intent.currency,
@@ -199,26 +198,6 @@ async def transition_intent(session: AsyncSession, intent: PaymentIntent, action
     return move
 
 
-async def transition_transaction(session: AsyncSession, txn: Transaction,
-                                 action: TransactionAction,
-                                 changes: dict[str, Any] | None = None) -> None:
-    after = move_transaction(txn.status, action)
-    values = changed_columns(txn, {"status": after.value, **(changes or {})})
-    result = await session.exec(
-        update(Transaction)
-        .where(col(Transaction.id) == txn.id, col(Transaction.status) == txn.status)
-        .values(**values, updated_at=_now_sql())
-        .returning(col(Transaction.updated_at))
-        .execution_options(synchronize_session=False)  # the caller's objects are set below
-    )
-    row = result.first()
-    if row is None:
-        raise IllegalTransition("transaction", txn.status, action.value)
-    for name, value in values.items():
-        setattr(txn, name, value)
-    txn.updated_at = row[0]
-
-
 async def open_manual_review(session: AsyncSession, intent_id: str) -> bool:
     """Flag the intent for operators; False if a review is already open (idempotent)."""
     result = await session.exec(
@@ -231,26 +210,6 @@ async def open_manual_review(session: AsyncSession, intent_id: str) -> bool:
         .execution_options(synchronize_session=False)
     )
     return result.first() is not None
-
-
-async def close_manual_review(session: AsyncSession, intent: PaymentIntent) -> None:
-    """The outcome is known now: an open review (if any) is resolved. `intent` is locked in
-    this session, so its review columns are current: with no review open (nearly every
-    payment) there is nothing to write."""
-    if intent.manual_review_since is None or intent.manual_review_resolved_at is not None:
-        return
-    result = await session.exec(
-        update(PaymentIntent)
-        .where(col(PaymentIntent.id) == intent.id,
-               col(PaymentIntent.manual_review_since).isnot(None),
-               col(PaymentIntent.manual_review_resolved_at).is_(None))
-        .values(manual_review_resolved_at=_now_sql())
-        .returning(col(PaymentIntent.manual_review_resolved_at))
-        .execution_options(synchronize_session=False)
-    )
-    row = result.first()
-    if row is not None:
-        intent.manual_review_resolved_at = row[0]
 
 
 def changed_columns(row: Any, values: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ CREATE ROLE temporal LOGIN PASSWORD :'temporal_password';
 CREATE DATABASE temporal OWNER temporal;
 CREATE DATABASE temporal_visibility OWNER temporal;
 -- REPLICATION: the event stream reads the event table's changes through a logical
--- replication slot (README, "Audit trail and event stream"); the role already owns the data.
+-- replication slot (docs/audit-and-events.md); the role already owns the data.
 CREATE ROLE durapay LOGIN REPLICATION PASSWORD :'durapay_password';
 CREATE DATABASE durapay OWNER durapay;
 -- Every role may connect to every database by default (PUBLIC); each tenant keeps to its own.

@@ -1,5 +1,5 @@
-"""api/deps.py's signed-request auth (API.md "Authentication"), through POST /payment-intents:
-every way a request fails it answers 401 and changes nothing."""
+"""api/deps.py's signed-request auth (docs/api.md, "Signed requests"), through
+POST /payment-intents: every way a request fails it answers 401 and changes nothing."""
 
 from __future__ import annotations
 
@@ -74,9 +74,9 @@ async def test_a_replayed_nonce_is_401(http: httpx.AsyncClient, merchant: Mercha
 
 
 @pytest.mark.parametrize("timestamp", [
-    "{now}\u00b2",  # str.isdigit() says yes, int() raises: was a 500
+    "{now}\u00b2",  # str.isdigit() says yes, int() raises: must not be a 500
     "\u00b9{now}",
-    "9" * 5000,  # past int()'s digit limit: was a 500
+    "9" * 5000,  # past int()'s digit limit: must not be a 500
     " {now}",
     "+{now}",
 ])
@@ -117,7 +117,7 @@ async def test_an_authentication_header_sent_twice_is_401(
 async def test_a_signed_get_writes_nothing_but_its_nonce_and_rate_limit_token(
         app: FastAPI, merchant: Merchant, db: asyncpg.Pool) -> None:
     intent = await merchant.create_intent()
-    # Expired rows of another key: a request used to delete some; housekeeping does now.
+    # Expired rows of another key: a request never deletes them; housekeeping does.
     elsewhere = f"pk_test_{uuid.uuid4().hex}"
     await db.execute("INSERT INTO request_nonce (public_key, nonce, expires_at) "
                      "VALUES ($1, $2, now() - interval '1 hour')", elsewhere, uuid.uuid4().hex)

@@ -25,7 +25,7 @@ SIGNED: list[dict[str, list[str]]] = [
     {"publicKey": [], "timestamp": [], "nonce": [], "signature": []}]
 ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 HEALTH_PATHS = ("/livez", "/readyz", "/healthz")
-# The error `type` each status always carries (API.md, Conventions).
+# The error `type` each status always carries (docs/api.md, Errors).
 ERROR_TYPES = {"400": "invalid_request_error", "401": "authentication_error",
                "402": "card_error", "404": "not_found", "408": "invalid_request_error",
                "409": "conflict", "413": "invalid_request_error", "429": "rate_limit_error",

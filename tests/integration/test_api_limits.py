@@ -1,4 +1,4 @@
-"""Issue 11's limits over real HTTP, with two more API processes beside the stack's own, as an
+"""The abuse limits over real HTTP, with two more API processes beside the stack's own, as an
 operator scaling the API out would run them: one rate-limit bucket per key across processes
 (it lives in Postgres), and the body limit before anything reads a body."""
 

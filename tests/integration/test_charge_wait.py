@@ -1,4 +1,4 @@
-"""A charge whose first answer takes longer than DURAPAY_CHARGE_WAIT_SECONDS: API.md says the
+"""A charge whose first answer takes longer than DURAPAY_CHARGE_WAIT_SECONDS: docs/api.md says the
 request answers 202 with the Transaction while the workflow goes on, never a 5xx.
 
 The same happens on the default stack whenever a worker dies mid-charge (the chaos run sees

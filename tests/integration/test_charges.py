@@ -88,7 +88,7 @@ async def test_decline_is_402_then_another_card_succeeds(durapay: DurapayClient,
     assert {k: last[k] for k in ("paymentId", "amountInCents", "currency", "status",
                                  "transactionId")} == {
         "paymentId": intent["id"], "amountInCents": 1000, "currency": "usd",
-        "status": "succeeded", "transactionId": retried.json()["id"]}  # API.md's event data
+        "status": "succeeded", "transactionId": retried.json()["id"]}  # docs/api.md's event data
     assert last["previous"]["status"] == "processing" and last["amountReceived"] == 1000
     assert last["transaction"] == {"id": retried.json()["id"], "type": "charge",
                                    "status": "succeeded", "amountInCents": 1000}

@@ -1,4 +1,4 @@
-"""Temporal is not a back door around the API's signed requests (issue 11).
+"""Temporal is not a back door around the API's signed requests.
 
 Whoever reaches Temporal's port can send Updates of their own. On the real stack: one in clear
 (no codec, a client of their own) naming another merchant's card is refused by the workers —

@@ -1,4 +1,4 @@
-"""Every test card of API.md end to end: the charge's HTTP status, the transaction's and the
+"""Every test card of docs/api.md end to end: the charge's HTTP status, the transaction's and the
 intent's final state, the audit trail, and what the simulated network's ledger committed.
 
 The timeout, lost-response and bad-day cards answer 202 and must reach the network's truth with
@@ -131,7 +131,7 @@ def _assert_failure_code(txn: dict[str, Any], case: CardCase) -> None:
     if case.approved:
         assert txn["failureCode"] is None
     elif case.decline_code is not None:
-        # API.md does not say what a decline puts in failureCode: null, or Stripe's
+        # The contract does not say what a decline puts in failureCode: null, or Stripe's
         # `card_declined`; never anything else.
         assert txn["failureCode"] in (None, "card_declined"), txn
     else:

@@ -502,10 +502,10 @@ HOUR_TIMERS = [5.0, 25.0, 125.0, 625.0]
 async def test_a_hostile_answer_keeps_the_delivery_on_its_schedule(
         wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
         wh_db: asyncpg.Pool, answer: Answer, posts: int, stored_body: str) -> None:
-    """Issue 11, item 5: a NUL byte in the answer, or `Retry-After: ²`, once made recording the
-    attempt fail after the POST, and the activity's unbounded retry sent it again every ≤30 s
-    for ever. Over an hour of (skipped) time, a real receiver now gets exactly the POSTs of
-    the schedule, and every attempt is recorded."""
+    """A NUL byte in the answer, or `Retry-After: ²`, must not make recording the attempt fail
+    after the POST (an unbounded retry of the activity would send it again every ≤30 s for
+    ever). Over an hour of (skipped) time, a real receiver gets exactly the POSTs of the
+    schedule, and every attempt is recorded."""
     path = _path()
     receiver.script(path, answer)
     endpoint = await _endpoint(shop, receiver.url(path), QUIET)

@@ -136,6 +136,25 @@ def test_sign_curl_command_sends_the_body_as_signed(capsys: pytest.CaptureFixtur
     assert argv[-2:] == ["--data-raw", body]
 
 
+@pytest.mark.parametrize("order", ["body first", "options first"])
+def test_the_body_may_come_before_or_after_the_options(
+        capsys: pytest.CaptureFixture[str], order: str) -> None:
+    body = '{"amountInCents": 1000}'
+    options = ["--public-key", "pk", "--secret-key", "sk", "--api-url", "http://api.example",
+               "--curl"]
+    words = [body, *options] if order == "body first" else [*options, body]
+    assert cli_main.main(["sign", "POST", "/payment-intents", *words]) == 0
+    argv = shlex.split(capsys.readouterr().out.replace("\\\n", " "))
+    assert argv[-2:] == ["--data-raw", body]
+
+
+def test_a_second_body_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main(["sign", "POST", "/payment-intents", "{}", "--curl", "{}"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: {}" in capsys.readouterr().err
+
+
 # ---- --version and failures ----------------------------------------------------------------
 def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as leaving:

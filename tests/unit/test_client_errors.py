@@ -1,4 +1,5 @@
-"""Error objects become one exception per API.md `type` (and the idempotency codes)."""
+"""Error objects become one exception per error `type` of docs/api.md (and the idempotency
+codes)."""
 
 from __future__ import annotations
 

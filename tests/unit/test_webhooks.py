@@ -217,7 +217,7 @@ def test_ports_other_than_443_are_refused_by_default(url: str) -> None:
 def test_default_and_configured_ports() -> None:
     assert parse_webhook_url("https://example.com/h", STRICT).port == 443
     assert parse_webhook_url("https://example.com:443/h", STRICT).port == 443
-    with pytest.raises(UnsafeUrl):  # http's port 80 is not a default any more
+    with pytest.raises(UnsafeUrl):  # port 80 is not among the allowed ports by default
         parse_webhook_url("http://127.0.0.1/h", UrlPolicy(allow_private=True))
     http_too = UrlPolicy(allow_private=True, allowed_ports=frozenset({80, 443}))
     assert parse_webhook_url("http://127.0.0.1/h", http_too).port == 80
@@ -358,7 +358,7 @@ def test_retry_after_parses_seconds_and_dates() -> None:
     "Thu, 01 Jan 1970 25:61:00 GMT", "   ",
 ])
 def test_retry_after_anything_but_ascii_digits_or_an_http_date_is_ignored(value: str) -> None:
-    """A receiver's header must never make recording the attempt fail (issue 11, item 5)."""
+    """A receiver's header must never make recording the attempt fail."""
     assert parse_retry_after(value, now_epoch=0) is None
 
 

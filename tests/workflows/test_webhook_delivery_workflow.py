@@ -132,7 +132,7 @@ RECORD_RETRIES_SECONDS = sum(min(2 ** n, 30) for n in range(RECORD_RETRY.maximum
 
 async def test_an_attempt_that_cannot_be_recorded_is_never_sent_again_by_retries(
         env: WorkflowEnvironment) -> None:
-    """Issue 11, item 5: a record failing after the send (the database down, or once an answer
+    """A record failing after the send (the database down, or once an answer
     it could not store) retries the record alone, a bounded number of times; the delivery
     then sends again on its backoff, not every ≤30 s for ever."""
     receiver = FakeReceiver([DELIVERED], record_failures={1, 2})
