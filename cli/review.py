@@ -35,7 +35,7 @@ from core.errors import ErrorType
 from core.reconciliation import UNKNOWN_STATUSES
 from core.settings import Settings
 from core.temporal_client import connect_temporal
-from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_intent import PaymentIntentResult, PaymentIntentWorkflow
 from workflows.payment_messages import ManualReviewResolution, addressed
 
 OUTCOMES = {"approved": NetworkOutcome.APPROVED, "failed": NetworkOutcome.FAILED}
@@ -114,7 +114,9 @@ async def list_reviews(settings: Settings) -> int:
 async def resolve_review(settings: Settings, payment_intent_id: str, outcome: NetworkOutcome,
                          note: str) -> int:
     client = await connect_temporal(settings)
-    handle = client.get_workflow_handle_for(PaymentIntentWorkflow.run, payment_intent_id)
+    # get_workflow_handle_for() takes the result type from `run`, but mypy infers nothing from
+    # temporalio's union of two generic protocols there; the same handle, its type named.
+    handle = client.get_workflow_handle(payment_intent_id, result_type=PaymentIntentResult)
     try:
         update_id = f"review:{uuid.uuid4().hex}"
         status = await handle.execute_update(

@@ -71,10 +71,8 @@ async def _run_once(client: Client, schedule_id: str) -> HousekeepingResult:
         return action.workflow_id
 
     workflow_id = await assert_eventually(started)
-    # temporalio types `workflow` as a union of two generic protocols, from which mypy infers
-    # nothing for a run without parameters.
-    return await client.get_workflow_handle_for(
-        HousekeepingWorkflow.run, workflow_id).result()  # type: ignore[arg-type]
+    # The typed handle get_workflow_handle_for() gives, which mypy cannot infer there.
+    return await client.get_workflow_handle(workflow_id, result_type=HousekeepingResult).result()
 
 
 async def test_a_housekeeping_run_deletes_what_expired_in_bounded_batches(

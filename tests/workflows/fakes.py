@@ -42,7 +42,7 @@ from core.domain import (
     RecordedTransaction,
     TransactionType,
 )
-from workflows.payment_intent import PaymentIntentWorkflow
+from workflows.payment_intent import PaymentIntentResult, PaymentIntentWorkflow
 from workflows.payment_messages import (
     ChargeInput,
     LifecyclePolicy,
@@ -339,8 +339,9 @@ class PaymentHandle:
     async def result(self) -> Any:
         """The latest run's result (following its continue-as-new chain)."""
         run_id = (await self.describe()).run_id
-        handle = self.env.client.get_workflow_handle_for(PaymentIntentWorkflow.run, self.id,
-                                                         run_id=run_id)
+        # The typed handle get_workflow_handle_for() gives, which mypy cannot infer there.
+        handle = self.env.client.get_workflow_handle(self.id, run_id=run_id,
+                                                     result_type=PaymentIntentResult)
         # As the time-skipping env does for handles of workflows it started itself: skip time
         # while waiting for the result.
         # The time-skipping environment has it; WorkflowEnvironment, the type given, does not.

@@ -245,8 +245,9 @@ async def test_start_deliveries_starts_one_child_each_that_outlives_the_parent(
             FanoutParentWorkflow.run, FanoutInput(deliveries), id=f"pi_{suffix}",
             task_queue=worker.task_queue)
         for delivery_id in deliveries:
-            handle = env.client.get_workflow_handle_for(WebhookDeliveryWorkflow.run,
-                                                        delivery_id)
+            # The typed handle get_workflow_handle_for() gives, which mypy cannot infer there.
+            handle = env.client.get_workflow_handle(delivery_id,
+                                                    result_type=WebhookDeliveryResult)
             async with time_skipping(env):  # the second attempt's backoff
                 result = await handle.result()
             assert result == WebhookDeliveryResult(delivered=True, attempts=2)
