@@ -47,6 +47,7 @@ browser:
 # (time-skipping server) and integration (the real stack). CI runs this (.ci/run).
 test: $(STAMP) browser
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra
 
@@ -72,7 +73,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.charges $(BENCH_ARGS)
 	$(if $(findstring -only,$(BENCH_ARGS)),,$(BIN)/python -m bench.lock_waits)
 
-# Ruff, then mypy over every first-party folder ([tool.mypy] in pyproject.toml).
+# Ruff's lint and its format check (`ruff format .` fixes the format), then mypy over every
+# first-party folder ([tool.mypy] in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
