@@ -60,11 +60,19 @@ class NetworkAnswer:
 
 
 class CardNetworkActivities:
-    def __init__(self, *, http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession],
-                 vault: VaultCipher | Cipher, base_url: str, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        sessions: async_sessionmaker[AsyncSession],
+        vault: VaultCipher | Cipher,
+        base_url: str,
+        timeout_seconds: float,
+    ) -> None:
         if vault.purpose is not Purpose.VAULT:  # a miswired cipher fails here, not per charge
-            raise ValueError(f"the card network adapter needs the vault's cipher, not "
-                             f"{vault.purpose}'s")
+            raise ValueError(
+                f"the card network adapter needs the vault's cipher, not {vault.purpose}'s"
+            )
         self._http = http
         self._sessions = sessions
         self._vault = vault
@@ -114,25 +122,31 @@ class CardNetworkActivities:
         except ApplicationError:
             STATUS_QUERIES.labels(answer="unavailable").inc()
             raise
-        STATUS_QUERIES.labels(answer="not_found" if answer.not_found
-                              else answer.outcome.value).inc()
+        STATUS_QUERIES.labels(
+            answer="not_found" if answer.not_found else answer.outcome.value
+        ).inc()
         return answer
 
     async def _query_status(self, network_reference: str) -> NetworkAnswer:
         try:
             response = await self._http.get(
-                f"{self._base_url}/v1/operations/{network_reference}", timeout=self._timeout)
+                f"{self._base_url}/v1/operations/{network_reference}", timeout=self._timeout
+            )
         except httpx.HTTPError as error:
-            raise ApplicationError("status query failed", type=ErrorType.NETWORK_UNAVAILABLE) \
-                from error
+            raise ApplicationError(
+                "status query failed", type=ErrorType.NETWORK_UNAVAILABLE
+            ) from error
         if response.status_code >= 500:
-            raise ApplicationError(f"status query answered {response.status_code}",
-                                   type=ErrorType.NETWORK_UNAVAILABLE)
+            raise ApplicationError(
+                f"status query answered {response.status_code}", type=ErrorType.NETWORK_UNAVAILABLE
+            )
         payload = _json_object(response)
         if response.status_code != 200 or payload is None:
             return NetworkAnswer(NetworkOutcome.UNKNOWN)
         if payload.get("status") == "not_found" and payload.get("reference") in (
-                None, network_reference):
+            None,
+            network_reference,
+        ):
             return NetworkAnswer(NetworkOutcome.UNKNOWN, not_found=True)
         return _decision(payload, network_reference)
 
@@ -141,12 +155,14 @@ class CardNetworkActivities:
         the network's own "unavailable, nothing charged", raises (retry with the same reference);
         everything else that is not a clear decision is unknown (status queries settle it)."""
         try:
-            response = await self._http.post(f"{self._base_url}/v1/operations", json=body,
-                                             timeout=self._timeout)
+            response = await self._http.post(
+                f"{self._base_url}/v1/operations", json=body, timeout=self._timeout
+            )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             # No connection, so no byte was sent: the network provably did not act.
-            raise ApplicationError("card network unreachable", type=ErrorType.NETWORK_UNAVAILABLE) \
-                from error
+            raise ApplicationError(
+                "card network unreachable", type=ErrorType.NETWORK_UNAVAILABLE
+            ) from error
         except httpx.HTTPError:
             # A timeout, a lost or broken answer: the request may have reached the network.
             return NetworkAnswer(NetworkOutcome.UNKNOWN)
@@ -167,18 +183,22 @@ class CardNetworkActivities:
         async with driver_connection(self._sessions.kw["bind"]) as connection:
             token = await connection.fetchrow(_CARD_OF_CHARGE, token_id, network_reference)
         if token is None:
-            raise ApplicationError("card token not found for this charge's merchant: nothing "
-                                   "was sent", type=ErrorType.VAULT_TOKEN_MISSING,
-                                   non_retryable=True)
+            raise ApplicationError(
+                "card token not found for this charge's merchant: nothing was sent",
+                type=ErrorType.VAULT_TOKEN_MISSING,
+                non_retryable=True,
+            )
         try:
             if token["pan_ciphertext"] is None:
                 raise CardNumberDeleted(token_id)
             number = self._vault.decrypt(token["pan_ciphertext"], context=token_id).decode()
         except CardNumberDeleted:
             # Its column cleared, or its epoch key destroyed: the same fact, told the same way.
-            raise ApplicationError("the charge's card number was deleted: nothing was sent",
-                                   type=ErrorType.VAULT_TOKEN_MISSING, non_retryable=True) \
-                from None
+            raise ApplicationError(
+                "the charge's card number was deleted: nothing was sent",
+                type=ErrorType.VAULT_TOKEN_MISSING,
+                non_retryable=True,
+            ) from None
         return {"number": number, "expMonth": token["exp_month"], "expYear": token["exp_year"]}
 
 
@@ -193,16 +213,19 @@ WHERE c.id = $1 AND t.id = $2 AND t.type = 'charge'
 
 
 def _operation_body(kind: str, request: OperationRequest) -> dict[str, object]:
-    return {"reference": request.network_reference, "type": kind,
-            "parentReference": request.parent_reference,
-            "amountInCents": request.amount_in_cents, "currency": request.currency}
+    return {
+        "reference": request.network_reference,
+        "type": kind,
+        "parentReference": request.parent_reference,
+        "amountInCents": request.amount_in_cents,
+        "currency": request.currency,
+    }
 
 
 # The network's documented answers that prove it did nothing with the request (its README):
 # 503 `network_unavailable` (failed before charging), 409 `reference_reused` (the reference
 # names another operation; nothing changes) and 422 `invalid_request` (malformed).
-NOTHING_DONE_ERRORS = {503: "network_unavailable", 409: "reference_reused",
-                       422: "invalid_request"}
+NOTHING_DONE_ERRORS = {503: "network_unavailable", 409: "reference_reused", 422: "invalid_request"}
 
 
 def _answer(response: httpx.Response, reference: str) -> NetworkAnswer:
@@ -211,11 +234,15 @@ def _answer(response: httpx.Response, reference: str) -> NetworkAnswer:
     if NOTHING_DONE_ERRORS.get(response.status_code) == error and error is not None:
         if response.status_code == 503:
             # Nothing charged: retrying with the same reference is safe.
-            raise ApplicationError(f"card network answered {response.status_code} {error}",
-                                   type=ErrorType.NETWORK_UNAVAILABLE)
-        raise ApplicationError(f"card network did not process the request "
-                               f"({response.status_code} {error})",
-                               type=ErrorType.NETWORK_REJECTED_REQUEST, non_retryable=True)
+            raise ApplicationError(
+                f"card network answered {response.status_code} {error}",
+                type=ErrorType.NETWORK_UNAVAILABLE,
+            )
+        raise ApplicationError(
+            f"card network did not process the request ({response.status_code} {error})",
+            type=ErrorType.NETWORK_REJECTED_REQUEST,
+            non_retryable=True,
+        )
     if response.status_code != 200 or payload is None:
         # A gateway's 502/504, a 202 "pending", a body that is not the protocol: the network
         # may have committed; only a status query can tell.
@@ -232,8 +259,11 @@ def _decision(payload: dict[str, Any], reference: str) -> NetworkAnswer:
         return NetworkAnswer(NetworkOutcome.APPROVED, network_time=network_time)
     if payload.get("status") == "declined":
         code = payload.get("declineCode")
-        return NetworkAnswer(NetworkOutcome.DECLINED, code if isinstance(code, str) else None,
-                             network_time=network_time)
+        return NetworkAnswer(
+            NetworkOutcome.DECLINED,
+            code if isinstance(code, str) else None,
+            network_time=network_time,
+        )
     return NetworkAnswer(NetworkOutcome.UNKNOWN)
 
 

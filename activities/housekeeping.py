@@ -41,9 +41,15 @@ class Pruned:
 
 
 class HousekeepingActivities:
-    def __init__(self, *, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession],
-                 idempotency_retention: timedelta, batch_size: int = BATCH_SIZE,
-                 work_seconds: float = WORK_SECONDS_PER_RUN) -> None:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        idempotency_retention: timedelta,
+        batch_size: int = BATCH_SIZE,
+        work_seconds: float = WORK_SECONDS_PER_RUN,
+    ) -> None:
         self._engine = engine
         self._sessions = sessions
         self._idempotency_retention = idempotency_retention
@@ -63,8 +69,11 @@ class HousekeepingActivities:
         async def batch() -> int:
             async with self._engine.begin() as connection:
                 return await delete_expired_idempotency_records(
-                    connection, datetime.now(UTC), self._idempotency_retention,
-                    limit=self._batch_size)
+                    connection,
+                    datetime.now(UTC),
+                    self._idempotency_retention,
+                    limit=self._batch_size,
+                )
 
         return await self._until_done("expired idempotency records", batch)
 
@@ -72,8 +81,9 @@ class HousekeepingActivities:
     async def shred_stale_card_numbers(self) -> Pruned:
         async def batch() -> int:
             async with self._sessions() as session:
-                shredded = await shred_stale_card_numbers(session, datetime.now(UTC),
-                                                          limit=self._batch_size)
+                shredded = await shred_stale_card_numbers(
+                    session, datetime.now(UTC), limit=self._batch_size
+                )
                 await session.commit()
             return shredded
 

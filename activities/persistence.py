@@ -192,8 +192,13 @@ class OutcomeDiscrepancy:
 
 # What the database will never accept (see refusals_are_final).
 _REFUSALS: tuple[type[Exception], ...] = (
-    IllegalTransition, LookupError, NoResultFound, IntegrityError, DataError,
-    *REFUSED_BY_DATABASE)
+    IllegalTransition,
+    LookupError,
+    NoResultFound,
+    IntegrityError,
+    DataError,
+    *REFUSED_BY_DATABASE,
+)
 
 
 def refusals_are_final(activity_method: RecordMethod) -> RecordMethod:
@@ -212,8 +217,11 @@ def refusals_are_final(activity_method: RecordMethod) -> RecordMethod:
         except _REFUSALS as error:
             reason = _refusal_reason(error)
             log.error("%s refused by the database: %s", activity_method.__name__, reason)
-            raise ApplicationError(f"{activity_method.__name__} refused: {reason}",
-                                   type=ErrorType.RECORD_REFUSED, non_retryable=True) from error
+            raise ApplicationError(
+                f"{activity_method.__name__} refused: {reason}",
+                type=ErrorType.RECORD_REFUSED,
+                non_retryable=True,
+            ) from error
 
     return cast(RecordMethod, refusing)  # functools.wraps keeps its signature
 
@@ -232,8 +240,9 @@ class PaymentRecordActivities:
     `record_outcome`) run as plain SQL on the engine's driver connections
     (core/db/payment_records.py); the rest through the ORM's sessions."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession],
-                 engine: AsyncEngine | None = None) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], engine: AsyncEngine | None = None
+    ) -> None:
         self._sessions = sessions
         self._engine: AsyncEngine = engine or sessions.kw["bind"]
 
@@ -248,53 +257,85 @@ class PaymentRecordActivities:
         created_event = event_id_for(f"{attempt.payment_intent_id}:created")
         async with driver_connection(self._engine) as connection, connection.transaction():
             locked = await lock_payment_for_charge(
-                connection, attempt.payment_intent_id, attempt.transaction_id,
-                card_token_id=attempt.card_token_id, created_event_id=created_event)
+                connection,
+                attempt.payment_intent_id,
+                attempt.transaction_id,
+                card_token_id=attempt.card_token_id,
+                created_event_id=created_event,
+            )
             intent = locked.intent
             _check_card_token(locked)
             cause = f"{attempt.transaction_id}:start"
             if locked.transaction is not None:  # a retry after the commit
-                return Recorded(intent.status, _view(locked.transaction),
-                                await deliveries_of_recorded(
-                                    connection, intent.merchant_id, locked.endpoints,
-                                    [event_id_for(cause)]))
+                return Recorded(
+                    intent.status,
+                    _view(locked.transaction),
+                    await deliveries_of_recorded(
+                        connection, intent.merchant_id, locked.endpoints, [event_id_for(cause)]
+                    ),
+                )
             move = move_intent(intent.status, IntentAction.START_ATTEMPT)
             txn = TransactionRow(
-                id=attempt.transaction_id, type=TransactionType.CHARGE.value,
-                status=TransactionStatus.PENDING.value, amount_in_cents=intent.amount_in_cents,
-                card_token_id=attempt.card_token_id, decline_code=None, failure_code=None,
-                reconciled=False, created_at=None, updated_at=None)
+                id=attempt.transaction_id,
+                type=TransactionType.CHARGE.value,
+                status=TransactionStatus.PENDING.value,
+                amount_in_cents=intent.amount_in_cents,
+                card_token_id=attempt.card_token_id,
+                decline_code=None,
+                failure_code=None,
+                reconciled=False,
+                created_at=None,
+                updated_at=None,
+            )
             previous = intent_state(intent)
             intent.status = move.after.value
-            event = payment_event(locked, cause=cause, event_type=move.event_type, txn=txn,
-                                   previous=previous)
+            event = payment_event(
+                locked, cause=cause, event_type=move.event_type, txn=txn, previous=previous
+            )
             # The first attempt also names `payment.created`'s deliveries, which the API starts:
             # if it could not (a Temporal outage), they start now; started ones are not redone.
-            created = ([(created_event, "payment.created")]
-                       if move.before is IntentStatus.CREATED and locked.created_event_recorded
-                       else [])
-            deliveries = planned_deliveries(intent.merchant_id, locked.endpoints,
-                                            [*created, (event["id"], event["type"])])
-            written = await write_record(connection, RecordWrite(
-                inserted_transaction={
-                    "id": (txn.id, "text"), "merchant_id": (intent.merchant_id, "text"),
-                    "payment_intent_id": (intent.id, "text"), "type": (txn.type, "text"),
-                    "amount_in_cents": (txn.amount_in_cents, "bigint"),
-                    "currency": (intent.currency, "text"), "status": (txn.status, "text"),
-                    "network_reference": (txn.id, "text"),
-                    "card_token_id": (attempt.card_token_id, "text"),
-                    "card_brand": (attempt.card.brand, "text"),
-                    "card_last4": (attempt.card.last4, "text"),
-                    "card_exp_month": (attempt.card.exp_month, "int"),
-                    "card_exp_year": (attempt.card.exp_year, "int"),
-                    "reconciled": (False, "boolean")},
-                moved_intent=(intent.id, move.before.value,
-                              {"status": intent.status, "updated_at": locked.now}),
-                event=event, deliveries=deliveries))
+            created = (
+                [(created_event, "payment.created")]
+                if move.before is IntentStatus.CREATED and locked.created_event_recorded
+                else []
+            )
+            deliveries = planned_deliveries(
+                intent.merchant_id, locked.endpoints, [*created, (event["id"], event["type"])]
+            )
+            written = await write_record(
+                connection,
+                RecordWrite(
+                    inserted_transaction={
+                        "id": (txn.id, "text"),
+                        "merchant_id": (intent.merchant_id, "text"),
+                        "payment_intent_id": (intent.id, "text"),
+                        "type": (txn.type, "text"),
+                        "amount_in_cents": (txn.amount_in_cents, "bigint"),
+                        "currency": (intent.currency, "text"),
+                        "status": (txn.status, "text"),
+                        "network_reference": (txn.id, "text"),
+                        "card_token_id": (attempt.card_token_id, "text"),
+                        "card_brand": (attempt.card.brand, "text"),
+                        "card_last4": (attempt.card.last4, "text"),
+                        "card_exp_month": (attempt.card.exp_month, "int"),
+                        "card_exp_year": (attempt.card.exp_year, "int"),
+                        "reconciled": (False, "boolean"),
+                    },
+                    moved_intent=(
+                        intent.id,
+                        move.before.value,
+                        {"status": intent.status, "updated_at": locked.now},
+                    ),
+                    event=event,
+                    deliveries=deliveries,
+                ),
+            )
             if not written.intent_moved:  # never under the lock; refused rather than guessed
                 raise IllegalTransition("payment intent", move.before, "start attempt")
-            txn.created_at, txn.updated_at = (written.transaction_created_at,
-                                              written.transaction_updated_at)
+            txn.created_at, txn.updated_at = (
+                written.transaction_created_at,
+                written.transaction_updated_at,
+            )
             return Recorded(intent.status, _view(txn), [d["id"] for d in deliveries])
 
     @activity.defn
@@ -314,15 +355,22 @@ class PaymentRecordActivities:
             if not can_move_intent(intent.status, OPERATION_ACTIONS[attempt.type]):
                 raise ApplicationError(
                     str(IllegalTransition("payment intent", intent.status, attempt.type.value)),
-                    type=ErrorType.ILLEGAL_TRANSITION, non_retryable=True)
+                    type=ErrorType.ILLEGAL_TRANSITION,
+                    non_retryable=True,
+                )
             if attempt.type is TransactionType.REFUND:
                 await _check_refund_fits(session, intent, attempt.amount_in_cents)
             txn = Transaction(
-                id=attempt.transaction_id, merchant_id=intent.merchant_id,
-                payment_intent_id=intent.id, type=attempt.type.value,
-                amount_in_cents=attempt.amount_in_cents, currency=intent.currency,
-                status=TransactionStatus.PENDING.value, network_reference=attempt.transaction_id,
-                parent_reference=attempt.parent_reference)
+                id=attempt.transaction_id,
+                merchant_id=intent.merchant_id,
+                payment_intent_id=intent.id,
+                type=attempt.type.value,
+                amount_in_cents=attempt.amount_in_cents,
+                currency=intent.currency,
+                status=TransactionStatus.PENDING.value,
+                network_reference=attempt.transaction_id,
+                parent_reference=attempt.parent_reference,
+            )
             session.add(txn)
             return Recorded(intent.status, _view(txn))
 
@@ -333,8 +381,7 @@ class PaymentRecordActivities:
         intent (amounts, status, event and its webhook deliveries in one database transaction).
         An unknown answer never moves the intent: it is never turned into a guess."""
         async with driver_connection(self._engine) as connection, connection.transaction():
-            locked = await lock_payment(connection, result.payment_intent_id,
-                                        result.transaction_id)
+            locked = await lock_payment(connection, result.payment_intent_id, result.transaction_id)
             txn = locked.transaction
             if txn is None:
                 raise LookupError(f"transaction {result.transaction_id} was never recorded")
@@ -348,20 +395,25 @@ class PaymentRecordActivities:
                     raise IllegalTransition("transaction", status_before, result.outcome.value)
                 if write.event is not None and not written.intent_moved:
                     assert write.moved_intent is not None  # an event comes with its move
-                    raise IllegalTransition("payment intent", write.moved_intent[1],
-                                            result.outcome.value)
+                    raise IllegalTransition(
+                        "payment intent", write.moved_intent[1], result.outcome.value
+                    )
                 txn.updated_at = written.transaction_updated_at
                 deliveries = [d["id"] for d in write.deliveries]
             else:
                 # The event of this outcome, if it appended one (a retry finds it by its id).
                 deliveries = await deliveries_of_recorded(
-                    connection, locked.intent.merchant_id, locked.endpoints,
-                    [event_id_for(cause)])
+                    connection, locked.intent.merchant_id, locked.endpoints, [event_id_for(cause)]
+                )
             recorded = Recorded(locked.intent.status, _view(txn), deliveries)
         if applied:  # committed now, by this attempt: counted once
-            count_recorded_outcome(transaction_type=txn.type, status_before=status_before,
-                                   outcome=result.outcome, intent_status=recorded.status,
-                                   operator_verdict=result.failure_code == OPERATOR_VERDICT)
+            count_recorded_outcome(
+                transaction_type=txn.type,
+                status_before=status_before,
+                outcome=result.outcome,
+                intent_status=recorded.status,
+                operator_verdict=result.failure_code == OPERATOR_VERDICT,
+            )
         return recorded
 
     @activity.defn
@@ -373,10 +425,18 @@ class PaymentRecordActivities:
             cause = f"{intent.id}:cancel"
             if not await event_exists(session, event_id_for(cause)):  # else a retry
                 await transition_intent(
-                    session, intent, IntentAction.CANCEL, cause=cause, transaction_id=None,
-                    changes={"cancellation_reason": cancellation.reason})
-            return Recorded(intent.status, None, await plan_deliveries(
-                session, intent.merchant_id, [event_id_for(cause)]))
+                    session,
+                    intent,
+                    IntentAction.CANCEL,
+                    cause=cause,
+                    transaction_id=None,
+                    changes={"cancellation_reason": cancellation.reason},
+                )
+            return Recorded(
+                intent.status,
+                None,
+                await plan_deliveries(session, intent.merchant_id, [event_id_for(cause)]),
+            )
 
     @activity.defn
     @refusals_are_final
@@ -387,12 +447,17 @@ class PaymentRecordActivities:
         reference again is a no-op; a settled charge, or another reference, is refused."""
         async with driver_connection(self._engine) as connection:
             recorded = await connection.fetchval(
-                _RECORD_REVERSAL, attempt.transaction_id, attempt.payment_intent_id,
-                attempt.reversal_reference)
+                _RECORD_REVERSAL,
+                attempt.transaction_id,
+                attempt.payment_intent_id,
+                attempt.reversal_reference,
+            )
         if recorded is None:
-            raise LookupError(f"no unsettled charge {attempt.transaction_id} of "
-                              f"{attempt.payment_intent_id} to reverse under "
-                              f"{attempt.reversal_reference}")
+            raise LookupError(
+                f"no unsettled charge {attempt.transaction_id} of "
+                f"{attempt.payment_intent_id} to reverse under "
+                f"{attempt.reversal_reference}"
+            )
 
     @activity.defn
     async def load_payment(self, payment_intent_id: str) -> PaymentSnapshot:
@@ -414,12 +479,20 @@ class PaymentRecordActivities:
         if opened:
             MANUAL_REVIEWS_OPENED.inc()
         if opened and flag.reason:
-            log.error("payment %s needs manual review: %s (%s)", flag.payment_intent_id,
-                      flag.reason, flag.transaction_id)
+            log.error(
+                "payment %s needs manual review: %s (%s)",
+                flag.payment_intent_id,
+                flag.reason,
+                flag.transaction_id,
+            )
         elif opened:
-            log.error("payment %s needs manual review: the outcome of %s is still unknown after "
-                      "%.0f s of status queries", flag.payment_intent_id, flag.transaction_id,
-                      flag.waited_seconds)
+            log.error(
+                "payment %s needs manual review: the outcome of %s is still unknown after "
+                "%.0f s of status queries",
+                flag.payment_intent_id,
+                flag.transaction_id,
+                flag.waited_seconds,
+            )
 
     @activity.defn
     @refusals_are_final
@@ -431,14 +504,22 @@ class PaymentRecordActivities:
             if txn is None:
                 raise LookupError(f"transaction {found.transaction_id} was never recorded")
             opened = await open_discrepancy(
-                session, kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME,
-                network_reference=txn.network_reference, merchant_id=txn.merchant_id,
-                payment_intent_id=txn.payment_intent_id, transaction_id=txn.id,
-                detail={"recorded": found.recorded.value, "network": found.network.value,
-                        "transactionStatus": txn.status})
+                session,
+                kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME,
+                network_reference=txn.network_reference,
+                merchant_id=txn.merchant_id,
+                payment_intent_id=txn.payment_intent_id,
+                transaction_id=txn.id,
+                detail={
+                    "recorded": found.recorded.value,
+                    "network": found.network.value,
+                    "transactionStatus": txn.status,
+                },
+            )
         if opened:
             DISCREPANCIES_OPENED.labels(
-                kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME.value).inc()
+                kind=DiscrepancyKind.NETWORK_CONTRADICTS_RECORDED_OUTCOME.value
+            ).inc()
 
 
 # Sets the reference once, on a charge still unsettled; finds it again if already set.
@@ -464,44 +545,70 @@ def _check_card_token(locked: LockedPayment) -> None:
 
 
 async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amount: int) -> None:
-    committed = (await session.exec(
-        select(func.coalesce(func.sum(Transaction.amount_in_cents), 0)).where(
-            Transaction.payment_intent_id == intent.id,
-            Transaction.type == TransactionType.REFUND.value,
-            col(Transaction.status).in_(OPEN_REFUND_STATUSES)))).one()
+    committed = (
+        await session.exec(
+            select(func.coalesce(func.sum(Transaction.amount_in_cents), 0)).where(
+                Transaction.payment_intent_id == intent.id,
+                Transaction.type == TransactionType.REFUND.value,
+                col(Transaction.status).in_(OPEN_REFUND_STATUSES),
+            )
+        )
+    ).one()
     if int(committed) + amount > intent.amount_received:
         raise ApplicationError(
             f"refund of {amount} exceeds what is left to refund "
             f"({intent.amount_received - int(committed)})",
-            type=ErrorType.AMOUNT_INVALID, non_retryable=True)
+            type=ErrorType.AMOUNT_INVALID,
+            non_retryable=True,
+        )
 
 
 def _view(txn: Transaction | TransactionRow) -> RecordedTransaction:
     return RecordedTransaction(
-        id=txn.id, type=txn.type, status=txn.status, amount_in_cents=txn.amount_in_cents,
+        id=txn.id,
+        type=txn.type,
+        status=txn.status,
+        amount_in_cents=txn.amount_in_cents,
         decline_code=txn.decline_code,
-        failure_code=txn.failure_code, reconciled=txn.reconciled,
+        failure_code=txn.failure_code,
+        reconciled=txn.reconciled,
         created_at=txn.created_at.timestamp() if txn.created_at else None,
-        updated_at=txn.updated_at.timestamp() if txn.updated_at else None)
+        updated_at=txn.updated_at.timestamp() if txn.updated_at else None,
+    )
 
 
 def _snapshot(intent: IntentRow, transactions: list[TransactionRow]) -> PaymentSnapshot:
     def succeeded(kind: TransactionType) -> TransactionRow | None:
-        return next((t for t in transactions if t.type == kind.value
-                     and t.status == TransactionStatus.SUCCEEDED.value), None)
+        return next(
+            (
+                t
+                for t in transactions
+                if t.type == kind.value and t.status == TransactionStatus.SUCCEEDED.value
+            ),
+            None,
+        )
 
     charge, capture = succeeded(TransactionType.CHARGE), succeeded(TransactionType.CAPTURE)
     paid = capture or (charge if intent.capture_method == CaptureMethod.AUTOMATIC.value else None)
     unsettled = next((t for t in transactions if t.status in UNSETTLED_STATUSES), None)
     return PaymentSnapshot(
-        status=intent.status, amount_capturable=intent.amount_capturable,
-        amount_received=intent.amount_received, amount_refunded=intent.amount_refunded,
+        status=intent.status,
+        amount_capturable=intent.amount_capturable,
+        amount_received=intent.amount_received,
+        amount_refunded=intent.amount_refunded,
         authorization_reference=charge.id if charge else None,
         payment_reference=paid.id if paid else None,
         authorized_at=charge.updated_at.timestamp() if charge and charge.updated_at else None,
         succeeded_at=paid.updated_at.timestamp() if paid and paid.updated_at else None,
-        unsettled=UnsettledOperation(unsettled.id, TransactionType(unsettled.type),
-                                     unsettled.amount_in_cents, unsettled.reversal_reference)
-        if unsettled else None,
-        in_manual_review=(intent.manual_review_since is not None
-                          and intent.manual_review_resolved_at is None))
+        unsettled=UnsettledOperation(
+            unsettled.id,
+            TransactionType(unsettled.type),
+            unsettled.amount_in_cents,
+            unsettled.reversal_reference,
+        )
+        if unsettled
+        else None,
+        in_manual_review=(
+            intent.manual_review_since is not None and intent.manual_review_resolved_at is None
+        ),
+    )

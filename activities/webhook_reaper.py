@@ -50,16 +50,26 @@ class WebhookReaperActivities:
         """Read only. The partial index `ix_webhook_delivery_unattempted` holds exactly the
         rows that may be stranded (pending, never attempted), so a page costs an index range
         scan, however many deliveries the table holds."""
-        query = (select(WebhookDelivery.id, WebhookDelivery.created_at)
-                 .where(WebhookDelivery.status == "pending", WebhookDelivery.attempt_count == 0,
-                        col(WebhookDelivery.created_at) < page.created_before)
-                 .order_by(col(WebhookDelivery.created_at), col(WebhookDelivery.id))
-                 .limit(page.limit))
+        query = (
+            select(WebhookDelivery.id, WebhookDelivery.created_at)
+            .where(
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.attempt_count == 0,
+                col(WebhookDelivery.created_at) < page.created_before,
+            )
+            .order_by(col(WebhookDelivery.created_at), col(WebhookDelivery.id))
+            .limit(page.limit)
+        )
         if page.after_created_at is not None and page.after_id is not None:
-            query = query.where(or_(
-                col(WebhookDelivery.created_at) > page.after_created_at,
-                and_(col(WebhookDelivery.created_at) == page.after_created_at,
-                     col(WebhookDelivery.id) > page.after_id)))
+            query = query.where(
+                or_(
+                    col(WebhookDelivery.created_at) > page.after_created_at,
+                    and_(
+                        col(WebhookDelivery.created_at) == page.after_created_at,
+                        col(WebhookDelivery.id) > page.after_id,
+                    ),
+                )
+            )
         async with self._sessions() as session:
             rows = (await session.exec(query)).all()
         if len(rows) < page.limit:

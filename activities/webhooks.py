@@ -117,16 +117,25 @@ def new_http_client() -> httpx.AsyncClient:
     Pooling is off because requests go to a pinned IP with the host in SNI/Host: a pooled
     connection to one IP could otherwise be reused for another host's TLS name.
     """
-    return httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                             limits=httpx.Limits(max_keepalive_connections=0))
+    return httpx.AsyncClient(
+        follow_redirects=False, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+    )
 
 
 class WebhookActivities:
-    def __init__(self, *, http: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession],
-                 webhook_secrets: Cipher, settings: Settings) -> None:
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        sessions: async_sessionmaker[AsyncSession],
+        webhook_secrets: Cipher,
+        settings: Settings,
+    ) -> None:
         if webhook_secrets.purpose is not Purpose.WEBHOOK_SECRETS:  # miswired: fail at start
-            raise ValueError(f"webhook signing needs the webhook secrets' cipher, not "
-                             f"{webhook_secrets.purpose}'s")
+            raise ValueError(
+                f"webhook signing needs the webhook secrets' cipher, not "
+                f"{webhook_secrets.purpose}'s"
+            )
         self._http = http
         self._sessions = sessions
         self._secrets = webhook_secrets
@@ -145,32 +154,46 @@ class WebhookActivities:
         async with self._sessions() as session, session.begin():
             loaded = await _load(session, attempt.delivery_id)
             if loaded is None:
-                return SentAttempt(attempt.delivery_id, attempt.attempt_number,
-                                   closed=AttemptResult.STOP)
+                return SentAttempt(
+                    attempt.delivery_id, attempt.attempt_number, closed=AttemptResult.STOP
+                )
             delivery, endpoint, event = loaded
             if delivery.status != "pending":
                 delivered = delivery.status == "succeeded"
-                return SentAttempt(attempt.delivery_id, attempt.attempt_number, closed=(
-                    AttemptResult.DELIVERED if delivered else AttemptResult.STOP))
+                return SentAttempt(
+                    attempt.delivery_id,
+                    attempt.attempt_number,
+                    closed=(AttemptResult.DELIVERED if delivered else AttemptResult.STOP),
+                )
             if endpoint.deleted_at is not None or endpoint.status != "enabled":
                 await _close_delivery(session, delivery.id, "canceled")
-                return SentAttempt(attempt.delivery_id, attempt.attempt_number,
-                                   closed=AttemptResult.STOP)
+                return SentAttempt(
+                    attempt.delivery_id, attempt.attempt_number, closed=AttemptResult.STOP
+                )
             secrets = self._live_secrets(endpoint)
             assert event.seq is not None  # a stored event has its sequence
-            body = event_payload(event_id=event.id, event_type=event.type,
-                                 created_at=event.created_at, sequence=event.seq,
-                                 data=event.data)
+            body = event_payload(
+                event_id=event.id,
+                event_type=event.type,
+                created_at=event.created_at,
+                sequence=event.seq,
+                data=event.data,
+            )
             url, endpoint_id = endpoint.url, endpoint.id
         # No database connection is held while the merchant's server takes its time.
         started_at, started = utcnow(), time.monotonic()
         answer = await self._send(url, msg_id=event.id, secrets=secrets, body=body)
         return SentAttempt(
-            attempt.delivery_id, attempt.attempt_number, endpoint_id=endpoint_id,
-            attempted_at=started_at, duration_ms=int((time.monotonic() - started) * 1000),
-            status_code=answer.status_code, error=clean_text(answer.error, limit=ERROR_KEEP_CHARS),
+            attempt.delivery_id,
+            attempt.attempt_number,
+            endpoint_id=endpoint_id,
+            attempted_at=started_at,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            status_code=answer.status_code,
+            error=clean_text(answer.error, limit=ERROR_KEEP_CHARS),
             body=clean_text(answer.body, limit=RESPONSE_KEEP_BYTES),
-            retry_after_seconds=answer.retry_after_seconds)
+            retry_after_seconds=answer.retry_after_seconds,
+        )
 
     @activity.defn
     async def record_webhook_attempt(self, sent: SentAttempt) -> AttemptOutcome:
@@ -193,29 +216,39 @@ class WebhookActivities:
         attempt, which is a whole horizon ago.
         """
         async with self._sessions() as session, session.begin():
-            delivery = await session.get(WebhookDelivery, failed.delivery_id,
-                                         with_for_update=True)
+            delivery = await session.get(WebhookDelivery, failed.delivery_id, with_for_update=True)
             if delivery is None or delivery.status != "pending":
                 return
             await _close_delivery(session, delivery.id, "failed")
             endpoint = await session.get(WebhookEndpoint, delivery.endpoint_id)
-            first_attempt = (await session.exec(
-                select(func.min(WebhookDeliveryAttempt.attempted_at)).where(
-                    WebhookDeliveryAttempt.delivery_id == delivery.id))).one()
-            if endpoint is not None and endpoint.failing_since is not None and \
-                    first_attempt is not None and endpoint.failing_since <= first_attempt:
-                await disable_endpoint(session, endpoint.id, reason="failing",
-                                       cause=delivery.id)
+            first_attempt = (
+                await session.exec(
+                    select(func.min(WebhookDeliveryAttempt.attempted_at)).where(
+                        WebhookDeliveryAttempt.delivery_id == delivery.id
+                    )
+                )
+            ).one()
+            if (
+                endpoint is not None
+                and endpoint.failing_since is not None
+                and first_attempt is not None
+                and endpoint.failing_since <= first_attempt
+            ):
+                await disable_endpoint(session, endpoint.id, reason="failing", cause=delivery.id)
 
     # ---- helpers -------------------------------------------------------------------------------
     def _live_secrets(self, endpoint: WebhookEndpoint) -> list[str]:
-        secrets = [self._secrets.decrypt(endpoint.secret_ciphertext,
-                                         context=endpoint.id).decode()]
-        if endpoint.previous_secret_ciphertext is not None and \
-                endpoint.previous_secret_expires_at is not None and \
-                endpoint.previous_secret_expires_at > utcnow():
-            secrets.append(self._secrets.decrypt(endpoint.previous_secret_ciphertext,
-                                                 context=endpoint.id).decode())
+        secrets = [self._secrets.decrypt(endpoint.secret_ciphertext, context=endpoint.id).decode()]
+        if (
+            endpoint.previous_secret_ciphertext is not None
+            and endpoint.previous_secret_expires_at is not None
+            and endpoint.previous_secret_expires_at > utcnow()
+        ):
+            secrets.append(
+                self._secrets.decrypt(
+                    endpoint.previous_secret_ciphertext, context=endpoint.id
+                ).decode()
+            )
         return secrets
 
     async def _send(self, url: str, *, msg_id: str, secrets: list[str], body: bytes) -> _Response:
@@ -229,23 +262,35 @@ class WebhookActivities:
             return _Response(error=f"{error.code}: {error}")
         parts = urlsplit(url)
         pinned = f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
-        request_url = urlunsplit((parts.scheme, f"{pinned}:{target.port}", parts.path or "/",
-                                  parts.query, ""))
+        request_url = urlunsplit(
+            (parts.scheme, f"{pinned}:{target.port}", parts.path or "/", parts.query, "")
+        )
         timestamp = int(time.time())
         headers = {
-            "host": parts.netloc, "content-type": "application/json", "user-agent": USER_AGENT,
-            "accept-encoding": "identity", "webhook-id": msg_id,
+            "host": parts.netloc,
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "accept-encoding": "identity",
+            "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(secrets, msg_id=msg_id, timestamp=timestamp,
-                                                  body=body),
+            "webhook-signature": signature_header(
+                secrets, msg_id=msg_id, timestamp=timestamp, body=body
+            ),
         }
-        extensions: dict[str, Any] = {"sni_hostname": target.host} \
-            if target.scheme == "https" else {}
+        extensions: dict[str, Any] = (
+            {"sni_hostname": target.host} if target.scheme == "https" else {}
+        )
         budget = self._settings.webhook_timeout_seconds
         try:
             async with asyncio.timeout(budget):
-                async with self._http.stream("POST", request_url, content=body, headers=headers,
-                                             extensions=extensions, timeout=budget) as response:
+                async with self._http.stream(
+                    "POST",
+                    request_url,
+                    content=body,
+                    headers=headers,
+                    extensions=extensions,
+                    timeout=budget,
+                ) as response:
                     kept = await _read_start(response)
         except (TimeoutError, httpx.TimeoutException):
             return _Response(error=f"timeout: no answer within {budget:g} s")
@@ -256,8 +301,9 @@ class WebhookActivities:
         if response.is_redirect:
             answer.error = "redirect_not_followed"
         if response.status_code in (429, 503):
-            answer.retry_after_seconds = parse_retry_after(response.headers.get("retry-after"),
-                                                           now_epoch=time.time())
+            answer.retry_after_seconds = parse_retry_after(
+                response.headers.get("retry-after"), now_epoch=time.time()
+            )
         return answer
 
 
@@ -271,13 +317,17 @@ async def _read_start(response: httpx.Response) -> str:
     return kept[:RESPONSE_KEEP_BYTES].decode(errors="replace")
 
 
-async def _load(session: AsyncSession, delivery_id: str) -> tuple[
-        WebhookDelivery, WebhookEndpoint, Event] | None:
-    row = (await session.exec(
-        select(WebhookDelivery, WebhookEndpoint, Event)
-        .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
-        .join(Event, col(Event.id) == col(WebhookDelivery.event_id))
-        .where(WebhookDelivery.id == delivery_id))).first()
+async def _load(
+    session: AsyncSession, delivery_id: str
+) -> tuple[WebhookDelivery, WebhookEndpoint, Event] | None:
+    row = (
+        await session.exec(
+            select(WebhookDelivery, WebhookEndpoint, Event)
+            .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
+            .join(Event, col(Event.id) == col(WebhookDelivery.event_id))
+            .where(WebhookDelivery.id == delivery_id)
+        )
+    ).first()
     return None if row is None else (row[0], row[1], row[2])
 
 
@@ -303,61 +353,93 @@ async def _settle_delivery(session: AsyncSession, sent: SentAttempt) -> AttemptO
     assert sent.endpoint_id is not None
     if sent.ok:
         await _close_delivery(session, sent.delivery_id, "succeeded")
-        await session.exec(update(WebhookEndpoint).where(
-            col(WebhookEndpoint.id) == sent.endpoint_id).values(failing_since=None))
+        await session.exec(
+            update(WebhookEndpoint)
+            .where(col(WebhookEndpoint.id) == sent.endpoint_id)
+            .values(failing_since=None)
+        )
         return AttemptOutcome(AttemptResult.DELIVERED)
-    await session.exec(update(WebhookEndpoint).where(
-        col(WebhookEndpoint.id) == sent.endpoint_id).values(failing_since=func.coalesce(
-            WebhookEndpoint.failing_since, sent.attempted_at)))
+    await session.exec(
+        update(WebhookEndpoint)
+        .where(col(WebhookEndpoint.id) == sent.endpoint_id)
+        .values(failing_since=func.coalesce(WebhookEndpoint.failing_since, sent.attempted_at))
+    )
     if sent.status_code == 410:
         # The merchant told us the URL is gone for good: stop sending there at once.
         await _close_delivery(session, sent.delivery_id, "failed")
-        await disable_endpoint(session, sent.endpoint_id, reason="gone",
-                               cause=sent.delivery_id)
+        await disable_endpoint(session, sent.endpoint_id, reason="gone", cause=sent.delivery_id)
         return AttemptOutcome(AttemptResult.STOP)
     return AttemptOutcome(AttemptResult.RETRY, sent.retry_after_seconds)
 
 
 async def _record_attempt(session: AsyncSession, sent: SentAttempt) -> bool:
     """Upsert the attempt; True if it was not recorded before (not a retry of this record)."""
-    recorded_before = (await session.exec(select(WebhookDeliveryAttempt.attempt_number).where(
-        WebhookDeliveryAttempt.delivery_id == sent.delivery_id,
-        WebhookDeliveryAttempt.attempt_number == sent.attempt_number))).first() is not None
+    recorded_before = (
+        await session.exec(
+            select(WebhookDeliveryAttempt.attempt_number).where(
+                WebhookDeliveryAttempt.delivery_id == sent.delivery_id,
+                WebhookDeliveryAttempt.attempt_number == sent.attempt_number,
+            )
+        )
+    ).first() is not None
     # Cleaned again here, where it is stored: whatever built `sent`, Postgres takes it.
-    values = {"attempted_at": sent.attempted_at, "status_code": sent.status_code,
-              "error": clean_text(sent.error, limit=ERROR_KEEP_CHARS),
-              "duration_ms": sent.duration_ms,
-              "response_body": clean_text(sent.body, limit=RESPONSE_KEEP_BYTES)}
-    await session.exec(insert(WebhookDeliveryAttempt).values(
-        delivery_id=sent.delivery_id, attempt_number=sent.attempt_number, **values)
-        .on_conflict_do_update(index_elements=["delivery_id", "attempt_number"], set_=values))
-    await session.exec(update(WebhookDelivery).where(col(WebhookDelivery.id) == sent.delivery_id)
-                       .values(attempt_count=func.greatest(WebhookDelivery.attempt_count,
-                                                           sent.attempt_number),
-                               updated_at=func.now()))
+    values = {
+        "attempted_at": sent.attempted_at,
+        "status_code": sent.status_code,
+        "error": clean_text(sent.error, limit=ERROR_KEEP_CHARS),
+        "duration_ms": sent.duration_ms,
+        "response_body": clean_text(sent.body, limit=RESPONSE_KEEP_BYTES),
+    }
+    await session.exec(
+        insert(WebhookDeliveryAttempt)
+        .values(delivery_id=sent.delivery_id, attempt_number=sent.attempt_number, **values)
+        .on_conflict_do_update(index_elements=["delivery_id", "attempt_number"], set_=values)
+    )
+    await session.exec(
+        update(WebhookDelivery)
+        .where(col(WebhookDelivery.id) == sent.delivery_id)
+        .values(
+            attempt_count=func.greatest(WebhookDelivery.attempt_count, sent.attempt_number),
+            updated_at=func.now(),
+        )
+    )
     return not recorded_before
 
 
 async def _close_delivery(session: AsyncSession, delivery_id: str, status: str) -> None:
-    await session.exec(update(WebhookDelivery).where(
-        col(WebhookDelivery.id) == delivery_id, col(WebhookDelivery.status) == "pending",
-    ).values(status=status, updated_at=func.now()))
+    await session.exec(
+        update(WebhookDelivery)
+        .where(
+            col(WebhookDelivery.id) == delivery_id,
+            col(WebhookDelivery.status) == "pending",
+        )
+        .values(status=status, updated_at=func.now())
+    )
 
 
-async def disable_endpoint(session: AsyncSession, endpoint_id: str, *, reason: str,
-                           cause: str) -> bool:
+async def disable_endpoint(
+    session: AsyncSession, endpoint_id: str, *, reason: str, cause: str
+) -> bool:
     """Disable an enabled endpoint and append the event that says so (once, even on retry)."""
-    disabled = (await session.exec(
-        update(WebhookEndpoint)
-        .where(col(WebhookEndpoint.id) == endpoint_id, col(WebhookEndpoint.status) == "enabled")
-        .values(status="disabled", disabled_reason=reason, updated_at=func.now())
-        .returning(col(WebhookEndpoint.merchant_id), col(WebhookEndpoint.url)))).first()
+    disabled = (
+        await session.exec(
+            update(WebhookEndpoint)
+            .where(col(WebhookEndpoint.id) == endpoint_id, col(WebhookEndpoint.status) == "enabled")
+            .values(status="disabled", disabled_reason=reason, updated_at=func.now())
+            .returning(col(WebhookEndpoint.merchant_id), col(WebhookEndpoint.url))
+        )
+    ).first()
     if disabled is None:
         return False
     merchant_id, url = disabled
     # The endpoint's own chain: its row, locked by the update above, orders its appends.
     await append_chained_event(
-        session, chain=endpoint_id, event_id=event_id_for(f"{endpoint_id}:disabled:{cause}"),
-        merchant_id=merchant_id, event_type=ENDPOINT_DISABLED_EVENT,
-        data={"endpointId": endpoint_id, "url": url, "reason": reason}, unless_recorded=True)
+        session,
+        chain=endpoint_id,
+        event_id=event_id_for(f"{endpoint_id}:disabled:{cause}"),
+        merchant_id=merchant_id,
+        event_type=ENDPOINT_DISABLED_EVENT,
+        data={"endpointId": endpoint_id, "url": url, "reason": reason},
+        unless_recorded=True,
+    )
     return True

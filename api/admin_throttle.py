@@ -47,13 +47,17 @@ class AdminThrottle:
         if self.per_minute <= 0:
             return
         now = time.monotonic()
-        wait = max(self._wait(self._everyone, GLOBAL_FACTOR, now),
-                   self._wait(self._by_address.get(address), 1, now))
+        wait = max(
+            self._wait(self._everyone, GLOBAL_FACTOR, now),
+            self._wait(self._by_address.get(address), 1, now),
+        )
         if wait > 0:
             raise RateLimitError(
                 "rate_limit_exceeded",
                 "Too many failed admin authentications. Retry after the delay in Retry-After "
-                "(seconds).", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                "(seconds).",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
 
     def failed(self, address: str) -> None:
         if self.per_minute <= 0:

@@ -53,7 +53,8 @@ AUTHENTICATION_HEADERS = ("Authorization", "X-Timestamp", "X-Nonce", "X-Signatur
 
 READ_SIGNING_KEY = text(
     "SELECT merchant_id, secret_ciphertext, expires_at FROM merchant_key "
-    "WHERE public_key = :public_key")
+    "WHERE public_key = :public_key"
+)
 
 # The key still valid (and its merchant there), then the nonce spent only for a valid key, then
 # a token taken only for a new nonce: each step reads the one before it, so a refused request
@@ -135,14 +136,15 @@ class SigningKeys:
         or expired."""
         key = self._keys.get(public_key)
         if key is None:
-            row = (await connection.execute(READ_SIGNING_KEY,
-                                            {"public_key": public_key})).first()
+            row = (await connection.execute(READ_SIGNING_KEY, {"public_key": public_key})).first()
             if row is None:
                 raise invalid_api_key()
-            key = SigningKey(public_key=public_key, merchant_id=row.merchant_id,
-                             secret=self._cipher.decrypt(row.secret_ciphertext,
-                                                         context=public_key).decode(),
-                             expires_at=row.expires_at)
+            key = SigningKey(
+                public_key=public_key,
+                merchant_id=row.merchant_id,
+                secret=self._cipher.decrypt(row.secret_ciphertext, context=public_key).decode(),
+                expires_at=row.expires_at,
+            )
             self._remember(key)
         if key.expired(datetime.now(UTC)):
             self.forget(public_key)
@@ -158,8 +160,9 @@ class SigningKeys:
         self._keys[key.public_key] = key
 
 
-async def authenticate(request: Request, connection: AsyncConnection, keys: SigningKeys,
-                       settings: Settings) -> VerifiedMerchant:
+async def authenticate(
+    request: Request, connection: AsyncConnection, keys: SigningKeys, settings: Settings
+) -> VerifiedMerchant:
     """The merchant of a request whose signature verifies, its nonce spent and one token of its
     rate limit taken; AuthenticationError or RateLimitError if not. `connection` autocommits."""
     headers = request.headers
@@ -167,13 +170,19 @@ async def authenticate(request: Request, connection: AsyncConnection, keys: Sign
     key = await verify_signature(request, connection, keys, settings)
     wanted = token_request(settings)
     parameters: dict[str, object] = {
-        "public_key": key.public_key, "merchant_id": key.merchant_id, "nonce": nonce,
-        "nonce_expires_at": datetime.now(UTC) + nonce_lifetime(settings)}
+        "public_key": key.public_key,
+        "merchant_id": key.merchant_id,
+        "nonce": nonce,
+        "nonce_expires_at": datetime.now(UTC) + nonce_lifetime(settings),
+    }
     if wanted is None:
         row = (await connection.execute(AUTHENTICATE_UNLIMITED, parameters)).first()
     else:
-        row = (await connection.execute(AUTHENTICATE, {
-            **parameters, **wanted.parameters(wanted.shards[0])})).first()
+        row = (
+            await connection.execute(
+                AUTHENTICATE, {**parameters, **wanted.parameters(wanted.shards[0])}
+            )
+        ).first()
     if row is None:  # rolled, expired or deleted since this process cached it
         keys.forget(key.public_key)
         raise invalid_api_key()
@@ -184,8 +193,9 @@ async def authenticate(request: Request, connection: AsyncConnection, keys: Sign
     return VerifiedMerchant(id=row.id, name=row.name)
 
 
-async def _take_from_fallbacks(connection: AsyncConnection, wanted: TokenRequest | None,
-                               public_key: str, tokens: float) -> None:
+async def _take_from_fallbacks(
+    connection: AsyncConnection, wanted: TokenRequest | None, public_key: str, tokens: float
+) -> None:
     assert wanted is not None  # a refusal comes only from a bucket
     waits = [seconds_until_token(wanted, tokens)]
     if len(wanted.shards) == 1:
@@ -199,8 +209,9 @@ def nonce_lifetime(settings: Settings) -> timedelta:
     return timedelta(seconds=2 * settings.signature_tolerance_seconds)
 
 
-async def verify_signature(request: Request, connection: AsyncConnection, keys: SigningKeys,
-                           settings: Settings) -> SigningKey:
+async def verify_signature(
+    request: Request, connection: AsyncConnection, keys: SigningKeys, settings: Settings
+) -> SigningKey:
     """The request's key, if its signature verifies; AuthenticationError if not. Changes
     nothing: the nonce and the rate limit are the caller's."""
     headers = request.headers
@@ -211,22 +222,33 @@ async def verify_signature(request: Request, connection: AsyncConnection, keys: 
     x_timestamp, x_nonce = headers.get("x-timestamp"), headers.get("x-nonce")
     x_signature = headers.get("x-signature")
     if not public_key.startswith("pk_"):
-        raise AuthenticationError("missing_api_key",
-                                  "Send your public key as 'Authorization: Bearer pk_…'.")
-    if not (x_timestamp and x_nonce and x_signature):
-        raise AuthenticationError("missing_signature",
-                                  "Signed requests need X-Timestamp, X-Nonce and X-Signature.")
-    if not TIMESTAMP_PATTERN.fullmatch(x_timestamp) or abs(time.time() - int(x_timestamp)) > \
-            settings.signature_tolerance_seconds:
         raise AuthenticationError(
-            "timestamp_out_of_window", f"X-Timestamp is more than "
-            f"{settings.signature_tolerance_seconds} seconds from the server's clock.")
+            "missing_api_key", "Send your public key as 'Authorization: Bearer pk_…'."
+        )
+    if not (x_timestamp and x_nonce and x_signature):
+        raise AuthenticationError(
+            "missing_signature", "Signed requests need X-Timestamp, X-Nonce and X-Signature."
+        )
+    if (
+        not TIMESTAMP_PATTERN.fullmatch(x_timestamp)
+        or abs(time.time() - int(x_timestamp)) > settings.signature_tolerance_seconds
+    ):
+        raise AuthenticationError(
+            "timestamp_out_of_window",
+            f"X-Timestamp is more than "
+            f"{settings.signature_tolerance_seconds} seconds from the server's clock.",
+        )
     if not NONCE_PATTERN.fullmatch(x_nonce):
         raise AuthenticationError("invalid_nonce", "X-Nonce must be 16 to 64 of [A-Za-z0-9_-].")
     key = await keys.get(connection, public_key)
-    expected = sign_request(key.secret, method=request.method,
-                            path_and_query=_path_and_query_as_sent(request),
-                            timestamp=x_timestamp, nonce=x_nonce, body=await request.body())
+    expected = sign_request(
+        key.secret,
+        method=request.method,
+        path_and_query=_path_and_query_as_sent(request),
+        timestamp=x_timestamp,
+        nonce=x_nonce,
+        body=await request.body(),
+    )
     if not signature_matches(expected, x_signature):
         raise AuthenticationError("invalid_signature", "The request signature does not match.")
     return key
@@ -241,5 +263,6 @@ def _path_and_query_as_sent(request: Request) -> str:
     try:
         return canonical_path_and_query(raw_path, request.scope.get("query_string", b""))
     except UnicodeDecodeError:  # no canonical string (UTF-8) was signed over these bytes
-        raise AuthenticationError("invalid_signature",
-                                  "The request signature does not match.") from None
+        raise AuthenticationError(
+            "invalid_signature", "The request signature does not match."
+        ) from None

@@ -45,9 +45,14 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared == "invalid":
-            await _refuse(InvalidRequestError("invalid_content_length",
-                                              "The Content-Length header is not a number."),
-                          scope, receive, send)
+            await _refuse(
+                InvalidRequestError(
+                    "invalid_content_length", "The Content-Length header is not a number."
+                ),
+                scope,
+                receive,
+                send,
+            )
             return
         if declared is not None and declared > self.max_body_bytes:
             await _discard_rest(receive)
@@ -57,9 +62,15 @@ class BodyLimitMiddleware:
             async with asyncio.timeout(self.timeout_seconds):
                 body, unread = await self._read_body(receive)
         except TimeoutError:
-            await _refuse(RequestTimeoutError(
-                "request_timeout", f"The request body did not arrive within "
-                f"{self.timeout_seconds:g} seconds."), scope, receive, send)
+            await _refuse(
+                RequestTimeoutError(
+                    "request_timeout",
+                    f"The request body did not arrive within {self.timeout_seconds:g} seconds.",
+                ),
+                scope,
+                receive,
+                send,
+            )
             return
         if body is None:
             return  # the client left before it finished sending: nobody to answer
@@ -86,8 +97,8 @@ class BodyLimitMiddleware:
     def _too_large(self) -> ApiError:
         return RequestTooLargeError(
             "request_too_large",
-            f"The request body is larger than the {self.max_body_bytes} bytes this API "
-            "accepts.")
+            f"The request body is larger than the {self.max_body_bytes} bytes this API accepts.",
+        )
 
 
 def _content_length(scope: Scope) -> int | Literal["invalid"] | None:
@@ -117,8 +128,11 @@ async def _refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -
     # Rendered as api/errors.py renders every error. `Connection: close`: the rest of the body
     # may not have been read (past the discard bounds), so the connection cannot carry another
     # request.
-    response = JSONResponse(error.body(), status_code=error.status,
-                            headers={"Cache-Control": "no-store", "Connection": "close"})
+    response = JSONResponse(
+        error.body(),
+        status_code=error.status,
+        headers={"Cache-Control": "no-store", "Connection": "close"},
+    )
     await response(scope, receive, send)
 
 

@@ -59,12 +59,16 @@ def display_codec(settings: Settings) -> PayloadEncryptionCodec:
 def startup_refusal(settings: Settings) -> str | None:
     """Why these settings may not start the codec listener, or None."""
     if settings.env == "production":
-        return ("DURAPAY_ENV=production has no codec endpoint (it decrypts Temporal payloads); "
-                "read histories with a development stack or a codec of your own")
+        return (
+            "DURAPAY_ENV=production has no codec endpoint (it decrypts Temporal payloads); "
+            "read histories with a development stack or a codec of your own"
+        )
     if not is_loopback(settings.codec_host) and not settings.codec_token:
-        return (f"DURAPAY_CODEC_HOST={settings.codec_host} is not a loopback address: set "
-                "DURAPAY_CODEC_TOKEN, which every request must then present as "
-                "`Authorization: Bearer <token>`")
+        return (
+            f"DURAPAY_CODEC_HOST={settings.codec_host} is not a loopback address: set "
+            "DURAPAY_CODEC_TOKEN, which every request must then present as "
+            "`Authorization: Bearer <token>`"
+        )
     return None
 
 
@@ -102,7 +106,8 @@ def create_codec_app(settings: Settings | None = None) -> Starlette:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Methods"] = "POST"
             response.headers["Access-Control-Allow-Headers"] = (
-                "content-type,x-namespace,authorization")
+                "content-type,x-namespace,authorization"
+            )
         response.headers["Vary"] = "Origin"
         response.headers["Cache-Control"] = "no-store"  # answers are decrypted payloads
         return response
@@ -116,24 +121,28 @@ def create_codec_app(settings: Settings | None = None) -> Starlette:
             return with_cors(request, refusal)
         body = await _bounded_body(request)
         if body is None:
-            return with_cors(request, _error(413, "request_too_large",
-                                             f"At most {MAX_BODY_BYTES} bytes."))
+            return with_cors(
+                request, _error(413, "request_too_large", f"At most {MAX_BODY_BYTES} bytes.")
+            )
         try:
             payloads = json_format.Parse(body, Payloads())
         except json_format.ParseError:
             return with_cors(request, _error(400, "invalid_json", "Expected Payloads as JSON."))
         decoded = Payloads(payloads=await codec.decode(payloads.payloads))
-        return with_cors(request, Response(json_format.MessageToJson(decoded),
-                                           media_type="application/json"))
+        return with_cors(
+            request, Response(json_format.MessageToJson(decoded), media_type="application/json")
+        )
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok")
 
-    return Starlette(routes=[
-        Route(f"{CODEC_PATH}/decode", decode_payloads, methods=["POST"]),
-        Route(f"{CODEC_PATH}/decode", decode_preflight, methods=["OPTIONS"]),
-        Route("/healthz", healthz, methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route(f"{CODEC_PATH}/decode", decode_payloads, methods=["POST"]),
+            Route(f"{CODEC_PATH}/decode", decode_preflight, methods=["OPTIONS"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
 
 
 def _access_refusal(request: Request, token: bytes | None) -> Response | None:
@@ -141,13 +150,20 @@ def _access_refusal(request: Request, token: bytes | None) -> Response | None:
         scheme, _, presented = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token):
             return None
-        return _error(401, "unauthorized", "Authorization: Bearer <DURAPAY_CODEC_TOKEN> needed.",
-                      headers={"WWW-Authenticate": "Bearer"})
+        return _error(
+            401,
+            "unauthorized",
+            "Authorization: Bearer <DURAPAY_CODEC_TOKEN> needed.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     server = request.scope.get("server")
     host_name = (request.headers.get("host") or "").rsplit(":", 1)[0]
     if server is None or not is_loopback(str(server[0])) or not is_loopback(host_name):
-        return _error(403, "forbidden", "Without DURAPAY_CODEC_TOKEN the codec endpoint answers "
-                                        "only on loopback.")
+        return _error(
+            403,
+            "forbidden",
+            "Without DURAPAY_CODEC_TOKEN the codec endpoint answers only on loopback.",
+        )
     return None
 
 
@@ -160,11 +176,13 @@ async def _bounded_body(request: Request) -> bytes | None:
     return bytes(body)
 
 
-def _error(status: int, code: str, message: str,
-           headers: dict[str, str] | None = None) -> Response:
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     kind = "authentication_error" if status in (401, 403) else "invalid_request_error"
-    return JSONResponse({"error": {"type": kind, "code": code, "message": message}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"type": kind, "code": code, "message": message}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def main() -> int:
@@ -179,8 +197,13 @@ def main() -> int:
         print(f"durapay codec: refusing to start: {refusal}", file=sys.stderr)
         return 2
     # Our own server on the checked address: the bind the refusal rule was checked against.
-    uvicorn.run(create_codec_app(settings), host=settings.codec_host, port=settings.codec_port,
-                access_log=False, log_config=None)  # uvicorn's lines: our JSON handler
+    uvicorn.run(
+        create_codec_app(settings),
+        host=settings.codec_host,
+        port=settings.codec_port,
+        access_log=False,
+        log_config=None,
+    )  # uvicorn's lines: our JSON handler
     return 0
 
 

@@ -144,8 +144,9 @@ class AdaptiveConcurrencyLimit:
         """An admitted request ended without a latency sample (an error, a replay)."""
         self.in_flight -= 1
 
-    def release_with_sample(self, route: str, seconds: float, *, admitted_with: int,
-                            now: float) -> None:
+    def release_with_sample(
+        self, route: str, seconds: float, *, admitted_with: int, now: float
+    ) -> None:
         """An admitted request answered after doing its route's work in `seconds`."""
         self.in_flight -= 1
         self.samples += 1
@@ -160,14 +161,14 @@ class AdaptiveConcurrencyLimit:
             self._window_started_at = now
         elapsed = now - self._window_started_at
         if len(self._slowdowns) >= WINDOW_SAMPLES or (
-                elapsed >= WINDOW_SECONDS and len(self._slowdowns) >= MIN_WINDOW_SAMPLES):
+            elapsed >= WINDOW_SECONDS and len(self._slowdowns) >= MIN_WINDOW_SAMPLES
+        ):
             self._decide(median(self._slowdowns))
             self._slowdowns.clear()
             self._window_started_at = now
             self._peak_in_flight = self.in_flight
 
-    def _learn_calm(self, route: _Route, seconds: float, *, congested: bool,
-                    now: float) -> None:
+    def _learn_calm(self, route: _Route, seconds: float, *, congested: bool, now: float) -> None:
         up_step = CALM_STEP
         if congested:
             up_step = min(CALM_STEP, max(0.0, now - route.last_sample_at) / CALM_DRIFT_SECONDS)
@@ -181,6 +182,8 @@ class AdaptiveConcurrencyLimit:
         if slowdown > self.tolerance:
             factor = min(SMALLEST_DECREASE, max(LARGEST_DECREASE, self.tolerance / slowdown))
             self.limit = max(float(self.min_limit), self.limit * factor)
-        elif slowdown <= (1 + self.tolerance) / 2 and \
-                self._peak_in_flight >= self.limit * NEARLY_REACHED:
+        elif (
+            slowdown <= (1 + self.tolerance) / 2
+            and self._peak_in_flight >= self.limit * NEARLY_REACHED
+        ):
             self.limit = min(float(self.max_limit), self.limit + math.sqrt(self.limit))

@@ -63,16 +63,24 @@ class AppState:
     signing_keys: SigningKeys
 
     @classmethod
-    def build(cls, settings: Settings, sessions: async_sessionmaker[AsyncSession],
-              temporal: TemporalConnection) -> AppState:
+    def build(
+        cls,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        temporal: TemporalConnection,
+    ) -> AppState:
         keys = settings.resolved_key_ring()
         merchant_secrets = Cipher(keys, Purpose.MERCHANT_SECRETS)
-        return cls(settings=settings, sessions=sessions,
-                   vault=VaultCipher(keys, settings.vault_epoch_keys()),
-                   merchant_secrets=merchant_secrets,
-                   webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), temporal=temporal,
-                   admin_throttle=AdminThrottle(settings.admin_rate_limit_per_minute),
-                   signing_keys=SigningKeys(merchant_secrets))
+        return cls(
+            settings=settings,
+            sessions=sessions,
+            vault=VaultCipher(keys, settings.vault_epoch_keys()),
+            merchant_secrets=merchant_secrets,
+            webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS),
+            temporal=temporal,
+            admin_throttle=AdminThrottle(settings.admin_rate_limit_per_minute),
+            signing_keys=SigningKeys(merchant_secrets),
+        )
 
     @property
     def engine(self) -> AsyncEngine:
@@ -135,8 +143,9 @@ async def get_temporal(state: StateDep) -> Client:
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
-async def require_admin(request: Request, state: StateDep,
-                        authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(
+    request: Request, state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
     """The operator's bearer token, compared in constant time. Failed attempts are throttled
     per client address and in all (api/admin_throttle.py): past the limit every admin request
     of that address answers 429 before its token is even compared, so the answers tell a
@@ -150,8 +159,13 @@ async def require_admin(request: Request, state: StateDep,
     token = (request.headers.get("authorization") or "").removeprefix("Bearer ").strip()
     expected = state.settings.resolved_admin_token()
     # Digests compared, not the tokens: compare_digest's time still tells their lengths apart.
-    if len(request.headers.getlist("authorization")) > 1 or not token or not hmac.compare_digest(
-            hashlib.sha256(token.encode()).digest(), hashlib.sha256(expected.encode()).digest()):
+    if (
+        len(request.headers.getlist("authorization")) > 1
+        or not token
+        or not hmac.compare_digest(
+            hashlib.sha256(token.encode()).digest(), hashlib.sha256(expected.encode()).digest()
+        )
+    ):
         state.admin_throttle.failed(client)
         raise AuthenticationError("invalid_admin_token", "Invalid admin token.")
     request.scope[_ADMIN_VERIFIED] = True
@@ -161,7 +175,8 @@ AdminDep = Annotated[None, Depends(require_admin)]
 
 
 async def authenticate_merchant(
-    request: Request, state: StateDep,
+    request: Request,
+    state: StateDep,
     # Declared for the API docs (api/openapi.py names the scheme from them); the values are
     # read from the request, by AuthenticatedRoute before the body is parsed.
     authorization: Annotated[str | None, Header()] = None,
@@ -247,8 +262,13 @@ def _nul_path(document: Any) -> str | None:
         path, value = pending.pop()
         if isinstance(value, str) and "\x00" in value:
             return path
-        items = (value.items() if isinstance(value, dict)
-                 else enumerate(value) if isinstance(value, list) else ())
+        items = (
+            value.items()
+            if isinstance(value, dict)
+            else enumerate(value)
+            if isinstance(value, list)
+            else ()
+        )
         for name, item in items:
             if isinstance(name, str) and "\x00" in name:
                 return path  # the key itself: name the object holding it
@@ -257,9 +277,9 @@ def _nul_path(document: Any) -> str | None:
 
 
 def _nul_refusal(param: str | None) -> InvalidRequestError:
-    return InvalidRequestError("parameter_invalid",
-                               f"Invalid {param or 'request'}: NUL characters are not allowed.",
-                               param)
+    return InvalidRequestError(
+        "parameter_invalid", f"Invalid {param or 'request'}: NUL characters are not allowed.", param
+    )
 
 
 def _authentication_of(dependant: Dependant) -> Callable[..., Any] | None:
@@ -278,24 +298,29 @@ MerchantDep = Annotated[VerifiedMerchant, Depends(authenticate_merchant)]
 
 
 async def get_idempotency_key(
-    request: Request, idempotency_key: Annotated[str | None, Header()] = None,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header()] = None,
 ) -> str | None:
     if len(request.headers.getlist("idempotency-key")) > 1:
         # Which copy counts would be up to each proxy and framework on the way.
-        raise InvalidRequestError("idempotency_key_invalid", "Send Idempotency-Key once.",
-                                  "Idempotency-Key")
+        raise InvalidRequestError(
+            "idempotency_key_invalid", "Send Idempotency-Key once.", "Idempotency-Key"
+        )
     if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.fullmatch(idempotency_key):
-        raise InvalidRequestError("idempotency_key_invalid",
-                                  "Idempotency-Key must be 1 to 255 printable ASCII characters.",
-                                  "Idempotency-Key")
+        raise InvalidRequestError(
+            "idempotency_key_invalid",
+            "Idempotency-Key must be 1 to 255 printable ASCII characters.",
+            "Idempotency-Key",
+        )
     return idempotency_key
 
 
 IdempotencyKeyDep = Annotated[str | None, Depends(get_idempotency_key)]
 
 
-async def get_owned_payment_intent(id: str, merchant: MerchantDep,
-                                   session: SessionDep) -> IntentSnapshot:
+async def get_owned_payment_intent(
+    id: str, merchant: MerchantDep, session: SessionDep
+) -> IntentSnapshot:
     intent = await read_owned_intent(await session.connection(), id, merchant.id)
     if intent is None:
         # Another merchant's intent is indistinguishable from a missing one.

@@ -25,16 +25,30 @@ log = logging.getLogger("durapay.api")
 
 # A restarted Postgres answers within a second or two, a restarted Temporal dev server in a few.
 RETRY_AFTER_SECONDS = 2
-_NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
-                             errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                             errno.EHOSTDOWN, errno.ENETDOWN})
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+    }
+)
 _DATABASE_DOWN: tuple[type[BaseException], ...] = (
     # Refused, reset, timed out: asyncpg lets these through unwrapped (see also _NETWORK_ERRNOS).
-    ConnectionError, TimeoutError, socket.gaierror,
-    sa_exc.OperationalError, sa_exc.InterfaceError,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
     sa_exc.TimeoutError,  # no pooled connection came free in time
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08, a connection lost mid-query included
-    asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
 )
 _TEMPORAL_DOWN = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED})
 
@@ -43,9 +57,15 @@ class ApiError(Exception):
     status = 400
     type = "invalid_request_error"
 
-    def __init__(self, code: str, message: str, param: str | None = None,
-                 extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
-                 status: int | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        param: str | None = None,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -56,8 +76,15 @@ class ApiError(Exception):
             self.status = status
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"type": self.type, "code": self.code, "message": self.message,
-                          "param": self.param, **self.extra}}
+        return {
+            "error": {
+                "type": self.type,
+                "code": self.code,
+                "message": self.message,
+                "param": self.param,
+                **self.extra,
+            }
+        }
 
 
 class InvalidRequestError(ApiError):
@@ -110,9 +137,11 @@ class ServiceUnavailableError(ApiError):
 
 def service_unavailable() -> ServiceUnavailableError:
     return ServiceUnavailableError(
-        "service_unavailable", "Durapay cannot reach a service it depends on right now; "
+        "service_unavailable",
+        "Durapay cannot reach a service it depends on right now; "
         "nothing was lost. Retry the request (with the same Idempotency-Key) shortly.",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def is_outage(error: BaseException) -> bool:
@@ -127,7 +156,8 @@ def is_outage(error: BaseException) -> bool:
         if isinstance(current, RPCError):
             return current.status in _TEMPORAL_DOWN
         if isinstance(current, _DATABASE_DOWN) or (
-                isinstance(current, OSError) and current.errno in _NETWORK_ERRNOS):
+            isinstance(current, OSError) and current.errno in _NETWORK_ERRNOS
+        ):
             return True
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
@@ -161,16 +191,18 @@ def install_error_handlers(app: FastAPI) -> None:
         if kind == "json_invalid":
             api_error = InvalidRequestError("invalid_json", "The request body is not valid JSON.")
         elif kind == "missing":
-            api_error = InvalidRequestError("parameter_missing",
-                                            f"Missing required parameter: {param}.", param)
+            api_error = InvalidRequestError(
+                "parameter_missing", f"Missing required parameter: {param}.", param
+            )
         elif kind == "extra_forbidden":
-            api_error = InvalidRequestError("parameter_unknown",
-                                            f"Received unknown parameter: {param}.", param)
+            api_error = InvalidRequestError(
+                "parameter_unknown", f"Received unknown parameter: {param}.", param
+            )
         else:
             # pydantic's message names the rule, never echoes the input value.
-            api_error = InvalidRequestError("parameter_invalid",
-                                            f"Invalid {param}: {first.get('msg', 'invalid')}.",
-                                            param)
+            api_error = InvalidRequestError(
+                "parameter_invalid", f"Invalid {param}: {first.get('msg', 'invalid')}.", param
+            )
         return JSONResponse(api_error.body(), status_code=api_error.status)
 
     @app.exception_handler(StarletteHTTPException)
@@ -195,8 +227,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("dependency unavailable (%s): answering 503", type(error).__name__)
         return await _api_error(request, service_unavailable())
 
-    for kind in (OSError, sa_exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                 RPCError):
+    for kind in (
+        OSError,
+        sa_exc.SQLAlchemyError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        RPCError,
+    ):
         app.add_exception_handler(kind, _dependency)
 
     @app.exception_handler(Exception)
@@ -204,7 +241,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if is_outage(error):  # wrapped in something else on its way up
             return await _dependency(request, error)
         log.error("unhandled error: %s", type(error).__name__, exc_info=error)
-        body = {"error": {"type": "api_error", "code": "internal_error",
-                          "message": "An internal error occurred; it has been logged.",
-                          "param": None}}
+        body = {
+            "error": {
+                "type": "api_error",
+                "code": "internal_error",
+                "message": "An internal error occurred; it has been logged.",
+                "param": None,
+            }
+        }
         return JSONResponse(body, status_code=500)

@@ -110,9 +110,16 @@ def request_fingerprints(ring: KeyRing, endpoint: str, payload: Any) -> list[str
     return [request_fingerprint(key, endpoint, payload) for key in ring.keys]
 
 
-async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: str,
-                fingerprints: Sequence[str], retention: timedelta,
-                commit: bool = True) -> StoredResponse | None:
+async def claim(
+    session: AsyncSession,
+    *,
+    merchant_id: str,
+    key: str,
+    endpoint: str,
+    fingerprints: Sequence[str],
+    retention: timedelta,
+    commit: bool = True,
+) -> StoredResponse | None:
     """Claim the key for this request, or return the response stored for it.
 
     `fingerprints`: the request's, the first under the current key (stored by a new claim),
@@ -122,9 +129,15 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
     forgotten (core/db/idempotency_records.py). With `commit=False` the claim is left for the
     handler's first commit: until then a request with the same key waits on its row lock (see
     `idempotent`)."""
-    if await claim_record(await session.connection(), merchant_id=merchant_id, key=key,
-                          endpoint=endpoint, request_hash=fingerprints[0],
-                          now=datetime.now(UTC), retention=retention):
+    if await claim_record(
+        await session.connection(),
+        merchant_id=merchant_id,
+        key=key,
+        endpoint=endpoint,
+        request_hash=fingerprints[0],
+        now=datetime.now(UTC),
+        retention=retention,
+    ):
         if commit:
             await session.commit()
         return None
@@ -134,36 +147,53 @@ async def claim(session: AsyncSession, *, merchant_id: str, key: str, endpoint: 
         raise InvalidRequestError(
             "idempotency_key_reused",
             "Keys for idempotent requests can only be used with the same parameters they were "
-            "first used with.", "Idempotency-Key")
+            "first used with.",
+            "Idempotency-Key",
+        )
     if record.response_status is not None and record.response_body is not None:
         return StoredResponse.from_record(record.response_status, record.response_body)
     if datetime.now(UTC) - record.created_at < ABANDONED_AFTER:
-        raise ConflictError("idempotency_key_in_use",
-                            "A request with this Idempotency-Key is still being processed.")
-    if not await take_over_record(await session.connection(), merchant_id=merchant_id,
-                                  key=key, claimed_at=record.created_at,
-                                  now=datetime.now(UTC)):
+        raise ConflictError(
+            "idempotency_key_in_use",
+            "A request with this Idempotency-Key is still being processed.",
+        )
+    if not await take_over_record(
+        await session.connection(),
+        merchant_id=merchant_id,
+        key=key,
+        claimed_at=record.created_at,
+        now=datetime.now(UTC),
+    ):
         await session.rollback()
-        raise ConflictError("idempotency_key_in_use",
-                            "A request with this Idempotency-Key is still being processed.")
+        raise ConflictError(
+            "idempotency_key_in_use",
+            "A request with this Idempotency-Key is still being processed.",
+        )
     if commit:
         await session.commit()
     return None
 
 
-async def store(session: AsyncSession, *, merchant_id: str, key: str, status: int,
-                content: bytes) -> None:
+async def store(
+    session: AsyncSession, *, merchant_id: str, key: str, status: int, content: bytes
+) -> None:
     """Store the answer, committing with it whatever the handler left uncommitted."""
-    await store_response(await _connection_for_one_statement(session), merchant_id=merchant_id,
-                         key=key, status=status, body={SENT_TEXT: content.decode()})
+    await store_response(
+        await _connection_for_one_statement(session),
+        merchant_id=merchant_id,
+        key=key,
+        status=status,
+        body={SENT_TEXT: content.decode()},
+    )
     await session.commit()
 
 
 async def release(session: AsyncSession, *, merchant_id: str, key: str) -> None:
     """Forget a claim whose request failed before doing anything, so a retry can run."""
     await session.rollback()
-    await release_claim(await _connection_for_one_statement(session), merchant_id=merchant_id,
-                        key=key)
+    await release_claim(
+        await _connection_for_one_statement(session), merchant_id=merchant_id, key=key
+    )
     await session.commit()
 
 
@@ -206,8 +236,9 @@ class IdempotentRoute(AuthenticatedRoute):
         return handle_once
 
 
-def idempotent(model: type[RequestModel], *, optional: bool = False,
-               commit_claim: bool = True) -> Any:
+def idempotent(
+    model: type[RequestModel], *, optional: bool = False, commit_claim: bool = True
+) -> Any:
     """`Depends(...)` giving an idempotent endpoint its Idempotency-Key (None without one),
     claimed before the handler runs and answered after it (see the module's docstring).
 
@@ -220,24 +251,36 @@ def idempotent(model: type[RequestModel], *, optional: bool = False,
     waits on the claim's row lock, and after it gets 409 `idempotency_key_in_use`.
     """
 
-    async def claim_key(request: Request, merchant: MerchantDep, state: StateDep,
-                        session: SessionDep, key: IdempotencyKeyDep,
-                        body: RequestModel | None = None) -> AsyncIterator[str | None]:
+    async def claim_key(
+        request: Request,
+        merchant: MerchantDep,
+        state: StateDep,
+        session: SessionDep,
+        key: IdempotencyKeyDep,
+        body: RequestModel | None = None,
+    ) -> AsyncIterator[str | None]:
         if not isinstance(request.scope.get("route"), IdempotentRoute):
-            raise RuntimeError(f"{request.url.path}: an idempotent endpoint's router needs "
-                               "route_class=IdempotentRoute")
+            raise RuntimeError(
+                f"{request.url.path}: an idempotent endpoint's router needs "
+                "route_class=IdempotentRoute"
+            )
         if not key:
             yield key
             await session.commit()
             return
         endpoint = f"{request.method} {request.url.path}"
         payload = (body or model()).idempotency_parameters()
-        stored = await claim(session, merchant_id=merchant.id, key=key, endpoint=endpoint,
-                             fingerprints=request_fingerprints(
-                                 state.settings.resolved_key_ring(), endpoint, payload),
-                             retention=timedelta(
-                                 seconds=state.settings.idempotency_retention_seconds),
-                             commit=commit_claim)
+        stored = await claim(
+            session,
+            merchant_id=merchant.id,
+            key=key,
+            endpoint=endpoint,
+            fingerprints=request_fingerprints(
+                state.settings.resolved_key_ring(), endpoint, payload
+            ),
+            retention=timedelta(seconds=state.settings.idempotency_retention_seconds),
+            commit=commit_claim,
+        )
         if stored is not None:
             raise Replay(stored)
         try:
@@ -248,16 +291,22 @@ def idempotent(model: type[RequestModel], *, optional: bool = False,
             else:  # rendered as the error handler renders it (api/errors.py)
                 rendered = JSONResponse(error.body()).body
                 assert isinstance(rendered, bytes)  # JSONResponse renders bytes
-                await store(session, merchant_id=merchant.id, key=key, status=error.status,
-                            content=rendered)
+                await store(
+                    session, merchant_id=merchant.id, key=key, status=error.status, content=rendered
+                )
             raise
         except Exception:
             await release(session, merchant_id=merchant.id, key=key)
             raise
         answer: Response = request.state.idempotent_answer
         try:
-            await store(session, merchant_id=merchant.id, key=key, status=answer.status_code,
-                        content=bytes(answer.body))
+            await store(
+                session,
+                merchant_id=merchant.id,
+                key=key,
+                status=answer.status_code,
+                content=bytes(answer.body),
+            )
         except Exception as error:
             if is_outage(error):  # answered 503: the retry it asks for must find the key free
                 await _release_if_reachable(session, merchant_id=merchant.id, key=key)
@@ -269,7 +318,8 @@ def idempotent(model: type[RequestModel], *, optional: bool = False,
     parameters = list(signature.parameters.values())
     parameters[-1] = parameters[-1].replace(
         annotation=model | None if optional else model,
-        default=None if optional else inspect.Parameter.empty)
+        default=None if optional else inspect.Parameter.empty,
+    )
     # FastAPI reads the parameters from __signature__, which typeshed does not declare on functions.
     claim_key.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
     return Depends(claim_key, scope="function")

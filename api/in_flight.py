@@ -51,8 +51,9 @@ class InFlightLimitMiddleware:
         admitted_with = self.limit.try_admit(now)
         if admitted_with is None:
             ADMISSION_REFUSALS.inc()
-            await _refuse(scope, receive, send,
-                          retry_after_seconds=self.limit.retry_after_seconds(now))
+            await _refuse(
+                scope, receive, send, retry_after_seconds=self.limit.retry_after_seconds(now)
+            )
             return
         status = 0
 
@@ -72,8 +73,9 @@ class InFlightLimitMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             now = time.monotonic()
-            self.limit.release_with_sample(f"{scope['method']} {template}", now - started,
-                                           admitted_with=admitted_with, now=now)
+            self.limit.release_with_sample(
+                f"{scope['method']} {template}", now - started, admitted_with=admitted_with, now=now
+            )
         else:
             self.limit.release()
 
@@ -83,19 +85,27 @@ def _did_the_work(scope: Scope, status: int) -> bool:
         return False
     # IdempotentRoute hands every answer it computed to the request's state; a replayed one
     # (sent as stored) is not there.
-    replayed = isinstance(scope.get("route"), IdempotentRoute) and \
-        "idempotent_answer" not in scope.get("state", {})
+    replayed = isinstance(
+        scope.get("route"), IdempotentRoute
+    ) and "idempotent_answer" not in scope.get("state", {})
     return not replayed
 
 
-async def _refuse(scope: Scope, receive: Receive, send: Send, *,
-                  retry_after_seconds: int) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, *, retry_after_seconds: int) -> None:
     error = ServiceUnavailableError(
-        "service_unavailable", "Durapay is answering as many requests as it can; "
+        "service_unavailable",
+        "Durapay is answering as many requests as it can; "
         "nothing was done for this one. Retry it (with the same Idempotency-Key) after "
         "the Retry-After delay.",
-        headers={"Retry-After": str(retry_after_seconds)})
-    response = JSONResponse(error.body(), status_code=error.status, headers={
-        "Retry-After": str(retry_after_seconds), "Cache-Control": "no-store",
-        NOT_PROCESSED_HEADER: "true"})
+        headers={"Retry-After": str(retry_after_seconds)},
+    )
+    response = JSONResponse(
+        error.body(),
+        status_code=error.status,
+        headers={
+            "Retry-After": str(retry_after_seconds),
+            "Cache-Control": "no-store",
+            NOT_PROCESSED_HEADER: "true",
+        },
+    )
     await response(scope, receive, send)

@@ -88,10 +88,12 @@ def limits_section(settings: Settings) -> str:
     rate = settings.rate_limit_per_second
     rate_text = "no per-key limit is set."
     if rate > 0:
-        rate_text = (f"each API key may make {rate:g} requests a second on average, in bursts "
-                     f"of {burst_of(rate):g}. Past it: 429 `rate_limit_error` / "
-                     "`rate_limit_exceeded` with `Retry-After` (whole seconds); retry after "
-                     "it. Only correctly signed requests count against a key.")
+        rate_text = (
+            f"each API key may make {rate:g} requests a second on average, in bursts "
+            f"of {burst_of(rate):g}. Past it: 429 `rate_limit_error` / "
+            "`rate_limit_exceeded` with `Retry-After` (whole seconds); retry after "
+            "it. Only correctly signed requests count against a key."
+        )
     return f"""
 ## Limits
 * **Request size:** a body larger than {settings.max_body_bytes} bytes answers 413
@@ -169,8 +171,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.effective_database_url)
-        app.state.durapay = AppState.build(settings, session_factory(engine),
-                                           TemporalConnection(settings))
+        app.state.durapay = AppState.build(
+            settings, session_factory(engine), TemporalConnection(settings)
+        )
         # As every worker does: card numbers must not outlive their epoch key's time because
         # no worker runs.
         destroyer = asyncio.create_task(destroy_expired_periodically(settings.vault_epoch_keys()))
@@ -184,21 +187,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         destroyer.cancel()
         await engine.dispose()
 
-    app = DurapayApi(title="Durapay", version="0.1.0",
-                       description=DESCRIPTION + limits_section(settings), lifespan=lifespan)
+    app = DurapayApi(
+        title="Durapay",
+        version="0.1.0",
+        description=DESCRIPTION + limits_section(settings),
+        lifespan=lifespan,
+    )
     install_error_handlers(app)
     install_openapi(app)
-    for router in (health.router, metrics.router, merchants.router, payment_intents.router,
-                   transactions.router, refunds.router, events.router, webhook_endpoints.router):
+    for router in (
+        health.router,
+        metrics.router,
+        merchants.router,
+        payment_intents.router,
+        transactions.router,
+        refunds.router,
+        events.router,
+        webhook_endpoints.router,
+    ):
         app.include_router(router)
     _check_authentication_comes_first(app)
     # Added last, so the outermost layers: nothing reads a body before its size is checked,
     # and a request past the process's load is refused before even that.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes,
-                       timeout_seconds=settings.request_body_timeout_seconds)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        timeout_seconds=settings.request_body_timeout_seconds,
+    )
     app.state.admission = AdaptiveConcurrencyLimit(
-        min_limit=settings.api_min_in_flight, max_limit=settings.api_max_in_flight,
-        tolerance=settings.api_latency_tolerance)
+        min_limit=settings.api_min_in_flight,
+        max_limit=settings.api_max_in_flight,
+        tolerance=settings.api_latency_tolerance,
+    )
     app.add_middleware(InFlightLimitMiddleware, limit=app.state.admission)
     instrument_fastapi(app)  # a no-op when tracing is off
     return app
@@ -213,7 +233,11 @@ def _check_authentication_comes_first(app: FastAPI) -> None:
         included = getattr(route, "original_router", None)  # FastAPI keeps routers nested
         if included is not None:
             pending.extend(included.routes)
-        elif isinstance(route, APIRoute) and needs_authentication(route) and \
-                not isinstance(route, AuthenticatedRoute):
-            raise RuntimeError(f"{route.path}: its router needs route_class=AuthenticatedRoute "
-                               "(api/deps.py)")
+        elif (
+            isinstance(route, APIRoute)
+            and needs_authentication(route)
+            and not isinstance(route, AuthenticatedRoute)
+        ):
+            raise RuntimeError(
+                f"{route.path}: its router needs route_class=AuthenticatedRoute (api/deps.py)"
+            )

@@ -42,55 +42,117 @@ from api.schemas.errors import (
 )
 
 MERCHANT_SECURITY: list[dict[str, list[str]]] = [
-    {"publicKey": [], "timestamp": [], "nonce": [], "signature": []}]
+    {"publicKey": [], "timestamp": [], "nonce": [], "signature": []}
+]
 ADMIN_SECURITY: list[dict[str, list[str]]] = [{"adminToken": []}]
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
-    "publicKey": {"type": "apiKey", "in": "header", "name": "Authorization",
-                  "description": "`Bearer pk_test_…`: the merchant's public key."},
-    "timestamp": {"type": "apiKey", "in": "header", "name": "X-Timestamp",
-                  "description": "Unix seconds, within 300 s of the server's clock."},
-    "nonce": {"type": "apiKey", "in": "header", "name": "X-Nonce",
-              "description": "16 to 64 of `[A-Za-z0-9_-]`, never reused by a key within the "
-                             "window."},
-    "signature": {"type": "apiKey", "in": "header", "name": "X-Signature",
-                  "description": "`v1=` + lowercase hex HMAC-SHA256(secret key, METHOD \\n "
-                                 "PATH_AND_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA256(body)))"
-                                 ": see *Authentication* above."},
-    "adminToken": {"type": "http", "scheme": "bearer",
-                   "description": "The operator's token (`DURAPAY_ADMIN_TOKEN`)."},
+    "publicKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "`Bearer pk_test_…`: the merchant's public key.",
+    },
+    "timestamp": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Timestamp",
+        "description": "Unix seconds, within 300 s of the server's clock.",
+    },
+    "nonce": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Nonce",
+        "description": "16 to 64 of `[A-Za-z0-9_-]`, never reused by a key within the window.",
+    },
+    "signature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Signature",
+        "description": "`v1=` + lowercase hex HMAC-SHA256(secret key, METHOD \\n "
+        "PATH_AND_QUERY \\n TIMESTAMP \\n NONCE \\n hex(SHA256(body)))"
+        ": see *Authentication* above.",
+    },
+    "adminToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The operator's token (`DURAPAY_ADMIN_TOKEN`).",
+    },
 }
 # Retry-After on a 429 and a 503: whole seconds to wait.
-RETRY_AFTER = {"Retry-After": {"required": True, "description": "Seconds to wait before "
-                               "retrying.", "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+RETRY_AFTER = {
+    "Retry-After": {
+        "required": True,
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
 EVERY_ANSWER_HEADERS = {
-    "Request-Id": {"required": True, "description": "This request's id (yours, if you sent a "
-                   "valid `Request-Id`); quote it to the operator.",
-                   "schema": {"type": "string", "pattern": "^req_[A-Za-z0-9_-]{1,64}$"}},
-    "Cache-Control": {"required": True, "description": "Always `no-store`.",
-                      "schema": {"type": "string", "const": "no-store"}},
+    "Request-Id": {
+        "required": True,
+        "description": "This request's id (yours, if you sent a "
+        "valid `Request-Id`); quote it to the operator.",
+        "schema": {"type": "string", "pattern": "^req_[A-Za-z0-9_-]{1,64}$"},
+    },
+    "Cache-Control": {
+        "required": True,
+        "description": "Always `no-store`.",
+        "schema": {"type": "string", "const": "no-store"},
+    },
 }
 # status -> (model, description, headers). 402 is per operation (what the error holds).
 ERROR_RESPONSES: dict[int, tuple[type[ApiModel], str, dict[str, Any]]] = {
-    400: (InvalidRequestErrorResponse, "Invalid request: a parameter is missing, unknown or "
-          "invalid (`param` names it), or the body is not JSON.", {}),
-    401: (AuthenticationErrorResponse, "Authentication failed: missing, unknown or revoked key, "
-          "bad signature, stale timestamp, replayed nonce.", {}),
-    404: (NotFoundErrorResponse, "No such object (another merchant's objects answer the same).",
-          {}),
-    409: (ConflictErrorResponse, "Conflict: a request with this Idempotency-Key is still "
-          "running, or the object's state does not allow the operation.", {}),
-    408: (RequestTimeoutErrorResponse, "The body did not arrive within the time limit "
-          "(`DURAPAY_REQUEST_BODY_TIMEOUT_SECONDS`); the connection is closed.", {}),
-    413: (RequestTooLargeErrorResponse, "The body is over the size limit (refused before "
-          "authentication).", {}),
-    429: (RateLimitErrorResponse, "This API key is over its rate limit (on `/merchants`: "
-          "too many failed admin-token attempts).", RETRY_AFTER),
+    400: (
+        InvalidRequestErrorResponse,
+        "Invalid request: a parameter is missing, unknown or "
+        "invalid (`param` names it), or the body is not JSON.",
+        {},
+    ),
+    401: (
+        AuthenticationErrorResponse,
+        "Authentication failed: missing, unknown or revoked key, "
+        "bad signature, stale timestamp, replayed nonce.",
+        {},
+    ),
+    404: (
+        NotFoundErrorResponse,
+        "No such object (another merchant's objects answer the same).",
+        {},
+    ),
+    409: (
+        ConflictErrorResponse,
+        "Conflict: a request with this Idempotency-Key is still "
+        "running, or the object's state does not allow the operation.",
+        {},
+    ),
+    408: (
+        RequestTimeoutErrorResponse,
+        "The body did not arrive within the time limit "
+        "(`DURAPAY_REQUEST_BODY_TIMEOUT_SECONDS`); the connection is closed.",
+        {},
+    ),
+    413: (
+        RequestTooLargeErrorResponse,
+        "The body is over the size limit (refused before authentication).",
+        {},
+    ),
+    429: (
+        RateLimitErrorResponse,
+        "This API key is over its rate limit (on `/merchants`: "
+        "too many failed admin-token attempts).",
+        RETRY_AFTER,
+    ),
     500: (InternalErrorResponse, "An unexpected error; it is logged with the Request-Id.", {}),
-    503: (ServiceUnavailableErrorResponse, "Postgres or Temporal is briefly unreachable; "
-          "retry after `Retry-After` (a POST with the same Idempotency-Key).", RETRY_AFTER),
+    503: (
+        ServiceUnavailableErrorResponse,
+        "Postgres or Temporal is briefly unreachable; "
+        "retry after `Retry-After` (a POST with the same Idempotency-Key).",
+        RETRY_AFTER,
+    ),
 }
-CARD_ERRORS: dict[str, type[ApiModel]] = {"transaction": TransactionCardErrorResponse,
-                                          "paymentIntent": PaymentIntentCardErrorResponse}
+CARD_ERRORS: dict[str, type[ApiModel]] = {
+    "transaction": TransactionCardErrorResponse,
+    "paymentIntent": PaymentIntentCardErrorResponse,
+}
 ON_EVERY_OPERATION = (408, 413, 500)
 # operationIds: `<resource>-<verb>`, the resource named as its path names it (nested ones
 # with their parent: `payment-intents-refunds-create`), the verb one of the standard ones or
@@ -99,11 +161,13 @@ OPERATION_ID_PATTERN = r"^[a-z]+(-[a-z]+)*-[a-z]+$"
 IDEMPOTENCY_KEY_DESCRIPTION = (
     "1 to 255 printable ASCII characters. The same key with the same body replays the first "
     "answer; with another body it is a 400 `idempotency_key_reused`; while the first request "
-    "runs, a 409 `idempotency_key_in_use`. Kept 24 h (`DURAPAY_IDEMPOTENCY_RETENTION_SECONDS`).")
+    "runs, a 409 `idempotency_key_in_use`. Kept 24 h (`DURAPAY_IDEMPOTENCY_RETENTION_SECONDS`)."
+)
 
 
-def errors(*statuses: int, card_error_holds: str | None = None,
-           described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+def errors(
+    *statuses: int, card_error_holds: str | None = None, described: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: each of `statuses` with its error model. `card_error_holds`:
     the object a 402 carries (`transaction` or `paymentIntent`); `described`: this
     operation's own words for a status (its 202, or when exactly its 409 happens)."""
@@ -120,8 +184,11 @@ def errors(*statuses: int, card_error_holds: str | None = None,
         else:  # a success status (202), described by the route
             responses[status] = {"description": described[status]}
             continue
-        responses[status] = {"model": model, "description": described.get(status, description),
-                             **({"headers": headers} if headers else {})}
+        responses[status] = {
+            "model": model,
+            "description": described.get(status, description),
+            **({"headers": headers} if headers else {}),
+        }
     return responses
 
 
@@ -150,9 +217,12 @@ def finish_openapi(spec: dict[str, Any]) -> None:
     # The models of the answers every operation can give, which no route names itself, and
     # the error object in general (every `type`).
     models: list[type[BaseModel]] = [
-        ErrorResponse, *(ERROR_RESPONSES[status][0] for status in ON_EVERY_OPERATION)]
-    _, definitions = models_json_schema([(model, "serialization") for model in models],
-                                        ref_template="#/components/schemas/{model}")
+        ErrorResponse,
+        *(ERROR_RESPONSES[status][0] for status in ON_EVERY_OPERATION),
+    ]
+    _, definitions = models_json_schema(
+        [(model, "serialization") for model in models], ref_template="#/components/schemas/{model}"
+    )
     schemas.update(definitions.get("$defs", {}))
     # FastAPI drops every null-valued key from the document, examples' included (`lastError:
     # null` would go missing, and the example no longer fit its schema): put them back.
@@ -177,8 +247,11 @@ def _finish_operation(operation: dict[str, Any], schemas: dict[str, Any]) -> Non
         operation["security"] = ADMIN_SECURITY  # api.deps.require_admin
     else:
         operation["security"] = []  # the health probes
-    parameters = [p for p in operation.get("parameters", [])
-                  if not (p["in"] == "header" and p["name"].lower() in signed)]
+    parameters = [
+        p
+        for p in operation.get("parameters", [])
+        if not (p["in"] == "header" and p["name"].lower() in signed)
+    ]
     for parameter in parameters:
         if parameter["in"] == "header" and parameter["name"].lower() == "idempotency-key":
             parameter["description"] = IDEMPOTENCY_KEY_DESCRIPTION
@@ -191,8 +264,17 @@ def _finish_operation(operation: dict[str, Any], schemas: dict[str, Any]) -> Non
     responses.pop("422", None)
     for status in ON_EVERY_OPERATION:
         model, description, _ = ERROR_RESPONSES[status]
-        responses.setdefault(str(status), {"description": description, "content": {
-            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}})
+        responses.setdefault(
+            str(status),
+            {
+                "description": description,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}
+                    }
+                },
+            },
+        )
     for answer in responses.values():
         answer["headers"] = {**answer.get("headers", {}), **EVERY_ANSWER_HEADERS}
         media = answer.get("content", {}).get("application/json")
@@ -239,7 +321,10 @@ def _examples_by_model() -> dict[str, list[Any]]:
         model = pending.pop()
         pending.extend(model.__subclasses__())
         extra = model.model_config.get("json_schema_extra")
-        if model.__module__.startswith("api.schemas.") and isinstance(extra, dict) \
-                and isinstance(examples := extra.get("examples"), list):
+        if (
+            model.__module__.startswith("api.schemas.")
+            and isinstance(extra, dict)
+            and isinstance(examples := extra.get("examples"), list)
+        ):
             found[model.__name__] = examples
     return found

@@ -67,8 +67,10 @@ from workflows.payment_messages import (
 
 def payment_workflow_input(intent: IntentSnapshot, settings: Settings) -> PaymentIntentInput:
     return PaymentIntentInput(
-        payment_intent_id=intent.id, merchant_id=intent.merchant_id,
-        amount_in_cents=intent.amount_in_cents, currency=intent.currency,
+        payment_intent_id=intent.id,
+        merchant_id=intent.merchant_id,
+        amount_in_cents=intent.amount_in_cents,
+        currency=intent.currency,
         capture_method=CaptureMethod(intent.capture_method),
         reconcile=ReconcilePolicy(
             first_delay_seconds=settings.reconcile_first_delay_seconds,
@@ -76,11 +78,14 @@ def payment_workflow_input(intent: IntentSnapshot, settings: Settings) -> Paymen
             horizon_seconds=settings.reconcile_horizon_seconds,
             not_found_safe_age_seconds=settings.reconcile_not_found_safe_age_seconds,
             reversals=settings.network_reversals,
-            reversal_after_seconds=settings.reconcile_reversal_after_seconds),
+            reversal_after_seconds=settings.reconcile_reversal_after_seconds,
+        ),
         lifecycle=LifecyclePolicy(
             authorization_expiry_seconds=settings.authorization_expiry_seconds,
-            refund_window_seconds=settings.refund_window_seconds),
-        webhooks=schedule_from(settings))
+            refund_window_seconds=settings.refund_window_seconds,
+        ),
+        webhooks=schedule_from(settings),
+    )
 
 
 def payment_workflow_options(intent: IntentSnapshot, settings: Settings) -> dict[str, Any]:
@@ -93,13 +98,15 @@ def payment_workflow_options(intent: IntentSnapshot, settings: Settings) -> dict
         # operation joins it.
         "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "search_attributes": TypedSearchAttributes([
-            SearchAttributePair(search_attributes.MERCHANT_ID, intent.merchant_id),
-            SearchAttributePair(search_attributes.STATUS, intent.status),
-            SearchAttributePair(search_attributes.AMOUNT, intent.amount_in_cents),
-            SearchAttributePair(search_attributes.CURRENCY, intent.currency),
-            SearchAttributePair(search_attributes.MANUAL_REVIEW, False),
-        ]),
+        "search_attributes": TypedSearchAttributes(
+            [
+                SearchAttributePair(search_attributes.MERCHANT_ID, intent.merchant_id),
+                SearchAttributePair(search_attributes.STATUS, intent.status),
+                SearchAttributePair(search_attributes.AMOUNT, intent.amount_in_cents),
+                SearchAttributePair(search_attributes.CURRENCY, intent.currency),
+                SearchAttributePair(search_attributes.MANUAL_REVIEW, False),
+            ]
+        ),
     }
 
 
@@ -119,9 +126,17 @@ def update_id_for(verb: str, idempotency_key: str | None) -> str:
     return f"{verb}:{idempotency_key}" if idempotency_key else f"{verb}:{uuid.uuid4().hex}"
 
 
-async def send_operation(temporal: Client, session: AsyncSession, intent: IntentSnapshot,
-                         settings: Settings, update: Any, request: Any, *, verb: str,
-                         idempotency_key: str | None) -> SentUpdate:
+async def send_operation(
+    temporal: Client,
+    session: AsyncSession,
+    intent: IntentSnapshot,
+    settings: Settings,
+    update: Any,
+    request: Any,
+    *,
+    verb: str,
+    idempotency_key: str | None,
+) -> SentUpdate:
     """Send a charge/capture/cancel/refund Update (update-with-start: it joins the payment's
     open run or opens one) and wait, bounded, for its answer.
 
@@ -136,18 +151,27 @@ async def send_operation(temporal: Client, session: AsyncSession, intent: Intent
         return await _settled_or_refused(session, intent, verb, idempotency_key)
     update_id = update_id_for(verb, idempotency_key)
     sent = SentUpdate(transaction_id_for(intent.id, update_id), None)
-    annotate_current_span(merchant_id=intent.merchant_id, payment_intent_id=intent.id,
-                          transaction_id=sent.transaction_id)  # the request's server span
+    annotate_current_span(
+        merchant_id=intent.merchant_id,
+        payment_intent_id=intent.id,
+        transaction_id=sent.transaction_id,
+    )  # the request's server span
     accepted = False
     start = WithStartWorkflowOperation(
-        PaymentIntentWorkflow.run, payment_workflow_input(intent, settings),
-        **payment_workflow_options(intent, settings))
+        PaymentIntentWorkflow.run,
+        payment_workflow_input(intent, settings),
+        **payment_workflow_options(intent, settings),
+    )
     request = addressed(request, update, payment_intent_id=intent.id, update_id=update_id)
     try:
         async with asyncio.timeout(settings.charge_wait_seconds):
             handle = await temporal.start_update_with_start_workflow(
-                update, request, start_workflow_operation=start,
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED, id=update_id)
+                update,
+                request,
+                start_workflow_operation=start,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                id=update_id,
+            )
             accepted = True
             sent.result = await handle.result()
             return sent
@@ -155,19 +179,24 @@ async def send_operation(temporal: Client, session: AsyncSession, intent: Intent
         cause = error.cause
         kind = cause.type if isinstance(cause, ApplicationError) else None
         if kind == ErrorType.ATTEMPT_IN_FLIGHT:
-            raise ConflictError("attempt_in_flight", "An operation on this PaymentIntent is in "
-                                "flight; retry once it is settled.") from None
+            raise ConflictError(
+                "attempt_in_flight",
+                "An operation on this PaymentIntent is in flight; retry once it is settled.",
+            ) from None
         if kind == ErrorType.ILLEGAL_TRANSITION:
             settled = await settled_by_key(session, intent.id, verb, idempotency_key)
             if settled is not None:
                 return _settled_update(intent, settled)
             assert isinstance(cause, ApplicationError)  # `kind` is set for those only
-            raise ConflictError("payment_intent_unexpected_state",
-                                f"Cannot {verb} this PaymentIntent: {cause.message}.") from None
+            raise ConflictError(
+                "payment_intent_unexpected_state",
+                f"Cannot {verb} this PaymentIntent: {cause.message}.",
+            ) from None
         if kind == ErrorType.AMOUNT_INVALID:
             assert isinstance(cause, ApplicationError)
-            raise InvalidRequestError("amount_too_large", f"Cannot {verb} that amount: "
-                                      f"{cause.message}.", "amountInCents") from None
+            raise InvalidRequestError(
+                "amount_too_large", f"Cannot {verb} that amount: {cause.message}.", "amountInCents"
+            ) from None
         raise
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         if not accepted:
@@ -181,28 +210,39 @@ async def send_operation(temporal: Client, session: AsyncSession, intent: Intent
 
 
 # The transaction each operation's Update records (a cancel records one only when it voids).
-OPERATION_TRANSACTION_TYPES = {"charge": TransactionType.CHARGE,
-                               "capture": TransactionType.CAPTURE,
-                               "cancel": TransactionType.VOID,
-                               "refund": TransactionType.REFUND}
+OPERATION_TRANSACTION_TYPES = {
+    "charge": TransactionType.CHARGE,
+    "capture": TransactionType.CAPTURE,
+    "cancel": TransactionType.VOID,
+    "refund": TransactionType.REFUND,
+}
 
 
-async def settled_by_key(session: AsyncSession, intent_id: str, verb: str,
-                         idempotency_key: str | None) -> Transaction | None:
+async def settled_by_key(
+    session: AsyncSession, intent_id: str, verb: str, idempotency_key: str | None
+) -> Transaction | None:
     """The settled transaction this Idempotency-Key's `verb` Update recorded on the intent, if
     any: its id derives from the key, as the workflow names it (`transaction_id_for`)."""
     if idempotency_key is None:
         return None
     transaction_id = transaction_id_for(intent_id, update_id_for(verb, idempotency_key))
-    return (await session.exec(select(Transaction).where(
-        Transaction.id == transaction_id, Transaction.payment_intent_id == intent_id,
-        Transaction.type == OPERATION_TRANSACTION_TYPES[verb].value,
-        col(Transaction.status).in_((TransactionStatus.SUCCEEDED.value,
-                                TransactionStatus.FAILED.value))))).first()
+    return (
+        await session.exec(
+            select(Transaction).where(
+                Transaction.id == transaction_id,
+                Transaction.payment_intent_id == intent_id,
+                Transaction.type == OPERATION_TRANSACTION_TYPES[verb].value,
+                col(Transaction.status).in_(
+                    (TransactionStatus.SUCCEEDED.value, TransactionStatus.FAILED.value)
+                ),
+            )
+        )
+    ).first()
 
 
-async def _settled_or_refused(session: AsyncSession, intent: IntentSnapshot, verb: str,
-                              idempotency_key: str | None) -> SentUpdate:
+async def _settled_or_refused(
+    session: AsyncSession, intent: IntentSnapshot, verb: str, idempotency_key: str | None
+) -> SentUpdate:
     settled = await settled_by_key(session, intent.id, verb, idempotency_key)
     if settled is None:
         raise unexpected_state(verb, intent.status)
@@ -211,16 +251,23 @@ async def _settled_or_refused(session: AsyncSession, intent: IntentSnapshot, ver
 
 def _settled_update(intent: IntentSnapshot, settled: Transaction) -> SentUpdate:
     """The answer of an Update that ran before, as if this request had waited for it."""
-    return SentUpdate(settled.id, OperationResult(IntentStatus(intent.status),
-                                                  recorded_transaction(settled)))
+    return SentUpdate(
+        settled.id, OperationResult(IntentStatus(intent.status), recorded_transaction(settled))
+    )
 
 
 def recorded_transaction(txn: Transaction) -> RecordedTransaction:
     return RecordedTransaction(
-        id=txn.id, type=txn.type, status=txn.status, amount_in_cents=txn.amount_in_cents,
-        decline_code=txn.decline_code, failure_code=txn.failure_code, reconciled=txn.reconciled,
+        id=txn.id,
+        type=txn.type,
+        status=txn.status,
+        amount_in_cents=txn.amount_in_cents,
+        decline_code=txn.decline_code,
+        failure_code=txn.failure_code,
+        reconciled=txn.reconciled,
         created_at=txn.created_at.timestamp() if txn.created_at else None,
-        updated_at=txn.updated_at.timestamp() if txn.updated_at else None)
+        updated_at=txn.updated_at.timestamp() if txn.updated_at else None,
+    )
 
 
 def _forget_start_failure(start: WithStartWorkflowOperation[Any, Any]) -> None:
@@ -231,68 +278,102 @@ def _forget_start_failure(start: WithStartWorkflowOperation[Any, Any]) -> None:
         handle.exception()
 
 
-def pending_transaction(transaction_id: str, intent: IntentSnapshot, kind: TransactionType,
-                        amount_in_cents: int, card: CardSummary | None = None) -> TransactionView:
+def pending_transaction(
+    transaction_id: str,
+    intent: IntentSnapshot,
+    kind: TransactionType,
+    amount_in_cents: int,
+    card: CardSummary | None = None,
+) -> TransactionView:
     """The transaction an Update creates, as it stands before the workflow has recorded it
     (`pending`): what a 202 answers with when the wait runs out first."""
     now = utcnow()
     return TransactionView(
-        id=transaction_id, merchant_id=intent.merchant_id, payment_intent_id=intent.id,
-        type=kind.value, amount_in_cents=amount_in_cents, currency=intent.currency,
-        status=TransactionStatus.PENDING.value, network_reference=transaction_id,
-        card_brand=card.brand if card else None, card_last4=card.last4 if card else None,
+        id=transaction_id,
+        merchant_id=intent.merchant_id,
+        payment_intent_id=intent.id,
+        type=kind.value,
+        amount_in_cents=amount_in_cents,
+        currency=intent.currency,
+        status=TransactionStatus.PENDING.value,
+        network_reference=transaction_id,
+        card_brand=card.brand if card else None,
+        card_last4=card.last4 if card else None,
         card_exp_month=card.exp_month if card else None,
-        card_exp_year=card.exp_year if card else None, created_at=now, updated_at=now)
+        card_exp_year=card.exp_year if card else None,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def unexpected_state(verb: str, current: str) -> ConflictError:
-    return ConflictError("payment_intent_unexpected_state",
-                         f"Cannot {verb} this PaymentIntent in status '{current}'.")
+    return ConflictError(
+        "payment_intent_unexpected_state",
+        f"Cannot {verb} this PaymentIntent in status '{current}'.",
+    )
 
 
-def transaction_answer(sent: SentUpdate, *,
-                       not_recorded_yet: TransactionView) -> tuple[int, TransactionOut]:
+def transaction_answer(
+    sent: SentUpdate, *, not_recorded_yet: TransactionView
+) -> tuple[int, TransactionOut]:
     """The answer to a charge or refund: the Transaction this request's Update creates, never
     another one, as the workflow reports it recorded (no second read of the database). When
     the wait ran out first, or the answer could not be recorded, it is `not_recorded_yet`
     (the same id, `pending`), with 202."""
     recorded = sent.result.transaction if sent.result is not None else None
     return transaction_status_and_out(
-        not_recorded_yet if recorded is None else as_recorded(not_recorded_yet, recorded))
+        not_recorded_yet if recorded is None else as_recorded(not_recorded_yet, recorded)
+    )
 
 
-def transaction_status_and_out(
-        txn: Transaction | TransactionView) -> tuple[int, TransactionOut]:
+def transaction_status_and_out(txn: Transaction | TransactionView) -> tuple[int, TransactionOut]:
     """A charge or refund's answer for `txn`: 200, 202 or (raised) 402, and its body."""
     out = transaction_out(txn)
-    status, _ = operation_answer(txn, out.model_dump(mode="json", by_alias=True),
-                                 holder="transaction")
+    status, _ = operation_answer(
+        txn, out.model_dump(mode="json", by_alias=True), holder="transaction"
+    )
     return status, out
 
 
 def as_recorded(pending: TransactionView, recorded: RecordedTransaction) -> TransactionView:
     """The pending transaction the API built, with what the database recorded for it (its
     times only where the workflow knows them: not for an answer it could not record)."""
-    recorded_times: dict[str, Any] = {name: datetime.fromtimestamp(value, UTC)
-                      for name, value in (("created_at", recorded.created_at),
-                                          ("updated_at", recorded.updated_at))
-                      if value is not None}
+    recorded_times: dict[str, Any] = {
+        name: datetime.fromtimestamp(value, UTC)
+        for name, value in (
+            ("created_at", recorded.created_at),
+            ("updated_at", recorded.updated_at),
+        )
+        if value is not None
+    }
     return dataclasses.replace(
-        pending, status=recorded.status, amount_in_cents=recorded.amount_in_cents,
-        decline_code=recorded.decline_code, failure_code=recorded.failure_code,
-        reconciled=recorded.reconciled, **recorded_times)
+        pending,
+        status=recorded.status,
+        amount_in_cents=recorded.amount_in_cents,
+        decline_code=recorded.decline_code,
+        failure_code=recorded.failure_code,
+        reconciled=recorded.reconciled,
+        **recorded_times,
+    )
 
 
-def operation_answer(txn: Transaction | TransactionView | RecordedTransaction | None,
-                     body: dict[str, Any], *, holder: str) -> tuple[int, dict[str, Any]]:
+def operation_answer(
+    txn: Transaction | TransactionView | RecordedTransaction | None,
+    body: dict[str, Any],
+    *,
+    holder: str,
+) -> tuple[int, dict[str, Any]]:
     """200 when done, 202 while the network's answer is unknown (reconciliation goes on), 402
     `card_error` when the network declined the operation (the body goes under `holder`)."""
     if txn is None or txn.status == TransactionStatus.SUCCEEDED.value:
         return 200, body
     if txn.status == TransactionStatus.FAILED.value:
         declined = txn.decline_code is not None
-        raise CardError("card_declined" if declined else (txn.failure_code or "processing_error"),
-                        f"The card network declined the {txn.type} ({txn.decline_code})."
-                        if declined else f"The card network could not process the {txn.type}; "
-                        "nothing changed.", extra={"declineCode": txn.decline_code, holder: body})
+        raise CardError(
+            "card_declined" if declined else (txn.failure_code or "processing_error"),
+            f"The card network declined the {txn.type} ({txn.decline_code})."
+            if declined
+            else f"The card network could not process the {txn.type}; nothing changed.",
+            extra={"declineCode": txn.decline_code, holder: body},
+        )
     return 202, body

@@ -69,8 +69,10 @@ FALLBACK_SHARDS = 1
 # The tokens a bucket holds at `excluded.updated_at` (the clock read once, in the inserted row),
 # capped at the burst. greatest(0, …): a request that waited for the row lock may carry an earlier
 # time than the one its predecessor stored; it then refills nothing rather than a negative amount.
-_REFILLED = ("least(CAST(:burst AS float8), bucket.tokens + CAST(:rate AS float8) * greatest("
-             "0, extract(epoch FROM excluded.updated_at - bucket.updated_at)::float8))")
+_REFILLED = (
+    "least(CAST(:burst AS float8), bucket.tokens + CAST(:rate AS float8) * greatest("
+    "0, extract(epoch FROM excluded.updated_at - bucket.updated_at)::float8))"
+)
 # Refill and spend an existing bucket: the tail of every statement that takes a token, whether on
 # its own (`TAKE_TOKEN`) or inside authentication's one statement (api/authentication.py).
 SPEND_FROM_BUCKET = f"""ON CONFLICT (public_key, shard) DO UPDATE SET
@@ -99,8 +101,9 @@ def shards_for(rate: float) -> int:
     return min(MAX_SHARDS, max(1, math.ceil(rate / SHARD_RATE)))
 
 
-def shard_order(shards: int, choice: random.Random, *,
-                fallbacks: int = FALLBACK_SHARDS) -> list[int]:
+def shard_order(
+    shards: int, choice: random.Random, *, fallbacks: int = FALLBACK_SHARDS
+) -> list[int]:
     """The shards one request tries, in order: one at random, then up to `fallbacks` others."""
     return choice.sample(range(shards), min(shards, 1 + fallbacks))
 
@@ -124,8 +127,12 @@ def token_request(settings: Settings) -> TokenRequest | None:
     if rate <= 0:
         return None
     shards = shards_for(rate)
-    return TokenRequest(rate=rate, shards=shard_order(shards, _CHOICE), shard_rate=rate / shards,
-                        shard_burst=burst_of(rate) / shards)
+    return TokenRequest(
+        rate=rate,
+        shards=shard_order(shards, _CHOICE),
+        shard_rate=rate / shards,
+        shard_burst=burst_of(rate) / shards,
+    )
 
 
 async def take_token(session: AsyncSession, settings: Settings, public_key: str) -> None:
@@ -142,14 +149,23 @@ async def take_token(session: AsyncSession, settings: Settings, public_key: str)
         await session.commit()  # nothing left to commit: it hands the connection back
 
 
-async def take_from_shards(connection: AsyncConnection, wanted: TokenRequest, public_key: str,
-                           shards: list[int], *, waits: list[float]) -> None:
+async def take_from_shards(
+    connection: AsyncConnection,
+    wanted: TokenRequest,
+    public_key: str,
+    shards: list[int],
+    *,
+    waits: list[float],
+) -> None:
     """Take a token from the first of `shards` that holds one, each in its own autocommit
     statement; RateLimitError if none does. `waits`: the seconds until a token of each shard
     already found empty (authentication's statement tries the first shard itself)."""
     for shard in shards:
-        row = (await connection.execute(TAKE_TOKEN, {
-            "public_key": public_key, **wanted.parameters(shard)})).one()
+        row = (
+            await connection.execute(
+                TAKE_TOKEN, {"public_key": public_key, **wanted.parameters(shard)}
+            )
+        ).one()
         if row.allowed:
             return
         waits.append(seconds_until_token(wanted, row.tokens))
@@ -166,4 +182,5 @@ def rate_limited(wanted: TokenRequest, waits: list[float]) -> RateLimitError:
         "rate_limit_exceeded",
         f"Too many requests with this API key: at most {rate:g} a second on average, in "
         f"bursts of {burst_of(rate):g}. Retry after the delay in Retry-After (seconds).",
-        headers={"Retry-After": str(max(1, math.ceil(min(waits))))})
+        headers={"Retry-After": str(max(1, math.ceil(min(waits))))},
+    )

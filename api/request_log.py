@@ -50,7 +50,8 @@ class RequestLogMiddleware:
         incoming = headers.get("request-id", "")
         context = RequestContext(
             request_id=incoming if REQUEST_ID_PATTERN.fullmatch(incoming) else new_request_id(),
-            trace_id=_trace_id(headers.get("traceparent", "")))
+            trace_id=_trace_id(headers.get("traceparent", "")),
+        )
         token = request_context.set(context)
         status = 500  # what the client gets if the app raises before answering
         started = time.perf_counter()
@@ -71,12 +72,23 @@ class RequestLogMiddleware:
             if isinstance(intent_id, str) and intent_id.startswith("pi_"):
                 context.payment_intent_id = intent_id
             seconds = time.perf_counter() - started
-            observe_request(route=template, method=scope["method"], status=status,
-                            seconds=seconds)
+            observe_request(route=template, method=scope["method"], status=status, seconds=seconds)
             duration_ms = round(seconds * 1000, 1)
-            log.info("%s %s %d %.1f ms", scope["method"], template, status, duration_ms,
-                     extra={"fields": {"method": scope["method"], "route": template,
-                                       "status": status, "durationMs": duration_ms}})
+            log.info(
+                "%s %s %d %.1f ms",
+                scope["method"],
+                template,
+                status,
+                duration_ms,
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "route": template,
+                        "status": status,
+                        "durationMs": duration_ms,
+                    }
+                },
+            )
             request_context.reset(token)
 
 

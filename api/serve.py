@@ -24,15 +24,20 @@ from core.settings import Settings, get_settings
 KEEP_ALIVE_SECONDS = 5
 
 
-def uvicorn_config(settings: Settings, *, host: str, port: int,
-                   app: ASGIApp | str = "api.main:create_app") -> uvicorn.Config:
+def uvicorn_config(
+    settings: Settings, *, host: str, port: int, app: ASGIApp | str = "api.main:create_app"
+) -> uvicorn.Config:
     """`app`: the factory's import path (it reads the same settings), or a built app."""
     return uvicorn.Config(
-        app, factory=isinstance(app, str), host=host, port=port,
+        app,
+        factory=isinstance(app, str),
+        host=host,
+        port=port,
         access_log=False,  # api/request_log.py writes one line per request
         log_config=None,  # uvicorn's lines: the JSON handler create_app sets up
         limit_concurrency=settings.api_max_connections,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS)
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

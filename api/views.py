@@ -59,39 +59,70 @@ class TransactionView:
 def transaction_out(txn: Transaction | TransactionView | SimpleNamespace) -> TransactionOut:
     card = None
     if txn.card_brand and txn.card_last4:
-        card = CardOut(brand=txn.card_brand, last4=txn.card_last4,
-                       exp_month=txn.card_exp_month or 0, exp_year=txn.card_exp_year or 0)
+        card = CardOut(
+            brand=txn.card_brand,
+            last4=txn.card_last4,
+            exp_month=txn.card_exp_month or 0,
+            exp_year=txn.card_exp_year or 0,
+        )
     return TransactionOut(
-        id=txn.id, payment_intent_id=txn.payment_intent_id, type=txn.type,
-        amount_in_cents=txn.amount_in_cents, currency=txn.currency, status=txn.status,
-        network_reference=txn.network_reference, card=card, failure_code=txn.failure_code,
-        decline_code=txn.decline_code, reconciled=txn.reconciled, created_at=txn.created_at,
-        updated_at=txn.updated_at)
+        id=txn.id,
+        payment_intent_id=txn.payment_intent_id,
+        type=txn.type,
+        amount_in_cents=txn.amount_in_cents,
+        currency=txn.currency,
+        status=txn.status,
+        network_reference=txn.network_reference,
+        card=card,
+        failure_code=txn.failure_code,
+        decline_code=txn.decline_code,
+        reconciled=txn.reconciled,
+        created_at=txn.created_at,
+        updated_at=txn.updated_at,
+    )
 
 
-def payment_intent_out(intent: PaymentIntent | SimpleNamespace,
-                       transactions: Sequence[Transaction | SimpleNamespace]) -> PaymentIntentOut:
+def payment_intent_out(
+    intent: PaymentIntent | SimpleNamespace, transactions: Sequence[Transaction | SimpleNamespace]
+) -> PaymentIntentOut:
     return PaymentIntentOut(
-        id=intent.id, amount_in_cents=intent.amount_in_cents, currency=intent.currency,
-        description=intent.description, status=intent.status,
-        capture_method=intent.capture_method, amount_capturable=intent.amount_capturable,
-        amount_received=intent.amount_received, amount_refunded=intent.amount_refunded,
-        last_error=intent.last_error, cancellation_reason=intent.cancellation_reason,
-        metadata=intent.metadata_, created_at=intent.created_at,
-        updated_at=intent.updated_at, transactions=[transaction_out(t) for t in transactions])
+        id=intent.id,
+        amount_in_cents=intent.amount_in_cents,
+        currency=intent.currency,
+        description=intent.description,
+        status=intent.status,
+        capture_method=intent.capture_method,
+        amount_capturable=intent.amount_capturable,
+        amount_received=intent.amount_received,
+        amount_refunded=intent.amount_refunded,
+        last_error=intent.last_error,
+        cancellation_reason=intent.cancellation_reason,
+        metadata=intent.metadata_,
+        created_at=intent.created_at,
+        updated_at=intent.updated_at,
+        transactions=[transaction_out(t) for t in transactions],
+    )
 
 
 def event_out(event: Event) -> EventOut:
-    return EventOut(id=event.id, type=event.type, created_at=event.created_at,
-                    sequence=event.seq, intent_sequence=event.intent_seq, data=event.data)
+    return EventOut(
+        id=event.id,
+        type=event.type,
+        created_at=event.created_at,
+        sequence=event.seq,
+        intent_sequence=event.intent_seq,
+        data=event.data,
+    )
 
 
 def _labelled(model: type[SQLModel], prefix: str) -> dict[str, Label[Any]]:
     """The model's columns labelled `prefix + attribute name` (e.g. `metadata_`, whose column is
     `metadata`), so that one row of a join builds both models."""
     mapper = sqlalchemy.inspect(model)
-    return {attribute.key: attribute.columns[0].label(prefix + attribute.key)
-            for attribute in mapper.column_attrs}
+    return {
+        attribute.key: attribute.columns[0].label(prefix + attribute.key)
+        for attribute in mapper.column_attrs
+    }
 
 
 _INTENT_COLUMNS = _labelled(PaymentIntent, "intent_")
@@ -103,13 +134,18 @@ _INTENT_ID: BindParameter[str] = bindparam("intent_id")
 _INTENT_WITH_TRANSACTIONS = (
     sqlalchemy.select(*_INTENT_COLUMNS.values(), *_TRANSACTION_COLUMNS.values())
     # SQLModel does not declare the __table__ a table=True class has.
-    .select_from(PaymentIntent.__table__.outerjoin(  # type: ignore[attr-defined]
-        Transaction.__table__,  # type: ignore[attr-defined]
-        col(Transaction.payment_intent_id) == PaymentIntent.id))
+    .select_from(
+        PaymentIntent.__table__.outerjoin(  # type: ignore[attr-defined]
+            Transaction.__table__,  # type: ignore[attr-defined]
+            col(Transaction.payment_intent_id) == PaymentIntent.id,
+        )
+    )
     .where(col(PaymentIntent.id) == _INTENT_ID)
-    .order_by(col(Transaction.created_at), col(Transaction.id)))
+    .order_by(col(Transaction.created_at), col(Transaction.id))
+)
 _OWNED_INTENT_WITH_TRANSACTIONS = _INTENT_WITH_TRANSACTIONS.where(
-    col(PaymentIntent.merchant_id) == bindparam("merchant_id"))
+    col(PaymentIntent.merchant_id) == bindparam("merchant_id")
+)
 
 
 def _fields(columns: dict[str, Any], row: Any) -> dict[str, Any]:
@@ -117,8 +153,9 @@ def _fields(columns: dict[str, Any], row: Any) -> dict[str, Any]:
     return {key: values[column.key] for key, column in columns.items()}
 
 
-async def load_payment_intent_out(database: AsyncSession | AsyncConnection, intent_id: str, *,
-                                  merchant_id: str | None = None) -> PaymentIntentOut | None:
+async def load_payment_intent_out(
+    database: AsyncSession | AsyncConnection, intent_id: str, *, merchant_id: str | None = None
+) -> PaymentIntentOut | None:
     """Fresh read of an intent and its transactions (oldest first), in one statement; None if
     there is no such intent (of `merchant_id`, when given). The rows map straight to the
     answer: read-only views (SimpleNamespace), no table models to build."""
@@ -136,37 +173,73 @@ async def load_payment_intent_out(database: AsyncSession | AsyncConnection, inte
     if not rows:
         return None
     intent = SimpleNamespace(**_fields(_INTENT_COLUMNS, rows[0]))
-    transactions = [SimpleNamespace(**_fields(_TRANSACTION_COLUMNS, row)) for row in rows
-                    if row._mapping[_TRANSACTION_COLUMNS["id"].key] is not None]
+    transactions = [
+        SimpleNamespace(**_fields(_TRANSACTION_COLUMNS, row))
+        for row in rows
+        if row._mapping[_TRANSACTION_COLUMNS["id"].key] is not None
+    ]
     return payment_intent_out(intent, transactions)
 
 
 def webhook_endpoint_out(endpoint: WebhookEndpoint) -> WebhookEndpointOut:
     return WebhookEndpointOut(
-        id=endpoint.id, url=endpoint.url, description=endpoint.description,
-        enabled_events=endpoint.enabled_events, status=endpoint.status,
-        disabled_reason=endpoint.disabled_reason, created_at=endpoint.created_at,
-        updated_at=endpoint.updated_at)
+        id=endpoint.id,
+        url=endpoint.url,
+        description=endpoint.description,
+        enabled_events=endpoint.enabled_events,
+        status=endpoint.status,
+        disabled_reason=endpoint.disabled_reason,
+        created_at=endpoint.created_at,
+        updated_at=endpoint.updated_at,
+    )
 
 
 async def load_webhook_deliveries_out(
-    session: AsyncSession, deliveries: list[WebhookDelivery],
+    session: AsyncSession,
+    deliveries: list[WebhookDelivery],
 ) -> list[WebhookDeliveryOut]:
     """Deliveries with their event type and every attempt (oldest attempt first)."""
     ids = [d.id for d in deliveries]
-    attempts = (await session.exec(select(WebhookDeliveryAttempt).where(
-        col(WebhookDeliveryAttempt.delivery_id).in_(ids))
-        .order_by(col(WebhookDeliveryAttempt.attempt_number)))).all()
-    types = dict((await session.exec(select(Event.id, Event.type).where(
-        col(Event.id).in_({d.event_id for d in deliveries})))).all())
+    attempts = (
+        await session.exec(
+            select(WebhookDeliveryAttempt)
+            .where(col(WebhookDeliveryAttempt.delivery_id).in_(ids))
+            .order_by(col(WebhookDeliveryAttempt.attempt_number))
+        )
+    ).all()
+    types = dict(
+        (
+            await session.exec(
+                select(Event.id, Event.type).where(
+                    col(Event.id).in_({d.event_id for d in deliveries})
+                )
+            )
+        ).all()
+    )
     by_delivery: dict[str, list[DeliveryAttemptOut]] = {i: [] for i in ids}
     for a in attempts:
-        by_delivery[a.delivery_id].append(DeliveryAttemptOut(
-            attempt_number=a.attempt_number, attempted_at=a.attempted_at,
-            status_code=a.status_code, error=a.error, duration_ms=a.duration_ms,
-            response_body=a.response_body))
-    return [WebhookDeliveryOut(
-        id=d.id, event_id=d.event_id, event_type=types.get(d.event_id, ""),
-        endpoint_id=d.endpoint_id, origin=d.origin, status=d.status,
-        attempt_count=d.attempt_count, created_at=d.created_at, updated_at=d.updated_at,
-        attempts=by_delivery[d.id]) for d in deliveries]
+        by_delivery[a.delivery_id].append(
+            DeliveryAttemptOut(
+                attempt_number=a.attempt_number,
+                attempted_at=a.attempted_at,
+                status_code=a.status_code,
+                error=a.error,
+                duration_ms=a.duration_ms,
+                response_body=a.response_body,
+            )
+        )
+    return [
+        WebhookDeliveryOut(
+            id=d.id,
+            event_id=d.event_id,
+            event_type=types.get(d.event_id, ""),
+            endpoint_id=d.endpoint_id,
+            origin=d.origin,
+            status=d.status,
+            attempt_count=d.attempt_count,
+            created_at=d.created_at,
+            updated_at=d.updated_at,
+            attempts=by_delivery[d.id],
+        )
+        for d in deliveries
+    ]

@@ -28,8 +28,14 @@ async def serve(address: str, namespace: str, task_queue: str, sandbox: bool) ->
     # Durapay's workers (unsandboxed unless DURAPAY_WORKFLOW_SANDBOX), so the two differ only
     # in what the workflows do.
     runner = SandboxedWorkflowRunner() if sandbox else UnsandboxedWorkflowRunner()
-    worker = Worker(client, task_queue=task_queue, workflows=[BareWorkflow], activities=[noop],
-                    graceful_shutdown_timeout=timedelta(seconds=5), workflow_runner=runner)
+    worker = Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[BareWorkflow],
+        activities=[noop],
+        graceful_shutdown_timeout=timedelta(seconds=5),
+        workflow_runner=runner,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -39,14 +45,18 @@ async def serve(address: str, namespace: str, task_queue: str, sandbox: bool) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--address", required=True)
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--task-queue", required=True)
-    parser.add_argument("--sandbox", action="store_true",
-                        help="run the workflow in Temporal's sandbox (Durapay's workers do when "
-                             "DURAPAY_WORKFLOW_SANDBOX is true)")
+    parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run the workflow in Temporal's sandbox (Durapay's workers do when "
+        "DURAPAY_WORKFLOW_SANDBOX is true)",
+    )
     args = parser.parse_args()
     asyncio.run(serve(args.address, args.namespace, args.task_queue, args.sandbox))
     # A process that used a Temporal client can abort while the interpreter finalizes

@@ -96,9 +96,11 @@ class BurstOptions:
 
     def phases(self, capacity: float) -> list[Phase]:
         calm = self.calm_share * capacity
-        return [Phase("calm", self.calm_seconds, calm),
-                Phase("burst", self.burst_seconds, self.factor * capacity),
-                Phase("after", self.after_seconds, calm)]
+        return [
+            Phase("calm", self.calm_seconds, calm),
+            Phase("burst", self.burst_seconds, self.factor * capacity),
+            Phase("after", self.after_seconds, calm),
+        ]
 
 
 @dataclass
@@ -118,9 +120,14 @@ class BurstRun:
 class CarefulClient:
     """Sends one arrival's requests as a careful merchant integration would."""
 
-    def __init__(self, durapay: DurapayClient, started: float, *,
-                 timeout: float = CLIENT_TIMEOUT_SECONDS,
-                 patience: float = PATIENCE_SECONDS) -> None:
+    def __init__(
+        self,
+        durapay: DurapayClient,
+        started: float,
+        *,
+        timeout: float = CLIENT_TIMEOUT_SECONDS,
+        patience: float = PATIENCE_SECONDS,
+    ) -> None:
         self.durapay = durapay
         self.started = started
         self.timeout = timeout
@@ -140,15 +147,20 @@ class CarefulClient:
             arrival.outcome = f"create {answer_label(response)}"
             return
         arrival.intent_id = str(response.json()["id"])
-        response = await self.send(arrival, "charge",
-                                   f"/payment-intents/{arrival.intent_id}/transactions",
-                                   {"type": "charge", "card": CARD}, f"{key}-t")
+        response = await self.send(
+            arrival,
+            "charge",
+            f"/payment-intents/{arrival.intent_id}/transactions",
+            {"type": "charge", "card": CARD},
+            f"{key}-t",
+        )
         if response is not None:
             status = answer_label(response)
             arrival.outcome = status if status in ACCEPTED_CHARGE else f"charge {status}"
 
-    async def send(self, arrival: Arrival, request: str, path: str, body: dict[str, Any],
-                   key: str) -> httpx.Response | None:
+    async def send(
+        self, arrival: Arrival, request: str, path: str, body: dict[str, Any], key: str
+    ) -> httpx.Response | None:
         """The final answer, or None when the arrival ended without one (a client timeout,
         or retries past its patience): then its outcome says which."""
         deadline = self.now() + self.patience
@@ -162,12 +174,12 @@ class CarefulClient:
                 arrival.outcome = f"{request} {TIMEOUT}"
                 return None
             except httpx.TransportError:
-                arrival.attempts.append(Attempt(request, sent, self.now() - sent,
-                                                CONNECTION_ERROR))
+                arrival.attempts.append(Attempt(request, sent, self.now() - sent, CONNECTION_ERROR))
                 wait = CONNECTION_RETRY_SECONDS
             else:
-                arrival.attempts.append(Attempt(request, sent, self.now() - sent,
-                                                answer_label(response)))
+                arrival.attempts.append(
+                    Attempt(request, sent, self.now() - sent, answer_label(response))
+                )
                 if response.status_code in (429, 503):
                     self.refusal_kinds[refusal_kind(response)] += 1
                 if not retried(response):
@@ -205,7 +217,8 @@ def error_code(response: httpx.Response) -> str:
 
 def retried(response: httpx.Response) -> bool:
     return response.status_code in RETRIED_STATUSES or (
-        response.status_code == 409 and error_code(response) in IN_PROGRESS_CODES)
+        response.status_code == 409 and error_code(response) in IN_PROGRESS_CODES
+    )
 
 
 def retry_after(response: httpx.Response) -> float:
@@ -239,18 +252,23 @@ LoopLagBuckets = dict[float, float]  # the API's lag histogram: upper bound → 
 
 async def api_loop_lag(stack: RunningStack) -> LoopLagBuckets:
     """The API process's `durapay_event_loop_lag_seconds` buckets as they stand."""
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=10, headers={
-            "Authorization": f"Bearer {stack.admin_token}"}) as http:
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, timeout=10, headers={"Authorization": f"Bearer {stack.admin_token}"}
+    ) as http:
         response = await http.get("/metrics")
     response.raise_for_status()
-    return {float(sample.labels["le"]): sample.value
-            for family in text_string_to_metric_families(response.text)
-            if family.name == "durapay_event_loop_lag_seconds"
-            for sample in family.samples if sample.name.endswith("_bucket")}
+    return {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(response.text)
+        if family.name == "durapay_event_loop_lag_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    }
 
 
-def lag_bound(before: LoopLagBuckets, after: LoopLagBuckets,
-              share: float = 0.99) -> tuple[float, int]:
+def lag_bound(
+    before: LoopLagBuckets, after: LoopLagBuckets, share: float = 0.99
+) -> tuple[float, int]:
     """The smallest bucket bound holding `share` of the samples taken between the two scrapes,
     and how many there were."""
     deltas = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
@@ -261,8 +279,9 @@ def lag_bound(before: LoopLagBuckets, after: LoopLagBuckets,
     return math.inf, int(total)
 
 
-async def scrape_at_phase_ends(stack: RunningStack, started: float,
-                               phases: Sequence[Phase]) -> list[LoopLagBuckets]:
+async def scrape_at_phase_ends(
+    stack: RunningStack, started: float, phases: Sequence[Phase]
+) -> list[LoopLagBuckets]:
     """The API's loop-lag buckets at the start and at the end of every phase."""
     snapshots = [await api_loop_lag(stack)]
     for start, phase in zip(phase_starts(phases), phases, strict=True):
@@ -271,9 +290,9 @@ async def scrape_at_phase_ends(stack: RunningStack, started: float,
     return snapshots
 
 
-async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
-        list[Arrival], float, Counter[str], list[tuple[float, float]],
-        list[LoopLagBuckets]]:
+async def send_arrivals(
+    stack: RunningStack, phases: Sequence[Phase]
+) -> tuple[list[Arrival], float, Counter[str], list[tuple[float, float]], list[LoopLagBuckets]]:
     """Every arrival of the schedule, each sent when due; returns them once all ended, with
     the latest any was sent after it was due (the load generator's own lag) and the kinds of
     refusal answered."""
@@ -287,12 +306,27 @@ async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
         loop_lag = LoopLag(started)
         watcher = asyncio.create_task(loop_lag.watch())
         api_lag = asyncio.create_task(scrape_at_phase_ends(stack, started, phases))
-        clients = [CarefulClient(await exits.enter_async_context(DurapayClient(
-            stack.api_url, merchant["publicKey"], merchant["secretKey"],
-            timeout=2 * CLIENT_TIMEOUT_SECONDS, transport=httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=8,
-                                    keepalive_expiry=CLIENT_KEEPALIVE_SECONDS)))),
-            started) for _ in range(CLIENT_SHARDS)]
+        clients = [
+            CarefulClient(
+                await exits.enter_async_context(
+                    DurapayClient(
+                        stack.api_url,
+                        merchant["publicKey"],
+                        merchant["secretKey"],
+                        timeout=2 * CLIENT_TIMEOUT_SECONDS,
+                        transport=httpx.AsyncHTTPTransport(
+                            limits=httpx.Limits(
+                                max_connections=None,
+                                max_keepalive_connections=8,
+                                keepalive_expiry=CLIENT_KEEPALIVE_SECONDS,
+                            )
+                        ),
+                    )
+                ),
+                started,
+            )
+            for _ in range(CLIENT_SHARDS)
+        ]
         for index, (due, phase) in enumerate(arrival_schedule(phases)):
             delay = started + due - time.monotonic()
             if delay > 0:
@@ -305,12 +339,18 @@ async def send_arrivals(stack: RunningStack, phases: Sequence[Phase]) -> tuple[
         await asyncio.gather(*tasks)
         watcher.cancel()
         api_lag_snapshots = await api_lag
-    return (arrivals, lag, sum((c.refusal_kinds for c in clients), Counter()), loop_lag.samples,
-            api_lag_snapshots)
+    return (
+        arrivals,
+        lag,
+        sum((c.refusal_kinds for c in clients), Counter()),
+        loop_lag.samples,
+        api_lag_snapshots,
+    )
 
 
-async def settle_and_audit(stack: RunningStack, accepted: Sequence[str]) -> tuple[
-        float | None, Audit, Counter[str]]:
+async def settle_and_audit(
+    stack: RunningStack, accepted: Sequence[str]
+) -> tuple[float | None, Audit, Counter[str]]:
     """Seconds until nothing is unsettled (None if not within SETTLE_TIMEOUT_SECONDS), the
     audit against the simulator's ledger, and the accepted intents' statuses."""
     pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=2)
@@ -322,8 +362,11 @@ async def settle_and_audit(stack: RunningStack, accepted: Sequence[str]) -> tupl
                 settle = time.monotonic() - started
                 break
             await asyncio.sleep(0.5)
-        rows = await pool.fetch("SELECT status, count(*) AS n FROM payment_intent "
-                                "WHERE id = ANY($1::text[]) GROUP BY status", list(accepted))
+        rows = await pool.fetch(
+            "SELECT status, count(*) AS n FROM payment_intent "
+            "WHERE id = ANY($1::text[]) GROUP BY status",
+            list(accepted),
+        )
         statuses = Counter({str(row["status"]): int(row["n"]) for row in rows})
         async with httpx.AsyncClient(base_url=stack.cardnet_url, timeout=60) as cardnet:
             audit = await audit_against_ledger(pool, cardnet)
@@ -332,15 +375,15 @@ async def settle_and_audit(stack: RunningStack, accepted: Sequence[str]) -> tupl
     return settle, audit, statuses
 
 
-async def run_burst(stack: RunningStack, capacity: Measurement,
-                    options: BurstOptions) -> BurstRun:
+async def run_burst(stack: RunningStack, capacity: Measurement, options: BurstOptions) -> BurstRun:
     phases = options.phases(capacity.per_second)
     print(f"\nburst: {describe(phases)}; open loop, evenly spaced arrivals", flush=True)
     arrivals, lag, refusal_kinds, loop_lag, api_lag = await send_arrivals(stack, phases)
     accepted = [a.intent_id for a in arrivals if a.accepted and a.intent_id]
     settle, audit, statuses = await settle_and_audit(stack, accepted)
-    return BurstRun(capacity, phases, arrivals, lag, settle, audit, statuses, refusal_kinds,
-                    loop_lag, api_lag)
+    return BurstRun(
+        capacity, phases, arrivals, lag, settle, audit, statuses, refusal_kinds, loop_lag, api_lag
+    )
 
 
 def describe(phases: Sequence[Phase]) -> str:
@@ -348,6 +391,7 @@ def describe(phases: Sequence[Phase]) -> str:
 
 
 # ---- the report ----------------------------------------------------------------------------
+
 
 def print_burst(run: BurstRun) -> None:
     summaries = summarize(run.arrivals, run.phases)
@@ -361,42 +405,66 @@ def print_burst(run: BurstRun) -> None:
     end_to_end_windows = window_p50s(run.arrivals, burst_end, after_end)
     end_to_end_recovery = recovery_seconds(end_to_end_windows, burst_end, calm_end_to_end_p50)
     settled = run.settle_seconds is not None and set(run.accepted_statuses) <= {"succeeded"}
-    print(f"\nburst at {run.phases[1].rate / run.capacity.per_second:g}× the create + charge "
-          f"capacity ({run.capacity.per_second:.1f}/s, measured closed loop on this stack): "
-          f"{describe(run.phases)}")
-    print(f"  arrivals open loop, evenly spaced; the load generator sent each at most "
-          f"{run.scheduler_lag * 1000:.0f} ms after it was due; client timeout "
-          f"{CLIENT_TIMEOUT_SECONDS:g} s; refused requests retried with their Idempotency-Key "
-          "after Retry-After")
+    print(
+        f"\nburst at {run.phases[1].rate / run.capacity.per_second:g}× the create + charge "
+        f"capacity ({run.capacity.per_second:.1f}/s, measured closed loop on this stack): "
+        f"{describe(run.phases)}"
+    )
+    print(
+        f"  arrivals open loop, evenly spaced; the load generator sent each at most "
+        f"{run.scheduler_lag * 1000:.0f} ms after it was due; client timeout "
+        f"{CLIENT_TIMEOUT_SECONDS:g} s; refused requests retried with their Idempotency-Key "
+        "after Retry-After"
+    )
     for index, summary in enumerate(summaries):
         print_phase(summary)
         lags = [lag for at, lag in run.loop_lag if phase_at(at, run.phases) == index]
-        print(f"    load generator's loop lag  {p50_p99(lags)}, max "
-              f"{max(lags, default=0.0) * 1000:.0f} ms   (in every latency above)")
+        print(
+            f"    load generator's loop lag  {p50_p99(lags)}, max "
+            f"{max(lags, default=0.0) * 1000:.0f} ms   (in every latency above)"
+        )
         if len(run.api_loop_lag) > index + 1:
             before, after = run.api_loop_lag[index], run.api_loop_lag[index + 1]
             p99, samples = lag_bound(before, after)
             most, _ = lag_bound(before, after, share=1.0)
-            print(f"    API process's loop lag     p99 ≤ {p99 * 1000:g} ms, max ≤ "
-                  f"{most * 1000:g} ms   ({samples} samples of durapay_event_loop_lag_seconds)")
-    print("  back to calm after the burst's end: "
-          + ("not within the after phase" if recovery is None else f"{recovery:.1f} s")
-          + f"   ({RECOVERY_WINDOW_SECONDS:g} s windows by when the accepted charge was sent; "
-          f"calm once every later window's served p50 is within {RECOVERY_FACTOR:g}× the calm "
-          f"p50, {calm_p50 * 1000:.0f} ms)")
-    print("  served p50 per window after the burst (ms): " + " ".join(
-        f"{p50 * 1000:.0f}" for _, p50 in windows))
-    print("  end to end, arrivals due after the burst: "
-          + ("not calm within the after phase" if end_to_end_recovery is None
-             else f"calm {end_to_end_recovery:.1f} s after its end")
-          + f"   (calm p50 {calm_end_to_end_p50 * 1000:.0f} ms; refused arrivals of the burst "
-          "still retrying share the stack with them until that backlog is served)")
-    print("  end-to-end p50 per window after the burst (ms): " + " ".join(
-        "-" if math.isinf(p50) else f"{p50 * 1000:.0f}" for _, p50 in end_to_end_windows))
-    settle = (f"NOT within {SETTLE_TIMEOUT_SECONDS:g} s" if run.settle_seconds is None
-              else f"{run.settle_seconds:.1f} s after the last arrival ended")
-    print(f"  settled: {settle}; accepted intents by status: "
-          f"{sorted_counts(run.accepted_statuses) or 'none'}")
+            print(
+                f"    API process's loop lag     p99 ≤ {p99 * 1000:g} ms, max ≤ "
+                f"{most * 1000:g} ms   ({samples} samples of durapay_event_loop_lag_seconds)"
+            )
+    print(
+        "  back to calm after the burst's end: "
+        + ("not within the after phase" if recovery is None else f"{recovery:.1f} s")
+        + f"   ({RECOVERY_WINDOW_SECONDS:g} s windows by when the accepted charge was sent; "
+        f"calm once every later window's served p50 is within {RECOVERY_FACTOR:g}× the calm "
+        f"p50, {calm_p50 * 1000:.0f} ms)"
+    )
+    print(
+        "  served p50 per window after the burst (ms): "
+        + " ".join(f"{p50 * 1000:.0f}" for _, p50 in windows)
+    )
+    print(
+        "  end to end, arrivals due after the burst: "
+        + (
+            "not calm within the after phase"
+            if end_to_end_recovery is None
+            else f"calm {end_to_end_recovery:.1f} s after its end"
+        )
+        + f"   (calm p50 {calm_end_to_end_p50 * 1000:.0f} ms; refused arrivals of the burst "
+        "still retrying share the stack with them until that backlog is served)"
+    )
+    print(
+        "  end-to-end p50 per window after the burst (ms): "
+        + " ".join("-" if math.isinf(p50) else f"{p50 * 1000:.0f}" for _, p50 in end_to_end_windows)
+    )
+    settle = (
+        f"NOT within {SETTLE_TIMEOUT_SECONDS:g} s"
+        if run.settle_seconds is None
+        else f"{run.settle_seconds:.1f} s after the last arrival ended"
+    )
+    print(
+        f"  settled: {settle}; accepted intents by status: "
+        f"{sorted_counts(run.accepted_statuses) or 'none'}"
+    )
     for kind, count in run.refusal_kinds.most_common():
         print(f"  refusals {count:5d} × {kind}")
     print("  chaos audit: " + " ".join(f"{name}={n}" for name, n in run.audit.counts.items()))
@@ -407,27 +475,35 @@ def print_burst(run: BurstRun) -> None:
 
 def print_phase(summary: PhaseSummary) -> None:
     phase = summary.phase
-    print(f"  {phase.name} ({phase.rate:.1f}/s for {phase.seconds:g} s): "
-          f"{summary.arrivals} arrivals")
+    print(
+        f"  {phase.name} ({phase.rate:.1f}/s for {phase.seconds:g} s): {summary.arrivals} arrivals"
+    )
     for request, counts in summary.first_answers.items():
         print(f"    first answers, {request:<6}  {sorted_counts(counts) or '-'}")
     print(f"    every attempt sent      {sorted_counts(summary.answers) or '-'}")
     print(f"    how arrivals ended      {sorted_counts(summary.outcomes) or '-'}")
-    print(f"    refusals                {len(summary.refusals)}, answered after "
-          f"{p50_p99(summary.refusals)}")
-    print(f"    accepted (served)       {p50_p99(summary.served)}   (the accepted create and "
-          "charge requests' own answer times)")
-    print(f"    accepted (end to end)   {p50_p99(summary.end_to_end)}   (due → the charge's "
-          "first 200/202, refusals and waits included)")
-    print(f"    connection errors {summary.connection_errors}   client timeouts "
-          f"{summary.timeouts}")
+    print(
+        f"    refusals                {len(summary.refusals)}, answered after "
+        f"{p50_p99(summary.refusals)}"
+    )
+    print(
+        f"    accepted (served)       {p50_p99(summary.served)}   (the accepted create and "
+        "charge requests' own answer times)"
+    )
+    print(
+        f"    accepted (end to end)   {p50_p99(summary.end_to_end)}   (due → the charge's "
+        "first 200/202, refusals and waits included)"
+    )
+    print(f"    connection errors {summary.connection_errors}   client timeouts {summary.timeouts}")
 
 
 def p50_p99(seconds: Sequence[float]) -> str:
     if not seconds:
         return "-"
-    return (f"p50 {percentile(seconds, 0.5) * 1000:.0f} ms / "
-            f"p99 {percentile(seconds, 0.99) * 1000:.0f} ms")
+    return (
+        f"p50 {percentile(seconds, 0.5) * 1000:.0f} ms / "
+        f"p99 {percentile(seconds, 0.99) * 1000:.0f} ms"
+    )
 
 
 def sorted_counts(counts: Counter[str]) -> str:
@@ -436,4 +512,3 @@ def sorted_counts(counts: Counter[str]) -> str:
 
 def print_verdict(line: Verdict) -> None:
     print(f"    {line.name:<58} {line.measured:<44} {verdict(line.ok)}")
-

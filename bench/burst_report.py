@@ -124,7 +124,8 @@ class PhaseSummary:
     phase: Phase
     arrivals: int = 0
     first_answers: dict[str, Counter[str]] = field(
-        default_factory=lambda: {"create": Counter(), "charge": Counter()})
+        default_factory=lambda: {"create": Counter(), "charge": Counter()}
+    )
     outcomes: Counter[str] = field(default_factory=Counter)
     served: list[float] = field(default_factory=list)  # accepted arrivals
     end_to_end: list[float] = field(default_factory=list)  # accepted arrivals
@@ -159,21 +160,22 @@ def summarize(arrivals: Sequence[Arrival], phases: Sequence[Phase]) -> list[Phas
     return summaries
 
 
-def window_p50s(arrivals: Sequence[Arrival], start: float, end: float,
-                window: float = RECOVERY_WINDOW_SECONDS) -> list[tuple[float, float]]:
+def window_p50s(
+    arrivals: Sequence[Arrival], start: float, end: float, window: float = RECOVERY_WINDOW_SECONDS
+) -> list[tuple[float, float]]:
     """(window start, p50 of its arrivals' end-to-end latency) for back-to-back windows of
     arrivals due from `start` until `end`; an arrival never accepted counts as infinitely
     late, and a window without arrivals is left out."""
     buckets: dict[int, list[float]] = {}
     for arrival in arrivals:
         if start <= arrival.at < end:
-            buckets.setdefault(int((arrival.at - start) // window), []).append(
-                arrival.end_to_end)
+            buckets.setdefault(int((arrival.at - start) // window), []).append(arrival.end_to_end)
     return [(start + n * window, percentile(buckets[n], 0.5)) for n in sorted(buckets)]
 
 
-def served_window_p50s(arrivals: Sequence[Arrival], start: float, end: float,
-                       window: float = RECOVERY_WINDOW_SECONDS) -> list[tuple[float, float]]:
+def served_window_p50s(
+    arrivals: Sequence[Arrival], start: float, end: float, window: float = RECOVERY_WINDOW_SECONDS
+) -> list[tuple[float, float]]:
     """(window start, p50 of the served latency of the arrivals whose accepted charge was sent
     in it) for back-to-back windows from `start` until `end`: how long the stack took over
     the work it took on at each moment, whenever that work first arrived. A window without an
@@ -189,8 +191,12 @@ def served_window_p50s(arrivals: Sequence[Arrival], start: float, end: float,
     return [(start + n * window, percentile(buckets[n], 0.5)) for n in sorted(buckets)]
 
 
-def recovery_seconds(windows: Sequence[tuple[float, float]], since: float, calm_p50: float,
-                     factor: float = RECOVERY_FACTOR) -> float | None:
+def recovery_seconds(
+    windows: Sequence[tuple[float, float]],
+    since: float,
+    calm_p50: float,
+    factor: float = RECOVERY_FACTOR,
+) -> float | None:
     """Seconds from `since` (the burst's end) until the start of the first window from which
     on every window's p50 is within `factor` × `calm_p50`: 0.0 when the first one already is,
     None when the last one still is not (or there is no window)."""
@@ -213,32 +219,49 @@ class Verdict:
     ok: bool
 
 
-def verdicts(summaries: Sequence[PhaseSummary], recovery: float | None,
-             settled: bool, audit_counts: dict[str, int]) -> list[Verdict]:
+def verdicts(
+    summaries: Sequence[PhaseSummary],
+    recovery: float | None,
+    settled: bool,
+    audit_counts: dict[str, int],
+) -> list[Verdict]:
     """The burst's targets; `summaries` are calm, burst, after in that order."""
     calm = summaries[0]
     failures = sum(s.connection_errors + s.timeouts for s in summaries)
     refusals = [seconds for s in summaries for seconds in s.refusals]
     refusal_p99 = percentile(refusals, 0.99)
     calm_p99 = percentile(calm.served, 0.99)
-    later_p99 = max((percentile(s.served, 0.99) for s in summaries[1:] if s.served),
-                    default=math.nan)
+    later_p99 = max(
+        (percentile(s.served, 0.99) for s in summaries[1:] if s.served), default=math.nan
+    )
     audit_total = sum(audit_counts.values())
     return [
-        Verdict("no connection errors or client timeouts",
-                f"{failures} (connection errors + timeouts)", failures == 0),
-        Verdict(f"refusals answered with p99 ≤ {REFUSAL_P99_TARGET_SECONDS * 1000:.0f} ms",
-                "no refusals" if not refusals else f"{refusal_p99 * 1000:.0f} ms "
-                f"({len(refusals)} refusals)",
-                not refusals or refusal_p99 <= REFUSAL_P99_TARGET_SECONDS),
-        Verdict(f"accepted p99 ≤ {ACCEPTED_P99_TARGET_FACTOR:g}× the calm p99",
-                f"{later_p99 * 1000:.0f} ms (burst or after, the larger) vs "
-                f"{calm_p99 * 1000:.0f} ms calm: {ratio(later_p99, calm_p99):.1f}×",
-                later_p99 <= ACCEPTED_P99_TARGET_FACTOR * calm_p99),
-        Verdict(f"back to calm within {RECOVERY_TARGET_SECONDS:g} s of the burst's end",
-                "not within the after phase" if recovery is None else f"{recovery:.1f} s",
-                recovery is not None and recovery <= RECOVERY_TARGET_SECONDS),
-        Verdict("every accepted intent settled, chaos audit counts all 0",
-                f"{'settled' if settled else 'NOT settled'}, audit counts sum {audit_total}",
-                settled and audit_total == 0),
+        Verdict(
+            "no connection errors or client timeouts",
+            f"{failures} (connection errors + timeouts)",
+            failures == 0,
+        ),
+        Verdict(
+            f"refusals answered with p99 ≤ {REFUSAL_P99_TARGET_SECONDS * 1000:.0f} ms",
+            "no refusals"
+            if not refusals
+            else f"{refusal_p99 * 1000:.0f} ms ({len(refusals)} refusals)",
+            not refusals or refusal_p99 <= REFUSAL_P99_TARGET_SECONDS,
+        ),
+        Verdict(
+            f"accepted p99 ≤ {ACCEPTED_P99_TARGET_FACTOR:g}× the calm p99",
+            f"{later_p99 * 1000:.0f} ms (burst or after, the larger) vs "
+            f"{calm_p99 * 1000:.0f} ms calm: {ratio(later_p99, calm_p99):.1f}×",
+            later_p99 <= ACCEPTED_P99_TARGET_FACTOR * calm_p99,
+        ),
+        Verdict(
+            f"back to calm within {RECOVERY_TARGET_SECONDS:g} s of the burst's end",
+            "not within the after phase" if recovery is None else f"{recovery:.1f} s",
+            recovery is not None and recovery <= RECOVERY_TARGET_SECONDS,
+        ),
+        Verdict(
+            "every accepted intent settled, chaos audit counts all 0",
+            f"{'settled' if settled else 'NOT settled'}, audit counts sum {audit_total}",
+            settled and audit_total == 0,
+        ),
     ]

@@ -96,41 +96,71 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---- the bare workflow baseline ------------------------------------------------------------
 
+
 @contextmanager
-def bare_worker(address: str, namespace: str, task_queue: str, log: Path,
-                sandbox: bool) -> Iterator[subprocess.Popen[bytes]]:
+def bare_worker(
+    address: str, namespace: str, task_queue: str, log: Path, sandbox: bool
+) -> Iterator[subprocess.Popen[bytes]]:
     """The bare workflow's worker, in its own process (as Durapay's workers are), stopped with
     SIGTERM when the block ends."""
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bench.bare_worker", "--address", address,
-             "--namespace", namespace, "--task-queue", task_queue,
-             *(["--sandbox"] if sandbox else [])],
-            cwd=REPO, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "bench.bare_worker",
+                "--address",
+                address,
+                "--namespace",
+                namespace,
+                "--task-queue",
+                task_queue,
+                *(["--sandbox"] if sandbox else []),
+            ],
+            cwd=REPO,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         yield process
     finally:
         stop_process(process)
 
 
-async def wait_for_pollers(client: Client, task_queue: str, process: subprocess.Popen[bytes],
-                           log: Path, timeout: float = 60.0) -> None:
+async def wait_for_pollers(
+    client: Client,
+    task_queue: str,
+    process: subprocess.Popen[bytes],
+    log: Path,
+    timeout: float = 60.0,
+) -> None:
     """Until the server sees the worker polling both its workflow and activity task queues
     (a started process is not yet a polling one)."""
     deadline = time.monotonic() + timeout
     kinds = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"bare worker exited ({process.returncode}):\n"
-                               + log.read_text(errors="replace")[-2000:])
-        described = [await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
-            namespace=client.namespace, task_queue=TaskQueue(name=task_queue),
-            task_queue_type=kind)) for kind in kinds]
+            raise RuntimeError(
+                f"bare worker exited ({process.returncode}):\n"
+                + log.read_text(errors="replace")[-2000:]
+            )
+        described = [
+            await client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=client.namespace,
+                    task_queue=TaskQueue(name=task_queue),
+                    task_queue_type=kind,
+                )
+            )
+            for kind in kinds
+        ]
         if all(answer.pollers for answer in described):
             return
         await asyncio.sleep(0.2)
-    raise RuntimeError("bare worker not polling in time:\n"
-                       + log.read_text(errors="replace")[-2000:])
+    raise RuntimeError(
+        "bare worker not polling in time:\n" + log.read_text(errors="replace")[-2000:]
+    )
 
 
 def stack_runs_sandboxed(stack: RunningStack) -> bool:
@@ -141,20 +171,23 @@ def stack_runs_sandboxed(stack: RunningStack) -> bool:
     return default if raw is None else TypeAdapter(bool).validate_python(raw)
 
 
-async def measure_bare_workflow(stack: RunningStack, options: Options,
-                                workdir: Path) -> Measurement:
+async def measure_bare_workflow(
+    stack: RunningStack, options: Options, workdir: Path
+) -> Measurement:
     # Default data converter, like the bare worker: bare Temporal, no Durapay codec.
     client = await Client.connect(stack.temporal_address)
     task_queue = f"bench-bare-{uuid.uuid4().hex[:8]}"
     log = workdir / "bare-worker.log"
 
     async def run_bare_workflow() -> None:
-        await client.execute_workflow(BareWorkflow.run, id=f"{task_queue}-{uuid.uuid4().hex}",
-                                      task_queue=task_queue)
+        await client.execute_workflow(
+            BareWorkflow.run, id=f"{task_queue}-{uuid.uuid4().hex}", task_queue=task_queue
+        )
 
     # Only while measured, so it takes no CPU from the Durapay steps.
-    with bare_worker(stack.temporal_address, client.namespace, task_queue, log,
-                     stack_runs_sandboxed(stack)) as process:
+    with bare_worker(
+        stack.temporal_address, client.namespace, task_queue, log, stack_runs_sandboxed(stack)
+    ) as process:
         await wait_for_pollers(client, task_queue, process, log)
         processes = {**stack_processes(stack), "bare-worker": process.pid}
         return await measure("bare workflow (2 acts)", run_bare_workflow, options, processes)
@@ -162,38 +195,66 @@ async def measure_bare_workflow(stack: RunningStack, options: Options,
 
 # ---- the history of one charged payment ----------------------------------------------------
 
+
 async def charged_history(stack: RunningStack, intent_id: str) -> HistorySummary:
     """The workflow id is the intent id; the latest run, running or closed."""
     client = await stack.temporal_client()
     return summarize(await client.get_workflow_handle(intent_id).fetch_history())
 
 
-
-
 # ---- runs ----------------------------------------------------------------------------------
+
 
 async def run_all_steps(stack: RunningStack, options: Options, workdir: Path) -> Results:
     processes = stack_processes(stack)
     statements = await StatementCounter.connect(stack.database_url)
     try:
         async with durapay_operations(stack, options.concurrency) as ops:
-            network = await measure("network authorize", ops.authorize_at_network, options,
-                                    processes)
+            network = await measure(
+                "network authorize", ops.authorize_at_network, options, processes
+            )
             bare = await measure_bare_workflow(stack, options, workdir)
             refused = lambda: ops.refused  # noqa: E731
-            create_and_charge = await measure("create + charge", ops.create_and_charge,
-                                              options, processes, statements=statements,
-                                              refused=refused)
-            create = await measure("create intent", ops.create, options, processes,
-                                   statements=statements, refused=refused)
-            retrieve = await measure("retrieve intent", ops.retrieve, options, processes,
-                                     statements=statements, refused=refused)
+            create_and_charge = await measure(
+                "create + charge",
+                ops.create_and_charge,
+                options,
+                processes,
+                statements=statements,
+                refused=refused,
+            )
+            create = await measure(
+                "create intent",
+                ops.create,
+                options,
+                processes,
+                statements=statements,
+                refused=refused,
+            )
+            retrieve = await measure(
+                "retrieve intent",
+                ops.retrieve,
+                options,
+                processes,
+                statements=statements,
+                refused=refused,
+            )
             # Charges the intents the create step made, warm-up included, warm-up excluded
             # from the count; fewer if some creates failed.
             charge_count = len(ops.uncharged) - options.warmup
-            charge = (await measure("charge (end to end)", ops.charge, options, processes,
-                                    charge_count, statements=statements, refused=refused)
-                      if charge_count > 1 else None)
+            charge = (
+                await measure(
+                    "charge (end to end)",
+                    ops.charge,
+                    options,
+                    processes,
+                    charge_count,
+                    statements=statements,
+                    refused=refused,
+                )
+                if charge_count > 1
+                else None
+            )
             history_of = ops.charged[0] if ops.charged else None
     finally:
         await statements.close()
@@ -203,15 +264,20 @@ async def run_all_steps(stack: RunningStack, options: Options, workdir: Path) ->
             history = await charged_history(stack, history_of)
         except Exception as error:  # noqa: BLE001 (report it; the measurements still stand)
             history = f"could not read it: {type(error).__name__}: {error}"
-    return Results(network, bare, create_and_charge, create, retrieve, charge, history_of,
-                   history)
+    return Results(network, bare, create_and_charge, create, retrieve, charge, history_of, history)
 
 
-async def run_create_and_charge(stack: RunningStack, options: Options,
-                                name: str = "create + charge") -> Measurement:
+async def run_create_and_charge(
+    stack: RunningStack, options: Options, name: str = "create + charge"
+) -> Measurement:
     async with durapay_operations(stack, options.concurrency) as ops:
-        return await measure(name, ops.create_and_charge, options, stack_processes(stack),
-                             refused=lambda: ops.refused)
+        return await measure(
+            name,
+            ops.create_and_charge,
+            options,
+            stack_processes(stack),
+            refused=lambda: ops.refused,
+        )
 
 
 async def run_burst_step(workdir: Path, options: Options, burst: BurstOptions) -> BurstRun:
@@ -221,19 +287,25 @@ async def run_burst_step(workdir: Path, options: Options, burst: BurstOptions) -
         return await run_burst(stack, capacity, burst)
 
 
-async def run_write_path(stack: RunningStack, options: Options,
-                         writers: int = 32) -> tuple[WriteRun, WriteRun]:
-    print(f"\nwrite path: {writers} writers, {options.write_events} events per layout",
-          flush=True)
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers={
-            "Authorization": f"Bearer {stack.admin_token}"}) as admin:
+async def run_write_path(
+    stack: RunningStack, options: Options, writers: int = 32
+) -> tuple[WriteRun, WriteRun]:
+    print(f"\nwrite path: {writers} writers, {options.write_events} events per layout", flush=True)
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, timeout=60, headers={"Authorization": f"Bearer {stack.admin_token}"}
+    ) as admin:
         merchants = []
         for n in range(writers):
             response = await admin.post("/merchants", json={"name": f"Bench writes {n}"})
             expect(response, 201)
             merchants.append(str(response.json()["id"]))
-    return await measure_event_writes(stack.database_url, merchants, stack_processes(stack),
-                                      events=options.write_events, warmup=writers)
+    return await measure_event_writes(
+        stack.database_url,
+        merchants,
+        stack_processes(stack),
+        events=options.write_events,
+        warmup=writers,
+    )
 
 
 async def bench(options: Options, burst: BurstOptions) -> None:
@@ -247,8 +319,10 @@ async def bench(options: Options, burst: BurstOptions) -> None:
         if options.burst_only:
             print_burst(await run_burst_step(workdir, options, burst))
             return
-        print(f"{options.count} operations per step, concurrency {options.concurrency}, "
-              f"{options.warmup} warm-up operations per step (not counted)")
+        print(
+            f"{options.count} operations per step, concurrency {options.concurrency}, "
+            f"{options.warmup} warm-up operations per step (not counted)"
+        )
         async with running_stack(workdir, options.workers) as stack:
             results = await run_all_steps(stack, options, workdir)
             limiter = await measure_rate_limiter(stack)
@@ -279,39 +353,76 @@ def phase_seconds(text: str) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=200, help="measured operations per step")
     parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=20,
-                        help="operations before each step, not counted")
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="operations before each step, not counted"
+    )
     parser.add_argument("--workers", type=int, default=1, help="Durapay worker processes")
-    parser.add_argument("--scaling", action="store_true",
-                        help="also measure create + charge with twice the worker processes")
-    parser.add_argument("--write-events", type=int, default=1500,
-                        help="events appended per layout in the write-path step")
-    parser.add_argument("--write-path-only", action="store_true",
-                        help="start a stack and run only the write-path step")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also measure create + charge with twice the worker processes",
+    )
+    parser.add_argument(
+        "--write-events",
+        type=int,
+        default=1500,
+        help="events appended per layout in the write-path step",
+    )
+    parser.add_argument(
+        "--write-path-only",
+        action="store_true",
+        help="start a stack and run only the write-path step",
+    )
     steps = parser.add_mutually_exclusive_group()
-    steps.add_argument("--burst-only", action="store_true",
-                       help="start a stack and run only the burst step")
+    steps.add_argument(
+        "--burst-only", action="store_true", help="start a stack and run only the burst step"
+    )
     steps.add_argument("--no-burst", action="store_true", help="leave the burst step out")
-    parser.add_argument("--burst-phases", type=phase_seconds, default=(15.0, 20.0, 20.0),
-                        metavar="CALM,BURST,AFTER",
-                        help="seconds of each phase of the burst step (default 15,20,20)")
-    parser.add_argument("--burst-factor", type=float, default=3.0,
-                        help="the burst's arrival rate, × the measured capacity")
-    parser.add_argument("--calm-share", type=float, default=0.4,
-                        help="the calm arrival rate, × the measured capacity")
+    parser.add_argument(
+        "--burst-phases",
+        type=phase_seconds,
+        default=(15.0, 20.0, 20.0),
+        metavar="CALM,BURST,AFTER",
+        help="seconds of each phase of the burst step (default 15,20,20)",
+    )
+    parser.add_argument(
+        "--burst-factor",
+        type=float,
+        default=3.0,
+        help="the burst's arrival rate, × the measured capacity",
+    )
+    parser.add_argument(
+        "--calm-share",
+        type=float,
+        default=0.4,
+        help="the calm arrival rate, × the measured capacity",
+    )
     args = parser.parse_args()
     calm, burst, after = args.burst_phases
     started = time.perf_counter()
     # uvloop, as in the workers: the load generator's own loop costs less per request, so
     # less of what the burst times is the client's.
-    uvloop.run(bench(
-        Options(args.count, args.concurrency, args.warmup, args.workers, args.scaling,
-                args.write_events, args.write_path_only, args.burst_only, not args.no_burst),
-        BurstOptions(calm, burst, after, args.calm_share, args.burst_factor)))
+    uvloop.run(
+        bench(
+            Options(
+                args.count,
+                args.concurrency,
+                args.warmup,
+                args.workers,
+                args.scaling,
+                args.write_events,
+                args.write_path_only,
+                args.burst_only,
+                not args.no_burst,
+            ),
+            BurstOptions(calm, burst, after, args.calm_share, args.burst_factor),
+        )
+    )
     print(f"\nbench took {time.perf_counter() - started:.0f} s")
     # This process used Temporal clients: skip finalization, where the SDK can abort the
     # process (see cli.shutdown), so `make bench` exits 0 when the bench ran.

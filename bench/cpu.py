@@ -55,8 +55,9 @@ class CpuUse:
     wall: float
 
     @classmethod
-    def between(cls, before: Mapping[str, float], after: Mapping[str, float],
-                operations: int, wall: float) -> CpuUse:
+    def between(
+        cls, before: Mapping[str, float], after: Mapping[str, float], operations: int, wall: float
+    ) -> CpuUse:
         # A process present at only one end (started or stopped mid-step) is left out rather
         # than counted as a negative or a whole-life figure.
         spent = {name: after[name] - before[name] for name in after if name in before}
@@ -80,8 +81,10 @@ class CpuUse:
         """`cpu ms/op  total 95.1  worker-1 38.0  temporal 25.2 …  (1.86 cores busy)`,
         largest first; processes under 0.05 ms/op are left out."""
         per_op = self.per_operation_ms()
-        shown = sorted(((name, ms) for name, ms in per_op.items() if ms >= 0.05),
-                       key=lambda item: -item[1])
+        shown = sorted(
+            ((name, ms) for name, ms in per_op.items() if ms >= 0.05), key=lambda item: -item[1]
+        )
         parts = "  ".join(f"{name} {ms:.1f}" for name, ms in shown)
-        return (f"    cpu ms/op  total {self.total_ms:.1f}  {parts}  "
-                f"({self.busy_cores:.2f} cores busy)")
+        return (
+            f"    cpu ms/op  total {self.total_ms:.1f}  {parts}  ({self.busy_cores:.2f} cores busy)"
+        )

@@ -57,8 +57,10 @@ class WriteRun:
     def line(self) -> str:
         ordered = sorted(self.latencies) or [float("nan")]
         p50, p95 = ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.95)]
-        text = (f"{self.name:<24} {self.per_second:8.1f} events/s   p50 {p50 * 1000:7.1f} ms"
-                f"   p95 {p95 * 1000:7.1f} ms   errors {len(self.failures)}")
+        text = (
+            f"{self.name:<24} {self.per_second:8.1f} events/s   p50 {p50 * 1000:7.1f} ms"
+            f"   p95 {p95 * 1000:7.1f} ms   errors {len(self.failures)}"
+        )
         if self.failures:
             text += f"   (first: {self.failures[0][:200]})"
         if self.cpu:
@@ -66,32 +68,52 @@ class WriteRun:
         return text
 
 
-async def _record_payment(sessions: async_sessionmaker[AsyncSession], merchant_id: str,
-                          latencies: list[float]) -> None:
+async def _record_payment(
+    sessions: async_sessionmaker[AsyncSession], merchant_id: str, latencies: list[float]
+) -> None:
     """One payment's three events, each in its own transaction, through the real writers."""
     started = time.perf_counter()
     async with sessions() as session, session.begin():
-        intent = PaymentIntent(id=new_id("pi"), merchant_id=merchant_id, amount_in_cents=1000,
-                               currency="usd", capture_method="automatic",
-                               status=IntentStatus.CREATED.value)
+        intent = PaymentIntent(
+            id=new_id("pi"),
+            merchant_id=merchant_id,
+            amount_in_cents=1000,
+            currency="usd",
+            capture_method="automatic",
+            status=IntentStatus.CREATED.value,
+        )
         session.add(intent)
         await session.flush()
         await session.refresh(intent)
-        await append_event(session, cause=f"{intent.id}:created",
-                           event_type="payment.created", intent=intent, transaction_id=None)
+        await append_event(
+            session,
+            cause=f"{intent.id}:created",
+            event_type="payment.created",
+            intent=intent,
+            transaction_id=None,
+        )
     latencies.append(time.perf_counter() - started)
-    for action, changes in ((IntentAction.START_ATTEMPT, None),
-                            (IntentAction.CHARGE_SUCCEEDED, {"amount_received": 1000})):
+    for action, changes in (
+        (IntentAction.START_ATTEMPT, None),
+        (IntentAction.CHARGE_SUCCEEDED, {"amount_received": 1000}),
+    ):
         started = time.perf_counter()
         async with sessions() as session, session.begin():
             locked = await lock_intent(session, intent.id)
-            await transition_intent(session, locked, action, cause=f"{intent.id}:{action}",
-                                    transaction_id=None, changes=changes)
+            await transition_intent(
+                session,
+                locked,
+                action,
+                cause=f"{intent.id}:{action}",
+                transaction_id=None,
+                changes=changes,
+            )
         latencies.append(time.perf_counter() - started)
 
 
-async def _run(sessions: async_sessionmaker[AsyncSession], merchant_of_writer: Sequence[str],
-               payments: int) -> tuple[float, list[float], list[str]]:
+async def _run(
+    sessions: async_sessionmaker[AsyncSession], merchant_of_writer: Sequence[str], payments: int
+) -> tuple[float, list[float], list[str]]:
     """`payments` payments shared by the writers (each takes the next as soon as its last is
     recorded); writer i writes for merchant_of_writer[i]."""
     latencies: list[float] = []
@@ -112,9 +134,15 @@ async def _run(sessions: async_sessionmaker[AsyncSession], merchant_of_writer: S
     return time.perf_counter() - started, latencies, failures
 
 
-async def measure_event_writes(database_url: str, merchants: Sequence[str],
-                               processes: Mapping[str, int], *, events: int, warmup: int,
-                               rounds: int = 4) -> tuple[WriteRun, WriteRun]:
+async def measure_event_writes(
+    database_url: str,
+    merchants: Sequence[str],
+    processes: Mapping[str, int],
+    *,
+    events: int,
+    warmup: int,
+    rounds: int = 4,
+) -> tuple[WriteRun, WriteRun]:
     """(all writers on merchants[0], writer i on merchants[i]); one writer per merchant.
 
     The two layouts alternate over `rounds` rounds of events / rounds each, so that a change in
@@ -124,8 +152,10 @@ async def measure_event_writes(database_url: str, merchants: Sequence[str],
     engine = create_engine(to_asyncpg_url(database_url), pool_size=writers)
     sessions = session_factory(engine)
     payments = max(1, events // EVENTS_PER_PAYMENT // rounds)
-    layouts = {f"1 merchant, {writers} writers": [merchants[0]] * writers,
-               f"{writers} merchants, 1 each": list(merchants)}
+    layouts = {
+        f"1 merchant, {writers} writers": [merchants[0]] * writers,
+        f"{writers} merchants, 1 each": list(merchants),
+    }
     runs = {name: WriteRun(name, 0, 0.0, [], [], None) for name in layouts}
     spent: dict[str, dict[str, float]] = {name: {} for name in layouts}
     try:
@@ -133,7 +163,7 @@ async def measure_event_writes(database_url: str, merchants: Sequence[str],
             await _run(sessions, layout, warmup)
         for round_number in range(rounds):
             # A B, B A, …: a drift in the machine's load over the run hits both alike.
-            order = list(layouts.items())[::-1 if round_number % 2 else 1]
+            order = list(layouts.items())[:: -1 if round_number % 2 else 1]
             for name, layout in order:
                 before = snapshot(processes)
                 seconds, latencies, failures = await _run(sessions, layout, payments)
@@ -143,8 +173,9 @@ async def measure_event_writes(database_url: str, merchants: Sequence[str],
                 run.latencies += latencies
                 run.failures += failures
                 for process in after.keys() & before.keys():
-                    spent[name][process] = (spent[name].get(process, 0.0)
-                                            + after[process] - before[process])
+                    spent[name][process] = (
+                        spent[name].get(process, 0.0) + after[process] - before[process]
+                    )
     finally:
         await engine.dispose()
     for name, run in runs.items():

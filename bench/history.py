@@ -20,17 +20,27 @@ LOCAL_ACTIVITY_MARKER = "core_local_activity"
 
 # The activities of activities/card_network.py: the calls that leave for the card network.
 # A literal, so the bench does not import code being rewritten; a unit test keeps it in sync.
-NETWORK_ACTIVITIES = frozenset({"authorize_card", "capture_charge", "void_authorization",
-                                "refund_charge", "query_charge_status", "reverse_charge"})
+NETWORK_ACTIVITIES = frozenset(
+    {
+        "authorize_card",
+        "capture_charge",
+        "void_authorization",
+        "refund_charge",
+        "query_charge_status",
+        "reverse_charge",
+    }
+)
 
-_CLOSING_EVENTS = frozenset({
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
-    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
-})
+_CLOSING_EVENTS = frozenset(
+    {
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+    }
+)
 
 
 class HasEvents(Protocol):
@@ -73,7 +83,8 @@ def summarize(history: HasEvents) -> HistorySummary:
             summary.workflow_tasks_completed += 1
         elif kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             summary.activities_scheduled.append(
-                event.activity_task_scheduled_event_attributes.activity_type.name)
+                event.activity_task_scheduled_event_attributes.activity_type.name
+            )
         elif kind == EventType.EVENT_TYPE_MARKER_RECORDED:
             attributes = event.marker_recorded_event_attributes
             if attributes.marker_name == LOCAL_ACTIVITY_MARKER:

@@ -38,12 +38,14 @@ async def measure_rate_limiter(stack: RunningStack, count: int = 1000) -> dict[s
     cpu: dict[str, dict[str, float]] = {name: {} for name in wall}
     try:
         async with session_factory(engine)() as session:
+
             async def limiter() -> None:
                 await take_token(session, settings, "pk_bench_rate_limiter")
 
             async def select_one() -> None:
                 connection = await session.connection(
-                    execution_options={"isolation_level": "AUTOCOMMIT"})
+                    execution_options={"isolation_level": "AUTOCOMMIT"}
+                )
                 await connection.execute(text("SELECT 1"))
                 await session.commit()
 
@@ -62,25 +64,33 @@ async def measure_rate_limiter(stack: RunningStack, count: int = 1000) -> dict[s
     finally:
         await engine.dispose()
     done = rounds * per_round
-    return {name: Timed(1000 * wall[name] / done, CpuUse(cpu[name], done, wall[name]))
-            for name in wall}
+    return {
+        name: Timed(1000 * wall[name] / done, CpuUse(cpu[name], done, wall[name])) for name in wall
+    }
 
 
 def print_rate_limiter(timed: dict[str, Timed], retrieve: Measurement) -> None:
     limiter, floor = timed["take_token"], timed["SELECT 1"]
-    print("\nrate limiter (api/rate_limit.py), per signed request: one upsert (autocommit) on "
-          "one of the key's bucket rows (UNLOGGED)")
+    print(
+        "\nrate limiter (api/rate_limit.py), per signed request: one upsert (autocommit) on "
+        "one of the key's bucket rows (UNLOGGED)"
+    )
     for name, measured in timed.items():
         cpu = measured.cpu.per_operation_ms()
-        print(f"  {name:<20} {measured.ms:6.3f} ms"
-              f"   cpu postgres {cpu.get('postgres', 0):.3f} ms  client {cpu.get('bench', 0):.3f}"
-              " ms")
+        print(
+            f"  {name:<20} {measured.ms:6.3f} ms"
+            f"   cpu postgres {cpu.get('postgres', 0):.3f} ms  client {cpu.get('bench', 0):.3f}"
+            " ms"
+        )
     print(f"  over a bare round trip             {limiter.ms - floor.ms:6.3f} ms")
     if retrieve.latencies:
-        print(f"  share of a signed retrieve p50     {ratio(limiter.ms, retrieve.p50 * 1000):6.1%}"
-              f"   ({retrieve.p50 * 1000:.1f} ms at concurrency, the limiter included)")
+        print(
+            f"  share of a signed retrieve p50     {ratio(limiter.ms, retrieve.p50 * 1000):6.1%}"
+            f"   ({retrieve.p50 * 1000:.1f} ms at concurrency, the limiter included)"
+        )
     if retrieve.cpu:
-        print(f"  share of a signed retrieve's cpu   "
-              f"{ratio(limiter.cpu.total_ms, retrieve.cpu.total_ms):6.1%}"
-              f"   ({retrieve.cpu.total_ms:.1f} ms all processes, the limiter included)")
-
+        print(
+            f"  share of a signed retrieve's cpu   "
+            f"{ratio(limiter.cpu.total_ms, retrieve.cpu.total_ms):6.1%}"
+            f"   ({retrieve.cpu.total_ms:.1f} ms all processes, the limiter included)"
+        )

@@ -68,8 +68,9 @@ async def sample_lock_waits(database_url: str, stop: asyncio.Event) -> LockSampl
             found.samples += 1
             if rows:
                 found.waiting += 1
-                found.waiters.update(f"{r['locktype']} {r['relation']} {r['mode']}: "
-                                     f"{r['statement']}" for r in rows)
+                found.waiters.update(
+                    f"{r['locktype']} {r['relation']} {r['mode']}: {r['statement']}" for r in rows
+                )
             try:
                 await asyncio.wait_for(stop.wait(), SAMPLE_SECONDS)
             except TimeoutError:
@@ -82,15 +83,21 @@ async def sample_lock_waits(database_url: str, stop: asyncio.Event) -> LockSampl
 async def one_merchant_under_load(stack: RunningStack, options: Options) -> LockSamples:
     async with durapay_operations(stack, options.concurrency) as ops:
         # Warm-up first (connection pools, worker caches), not sampled.
-        await measure("warm-up create + charge", ops.create_and_charge,
-                      Options(options.warmup, options.concurrency, 0, 1, False),
-                      stack_processes(stack))
+        await measure(
+            "warm-up create + charge",
+            ops.create_and_charge,
+            Options(options.warmup, options.concurrency, 0, 1, False),
+            stack_processes(stack),
+        )
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_lock_waits(stack.database_url, stop))
         try:
-            await measure("create + charge, one merchant", ops.create_and_charge,
-                          Options(options.count, options.concurrency, 0, 1, False),
-                          stack_processes(stack))
+            await measure(
+                "create + charge, one merchant",
+                ops.create_and_charge,
+                Options(options.count, options.concurrency, 0, 1, False),
+                stack_processes(stack),
+            )
         finally:
             stop.set()
         return await sampler
@@ -98,9 +105,11 @@ async def one_merchant_under_load(stack: RunningStack, options: Options) -> Lock
 
 def report(found: LockSamples) -> None:
     verdict = pass_or_fail(found.share <= TARGET_WAITING_SHARE)
-    print(f"\nlock waits: {found.waiting} of {found.samples} samples every "
-          f"{SAMPLE_SECONDS * 1000:.0f} ms had a backend waiting on a lock: "
-          f"{found.share:.1%} (target ≤ {TARGET_WAITING_SHARE:.0%}: {verdict})")
+    print(
+        f"\nlock waits: {found.waiting} of {found.samples} samples every "
+        f"{SAMPLE_SECONDS * 1000:.0f} ms had a backend waiting on a lock: "
+        f"{found.share:.1%} (target ≤ {TARGET_WAITING_SHARE:.0%}: {verdict})"
+    )
     for what, count in found.waiters.most_common(8):
         print(f"  {count:6d}  {what}")
 
@@ -113,8 +122,9 @@ async def run(options: Options) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--count", type=int, default=240, help="create + charge, measured")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=32)

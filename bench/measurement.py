@@ -61,8 +61,10 @@ class Measurement:
         return statistics.quantiles(self.latencies, n=100)[94]
 
     def line(self) -> str:
-        text = (f"{self.name:<24} {self.per_second:8.1f}/s   p50 {self.p50 * 1000:7.1f} ms   "
-                f"p95 {self.p95 * 1000:7.1f} ms   errors {len(self.failures)}")
+        text = (
+            f"{self.name:<24} {self.per_second:8.1f}/s   p50 {self.p50 * 1000:7.1f} ms   "
+            f"p95 {self.p95 * 1000:7.1f} ms   errors {len(self.failures)}"
+        )
         if self.refused:
             text += f"   refused and sent again {self.refused}"
         if self.failures:
@@ -74,8 +76,9 @@ class Measurement:
         return text
 
 
-async def closed_loop(count: int, concurrency: int,
-                      operation: Operation) -> tuple[list[float], list[str]]:
+async def closed_loop(
+    count: int, concurrency: int, operation: Operation
+) -> tuple[list[float], list[str]]:
     """Run `count` operations with `concurrency` clients that each send their next operation
     as soon as their last one answered. Returns successful latencies and failure messages."""
     latencies: list[float] = []
@@ -98,10 +101,15 @@ async def closed_loop(count: int, concurrency: int,
     return latencies, failures
 
 
-async def measure(name: str, operation: Operation, options: Options,
-                  processes: Mapping[str, int], count: int | None = None,
-                  statements: StatementCounter | None = None,
-                  refused: Callable[[], int] | None = None) -> Measurement:
+async def measure(
+    name: str,
+    operation: Operation,
+    options: Options,
+    processes: Mapping[str, int],
+    count: int | None = None,
+    statements: StatementCounter | None = None,
+    refused: Callable[[], int] | None = None,
+) -> Measurement:
     """One step: warm-up, then `count` operations timed, with the CPU each of `processes`
     (name → pid) and the bench itself spent over the timed part, and, given a `statements`
     counter, the database statements run over it; given `refused` (a running count of
@@ -118,8 +126,16 @@ async def measure(name: str, operation: Operation, options: Options,
     wall = time.perf_counter() - started
     cpu = CpuUse.between(cpu_before, snapshot(processes), count, wall)
     used = await statements.read(count) if statements else None
-    result = Measurement(name, count, wall, latencies, failures, cpu, used,
-                         (refused() - refused_before) if refused else 0)
+    result = Measurement(
+        name,
+        count,
+        wall,
+        latencies,
+        failures,
+        cpu,
+        used,
+        (refused() - refused_before) if refused else 0,
+    )
     print(result.line(), flush=True)
     return result
 

@@ -47,9 +47,16 @@ class DurapayOperations:
             await asyncio.sleep(retry_after_seconds(response.headers.get("retry-after")) or 1.0)
 
     async def authorize_at_network(self) -> None:
-        response = await self.network.post("/v1/operations", json={
-            "reference": f"bench-{uuid.uuid4().hex}", "type": "charge",
-            "amountInCents": 1000, "currency": "usd", "card": CARD})
+        response = await self.network.post(
+            "/v1/operations",
+            json={
+                "reference": f"bench-{uuid.uuid4().hex}",
+                "type": "charge",
+                "amountInCents": 1000,
+                "currency": "usd",
+                "card": CARD,
+            },
+        )
         expect(response, 200)
 
     async def _create(self) -> str:
@@ -60,8 +67,9 @@ class DurapayOperations:
         return intent_id
 
     async def _charge(self, intent_id: str) -> None:
-        response = await self._send("POST", f"/payment-intents/{intent_id}/transactions",
-                                    {"type": "charge", "card": CARD})
+        response = await self._send(
+            "POST", f"/payment-intents/{intent_id}/transactions", {"type": "charge", "card": CARD}
+        )
         expect(response, 200)
 
     async def create(self) -> None:
@@ -81,22 +89,25 @@ class DurapayOperations:
 
 
 @asynccontextmanager
-async def durapay_operations(stack: RunningStack,
-                             concurrency: int) -> AsyncIterator[DurapayOperations]:
+async def durapay_operations(
+    stack: RunningStack, concurrency: int
+) -> AsyncIterator[DurapayOperations]:
     merchant = await create_merchant(stack, "Bench")
     limits = httpx.Limits(max_connections=concurrency * 2)
-    async with httpx.AsyncClient(base_url=stack.cardnet_url, timeout=60, limits=limits) as net, \
-            DurapayClient(stack.api_url, merchant["publicKey"], merchant["secretKey"],
-                          timeout=60) as durapay:
+    async with (
+        httpx.AsyncClient(base_url=stack.cardnet_url, timeout=60, limits=limits) as net,
+        DurapayClient(
+            stack.api_url, merchant["publicKey"], merchant["secretKey"], timeout=60
+        ) as durapay,
+    ):
         yield DurapayOperations(durapay, net)
-
-
 
 
 async def create_merchant(stack: RunningStack, name: str) -> dict[str, str]:
     """A new merchant on `stack` (its id and keys), onboarded with the operator token."""
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=60, headers={
-            "Authorization": f"Bearer {stack.admin_token}"}) as admin:
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, timeout=60, headers={"Authorization": f"Bearer {stack.admin_token}"}
+    ) as admin:
         response = await admin.post("/merchants", json={"name": name})
         expect(response, 201)
         return dict(response.json())

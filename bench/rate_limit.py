@@ -51,8 +51,10 @@ CREATE UNLOGGED TABLE rate_limit_bucket_one_row (
     allowed BOOLEAN NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL
 )"""
-_REFILLED = ("least(CAST(:burst AS float8), bucket.tokens + CAST(:rate AS float8) * greatest("
-             "0, extract(epoch FROM excluded.updated_at - bucket.updated_at)::float8))")
+_REFILLED = (
+    "least(CAST(:burst AS float8), bucket.tokens + CAST(:rate AS float8) * greatest("
+    "0, extract(epoch FROM excluded.updated_at - bucket.updated_at)::float8))"
+)
 ONE_ROW_TAKE = text(f"""
 INSERT INTO rate_limit_bucket_one_row AS bucket (public_key, tokens, allowed, updated_at)
 VALUES (:public_key, CAST(:burst AS float8) - 1, true, clock_timestamp())
@@ -79,8 +81,7 @@ def variants(rate: float) -> dict[str, Take]:
 
     async def one_row(session: AsyncSession) -> bool:
         connection = await session.connection(execution_options=AUTOCOMMIT)
-        row = (await connection.execute(ONE_ROW_TAKE, {"public_key": "pk_one_row",
-                                                       **params})).one()
+        row = (await connection.execute(ONE_ROW_TAKE, {"public_key": "pk_one_row", **params})).one()
         await session.commit()
         return bool(row.allowed)
 
@@ -116,8 +117,13 @@ class Totals:
         return statistics.mean(self.lock_waits) if self.lock_waits else 0.0
 
 
-async def closed_loop(sessions: list[AsyncSession], take: Take, seconds: float,
-                      totals: Totals, admin: asyncpg.Connection | None = None) -> None:
+async def closed_loop(
+    sessions: list[AsyncSession],
+    take: Take,
+    seconds: float,
+    totals: Totals,
+    admin: asyncpg.Connection | None = None,
+) -> None:
     """Every session taking tokens back to back for `seconds`; with `admin`, how many of
     them wait on a lock (the row's), sampled every 10 ms from pg_stat_activity."""
     started = time.perf_counter()
@@ -132,9 +138,12 @@ async def closed_loop(sessions: list[AsyncSession], take: Take, seconds: float,
 
     async def sample_lock_waits(connection: asyncpg.Connection) -> None:
         while time.perf_counter() < deadline:
-            totals.lock_waits.append(await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()"))
+            totals.lock_waits.append(
+                await connection.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            )
             await asyncio.sleep(0.01)
 
     samplers = [sample_lock_waits(admin)] if admin is not None else []
@@ -159,15 +168,20 @@ async def bench(*, tasks: int, seconds: float, rounds: int, rate: float) -> None
             for session in sessions:
                 await session.close()
             shards_used = await admin.fetchval(
-                "SELECT count(*) FROM rate_limit_bucket WHERE public_key = 'pk_after'")
+                "SELECT count(*) FROM rate_limit_bucket WHERE public_key = 'pk_after'"
+            )
         finally:
             await engine.dispose()
             await admin.close()
-    print(f"one key at {rate:g} requests/s ({shards_for(rate)} shards), {tasks} concurrent "
-          f"tasks, {rounds} rounds of {seconds:g} s per variant")
+    print(
+        f"one key at {rate:g} requests/s ({shards_for(rate)} shards), {tasks} concurrent "
+        f"tasks, {rounds} rounds of {seconds:g} s per variant"
+    )
     for name, total in totals.items():
-        print(f"  {name:<10} {total.per_second:8.0f} tokens/s   {total.waiting:5.1f} of {tasks} "
-              f"waiting on a lock   ({total.granted} granted, {total.refused} refused)")
+        print(
+            f"  {name:<10} {total.per_second:8.0f} tokens/s   {total.waiting:5.1f} of {tasks} "
+            f"waiting on a lock   ({total.granted} granted, {total.refused} refused)"
+        )
     before, after = totals["before"].per_second, totals["after"].per_second
     print(f"  after / before      {after / before:5.2f}×")
     print(f"  one row / before    {totals['one row'].per_second / before:5.2f}×")
@@ -176,17 +190,18 @@ async def bench(*, tasks: int, seconds: float, rounds: int, rate: float) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=2.0, help="per variant and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rate", type=float, default=10_000.0,
-                        help="the key's limit, requests a second")
+    parser.add_argument(
+        "--rate", type=float, default=10_000.0, help="the key's limit, requests a second"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    asyncio.run(bench(tasks=args.tasks, seconds=args.seconds, rounds=args.rounds,
-                      rate=args.rate))
+    asyncio.run(bench(tasks=args.tasks, seconds=args.seconds, rounds=args.rounds, rate=args.rate))
     print(f"bench took {time.perf_counter() - started:.0f} s")
 
 

@@ -58,8 +58,14 @@ def poisson_arrivals(rate: float, seconds: float, rng: random.Random) -> list[fl
     return times
 
 
-def grant(arrivals: Sequence[float], *, rate: float, shards: int, choice: random.Random,
-          fallbacks: int = FALLBACK_SHARDS) -> Granted:
+def grant(
+    arrivals: Sequence[float],
+    *,
+    rate: float,
+    shards: int,
+    choice: random.Random,
+    fallbacks: int = FALLBACK_SHARDS,
+) -> Granted:
     """Run `arrivals` (seconds, ascending) through a key of `rate` split into `shards`."""
     shard_rate, shard_burst = rate / shards, burst_of(rate) / shards
     tokens, updated = [shard_burst] * shards, [0.0] * shards
@@ -77,8 +83,9 @@ def grant(arrivals: Sequence[float], *, rate: float, shards: int, choice: random
     return Granted(len(arrivals), admitted, excess)
 
 
-def compare(shards: int, load: float | str, *, seconds: float, seed: int,
-            fallbacks: int = FALLBACK_SHARDS) -> tuple[Granted, Granted]:
+def compare(
+    shards: int, load: float | str, *, seconds: float, seed: int, fallbacks: int = FALLBACK_SHARDS
+) -> tuple[Granted, Granted]:
     """(exact, sharded) for the same arrivals at `load` (a share of the rate, BURST or EDGE)."""
     rate = lowest_rate_for(shards)
     rng = random.Random(f"{seed}/{shards}/{load}")
@@ -97,27 +104,38 @@ def label(load: float | str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--fallbacks", type=int, default=FALLBACK_SHARDS,
-                        help="other shards a request tries when its first is empty")
+    parser.add_argument(
+        "--fallbacks",
+        type=int,
+        default=FALLBACK_SHARDS,
+        help="other shards a request tries when its first is empty",
+    )
     args = parser.parse_args()
-    print(f"admitted share of offered requests, exact bucket → sharded ({args.seconds:g} s of "
-          f"Poisson arrivals from full buckets; {args.fallbacks} fallback shards; seed "
-          f"{args.seed})")
+    print(
+        f"admitted share of offered requests, exact bucket → sharded ({args.seconds:g} s of "
+        f"Poisson arrivals from full buckets; {args.fallbacks} fallback shards; seed "
+        f"{args.seed})"
+    )
     header = "".join(f"{label(load):>20}" for load in (*LOADS, BURST, EDGE))
     print(f"{'S':>3} {'rate/s':>7}{header}   excess")
     for shards in SHARDS:
         cells, excess = [], float("-inf")
         for load in (*LOADS, BURST, EDGE):
-            exact, sharded = compare(shards, load, seconds=args.seconds, seed=args.seed,
-                                     fallbacks=args.fallbacks)
+            exact, sharded = compare(
+                shards, load, seconds=args.seconds, seed=args.seed, fallbacks=args.fallbacks
+            )
             excess = max(excess, sharded.excess)
             cells.append(f"{exact.share:8.3%} → {sharded.share:8.3%}")
-        print(f"{shards:>3} {lowest_rate_for(shards):>7g}" + "".join(f"{c:>20}" for c in cells)
-              + f"   {excess:+.2f}")
+        print(
+            f"{shards:>3} {lowest_rate_for(shards):>7g}"
+            + "".join(f"{c:>20}" for c in cells)
+            + f"   {excess:+.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ from tests.stack import RunningStack, start_stack
 
 TRACK_STATEMENTS = {"DURAPAY_POSTGRES_TRACK_STATEMENTS": "true"}
 # The bench measures the product's admission control, not the test stack's looser floor.
-BENCH_ENV = {**TRACK_STATEMENTS, "DURAPAY_API_MIN_IN_FLIGHT": str(
-    Settings.model_fields["api_min_in_flight"].default)}
+BENCH_ENV = {
+    **TRACK_STATEMENTS,
+    "DURAPAY_API_MIN_IN_FLIGHT": str(Settings.model_fields["api_min_in_flight"].default),
+}
 
 
 def stack_processes(stack: RunningStack) -> dict[str, int]:
@@ -25,14 +27,16 @@ def stack_processes(stack: RunningStack) -> dict[str, int]:
 
 
 @asynccontextmanager
-async def running_stack(workdir: Path, workers: int, *,
-                        name: str = "") -> AsyncIterator[RunningStack]:
+async def running_stack(
+    workdir: Path, workers: int, *, name: str = ""
+) -> AsyncIterator[RunningStack]:
     started = time.perf_counter()
     # start_stack blocks (it polls with sleeps); nothing else runs meanwhile.
-    stack = start_stack(workdir / f"home-{name}{workers}w", workers=workers,
-                        extra_env=BENCH_ENV)
-    print(f"\nstack with {workers} worker process(es) up in "
-          f"{time.perf_counter() - started:.0f} s", flush=True)
+    stack = start_stack(workdir / f"home-{name}{workers}w", workers=workers, extra_env=BENCH_ENV)
+    print(
+        f"\nstack with {workers} worker process(es) up in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     try:
         yield stack
     finally:

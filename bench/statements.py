@@ -59,8 +59,9 @@ class StatementUse:
             text = shorten(statement.query) + (" (nested)" if statement.nested else "")
             calls[text] = calls.get(text, 0) + statement.calls
         ranked = sorted(calls.items(), key=lambda item: (-item[1], item[0]))[:count]
-        return [(text, n / self.operations if self.operations else float("nan"))
-                for text, n in ranked]
+        return [
+            (text, n / self.operations if self.operations else float("nan")) for text, n in ranked
+        ]
 
     def line(self) -> str:
         return f"    statements/op  {self.per_operation:.1f}  ({self.total} over the step)"
@@ -69,7 +70,7 @@ class StatementUse:
 def shorten(query: str, width: int = QUERY_WIDTH) -> str:
     """One line of at most `width` characters: whitespace runs collapsed, the rest cut."""
     flat = re.sub(r"\s+", " ", query).strip()
-    return flat if len(flat) <= width else flat[:width - 1] + "…"
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 class StatementCounter:
@@ -95,8 +96,15 @@ class StatementCounter:
 
     async def read(self, operations: int) -> StatementUse:
         rows = await self._connection.fetch(READ)
-        return StatementUse([StatementCount(str(row[f"{OWN_MARK}_query"]), int(row["calls"]),
-                                            not row["toplevel"]) for row in rows], operations)
+        return StatementUse(
+            [
+                StatementCount(
+                    str(row[f"{OWN_MARK}_query"]), int(row["calls"]), not row["toplevel"]
+                )
+                for row in rows
+            ],
+            operations,
+        )
 
     async def close(self) -> None:
         await self._connection.close()

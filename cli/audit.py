@@ -45,11 +45,15 @@ async def verify(settings: Settings, merchant_id: str | None) -> int:
         state = f"BROKEN at {scope.broken}" if scope.broken else "ok"
         if scope.broken_chains > 1:
             state += f" (and {scope.broken_chains - 1} more broken)"
-        print(f"{scope.scope}: {scope.chains} chains, {scope.events} events, "
-              f"{scope.checkpoints} checkpoints verified, {state}")
+        print(
+            f"{scope.scope}: {scope.chains} chains, {scope.events} events, "
+            f"{scope.checkpoints} checkpoints verified, {state}"
+        )
     if report.first_broken:
         print(f"audit: the trail is broken: {report.first_broken}")
         return 1
-    print(f"audit: {len(report.scopes)} scopes, {report.chains} chains, {report.events} "
-          f"events, {report.checkpoints} checkpoints, every link holds")
+    print(
+        f"audit: {len(report.scopes)} scopes, {report.chains} chains, {report.events} "
+        f"events, {report.checkpoints} checkpoints, every link holds"
+    )
     return 0

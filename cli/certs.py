@@ -76,19 +76,38 @@ class Authority:
 
 def add_parser(commands: Any) -> None:
     certs = commands.add_parser(
-        "certs", help="write a CA and mTLS certificates for Temporal and its clients",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "certs",
+        help="write a CA and mTLS certificates for Temporal and its clients",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     certs.add_argument("directory", type=Path)
-    certs.add_argument("--san", action="append", dest="server_names", metavar="NAME",
-                       help="a DNS name or IP address of the Temporal server (repeat; default: "
-                            + ", ".join(DEFAULT_SERVER_NAMES) + ")")
-    certs.add_argument("--client", action="append", dest="clients", metavar="ROLE",
-                       help="a client role to issue a certificate for (repeat; default: "
-                            + ", ".join(DEFAULT_CLIENTS) + ")")
-    certs.add_argument("--owner", action="append", default=[], metavar="ROLE=UID[:GID]",
-                       help="give ROLE's directory and files to this user (needs root)")
-    certs.add_argument("--force", action="store_true",
-                       help="replace everything, the CA included")
+    certs.add_argument(
+        "--san",
+        action="append",
+        dest="server_names",
+        metavar="NAME",
+        help="a DNS name or IP address of the Temporal server (repeat; default: "
+        + ", ".join(DEFAULT_SERVER_NAMES)
+        + ")",
+    )
+    certs.add_argument(
+        "--client",
+        action="append",
+        dest="clients",
+        metavar="ROLE",
+        help="a client role to issue a certificate for (repeat; default: "
+        + ", ".join(DEFAULT_CLIENTS)
+        + ")",
+    )
+    certs.add_argument(
+        "--owner",
+        action="append",
+        default=[],
+        metavar="ROLE=UID[:GID]",
+        help="give ROLE's directory and files to this user (needs root)",
+    )
+    certs.add_argument("--force", action="store_true", help="replace everything, the CA included")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,10 +115,13 @@ def run(args: argparse.Namespace) -> int:
     whose absence its settings refuse."""
     try:
         clients = tuple(args.clients or DEFAULT_CLIENTS)
-        report = make_pki(args.directory, server_names=tuple(args.server_names
-                                                             or DEFAULT_SERVER_NAMES),
-                          clients=clients, owners=parse_owners(args.owner, clients),
-                          force=args.force)
+        report = make_pki(
+            args.directory,
+            server_names=tuple(args.server_names or DEFAULT_SERVER_NAMES),
+            clients=clients,
+            owners=parse_owners(args.owner, clients),
+            force=args.force,
+        )
     except (CertsError, OSError) as error:
         print(f"durapay certs: {error}", file=sys.stderr)
         return 1
@@ -116,21 +138,30 @@ def parse_owners(values: Sequence[str], clients: Sequence[str]) -> dict[str, Own
             raise CertsError(f"--owner {value}: expected ROLE=UID or ROLE=UID:GID")
         role, uid, gid = match.groups()
         if role not in (SERVER_ROLE, *clients):
-            raise CertsError(f"--owner {value}: no role {role} (roles: {SERVER_ROLE}, "
-                             f"{', '.join(clients)})")
+            raise CertsError(
+                f"--owner {value}: no role {role} (roles: {SERVER_ROLE}, {', '.join(clients)})"
+            )
         owners[role] = Owner(int(uid), int(gid) if gid else -1)
     return owners
 
 
-def make_pki(directory: Path, *, server_names: Sequence[str], clients: Sequence[str],
-             owners: Mapping[str, Owner], force: bool = False,
-             now: datetime.datetime | None = None) -> dict[str, str]:
+def make_pki(
+    directory: Path,
+    *,
+    server_names: Sequence[str],
+    clients: Sequence[str],
+    owners: Mapping[str, Owner],
+    force: bool = False,
+    now: datetime.datetime | None = None,
+) -> dict[str, str]:
     """Bring DIRECTORY to a CA, a server certificate and one client certificate per role;
     returns each one's outcome (created, issued, renewed, kept) in order."""
     for role in clients:
         if not ROLE.fullmatch(role) or role in (SERVER_ROLE, CA_DIR):
-            raise CertsError(f"{role!r} cannot name a client role (lower-case letters, digits "
-                             f"and '-'; not {SERVER_ROLE} or {CA_DIR})")
+            raise CertsError(
+                f"{role!r} cannot name a client role (lower-case letters, digits "
+                f"and '-'; not {SERVER_ROLE} or {CA_DIR})"
+            )
     sans = [_san(name) for name in server_names]
     now = now or datetime.datetime.now(datetime.UTC)
     _private_dir(directory)
@@ -139,8 +170,14 @@ def make_pki(directory: Path, *, server_names: Sequence[str], clients: Sequence[
     new_ca = report[CA_DIR] == "created"
     for role in (SERVER_ROLE, *clients):
         server = role == SERVER_ROLE
-        report[role] = _leaf(directory / role, authority, now, force=force or new_ca,
-                             sans=sans if server else None, owner=owners.get(role))
+        report[role] = _leaf(
+            directory / role,
+            authority,
+            now,
+            force=force or new_ca,
+            sans=sans if server else None,
+            owner=owners.get(role),
+        )
     return report
 
 
@@ -149,29 +186,53 @@ def _authority(path: Path, now: datetime.datetime, force: bool) -> tuple[Authori
     if not force and (path / CA_CERT).exists() and (path / CA_KEY).exists():
         cert = x509.load_pem_x509_certificate((path / CA_CERT).read_bytes())
         key = serialization.load_pem_private_key((path / CA_KEY).read_bytes(), None)
-        if (isinstance(key, ec.EllipticCurvePrivateKey) and _same_key(cert, key)
-                and cert.not_valid_after_utc - RENEW_BEFORE > now):
+        if (
+            isinstance(key, ec.EllipticCurvePrivateKey)
+            and _same_key(cert, key)
+            and cert.not_valid_after_utc - RENEW_BEFORE > now
+        ):
             return Authority(cert, key), "kept"
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Durapay"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "Durapay Temporal CA")])
-    cert = (_builder(name, name, key.public_key(), now, CA_DAYS)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False),
-                           critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Durapay"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "Durapay Temporal CA"),
+        ]
+    )
+    cert = (
+        _builder(name, name, key.public_key(), now, CA_DAYS)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     _write(path / CA_KEY, _key_pem(key), 0o600)
     _write(path / CA_CERT, _cert_pem(cert), 0o644)
     return Authority(cert, key), "created"
 
 
-def _leaf(path: Path, authority: Authority, now: datetime.datetime, *, force: bool,
-          sans: list[x509.GeneralName] | None, owner: Owner | None) -> str:
+def _leaf(
+    path: Path,
+    authority: Authority,
+    now: datetime.datetime,
+    *,
+    force: bool,
+    sans: list[x509.GeneralName] | None,
+    owner: Owner | None,
+) -> str:
     _private_dir(path)
     ca_pem = _cert_pem(authority.cert)
     if not (path / CA_CERT).exists() or (path / CA_CERT).read_bytes() != ca_pem:
@@ -184,8 +245,9 @@ def _leaf(path: Path, authority: Authority, now: datetime.datetime, *, force: bo
     return state if sans is None else f"{state} ({', '.join(_names(sans))})"
 
 
-def _leaf_state(path: Path, authority: Authority, now: datetime.datetime,
-                sans: list[x509.GeneralName] | None) -> str:
+def _leaf_state(
+    path: Path, authority: Authority, now: datetime.datetime, sans: list[x509.GeneralName] | None
+) -> str:
     """`kept` when the pair on disk is whole, from this CA and good for a while, else why it
     is issued again."""
     if not (path / CERT).exists() or not (path / KEY).exists():
@@ -205,27 +267,52 @@ def _leaf_state(path: Path, authority: Authority, now: datetime.datetime,
     return "kept"
 
 
-def _issue(path: Path, authority: Authority, now: datetime.datetime,
-           sans: list[x509.GeneralName] | None, *, role: str) -> None:
+def _issue(
+    path: Path,
+    authority: Authority,
+    now: datetime.datetime,
+    sans: list[x509.GeneralName] | None,
+    *,
+    role: str,
+) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     server = sans is not None
     common_name = _names(sans)[0] if sans else f"durapay-{role}"
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Durapay"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    usages = ([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server
-              else [ExtendedKeyUsageOID.CLIENT_AUTH])
-    builder = (_builder(subject, authority.cert.subject, key.public_key(), now, LEAF_DAYS)
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                            key_encipherment=False, data_encipherment=False,
-                                            key_agreement=False, key_cert_sign=False,
-                                            crl_sign=False, encipher_only=False,
-                                            decipher_only=False), critical=True)
-               .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                              critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                   authority.key.public_key()), critical=False))
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Durapay"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    usages = (
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        if server
+        else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    builder = (
+        _builder(subject, authority.cert.subject, key.public_key(), now, LEAF_DAYS)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()),
+            critical=False,
+        )
+    )
     # A client is named in its SAN too, as a SPIFFE-style URI: verifiers that follow RFC 5280
     # profiles strictly read identities from the SAN only.
     names = sans or [x509.UniformResourceIdentifier(f"spiffe://durapay/{role}")]
@@ -237,12 +324,22 @@ def _issue(path: Path, authority: Authority, now: datetime.datetime,
     _write(path / CERT, _cert_pem(cert), 0o644)
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
-             now: datetime.datetime, days: int) -> x509.CertificateBuilder:
-    return (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-            .public_key(public_key).serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + datetime.timedelta(days=days)))
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime.datetime,
+    days: int,
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
 
 
 def _san(name: str) -> x509.GeneralName:
@@ -268,8 +365,10 @@ def _names(sans: Sequence[x509.GeneralName]) -> list[str]:
 
 def _same_key(cert: x509.Certificate, key: Any) -> bool:
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    return bool(cert.public_key().public_bytes(serialization.Encoding.PEM, spki)
-                == key.public_key().public_bytes(serialization.Encoding.PEM, spki))
+    return bool(
+        cert.public_key().public_bytes(serialization.Encoding.PEM, spki)
+        == key.public_key().public_bytes(serialization.Encoding.PEM, spki)
+    )
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
@@ -277,8 +376,9 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _private_dir(path: Path) -> None:
@@ -303,5 +403,7 @@ def _give(path: Path, owner: Owner) -> None:
         for item in (path, *(path / name for name in (CERT, KEY, CA_CERT))):
             os.chown(item, owner.uid, owner.gid)
     except PermissionError:
-        raise CertsError(f"--owner: cannot give {path} to uid {owner.uid} (run as root, as "
-                         "the compose file's `certs` service does)") from None
+        raise CertsError(
+            f"--owner: cannot give {path} to uid {owner.uid} (run as root, as "
+            "the compose file's `certs` service does)"
+        ) from None

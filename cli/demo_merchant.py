@@ -40,8 +40,10 @@ async def create_merchant(settings: Settings, name: str, url: str | None = None)
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         try:
             response = await http.post(
-                "/merchants", json={"name": name},
-                headers={"Authorization": f"Bearer {settings.resolved_admin_token()}"})
+                "/merchants",
+                json={"name": name},
+                headers={"Authorization": f"Bearer {settings.resolved_admin_token()}"},
+            )
         except API_CONNECTION_ERRORS as error:
             raise ApiUnreachable(url, error) from error
     if response.status_code >= 400:
@@ -54,15 +56,21 @@ def _refusal(settings: Settings, url: str, response: httpx.Response) -> str:
         error = response.json().get("error") or {}
     except (ValueError, AttributeError):
         error = {}
-    said = ": ".join(str(part) for part in (error.get("code"), error.get("message")) if part) \
+    said = (
+        ": ".join(str(part) for part in (error.get("code"), error.get("message")) if part)
         or response.reason_phrase
-    refused = f"the API at {url} refused POST /merchants: HTTP " \
-              f"{response.status_code} {said}"
+    )
+    refused = f"the API at {url} refused POST /merchants: HTTP {response.status_code} {said}"
     if response.status_code == 401:
-        where = "DURAPAY_ADMIN_TOKEN" if settings.admin_token else \
-            f"the token in {settings.home_dir / 'admin-token'} (DURAPAY_HOME)"
-        return (f"{refused}. Fix: use the admin token the API was started with: {where} is not "
-                "it (set DURAPAY_ADMIN_TOKEN, or DURAPAY_HOME to the API's state dir)")
+        where = (
+            "DURAPAY_ADMIN_TOKEN"
+            if settings.admin_token
+            else f"the token in {settings.home_dir / 'admin-token'} (DURAPAY_HOME)"
+        )
+        return (
+            f"{refused}. Fix: use the admin token the API was started with: {where} is not "
+            "it (set DURAPAY_ADMIN_TOKEN, or DURAPAY_HOME to the API's state dir)"
+        )
     return refused
 
 
@@ -70,9 +78,11 @@ async def demo_merchant(settings: Settings) -> dict[str, Any]:
     """The demo merchant of this state dir, onboarded on first use and kept (mode 600: the file
     holds its secret key). Never in production, where every merchant is onboarded on purpose."""
     if settings.env == "production":
-        raise NoDemoMerchant("DURAPAY_ENV=production has no demo merchant: onboard one with "
-                             "`durapay merchant create NAME --save-profile NAME`, then pass "
-                             "--profile NAME (or DURAPAY_PUBLIC_KEY and DURAPAY_SECRET_KEY)")
+        raise NoDemoMerchant(
+            "DURAPAY_ENV=production has no demo merchant: onboard one with "
+            "`durapay merchant create NAME --save-profile NAME`, then pass "
+            "--profile NAME (or DURAPAY_PUBLIC_KEY and DURAPAY_SECRET_KEY)"
+        )
     path: Path = settings.home_dir / DEMO_MERCHANT_FILE
     stored = read_secret(path)
     if stored is not None:

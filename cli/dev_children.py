@@ -83,8 +83,7 @@ def parent_death_signal(sig: signal.Signals) -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
     prctl = ctypes.CDLL(None, use_errno=True).prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
-                      ctypes.c_ulong]
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     prctl.restype = ctypes.c_int
     option, number = PR_SET_PDEATHSIG, int(sig)
 
@@ -98,8 +97,10 @@ def write_pid_file(home: Path, children: dict[str, int]) -> None:
     """Record the launcher and its children (atomically: a reader never sees half a file)."""
     path = home / PID_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"launcher": _entry(os.getpid()),
-              "children": {name: _entry(pid) for name, pid in children.items()}}
+    record = {
+        "launcher": _entry(os.getpid()),
+        "children": {name: _entry(pid) for name, pid in children.items()},
+    }
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(record, indent=2))
     partial.replace(path)
@@ -125,9 +126,13 @@ def stop_leftovers(home: Path) -> list[str]:
     launcher = _process(record.get("launcher"))
     if launcher is not None and launcher.pid != os.getpid() and still_running(launcher):
         raise LauncherStillRunning(
-            f"another durapay dev (pid {launcher.pid}) runs on {home}; stop it first")
-    left = {name: process for name, entry in record.get("children", {}).items()
-            if (process := _process(entry)) is not None and still_running(process)}
+            f"another durapay dev (pid {launcher.pid}) runs on {home}; stop it first"
+        )
+    left = {
+        name: process
+        for name, entry in record.get("children", {}).items()
+        if (process := _process(entry)) is not None and still_running(process)
+    }
     for name, process in left.items():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(process.pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)

@@ -78,8 +78,10 @@ class DevStack:
         self._http = httpx.AsyncClient(timeout=2.0)
         # What a child receives if the launcher dies without stopping it (keyed by "is it
         # Postgres"): Postgres its fast shutdown, the others a graceful stop.
-        self._on_launcher_death = {True: parent_death_signal(signal.SIGINT),
-                                   False: parent_death_signal(signal.SIGTERM)}
+        self._on_launcher_death = {
+            True: parent_death_signal(signal.SIGINT),
+            False: parent_death_signal(signal.SIGTERM),
+        }
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def run(self) -> int:
@@ -121,22 +123,28 @@ class DevStack:
         could stop them) hold its ports and data: stop them first, and say what was stopped."""
         stopped = stop_leftovers(self.home)
         if stopped:
-            print(f"durapay dev: stopped what an earlier durapay dev left running on "
-                  f"{self.home}: {', '.join(stopped)}", file=sys.stderr, flush=True)
+            print(
+                f"durapay dev: stopped what an earlier durapay dev left running on "
+                f"{self.home}: {', '.join(stopped)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _refuse_tls_to_the_embedded_server(self) -> None:
         """The embedded dev server speaks plaintext only: TLS or API-key settings (which
         production requires) are for an external Temporal, and against the embedded one every
         process would fail its handshake, so say so once, before starting anything."""
         s = self.settings
-        if s.temporal_address or not (s.temporal_tls_cert or s.temporal_tls_ca
-                                      or s.temporal_api_key):
+        if s.temporal_address or not (
+            s.temporal_tls_cert or s.temporal_tls_ca or s.temporal_api_key
+        ):
             return
         raise StackError(
             "DURAPAY_TEMPORAL_TLS_* / DURAPAY_TEMPORAL_API_KEY are set but TEMPORAL_ADDRESS is "
             "not: the embedded Temporal dev server has no TLS. Set TEMPORAL_ADDRESS to a "
             "Temporal that requires client certificates (docs/deployment.md), or unset them "
-            "for a development stack.")
+            "for a development stack."
+        )
 
     def _infrastructure(self) -> list[Child]:
         """The stateful services that are not external."""
@@ -155,8 +163,11 @@ class DevStack:
         children: list[Child] = []
         if not s.cardnet_url:
             children.append(
-                Child("cardnet", [python, "-m", "cardnet", "--port", str(s.cardnet_port)],
-                      self._cardnet_ready)
+                Child(
+                    "cardnet",
+                    [python, "-m", "cardnet", "--port", str(s.cardnet_port)],
+                    self._cardnet_ready,
+                )
             )
         for index in range(s.workers):
             children.append(self._worker(index))
@@ -164,8 +175,11 @@ class DevStack:
             children.append(Child("codec", [python, "-m", "api.codec_app"], self._codec_ready))
         children.append(
             # api.serve: uvicorn with the connection limits from settings.
-            Child("api", [python, "-m", "api.serve", "--host", s.api_host,
-                          "--port", str(s.api_port)], self._api_ready)
+            Child(
+                "api",
+                [python, "-m", "api.serve", "--host", s.api_host, "--port", str(s.api_port)],
+                self._api_ready,
+            )
         )
         return children
 
@@ -174,8 +188,13 @@ class DevStack:
         ids = run_as(postgres_data_dir(self.home)) if child.name == "postgres" else {}
         # Called from the event loop's thread (the signal follows the thread that forks).
         child.process = subprocess.Popen(
-            child.argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**self._child_env(), **child.env}, start_new_session=True, **ids,
+            child.argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**self._child_env(), **child.env},
+            start_new_session=True,
+            **ids,
             preexec_fn=self._on_launcher_death[child.name == "postgres"],
         )
         log_file.close()
@@ -190,8 +209,10 @@ class DevStack:
             if self._stopping.is_set():
                 return
             await asyncio.sleep(0.2)
-        raise StackError(f"{child.name} did not become healthy in {HEALTH_TIMEOUT_SECONDS:.0f} s; "
-                         f"see {self.logs / (child.name + '.log')}")
+        raise StackError(
+            f"{child.name} did not become healthy in {HEALTH_TIMEOUT_SECONDS:.0f} s; "
+            f"see {self.logs / (child.name + '.log')}"
+        )
 
     async def _supervise(self) -> int:
         while not self._stopping.is_set():
@@ -213,13 +234,21 @@ class DevStack:
         more than MAX_RESTARTS_PER_MINUTE times in a minute. A restart that dies or stays
         unhealthy counts as one more death on the next pass."""
         assert child.process is not None
-        print(f"\n!!! durapay dev: {child.name} exited with code {child.process.returncode}\n"
-              f"{self._death_report(child)}", file=sys.stderr, flush=True)
+        print(
+            f"\n!!! durapay dev: {child.name} exited with code {child.process.returncode}\n"
+            f"{self._death_report(child)}",
+            file=sys.stderr,
+            flush=True,
+        )
         now = time.monotonic()
         child.restarts = [t for t in child.restarts if now - t < 60] + [now]
         if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
-            print(f"!!! durapay dev: stopping the stack ({child.name} died "
-                  f"{len(child.restarts)} times in a minute)", file=sys.stderr, flush=True)
+            print(
+                f"!!! durapay dev: stopping the stack ({child.name} died "
+                f"{len(child.restarts)} times in a minute)",
+                file=sys.stderr,
+                flush=True,
+            )
             return False
         print(f"!!! durapay dev: restarting {child.name}", file=sys.stderr, flush=True)
         # Postgres backends outlive a killed postmaster for a moment, and a new postmaster
@@ -244,8 +273,9 @@ class DevStack:
         for child in reversed(self.children):
             if child.process is None or child.process.poll() is not None:
                 continue
-            child.process.send_signal(signal.SIGTERM if child.name != "postgres"
-                                      else signal.SIGINT)  # SIGINT = fast, clean shutdown
+            child.process.send_signal(
+                signal.SIGTERM if child.name != "postgres" else signal.SIGINT
+            )  # SIGINT = fast, clean shutdown
             try:
                 await asyncio.to_thread(child.process.wait, 15)
             except subprocess.TimeoutExpired:
@@ -263,15 +293,17 @@ class DevStack:
     def _child_env(self) -> dict[str, str]:
         s = self.settings
         env = dict(os.environ)
-        env.update({
-            "DURAPAY_HOME": str(self.home),
-            "DATABASE_URL": s.effective_database_url,
-            "TEMPORAL_ADDRESS": s.effective_temporal_address,
-            "DURAPAY_CARDNET_URL": s.effective_cardnet_url,
-            "DURAPAY_CARDNET_PORT": str(s.cardnet_port),
-            "DURAPAY_ADMIN_TOKEN": s.resolved_admin_token(),
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "DURAPAY_HOME": str(self.home),
+                "DATABASE_URL": s.effective_database_url,
+                "TEMPORAL_ADDRESS": s.effective_temporal_address,
+                "DURAPAY_CARDNET_URL": s.effective_cardnet_url,
+                "DURAPAY_CARDNET_PORT": str(s.cardnet_port),
+                "DURAPAY_ADMIN_TOKEN": s.resolved_admin_token(),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         # The local stack's webhook receivers run on this machine (loopback); an operator can
         # still say false. Production configurations never set it.
         env.setdefault("DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
@@ -280,24 +312,46 @@ class DevStack:
 
     def _postgres_argv(self) -> list[str]:
         try:
-            argv = postgres_argv(postgres_data_dir(self.home), self.settings.postgres_port,
-                                 password_file=self.settings.local_postgres_password_file)
+            argv = postgres_argv(
+                postgres_data_dir(self.home),
+                self.settings.postgres_port,
+                password_file=self.settings.local_postgres_password_file,
+            )
         except ClusterInitError as error:
             raise StackError(str(error)) from None
         if self.settings.postgres_track_statements:
-            argv += ["-c", "shared_preload_libraries=pg_stat_statements",
-                     "-c", "pg_stat_statements.track=all"]
+            argv += [
+                "-c",
+                "shared_preload_libraries=pg_stat_statements",
+                "-c",
+                "pg_stat_statements.track=all",
+            ]
         return argv
 
     def _temporal_argv(self) -> list[str]:
         s = self.settings
         temporal = shutil.which("temporal", path=str(Path(sys.executable).parent)) or "temporal"
-        argv = [temporal, "server", "start-dev", "--ip", "127.0.0.1",
-                "--port", str(s.temporal_port), "--ui-port", str(s.temporal_ui_port),
-                "--db-filename", str(self.home / "temporal.db"), "--log-level", "error",
-                "--ui-disable-news-fetch",
-                # Measured: WAL + synchronous=normal more than doubles throughput on SQLite.
-                "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal"]
+        argv = [
+            temporal,
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(s.temporal_port),
+            "--ui-port",
+            str(s.temporal_ui_port),
+            "--db-filename",
+            str(self.home / "temporal.db"),
+            "--log-level",
+            "error",
+            "--ui-disable-news-fetch",
+            # Measured: WAL + synchronous=normal more than doubles throughput on SQLite.
+            "--sqlite-pragma",
+            "journal_mode=wal",
+            "--sqlite-pragma",
+            "synchronous=normal",
+        ]
         if not self.production:
             # Payloads are encrypted (core/codec.py); the UI asks the codec listener to decode
             # them (the browser calls it: loopback, so no token is needed).
@@ -308,8 +362,7 @@ class DevStack:
         if not self.settings.database_url:
             conn = await asyncpg.connect(self.settings.local_postgres_url("postgres"))
             try:
-                exists = await conn.fetchval(
-                    "SELECT 1 FROM pg_database WHERE datname = 'durapay'")
+                exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'durapay'")
                 if not exists:
                     await conn.execute("CREATE DATABASE durapay")
             finally:
@@ -359,10 +412,12 @@ class DevStack:
         name = f"worker-{index + 1}"
         ready_file = self.home / "run" / f"{name}.ready"
         ready_file.parent.mkdir(parents=True, exist_ok=True)
-        child = Child(name, [sys.executable, "-m", "workers.main"],
-                      lambda: _wrote_pid(ready_file, child),
-                      env={"DURAPAY_WORKER_READY_FILE": str(ready_file),
-                           "DURAPAY_WORKER_INDEX": str(index)})
+        child = Child(
+            name,
+            [sys.executable, "-m", "workers.main"],
+            lambda: _wrote_pid(ready_file, child),
+            env={"DURAPAY_WORKER_READY_FILE": str(ready_file), "DURAPAY_WORKER_INDEX": str(index)},
+        )
         return child
 
     def worker_metrics_urls(self) -> dict[str, str]:
@@ -371,8 +426,10 @@ class DevStack:
         host = s.worker_metrics_host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # any address: loopback
         host = f"[{host}]" if ":" in host else host
-        return {f"worker-{index + 1}": f"http://{host}:{s.worker_metrics_port + index}/metrics"
-                for index in range(s.workers)}
+        return {
+            f"worker-{index + 1}": f"http://{host}:{s.worker_metrics_port + index}/metrics"
+            for index in range(s.workers)
+        }
 
     async def _api_ready(self) -> bool:
         return await self._get_ok(f"{self.api_url}/healthz")
@@ -393,7 +450,8 @@ class DevStack:
         path = self.logs / f"{child.name}.log"
         tail = path.read_text(errors="replace").splitlines()[-15:] if path.exists() else []
         return f"{child.name} died; last lines of {path}:\n" + "\n".join(
-            f"    {line}" for line in tail)
+            f"    {line}" for line in tail
+        )
 
     def _write_state(self) -> None:
         """Pids and URLs for tools and tests (e.g. a chaos run that kills one worker)."""
@@ -414,28 +472,41 @@ class DevStack:
 
     def _print_banner(self, merchant: dict[str, str] | None) -> None:
         s = self.settings
-        ui = (f"http://127.0.0.1:{s.temporal_ui_port}" if not s.temporal_address
-              else "(external Temporal)")
-        lines = ["", "Durapay is up.",
-                 f"  API             {self.api_url}",
-                 f"  API docs        {self.api_url}/docs",
-                 f"  Temporal Web UI {ui}",
-                 f"  Temporal gRPC   {s.effective_temporal_address}",
-                 f"  Card network    {s.effective_cardnet_url}",
-                 f"  API metrics     {self.api_url}/metrics  (with the admin token)",
-                 *(f"  {name:<15} {url}  (and /livez, /readyz)"
-                   for name, url in self.worker_metrics_urls().items()),
-                 f"  State dir       {self.home}"]
+        ui = (
+            f"http://127.0.0.1:{s.temporal_ui_port}"
+            if not s.temporal_address
+            else "(external Temporal)"
+        )
+        lines = [
+            "",
+            "Durapay is up.",
+            f"  API             {self.api_url}",
+            f"  API docs        {self.api_url}/docs",
+            f"  Temporal Web UI {ui}",
+            f"  Temporal gRPC   {s.effective_temporal_address}",
+            f"  Card network    {s.effective_cardnet_url}",
+            f"  API metrics     {self.api_url}/metrics  (with the admin token)",
+            *(
+                f"  {name:<15} {url}  (and /livez, /readyz)"
+                for name, url in self.worker_metrics_urls().items()
+            ),
+            f"  State dir       {self.home}",
+        ]
         if not self.production:  # a production token is the operator's, never printed
-            lines += [f"  Codec (Web UI)  {codec_url(s)}",
-                      f"  Admin token     {s.resolved_admin_token()}"]
+            lines += [
+                f"  Codec (Web UI)  {codec_url(s)}",
+                f"  Admin token     {s.resolved_admin_token()}",
+            ]
         if merchant is not None:
-            lines += ["", f"Demo merchant {merchant['id']} (also in "
-                          f"{self.home / DEMO_MERCHANT_FILE}):",
-                      f"  Public key      {merchant['publicKey']}",
-                      f"  Secret key      {merchant['secretKey']}",
-                      "", "Try: .venv/bin/durapay tour    (Ctrl-C stops everything; state "
-                          "survives a restart)"]
+            lines += [
+                "",
+                f"Demo merchant {merchant['id']} (also in {self.home / DEMO_MERCHANT_FILE}):",
+                f"  Public key      {merchant['publicKey']}",
+                f"  Secret key      {merchant['secretKey']}",
+                "",
+                "Try: .venv/bin/durapay tour    (Ctrl-C stops everything; state "
+                "survives a restart)",
+            ]
         else:
             lines += ["", "Ctrl-C stops everything; state survives a restart."]
         print("\n".join(lines) + "\n", flush=True)
@@ -451,5 +522,3 @@ async def _wrote_pid(path: Path, child: Child) -> bool:
         return child.process is not None and path.read_text().strip() == str(child.process.pid)
     except OSError:
         return False
-
-

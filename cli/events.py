@@ -46,18 +46,27 @@ def add_parser(commands: Any) -> None:
     events = commands.add_parser("events", help="operator: the event stream (CDC)")
     event_commands = events.add_subparsers(dest="events_command", required=True)
     stream = event_commands.add_parser("stream", help="deliver every committed event")
-    stream.add_argument("--sink", help="stdout (default), file:PATH, or kafka "
-                                       "(default when DURAPAY_KAFKA_BOOTSTRAP is set)")
+    stream.add_argument(
+        "--sink",
+        help="stdout (default), file:PATH, or kafka (default when DURAPAY_KAFKA_BOOTSTRAP is set)",
+    )
     start = stream.add_mutually_exclusive_group()
-    start.add_argument("--snapshot", action="store_true",
-                       help="a new slot first delivers every event committed before it "
-                            "(once: a restart streams on)")
-    start.add_argument("--rebuild", action="store_true",
-                       help="drop the slot and start over with --snapshot (a sink that lost "
-                            "its data)")
-    start.add_argument("--from-cursor", metavar="CURSOR",
-                       help="deliver only events after this cursor (the last one the sink "
-                            "holds)")
+    start.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="a new slot first delivers every event committed before it "
+        "(once: a restart streams on)",
+    )
+    start.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="drop the slot and start over with --snapshot (a sink that lost its data)",
+    )
+    start.add_argument(
+        "--from-cursor",
+        metavar="CURSOR",
+        help="deliver only events after this cursor (the last one the sink holds)",
+    )
     stream.add_argument("--slot", help="replication slot (default DURAPAY_EVENT_STREAM_SLOT)")
     stream.add_argument("--batch", type=int, default=500, help="messages per read")
     event_commands.add_parser("status", help="replication slots and their WAL lag")
@@ -74,8 +83,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"durapay: {error}", file=sys.stderr)
             return EXIT_REFUSED
-        return asyncio.run(stream(settings, slot, sink_name(settings, args.sink), batch=args.batch,
-                                  snapshot=args.snapshot, rebuild=args.rebuild, after=after))
+        return asyncio.run(
+            stream(
+                settings,
+                slot,
+                sink_name(settings, args.sink),
+                batch=args.batch,
+                snapshot=args.snapshot,
+                rebuild=args.rebuild,
+                after=after,
+            )
+        )
     if args.events_command == "status":
         return asyncio.run(status(settings))
     return asyncio.run(drop_slot(settings, slot))
@@ -107,8 +125,16 @@ async def _connect(settings: Settings, *, replication_mode: bool = False) -> asy
     return await asyncpg.connect(url, server_settings=server_settings)
 
 
-async def stream(settings: Settings, slot: str, sink_choice: str, *, batch: int,
-                 snapshot: bool, rebuild: bool, after: replication.Cursor | None) -> int:
+async def stream(
+    settings: Settings,
+    slot: str,
+    sink_choice: str,
+    *,
+    batch: int,
+    snapshot: bool,
+    rebuild: bool,
+    after: replication.Cursor | None,
+) -> int:
     sink = open_sink(settings, sink_choice)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,15 +143,25 @@ async def stream(settings: Settings, slot: str, sink_choice: str, *, batch: int,
 
     def slot_created() -> None:
         if not (snapshot or rebuild):
-            print(f"durapay: created replication slot {slot}: events committed from now on "
-                  "are streamed (--snapshot also delivers the ones before)", file=sys.stderr)
+            print(
+                f"durapay: created replication slot {slot}: events committed from now on "
+                "are streamed (--snapshot also delivers the ones before)",
+                file=sys.stderr,
+            )
 
     try:
         stats = await stream_until_stopped(
-            lambda: _connect(settings), sink, stop, slot=slot, batch=batch, snapshot=snapshot,
-            rebuild=rebuild, after=after,
+            lambda: _connect(settings),
+            sink,
+            stop,
+            slot=slot,
+            batch=batch,
+            snapshot=snapshot,
+            rebuild=rebuild,
+            after=after,
             connect_replication=lambda: _connect(settings, replication_mode=True),
-            on_slot_created=slot_created)
+            on_slot_created=slot_created,
+        )
     except replication.SlotLost as error:
         print(f"durapay: {error}", file=sys.stderr)
         return EXIT_SLOT_LOST
@@ -134,10 +170,12 @@ async def stream(settings: Settings, slot: str, sink_choice: str, *, batch: int,
         return EXIT_REFUSED
     finally:
         await sink.close()
-    print(f"durapay: events stream stopped: {stats.snapshot} copied, {stats.streamed} "
-          f"streamed in {stats.transactions} transactions, slot {slot} at "
-          f"{replication.int_to_lsn(stats.confirmed_lsn)}, last cursor {stats.last_cursor}",
-          file=sys.stderr)
+    print(
+        f"durapay: events stream stopped: {stats.snapshot} copied, {stats.streamed} "
+        f"streamed in {stats.transactions} transactions, slot {slot} at "
+        f"{replication.int_to_lsn(stats.confirmed_lsn)}, last cursor {stats.last_cursor}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -153,16 +191,22 @@ async def status(settings: Settings) -> int:
         print("no logical replication slots (no event stream consumer has run)")
     for s in slots:
         if s.wal_status == "lost":
-            print(f"{s.slot}: LOST (the server removed WAL it had not confirmed), last cursor "
-                  f"{cursors[s.slot]}: rebuild with durapay events stream --slot {s.slot} "
-                  "--rebuild")
+            print(
+                f"{s.slot}: LOST (the server removed WAL it had not confirmed), last cursor "
+                f"{cursors[s.slot]}: rebuild with durapay events stream --slot {s.slot} "
+                "--rebuild"
+            )
             continue
-        print(f"{s.slot}: {'consumer running' if s.consumer else 'no consumer'}, confirmed "
-              f"{replication.int_to_lsn(s.confirmed_lsn)}, lag {s.lag_bytes} bytes, "
-              f"wal {s.wal_status}, last cursor {cursors[s.slot]}")
+        print(
+            f"{s.slot}: {'consumer running' if s.consumer else 'no consumer'}, confirmed "
+            f"{replication.int_to_lsn(s.confirmed_lsn)}, lag {s.lag_bytes} bytes, "
+            f"wal {s.wal_status}, last cursor {cursors[s.slot]}"
+        )
     if slots and unlimited:
-        print("warning: max_slot_wal_keep_size is -1 (unlimited): a stalled consumer's slot "
-              "can fill the database's disk; set a limit (e.g. 10GB)")
+        print(
+            "warning: max_slot_wal_keep_size is -1 (unlimited): a stalled consumer's slot "
+            "can fill the database's disk; set a limit (e.g. 10GB)"
+        )
     return 0
 
 

@@ -36,12 +36,19 @@ class ApiUnreachable(Refused):
             f"no answer from the API at {url} ({_first_line(error) or type(error).__name__}): "
             "is `durapay dev` running? Otherwise point the command at the API with --api-url, "
             "DURAPAY_API_URL or the profile's api_url (the local stack's port: "
-            "DURAPAY_API_PORT)")
+            "DURAPAY_API_PORT)"
+        )
 
 
 API_CONNECTION_ERRORS = (httpx.TransportError, APIConnectionError)
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, DBAPIError,
-                   InterfaceError, OperationalError)
+DATABASE_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+)
 
 
 def describe(error: BaseException, *, settings: Settings | None) -> str | None:
@@ -52,8 +59,10 @@ def describe(error: BaseException, *, settings: Settings | None) -> str | None:
     if isinstance(error, DurapayError):  # the API's error object: HTTP status, code, message
         return str(error)
     if _is_temporal_unreachable(error) and settings is not None:
-        return (f"cannot reach Temporal at {settings.effective_temporal_address} "
-                f"({_first_line(error)}): is `durapay dev` running? (Or set TEMPORAL_ADDRESS.)")
+        return (
+            f"cannot reach Temporal at {settings.effective_temporal_address} "
+            f"({_first_line(error)}): is `durapay dev` running? (Or set TEMPORAL_ADDRESS.)"
+        )
     if isinstance(error, RPCError):
         return f"Temporal refused the request: {error.status.name}: {_first_line(error)}"
     if isinstance(error, DATABASE_ERRORS) and settings is not None:
@@ -61,12 +70,16 @@ def describe(error: BaseException, *, settings: Settings | None) -> str | None:
         if isinstance(cause, asyncpg.UndefinedTableError):
             fix = "apply the migrations: `durapay migrate`"
         elif isinstance(cause, OSError | asyncpg.InvalidPasswordError | asyncpg.InterfaceError):
-            fix = ("is `durapay dev` running, with the same DURAPAY_HOME and "
-                   "DURAPAY_POSTGRES_PORT? (Or set DATABASE_URL.)")
+            fix = (
+                "is `durapay dev` running, with the same DURAPAY_HOME and "
+                "DURAPAY_POSTGRES_PORT? (Or set DATABASE_URL.)"
+            )
         else:
             fix = "the database refused it"
-        return (f"cannot use the database at {_database(settings)} ({type(cause).__name__}: "
-                f"{_first_line(cause)}): {fix}")
+        return (
+            f"cannot use the database at {_database(settings)} ({type(cause).__name__}: "
+            f"{_first_line(cause)}): {fix}"
+        )
     return None
 
 

@@ -55,13 +55,26 @@ def postgres_argv(data: Path, port: int, *, password_file: Path) -> list[str]:
     elif read_secret(password_file) is None:
         set_password(data, password_file)
     # TCP on loopback only; no unix socket, whose path length limit a deep state dir breaks.
-    return [str(postgres_bin_dir() / "postgres"), "-D", str(data), "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-            "-c", "max_connections=200",
-            # The event stream reads the WAL through a logical replication slot. A slot whose
-            # consumer stalls keeps WAL; past this much it is dropped rather than fill the disk
-            # (the consumer then rebuilds with `durapay events stream --rebuild`).
-            "-c", "wal_level=logical", "-c", "max_slot_wal_keep_size=1GB"]
+    return [
+        str(postgres_bin_dir() / "postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(port),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "max_connections=200",
+        # The event stream reads the WAL through a logical replication slot. A slot whose
+        # consumer stalls keeps WAL; past this much it is dropped rather than fill the disk
+        # (the consumer then rebuilds with `durapay events stream --rebuild`).
+        "-c",
+        "wal_level=logical",
+        "-c",
+        "max_slot_wal_keep_size=1GB",
+    ]
 
 
 def initialize_cluster(data: Path, password_file: Path) -> None:
@@ -77,9 +90,22 @@ def initialize_cluster(data: Path, password_file: Path) -> None:
         for path in (Path(scratch), pwfile):
             os.chown(path, ids.get("user", -1), ids.get("group", -1))
         initdb = subprocess.run(
-            [str(postgres_bin_dir() / "initdb"), "-D", str(data), "-U", "postgres",
-             f"--auth={AUTH_METHOD}", f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, **ids,
+            [
+                str(postgres_bin_dir() / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                f"--auth={AUTH_METHOD}",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            check=False,
+            **ids,
         )
     if initdb.returncode != 0:
         shutil.rmtree(data, ignore_errors=True)  # a half-made cluster would block retries
@@ -93,16 +119,31 @@ def set_password(data: Path, password_file: Path) -> None:
     The server must not be running (single-user mode takes the data dir for itself)."""
     password = secrets.token_urlsafe(32)  # URL-safe alphabet: nothing to quote in SQL
     single = subprocess.run(
-        [str(postgres_bin_dir() / "postgres"), "--single", "-D", str(data),
-         "-c", "listen_addresses=", "-c", "unix_socket_directories=",
-         "-c", f"password_encryption={AUTH_METHOD}", "postgres"],
+        [
+            str(postgres_bin_dir() / "postgres"),
+            "--single",
+            "-D",
+            str(data),
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            f"password_encryption={AUTH_METHOD}",
+            "postgres",
+        ],
         input=f"ALTER ROLE postgres PASSWORD '{password}';\n".encode(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, **run_as(data),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        check=False,
+        **run_as(data),
     )
     errors = single.stderr.decode(errors="replace")
     if single.returncode != 0 or "ERROR:" in errors or "FATAL:" in errors:
-        raise ClusterInitError(f"could not set the password of the PostgreSQL cluster in {data} "
-                               f"(is a server still running on it?): {errors[-2000:]}")
+        raise ClusterInitError(
+            f"could not set the password of the PostgreSQL cluster in {data} "
+            f"(is a server still running on it?): {errors[-2000:]}"
+        )
     # Written in place, so the file keeps the owner and mode the server's user needs.
     with open(data / "pg_hba.conf", "w") as hba:
         hba.write(PG_HBA)

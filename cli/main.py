@@ -93,28 +93,37 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="durapay", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="durapay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"durapay {package_version()}")
-    parser.add_argument("--traceback", action="store_true",
-                        help="on a failure, show the Python traceback too")
+    parser.add_argument(
+        "--traceback", action="store_true", help="on a failure, show the Python traceback too"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("dev", help="start the whole local stack")
     commands.add_parser("migrate", help="apply database migrations")
     merchant = commands.add_parser("merchant", help="operator: merchants")
     merchant_commands = merchant.add_subparsers(dest="merchant_command", required=True)
     create = merchant_commands.add_parser(
-        "create", help="onboard a merchant (admin token: DURAPAY_ADMIN_TOKEN, else the local "
-                       "stack's)")
+        "create",
+        help="onboard a merchant (admin token: DURAPAY_ADMIN_TOKEN, else the local stack's)",
+    )
     create.add_argument("name")
-    create.add_argument("--api-url", help="the API to onboard it on (default: DURAPAY_API_URL, "
-                                          "else the local stack's)")
-    create.add_argument("--save-profile", metavar="PROFILE",
-                        help="also keep its keys (and the API URL) as this profile")
+    create.add_argument(
+        "--api-url",
+        help="the API to onboard it on (default: DURAPAY_API_URL, else the local stack's)",
+    )
+    create.add_argument(
+        "--save-profile",
+        metavar="PROFILE",
+        help="also keep its keys (and the API URL) as this profile",
+    )
     signed_requests.add_parsers(commands)
     profiles.add_parser(commands)
     tour = commands.add_parser(
-        "tour", help="create a PaymentIntent and charge test card 4242, as a merchant")
+        "tour", help="create a PaymentIntent and charge test card 4242, as a merchant"
+    )
     add_key_arguments(tour)
     reconcile.add_parser(commands)
     review.add_parser(commands)
@@ -140,8 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if args.traceback:
             raise
-        line = str(error) if isinstance(error, SELF_EXPLAINED) else \
-            describe(error, settings=settings.loaded) or unexpected(error)
+        line = (
+            str(error)
+            if isinstance(error, SELF_EXPLAINED)
+            else describe(error, settings=settings.loaded) or unexpected(error)
+        )
         print(f"durapay: {line}", file=sys.stderr)
         if args.command in TEMPORAL_COMMANDS:
             exit_without_finalizing(EXIT_FAILED)
@@ -196,11 +208,20 @@ async def _create_merchant(args: argparse.Namespace, settings: Settings) -> int:
     merchant = await create_merchant(settings, args.name, url)
     print(json.dumps(merchant, indent=2))
     if args.save_profile:
-        path = profiles.save_profile(profiles.Profile(
-            name=args.save_profile, public_key=merchant["publicKey"],
-            secret_key=merchant["secretKey"], api_url=url, merchant_id=merchant.get("id")))
-        print(f"durapay: saved as profile {args.save_profile} in {path}: use it with "
-              f"--profile {args.save_profile}", file=sys.stderr)
+        path = profiles.save_profile(
+            profiles.Profile(
+                name=args.save_profile,
+                public_key=merchant["publicKey"],
+                secret_key=merchant["secretKey"],
+                api_url=url,
+                merchant_id=merchant.get("id"),
+            )
+        )
+        print(
+            f"durapay: saved as profile {args.save_profile} in {path}: use it with "
+            f"--profile {args.save_profile}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -215,13 +236,15 @@ async def _tour(args: argparse.Namespace, load_settings: SettingsLoader) -> int:
 
 async def _tour_steps(durapay: Durapay) -> int:
     intent = await durapay.payment_intents.create(
-        amount_in_cents=2499, currency="usd", description="Order#1234",
-        metadata={"orderId": "1234"})
+        amount_in_cents=2499, currency="usd", description="Order#1234", metadata={"orderId": "1234"}
+    )
     print(f"POST /payment-intents -> {intent.id} status={intent.status}")
     charge = f"POST /payment-intents/{intent.id}/transactions"
     try:
-        txn = await durapay.payment_intents.charge(intent.id, card={
-            "number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"})
+        txn = await durapay.payment_intents.charge(
+            intent.id,
+            card={"number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"},
+        )
     except CardError as declined:
         print(f"{charge} -> declined ({declined.decline_code})")
     except DurapayError as error:
@@ -230,8 +253,10 @@ async def _tour_steps(durapay: Durapay) -> int:
         last4 = txn.card.last4 if txn.card else None
         print(f"{charge} -> {txn.id} status={txn.status} card=…{last4}")
     final = await durapay.payment_intents.retrieve(intent.id)
-    print(f"GET /payment-intents/{intent.id} -> status={final.status} "
-          f"amountReceived={final.amount_received}")
+    print(
+        f"GET /payment-intents/{intent.id} -> status={final.status} "
+        f"amountReceived={final.amount_received}"
+    )
     events = await durapay.payment_intents.list_events(intent.id)
     print("events: " + " -> ".join(e.type for e in events))
     return 0 if final.status == "succeeded" else 1

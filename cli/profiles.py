@@ -55,8 +55,9 @@ class Profile:
     merchant_id: str | None = None
 
     def __repr__(self) -> str:  # never the secret key
-        return f"Profile(name={self.name!r}, public_key={self.public_key!r}, " \
-               f"api_url={self.api_url!r})"
+        return (
+            f"Profile(name={self.name!r}, public_key={self.public_key!r}, api_url={self.api_url!r})"
+        )
 
 
 def profiles_path() -> Path:
@@ -66,8 +67,7 @@ def profiles_path() -> Path:
 
 def check_name(name: str) -> str:
     if not PROFILE_NAME.fullmatch(name):
-        raise ProfileError(f"profile name {name!r} is not allowed: use 1 to 64 of "
-                           "[A-Za-z0-9_-]")
+        raise ProfileError(f"profile name {name!r} is not allowed: use 1 to 64 of [A-Za-z0-9_-]")
     return name
 
 
@@ -83,13 +83,19 @@ def load_profiles(path: Path | None = None) -> dict[str, Profile]:
     profiles: dict[str, Profile] = {}
     for name, fields in (document.get("profiles") or {}).items():
         if not isinstance(fields, dict) or not all(
-                isinstance(fields.get(k), str) for k in ("public_key", "secret_key")):
-            raise ProfileError(f"profile {name!r} in {path} needs public_key and secret_key "
-                               "strings: fix it, or `durapay profile add` it again")
-        profiles[name] = Profile(name=name, public_key=fields["public_key"],
-                                 secret_key=fields["secret_key"],
-                                 api_url=_optional_str(fields.get("api_url")),
-                                 merchant_id=_optional_str(fields.get("merchant_id")))
+            isinstance(fields.get(k), str) for k in ("public_key", "secret_key")
+        ):
+            raise ProfileError(
+                f"profile {name!r} in {path} needs public_key and secret_key "
+                "strings: fix it, or `durapay profile add` it again"
+            )
+        profiles[name] = Profile(
+            name=name,
+            public_key=fields["public_key"],
+            secret_key=fields["secret_key"],
+            api_url=_optional_str(fields.get("api_url")),
+            merchant_id=_optional_str(fields.get("merchant_id")),
+        )
     return profiles
 
 
@@ -98,9 +104,11 @@ def find_profile(name: str, path: Path | None = None) -> Profile:
     profiles = load_profiles(path)
     if name not in profiles:
         known = ", ".join(sorted(profiles)) or "none yet"
-        raise ProfileError(f"no profile {name!r} in {path} (profiles: {known}): add it with "
-                           f"`durapay profile add {name}` or `durapay merchant create NAME "
-                           f"--save-profile {name}`")
+        raise ProfileError(
+            f"no profile {name!r} in {path} (profiles: {known}): add it with "
+            f"`durapay profile add {name}` or `durapay merchant create NAME "
+            f"--save-profile {name}`"
+        )
     return profiles[name]
 
 
@@ -124,8 +132,10 @@ def remove_profile(name: str, path: Path | None = None) -> bool:
 
 
 def _render(profiles: dict[str, Profile]) -> str:
-    lines = ["# Durapay merchant profiles (`durapay profile`); holds secret keys: keep it 0600.",
-             ""]
+    lines = [
+        "# Durapay merchant profiles (`durapay profile`); holds secret keys: keep it 0600.",
+        "",
+    ]
     for profile in sorted(profiles.values(), key=lambda p: p.name):
         lines.append(f"[profiles.{profile.name}]")
         for field in ("api_url", "merchant_id", "public_key", "secret_key"):
@@ -148,17 +158,25 @@ def _optional_str(value: Any) -> str | None:
 
 # ---- `durapay profile` ---------------------------------------------------------------------
 def add_parser(commands: Any) -> None:
-    profile = commands.add_parser("profile", help="merchant profiles for request/sign/tour",
-                                  description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    profile = commands.add_parser(
+        "profile",
+        help="merchant profiles for request/sign/tour",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     actions = profile.add_subparsers(dest="profile_command", required=True)
     add = actions.add_parser("add", help="save a merchant's keys under a name")
     add.add_argument("name")
-    add.add_argument("--api-url", help=f"the merchant API's URL (default: {API_URL_ENV}, else "
-                                       "the local stack's when used)")
+    add.add_argument(
+        "--api-url",
+        help=f"the merchant API's URL (default: {API_URL_ENV}, else the local stack's when used)",
+    )
     add.add_argument("--public-key", help=f"pk_… (default: {PUBLIC_KEY_ENV})")
-    add.add_argument("--secret-key", help=f"sk_… (default: {SECRET_KEY_ENV}, else asked for "
-                                          "on stdin; a flag shows in the process list)")
+    add.add_argument(
+        "--secret-key",
+        help=f"sk_… (default: {SECRET_KEY_ENV}, else asked for "
+        "on stdin; a flag shows in the process list)",
+    )
     add.add_argument("--merchant-id", help="mer_… (for your reference)")
     actions.add_parser("list", help="profile names, API URLs and public keys")
     remove = actions.add_parser("remove", help="forget a profile")
@@ -172,8 +190,9 @@ def run(args: argparse.Namespace) -> int:
         if not profiles:
             print(f"no profiles in {path}")
         for profile in sorted(profiles.values(), key=lambda p: p.name):
-            print(f"{profile.name:<20} {profile.public_key:<40} "
-                  f"{profile.api_url or '(local stack)'}")
+            print(
+                f"{profile.name:<20} {profile.public_key:<40} {profile.api_url or '(local stack)'}"
+            )
         return 0
     if args.profile_command == "remove":
         if not remove_profile(args.name):
@@ -183,12 +202,19 @@ def run(args: argparse.Namespace) -> int:
     check_name(args.name)
     public_key = args.public_key or os.environ.get(PUBLIC_KEY_ENV)
     if not public_key:
-        raise ProfileError(f"profile add needs the merchant's public key: --public-key pk_… or "
-                           f"{PUBLIC_KEY_ENV}")
+        raise ProfileError(
+            f"profile add needs the merchant's public key: --public-key pk_… or {PUBLIC_KEY_ENV}"
+        )
     secret_key = args.secret_key or os.environ.get(SECRET_KEY_ENV) or _ask_secret_key()
-    path = save_profile(Profile(name=args.name, public_key=public_key, secret_key=secret_key,
-                                api_url=args.api_url or os.environ.get(API_URL_ENV),
-                                merchant_id=args.merchant_id))
+    path = save_profile(
+        Profile(
+            name=args.name,
+            public_key=public_key,
+            secret_key=secret_key,
+            api_url=args.api_url or os.environ.get(API_URL_ENV),
+            merchant_id=args.merchant_id,
+        )
+    )
     print(f"saved profile {args.name} ({public_key}) in {path}")
     return 0
 
@@ -200,6 +226,8 @@ def _ask_secret_key() -> str:
         secret = sys.stdin.readline()
     secret = secret.strip()
     if not secret:
-        raise ProfileError(f"profile add needs the merchant's secret key: {SECRET_KEY_ENV}, "
-                           "--secret-key, or typed when asked")
+        raise ProfileError(
+            f"profile add needs the merchant's secret key: {SECRET_KEY_ENV}, "
+            "--secret-key, or typed when asked"
+        )
     return secret

@@ -48,19 +48,24 @@ RESOLVE_HINT = "resolve with: durapay reconcile resolve ID --note '…'"
 
 def add_parser(commands: Any) -> None:
     reconcile = commands.add_parser(
-        "reconcile", help="compare our transactions with the network's ledger now; "
-                          "list and resolve open discrepancies",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    reconcile.add_argument("--window-seconds", type=int, default=None,
-                           help="how far back to look (default: "
-                                "DURAPAY_RECONCILE_SWEEP_WINDOW_SECONDS)")
+        "reconcile",
+        help="compare our transactions with the network's ledger now; "
+        "list and resolve open discrepancies",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    reconcile.add_argument(
+        "--window-seconds",
+        type=int,
+        default=None,
+        help="how far back to look (default: DURAPAY_RECONCILE_SWEEP_WINDOW_SECONDS)",
+    )
     # No subcommand: sweep now.
     items = reconcile.add_subparsers(dest="reconcile_command", metavar="{list,resolve}")
     items.add_parser("list", help="open discrepancies, oldest first (exit 2 if any)")
     resolve = items.add_parser("resolve", help="resolve one open discrepancy")
     resolve.add_argument("discrepancy_id", help="the item's id (rcd_…), from `list`")
-    resolve.add_argument("--note", required=True, help="what was done about it, or why it "
-                                                       "stands")
+    resolve.add_argument("--note", required=True, help="what was done about it, or why it stands")
 
 
 def run(settings: Settings, request: argparse.Namespace | int | None) -> NoReturn:
@@ -77,8 +82,9 @@ def run(settings: Settings, request: argparse.Namespace | int | None) -> NoRetur
     exit_without_finalizing(code)
 
 
-async def reconcile(settings: Settings, window_seconds: int | None,
-                    out: TextIO = sys.stdout) -> int:
+async def reconcile(
+    settings: Settings, window_seconds: int | None, out: TextIO = sys.stdout
+) -> int:
     # Imported here: the Temporal SDK and the workflow modules would slow every other command.
     from temporalio.client import WorkflowFailureError
     from temporalio.service import RPCError
@@ -86,8 +92,9 @@ async def reconcile(settings: Settings, window_seconds: int | None,
     from core.reconciliation import SweepTrigger
     from workflows.reconciliation import ReconciliationSweepInput, ReconciliationSweepWorkflow
 
-    window = window_seconds if window_seconds is not None \
-        else settings.reconcile_sweep_window_seconds
+    window = (
+        window_seconds if window_seconds is not None else settings.reconcile_sweep_window_seconds
+    )
     if window <= 0:
         print("durapay: --window-seconds must be positive", file=sys.stderr)
         return EXIT_FAILED
@@ -95,13 +102,19 @@ async def reconcile(settings: Settings, window_seconds: int | None,
         client = await connect_temporal(settings)
         result = await client.execute_workflow(
             ReconciliationSweepWorkflow.run,
-            ReconciliationSweepInput(window, SweepTrigger.MANUAL,
-                                     settings.reconcile_stuck_after_seconds),
+            ReconciliationSweepInput(
+                window, SweepTrigger.MANUAL, settings.reconcile_stuck_after_seconds
+            ),
             id=f"durapay-reconciliation-manual-{uuid.uuid4().hex[:12]}",
-            task_queue=settings.task_queue, execution_timeout=SWEEP_TIMEOUT)
+            task_queue=settings.task_queue,
+            execution_timeout=SWEEP_TIMEOUT,
+        )
     except (RPCError, RuntimeError) as error:
-        print(f"durapay: cannot reach Temporal at {settings.effective_temporal_address} "
-              f"({error}); is `durapay dev` running?", file=sys.stderr)
+        print(
+            f"durapay: cannot reach Temporal at {settings.effective_temporal_address} "
+            f"({error}); is `durapay dev` running?",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     except WorkflowFailureError as error:
         print(f"durapay: the reconciliation sweep failed: {error.cause}", file=sys.stderr)
@@ -112,12 +125,18 @@ async def reconcile(settings: Settings, window_seconds: int | None,
 
 def print_report(result: ReconciliationSweepResult, out: TextIO) -> None:
     counts = result.counts
-    print(f"reconciliation {result.run_id} ({result.trigger.value}) "
-          f"window {rfc3339(result.window_start)} .. {rfc3339(result.window_end)}", file=out)
-    print(f"checked {counts.transactions_checked} transactions and "
-          f"{counts.ledger_entries_checked} ledger entries; {counts.in_flight} in flight; "
-          f"{counts.discrepancies} discrepancies ({counts.newly_opened} newly opened, "
-          f"{counts.still_open} still open); {counts.cleared} cleared", file=out)
+    print(
+        f"reconciliation {result.run_id} ({result.trigger.value}) "
+        f"window {rfc3339(result.window_start)} .. {rfc3339(result.window_end)}",
+        file=out,
+    )
+    print(
+        f"checked {counts.transactions_checked} transactions and "
+        f"{counts.ledger_entries_checked} ledger entries; {counts.in_flight} in flight; "
+        f"{counts.discrepancies} discrepancies ({counts.newly_opened} newly opened, "
+        f"{counts.still_open} still open); {counts.cleared} cleared",
+        file=out,
+    )
     if not result.discrepancies:
         print("no discrepancies", file=out)
         return
@@ -129,8 +148,7 @@ def print_report(result: ReconciliationSweepResult, out: TextIO) -> None:
     print(RESOLVE_HINT, file=out)
 
 
-async def run_items(args: argparse.Namespace, settings: Settings,
-                    out: TextIO = sys.stdout) -> int:
+async def run_items(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
     """`list` and `resolve`: straight to the database, no Temporal needed."""
     if args.reconcile_command == "list":
         return await list_discrepancies(settings, out)
@@ -156,8 +174,9 @@ async def list_discrepancies(settings: Settings, out: TextIO = sys.stdout) -> in
     return EXIT_DISCREPANCIES  # like a sweep that finds some: a cron job or alert can notice
 
 
-async def resolve(settings: Settings, discrepancy_id: str, note: str,
-                  out: TextIO = sys.stdout) -> int:
+async def resolve(
+    settings: Settings, discrepancy_id: str, note: str, out: TextIO = sys.stdout
+) -> int:
     from core.db.discrepancies import resolve_discrepancy
     from core.db.session import create_engine, session_factory
 
@@ -176,37 +195,57 @@ async def resolve(settings: Settings, discrepancy_id: str, note: str,
         return EXIT_FAILED
     if not outcome.resolved:
         when = rfc3339(item.resolved_at) if item.resolved_at else "?"
-        print(f"durapay reconcile: {discrepancy_id} was already resolved at {when}: "
-              f"{item.resolution_note}", file=sys.stderr)
+        print(
+            f"durapay reconcile: {discrepancy_id} was already resolved at {when}: "
+            f"{item.resolution_note}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
-    print(f"{discrepancy_id} resolved ({item.kind} {item.network_reference}): "
-          f"{item.resolution_note}", file=out)
+    print(
+        f"{discrepancy_id} resolved ({item.kind} {item.network_reference}): {item.resolution_note}",
+        file=out,
+    )
     return EXIT_CLEAN
 
 
 def _print_table(rows: list[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-              .rstrip(), file=out)
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(),
+            file=out,
+        )
 
 
 def _row(found: Discrepancy) -> tuple[str, ...]:
     ours = _side(found.our_status, found.our_amount_in_cents, found.currency)
-    network = _side(found.network_status, found.network_amount_in_cents,
-                    found.network_currency)
-    return (found.discrepancy_id or "-", "new" if found.newly_opened else "open", found.kind,
-            found.network_reference, found.payment_intent_id or "-", ours, network)
+    network = _side(found.network_status, found.network_amount_in_cents, found.network_currency)
+    return (
+        found.discrepancy_id or "-",
+        "new" if found.newly_opened else "open",
+        found.kind,
+        found.network_reference,
+        found.payment_intent_id or "-",
+        ours,
+        network,
+    )
 
 
 def _open_row(item: ReconciliationDiscrepancy, now: datetime) -> tuple[str, ...]:
     ours = _side(item.our_status, item.our_amount_in_cents, item.currency)
     network = _side(item.network_status, item.network_amount_in_cents, item.network_currency)
     hours = (now - item.created_at).total_seconds() / 3600
-    detail = json.dumps(item.detail, sort_keys=True, separators=(",", ":")) if item.detail \
-        else "-"
-    return (item.id, item.kind, item.network_reference, item.payment_intent_id or "-", ours,
-            network, f"{hours:.1f} h", detail)
+    detail = json.dumps(item.detail, sort_keys=True, separators=(",", ":")) if item.detail else "-"
+    return (
+        item.id,
+        item.kind,
+        item.network_reference,
+        item.payment_intent_id or "-",
+        ours,
+        network,
+        f"{hours:.1f} h",
+        detail,
+    )
 
 
 def _side(status: str | None, amount: int | None, currency: str | None) -> str:

@@ -47,16 +47,19 @@ def add_parser(commands: Any) -> None:
     review_commands.add_parser("list", help="open manual reviews, oldest first")
     resolve = review_commands.add_parser("resolve", help="record the network's verdict")
     resolve.add_argument("payment_intent_id")
-    resolve.add_argument("--outcome", choices=sorted(OUTCOMES), required=True,
-                         help="approved: the network charged the card; failed: it did not")
+    resolve.add_argument(
+        "--outcome",
+        choices=sorted(OUTCOMES),
+        required=True,
+        help="approved: the network charged the card; failed: it did not",
+    )
     resolve.add_argument("--note", required=True, help="how the verdict was confirmed")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.review_command == "list":
         return await list_reviews(settings)
-    return await resolve_review(settings, args.payment_intent_id, OUTCOMES[args.outcome],
-                                args.note)
+    return await resolve_review(settings, args.payment_intent_id, OUTCOMES[args.outcome], args.note)
 
 
 async def open_reviews(settings: Settings) -> list[dict[str, Any]]:
@@ -66,15 +69,31 @@ async def open_reviews(settings: Settings) -> list[dict[str, Any]]:
     engine = create_engine(settings.effective_database_url, pool_size=1)
     try:
         async with session_factory(engine)() as session:
-            intents = (await session.execute(
-                select(PaymentIntent)
-                .where(col(PaymentIntent.manual_review_since).isnot(None),
-                       col(PaymentIntent.manual_review_resolved_at).is_(None))
-                .order_by(col(PaymentIntent.manual_review_since)))).scalars().all()
-            transactions = (await session.execute(
-                select(Transaction).where(col(Transaction.payment_intent_id).in_(
-                    [i.id for i in intents]))
-                .order_by(col(Transaction.created_at), col(Transaction.id)))).scalars().all()
+            intents = (
+                (
+                    await session.execute(
+                        select(PaymentIntent)
+                        .where(
+                            col(PaymentIntent.manual_review_since).isnot(None),
+                            col(PaymentIntent.manual_review_resolved_at).is_(None),
+                        )
+                        .order_by(col(PaymentIntent.manual_review_since))
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            transactions = (
+                (
+                    await session.execute(
+                        select(Transaction)
+                        .where(col(Transaction.payment_intent_id).in_([i.id for i in intents]))
+                        .order_by(col(Transaction.created_at), col(Transaction.id))
+                    )
+                )
+                .scalars()
+                .all()
+            )
     finally:
         await engine.dispose()
     reviews = []
@@ -82,13 +101,18 @@ async def open_reviews(settings: Settings) -> list[dict[str, Any]]:
         own = [t for t in transactions if t.payment_intent_id == intent.id]
         unsettled = [t for t in own if t.status in UNKNOWN_STATUSES]
         txn = (unsettled or own or [None])[-1]
-        reviews.append({
-            "paymentIntentId": intent.id, "merchantId": intent.merchant_id,
-            "amountInCents": txn.amount_in_cents if txn else intent.amount_in_cents,
-            "currency": intent.currency, "transactionId": txn.id if txn else None,
-            "transactionStatus": txn.status if txn else None,
-            "networkReference": txn.network_reference if txn else "-",
-            "since": intent.manual_review_since})
+        reviews.append(
+            {
+                "paymentIntentId": intent.id,
+                "merchantId": intent.merchant_id,
+                "amountInCents": txn.amount_in_cents if txn else intent.amount_in_cents,
+                "currency": intent.currency,
+                "transactionId": txn.id if txn else None,
+                "transactionStatus": txn.status if txn else None,
+                "networkReference": txn.network_reference if txn else "-",
+                "since": intent.manual_review_since,
+            }
+        )
     return reviews
 
 
@@ -98,21 +122,27 @@ async def list_reviews(settings: Settings) -> int:
         print("no open manual reviews")
         return 0
     now = datetime.now(UTC)
-    print(f"{'payment intent':<28} {'merchant':<28} {'amount':>12} {'network reference':<30} "
-          "open for")
+    print(
+        f"{'payment intent':<28} {'merchant':<28} {'amount':>12} {'network reference':<30} open for"
+    )
     for review in reviews:
         hours = (now - review["since"]).total_seconds() / 3600
         amount = f"{review['amountInCents']} {review['currency']}"
-        print(f"{review['paymentIntentId']:<28} {review['merchantId']:<28} {amount:>12} "
-              f"{review['networkReference']:<30} {hours:.1f} h (since "
-              f"{rfc3339(review['since'])})")
-    print(f"{len(reviews)} open; resolve with: durapay review resolve PI --outcome "
-          "approved|failed --note '…'")
+        print(
+            f"{review['paymentIntentId']:<28} {review['merchantId']:<28} {amount:>12} "
+            f"{review['networkReference']:<30} {hours:.1f} h (since "
+            f"{rfc3339(review['since'])})"
+        )
+    print(
+        f"{len(reviews)} open; resolve with: durapay review resolve PI --outcome "
+        "approved|failed --note '…'"
+    )
     return 2  # like `durapay reconcile`: non-zero so a cron job or alert can notice
 
 
-async def resolve_review(settings: Settings, payment_intent_id: str, outcome: NetworkOutcome,
-                         note: str) -> int:
+async def resolve_review(
+    settings: Settings, payment_intent_id: str, outcome: NetworkOutcome, note: str
+) -> int:
     client = await connect_temporal(settings)
     # get_workflow_handle_for() takes the result type from `run`, but mypy infers nothing from
     # temporalio's union of two generic protocols there; the same handle, its type named.
@@ -121,10 +151,14 @@ async def resolve_review(settings: Settings, payment_intent_id: str, outcome: Ne
         update_id = f"review:{uuid.uuid4().hex}"
         status = await handle.execute_update(
             PaymentIntentWorkflow.resolve_manual_review,
-            addressed(ManualReviewResolution(outcome, note),
-                      PaymentIntentWorkflow.resolve_manual_review,
-                      payment_intent_id=payment_intent_id, update_id=update_id),
-            id=update_id)
+            addressed(
+                ManualReviewResolution(outcome, note),
+                PaymentIntentWorkflow.resolve_manual_review,
+                payment_intent_id=payment_intent_id,
+                update_id=update_id,
+            ),
+            id=update_id,
+        )
     except WorkflowUpdateFailedError as error:
         print(f"durapay review: refused: {error.cause}")
         return 1
@@ -133,8 +167,10 @@ async def resolve_review(settings: Settings, payment_intent_id: str, outcome: Ne
             raise
         # No open run: the payment is at rest (its runs end once nothing is left to watch) or
         # was never operated on. Either way nothing waits for a verdict.
-        print(f"durapay review: refused: {ErrorType.ILLEGAL_TRANSITION}: this payment is not "
-              "waiting for a manual review")
+        print(
+            f"durapay review: refused: {ErrorType.ILLEGAL_TRANSITION}: this payment is not "
+            "waiting for a manual review"
+        )
         return 1
     print(f"{payment_intent_id}: review resolved as {outcome.value}; payment is now {status}")
     return 0

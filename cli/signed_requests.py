@@ -35,19 +35,27 @@ class MalformedBody(Refused):
 
 
 def add_parsers(commands: Any) -> None:
-    request = commands.add_parser("request", help="send a signed request as a merchant",
-                                  description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    request = commands.add_parser(
+        "request",
+        help="send a signed request as a merchant",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_request_arguments(request)
     request.add_argument("--idempotency-key")
-    signer = commands.add_parser("sign", help="print the signed headers (or a curl command) "
-                                              "for one request",
-                                 description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    signer = commands.add_parser(
+        "sign",
+        help="print the signed headers (or a curl command) for one request",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_request_arguments(signer)
     signer.add_argument("--idempotency-key", help="also print this Idempotency-Key header")
-    signer.add_argument("--curl", action="store_true",
-                        help="print a whole curl command instead of the headers alone")
+    signer.add_argument(
+        "--curl",
+        action="store_true",
+        help="print a whole curl command instead of the headers alone",
+    )
 
 
 def _add_request_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,13 +65,17 @@ def _add_request_arguments(parser: argparse.ArgumentParser) -> None:
     add_key_arguments(parser)
 
 
-def take_late_body(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                   unrecognized: list[str]) -> argparse.Namespace:
+def take_late_body(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, unrecognized: list[str]
+) -> argparse.Namespace:
     """The body of `request`/`sign` given after an option (`request POST /x --profile acme
     '{…}'`): argparse fills an optional positional only from the first run of positionals, so
     it comes back unrecognized. Anything else unrecognized is the usual usage error."""
-    if (len(unrecognized) == 1 and getattr(args, "body", False) is None
-            and not unrecognized[0].startswith("-")):
+    if (
+        len(unrecognized) == 1
+        and getattr(args, "body", False) is None
+        and not unrecognized[0].startswith("-")
+    ):
         args.body = unrecognized[0]
     elif unrecognized:
         parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
@@ -76,9 +88,11 @@ def parse_body(text: str | None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise MalformedBody(f"the body is not valid JSON ({error.msg} at line {error.lineno} "
-                            f"column {error.colno}): give one JSON argument in single quotes, "
-                            f"e.g. {BODY_EXAMPLE}") from error
+        raise MalformedBody(
+            f"the body is not valid JSON ({error.msg} at line {error.lineno} "
+            f"column {error.colno}): give one JSON argument in single quotes, "
+            f"e.g. {BODY_EXAMPLE}"
+        ) from error
 
 
 async def run_request(args: argparse.Namespace, load_settings: SettingsLoader) -> int:
@@ -88,8 +102,9 @@ async def run_request(args: argparse.Namespace, load_settings: SettingsLoader) -
         # Signed and retried by the SDK (a POST keeps one Idempotency-Key across its retries),
         # but answered as it came: this command shows any status and body.
         try:
-            response = await durapay.request(args.method.upper(), args.path, body,
-                                             idempotency_key=args.idempotency_key)
+            response = await durapay.request(
+                args.method.upper(), args.path, body, idempotency_key=args.idempotency_key
+            )
         except API_CONNECTION_ERRORS as error:
             raise ApiUnreachable(keys.api_url, error) from error
     print(f"HTTP {response.status_code}")
@@ -106,10 +121,14 @@ async def run_request(args: argparse.Namespace, load_settings: SettingsLoader) -
 async def run_sign(args: argparse.Namespace, load_settings: SettingsLoader) -> int:
     parse_body(args.body)  # refuse what the API would refuse, before signing it
     keys = await resolve_keys(args, load_settings)
-    request = signed_request(keys, args.method, args.path, args.body,
-                             idempotency_key=args.idempotency_key)
-    headers = [name for name in (*AUTH_HEADERS, "Content-Type", "Idempotency-Key")
-               if name in request.headers]
+    request = signed_request(
+        keys, args.method, args.path, args.body, idempotency_key=args.idempotency_key
+    )
+    headers = [
+        name
+        for name in (*AUTH_HEADERS, "Content-Type", "Idempotency-Key")
+        if name in request.headers
+    ]
     flags = [f"-H {shlex.quote(f'{name}: {request.headers[name]}')}" for name in headers]
     if not args.curl:
         print("\n".join(flags))
@@ -122,8 +141,14 @@ async def run_sign(args: argparse.Namespace, load_settings: SettingsLoader) -> i
     return 0
 
 
-def signed_request(keys: MerchantKeys, method: str, path: str, body: str | None, *,
-                   idempotency_key: str | None = None) -> httpx.Request:
+def signed_request(
+    keys: MerchantKeys,
+    method: str,
+    path: str,
+    body: str | None,
+    *,
+    idempotency_key: str | None = None,
+) -> httpx.Request:
     """The request as httpx would send it to the merchant's API (URL escaped as on the wire),
     signed by the SDK's `sign` over the body's bytes exactly as given."""
     content = body.encode() if body else b""

@@ -12,7 +12,9 @@ from client.retry import RetryPolicy
 
 DEFAULT_TIMEOUT = httpx.Timeout(
     # A charge waits up to ~10 s for the network's first answer: leave it room to answer.
-    30.0, connect=5.0)
+    30.0,
+    connect=5.0,
+)
 
 
 class Durapay:
@@ -30,17 +32,31 @@ class Durapay:
     jitter, never sooner than a `Retry-After`. Errors raise `DurapayError` subclasses.
     """
 
-    def __init__(self, api_url: str, public_key: str, secret_key: str, *,
-                 max_retries: int = 2, timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-                 retry: RetryPolicy | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 sleep: Sleep | None = None) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        public_key: str,
+        secret_key: str,
+        *,
+        max_retries: int = 2,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep | None = None,
+    ) -> None:
         """`retry` overrides `max_retries` with a whole policy; `transport` and `sleep` are for
         tests and custom networking."""
         policy = retry or RetryPolicy(max_retries=max_retries)
         extra: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
-        self._requestor = Requestor(api_url, public_key, secret_key, retry=policy,
-                                    timeout=timeout, transport=transport, **extra)
+        self._requestor = Requestor(
+            api_url,
+            public_key,
+            secret_key,
+            retry=policy,
+            timeout=timeout,
+            transport=transport,
+            **extra,
+        )
         self.payment_intents = PaymentIntents(self._requestor)
         self.transactions = Transactions(self._requestor)
         self.refunds = Refunds(self._requestor)
@@ -56,9 +72,11 @@ class Durapay:
     async def aclose(self) -> None:
         await self._requestor.aclose()
 
-    async def request(self, method: str, path: str, body: Any = None, *,
-                      idempotency_key: str | None = None) -> httpx.Response:
+    async def request(
+        self, method: str, path: str, body: Any = None, *, idempotency_key: str | None = None
+    ) -> httpx.Response:
         """Any route, signed and retried like the others, answered as is (no exception for an
         error status): for routes this SDK does not wrap yet."""
-        return await self._requestor.request_raw(method, path, body=body,
-                                                 idempotency_key=idempotency_key)
+        return await self._requestor.request_raw(
+            method, path, body=body, idempotency_key=idempotency_key
+        )

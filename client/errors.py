@@ -1,11 +1,11 @@
 """One exception per error `type` of docs/api.md, built from the API's error object.
 
-    try:
-        await durapay.payment_intents.charge(intent.id, card=card)
-    except CardError as declined:
-        declined.decline_code, declined.transaction
-    except DurapayError as error:
-        error.type, error.code, error.message, error.param, error.http_status, error.request_id
+try:
+    await durapay.payment_intents.charge(intent.id, card=card)
+except CardError as declined:
+    declined.decline_code, declined.transaction
+except DurapayError as error:
+    error.type, error.code, error.message, error.param, error.http_status, error.request_id
 """
 
 from __future__ import annotations
@@ -21,11 +21,19 @@ class DurapayError(Exception):
     """Anything the SDK raises. `idempotency_key`: the key the request was sent with (POST), to
     retry it later with the same key so that it takes effect at most once."""
 
-    def __init__(self, message: str, *, type: str | None = None, code: str | None = None,
-                 param: str | None = None, http_status: int | None = None,
-                 request_id: str | None = None, idempotency_key: str | None = None,
-                 body: dict[str, Any] | None = None,
-                 headers: httpx.Headers | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        idempotency_key: str | None = None,
+        body: dict[str, Any] | None = None,
+        headers: httpx.Headers | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.type = type
@@ -38,12 +46,14 @@ class DurapayError(Exception):
         self.headers = headers
 
     def __str__(self) -> str:
-        parts = [f"HTTP {self.http_status}" if self.http_status else None,
-                 self.code, self.message,
-                 f"param={self.param}" if self.param else None,
-                 f"request_id={self.request_id}" if self.request_id else None]
-        return ": ".join(p for p in parts[:3] if p) + "".join(
-            f" ({p})" for p in parts[3:] if p)
+        parts = [
+            f"HTTP {self.http_status}" if self.http_status else None,
+            self.code,
+            self.message,
+            f"param={self.param}" if self.param else None,
+            f"request_id={self.request_id}" if self.request_id else None,
+        ]
+        return ": ".join(p for p in parts[:3] if p) + "".join(f" ({p})" for p in parts[3:] if p)
 
 
 class APIConnectionError(DurapayError):
@@ -74,10 +84,16 @@ class CardError(DurapayError):
         super().__init__(message, **kwargs)
         error = (self.body or {}).get("error", {})
         self.decline_code: str | None = error.get("declineCode")
-        self.transaction = (Transaction.model_validate(error["transaction"])
-                            if isinstance(error.get("transaction"), dict) else None)
-        self.payment_intent = (PaymentIntent.model_validate(error["paymentIntent"])
-                               if isinstance(error.get("paymentIntent"), dict) else None)
+        self.transaction = (
+            Transaction.model_validate(error["transaction"])
+            if isinstance(error.get("transaction"), dict)
+            else None
+        )
+        self.payment_intent = (
+            PaymentIntent.model_validate(error["paymentIntent"])
+            if isinstance(error.get("paymentIntent"), dict)
+            else None
+        )
 
 
 class NotFoundError(DurapayError):
@@ -96,8 +112,7 @@ class IdempotencyKeyInUseError(ConflictError, IdempotencyError):
 class RateLimitError(DurapayError):
     """429 `rate_limit_error`; `retry_after` seconds, as the API asked."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
 
@@ -125,13 +140,23 @@ _BY_CODE: dict[str, type[DurapayError]] = {
     "idempotency_key_in_use": IdempotencyKeyInUseError,
 }
 _BY_STATUS: dict[int, type[DurapayError]] = {
-    400: InvalidRequestError, 401: AuthenticationError, 402: CardError, 404: NotFoundError,
-    409: ConflictError, 413: InvalidRequestError, 422: InvalidRequestError, 429: RateLimitError,
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    402: CardError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: InvalidRequestError,
+    422: InvalidRequestError,
+    429: RateLimitError,
 }
 
 
-def error_from_response(response: httpx.Response, *, idempotency_key: str | None = None,
-                        retry_after: float | None = None) -> DurapayError:
+def error_from_response(
+    response: httpx.Response,
+    *,
+    idempotency_key: str | None = None,
+    retry_after: float | None = None,
+) -> DurapayError:
     """The exception for an answer of status 400 and up: by the error object's `type` (and
     `code`), or by HTTP status when the body is not the API's error object."""
     try:
@@ -144,15 +169,25 @@ def error_from_response(response: httpx.Response, *, idempotency_key: str | None
         body = None
     kind = error.get("type") if isinstance(error.get("type"), str) else None
     code = error.get("code") if isinstance(error.get("code"), str) else None
-    cls = (_BY_CODE.get(code or "") or _BY_TYPE.get(kind or "")
-           or _BY_STATUS.get(response.status_code)
-           or (APIError if response.status_code >= 500 else DurapayError))
+    cls = (
+        _BY_CODE.get(code or "")
+        or _BY_TYPE.get(kind or "")
+        or _BY_STATUS.get(response.status_code)
+        or (APIError if response.status_code >= 500 else DurapayError)
+    )
     message = error.get("message") or (
-        f"HTTP {response.status_code} {response.reason_phrase} without the API's error object")
+        f"HTTP {response.status_code} {response.reason_phrase} without the API's error object"
+    )
     kwargs: dict[str, Any] = dict(
-        type=kind, code=code, param=error.get("param"), http_status=response.status_code,
-        request_id=response.headers.get("Request-Id"), idempotency_key=idempotency_key,
-        body=body, headers=response.headers)
+        type=kind,
+        code=code,
+        param=error.get("param"),
+        http_status=response.status_code,
+        request_id=response.headers.get("Request-Id"),
+        idempotency_key=idempotency_key,
+        body=body,
+        headers=response.headers,
+    )
     if issubclass(cls, RateLimitError):
         return cls(str(message), retry_after=retry_after, **kwargs)
     return cls(str(message), **kwargs)

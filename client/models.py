@@ -24,6 +24,7 @@ class DurapayObject(BaseModel):
 
 class Card(DurapayObject):
     """The card as the API shows it: never the number or the CVC."""
+
     brand: str
     last4: str
     exp_month: int
@@ -33,6 +34,7 @@ class Card(DurapayObject):
 class Transaction(DurapayObject):
     """`type`: charge, capture, void, refund. `status`: pending, succeeded, failed, or timeout
     (outcome unknown: reconciliation settles it and sets `reconciled`)."""
+
     id: str
     object: str = "transaction"
     payment_intent_id: str
@@ -52,6 +54,7 @@ class Transaction(DurapayObject):
 class PaymentIntent(DurapayObject):
     """`status`: created, processing, requires_capture, succeeded, failed, canceled,
     partially_refunded, refunded."""
+
     id: str
     object: str = "payment_intent"
     amount_in_cents: int
@@ -73,6 +76,7 @@ class PaymentIntent(DurapayObject):
 class Event(DurapayObject):
     """One immutable state change. Deliveries may arrive out of order: apply an event to a
     payment only if its `sequence` is higher than the last one applied."""
+
     id: str
     object: str = "event"
     type: str
@@ -83,6 +87,7 @@ class Event(DurapayObject):
 
 class WebhookEndpoint(DurapayObject):
     """`secret` (`whsec_…`) is set only in the answers to create and rotate-secret."""
+
     id: str
     object: str = "webhook_endpoint"
     url: str
@@ -129,6 +134,7 @@ Item = TypeVar("Item", bound=DurapayObject)
 
 class Page(BaseModel, Generic[Item]):
     """One page of a list: `{"data": [...], "hasMore": bool}`."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
     data: list[Item]
     has_more: bool = False

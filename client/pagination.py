@@ -1,8 +1,8 @@
 """List iterators that follow `startingAfter` until `hasMore` is false.
 
-    async for intent in durapay.payment_intents.list(limit=50):   # every page, lazily
-        ...
-    page = await durapay.payment_intents.list(limit=10).first_page()   # one page
+async for intent in durapay.payment_intents.list(limit=50):   # every page, lazily
+    ...
+page = await durapay.payment_intents.list(limit=10).first_page()   # one page
 """
 
 from __future__ import annotations

@@ -31,40 +31,67 @@ USER_AGENT = "durapay-python"
 
 
 class Requestor:
-    def __init__(self, api_url: str, public_key: str, secret_key: str, *,
-                 retry: RetryPolicy, timeout: float | httpx.Timeout,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        public_key: str,
+        secret_key: str,
+        *,
+        retry: RetryPolicy,
+        timeout: float | httpx.Timeout,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
         self.retry = retry
         self._sleep = sleep
         self._http = httpx.AsyncClient(
-            base_url=api_url, timeout=timeout, transport=transport,
-            auth=DurapayAuth(public_key, secret_key), headers={"User-Agent": USER_AGENT})
+            base_url=api_url,
+            timeout=timeout,
+            transport=transport,
+            auth=DurapayAuth(public_key, secret_key),
+            headers={"User-Agent": USER_AGENT},
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def request_json(self, method: str, path: str, *,
-                           params: Mapping[str, Any] | None = None,
-                           body: Mapping[str, Any] | None = None,
-                           idempotency_key: str | None = None) -> Any:
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
         """The answer's JSON for a 2xx (202 included); raises a `DurapayError` otherwise."""
-        response, key = await self._send(method, path, params=params, body=body,
-                                         idempotency_key=idempotency_key)
+        response, key = await self._send(
+            method, path, params=params, body=body, idempotency_key=idempotency_key
+        )
         if response.status_code >= 400:
-            raise error_from_response(response, idempotency_key=key, retry_after=(
-                retry_after_seconds(response.headers.get("Retry-After"))))
+            raise error_from_response(
+                response,
+                idempotency_key=key,
+                retry_after=(retry_after_seconds(response.headers.get("Retry-After"))),
+            )
         return response.json()
 
-    async def request_raw(self, method: str, path: str, *, body: Any = None,
-                          idempotency_key: str | None = None) -> httpx.Response:
+    async def request_raw(
+        self, method: str, path: str, *, body: Any = None, idempotency_key: str | None = None
+    ) -> httpx.Response:
         """The last answer as it came (any status), after the same signing and retries."""
         response, _ = await self._send(method, path, body=body, idempotency_key=idempotency_key)
         return response
 
-    async def _send(self, method: str, path: str, *,
-                    params: Mapping[str, Any] | None = None, body: Any = None,
-                    idempotency_key: str | None = None) -> tuple[httpx.Response, str | None]:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[httpx.Response, str | None]:
         method = method.upper()
         idempotent_on_server = repeats_safely(method, path)
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -83,8 +110,9 @@ class Requestor:
         while True:
             # Built afresh and signed at send time (DurapayAuth): a new timestamp and nonce on
             # every attempt, so the API's replay protection never refuses a retry.
-            request = self._http.build_request(method, path, params=query, content=content,
-                                               headers=headers)
+            request = self._http.build_request(
+                method, path, params=query, content=content, headers=headers
+            )
             try:
                 response = await self._http.send(request)
             except CONNECTION_ERRORS as error:
@@ -92,15 +120,25 @@ class Requestor:
                 # sent may be retried: a lost answer may hide a request that took effect.
                 safe = idempotent_on_server or isinstance(error, NOT_SENT_ERRORS)
                 delay = self.retry.delay(retries + 1, None)
-                if not safe or retries >= self.retry.max_retries or \
-                        waited + delay > self.retry.max_total_wait:
+                if (
+                    not safe
+                    or retries >= self.retry.max_retries
+                    or waited + delay > self.retry.max_total_wait
+                ):
                     raise APIConnectionError(
                         f"No answer from the Durapay API ({type(error).__name__}: {error})",
-                        idempotency_key=key) from error
+                        idempotency_key=key,
+                    ) from error
                 retries += 1
                 waited += delay
-                log.info("%s %s: %s; retry %d in %.2f s", method, path,
-                         type(error).__name__, retries, delay)
+                log.info(
+                    "%s %s: %s; retry %d in %.2f s",
+                    method,
+                    path,
+                    type(error).__name__,
+                    retries,
+                    delay,
+                )
                 await self._sleep(delay)
                 continue
             delay = self._retry_delay(response, retries, idempotent_on_server)
@@ -108,13 +146,20 @@ class Requestor:
                 return response, key
             retries += 1
             waited += delay
-            log.info("%s %s: HTTP %d; retry %d in %.2f s", method, path,
-                     response.status_code, retries, delay)
+            log.info(
+                "%s %s: HTTP %d; retry %d in %.2f s",
+                method,
+                path,
+                response.status_code,
+                retries,
+                delay,
+            )
             await response.aclose()
             await self._sleep(delay)
 
-    def _retry_delay(self, response: httpx.Response, retries: int,
-                     idempotent_on_server: bool) -> float | None:
+    def _retry_delay(
+        self, response: httpx.Response, retries: int, idempotent_on_server: bool
+    ) -> float | None:
         """Seconds to wait before retrying this answer, or None to return it."""
         if response.status_code < 400 or retries >= self.retry.max_retries:
             return None

@@ -32,15 +32,22 @@ RETRYABLE_CONFLICT_CODES = frozenset({"idempotency_key_in_use", "attempt_in_flig
 # Updating an endpoint sets values, so repeating it is harmless.
 _KEYLESS_POST = re.compile(
     r"^/(?:webhook-endpoints|webhook-endpoints/[^/?]+/rotate-secret|merchants(?:/[^?]*)?)/?"
-    r"(?:\?.*)?$")
+    r"(?:\?.*)?$"
+)
 
 # Errors before any byte of the request left: safe to retry even where the API does not honour
 # an Idempotency-Key.
-NOT_SENT_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout,
-                                                httpx.PoolTimeout)
+NOT_SENT_ERRORS: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+)
 # Errors that may come after the API received (and acted on) the request.
-CONNECTION_ERRORS: tuple[type[Exception], ...] = (httpx.TimeoutException, httpx.NetworkError,
-                                                  httpx.RemoteProtocolError)
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+)
 
 
 # On a 503, the API's word that it refused the request before doing anything for it (its
@@ -69,8 +76,9 @@ class RetryPolicy:
         ceiling = min(self.initial_delay * 2 ** (retry_number - 1), self.max_delay)
         return ceiling * (0.5 + random_fraction / 2)
 
-    def delay(self, retry_number: int, retry_after: float | None, *,
-              random_fraction: float | None = None) -> float:
+    def delay(
+        self, retry_number: int, retry_after: float | None, *, random_fraction: float | None = None
+    ) -> float:
         fraction = random.random() if random_fraction is None else random_fraction
         return max(self.backoff(retry_number, fraction), retry_after or 0.0)
 
@@ -86,16 +94,17 @@ def refused_unprocessed(response: httpx.Response) -> bool:
     done, so sending it again cannot act twice."""
     return response.status_code == 429 or (
         response.status_code == 503
-        and response.headers.get(NOT_PROCESSED_HEADER, "").strip().lower() == "true")
+        and response.headers.get(NOT_PROCESSED_HEADER, "").strip().lower() == "true"
+    )
 
 
 def retryable_status(status: int, error_code: str | None) -> bool:
-    return status >= 500 or status == 429 or (
-        status == 409 and error_code in RETRYABLE_CONFLICT_CODES)
+    return (
+        status >= 500 or status == 429 or (status == 409 and error_code in RETRYABLE_CONFLICT_CODES)
+    )
 
 
-def retry_after_seconds(value: str | None, *,
-                        now: Callable[[], float] = time.time) -> float | None:
+def retry_after_seconds(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
     """`Retry-After` in seconds: delay-seconds or an HTTP-date (RFC 9110); None if absent or
     not understood. A date in the past is 0."""
     if not value:

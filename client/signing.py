@@ -23,14 +23,16 @@ SIGNATURE_VERSION = "v1"
 NONCE_BYTES = 24
 
 
-def canonical_request(method: str, path_and_query: str, timestamp: str, nonce: str,
-                      body: bytes) -> str:
+def canonical_request(
+    method: str, path_and_query: str, timestamp: str, nonce: str, body: bytes
+) -> str:
     body_hash = hashlib.sha256(body).hexdigest()
     return "\n".join([method.upper(), path_and_query, timestamp, nonce, body_hash])
 
 
-def request_signature(secret_key: str, *, method: str, path_and_query: str, timestamp: str,
-                      nonce: str, body: bytes) -> str:
+def request_signature(
+    secret_key: str, *, method: str, path_and_query: str, timestamp: str, nonce: str, body: bytes
+) -> str:
     """The `X-Signature` header value of one request."""
     canonical = canonical_request(method, path_and_query, timestamp, nonce, body)
     digest = hmac.new(secret_key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
@@ -41,9 +43,16 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(NONCE_BYTES)
 
 
-def signed_headers(*, public_key: str, secret_key: str, method: str, path_and_query: str,
-                   body: bytes, timestamp: int | None = None,
-                   nonce: str | None = None) -> dict[str, str]:
+def signed_headers(
+    *,
+    public_key: str,
+    secret_key: str,
+    method: str,
+    path_and_query: str,
+    body: bytes,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
     """The four authentication headers of one request."""
     ts = str(int(time.time()) if timestamp is None else timestamp)
     nonce = nonce or new_nonce()
@@ -51,9 +60,14 @@ def signed_headers(*, public_key: str, secret_key: str, method: str, path_and_qu
         "Authorization": f"Bearer {public_key}",
         "X-Timestamp": ts,
         "X-Nonce": nonce,
-        "X-Signature": request_signature(secret_key, method=method,
-                                         path_and_query=path_and_query, timestamp=ts,
-                                         nonce=nonce, body=body),
+        "X-Signature": request_signature(
+            secret_key,
+            method=method,
+            path_and_query=path_and_query,
+            timestamp=ts,
+            nonce=nonce,
+            body=body,
+        ),
     }
 
 
@@ -66,14 +80,27 @@ def wire_path_and_query(url: httpx.URL) -> str:
     return (raw_path + (b"?" + query if query else b"")).decode()
 
 
-def sign(request: httpx.Request, *, public_key: str, secret_key: str,
-         timestamp: int | None = None, nonce: str | None = None) -> httpx.Request:
+def sign(
+    request: httpx.Request,
+    *,
+    public_key: str,
+    secret_key: str,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> httpx.Request:
     """Add the four authentication headers to a built request, signed over exactly the method,
     path, query and body that it will send."""
-    request.headers.update(signed_headers(
-        public_key=public_key, secret_key=secret_key, method=request.method,
-        path_and_query=wire_path_and_query(request.url), body=request.content,
-        timestamp=timestamp, nonce=nonce))
+    request.headers.update(
+        signed_headers(
+            public_key=public_key,
+            secret_key=secret_key,
+            method=request.method,
+            path_and_query=wire_path_and_query(request.url),
+            body=request.content,
+            timestamp=timestamp,
+            nonce=nonce,
+        )
+    )
     return request
 
 

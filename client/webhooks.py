@@ -41,9 +41,14 @@ def sign(secret: str, *, msg_id: str, timestamp: int, payload: bytes) -> str:
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
 
 
-def verify(payload: bytes | str, headers: Mapping[str, str], secret: str, *,
-           tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
-           now: float | None = None) -> Event:
+def verify(
+    payload: bytes | str,
+    headers: Mapping[str, str],
+    secret: str,
+    *,
+    tolerance_seconds: int = DEFAULT_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> Event:
     """The Event of a genuine delivery; raises `WebhookVerificationError` otherwise."""
     body = payload.encode() if isinstance(payload, str) else bytes(payload)
     lowered = {name.lower(): value for name, value in headers.items()}
@@ -52,7 +57,8 @@ def verify(payload: bytes | str, headers: Mapping[str, str], secret: str, *,
     signatures = lowered.get("webhook-signature")
     if not msg_id or not timestamp_text or not signatures:
         raise WebhookVerificationError(
-            "Missing webhook-id, webhook-timestamp or webhook-signature header")
+            "Missing webhook-id, webhook-timestamp or webhook-signature header"
+        )
     try:
         timestamp = int(timestamp_text)
     except ValueError:

@@ -63,18 +63,20 @@ def _canonical(value: Mapping[str, Any]) -> bytes:
 
 def canonical_event(row: Mapping[str, Any]) -> bytes:
     """The bytes an event's hash covers (a row as stored: snake_case column names)."""
-    return _canonical({
-        "id": row["id"],
-        "chain": row["chain"],
-        "chainSeq": row["chain_seq"],
-        "merchantId": row["merchant_id"],
-        "paymentIntentId": row["payment_intent_id"],
-        "transactionId": row["transaction_id"],
-        "intentSeq": row["intent_seq"],
-        "type": row["type"],
-        "data": row["data"],
-        "createdAt": _timestamp(row["created_at"]),
-    })
+    return _canonical(
+        {
+            "id": row["id"],
+            "chain": row["chain"],
+            "chainSeq": row["chain_seq"],
+            "merchantId": row["merchant_id"],
+            "paymentIntentId": row["payment_intent_id"],
+            "transactionId": row["transaction_id"],
+            "intentSeq": row["intent_seq"],
+            "type": row["type"],
+            "data": row["data"],
+            "createdAt": _timestamp(row["created_at"]),
+        }
+    )
 
 
 def link_hash(previous_hash: str, row: Mapping[str, Any]) -> str:
@@ -95,8 +97,10 @@ def merkle_root(heads: Sequence[ChainHead]) -> str:
     SHA-256(0x00 ‖ chain, position, hash), a node SHA-256(0x01 ‖ left ‖ right), the left
     subtree the largest power of two below the count. The prefixes keep a leaf from passing
     for a node."""
-    leaves = [bytes.fromhex(_sha256(b"\x00", f"{h.chain}\n{h.chain_seq}\n{h.hash}".encode()))
-              for h in sorted(heads)]
+    leaves = [
+        bytes.fromhex(_sha256(b"\x00", f"{h.chain}\n{h.chain_seq}\n{h.hash}".encode()))
+        for h in sorted(heads)
+    ]
     return _tree_hash(leaves).hex()
 
 
@@ -106,19 +110,22 @@ def _tree_hash(leaves: list[bytes]) -> bytes:
     if len(leaves) == 1:
         return leaves[0]
     split = 1 << ((len(leaves) - 1).bit_length() - 1)
-    return hashlib.sha256(b"\x01" + _tree_hash(leaves[:split])
-                          + _tree_hash(leaves[split:])).digest()
+    return hashlib.sha256(
+        b"\x01" + _tree_hash(leaves[:split]) + _tree_hash(leaves[split:])
+    ).digest()
 
 
 def canonical_checkpoint(row: Mapping[str, Any]) -> bytes:
     """The bytes a checkpoint's hash covers (a row of `audit_checkpoint` as stored)."""
-    return _canonical({
-        "scope": row["scope"],
-        "position": row["position"],
-        "chains": row["chains"],
-        "root": row["root"],
-        "recordedAt": _timestamp(row["recorded_at"]),
-    })
+    return _canonical(
+        {
+            "scope": row["scope"],
+            "position": row["position"],
+            "chains": row["chains"],
+            "root": row["root"],
+            "recordedAt": _timestamp(row["recorded_at"]),
+        }
+    )
 
 
 def checkpoint_hash(previous_hash: str, row: Mapping[str, Any]) -> str:
@@ -175,15 +182,25 @@ class ChainWalk:
         if self.broken is not None:
             return self.broken
         if mark.chain_seq < 1:
-            self.broken = BrokenLink(self.chain, mark.chain_seq, None,
-                                     f"checkpoint {mark.checkpoint} names a position no chain has")
+            self.broken = BrokenLink(
+                self.chain,
+                mark.chain_seq,
+                None,
+                f"checkpoint {mark.checkpoint} names a position no chain has",
+            )
         elif mark.chain_seq > self.walked:
             self._beyond = self._beyond or mark
-        elif mark.chain_seq == self.walked and self.last is not None \
-                and self.last["hash"] != mark.hash:
+        elif (
+            mark.chain_seq == self.walked
+            and self.last is not None
+            and self.last["hash"] != mark.hash
+        ):
             self.broken = BrokenLink(
-                self.chain, mark.chain_seq, self.last["id"],
-                f"checkpoint {mark.checkpoint} recorded another hash at this position")
+                self.chain,
+                mark.chain_seq,
+                self.last["id"],
+                f"checkpoint {mark.checkpoint} recorded another hash at this position",
+            )
         return self.broken
 
     def finish(self) -> BrokenLink | None:
@@ -191,37 +208,54 @@ class ChainWalk:
         if self.broken is None and mark is not None:
             if self.walked == 0:
                 self.broken = BrokenLink(
-                    self.chain, 1, None,
+                    self.chain,
+                    1,
+                    None,
                     f"missing chain: checkpoint {mark.checkpoint} names position "
-                    f"{mark.chain_seq} but the chain has no events (deleted whole)")
+                    f"{mark.chain_seq} but the chain has no events (deleted whole)",
+                )
             else:
                 self.broken = BrokenLink(
-                    self.chain, self.walked + 1, None,
+                    self.chain,
+                    self.walked + 1,
+                    None,
                     f"missing: checkpoint {mark.checkpoint} names position {mark.chain_seq} "
-                    f"but the chain ends at {self.walked} (events deleted from its end)")
+                    f"but the chain ends at {self.walked} (events deleted from its end)",
+                )
         return self.broken
 
 
-def _check_link(chain: str, position: int, row: Mapping[str, Any],
-                last: Mapping[str, Any] | None) -> BrokenLink | None:
+def _check_link(
+    chain: str, position: int, row: Mapping[str, Any], last: Mapping[str, Any] | None
+) -> BrokenLink | None:
     event_id = row["id"]
     if row["chain_seq"] != position:
-        return BrokenLink(chain, position, event_id,
-                          f"missing link: expected position {position}, found {row['chain_seq']}")
+        return BrokenLink(
+            chain,
+            position,
+            event_id,
+            f"missing link: expected position {position}, found {row['chain_seq']}",
+        )
     expected_previous = last["hash"] if last else GENESIS_HASH
     if row["prev_hash"] != expected_previous:
-        return BrokenLink(chain, position, event_id,
-                          "does not link to the event before it (reordered or one removed)")
+        return BrokenLink(
+            chain,
+            position,
+            event_id,
+            "does not link to the event before it (reordered or one removed)",
+        )
     if link_hash(row["prev_hash"], row) != row["hash"]:
         return BrokenLink(chain, position, event_id, "its contents do not match its hash")
     if last is not None and row["seq"] <= last["seq"]:
-        return BrokenLink(chain, position, event_id,
-                          "recorded before the event it follows (rows reordered)")
+        return BrokenLink(
+            chain, position, event_id, "recorded before the event it follows (rows reordered)"
+        )
     return None
 
 
-def first_broken_link(chain: str, rows: Sequence[Mapping[str, Any]],
-                      marks: Sequence[Mark] = ()) -> tuple[int, BrokenLink | None]:
+def first_broken_link(
+    chain: str, rows: Sequence[Mapping[str, Any]], marks: Sequence[Mark] = ()
+) -> tuple[int, BrokenLink | None]:
     """A whole chain at once, its marks placed as the verifier places them: (events walked,
     first broken link or None)."""
     walk = ChainWalk(chain)
@@ -259,8 +293,10 @@ class CheckpointWalk:
         elif checkpoint_hash(row["prev_hash"], row) != row["hash"]:
             reason = "its contents do not match its hash"
         elif row["chains"] != len(heads) or merkle_root(heads) != row["root"]:
-            reason = ("its root does not match the chain heads it records (a head edited, "
-                      "added or removed)")
+            reason = (
+                "its root does not match the chain heads it records (a head edited, "
+                "added or removed)"
+            )
         else:
             self.walked, self.last_hash = position, row["hash"]
             return None

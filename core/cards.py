@@ -47,20 +47,24 @@ def luhn_valid(number: str) -> bool:
     return total % 10 == 0
 
 
-def card_problem(*, number: str, exp_month: int, exp_year: int, cvc: str,
-                 today: date) -> CardProblem | None:
+def card_problem(
+    *, number: str, exp_month: int, exp_year: int, cvc: str, today: date
+) -> CardProblem | None:
     """The first thing wrong with a card, or None. Messages never repeat the card data."""
     if not ascii_digits(number) or not 12 <= len(number) <= 19:
-        return CardProblem("card.number", "invalid_number",
-                           "The card number must be 12 to 19 digits.")
+        return CardProblem(
+            "card.number", "invalid_number", "The card number must be 12 to 19 digits."
+        )
     if not luhn_valid(number):
         return CardProblem("card.number", "invalid_number", "The card number is not valid.")
     if not 1 <= exp_month <= 12:
-        return CardProblem("card.expMonth", "invalid_expiry_month",
-                           "The expiration month must be 1 to 12.")
+        return CardProblem(
+            "card.expMonth", "invalid_expiry_month", "The expiration month must be 1 to 12."
+        )
     if not 2000 <= exp_year <= 2100:
-        return CardProblem("card.expYear", "invalid_expiry_year",
-                           "The expiration year must be a four-digit year.")
+        return CardProblem(
+            "card.expYear", "invalid_expiry_year", "The expiration year must be a four-digit year."
+        )
     if (exp_year, exp_month) < (today.year, today.month):
         return CardProblem("card.expYear", "expired_card", "The card has expired.")
     if not ascii_digits(cvc) or not 3 <= len(cvc) <= 4:

@@ -75,7 +75,8 @@ _AAD_PREFIX = b"durapay payload v2\x00"
 # gets that id plus "-<scheduled time>" (Temporal's own naming, RFC 3339 in UTC). Only our
 # schedules' ids (`workers/schedules.py`) qualify: never a payment's or a delivery's.
 _SCHEDULED_RUN_ID = re.compile(
-    r"^(?P<base>durapay-[a-z0-9-]+)-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+    r"^(?P<base>durapay-[a-z0-9-]+)-\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
+)
 
 
 def context_label(context: SerializationContext | None) -> str:
@@ -85,8 +86,10 @@ def context_label(context: SerializationContext | None) -> str:
     if isinstance(context, ActivitySerializationContext):
         # activity_type is set on both sides for activities a workflow starts (the only ones we
         # run); the activity id is not (a workflow leaves it to the SDK's sequence number).
-        return (f"activity\x00{context.namespace}\x00{context.workflow_id or ''}\x00"
-                f"{context.activity_type or ''}")
+        return (
+            f"activity\x00{context.namespace}\x00{context.workflow_id or ''}\x00"
+            f"{context.activity_type or ''}"
+        )
     if context is None:
         return "unbound"
     return f"{type(context).__name__}\x00{context!r}"
@@ -124,8 +127,7 @@ class _PayloadKeys:
 
     def use(self, master_key: bytes, retired_master_keys: Sequence[bytes]) -> None:
         current = PayloadKey(master_key)
-        keys = {key.key_id: key for key in
-                (*(PayloadKey(k) for k in retired_master_keys), current)}
+        keys = {key.key_id: key for key in (*(PayloadKey(k) for k in retired_master_keys), current)}
         # Assigned together, so a reader sees the old set or the new one.
         self.keys, self.current = keys, current
 
@@ -164,8 +166,9 @@ class PayloadEncryptionCodec(PayloadCodec, WithSerializationContext):
     API and the CLI are strict.
     """
 
-    def __init__(self, master_key: bytes, retired_master_keys: Sequence[bytes] = (), *,
-                 strict: bool = True) -> None:
+    def __init__(
+        self, master_key: bytes, retired_master_keys: Sequence[bytes] = (), *, strict: bool = True
+    ) -> None:
         self._strict = strict
         self._keys = _PayloadKeys(master_key, retired_master_keys)
         self._context: SerializationContext | None = None
@@ -201,10 +204,17 @@ class PayloadEncryptionCodec(PayloadCodec, WithSerializationContext):
         key = self._keys.current
         label = context_label(self._context)
         nonce = os.urandom(_NONCE_BYTES)
-        data = nonce + key.aead.encrypt(nonce, payload.SerializeToString(),
-                                        _associated_data(key.key_id, label))
-        return Payload(metadata={"encoding": ENCODING, KEY_ID_METADATA: key.key_id,
-                                 CONTEXT_METADATA: label.encode()}, data=data)
+        data = nonce + key.aead.encrypt(
+            nonce, payload.SerializeToString(), _associated_data(key.key_id, label)
+        )
+        return Payload(
+            metadata={
+                "encoding": ENCODING,
+                KEY_ID_METADATA: key.key_id,
+                CONTEXT_METADATA: label.encode(),
+            },
+            data=data,
+        )
 
     def _decrypt(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
@@ -213,18 +223,26 @@ class PayloadEncryptionCodec(PayloadCodec, WithSerializationContext):
         key = self._keys.find(key_id)
         if key is None:
             # Not the sender's key id: metadata is the sender's text, and none of it is copied.
-            return self._refuse("unknown_key", "encrypted under a key that is not ours (ours: "
-                                f"{self.key_id.decode()}): another DURAPAY_MASTER_KEY?")
+            return self._refuse(
+                "unknown_key",
+                "encrypted under a key that is not ours (ours: "
+                f"{self.key_id.decode()}): another DURAPAY_MASTER_KEY?",
+            )
         claimed = payload.metadata.get(CONTEXT_METADATA, b"").decode(errors="replace")
-        labels = ([claimed] if not self._strict
-                  else [context_label(self._context), _scheduled_base_label(self._context)])
+        labels = (
+            [claimed]
+            if not self._strict
+            else [context_label(self._context), _scheduled_base_label(self._context)]
+        )
         for label in labels:
             if label is None:
                 continue
             try:
-                plain = key.aead.decrypt(payload.data[:_NONCE_BYTES],
-                                         payload.data[_NONCE_BYTES:],
-                                         _associated_data(key_id, label))
+                plain = key.aead.decrypt(
+                    payload.data[:_NONCE_BYTES],
+                    payload.data[_NONCE_BYTES:],
+                    _associated_data(key_id, label),
+                )
                 return Payload.FromString(plain)
             except (InvalidTag, ValueError, DecodeError):
                 continue
@@ -238,8 +256,7 @@ class PayloadEncryptionCodec(PayloadCodec, WithSerializationContext):
         runs with another DURAPAY_MASTER_KEY)."""
         if self._strict:
             count_refused_payload(kind)
-            log.warning("refused a Temporal payload for %s: %s", _describe(self._context),
-                        reason)
+            log.warning("refused a Temporal payload for %s: %s", _describe(self._context), reason)
         return refusal(reason)
 
 
@@ -282,9 +299,12 @@ class RefusedPayloadConverter(EncodingPayloadConverter):
 
     def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
         reason = payload.metadata.get(REFUSAL_REASON, b"refused").decode(errors="replace")
-        raise ApplicationError(f"payload refused: {reason}; only payloads encrypted under "
-                               "Durapay's master key are accepted", type=PAYLOAD_REFUSED,
-                               non_retryable=True)
+        raise ApplicationError(
+            f"payload refused: {reason}; only payloads encrypted under "
+            "Durapay's master key are accepted",
+            type=PAYLOAD_REFUSED,
+            non_retryable=True,
+        )
 
 
 class RefusingPayloadConverter(CompositePayloadConverter):
@@ -293,18 +313,27 @@ class RefusingPayloadConverter(CompositePayloadConverter):
     def __init__(self) -> None:
         # First: it never produces a payload, so it costs nothing on the way out. The SDK's
         # JSON converter is replaced by the same one decoding dataclasses faster.
-        super().__init__(RefusedPayloadConverter(), *(
-            json_payload_converter() if isinstance(converter, JSONPlainPayloadConverter)
-            else converter
-            for converter in DefaultPayloadConverter.default_encoding_payload_converters))
+        super().__init__(
+            RefusedPayloadConverter(),
+            *(
+                json_payload_converter()
+                if isinstance(converter, JSONPlainPayloadConverter)
+                else converter
+                for converter in DefaultPayloadConverter.default_encoding_payload_converters
+            ),
+        )
 
 
-def data_converter(master_key: bytes | KeyRing,
-                   retired_master_keys: Sequence[bytes] = ()) -> DataConverter:
+def data_converter(
+    master_key: bytes | KeyRing, retired_master_keys: Sequence[bytes] = ()
+) -> DataConverter:
     """The converter every Durapay Temporal client uses (API, workers, CLI, tests): strict.
     Given a key ring (as every process passes its own), it decrypts under each of its keys."""
-    codec = (PayloadEncryptionCodec.from_key_ring(master_key) if isinstance(master_key, KeyRing)
-             else PayloadEncryptionCodec(master_key, retired_master_keys))
+    codec = (
+        PayloadEncryptionCodec.from_key_ring(master_key)
+        if isinstance(master_key, KeyRing)
+        else PayloadEncryptionCodec(master_key, retired_master_keys)
+    )
     return dataclasses.replace(
-        DataConverter.default, payload_converter_class=RefusingPayloadConverter,
-        payload_codec=codec)
+        DataConverter.default, payload_converter_class=RefusingPayloadConverter, payload_codec=codec
+    )

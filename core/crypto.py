@@ -64,8 +64,11 @@ class Cipher:
         key = self._keys.current
         header = _header(key)
         nonce = os.urandom(_NONCE_BYTES)
-        return header + nonce + key.aead(self.purpose).encrypt(nonce, plaintext,
-                                                               header + context.encode())
+        return (
+            header
+            + nonce
+            + key.aead(self.purpose).encrypt(nonce, plaintext, header + context.encode())
+        )
 
     def decrypt(self, blob: bytes, *, context: str) -> bytes:
         """The plaintext; raises InvalidTag for a ciphertext of another row or purpose, or a
@@ -75,21 +78,24 @@ class Cipher:
         if key is not None:
             header, nonce = blob[:_HEADER_BYTES], blob[_HEADER_BYTES:_PREFIX_BYTES]
             try:
-                return key.aead(self.purpose).decrypt(nonce, blob[_PREFIX_BYTES:],
-                                                      header + context.encode())
+                return key.aead(self.purpose).decrypt(
+                    nonce, blob[_PREFIX_BYTES:], header + context.encode()
+                )
             except InvalidTag:
                 pass  # one legacy ciphertext in 2^72 starts like a header: tried below
         for legacy in self._keys.keys:
             try:
-                return legacy.legacy_aead.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:],
-                                                  context.encode())
+                return legacy.legacy_aead.decrypt(
+                    blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], context.encode()
+                )
             except (InvalidTag, ValueError):
                 continue
         if key is None and _has_header(blob):
             raise UnknownMasterKey(
                 f"ciphertext under master key {key_id_bytes(blob).hex()}, which is neither the "
                 f"current key ({self._keys.current.key_id}) nor a retired one: add it to "
-                "DURAPAY_RETIRED_MASTER_KEYS")
+                "DURAPAY_RETIRED_MASTER_KEYS"
+            )
         raise InvalidTag()
 
     def is_current(self, blob: bytes) -> bool:
@@ -141,15 +147,18 @@ class VaultCipher:
             except InvalidTag:
                 raise UnknownMasterKey(
                     f"card number under master key {key_id_bytes(blob).hex()}, which this "
-                    "ring does not hold") from None
+                    "ring does not hold"
+                ) from None
         epoch = epoch_of(blob)
         epoch_key = self.epochs.find(epoch)
         if epoch_key is None:
             raise CardNumberDeleted(f"the key of vault epoch {epoch_name(epoch)} is destroyed")
         header = blob[:_VAULT_HEADER_BYTES]
         return vault_epoch_aead(key, epoch, epoch_key).decrypt(
-            blob[_VAULT_HEADER_BYTES:_VAULT_PREFIX_BYTES], blob[_VAULT_PREFIX_BYTES:],
-            header + context.encode())
+            blob[_VAULT_HEADER_BYTES:_VAULT_PREFIX_BYTES],
+            blob[_VAULT_PREFIX_BYTES:],
+            header + context.encode(),
+        )
 
     def is_current(self, blob: bytes) -> bool:
         """Whether `blob` is already in this format under the current master key."""
@@ -175,9 +184,13 @@ class VaultCipher:
 def vault_epoch_aead(key: MasterKey, epoch: int, epoch_key: bytes) -> AESGCM:
     """The AES-GCM key of one epoch's card numbers under one master key: neither key alone
     gives it."""
-    return AESGCM(derive_key(key.subkey(Purpose.VAULT) + epoch_key,
-                             b"durapay vault epoch v1: " + epoch.to_bytes(_EPOCH_BYTES, "big"),
-                             KEY_BYTES))
+    return AESGCM(
+        derive_key(
+            key.subkey(Purpose.VAULT) + epoch_key,
+            b"durapay vault epoch v1: " + epoch.to_bytes(_EPOCH_BYTES, "big"),
+            KEY_BYTES,
+        )
+    )
 
 
 def vault_header(key: MasterKey, epoch: int) -> bytes:
@@ -201,8 +214,13 @@ def epoch_of(blob: bytes) -> int:
 def _seal(key: MasterKey, epoch: int, epoch_key: bytes, plaintext: bytes, context: str) -> bytes:
     header = vault_header(key, epoch)
     nonce = os.urandom(_NONCE_BYTES)
-    return header + nonce + vault_epoch_aead(key, epoch, epoch_key).encrypt(
-        nonce, plaintext, header + context.encode())
+    return (
+        header
+        + nonce
+        + vault_epoch_aead(key, epoch, epoch_key).encrypt(
+            nonce, plaintext, header + context.encode()
+        )
+    )
 
 
 def _is_vault_blob(blob: bytes) -> bool:
@@ -244,14 +262,16 @@ def canonical_path_and_query(raw_path: bytes, query_string: bytes = b"") -> str:
     return (raw_path + (b"?" + query_string if query_string else b"")).decode()
 
 
-def canonical_request(method: str, path_and_query: str, timestamp: str, nonce: str,
-                      body: bytes) -> str:
+def canonical_request(
+    method: str, path_and_query: str, timestamp: str, nonce: str, body: bytes
+) -> str:
     body_hash = hashlib.sha256(body).hexdigest()
     return "\n".join([method.upper(), path_and_query, timestamp, nonce, body_hash])
 
 
-def sign_request(secret_key: str, *, method: str, path_and_query: str, timestamp: str,
-                 nonce: str, body: bytes) -> str:
+def sign_request(
+    secret_key: str, *, method: str, path_and_query: str, timestamp: str, nonce: str, body: bytes
+) -> str:
     """The `X-Signature` header value for one request."""
     canonical = canonical_request(method, path_and_query, timestamp, nonce, body)
     digest = hmac.new(secret_key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
@@ -260,4 +280,3 @@ def sign_request(secret_key: str, *, method: str, path_and_query: str, timestamp
 
 def signature_matches(expected: str, presented: str) -> bool:
     return hmac.compare_digest(expected.encode(), presented.encode())
-

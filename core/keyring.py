@@ -95,8 +95,9 @@ class MasterKey:
     def subkey(self, purpose: Purpose) -> bytes:
         """The purpose's subkey itself, for what combines it with another key (the card
         vault's epoch keys, core/crypto.py `VaultCipher`)."""
-        return derive_key(self._material, b"durapay at rest v1: " + purpose.value.encode(),
-                          KEY_BYTES)
+        return derive_key(
+            self._material, b"durapay at rest v1: " + purpose.value.encode(), KEY_BYTES
+        )
 
     @cached_property
     def fingerprint_key(self) -> bytes:
@@ -126,9 +127,14 @@ class KeySource(Protocol):
 class KeyRing:
     """The current master key and the retired ones, by id."""
 
-    def __init__(self, current: bytes, retired: Sequence[bytes] = (), *,
-                 recheck_seconds: float = RECHECK_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        current: bytes,
+        retired: Sequence[bytes] = (),
+        *,
+        recheck_seconds: float = RECHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._source: KeySource | None = None
         self._signature: object = None
         self._lock = threading.Lock()
@@ -140,8 +146,13 @@ class KeyRing:
         self._install(current, retired)
 
     @classmethod
-    def from_source(cls, source: KeySource, *, recheck_seconds: float = RECHECK_SECONDS,
-                    clock: Callable[[], float] = time.monotonic) -> KeyRing:
+    def from_source(
+        cls,
+        source: KeySource,
+        *,
+        recheck_seconds: float = RECHECK_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> KeyRing:
         """A ring read from `source` that reloads when it changes."""
         # The signature is taken before reading: a change in between is seen next time.
         signature = source.signature()
@@ -219,8 +230,10 @@ class KeyRing:
                 self._install(current, retired)
             except (OSError, ValueError, InsecurePermissionsError) as error:
                 # Keep the keys we have: they still decrypt everything they did before.
-                log.error("key files changed but cannot be read, keeping the keys loaded "
-                          "before: %s", error)
+                log.error(
+                    "key files changed but cannot be read, keeping the keys loaded before: %s",
+                    error,
+                )
                 return False
             self.generation += 1
             return True
@@ -240,8 +253,10 @@ def decode_key(encoded: str, *, where: str) -> bytes:
 def decode_keys(text: str, *, where: str) -> list[bytes]:
     """Keys separated by commas or new lines (empty entries ignored)."""
     entries = [e for e in text.replace("\n", ",").split(",") if e.strip()]
-    return [decode_key(e, where=f"{where} (key {n} of {len(entries)})")
-            for n, e in enumerate(entries, 1)]
+    return [
+        decode_key(e, where=f"{where} (key {n} of {len(entries)})")
+        for n, e in enumerate(entries, 1)
+    ]
 
 
 def encode_key(key: bytes) -> str:

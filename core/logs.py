@@ -41,8 +41,9 @@ class RequestContext:
     trace_id: str | None = None
 
 
-request_context: ContextVar[RequestContext | None] = ContextVar("durapay_request_context",
-                                                                default=None)
+request_context: ContextVar[RequestContext | None] = ContextVar(
+    "durapay_request_context", default=None
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,8 +53,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z"),
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

@@ -14,8 +14,9 @@ from collections.abc import Callable
 SAMPLE_INTERVAL_SECONDS = 0.1
 
 
-async def watch_loop_lag(observe: Callable[[float], object],
-                         interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
+async def watch_loop_lag(
+    observe: Callable[[float], object], interval: float = SAMPLE_INTERVAL_SECONDS
+) -> None:
     """Call `observe` (a histogram's `observe`, or the bench's recorder), until cancelled,
     with how much later than `interval` each sleep of it ended."""
     loop = asyncio.get_running_loop()

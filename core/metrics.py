@@ -57,54 +57,92 @@ for _registry in (API_REGISTRY, WORKER_REGISTRY):
 
 # ---- API: one observation per request, from the request log (api/request_log.py) ---------------
 # A charge waits up to DURAPAY_CHARGE_WAIT_SECONDS (10 s) for the network: buckets reach past it.
-REQUEST_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
-                           30.0)
+REQUEST_SECONDS_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    30.0,
+)
 # Any other method a client sends is `other`: a label must not take values a client invents.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 HTTP_REQUESTS = Counter(
-    "durapay_http_requests", "HTTP requests answered, by route template, method and status.",
-    ["route", "method", "status"], registry=API_REGISTRY)
+    "durapay_http_requests",
+    "HTTP requests answered, by route template, method and status.",
+    ["route", "method", "status"],
+    registry=API_REGISTRY,
+)
 HTTP_REQUEST_SECONDS = Histogram(
     "durapay_http_request_duration_seconds",
-    "Time from a request's arrival to the end of its answer, by route template, method and "
-    "status.", ["route", "method", "status"], buckets=REQUEST_SECONDS_BUCKETS,
-    registry=API_REGISTRY)
+    "Time from a request's arrival to the end of its answer, by route template, method and status.",
+    ["route", "method", "status"],
+    buckets=REQUEST_SECONDS_BUCKETS,
+    registry=API_REGISTRY,
+)
 
 
 def observe_request(*, route: str, method: str, status: int, seconds: float) -> None:
     """Count one answered request. `route` is the route template (`/payment-intents/{id}`) or
     `unmatched`, never the path: ids would make a series per payment."""
-    labels = {"route": route, "method": method if method in HTTP_METHODS else "other",
-              "status": str(status)}
+    labels = {
+        "route": route,
+        "method": method if method in HTTP_METHODS else "other",
+        "status": str(status),
+    }
     HTTP_REQUESTS.labels(**labels).inc()
     HTTP_REQUEST_SECONDS.labels(**labels).observe(seconds)
 
 
 # ---- API: admission control (api/in_flight.py, api/concurrency_limit.py) ---------------------
 ADMISSION_REFUSALS = Counter(
-    "durapay_api_admission_refusals", "Requests this API process refused at once (503 "
+    "durapay_api_admission_refusals",
+    "Requests this API process refused at once (503 "
     "service_unavailable with Retry-After, nothing done) because it was at its concurrency "
-    "limit.", registry=API_REGISTRY)
+    "limit.",
+    registry=API_REGISTRY,
+)
 ADMISSION_LIMIT = Gauge(
-    "durapay_api_admission_limit", "Requests this API process admits at once now: the "
+    "durapay_api_admission_limit",
+    "Requests this API process admits at once now: the "
     "adaptive limit, between DURAPAY_API_MIN_IN_FLIGHT and DURAPAY_API_MAX_IN_FLIGHT.",
-    registry=API_REGISTRY)
+    registry=API_REGISTRY,
+)
 REQUESTS_IN_FLIGHT = Gauge(
-    "durapay_api_requests_in_flight", "Requests this API process is answering now (health "
-    "probes and /metrics not counted).", registry=API_REGISTRY)
+    "durapay_api_requests_in_flight",
+    "Requests this API process is answering now (health probes and /metrics not counted).",
+    registry=API_REGISTRY,
+)
 
 
 # ---- Every process: its event loop (core/loop_lag.py) ------------------------------------------
 # How much later than asked a short sleep ends: the wait every coroutine of the process has on
 # top of its own work (CPU taken by other processes, a blocking call, a long callback).
 LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-_LOOP_LAG_HELP = ("How much later than asked this process's event loop ran a timer, sampled "
-                  "every 100 ms: a wait added to every request or task it handles.")
-API_LOOP_LAG = Histogram("durapay_event_loop_lag_seconds", _LOOP_LAG_HELP,
-                         buckets=LOOP_LAG_BUCKETS, registry=API_REGISTRY)
-WORKER_LOOP_LAG = Histogram("durapay_event_loop_lag_seconds", _LOOP_LAG_HELP,
-                            buckets=LOOP_LAG_BUCKETS, registry=WORKER_REGISTRY)
+_LOOP_LAG_HELP = (
+    "How much later than asked this process's event loop ran a timer, sampled "
+    "every 100 ms: a wait added to every request or task it handles."
+)
+API_LOOP_LAG = Histogram(
+    "durapay_event_loop_lag_seconds",
+    _LOOP_LAG_HELP,
+    buckets=LOOP_LAG_BUCKETS,
+    registry=API_REGISTRY,
+)
+WORKER_LOOP_LAG = Histogram(
+    "durapay_event_loop_lag_seconds",
+    _LOOP_LAG_HELP,
+    buckets=LOOP_LAG_BUCKETS,
+    registry=WORKER_REGISTRY,
+)
 
 
 # ---- Workers: business facts ----------------------------------------------------------------
@@ -117,47 +155,82 @@ STATUS_QUERY_ANSWERS = ("approved", "declined", "not_found", "unknown", "unavail
 WEBHOOK_RESULTS = ("delivered", "http_error", "gone", "timeout", "network_error", "url_refused")
 
 CHARGES = Counter(
-    "durapay_charges", "Charge outcomes recorded: succeeded, requires_capture (authorized, "
+    "durapay_charges",
+    "Charge outcomes recorded: succeeded, requires_capture (authorized, "
     "manual capture), declined, failed (the network failed, nothing charged) or unknown (the "
-    "answer was lost; counted again with its truth when it settles).", ["outcome"],
-    registry=WORKER_REGISTRY)
+    "answer was lost; counted again with its truth when it settles).",
+    ["outcome"],
+    registry=WORKER_REGISTRY,
+)
 OPERATIONS = Counter(
-    "durapay_operations", "Capture, void and refund outcomes recorded, by type and outcome "
+    "durapay_operations",
+    "Capture, void and refund outcomes recorded, by type and outcome "
     "(succeeded, declined, failed, unknown; unknown ones are counted again when they settle).",
-    ["type", "outcome"], registry=WORKER_REGISTRY)
+    ["type", "outcome"],
+    registry=WORKER_REGISTRY,
+)
 UNKNOWN_OUTCOMES_OPENED = Counter(
-    "durapay_unknown_outcomes_opened", "Operations whose network answer was lost (recorded as "
-    "timeout), by transaction type.", ["type"], registry=WORKER_REGISTRY)
+    "durapay_unknown_outcomes_opened",
+    "Operations whose network answer was lost (recorded as timeout), by transaction type.",
+    ["type"],
+    registry=WORKER_REGISTRY,
+)
 UNKNOWN_OUTCOMES_SETTLED = Counter(
-    "durapay_unknown_outcomes_settled", "Unknown outcomes settled with the truth, by type, "
+    "durapay_unknown_outcomes_settled",
+    "Unknown outcomes settled with the truth, by type, "
     "outcome, and by whom (the network's status answer, or an operator's verdict).",
-    ["type", "outcome", "by"], registry=WORKER_REGISTRY)
+    ["type", "outcome", "by"],
+    registry=WORKER_REGISTRY,
+)
 STATUS_QUERIES = Counter(
-    "durapay_reconciliation_status_queries", "Status queries sent to the card network about an "
-    "unknown outcome, by its answer (unavailable: no answer, retried).", ["answer"],
-    registry=WORKER_REGISTRY)
+    "durapay_reconciliation_status_queries",
+    "Status queries sent to the card network about an "
+    "unknown outcome, by its answer (unavailable: no answer, retried).",
+    ["answer"],
+    registry=WORKER_REGISTRY,
+)
 MANUAL_REVIEWS_OPENED = Counter(
-    "durapay_manual_reviews_opened", "Payments put in front of an operator "
-    "(`durapay review list`).", registry=WORKER_REGISTRY)
+    "durapay_manual_reviews_opened",
+    "Payments put in front of an operator (`durapay review list`).",
+    registry=WORKER_REGISTRY,
+)
 WEBHOOK_ATTEMPTS = Counter(
-    "durapay_webhook_attempts", "Webhook delivery attempts recorded, by result.", ["result"],
-    registry=WORKER_REGISTRY)
+    "durapay_webhook_attempts",
+    "Webhook delivery attempts recorded, by result.",
+    ["result"],
+    registry=WORKER_REGISTRY,
+)
 DISCREPANCIES_OPENED = Counter(
-    "durapay_reconciliation_discrepancies_opened", "Reconciliation discrepancies opened, by "
+    "durapay_reconciliation_discrepancies_opened",
+    "Reconciliation discrepancies opened, by "
     "kind (the sweep's, and a late network answer contradicting a recorded outcome).",
-    ["kind"], registry=WORKER_REGISTRY)
+    ["kind"],
+    registry=WORKER_REGISTRY,
+)
 SWEEPS = Counter(
-    "durapay_reconciliation_sweeps", "Reconciliation sweeps recorded, by trigger.", ["trigger"],
-    registry=WORKER_REGISTRY)
+    "durapay_reconciliation_sweeps",
+    "Reconciliation sweeps recorded, by trigger.",
+    ["trigger"],
+    registry=WORKER_REGISTRY,
+)
 # Someone reached Temporal with a client of their own, or a process runs with another master key.
 # Unlike the business facts, counted where it happens (a refusal commits nothing).
-REFUSAL_KINDS = ("not_encrypted", "unknown_key", "wrong_place", "failed_authentication",
-                 "misaddressed")
+REFUSAL_KINDS = (
+    "not_encrypted",
+    "unknown_key",
+    "wrong_place",
+    "failed_authentication",
+    "misaddressed",
+)
 PAYLOADS_REFUSED = Counter(
-    "durapay_temporal_payloads_refused", "Temporal payloads the workers refused before any "
+    "durapay_temporal_payloads_refused",
+    "Temporal payloads the workers refused before any "
     "code acted on them: in clear, under a key not ours, bound to another workflow or "
     "activity, failing authentication, or an operation input addressed to another payment or "
-    "Update (misaddressed).", ["kind"], registry=WORKER_REGISTRY)
+    "Update (misaddressed).",
+    ["kind"],
+    registry=WORKER_REGISTRY,
+)
 
 # Every series of a fixed vocabulary exists from the start at 0, so `rate()` and `increase()`
 # see the first event and an alert is not blind until a series first appears.
@@ -187,13 +260,19 @@ def count_refused_payload(kind: str) -> None:
     PAYLOADS_REFUSED.labels(kind=kind if kind in REFUSAL_KINDS else "failed_authentication").inc()
 
 
-def count_recorded_outcome(*, transaction_type: str, status_before: str,
-                           outcome: NetworkOutcome, intent_status: str,
-                           operator_verdict: bool) -> None:
+def count_recorded_outcome(
+    *,
+    transaction_type: str,
+    status_before: str,
+    outcome: NetworkOutcome,
+    intent_status: str,
+    operator_verdict: bool,
+) -> None:
     """Count one outcome `record_outcome` has just committed for a transaction that was
     `status_before` (pending, or timeout for an unknown outcome being settled)."""
-    label = outcome_label(transaction_type=transaction_type, outcome=outcome,
-                          intent_status=intent_status)
+    label = outcome_label(
+        transaction_type=transaction_type, outcome=outcome, intent_status=intent_status
+    )
     if transaction_type == TransactionType.CHARGE.value:
         CHARGES.labels(outcome=label).inc()
     else:
@@ -202,8 +281,11 @@ def count_recorded_outcome(*, transaction_type: str, status_before: str,
         UNKNOWN_OUTCOMES_OPENED.labels(type=transaction_type).inc()
     elif status_before == TransactionStatus.TIMEOUT.value:
         settled_as = "succeeded" if outcome is NetworkOutcome.APPROVED else outcome.value
-        UNKNOWN_OUTCOMES_SETTLED.labels(type=transaction_type, outcome=settled_as,
-                                        by="operator" if operator_verdict else "network").inc()
+        UNKNOWN_OUTCOMES_SETTLED.labels(
+            type=transaction_type,
+            outcome=settled_as,
+            by="operator" if operator_verdict else "network",
+        ).inc()
 
 
 def outcome_label(*, transaction_type: str, outcome: NetworkOutcome, intent_status: str) -> str:
@@ -212,8 +294,10 @@ def outcome_label(*, transaction_type: str, outcome: NetworkOutcome, intent_stat
     anything else is the network's outcome (declined, failed, unknown)."""
     if outcome is not NetworkOutcome.APPROVED:
         return outcome.value
-    if (transaction_type == TransactionType.CHARGE.value
-            and intent_status == IntentStatus.REQUIRES_CAPTURE.value):
+    if (
+        transaction_type == TransactionType.CHARGE.value
+        and intent_status == IntentStatus.REQUIRES_CAPTURE.value
+    ):
         return "requires_capture"
     return "succeeded"
 
@@ -251,25 +335,37 @@ class DatabaseGauges(Collector):
         if snapshot is None:
             return
         yield GaugeMetricFamily(
-            "durapay_manual_reviews_open", "Payments waiting for an operator now "
-            "(`durapay review list`).", value=snapshot.manual_reviews_open)
+            "durapay_manual_reviews_open",
+            "Payments waiting for an operator now (`durapay review list`).",
+            value=snapshot.manual_reviews_open,
+        )
         open_items = GaugeMetricFamily(
-            "durapay_reconciliation_discrepancies_open", "Reconciliation discrepancies open "
-            "now, by kind (`durapay reconcile list`).", labels=["kind"])
+            "durapay_reconciliation_discrepancies_open",
+            "Reconciliation discrepancies open now, by kind (`durapay reconcile list`).",
+            labels=["kind"],
+        )
         for kind in sorted({k.value for k in DiscrepancyKind} | set(snapshot.discrepancies_open)):
             open_items.add_metric([kind], snapshot.discrepancies_open.get(kind, 0))
         yield open_items
         lag = GaugeMetricFamily(
-            "durapay_event_stream_lag_bytes", "WAL written since the event stream consumer "
+            "durapay_event_stream_lag_bytes",
+            "WAL written since the event stream consumer "
             "of this replication slot last confirmed (`durapay events status`): what the "
-            "database keeps for it.", labels=["slot"])
+            "database keeps for it.",
+            labels=["slot"],
+        )
         consumer = GaugeMetricFamily(
-            "durapay_event_stream_consumer_running", "1 while a consumer holds the slot "
-            "(`durapay events stream` connected), else 0.", labels=["slot"])
+            "durapay_event_stream_consumer_running",
+            "1 while a consumer holds the slot (`durapay events stream` connected), else 0.",
+            labels=["slot"],
+        )
         lost = GaugeMetricFamily(
-            "durapay_event_stream_slot_lost", "1 once the server dropped WAL the slot had not "
+            "durapay_event_stream_slot_lost",
+            "1 once the server dropped WAL the slot had not "
             "confirmed (max_slot_wal_keep_size): its consumer must rebuild "
-            "(`durapay events stream --rebuild`), else 0.", labels=["slot"])
+            "(`durapay events stream --rebuild`), else 0.",
+            labels=["slot"],
+        )
         for slot in sorted(snapshot.slot_lag_bytes):
             # A lost slot holds no WAL: the distance to its old position is not lag.
             if not snapshot.slot_lost.get(slot):
@@ -281,23 +377,42 @@ class DatabaseGauges(Collector):
         yield lost
 
 
-async def read_database_snapshot(
-        sessions: async_sessionmaker[AsyncSession]) -> DatabaseSnapshot:
+async def read_database_snapshot(sessions: async_sessionmaker[AsyncSession]) -> DatabaseSnapshot:
     async with sessions() as session:
-        reviews = (await session.exec(select(func.count()).select_from(PaymentIntent).where(
-            col(PaymentIntent.manual_review_since).is_not(None),
-            col(PaymentIntent.manual_review_resolved_at).is_(None)))).one()
-        rows = (await session.exec(
-            select(ReconciliationDiscrepancy.kind, func.count())
-            .where(col(ReconciliationDiscrepancy.resolved_at).is_(None))
-            .group_by(col(ReconciliationDiscrepancy.kind)))).all()
+        reviews = (
+            await session.exec(
+                select(func.count())
+                .select_from(PaymentIntent)
+                .where(
+                    col(PaymentIntent.manual_review_since).is_not(None),
+                    col(PaymentIntent.manual_review_resolved_at).is_(None),
+                )
+            )
+        ).one()
+        rows = (
+            await session.exec(
+                select(ReconciliationDiscrepancy.kind, func.count())
+                .where(col(ReconciliationDiscrepancy.resolved_at).is_(None))
+                .group_by(col(ReconciliationDiscrepancy.kind))
+            )
+        ).all()
         # sqlmodel types exec() for its select() and DML only; it runs text() the same way.
-        slots = (await session.exec(  # type: ignore[call-overload]
-            text(SLOT_STATUS_SQL))).mappings().all()
-    return DatabaseSnapshot(int(reviews), {str(kind): int(count) for kind, count in rows},
-                            {str(r["slot_name"]): int(r["lag"]) for r in slots},
-                            {str(r["slot_name"]): bool(r["consumer"]) for r in slots},
-                            {str(r["slot_name"]): r["wal_status"] == "lost" for r in slots})
+        slots = (
+            (
+                await session.exec(  # type: ignore[call-overload]
+                    text(SLOT_STATUS_SQL)
+                )
+            )
+            .mappings()
+            .all()
+        )
+    return DatabaseSnapshot(
+        int(reviews),
+        {str(kind): int(count) for kind, count in rows},
+        {str(r["slot_name"]): int(r["lag"]) for r in slots},
+        {str(r["slot_name"]): bool(r["consumer"]) for r in slots},
+        {str(r["slot_name"]): r["wal_status"] == "lost" for r in slots},
+    )
 
 
 DATABASE_GAUGES = DatabaseGauges()
@@ -320,9 +435,13 @@ class ScheduleGauges(Collector):
     """`durapay_schedule_paused{schedule}`: 1 paused, 0 running. A schedule whose state is
     unknown (Temporal down or slow) is left out of the scrape rather than reported running."""
 
-    def __init__(self, *, read_seconds: float = SCHEDULE_READ_SECONDS,
-                 cache_seconds: float = SCHEDULE_CACHE_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        read_seconds: float = SCHEDULE_READ_SECONDS,
+        cache_seconds: float = SCHEDULE_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._read_seconds = read_seconds
         self._cache_seconds = cache_seconds
         self._clock = clock
@@ -340,17 +459,20 @@ class ScheduleGauges(Collector):
             except Exception as error:  # noqa: BLE001 (the gauge is left out of this scrape)
                 log.warning("metrics: schedule states unavailable (%s)", type(error).__name__)
                 states = {}
-            self._paused = {schedule: paused for schedule, paused in states.items()
-                            if paused is not None}
+            self._paused = {
+                schedule: paused for schedule, paused in states.items() if paused is not None
+            }
             self._read_at = self._clock()
 
     def collect(self) -> Iterator[Metric]:
         if not self._paused:
             return
         paused = GaugeMetricFamily(
-            "durapay_schedule_paused", "1 while the Temporal Schedule is paused (or deleted: "
+            "durapay_schedule_paused",
+            "1 while the Temporal Schedule is paused (or deleted: "
             "it fires no more until a worker re-creates it), 0 while it runs.",
-            labels=["schedule"])
+            labels=["schedule"],
+        )
         for schedule in sorted(self._paused):
             paused.add_metric([schedule], 1 if self._paused[schedule] else 0)
         yield paused

@@ -28,8 +28,9 @@ class _Field:
 @functools.cache
 def _fields_of(cls: type) -> tuple[_Field, ...]:
     hints = get_type_hints(cls)
-    return tuple(_Field(field.name, hints[field.name], field.init)
-                 for field in dataclasses.fields(cls))
+    return tuple(
+        _Field(field.name, hints[field.name], field.init) for field in dataclasses.fields(cls)
+    )
 
 
 class CachedDataclassConverter(JSONTypeConverter):
@@ -39,8 +40,9 @@ class CachedDataclassConverter(JSONTypeConverter):
     raises TypeError naming it (which lets a Union try its next member)."""
 
     def to_typed_value(self, hint: type, value: Any) -> Any | None:
-        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)
-                and isinstance(value, dict)):
+        if not (
+            isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict)
+        ):
             return JSONTypeConverter.Unhandled
         converters = [self]
         arguments: dict[str, Any] = {}
@@ -51,8 +53,9 @@ class CachedDataclassConverter(JSONTypeConverter):
             try:
                 converted = value_to_type(field.hint, value[field.name], converters)
             except Exception as error:
-                raise TypeError(f"Failed converting field {field.name} on dataclass "
-                                f"{hint}") from error
+                raise TypeError(
+                    f"Failed converting field {field.name} on dataclass {hint}"
+                ) from error
             (arguments if field.init else later)[field.name] = converted
         instance = hint(**arguments)
         for name, converted in later.items():

@@ -42,20 +42,23 @@ async def temporal_ok(client: Callable[[], Awaitable[Client]]) -> bool:
         return False
 
 
-async def readiness(checks: Mapping[str, Check],
-                    warnings: Mapping[str, ReadinessWarning] | None = None,
-                    ) -> tuple[dict[str, Any], list[str]]:
+async def readiness(
+    checks: Mapping[str, Check],
+    warnings: Mapping[str, ReadinessWarning] | None = None,
+) -> tuple[dict[str, Any], list[str]]:
     """Run every check and warning at once (with everything down a probe waits CHECK_SECONDS,
     not that times n): the answer's body (`status`, `checks`, `down` when something is,
     `warnings` when one speaks) and what is down."""
     names, warning_names = list(checks), list(warnings or {})
     results, messages = await asyncio.gather(
         asyncio.gather(*(checks[name]() for name in names)),
-        asyncio.gather(*(_warning((warnings or {})[name]) for name in warning_names)))
+        asyncio.gather(*(_warning((warnings or {})[name]) for name in warning_names)),
+    )
     down = [name for name, ok in zip(names, results, strict=True) if not ok]
     body: dict[str, Any] = {
         "status": "unavailable" if down else "ok",
-        "checks": {name: "down" if name in down else "ok" for name in names}}
+        "checks": {name: "down" if name in down else "ok" for name in names},
+    }
     if down:
         body["down"] = down
     spoken = {name: m for name, m in zip(warning_names, messages, strict=True) if m}
@@ -88,7 +91,9 @@ async def slot_wal_unbounded(sessions: async_sessionmaker[AsyncSession]) -> str 
         # sqlmodel types exec() for its select() and DML only; it runs text() the same way.
         row = (await session.exec(text(SLOT_WAL_UNBOUNDED_SQL))).one()  # type: ignore[call-overload]
     if row.unlimited and row.slots:
-        return (f"{row.slots} logical replication slot(s) and max_slot_wal_keep_size = -1: a "
-                "stalled event stream consumer keeps WAL until the database's disk is full; "
-                "set a limit (docs/operations.md)")
+        return (
+            f"{row.slots} logical replication slot(s) and max_slot_wal_keep_size = -1: a "
+            "stalled event stream consumer keeps WAL until the database's disk is full; "
+            "set a limit (docs/operations.md)"
+        )
     return None

@@ -93,11 +93,14 @@ class LedgerEntry:
     def from_json(entry: dict[str, Any]) -> LedgerEntry:
         """One entry of the simulator's `GET /ledger` (camelCase, RFC 3339 `createdAt`)."""
         return LedgerEntry(
-            reference=str(entry["reference"]), type=str(entry["type"]),
-            amount_in_cents=int(entry["amountInCents"]), currency=str(entry["currency"]).lower(),
+            reference=str(entry["reference"]),
+            type=str(entry["type"]),
+            amount_in_cents=int(entry["amountInCents"]),
+            currency=str(entry["currency"]).lower(),
             status=str(entry["status"]),
             created_at=datetime.fromisoformat(str(entry["createdAt"]).replace("Z", "+00:00")),
-            parent_reference=entry.get("parentReference"))
+            parent_reference=entry.get("parentReference"),
+        )
 
 
 @dataclass
@@ -169,8 +172,9 @@ class Triage:
     to_clear: list[OpenItem]
 
 
-def ledger_references_in_window(ledger: Iterable[LedgerEntry], *, window_start: datetime,
-                                window_end: datetime) -> set[str]:
+def ledger_references_in_window(
+    ledger: Iterable[LedgerEntry], *, window_start: datetime, window_end: datetime
+) -> set[str]:
     return {e.reference for e in ledger if window_start <= e.created_at <= window_end}
 
 
@@ -178,9 +182,15 @@ def is_stuck(txn: OurTransaction, stuck_before: datetime) -> bool:
     return txn.status in UNKNOWN_STATUSES and txn.created_at <= stuck_before
 
 
-def compare(ours: Sequence[OurTransaction], ledger: Sequence[LedgerEntry], *,
-            window_start: datetime, window_end: datetime, stuck_before: datetime,
-            recheck: Iterable[str] = ()) -> Comparison:
+def compare(
+    ours: Sequence[OurTransaction],
+    ledger: Sequence[LedgerEntry],
+    *,
+    window_start: datetime,
+    window_end: datetime,
+    stuck_before: datetime,
+    recheck: Iterable[str] = (),
+) -> Comparison:
     """Every discrepancy between our transactions and the ledger for one window.
 
     Checked are our transactions created in the window and the ledger entries created in it,
@@ -197,16 +207,24 @@ def compare(ours: Sequence[OurTransaction], ledger: Sequence[LedgerEntry], *,
     our_by_ref = {t.network_reference: t for t in ours}
     # A reversal is ours (on its charge's row) and checked through its charge: an approval it
     # voided is net zero, no money moved.
-    reversed_by = {t.reversal_reference: t.network_reference for t in ours
-                   if t.reversal_reference is not None}
-    voided = {reversed_by[e.reference] for e in ledger
-              if e.reference in reversed_by and e.status == NETWORK_APPROVED}
+    reversed_by = {
+        t.reversal_reference: t.network_reference for t in ours if t.reversal_reference is not None
+    }
+    voided = {
+        reversed_by[e.reference]
+        for e in ledger
+        if e.reference in reversed_by and e.status == NETWORK_APPROVED
+    }
     # The network commits one entry per reference; should it ever list two, the last one wins.
-    ledger_by_ref = {e.reference: e for e in ledger
-                     if e.reference not in voided and e.reference not in reversed_by}
+    ledger_by_ref = {
+        e.reference: e
+        for e in ledger
+        if e.reference not in voided and e.reference not in reversed_by
+    }
     subjects = {t.network_reference for t in ours if window_start <= t.created_at <= window_end}
-    in_window = ledger_references_in_window(ledger, window_start=window_start,
-                                            window_end=window_end)
+    in_window = ledger_references_in_window(
+        ledger, window_start=window_start, window_end=window_end
+    )
     subjects |= {reversed_by.get(reference, reference) for reference in in_window}
     subjects |= {t.network_reference for t in ours if is_stuck(t, stuck_before)}
     subjects |= set(recheck)
@@ -243,14 +261,19 @@ def triage(comparison: Comparison, open_items: Iterable[OpenItem]) -> Triage:
         else:
             still_open.append((found, item.discrepancy_id))
     found_keys = {d.key for d in comparison.discrepancies}
-    to_clear = [item for key, item in sorted(open_by_key.items())
-                if key not in found_keys and item.kind in SWEEP_KINDS
-                and item.network_reference in comparison.checked_references]
+    to_clear = [
+        item
+        for key, item in sorted(open_by_key.items())
+        if key not in found_keys
+        and item.kind in SWEEP_KINDS
+        and item.network_reference in comparison.checked_references
+    ]
     return Triage(to_open, still_open, to_clear)
 
 
-def _kind(txn: OurTransaction | None, entry: LedgerEntry | None,
-          stuck_before: datetime) -> DiscrepancyKind | None:
+def _kind(
+    txn: OurTransaction | None, entry: LedgerEntry | None, stuck_before: datetime
+) -> DiscrepancyKind | None:
     approved = entry is not None and entry.status == NETWORK_APPROVED
     if txn is None:
         # A decline we never recorded moved no money; an approval did.
@@ -274,10 +297,12 @@ def _kind(txn: OurTransaction | None, entry: LedgerEntry | None,
     return DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE if approved else None
 
 
-def _discrepancy(kind: DiscrepancyKind, reference: str, txn: OurTransaction | None,
-                 entry: LedgerEntry | None) -> Discrepancy:
+def _discrepancy(
+    kind: DiscrepancyKind, reference: str, txn: OurTransaction | None, entry: LedgerEntry | None
+) -> Discrepancy:
     return Discrepancy(
-        kind=kind.value, network_reference=reference,
+        kind=kind.value,
+        network_reference=reference,
         merchant_id=txn.merchant_id if txn else None,
         payment_intent_id=txn.payment_intent_id if txn else None,
         transaction_id=txn.transaction_id if txn else None,
@@ -286,4 +311,5 @@ def _discrepancy(kind: DiscrepancyKind, reference: str, txn: OurTransaction | No
         our_amount_in_cents=txn.amount_in_cents if txn else None,
         network_amount_in_cents=entry.amount_in_cents if entry else None,
         currency=txn.currency if txn else (entry.currency if entry else None),
-        network_currency=entry.currency if entry else None)
+        network_currency=entry.currency if entry else None,
+    )

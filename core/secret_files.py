@@ -43,7 +43,8 @@ def check_private_dir(path: Path) -> None:
     if mode & 0o007 or (mode & 0o070 and not group_traverse_only):
         raise InsecurePermissionsError(
             f"refusing to use {path}: other users can reach it (mode {mode:04o}), and it holds "
-            f"Durapay's secrets and payment data. Fix: chmod 700 {path}")
+            f"Durapay's secrets and payment data. Fix: chmod 700 {path}"
+        )
 
 
 def check_private_file(path: Path) -> None:
@@ -52,7 +53,8 @@ def check_private_file(path: Path) -> None:
         raise InsecurePermissionsError(
             f"refusing to use {path}: other users can read or change it (mode {mode:04o}). "
             f"Fix: chmod 600 {path}, and replace the secret in it if anyone else may have "
-            "read it")
+            "read it"
+        )
 
 
 def read_secret(path: Path) -> str | None:

@@ -200,9 +200,14 @@ class Settings(BaseSettings):
     def _production_secrets_are_given(self) -> Self:
         """Every process reads settings first, so this is where each refuses to start."""
         if self.env == "production":
-            missing = [name for name, value in (("DURAPAY_MASTER_KEY", self.master_key),
-                                                ("DURAPAY_ADMIN_TOKEN", self.admin_token))
-                       if not value]
+            missing = [
+                name
+                for name, value in (
+                    ("DURAPAY_MASTER_KEY", self.master_key),
+                    ("DURAPAY_ADMIN_TOKEN", self.admin_token),
+                )
+                if not value
+            ]
             if missing:
                 raise ValueError(_production_refusal(missing))
         return self
@@ -215,26 +220,39 @@ class Settings(BaseSettings):
     # key (or a key without its certificate) is a mistake in every environment.
     @model_validator(mode="after")
     def _temporal_connection_is_authenticated(self) -> Self:
-        given = {name: bool(value and value.strip()) for name, value in (
-            ("DURAPAY_TEMPORAL_TLS_CERT", self.temporal_tls_cert),
-            ("DURAPAY_TEMPORAL_TLS_KEY", self.temporal_tls_key),
-            ("DURAPAY_TEMPORAL_TLS_CA", self.temporal_tls_ca),
-            ("DURAPAY_TEMPORAL_API_KEY", self.temporal_api_key))}
+        given = {
+            name: bool(value and value.strip())
+            for name, value in (
+                ("DURAPAY_TEMPORAL_TLS_CERT", self.temporal_tls_cert),
+                ("DURAPAY_TEMPORAL_TLS_KEY", self.temporal_tls_key),
+                ("DURAPAY_TEMPORAL_TLS_CA", self.temporal_tls_ca),
+                ("DURAPAY_TEMPORAL_API_KEY", self.temporal_api_key),
+            )
+        }
         cert, key = given["DURAPAY_TEMPORAL_TLS_CERT"], given["DURAPAY_TEMPORAL_TLS_KEY"]
         if cert != key:
-            present, absent = (("DURAPAY_TEMPORAL_TLS_CERT", "DURAPAY_TEMPORAL_TLS_KEY") if cert
-                               else ("DURAPAY_TEMPORAL_TLS_KEY", "DURAPAY_TEMPORAL_TLS_CERT"))
-            raise ValueError(f"{present} is set but {absent} is not: mutual TLS to Temporal "
-                             "needs the client certificate and its private key")
+            present, absent = (
+                ("DURAPAY_TEMPORAL_TLS_CERT", "DURAPAY_TEMPORAL_TLS_KEY")
+                if cert
+                else ("DURAPAY_TEMPORAL_TLS_KEY", "DURAPAY_TEMPORAL_TLS_CERT")
+            )
+            raise ValueError(
+                f"{present} is set but {absent} is not: mutual TLS to Temporal "
+                "needs the client certificate and its private key"
+            )
         if self.env == "production" and not (cert or given["DURAPAY_TEMPORAL_API_KEY"]):
-            ca_only = (" (DURAPAY_TEMPORAL_TLS_CA alone verifies the server, but Temporal "
-                       "would still accept any client)" if given["DURAPAY_TEMPORAL_TLS_CA"]
-                       else "")
+            ca_only = (
+                " (DURAPAY_TEMPORAL_TLS_CA alone verifies the server, but Temporal "
+                "would still accept any client)"
+                if given["DURAPAY_TEMPORAL_TLS_CA"]
+                else ""
+            )
             raise ValueError(
                 "DURAPAY_ENV=production refuses an unauthenticated connection to Temporal"
                 f"{ca_only}: set DURAPAY_TEMPORAL_TLS_CERT and DURAPAY_TEMPORAL_TLS_KEY "
                 "(mutual TLS; with DURAPAY_TEMPORAL_TLS_CA for a private CA, e.g. one made by "
-                "`durapay certs`) or DURAPAY_TEMPORAL_API_KEY (Temporal Cloud)")
+                "`durapay certs`) or DURAPAY_TEMPORAL_API_KEY (Temporal Cloud)"
+            )
         return self
 
     # --- Abuse limits and production hardening (checked by `_production_is_hardened`).
@@ -273,8 +291,9 @@ class Settings(BaseSettings):
         if self.env == "production":
             problems = _weak_production_settings(self)
             if problems:
-                raise ValueError("DURAPAY_ENV=production refuses weak settings:\n- "
-                                 + "\n- ".join(problems))
+                raise ValueError(
+                    "DURAPAY_ENV=production refuses weak settings:\n- " + "\n- ".join(problems)
+                )
         return self
 
     @property
@@ -307,9 +326,12 @@ class Settings(BaseSettings):
             raise LocalPostgresPasswordMissing(
                 f"no password for the local PostgreSQL at {self.local_postgres_password_file}: "
                 "`durapay dev` writes it when it creates the database; is DURAPAY_HOME the "
-                "state dir it uses? (Or set DATABASE_URL.)")
-        return (f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:"
-                f"{self.postgres_port}/{database}")
+                "state dir it uses? (Or set DATABASE_URL.)"
+            )
+        return (
+            f"postgresql://postgres:{quote(password, safe='')}@127.0.0.1:"
+            f"{self.postgres_port}/{database}"
+        )
 
     @property
     def effective_temporal_address(self) -> str:
@@ -326,7 +348,8 @@ class Settings(BaseSettings):
             return self.admin_token
         if self._admin_token_from_file is None:
             self._admin_token_from_file = self._generated_secret(
-                "admin-token", "DURAPAY_ADMIN_TOKEN", lambda: secrets.token_urlsafe(32))
+                "admin-token", "DURAPAY_ADMIN_TOKEN", lambda: secrets.token_urlsafe(32)
+            )
         return self._admin_token_from_file
 
     def resolved_master_key(self) -> bytes:
@@ -337,8 +360,8 @@ class Settings(BaseSettings):
         derive from it."""
         if self._master_key_bytes is None:
             encoded = self.master_key or self._generated_secret(
-                MASTER_KEY_FILE, "DURAPAY_MASTER_KEY",
-                lambda: encode_key(new_master_key()))
+                MASTER_KEY_FILE, "DURAPAY_MASTER_KEY", lambda: encode_key(new_master_key())
+            )
             key = base64.b64decode(encoded)
             if len(key) != 32:
                 raise ValueError("DURAPAY_MASTER_KEY must be 32 bytes, base64-encoded")
@@ -359,33 +382,47 @@ class Settings(BaseSettings):
         config = (self.master_key, self.retired_master_keys, self.home_dir)
         if self._key_ring is None or self._key_ring_config != config:
             if self.master_key_from_files:
-                self._generated_secret(MASTER_KEY_FILE, "DURAPAY_MASTER_KEY",
-                                       lambda: encode_key(new_master_key()))
+                self._generated_secret(
+                    MASTER_KEY_FILE, "DURAPAY_MASTER_KEY", lambda: encode_key(new_master_key())
+                )
                 ring = KeyRing.from_source(self.key_files())
             else:
-                ring = KeyRing(decode_key(self.master_key or "", where="DURAPAY_MASTER_KEY"),
-                               decode_keys(self.retired_master_keys,
-                                           where="DURAPAY_RETIRED_MASTER_KEYS"))
+                ring = KeyRing(
+                    decode_key(self.master_key or "", where="DURAPAY_MASTER_KEY"),
+                    decode_keys(self.retired_master_keys, where="DURAPAY_RETIRED_MASTER_KEYS"),
+                )
             self._key_ring, self._key_ring_config = ring, config
         return self._key_ring
 
     def vault_epoch_keys(self) -> EpochKeys:
         """The card vault's epoch keys, one store per Settings (so per process)."""
-        directory = (self.vault_key_dir.expanduser().resolve() if self.vault_key_dir
-                     else self.home_dir / VAULT_KEY_DIR)
+        directory = (
+            self.vault_key_dir.expanduser().resolve()
+            if self.vault_key_dir
+            else self.home_dir / VAULT_KEY_DIR
+        )
         keys = self._epoch_keys
-        if keys is None or keys.directory != directory or \
-                keys.epoch_seconds != self.vault_epoch_seconds:
+        if (
+            keys is None
+            or keys.directory != directory
+            or keys.epoch_seconds != self.vault_epoch_seconds
+        ):
             keys = self._epoch_keys = EpochKeys(
-                directory, epoch_seconds=self.vault_epoch_seconds,
-                keep_after_end=CARD_NUMBER_RETENTION + timedelta(
-                    seconds=self.vault_epoch_key_margin_seconds))
+                directory,
+                epoch_seconds=self.vault_epoch_seconds,
+                keep_after_end=CARD_NUMBER_RETENTION
+                + timedelta(seconds=self.vault_epoch_key_margin_seconds),
+            )
         return keys
 
     def key_files(self) -> KeyFiles:
         """The local stack's key files (meaningful only with `master_key_from_files`)."""
-        return KeyFiles(self.home_dir, configured_retired=decode_keys(
-            self.retired_master_keys, where="DURAPAY_RETIRED_MASTER_KEYS"))
+        return KeyFiles(
+            self.home_dir,
+            configured_retired=decode_keys(
+                self.retired_master_keys, where="DURAPAY_RETIRED_MASTER_KEYS"
+            ),
+        )
 
     def _generated_secret(self, file_name: str, variable: str, make: Callable[[], str]) -> str:
         """A secret generated once into the state dir (0600, in a 0700 dir). Never in
@@ -401,8 +438,10 @@ class LocalPostgresPasswordMissing(RuntimeError):
 
 
 def _production_refusal(missing: list[str]) -> str:
-    return (f"DURAPAY_ENV=production: {' and '.join(missing)} must be set; generated secrets "
-            "are for development only")
+    return (
+        f"DURAPAY_ENV=production: {' and '.join(missing)} must be set; generated secrets "
+        "are for development only"
+    )
 
 
 # --- Production hardening: what `Settings._production_is_hardened` refuses.
@@ -417,55 +456,79 @@ PRODUCTION_WEBHOOK_PORTS = frozenset({443})
 def _weak_production_settings(settings: Settings) -> list[str]:
     problems: list[str] = []
     token = settings.admin_token or ""
-    if token and _is_weak_secret(token, min_length=MIN_ADMIN_TOKEN_CHARS,
-                                 min_bits=MIN_ADMIN_TOKEN_BITS):
-        problems.append(f"DURAPAY_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} "
-                        "characters or guessable (repeated or patterned characters): set a "
-                        "random one, e.g. `openssl rand -hex 32`")
+    if token and _is_weak_secret(
+        token, min_length=MIN_ADMIN_TOKEN_CHARS, min_bits=MIN_ADMIN_TOKEN_BITS
+    ):
+        problems.append(
+            f"DURAPAY_ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} "
+            "characters or guessable (repeated or patterned characters): set a "
+            "random one, e.g. `openssl rand -hex 32`"
+        )
     keys = [("DURAPAY_MASTER_KEY", settings.master_key or "")] + [
-        (f"DURAPAY_RETIRED_MASTER_KEYS (key {n})", key) for n, key in enumerate(
-            (k for k in settings.retired_master_keys.replace("\n", ",").split(",")
-             if k.strip()), 1)]
+        (f"DURAPAY_RETIRED_MASTER_KEYS (key {n})", key)
+        for n, key in enumerate(
+            (k for k in settings.retired_master_keys.replace("\n", ",").split(",") if k.strip()), 1
+        )
+    ]
     for name, encoded in keys:
         try:
             key = base64.b64decode(encoded.strip(), validate=True)
         except ValueError:
             continue  # malformed: decoding it at start-up names the variable
         if key and _is_weak_key(key):
-            problems.append(f"{name} is trivially weak (a repeated byte or a pattern): "
-                            "generate one with `openssl rand -base64 32`")
+            problems.append(
+                f"{name} is trivially weak (a repeated byte or a pattern): "
+                "generate one with `openssl rand -base64 32`"
+            )
     if settings.webhook_allow_private_networks:
-        problems.append("DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true lets merchants aim "
-                        "webhooks at internal services: unset it (development only)")
+        problems.append(
+            "DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true lets merchants aim "
+            "webhooks at internal services: unset it (development only)"
+        )
     if settings.rate_limit_per_second <= 0:
-        problems.append("DURAPAY_RATE_LIMIT_PER_SECOND must be above 0 (0 turns the per-key "
-                        "rate limit off)")
+        problems.append(
+            "DURAPAY_RATE_LIMIT_PER_SECOND must be above 0 (0 turns the per-key rate limit off)"
+        )
     if settings.admin_rate_limit_per_minute <= 0:
-        problems.append("DURAPAY_ADMIN_RATE_LIMIT_PER_MINUTE must be above 0 (0 lets anyone "
-                        "guess the admin token at full speed)")
+        problems.append(
+            "DURAPAY_ADMIN_RATE_LIMIT_PER_MINUTE must be above 0 (0 lets anyone "
+            "guess the admin token at full speed)"
+        )
     if settings.request_body_timeout_seconds <= 0:
-        problems.append("DURAPAY_REQUEST_BODY_TIMEOUT_SECONDS must be above 0 (a slow client "
-                        "would hold a connection forever)")
+        problems.append(
+            "DURAPAY_REQUEST_BODY_TIMEOUT_SECONDS must be above 0 (a slow client "
+            "would hold a connection forever)"
+        )
     if settings.api_max_connections <= 0:
         problems.append("DURAPAY_API_MAX_CONNECTIONS must be above 0")
     if not 0 < settings.api_max_in_flight < max(settings.api_max_connections, 1):
-        problems.append("DURAPAY_API_MAX_IN_FLIGHT must be above 0 and below "
-                        "DURAPAY_API_MAX_CONNECTIONS (else the HTTP server's plain 503, without "
-                        "Retry-After, answers first)")
+        problems.append(
+            "DURAPAY_API_MAX_IN_FLIGHT must be above 0 and below "
+            "DURAPAY_API_MAX_CONNECTIONS (else the HTTP server's plain 503, without "
+            "Retry-After, answers first)"
+        )
     if not 0 < settings.api_min_in_flight <= settings.api_max_in_flight:
-        problems.append("DURAPAY_API_MIN_IN_FLIGHT must be above 0 and at most "
-                        "DURAPAY_API_MAX_IN_FLIGHT")
+        problems.append(
+            "DURAPAY_API_MIN_IN_FLIGHT must be above 0 and at most DURAPAY_API_MAX_IN_FLIGHT"
+        )
     if settings.api_latency_tolerance <= 1:
-        problems.append("DURAPAY_API_LATENCY_TOLERANCE must be above 1 (at 1, every answer "
-                        "slower than calm would shrink the limit)")
+        problems.append(
+            "DURAPAY_API_LATENCY_TOLERANCE must be above 1 (at 1, every answer "
+            "slower than calm would shrink the limit)"
+        )
     if not settings.webhook_allow_nonstandard_ports and not _ports_within(
-            settings.webhook_allowed_ports, PRODUCTION_WEBHOOK_PORTS):
-        problems.append("DURAPAY_WEBHOOK_ALLOWED_PORTS allows ports other than 443: set it to "
-                        "443 (webhooks are https), or set "
-                        "DURAPAY_WEBHOOK_ALLOW_NONSTANDARD_PORTS=true if you mean it")
+        settings.webhook_allowed_ports, PRODUCTION_WEBHOOK_PORTS
+    ):
+        problems.append(
+            "DURAPAY_WEBHOOK_ALLOWED_PORTS allows ports other than 443: set it to "
+            "443 (webhooks are https), or set "
+            "DURAPAY_WEBHOOK_ALLOW_NONSTANDARD_PORTS=true if you mean it"
+        )
     if not 0 < settings.signature_tolerance_seconds <= 300:
-        problems.append("DURAPAY_SIGNATURE_TOLERANCE_SECONDS must be 1 to 300 (a longer "
-                        "window keeps a captured request replayable longer)")
+        problems.append(
+            "DURAPAY_SIGNATURE_TOLERANCE_SECONDS must be 1 to 300 (a longer "
+            "window keeps a captured request replayable longer)"
+        )
     return problems
 
 
@@ -484,8 +547,10 @@ def _is_weak_key(key: bytes) -> bool:
 def _is_patterned(data: bytes) -> bool:
     """A repetition of a shorter block, or a run where most steps between neighbours are the
     same (`abcdef…`, 0x00 0x01 0x02 …): chance does neither to a random secret."""
-    if any(data == data[:period] * (len(data) // period) + data[:len(data) % period]
-           for period in range(1, len(data) // 2 + 1)):
+    if any(
+        data == data[:period] * (len(data) // period) + data[: len(data) % period]
+        for period in range(1, len(data) // 2 + 1)
+    ):
         return True
     steps = Counter((b - a) % 256 for a, b in itertools.pairwise(data))
     return bool(steps) and steps.most_common(1)[0][1] > (len(data) - 1) // 2

@@ -58,6 +58,7 @@ TRANSACTION_TRANSITIONS: dict[tuple[T, TransactionAction], T] = {
     (T.TIMEOUT, TransactionAction.FAIL): T.FAILED,
 }
 
+
 @dataclass(frozen=True)
 class IntentMove:
     before: I

@@ -48,8 +48,14 @@ TRANSACTION_ID = "durapay.transaction_id"
 EXCLUDED_URLS = "/livez$,/readyz$,/healthz$,/metrics$"
 # Redacted even if an operator turns on header capture (OTEL_INSTRUMENTATION_HTTP_CAPTURE_
 # HEADERS_*): the signature headers, the admin token and cookies.
-SECRET_HEADERS = ("authorization", "x-signature", "x-nonce", "cookie", "set-cookie",
-                  "proxy-authorization")
+SECRET_HEADERS = (
+    "authorization",
+    "x-signature",
+    "x-nonce",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+)
 # The Temporal header carrying the merchant id from a payment's workflow to its activities,
 # whose inputs hold only the intent and transaction ids.
 MERCHANT_HEADER = "durapay-merchant-id"
@@ -68,8 +74,10 @@ def tracing_requested(environ: Mapping[str, str] | None = None) -> bool:
         return False
     if env.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
         return False
-    return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
-                or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip())
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        or env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    )
 
 
 def tracing_enabled() -> bool:
@@ -94,8 +102,9 @@ def setup_tracing(default_service_name: str) -> bool:
     service_name = os.environ.get("OTEL_SERVICE_NAME", "").strip() or default_service_name
     # No sampler argument: the SDK reads OTEL_TRACES_SAMPLER(_ARG). shutdown_on_exit (the
     # default, spelled out) flushes the batch processor's last spans at exit.
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}),
-                              shutdown_on_exit=True)
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: service_name}), shutdown_on_exit=True
+    )
     provider.add_span_processor(PaymentIdsFromWorkflowId())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
@@ -111,9 +120,11 @@ def _check_exporter_choice() -> None:
         protocol = os.environ.get(variable, "").strip()
         if protocol:
             if protocol != "http/protobuf":
-                _refuse(f"{variable}={protocol}: only the OTLP http/protobuf exporter is "
-                        "installed; set it to http/protobuf (and point the endpoint at the "
-                        "collector's OTLP/HTTP port, usually 4318)")
+                _refuse(
+                    f"{variable}={protocol}: only the OTLP http/protobuf exporter is "
+                    "installed; set it to http/protobuf (and point the endpoint at the "
+                    "collector's OTLP/HTTP port, usually 4318)"
+                )
             return  # the traces-specific variable wins over the general one
 
 
@@ -135,17 +146,21 @@ def instrument_fastapi(app: FastAPI, tracer_provider: trace.TracerProvider | Non
     )
 
     _shape_stack_for_instrumentation(app, tracer_provider or _provider)
-    sanitized = [*get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS),
-                 *SECRET_HEADERS]
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider,
-                                       excluded_urls=EXCLUDED_URLS,
-                                       http_capture_headers_sanitize_fields=sanitized,
-                                       # One span per request, not one per ASGI message.
-                                       exclude_spans=["receive", "send"])
+    sanitized = [
+        *get_custom_headers(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS),
+        *SECRET_HEADERS,
+    ]
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=tracer_provider,
+        excluded_urls=EXCLUDED_URLS,
+        http_capture_headers_sanitize_fields=sanitized,
+        # One span per request, not one per ASGI message.
+        exclude_spans=["receive", "send"],
+    )
 
 
-def _shape_stack_for_instrumentation(app: FastAPI,
-                                     provider: trace.TracerProvider | None) -> None:
+def _shape_stack_for_instrumentation(app: FastAPI, provider: trace.TracerProvider | None) -> None:
     """Two things around the app's own middleware stack, before the instrumentation wraps it.
 
     The FastAPI instrumentation wraps the stack only if its outermost layer is Starlette's
@@ -183,8 +198,9 @@ class _FlushTracesAtShutdown:
             return
 
         async def send_after_flush(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete" and \
-                    isinstance(self.provider, TracerProvider):
+            if message["type"] == "lifespan.shutdown.complete" and isinstance(
+                self.provider, TracerProvider
+            ):
                 # Blocking, bounded: the exporter's own timeout; nothing else runs any more.
                 self.provider.force_flush(timeout_millis=5_000)
             await send(message)
@@ -215,16 +231,22 @@ def temporal_interceptors() -> list[client.Interceptor]:
 
 
 # ---- the payment's ids on spans ------------------------------------------------------------
-def annotate_current_span(*, merchant_id: str | None = None,
-                          payment_intent_id: str | None = None,
-                          transaction_id: str | None = None) -> None:
+def annotate_current_span(
+    *,
+    merchant_id: str | None = None,
+    payment_intent_id: str | None = None,
+    transaction_id: str | None = None,
+) -> None:
     """Put the payment's ids on the current span (the API's server span in a route). A no-op
     when tracing is off: the current span is then the API's non-recording one."""
     span = trace.get_current_span()
     if not span.is_recording():
         return
-    for key, value in ((MERCHANT_ID, merchant_id), (PAYMENT_INTENT_ID, payment_intent_id),
-                       (TRANSACTION_ID, transaction_id)):
+    for key, value in (
+        (MERCHANT_ID, merchant_id),
+        (PAYMENT_INTENT_ID, payment_intent_id),
+        (TRANSACTION_ID, transaction_id),
+    ):
         if value:
             span.set_attribute(key, value)
 
@@ -254,13 +276,17 @@ def ids_of_activity_input(args: Sequence[Any]) -> dict[str, str]:
         if not is_dataclass(arg) or isinstance(arg, type):
             continue
         names = {field.name for field in fields(arg)}
-        for name, key in (("merchant_id", MERCHANT_ID), ("payment_intent_id", PAYMENT_INTENT_ID),
-                          ("transaction_id", TRANSACTION_ID)):
+        for name, key in (
+            ("merchant_id", MERCHANT_ID),
+            ("payment_intent_id", PAYMENT_INTENT_ID),
+            ("transaction_id", TRANSACTION_ID),
+        ):
             value = getattr(arg, name, None) if name in names else None
             if isinstance(value, str) and value:
                 ids.setdefault(key, value)
-        reference = getattr(arg, "network_reference", None) if "network_reference" in names \
-            else None
+        reference = (
+            getattr(arg, "network_reference", None) if "network_reference" in names else None
+        )
         if isinstance(reference, str) and reference.startswith("txn_"):
             ids.setdefault(TRANSACTION_ID, reference)
     return ids
@@ -272,11 +298,12 @@ class PaymentIdsInterceptor(client.Interceptor, worker.Interceptor):
     in no activity input, so the payment's workflow passes it in a Temporal header."""
 
     def intercept_activity(
-            self, next: worker.ActivityInboundInterceptor) -> worker.ActivityInboundInterceptor:
+        self, next: worker.ActivityInboundInterceptor
+    ) -> worker.ActivityInboundInterceptor:
         return _ActivityIds(next)
 
     def workflow_interceptor_class(
-            self, input: worker.WorkflowInterceptorClassInput
+        self, input: worker.WorkflowInterceptorClassInput
     ) -> type[worker.WorkflowInboundInterceptor]:
         return _WorkflowMerchantHeader
 
@@ -292,9 +319,11 @@ class _ActivityIds(worker.ActivityInboundInterceptor):
             value = PayloadConverter.default.from_payload(merchant, str)
             if isinstance(value, str) and value:
                 ids[MERCHANT_ID] = value
-        annotate_current_span(merchant_id=ids.get(MERCHANT_ID),
-                              payment_intent_id=ids.get(PAYMENT_INTENT_ID),
-                              transaction_id=ids.get(TRANSACTION_ID))
+        annotate_current_span(
+            merchant_id=ids.get(MERCHANT_ID),
+            payment_intent_id=ids.get(PAYMENT_INTENT_ID),
+            transaction_id=ids.get(TRANSACTION_ID),
+        )
         return await self.next.execute_activity(input)
 
 
@@ -318,16 +347,17 @@ class _WorkflowMerchantHeader(worker.WorkflowInboundInterceptor):
     def merchant_header(self, headers: Mapping[str, Payload]) -> Mapping[str, Payload]:
         if self.merchant_id is None:
             self.merchant_id = workflow.info().typed_search_attributes.get(
-                search_attributes.MERCHANT_ID)
+                search_attributes.MERCHANT_ID
+            )
         if not self.merchant_id:
             return headers
-        return {**headers, MERCHANT_HEADER: PayloadConverter.default.to_payload(
-            self.merchant_id)}
+        return {**headers, MERCHANT_HEADER: PayloadConverter.default.to_payload(self.merchant_id)}
 
 
 class _ActivityMerchantHeader(worker.WorkflowOutboundInterceptor):
-    def __init__(self, next: worker.WorkflowOutboundInterceptor,
-                 root: _WorkflowMerchantHeader) -> None:
+    def __init__(
+        self, next: worker.WorkflowOutboundInterceptor, root: _WorkflowMerchantHeader
+    ) -> None:
         super().__init__(next)
         self._root = root
 

@@ -47,7 +47,9 @@ def temporal_connect_options(settings: Settings) -> dict[str, Any]:
     if (cert is None) != (key is None):
         raise TemporalConfigError(
             "mTLS needs both DURAPAY_TEMPORAL_TLS_CERT and DURAPAY_TEMPORAL_TLS_KEY; only "
-            + ("the certificate" if cert is not None else "the key") + " is set")
+            + ("the certificate" if cert is not None else "the key")
+            + " is set"
+        )
     api_key = settings.temporal_api_key or None
     tls: bool | TLSConfig
     if ca is not None or cert is not None:
@@ -55,18 +57,23 @@ def temporal_connect_options(settings: Settings) -> dict[str, Any]:
     else:
         # An API key travels only over TLS (the system's roots, as Temporal Cloud's are).
         tls = api_key is not None
-    return {"target_host": settings.effective_temporal_address,
-            "namespace": settings.temporal_namespace,
-            "tls": tls,
-            "api_key": api_key}
+    return {
+        "target_host": settings.effective_temporal_address,
+        "namespace": settings.temporal_namespace,
+        "tls": tls,
+        "api_key": api_key,
+    }
 
 
 # The SDK's Rust core logs (connection retries, worker warnings) through Python logging, so
 # they become JSON lines like every other (core/logs.py); by default it prints plain text
 # straight to stderr, which broke "one JSON object per line" after a Temporal outage.
-CORE_TELEMETRY = TelemetryConfig(logging=LoggingConfig(
-    filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
-    forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core"))))
+CORE_TELEMETRY = TelemetryConfig(
+    logging=LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
+)
 _runtime: Runtime | None = None
 
 
@@ -92,11 +99,13 @@ def start_runtime_with_metrics(metrics: PrometheusConfig) -> Runtime:
 async def connect_temporal(settings: Settings) -> Client:
     # The whole key ring: a run opened before a key rotation carries payloads under the key
     # retired since, and this client (a worker replaying it, the API) must still read them.
-    return await Client.connect(**temporal_connect_options(settings),
-                                data_converter=data_converter(settings.resolved_key_ring()),
-                                runtime=temporal_runtime(),
-                                # Tracing's, when on; a Worker takes its client's interceptors.
-                                interceptors=temporal_interceptors())
+    return await Client.connect(
+        **temporal_connect_options(settings),
+        data_converter=data_converter(settings.resolved_key_ring()),
+        runtime=temporal_runtime(),
+        # Tracing's, when on; a Worker takes its client's interceptors.
+        interceptors=temporal_interceptors(),
+    )
 
 
 def _pem(value: str | None, variable: str) -> bytes | None:
@@ -112,8 +121,9 @@ def _pem(value: str | None, variable: str) -> bytes | None:
     try:
         content = Path(value).expanduser().read_bytes()
     except OSError as error:
-        raise TemporalConfigError(f"{variable}: cannot read the PEM file it names "
-                                  f"({error.strerror or error})") from None
+        raise TemporalConfigError(
+            f"{variable}: cannot read the PEM file it names ({error.strerror or error})"
+        ) from None
     if _PEM_START not in content:
         raise TemporalConfigError(f"{variable}: the file it names is not PEM")
     return content

@@ -77,8 +77,14 @@ class EpochKeys:
     again (a stat) on every use, so a key destroyed by another process is not used from memory.
     """
 
-    def __init__(self, directory: Path, *, epoch_seconds: int, keep_after_end: timedelta,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        epoch_seconds: int,
+        keep_after_end: timedelta,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if epoch_seconds < 1:
             raise ValueError("a vault epoch lasts at least one second")
         self.directory = directory
@@ -161,12 +167,15 @@ class EpochKeys:
                     destroyed.append(epoch)
                     self._forget(epoch)
             elif name.startswith(_DESTROYING) or (
-                    name.startswith(_CREATING) and _older_than(path, _ABANDONED_SECONDS)):
+                name.startswith(_CREATING) and _older_than(path, _ABANDONED_SECONDS)
+            ):
                 _wipe(path)
         if destroyed:
             _sync_dir(self.directory)
-            log.info("vault epoch keys destroyed: %s",
-                     ", ".join(epoch_name(e) for e in sorted(destroyed)))
+            log.info(
+                "vault epoch keys destroyed: %s",
+                ", ".join(epoch_name(e) for e in sorted(destroyed)),
+            )
         return sorted(destroyed)
 
     def _create(self, epoch: int) -> bytes:
@@ -193,8 +202,10 @@ class EpochKeys:
         _sync_dir(self.directory)
         key = self.find(epoch)
         if key is None:
-            raise CardNumberDeleted(f"vault epoch key {epoch_name(epoch)} vanished as it was "
-                                    f"created in {self.directory}")
+            raise CardNumberDeleted(
+                f"vault epoch key {epoch_name(epoch)} vanished as it was "
+                f"created in {self.directory}"
+            )
         return key
 
     def _read(self, path: Path) -> bytes | None:
@@ -206,7 +217,8 @@ class EpochKeys:
         with os.fdopen(fd, "rb") as handle:
             if stat.S_IMODE(os.fstat(handle.fileno()).st_mode) & 0o077:
                 raise InsecurePermissionsError(
-                    f"refusing to use {path}: other users can read it. Fix: chmod 600 {path}")
+                    f"refusing to use {path}: other users can read it. Fix: chmod 600 {path}"
+                )
             key = handle.read(EPOCH_KEY_BYTES + 1)
         if key == bytes(EPOCH_KEY_BYTES):
             return None  # read while being destroyed (overwritten before it is unlinked)
@@ -215,8 +227,7 @@ class EpochKeys:
         return key
 
     def _destroy(self, path: Path) -> bool:
-        doomed = path.with_name(f"{_DESTROYING}{path.name}.{os.getpid()}."
-                                f"{secrets.token_hex(4)}")
+        doomed = path.with_name(f"{_DESTROYING}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
         try:
             os.rename(path, doomed)
         except FileNotFoundError:
@@ -239,20 +250,24 @@ class EpochKeys:
         if epoch in self._missing_reported:
             return
         self._missing_reported.add(epoch)
-        log.warning("vault epoch key %s is missing from %s before its destruction time: its "
-                    "card numbers are unreadable. Is DURAPAY_VAULT_KEY_DIR one directory "
-                    "shared by the API and every worker?", epoch_name(epoch), self.directory)
+        log.warning(
+            "vault epoch key %s is missing from %s before its destruction time: its "
+            "card numbers are unreadable. Is DURAPAY_VAULT_KEY_DIR one directory "
+            "shared by the API and every worker?",
+            epoch_name(epoch),
+            self.directory,
+        )
 
 
-async def destroy_expired_periodically(keys: EpochKeys, *,
-                                       every: float = DESTROY_INTERVAL_SECONDS) -> None:
+async def destroy_expired_periodically(
+    keys: EpochKeys, *, every: float = DESTROY_INTERVAL_SECONDS
+) -> None:
     """Destroy the keys past their time now and every `every` seconds, until cancelled."""
     while True:
         try:
             await asyncio.to_thread(keys.destroy_expired)
         except (OSError, ValueError, InsecurePermissionsError) as error:
-            log.error("could not destroy expired vault epoch keys in %s: %s", keys.directory,
-                      error)
+            log.error("could not destroy expired vault epoch keys in %s: %s", keys.directory, error)
         await asyncio.sleep(every)
 
 

@@ -32,19 +32,27 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # Standard Webhooks asks for 24 to 64 random bytes.
 ALL_EVENTS = "*"
 PAYMENT_EVENT_TYPES = (
-    "payment.created", "payment.processing", "payment.requires_capture", "payment.succeeded",
-    "payment.failed", "payment.canceled", "payment.refunded", "payment.partially_refunded",
+    "payment.created",
+    "payment.processing",
+    "payment.requires_capture",
+    "payment.succeeded",
+    "payment.failed",
+    "payment.canceled",
+    "payment.refunded",
+    "payment.partially_refunded",
 )
 # Appended to the audit trail (not delivered: the endpoint in question no longer listens).
 ENDPOINT_DISABLED_EVENT = "webhook_endpoint.disabled"
 
 # Addresses no webhook may reach, whatever the configuration: cloud metadata services.
-METADATA_ADDRESSES = frozenset({
-    ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
-    ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata
-    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
-    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
-})
+METADATA_ADDRESSES = frozenset(
+    {
+        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, OpenStack
+        ipaddress.ip_address("169.254.170.2"),  # AWS ECS task metadata
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    }
+)
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -63,15 +71,21 @@ def sign_webhook(secret: str, *, msg_id: str, timestamp: int, body: bytes) -> st
 
 def signature_header(secrets: Iterable[str], *, msg_id: str, timestamp: int, body: bytes) -> str:
     """`webhook-signature`: one signature per live secret (a rotated secret signs during grace)."""
-    return " ".join(sign_webhook(s, msg_id=msg_id, timestamp=timestamp, body=body)
-                    for s in secrets)
+    return " ".join(sign_webhook(s, msg_id=msg_id, timestamp=timestamp, body=body) for s in secrets)
 
 
-def event_payload(*, event_id: str, event_type: str, created_at: Any, sequence: int,
-                  data: dict[str, Any]) -> bytes:
+def event_payload(
+    *, event_id: str, event_type: str, created_at: Any, sequence: int, data: dict[str, Any]
+) -> bytes:
     """The delivered body: the Event exactly as `GET /events` shows it."""
-    body = {"id": event_id, "object": "event", "type": event_type,
-            "createdAt": rfc3339(created_at), "sequence": sequence, "data": data}
+    body = {
+        "id": event_id,
+        "object": "event",
+        "type": event_type,
+        "createdAt": rfc3339(created_at),
+        "sequence": sequence,
+        "data": data,
+    }
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -116,8 +130,10 @@ class UrlPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UrlPolicy:
-        return cls(allow_private=settings.webhook_allow_private_networks,
-                   allowed_ports=parse_allowed_ports(settings.webhook_allowed_ports))
+        return cls(
+            allow_private=settings.webhook_allow_private_networks,
+            allowed_ports=parse_allowed_ports(settings.webhook_allowed_ports),
+        )
 
 
 def parse_allowed_ports(value: str) -> frozenset[int] | None:
@@ -132,8 +148,10 @@ def parse_allowed_ports(value: str) -> frozenset[int] | None:
     for item in value.split(","):
         item = item.strip()
         if not re.fullmatch(r"[0-9]{1,5}", item) or not 1 <= int(item) <= 65535:
-            raise ValueError("DURAPAY_WEBHOOK_ALLOWED_PORTS must be ports (1-65535) separated "
-                             f"by commas, or *; got {value!r}")
+            raise ValueError(
+                "DURAPAY_WEBHOOK_ALLOWED_PORTS must be ports (1-65535) separated "
+                f"by commas, or *; got {value!r}"
+            )
         ports.add(int(item))
     return frozenset(ports)
 
@@ -146,16 +164,18 @@ def parse_webhook_url(url: str, policy: UrlPolicy) -> WebhookTarget:
     if parts.scheme not in allowed_schemes:
         raise UnsafeUrl("url_invalid", "The webhook URL must use https.")
     if not parts.hostname or parts.username or parts.password or parts.fragment:
-        raise UnsafeUrl("url_invalid", "The webhook URL needs a host and no credentials or "
-                                       "fragment.")
+        raise UnsafeUrl(
+            "url_invalid", "The webhook URL needs a host and no credentials or fragment."
+        )
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as error:
         raise UnsafeUrl("url_invalid", "The webhook URL has an invalid port.") from error
     if policy.allowed_ports is not None and port not in policy.allowed_ports:
         allowed = ", ".join(str(p) for p in sorted(policy.allowed_ports))
-        raise UnsafeUrl("url_not_allowed",
-                        f"The webhook URL's port {port} is not allowed (allowed: {allowed}).")
+        raise UnsafeUrl(
+            "url_not_allowed", f"The webhook URL's port {port} is not allowed (allowed: {allowed})."
+        )
     return WebhookTarget(parts.scheme, parts.hostname, port)
 
 
@@ -224,37 +244,45 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-async def resolve_host(target: WebhookTarget, *, allow_private: bool,
-                       resolver: Resolver = system_resolver) -> list[IpAddress]:
+async def resolve_host(
+    target: WebhookTarget, *, allow_private: bool, resolver: Resolver = system_resolver
+) -> list[IpAddress]:
     """Every address the host resolves to; refuses if any one of them is not allowed.
 
     Refusing on *any* bad address (not just the first) means a name that answers both a public
     and a private address cannot be used to reach the private one.
     """
     try:
-        answers = [ipaddress.ip_address(a.split("%")[0]) for a in await resolver(target.host,
-                                                                                target.port)]
+        answers = [
+            ipaddress.ip_address(a.split("%")[0]) for a in await resolver(target.host, target.port)
+        ]
     except (OSError, ValueError) as error:
-        raise UnsafeUrl("url_unresolvable",
-                        f"The webhook host '{target.host}' does not resolve.") from error
+        raise UnsafeUrl(
+            "url_unresolvable", f"The webhook host '{target.host}' does not resolve."
+        ) from error
     if not answers:
         raise UnsafeUrl("url_unresolvable", f"The webhook host '{target.host}' does not resolve.")
     for address in answers:
         reason = block_reason(address, allow_private=allow_private)
         if reason is not None:
-            raise UnsafeUrl("url_not_allowed",
-                            f"The webhook URL resolves to a {reason.replace('_', '-')} address, "
-                            "which webhooks may not reach.")
+            raise UnsafeUrl(
+                "url_not_allowed",
+                f"The webhook URL resolves to a {reason.replace('_', '-')} address, "
+                "which webhooks may not reach.",
+            )
     return answers
 
 
-async def check_webhook_url(url: str, policy: UrlPolicy, *, resolver: Resolver = system_resolver,
-                            ) -> tuple[WebhookTarget, list[IpAddress]]:
+async def check_webhook_url(
+    url: str,
+    policy: UrlPolicy,
+    *,
+    resolver: Resolver = system_resolver,
+) -> tuple[WebhookTarget, list[IpAddress]]:
     """The whole check, at endpoint creation and again at every attempt: syntax, port, and
     every address the host resolves to now (a DNS answer can change in between)."""
     target = parse_webhook_url(url, policy)
-    return target, await resolve_host(target, allow_private=policy.allow_private,
-                                      resolver=resolver)
+    return target, await resolve_host(target, allow_private=policy.allow_private, resolver=resolver)
 
 
 # ---- retry schedule -----------------------------------------------------------------------------
@@ -270,10 +298,15 @@ class WebhookSchedule:
     def backoff(self, failed_attempts: int) -> float:
         """Delay after the n-th failed attempt (n >= 1)."""
         exponent = min(failed_attempts - 1, 64)  # bounded: 5.0 ** big overflows a float
-        return min(self.first_delay_seconds * self.factor ** exponent, self.max_delay_seconds)
+        return min(self.first_delay_seconds * self.factor**exponent, self.max_delay_seconds)
 
-    def next_delay(self, failed_attempts: int, *, elapsed_seconds: float,
-                   retry_after_seconds: float | None = None) -> float | None:
+    def next_delay(
+        self,
+        failed_attempts: int,
+        *,
+        elapsed_seconds: float,
+        retry_after_seconds: float | None = None,
+    ) -> float | None:
         """Seconds until the next attempt, or None when the horizon is reached (give up).
 
         The last attempt lands exactly on the horizon, so "failing for 3 days" is measured
@@ -331,7 +364,9 @@ def clean_text(text: str | None, *, limit: int) -> str | None:
 
 
 def schedule_from(settings: Settings) -> WebhookSchedule:
-    return WebhookSchedule(first_delay_seconds=settings.webhook_first_delay_seconds,
-                           factor=settings.webhook_backoff_factor,
-                           max_delay_seconds=settings.webhook_max_delay_seconds,
-                           horizon_seconds=settings.webhook_horizon_seconds)
+    return WebhookSchedule(
+        first_delay_seconds=settings.webhook_first_delay_seconds,
+        factor=settings.webhook_backoff_factor,
+        max_delay_seconds=settings.webhook_max_delay_seconds,
+        horizon_seconds=settings.webhook_horizon_seconds,
+    )

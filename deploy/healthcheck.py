@@ -34,7 +34,8 @@ def probe_url(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
     """The URL to GET for this command line, or None when it serves nothing."""
     if _runs_module(argv, "workers.main"):
         port = int(environ.get("DURAPAY_WORKER_METRICS_PORT", "9464")) + int(
-            environ.get("DURAPAY_WORKER_INDEX", "0"))
+            environ.get("DURAPAY_WORKER_INDEX", "0")
+        )
         return f"http://127.0.0.1:{port}/livez"
     if _runs_module(argv, "api.codec_app"):
         return f"http://127.0.0.1:{environ.get('DURAPAY_CODEC_PORT', '8089')}/healthz"

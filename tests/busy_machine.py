@@ -27,8 +27,11 @@ while os.getppid() == parent:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.busy_machine", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.busy_machine",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--burners", type=int, default=2)
     parser.add_argument("command", nargs="*", default=["make", "test"])
     args = parser.parse_args(argv)
@@ -41,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             burner.kill()
         for burner in burners:
             burner.wait()
-    print(f"\nbusy machine: `{' '.join(args.command)}` with {args.burners} CPU burners beside "
-          f"it exited {status} after {time.monotonic() - started:.0f} s", flush=True)
+    print(
+        f"\nbusy machine: `{' '.join(args.command)}` with {args.burners} CPU burners beside "
+        f"it exited {status} after {time.monotonic() - started:.0f} s",
+        flush=True,
+    )
     return status
 
 

@@ -38,7 +38,8 @@ async def count_unsettled(pool: asyncpg.Pool) -> tuple[int, int]:
     row = await pool.fetchrow(
         "SELECT (SELECT count(*) FROM payment_intent WHERE status = 'processing') AS intents, "
         '(SELECT count(*) FROM "transaction" WHERE status = ANY($1::text[])) AS transactions',
-        list(UNSETTLED_TRANSACTION_STATUSES))
+        list(UNSETTLED_TRANSACTION_STATUSES),
+    )
     assert row is not None
     return int(row["intents"]), int(row["transactions"])
 
@@ -53,16 +54,20 @@ async def read_ledger(cardnet: httpx.AsyncClient) -> list[dict[str, Any]]:
 async def audit_against_ledger(pool: asyncpg.Pool, cardnet: httpx.AsyncClient) -> Audit:
     intents = await pool.fetch(
         "SELECT id, status, capture_method, amount_in_cents, amount_received, amount_refunded "
-        "FROM payment_intent")
+        "FROM payment_intent"
+    )
     transactions = await pool.fetch(
-        'SELECT id, payment_intent_id, type, amount_in_cents, status, network_reference, '
-        'reconciled, card_last4, reversal_reference, parent_reference FROM "transaction"')
+        "SELECT id, payment_intent_id, type, amount_in_cents, status, network_reference, "
+        'reconciled, card_last4, reversal_reference, parent_reference FROM "transaction"'
+    )
     return compare(intents, transactions, await read_ledger(cardnet))
 
 
-def compare(intents: Iterable[asyncpg.Record | dict[str, Any]],
-            transactions: Iterable[asyncpg.Record | dict[str, Any]],
-            ledger: list[dict[str, Any]]) -> Audit:
+def compare(
+    intents: Iterable[asyncpg.Record | dict[str, Any]],
+    transactions: Iterable[asyncpg.Record | dict[str, Any]],
+    ledger: list[dict[str, Any]],
+) -> Audit:
     intents = list(intents)
     transactions = list(transactions)
     ledger = _net_of_reversals(ledger, {t.get("reversal_reference") for t in transactions})
@@ -74,11 +79,13 @@ def compare(intents: Iterable[asyncpg.Record | dict[str, Any]],
     for txn in transactions:
         txns_of[txn["payment_intent_id"]].append(txn)
 
-    audit = Audit(counts={}, ledger_entries=len(ledger),
-                  intent_statuses=Counter(i["status"] for i in intents),
-                  transaction_statuses=Counter(f"{t['type']} {t['status']}"
-                                               for t in transactions),
-                  reconciled=sum(1 for t in transactions if t["reconciled"]))
+    audit = Audit(
+        counts={},
+        ledger_entries=len(ledger),
+        intent_statuses=Counter(i["status"] for i in intents),
+        transaction_statuses=Counter(f"{t['type']} {t['status']}" for t in transactions),
+        reconciled=sum(1 for t in transactions if t["reconciled"]),
+    )
     f = audit.findings
     f["double_charges"] = _double_charges(intents, txns_of, entries)
     f["lost_successes"] = _lost_successes(by_reference, entries)
@@ -92,19 +99,24 @@ def compare(intents: Iterable[asyncpg.Record | dict[str, Any]],
     return audit
 
 
-def _net_of_reversals(ledger: list[dict[str, Any]],
-                      ours: set[str | None]) -> list[dict[str, Any]]:
+def _net_of_reversals(ledger: list[dict[str, Any]], ours: set[str | None]) -> list[dict[str, Any]]:
     """The ledger without our reversals (recorded on their charge's row) and without the
     approvals they voided: a reversed charge is net zero (approved + void), nothing moved."""
-    voided = {e["parentReference"] for e in ledger
-              if e["reference"] in ours and e["status"] == "approved"}
-    return [e for e in ledger if e["reference"] not in ours
-            and not (e["reference"] in voided and e["status"] == "approved")]
+    voided = {
+        e["parentReference"] for e in ledger if e["reference"] in ours and e["status"] == "approved"
+    }
+    return [
+        e
+        for e in ledger
+        if e["reference"] not in ours
+        and not (e["reference"] in voided and e["status"] == "approved")
+    ]
 
 
 def _approved(entries: list[dict[str, Any]], types: frozenset[str] | None = None) -> list[Any]:
-    return [e for e in entries if e["status"] == "approved"
-            and (types is None or e["type"] in types)]
+    return [
+        e for e in entries if e["status"] == "approved" and (types is None or e["type"] in types)
+    ]
 
 
 def _card(txn: Any) -> str:
@@ -115,53 +127,69 @@ def _reconciled(txn: Any) -> str:
     return " by reconciliation" if txn["reconciled"] else ""
 
 
-def _double_charges(intents: list[Any], txns_of: dict[str, list[Any]],
-                    entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _double_charges(
+    intents: list[Any], txns_of: dict[str, list[Any]], entries: dict[str, list[dict[str, Any]]]
+) -> list[str]:
     """An intent paid more than once, or one reference the network committed twice."""
     found = []
     for intent in intents:
-        paid = [f"{t['id']}{_card(t)}" for t in txns_of[intent["id"]]
-                if _approved(entries[t["network_reference"]], PAYMENT_TYPES)]
+        paid = [
+            f"{t['id']}{_card(t)}"
+            for t in txns_of[intent["id"]]
+            if _approved(entries[t["network_reference"]], PAYMENT_TYPES)
+        ]
         if len(paid) > 1:
             found.append(f"{intent['id']} paid by {', '.join(paid)}")
-    found.extend(f"reference {reference} committed {len(committed)} times"
-                 for reference, committed in entries.items() if len(committed) > 1)
+    found.extend(
+        f"reference {reference} committed {len(committed)} times"
+        for reference, committed in entries.items()
+        if len(committed) > 1
+    )
     return found
 
 
-def _lost_successes(by_reference: dict[str, Any],
-                    entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _lost_successes(
+    by_reference: dict[str, Any], entries: dict[str, list[dict[str, Any]]]
+) -> list[str]:
     """Approved at the network, not succeeded here."""
     found = []
     for reference, committed in entries.items():
         txn = by_reference.get(reference)
         if txn is not None and _approved(committed) and txn["status"] != "succeeded":
-            found.append(f"{txn['payment_intent_id']} {txn['id']} {txn['type']} approved there, "
-                         f"{txn['status']} here{_reconciled(txn)}{_card(txn)}")
+            found.append(
+                f"{txn['payment_intent_id']} {txn['id']} {txn['type']} approved there, "
+                f"{txn['status']} here{_reconciled(txn)}{_card(txn)}"
+            )
     return found
 
 
-def _phantom_successes(transactions: list[Any],
-                       entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _phantom_successes(
+    transactions: list[Any], entries: dict[str, list[dict[str, Any]]]
+) -> list[str]:
     """Succeeded here, not approved at the network."""
     found = []
     for txn in transactions:
         committed = entries[txn["network_reference"]]
         if txn["status"] == "succeeded" and not _approved(committed):
             there = "/".join(e["status"] for e in committed) or "no entry"
-            found.append(f"{txn['payment_intent_id']} {txn['id']} {txn['type']} succeeded here, "
-                         f"{there} there{_reconciled(txn)}{_card(txn)}")
+            found.append(
+                f"{txn['payment_intent_id']} {txn['id']} {txn['type']} succeeded here, "
+                f"{there} there{_reconciled(txn)}{_card(txn)}"
+            )
     return found
 
 
 def _stuck(intents: list[Any], transactions: list[Any]) -> list[str]:
     return [f"{i['id']} still processing" for i in intents if i["status"] == "processing"] + [
         f"{t['payment_intent_id']} {t['id']} {t['type']} still {t['status']}{_card(t)}"
-        for t in transactions if t["status"] in UNSETTLED_TRANSACTION_STATUSES]
+        for t in transactions
+        if t["status"] in UNSETTLED_TRANSACTION_STATUSES
+    ]
 
 
-def _amount_mismatches(intents: list[Any], txns_of: dict[str, list[Any]],
-                       entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _amount_mismatches(
+    intents: list[Any], txns_of: dict[str, list[Any]], entries: dict[str, list[dict[str, Any]]]
+) -> list[str]:
     """amountReceived / amountRefunded against the sums of the approved ledger entries of the
     intent's references, and each transaction's amount against its ledger entry."""
     found = []
@@ -169,27 +197,38 @@ def _amount_mismatches(intents: list[Any], txns_of: dict[str, list[Any]],
         committed = [e for t in txns_of[intent["id"]] for e in entries[t["network_reference"]]]
         received = sum(e["amountInCents"] for e in _approved(committed, RECEIVED_TYPES))
         refunded = sum(e["amountInCents"] for e in _approved(committed, frozenset({"refund"})))
-        differing = [f"{t['id']} {t['amount_in_cents']} here, {e['amountInCents']} there"
-                     for t in txns_of[intent["id"]] for e in entries[t["network_reference"]]
-                     if e["amountInCents"] != t["amount_in_cents"]]
-        if (intent["amount_received"], intent["amount_refunded"]) != (received, refunded) \
-                or differing:
+        differing = [
+            f"{t['id']} {t['amount_in_cents']} here, {e['amountInCents']} there"
+            for t in txns_of[intent["id"]]
+            for e in entries[t["network_reference"]]
+            if e["amountInCents"] != t["amount_in_cents"]
+        ]
+        if (intent["amount_received"], intent["amount_refunded"]) != (
+            received,
+            refunded,
+        ) or differing:
             found.append(
                 f"{intent['id']} received {intent['amount_received']} here, {received} there; "
                 f"refunded {intent['amount_refunded']} here, {refunded} there"
-                + "".join(f"; {d}" for d in differing))
+                + "".join(f"; {d}" for d in differing)
+            )
     return found
 
 
-def _unknown_operations(by_reference: dict[str, Any],
-                        entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _unknown_operations(
+    by_reference: dict[str, Any], entries: dict[str, list[dict[str, Any]]]
+) -> list[str]:
     """Network operations under a reference that is no transaction of ours."""
-    return [f"{r} {'/'.join(e['type'] + ' ' + e['status'] for e in committed)}"
-            for r, committed in entries.items() if r not in by_reference]
+    return [
+        f"{r} {'/'.join(e['type'] + ' ' + e['status'] for e in committed)}"
+        for r, committed in entries.items()
+        if r not in by_reference
+    ]
 
 
-def _status_mismatches(intents: list[Any], txns_of: dict[str, list[Any]],
-                       entries: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _status_mismatches(
+    intents: list[Any], txns_of: dict[str, list[Any]], entries: dict[str, list[dict[str, Any]]]
+) -> list[str]:
     """The intent's status against what its approved ledger entries imply (a `processing`
     one is counted as stuck instead)."""
     found = []
@@ -199,8 +238,10 @@ def _status_mismatches(intents: list[Any], txns_of: dict[str, list[Any]],
         committed = [e for t in txns_of[intent["id"]] for e in entries[t["network_reference"]]]
         expected = _status_implied(committed)
         if intent["status"] not in expected:
-            found.append(f"{intent['id']} is {intent['status']}, the ledger says "
-                         f"{' or '.join(sorted(expected))}")
+            found.append(
+                f"{intent['id']} is {intent['status']}, the ledger says "
+                f"{' or '.join(sorted(expected))}"
+            )
     return found
 
 
@@ -224,16 +265,19 @@ def _status_implied(committed: list[dict[str, Any]]) -> frozenset[str]:
 CHILD_TYPES = frozenset({"capture", "refund"})
 
 
-def child_operation_findings(transactions: Iterable[asyncpg.Record | dict[str, Any]],
-                             ledger: list[dict[str, Any]]) -> dict[str, list[str]]:
+def child_operation_findings(
+    transactions: Iterable[asyncpg.Record | dict[str, Any]], ledger: list[dict[str, Any]]
+) -> dict[str, list[str]]:
     """`orphan_captures_and_refunds`: a capture or refund at the network under a reference we do
     not hold, or naming another parent than the one we recorded for it.
     `duplicate_refunds`: one refund transaction of ours approved twice there, or the refunds
     approved against one of our payments adding up to more than we recorded as refunded."""
     transactions = list(transactions)
     by_reference = {t["network_reference"]: t for t in transactions}
-    return {"orphan_captures_and_refunds": _orphan_children(by_reference, ledger),
-            "duplicate_refunds": _duplicate_refunds(transactions, ledger)}
+    return {
+        "orphan_captures_and_refunds": _orphan_children(by_reference, ledger),
+        "duplicate_refunds": _duplicate_refunds(transactions, ledger),
+    }
 
 
 def _orphan_children(by_reference: dict[str, Any], ledger: list[dict[str, Any]]) -> list[str]:
@@ -246,16 +290,20 @@ def _orphan_children(by_reference: dict[str, Any], ledger: list[dict[str, Any]])
         if txn is None:
             found.append(f"{what} of parent {entry['parentReference']} is no transaction of ours")
         elif entry["parentReference"] != txn["parent_reference"]:
-            found.append(f"{what} names parent {entry['parentReference']} there, "
-                         f"{txn['parent_reference']} here ({txn['payment_intent_id']})")
+            found.append(
+                f"{what} names parent {entry['parentReference']} there, "
+                f"{txn['parent_reference']} here ({txn['payment_intent_id']})"
+            )
     return found
 
 
 def _duplicate_refunds(transactions: list[Any], ledger: list[dict[str, Any]]) -> list[str]:
     approved = [e for e in ledger if e["type"] == "refund" and e["status"] == "approved"]
-    found = [f"refund {reference} approved {times} times at the network"
-             for reference, times in Counter(e["reference"] for e in approved).items()
-             if times > 1]
+    found = [
+        f"refund {reference} approved {times} times at the network"
+        for reference, times in Counter(e["reference"] for e in approved).items()
+        if times > 1
+    ]
     at_network: Counter[str] = Counter()
     for entry in approved:
         at_network[entry["parentReference"]] += entry["amountInCents"]
@@ -263,14 +311,18 @@ def _duplicate_refunds(transactions: list[Any], ledger: list[dict[str, Any]]) ->
     for txn in transactions:
         if txn["type"] == "refund" and txn["status"] == "succeeded":
             recorded[txn["parent_reference"]] += txn["amount_in_cents"]
-    found.extend(f"{parent}: {refunded} refunded at the network, {recorded[parent]} recorded"
-                 for parent, refunded in at_network.items() if refunded > recorded[parent])
+    found.extend(
+        f"{parent}: {refunded} refunded at the network, {recorded[parent]} recorded"
+        for parent, refunded in at_network.items()
+        if refunded > recorded[parent]
+    )
     return found
 
 
 # ---- what the merchant's systems received: webhooks, the event stream, the audit trail ---------
-def webhook_findings(events: Iterable[str], deliveries: Iterable[tuple[str, str]],
-                     received: Iterable[str]) -> dict[str, list[str]]:
+def webhook_findings(
+    events: Iterable[str], deliveries: Iterable[tuple[str, str]], received: Iterable[str]
+) -> dict[str, list[str]]:
     """For one endpoint that was up the whole time, subscribed to every event: `events` are the
     ids of the events it was owed, `deliveries` its (event id, status) delivery rows, `received`
     the `webhook-id` of every request that reached it (the event's id: a send retried after a
@@ -282,12 +334,16 @@ def webhook_findings(events: Iterable[str], deliveries: Iterable[tuple[str, str]
     succeeded = {event_id for event_id, status in deliveries if status == "succeeded"}
     known = set(events)
     return {
-        "undelivered_webhooks": [f"{e} {'not received' if e not in received_ids else 'received'}"
-                                 f"{'' if e in succeeded else ', its delivery not succeeded'}"
-                                 for e in events if e not in received_ids or e not in succeeded],
+        "undelivered_webhooks": [
+            f"{e} {'not received' if e not in received_ids else 'received'}"
+            f"{'' if e in succeeded else ', its delivery not succeeded'}"
+            for e in events
+            if e not in received_ids or e not in succeeded
+        ],
         "duplicate_webhook_deliveries": [
-            f"{e} planned {n} times" for e, n in planned.items() if n > 1] + [
-            f"{e} received, no event of ours" for e in sorted(received_ids - known)],
+            f"{e} planned {n} times" for e, n in planned.items() if n > 1
+        ]
+        + [f"{e} received, no event of ours" for e in sorted(received_ids - known)],
     }
 
 
@@ -297,11 +353,16 @@ def event_stream_findings(events: Iterable[str], streamed: Iterable[str]) -> dic
     events = list(events)
     streamed_ids = set(streamed)
     known = set(events)
-    return {"events_missing_from_stream": [e for e in events if e not in streamed_ids] + [
-        f"{e} streamed, no event row" for e in sorted(streamed_ids - known)]}
+    return {
+        "events_missing_from_stream": [e for e in events if e not in streamed_ids]
+        + [f"{e} streamed, no event row" for e in sorted(streamed_ids - known)]
+    }
 
 
 def audit_verify_findings(exit_code: int, output: str) -> dict[str, list[str]]:
     """`durapay audit verify` over the whole database: exit 0, or its last lines."""
-    return {"audit_verify_failures": [] if exit_code == 0 else
-            [f"exit {exit_code}: " + " | ".join(output.strip().splitlines()[-3:])]}
+    return {
+        "audit_verify_failures": []
+        if exit_code == 0
+        else [f"exit {exit_code}: " + " | ".join(output.strip().splitlines()[-3:])]
+    }

@@ -34,20 +34,27 @@ async def scratch_postgres(settings: dict[str, str] | None = None) -> AsyncItera
         port = free_port()
         log = open(data.parent / "postgres.log", "ab")  # noqa: SIM115 (the server owns it)
         server = subprocess.Popen(
-            [*postgres_argv(data, port, password_file=password_file), *extra], stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            **run_as(data))
+            [*postgres_argv(data, port, password_file=password_file), *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **run_as(data),
+        )
         log.close()
         password = password_file.read_text()
         if await _postgres_answers(server, port, password):
             break
         stop_process(server)
     else:
-        raise RuntimeError("PostgreSQL did not start:\n"
-                           + (data.parent / "postgres.log").read_text(errors="replace"))
+        raise RuntimeError(
+            "PostgreSQL did not start:\n"
+            + (data.parent / "postgres.log").read_text(errors="replace")
+        )
     try:
-        admin = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
-                                      password=password, database="postgres")
+        admin = await asyncpg.connect(
+            host="127.0.0.1", port=port, user="postgres", password=password, database="postgres"
+        )
         await admin.execute("CREATE DATABASE durapay")
         await admin.close()
         url = f"postgresql://postgres:{password}@127.0.0.1:{port}/durapay"  # URL-safe password
@@ -62,9 +69,14 @@ async def _postgres_answers(server: subprocess.Popen[bytes], port: int, password
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and server.poll() is None:
         try:
-            connection = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
-                                               password=password, database="postgres",
-                                               timeout=2)
+            connection = await asyncpg.connect(
+                host="127.0.0.1",
+                port=port,
+                user="postgres",
+                password=password,
+                database="postgres",
+                timeout=2,
+            )
         except (OSError, asyncpg.PostgresError, TimeoutError):
             await asyncio.sleep(0.1)
             continue

@@ -72,8 +72,11 @@ class RunningStack:
     def settings(self) -> Settings:
         """The stack's settings as far as keys go (DURAPAY_MASTER_KEY and
         DURAPAY_RETIRED_MASTER_KEYS if the test set them, else the state dir's key files)."""
-        return Settings(home=self.home, master_key=self.env.get("DURAPAY_MASTER_KEY"),
-                        retired_master_keys=self.env.get("DURAPAY_RETIRED_MASTER_KEYS", ""))
+        return Settings(
+            home=self.home,
+            master_key=self.env.get("DURAPAY_MASTER_KEY"),
+            retired_master_keys=self.env.get("DURAPAY_RETIRED_MASTER_KEYS", ""),
+        )
 
     def master_key(self) -> bytes:
         """The stack's current master key (generated into its state dir by the launcher)."""
@@ -86,8 +89,9 @@ class RunningStack:
     async def temporal_client(self) -> Client:
         """A Temporal client that reads the stack's encrypted payloads, as its processes do:
         with every key of the ring, retired ones included."""
-        return await Client.connect(self.temporal_address,
-                                    data_converter=data_converter(self.key_ring()))
+        return await Client.connect(
+            self.temporal_address, data_converter=data_converter(self.key_ring())
+        )
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in (self.home / "logs").glob("*.log"))
@@ -157,8 +161,22 @@ def wait_until_postgres_accepts(server: subprocess.Popen[bytes], port: int) -> N
     up", which a test expecting a password error would take for the wrong answer. pg_isready
     tells "accepting" apart from "rejecting" without authenticating."""
     deadline = time.monotonic() + 60
-    while subprocess.run([str(postgres_bin_dir() / "pg_isready"), "-q", "-h", "127.0.0.1",
-                          "-p", str(port), "-t", "2"], check=False).returncode != 0:
+    while (
+        subprocess.run(
+            [
+                str(postgres_bin_dir() / "pg_isready"),
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-t",
+                "2",
+            ],
+            check=False,
+        ).returncode
+        != 0
+    ):
         assert server.poll() is None and time.monotonic() < deadline, "postgres did not start"
         time.sleep(0.1)
 
@@ -175,56 +193,72 @@ class PortTaken(RuntimeError):
     """A port picked as free was taken by another process before our child bound it."""
 
 
-def start_stack(home: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None,
-                timeout: float = 180.0) -> RunningStack:
+def start_stack(
+    home: Path, *, workers: int = 1, extra_env: dict[str, str] | None = None, timeout: float = 180.0
+) -> RunningStack:
     """Start `durapay dev` on free ports. Picking a free port and binding it are two steps, so
     another process (a second test run, Temporal's own extra listeners) can take one in between:
     then try again on new ports, with a fresh state dir."""
     for attempt in range(3):
         try:
-            return _start_stack(home / f"try{attempt}" if attempt else home, workers=workers,
-                                extra_env=extra_env, timeout=timeout)
+            return _start_stack(
+                home / f"try{attempt}" if attempt else home,
+                workers=workers,
+                extra_env=extra_env,
+                timeout=timeout,
+            )
         except PortTaken:
             continue
     raise RuntimeError("no free ports after 3 attempts")
 
 
-def _start_stack(home: Path, *, workers: int, extra_env: dict[str, str] | None,
-                 timeout: float) -> RunningStack:
-    ports = {name: free_port()
-             for name in ("api", "cardnet", "temporal", "ui", "postgres", "codec")}
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("DURAPAY_") and k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
-    env.update({
-        "DURAPAY_HOME": str(home),
-        "DURAPAY_API_PORT": str(ports["api"]),
-        "DURAPAY_CARDNET_PORT": str(ports["cardnet"]),
-        "DURAPAY_TEMPORAL_PORT": str(ports["temporal"]),
-        "DURAPAY_TEMPORAL_UI_PORT": str(ports["ui"]),
-        "DURAPAY_POSTGRES_PORT": str(ports["postgres"]),
-        "DURAPAY_CODEC_PORT": str(ports["codec"]),
-        "DURAPAY_WORKERS": str(workers),
-        # Worker i serves its metrics on this + i: two test runs never share one.
-        "DURAPAY_WORKER_METRICS_PORT": str(free_ports_in_a_row(workers)),
-        "DURAPAY_ADMIN_TOKEN": "test-admin-token-" + os.urandom(8).hex(),
-        # Tests and `make bench` send many requests a second with one key: the limiter still
-        # runs (and costs what it costs) but never refuses; rate-limit tests set their own.
-        "DURAPAY_RATE_LIMIT_PER_SECOND": "1000000",
-        # Likewise admission control: tests on a machine shared with other tests see every
-        # answer slowed alike, and a handful of concurrent test clients must not be refused
-        # for it (the SDK would retry; the raw client the tests use shows the 503).
-        # Admission tests set their own bounds.
-        "DURAPAY_API_MIN_IN_FLIGHT": "16",
-        **(extra_env or {}),
-    })
+def _start_stack(
+    home: Path, *, workers: int, extra_env: dict[str, str] | None, timeout: float
+) -> RunningStack:
+    ports = {
+        name: free_port() for name in ("api", "cardnet", "temporal", "ui", "postgres", "codec")
+    }
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DURAPAY_") and k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")
+    }
+    env.update(
+        {
+            "DURAPAY_HOME": str(home),
+            "DURAPAY_API_PORT": str(ports["api"]),
+            "DURAPAY_CARDNET_PORT": str(ports["cardnet"]),
+            "DURAPAY_TEMPORAL_PORT": str(ports["temporal"]),
+            "DURAPAY_TEMPORAL_UI_PORT": str(ports["ui"]),
+            "DURAPAY_POSTGRES_PORT": str(ports["postgres"]),
+            "DURAPAY_CODEC_PORT": str(ports["codec"]),
+            "DURAPAY_WORKERS": str(workers),
+            # Worker i serves its metrics on this + i: two test runs never share one.
+            "DURAPAY_WORKER_METRICS_PORT": str(free_ports_in_a_row(workers)),
+            "DURAPAY_ADMIN_TOKEN": "test-admin-token-" + os.urandom(8).hex(),
+            # Tests and `make bench` send many requests a second with one key: the limiter still
+            # runs (and costs what it costs) but never refuses; rate-limit tests set their own.
+            "DURAPAY_RATE_LIMIT_PER_SECOND": "1000000",
+            # Likewise admission control: tests on a machine shared with other tests see every
+            # answer slowed alike, and a handful of concurrent test clients must not be refused
+            # for it (the SDK would retry; the raw client the tests use shows the 503).
+            # Admission tests set their own bounds.
+            "DURAPAY_API_MIN_IN_FLIGHT": "16",
+            **(extra_env or {}),
+        }
+    )
     home.mkdir(mode=0o700, parents=True, exist_ok=True)  # the launcher refuses a looser one
     api_url = f"http://127.0.0.1:{ports['api']}"
     stack = RunningStack(
-        home=home, env=env, process=_launch(home, env), api_url=api_url,
+        home=home,
+        env=env,
+        process=_launch(home, env),
+        api_url=api_url,
         cardnet_url=f"http://127.0.0.1:{ports['cardnet']}",
         temporal_address=f"127.0.0.1:{ports['temporal']}",
         admin_token=env["DURAPAY_ADMIN_TOKEN"],
-        database_url="")  # known once the launcher has written the password
+        database_url="",
+    )  # known once the launcher has written the password
     _wait_until_up(stack, timeout)
     stack.database_url = Settings(home=home, postgres_port=ports["postgres"]).local_postgres_url()
     return stack
@@ -240,9 +274,14 @@ def launch_again(stack: RunningStack, timeout: float = 180.0) -> RunningStack:
 
 def _launch(home: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     output = open(home / "launcher.out", "wb")  # noqa: SIM115 (the launcher owns it)
-    process = subprocess.Popen([str(BIN / "durapay"), "dev"], env=env, stdout=output,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [str(BIN / "durapay"), "dev"],
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     output.close()
     return process
 

@@ -88,8 +88,12 @@ class KafkaSink:
             from aiokafka import AIOKafkaProducer
 
             producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                value_serializer=lambda line: line.encode(), key_serializer=_key_bytes)
+                bootstrap_servers=bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                value_serializer=lambda line: line.encode(),
+                key_serializer=_key_bytes,
+            )
         self._producer = producer
         self._started = False
         self._pending: list[Any] = []
@@ -100,8 +104,9 @@ class KafkaSink:
             self._started = True
         for event in events:
             key = event.get("paymentIntentId") or event.get("chain")
-            self._pending.append(await self._producer.send(
-                self.topic, event_line(event).rstrip("\n"), key=key))
+            self._pending.append(
+                await self._producer.send(self.topic, event_line(event).rstrip("\n"), key=key)
+            )
 
     async def confirm(self) -> None:
         pending, self._pending = self._pending, []

@@ -43,8 +43,10 @@ from workers.event_sinks import EventSink
 log = logging.getLogger("durapay.events")
 
 EVENT_TABLE = "event"
-_COLUMNS = ("seq, id, type, merchant_id, payment_intent_id, transaction_id, intent_seq, chain, "
-            "chain_seq, prev_hash, hash, data, created_at")
+_COLUMNS = (
+    "seq, id, type, merchant_id, payment_intent_id, transaction_id, intent_seq, chain, "
+    "chain_seq, prev_hash, hash, data, created_at"
+)
 
 
 class SlotBusy(RuntimeError):
@@ -57,8 +59,13 @@ class CursorGone(RuntimeError):
 
 
 # What a database restart, failover or severed connection looks like from here.
-CONNECTION_LOST = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                   asyncpg.AdminShutdownError, asyncpg.CannotConnectNowError)
+CONNECTION_LOST = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CannotConnectNowError,
+)
 MAX_RECONNECT_DELAY = 30.0
 
 
@@ -81,17 +88,30 @@ class _Transaction:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def event_message(row: Mapping[str, Any], *, source: str, cursor: str, lsn: int | None = None,
-                  committed_at: datetime | None = None) -> dict[str, Any]:
+def event_message(
+    row: Mapping[str, Any],
+    *,
+    source: str,
+    cursor: str,
+    lsn: int | None = None,
+    committed_at: datetime | None = None,
+) -> dict[str, Any]:
     """One event as the stream delivers it: the whole row, camelCase like the API, with its
     cursor (the position to resume after)."""
     created_at = row["created_at"]
     return {
-        "id": row["id"], "seq": row["seq"], "type": row["type"],
-        "merchantId": row["merchant_id"], "paymentIntentId": row["payment_intent_id"],
-        "transactionId": row["transaction_id"], "intentSequence": row["intent_seq"],
-        "chain": row["chain"], "chainSeq": row["chain_seq"], "prevHash": row["prev_hash"],
-        "hash": row["hash"], "data": row["data"],
+        "id": row["id"],
+        "seq": row["seq"],
+        "type": row["type"],
+        "merchantId": row["merchant_id"],
+        "paymentIntentId": row["payment_intent_id"],
+        "transactionId": row["transaction_id"],
+        "intentSequence": row["intent_seq"],
+        "chain": row["chain"],
+        "chainSeq": row["chain_seq"],
+        "prevHash": row["prev_hash"],
+        "hash": row["hash"],
+        "data": row["data"],
         "createdAt": _iso(created_at),
         "source": source,
         "cursor": cursor,
@@ -110,9 +130,17 @@ def _iso(value: datetime) -> str:
 
 
 class EventStream:
-    def __init__(self, connection: asyncpg.Connection, sink: EventSink, *, slot: str,
-                 batch: int = 500, poll_seconds: float = 0.2,
-                 stats: StreamStats | None = None, after: Cursor | None = None) -> None:
+    def __init__(
+        self,
+        connection: asyncpg.Connection,
+        sink: EventSink,
+        *,
+        slot: str,
+        batch: int = 500,
+        poll_seconds: float = 0.2,
+        stats: StreamStats | None = None,
+        after: Cursor | None = None,
+    ) -> None:
         self._db, self._sink, self.slot = connection, sink, slot
         self._batch, self._poll = batch, poll_seconds
         self.stats = stats or StreamStats()
@@ -126,9 +154,13 @@ class EventStream:
         # Timestamps in the decoded rows are printed in the session's zone: make it UTC.
         await self._db.execute("SET TIME ZONE 'UTC'")
 
-    async def prepare(self, *, snapshot: bool, rebuild: bool,
-                      connect_replication: Callable[[], Awaitable[asyncpg.Connection]] | None,
-                      ) -> bool:
+    async def prepare(
+        self,
+        *,
+        snapshot: bool,
+        rebuild: bool,
+        connect_replication: Callable[[], Awaitable[asyncpg.Connection]] | None,
+    ) -> bool:
         """Make the slot ready to stream: as it is, or created (True), after copying the table
         when the consumer asked for it or a copy was cut short."""
         status = await replication.slot_status(self._db, self.slot)
@@ -138,20 +170,29 @@ class EventStream:
             raise replication.SlotLost(self.slot, record.last_cursor if record else None)
         if status is not None and (rebuild or unfinished):
             if unfinished and not rebuild:
-                log.warning("the copy for slot %s did not finish: starting it over on a new "
-                            "slot", self.slot)
+                log.warning(
+                    "the copy for slot %s did not finish: starting it over on a new slot", self.slot
+                )
             await replication.drop_slot(self._db, self.slot)
             status = None
-        elif status is None and record is not None and record.consistent_lsn is not None \
-                and not (rebuild or unfinished):
+        elif (
+            status is None
+            and record is not None
+            and record.consistent_lsn is not None
+            and not (rebuild or unfinished)
+        ):
             # Gone from under its consumer: a new slot would start at today's position, and
             # the events since the old one's would never be delivered.
-            raise replication.SlotLost(self.slot, record.last_cursor,
-                                       reason=replication.SlotLost.VANISHED)
+            raise replication.SlotLost(
+                self.slot, record.last_cursor, reason=replication.SlotLost.VANISHED
+            )
         elif status is not None and snapshot and not (record and record.snapshot):
             # The copy is for a new slot; this one's consumer has streamed from it all along.
-            log.warning("slot %s exists and was created without a copy of the table: "
-                        "streaming on from it (--rebuild starts it over with one)", self.slot)
+            log.warning(
+                "slot %s exists and was created without a copy of the table: "
+                "streaming on from it (--rebuild starts it over with one)",
+                self.slot,
+            )
         created = status is None
         if created:
             copy = snapshot or rebuild or unfinished
@@ -162,7 +203,8 @@ class EventStream:
                 await self._create_and_copy(connect_replication)
             else:
                 await replication.record_consistent_point(
-                    self._db, self.slot, await replication.create_slot(self._db, self.slot))
+                    self._db, self.slot, await replication.create_slot(self._db, self.slot)
+                )
         status = await replication.slot_status(self._db, self.slot)
         assert status is not None, self.slot
         self.stats.confirmed_lsn = status.confirmed_lsn
@@ -174,17 +216,23 @@ class EventStream:
             return
         status = await replication.slot_status(self._db, self.slot)
         confirmed = await replication.last_cursor(self._db, self.slot)
-        if (status is not None and status.wal_status != "lost" and confirmed is not None
-                and parse_cursor(confirmed) > self._after
-                and self._after[0] <= status.confirmed_lsn):
+        if (
+            status is not None
+            and status.wal_status != "lost"
+            and confirmed is not None
+            and parse_cursor(confirmed) > self._after
+            and self._after[0] <= status.confirmed_lsn
+        ):
             raise CursorGone(
                 f"slot {self.slot} has moved past cursor {format_cursor(*self._after)}: its "
                 f"sink confirmed up to {confirmed}, and the events in between are no longer "
                 "in the log. Rebuild: durapay events stream --slot "
-                f"{self.slot} --rebuild (drop the events you already hold by id)")
+                f"{self.slot} --rebuild (drop the events you already hold by id)"
+            )
 
     async def _create_and_copy(
-            self, connect_replication: Callable[[], Awaitable[asyncpg.Connection]]) -> None:
+        self, connect_replication: Callable[[], Awaitable[asyncpg.Connection]]
+    ) -> None:
         copied, last = 0, None
         session = await connect_replication()
         try:
@@ -198,8 +246,11 @@ class EventStream:
                     cursor = (consistent, copied)
                     copied += 1
                     if self._after is None or cursor > self._after:
-                        events.append(event_message(row_from_json(row), source="snapshot",
-                                                    cursor=format_cursor(*cursor)))
+                        events.append(
+                            event_message(
+                                row_from_json(row), source="snapshot", cursor=format_cursor(*cursor)
+                            )
+                        )
                 if events:
                     await self._sink.send(events)
                     await self._sink.confirm()
@@ -207,7 +258,8 @@ class EventStream:
                     self.stats.snapshot += len(events)
 
             await replication.copy_rows(
-                session, f"SELECT {_COLUMNS} FROM event ORDER BY seq", deliver)
+                session, f"SELECT {_COLUMNS} FROM event ORDER BY seq", deliver
+            )
             await session.execute("COMMIT")
         finally:
             await session.close()
@@ -254,8 +306,9 @@ class EventStream:
         for _, data in messages:
             message = decoder.decode(data)
             if isinstance(message, Begin):
-                current = _Transaction(commit_lsn=message.final_lsn,
-                                       committed_at=message.committed_at)
+                current = _Transaction(
+                    commit_lsn=message.final_lsn, committed_at=message.committed_at
+                )
             elif isinstance(message, RowChange) and message.relation.name == EVENT_TABLE:
                 if message.kind == "insert" and message.new is not None:
                     current.rows.append(message.new)
@@ -269,25 +322,43 @@ class EventStream:
                 for index, row in enumerate(current.rows):
                     cursor = (current.end_lsn, index)
                     if self._after is None or cursor > self._after:
-                        current.events.append(event_message(
-                            row, source="wal", cursor=format_cursor(*cursor),
-                            lsn=current.commit_lsn, committed_at=current.committed_at))
+                        current.events.append(
+                            event_message(
+                                row,
+                                source="wal",
+                                cursor=format_cursor(*cursor),
+                                lsn=current.commit_lsn,
+                                committed_at=current.committed_at,
+                            )
+                        )
                 done.append(current)
                 current = _Transaction()
         return done
 
     def _rewrite_seen(self, kind: str, row: Mapping[str, Any]) -> None:
         self.stats.rewrites_seen += 1
-        log.error("the append-only event table was rewritten: %s of event %s (seq %s); "
-                  "run `durapay audit verify`", kind, row.get("id", "?"), row.get("seq", "?"))
+        log.error(
+            "the append-only event table was rewritten: %s of event %s (seq %s); "
+            "run `durapay audit verify`",
+            kind,
+            row.get("id", "?"),
+            row.get("seq", "?"),
+        )
 
 
 async def stream_until_stopped(
-        connect: Callable[[], Awaitable[asyncpg.Connection]], sink: EventSink,
-        stop: asyncio.Event, *, slot: str, batch: int = 500, snapshot: bool = False,
-        rebuild: bool = False, after: Cursor | None = None,
-        connect_replication: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
-        on_slot_created: Callable[[], None] | None = None) -> StreamStats:
+    connect: Callable[[], Awaitable[asyncpg.Connection]],
+    sink: EventSink,
+    stop: asyncio.Event,
+    *,
+    slot: str,
+    batch: int = 500,
+    snapshot: bool = False,
+    rebuild: bool = False,
+    after: Cursor | None = None,
+    connect_replication: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
+    on_slot_created: Callable[[], None] | None = None,
+) -> StreamStats:
     """Stream until `stop` is set, through database restarts: a lost connection is opened
     again (backoff 1 s doubling to 30 s) and the stream goes on from the slot's confirmed
     position, so nothing is lost and at most the unconfirmed batch is sent again.
@@ -301,8 +372,7 @@ async def stream_until_stopped(
         connection: asyncpg.Connection | None = None
         try:
             connection = await connect()
-            stream = EventStream(connection, sink, slot=slot, batch=batch, stats=stats,
-                                 after=after)
+            stream = EventStream(connection, sink, slot=slot, batch=batch, stats=stats, after=after)
             try:
                 await stream.open()
             except SlotBusy:
@@ -312,20 +382,28 @@ async def stream_until_stopped(
                 raise ConnectionError("slot busy after reconnecting") from None
             if first and not rebuild:
                 await stream.check_resume_point()
-            created = await stream.prepare(snapshot=snapshot, rebuild=rebuild,
-                                           connect_replication=connect_replication)
+            created = await stream.prepare(
+                snapshot=snapshot, rebuild=rebuild, connect_replication=connect_replication
+            )
             rebuild = False
             if created and on_slot_created is not None:
                 on_slot_created()
             if not first:
-                log.warning("event stream resumed on slot %s at %s", slot,
-                            replication.int_to_lsn(stats.confirmed_lsn))
+                log.warning(
+                    "event stream resumed on slot %s at %s",
+                    slot,
+                    replication.int_to_lsn(stats.confirmed_lsn),
+                )
             first, delay = False, 1.0
             await stream.run(stop)
         except CONNECTION_LOST as error:
             first = False if connection is not None else first
-            log.warning("event stream lost the database (%s: %s); reconnecting in %.0f s",
-                        type(error).__name__, error, delay)
+            log.warning(
+                "event stream lost the database (%s: %s); reconnecting in %.0f s",
+                type(error).__name__,
+                error,
+                delay,
+            )
             try:
                 await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:

@@ -72,8 +72,9 @@ def start_sdk_metrics() -> str:
         address = f"127.0.0.1:{_free_loopback_port()}"
         try:
             # Seconds, like every other duration a Prometheus user meets.
-            start_runtime_with_metrics(PrometheusConfig(bind_address=address,
-                                                        durations_as_seconds=True))
+            start_runtime_with_metrics(
+                PrometheusConfig(bind_address=address, durations_as_seconds=True)
+            )
         except ValueError:
             attempts_left -= 1
             if attempts_left == 0:
@@ -96,12 +97,18 @@ def temporal_check(client: Client) -> Check:
 class HealthServer:
     """Serves the three paths until `close`. Start it with `HealthServer.start`."""
 
-    def __init__(self, *, checks: Mapping[str, Check],
-                 sessions: async_sessionmaker[AsyncSession], sdk_metrics_url: str | None,
-                 schedule_states: ScheduleStates | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        checks: Mapping[str, Check],
+        sessions: async_sessionmaker[AsyncSession],
+        sdk_metrics_url: str | None,
+        schedule_states: ScheduleStates | None = None,
+    ) -> None:
         self._checks = dict(checks)
         self._warnings: dict[str, ReadinessWarning] = {
-            "replication_slot_wal": lambda: slot_wal_unbounded(sessions)}
+            "replication_slot_wal": lambda: slot_wal_unbounded(sessions)
+        }
         self._sessions = sessions
         self._schedule_states = schedule_states
         self._sdk_metrics_url = sdk_metrics_url
@@ -109,13 +116,25 @@ class HealthServer:
         self._server: asyncio.Server | None = None
 
     @classmethod
-    async def start(cls, host: str, port: int, *, checks: Mapping[str, Check],
-                    sessions: async_sessionmaker[AsyncSession], sdk_metrics_url: str | None,
-                    schedule_states: ScheduleStates | None = None) -> HealthServer:
-        server = cls(checks=checks, sessions=sessions, sdk_metrics_url=sdk_metrics_url,
-                     schedule_states=schedule_states)
-        server._server = await asyncio.start_server(server._serve, host, port,
-                                                    limit=REQUEST_HEAD_LIMIT)
+    async def start(
+        cls,
+        host: str,
+        port: int,
+        *,
+        checks: Mapping[str, Check],
+        sessions: async_sessionmaker[AsyncSession],
+        sdk_metrics_url: str | None,
+        schedule_states: ScheduleStates | None = None,
+    ) -> HealthServer:
+        server = cls(
+            checks=checks,
+            sessions=sessions,
+            sdk_metrics_url=sdk_metrics_url,
+            schedule_states=schedule_states,
+        )
+        server._server = await asyncio.start_server(
+            server._serve, host, port, limit=REQUEST_HEAD_LIMIT
+        )
         return server
 
     @property
@@ -167,8 +186,9 @@ class HealthServer:
             response = await self._http.get(self._sdk_metrics_url)
             response.raise_for_status()
         except httpx.HTTPError as error:
-            log.warning("metrics: the Temporal SDK's metrics unavailable (%s)",
-                        type(error).__name__)
+            log.warning(
+                "metrics: the Temporal SDK's metrics unavailable (%s)", type(error).__name__
+            )
             return b""
         return response.content
 
@@ -186,8 +206,12 @@ class HealthServer:
                 answer = await self.answer(path)
             writer.write(_response_head(answer) + (answer.body if method != "HEAD" else b""))
             await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ConnectionError,
+        ):
             pass  # the client went away or never finished its request: nothing to answer
         finally:
             writer.close()
@@ -195,8 +219,13 @@ class HealthServer:
                 await writer.wait_closed()
 
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 
 def _request_line(head: bytes) -> tuple[str, str | None]:
@@ -208,10 +237,12 @@ def _request_line(head: bytes) -> tuple[str, str | None]:
 
 
 def _response_head(answer: Answer) -> bytes:
-    return (f"HTTP/1.1 {answer.status} {REASONS[answer.status]}\r\n"
-            f"Content-Type: {answer.content_type}\r\n"
-            f"Content-Length: {len(answer.body)}\r\n"
-            "Cache-Control: no-store\r\nConnection: close\r\n\r\n").encode("latin-1")
+    return (
+        f"HTTP/1.1 {answer.status} {REASONS[answer.status]}\r\n"
+        f"Content-Type: {answer.content_type}\r\n"
+        f"Content-Length: {len(answer.body)}\r\n"
+        "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
 
 
 def _json(status: int, body: object) -> Answer:

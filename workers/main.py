@@ -59,25 +59,39 @@ async def run_worker() -> None:
         instrument_httpx(http)
         records = PaymentRecordActivities(sessions, engine)
         network = CardNetworkActivities(
-            http=http, sessions=sessions, vault=VaultCipher(keys, settings.vault_epoch_keys()),
+            http=http,
+            sessions=sessions,
+            vault=VaultCipher(keys, settings.vault_epoch_keys()),
             base_url=settings.effective_cardnet_url,
-            timeout_seconds=settings.network_timeout_seconds)
+            timeout_seconds=settings.network_timeout_seconds,
+        )
         reconciliation = ReconciliationActivities(
-            sessions=sessions, http=http, cardnet_url=settings.effective_cardnet_url)
+            sessions=sessions, http=http, cardnet_url=settings.effective_cardnet_url
+        )
         audit = AuditActivities(engine)
         housekeeping = HousekeepingActivities(
-            engine=engine, sessions=sessions,
-            idempotency_retention=timedelta(seconds=settings.idempotency_retention_seconds))
+            engine=engine,
+            sessions=sessions,
+            idempotency_retention=timedelta(seconds=settings.idempotency_retention_seconds),
+        )
         reaper = WebhookReaperActivities(sessions)
         webhooks = WebhookActivities(
-            http=webhook_http, sessions=sessions,
-            webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS), settings=settings)
+            http=webhook_http,
+            sessions=sessions,
+            webhook_secrets=Cipher(keys, Purpose.WEBHOOK_SECRETS),
+            settings=settings,
+        )
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[PaymentIntentWorkflow, WebhookDeliveryWorkflow,
-                       ReconciliationSweepWorkflow, AuditCheckpointWorkflow, HousekeepingWorkflow,
-                       WebhookReaperWorkflow],
+            workflows=[
+                PaymentIntentWorkflow,
+                WebhookDeliveryWorkflow,
+                ReconciliationSweepWorkflow,
+                AuditCheckpointWorkflow,
+                HousekeepingWorkflow,
+                WebhookReaperWorkflow,
+            ],
             activities=[
                 records.load_payment,
                 records.record_charge_attempt,
@@ -108,20 +122,29 @@ async def run_worker() -> None:
             max_concurrent_local_activities=settings.worker_max_concurrent_activities,
             max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
             graceful_shutdown_timeout=timedelta(seconds=10),
-            workflow_runner=(SandboxedWorkflowRunner() if settings.workflow_sandbox
-                             else UnsandboxedWorkflowRunner()),
+            workflow_runner=(
+                SandboxedWorkflowRunner()
+                if settings.workflow_sandbox
+                else UnsandboxedWorkflowRunner()
+            ),
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         health = await HealthServer.start(
-            settings.worker_metrics_host, settings.worker_metrics_port + settings.worker_index,
+            settings.worker_metrics_host,
+            settings.worker_metrics_port + settings.worker_index,
             checks={"postgres": postgres_check(sessions), "temporal": temporal_check(client)},
-            sessions=sessions, sdk_metrics_url=sdk_metrics_url,
-            schedule_states=lambda: schedules_paused(client))
-        log.info("worker metrics, livez and readyz on %s port %d",
-                 settings.worker_metrics_host, health.port)
+            sessions=sessions,
+            sdk_metrics_url=sdk_metrics_url,
+            schedule_states=lambda: schedules_paused(client),
+        )
+        log.info(
+            "worker metrics, livez and readyz on %s port %d",
+            settings.worker_metrics_host,
+            health.port,
+        )
         await ensure_schedules(client, settings)
         # Every worker destroys the card vault's expired epoch keys: no single process, nor
         # Temporal, has to be up for card numbers to be deleted on time.

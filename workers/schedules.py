@@ -44,35 +44,61 @@ RECONCILIATION_SCHEDULE_ID = "durapay-reconciliation-sweep"
 AUDIT_CHECKPOINT_SCHEDULE_ID = "durapay-audit-checkpoint"
 HOUSEKEEPING_SCHEDULE_ID = "durapay-housekeeping"
 WEBHOOK_REAPER_SCHEDULE_ID = "durapay-webhook-reaper"
-SCHEDULE_IDS = (RECONCILIATION_SCHEDULE_ID, AUDIT_CHECKPOINT_SCHEDULE_ID, HOUSEKEEPING_SCHEDULE_ID,
-                WEBHOOK_REAPER_SCHEDULE_ID)
+SCHEDULE_IDS = (
+    RECONCILIATION_SCHEDULE_ID,
+    AUDIT_CHECKPOINT_SCHEDULE_ID,
+    HOUSEKEEPING_SCHEDULE_ID,
+    WEBHOOK_REAPER_SCHEDULE_ID,
+)
 
 
 def reconciliation_schedule(settings: Settings) -> Schedule:
-    return _every(settings.reconcile_sweep_interval_seconds, ScheduleActionStartWorkflow(
-        ReconciliationSweepWorkflow.run,
-        ReconciliationSweepInput(settings.reconcile_sweep_window_seconds,
-                                 SweepTrigger.SCHEDULE, settings.reconcile_stuck_after_seconds),
-        # Temporal appends the scheduled time, so each sweep has its own workflow id.
-        id=RECONCILIATION_SCHEDULE_ID, task_queue=settings.task_queue))
+    return _every(
+        settings.reconcile_sweep_interval_seconds,
+        ScheduleActionStartWorkflow(
+            ReconciliationSweepWorkflow.run,
+            ReconciliationSweepInput(
+                settings.reconcile_sweep_window_seconds,
+                SweepTrigger.SCHEDULE,
+                settings.reconcile_stuck_after_seconds,
+            ),
+            # Temporal appends the scheduled time, so each sweep has its own workflow id.
+            id=RECONCILIATION_SCHEDULE_ID,
+            task_queue=settings.task_queue,
+        ),
+    )
 
 
 def audit_checkpoint_schedule(settings: Settings) -> Schedule:
-    return _every(settings.audit_checkpoint_interval_seconds, ScheduleActionStartWorkflow(
-        AuditCheckpointWorkflow.run, id=AUDIT_CHECKPOINT_SCHEDULE_ID,
-        task_queue=settings.task_queue))
+    return _every(
+        settings.audit_checkpoint_interval_seconds,
+        ScheduleActionStartWorkflow(
+            AuditCheckpointWorkflow.run,
+            id=AUDIT_CHECKPOINT_SCHEDULE_ID,
+            task_queue=settings.task_queue,
+        ),
+    )
 
 
 def housekeeping_schedule(settings: Settings) -> Schedule:
-    return _every(settings.housekeeping_interval_seconds, ScheduleActionStartWorkflow(
-        HousekeepingWorkflow.run, id=HOUSEKEEPING_SCHEDULE_ID, task_queue=settings.task_queue))
+    return _every(
+        settings.housekeeping_interval_seconds,
+        ScheduleActionStartWorkflow(
+            HousekeepingWorkflow.run, id=HOUSEKEEPING_SCHEDULE_ID, task_queue=settings.task_queue
+        ),
+    )
 
 
 def webhook_reaper_schedule(settings: Settings) -> Schedule:
-    return _every(settings.webhook_reaper_interval_seconds, ScheduleActionStartWorkflow(
-        WebhookReaperWorkflow.run,
-        WebhookReaperInput(settings.webhook_reaper_grace_seconds, schedule_from(settings)),
-        id=WEBHOOK_REAPER_SCHEDULE_ID, task_queue=settings.task_queue))
+    return _every(
+        settings.webhook_reaper_interval_seconds,
+        ScheduleActionStartWorkflow(
+            WebhookReaperWorkflow.run,
+            WebhookReaperInput(settings.webhook_reaper_grace_seconds, schedule_from(settings)),
+            id=WEBHOOK_REAPER_SCHEDULE_ID,
+            task_queue=settings.task_queue,
+        ),
+    )
 
 
 def _every(seconds: int, action: ScheduleActionStartWorkflow) -> Schedule:
@@ -82,15 +108,17 @@ def _every(seconds: int, action: ScheduleActionStartWorkflow) -> Schedule:
     after an outage one catch-up run is enough, not one per missed interval."""
     interval = timedelta(seconds=seconds)
     return Schedule(
-        action=action, spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP,
-                              catchup_window=max(interval, timedelta(minutes=1))))
+        action=action,
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=interval)]),
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP, catchup_window=max(interval, timedelta(minutes=1))
+        ),
+    )
 
 
 async def ensure_schedules(client: Client, settings: Settings) -> None:
     await ensure_reconciliation_schedule(client, settings)
-    await ensure_schedule(client, AUDIT_CHECKPOINT_SCHEDULE_ID,
-                          audit_checkpoint_schedule(settings))
+    await ensure_schedule(client, AUDIT_CHECKPOINT_SCHEDULE_ID, audit_checkpoint_schedule(settings))
     await ensure_schedule(client, HOUSEKEEPING_SCHEDULE_ID, housekeeping_schedule(settings))
     await ensure_schedule(client, WEBHOOK_REAPER_SCHEDULE_ID, webhook_reaper_schedule(settings))
 
@@ -120,16 +148,19 @@ async def ensure_schedule(client: Client, schedule_id: str, desired: Schedule) -
     await client.get_schedule_handle(schedule_id).update(update)
 
 
-async def _is_current(client: Client, description: ScheduleDescription,
-                      desired: Schedule) -> bool:
+async def _is_current(client: Client, description: ScheduleDescription, desired: Schedule) -> bool:
     current = description.schedule
     action, wanted = current.action, desired.action
-    if not (isinstance(action, ScheduleActionStartWorkflow)
-            and isinstance(wanted, ScheduleActionStartWorkflow)):
+    if not (
+        isinstance(action, ScheduleActionStartWorkflow)
+        and isinstance(wanted, ScheduleActionStartWorkflow)
+    ):
         return False
-    if ([i.every for i in current.spec.intervals] != [i.every for i in desired.spec.intervals]
-            or current.policy.overlap != desired.policy.overlap
-            or (action.workflow, action.task_queue) != (wanted.workflow, wanted.task_queue)):
+    if (
+        [i.every for i in current.spec.intervals] != [i.every for i in desired.spec.intervals]
+        or current.policy.overlap != desired.policy.overlap
+        or (action.workflow, action.task_queue) != (wanted.workflow, wanted.task_queue)
+    ):
         return False
     if not wanted.args:
         return not action.args
@@ -145,10 +176,12 @@ async def schedules_paused(client: Client) -> dict[str, bool | None]:
     """Whether each of the workers' schedules is paused, for the worker's metrics (core/
     metrics.py, ScheduleGauges). One deleted counts as paused: it fires no more until a worker
     restarts and re-creates it. None when Temporal did not answer."""
+
     async def paused(schedule_id: str) -> bool | None:
         try:
             described = await client.get_schedule_handle(schedule_id).describe(
-                rpc_timeout=timedelta(seconds=SCHEDULE_READ_SECONDS))
+                rpc_timeout=timedelta(seconds=SCHEDULE_READ_SECONDS)
+            )
         except RPCError as error:
             return True if error.status == RPCStatusCode.NOT_FOUND else None
         return described.schedule.state.paused

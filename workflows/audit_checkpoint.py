@@ -13,8 +13,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.audit import AuditActivities
 
 # The schedule runs the next checkpoint anyway: one that cannot reach the database gives up.
-CHECKPOINT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
-                               maximum_interval=timedelta(seconds=30), maximum_attempts=6)
+CHECKPOINT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=6,
+)
 
 
 @workflow.defn
@@ -23,4 +27,6 @@ class AuditCheckpointWorkflow:
     async def run(self) -> int:
         return await workflow.execute_activity_method(
             AuditActivities.record_chain_checkpoints,
-            start_to_close_timeout=timedelta(minutes=1), retry_policy=CHECKPOINT_RETRY)
+            start_to_close_timeout=timedelta(minutes=1),
+            retry_policy=CHECKPOINT_RETRY,
+        )

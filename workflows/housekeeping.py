@@ -13,8 +13,12 @@ with workflow.unsafe.imports_passed_through():
     from activities.housekeeping import HousekeepingActivities, Pruned
 
 # The schedule runs the next one anyway: a run that cannot reach the database gives up.
-HOUSEKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
-                                 maximum_interval=timedelta(seconds=30), maximum_attempts=6)
+HOUSEKEEPING_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=6,
+)
 # Each activity works at most a minute (activities/housekeeping.py); a batch is milliseconds,
 # so a heartbeat a batch comes far more often than this.
 START_TO_CLOSE = timedelta(minutes=3)
@@ -44,5 +48,8 @@ class HousekeepingWorkflow:
 
     async def _prune(self, prune: MethodAsyncNoParam[HousekeepingActivities, Pruned]) -> Pruned:
         return await workflow.execute_activity_method(
-            prune, start_to_close_timeout=START_TO_CLOSE, heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=HOUSEKEEPING_RETRY)
+            prune,
+            start_to_close_timeout=START_TO_CLOSE,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=HOUSEKEEPING_RETRY,
+        )

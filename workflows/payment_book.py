@@ -25,17 +25,23 @@ from workflows.payment_state import PaymentState, refused
 
 
 class PaymentBook:
-    def __init__(self, payment_intent_id: str, amount_in_cents: int,
-                 state: PaymentState, *, currency: str) -> None:
+    def __init__(
+        self, payment_intent_id: str, amount_in_cents: int, state: PaymentState, *, currency: str
+    ) -> None:
         self._payment_intent_id = payment_intent_id
         self._amount_in_cents = amount_in_cents
         self._currency = currency
         self._state = state
         self.deliveries: list[str] = []  # planned with their events, not started yet
 
-    async def record_answer(self, operation: UnknownOutcome, answer: NetworkAnswer, *,
-                            reconciled: bool = False,
-                            failure_code: str | None = None) -> RecordedTransaction | None:
+    async def record_answer(
+        self,
+        operation: UnknownOutcome,
+        answer: NetworkAnswer,
+        *,
+        reconciled: bool = False,
+        failure_code: str | None = None,
+    ) -> RecordedTransaction | None:
         """Record the network's answer (or an operator's verdict) for one operation and learn
         what it did to the money. An unknown answer, or one the database refuses to record
         (then None), is left to the workflow's reconciliation: status queries on durable
@@ -43,15 +49,26 @@ class PaymentBook:
         if answer.outcome is NetworkOutcome.FAILED and failure_code is None:
             failure_code = "processing_error"
         try:
-            recorded = await calls.record_outcome(Outcome(
-                self._payment_intent_id, operation.transaction_id, answer.outcome,
-                decline_code=answer.decline_code, failure_code=failure_code,
-                reconciled=reconciled, cancellation_reason=operation.cancellation_reason))
+            recorded = await calls.record_outcome(
+                Outcome(
+                    self._payment_intent_id,
+                    operation.transaction_id,
+                    answer.outcome,
+                    decline_code=answer.decline_code,
+                    failure_code=failure_code,
+                    reconciled=reconciled,
+                    cancellation_reason=operation.cancellation_reason,
+                )
+            )
         except calls.RECORD_FAILURES as error:
             # Not retried (the database will never accept it): keep the operation watched and
             # put it in front of an operator now.
-            workflow.logger.error("the answer %s for %s could not be recorded: %s",
-                                  answer.outcome, operation.transaction_id, error)
+            workflow.logger.error(
+                "the answer %s for %s could not be recorded: %s",
+                answer.outcome,
+                operation.transaction_id,
+                error,
+            )
             self._state.unknown = self._state.unknown or operation
             if not self._state.unknown.in_manual_review:
                 await self.flag_for_manual_review(self._state.unknown)
@@ -64,22 +81,29 @@ class PaymentBook:
             self.close_review()
         txn = recorded.transaction
         assert txn is not None  # an outcome is always about its transaction
-        self._state.learn(operation.operation, operation.transaction_id,
-                          self._amount_of(operation), txn.status)
+        self._state.learn(
+            operation.operation, operation.transaction_id, self._amount_of(operation), txn.status
+        )
         return txn
 
-    async def transaction_after(self, operation: UnknownOutcome,
-                                answer: NetworkAnswer) -> RecordedTransaction:
+    async def transaction_after(
+        self, operation: UnknownOutcome, answer: NetworkAnswer
+    ) -> RecordedTransaction:
         """Record the answer; the transaction as the merchant is told it. One whose answer the
         database refused is `pending` to the merchant (202) while an operator looks."""
         recorded = await self.record_answer(operation, answer)
         if recorded is not None:
             return recorded
-        return RecordedTransaction(operation.transaction_id, operation.operation.value,
-                                   TransactionStatus.PENDING.value, self._amount_of(operation))
+        return RecordedTransaction(
+            operation.transaction_id,
+            operation.operation.value,
+            TransactionStatus.PENDING.value,
+            self._amount_of(operation),
+        )
 
-    def answered_before(self, recorded: Recorded,
-                        operation: UnknownOutcome) -> RecordedTransaction | None:
+    def answered_before(
+        self, recorded: Recorded, operation: UnknownOutcome
+    ) -> RecordedTransaction | None:
         """The same Update already ran in an earlier run (the API retried it after a crash):
         its recorded answer stands, and nothing is sent again."""
         txn = recorded.transaction
@@ -89,45 +113,72 @@ class PaymentBook:
             self._state.unknown = self._state.unknown or operation
         return txn
 
-    async def settle(self, unknown: UnknownOutcome, answer: NetworkAnswer, *,
-                     failure_code: str | None = None) -> None:
+    async def settle(
+        self, unknown: UnknownOutcome, answer: NetworkAnswer, *, failure_code: str | None = None
+    ) -> None:
         """Record the truth about an unknown outcome; it stays watched if the record fails."""
-        if (failure_code is None and unknown.reversal_reference is not None
-                and answer.outcome is NetworkOutcome.FAILED):
+        if (
+            failure_code is None
+            and unknown.reversal_reference is not None
+            and answer.outcome is NetworkOutcome.FAILED
+        ):
             failure_code = CHARGE_REVERSED
-        if await self.record_answer(unknown, answer, reconciled=True,
-                                    failure_code=failure_code) is not None:
+        if (
+            await self.record_answer(unknown, answer, reconciled=True, failure_code=failure_code)
+            is not None
+        ):
             self._state.unknown = None
 
-    async def report_contradiction(self, unknown: UnknownOutcome,
-                                   network: NetworkOutcome) -> None:
+    async def report_contradiction(self, unknown: UnknownOutcome, network: NetworkOutcome) -> None:
         """A late answer of the network contradicts what was recorded (an operator's verdict):
         never overwritten, always put in front of operators."""
         assert unknown.settled_as is not None
-        workflow.logger.error("the network answered %s for %s, recorded as %s: discrepancy",
-                              network, unknown.transaction_id, unknown.settled_as)
-        await calls.record_outcome_discrepancy(OutcomeDiscrepancy(
-            self._payment_intent_id, unknown.transaction_id, recorded=unknown.settled_as,
-            network=network))
+        workflow.logger.error(
+            "the network answered %s for %s, recorded as %s: discrepancy",
+            network,
+            unknown.transaction_id,
+            unknown.settled_as,
+        )
+        await calls.record_outcome_discrepancy(
+            OutcomeDiscrepancy(
+                self._payment_intent_id,
+                unknown.transaction_id,
+                recorded=unknown.settled_as,
+                network=network,
+            )
+        )
 
     async def flag_unvoidable_authorization(self, transaction_id: str) -> None:
         """An expired authorization the network would not void, however often asked: an
         operator decides (void or capture it through the API)."""
-        workflow.logger.error("authorization of %s could not be voided after %d tries: manual "
-                              "review", self._payment_intent_id,
-                              self._state.money.expiry_void_failures)
-        await calls.flag_for_manual_review(ManualReviewFlag(
-            self._payment_intent_id, transaction_id, 0.0,
-            reason="expired authorization could not be voided"))
+        workflow.logger.error(
+            "authorization of %s could not be voided after %d tries: manual review",
+            self._payment_intent_id,
+            self._state.money.expiry_void_failures,
+        )
+        await calls.flag_for_manual_review(
+            ManualReviewFlag(
+                self._payment_intent_id,
+                transaction_id,
+                0.0,
+                reason="expired authorization could not be voided",
+            )
+        )
         self.open_review()
 
     async def flag_for_manual_review(self, unknown: UnknownOutcome) -> None:
         """Past the horizon (or refused by the database): flag it for operators, loudly, and
         keep querying the network."""
-        workflow.logger.error("outcome of %s still unknown after %.0f s: manual review",
-                              unknown.transaction_id, unknown.waited_seconds)
-        await calls.flag_for_manual_review(ManualReviewFlag(
-            self._payment_intent_id, unknown.transaction_id, unknown.waited_seconds))
+        workflow.logger.error(
+            "outcome of %s still unknown after %.0f s: manual review",
+            unknown.transaction_id,
+            unknown.waited_seconds,
+        )
+        await calls.flag_for_manual_review(
+            ManualReviewFlag(
+                self._payment_intent_id, unknown.transaction_id, unknown.waited_seconds
+            )
+        )
         unknown.in_manual_review = True
         self.open_review()
 
@@ -139,10 +190,15 @@ class PaymentBook:
             raise refused("this payment is no longer waiting for a manual review")
         answer = await self.ask_network(unknown)
         if answer.outcome is NetworkOutcome.UNKNOWN:
-            await self.settle(unknown, NetworkAnswer(resolution.outcome),
-                              failure_code="manual_review")
-            workflow.logger.warning("manual review of %s resolved as %s: %s",
-                                    unknown.transaction_id, resolution.outcome, resolution.note)
+            await self.settle(
+                unknown, NetworkAnswer(resolution.outcome), failure_code="manual_review"
+            )
+            workflow.logger.warning(
+                "manual review of %s resolved as %s: %s",
+                unknown.transaction_id,
+                resolution.outcome,
+                resolution.note,
+            )
             return
         await self.settle(unknown, answer)
         if not same_outcome(answer.outcome, resolution.outcome):
@@ -150,7 +206,8 @@ class PaymentBook:
                 f"the network answered {answer.outcome.value} for {unknown.transaction_id}: "
                 f"the payment is settled as the network says and the verdict "
                 f"{resolution.outcome.value} was not recorded",
-                ErrorType.VERDICT_CONTRADICTS_NETWORK)
+                ErrorType.VERDICT_CONTRADICTS_NETWORK,
+            )
 
     async def ask_network(self, unknown: UnknownOutcome) -> NetworkAnswer:
         """A status query about the operation, or about its reversal once one was sent (the
@@ -166,18 +223,25 @@ class PaymentBook:
     async def send_reversal(self, unknown: UnknownOutcome) -> NetworkAnswer:
         """Send the recorded reversal of a charge; what its answer proves about the charge."""
         assert unknown.reversal_reference is not None  # recorded before it is sent
-        return reversal_proves(await calls.reverse_charge(OperationRequest(
-            unknown.reversal_reference, unknown.transaction_id, self._amount_in_cents,
-            self._currency)))
+        return reversal_proves(
+            await calls.reverse_charge(
+                OperationRequest(
+                    unknown.reversal_reference,
+                    unknown.transaction_id,
+                    self._amount_in_cents,
+                    self._currency,
+                )
+            )
+        )
 
     def note(self, recorded: Recorded, *, network_time: float | None = None) -> None:
         """Learn the status the database recorded, show a change to operators (the Web UI's
         status search attribute, once per change), and queue the webhook deliveries planned
         with its event for the main loop, so an answer never waits for them."""
-        if self._state.move_to(recorded.status, now=workflow.now().timestamp(),
-                               authorized_at=network_time):
-            workflow.upsert_search_attributes([search_attributes.STATUS.value_set(
-                recorded.status)])
+        if self._state.move_to(
+            recorded.status, now=workflow.now().timestamp(), authorized_at=network_time
+        ):
+            workflow.upsert_search_attributes([search_attributes.STATUS.value_set(recorded.status)])
         self.deliveries.extend(recorded.deliveries)
 
     def open_review(self) -> None:
@@ -191,5 +255,8 @@ class PaymentBook:
             workflow.upsert_search_attributes([search_attributes.MANUAL_REVIEW.value_set(False)])
 
     def _amount_of(self, operation: UnknownOutcome) -> int:
-        return (self._amount_in_cents if operation.operation is TransactionType.CHARGE
-                else operation.amount_in_cents)
+        return (
+            self._amount_in_cents
+            if operation.operation is TransactionType.CHARGE
+            else operation.amount_in_cents
+        )

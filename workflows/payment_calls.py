@@ -52,25 +52,32 @@ with workflow.unsafe.imports_passed_through():
 # network's NETWORK_RETRY, the webhook activities): a record sends nothing and is idempotent,
 # and giving up would either drop the network's answer or leave it unknown whether an attempt
 # was committed; each try is still bounded by DB_TIMEOUT.
-DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
-                       maximum_interval=timedelta(seconds=30),
-                       non_retryable_error_types=[ErrorType.RECORD_REFUSED,
-                                                  "IllegalTransition", "LookupError"])
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=[ErrorType.RECORD_REFUSED, "IllegalTransition", "LookupError"],
+)
 # A refused connection or the network's own 503 means "not charged": a few retries with the same
 # reference, then the attempt fails. Everything else that is not an answer is unknown.
 NETWORK_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=4), maximum_attempts=4,
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=4),
+    maximum_attempts=4,
     non_retryable_error_types=[ErrorType.NETWORK_REJECTED_REQUEST, ErrorType.VAULT_TOKEN_MISSING],
 )
 # A status query that keeps failing counts as "still unknown": the reconciliation loop's own
 # backoff and horizon then apply, so a long network outage still ends in a manual review.
-STATUS_QUERY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
-                                 maximum_interval=timedelta(seconds=10), maximum_attempts=4)
+STATUS_QUERY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=4,
+)
 # Errors after which the network provably did nothing with the reference (see
 # `_answer_after_failure`).
-PROVES_NOTHING_HAPPENED = frozenset({ErrorType.NETWORK_UNAVAILABLE,
-                                     ErrorType.NETWORK_REJECTED_REQUEST})
+PROVES_NOTHING_HAPPENED = frozenset(
+    {ErrorType.NETWORK_UNAVAILABLE, ErrorType.NETWORK_REJECTED_REQUEST}
+)
 DB_TIMEOUT = timedelta(seconds=30)
 # How a record that failed for good reaches the workflow: a local activity's failure arrives as
 # the activity's own ApplicationError, not wrapped in an ActivityError as a regular one's.
@@ -88,20 +95,26 @@ Result = TypeVar("Result")
 async def authorize_card(request: AuthorizeInput) -> NetworkAnswer:
     try:
         return await workflow.execute_activity_method(
-            CardNetworkActivities.authorize_card, request,
-            start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=NETWORK_RETRY)
+            CardNetworkActivities.authorize_card,
+            request,
+            start_to_close_timeout=NETWORK_TIMEOUT,
+            retry_policy=NETWORK_RETRY,
+        )
     except ActivityError as error:
         return _answer_after_failure(error, request.network_reference)
 
 
 async def send_operation(kind: TransactionType, request: OperationRequest) -> NetworkAnswer:
     """Capture, void or refund at the network; `kind` picks the activity."""
-    method = {TransactionType.CAPTURE: CardNetworkActivities.capture_charge,
-              TransactionType.VOID: CardNetworkActivities.void_authorization,
-              TransactionType.REFUND: CardNetworkActivities.refund_charge}[kind]
+    method = {
+        TransactionType.CAPTURE: CardNetworkActivities.capture_charge,
+        TransactionType.VOID: CardNetworkActivities.void_authorization,
+        TransactionType.REFUND: CardNetworkActivities.refund_charge,
+    }[kind]
     try:
         return await workflow.execute_activity_method(
-            method, request, start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=NETWORK_RETRY)
+            method, request, start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=NETWORK_RETRY
+        )
     except ActivityError as error:
         return _answer_after_failure(error, request.network_reference)
 
@@ -117,16 +130,22 @@ def _answer_after_failure(error: ActivityError, reference: str) -> NetworkAnswer
     """
     if _error_type(error) in PROVES_NOTHING_HAPPENED:
         return NetworkAnswer(NetworkOutcome.FAILED)
-    workflow.logger.warning("network call for %s ended without an answer (%s): outcome unknown, "
-                            "reconciling", reference, error.cause or error)
+    workflow.logger.warning(
+        "network call for %s ended without an answer (%s): outcome unknown, reconciling",
+        reference,
+        error.cause or error,
+    )
     return NetworkAnswer(NetworkOutcome.UNKNOWN)
 
 
 async def query_charge_status(transaction_id: str) -> NetworkAnswer:
     try:
         return await workflow.execute_activity_method(
-            CardNetworkActivities.query_charge_status, transaction_id,
-            start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=STATUS_QUERY_RETRY)
+            CardNetworkActivities.query_charge_status,
+            transaction_id,
+            start_to_close_timeout=NETWORK_TIMEOUT,
+            retry_policy=STATUS_QUERY_RETRY,
+        )
     except ActivityError:
         return NetworkAnswer(NetworkOutcome.UNKNOWN, unanswered=True)
 
@@ -137,11 +156,17 @@ async def reverse_charge(request: OperationRequest) -> NetworkAnswer:
     under the same reference, on its next turn."""
     try:
         return await workflow.execute_activity_method(
-            CardNetworkActivities.reverse_charge, request,
-            start_to_close_timeout=NETWORK_TIMEOUT, retry_policy=NETWORK_RETRY)
+            CardNetworkActivities.reverse_charge,
+            request,
+            start_to_close_timeout=NETWORK_TIMEOUT,
+            retry_policy=NETWORK_RETRY,
+        )
     except ActivityError as error:
-        workflow.logger.warning("reversal %s ended without an answer (%s): asked again later",
-                                request.network_reference, error.cause or error)
+        workflow.logger.warning(
+            "reversal %s ended without an answer (%s): asked again later",
+            request.network_reference,
+            error.cause or error,
+        )
         return NetworkAnswer(NetworkOutcome.UNKNOWN)
 
 
@@ -155,13 +180,11 @@ async def record_charge_attempt(attempt: ChargeAttempt) -> Recorded:
 
 
 async def record_operation_attempt(attempt: OperationAttempt) -> Recorded:
-    return await _record_before_sending(PaymentRecordActivities.record_operation_attempt,
-                                        attempt)
+    return await _record_before_sending(PaymentRecordActivities.record_operation_attempt, attempt)
 
 
 async def cancel_payment_intent(cancellation: IntentCancellation) -> Recorded:
-    return await _record_before_sending(PaymentRecordActivities.cancel_payment_intent,
-                                        cancellation)
+    return await _record_before_sending(PaymentRecordActivities.cancel_payment_intent, cancellation)
 
 
 async def record_outcome(outcome: Outcome) -> Recorded:
@@ -181,15 +204,17 @@ async def record_reversal_attempt(attempt: ReversalAttempt) -> None:
     await _record(PaymentRecordActivities.record_reversal_attempt, attempt)
 
 
-async def _record(method: Callable[[PaymentRecordActivities, Argument], Awaitable[Result]],
-                  argument: Argument) -> Result:
+async def _record(
+    method: Callable[[PaymentRecordActivities, Argument], Awaitable[Result]], argument: Argument
+) -> Result:
     return await workflow.execute_local_activity_method(
-        method, argument, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+        method, argument, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+    )
 
 
 async def _record_before_sending(
-        method: Callable[[PaymentRecordActivities, Argument], Awaitable[Result]],
-        argument: Argument) -> Result:
+    method: Callable[[PaymentRecordActivities, Argument], Awaitable[Result]], argument: Argument
+) -> Result:
     """A record written before anything is sent. If the database refuses it (the last line of
     defence for money), the Update fails with the reason: nothing is pending, nothing was sent.
     A refused state change is the API's 409, an amount beyond what is allowed its 400."""

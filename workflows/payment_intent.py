@@ -76,27 +76,29 @@ with workflow.unsafe.imports_passed_through():
     from workflows.webhook_fanout import start_deliveries
 
 
-
 @workflow.defn
 class PaymentIntentWorkflow:
     @workflow.init
     def __init__(self, input: PaymentIntentInput) -> None:
         self._input = input
-        self._state = PaymentState(input.carried, capture_method=input.capture_method,
-                                   lifecycle=input.lifecycle)
+        self._state = PaymentState(
+            input.carried, capture_method=input.capture_method, lifecycle=input.lifecycle
+        )
         # One operation at a time, from its record to its recorded outcome, reconciliation's
         # settling included: a capture never passes its checks against a void being settled.
         self._lock = asyncio.Lock()
-        self._book = PaymentBook(input.payment_intent_id, input.amount_in_cents, self._state,
-                                 currency=input.currency)
+        self._book = PaymentBook(
+            input.payment_intent_id, input.amount_in_cents, self._state, currency=input.currency
+        )
         if input.carried is not None:
             self._book.deliveries.extend(input.carried.deliveries)
 
     @workflow.run
     async def run(self, input: PaymentIntentInput) -> PaymentIntentResult:
         if not self._start_is_genuine():
-            raise ApplicationError("this run's input was not written for it", type=PAYLOAD_REFUSED,
-                                   non_retryable=True)
+            raise ApplicationError(
+                "this run's input was not written for it", type=PAYLOAD_REFUSED, non_retryable=True
+            )
         while True:
             await self._wait_for_work()
             if self._book.deliveries:
@@ -139,9 +141,12 @@ class PaymentIntentWorkflow:
         async with self._turn():
             self._state.check_capture(request.amount_in_cents)  # the state may have moved
             money = self._state.money
-            return await self._operate(TransactionType.CAPTURE,
-                                       request.amount_in_cents or money.amount_capturable,
-                                       money.authorization_reference, transaction_id)
+            return await self._operate(
+                TransactionType.CAPTURE,
+                request.amount_in_cents or money.amount_capturable,
+                money.authorization_reference,
+                transaction_id,
+            )
 
     @capture.validator
     def _validate_capture(self, request: CaptureInput) -> None:
@@ -167,9 +172,12 @@ class PaymentIntentWorkflow:
         # so together they never refund more than was received.
         async with self._turn():
             self._state.check_refund(request.amount_in_cents, now=workflow.now().timestamp())
-            return await self._operate(TransactionType.REFUND,
-                                       request.amount_in_cents or self._state.refundable(),
-                                       self._state.money.payment_reference, transaction_id)
+            return await self._operate(
+                TransactionType.REFUND,
+                request.amount_in_cents or self._state.refundable(),
+                self._state.money.payment_reference,
+                transaction_id,
+            )
 
     @refund.validator
     def _validate_refund(self, request: RefundInput) -> None:
@@ -197,8 +205,11 @@ class PaymentIntentWorkflow:
 
     # ---- the flow ------------------------------------------------------------------------------
     async def _charge(self, charge: ChargeInput, transaction_id: str) -> ChargeResult:
-        recorded = await calls.record_charge_attempt(ChargeAttempt(
-            self._input.payment_intent_id, transaction_id, charge.card_token_id, charge.card))
+        recorded = await calls.record_charge_attempt(
+            ChargeAttempt(
+                self._input.payment_intent_id, transaction_id, charge.card_token_id, charge.card
+            )
+        )
         self._book.note(recorded)
         earlier = self._book.answered_before(recorded, UnknownOutcome(transaction_id))
         if earlier is not None:
@@ -207,37 +218,62 @@ class PaymentIntentWorkflow:
             return ChargeResult(self._state.status, earlier)
         # A charge not answered yet: the database records one only where no money has moved.
         self._state.loaded = True
-        answer = await calls.authorize_card(AuthorizeInput(
-            transaction_id, charge.card_token_id, self._input.amount_in_cents,
-            self._input.currency, capture=self._input.capture_method is CaptureMethod.AUTOMATIC))
+        answer = await calls.authorize_card(
+            AuthorizeInput(
+                transaction_id,
+                charge.card_token_id,
+                self._input.amount_in_cents,
+                self._input.currency,
+                capture=self._input.capture_method is CaptureMethod.AUTOMATIC,
+            )
+        )
         operation = UnknownOutcome(transaction_id)
         txn = await self._book.transaction_after(operation, answer)
         return ChargeResult(self._state.status, txn)
 
-    async def _operate(self, kind: TransactionType, amount: int, parent_reference: str | None,
-                       transaction_id: str, *, reason: str | None = None) -> OperationResult:
+    async def _operate(
+        self,
+        kind: TransactionType,
+        amount: int,
+        parent_reference: str | None,
+        transaction_id: str,
+        *,
+        reason: str | None = None,
+    ) -> OperationResult:
         """Record a capture/void/refund under its own reference, send it, record the answer."""
         assert parent_reference is not None  # the state machine allowed it: the parent exists
-        operation = UnknownOutcome(transaction_id, operation=kind, amount_in_cents=amount,
-                                   cancellation_reason=reason)
-        recorded = await calls.record_operation_attempt(OperationAttempt(
-            self._input.payment_intent_id, transaction_id, kind, amount, parent_reference))
+        operation = UnknownOutcome(
+            transaction_id, operation=kind, amount_in_cents=amount, cancellation_reason=reason
+        )
+        recorded = await calls.record_operation_attempt(
+            OperationAttempt(
+                self._input.payment_intent_id, transaction_id, kind, amount, parent_reference
+            )
+        )
         earlier = self._book.answered_before(recorded, operation)
         if earlier is not None:
             return OperationResult(self._state.status, earlier)
-        answer = await calls.send_operation(kind, OperationRequest(
-            transaction_id, parent_reference, amount, self._input.currency))
+        answer = await calls.send_operation(
+            kind, OperationRequest(transaction_id, parent_reference, amount, self._input.currency)
+        )
         txn = await self._book.transaction_after(operation, answer)
         return OperationResult(self._state.status, txn)
 
     async def _cancel(self, reason: str, transaction_id: str) -> OperationResult:
         if holds_authorization(self._state.status):
-            return await self._operate(TransactionType.VOID, self._state.money.amount_capturable,
-                                       self._state.money.authorization_reference,
-                                       transaction_id, reason=reason)
+            return await self._operate(
+                TransactionType.VOID,
+                self._state.money.amount_capturable,
+                self._state.money.authorization_reference,
+                transaction_id,
+                reason=reason,
+            )
         # No successful charge: nothing is held at the network, only the record changes.
-        self._book.note(await calls.cancel_payment_intent(
-            IntentCancellation(self._input.payment_intent_id, reason)))
+        self._book.note(
+            await calls.cancel_payment_intent(
+                IntentCancellation(self._input.payment_intent_id, reason)
+            )
+        )
         return OperationResult(self._state.status)
 
     async def _void_expired_authorization(self) -> None:
@@ -246,10 +282,12 @@ class PaymentIntentWorkflow:
         async with self._lock:
             if not self._state.expiry_due(workflow.now().timestamp()):
                 return
-            workflow.logger.info("authorization of %s expired: voiding it",
-                                 self._input.payment_intent_id)
-            result = await self._cancel(CancellationReason.EXPIRED.value,
-                                        f"txn_{workflow.uuid4().hex[:24]}")
+            workflow.logger.info(
+                "authorization of %s expired: voiding it", self._input.payment_intent_id
+            )
+            result = await self._cancel(
+                CancellationReason.EXPIRED.value, f"txn_{workflow.uuid4().hex[:24]}"
+            )
             txn = result.transaction
             if txn is None or txn.status != TransactionStatus.FAILED.value:
                 return
@@ -277,8 +315,9 @@ class PaymentIntentWorkflow:
             async with self._lock:
                 if self._state.unknown is unknown:
                     await self._book.settle(unknown, answer)
-                elif unknown.settled_as is not None and not same_outcome(answer.outcome,
-                                                                         unknown.settled_as):
+                elif unknown.settled_as is not None and not same_outcome(
+                    answer.outcome, unknown.settled_as
+                ):
                     await self._book.report_contradiction(unknown, answer.outcome)
 
     async def _ask_network(self, unknown: UnknownOutcome) -> NetworkAnswer:
@@ -302,17 +341,25 @@ class PaymentIntentWorkflow:
                 return NetworkAnswer(NetworkOutcome.UNKNOWN)
             reference = reversal_reference_for(unknown.transaction_id)
             try:
-                await calls.record_reversal_attempt(ReversalAttempt(
-                    self._input.payment_intent_id, unknown.transaction_id, reference))
+                await calls.record_reversal_attempt(
+                    ReversalAttempt(
+                        self._input.payment_intent_id, unknown.transaction_id, reference
+                    )
+                )
             except calls.RECORD_FAILURES as error:
                 # Nothing was sent; an operator looks, and status queries go on meanwhile.
-                workflow.logger.error("the reversal of %s could not be recorded: %s",
-                                      unknown.transaction_id, error)
+                workflow.logger.error(
+                    "the reversal of %s could not be recorded: %s", unknown.transaction_id, error
+                )
                 await self._book.flag_for_manual_review(unknown)
                 return NetworkAnswer(NetworkOutcome.UNKNOWN)
             unknown.reversal_reference = reference
-            workflow.logger.warning("%s unknown to the network after %.0f s: reversing it as %s",
-                                    unknown.transaction_id, unknown.waited_seconds, reference)
+            workflow.logger.warning(
+                "%s unknown to the network after %.0f s: reversing it as %s",
+                unknown.transaction_id,
+                unknown.waited_seconds,
+                reference,
+            )
             return await self._book.send_reversal(unknown)
 
     # ---- bookkeeping ---------------------------------------------------------------------------
@@ -325,11 +372,15 @@ class PaymentIntentWorkflow:
         first reads the payment from the database."""
         while True:
             await workflow.wait_condition(
-                lambda: (self._state.unknown is None and not self._lock.locked())
-                or self._history_too_long())
+                lambda: (
+                    (self._state.unknown is None and not self._lock.locked())
+                    or self._history_too_long()
+                )
+            )
             if self._history_too_long():  # the run is about to continue as new: retry there
-                raise refused("an operation on this payment is in flight",
-                              ErrorType.ATTEMPT_IN_FLIGHT)
+                raise refused(
+                    "an operation on this payment is in flight", ErrorType.ATTEMPT_IN_FLIGHT
+                )
             await self._lock.acquire()
             await self._load()
             if self._state.unknown is None:
@@ -350,21 +401,28 @@ class PaymentIntentWorkflow:
         """The start input names this workflow's payment, and carries state only into a run
         continued from another (a carried state copied into a fresh run would be stale)."""
         info = workflow.info()
-        return (self._input.payment_intent_id == info.workflow_id
-                and (self._input.carried is None or info.continued_run_id is not None))
+        return self._input.payment_intent_id == info.workflow_id and (
+            self._input.carried is None or info.continued_run_id is not None
+        )
 
     def _check_addressed(self, address: Address | None) -> None:
         """Refuses an operation input issued for another payment, Update name or Update id:
         inputs are encrypted and bound to this workflow, so only a copy of an earlier input of
         this very payment could get here, and it must not run again under a new id."""
         info = workflow.current_update_info()
-        if (address is not None and info is not None and self._start_is_genuine()
-                and address.payment_intent_id == self._input.payment_intent_id
-                and address.update_name == info.name and address.update_id == info.id):
+        if (
+            address is not None
+            and info is not None
+            and self._start_is_genuine()
+            and address.payment_intent_id == self._input.payment_intent_id
+            and address.update_name == info.name
+            and address.update_id == info.id
+        ):
             return
         count_refused_payload("misaddressed")
-        workflow.logger.warning("refused an Update %s: its input was not issued for it",
-                                info.name if info else "?")
+        workflow.logger.warning(
+            "refused an Update %s: its input was not issued for it", info.name if info else "?"
+        )
         raise refused("this input was not issued for this payment and Update", PAYLOAD_REFUSED)
 
     def _update_transaction_id(self) -> str:
@@ -378,29 +436,46 @@ class PaymentIntentWorkflow:
         deadline = self._state.next_deadline()
 
         def ready() -> bool:
-            return (bool(self._book.deliveries) or self._state.unknown is not None
-                    or self._at_rest() or self._history_too_long()
-                    or self._state.next_deadline() != deadline)  # e.g. just authorized
+            return (
+                bool(self._book.deliveries)
+                or self._state.unknown is not None
+                or self._at_rest()
+                or self._history_too_long()
+                or self._state.next_deadline() != deadline
+            )  # e.g. just authorized
 
-        timeout = (None if deadline is None
-                   else timedelta(seconds=max(deadline - workflow.now().timestamp(), 0.001)))
+        timeout = (
+            None
+            if deadline is None
+            else timedelta(seconds=max(deadline - workflow.now().timestamp(), 0.001))
+        )
         try:
             await workflow.wait_condition(ready, timeout=timeout)
         except TimeoutError:
             pass  # the deadline: the main loop acts on it
 
     def _at_rest(self) -> bool:
-        return (self._state.at_rest() and not self._book.deliveries
-                and workflow.all_handlers_finished())
+        return (
+            self._state.at_rest() and not self._book.deliveries and workflow.all_handlers_finished()
+        )
 
     def _history_too_long(self) -> bool:
         info = workflow.info()
-        return (info.is_continue_as_new_suggested()
-                or info.get_current_history_length() >= self._input.max_history_events)
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._input.max_history_events
+        )
 
     def _continued_input(self) -> PaymentIntentInput:
         return PaymentIntentInput(
-            self._input.payment_intent_id, self._input.merchant_id, self._input.amount_in_cents,
-            self._input.currency, self._input.capture_method, self._input.reconcile,
-            self._input.lifecycle, self._input.webhooks, self._input.max_history_events,
-            self._state.carried(deliveries=self._book.deliveries))
+            self._input.payment_intent_id,
+            self._input.merchant_id,
+            self._input.amount_in_cents,
+            self._input.currency,
+            self._input.capture_method,
+            self._input.reconcile,
+            self._input.lifecycle,
+            self._input.webhooks,
+            self._input.max_history_events,
+            self._state.carried(deliveries=self._book.deliveries),
+        )

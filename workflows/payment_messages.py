@@ -122,8 +122,9 @@ class Address:
 Addressable = TypeVar("Addressable", bound="DataclassInstance")
 
 
-def addressed(argument: Addressable, update: Callable[..., Any], *, payment_intent_id: str,
-              update_id: str) -> Addressable:
+def addressed(
+    argument: Addressable, update: Callable[..., Any], *, payment_intent_id: str, update_id: str
+) -> Addressable:
     """`argument` (an operation's input) addressed to `update` of this payment, sent under
     `update_id`: what every sender (the API, `durapay review`) passes."""
     address = Address(payment_intent_id, update.__name__, update_id)

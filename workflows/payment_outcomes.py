@@ -18,8 +18,9 @@ from workflows.payment_messages import ReconcilePolicy, UnknownOutcome
 NOTHING_MOVED = frozenset({NetworkOutcome.DECLINED, NetworkOutcome.FAILED})
 
 
-def believed(answer: NetworkAnswer, *, waited_seconds: float,
-             policy: ReconcilePolicy) -> NetworkAnswer:
+def believed(
+    answer: NetworkAnswer, *, waited_seconds: float, policy: ReconcilePolicy
+) -> NetworkAnswer:
     """A status query's answer as the workflow may act on it. `not_found` means "never reached
     the network" only once the attempt is older than the network's status index can lag (and
     than it can hold a request); before that it is still unknown."""
@@ -41,8 +42,9 @@ ORIGINAL_MOVED_MONEY = frozenset({"already_captured", "already_refunded"})
 ORIGINAL_DECLINED = "original_declined"
 
 
-def reversal_due(unknown: UnknownOutcome, answer: NetworkAnswer, *,
-                 policy: ReconcilePolicy) -> bool:
+def reversal_due(
+    unknown: UnknownOutcome, answer: NetworkAnswer, *, policy: ReconcilePolicy
+) -> bool:
     """Whether to reverse a charge instead of asking about it again: the network keeps not
     finding it (or not answering) past the bound, and no operator has been asked yet."""
     if not policy.reversals or unknown.operation is not TransactionType.CHARGE:
@@ -51,7 +53,8 @@ def reversal_due(unknown: UnknownOutcome, answer: NetworkAnswer, *,
         return False
     unanswered = unknown.unanswered_queries >= policy.reversal_after_unanswered_queries
     return (answer.not_found or unanswered) and (
-        unknown.waited_seconds >= policy.reversal_after_seconds)
+        unknown.waited_seconds >= policy.reversal_after_seconds
+    )
 
 
 def reversal_proves(answer: NetworkAnswer) -> NetworkAnswer:

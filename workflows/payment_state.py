@@ -40,8 +40,13 @@ def refused(message: str, kind: str = ErrorType.ILLEGAL_TRANSITION) -> Applicati
 
 
 class PaymentState:
-    def __init__(self, carried: CarriedState | None, *, capture_method: CaptureMethod,
-                 lifecycle: LifecyclePolicy) -> None:
+    def __init__(
+        self,
+        carried: CarriedState | None,
+        *,
+        capture_method: CaptureMethod,
+        lifecycle: LifecyclePolicy,
+    ) -> None:
         self.capture_method = capture_method
         self.lifecycle = lifecycle
         # A run opened for a capture, cancel or refund after earlier runs closed learns the
@@ -83,11 +88,11 @@ class PaymentState:
     def _check_operation(self, action: IntentAction) -> None:
         if self.unknown is not None or self.charging:
             # Never a second operation under a new reference while one is unknown.
-            raise refused("an operation on this payment is in flight",
-                          ErrorType.ATTEMPT_IN_FLIGHT)
+            raise refused("an operation on this payment is in flight", ErrorType.ATTEMPT_IN_FLIGHT)
         if self.loaded and not can_move_intent(self.status, action):
-            raise refused(f"cannot {action.value.replace('_', ' ')} a payment intent in status "
-                          f"{self.status}")
+            raise refused(
+                f"cannot {action.value.replace('_', ' ')} a payment intent in status {self.status}"
+            )
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def move_to(self, status: str, *, now: float, authorized_at: float | None = None) -> bool:
@@ -106,8 +111,9 @@ class PaymentState:
             money.refund_window_ends_at = now + self.lifecycle.refund_window_seconds
         return True
 
-    def learn(self, kind: TransactionType, transaction_id: str, amount: int,
-              transaction_status: str) -> None:
+    def learn(
+        self, kind: TransactionType, transaction_id: str, amount: int, transaction_status: str
+    ) -> None:
         """Track what the network holds after an operation succeeded."""
         if transaction_status != TransactionStatus.SUCCEEDED.value:
             return
@@ -143,22 +149,34 @@ class PaymentState:
             authorization_expires_at=(
                 snapshot.authorized_at + lifecycle.authorization_expiry_seconds
                 if holds_authorization(self.status) and snapshot.authorized_at is not None
-                else None),
-            refund_window_ends_at=(snapshot.succeeded_at + lifecycle.refund_window_seconds
-                                   if snapshot.succeeded_at is not None else None))
+                else None
+            ),
+            refund_window_ends_at=(
+                snapshot.succeeded_at + lifecycle.refund_window_seconds
+                if snapshot.succeeded_at is not None
+                else None
+            ),
+        )
         self.review_open = snapshot.in_manual_review
         unsettled = snapshot.unsettled
         if unsettled is not None and self.unknown is None:
-            self.unknown = UnknownOutcome(unsettled.transaction_id, operation=unsettled.type,
-                                          amount_in_cents=unsettled.amount_in_cents,
-                                          in_manual_review=snapshot.in_manual_review,
-                                          reversal_reference=unsettled.reversal_reference)
+            self.unknown = UnknownOutcome(
+                unsettled.transaction_id,
+                operation=unsettled.type,
+                amount_in_cents=unsettled.amount_in_cents,
+                in_manual_review=snapshot.in_manual_review,
+                reversal_reference=unsettled.reversal_reference,
+            )
 
     # ---- deadlines -------------------------------------------------------------------------------
     def expiry_due(self, now: float) -> bool:
         expires_at = self.money.authorization_expires_at
-        return (holds_authorization(self.status) and self.unknown is None
-                and expires_at is not None and now >= expires_at)
+        return (
+            holds_authorization(self.status)
+            and self.unknown is None
+            and expires_at is not None
+            and now >= expires_at
+        )
 
     def next_deadline(self) -> float | None:
         """The unix time (workflow time) at which the run must wake up by itself, if any."""
@@ -172,7 +190,8 @@ class PaymentState:
         money.expiry_void_failures += 1
         if money.expiry_void_failures < EXPIRY_VOID_MAX_FAILURES:
             money.authorization_expires_at = now + (
-                EXPIRY_VOID_FIRST_RETRY_SECONDS * 2 ** (money.expiry_void_failures - 1))
+                EXPIRY_VOID_FIRST_RETRY_SECONDS * 2 ** (money.expiry_void_failures - 1)
+            )
             return False
         money.authorization_expires_at = None  # no more voids by itself: an operator decides
         return True
@@ -181,16 +200,17 @@ class PaymentState:
         """Nothing in flight, nothing unknown, no authorization held whose expiry must be
         watched: the run may end. A later operation opens a new run (update-with-start), which
         loads the payment from the database."""
-        return (self.unknown is None and not self.charging
-                and not holds_authorization(self.status))
+        return self.unknown is None and not self.charging and not holds_authorization(self.status)
 
     def carried(self, *, deliveries: Sequence[str] = ()) -> CarriedState:
         """What the next run starts from, with the webhook deliveries not started yet."""
-        return CarriedState(self.status, self.unknown, self.money, self.review_open,
-                            list(deliveries))
+        return CarriedState(
+            self.status, self.unknown, self.money, self.review_open, list(deliveries)
+        )
 
 
 def _check_amount(amount: int | None, allowed: int, what: str) -> None:
     if amount is not None and not 1 <= amount <= allowed:
-        raise refused(f"amount {amount} is more than the {allowed} {what}",
-                      ErrorType.AMOUNT_INVALID)
+        raise refused(
+            f"amount {amount} is more than the {allowed} {what}", ErrorType.AMOUNT_INVALID
+        )

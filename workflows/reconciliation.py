@@ -21,8 +21,12 @@ with workflow.unsafe.imports_passed_through():
 
 # A sweep that cannot reach the ledger or the database gives up after ~2 minutes: the schedule
 # runs the next one anyway, and an operator waiting on `durapay reconcile` learns it failed.
-SWEEP_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
-                          maximum_interval=timedelta(seconds=30), maximum_attempts=6)
+SWEEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=6,
+)
 INVALID_SWEEP_INPUT = "InvalidSweepInput"
 
 
@@ -63,17 +67,32 @@ class ReconciliationSweepWorkflow:
         window_start = window_end - timedelta(seconds=input.window_seconds)
         report = await workflow.execute_activity_method(
             ReconciliationActivities.reconcile_window,
-            ReconcileWindowInput(self._run_id(), window_start, window_end, input.trigger.value,
-                                 input.stuck_after_seconds),
+            ReconcileWindowInput(
+                self._run_id(),
+                window_start,
+                window_end,
+                input.trigger.value,
+                input.stuck_after_seconds,
+            ),
             # Reads a window of our rows and the whole simulated ledger, then one DB transaction.
             start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=SWEEP_RETRY)
+            retry_policy=SWEEP_RETRY,
+        )
         if report.counts.newly_opened:  # a problem already open raised its alarm once
-            workflow.logger.warning("reconciliation run %s opened %d discrepancies (%d still "
-                                    "open)", report.run_id, report.counts.newly_opened,
-                                    report.counts.still_open)
-        return ReconciliationSweepResult(report.run_id, input.trigger, window_start, window_end,
-                                         report.counts, report.discrepancies)
+            workflow.logger.warning(
+                "reconciliation run %s opened %d discrepancies (%d still open)",
+                report.run_id,
+                report.counts.newly_opened,
+                report.counts.still_open,
+            )
+        return ReconciliationSweepResult(
+            report.run_id,
+            input.trigger,
+            window_start,
+            window_end,
+            report.counts,
+            report.discrepancies,
+        )
 
     def _run_id(self) -> str:
         # Same workflow run, same report id: a retried activity finds its report, never a twin.
@@ -84,5 +103,6 @@ class ReconciliationSweepWorkflow:
 
 def _require_positive(name: str, value: int) -> None:
     if value <= 0:
-        raise ApplicationError(f"{name} must be positive, got {value}",
-                               type=INVALID_SWEEP_INPUT, non_retryable=True)
+        raise ApplicationError(
+            f"{name} must be positive, got {value}", type=INVALID_SWEEP_INPUT, non_retryable=True
+        )

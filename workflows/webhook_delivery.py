@@ -23,16 +23,28 @@ with workflow.unsafe.imports_passed_through():
 # for long. HTTP failures never raise (they come back as an answer); a send raises only when
 # it could not start (the database is down) or its worker died mid-request, so three tries
 # within ~3 s, then the attempt counts as failed and the backoff below takes over.
-SEND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                         maximum_interval=timedelta(seconds=10), maximum_attempts=3)
+SEND_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+)
 # A record rides through a short Postgres restart (~3.5 min: 1, 2, 4, 8, 16, then 30 s) and
 # never sends anything; past that the attempt counts as failed and is sent again on schedule.
-RECORD_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                           maximum_interval=timedelta(seconds=30), maximum_attempts=12)
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=12,
+)
 # The delivery's final mark comes once, after 3 days: worth an hour of retries (one a minute)
 # before the run fails, visibly, in the Web UI.
-CLOSE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                          maximum_interval=timedelta(seconds=60), maximum_attempts=60)
+CLOSE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=60,
+)
 # 10 s for the merchant's answer plus DNS and a short DB read.
 ATTEMPT_TIMEOUT = timedelta(seconds=60)
 RECORD_TIMEOUT = timedelta(seconds=30)
@@ -69,8 +81,9 @@ class WebhookDeliveryWorkflow:
             if outcome.result is not AttemptResult.RETRY:
                 return WebhookDeliveryResult(outcome.result is AttemptResult.DELIVERED, attempt)
             elapsed = (workflow.now() - started).total_seconds()
-            delay = input.schedule.next_delay(attempt, elapsed_seconds=elapsed,
-                                              retry_after_seconds=outcome.retry_after_seconds)
+            delay = input.schedule.next_delay(
+                attempt, elapsed_seconds=elapsed, retry_after_seconds=outcome.retry_after_seconds
+            )
             if delay is None:
                 return await self._give_up(input, attempt, elapsed)
             await workflow.sleep(timedelta(seconds=delay))
@@ -80,28 +93,41 @@ class WebhookDeliveryWorkflow:
         attempt: the backoff sends next, never a loop of activity retries."""
         try:
             sent = await workflow.execute_activity_method(
-                WebhookActivities.send_webhook, attempt,
-                start_to_close_timeout=ATTEMPT_TIMEOUT, retry_policy=SEND_RETRY)
+                WebhookActivities.send_webhook,
+                attempt,
+                start_to_close_timeout=ATTEMPT_TIMEOUT,
+                retry_policy=SEND_RETRY,
+            )
             if sent.closed is not None:
                 return AttemptOutcome(sent.closed)
             return await workflow.execute_activity_method(
-                WebhookActivities.record_webhook_attempt, sent,
-                start_to_close_timeout=RECORD_TIMEOUT, retry_policy=RECORD_RETRY)
+                WebhookActivities.record_webhook_attempt,
+                sent,
+                start_to_close_timeout=RECORD_TIMEOUT,
+                retry_policy=RECORD_RETRY,
+            )
         except ActivityError as error:
-            workflow.logger.warning("webhook delivery %s: attempt %d not sent or not recorded "
-                                    "(%s); the next one follows the backoff",
-                                    attempt.delivery_id, attempt.attempt_number,
-                                    type(error.cause).__name__)
+            workflow.logger.warning(
+                "webhook delivery %s: attempt %d not sent or not recorded "
+                "(%s); the next one follows the backoff",
+                attempt.delivery_id,
+                attempt.attempt_number,
+                type(error.cause).__name__,
+            )
             return AttemptOutcome(AttemptResult.RETRY)
 
-    async def _give_up(self, input: WebhookDeliveryInput, attempts: int,
-                       elapsed: float) -> WebhookDeliveryResult:
+    async def _give_up(
+        self, input: WebhookDeliveryInput, attempts: int, elapsed: float
+    ) -> WebhookDeliveryResult:
         # A Retry-After beyond the horizon ends the delivery, but only at the horizon, so that
         # "failing for 3 days" still means 3 days when the endpoint is judged.
         remaining = input.schedule.horizon_seconds - elapsed
         if remaining > 0:
             await workflow.sleep(timedelta(seconds=remaining))
         await workflow.execute_activity_method(
-            WebhookActivities.fail_webhook_delivery, FailInput(input.delivery_id),
-            start_to_close_timeout=RECORD_TIMEOUT, retry_policy=CLOSE_RETRY)
+            WebhookActivities.fail_webhook_delivery,
+            FailInput(input.delivery_id),
+            start_to_close_timeout=RECORD_TIMEOUT,
+            retry_policy=CLOSE_RETRY,
+        )
         return WebhookDeliveryResult(False, attempts)

@@ -32,7 +32,8 @@ async def start_deliveries(delivery_ids: list[str], schedule: WebhookSchedule) -
 async def _start_delivery(delivery_id: str, schedule: WebhookSchedule) -> bool:
     try:
         await workflow.start_child_workflow(
-            WebhookDeliveryWorkflow.run, WebhookDeliveryInput(delivery_id, schedule),
+            WebhookDeliveryWorkflow.run,
+            WebhookDeliveryInput(delivery_id, schedule),
             id=delivery_id,
             # Deliveries outlive the payment's run: it ends once the payment is at rest, while
             # its `payment.succeeded` may still be retried for up to 3 days.

@@ -20,8 +20,12 @@ with workflow.unsafe.imports_passed_through():
 from workflows.webhook_fanout import start_deliveries
 
 # A reaper that cannot read the database gives up after ~1 minute: the schedule runs the next.
-READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                         maximum_interval=timedelta(seconds=15), maximum_attempts=6)
+READ_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=15),
+    maximum_attempts=6,
+)
 
 
 @dataclass
@@ -56,27 +60,39 @@ class WebhookReaperWorkflow:
     @workflow.run
     async def run(self, input: WebhookReaperInput) -> WebhookReaperResult:
         created_before = input.created_before or (
-            workflow.now() - timedelta(seconds=input.grace_seconds))
-        page = StrandedDeliveriesPage(created_before, input.page_size, input.after_created_at,
-                                      input.after_id)
+            workflow.now() - timedelta(seconds=input.grace_seconds)
+        )
+        page = StrandedDeliveriesPage(
+            created_before, input.page_size, input.after_created_at, input.after_id
+        )
         started, examined = input.started_before, 0
         while True:
             found: StrandedDeliveries = await workflow.execute_activity_method(
-                WebhookReaperActivities.find_stranded_deliveries, page,
+                WebhookReaperActivities.find_stranded_deliveries,
+                page,
                 start_to_close_timeout=timedelta(seconds=30),  # one indexed page
-                retry_policy=READ_RETRY)
+                retry_policy=READ_RETRY,
+            )
             if found.delivery_ids:
                 newly = await start_deliveries(found.delivery_ids, input.webhooks)
                 if newly:
-                    workflow.logger.warning("started %d webhook deliveries nobody had started",
-                                            newly)
+                    workflow.logger.warning(
+                        "started %d webhook deliveries nobody had started", newly
+                    )
                 started += newly
                 examined += len(found.delivery_ids)
             if found.next_id is None:
                 return WebhookReaperResult(started)
-            page = StrandedDeliveriesPage(created_before, input.page_size, found.next_created_at,
-                                          found.next_id)
+            page = StrandedDeliveriesPage(
+                created_before, input.page_size, found.next_created_at, found.next_id
+            )
             if examined >= input.deliveries_per_run:
-                workflow.continue_as_new(dataclasses.replace(
-                    input, created_before=created_before, after_created_at=page.after_created_at,
-                    after_id=page.after_id, started_before=started))
+                workflow.continue_as_new(
+                    dataclasses.replace(
+                        input,
+                        created_before=created_before,
+                        after_created_at=page.after_created_at,
+                        after_id=page.after_id,
+                        started_before=started,
+                    )
+                )

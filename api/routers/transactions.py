@@ -35,35 +35,59 @@ from workflows.payment_messages import ChargeInput
 router = APIRouter(prefix="/payment-intents", tags=["transactions"], route_class=IdempotentRoute)
 
 CHARGE_RESPONSES = errors(
-    202, 400, 401, 402, 404, 409, 429, 503, card_error_holds="transaction", described={
+    202,
+    400,
+    401,
+    402,
+    404,
+    409,
+    429,
+    503,
+    card_error_holds="transaction",
+    described={
         202: "The network's answer is not known yet (transaction `timeout`), or the wait ran "
-             "out first (`pending`): always this request's own transaction, never an earlier "
-             "one; reconciliation settles it without any client action.",
+        "out first (`pending`): always this request's own transaction, never an earlier "
+        "one; reconciliation settles it without any client action.",
         400: "The card is invalid (Luhn, length, expiry, CVC: `param` names the field), or "
-             "the body is.",
+        "the body is.",
         402: "Declined: `card_error` with `declineCode`; the error object also holds the "
-             "failed Transaction under `transaction`.",
+        "failed Transaction under `transaction`.",
         409: "An attempt is in flight, the intent takes no new charge, or a request with "
-             "this Idempotency-Key is still running."})
+        "this Idempotency-Key is still running.",
+    },
+)
 
 
 async def checked_charge(body: TransactionCreate) -> TransactionCreate:
     """The card checked (Luhn, length, expiry, CVC) before anything is stored or sent, and
     before the Idempotency-Key is claimed: a refused card is not an answer to store."""
     card = body.card
-    problem = card_problem(number=card.number, exp_month=card.exp_month,
-                           exp_year=card.exp_year, cvc=card.cvc, today=datetime.now(UTC).date())
+    problem = card_problem(
+        number=card.number,
+        exp_month=card.exp_month,
+        exp_year=card.exp_year,
+        cvc=card.cvc,
+        today=datetime.now(UTC).date(),
+    )
     if problem is not None:
         raise InvalidRequestError(problem.code, problem.message, problem.param)
     return body
 
 
-@router.post("/{id}/transactions", response_model=TransactionOut,
-             status_code=status.HTTP_200_OK, operation_id="payment-intents-transactions-create",
-             responses=CHARGE_RESPONSES, summary="Charge a card on the PaymentIntent")
+@router.post(
+    "/{id}/transactions",
+    response_model=TransactionOut,
+    status_code=status.HTTP_200_OK,
+    operation_id="payment-intents-transactions-create",
+    responses=CHARGE_RESPONSES,
+    summary="Charge a card on the PaymentIntent",
+)
 async def create_transaction(
-    intent: OwnedPaymentIntentDep, body: Annotated[TransactionCreate, Depends(checked_charge)],
-    session: SessionDep, state: StateDep, response: Response,
+    intent: OwnedPaymentIntentDep,
+    body: Annotated[TransactionCreate, Depends(checked_charge)],
+    session: SessionDep,
+    state: StateDep,
+    response: Response,
     idempotency_key: Annotated[str | None, idempotent(TransactionCreate, commit_claim=False)],
     temporal: TemporalDep,
 ) -> TransactionOut:
@@ -89,13 +113,26 @@ async def create_transaction(
     # can take the whole wait: a request with the same key meanwhile sees the claim and gets
     # 409 at once instead of waiting on its row lock.
     await session.commit()
-    sent = await send_operation(temporal, session, intent, state.settings,
-                                PaymentIntentWorkflow.confirm_charge, ChargeInput(
-                                    card_token_id=card.token_id, card=card.summary),
-                                verb="charge", idempotency_key=idempotency_key)
-    response.status_code, answer = transaction_answer(sent, not_recorded_yet=pending_transaction(
-        sent.transaction_id, intent, TransactionType.CHARGE, intent.amount_in_cents,
-        card=card.summary))
+    sent = await send_operation(
+        temporal,
+        session,
+        intent,
+        state.settings,
+        PaymentIntentWorkflow.confirm_charge,
+        ChargeInput(card_token_id=card.token_id, card=card.summary),
+        verb="charge",
+        idempotency_key=idempotency_key,
+    )
+    response.status_code, answer = transaction_answer(
+        sent,
+        not_recorded_yet=pending_transaction(
+            sent.transaction_id,
+            intent,
+            TransactionType.CHARGE,
+            intent.amount_in_cents,
+            card=card.summary,
+        ),
+    )
     return answer
 
 
@@ -105,15 +142,29 @@ class VaultedCard:
     summary: CardSummary  # what may travel beyond the vault
 
 
-async def _tokenize(connection: AsyncConnection, body: TransactionCreate,
-                    intent: IntentSnapshot, cipher: VaultCipher) -> VaultedCard:
+async def _tokenize(
+    connection: AsyncConnection,
+    body: TransactionCreate,
+    intent: IntentSnapshot,
+    cipher: VaultCipher,
+) -> VaultedCard:
     """The card's number into the vault, encrypted and bound to a new token id."""
     token_id = new_id("card")
     number = body.card.number
-    summary = CardSummary(brand=card_brand(number), last4=number[-4:],
-                          exp_month=body.card.exp_month, exp_year=body.card.exp_year)
+    summary = CardSummary(
+        brand=card_brand(number),
+        last4=number[-4:],
+        exp_month=body.card.exp_month,
+        exp_year=body.card.exp_year,
+    )
     await insert_card_token(
-        connection, token_id=token_id, merchant_id=intent.merchant_id,
-        pan_ciphertext=cipher.encrypt(number.encode(), context=token_id), brand=summary.brand,
-        last4=summary.last4, exp_month=summary.exp_month, exp_year=summary.exp_year)
+        connection,
+        token_id=token_id,
+        merchant_id=intent.merchant_id,
+        pan_ciphertext=cipher.encrypt(number.encode(), context=token_id),
+        brand=summary.brand,
+        last4=summary.last4,
+        exp_month=summary.exp_month,
+        exp_year=summary.exp_year,
+    )
     return VaultedCard(token_id, summary)

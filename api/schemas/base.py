@@ -12,10 +12,11 @@ from pydantic.json_schema import JsonValue
 
 from core.domain import rfc3339
 
-Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str),
-                     WithJsonSchema({"type": "string", "format": "date-time"},
-                                    mode="serialization")]
-
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(rfc3339, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
+]
 
 
 def one_of(values: Iterable[str], *, nullable: bool = False, **field: Any) -> Any:
@@ -40,8 +41,7 @@ def examples(*example: dict[str, Any]) -> dict[str, Any]:
 class ApiModel(BaseModel):
     """Responses: camelCase on the wire, built from attributes."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
-                              from_attributes=True)
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, from_attributes=True)
 
 
 class RequestModel(BaseModel):

@@ -15,21 +15,34 @@ from api.schemas.base import ApiModel
 from api.schemas.payment_intents import PAYMENT_INTENT_EXAMPLE, PaymentIntentOut
 from api.schemas.transactions import TRANSACTION_EXAMPLE, TransactionOut
 
-ErrorType = Literal["invalid_request_error", "authentication_error", "card_error", "not_found",
-                    "conflict", "rate_limit_error", "api_error"]
+ErrorType = Literal[
+    "invalid_request_error",
+    "authentication_error",
+    "card_error",
+    "not_found",
+    "conflict",
+    "rate_limit_error",
+    "api_error",
+]
 
 
 def _example(type_: str, code: str, message: str, param: str | None = None) -> ConfigDict:
-    return ConfigDict(json_schema_extra={"examples": [
-        {"error": {"type": type_, "code": code, "message": message, "param": param}}]})
+    return ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"error": {"type": type_, "code": code, "message": message, "param": param}}
+            ]
+        }
+    )
 
 
 class ErrorDetail(ApiModel):
     type: ErrorType
     code: str = Field(description="Stable, machine-readable; the message may change.")
     message: str = Field(description="For people; never holds card data or a stack trace.")
-    param: str | None = Field(description="The request parameter (camelCase) or header at "
-                                          "fault, or null.")
+    param: str | None = Field(
+        description="The request parameter (camelCase) or header at fault, or null."
+    )
 
 
 class ErrorResponse(ApiModel):
@@ -40,38 +53,57 @@ class ErrorResponse(ApiModel):
 
 class InvalidRequestDetail(ErrorDetail):
     type: Literal["invalid_request_error"]
-    code: str = Field(description=(
-        "e.g. `parameter_missing`, `parameter_invalid`, `parameter_unknown`, `invalid_json`, "
-        "`card_number_invalid`, `amount_too_large`, `resource_missing` (a `startingAfter` "
-        "that names nothing of yours), `idempotency_key_reused`, `idempotency_key_invalid`, "
-        "`url_not_allowed`, `webhook_endpoint_limit_reached`, `redelivery_limit_reached`"))
+    code: str = Field(
+        description=(
+            "e.g. `parameter_missing`, `parameter_invalid`, `parameter_unknown`, `invalid_json`, "
+            "`card_number_invalid`, `amount_too_large`, `resource_missing` (a `startingAfter` "
+            "that names nothing of yours), `idempotency_key_reused`, `idempotency_key_invalid`, "
+            "`url_not_allowed`, `webhook_endpoint_limit_reached`, `redelivery_limit_reached`"
+        )
+    )
 
 
 class InvalidRequestErrorResponse(ApiModel):
-    model_config = _example("invalid_request_error", "parameter_missing",
-                            "Missing required parameter: currency.", "currency")
+    model_config = _example(
+        "invalid_request_error",
+        "parameter_missing",
+        "Missing required parameter: currency.",
+        "currency",
+    )
     error: InvalidRequestDetail
 
 
 class AuthenticationDetail(ErrorDetail):
     type: Literal["authentication_error"]
-    code: Literal["missing_api_key", "missing_signature", "timestamp_out_of_window",
-                  "invalid_nonce", "invalid_api_key", "invalid_signature", "replayed_nonce",
-                  "duplicate_header", "invalid_admin_token"]
+    code: Literal[
+        "missing_api_key",
+        "missing_signature",
+        "timestamp_out_of_window",
+        "invalid_nonce",
+        "invalid_api_key",
+        "invalid_signature",
+        "replayed_nonce",
+        "duplicate_header",
+        "invalid_admin_token",
+    ]
 
 
 class AuthenticationErrorResponse(ApiModel):
-    model_config = _example("authentication_error", "invalid_signature",
-                            "The request signature does not match.")
+    model_config = _example(
+        "authentication_error", "invalid_signature", "The request signature does not match."
+    )
     error: AuthenticationDetail
 
 
 class CardErrorDetail(ErrorDetail):
     type: Literal["card_error"]
-    code: str = Field(description="`card_declined` (see `declineCode`), or the network's "
-                                  "failure code such as `processing_error`.")
-    decline_code: str | None = Field(description="Why the issuer declined, e.g. "
-                                                 "`insufficient_funds`; null for a failure.")
+    code: str = Field(
+        description="`card_declined` (see `declineCode`), or the network's "
+        "failure code such as `processing_error`."
+    )
+    decline_code: str | None = Field(
+        description="Why the issuer declined, e.g. `insufficient_funds`; null for a failure."
+    )
 
 
 class TransactionCardErrorDetail(CardErrorDetail):
@@ -82,27 +114,54 @@ class PaymentIntentCardErrorDetail(CardErrorDetail):
     payment_intent: PaymentIntentOut = Field(description="The PaymentIntent as it stands.")
 
 
-_DECLINED_TRANSACTION: JsonDict = {**TRANSACTION_EXAMPLE, "status": "failed",
-                         "failureCode": "card_declined", "declineCode": "insufficient_funds"}
-_CARD_DECLINED: JsonDict = {"type": "card_error", "code": "card_declined", "param": None,
-                  "message": "The card network declined the charge (insufficient_funds).",
-                  "declineCode": "insufficient_funds"}
+_DECLINED_TRANSACTION: JsonDict = {
+    **TRANSACTION_EXAMPLE,
+    "status": "failed",
+    "failureCode": "card_declined",
+    "declineCode": "insufficient_funds",
+}
+_CARD_DECLINED: JsonDict = {
+    "type": "card_error",
+    "code": "card_declined",
+    "param": None,
+    "message": "The card network declined the charge (insufficient_funds).",
+    "declineCode": "insufficient_funds",
+}
 
 
 class TransactionCardErrorResponse(ApiModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
-        **_CARD_DECLINED, "transaction": _DECLINED_TRANSACTION}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {**_CARD_DECLINED, "transaction": _DECLINED_TRANSACTION}}]
+        }
+    )
     error: TransactionCardErrorDetail
 
 
 class PaymentIntentCardErrorResponse(ApiModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
-        **_CARD_DECLINED, "paymentIntent": {
-            **PAYMENT_INTENT_EXAMPLE, "status": "failed", "amountReceived": 0,
-            "lastError": {"type": "card_error", "code": "card_declined",
-                          "declineCode": "insufficient_funds",
-                          "message": "The card was declined (insufficient_funds)."},
-            "transactions": [_DECLINED_TRANSACTION]}}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": {
+                        **_CARD_DECLINED,
+                        "paymentIntent": {
+                            **PAYMENT_INTENT_EXAMPLE,
+                            "status": "failed",
+                            "amountReceived": 0,
+                            "lastError": {
+                                "type": "card_error",
+                                "code": "card_declined",
+                                "declineCode": "insufficient_funds",
+                                "message": "The card was declined (insufficient_funds).",
+                            },
+                            "transactions": [_DECLINED_TRANSACTION],
+                        },
+                    }
+                }
+            ]
+        }
+    )
     error: PaymentIntentCardErrorDetail
 
 
@@ -112,20 +171,28 @@ class NotFoundDetail(ErrorDetail):
 
 
 class NotFoundErrorResponse(ApiModel):
-    model_config = _example("not_found", "resource_missing",
-                            "No such payment_intent: 'pi_3f9c2a7e51b04d8e6a1c0b27'")
+    model_config = _example(
+        "not_found", "resource_missing", "No such payment_intent: 'pi_3f9c2a7e51b04d8e6a1c0b27'"
+    )
     error: NotFoundDetail
 
 
 class ConflictDetail(ErrorDetail):
     type: Literal["conflict"]
-    code: Literal["idempotency_key_in_use", "attempt_in_flight",
-                  "payment_intent_unexpected_state", "endpoint_disabled"]
+    code: Literal[
+        "idempotency_key_in_use",
+        "attempt_in_flight",
+        "payment_intent_unexpected_state",
+        "endpoint_disabled",
+    ]
 
 
 class ConflictErrorResponse(ApiModel):
-    model_config = _example("conflict", "payment_intent_unexpected_state",
-                            "Cannot capture this PaymentIntent in status 'succeeded'.")
+    model_config = _example(
+        "conflict",
+        "payment_intent_unexpected_state",
+        "Cannot capture this PaymentIntent in status 'succeeded'.",
+    )
     error: ConflictDetail
 
 
@@ -135,8 +202,11 @@ class RequestTooLargeDetail(ErrorDetail):
 
 
 class RequestTooLargeErrorResponse(ApiModel):
-    model_config = _example("invalid_request_error", "request_too_large",
-                            "The request body is larger than the 65536 bytes this API accepts.")
+    model_config = _example(
+        "invalid_request_error",
+        "request_too_large",
+        "The request body is larger than the 65536 bytes this API accepts.",
+    )
     error: RequestTooLargeDetail
 
 
@@ -146,8 +216,11 @@ class RequestTimeoutDetail(ErrorDetail):
 
 
 class RequestTimeoutErrorResponse(ApiModel):
-    model_config = _example("invalid_request_error", "request_timeout",
-                            "The request body did not arrive within 10 seconds.")
+    model_config = _example(
+        "invalid_request_error",
+        "request_timeout",
+        "The request body did not arrive within 10 seconds.",
+    )
     error: RequestTimeoutDetail
 
 
@@ -157,10 +230,13 @@ class RateLimitDetail(ErrorDetail):
 
 
 class RateLimitErrorResponse(ApiModel):
-    model_config = _example("rate_limit_error", "rate_limit_exceeded",
-                            "Too many requests with this API key: at most 100 a second on "
-                            "average, in bursts of 200. Retry after the delay in Retry-After "
-                            "(seconds).")
+    model_config = _example(
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        "Too many requests with this API key: at most 100 a second on "
+        "average, in bursts of 200. Retry after the delay in Retry-After "
+        "(seconds).",
+    )
     error: RateLimitDetail
 
 
@@ -170,8 +246,9 @@ class InternalErrorDetail(ErrorDetail):
 
 
 class InternalErrorResponse(ApiModel):
-    model_config = _example("api_error", "internal_error",
-                            "An internal error occurred; it has been logged.")
+    model_config = _example(
+        "api_error", "internal_error", "An internal error occurred; it has been logged."
+    )
     error: InternalErrorDetail
 
 
@@ -181,8 +258,11 @@ class ServiceUnavailableDetail(ErrorDetail):
 
 
 class ServiceUnavailableErrorResponse(ApiModel):
-    model_config = _example("api_error", "service_unavailable",
-                            "Durapay cannot reach a service it depends on right now; nothing "
-                            "was lost. Retry the request (with the same Idempotency-Key) "
-                            "shortly.")
+    model_config = _example(
+        "api_error",
+        "service_unavailable",
+        "Durapay cannot reach a service it depends on right now; nothing "
+        "was lost. Retry the request (with the same Idempotency-Key) "
+        "shortly.",
+    )
     error: ServiceUnavailableDetail

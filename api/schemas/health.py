@@ -24,8 +24,9 @@ class Checks(BaseModel):
 
 
 class Readiness(BaseModel):
-    model_config = ConfigDict(json_schema_extra=examples(
-        {"status": "ok", "checks": {"postgres": "ok", "temporal": "ok"}}))
+    model_config = ConfigDict(
+        json_schema_extra=examples({"status": "ok", "checks": {"postgres": "ok", "temporal": "ok"}})
+    )
 
     status: Literal["ok"]
     checks: Checks
@@ -34,11 +35,21 @@ class Readiness(BaseModel):
 class NotReady(BaseModel):
     """The error object beside the probe's own fields, so a probe and a client both read it."""
 
-    model_config = ConfigDict(json_schema_extra=examples({
-        "status": "unavailable", "checks": {"postgres": "ok", "temporal": "down"},
-        "down": ["temporal"], "error": {
-            "type": "api_error", "code": "service_unavailable",
-            "message": "Not ready: cannot reach temporal.", "param": None}}))
+    model_config = ConfigDict(
+        json_schema_extra=examples(
+            {
+                "status": "unavailable",
+                "checks": {"postgres": "ok", "temporal": "down"},
+                "down": ["temporal"],
+                "error": {
+                    "type": "api_error",
+                    "code": "service_unavailable",
+                    "message": "Not ready: cannot reach temporal.",
+                    "param": None,
+                },
+            }
+        )
+    )
 
     status: Literal["unavailable"]
     checks: Checks

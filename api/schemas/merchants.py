@@ -21,10 +21,17 @@ class KeyRoll(RequestModel):
 
 
 class MerchantWithKeys(ApiModel):
-    model_config = ConfigDict(json_schema_extra=examples({
-        "id": "mer_0c7a4e19b2d85f36a1e0c9b4", "object": "merchant", "name": "Acme",
-        "publicKey": "pk_test_6f1e9a0c3b7d25e48a9c1f0e7b3d6a25",
-        "secretKey": "sk_test_b2e7c41f9a03d86e5c1b7f2a9e04d3c8b6a1f7e2d9c05b43"}))
+    model_config = ConfigDict(
+        json_schema_extra=examples(
+            {
+                "id": "mer_0c7a4e19b2d85f36a1e0c9b4",
+                "object": "merchant",
+                "name": "Acme",
+                "publicKey": "pk_test_6f1e9a0c3b7d25e48a9c1f0e7b3d6a25",
+                "secretKey": "sk_test_b2e7c41f9a03d86e5c1b7f2a9e04d3c8b6a1f7e2d9c05b43",
+            }
+        )
+    )
 
     id: str
     object: Literal["merchant"] = "merchant"

@@ -24,27 +24,51 @@ from core.domain import (
 )
 
 PAYMENT_INTENT_EXAMPLE: JsonDict = {
-    "id": "pi_3f9c2a7e51b04d8e6a1c0b27", "object": "payment_intent", "amountInCents": 2499,
-    "currency": "usd", "description": "Order#1234", "status": "succeeded",
-    "captureMethod": "automatic", "amountCapturable": 0, "amountReceived": 2499,
-    "amountRefunded": 0, "lastError": None, "cancellationReason": None,
-    "metadata": {"orderId": "1234"}, "createdAt": "2026-11-25T10:15:29.480Z",
-    "updatedAt": "2026-11-25T10:15:31.870Z", "transactions": [TRANSACTION_EXAMPLE]}
+    "id": "pi_3f9c2a7e51b04d8e6a1c0b27",
+    "object": "payment_intent",
+    "amountInCents": 2499,
+    "currency": "usd",
+    "description": "Order#1234",
+    "status": "succeeded",
+    "captureMethod": "automatic",
+    "amountCapturable": 0,
+    "amountReceived": 2499,
+    "amountRefunded": 0,
+    "lastError": None,
+    "cancellationReason": None,
+    "metadata": {"orderId": "1234"},
+    "createdAt": "2026-11-25T10:15:29.480Z",
+    "updatedAt": "2026-11-25T10:15:31.870Z",
+    "transactions": [TRANSACTION_EXAMPLE],
+}
 
 
 class PaymentIntentCreate(RequestModel):
-    model_config = ConfigDict(json_schema_extra=examples({
-        "amountInCents": 2499, "currency": "usd", "description": "Order#1234",
-        "captureMethod": "automatic", "metadata": {"orderId": "1234"}}))
+    model_config = ConfigDict(
+        json_schema_extra=examples(
+            {
+                "amountInCents": 2499,
+                "currency": "usd",
+                "description": "Order#1234",
+                "captureMethod": "automatic",
+                "metadata": {"orderId": "1234"},
+            }
+        )
+    )
 
     amount_in_cents: int = Field(ge=MIN_AMOUNT, le=MAX_AMOUNT, strict=True)
     currency: str = one_of(sorted(SUPPORTED_CURRENCIES))
     description: str | None = Field(default=None, max_length=1000)
     capture_method: Literal["automatic", "manual"] = "automatic"
     # The bounds `_metadata_bounds` enforces, shown in the schema.
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=50, json_schema_extra={
-        "propertyNames": {"minLength": 1, "maxLength": 40},
-        "additionalProperties": {"type": "string", "maxLength": 500}})
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=50,
+        json_schema_extra={
+            "propertyNames": {"minLength": 1, "maxLength": 40},
+            "additionalProperties": {"type": "string", "maxLength": 500},
+        },
+    )
 
     @field_validator("currency")
     @classmethod
@@ -93,11 +117,13 @@ class PaymentIntentCapture(RequestModel):
 
 
 class PaymentIntentCancel(RequestModel):
-    model_config = ConfigDict(json_schema_extra=examples(
-        {"cancellationReason": "requested_by_customer"}))
+    model_config = ConfigDict(
+        json_schema_extra=examples({"cancellationReason": "requested_by_customer"})
+    )
 
-    cancellation_reason: Literal["requested_by_customer", "duplicate", "fraudulent",
-                                 "abandoned"] = "requested_by_customer"
+    cancellation_reason: Literal[
+        "requested_by_customer", "duplicate", "fraudulent", "abandoned"
+    ] = "requested_by_customer"
 
 
 class RefundCreate(RequestModel):

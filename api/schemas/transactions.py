@@ -18,11 +18,21 @@ from core.domain import TransactionStatus, TransactionType
 
 CARD_EXAMPLE: JsonDict = {"brand": "visa", "last4": "4242", "expMonth": 12, "expYear": 2030}
 TRANSACTION_EXAMPLE: JsonDict = {
-    "id": "txn_8e41c09b2d7a5f36c1e0a947", "object": "transaction",
-    "paymentIntentId": "pi_3f9c2a7e51b04d8e6a1c0b27", "type": "charge", "amountInCents": 2499,
-    "currency": "usd", "status": "succeeded", "networkReference": "txn_8e41c09b2d7a5f36c1e0a947",
-    "card": CARD_EXAMPLE, "failureCode": None, "declineCode": None, "reconciled": False,
-    "createdAt": "2026-11-25T10:15:30.120Z", "updatedAt": "2026-11-25T10:15:31.870Z"}
+    "id": "txn_8e41c09b2d7a5f36c1e0a947",
+    "object": "transaction",
+    "paymentIntentId": "pi_3f9c2a7e51b04d8e6a1c0b27",
+    "type": "charge",
+    "amountInCents": 2499,
+    "currency": "usd",
+    "status": "succeeded",
+    "networkReference": "txn_8e41c09b2d7a5f36c1e0a947",
+    "card": CARD_EXAMPLE,
+    "failureCode": None,
+    "declineCode": None,
+    "reconciled": False,
+    "createdAt": "2026-11-25T10:15:30.120Z",
+    "updatedAt": "2026-11-25T10:15:31.870Z",
+}
 
 
 class CardIn(RequestModel):
@@ -38,9 +48,19 @@ class CardIn(RequestModel):
 
 
 class TransactionCreate(RequestModel):
-    model_config = ConfigDict(json_schema_extra=examples({
-        "type": "charge",
-        "card": {"number": "4242424242424242", "expMonth": 12, "expYear": 2030, "cvc": "123"}}))
+    model_config = ConfigDict(
+        json_schema_extra=examples(
+            {
+                "type": "charge",
+                "card": {
+                    "number": "4242424242424242",
+                    "expMonth": 12,
+                    "expYear": 2030,
+                    "cvc": "123",
+                },
+            }
+        )
+    )
 
     type: Literal["charge"]
     card: CardIn
@@ -51,8 +71,12 @@ class TransactionCreate(RequestModel):
         hash over 3 or 4 digits is recovered in 10^4 guesses by whoever has the key and the
         database. A retry with another CVC is the same request (its answer is replayed); one
         with a card that shows differently is `idempotency_key_reused`."""
-        card = CardOut(brand=card_brand(self.card.number), last4=self.card.number[-4:],
-                       exp_month=self.card.exp_month, exp_year=self.card.exp_year)
+        card = CardOut(
+            brand=card_brand(self.card.number),
+            last4=self.card.number[-4:],
+            exp_month=self.card.exp_month,
+            exp_year=self.card.exp_year,
+        )
         return {"type": self.type, "card": card.model_dump(mode="json", by_alias=True)}
 
 

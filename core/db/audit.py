@@ -114,25 +114,27 @@ async def verify_chains(engine: AsyncEngine, merchant_id: str | None = None) -> 
         report.scope(scope_of(merchant_id))
     params = {"merchant_id": merchant_id, "scope": scope_of(merchant_id)}
     async with engine.connect() as connection:
-        await connection.execute(text(
-            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
+        await connection.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
         await _walk_chains(connection, report, params, merchant_id is not None)
         await _walk_checkpoints(connection, report, params, merchant_id is not None)
     return report
 
 
-async def _stream(connection: AsyncConnection, sql: str,
-                  params: Mapping[str, Any]) -> AsyncIterator[Mapping[str, Any]]:
+async def _stream(
+    connection: AsyncConnection, sql: str, params: Mapping[str, Any]
+) -> AsyncIterator[Mapping[str, Any]]:
     result = await connection.stream(text(sql), params)
     async for row in result.mappings():
         yield cast(Mapping[str, Any], row)  # a text() statement's rows: keys are column names
 
 
-async def _walk_chains(connection: AsyncConnection, report: VerifyReport,
-                       params: Mapping[str, Any], one_merchant: bool) -> None:
+async def _walk_chains(
+    connection: AsyncConnection, report: VerifyReport, params: Mapping[str, Any], one_merchant: bool
+) -> None:
     sql = _CHAINS.format(
         event_filter="WHERE merchant_id = :merchant_id" if one_merchant else "",
-        scope_filter="WHERE checkpoint.scope = :scope" if one_merchant else "")
+        scope_filter="WHERE checkpoint.scope = :scope" if one_merchant else "",
+    )
     walk: ChainWalk | None = None
     scope: ScopeReport | None = None
 
@@ -153,10 +155,12 @@ async def _walk_chains(connection: AsyncConnection, report: VerifyReport,
     finish()
 
 
-async def _walk_checkpoints(connection: AsyncConnection, report: VerifyReport,
-                            params: Mapping[str, Any], one_merchant: bool) -> None:
+async def _walk_checkpoints(
+    connection: AsyncConnection, report: VerifyReport, params: Mapping[str, Any], one_merchant: bool
+) -> None:
     sql = _CHECKPOINTS.format(
-        scope_filter="WHERE checkpoint.scope = :scope" if one_merchant else "")
+        scope_filter="WHERE checkpoint.scope = :scope" if one_merchant else ""
+    )
     walks: dict[str, CheckpointWalk] = {}
     current: Mapping[str, Any] | None = None
     heads: list[ChainHead] = []
@@ -212,37 +216,69 @@ async def record_checkpoints(connection: AsyncConnection) -> CheckpointRun:
     runs at once collide on (scope, position) and the loser's retry finds the rest.
     """
     await connection.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-    now, snapshot = (await connection.execute(text(
-        "SELECT now(), pg_current_snapshot()::text"))).one()
-    covered = (await connection.execute(text(
-        "SELECT covered_snapshot FROM audit_checkpoint ORDER BY id DESC LIMIT 1"))).scalar()
+    now, snapshot = (
+        await connection.execute(text("SELECT now(), pg_current_snapshot()::text"))
+    ).one()
+    covered = (
+        await connection.execute(
+            text("SELECT covered_snapshot FROM audit_checkpoint ORDER BY id DESC LIMIT 1")
+        )
+    ).scalar()
     moved = _MOVED_HEADS.format(moved=_SINCE_SNAPSHOT if covered is not None else "")
     by_scope: dict[str, list[ChainHead]] = defaultdict(list)
     for row in await connection.execute(text(moved), {"covered": covered}):
-        by_scope[scope_of(row.merchant_id)].append(ChainHead(row.chain, row.chain_seq,
-                                                             row.hash))
+        by_scope[scope_of(row.merchant_id)].append(ChainHead(row.chain, row.chain_seq, row.hash))
     if not by_scope:
         return CheckpointRun(0, 0)
-    last = {row.scope: (row.position, row.hash) for row in await connection.execute(text(
-        "SELECT DISTINCT ON (scope) scope, position, hash FROM audit_checkpoint "
-        "WHERE scope = ANY(CAST(:scopes AS VARCHAR[])) ORDER BY scope, position DESC"),
-        {"scopes": sorted(by_scope)})}
-    checkpoints = [_checkpoint(scope, heads, last.get(scope), now, snapshot)
-                   for scope, heads in sorted(by_scope.items())]
-    ids = {row.scope: row.id for row in await connection.execute(
-        insert(AuditCheckpoint).returning(col(AuditCheckpoint.id),
-                                          col(AuditCheckpoint.scope)), checkpoints)}
-    await connection.execute(insert(AuditCheckpointHead), [
-        {"checkpoint_id": ids[scope], "chain": head.chain, "chain_seq": head.chain_seq,
-         "hash": head.hash} for scope, heads in by_scope.items() for head in heads])
+    last = {
+        row.scope: (row.position, row.hash)
+        for row in await connection.execute(
+            text(
+                "SELECT DISTINCT ON (scope) scope, position, hash FROM audit_checkpoint "
+                "WHERE scope = ANY(CAST(:scopes AS VARCHAR[])) ORDER BY scope, position DESC"
+            ),
+            {"scopes": sorted(by_scope)},
+        )
+    }
+    checkpoints = [
+        _checkpoint(scope, heads, last.get(scope), now, snapshot)
+        for scope, heads in sorted(by_scope.items())
+    ]
+    ids = {
+        row.scope: row.id
+        for row in await connection.execute(
+            insert(AuditCheckpoint).returning(col(AuditCheckpoint.id), col(AuditCheckpoint.scope)),
+            checkpoints,
+        )
+    }
+    await connection.execute(
+        insert(AuditCheckpointHead),
+        [
+            {
+                "checkpoint_id": ids[scope],
+                "chain": head.chain,
+                "chain_seq": head.chain_seq,
+                "hash": head.hash,
+            }
+            for scope, heads in by_scope.items()
+            for head in heads
+        ],
+    )
     return CheckpointRun(len(checkpoints), sum(len(heads) for heads in by_scope.values()))
 
 
-def _checkpoint(scope: str, heads: list[ChainHead], last: tuple[int, str] | None,
-                now: datetime, snapshot: str) -> dict[str, Any]:
+def _checkpoint(
+    scope: str, heads: list[ChainHead], last: tuple[int, str] | None, now: datetime, snapshot: str
+) -> dict[str, Any]:
     position, previous = last or (0, GENESIS_HASH)
-    row: dict[str, Any] = {"scope": scope, "position": position + 1, "chains": len(heads),
-                           "root": merkle_root(heads), "prev_hash": previous,
-                           "recorded_at": now, "covered_snapshot": snapshot}
+    row: dict[str, Any] = {
+        "scope": scope,
+        "position": position + 1,
+        "chains": len(heads),
+        "root": merkle_root(heads),
+        "prev_hash": previous,
+        "recorded_at": now,
+        "covered_snapshot": snapshot,
+    }
     row["hash"] = checkpoint_hash(previous, row)
     return row

@@ -37,10 +37,13 @@ async def delete_expired_nonces(connection: AsyncConnection, *, limit: int) -> i
     return int(result.rowcount)
 
 
-async def delete_expired_idempotency_records(connection: AsyncConnection, now: datetime,
-                                             retention: timedelta, *, limit: int) -> int:
+async def delete_expired_idempotency_records(
+    connection: AsyncConnection, now: datetime, retention: timedelta, *, limit: int
+) -> int:
     """Records past both retention and `ABANDONED_AFTER`: a request still running keeps its
     claim even under a retention shorter than that."""
-    result = await connection.execute(_DELETE_EXPIRED_IDEMPOTENCY_RECORDS, {
-        "cutoff": now - max(retention, ABANDONED_AFTER), "limit": limit})
+    result = await connection.execute(
+        _DELETE_EXPIRED_IDEMPOTENCY_RECORDS,
+        {"cutoff": now - max(retention, ABANDONED_AFTER), "limit": limit},
+    )
     return int(result.rowcount)

@@ -64,38 +64,54 @@ class IdempotencyRecordRow:
     created_at: datetime
 
 
-async def claim_record(connection: AsyncConnection, *, merchant_id: str, key: str,
-                       endpoint: str, request_hash: str, now: datetime,
-                       retention: timedelta) -> bool:
+async def claim_record(
+    connection: AsyncConnection,
+    *,
+    merchant_id: str,
+    key: str,
+    endpoint: str,
+    request_hash: str,
+    now: datetime,
+    retention: timedelta,
+) -> bool:
     """Insert the key's record, or take over one past `retention`: True if this request now
     holds the key, False if a live record is there (read it with `read_record`)."""
-    row = (await connection.exec_driver_sql(_CLAIM, (
-        merchant_id, key, endpoint, request_hash, now, now - retention,
-        now - ABANDONED_AFTER))).first()
+    row = (
+        await connection.exec_driver_sql(
+            _CLAIM,
+            (merchant_id, key, endpoint, request_hash, now, now - retention, now - ABANDONED_AFTER),
+        )
+    ).first()
     return row is not None
 
 
-async def read_record(connection: AsyncConnection, *, merchant_id: str,
-                      key: str) -> IdempotencyRecordRow:
+async def read_record(
+    connection: AsyncConnection, *, merchant_id: str, key: str
+) -> IdempotencyRecordRow:
     row = (await connection.exec_driver_sql(_READ, (merchant_id, key))).one()
     return IdempotencyRecordRow(
-        endpoint=row.endpoint, request_hash=row.request_hash,
+        endpoint=row.endpoint,
+        request_hash=row.request_hash,
         response_status=row.response_status,
         response_body=None if row.response_body is None else json.loads(row.response_body),
-        created_at=row.created_at)
+        created_at=row.created_at,
+    )
 
 
-async def take_over_record(connection: AsyncConnection, *, merchant_id: str, key: str,
-                           claimed_at: datetime, now: datetime) -> bool:
+async def take_over_record(
+    connection: AsyncConnection, *, merchant_id: str, key: str, claimed_at: datetime, now: datetime
+) -> bool:
     """Renew an abandoned claim read as claimed at `claimed_at`: False if another request
     renewed it first."""
-    row = (await connection.exec_driver_sql(_TAKE_OVER, (
-        merchant_id, key, claimed_at, now))).first()
+    row = (
+        await connection.exec_driver_sql(_TAKE_OVER, (merchant_id, key, claimed_at, now))
+    ).first()
     return row is not None
 
 
-async def store_response(connection: AsyncConnection, *, merchant_id: str, key: str,
-                         status: int, body: dict[str, Any]) -> None:
+async def store_response(
+    connection: AsyncConnection, *, merchant_id: str, key: str, status: int, body: dict[str, Any]
+) -> None:
     await connection.exec_driver_sql(_STORE, (merchant_id, key, status, json.dumps(body)))
 
 

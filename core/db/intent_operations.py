@@ -38,21 +38,33 @@ class IntentSnapshot:
     amount_refunded: int
 
 
-async def read_owned_intent(connection: AsyncConnection, intent_id: str,
-                            merchant_id: str) -> IntentSnapshot | None:
+async def read_owned_intent(
+    connection: AsyncConnection, intent_id: str, merchant_id: str
+) -> IntentSnapshot | None:
     """The merchant's intent, None if it has none of that id."""
     # exec_driver_sql() is typed as answering one column; this statement answers seven.
     row: Row[*tuple[Any, ...]] | None = (
-        await connection.exec_driver_sql(_OWNED_INTENT, (intent_id, merchant_id))).first()
+        await connection.exec_driver_sql(_OWNED_INTENT, (intent_id, merchant_id))
+    ).first()
     if row is None:
         return None
     return IntentSnapshot(intent_id, *row)
 
 
-async def insert_card_token(connection: AsyncConnection, *, token_id: str, merchant_id: str,
-                            pan_ciphertext: bytes, brand: str, last4: str, exp_month: int,
-                            exp_year: int) -> None:
+async def insert_card_token(
+    connection: AsyncConnection,
+    *,
+    token_id: str,
+    merchant_id: str,
+    pan_ciphertext: bytes,
+    brand: str,
+    last4: str,
+    exp_month: int,
+    exp_year: int,
+) -> None:
     """The vault's row of a card: its number only as `pan_ciphertext` (core/db/vault.py
     deletes that once no authorization can need it)."""
-    await connection.exec_driver_sql(_INSERT_CARD_TOKEN, (
-        token_id, merchant_id, pan_ciphertext, brand, last4, exp_month, exp_year))
+    await connection.exec_driver_sql(
+        _INSERT_CARD_TOKEN,
+        (token_id, merchant_id, pan_ciphertext, brand, last4, exp_month, exp_year),
+    )

@@ -59,28 +59,66 @@ class InsertedIntent:
     deliveries: list[str]
 
 
-async def insert_payment_intent(connection: AsyncConnection, *, intent_id: str, merchant_id: str,
-                                amount_in_cents: int, currency: str, description: str | None,
-                                capture_method: str, metadata: dict[str, str]) -> InsertedIntent:
-    row = (await connection.exec_driver_sql(_INSERT_INTENT, (
-        intent_id, merchant_id, amount_in_cents, currency, description, capture_method,
-        IntentStatus.CREATED.value, json.dumps(metadata)))).one()
+async def insert_payment_intent(
+    connection: AsyncConnection,
+    *,
+    intent_id: str,
+    merchant_id: str,
+    amount_in_cents: int,
+    currency: str,
+    description: str | None,
+    capture_method: str,
+    metadata: dict[str, str],
+) -> InsertedIntent:
+    row = (
+        await connection.exec_driver_sql(
+            _INSERT_INTENT,
+            (
+                intent_id,
+                merchant_id,
+                amount_in_cents,
+                currency,
+                description,
+                capture_method,
+                IntentStatus.CREATED.value,
+                json.dumps(metadata),
+            ),
+        )
+    ).one()
     intent = InsertedIntent(
-        id=intent_id, merchant_id=merchant_id, amount_in_cents=amount_in_cents,
-        currency=currency, description=description, capture_method=capture_method,
-        status=IntentStatus.CREATED.value, amount_capturable=row.amount_capturable,
-        amount_received=row.amount_received, amount_refunded=row.amount_refunded,
-        metadata=json.loads(row.metadata), created_at=row.created_at,
-        updated_at=row.updated_at, deliveries=[])
+        id=intent_id,
+        merchant_id=merchant_id,
+        amount_in_cents=amount_in_cents,
+        currency=currency,
+        description=description,
+        capture_method=capture_method,
+        status=IntentStatus.CREATED.value,
+        amount_capturable=row.amount_capturable,
+        amount_received=row.amount_received,
+        amount_refunded=row.amount_refunded,
+        metadata=json.loads(row.metadata),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        deliveries=[],
+    )
     event: dict[str, Any] = chained_event_row(
-        chain=intent_id, tail_seq=None, tail_hash=None, now=row.now,
-        event_id=event_id_for(f"{intent_id}:created"), merchant_id=merchant_id,
-        event_type=CREATED_EVENT, data=event_data(intent, None, None),
-        payment_intent_id=intent_id, transaction_id=None, in_intent_story=True)
+        chain=intent_id,
+        tail_seq=None,
+        tail_hash=None,
+        now=row.now,
+        event_id=event_id_for(f"{intent_id}:created"),
+        merchant_id=merchant_id,
+        event_type=CREATED_EVENT,
+        data=event_data(intent, None, None),
+        payment_intent_id=intent_id,
+        transaction_id=None,
+        in_intent_story=True,
+    )
     deliveries = planned_deliveries(
-        merchant_id, [DeliveryTarget(endpoint, events)
-                      for endpoint, events in json.loads(row.endpoints)],
-        [(event["id"], CREATED_EVENT)])
+        merchant_id,
+        [DeliveryTarget(endpoint, events) for endpoint, events in json.loads(row.endpoints)],
+        [(event["id"], CREATED_EVENT)],
+    )
     statement, values = write_statement(RecordWrite(event=event, deliveries=deliveries))
     await connection.exec_driver_sql(statement, tuple(values))
     intent.deliveries = [d["id"] for d in deliveries]

@@ -33,7 +33,9 @@ from core.db.deliveries import DeliveryTarget, planned_deliveries
 # Why a hot-path statement is refused for good (see activities/persistence.py
 # `refusals_are_final`): a constraint or a value the database rejects.
 REFUSED_BY_DATABASE: tuple[type[Exception], ...] = (
-    asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.DataError,
+)
 
 
 @dataclass(slots=True)
@@ -91,22 +93,45 @@ class LockedPayment:
     created_event_recorded: bool = False
 
 
-_INTENT_COLUMNS = ("id", "merchant_id", "amount_in_cents", "currency", "capture_method",
-                   "status", "amount_capturable", "amount_received", "amount_refunded",
-                   "last_error", "cancellation_reason", "manual_review_since",
-                   "manual_review_resolved_at")
-_TRANSACTION_COLUMNS = ("id", "type", "status", "amount_in_cents", "card_token_id",
-                        "decline_code", "failure_code", "reconciled", "created_at",
-                        "updated_at")
+_INTENT_COLUMNS = (
+    "id",
+    "merchant_id",
+    "amount_in_cents",
+    "currency",
+    "capture_method",
+    "status",
+    "amount_capturable",
+    "amount_received",
+    "amount_refunded",
+    "last_error",
+    "cancellation_reason",
+    "manual_review_since",
+    "manual_review_resolved_at",
+)
+_TRANSACTION_COLUMNS = (
+    "id",
+    "type",
+    "status",
+    "amount_in_cents",
+    "card_token_id",
+    "decline_code",
+    "failure_code",
+    "reconciled",
+    "created_at",
+    "updated_at",
+)
 
 
 def _locked_read(*, with_card_token: bool) -> str:
     """The intent locked first (a subquery, so the laterals that name it run after the lock, in
     the order every writer takes: intent, then transaction), then what the record needs.
     JSON comes back as text: the same whichever codec the connection's owner set for it."""
-    extra = ("(SELECT merchant_id FROM card_token WHERE id = $3) AS card_token_owner,\n"
-             "  EXISTS (SELECT 1 FROM event WHERE id = $4) AS created_event_recorded,"
-             if with_card_token else "")
+    extra = (
+        "(SELECT merchant_id FROM card_token WHERE id = $3) AS card_token_owner,\n"
+        "  EXISTS (SELECT 1 FROM event WHERE id = $4) AS created_event_recorded,"
+        if with_card_token
+        else ""
+    )
     return f"""
 SELECT {", ".join(f"i.{c}" for c in _INTENT_COLUMNS if c != "last_error")},
   i.last_error::text AS last_error,
@@ -132,22 +157,28 @@ _READ_FOR_OUTCOME = _locked_read(with_card_token=False)
 _READ_FOR_CHARGE = _locked_read(with_card_token=True)
 
 
-async def lock_payment(connection: asyncpg.Connection, intent_id: str,
-                       transaction_id: str) -> LockedPayment:
+async def lock_payment(
+    connection: asyncpg.Connection, intent_id: str, transaction_id: str
+) -> LockedPayment:
     """Lock the intent and read what a record of `transaction_id` needs (in a transaction)."""
     return await _read_locked(connection, _READ_FOR_OUTCOME, intent_id, transaction_id)
 
 
-async def lock_payment_for_charge(connection: asyncpg.Connection, intent_id: str,
-                                  transaction_id: str, *, card_token_id: str,
-                                  created_event_id: str) -> LockedPayment:
+async def lock_payment_for_charge(
+    connection: asyncpg.Connection,
+    intent_id: str,
+    transaction_id: str,
+    *,
+    card_token_id: str,
+    created_event_id: str,
+) -> LockedPayment:
     """`lock_payment`, plus the card token's merchant and whether `payment.created` exists."""
-    return await _read_locked(connection, _READ_FOR_CHARGE, intent_id, transaction_id,
-                              card_token_id, created_event_id)
+    return await _read_locked(
+        connection, _READ_FOR_CHARGE, intent_id, transaction_id, card_token_id, created_event_id
+    )
 
 
-async def _read_locked(connection: asyncpg.Connection, statement: str, *args: str
-                       ) -> LockedPayment:
+async def _read_locked(connection: asyncpg.Connection, statement: str, *args: str) -> LockedPayment:
     row = await connection.fetchrow(statement, *args)
     if row is not None and not row["fresh"]:
         # The lock was taken over from a writer that committed after this statement's
@@ -156,44 +187,71 @@ async def _read_locked(connection: asyncpg.Connection, statement: str, *args: st
     if row is None:
         raise LookupError(f"payment intent {args[0]} was never recorded")
     last_error = row["last_error"]
-    intent = IntentRow(**{c: row[c] for c in _INTENT_COLUMNS if c != "last_error"},
-                       last_error=json.loads(last_error) if last_error is not None else None)
-    transaction = (TransactionRow(**{c: row[f"t_{c}"] for c in _TRANSACTION_COLUMNS})
-                   if row["t_id"] is not None else None)
+    intent = IntentRow(
+        **{c: row[c] for c in _INTENT_COLUMNS if c != "last_error"},
+        last_error=json.loads(last_error) if last_error is not None else None,
+    )
+    transaction = (
+        TransactionRow(**{c: row[f"t_{c}"] for c in _TRANSACTION_COLUMNS})
+        if row["t_id"] is not None
+        else None
+    )
     keys = row.keys()
     return LockedPayment(
-        intent=intent, transaction=transaction, tail_seq=row["tail_seq"],
-        tail_hash=row["tail_hash"], now=row["now"], fresh=row["fresh"],
-        endpoints=[DeliveryTarget(endpoint_id, events)
-                   for endpoint_id, events in json.loads(row["endpoints"])],
+        intent=intent,
+        transaction=transaction,
+        tail_seq=row["tail_seq"],
+        tail_hash=row["tail_hash"],
+        now=row["now"],
+        fresh=row["fresh"],
+        endpoints=[
+            DeliveryTarget(endpoint_id, events)
+            for endpoint_id, events in json.loads(row["endpoints"])
+        ],
         card_token_owner=row["card_token_owner"] if "card_token_owner" in keys else None,
         created_event_recorded=bool(row["created_event_recorded"])
-        if "created_event_recorded" in keys else False)
+        if "created_event_recorded" in keys
+        else False,
+    )
 
 
-async def read_payment(connection: asyncpg.Connection, intent_id: str
-                       ) -> tuple[IntentRow, list[TransactionRow]]:
+async def read_payment(
+    connection: asyncpg.Connection, intent_id: str
+) -> tuple[IntentRow, list[TransactionRow]]:
     """A payment as recorded, its transactions oldest first; nothing locked."""
     row = await connection.fetchrow(
         f"SELECT {', '.join(c for c in _INTENT_COLUMNS if c != 'last_error')}, "
-        "last_error::text AS last_error FROM payment_intent WHERE id = $1", intent_id)
+        "last_error::text AS last_error FROM payment_intent WHERE id = $1",
+        intent_id,
+    )
     if row is None:
         raise LookupError(f"payment intent {intent_id} was never recorded")
-    intent = IntentRow(**{c: row[c] for c in _INTENT_COLUMNS if c != "last_error"},
-                       last_error=json.loads(row["last_error"]) if row["last_error"] else None)
+    intent = IntentRow(
+        **{c: row[c] for c in _INTENT_COLUMNS if c != "last_error"},
+        last_error=json.loads(row["last_error"]) if row["last_error"] else None,
+    )
     transactions = await connection.fetch(
         f"SELECT {', '.join(_TRANSACTION_COLUMNS)}, reversal_reference FROM transaction "
-        "WHERE payment_intent_id = $1 ORDER BY created_at, id", intent_id)
+        "WHERE payment_intent_id = $1 ORDER BY created_at, id",
+        intent_id,
+    )
     return intent, [TransactionRow(**dict(t)) for t in transactions]
 
 
 # The SQL type of each column a record writes: every parameter is cast, so the driver never
 # has to guess one and one statement text always has one plan.
 _COLUMN_TYPES = {
-    "status": "text", "amount_capturable": "bigint", "amount_received": "bigint",
-    "amount_refunded": "bigint", "last_error": "jsonb", "cancellation_reason": "text",
-    "manual_review_resolved_at": "timestamptz", "updated_at": "timestamptz",
-    "decline_code": "text", "failure_code": "text", "reconciled": "boolean",
+    "status": "text",
+    "amount_capturable": "bigint",
+    "amount_received": "bigint",
+    "amount_refunded": "bigint",
+    "last_error": "jsonb",
+    "cancellation_reason": "text",
+    "manual_review_resolved_at": "timestamptz",
+    "updated_at": "timestamptz",
+    "decline_code": "text",
+    "failure_code": "text",
+    "reconciled": "boolean",
 }
 _JSON_COLUMNS = frozenset({"last_error"})
 
@@ -233,7 +291,8 @@ class _Parameters:
 def _assignments(bind: _Parameters, changes: dict[str, Any]) -> str:
     return ", ".join(
         f"{name} = {bind(json.dumps(value) if name in _JSON_COLUMNS and value is not None else value, _COLUMN_TYPES[name])}"  # noqa: E501
-        for name, value in changes.items())
+        for name, value in changes.items()
+    )
 
 
 def write_statement(write: RecordWrite) -> tuple[str, list[Any]]:
@@ -246,46 +305,68 @@ def write_statement(write: RecordWrite) -> tuple[str, list[Any]]:
         row = write.inserted_transaction
         columns = ", ".join(row)
         values = ", ".join(bind(value, sql_type) for value, sql_type in row.values())
-        parts.append(f"inserted AS (INSERT INTO transaction ({columns}) VALUES ({values}) "
-                     "RETURNING created_at, updated_at)")
+        parts.append(
+            f"inserted AS (INSERT INTO transaction ({columns}) VALUES ({values}) "
+            "RETURNING created_at, updated_at)"
+        )
         written_transaction = "inserted"
     if write.moved_transaction is not None:
         txn_id, expected, changes = write.moved_transaction
-        parts.append(f"moved_transaction AS (UPDATE transaction SET {_assignments(bind, changes)} "
-                     f"WHERE id = {bind(txn_id, 'text')} AND status = {bind(expected, 'text')} "
-                     "RETURNING created_at, updated_at)")
+        parts.append(
+            f"moved_transaction AS (UPDATE transaction SET {_assignments(bind, changes)} "
+            f"WHERE id = {bind(txn_id, 'text')} AND status = {bind(expected, 'text')} "
+            "RETURNING created_at, updated_at)"
+        )
         written_transaction = "moved_transaction"
     if written_transaction is not None:
-        selected[0:3] = [f"(SELECT created_at FROM {written_transaction})",
-                         f"(SELECT updated_at FROM {written_transaction})",
-                         f"EXISTS (SELECT FROM {written_transaction})"]
+        selected[0:3] = [
+            f"(SELECT created_at FROM {written_transaction})",
+            f"(SELECT updated_at FROM {written_transaction})",
+            f"EXISTS (SELECT FROM {written_transaction})",
+        ]
     if write.moved_intent is not None:
         intent_id, expected, changes = write.moved_intent
-        parts.append(f"moved_intent AS (UPDATE payment_intent SET {_assignments(bind, changes)} "
-                     f"WHERE id = {bind(intent_id, 'text')} AND status = {bind(expected, 'text')}"
-                     " RETURNING id)")
+        parts.append(
+            f"moved_intent AS (UPDATE payment_intent SET {_assignments(bind, changes)} "
+            f"WHERE id = {bind(intent_id, 'text')} AND status = {bind(expected, 'text')}"
+            " RETURNING id)"
+        )
         selected[3] = "EXISTS (SELECT FROM moved_intent)"
     if write.event is not None:
         event = write.event
-        values = ", ".join((
-            bind(event["id"], "text"), bind(event["merchant_id"], "text"),
-            bind(event["payment_intent_id"], "text"), bind(event["transaction_id"], "text"),
-            bind(event["type"], "text"), bind(json.dumps(event["data"]), "jsonb"),
-            bind(event["created_at"], "timestamptz"), bind(event["chain"], "text"),
-            bind(event["chain_seq"], "bigint"), bind(event["intent_seq"], "int"),
-            bind(event["prev_hash"], "text"), bind(event["hash"], "text")))
+        values = ", ".join(
+            (
+                bind(event["id"], "text"),
+                bind(event["merchant_id"], "text"),
+                bind(event["payment_intent_id"], "text"),
+                bind(event["transaction_id"], "text"),
+                bind(event["type"], "text"),
+                bind(json.dumps(event["data"]), "jsonb"),
+                bind(event["created_at"], "timestamptz"),
+                bind(event["chain"], "text"),
+                bind(event["chain_seq"], "bigint"),
+                bind(event["intent_seq"], "int"),
+                bind(event["prev_hash"], "text"),
+                bind(event["hash"], "text"),
+            )
+        )
         # A payment's event comes with its move: appended only if the move matched.
-        source = (f"SELECT {values} FROM moved_intent" if write.moved_intent is not None
-                  else f"VALUES ({values})")
+        source = (
+            f"SELECT {values} FROM moved_intent"
+            if write.moved_intent is not None
+            else f"VALUES ({values})"
+        )
         parts.append(
             "appended AS (INSERT INTO event (id, merchant_id, payment_intent_id, transaction_id, "
             f"type, data, created_at, chain, chain_seq, intent_seq, prev_hash, hash) {source} "
-            "RETURNING id)")
+            "RETURNING id)"
+        )
     if write.shredded_card_token is not None:
         parts.append(
             "shredded AS (UPDATE card_token SET pan_ciphertext = NULL, pan_deleted_at = now() "
             f"WHERE id = {bind(write.shredded_card_token, 'text')} "
-            "AND pan_ciphertext IS NOT NULL)")
+            "AND pan_ciphertext IS NOT NULL)"
+        )
     if write.deliveries:
         # Planned events of earlier transactions exist already; the one appended here comes
         # from `appended` (a CTE's insert is not visible to its siblings' reads).
@@ -296,7 +377,8 @@ def write_statement(write: RecordWrite) -> tuple[str, list[Any]]:
             f"{bind([d['merchant_id'] for d in write.deliveries], 'text[]')}, "
             f"{bind([d['event_id'] for d in write.deliveries], 'text[]')}, "
             f"{bind([d['endpoint_id'] for d in write.deliveries], 'text[]')}"
-            ") AS d (id, merchant_id, event_id, endpoint_id) ON CONFLICT (id) DO NOTHING)")
+            ") AS d (id, merchant_id, event_id, endpoint_id) ON CONFLICT (id) DO NOTHING)"
+        )
     statement = f"WITH {', '.join(parts)} SELECT {', '.join(selected)}"
     return statement, bind.values
 
@@ -308,15 +390,19 @@ async def write_record(connection: asyncpg.Connection, write: RecordWrite) -> Wr
     return WriteResult(row[0], row[1], row[2], row[3])
 
 
-async def deliveries_of_recorded(connection: asyncpg.Connection, merchant_id: str,
-                                 endpoints: list[DeliveryTarget],
-                                 event_ids: list[str]) -> list[str]:
+async def deliveries_of_recorded(
+    connection: asyncpg.Connection,
+    merchant_id: str,
+    endpoints: list[DeliveryTarget],
+    event_ids: list[str],
+) -> list[str]:
     """Plan again the deliveries of events written by an earlier try (a retry after its
     commit): the same ids, nothing written twice; events never appended are skipped."""
     if not endpoints or not event_ids:
         return []
     events = await connection.fetch(
-        "SELECT id, type FROM event WHERE id = ANY($1::text[]) ORDER BY seq", event_ids)
+        "SELECT id, type FROM event WHERE id = ANY($1::text[]) ORDER BY seq", event_ids
+    )
     rows = planned_deliveries(merchant_id, endpoints, [(e["id"], e["type"]) for e in events])
     if rows:
         await write_record(connection, RecordWrite(deliveries=rows))
@@ -333,8 +419,10 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
     try:
         yield connection
     except BaseException as error:
-        if isinstance(error, (OSError, asyncpg.InterfaceError,
-                              asyncpg.PostgresConnectionError)) or connection.is_closed():
+        if (
+            isinstance(error, (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError))
+            or connection.is_closed()
+        ):
             await greenlet_spawn(pooled.invalidate, error)
         raise
     finally:

@@ -133,8 +133,9 @@ class Decoder:
     def _tuple(reader: _Reader, relation: Relation) -> dict[str, Any]:
         count = reader.int16()
         if count != len(relation.columns):
-            raise DecodeError(f"{relation.name}: {count} columns, described with "
-                              f"{len(relation.columns)}")
+            raise DecodeError(
+                f"{relation.name}: {count} columns, described with {len(relation.columns)}"
+            )
         row: dict[str, Any] = {}
         for column in relation.columns:
             kind = reader.byte()
@@ -180,7 +181,7 @@ class _Reader:
     def bytes(self, n: int) -> bytes:
         if self.at + n > len(self.data):
             raise DecodeError("message ends early")
-        chunk = self.data[self.at:self.at + n]
+        chunk = self.data[self.at : self.at + n]
         self.at += n
         return chunk
 
@@ -207,6 +208,6 @@ class _Reader:
 
     def string(self) -> str:
         end = self.data.index(b"\0", self.at)
-        value = self.data[self.at:end].decode()
+        value = self.data[self.at : end].decode()
         self.at = end + 1
         return value

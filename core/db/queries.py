@@ -63,8 +63,9 @@ def intent_state(intent: IntentFacts) -> dict[str, Any]:
     }
 
 
-def event_data(intent: IntentFacts, transaction: TransactionFacts | None,
-               previous: dict[str, Any] | None) -> dict[str, Any]:
+def event_data(
+    intent: IntentFacts, transaction: TransactionFacts | None, previous: dict[str, Any] | None
+) -> dict[str, Any]:
     """The event data of docs/api.md (the intent after the change), plus the intent before it
     and the transaction it concerns: a payment's story can be rebuilt from its events alone."""
     return {
@@ -73,9 +74,14 @@ def event_data(intent: IntentFacts, transaction: TransactionFacts | None,
         **intent_state(intent),
         "transactionId": transaction.id if transaction else None,
         "previous": previous,
-        "transaction": None if transaction is None else {
-            "id": transaction.id, "type": transaction.type, "status": transaction.status,
-            "amountInCents": transaction.amount_in_cents},
+        "transaction": None
+        if transaction is None
+        else {
+            "id": transaction.id,
+            "type": transaction.type,
+            "status": transaction.status,
+            "amountInCents": transaction.amount_in_cents,
+        },
     }
 
 
@@ -95,11 +101,19 @@ FROM (SELECT 1) AS one LEFT JOIN LATERAL (
 """)
 
 
-async def append_chained_event(session: AsyncSession, *, chain: str, event_id: str,
-                               merchant_id: str | None, event_type: str,
-                               data: dict[str, Any], payment_intent_id: str | None = None,
-                               transaction_id: str | None = None, in_intent_story: bool = False,
-                               unless_recorded: bool = False) -> Event | None:
+async def append_chained_event(
+    session: AsyncSession,
+    *,
+    chain: str,
+    event_id: str,
+    merchant_id: str | None,
+    event_type: str,
+    data: dict[str, Any],
+    payment_intent_id: str | None = None,
+    transaction_id: str | None = None,
+    in_intent_story: bool = False,
+    unless_recorded: bool = False,
+) -> Event | None:
     """The one way an event is written: at the end of its subject's hash chain (`chain`: the
     payment's id, the endpoint's, the discrepancy's), in the caller's transaction.
 
@@ -114,46 +128,94 @@ async def append_chained_event(session: AsyncSession, *, chain: str, event_id: s
     checked under the subject's lock, so two concurrent writers of one event write it once.
     """
     # sqlmodel types exec() for its select() and DML only; it runs text() the same way.
-    tail = (await session.exec(_CHAIN_TAIL, params={  # type: ignore[call-overload]
-        "chain": chain})).one()
+    tail = (
+        await session.exec(
+            _CHAIN_TAIL,
+            params={  # type: ignore[call-overload]
+                "chain": chain
+            },
+        )
+    ).one()
     if unless_recorded and await event_exists(session, event_id):
         return None
-    event = Event(**chained_event_row(
-        chain=chain, tail_seq=tail.chain_seq, tail_hash=tail.hash, now=tail.now,
-        event_id=event_id, merchant_id=merchant_id, event_type=event_type, data=data,
-        payment_intent_id=payment_intent_id, transaction_id=transaction_id,
-        in_intent_story=in_intent_story))
+    event = Event(
+        **chained_event_row(
+            chain=chain,
+            tail_seq=tail.chain_seq,
+            tail_hash=tail.hash,
+            now=tail.now,
+            event_id=event_id,
+            merchant_id=merchant_id,
+            event_type=event_type,
+            data=data,
+            payment_intent_id=payment_intent_id,
+            transaction_id=transaction_id,
+            in_intent_story=in_intent_story,
+        )
+    )
     session.add(event)
     await session.flush()  # a second append to the chain in this transaction reads this one
     return event
 
 
-def chained_event_row(*, chain: str, tail_seq: int | None, tail_hash: str | None,
-                      now: datetime, event_id: str, merchant_id: str | None, event_type: str,
-                      data: dict[str, Any], payment_intent_id: str | None,
-                      transaction_id: str | None, in_intent_story: bool) -> dict[str, Any]:
+def chained_event_row(
+    *,
+    chain: str,
+    tail_seq: int | None,
+    tail_hash: str | None,
+    now: datetime,
+    event_id: str,
+    merchant_id: str | None,
+    event_type: str,
+    data: dict[str, Any],
+    payment_intent_id: str | None,
+    transaction_id: str | None,
+    in_intent_story: bool,
+) -> dict[str, Any]:
     """An event's row at the end of its chain (after `tail_seq`/`tail_hash`, none for a new
     chain), with its link: every writer of events builds it here, so the hash covers the
     same columns whichever path wrote it."""
     position = (tail_seq or 0) + 1
     previous = tail_hash or GENESIS_HASH
-    row = {"id": event_id, "merchant_id": merchant_id, "payment_intent_id": payment_intent_id,
-           "transaction_id": transaction_id, "type": event_type, "data": data,
-           "created_at": now, "chain": chain, "chain_seq": position,
-           "intent_seq": position if in_intent_story else None}
+    row = {
+        "id": event_id,
+        "merchant_id": merchant_id,
+        "payment_intent_id": payment_intent_id,
+        "transaction_id": transaction_id,
+        "type": event_type,
+        "data": data,
+        "created_at": now,
+        "chain": chain,
+        "chain_seq": position,
+        "intent_seq": position if in_intent_story else None,
+    }
     return {**row, "prev_hash": previous, "hash": link_hash(previous, row)}
 
 
-async def append_event(session: AsyncSession, *, cause: str, event_type: str,
-                       intent: PaymentIntent, transaction_id: str | None,
-                       previous: dict[str, Any] | None = None) -> Event:
+async def append_event(
+    session: AsyncSession,
+    *,
+    cause: str,
+    event_type: str,
+    intent: PaymentIntent,
+    transaction_id: str | None,
+    previous: dict[str, Any] | None = None,
+) -> Event:
     """The payment's event for a change of `intent` (its callers write each cause once)."""
-    transaction = (await session.get(Transaction, transaction_id)
-                   if transaction_id is not None else None)
+    transaction = (
+        await session.get(Transaction, transaction_id) if transaction_id is not None else None
+    )
     event = await append_chained_event(
-        session, chain=intent.id, event_id=event_id_for(cause), merchant_id=intent.merchant_id,
-        event_type=event_type, data=event_data(intent, transaction, previous),
-        payment_intent_id=intent.id, transaction_id=transaction_id, in_intent_story=True)
+        session,
+        chain=intent.id,
+        event_id=event_id_for(cause),
+        merchant_id=intent.merchant_id,
+        event_type=event_type,
+        data=event_data(intent, transaction, previous),
+        payment_intent_id=intent.id,
+        transaction_id=transaction_id,
+        in_intent_story=True,
+    )
     assert event is not None
     return event
 
@@ -173,9 +235,15 @@ async def lock_transaction(session: AsyncSession, transaction_id: str) -> Transa
     return result.first()
 
 
-async def transition_intent(session: AsyncSession, intent: PaymentIntent, action: IntentAction,
-                            *, cause: str, transaction_id: str | None,
-                            changes: dict[str, Any] | None = None) -> IntentMove:
+async def transition_intent(
+    session: AsyncSession,
+    intent: PaymentIntent,
+    action: IntentAction,
+    *,
+    cause: str,
+    transaction_id: str | None,
+    changes: dict[str, Any] | None = None,
+) -> IntentMove:
     """Move `intent` (loaded in this session) and append its event; raises IllegalTransition."""
     move = move_intent(intent.status, action)
     previous = intent_state(intent)
@@ -193,8 +261,14 @@ async def transition_intent(session: AsyncSession, intent: PaymentIntent, action
     for name, value in values.items():
         setattr(intent, name, value)
     intent.updated_at = row[0]
-    await append_event(session, cause=cause, event_type=move.event_type, intent=intent,
-                       transaction_id=transaction_id, previous=previous)
+    await append_event(
+        session,
+        cause=cause,
+        event_type=move.event_type,
+        intent=intent,
+        transaction_id=transaction_id,
+        previous=previous,
+    )
     return move
 
 
@@ -202,9 +276,13 @@ async def open_manual_review(session: AsyncSession, intent_id: str) -> bool:
     """Flag the intent for operators; False if a review is already open (idempotent)."""
     result = await session.exec(
         update(PaymentIntent)
-        .where(col(PaymentIntent.id) == intent_id,
-               or_(col(PaymentIntent.manual_review_since).is_(None),
-                   col(PaymentIntent.manual_review_resolved_at).isnot(None)))
+        .where(
+            col(PaymentIntent.id) == intent_id,
+            or_(
+                col(PaymentIntent.manual_review_since).is_(None),
+                col(PaymentIntent.manual_review_resolved_at).isnot(None),
+            ),
+        )
         .values(manual_review_since=_now_sql(), manual_review_resolved_at=None)
         .returning(col(PaymentIntent.id))
         .execution_options(synchronize_session=False)
@@ -216,8 +294,11 @@ def changed_columns(row: Any, values: dict[str, Any]) -> dict[str, Any]:
     """The values that differ from what `row` holds: an UPDATE writes only what changes (an
     unchanged column rewritten costs WAL and index work for nothing). The status always
     stays, since a move is guarded by it even where it stays the same (a partial refund)."""
-    return {name: value for name, value in values.items()
-            if name == "status" or getattr(row, name) != value}
+    return {
+        name: value
+        for name, value in values.items()
+        if name == "status" or getattr(row, name) != value
+    }
 
 
 def _now_sql() -> Any:
@@ -230,8 +311,9 @@ def newest_first_after(model: Any, cursor: tuple[datetime, str] | None) -> Any:
     if cursor is None:
         return True
     created_at, row_id = cursor
-    return or_(model.created_at < created_at,
-               and_(model.created_at == created_at, model.id < row_id))
+    return or_(
+        model.created_at < created_at, and_(model.created_at == created_at, model.id < row_id)
+    )
 
 
 # Merchants see the `payment.*` events of the API contract and what happens to their own webhook

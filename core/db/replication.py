@@ -69,8 +69,10 @@ _CURSOR = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8}):([0-9]{1,9})$")
 def parse_cursor(text: str) -> Cursor:
     match = _CURSOR.match(text.strip())
     if match is None:
-        raise ValueError(f"not an event stream cursor: {text!r} (expected LSN:index, "
-                         "e.g. 0/16B3748:3, as in an event's `cursor`)")
+        raise ValueError(
+            f"not an event stream cursor: {text!r} (expected LSN:index, "
+            "e.g. 0/16B3748:3, as in an event's `cursor`)"
+        )
     return (int(match[1], 16) << 32) + int(match[2], 16), int(match[3])
 
 
@@ -81,8 +83,10 @@ _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 
 def check_slot_name(slot: str) -> str:
     if _SLOT_NAME.match(slot) is None:
-        raise ValueError(f"replication slot names are 1 to 63 lowercase letters, digits and "
-                         f"underscores: {slot!r}")
+        raise ValueError(
+            f"replication slot names are 1 to 63 lowercase letters, digits and "
+            f"underscores: {slot!r}"
+        )
     return slot
 
 
@@ -104,32 +108,42 @@ class SlotLost(RuntimeError):
     (`durapay events stream --rebuild`)."""
 
     WAL_REMOVED = "the server removed WAL it had not confirmed (max_slot_wal_keep_size)"
-    VANISHED = ("it is no longer on the server (dropped other than by `durapay events "
-                "drop-slot`, or a failover to a server without it)")
+    VANISHED = (
+        "it is no longer on the server (dropped other than by `durapay events "
+        "drop-slot`, or a failover to a server without it)"
+    )
 
-    def __init__(self, slot: str, last_cursor: str | None = None, *,
-                 reason: str = WAL_REMOVED) -> None:
+    def __init__(
+        self, slot: str, last_cursor: str | None = None, *, reason: str = WAL_REMOVED
+    ) -> None:
         since = f"after cursor {last_cursor}" if last_cursor else "after its last confirmed one"
         super().__init__(
             f"replication slot {slot} is lost: {reason}, so events committed {since} cannot "
             "be streamed. "
             f"Rebuild the consumer's view from the table: durapay events stream --slot {slot} "
             "--rebuild (drops the slot, copies every event committed before a new slot, then "
-            "streams; drop the events you already hold by id)")
+            "streams; drop the events you already hold by id)"
+        )
         self.slot = slot
 
 
 async def take_consumer_lock(connection: asyncpg.Connection, slot: str) -> bool:
     """Become the slot's one consumer, until this connection closes (or a kill closes it)."""
-    return bool(await connection.fetchval(
-        "SELECT pg_try_advisory_lock($1, hashtext($2))", CONSUMER_LOCK_CLASS, slot))
+    return bool(
+        await connection.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))", CONSUMER_LOCK_CLASS, slot
+        )
+    )
 
 
 async def create_slot(connection: asyncpg.Connection, slot: str) -> int:
     """A slot that starts at the current WAL position (the events before it are not read);
     returns its consistent point."""
-    return int(await connection.fetchval(
-        "SELECT lsn FROM pg_create_logical_replication_slot($1, $2)", slot, PLUGIN))
+    return int(
+        await connection.fetchval(
+            "SELECT lsn FROM pg_create_logical_replication_slot($1, $2)", slot, PLUGIN
+        )
+    )
 
 
 async def create_slot_with_snapshot(replication: asyncpg.Connection, slot: str) -> int:
@@ -140,16 +154,21 @@ async def create_slot_with_snapshot(replication: asyncpg.Connection, slot: str) 
     # rows but through COPY. The slot name is checked, so it can be spliced in.
     await replication.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     await replication.execute(
-        f"CREATE_REPLICATION_SLOT {check_slot_name(slot)} LOGICAL {PLUGIN} (SNAPSHOT 'use')")
+        f"CREATE_REPLICATION_SLOT {check_slot_name(slot)} LOGICAL {PLUGIN} (SNAPSHOT 'use')"
+    )
     [row] = await copy_rows(
-        replication, f"SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots "
-                     f"WHERE slot_name = '{slot}'")
+        replication,
+        f"SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots "
+        f"WHERE slot_name = '{slot}'",
+    )
     return lsn_to_int(str(row["lsn"]))
 
 
-async def copy_rows(replication: asyncpg.Connection, query: str,
-                    on_rows: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
-                    ) -> list[dict[str, Any]]:
+async def copy_rows(
+    replication: asyncpg.Connection,
+    query: str,
+    on_rows: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+) -> list[dict[str, Any]]:
     """The rows of `query` (no parameters) as JSON objects, through COPY (the one way a
     walsender returns rows). With `on_rows`, each chunk's rows go to it as they arrive and
     nothing is kept; else all are returned."""
@@ -162,21 +181,29 @@ async def copy_rows(replication: asyncpg.Connection, query: str,
         # CSV record is one line; a chunk may end in the middle of one.
         lines = (tail + data).split(b"\n")
         tail = lines.pop()
-        rows = [json.loads(record[0]) for record in
-                csv.reader(io.StringIO(b"\n".join(lines).decode()))] if lines else []
+        rows = (
+            [
+                json.loads(record[0])
+                for record in csv.reader(io.StringIO(b"\n".join(lines).decode()))
+            ]
+            if lines
+            else []
+        )
         if on_rows is None:
             kept.extend(rows)
         elif rows:
             await on_rows(rows)
 
     await replication.copy_from_query(
-        f"SELECT row_to_json(r) FROM ({query}) AS r", output=chunk, format="csv")
+        f"SELECT row_to_json(r) FROM ({query}) AS r", output=chunk, format="csv"
+    )
     assert not tail, "COPY ended in the middle of a row"
     return kept
 
 
-async def peek(connection: asyncpg.Connection, slot: str, upto_lsn: int,
-               limit: int) -> list[tuple[int, bytes]]:
+async def peek(
+    connection: asyncpg.Connection, slot: str, upto_lsn: int, limit: int
+) -> list[tuple[int, bytes]]:
     """Whole transactions committed before `upto_lsn`, oldest first, as (lsn, pgoutput
     message). PostgreSQL stops after the transaction that reaches `limit` messages. A slot
     the server invalidated meanwhile raises SlotLost."""
@@ -184,7 +211,11 @@ async def peek(connection: asyncpg.Connection, slot: str, upto_lsn: int,
         rows = await connection.fetch(
             "SELECT lsn, data FROM pg_logical_slot_peek_binary_changes("
             "$1, $2::pg_lsn, $3, 'proto_version', '1', 'publication_names', $4)",
-            slot, upto_lsn, limit, PUBLICATION)
+            slot,
+            upto_lsn,
+            limit,
+            PUBLICATION,
+        )
     except asyncpg.ObjectNotInPrerequisiteStateError:
         # "can no longer get changes from replication slot": invalidated (lost WAL).
         status = await slot_status(connection, slot)
@@ -209,8 +240,12 @@ async def slot_status(connection: asyncpg.Connection, slot: str) -> SlotStatus |
 async def slot_statuses(connection: asyncpg.Connection) -> list[SlotStatus]:
     """Every logical slot on the database (Durapay's and any other), with its lag."""
     rows = await connection.fetch(SLOT_STATUS_SQL)
-    return [SlotStatus(r["slot_name"], r["consumer"], lsn_to_int(r["confirmed"]), r["lag"],
-                       r["wal_status"]) for r in rows]
+    return [
+        SlotStatus(
+            r["slot_name"], r["consumer"], lsn_to_int(r["confirmed"]), r["lag"], r["wal_status"]
+        )
+        for r in rows
+    ]
 
 
 # Every logical slot of this database: its confirmed position, the WAL it holds, and whether a
@@ -237,10 +272,14 @@ async def drop_slot(connection: asyncpg.Connection, slot: str) -> bool:
     """Drop the slot (its WAL is freed at once) and what was recorded about it."""
     dropped = await connection.fetchval(
         "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots "
-        "WHERE slot_name = $1", slot)
+        "WHERE slot_name = $1",
+        slot,
+    )
     recorded = await connection.fetchval(
         "WITH gone AS (DELETE FROM event_stream_slot WHERE slot = $1 RETURNING 1) "
-        "SELECT count(*) FROM gone", slot)
+        "SELECT count(*) FROM gone",
+        slot,
+    )
     return bool(dropped or recorded)
 
 
@@ -258,12 +297,20 @@ class SlotRecord:
 async def slot_record(connection: asyncpg.Connection, slot: str) -> SlotRecord | None:
     row = await connection.fetchrow(
         "SELECT slot, snapshot, consistent_lsn, snapshot_rows, snapshot_done_at IS NOT NULL "
-        "AS done, last_cursor FROM event_stream_slot WHERE slot = $1", slot)
+        "AS done, last_cursor FROM event_stream_slot WHERE slot = $1",
+        slot,
+    )
     if row is None:
         return None
     lsn = row["consistent_lsn"]
-    return SlotRecord(row["slot"], row["snapshot"], lsn_to_int(lsn) if lsn else None,
-                      row["snapshot_rows"], row["done"], row["last_cursor"])
+    return SlotRecord(
+        row["slot"],
+        row["snapshot"],
+        lsn_to_int(lsn) if lsn else None,
+        row["snapshot_rows"],
+        row["done"],
+        row["last_cursor"],
+    )
 
 
 async def record_slot(connection: asyncpg.Connection, slot: str, *, snapshot: bool) -> None:
@@ -272,32 +319,44 @@ async def record_slot(connection: asyncpg.Connection, slot: str, *, snapshot: bo
     await connection.execute(
         "INSERT INTO event_stream_slot (slot, snapshot) VALUES ($1, $2) ON CONFLICT (slot) DO "
         "UPDATE SET snapshot = $2, consistent_lsn = NULL, snapshot_rows = NULL, "
-        "snapshot_done_at = NULL, last_cursor = NULL, created_at = now()", slot, snapshot)
+        "snapshot_done_at = NULL, last_cursor = NULL, created_at = now()",
+        slot,
+        snapshot,
+    )
 
 
 async def record_consistent_point(connection: asyncpg.Connection, slot: str, lsn: int) -> None:
-    await connection.execute("UPDATE event_stream_slot SET consistent_lsn = $2 WHERE slot = $1",
-                             slot, int_to_lsn(lsn))
+    await connection.execute(
+        "UPDATE event_stream_slot SET consistent_lsn = $2 WHERE slot = $1", slot, int_to_lsn(lsn)
+    )
 
 
-async def record_snapshot_done(connection: asyncpg.Connection, slot: str, rows: int,
-                               cursor: str | None) -> None:
+async def record_snapshot_done(
+    connection: asyncpg.Connection, slot: str, rows: int, cursor: str | None
+) -> None:
     await connection.execute(
         "UPDATE event_stream_slot SET snapshot_rows = $2, snapshot_done_at = now(), "
-        "last_cursor = coalesce($3, last_cursor) WHERE slot = $1", slot, rows, cursor)
+        "last_cursor = coalesce($3, last_cursor) WHERE slot = $1",
+        slot,
+        rows,
+        cursor,
+    )
 
 
 async def record_cursor(connection: asyncpg.Connection, slot: str, cursor: str) -> None:
-    await connection.execute("UPDATE event_stream_slot SET last_cursor = $2 WHERE slot = $1",
-                             slot, cursor)
+    await connection.execute(
+        "UPDATE event_stream_slot SET last_cursor = $2 WHERE slot = $1", slot, cursor
+    )
 
 
 async def last_cursor(connection: asyncpg.Connection, slot: str) -> str | None:
     return await connection.fetchval(
-        "SELECT last_cursor FROM event_stream_slot WHERE slot = $1", slot)
+        "SELECT last_cursor FROM event_stream_slot WHERE slot = $1", slot
+    )
 
 
 async def unlimited_wal_keep(connection: asyncpg.Connection) -> bool:
     """The server keeps a slot's WAL without limit: a stalled consumer can fill its disk."""
-    return str(await connection.fetchval(
-        "SELECT current_setting('max_slot_wal_keep_size')")) == "-1"
+    return (
+        str(await connection.fetchval("SELECT current_setting('max_slot_wal_keep_size')")) == "-1"
+    )

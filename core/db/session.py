@@ -22,8 +22,9 @@ PING_IDLE_SECONDS = 5.0
 _CHECKED_IN_AT = "durapay_checked_in_at"
 
 
-def create_engine(database_url: str, *, pool_size: int = 10,
-                  ping_idle_seconds: float = PING_IDLE_SECONDS) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, pool_size: int = 10, ping_idle_seconds: float = PING_IDLE_SECONDS
+) -> AsyncEngine:
     engine = create_async_engine(
         database_url,
         pool_size=pool_size,

@@ -76,7 +76,8 @@ class RequestNonce(SQLModel, table=True):
     public_key: str = Field(primary_key=True)
     nonce: str = Field(primary_key=True)
     expires_at: datetime = Field(
-        sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True)
+    )
 
 
 class RateLimitBucket(SQLModel, table=True):
@@ -108,8 +109,12 @@ class CardToken(SQLModel, table=True):
     __tablename__ = "card_token"
     __table_args__ = (
         # The PANs still held, oldest first: the retention sweep's bounded batches.
-        Index("ix_card_token_pan_held_created_at", "created_at",
-              postgresql_where=text("pan_ciphertext IS NOT NULL")),)
+        Index(
+            "ix_card_token_pan_held_created_at",
+            "created_at",
+            postgresql_where=text("pan_ciphertext IS NOT NULL"),
+        ),
+    )
     id: str = Field(primary_key=True)
     merchant_id: str = Field(index=True)  # no key: see Merchant
     pan_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
@@ -125,12 +130,20 @@ class PaymentIntent(SQLModel, table=True):
     __tablename__ = "payment_intent"
     __table_args__ = (
         # The merchant's list, newest first (keyset pagination).
-        Index("ix_payment_intent_merchant_id_created_at_id", "merchant_id",
-              text("created_at DESC"), text("id DESC")),
+        Index(
+            "ix_payment_intent_merchant_id_created_at_id",
+            "merchant_id",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
         # Operators' open manual reviews: few rows among many, so a partial index.
-        Index("ix_payment_intent_open_manual_review", "manual_review_since",
-              postgresql_where=text("manual_review_since IS NOT NULL "
-                                    "AND manual_review_resolved_at IS NULL")),
+        Index(
+            "ix_payment_intent_open_manual_review",
+            "manual_review_since",
+            postgresql_where=text(
+                "manual_review_since IS NOT NULL AND manual_review_resolved_at IS NULL"
+            ),
+        ),
         # What a transaction's and an event's key refer to: an intent *and* its merchant.
         UniqueConstraint("id", "merchant_id"),
     )
@@ -166,8 +179,10 @@ class Transaction(SQLModel, table=True):
         # merchant (which the intent's key to merchant makes exist). One check per insert
         # where two keys made two, each locking its parent row (the merchant's for every
         # write of every payment).
-        ForeignKeyConstraint(["payment_intent_id", "merchant_id"],
-                             ["payment_intent.id", "payment_intent.merchant_id"]),
+        ForeignKeyConstraint(
+            ["payment_intent_id", "merchant_id"],
+            ["payment_intent.id", "payment_intent.merchant_id"],
+        ),
     )
     id: str = Field(primary_key=True)
     merchant_id: str
@@ -200,21 +215,27 @@ class Event(SQLModel, table=True):
 
     __tablename__ = "event"
     # GET /events: the merchant's newest first.
-    __table_args__ = (Index("ix_event_merchant_id_seq", "merchant_id", text("seq DESC")),
-                      UniqueConstraint("chain", "chain_seq"),
-                      UniqueConstraint("payment_intent_id", "intent_seq"),
-                      # A payment's event names its intent and the intent's own merchant (as
-                      # a transaction does). An event about no payment (an endpoint's, a
-                      # discrepancy's) has no key on its merchant_id: its writers take it from
-                      # a row they just read (the authenticated merchant, an endpoint, which
-                      # has its key), merchants are never deleted, and a key would lock the
-                      # merchant's row on every payment event too.
-                      ForeignKeyConstraint(["payment_intent_id", "merchant_id"],
-                                           ["payment_intent.id", "payment_intent.merchant_id"]),
-                      # A key with a NULL column checks nothing: a payment's event must name
-                      # its merchant, so that its key is checked.
-                      CheckConstraint("payment_intent_id IS NULL OR merchant_id IS NOT NULL",
-                                      name="payment_event_has_merchant"))
+    __table_args__ = (
+        Index("ix_event_merchant_id_seq", "merchant_id", text("seq DESC")),
+        UniqueConstraint("chain", "chain_seq"),
+        UniqueConstraint("payment_intent_id", "intent_seq"),
+        # A payment's event names its intent and the intent's own merchant (as
+        # a transaction does). An event about no payment (an endpoint's, a
+        # discrepancy's) has no key on its merchant_id: its writers take it from
+        # a row they just read (the authenticated merchant, an endpoint, which
+        # has its key), merchants are never deleted, and a key would lock the
+        # merchant's row on every payment event too.
+        ForeignKeyConstraint(
+            ["payment_intent_id", "merchant_id"],
+            ["payment_intent.id", "payment_intent.merchant_id"],
+        ),
+        # A key with a NULL column checks nothing: a payment's event must name
+        # its merchant, so that its key is checked.
+        CheckConstraint(
+            "payment_intent_id IS NULL OR merchant_id IS NOT NULL",
+            name="payment_event_has_merchant",
+        ),
+    )
     seq: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
     id: str = Field(unique=True)
     # NULL only for operator events about no merchant (a network charge we never recorded).
@@ -235,9 +256,14 @@ class Event(SQLModel, table=True):
     intent_seq: int | None = None
     # The writing transaction's id: the checkpoint finds the chains that moved since its last
     # snapshot by it (core/db/audit.py), without a row every writer would have to update.
-    txid: int = Field(sa_column=Column(
-        BigInteger, nullable=False, index=True,
-        server_default=text("(pg_current_xact_id()::text)::bigint")))
+    txid: int = Field(
+        sa_column=Column(
+            BigInteger,
+            nullable=False,
+            index=True,
+            server_default=text("(pg_current_xact_id()::text)::bigint"),
+        )
+    )
 
 
 class AuditCheckpoint(SQLModel, table=True):
@@ -266,8 +292,9 @@ class AuditCheckpointHead(SQLModel, table=True):
     __tablename__ = "audit_checkpoint_head"
     # The verifier reads a chain's recorded heads beside its events, in position order.
     __table_args__ = (Index("ix_audit_checkpoint_head_chain_chain_seq", "chain", "chain_seq"),)
-    checkpoint_id: int = Field(primary_key=True, foreign_key="audit_checkpoint.id",
-                               sa_type=BigInteger)
+    checkpoint_id: int = Field(
+        primary_key=True, foreign_key="audit_checkpoint.id", sa_type=BigInteger
+    )
     chain: str = Field(primary_key=True)
     chain_seq: int = Field(sa_type=BigInteger)
     hash: str
@@ -293,9 +320,14 @@ class WebhookEndpoint(SQLModel, table=True):
 
     __tablename__ = "webhook_endpoint"
     __table_args__ = (  # the merchant's list, newest first
-        Index("ix_webhook_endpoint_merchant_id_created_at_id", "merchant_id",
-              text("created_at DESC"), text("id DESC")),
-        UniqueConstraint("id", "merchant_id"),)  # what a delivery's key refers to
+        Index(
+            "ix_webhook_endpoint_merchant_id_created_at_id",
+            "merchant_id",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
+        UniqueConstraint("id", "merchant_id"),
+    )  # what a delivery's key refers to
     id: str = Field(primary_key=True)
     merchant_id: str = Field(foreign_key="merchant.id")
     url: str
@@ -305,8 +337,7 @@ class WebhookEndpoint(SQLModel, table=True):
     disabled_reason: str | None = None
     secret_ciphertext: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     # After a rotation the old secret keeps signing (a second signature) until it expires.
-    previous_secret_ciphertext: bytes | None = Field(default=None,
-                                                     sa_column=Column(LargeBinary))
+    previous_secret_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     previous_secret_expires_at: datetime | None = _timestamp(nullable=True)
     # Start of the current run of failed attempts; cleared by any success.
     failing_since: datetime | None = _timestamp(nullable=True)
@@ -321,14 +352,23 @@ class WebhookDelivery(SQLModel, table=True):
     __tablename__ = "webhook_delivery"
     __table_args__ = (
         # An endpoint's deliveries, newest first.
-        Index("ix_webhook_delivery_endpoint_id_created_at_id", "endpoint_id",
-              text("created_at DESC"), text("id DESC")),
+        Index(
+            "ix_webhook_delivery_endpoint_id_created_at_id",
+            "endpoint_id",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
         # The endpoint, and its own merchant (as for a transaction: one key, not two).
-        ForeignKeyConstraint(["endpoint_id", "merchant_id"],
-                             ["webhook_endpoint.id", "webhook_endpoint.merchant_id"]),
+        ForeignKeyConstraint(
+            ["endpoint_id", "merchant_id"], ["webhook_endpoint.id", "webhook_endpoint.merchant_id"]
+        ),
         # Deliveries not attempted yet, oldest first: the webhook reaper's pages (few rows).
-        Index("ix_webhook_delivery_unattempted", "created_at", "id",
-              postgresql_where=text("status = 'pending' AND attempt_count = 0")),
+        Index(
+            "ix_webhook_delivery_unattempted",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'pending' AND attempt_count = 0"),
+        ),
     )
     id: str = Field(primary_key=True)
     merchant_id: str
@@ -404,7 +444,8 @@ class ReconciliationDiscrepancy(SQLModel, table=True):
     network_currency: str | None = None
     detail: dict[str, Any] = Field(
         default_factory=dict,
-        sa_column=Column(JSONB, nullable=False, server_default=text("'{}'::jsonb")))
+        sa_column=Column(JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    )
     # The latest sweep that found it again (the opening sweep until then); bookkeeping that a
     # retried sweep reads its report back by, so a plain column like the ids above.
     last_seen_run_id: str | None = Field(default=None, index=True)
@@ -416,12 +457,14 @@ class ReconciliationDiscrepancy(SQLModel, table=True):
 
     __table_args__ = (
         # One open item per problem: `open_discrepancy` inserts ON CONFLICT against this.
-        Index("uq_reconciliation_discrepancy_open_network_reference_kind",
-              "network_reference", "kind", unique=True,
-              postgresql_where=text("resolved_at IS NULL")),
+        Index(
+            "uq_reconciliation_discrepancy_open_network_reference_kind",
+            "network_reference",
+            "kind",
+            unique=True,
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
     )
-
-
 
 
 class EventStreamSlot(SQLModel, table=True):

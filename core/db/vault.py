@@ -34,24 +34,33 @@ __all__ = ["CARD_NUMBER_RETENTION", "shred_card_number", "shred_stale_card_numbe
 
 async def shred_card_number(session: AsyncSession, token_id: str) -> None:
     """Delete a token's card number (its charge's outcome is definite); idempotent."""
-    await session.exec(update(CardToken).where(
-        col(CardToken.id) == token_id, col(CardToken.pan_ciphertext).is_not(None))
-        .values(pan_ciphertext=None, pan_deleted_at=func.now()))
+    await session.exec(
+        update(CardToken)
+        .where(col(CardToken.id) == token_id, col(CardToken.pan_ciphertext).is_not(None))
+        .values(pan_ciphertext=None, pan_deleted_at=func.now())
+    )
 
 
-async def shred_stale_card_numbers(session: AsyncSession, now: datetime, *,
-                                   limit: int | None) -> int:
+async def shred_stale_card_numbers(
+    session: AsyncSession, now: datetime, *, limit: int | None
+) -> int:
     """Delete the card numbers held longer than `CARD_NUMBER_RETENTION`, oldest first, at most
     `limit` of them (None: all); returns how many. SKIP LOCKED: a token being written now is
     left for the next batch instead of waiting on it."""
-    stale = (select(CardToken.id)
-             .where(col(CardToken.pan_ciphertext).is_not(None),
-                    col(CardToken.created_at) < now - CARD_NUMBER_RETENTION)
-             .order_by(col(CardToken.created_at))
-             .with_for_update(skip_locked=True))
+    stale = (
+        select(CardToken.id)
+        .where(
+            col(CardToken.pan_ciphertext).is_not(None),
+            col(CardToken.created_at) < now - CARD_NUMBER_RETENTION,
+        )
+        .order_by(col(CardToken.created_at))
+        .with_for_update(skip_locked=True)
+    )
     if limit is not None:
         stale = stale.limit(limit)
     result = await session.exec(
-        update(CardToken).where(col(CardToken.id).in_(stale.scalar_subquery()))
-        .values(pan_ciphertext=None, pan_deleted_at=func.now()))
+        update(CardToken)
+        .where(col(CardToken.id).in_(stale.scalar_subquery()))
+        .values(pan_ciphertext=None, pan_deleted_at=func.now())
+    )
     return int(result.rowcount)

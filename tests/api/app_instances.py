@@ -19,9 +19,12 @@ from tests.api.conftest import Merchant
 async def app_instance(settings: Settings, **changes: Any) -> AsyncIterator[httpx.AsyncClient]:
     """A client of a new app built from `settings` with `changes` (its lifespan included)."""
     app = create_app(settings.model_copy(update=changes))
-    async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                  base_url="http://durapay.test") as http):
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://durapay.test"
+        ) as http,
+    ):
         yield http
 
 

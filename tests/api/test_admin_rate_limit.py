@@ -20,14 +20,19 @@ WRONG = {"Authorization": "Bearer not-the-admin-token"}
 
 
 @asynccontextmanager
-async def admin_clients(settings: Settings, per_minute: float,
-                        addresses: list[str]) -> AsyncIterator[list[httpx.AsyncClient]]:
+async def admin_clients(
+    settings: Settings, per_minute: float, addresses: list[str]
+) -> AsyncIterator[list[httpx.AsyncClient]]:
     """One app (one process's throttle), reached from each of `addresses`."""
     app = create_app(settings.model_copy(update={"admin_rate_limit_per_minute": per_minute}))
     async with app.router.lifespan_context(app):
-        clients = [httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, client=(address, 40000)),
-            base_url="http://durapay.test") for address in addresses]
+        clients = [
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app, client=(address, 40000)),
+                base_url="http://durapay.test",
+            )
+            for address in addresses
+        ]
         try:
             yield clients
         finally:
@@ -36,8 +41,9 @@ async def admin_clients(settings: Settings, per_minute: float,
 
 
 async def _onboard(client: httpx.AsyncClient, headers: dict[str, str]) -> httpx.Response:
-    return await client.post("/merchants", json={"name": f"Shop {uuid.uuid4().hex[:6]}"},
-                             headers=headers)
+    return await client.post(
+        "/merchants", json={"name": f"Shop {uuid.uuid4().hex[:6]}"}, headers=headers
+    )
 
 
 def _assert_throttled(response: httpx.Response) -> None:
@@ -49,7 +55,8 @@ def _assert_throttled(response: httpx.Response) -> None:
 
 
 async def test_failed_admin_attempts_past_the_limit_are_429_even_with_the_right_token(
-        settings: Settings) -> None:
+    settings: Settings,
+) -> None:
     async with admin_clients(settings, 3, ["203.0.113.1", "203.0.113.2"]) as (guesser, other):
         for _ in range(3):
             assert (await _onboard(guesser, WRONG)).status_code == 401
@@ -78,8 +85,7 @@ async def test_failures_from_many_addresses_are_limited_in_all(settings: Setting
         _assert_throttled(await _onboard(clients[10], ADMIN))
 
 
-async def test_merchant_requests_are_not_throttled_by_admin_failures(
-        settings: Settings) -> None:
+async def test_merchant_requests_are_not_throttled_by_admin_failures(settings: Settings) -> None:
     async with admin_clients(settings, 1, ["203.0.113.4"]) as (client,):
         assert (await _onboard(client, WRONG)).status_code == 401
         _assert_throttled(await _onboard(client, WRONG))

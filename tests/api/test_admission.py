@@ -16,8 +16,9 @@ from tests.api.test_metrics import sample, scrape
 pytestmark = pytest.mark.api
 
 
-async def test_only_answers_that_did_their_work_teach_the_limit(app: FastAPI,
-                                                                merchant: Merchant) -> None:
+async def test_only_answers_that_did_their_work_teach_the_limit(
+    app: FastAPI, merchant: Merchant
+) -> None:
     limit: AdaptiveConcurrencyLimit = app.state.admission
     body = {"amountInCents": 1200, "currency": "usd"}
     key = f"admission-{uuid.uuid4().hex}"

@@ -29,22 +29,35 @@ def _intent_body(size: int) -> bytes:
 
 
 def _signed(merchant: Merchant, body: bytes, nonce: str) -> dict[str, str]:
-    return {**signed_headers(public_key=merchant.public_key, secret_key=merchant.secret_key,
-                             method="POST", path_and_query=PATH, body=body, nonce=nonce),
-            "Content-Type": "application/json", "Idempotency-Key": nonce}
+    return {
+        **signed_headers(
+            public_key=merchant.public_key,
+            secret_key=merchant.secret_key,
+            method="POST",
+            path_and_query=PATH,
+            body=body,
+            nonce=nonce,
+        ),
+        "Content-Type": "application/json",
+        "Idempotency-Key": nonce,
+    }
 
 
 async def _chunks(body: bytes, size: int = 8192) -> AsyncIterator[bytes]:
     for start in range(0, len(body), size):
-        yield body[start:start + size]
+        yield body[start : start + size]
 
 
 def _assert_too_large(response: httpx.Response) -> None:
     assert response.status_code == 413, response.text
-    assert response.json() == {"error": {
-        "type": "invalid_request_error", "code": "request_too_large",
-        "message": f"The request body is larger than the {LIMIT} bytes this API accepts.",
-        "param": None}}
+    assert response.json() == {
+        "error": {
+            "type": "invalid_request_error",
+            "code": "request_too_large",
+            "message": f"The request body is larger than the {LIMIT} bytes this API accepts.",
+            "param": None,
+        }
+    }
     assert response.headers["Cache-Control"] == "no-store"
 
 
@@ -52,9 +65,9 @@ async def _nonce_used(db: asyncpg.Pool, nonce: str) -> bool:
     return bool(await db.fetchval("SELECT count(*) FROM request_nonce WHERE nonce = $1", nonce))
 
 
-async def test_a_signed_body_at_the_limit_is_accepted(http: httpx.AsyncClient,
-                                                      merchant: Merchant,
-                                                      db: asyncpg.Pool) -> None:
+async def test_a_signed_body_at_the_limit_is_accepted(
+    http: httpx.AsyncClient, merchant: Merchant, db: asyncpg.Pool
+) -> None:
     body = _intent_body(LIMIT)
     response = await http.post(PATH, content=body, headers=_signed(merchant, body, "n" * 20))
     assert response.status_code == 201, response.text
@@ -63,7 +76,8 @@ async def test_a_signed_body_at_the_limit_is_accepted(http: httpx.AsyncClient,
 
 @pytest.mark.parametrize("sent_as", ["content-length", "chunked", "understated-length"])
 async def test_a_signed_body_over_the_limit_is_413_before_anything_reads_it(
-        http: httpx.AsyncClient, merchant: Merchant, db: asyncpg.Pool, sent_as: str) -> None:
+    http: httpx.AsyncClient, merchant: Merchant, db: asyncpg.Pool, sent_as: str
+) -> None:
     body = _intent_body(LIMIT + 1)
     nonce = f"oversize-{sent_as}"
     headers = _signed(merchant, body, nonce)
@@ -74,8 +88,9 @@ async def test_a_signed_body_over_the_limit_is_413_before_anything_reads_it(
         response = await http.post(PATH, content=_chunks(body), headers=headers)
         assert "content-length" not in response.request.headers
     else:  # a Content-Length that lies: it claims less than is sent
-        response = await http.post(PATH, content=_chunks(body),
-                                   headers={**headers, "Content-Length": "100"})
+        response = await http.post(
+            PATH, content=_chunks(body), headers={**headers, "Content-Length": "100"}
+        )
         assert response.request.headers["content-length"] == "100"
     _assert_too_large(response)
     assert not await _nonce_used(db, nonce)  # authentication never ran
@@ -83,8 +98,9 @@ async def test_a_signed_body_over_the_limit_is_413_before_anything_reads_it(
 
 
 @pytest.mark.parametrize("path", [PATH, "/merchants", "/no-such-route"])
-async def test_a_body_over_the_limit_without_credentials_is_413(http: httpx.AsyncClient,
-                                                                path: str) -> None:
+async def test_a_body_over_the_limit_without_credentials_is_413(
+    http: httpx.AsyncClient, path: str
+) -> None:
     _assert_too_large(await http.post(path, content=b"{" + b" " * LIMIT + b"}"))
 
 
@@ -126,7 +142,10 @@ async def test_the_rest_of_an_oversize_body_is_read_before_the_413(declared: boo
 
     # A plain-dict scope and a fake client's callables stand in for the server's.
     await BodyLimitMiddleware(app, max_body_bytes=65_536, timeout_seconds=10)(
-        scope, client.receive, client.send)  # type: ignore[arg-type]
+        scope,
+        client.receive,
+        client.send,  # type: ignore[arg-type]
+    )
     assert client.status == 413
     assert client.read_when_answered == 0
 
@@ -142,6 +161,9 @@ async def test_draining_stops_at_its_bound() -> None:
 
     # A plain-dict scope and a fake client's callables stand in for the server's.
     await BodyLimitMiddleware(app, max_body_bytes=65_536, timeout_seconds=10)(
-        scope, client.receive, client.send)  # type: ignore[arg-type]
+        scope,
+        client.receive,
+        client.send,  # type: ignore[arg-type]
+    )
     assert client.status == 413
     assert client.read_when_answered is not None and client.read_when_answered > 0

@@ -26,8 +26,7 @@ async def test_answers_with_merchant_keys_are_not_stored(http: httpx.AsyncClient
 
 
 async def test_answers_with_webhook_secrets_are_not_stored(merchant: Merchant) -> None:
-    created = await merchant.post("/webhook-endpoints", {"url": PUBLIC_URL,
-                                                         "enabledEvents": ["*"]})
+    created = await merchant.post("/webhook-endpoints", {"url": PUBLIC_URL, "enabledEvents": ["*"]})
     _not_stored(created, 201)
     assert "secret" in created.json()
     rotated = await merchant.post(f"/webhook-endpoints/{created.json()['id']}/rotate-secret")
@@ -35,8 +34,9 @@ async def test_answers_with_webhook_secrets_are_not_stored(merchant: Merchant) -
     assert "secret" in rotated.json()
 
 
-async def test_replays_and_errors_are_not_stored_either(http: httpx.AsyncClient,
-                                                        merchant: Merchant) -> None:
+async def test_replays_and_errors_are_not_stored_either(
+    http: httpx.AsyncClient, merchant: Merchant
+) -> None:
     body = {"amountInCents": 100, "currency": "usd"}
     first = await merchant.post("/payment-intents", body, idempotency_key="no-store-1")
     replay = await merchant.post("/payment-intents", body, idempotency_key="no-store-1")

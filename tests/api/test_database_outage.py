@@ -28,12 +28,12 @@ HOLD_LOCK = 7_314_001  # the advisory lock the triggers wait on
 # Each point's trigger: a statement of the create's transaction (or its COMMIT) waits on it.
 HOLD_TRIGGERS = {
     "insert": "CREATE TRIGGER hold BEFORE INSERT ON payment_intent "
-              "FOR EACH ROW EXECUTE FUNCTION wait_for_hold()",
+    "FOR EACH ROW EXECUTE FUNCTION wait_for_hold()",
     "stored_answer": "CREATE TRIGGER hold BEFORE UPDATE ON idempotency_record "
-                     "FOR EACH ROW WHEN (NEW.response_status IS NOT NULL) "
-                     "EXECUTE FUNCTION wait_for_hold()",
+    "FOR EACH ROW WHEN (NEW.response_status IS NOT NULL) "
+    "EXECUTE FUNCTION wait_for_hold()",
     "commit": "CREATE CONSTRAINT TRIGGER hold AFTER INSERT ON payment_intent "
-              "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wait_for_hold()",
+    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION wait_for_hold()",
 }
 WAIT_FOR_HOLD = f"""
 CREATE FUNCTION wait_for_hold() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -63,27 +63,33 @@ async def api(settings: Settings, scratch_url: str) -> AsyncIterator[httpx.Async
 async def _subscribed_merchant(api: httpx.AsyncClient) -> Merchant:
     """A merchant with a webhook endpoint, so a create also plans a delivery."""
     merchant = await onboard(api)
-    response = await merchant.post("/webhook-endpoints", {"url": "https://1.1.1.1/hooks",
-                                                          "enabledEvents": ["*"]})
+    response = await merchant.post(
+        "/webhook-endpoints", {"url": "https://1.1.1.1/hooks", "enabledEvents": ["*"]}
+    )
     assert response.status_code == 201, response.text
     return merchant
 
 
 async def _create(merchant: Merchant, key: str | None) -> httpx.Response:
-    return await merchant.post("/payment-intents", {"amountInCents": 1234, "currency": "usd"},
-                               idempotency_key=key)
+    return await merchant.post(
+        "/payment-intents", {"amountInCents": 1234, "currency": "usd"}, idempotency_key=key
+    )
 
 
 async def _held_backend(admin: asyncpg.Connection) -> int | None:
     return await admin.fetchval(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'")
+        "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+    )
 
 
 async def _nothing_written(admin: asyncpg.Connection, merchant: Merchant) -> dict[str, int]:
-    return {table: await admin.fetchval(f"SELECT count(*) FROM {table} WHERE merchant_id = $1",
-                                        merchant.id)
-            for table in TABLES_OF_A_CREATE}
+    return {
+        table: await admin.fetchval(
+            f"SELECT count(*) FROM {table} WHERE merchant_id = $1", merchant.id
+        )
+        for table in TABLES_OF_A_CREATE
+    }
 
 
 def _assert_unavailable(response: httpx.Response) -> None:
@@ -92,11 +98,19 @@ def _assert_unavailable(response: httpx.Response) -> None:
     assert response.json()["error"]["code"] == "service_unavailable"
 
 
-@pytest.mark.parametrize(("point", "key"), [
-    ("insert", True), ("insert", False), ("stored_answer", True),  # no key: nothing stored
-    ("commit", True), ("commit", False)])
+@pytest.mark.parametrize(
+    ("point", "key"),
+    [
+        ("insert", True),
+        ("insert", False),
+        ("stored_answer", True),  # no key: nothing stored
+        ("commit", True),
+        ("commit", False),
+    ],
+)
 async def test_a_create_whose_connection_dies_mid_transaction_is_503_and_leaves_nothing(
-        api: httpx.AsyncClient, admin: asyncpg.Connection, point: str, key: bool) -> None:
+    api: httpx.AsyncClient, admin: asyncpg.Connection, point: str, key: bool
+) -> None:
 
     merchant = await _subscribed_merchant(api)
     await admin.execute(WAIT_FOR_HOLD)
@@ -116,7 +130,9 @@ async def test_a_create_whose_connection_dies_mid_transaction_is_503_and_leaves_
     assert await _nothing_written(admin, merchant) == dict.fromkeys(TABLES_OF_A_CREATE, 0)
     answered = await admin.fetchval(
         "SELECT count(*) FROM idempotency_record WHERE merchant_id = $1 "
-        "AND response_status IS NOT NULL", merchant.id)
+        "AND response_status IS NOT NULL",
+        merchant.id,
+    )
     assert answered == 0  # the 503 is not stored: the key is free for the retry
     retried = await _create(merchant, idempotency_key)
     assert retried.status_code == 201, retried.text
@@ -124,12 +140,14 @@ async def test_a_create_whose_connection_dies_mid_transaction_is_503_and_leaves_
 
 
 async def test_a_create_on_a_pooled_connection_that_died_since_its_last_use_is_503(
-        api: httpx.AsyncClient, admin: asyncpg.Connection) -> None:
+    api: httpx.AsyncClient, admin: asyncpg.Connection
+) -> None:
     merchant = await _subscribed_merchant(api)
     # The app's pooled connections, idle and used a moment ago (so handed out unpinged).
     idle = await admin.fetch(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    )
     assert idle
     for row in idle:
         await admin.execute("SELECT pg_terminate_backend($1)", row["pid"])

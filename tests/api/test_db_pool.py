@@ -26,8 +26,9 @@ IDLE_SECONDS = 0.5
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(to_asyncpg_url(database_url), pool_size=1,
-                           ping_idle_seconds=IDLE_SECONDS)
+    engine = create_engine(
+        to_asyncpg_url(database_url), pool_size=1, ping_idle_seconds=IDLE_SECONDS
+    )
     yield engine
     await engine.dispose()
 
@@ -60,15 +61,17 @@ async def terminate(database_url: str, pid: int) -> None:
         await admin.close()
 
 
-async def test_a_connection_used_a_moment_ago_is_not_pinged(engine: AsyncEngine,
-                                                             pings: list[int]) -> None:
+async def test_a_connection_used_a_moment_ago_is_not_pinged(
+    engine: AsyncEngine, pings: list[int]
+) -> None:
     pids = {await backend_pid(engine) for _ in range(20)}
     assert len(pids) == 1  # the same pooled connection every time
     assert pings == []
 
 
 async def test_an_idle_connection_whose_server_side_is_gone_is_replaced_unseen(
-        engine: AsyncEngine, pings: list[int], database_url: str) -> None:
+    engine: AsyncEngine, pings: list[int], database_url: str
+) -> None:
     first = await backend_pid(engine)
     await terminate(database_url, first)
     await asyncio.sleep(IDLE_SECONDS * 2)
@@ -78,7 +81,8 @@ async def test_an_idle_connection_whose_server_side_is_gone_is_replaced_unseen(
 
 
 async def test_a_connection_broken_in_recent_use_fails_once_as_an_outage(
-        engine: AsyncEngine, pings: list[int], database_url: str) -> None:
+    engine: AsyncEngine, pings: list[int], database_url: str
+) -> None:
     first = await backend_pid(engine)
     await terminate(database_url, first)
     with pytest.raises(DBAPIError) as failed:

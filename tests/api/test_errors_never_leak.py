@@ -59,15 +59,19 @@ async def failing_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app.add_api_route("/test-only/statement", failing_statement)
     app.add_api_route("/test-only/code", failing_code)
     # raise_app_exceptions=False: Starlette re-raises a 500's exception after answering it.
-    async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app,
-                                                                raise_app_exceptions=False),
-                                  base_url="http://durapay.test") as http):
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            base_url="http://durapay.test",
+        ) as http,
+    ):
         yield http
 
 
 async def test_a_database_error_in_a_request_logs_no_bound_value(
-        failing_app: httpx.AsyncClient, caplog: pytest.LogCaptureFixture) -> None:
+    failing_app: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.DEBUG):
         response = await failing_app.get("/test-only/statement")
     assert response.status_code == 500, response.text
@@ -80,11 +84,17 @@ async def test_a_database_error_in_a_request_logs_no_bound_value(
 
 @pytest.mark.parametrize("path", ["/test-only/statement", "/test-only/code"])
 async def test_a_500_is_not_stored_and_carries_its_request_id(
-        failing_app: httpx.AsyncClient, path: str) -> None:
+    failing_app: httpx.AsyncClient, path: str
+) -> None:
     response = await failing_app.get(path)
     assert response.status_code == 500, response.text
-    assert response.json() == {"error": {
-        "type": "api_error", "code": "internal_error",
-        "message": "An internal error occurred; it has been logged.", "param": None}}
+    assert response.json() == {
+        "error": {
+            "type": "api_error",
+            "code": "internal_error",
+            "message": "An internal error occurred; it has been logged.",
+            "param": None,
+        }
+    }
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Request-Id"].startswith("req_")

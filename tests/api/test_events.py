@@ -33,7 +33,8 @@ async def test_events_are_listed_newest_first_with_cursor_pagination(merchant: M
 
 
 async def test_events_filter_by_type_and_show_only_the_callers(
-        merchant: Merchant, other_merchant: Merchant) -> None:
+    merchant: Merchant, other_merchant: Merchant
+) -> None:
     [mine] = await _created_events(merchant, 1)
     [theirs] = await _created_events(other_merchant, 1)
     created = (await merchant.get("/events?type=payment.created")).json()["data"]
@@ -45,7 +46,8 @@ async def test_events_filter_by_type_and_show_only_the_callers(
 
 
 async def test_redeliver_of_an_unknown_or_another_merchants_event_is_404(
-        merchant: Merchant, other_merchant: Merchant) -> None:
+    merchant: Merchant, other_merchant: Merchant
+) -> None:
     [theirs] = await _created_events(other_merchant, 1)
     for event_id in (theirs, "evt_nope"):
         response = await merchant.post(f"/events/{event_id}/redeliver")
@@ -60,18 +62,27 @@ async def test_redeliver_without_endpoints_starts_nothing(merchant: Merchant) ->
     assert response.json() == {"object": "list", "data": [], "hasMore": False}
 
 
-async def test_redeliver_starts_one_delivery_per_key(merchant: Merchant,
-                                                     temporal: Client) -> None:
-    endpoint = (await merchant.post("/webhook-endpoints", {
-        "url": PUBLIC_URL, "enabledEvents": ["payment.created"]})).json()
+async def test_redeliver_starts_one_delivery_per_key(merchant: Merchant, temporal: Client) -> None:
+    endpoint = (
+        await merchant.post(
+            "/webhook-endpoints", {"url": PUBLIC_URL, "enabledEvents": ["payment.created"]}
+        )
+    ).json()
     [event_id] = await _created_events(merchant, 1)
     first = await merchant.post(f"/events/{event_id}/redeliver", idempotency_key="again-1")
     assert first.status_code == 202, first.text
     [delivery] = first.json()["data"]
-    assert delivery == {**delivery, "object": "webhook_delivery", "eventId": event_id,
-                        "eventType": "payment.created", "endpointId": endpoint["id"],
-                        "origin": "redeliver", "status": "pending", "attemptCount": 0,
-                        "attempts": []}
+    assert delivery == {
+        **delivery,
+        "object": "webhook_delivery",
+        "eventId": event_id,
+        "eventType": "payment.created",
+        "endpointId": endpoint["id"],
+        "origin": "redeliver",
+        "status": "pending",
+        "attemptCount": 0,
+        "attempts": [],
+    }
     assert delivery["id"].startswith("whd_")
     assert await workflow_exists(temporal, delivery["id"])
     again = await merchant.post(f"/events/{event_id}/redeliver", idempotency_key="again-1")

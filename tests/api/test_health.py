@@ -17,39 +17,52 @@ pytestmark = pytest.mark.api
 async def test_an_unknown_url_is_a_404_error_object(http: httpx.AsyncClient) -> None:
     response = await http.get("/nowhere")
     assert response.status_code == 404
-    assert response.json() == {"error": {"type": "not_found", "code": "resource_missing",
-                                         "message": "Unrecognized request URL.", "param": None}}
+    assert response.json() == {
+        "error": {
+            "type": "not_found",
+            "code": "resource_missing",
+            "message": "Unrecognized request URL.",
+            "param": None,
+        }
+    }
 
 
 async def test_livez_is_200_and_checks_nothing(settings: Settings) -> None:
     # Postgres and Temporal both unreachable: the process still serves, so it is live.
-    async with app_instance(settings, database_url=_dead_postgres(settings),
-                            temporal_address=f"127.0.0.1:{free_port()}") as http:
+    async with app_instance(
+        settings, database_url=_dead_postgres(settings), temporal_address=f"127.0.0.1:{free_port()}"
+    ) as http:
         response = await http.get("/livez")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
 
 @pytest.mark.parametrize("path", ["/readyz", "/healthz"])
-async def test_ready_is_200_when_postgres_and_temporal_answer(http: httpx.AsyncClient,
-                                                              path: str) -> None:
+async def test_ready_is_200_when_postgres_and_temporal_answer(
+    http: httpx.AsyncClient, path: str
+) -> None:
     response = await http.get(path)
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "checks": {"postgres": "ok", "temporal": "ok"}}
 
 
 @pytest.mark.parametrize("path", ["/readyz", "/healthz"])
-async def test_ready_is_503_naming_temporal_when_it_is_down(settings: Settings,
-                                                            path: str) -> None:
+async def test_ready_is_503_naming_temporal_when_it_is_down(settings: Settings, path: str) -> None:
     async with app_instance(settings, temporal_address=f"127.0.0.1:{free_port()}") as http:
         response = await http.get(path)
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "2"
     assert response.json() == {
-        "status": "unavailable", "checks": {"postgres": "ok", "temporal": "down"},
+        "status": "unavailable",
+        "checks": {"postgres": "ok", "temporal": "down"},
         "down": ["temporal"],
-        "error": {"type": "api_error", "code": "service_unavailable",
-                  "message": "Not ready: cannot reach temporal.", "param": None}}
+        "error": {
+            "type": "api_error",
+            "code": "service_unavailable",
+            "message": "Not ready: cannot reach temporal.",
+            "param": None,
+        },
+    }
 
 
 async def test_ready_is_503_naming_postgres_without_its_password(settings: Settings) -> None:

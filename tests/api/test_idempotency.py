@@ -31,28 +31,37 @@ INTENT = {"amountInCents": 1200, "currency": "usd"}
 
 
 @asynccontextmanager
-async def retaining(settings: Settings, merchant: Merchant,
-                    seconds: int) -> AsyncIterator[Merchant]:
+async def retaining(
+    settings: Settings, merchant: Merchant, seconds: int
+) -> AsyncIterator[Merchant]:
     """`merchant`'s requests to an app that keeps idempotency records `seconds`."""
     async with served_with(settings, merchant, idempotency_retention_seconds=seconds) as shop:
         yield shop
 
 
 @asynccontextmanager
-async def served_with(settings: Settings, merchant: Merchant,
-                      **changes: Any) -> AsyncIterator[Merchant]:
+async def served_with(
+    settings: Settings, merchant: Merchant, **changes: Any
+) -> AsyncIterator[Merchant]:
     """`merchant`'s requests to an app whose settings differ by `changes`."""
     app = create_app(settings.model_copy(update=changes))
-    async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                  base_url="http://durapay.test") as http):
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://durapay.test"
+        ) as http,
+    ):
         yield dataclasses.replace(merchant, http=http)
 
 
 async def _age(db: asyncpg.Pool, merchant: Merchant, key: str, seconds: float) -> None:
-    await db.execute("UPDATE idempotency_record SET created_at = now() - make_interval("
-                     "secs => $3) WHERE merchant_id = $1 AND key = $2",
-                     merchant.id, key, float(seconds))
+    await db.execute(
+        "UPDATE idempotency_record SET created_at = now() - make_interval("
+        "secs => $3) WHERE merchant_id = $1 AND key = $2",
+        merchant.id,
+        key,
+        float(seconds),
+    )
 
 
 def _charge(**card: Any) -> dict[str, Any]:
@@ -60,7 +69,8 @@ def _charge(**card: Any) -> dict[str, Any]:
 
 
 async def test_a_charge_key_holds_nothing_derived_from_the_number_or_the_cvc(
-        settings: Settings, merchant: Merchant, db: asyncpg.Pool) -> None:
+    settings: Settings, merchant: Merchant, db: asyncpg.Pool
+) -> None:
     async with served_by(AnsweringPaymentWorkflow, settings, merchant) as shop:
         intent = await shop.create_intent()
         path = f"/payment-intents/{intent['id']}/transactions"
@@ -71,9 +81,13 @@ async def test_a_charge_key_holds_nothing_derived_from_the_number_or_the_cvc(
         # The fingerprint covers the card as the answer shows it (brand, last4, expiry), which
         # the record's stored answer and the vault's row hold in clear anyway; nothing else.
         assert record["request_hash"] == request_fingerprint(
-            settings.resolved_key_ring().current, record["endpoint"],
-            {"type": "charge", "card": {"brand": "visa", "last4": "4242", "expMonth": 12,
-                                        "expYear": 2030}})
+            settings.resolved_key_ring().current,
+            record["endpoint"],
+            {
+                "type": "charge",
+                "card": {"brand": "visa", "last4": "4242", "expMonth": 12, "expYear": 2030},
+            },
+        )
         assert CARD_4242["number"] not in str(dict(record))
         # So another CVC, or another number with the same brand, last4 and expiry, is the same
         # request: its answer is replayed and the record does not change.
@@ -92,16 +106,19 @@ async def test_a_charge_key_holds_nothing_derived_from_the_number_or_the_cvc(
 def test_a_fingerprint_is_the_same_whatever_the_cvc() -> None:
     def fingerprint(**card: Any) -> str:
         body = TransactionCreate.model_validate(_charge(**card))
-        return request_fingerprint(MasterKey(b"k" * 32),
-                                   "POST /payment-intents/pi_1/transactions",
-                                   body.idempotency_parameters())
+        return request_fingerprint(
+            MasterKey(b"k" * 32),
+            "POST /payment-intents/pi_1/transactions",
+            body.idempotency_parameters(),
+        )
 
     assert fingerprint(cvc="123") == fingerprint(cvc="999") == fingerprint(cvc="0000")
     assert fingerprint() != fingerprint(number="5555555555554444")
 
 
 async def test_a_key_past_its_retention_is_a_new_key(
-        settings: Settings, merchant: Merchant, db: asyncpg.Pool) -> None:
+    settings: Settings, merchant: Merchant, db: asyncpg.Pool
+) -> None:
     async with retaining(settings, merchant, RETENTION_SECONDS) as shop:
         first = await shop.post("/payment-intents", INTENT, idempotency_key="order-1")
         assert first.status_code == 201, first.text
@@ -112,65 +129,79 @@ async def test_a_key_past_its_retention_is_a_new_key(
         again = await shop.post("/payment-intents", INTENT, idempotency_key="order-1")
         assert again.status_code == 201, again.text
         assert again.json()["id"] != first.json()["id"]  # the request ran again
-        assert (await shop.post("/payment-intents", INTENT,
-                                idempotency_key="order-1")).content == again.content
+        assert (
+            await shop.post("/payment-intents", INTENT, idempotency_key="order-1")
+        ).content == again.content
         await _age(db, merchant, "order-1", RETENTION_SECONDS + 1)
-        other = await shop.post("/payment-intents", {**INTENT, "amountInCents": 1300},
-                                idempotency_key="order-1")
+        other = await shop.post(
+            "/payment-intents", {**INTENT, "amountInCents": 1300}, idempotency_key="order-1"
+        )
         assert other.status_code == 201, other.text  # other parameters are no reuse either
     assert await count(db, "payment_intent", merchant) == 3
     assert await count(db, "idempotency_record", merchant) == 1
 
 
 async def test_a_key_first_used_before_a_master_key_rotation_still_replays(
-        settings: Settings, merchant: Merchant) -> None:
+    settings: Settings, merchant: Merchant
+) -> None:
     # Fingerprints are keyed by the master key: after a rotation the old key, retired, still
     # recognises the first request, so the merchant's retry gets its answer, not a 400.
-    rotated = {"master_key": base64.b64encode(os.urandom(32)).decode(),
-               "retired_master_keys": settings.master_key}
+    rotated = {
+        "master_key": base64.b64encode(os.urandom(32)).decode(),
+        "retired_master_keys": settings.master_key,
+    }
     async with served_with(settings, merchant) as shop:
         first = await shop.post("/payment-intents", INTENT, idempotency_key="order-rotated")
         assert first.status_code == 201, first.text
     async with served_with(settings, merchant, **rotated) as shop:
         again = await shop.post("/payment-intents", INTENT, idempotency_key="order-rotated")
         assert (again.status_code, again.content) == (201, first.content)
-        other = await shop.post("/payment-intents", {**INTENT, "amountInCents": 1300},
-                                idempotency_key="order-rotated")
+        other = await shop.post(
+            "/payment-intents", {**INTENT, "amountInCents": 1300}, idempotency_key="order-rotated"
+        )
         assert other.status_code == 400, other.text
         assert other.json()["error"]["code"] == "idempotency_key_reused"
         fresh = await shop.post("/payment-intents", INTENT, idempotency_key="order-after")
         assert fresh.status_code == 201, fresh.text
-        assert (await shop.post("/payment-intents", INTENT, idempotency_key="order-after")
-                ).content == fresh.content
+        assert (
+            await shop.post("/payment-intents", INTENT, idempotency_key="order-after")
+        ).content == fresh.content
 
 
 async def test_a_claim_in_flight_outlives_a_short_retention_until_it_is_abandoned(
-        settings: Settings, merchant: Merchant, db: asyncpg.Pool) -> None:
+    settings: Settings, merchant: Merchant, db: asyncpg.Pool
+) -> None:
     async with retaining(settings, merchant, 1) as shop:
         await shop.post("/payment-intents", INTENT, idempotency_key="in-flight")
         # As if its request were still running.
-        await db.execute("UPDATE idempotency_record SET response_status = NULL, "
-                         "response_body = NULL WHERE merchant_id = $1", merchant.id)
+        await db.execute(
+            "UPDATE idempotency_record SET response_status = NULL, "
+            "response_body = NULL WHERE merchant_id = $1",
+            merchant.id,
+        )
         await _age(db, merchant, "in-flight", 5)
         in_use = await shop.post("/payment-intents", INTENT, idempotency_key="in-flight")
         assert in_use.status_code == 409, in_use.text
         assert in_use.json()["error"]["code"] == "idempotency_key_in_use"
         await _age(db, merchant, "in-flight", ABANDONED_AFTER.total_seconds() + 1)
-        taken = await shop.post("/payment-intents", {**INTENT, "amountInCents": 1300},
-                                idempotency_key="in-flight")
+        taken = await shop.post(
+            "/payment-intents", {**INTENT, "amountInCents": 1300}, idempotency_key="in-flight"
+        )
         assert taken.status_code == 201, taken.text
 
 
 async def test_a_claim_leaves_expired_records_of_others_to_housekeeping(
-        settings: Settings, merchant: Merchant, other_merchant: Merchant,
-        db: asyncpg.Pool) -> None:
+    settings: Settings, merchant: Merchant, other_merchant: Merchant, db: asyncpg.Pool
+) -> None:
     """Deleting them is the `durapay-housekeeping` schedule's (tests/api/test_housekeeping.py):
     a claim writes only its own record."""
     async with retaining(settings, merchant, RETENTION_SECONDS) as shop:
         theirs = dataclasses.replace(other_merchant, http=shop.http)
-        assert (await theirs.post("/payment-intents", INTENT,
-                                  idempotency_key="expired")).status_code == 201
+        assert (
+            await theirs.post("/payment-intents", INTENT, idempotency_key="expired")
+        ).status_code == 201
         await _age(db, other_merchant, "expired", RETENTION_SECONDS + 3600)
-        assert (await shop.post("/payment-intents", INTENT,
-                                idempotency_key=uuid.uuid4().hex)).status_code == 201
+        assert (
+            await shop.post("/payment-intents", INTENT, idempotency_key=uuid.uuid4().hex)
+        ).status_code == 201
     assert await idempotency_record(db, other_merchant, "expired") is not None

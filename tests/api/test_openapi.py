@@ -22,20 +22,30 @@ from core.settings import Settings
 from core.webhooks import ENDPOINT_DISABLED_EVENT, PAYMENT_EVENT_TYPES
 
 SIGNED: list[dict[str, list[str]]] = [
-    {"publicKey": [], "timestamp": [], "nonce": [], "signature": []}]
+    {"publicKey": [], "timestamp": [], "nonce": [], "signature": []}
+]
 ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 HEALTH_PATHS = ("/livez", "/readyz", "/healthz")
 # The error `type` each status always carries (docs/api.md, Errors).
-ERROR_TYPES = {"400": "invalid_request_error", "401": "authentication_error",
-               "402": "card_error", "404": "not_found", "408": "invalid_request_error",
-               "409": "conflict", "413": "invalid_request_error", "429": "rate_limit_error",
-               "500": "api_error", "503": "api_error"}
+ERROR_TYPES = {
+    "400": "invalid_request_error",
+    "401": "authentication_error",
+    "402": "card_error",
+    "404": "not_found",
+    "408": "invalid_request_error",
+    "409": "conflict",
+    "413": "invalid_request_error",
+    "429": "rate_limit_error",
+    "500": "api_error",
+    "503": "api_error",
+}
 
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    app = create_app(Settings(admin_token="openapi-tests",
-                              master_key=base64.b64encode(os.urandom(32)).decode()))
+    app = create_app(
+        Settings(admin_token="openapi-tests", master_key=base64.b64encode(os.urandom(32)).decode())
+    )
     return app.openapi()
 
 
@@ -71,30 +81,48 @@ def test_every_operation_id_is_resource_then_verb_and_unique(spec: dict[str, Any
         # The resource is the path's, its `{id}`s left out (nested ones after their parent).
         resource = "-".join(s for s in path.strip("/").split("/") if not s.startswith("{"))
         expected = "health" if path in HEALTH_PATHS else resource
-        assert operation_id.startswith(expected + "-") or operation_id == resource, \
-            (method, path, operation_id)
+        assert operation_id.startswith(expected + "-") or operation_id == resource, (
+            method,
+            path,
+            operation_id,
+        )
     assert len(seen) >= 22
-    assert {"payment-intents-create", "payment-intents-retrieve", "payment-intents-list",
-            "payment-intents-capture", "payment-intents-cancel",
-            "payment-intents-transactions-create", "payment-intents-refunds-create",
-            "events-list", "events-redeliver", "webhook-endpoints-create",
-            "webhook-endpoints-delete", "merchants-create", "merchants-keys-roll",
-            "health-readyz"} <= set(seen)
+    assert {
+        "payment-intents-create",
+        "payment-intents-retrieve",
+        "payment-intents-list",
+        "payment-intents-capture",
+        "payment-intents-cancel",
+        "payment-intents-transactions-create",
+        "payment-intents-refunds-create",
+        "events-list",
+        "events-redeliver",
+        "webhook-endpoints-create",
+        "webhook-endpoints-delete",
+        "merchants-create",
+        "merchants-keys-roll",
+        "health-readyz",
+    } <= set(seen)
 
 
 def test_signature_headers_are_one_security_scheme_set(spec: dict[str, Any]) -> None:
     schemes = spec["components"]["securitySchemes"]
-    headers = {name: (s["type"], s["in"], s["name"]) for name, s in schemes.items()
-               if s["type"] == "apiKey"}
-    assert headers == {"publicKey": ("apiKey", "header", "Authorization"),
-                       "timestamp": ("apiKey", "header", "X-Timestamp"),
-                       "nonce": ("apiKey", "header", "X-Nonce"),
-                       "signature": ("apiKey", "header", "X-Signature")}
-    assert schemes["adminToken"] == {**schemes["adminToken"], "type": "http",
-                                     "scheme": "bearer"}
+    headers = {
+        name: (s["type"], s["in"], s["name"])
+        for name, s in schemes.items()
+        if s["type"] == "apiKey"
+    }
+    assert headers == {
+        "publicKey": ("apiKey", "header", "Authorization"),
+        "timestamp": ("apiKey", "header", "X-Timestamp"),
+        "nonce": ("apiKey", "header", "X-Nonce"),
+        "signature": ("apiKey", "header", "X-Signature"),
+    }
+    assert schemes["adminToken"] == {**schemes["adminToken"], "type": "http", "scheme": "bearer"}
     for method, path, operation in operations(spec):
-        expected = [] if path in HEALTH_PATHS else ADMIN if path.startswith("/merchants") \
-            else SIGNED
+        expected = (
+            [] if path in HEALTH_PATHS else ADMIN if path.startswith("/merchants") else SIGNED
+        )
         assert operation["security"] == expected, (method, path)
         # Described by the schemes, not repeated as parameters that a generator would fill.
         names = {p["name"].lower() for p in operation.get("parameters", [])}
@@ -106,8 +134,9 @@ def test_every_operation_documents_the_errors_it_can_answer(spec: dict[str, Any]
         statuses = set(operation["responses"])
         parameters = {p["in"] for p in operation.get("parameters", [])}
         takes_input = "requestBody" in operation or bool(parameters - {"path"})
-        idempotent = any(p["name"].lower() == "idempotency-key"
-                         for p in operation.get("parameters", []))
+        idempotent = any(
+            p["name"].lower() == "idempotency-key" for p in operation.get("parameters", [])
+        )
         # The body's time and size limits are before routing; a crash is a 500.
         expected = {"408", "413", "500"}
         if path not in HEALTH_PATHS:
@@ -144,8 +173,7 @@ def test_statuses_and_types_are_enums(spec: dict[str, Any]) -> None:
     assert enum_of("TransactionOut", "type") == [t.value for t in TransactionType]
     assert enum_of("EventOut", "type") == [*PAYMENT_EVENT_TYPES, ENDPOINT_DISABLED_EVENT]
     assert enum_of("WebhookEndpointOut", "status") == ["enabled", "disabled"]
-    assert enum_of("WebhookDeliveryOut", "status") == ["pending", "succeeded", "failed",
-                                                       "canceled"]
+    assert enum_of("WebhookDeliveryOut", "status") == ["pending", "succeeded", "failed", "canceled"]
     assert enum_of("WebhookEndpointCreate", "enabledEvents") == ["*", *PAYMENT_EVENT_TYPES]
     assert set(enum_of("PaymentIntentCreate", "currency")) >= {"usd", "eur", "gbp", "jpy"}
     assert set(enum_of("ErrorDetail", "type")) == set(ERROR_TYPES.values())
@@ -169,14 +197,17 @@ def test_every_operation_has_a_valid_example(spec: dict[str, Any]) -> None:
 
 
 async def test_the_document_and_its_pages_are_served() -> None:
-    app = create_app(Settings(admin_token="openapi-tests",
-                              master_key=base64.b64encode(os.urandom(32)).decode()))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://durapay.test") as http:
+    app = create_app(
+        Settings(admin_token="openapi-tests", master_key=base64.b64encode(os.urandom(32)).decode())
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://durapay.test"
+    ) as http:
         document = await http.get("/openapi.json")
         assert document.status_code == 200
-        assert document.json()["components"]["securitySchemes"]["signature"]["name"] == \
-            "X-Signature"
+        assert (
+            document.json()["components"]["securitySchemes"]["signature"]["name"] == "X-Signature"
+        )
         for page in ("/docs", "/redoc"):
             response = await http.get(page)
             assert response.status_code == 200 and "/openapi.json" in response.text, page

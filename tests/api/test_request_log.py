@@ -63,10 +63,10 @@ async def test_a_valid_incoming_request_id_is_echoed(http: httpx.AsyncClient) ->
     assert response.headers["Request-Id"] == "req_from-the_caller42"
 
 
-@pytest.mark.parametrize("incoming", ["abc", "req_", "req_has space", 'req_"quoted"',
-                                      "req_" + "a" * 65, "req_caf\u00e9"])
-async def test_a_malformed_request_id_is_replaced(http: httpx.AsyncClient,
-                                                  incoming: str) -> None:
+@pytest.mark.parametrize(
+    "incoming", ["abc", "req_", "req_has space", 'req_"quoted"', "req_" + "a" * 65, "req_caf\u00e9"]
+)
+async def test_a_malformed_request_id_is_replaced(http: httpx.AsyncClient, incoming: str) -> None:
     response = await http.get("/livez", headers={b"Request-Id": incoming.encode()})
     assert GENERATED.fullmatch(response.headers["Request-Id"])
 
@@ -74,20 +74,26 @@ async def test_a_malformed_request_id_is_replaced(http: httpx.AsyncClient,
 async def test_errors_carry_a_request_id_too(http: httpx.AsyncClient) -> None:
     unauthenticated = await http.get("/payment-intents")
     missing = await http.get("/nowhere")
-    too_large = await http.post("/payment-intents", content=b"x" * (LIMIT + 1),
-                                headers={"Content-Type": "application/json"})
-    assert [unauthenticated.status_code, missing.status_code, too_large.status_code] == \
-        [401, 404, 413]
+    too_large = await http.post(
+        "/payment-intents", content=b"x" * (LIMIT + 1), headers={"Content-Type": "application/json"}
+    )
+    assert [unauthenticated.status_code, missing.status_code, too_large.status_code] == [
+        401,
+        404,
+        413,
+    ]
     for response in (unauthenticated, missing, too_large):
         assert GENERATED.fullmatch(response.headers["Request-Id"]), response.status_code
 
 
 async def test_one_line_per_request_with_route_template_status_and_duration(
-        merchant: Merchant, log_lines: JsonLines) -> None:
+    merchant: Merchant, log_lines: JsonLines
+) -> None:
     intent = await merchant.create_intent(amount=4321, description="secret-looking body text")
     log_lines.lines.clear()
-    response = await merchant.request("GET", f"/payment-intents/{intent['id']}",
-                                      headers={"Request-Id": "req_the_one_to_find"})
+    response = await merchant.request(
+        "GET", f"/payment-intents/{intent['id']}", headers={"Request-Id": "req_the_one_to_find"}
+    )
     assert response.status_code == 200
     [line] = log_lines.requests()
     assert line["route"] == "/payment-intents/{id}"
@@ -101,23 +107,37 @@ async def test_one_line_per_request_with_route_template_status_and_duration(
 
 
 async def test_the_line_holds_no_body_query_or_credentials(
-        merchant: Merchant, log_lines: JsonLines) -> None:
+    merchant: Merchant, log_lines: JsonLines
+) -> None:
     response = await merchant.request(
-        "POST", "/payment-intents?probe=query-value",
+        "POST",
+        "/payment-intents?probe=query-value",
         {"amountInCents": 777, "currency": "usd", "description": "body-marker-1234"},
-        idempotency_key="idem-marker-5678")
+        idempotency_key="idem-marker-5678",
+    )
     assert response.status_code == 201
     [line] = log_lines.requests()
-    assert (line["route"], line["status"], line["merchantId"]) == \
-        ("/payment-intents", 201, merchant.id)
+    assert (line["route"], line["status"], line["merchantId"]) == (
+        "/payment-intents",
+        201,
+        merchant.id,
+    )
     text = json.dumps(log_lines.lines)
-    for secret in ("body-marker-1234", "query-value", "idem-marker-5678", merchant.secret_key,
-                   merchant.public_key, "X-Signature", "v1="):
+    for secret in (
+        "body-marker-1234",
+        "query-value",
+        "idem-marker-5678",
+        merchant.secret_key,
+        merchant.public_key,
+        "X-Signature",
+        "v1=",
+    ):
         assert secret not in text
 
 
-async def test_an_unmatched_url_is_logged_as_unmatched(http: httpx.AsyncClient,
-                                                       log_lines: JsonLines) -> None:
+async def test_an_unmatched_url_is_logged_as_unmatched(
+    http: httpx.AsyncClient, log_lines: JsonLines
+) -> None:
     await http.get("/nowhere/pi_123")
     [line] = log_lines.requests()
     assert (line["route"], line["status"]) == ("unmatched", 404)
@@ -125,7 +145,8 @@ async def test_an_unmatched_url_is_logged_as_unmatched(http: httpx.AsyncClient,
 
 
 async def test_an_unexpected_error_is_a_500_with_a_request_id_and_a_line(
-        settings: Settings, log_lines: JsonLines) -> None:
+    settings: Settings, log_lines: JsonLines
+) -> None:
     app = create_app(settings)
 
     @app.get("/boom")
@@ -133,8 +154,10 @@ async def test_an_unexpected_error_is_a_500_with_a_request_id_and_a_line(
         raise RuntimeError("boom")
 
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with (app.router.lifespan_context(app),
-                httpx.AsyncClient(transport=transport, base_url="http://durapay.test") as http):
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://durapay.test") as http,
+    ):
         response = await http.get("/boom", headers={"Request-Id": "req_boom"})
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal_error"

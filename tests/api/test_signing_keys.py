@@ -17,8 +17,11 @@ pytestmark = pytest.mark.api
 
 
 async def _nonces(db: asyncpg.Pool, merchant: Merchant) -> int:
-    return int(await db.fetchval("SELECT count(*) FROM request_nonce WHERE public_key = $1",
-                                 merchant.public_key))
+    return int(
+        await db.fetchval(
+            "SELECT count(*) FROM request_nonce WHERE public_key = $1", merchant.public_key
+        )
+    )
 
 
 async def _refused_at_once(merchant: Merchant, db: asyncpg.Pool) -> None:
@@ -30,7 +33,8 @@ async def _refused_at_once(merchant: Merchant, db: asyncpg.Pool) -> None:
 
 
 async def test_a_key_rolled_in_one_process_is_refused_at_once_by_another(
-        http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool) -> None:
+    http: httpx.AsyncClient, settings: Settings, db: asyncpg.Pool
+) -> None:
     old = await onboard(http)
     async with app_instance(settings) as elsewhere:
         old_elsewhere = through(elsewhere, old)
@@ -47,28 +51,32 @@ async def test_a_key_rolled_in_one_process_is_refused_at_once_by_another(
 
 
 async def test_a_key_whose_grace_period_ran_out_is_refused_at_once(
-        http: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+    http: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
     old = await onboard(http)
-    rolled = await http.post(f"/merchants/{old.id}/keys/roll",
-                             json={"gracePeriodSeconds": 3600}, headers=ADMIN)
+    rolled = await http.post(
+        f"/merchants/{old.id}/keys/roll", json={"gracePeriodSeconds": 3600}, headers=ADMIN
+    )
     assert rolled.status_code == 200, rolled.text
     assert (await old.get("/payment-intents")).status_code == 200  # cached, still in grace
     # The grace period runs out (as if an hour had passed).
-    await db.execute("UPDATE merchant_key SET expires_at = now() - interval '1 second' "
-                     "WHERE public_key = $1", old.public_key)
+    await db.execute(
+        "UPDATE merchant_key SET expires_at = now() - interval '1 second' WHERE public_key = $1",
+        old.public_key,
+    )
     await _refused_at_once(old, db)
 
 
-async def test_a_deleted_key_is_refused_at_once(http: httpx.AsyncClient,
-                                                db: asyncpg.Pool) -> None:
+async def test_a_deleted_key_is_refused_at_once(http: httpx.AsyncClient, db: asyncpg.Pool) -> None:
     merchant = await onboard(http)
     assert (await merchant.get("/payment-intents")).status_code == 200  # cached
     await db.execute("DELETE FROM merchant_key WHERE public_key = $1", merchant.public_key)
     await _refused_at_once(merchant, db)
 
 
-async def test_a_key_is_read_and_decrypted_once_per_process(http: httpx.AsyncClient,
-                                                           app: FastAPI) -> None:
+async def test_a_key_is_read_and_decrypted_once_per_process(
+    http: httpx.AsyncClient, app: FastAPI
+) -> None:
     merchant = await onboard(http)
     for expected_reads in (1, 0):
         with statements_of(app) as sent:

@@ -56,8 +56,7 @@ class CardnetServer:
         )
         app = create_app(self.data_dir, settings)
         # uvicorn types the grace period as whole seconds; it waits any number of them.
-        config = uvicorn.Config(app, log_config=None, lifespan="on",
-                                timeout_graceful_shutdown=0.2)  # type: ignore[arg-type]
+        config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=0.2)  # type: ignore[arg-type]
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()

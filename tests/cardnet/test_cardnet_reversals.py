@@ -10,8 +10,9 @@ if TYPE_CHECKING:
     from tests.cardnet.conftest import Api
 
 
-def _reverse(api: Api, original: str, reference: str | None = None,
-             amount: int = 1000) -> dict[str, Any]:
+def _reverse(
+    api: Api, original: str, reference: str | None = None, amount: int = 1000
+) -> dict[str, Any]:
     response = api.post(api.child(reference or api.ref("rev"), "reversal", original, amount))
     assert response.status_code == 200, response.text
     return response.json()
@@ -31,7 +32,10 @@ def test_reversal_voids_an_approved_charge_and_authorization(api: Api) -> None:
         # The ledger shows the money coming back as a void of the original.
         [entry] = api.ledger(reversal["reference"])
         assert (entry["type"], entry["status"], entry["parentReference"]) == (
-            "void", "approved", original)
+            "void",
+            "approved",
+            original,
+        )
         # Nothing acts on a reversed original any more.
         refund_or_capture = "refund" if type_ == "charge" else "capture"
         after = api.post(api.child(api.ref(), refund_or_capture, original, 1000)).json()
@@ -101,7 +105,10 @@ def test_status_query_of_a_reversal(api: Api) -> None:
     _reverse(api, original, reference)
     status = api.status(reference)
     assert (status["status"], status["type"], status["parentReference"]) == (
-        "approved", "reversal", original)
+        "approved",
+        "reversal",
+        original,
+    )
 
 
 def test_transit_delay_delivers_an_abandoned_request_late(api: Api) -> None:

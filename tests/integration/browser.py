@@ -20,15 +20,24 @@ CHROMIUM = Path("/usr/bin/chromium")
 # traffic (updates, sync, first-run pings) that would only wait on timeouts. Playwright gives
 # every launch a fresh temporary profile (the --user-data-dir it passes).
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
 def require_chromium() -> Path:
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium package "
-                    "(`make test` does it first)", pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make browser` installs Debian's chromium package "
+            "(`make test` does it first)",
+            pytrace=False,
+        )
     return CHROMIUM
 
 
@@ -36,8 +45,9 @@ def require_chromium() -> Path:
 async def chromium() -> AsyncIterator[Browser]:
     executable = require_chromium()
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(executable),
-                                                   args=CHROMIUM_FLAGS)
+        browser = await playwright.chromium.launch(
+            executable_path=str(executable), args=CHROMIUM_FLAGS
+        )
         try:
             yield browser
         finally:

@@ -25,11 +25,16 @@ from tests.integration.conftest import card
 APPROVING = ["4242424242424242"] * 6 + ["5555555555554444", "4111111111111111"]
 DECLINING = ["4000000000000002", "4000000000009995", "4000000000000069", "4000000000000127"]
 # Held/approved, held/declined, lost response, two 503s, slow status, processing_error.
-FAULT_CARDS = ["4000000000001018", "4000000000001026", "4000000000001034", "4000000000001042",
-               "4000000000001059", "4000000000000119"]
+FAULT_CARDS = [
+    "4000000000001018",
+    "4000000000001026",
+    "4000000000001034",
+    "4000000000001042",
+    "4000000000001059",
+    "4000000000000119",
+]
 # A network's bad day: 502 after commit, garbage body, trickled body, lagging status index.
-BAD_DAY_CARDS = ["4000000000001067", "4000000000001075", "4000000000001083",
-                 "4000000000001091"]
+BAD_DAY_CARDS = ["4000000000001067", "4000000000001075", "4000000000001083", "4000000000001091"]
 # What a customer pays with: mostly good cards, some declines, one in five a troubled one.
 CARD_MIX = APPROVING * 4 + DECLINING * 2 + FAULT_CARDS + BAD_DAY_CARDS
 MANUAL_CAPTURE_SHARE = 0.4
@@ -83,8 +88,9 @@ class Load:
         self.final.setdefault(operation, Counter())[label] += 1
 
 
-async def run_load(durapay: DurapayClient, *, seed: int, intents: int, concurrency: int,
-                   load: Load) -> None:
+async def run_load(
+    durapay: DurapayClient, *, seed: int, intents: int, concurrency: int, load: Load
+) -> None:
     """`intents` merchant stories, at most `concurrency` at a time, reproducible from `seed`
     (the network's faults and the kills' timing still vary from run to run)."""
     rng = random.Random(seed)
@@ -98,8 +104,7 @@ async def run_load(durapay: DurapayClient, *, seed: int, intents: int, concurren
             finally:
                 load.done_after.append(time.monotonic() - load.started)
 
-    await asyncio.gather(*(story(i, random.Random(rng.getrandbits(64)))
-                           for i in range(intents)))
+    await asyncio.gather(*(story(i, random.Random(rng.getrandbits(64))) for i in range(intents)))
 
 
 def answer_label(response: httpx.Response | None) -> str:
@@ -139,13 +144,18 @@ class Merchant:
         if status == "succeeded":
             await self.refund(index, intent_id, rng)
 
-    async def create_intent(self, index: int, amount: int, currency: str,
-                            manual: bool) -> str | None:
-        body = {"amountInCents": amount, "currency": currency,
-                "captureMethod": "manual" if manual else "automatic",
-                "metadata": {"order": str(index)}}
-        response = await self.send("create", "POST", "/payment-intents", body,
-                                   key=f"{index}-create")
+    async def create_intent(
+        self, index: int, amount: int, currency: str, manual: bool
+    ) -> str | None:
+        body = {
+            "amountInCents": amount,
+            "currency": currency,
+            "captureMethod": "manual" if manual else "automatic",
+            "metadata": {"order": str(index)},
+        }
+        response = await self.send(
+            "create", "POST", "/payment-intents", body, key=f"{index}-create"
+        )
         if response is None or response.status_code != 201:
             return None
         return str(response.json()["id"])
@@ -156,12 +166,16 @@ class Merchant:
         path = f"/payment-intents/{intent_id}/transactions"
         status: str | None = None
         for attempt in range(1, 4):
-            body = {"type": "charge", "card": card(rng.choice(CARD_MIX) if attempt < 3
-                                                   else APPROVING[0])}
+            body = {
+                "type": "charge",
+                "card": card(rng.choice(CARD_MIX) if attempt < 3 else APPROVING[0]),
+            }
             key = f"{index}-charge-{attempt}"
             if rng.random() < 0.1:  # a double-clicked "Pay": the same request twice at once
-                await asyncio.gather(self.send("charge", "POST", path, body, key=key),
-                                     self.send("charge", "POST", path, body, key=key))
+                await asyncio.gather(
+                    self.send("charge", "POST", path, body, key=key),
+                    self.send("charge", "POST", path, body, key=key),
+                )
             else:
                 await self.send("charge", "POST", path, body, key=key)
             status = await self.settled_status(intent_id)
@@ -169,22 +183,23 @@ class Merchant:
                 break
         return status
 
-    async def capture_or_cancel(self, index: int, intent_id: str, amount: int,
-                                rng: random.Random) -> str | None:
+    async def capture_or_cancel(
+        self, index: int, intent_id: str, amount: int, rng: random.Random
+    ) -> str | None:
         path = f"/payment-intents/{intent_id}"
         partial = {"amountInCents": rng.randint(1, amount - 1)}
         choice = rng.random()
         if choice < 0.35:
             await self.send("capture", "POST", f"{path}/capture", {}, key=f"{index}-capture")
         elif choice < 0.65:
-            await self.send("capture", "POST", f"{path}/capture", partial,
-                            key=f"{index}-capture")
+            await self.send("capture", "POST", f"{path}/capture", partial, key=f"{index}-capture")
         elif choice < 0.85:
             await self.send("cancel", "POST", f"{path}/cancel", {}, key=f"{index}-cancel")
         else:  # the shop's back office cancels while the checkout captures: one wins
             await asyncio.gather(
                 self.send("capture", "POST", f"{path}/capture", {}, key=f"{index}-capture"),
-                self.send("cancel", "POST", f"{path}/cancel", {}, key=f"{index}-cancel"))
+                self.send("cancel", "POST", f"{path}/cancel", {}, key=f"{index}-cancel"),
+            )
         return await self.settled_status(intent_id)
 
     async def refund(self, index: int, intent_id: str, rng: random.Random) -> None:
@@ -197,21 +212,33 @@ class Merchant:
         if choice < 0.25:
             return
         if choice < 0.45:
-            await self.send("refund", "POST", path, {"amountInCents": rng.randint(1, received - 1)},
-                            key=f"{index}-refund-1")
+            await self.send(
+                "refund",
+                "POST",
+                path,
+                {"amountInCents": rng.randint(1, received - 1)},
+                key=f"{index}-refund-1",
+            )
         elif choice < 0.6:
             await self.send("refund", "POST", path, {}, key=f"{index}-refund-1")
         elif choice < 0.75:  # part now, the rest later
-            await self.send("refund", "POST", path, {"amountInCents": received // 2},
-                            key=f"{index}-refund-1")
+            await self.send(
+                "refund", "POST", path, {"amountInCents": received // 2}, key=f"{index}-refund-1"
+            )
             if await self.settled_status(intent_id) == "partially_refunded":
                 await self.send("refund", "POST", path, {}, key=f"{index}-refund-2")
         else:  # several refunds at once: together they may ask for more than was received
-            amounts = [max(1, int(received * rng.uniform(0.3, 0.6)))
-                       for _ in range(rng.randint(2, 3))]
-            await asyncio.gather(*(
-                self.send("refund", "POST", path, {"amountInCents": a}, key=f"{index}-refund-{n}")
-                for n, a in enumerate(amounts, 1)))
+            amounts = [
+                max(1, int(received * rng.uniform(0.3, 0.6))) for _ in range(rng.randint(2, 3))
+            ]
+            await asyncio.gather(
+                *(
+                    self.send(
+                        "refund", "POST", path, {"amountInCents": a}, key=f"{index}-refund-{n}"
+                    )
+                    for n, a in enumerate(amounts, 1)
+                )
+            )
         await self.settled_status(intent_id)
 
     # ---- reading the intent ----------------------------------------------------------------------
@@ -240,9 +267,15 @@ class Merchant:
             await asyncio.sleep(0.5)  # the merchant's polling interval
 
     # ---- sending with retries ------------------------------------------------------------------
-    async def send(self, operation: str, method: str, path: str,
-                   body: dict[str, Any] | None = None, *,
-                   key: str | None = None) -> httpx.Response | None:
+    async def send(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+    ) -> httpx.Response | None:
         """One logical request, retried with the same Idempotency-Key while the answer says
         "try again"; the last answer, or None if only retryable answers came back in time."""
         self.load.requests[operation] += 1
@@ -269,12 +302,14 @@ class Merchant:
             await asyncio.sleep(wait)  # the merchant's backoff
             delay = min(delay * 2, 2.0)
         self.load.record_final(operation, "gave up")
-        self.load.gave_up.append(f"{operation} {path} after {time.monotonic() - started:.0f}s: "
-                                 f"{dict(labels)}")
+        self.load.gave_up.append(
+            f"{operation} {path} after {time.monotonic() - started:.0f}s: {dict(labels)}"
+        )
         return None
 
-    def _judge(self, operation: str, path: str, response: httpx.Response | None,
-               label: str) -> None:
+    def _judge(
+        self, operation: str, path: str, response: httpx.Response | None, label: str
+    ) -> None:
         if response is None:
             return
         code = response.status_code
@@ -282,14 +317,18 @@ class Merchant:
             self.load.defects.append(f"{operation} {path}: {response.text[:300]}")
         elif code == 503 and "retry-after" not in response.headers:
             self.load.unavailable_without_retry_after += 1
-        elif code not in EXPECTED_STATUSES and code not in (429, 502, 503, 504) and not (
-                code == 400 and _error_code(response) in EXPECTED_400_CODES):
+        elif (
+            code not in EXPECTED_STATUSES
+            and code not in (429, 502, 503, 504)
+            and not (code == 400 and _error_code(response) in EXPECTED_400_CODES)
+        ):
             self.load.unexpected.append(f"{operation} {path}: {label} {response.text[:300]}")
 
 
 def _in_flight(intent: dict[str, Any]) -> bool:
     return intent["status"] == "processing" or any(
-        t["status"] in ("pending", "timeout") for t in intent.get("transactions", []))
+        t["status"] in ("pending", "timeout") for t in intent.get("transactions", [])
+    )
 
 
 def _retryable(response: httpx.Response) -> bool:
@@ -305,4 +344,3 @@ def _retry_after(response: httpx.Response | None, backoff: float) -> float:
         return min(max(float(raw), 0.1), 5.0) if raw else backoff
     except ValueError:
         return backoff
-

@@ -35,8 +35,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 
 @pytest.fixture(scope="session")
 async def admin(stack: RunningStack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers={
-            "Authorization": f"Bearer {stack.admin_token}"}) as http:
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {stack.admin_token}"}
+    ) as http:
         yield http
 
 
@@ -47,8 +48,7 @@ async def merchant(admin: httpx.AsyncClient) -> dict[str, Any]:
 
 @pytest.fixture
 async def durapay(stack: RunningStack, merchant: dict[str, Any]) -> AsyncIterator[DurapayClient]:
-    async with DurapayClient(stack.api_url, merchant["publicKey"],
-                             merchant["secretKey"]) as client:
+    async with DurapayClient(stack.api_url, merchant["publicKey"], merchant["secretKey"]) as client:
         yield client
 
 
@@ -69,8 +69,12 @@ async def cardnet(stack: RunningStack) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-CARD_4242: dict[str, Any] = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030,
-                             "cvc": "123"}
+CARD_4242: dict[str, Any] = {
+    "number": "4242424242424242",
+    "expMonth": 12,
+    "expYear": 2030,
+    "cvc": "123",
+}
 
 
 def card(number: str, **overrides: Any) -> dict[str, Any]:
@@ -78,7 +82,8 @@ def card(number: str, **overrides: Any) -> dict[str, Any]:
 
 
 async def create_intent(durapay: DurapayClient, amount: int = 2499, **extra: Any) -> dict[str, Any]:
-    response = await durapay.post("/payment-intents",
-                                  {"amountInCents": amount, "currency": "usd", **extra})
+    response = await durapay.post(
+        "/payment-intents", {"amountInCents": amount, "currency": "usd", **extra}
+    )
     assert response.status_code == 201, response.text
     return response.json()

@@ -35,8 +35,13 @@ FAST_TIMING_ENV: dict[str, str] = {
 }
 
 
-async def assert_eventually(predicate: Callable[[], Awaitable[T | None]], *, timeout: float = 30.0,
-                            interval: float = 0.2, message: str = "") -> T:
+async def assert_eventually(
+    predicate: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    message: str = "",
+) -> T:
     """Poll `predicate` until it returns something other than None/False without raising
     AssertionError, and return that value; past `timeout`, fail with the last reason."""
     deadline = time.monotonic() + timeout
@@ -51,19 +56,26 @@ async def assert_eventually(predicate: Callable[[], Awaitable[T | None]], *, tim
                 return result
             last = f"predicate returned {result!r}"
         if time.monotonic() >= deadline:
-            raise AssertionError(f"not true after {timeout:.1f} s: {message or last}"
-                                 + (f" (last: {last})" if message else ""))
+            raise AssertionError(
+                f"not true after {timeout:.1f} s: {message or last}"
+                + (f" (last: {last})" if message else "")
+            )
         await asyncio.sleep(interval)
 
 
-async def charge(durapay: DurapayClient, intent_id: str, card_body: dict[str, Any],
-                 **kwargs: Any) -> httpx.Response:
-    return await durapay.post(f"/payment-intents/{intent_id}/transactions",
-                              {"type": "charge", "card": card_body}, **kwargs)
+async def charge(
+    durapay: DurapayClient, intent_id: str, card_body: dict[str, Any], **kwargs: Any
+) -> httpx.Response:
+    return await durapay.post(
+        f"/payment-intents/{intent_id}/transactions",
+        {"type": "charge", "card": card_body},
+        **kwargs,
+    )
 
 
-async def ledger_entries(cardnet: httpx.AsyncClient,
-                         reference: str | None = None) -> list[dict[str, Any]]:
+async def ledger_entries(
+    cardnet: httpx.AsyncClient, reference: str | None = None
+) -> list[dict[str, Any]]:
     """The simulator's ledger (oldest first), optionally for one reference."""
     params = {"reference": reference} if reference is not None else None
     response = await cardnet.get("/ledger", params=params)
@@ -72,8 +84,9 @@ async def ledger_entries(cardnet: httpx.AsyncClient,
     return [e for e in entries if reference is None or e["reference"] == reference]
 
 
-async def settled_intent(durapay: DurapayClient, intent_id: str, *,
-                         timeout: float = 30.0) -> dict[str, Any]:
+async def settled_intent(
+    durapay: DurapayClient, intent_id: str, *, timeout: float = 30.0
+) -> dict[str, Any]:
     """Poll GET /payment-intents/{id} (no other client action) until it leaves `processing`."""
 
     async def left_processing() -> dict[str, Any]:
@@ -87,8 +100,9 @@ async def settled_intent(durapay: DurapayClient, intent_id: str, *,
 
 
 @contextmanager
-def own_stack(tmp_path_factory: pytest.TempPathFactory, name: str,
-              **start: Any) -> Iterator[RunningStack]:
+def own_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **start: Any
+) -> Iterator[RunningStack]:
     """A stack of a test module's own (other settings, or processes it may kill)."""
     running = start_stack(private_dir(name) / "home", **start)
     try:
@@ -104,15 +118,18 @@ async def onboard(admin: httpx.AsyncClient, name: str = "Acme") -> dict[str, Any
 
 
 @asynccontextmanager
-async def signed_merchant(stack: RunningStack, name: str = "Acme", *,
-                          api_url: str | None = None) -> AsyncIterator[DurapayClient]:
+async def signed_merchant(
+    stack: RunningStack, name: str = "Acme", *, api_url: str | None = None
+) -> AsyncIterator[DurapayClient]:
     """Onboard a merchant on `stack` and yield a client that signs as it (against `api_url`,
     e.g. a second API process, when given)."""
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30, headers={
-            "Authorization": f"Bearer {stack.admin_token}"}) as admin:
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, timeout=30, headers={"Authorization": f"Bearer {stack.admin_token}"}
+    ) as admin:
         merchant = await onboard(admin, name)
-    async with DurapayClient(api_url or stack.api_url, merchant["publicKey"],
-                             merchant["secretKey"]) as client:
+    async with DurapayClient(
+        api_url or stack.api_url, merchant["publicKey"], merchant["secretKey"]
+    ) as client:
         yield client
 
 

@@ -45,20 +45,25 @@ async def timed(send: Any) -> tuple[httpx.Response, float]:
 
 
 async def test_a_flood_is_refused_at_once_and_what_was_admitted_completes(
-        limited_api: str, merchant: dict[str, Any], db: asyncpg.Pool) -> None:
+    limited_api: str, merchant: dict[str, Any], db: asyncpg.Pool
+) -> None:
     run = uuid.uuid4().hex[:8]
     refusals: list[tuple[httpx.Response, float]] = []
     created: dict[str, str] = {}  # idempotency key -> intent id
     refused_keys: list[str] = []
     charged: dict[str, int] = {}  # intent id -> charge status
 
-    async with DurapayClient(limited_api, merchant["publicKey"],
-                             merchant["secretKey"]) as durapay:
+    async with DurapayClient(limited_api, merchant["publicKey"], merchant["secretKey"]) as durapay:
+
         async def story(index: int) -> None:
             key = f"{run}-create-{index}"
-            response, seconds = await timed(durapay.post(
-                "/payment-intents", {"amountInCents": 1000 + index, "currency": "usd"},
-                idempotency_key=key))
+            response, seconds = await timed(
+                durapay.post(
+                    "/payment-intents",
+                    {"amountInCents": 1000 + index, "currency": "usd"},
+                    idempotency_key=key,
+                )
+            )
             if response.status_code == 503:
                 refusals.append((response, seconds))
                 refused_keys.append(key)
@@ -66,9 +71,13 @@ async def test_a_flood_is_refused_at_once_and_what_was_admitted_completes(
             assert response.status_code == 201, response.text
             intent_id = response.json()["id"]
             created[key] = intent_id
-            response, seconds = await timed(durapay.post(
-                f"/payment-intents/{intent_id}/transactions",
-                {"type": "charge", "card": CARD_4242}, idempotency_key=f"{run}-charge-{index}"))
+            response, seconds = await timed(
+                durapay.post(
+                    f"/payment-intents/{intent_id}/transactions",
+                    {"type": "charge", "card": CARD_4242},
+                    idempotency_key=f"{run}-charge-{index}",
+                )
+            )
             if response.status_code == 503:
                 refusals.append((response, seconds))
                 return
@@ -88,26 +97,40 @@ async def test_a_flood_is_refused_at_once_and_what_was_admitted_completes(
         assert set(charged.values()) <= {200, 202}, charged
 
         # Nothing refused changed anything: no intent, no idempotency record for its key.
-        intents = await db.fetchval("SELECT count(*) FROM payment_intent WHERE merchant_id = $1",
-                                    merchant["id"])
+        intents = await db.fetchval(
+            "SELECT count(*) FROM payment_intent WHERE merchant_id = $1", merchant["id"]
+        )
         assert intents == len(created)
-        assert await db.fetchval(
-            "SELECT count(*) FROM idempotency_record WHERE merchant_id = $1 AND key = ANY($2)",
-            merchant["id"], refused_keys) == 0
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM idempotency_record WHERE merchant_id = $1 AND key = ANY($2)",
+                merchant["id"],
+                refused_keys,
+            )
+            == 0
+        )
 
         # Everything admitted completes: each charge answered 200 (or 202, then settles).
         for intent_id in charged:
+
             async def succeeded(intent_id: str = intent_id) -> bool:
                 intent = (await durapay.get(f"/payment-intents/{intent_id}")).json()
                 return bool(intent["status"] == "succeeded")
+
             await assert_eventually(succeeded, timeout=60)
 
     # A refused create, sent again by the SDK (after its Retry-After, with the same key), is
     # served once.
-    async with Durapay(limited_api, merchant["publicKey"], merchant["secretKey"],
-                       max_retries=10) as sdk:
-        intent = await sdk.payment_intents.create(amount_in_cents=1000, currency="usd",
-                                                  idempotency_key=refused_keys[0])
+    async with Durapay(
+        limited_api, merchant["publicKey"], merchant["secretKey"], max_retries=10
+    ) as sdk:
+        intent = await sdk.payment_intents.create(
+            amount_in_cents=1000, currency="usd", idempotency_key=refused_keys[0]
+        )
     assert intent.amount_in_cents == 1000
-    assert await db.fetchval("SELECT count(*) FROM payment_intent WHERE merchant_id = $1",
-                             merchant["id"]) == len(created) + 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM payment_intent WHERE merchant_id = $1", merchant["id"]
+        )
+        == len(created) + 1
+    )

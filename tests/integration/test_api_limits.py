@@ -32,10 +32,23 @@ def api_process(stack: RunningStack, log: Path, **env: str) -> Iterator[str]:
     port = free_port()
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
             env={**stack.env, "DURAPAY_API_PORT": str(port), **env},
-            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -55,24 +68,32 @@ def api_process(stack: RunningStack, log: Path, **env: str) -> Iterator[str]:
 
 @pytest.fixture
 def two_api_processes(stack: RunningStack, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    with api_process(stack, tmp_path / "api-a.log",
-                     DURAPAY_RATE_LIMIT_PER_SECOND=SLOW_RATE) as first, \
-            api_process(stack, tmp_path / "api-b.log",
-                        DURAPAY_RATE_LIMIT_PER_SECOND=SLOW_RATE) as second:
+    with (
+        api_process(
+            stack, tmp_path / "api-a.log", DURAPAY_RATE_LIMIT_PER_SECOND=SLOW_RATE
+        ) as first,
+        api_process(
+            stack, tmp_path / "api-b.log", DURAPAY_RATE_LIMIT_PER_SECOND=SLOW_RATE
+        ) as second,
+    ):
         yield first, second
 
 
 @pytest.fixture
-async def clients(two_api_processes: tuple[str, str],
-                  merchant: dict[str, Any]) -> AsyncIterator[tuple[DurapayClient, DurapayClient]]:
+async def clients(
+    two_api_processes: tuple[str, str], merchant: dict[str, Any]
+) -> AsyncIterator[tuple[DurapayClient, DurapayClient]]:
     first, second = two_api_processes
-    async with DurapayClient(first, merchant["publicKey"], merchant["secretKey"]) as a, \
-            DurapayClient(second, merchant["publicKey"], merchant["secretKey"]) as b:
+    async with (
+        DurapayClient(first, merchant["publicKey"], merchant["secretKey"]) as a,
+        DurapayClient(second, merchant["publicKey"], merchant["secretKey"]) as b,
+    ):
         yield a, b
 
 
 async def test_two_api_processes_share_one_bucket_per_key(
-        clients: tuple[DurapayClient, DurapayClient]) -> None:
+    clients: tuple[DurapayClient, DurapayClient],
+) -> None:
     on_first, on_second = clients
     assert (await on_first.get("/payment-intents")).status_code == 200
     for client in (on_second, on_first):  # the other process knows the burst is spent
@@ -85,7 +106,8 @@ async def test_two_api_processes_share_one_bucket_per_key(
 
 
 async def test_a_chunked_body_over_the_limit_is_413_over_real_http(
-        two_api_processes: tuple[str, str]) -> None:
+    two_api_processes: tuple[str, str],
+) -> None:
     first, _ = two_api_processes
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -93,8 +115,9 @@ async def test_a_chunked_body_over_the_limit_is_413_over_real_http(
             yield b" " * 8192
 
     async with httpx.AsyncClient(base_url=first, timeout=30) as http:
-        response = await http.post("/payment-intents", content=chunks(),
-                                   headers={"Content-Type": "application/json"})
+        response = await http.post(
+            "/payment-intents", content=chunks(), headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == 413, response.text
         assert response.json()["error"]["code"] == "request_too_large"
         declared = await http.post("/merchants", content=b" " * 70_000)

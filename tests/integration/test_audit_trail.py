@@ -32,8 +32,14 @@ BIN = Path(sys.executable).parent
 
 
 def _audit_cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "durapay"), "audit", "verify", *args], env=stack.env,
-                          text=True, capture_output=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(BIN / "durapay"), "audit", "verify", *args],
+        env=stack.env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -54,31 +60,46 @@ async def _events(durapay: DurapayClient, intent_id: str) -> list[dict[str, Any]
 async def test_a_payments_story_rebuilds_from_its_events_alone(durapay: DurapayClient) -> None:
     intent = await create_intent(durapay, 2499, captureMethod="manual")
     assert (await charge(durapay, intent["id"], CARD_4242)).status_code == 200
-    captured = await durapay.post(f"/payment-intents/{intent['id']}/capture",
-                                  {"amountInCents": 2000})
+    captured = await durapay.post(
+        f"/payment-intents/{intent['id']}/capture", {"amountInCents": 2000}
+    )
     assert captured.status_code == 200, captured.text
-    refunded = await durapay.post(f"/payment-intents/{intent['id']}/refunds",
-                                  {"amountInCents": 500})
+    refunded = await durapay.post(
+        f"/payment-intents/{intent['id']}/refunds", {"amountInCents": 500}
+    )
     assert refunded.status_code in (200, 201), refunded.text
     final = (await durapay.get(f"/payment-intents/{intent['id']}")).json()
 
     events = await _events(durapay, intent["id"])
     assert [e["type"] for e in events] == [
-        "payment.created", "payment.processing", "payment.requires_capture",
-        "payment.succeeded", "payment.partially_refunded"]
+        "payment.created",
+        "payment.processing",
+        "payment.requires_capture",
+        "payment.succeeded",
+        "payment.partially_refunded",
+    ]
     assert [e["intentSequence"] for e in events] == [1, 2, 3, 4, 5]
     # Replay: each event's `previous` is exactly the state the events before it left.
     story, state = [], None
     for event in events:
         data = event["data"]
         assert data["previous"] == state, event["type"]
-        state = {k: data[k] for k in ("status", "amountInCents", "amountCapturable",
-                                      "amountReceived", "amountRefunded")}
+        state = {
+            k: data[k]
+            for k in (
+                "status",
+                "amountInCents",
+                "amountCapturable",
+                "amountReceived",
+                "amountRefunded",
+            )
+        }
         txn = data["transaction"]
-        story.append(f"{event['intentSequence']} {event['type']}: status {state['status']}, "
-                     f"received {state['amountReceived']}, refunded {state['amountRefunded']}"
-                     + (f" ({txn['type']} {txn['amountInCents']} {txn['status']})" if txn
-                        else ""))
+        story.append(
+            f"{event['intentSequence']} {event['type']}: status {state['status']}, "
+            f"received {state['amountReceived']}, refunded {state['amountRefunded']}"
+            + (f" ({txn['type']} {txn['amountInCents']} {txn['status']})" if txn else "")
+        )
     print("\n" + "\n".join(story))
     assert final is not None and state is not None
     assert state == {k: final[k] for k in state}
@@ -93,9 +114,11 @@ async def test_a_payments_story_rebuilds_from_its_events_alone(durapay: DurapayC
     assert (state["amountReceived"], state["amountRefunded"]) == (2000, 500)
 
 
-APPEND_ONLY = {"event": "event_append_only",
-               "audit_checkpoint": "audit_checkpoint_append_only",
-               "audit_checkpoint_head": "audit_checkpoint_head_append_only"}
+APPEND_ONLY = {
+    "event": "event_append_only",
+    "audit_checkpoint": "audit_checkpoint_append_only",
+    "audit_checkpoint_head": "audit_checkpoint_head_append_only",
+}
 
 
 @asynccontextmanager
@@ -108,7 +131,9 @@ async def _tampering(db: asyncpg.Connection, merchant_id: str) -> AsyncIterator[
     checkpoints = await db.fetch("SELECT * FROM audit_checkpoint WHERE scope = $1", scope)
     heads = await db.fetch(
         "SELECT head.* FROM audit_checkpoint_head AS head JOIN audit_checkpoint AS checkpoint "
-        "ON checkpoint.id = head.checkpoint_id WHERE checkpoint.scope = $1", scope)
+        "ON checkpoint.id = head.checkpoint_id WHERE checkpoint.scope = $1",
+        scope,
+    )
     for table, trigger in APPEND_ONLY.items():
         await db.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
     try:
@@ -117,18 +142,23 @@ async def _tampering(db: asyncpg.Connection, merchant_id: str) -> AsyncIterator[
         async with db.transaction():
             # Only the checkpoints there before: one the schedule recorded meanwhile stays.
             saved = [row["id"] for row in checkpoints]
-            await db.execute("DELETE FROM audit_checkpoint_head WHERE checkpoint_id = ANY($1)",
-                             saved)
+            await db.execute(
+                "DELETE FROM audit_checkpoint_head WHERE checkpoint_id = ANY($1)", saved
+            )
             await db.execute("DELETE FROM audit_checkpoint WHERE id = ANY($1)", saved)
             await db.execute("DELETE FROM event WHERE merchant_id = $1", merchant_id)
-            for table, rows in (("event", events), ("audit_checkpoint", checkpoints),
-                                ("audit_checkpoint_head", heads)):
+            for table, rows in (
+                ("event", events),
+                ("audit_checkpoint", checkpoints),
+                ("audit_checkpoint_head", heads),
+            ):
                 if rows:
                     columns = list(rows[0].keys())
                     await db.executemany(
                         f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
                         f"({', '.join(f'${i + 1}' for i in range(len(columns)))})",
-                        [tuple(row.values()) for row in rows])
+                        [tuple(row.values()) for row in rows],
+                    )
         for table, trigger in APPEND_ONLY.items():
             await db.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
 
@@ -177,15 +207,21 @@ async def new_trail(stack: RunningStack) -> Trail:
     connection = await asyncpg.connect(stack.database_url)
     try:
         merchant_id = await connection.fetchval(
-            "SELECT merchant_id FROM payment_intent WHERE id = $1", charged["id"])
-        ids = {intent: [r["id"] for r in await connection.fetch(
-            "SELECT id FROM event WHERE chain = $1 ORDER BY chain_seq", intent)]
-            for intent in (charged["id"], created["id"])}
+            "SELECT merchant_id FROM payment_intent WHERE id = $1", charged["id"]
+        )
+        ids = {
+            intent: [
+                r["id"]
+                for r in await connection.fetch(
+                    "SELECT id FROM event WHERE chain = $1 ORDER BY chain_seq", intent
+                )
+            ]
+            for intent in (charged["id"], created["id"])
+        }
     finally:
         await connection.close()
     assert [len(ids[charged["id"]]), len(ids[created["id"]])] == [3, 1]
-    return Trail(merchant_id, charged["id"], created["id"], ids[charged["id"]],
-                 ids[created["id"]])
+    return Trail(merchant_id, charged["id"], created["id"], ids[charged["id"]], ids[created["id"]])
 
 
 async def _checkpointed(temporal: Client, db: asyncpg.Connection, trail: Trail) -> int:
@@ -197,7 +233,9 @@ async def _checkpointed(temporal: Client, db: asyncpg.Connection, trail: Trail) 
         rows = await db.fetch(
             "SELECT head.chain, head.chain_seq, checkpoint.position FROM audit_checkpoint_head "
             "AS head JOIN audit_checkpoint AS checkpoint ON checkpoint.id = head.checkpoint_id "
-            "WHERE checkpoint.scope = $1", scope_of(trail.merchant_id))
+            "WHERE checkpoint.scope = $1",
+            scope_of(trail.merchant_id),
+        )
         heads = {(r["chain"], r["chain_seq"]): r["position"] for r in rows}
         if (trail.charged, 3) in heads and (trail.created, 1) in heads:
             return heads[trail.charged, 3]
@@ -212,8 +250,9 @@ async def _checkpointed(temporal: Client, db: asyncpg.Connection, trail: Trail) 
 def _assert_verified(stack: RunningStack, trail: Trail, checkpoints: int = 0) -> None:
     result = _audit_cli(stack, "--merchant", trail.merchant_id)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (f"{scope_of(trail.merchant_id)}: 2 chains, 4 events, {checkpoints} checkpoints "
-            "verified, ok") in result.stdout, result.stdout
+    assert (
+        f"{scope_of(trail.merchant_id)}: 2 chains, 4 events, {checkpoints} checkpoints verified, ok"
+    ) in result.stdout, result.stdout
 
 
 def _assert_broken_at(stack: RunningStack, trail: Trail, verdict: str) -> None:
@@ -225,62 +264,91 @@ def _assert_broken_at(stack: RunningStack, trail: Trail, verdict: str) -> None:
     print(f"\n$ durapay audit verify --merchant {trail.merchant_id}\n{result.stdout}")
 
 
-async def test_verify_catches_an_edited_event(stack: RunningStack, db: asyncpg.Connection,
-                                              trail: Trail) -> None:
+async def test_verify_catches_an_edited_event(
+    stack: RunningStack, db: asyncpg.Connection, trail: Trail
+) -> None:
     _assert_verified(stack, trail)
     await _assert_edit_caught(stack, db, trail, 2)
     _assert_verified(stack, trail)
 
 
-async def _assert_edit_caught(stack: RunningStack, db: asyncpg.Connection, trail: Trail,
-                              index: int) -> None:
+async def _assert_edit_caught(
+    stack: RunningStack, db: asyncpg.Connection, trail: Trail, index: int
+) -> None:
     """The charged payment's event at `index` edited (its amount received), then put back."""
     async with _tampering(db, trail.merchant_id):
-        await db.execute("UPDATE event SET data = jsonb_set(data, '{amountReceived}', '7') "
-                         "WHERE id = $1", trail.charged_events[index])
-        _assert_broken_at(stack, trail, f"{trail.charged} position {index + 1} "
-                          f"{trail.charged_events[index]}: its contents do not match its hash")
+        await db.execute(
+            "UPDATE event SET data = jsonb_set(data, '{amountReceived}', '7') WHERE id = $1",
+            trail.charged_events[index],
+        )
+        _assert_broken_at(
+            stack,
+            trail,
+            f"{trail.charged} position {index + 1} "
+            f"{trail.charged_events[index]}: its contents do not match its hash",
+        )
 
 
-async def test_verify_catches_a_deleted_event(stack: RunningStack, db: asyncpg.Connection,
-                                              trail: Trail) -> None:
+async def test_verify_catches_a_deleted_event(
+    stack: RunningStack, db: asyncpg.Connection, trail: Trail
+) -> None:
     async with _tampering(db, trail.merchant_id):
         await db.execute("DELETE FROM event WHERE id = $1", trail.charged_events[1])
-        _assert_broken_at(stack, trail, f"{trail.charged} position 2 "
-                          f"{trail.charged_events[2]}: missing link: expected position 2, "
-                          "found 3")
+        _assert_broken_at(
+            stack,
+            trail,
+            f"{trail.charged} position 2 "
+            f"{trail.charged_events[2]}: missing link: expected position 2, "
+            "found 3",
+        )
     _assert_verified(stack, trail)
 
 
 async def test_verify_catches_events_swapped_in_their_chain(
-        stack: RunningStack, db: asyncpg.Connection, trail: Trail) -> None:
+    stack: RunningStack, db: asyncpg.Connection, trail: Trail
+) -> None:
     second, third = trail.charged_events[1:]
     async with _tampering(db, trail.merchant_id):
-        await db.execute("UPDATE event SET chain_seq = -chain_seq WHERE id = ANY($1)",
-                         [second, third])
+        await db.execute(
+            "UPDATE event SET chain_seq = -chain_seq WHERE id = ANY($1)", [second, third]
+        )
         await db.execute("UPDATE event SET chain_seq = 2 WHERE id = $1", third)
         await db.execute("UPDATE event SET chain_seq = 3 WHERE id = $1", second)
-        _assert_broken_at(stack, trail, f"{trail.charged} position 2 {third}: does not link "
-                          "to the event before it (reordered or one removed)")
+        _assert_broken_at(
+            stack,
+            trail,
+            f"{trail.charged} position 2 {third}: does not link "
+            "to the event before it (reordered or one removed)",
+        )
     _assert_verified(stack, trail)
 
 
 async def test_verify_catches_events_swapped_in_recording_order(
-        stack: RunningStack, db: asyncpg.Connection, trail: Trail) -> None:
+    stack: RunningStack, db: asyncpg.Connection, trail: Trail
+) -> None:
     second, third = trail.charged_events[1:]
     async with _tampering(db, trail.merchant_id):
-        seqs = [r["seq"] for r in await db.fetch(
-            "SELECT seq FROM event WHERE id = ANY($1) ORDER BY seq", [second, third])]
+        seqs = [
+            r["seq"]
+            for r in await db.fetch(
+                "SELECT seq FROM event WHERE id = ANY($1) ORDER BY seq", [second, third]
+            )
+        ]
         await db.execute("UPDATE event SET seq = -seq WHERE id = ANY($1)", [second, third])
         await db.execute("UPDATE event SET seq = $2 WHERE id = $1", second, seqs[1])
         await db.execute("UPDATE event SET seq = $2 WHERE id = $1", third, seqs[0])
-        _assert_broken_at(stack, trail, f"{trail.charged} position 3 {third}: recorded "
-                          "before the event it follows (rows reordered)")
+        _assert_broken_at(
+            stack,
+            trail,
+            f"{trail.charged} position 3 {third}: recorded "
+            "before the event it follows (rows reordered)",
+        )
     _assert_verified(stack, trail)
 
 
 async def test_events_written_while_checkpoints_were_stopped_are_chained_and_then_covered(
-        stack: RunningStack, temporal: Client, db: asyncpg.Connection) -> None:
+    stack: RunningStack, temporal: Client, db: asyncpg.Connection
+) -> None:
     """Chaining does not wait for the checkpoint schedule: a trail written while it is paused
     is chained as it is written (an edit is caught at once), and the first checkpoint taken
     after it covers it (a truncation is caught from then on)."""
@@ -293,72 +361,106 @@ async def test_events_written_while_checkpoints_were_stopped_are_chained_and_the
     position = await _checkpointed(temporal, db, written)
     async with _tampering(db, written.merchant_id):
         await db.execute("DELETE FROM event WHERE id = $1", written.charged_events[2])
-        _assert_broken_at(stack, written, f"{written.charged} position 3: missing: checkpoint "
-                          f"{position} names position 3 but the chain ends at 2 (events "
-                          "deleted from its end)")
+        _assert_broken_at(
+            stack,
+            written,
+            f"{written.charged} position 3: missing: checkpoint "
+            f"{position} names position 3 but the chain ends at 2 (events "
+            "deleted from its end)",
+        )
     _assert_verified(stack, written, checkpoints=position)
 
 
 async def test_a_truncated_tail_is_caught_once_a_checkpoint_covered_it(
-        stack: RunningStack, temporal: Client, db: asyncpg.Connection, trail: Trail) -> None:
+    stack: RunningStack, temporal: Client, db: asyncpg.Connection, trail: Trail
+) -> None:
     position = await _checkpointed(temporal, db, trail)
     _assert_verified(stack, trail, checkpoints=position)
     async with _tampering(db, trail.merchant_id):
         await db.execute("DELETE FROM event WHERE id = $1", trail.charged_events[2])
-        _assert_broken_at(stack, trail, f"{trail.charged} position 3: missing: checkpoint "
-                          f"{position} names position 3 but the chain ends at 2 (events "
-                          "deleted from its end)")
+        _assert_broken_at(
+            stack,
+            trail,
+            f"{trail.charged} position 3: missing: checkpoint "
+            f"{position} names position 3 but the chain ends at 2 (events "
+            "deleted from its end)",
+        )
     _assert_verified(stack, trail, checkpoints=position)
 
 
 async def test_a_deleted_payment_is_caught_once_a_checkpoint_covered_it(
-        stack: RunningStack, temporal: Client, db: asyncpg.Connection, trail: Trail) -> None:
+    stack: RunningStack, temporal: Client, db: asyncpg.Connection, trail: Trail
+) -> None:
     position = await _checkpointed(temporal, db, trail)
     async with _tampering(db, trail.merchant_id):
         await db.execute("DELETE FROM event WHERE chain = $1", trail.created)
-        _assert_broken_at(stack, trail, f"{trail.created} position 1: missing chain: "
-                          f"checkpoint {position} names position 1 but the chain has no "
-                          "events (deleted whole)")
+        _assert_broken_at(
+            stack,
+            trail,
+            f"{trail.created} position 1: missing chain: "
+            f"checkpoint {position} names position 1 but the chain has no "
+            "events (deleted whole)",
+        )
     _assert_verified(stack, trail, checkpoints=position)
 
 
 async def test_verify_catches_a_tampered_checkpoint(
-        stack: RunningStack, temporal: Client, db: asyncpg.Connection, trail: Trail) -> None:
+    stack: RunningStack, temporal: Client, db: asyncpg.Connection, trail: Trail
+) -> None:
     position = await _checkpointed(temporal, db, trail)
     scope = scope_of(trail.merchant_id)
     checkpoint_id = await db.fetchval(
-        "SELECT id FROM audit_checkpoint WHERE scope = $1 AND position = $2", scope, position)
+        "SELECT id FROM audit_checkpoint WHERE scope = $1 AND position = $2", scope, position
+    )
     checkpoints = f"checkpoints of {scope} position {position}"
     async with _tampering(db, trail.merchant_id):  # its recorded root
-        await db.execute("UPDATE audit_checkpoint SET root = repeat('0', 64) WHERE id = $1",
-                         checkpoint_id)
+        await db.execute(
+            "UPDATE audit_checkpoint SET root = repeat('0', 64) WHERE id = $1", checkpoint_id
+        )
         _assert_broken_at(stack, trail, f"{checkpoints}: its contents do not match its hash")
     async with _tampering(db, trail.merchant_id):  # a head it recorded, gone
-        await db.execute("DELETE FROM audit_checkpoint_head WHERE checkpoint_id = $1 AND "
-                         "chain = $2", checkpoint_id, trail.created)
-        _assert_broken_at(stack, trail, f"{checkpoints}: its root does not match the chain "
-                          "heads it records (a head edited, added or removed)")
+        await db.execute(
+            "DELETE FROM audit_checkpoint_head WHERE checkpoint_id = $1 AND chain = $2",
+            checkpoint_id,
+            trail.created,
+        )
+        _assert_broken_at(
+            stack,
+            trail,
+            f"{checkpoints}: its root does not match the chain "
+            "heads it records (a head edited, added or removed)",
+        )
     async with _tampering(db, trail.merchant_id):  # a head it recorded, rewritten
-        await db.execute("UPDATE audit_checkpoint_head SET hash = repeat('0', 64) WHERE "
-                         "checkpoint_id = $1 AND chain = $2", checkpoint_id, trail.charged)
-        _assert_broken_at(stack, trail, f"{trail.charged} position 3 {trail.charged_events[2]}: "
-                          f"checkpoint {position} recorded another hash at this position")
+        await db.execute(
+            "UPDATE audit_checkpoint_head SET hash = repeat('0', 64) WHERE "
+            "checkpoint_id = $1 AND chain = $2",
+            checkpoint_id,
+            trail.charged,
+        )
+        _assert_broken_at(
+            stack,
+            trail,
+            f"{trail.charged} position 3 {trail.charged_events[2]}: "
+            f"checkpoint {position} recorded another hash at this position",
+        )
     _assert_verified(stack, trail, checkpoints=position)
 
 
 async def test_checkpoints_and_events_refuse_rewrites(
-        temporal: Client, db: asyncpg.Connection, trail: Trail) -> None:
+    temporal: Client, db: asyncpg.Connection, trail: Trail
+) -> None:
     await _checkpointed(temporal, db, trail)
     scope = scope_of(trail.merchant_id)
     for statement in (
-            "UPDATE audit_checkpoint SET hash = 'x' WHERE scope = $1",
-            "DELETE FROM audit_checkpoint WHERE scope = $1",
-            "UPDATE audit_checkpoint_head SET hash = 'x' WHERE checkpoint_id IN "
-            "(SELECT id FROM audit_checkpoint WHERE scope = $1)",
-            "DELETE FROM audit_checkpoint_head WHERE checkpoint_id IN "
-            "(SELECT id FROM audit_checkpoint WHERE scope = $1)",
-            "UPDATE event SET hash = 'x' WHERE 'merchant:' || merchant_id = $1",
-            "DELETE FROM event WHERE 'merchant:' || merchant_id = $1"):
+        "UPDATE audit_checkpoint SET hash = 'x' WHERE scope = $1",
+        "DELETE FROM audit_checkpoint WHERE scope = $1",
+        "UPDATE audit_checkpoint_head SET hash = 'x' WHERE checkpoint_id IN "
+        "(SELECT id FROM audit_checkpoint WHERE scope = $1)",
+        "DELETE FROM audit_checkpoint_head WHERE checkpoint_id IN "
+        "(SELECT id FROM audit_checkpoint WHERE scope = $1)",
+        "UPDATE event SET hash = 'x' WHERE 'merchant:' || merchant_id = $1",
+        "DELETE FROM event WHERE 'merchant:' || merchant_id = $1",
+    ):
         with pytest.raises(asyncpg.RaiseError, match="immutable"):
             await db.execute(statement, scope)
     for table in APPEND_ONLY:

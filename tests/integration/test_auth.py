@@ -14,12 +14,18 @@ from tests.signed_escapes import check_escaped_requests_are_verified
 from tests.stack import RunningStack
 
 
-def _headers(merchant: dict[str, Any], method: str, path: str, body: bytes,
-             **overrides: Any) -> dict[str, str]:
-    headers = signed_headers(public_key=merchant["publicKey"], secret_key=merchant["secretKey"],
-                             method=method, path_and_query=path, body=body,
-                             timestamp=overrides.pop("timestamp", None),
-                             nonce=overrides.pop("nonce", None))
+def _headers(
+    merchant: dict[str, Any], method: str, path: str, body: bytes, **overrides: Any
+) -> dict[str, str]:
+    headers = signed_headers(
+        public_key=merchant["publicKey"],
+        secret_key=merchant["secretKey"],
+        method=method,
+        path_and_query=path,
+        body=body,
+        timestamp=overrides.pop("timestamp", None),
+        nonce=overrides.pop("nonce", None),
+    )
     headers["Content-Type"] = "application/json"
     return headers
 
@@ -51,21 +57,26 @@ async def test_signed_request_is_accepted(durapay: DurapayClient) -> None:
     assert response.json() == {"object": "list", "data": [], "hasMore": False}
 
 
-async def test_auth_failures_are_401_and_change_nothing(stack: RunningStack,
-                                                        merchant: dict[str, Any],
-                                                        durapay: DurapayClient) -> None:
+async def test_auth_failures_are_401_and_change_nothing(
+    stack: RunningStack, merchant: dict[str, Any], durapay: DurapayClient
+) -> None:
     path = "/payment-intents"
     body = json.dumps({"amountInCents": 100, "currency": "usd"}).encode()
     stale = int(time.time()) - 301
     cases: dict[str, dict[str, str]] = {
-        "bad signature": {**_headers(merchant, "POST", path, body),
-                          "X-Signature": "v1=" + "0" * 64},
+        "bad signature": {
+            **_headers(merchant, "POST", path, body),
+            "X-Signature": "v1=" + "0" * 64,
+        },
         "stale timestamp": _headers(merchant, "POST", path, body, timestamp=stale),
         # Well past the 300 s tolerance: a request slowed by a busy machine stays refused.
-        "future timestamp": _headers(merchant, "POST", path, body,
-                                     timestamp=int(time.time()) + 360),
-        "unknown key": {**_headers(merchant, "POST", path, body),
-                        "Authorization": "Bearer pk_test_" + "0" * 32},
+        "future timestamp": _headers(
+            merchant, "POST", path, body, timestamp=int(time.time()) + 360
+        ),
+        "unknown key": {
+            **_headers(merchant, "POST", path, body),
+            "Authorization": "Bearer pk_test_" + "0" * 32,
+        },
         "missing signature": {"Authorization": f"Bearer {merchant['publicKey']}"},
         "bad nonce": _headers(merchant, "POST", path, body, nonce="short"),
         "signed for another path": _headers(merchant, "POST", "/payment-intents?x=1", body),
@@ -86,8 +97,9 @@ async def test_auth_failures_are_401_and_change_nothing(stack: RunningStack,
     assert await _count_intents(durapay) == 0
 
 
-async def test_replayed_nonce_is_rejected(stack: RunningStack, merchant: dict[str, Any],
-                                          durapay: DurapayClient) -> None:
+async def test_replayed_nonce_is_rejected(
+    stack: RunningStack, merchant: dict[str, Any], durapay: DurapayClient
+) -> None:
     body = json.dumps({"amountInCents": 100, "currency": "usd"}).encode()
     headers = _headers(merchant, "POST", "/payment-intents", body)
     async with httpx.AsyncClient(base_url=stack.api_url) as http:
@@ -99,8 +111,9 @@ async def test_replayed_nonce_is_rejected(stack: RunningStack, merchant: dict[st
     assert await _count_intents(durapay) == 1
 
 
-async def test_rolled_key_stops_working(stack: RunningStack, admin: httpx.AsyncClient,
-                                        merchant: dict[str, Any]) -> None:
+async def test_rolled_key_stops_working(
+    stack: RunningStack, admin: httpx.AsyncClient, merchant: dict[str, Any]
+) -> None:
     rolled = await admin.post(f"/merchants/{merchant['id']}/keys/roll", json={})
     assert rolled.status_code == 200, rolled.text
     new = rolled.json()
@@ -112,27 +125,37 @@ async def test_rolled_key_stops_working(stack: RunningStack, admin: httpx.AsyncC
 
 
 async def test_rolled_key_keeps_working_during_grace_period(
-        stack: RunningStack, admin: httpx.AsyncClient, merchant: dict[str, Any]) -> None:
-    rolled = await admin.post(f"/merchants/{merchant['id']}/keys/roll",
-                              json={"gracePeriodSeconds": 3600})
+    stack: RunningStack, admin: httpx.AsyncClient, merchant: dict[str, Any]
+) -> None:
+    rolled = await admin.post(
+        f"/merchants/{merchant['id']}/keys/roll", json={"gracePeriodSeconds": 3600}
+    )
     assert rolled.status_code == 200
     async with DurapayClient(stack.api_url, merchant["publicKey"], merchant["secretKey"]) as old:
         assert (await old.get("/payment-intents")).status_code == 200
 
 
-async def test_other_merchants_objects_are_not_found(stack: RunningStack,
-                                                     admin: httpx.AsyncClient,
-                                                     durapay: DurapayClient) -> None:
+async def test_other_merchants_objects_are_not_found(
+    stack: RunningStack, admin: httpx.AsyncClient, durapay: DurapayClient
+) -> None:
     intent = await create_intent(durapay)
     other = await onboard(admin, "Other")
     async with DurapayClient(stack.api_url, other["publicKey"], other["secretKey"]) as intruder:
         for response in (
             await intruder.get(f"/payment-intents/{intent['id']}"),
             await intruder.get(f"/payment-intents/{intent['id']}/events"),
-            await intruder.post(f"/payment-intents/{intent['id']}/transactions",
-                                {"type": "charge", "card": {"number": "4242424242424242",
-                                                            "expMonth": 12, "expYear": 2030,
-                                                            "cvc": "123"}}),
+            await intruder.post(
+                f"/payment-intents/{intent['id']}/transactions",
+                {
+                    "type": "charge",
+                    "card": {
+                        "number": "4242424242424242",
+                        "expMonth": 12,
+                        "expYear": 2030,
+                        "cvc": "123",
+                    },
+                },
+            ),
         ):
             assert response.status_code == 404
             assert response.json()["error"]["type"] == "not_found"
@@ -144,8 +167,7 @@ async def test_other_merchants_objects_are_not_found(stack: RunningStack,
     assert (await durapay.get(f"/payment-intents/{intent['id']}")).json()["status"] == "created"
 
 
-async def test_percent_escapes_signed_as_sent_pass_through_uvicorn(
-        durapay: DurapayClient) -> None:
+async def test_percent_escapes_signed_as_sent_pass_through_uvicorn(durapay: DurapayClient) -> None:
     """uvicorn hands the API the request line as received (`raw_path`, `query_string`), which
     is what the client signed: an escaped id or query value is no signature mismatch."""
     intent = await create_intent(durapay)

@@ -25,15 +25,17 @@ def counting_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 
 
 async def test_signed_creates_count_transaction_control_and_nested_checks(
-        counting_stack: RunningStack) -> None:
+    counting_stack: RunningStack,
+) -> None:
     async with signed_merchant(counting_stack, "Counted") as durapay:
         counter = await StatementCounter.connect(counting_stack.database_url)
         try:
             await counter.read(1)  # a read before the reset: its own text must not count
             await counter.reset()
             for _ in range(CREATES):
-                response = await durapay.post("/payment-intents",
-                                              {"amountInCents": 1000, "currency": "usd"})
+                response = await durapay.post(
+                    "/payment-intents", {"amountInCents": 1000, "currency": "usd"}
+                )
                 assert response.status_code == 201, response.text
             used = await counter.read(CREATES)
         finally:

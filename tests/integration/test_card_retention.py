@@ -25,9 +25,12 @@ async def _token_of(db: asyncpg.Pool, transaction_id: str) -> dict[str, Any]:
 
 
 async def test_a_card_number_is_deleted_with_its_charges_definite_outcome(
-        durapay: DurapayClient, db: asyncpg.Pool) -> None:
-    for number, status_code, status in (("4242424242424242", 200, "succeeded"),
-                                        ("4000000000000002", 402, "failed")):
+    durapay: DurapayClient, db: asyncpg.Pool
+) -> None:
+    for number, status_code, status in (
+        ("4242424242424242", 200, "succeeded"),
+        ("4000000000000002", 402, "failed"),
+    ):
         intent = await create_intent(durapay)
         response = await charge(durapay, intent["id"], card(number))
         assert response.status_code == status_code, response.text
@@ -37,11 +40,16 @@ async def test_a_card_number_is_deleted_with_its_charges_definite_outcome(
         assert (token["status"], token["held"]) == (status, False), number
         assert token["pan_deleted_at"] is not None
         assert (token["brand"], token["last4"], token["exp_month"], token["exp_year"]) == (
-            "visa", number[-4:], CARD_4242["expMonth"], CARD_4242["expYear"])
+            "visa",
+            number[-4:],
+            CARD_4242["expMonth"],
+            CARD_4242["expYear"],
+        )
 
 
 async def test_a_card_number_is_kept_while_its_outcome_is_unknown(
-        durapay: DurapayClient, db: asyncpg.Pool) -> None:
+    durapay: DurapayClient, db: asyncpg.Pool
+) -> None:
     # Held past the adapter's timeout, then "pending" to the first status queries: unknown for
     # several seconds after the 202, then approved by reconciliation.
     intent = await create_intent(durapay)

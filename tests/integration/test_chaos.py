@@ -66,17 +66,28 @@ FINDINGS_SHOWN = 5  # per kind, in the printed block
 # in a row (which fail an approving card as processing_error) stay unlikely (0.1^4). The status
 # lag is far below the age at which the workflow believes a `not_found` (15 min), so it delays
 # settling without deciding it.
-FAULTS = {"latencyMs": 400, "latencyRate": 0.2, "errorRate": 0.1, "dropRate": 0.05,
-          "holdRate": 0.04, "commitThenErrorRate": 0.03, "garbageRate": 0.03,
-          "trickleRate": 0.03, "statusLagMs": 2000, "seed": SEED}
+FAULTS = {
+    "latencyMs": 400,
+    "latencyRate": 0.2,
+    "errorRate": 0.1,
+    "dropRate": 0.05,
+    "holdRate": 0.04,
+    "commitThenErrorRate": 0.03,
+    "garbageRate": 0.03,
+    "trickleRate": 0.03,
+    "statusLagMs": 2000,
+    "seed": SEED,
+}
 # Webhooks retried within seconds, and a delivery whose start was lost with a killed API
 # process found by the reaper within seconds too, so every event reaches the receiver soon
 # after the load.
-CHAOS_WEBHOOK_ENV = {"DURAPAY_WEBHOOK_FIRST_DELAY_SECONDS": "1",
-                     "DURAPAY_WEBHOOK_BACKOFF_FACTOR": "2",
-                     "DURAPAY_WEBHOOK_MAX_DELAY_SECONDS": "8",
-                     "DURAPAY_WEBHOOK_REAPER_INTERVAL_SECONDS": "5",
-                     "DURAPAY_WEBHOOK_REAPER_GRACE_SECONDS": "10"}
+CHAOS_WEBHOOK_ENV = {
+    "DURAPAY_WEBHOOK_FIRST_DELAY_SECONDS": "1",
+    "DURAPAY_WEBHOOK_BACKOFF_FACTOR": "2",
+    "DURAPAY_WEBHOOK_MAX_DELAY_SECONDS": "8",
+    "DURAPAY_WEBHOOK_REAPER_INTERVAL_SECONDS": "5",
+    "DURAPAY_WEBHOOK_REAPER_GRACE_SECONDS": "10",
+}
 RECEIVER_PATH = "/chaos"
 DELIVERED_TIMEOUT_SECONDS = 120.0
 BIN = Path(sys.executable).parent
@@ -84,8 +95,9 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with own_stack(tmp_path_factory, "chaos", workers=2,
-                   extra_env={**FAST_TIMING_ENV, **CHAOS_WEBHOOK_ENV}) as running:
+    with own_stack(
+        tmp_path_factory, "chaos", workers=2, extra_env={**FAST_TIMING_ENV, **CHAOS_WEBHOOK_ENV}
+    ) as running:
         yield running
 
 
@@ -106,25 +118,38 @@ class Kill:
     during_load: bool
 
     def __str__(self) -> str:
-        when = f"at {self.at_seconds:.0f}s ({self.intents_done}/{INTENTS} intents done)" \
-            if self.during_load else "AFTER the load"
-        return (f"{self.child} {when}, pid {self.old_pid}->{self.new_pid} back in "
-                f"{self.back_after_seconds:.1f}s")
+        when = (
+            f"at {self.at_seconds:.0f}s ({self.intents_done}/{INTENTS} intents done)"
+            if self.during_load
+            else "AFTER the load"
+        )
+        return (
+            f"{self.child} {when}, pid {self.old_pid}->{self.new_pid} back in "
+            f"{self.back_after_seconds:.1f}s"
+        )
 
 
 async def test_chaos_run_settles_with_ledger_and_database_in_agreement(
-        chaos_stack: RunningStack, chaos_merchant: DurapayClient, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    with (WebhookReceiver() as receiver,
-          EventStream(chaos_stack, tmp_path / "stream.jsonl") as stream):
+    chaos_stack: RunningStack,
+    chaos_merchant: DurapayClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with (
+        WebhookReceiver() as receiver,
+        EventStream(chaos_stack, tmp_path / "stream.jsonl") as stream,
+    ):
         await _subscribe(chaos_merchant, receiver)
         await stream.started()
         async with httpx.AsyncClient(base_url=chaos_stack.cardnet_url, timeout=30) as cardnet:
             await _turn_faults_on(cardnet)
             load = Load()
             started = time.monotonic()
-            merchant = asyncio.create_task(run_load(chaos_merchant, seed=SEED, intents=INTENTS,
-                                                    concurrency=CONCURRENCY, load=load))
+            merchant = asyncio.create_task(
+                run_load(
+                    chaos_merchant, seed=SEED, intents=INTENTS, concurrency=CONCURRENCY, load=load
+                )
+            )
             try:
                 kills = await _kill_each_child_during_load(chaos_stack, cardnet, load, merchant)
                 await merchant
@@ -143,53 +168,65 @@ async def test_chaos_run_settles_with_ledger_and_database_in_agreement(
                 audit = await audit_against_ledger(pool, cardnet)
                 audit.findings.update(await _webhooks_delivered(pool, receiver))
                 audit.findings.update(await _events_streamed(pool, stream))
-                seen = (len(await _payment_events(pool)), len(receiver.at(RECEIVER_PATH)),
-                        len(stream.event_ids()))
+                seen = (
+                    len(await _payment_events(pool)),
+                    len(receiver.at(RECEIVER_PATH)),
+                    len(stream.event_ids()),
+                )
             finally:
                 await pool.close()
     audit.findings.update(_audit_verified(chaos_stack))
     audit.counts = {name: len(found) for name, found in audit.findings.items()}
 
     with capsys.disabled():
-        print(_report(load, kills, audit, load_seconds, settle_seconds)
-              + f"\n  payment events={seen[0]} webhook requests={seen[1]} streamed={seen[2]} "
-              f"(the stream's consumer started {stream.starts} times)")
+        print(
+            _report(load, kills, audit, load_seconds, settle_seconds)
+            + f"\n  payment events={seen[0]} webhook requests={seen[1]} streamed={seen[2]} "
+            f"(the stream's consumer started {stream.starts} times)"
+        )
     problems = _problems(chaos_stack, load, kills, audit, settle_seconds)
     assert not problems, "; ".join(problems) + f" (logs under {chaos_stack.home / 'logs'})"
 
 
 # ---- what the merchant's systems receive: webhooks, the event stream, the audit trail ---------
 async def _subscribe(merchant: DurapayClient, receiver: WebhookReceiver) -> None:
-    response = await merchant.post("/webhook-endpoints", {"url": receiver.url(RECEIVER_PATH),
-                                                          "enabledEvents": ["*"]})
+    response = await merchant.post(
+        "/webhook-endpoints", {"url": receiver.url(RECEIVER_PATH), "enabledEvents": ["*"]}
+    )
     assert response.status_code == 201, response.text
 
 
 async def _payment_events(pool: asyncpg.Pool) -> list[str]:
     """The run's payment events (its one merchant's), oldest first."""
-    rows = await pool.fetch("SELECT id FROM event WHERE type = ANY($1::text[]) ORDER BY seq",
-                            list(PAYMENT_EVENT_TYPES))
+    rows = await pool.fetch(
+        "SELECT id FROM event WHERE type = ANY($1::text[]) ORDER BY seq", list(PAYMENT_EVENT_TYPES)
+    )
     return [row["id"] for row in rows]
 
 
-async def _webhooks_delivered(pool: asyncpg.Pool,
-                              receiver: WebhookReceiver) -> dict[str, list[str]]:
+async def _webhooks_delivered(
+    pool: asyncpg.Pool, receiver: WebhookReceiver
+) -> dict[str, list[str]]:
     """Waits (bounded) for every event's delivery to end, then judges what was received."""
+
     async def findings() -> dict[str, list[str]] | None:
         deliveries = await pool.fetch("SELECT event_id, status FROM webhook_delivery")
         found = webhook_findings(
-            await _payment_events(pool), [(d["event_id"], d["status"]) for d in deliveries],
-            [r.headers.get("webhook-id", "") for r in receiver.at(RECEIVER_PATH)])
+            await _payment_events(pool),
+            [(d["event_id"], d["status"]) for d in deliveries],
+            [r.headers.get("webhook-id", "") for r in receiver.at(RECEIVER_PATH)],
+        )
         return None if any(found.values()) else found
 
     try:
-        return await assert_eventually(findings, timeout=DELIVERED_TIMEOUT_SECONDS,
-                                       interval=1.0)
+        return await assert_eventually(findings, timeout=DELIVERED_TIMEOUT_SECONDS, interval=1.0)
     except AssertionError:
         deliveries = await pool.fetch("SELECT event_id, status FROM webhook_delivery")
         return webhook_findings(
-            await _payment_events(pool), [(d["event_id"], d["status"]) for d in deliveries],
-            [r.headers.get("webhook-id", "") for r in receiver.at(RECEIVER_PATH)])
+            await _payment_events(pool),
+            [(d["event_id"], d["status"]) for d in deliveries],
+            [r.headers.get("webhook-id", "") for r in receiver.at(RECEIVER_PATH)],
+        )
 
 
 async def _events_streamed(pool: asyncpg.Pool, stream: EventStream) -> dict[str, list[str]]:
@@ -198,15 +235,20 @@ async def _events_streamed(pool: asyncpg.Pool, stream: EventStream) -> dict[str,
         return None if any(found.values()) else found
 
     try:
-        return await assert_eventually(findings, timeout=DELIVERED_TIMEOUT_SECONDS,
-                                       interval=1.0)
+        return await assert_eventually(findings, timeout=DELIVERED_TIMEOUT_SECONDS, interval=1.0)
     except AssertionError:
         return event_stream_findings(await _payment_events(pool), stream.event_ids())
 
 
 def _audit_verified(stack: RunningStack) -> dict[str, list[str]]:
-    result = subprocess.run([str(BIN / "durapay"), "audit", "verify"], env=stack.env, text=True,
-                            capture_output=True, timeout=300, check=False)
+    result = subprocess.run(
+        [str(BIN / "durapay"), "audit", "verify"],
+        env=stack.env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
     return audit_verify_findings(result.returncode, result.stdout + result.stderr)
 
 
@@ -231,8 +273,13 @@ class EventStream:
             self._supervisor.cancel()
         if self._process is not None:
             stop_process(self._process)
-        subprocess.run([str(BIN / "durapay"), "events", "drop-slot", "--slot", self.slot],
-                       env=self.stack.env, capture_output=True, timeout=60, check=False)
+        subprocess.run(
+            [str(BIN / "durapay"), "events", "drop-slot", "--slot", self.slot],
+            env=self.stack.env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
 
     async def started(self) -> None:
         """Running, its slot created (events committed from now on are streamed), and kept
@@ -242,8 +289,11 @@ class EventStream:
         async def slot_exists() -> bool:
             connection = await asyncpg.connect(self.stack.database_url)
             try:
-                return bool(await connection.fetchval(
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", self.slot))
+                return bool(
+                    await connection.fetchval(
+                        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", self.slot
+                    )
+                )
             finally:
                 await connection.close()
 
@@ -253,8 +303,9 @@ class EventStream:
     def event_ids(self) -> list[str]:
         if not self.sink.exists():
             return []
-        return [json.loads(line)["id"] for line in self.sink.read_text().splitlines()
-                if line.strip()]
+        return [
+            json.loads(line)["id"] for line in self.sink.read_text().splitlines() if line.strip()
+        ]
 
     async def _keep_running(self) -> None:
         while True:
@@ -268,9 +319,20 @@ class EventStream:
         log = self.stack.home / "logs" / "events-stream.log"
         with open(log, "ab") as output:
             self._process = subprocess.Popen(
-                [str(BIN / "durapay"), "events", "stream", "--slot", self.slot,
-                 "--sink", f"file:{self.sink}"], env=self.stack.env, stdout=output,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    str(BIN / "durapay"),
+                    "events",
+                    "stream",
+                    "--slot",
+                    self.slot,
+                    "--sink",
+                    f"file:{self.sink}",
+                ],
+                env=self.stack.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
 
 # ---- the network's bad day ---------------------------------------------------------------------
@@ -281,8 +343,9 @@ async def _turn_faults_on(cardnet: httpx.AsyncClient) -> None:
 
 
 # ---- the chaos monkey --------------------------------------------------------------------------
-async def _kill_each_child_during_load(stack: RunningStack, cardnet: httpx.AsyncClient,
-                                       load: Load, merchant: asyncio.Task[None]) -> list[Kill]:
+async def _kill_each_child_during_load(
+    stack: RunningStack, cardnet: httpx.AsyncClient, load: Load, merchant: asyncio.Task[None]
+) -> list[Kill]:
     """SIGKILL each of KILLED_CHILDREN once, evenly spread over the intents, each time with
     the pid read afresh from stack.json; the next kill waits until the last child is back."""
     kills: list[Kill] = []
@@ -299,12 +362,24 @@ async def _kill_each_child_during_load(stack: RunningStack, cardnet: httpx.Async
         during_load = not merchant.done()
         os.kill(old_pid, signal.SIGKILL)
         new_pid = await assert_eventually(
-            functools.partial(_back, stack, child, old_pid), timeout=RESTART_TIMEOUT_SECONDS,
-            interval=0.2, message=f"{child} (pid {old_pid}) was not restarted")
+            functools.partial(_back, stack, child, old_pid),
+            timeout=RESTART_TIMEOUT_SECONDS,
+            interval=0.2,
+            message=f"{child} (pid {old_pid}) was not restarted",
+        )
         if child == "cardnet":
             await _turn_faults_on(cardnet)
-        kills.append(Kill(child, old_pid, new_pid, killed_at - started,
-                          time.monotonic() - killed_at, load.intents_done, during_load))
+        kills.append(
+            Kill(
+                child,
+                old_pid,
+                new_pid,
+                killed_at - started,
+                time.monotonic() - killed_at,
+                load.intents_done,
+                during_load,
+            )
+        )
     return kills
 
 
@@ -349,7 +424,6 @@ async def _answers(stack: RunningStack, child: str, pid: int) -> bool:
     raise AssertionError(f"no health probe for {child}")
 
 
-
 # ---- the verdict -------------------------------------------------------------------------------
 async def _wait_until_settled(pool: asyncpg.Pool) -> float | None:
     """Seconds until no intent is processing and no transaction pending or timeout; None if
@@ -358,8 +432,9 @@ async def _wait_until_settled(pool: asyncpg.Pool) -> float | None:
 
     async def settled() -> bool:
         intents, transactions = await count_unsettled(pool)
-        assert (intents, transactions) == (0, 0), \
+        assert (intents, transactions) == (0, 0), (
             f"{intents} intents processing, {transactions} transactions pending or timeout"
+        )
         return True
 
     try:
@@ -369,10 +444,14 @@ async def _wait_until_settled(pool: asyncpg.Pool) -> float | None:
     return time.monotonic() - started
 
 
-def _report(load: Load, kills: list[Kill], audit: Audit, load_seconds: float,
-            settle_seconds: float | None) -> str:
-    settle = f"{settle_seconds:.1f}s" if settle_seconds is not None else \
-        f"NOT within {SETTLE_TIMEOUT_SECONDS:.0f}s"
+def _report(
+    load: Load, kills: list[Kill], audit: Audit, load_seconds: float, settle_seconds: float | None
+) -> str:
+    settle = (
+        f"{settle_seconds:.1f}s"
+        if settle_seconds is not None
+        else f"NOT within {SETTLE_TIMEOUT_SECONDS:.0f}s"
+    )
     finals = "; ".join(f"{op} {_sorted(counts)}" for op, counts in sorted(load.final.items()))
     lines = [
         f"chaos seed={SEED} intents={len(load.intent_ids)}/{INTENTS} "
@@ -392,10 +471,15 @@ def _report(load: Load, kills: list[Kill], audit: Audit, load_seconds: float,
         f"  last answer per request: {finals}",
         f"  kills: {'; '.join(str(k) for k in kills)}",
     ]
-    shown = {**audit.findings, "http_500": load.defects, "unexpected_answers": load.unexpected,
-             "merchant_gave_up": load.gave_up}
-    lines += [f"  ! {name}: {line}" for name, found in shown.items()
-              for line in found[:FINDINGS_SHOWN]]
+    shown = {
+        **audit.findings,
+        "http_500": load.defects,
+        "unexpected_answers": load.unexpected,
+        "merchant_gave_up": load.gave_up,
+    }
+    lines += [
+        f"  ! {name}: {line}" for name, found in shown.items() for line in found[:FINDINGS_SHOWN]
+    ]
     return "\n" + "\n".join(lines)
 
 
@@ -403,27 +487,33 @@ def _sorted(counts: Counter[str]) -> str:
     return ", ".join(f"{key}: {value}" for key, value in sorted(counts.items()))
 
 
-def _problems(stack: RunningStack, load: Load, kills: list[Kill], audit: Audit,
-              settle_seconds: float | None) -> list[str]:
+def _problems(
+    stack: RunningStack, load: Load, kills: list[Kill], audit: Audit, settle_seconds: float | None
+) -> list[str]:
     problems = [f"{name}={value}" for name, value in audit.counts.items() if value]
     if load.defects:
         problems.append(f"{len(load.defects)} answers were 500 (a defect, never expected)")
     if load.unexpected:
         problems.append(f"{len(load.unexpected)} answers outside the contract")
     if load.gave_up:
-        problems.append(f"{len(load.gave_up)} requests still said 'retry' after "
-                        f"{RETRY_BUDGET_SECONDS:.0f}s of retries")
+        problems.append(
+            f"{len(load.gave_up)} requests still said 'retry' after "
+            f"{RETRY_BUDGET_SECONDS:.0f}s of retries"
+        )
     if settle_seconds is None:
         problems.append(f"not settled {SETTLE_TIMEOUT_SECONDS:.0f}s after the load")
     if stack.process.poll() is not None:
         problems.append("the launcher gave up on a child")
     if [k.child for k in kills if k.during_load] != list(KILLED_CHILDREN):
-        problems.append(f"killed {[str(k) for k in kills]} during the load, not each of "
-                        f"{list(KILLED_CHILDREN)}")
+        problems.append(
+            f"killed {[str(k) for k in kills]} during the load, not each of {list(KILLED_CHILDREN)}"
+        )
     chaos = load.answers["202"] and load.answers["402"] and audit.reconciled
     if not chaos or len(load.intent_ids) < INTENTS // 2:
-        problems.append("too little chaos: expected 202s, 402s, reconciled transactions and "
-                        "most intents created")
+        problems.append(
+            "too little chaos: expected 202s, 402s, reconciled transactions and "
+            "most intents created"
+        )
     return problems
 
 

@@ -33,8 +33,9 @@ HELD_APPROVE_PAN = "4000000000001018"  # held 3 s: the adapter gives up at 1.5 s
 
 @pytest.fixture(scope="module")
 def short_wait_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with own_stack(tmp_path_factory, "wait", extra_env={
-            **FAST_TIMING_ENV, "DURAPAY_CHARGE_WAIT_SECONDS": "1"}) as running:
+    with own_stack(
+        tmp_path_factory, "wait", extra_env={**FAST_TIMING_ENV, "DURAPAY_CHARGE_WAIT_SECONDS": "1"}
+    ) as running:
         yield running
 
 
@@ -45,11 +46,13 @@ async def short_wait_client(short_wait_stack: RunningStack) -> AsyncIterator[Dur
 
 
 async def test_charge_slower_than_the_charge_wait_is_202_and_settles(
-        short_wait_stack: RunningStack, short_wait_client: DurapayClient) -> None:
+    short_wait_stack: RunningStack, short_wait_client: DurapayClient
+) -> None:
     durapay = short_wait_client
     intent = await create_intent(durapay)
-    response = await charge(durapay, intent["id"], card(HELD_APPROVE_PAN),
-                            idempotency_key="slow-charge-1")
+    response = await charge(
+        durapay, intent["id"], card(HELD_APPROVE_PAN), idempotency_key="slow-charge-1"
+    )
     assert response.status_code == 202, response.text
     txn = response.json()
     assert txn["paymentIntentId"] == intent["id"]
@@ -58,8 +61,9 @@ async def test_charge_slower_than_the_charge_wait_is_202_and_settles(
     assert txn["id"] == transaction_id_for(intent["id"], "charge:slow-charge-1")
 
     # The merchant retrying the same request gets the same answer, not a conflict.
-    again = await charge(durapay, intent["id"], card(HELD_APPROVE_PAN),
-                         idempotency_key="slow-charge-1")
+    again = await charge(
+        durapay, intent["id"], card(HELD_APPROVE_PAN), idempotency_key="slow-charge-1"
+    )
     assert again.status_code == 202, again.text
     assert again.json()["id"] == txn["id"]
 
@@ -72,16 +76,19 @@ async def test_charge_slower_than_the_charge_wait_is_202_and_settles(
 
 
 async def test_a_slow_charge_after_a_decline_is_answered_with_itself_not_the_decline(
-        short_wait_client: DurapayClient) -> None:
+    short_wait_client: DurapayClient,
+) -> None:
     durapay = short_wait_client
     intent = await create_intent(durapay)
-    declined = await charge(durapay, intent["id"], card("4000000000000002"),
-                            idempotency_key="first-try")
+    declined = await charge(
+        durapay, intent["id"], card("4000000000000002"), idempotency_key="first-try"
+    )
     assert declined.status_code in (402, 202), declined.text
     assert (await settled_intent(durapay, intent["id"]))["status"] == "failed"
 
-    response = await charge(durapay, intent["id"], card(HELD_APPROVE_PAN),
-                            idempotency_key="second-try")
+    response = await charge(
+        durapay, intent["id"], card(HELD_APPROVE_PAN), idempotency_key="second-try"
+    )
     assert response.status_code == 202, response.text  # never the first attempt's 402
     txn = response.json()
     assert txn["id"] == transaction_id_for(intent["id"], "charge:second-try")
@@ -91,7 +98,8 @@ async def test_a_slow_charge_after_a_decline_is_answered_with_itself_not_the_dec
 
 
 async def test_a_queued_refund_is_answered_with_itself_not_the_refund_ahead_of_it(
-        short_wait_stack: RunningStack, short_wait_client: DurapayClient) -> None:
+    short_wait_stack: RunningStack, short_wait_client: DurapayClient
+) -> None:
     durapay = short_wait_client
     intent = await create_intent(durapay)
     await charge(durapay, intent["id"], card("4242424242424242"))
@@ -99,12 +107,19 @@ async def test_a_queued_refund_is_answered_with_itself_not_the_refund_ahead_of_i
     async with httpx.AsyncClient(base_url=short_wait_stack.cardnet_url, timeout=10) as cardnet:
         await cardnet.post("/faults", json={"holdRate": 1.0})  # the first refund is held
         try:
-            first = asyncio.create_task(durapay.post(
-                f"/payment-intents/{intent['id']}/refunds", {"amountInCents": 500},
-                idempotency_key="refund-ahead"))
+            first = asyncio.create_task(
+                durapay.post(
+                    f"/payment-intents/{intent['id']}/refunds",
+                    {"amountInCents": 500},
+                    idempotency_key="refund-ahead",
+                )
+            )
             await assert_eventually(lambda: _has_refund(durapay, intent["id"]))
-            queued = await durapay.post(f"/payment-intents/{intent['id']}/refunds",
-                                        {"amountInCents": 600}, idempotency_key="refund-queued")
+            queued = await durapay.post(
+                f"/payment-intents/{intent['id']}/refunds",
+                {"amountInCents": 600},
+                idempotency_key="refund-queued",
+            )
         finally:
             await cardnet.delete("/faults")
     assert queued.status_code == 202, queued.text

@@ -25,10 +25,14 @@ DECLINE_PAN = "4000000000000002"
 HELD_APPROVE_PAN = "4000000000001018"
 
 
-async def _charge(durapay: DurapayClient, intent_id: str, card_body: dict[str, Any],
-                  **kwargs: Any) -> httpx.Response:
-    return await durapay.post(f"/payment-intents/{intent_id}/transactions",
-                              {"type": "charge", "card": card_body}, **kwargs)
+async def _charge(
+    durapay: DurapayClient, intent_id: str, card_body: dict[str, Any], **kwargs: Any
+) -> httpx.Response:
+    return await durapay.post(
+        f"/payment-intents/{intent_id}/transactions",
+        {"type": "charge", "card": card_body},
+        **kwargs,
+    )
 
 
 async def _ledger(cardnet: httpx.AsyncClient, reference: str) -> list[dict[str, Any]]:
@@ -36,30 +40,41 @@ async def _ledger(cardnet: httpx.AsyncClient, reference: str) -> list[dict[str, 
     return [e for e in entries if e["reference"] == reference]
 
 
-async def test_4242_is_charged_and_succeeds(durapay: DurapayClient,
-                                            cardnet: httpx.AsyncClient) -> None:
+async def test_4242_is_charged_and_succeeds(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await create_intent(durapay)
     response = await _charge(durapay, intent["id"], CARD_4242)
     assert response.status_code == 200, response.text
     txn = response.json()
     assert txn["id"].startswith("txn_")
-    assert txn == {**txn, "object": "transaction", "paymentIntentId": intent["id"],
-                   "type": "charge", "amountInCents": 2499, "currency": "usd",
-                   "status": "succeeded", "failureCode": None, "declineCode": None,
-                   "reconciled": False,
-                   "card": {"brand": "visa", "last4": "4242", "expMonth": 12, "expYear": 2030}}
+    assert txn == {
+        **txn,
+        "object": "transaction",
+        "paymentIntentId": intent["id"],
+        "type": "charge",
+        "amountInCents": 2499,
+        "currency": "usd",
+        "status": "succeeded",
+        "failureCode": None,
+        "declineCode": None,
+        "reconciled": False,
+        "card": {"brand": "visa", "last4": "4242", "expMonth": 12, "expYear": 2030},
+    }
     assert txn["networkReference"]
     final = (await durapay.get(f"/payment-intents/{intent['id']}")).json()
     assert final["status"] == "succeeded"
     assert final["amountReceived"] == 2499
     assert [t["id"] for t in final["transactions"]] == [txn["id"]]
     ledger = await _ledger(cardnet, txn["networkReference"])
-    assert [(e["type"], e["status"], e["amountInCents"]) for e in ledger] == \
-        [("charge", "approved", 2499)]
+    assert [(e["type"], e["status"], e["amountInCents"]) for e in ledger] == [
+        ("charge", "approved", 2499)
+    ]
 
 
-async def test_decline_is_402_then_another_card_succeeds(durapay: DurapayClient,
-                                                         cardnet: httpx.AsyncClient) -> None:
+async def test_decline_is_402_then_another_card_succeeds(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await create_intent(durapay, amount=1000)
     declined = await _charge(durapay, intent["id"], card(DECLINE_PAN))
     assert declined.status_code == 402, declined.text
@@ -82,16 +97,29 @@ async def test_decline_is_402_then_another_card_succeeds(durapay: DurapayClient,
 
     events = (await durapay.get(f"/payment-intents/{intent['id']}/events")).json()["data"]
     assert [e["type"] for e in events] == [
-        "payment.created", "payment.processing", "payment.failed", "payment.processing",
-        "payment.succeeded"]
+        "payment.created",
+        "payment.processing",
+        "payment.failed",
+        "payment.processing",
+        "payment.succeeded",
+    ]
     last = events[-1]["data"]
-    assert {k: last[k] for k in ("paymentId", "amountInCents", "currency", "status",
-                                 "transactionId")} == {
-        "paymentId": intent["id"], "amountInCents": 1000, "currency": "usd",
-        "status": "succeeded", "transactionId": retried.json()["id"]}  # docs/api.md's event data
+    assert {
+        k: last[k] for k in ("paymentId", "amountInCents", "currency", "status", "transactionId")
+    } == {
+        "paymentId": intent["id"],
+        "amountInCents": 1000,
+        "currency": "usd",
+        "status": "succeeded",
+        "transactionId": retried.json()["id"],
+    }  # docs/api.md's event data
     assert last["previous"]["status"] == "processing" and last["amountReceived"] == 1000
-    assert last["transaction"] == {"id": retried.json()["id"], "type": "charge",
-                                   "status": "succeeded", "amountInCents": 1000}
+    assert last["transaction"] == {
+        "id": retried.json()["id"],
+        "type": "charge",
+        "status": "succeeded",
+        "amountInCents": 1000,
+    }
     assert [e["intentSequence"] for e in events] == [1, 2, 3, 4, 5]
     assert all(e["id"].startswith("evt_") for e in events)
     declined_ref = error["transaction"]["networkReference"]
@@ -99,7 +127,8 @@ async def test_decline_is_402_then_another_card_succeeds(durapay: DurapayClient,
 
 
 async def test_charging_a_succeeded_intent_is_409_and_charges_nothing(
-        durapay: DurapayClient, cardnet: httpx.AsyncClient) -> None:
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await create_intent(durapay)
     assert (await _charge(durapay, intent["id"], CARD_4242)).status_code == 200
     ledger_before = len((await cardnet.get("/ledger")).json()["data"])
@@ -110,7 +139,8 @@ async def test_charging_a_succeeded_intent_is_409_and_charges_nothing(
 
 
 async def test_invalid_cards_are_400_before_anything_is_sent(
-        durapay: DurapayClient, cardnet: httpx.AsyncClient, db: asyncpg.Pool) -> None:
+    durapay: DurapayClient, cardnet: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
     intent = await create_intent(durapay)
     ledger_before = len((await cardnet.get("/ledger")).json()["data"])
     cases = {
@@ -125,27 +155,32 @@ async def test_invalid_cards_are_400_before_anything_is_sent(
             assert response.status_code == 400, (bad, response.text)
             assert response.json()["error"]["param"] == param
             assert bad["number"] not in response.text
-    missing = await durapay.post(f"/payment-intents/{intent['id']}/transactions",
-                                 {"type": "charge"})
+    missing = await durapay.post(
+        f"/payment-intents/{intent['id']}/transactions", {"type": "charge"}
+    )
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "card"
     valid = await _charge(durapay, intent["id"], CARD_4242)
     assert valid.status_code == 200  # the intent was untouched by the bad requests
     assert len((await cardnet.get("/ledger")).json()["data"]) == ledger_before + 1
-    tokens = await db.fetchval("SELECT count(*) FROM card_token ct JOIN payment_intent pi "
-                               "ON pi.merchant_id = ct.merchant_id WHERE pi.id = $1",
-                               intent["id"])
+    tokens = await db.fetchval(
+        "SELECT count(*) FROM card_token ct JOIN payment_intent pi "
+        "ON pi.merchant_id = ct.merchant_id WHERE pi.id = $1",
+        intent["id"],
+    )
     assert tokens == 1
 
 
 async def test_snake_case_expiry_is_accepted(durapay: DurapayClient) -> None:
     intent = await create_intent(durapay)
-    response = await _charge(durapay, intent["id"], {"number": PAN, "exp_month": 12,
-                                                     "exp_year": 2030, "cvc": "123"})
+    response = await _charge(
+        durapay, intent["id"], {"number": PAN, "exp_month": 12, "exp_year": 2030, "cvc": "123"}
+    )
     assert response.status_code == 200, response.text
 
 
 async def test_idempotent_charge_replays_the_same_transaction(
-        durapay: DurapayClient, cardnet: httpx.AsyncClient) -> None:
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await create_intent(durapay)
     first = await _charge(durapay, intent["id"], CARD_4242, idempotency_key="charge-1")
     again = await _charge(durapay, intent["id"], CARD_4242, idempotency_key="charge-1")
@@ -155,8 +190,8 @@ async def test_idempotent_charge_replays_the_same_transaction(
 
 
 async def test_workflow_is_visible_and_history_holds_no_card_data(
-        stack: RunningStack, durapay: DurapayClient, temporal: Client,
-        db: asyncpg.Pool) -> None:
+    stack: RunningStack, durapay: DurapayClient, temporal: Client, db: asyncpg.Pool
+) -> None:
     intent = await create_intent(durapay)
     cvc = "7319"
     response = await _charge(durapay, intent["id"], card(PAN, cvc=cvc))
@@ -166,16 +201,20 @@ async def test_workflow_is_visible_and_history_holds_no_card_data(
     assert description.workflow_type == "PaymentIntentWorkflow"
     # A succeeded payment's workflow stays open for refunds: ask it, don't wait for its end.
     status = await handle.query("current_status")
-    assert description.status in (WorkflowExecutionStatus.RUNNING,
-                                  WorkflowExecutionStatus.COMPLETED)
+    assert description.status in (
+        WorkflowExecutionStatus.RUNNING,
+        WorkflowExecutionStatus.COMPLETED,
+    )
     assert str(status) == "succeeded"
     history = (await handle.fetch_history()).to_json_dict()
     stored = _payload_texts(history)
     # What Temporal stores is ciphertext: not even last4 or the amount can be read there.
     assert stored and "4242" not in "\n".join(stored)
     started = history["events"][0]["workflowExecutionStartedEventAttributes"]
-    assert started["input"]["payloads"][0]["metadata"]["encoding"] == \
-        base64.b64encode(ENCODING).decode()
+    assert (
+        started["input"]["payloads"][0]["metadata"]["encoding"]
+        == base64.b64encode(ENCODING).decode()
+    )
     decoded = "\n".join(await _decrypted_payload_texts(history, stack.master_key()))
     assert "4242" in decoded  # last4 is there once decrypted, so payloads were really read
     assert PAN not in json.dumps(history) and PAN not in decoded
@@ -184,12 +223,21 @@ async def test_workflow_is_visible_and_history_holds_no_card_data(
     # The database holds the PAN only encrypted, and no CVC at all.
     async with db.acquire() as conn:
         dump: list[Any] = []
-        for table in ("merchant", "merchant_key", "card_token", "payment_intent", "transaction",
-                      "event", "idempotency_record", "request_nonce"):
+        for table in (
+            "merchant",
+            "merchant_key",
+            "card_token",
+            "payment_intent",
+            "transaction",
+            "event",
+            "idempotency_record",
+            "request_nonce",
+        ):
             rows = await conn.fetch(f'SELECT * FROM "{table}"')
             dump.extend(repr(dict(r)) for r in rows)
-        columns = await conn.fetch("SELECT column_name FROM information_schema.columns "
-                                   "WHERE table_schema = 'public'")
+        columns = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public'"
+        )
     text = "\n".join(dump)
     assert PAN not in text
     assert PAN.encode().hex() not in text
@@ -229,14 +277,15 @@ async def _decrypted_payload_texts(history: Any, master_key: bytes) -> list[str]
 
 @pytest.mark.parametrize("number", [PAN, HELD_APPROVE_PAN], ids=["4242", "held-1018"])
 async def test_concurrent_charges_charge_once_and_the_other_is_409(
-        number: str, durapay: DurapayClient, cardnet: httpx.AsyncClient) -> None:
+    number: str, durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await create_intent(durapay)
-    responses = await asyncio.gather(*(_charge(durapay, intent["id"], card(number))
-                                       for _ in range(2)))
+    responses = await asyncio.gather(
+        *(_charge(durapay, intent["id"], card(number)) for _ in range(2))
+    )
     statuses = sorted(r.status_code for r in responses)
     # 4242 answers at once (200); the held card's answer is unknown past the adapter timeout.
-    assert statuses == ([200, 409] if number == PAN else [202, 409]), \
-        [r.text for r in responses]
+    assert statuses == ([200, 409] if number == PAN else [202, 409]), [r.text for r in responses]
     loser = next(r for r in responses if r.status_code == 409).json()["error"]
     assert loser["type"] == "conflict"
     # In flight (the workflow refused it), or already `processing`/`succeeded` by the time the
@@ -257,4 +306,7 @@ async def test_concurrent_charges_charge_once_and_the_other_is_409(
     assert [(e["type"], e["status"]) for e in charged] == [("charge", "approved")]
     events = (await durapay.get(f"/payment-intents/{intent['id']}/events")).json()["data"]
     assert [e["type"] for e in events] == [
-        "payment.created", "payment.processing", "payment.succeeded"]
+        "payment.created",
+        "payment.processing",
+        "payment.succeeded",
+    ]

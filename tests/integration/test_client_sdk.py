@@ -31,8 +31,12 @@ from tests.integration.helpers import assert_eventually, ledger_entries
 from tests.integration.webhook_receiver import WebhookReceiver
 from tests.stack import BIN, RunningStack
 
-CARD_4242: dict[str, Any] = {"number": "4242424242424242", "expMonth": 12, "expYear": 2030,
-                             "cvc": "123"}
+CARD_4242: dict[str, Any] = {
+    "number": "4242424242424242",
+    "expMonth": 12,
+    "expYear": 2030,
+    "cvc": "123",
+}
 CARD_DECLINED = {**CARD_4242, "number": "4000000000000002"}
 
 
@@ -42,13 +46,21 @@ async def durapay(stack: RunningStack, merchant: dict[str, Any]) -> AsyncIterato
         yield sdk
 
 
-async def test_create_charge_capture_and_refund(durapay: Durapay,
-                                                cardnet: httpx.AsyncClient) -> None:
+async def test_create_charge_capture_and_refund(
+    durapay: Durapay, cardnet: httpx.AsyncClient
+) -> None:
     intent = await durapay.payment_intents.create(
-        amount_in_cents=5000, currency="eur", capture_method="manual",
-        description="Order#1", metadata={"orderId": "1"})
+        amount_in_cents=5000,
+        currency="eur",
+        capture_method="manual",
+        description="Order#1",
+        metadata={"orderId": "1"},
+    )
     assert (intent.status, intent.capture_method, intent.metadata) == (
-        "created", "manual", {"orderId": "1"})
+        "created",
+        "manual",
+        {"orderId": "1"},
+    )
     authorization = await durapay.payment_intents.charge(intent.id, card=CARD_4242)
     assert authorization.status == "succeeded" and authorization.card is not None
     assert (authorization.card.brand, authorization.card.last4) == ("visa", "4242")
@@ -59,7 +71,10 @@ async def test_create_charge_capture_and_refund(durapay: Durapay,
     final = await durapay.payment_intents.retrieve(intent.id)
     assert (final.status, final.amount_refunded) == ("partially_refunded", 1500)
     assert [t.type for t in await durapay.transactions.list(intent.id)] == [
-        "charge", "capture", "refund"]
+        "charge",
+        "capture",
+        "refund",
+    ]
     for txn in final.transactions:  # the network saw each operation once
         assert len(await ledger_entries(cardnet, txn.network_reference)) == 1
     trail = [e.type for e in await durapay.payment_intents.list_events(intent.id)]
@@ -70,20 +85,24 @@ async def test_create_charge_capture_and_refund(durapay: Durapay,
 
 
 async def test_lists_follow_every_page(durapay: Durapay) -> None:
-    created = [(await durapay.payment_intents.create(amount_in_cents=100 + n,
-                                                     currency="usd")).id for n in range(5)]
+    created = [
+        (await durapay.payment_intents.create(amount_in_cents=100 + n, currency="usd")).id
+        for n in range(5)
+    ]
     newest_first = list(reversed(created))
     assert [pi.id async for pi in durapay.payment_intents.list(limit=2)] == newest_first
     pages = [page async for page in durapay.payment_intents.list(limit=2).pages()]
     assert [len(p.data) for p in pages] == [2, 2, 1] and not pages[-1].has_more
-    assert [pi.id async for pi in durapay.payment_intents.list(
-        limit=2, starting_after=newest_first[1])] == newest_first[2:]
+    assert [
+        pi.id async for pi in durapay.payment_intents.list(limit=2, starting_after=newest_first[1])
+    ] == newest_first[2:]
     events = [e async for e in durapay.events.list(type="payment.created", limit=2)]
     assert [e.data["paymentId"] for e in events] == newest_first
 
 
-async def test_errors_are_typed(durapay: Durapay, stack: RunningStack,
-                                merchant: dict[str, Any]) -> None:
+async def test_errors_are_typed(
+    durapay: Durapay, stack: RunningStack, merchant: dict[str, Any]
+) -> None:
     with pytest.raises(InvalidRequestError) as invalid:
         await durapay.payment_intents.create(amount_in_cents=0, currency="usd")
     assert invalid.value.param == "amountInCents" and invalid.value.http_status == 400
@@ -91,8 +110,9 @@ async def test_errors_are_typed(durapay: Durapay, stack: RunningStack,
     with pytest.raises(NotFoundError) as missing:
         await durapay.payment_intents.retrieve("pi_nope")
     assert missing.value.code == "resource_missing"
-    intent = await durapay.payment_intents.create(amount_in_cents=700, currency="usd",
-                                                  idempotency_key=f"k-{uuid.uuid4()}")
+    intent = await durapay.payment_intents.create(
+        amount_in_cents=700, currency="usd", idempotency_key=f"k-{uuid.uuid4()}"
+    )
     with pytest.raises(ConflictError):
         await durapay.payment_intents.capture(intent.id)
     with pytest.raises(CardError) as declined:
@@ -106,8 +126,7 @@ async def test_errors_are_typed(durapay: Durapay, stack: RunningStack,
     key = f"order-{uuid.uuid4()}"
     await durapay.payment_intents.create(amount_in_cents=1, currency="usd", idempotency_key=key)
     with pytest.raises(IdempotencyKeyReusedError):
-        await durapay.payment_intents.create(amount_in_cents=2, currency="usd",
-                                             idempotency_key=key)
+        await durapay.payment_intents.create(amount_in_cents=2, currency="usd", idempotency_key=key)
     async with Durapay(stack.api_url, merchant["publicKey"], "sk_test_wrong") as impostor:
         with pytest.raises(AuthenticationError):
             await impostor.payment_intents.retrieve(intent.id)
@@ -146,8 +165,9 @@ class DroppingProxy:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
-    async def _serve(self, client_reader: asyncio.StreamReader,
-                     client_writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         try:
             while True:
                 head, body = await _read_message(client_reader)
@@ -195,12 +215,15 @@ def _parse_head(head: bytes) -> tuple[str, dict[str, str]]:
 
 
 async def test_a_charge_whose_answer_is_lost_is_retried_with_its_key_and_charged_once(
-        stack: RunningStack, merchant: dict[str, Any], cardnet: httpx.AsyncClient) -> None:
+    stack: RunningStack, merchant: dict[str, Any], cardnet: httpx.AsyncClient
+) -> None:
     def is_charge(request_line: str) -> bool:
         return request_line.startswith("POST /payment-intents/") and "/transactions" in request_line
 
-    async with DroppingProxy(stack.api_url, is_charge) as proxy, \
-            Durapay(proxy.url, merchant["publicKey"], merchant["secretKey"]) as durapay:
+    async with (
+        DroppingProxy(stack.api_url, is_charge) as proxy,
+        Durapay(proxy.url, merchant["publicKey"], merchant["secretKey"]) as durapay,
+    ):
         intent = await durapay.payment_intents.create(amount_in_cents=4242, currency="usd")
         txn = await durapay.payment_intents.charge(intent.id, card=CARD_4242)
         final = await durapay.payment_intents.retrieve(intent.id)
@@ -218,8 +241,9 @@ async def test_a_charge_whose_answer_is_lost_is_retried_with_its_key_and_charged
 async def test_a_real_delivery_verifies_with_the_sdk(durapay: Durapay) -> None:
     with WebhookReceiver() as receiver:
         path = f"/hook/{uuid.uuid4().hex[:10]}"
-        endpoint = await durapay.webhook_endpoints.create(url=receiver.url(path),
-                                                          enabled_events=["payment.created"])
+        endpoint = await durapay.webhook_endpoints.create(
+            url=receiver.url(path), enabled_events=["payment.created"]
+        )
         assert endpoint.secret is not None and endpoint.secret.startswith("whsec_")
         assert (await durapay.webhook_endpoints.retrieve(endpoint.id)).secret is None
         intent = await durapay.payment_intents.create(amount_in_cents=321, currency="usd")
@@ -242,8 +266,13 @@ async def test_a_real_delivery_verifies_with_the_sdk(durapay: Durapay) -> None:
 
 async def test_durapay_tour_runs_on_the_sdk(stack: RunningStack) -> None:
     result = await asyncio.to_thread(
-        subprocess.run, [str(BIN / "durapay"), "tour"], env=stack.env, capture_output=True,
-        text=True, timeout=120)
+        subprocess.run,
+        [str(BIN / "durapay"), "tour"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("POST /payment-intents -> pi_")
@@ -251,14 +280,19 @@ async def test_durapay_tour_runs_on_the_sdk(stack: RunningStack) -> None:
     assert lines[-1] == "events: payment.created -> payment.processing -> payment.succeeded"
 
 
-async def test_durapay_request_sends_a_signed_request_through_the_sdk(
-        stack: RunningStack) -> None:
+async def test_durapay_request_sends_a_signed_request_through_the_sdk(stack: RunningStack) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "durapay"), "request", *args], env=stack.env,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [str(BIN / "durapay"), "request", *args],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
-    created = await asyncio.to_thread(run, "POST", "/payment-intents",
-                                      '{"amountInCents": 1000, "currency": "eur"}')
+    created = await asyncio.to_thread(
+        run, "POST", "/payment-intents", '{"amountInCents": 1000, "currency": "eur"}'
+    )
     assert created.returncode == 0, created.stderr[-2000:]
     assert created.stdout.startswith("HTTP 201\n") and '"currency": "eur"' in created.stdout
     missing = await asyncio.to_thread(run, "GET", "/payment-intents/pi_nope")

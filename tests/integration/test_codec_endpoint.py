@@ -35,12 +35,14 @@ async def stored_start_input(stack: RunningStack, durapay: DurapayClient) -> tup
     history = (await raw.get_workflow_handle(intent["id"]).fetch_history()).to_json_dict()
     stored = history["events"][0]["workflowExecutionStartedEventAttributes"]["input"]
     assert intent["id"] not in base64.b64decode(stored["payloads"][0]["data"]).decode(
-        errors="replace")
+        errors="replace"
+    )
     return intent["id"], stored
 
 
 async def test_web_ui_decodes_history_through_the_codec_listener(
-        stack: RunningStack, durapay: DurapayClient) -> None:
+    stack: RunningStack, durapay: DurapayClient
+) -> None:
     intent_id, stored = await stored_start_input(stack, durapay)
     ui_port = stack.env["DURAPAY_TEMPORAL_UI_PORT"]
     ui_origin = f"http://127.0.0.1:{ui_port}"
@@ -50,12 +52,18 @@ async def test_web_ui_decodes_history_through_the_codec_listener(
         ui_settings = (await http.get(f"{ui_origin}/api/v1/settings")).json()
         endpoint = ui_settings["Codec"]["Endpoint"]
         assert endpoint == f"http://127.0.0.1:{codec_port}/codec"
-        preflight = await http.options(f"{endpoint}/decode", headers={
-            "Origin": ui_origin, "Access-Control-Request-Method": "POST"})
-        decoded = await http.post(f"{endpoint}/decode", json=stored, headers={
-            "Origin": ui_origin, "X-Namespace": "default"})
-        foreign = await http.post(f"{endpoint}/decode", json=stored,
-                                  headers={"Origin": "https://evil.example"})
+        preflight = await http.options(
+            f"{endpoint}/decode",
+            headers={"Origin": ui_origin, "Access-Control-Request-Method": "POST"},
+        )
+        decoded = await http.post(
+            f"{endpoint}/decode",
+            json=stored,
+            headers={"Origin": ui_origin, "X-Namespace": "default"},
+        )
+        foreign = await http.post(
+            f"{endpoint}/decode", json=stored, headers={"Origin": "https://evil.example"}
+        )
     assert preflight.headers["access-control-allow-origin"] == ui_origin
     assert decoded.status_code == 200
     assert decoded.headers["access-control-allow-origin"] == ui_origin
@@ -65,29 +73,40 @@ async def test_web_ui_decodes_history_through_the_codec_listener(
 
 
 async def test_codec_is_not_on_the_api_port_and_listens_on_loopback_only(
-        stack: RunningStack, durapay: DurapayClient) -> None:
+    stack: RunningStack, durapay: DurapayClient
+) -> None:
     _, stored = await stored_start_input(stack, durapay)
     ui_origin = f"http://127.0.0.1:{stack.env['DURAPAY_TEMPORAL_UI_PORT']}"
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as http:
         on_api = await http.post("/codec/decode", json=stored, headers={"Origin": ui_origin})
     assert on_api.status_code == 404
     assert "payment_intent_id" not in on_api.text
-    listening = {(c.laddr.ip, c.laddr.port)
-                 for c in psutil.Process(stack.child_pid("codec")).net_connections("inet")
-                 if c.status == psutil.CONN_LISTEN}
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(stack.child_pid("codec")).net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    }
     assert listening == {("127.0.0.1", int(stack.env["DURAPAY_CODEC_PORT"]))}
 
 
 def codec_env(stack: RunningStack, **variables: str) -> dict[str, str]:
-    return {**{k: v for k, v in stack.env.items() if not k.startswith("DURAPAY_CODEC_")},
-            "DURAPAY_MASTER_KEY": base64.b64encode(stack.master_key()).decode(), **variables}
+    return {
+        **{k: v for k, v in stack.env.items() if not k.startswith("DURAPAY_CODEC_")},
+        "DURAPAY_MASTER_KEY": base64.b64encode(stack.master_key()).decode(),
+        **variables,
+    }
 
 
 @contextmanager
 def codec_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen([sys.executable, "-m", "api.codec_app"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api.codec_app"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         yield process
     finally:
@@ -97,8 +116,7 @@ def codec_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
             stream.close()
 
 
-def test_codec_refuses_to_start_on_a_public_address_without_a_token(
-        stack: RunningStack) -> None:
+def test_codec_refuses_to_start_on_a_public_address_without_a_token(stack: RunningStack) -> None:
     port = free_port()
     env = codec_env(stack, DURAPAY_CODEC_HOST="0.0.0.0", DURAPAY_CODEC_PORT=str(port))
     with codec_process(env) as process:
@@ -108,7 +126,8 @@ def test_codec_refuses_to_start_on_a_public_address_without_a_token(
 
 
 async def test_codec_with_a_token_answers_only_requests_that_present_it(
-        stack: RunningStack, durapay: DurapayClient) -> None:
+    stack: RunningStack, durapay: DurapayClient
+) -> None:
     intent_id, stored = await stored_start_input(stack, durapay)
     port = free_port()
     token = "codec-" + os.urandom(12).hex()
@@ -116,6 +135,7 @@ async def test_codec_with_a_token_answers_only_requests_that_present_it(
     url = f"http://127.0.0.1:{port}"
     with codec_process(env) as process:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+
             async def up() -> bool:
                 assert process.poll() is None, "the codec listener exited"
                 try:
@@ -125,10 +145,12 @@ async def test_codec_with_a_token_answers_only_requests_that_present_it(
 
             await assert_eventually(up, timeout=60)
             without = await http.post("/codec/decode", json=stored)
-            wrong = await http.post("/codec/decode", json=stored,
-                                    headers={"Authorization": "Bearer not-" + token})
-            right = await http.post("/codec/decode", json=stored,
-                                    headers={"Authorization": f"Bearer {token}"})
+            wrong = await http.post(
+                "/codec/decode", json=stored, headers={"Authorization": "Bearer not-" + token}
+            )
+            right = await http.post(
+                "/codec/decode", json=stored, headers={"Authorization": f"Bearer {token}"}
+            )
     assert (without.status_code, wrong.status_code) == (401, 401)
     assert intent_id not in without.text + wrong.text
     [payload] = right.json()["payloads"]

@@ -39,15 +39,34 @@ BIN = Path(sys.executable).parent
 def slot(stack: RunningStack) -> Iterator[str]:
     name = f"test_{uuid.uuid4().hex[:12]}"
     yield name
-    subprocess.run([str(BIN / "durapay"), "events", "drop-slot", "--slot", name],
-                   env=stack.env, capture_output=True, timeout=60, check=False)
+    subprocess.run(
+        [str(BIN / "durapay"), "events", "drop-slot", "--slot", name],
+        env=stack.env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
-def _start_consumer(stack: RunningStack, slot: str, sink: Path,
-                    *extra: str) -> subprocess.Popen[str]:
+def _start_consumer(
+    stack: RunningStack, slot: str, sink: Path, *extra: str
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [str(BIN / "durapay"), "events", "stream", "--slot", slot, "--sink", f"file:{sink}",
-         *extra], env=stack.env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            str(BIN / "durapay"),
+            "events",
+            "stream",
+            "--slot",
+            slot,
+            "--sink",
+            f"file:{sink}",
+            *extra,
+        ],
+        env=stack.env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _lines(sink: Path) -> list[dict[str, Any]]:
@@ -57,14 +76,14 @@ def _lines(sink: Path) -> list[dict[str, Any]]:
 
 
 async def _merchant_events(db: asyncpg.Pool, merchant_ids: list[str]) -> list[str]:
-    rows = await db.fetch("SELECT id FROM event WHERE merchant_id = ANY($1) ORDER BY seq",
-                          merchant_ids)
+    rows = await db.fetch(
+        "SELECT id FROM event WHERE merchant_id = ANY($1) ORDER BY seq", merchant_ids
+    )
     return [r["id"] for r in rows]
 
 
 async def _merchant_id(db: asyncpg.Pool, intent_id: str) -> str:
-    return str(await db.fetchval("SELECT merchant_id FROM payment_intent WHERE id = $1",
-                                 intent_id))
+    return str(await db.fetchval("SELECT merchant_id FROM payment_intent WHERE id = $1", intent_id))
 
 
 async def _until_delivered(sink: Path, ids: list[str], timeout: float = 60) -> None:
@@ -87,7 +106,8 @@ async def _charges(durapay: DurapayClient, count: int) -> list[str]:
 
 
 async def test_every_committed_event_is_streamed_in_commit_order(
-        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path
+) -> None:
     sink = tmp_path / "events.jsonl"
     consumer = _start_consumer(stack, slot, sink)
     try:
@@ -104,25 +124,37 @@ async def test_every_committed_event_is_streamed_in_commit_order(
     lines = [line for line in _lines(sink) if line["merchantId"] == merchant]
     assert [line["id"] for line in lines] == ids
     assert [line["type"] for line in lines] == [
-        "payment.created", "payment.processing", "payment.succeeded"]
-    table = {r["id"]: r for r in await db.fetch(
-        "SELECT id, seq, hash, chain_seq, data::text FROM event WHERE id = ANY($1)", ids)}
+        "payment.created",
+        "payment.processing",
+        "payment.succeeded",
+    ]
+    table = {
+        r["id"]: r
+        for r in await db.fetch(
+            "SELECT id, seq, hash, chain_seq, data::text FROM event WHERE id = ANY($1)", ids
+        )
+    }
     for line in lines:  # the whole row, as committed
         row = table[line["id"]]
         assert (line["seq"], line["hash"], line["chainSeq"]) == (
-            row["seq"], row["hash"], row["chain_seq"])
+            row["seq"],
+            row["hash"],
+            row["chain_seq"],
+        )
         assert line["data"] == json.loads(row["data"])
         assert line["source"] == "wal" and line["commitLsn"]
     assert "4242424242424242" not in sink.read_text()
 
 
 async def _slot_exists(db: asyncpg.Pool, slot: str) -> bool:
-    return bool(await db.fetchval(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot))
+    return bool(
+        await db.fetchval("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot)
+    )
 
 
 async def test_a_consumer_killed_mid_stream_resumes_without_losing_an_event(
-        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path
+) -> None:
     sink = tmp_path / "events.jsonl"
     # Small reads: the consumer spends its time between sending and confirming a batch.
     consumer = _start_consumer(stack, slot, sink, "--batch", "4")
@@ -162,7 +194,8 @@ async def test_a_consumer_killed_mid_stream_resumes_without_losing_an_event(
         try:
             charged, _ = await asyncio.gather(
                 asyncio.gather(*(charges_until_the_kills_are_done(c) for c in clients)),
-                kill_and_restart())
+                kill_and_restart(),
+            )
         finally:
             for m in merchants:
                 await m.__aexit__(None, None, None)
@@ -180,9 +213,11 @@ async def test_a_consumer_killed_mid_stream_resumes_without_losing_an_event(
     counts = Counter(line["id"] for line in lines)
     duplicates = sum(n - 1 for n in counts.values())
     lost = set(produced) - set(counts)
-    print(f"\n[event stream] produced {len(produced)}, delivered {len(counts)} distinct "
-          f"({len(lines)} lines), duplicated {duplicates}, lost {len(lost)}, "
-          f"{len(kills)} SIGKILLs at sink offsets {kills}")
+    print(
+        f"\n[event stream] produced {len(produced)}, delivered {len(counts)} distinct "
+        f"({len(lines)} lines), duplicated {duplicates}, lost {len(lost)}, "
+        f"{len(kills)} SIGKILLs at sink offsets {kills}"
+    )
     assert not lost
     assert set(counts) == set(produced)  # nothing that is not in the table
     assert len(kills) == 4
@@ -210,8 +245,10 @@ async def test_a_consumer_killed_mid_stream_resumes_without_losing_an_event(
     lsns = [lsn_to_int(line["commitLsn"]) for line in distinct]
     assert lsns == sorted(lsns)
     seqs = [line["seq"] for line in distinct]
-    print(f"[event stream] {sum(a > b for a, b in zip(seqs, seqs[1:], strict=False))} "
-          "deliveries followed an event with a higher seq")
+    print(
+        f"[event stream] {sum(a > b for a, b in zip(seqs, seqs[1:], strict=False))} "
+        "deliveries followed an event with a higher seq"
+    )
     by_chain: dict[str, list[int]] = defaultdict(list)
     for line in distinct:
         by_chain[line["chain"]].append(line["chainSeq"])
@@ -220,7 +257,8 @@ async def test_a_consumer_killed_mid_stream_resumes_without_losing_an_event(
 
 
 async def test_a_new_consumer_gets_the_table_once_and_a_restart_does_not_copy_it_again(
-        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path
+) -> None:
     async with signed_merchant(stack, "Before") as durapay:
         [before] = await _charges(durapay, 1)
     sink = tmp_path / "events.jsonl"
@@ -254,14 +292,18 @@ async def test_a_new_consumer_gets_the_table_once_and_a_restart_does_not_copy_it
     assert "events stream stopped: 0 copied" in stderr  # the restart streamed on
     lines = _lines(sink)
     copied = [line for line in lines if line["source"] == "snapshot"]
-    assert len(copied) == record["snapshot_rows"] == len([h for h in held
-                                                          if h["source"] == "snapshot"])
+    assert (
+        len(copied)
+        == record["snapshot_rows"]
+        == len([h for h in held if h["source"] == "snapshot"])
+    )
     assert all(line["cursor"].startswith(record["consistent_lsn"] + ":") for line in copied)
     # Before the kill, every event exactly once: the copy and the stream do not overlap.
     counts = Counter(line["id"] for line in held)
     assert set(everything) <= set(counts) and max(counts.values()) == 1
     concurrent = await _merchant_events(
-        db, [await _merchant_id(db, intents[0]) for intents in charged])
+        db, [await _merchant_id(db, intents[0]) for intents in charged]
+    )
     assert set(concurrent) <= set(counts)
     sources = {line["id"]: line["source"] for line in lines}
     assert sources[await _first_event(db, before)] == "snapshot"
@@ -271,11 +313,13 @@ async def test_a_new_consumer_gets_the_table_once_and_a_restart_does_not_copy_it
 
 
 async def test_a_copy_cut_short_starts_over_on_a_new_slot(
-        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path
+) -> None:
     # As a consumer killed during its copy leaves it: the slot, and the copy not recorded done.
     await db.execute("INSERT INTO event_stream_slot (slot, snapshot) VALUES ($1, true)", slot)
     old = await db.fetchval(
-        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", slot)
+        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')", slot
+    )
     sink = tmp_path / "events.jsonl"
     consumer = _start_consumer(stack, slot, sink)  # restarted as it was, without a flag
     try:
@@ -296,13 +340,17 @@ async def test_a_copy_cut_short_starts_over_on_a_new_slot(
 
 
 async def _first_event(db: asyncpg.Pool, intent_id: str) -> str:
-    return str(await db.fetchval(
-        "SELECT id FROM event WHERE payment_intent_id = $1 ORDER BY intent_seq LIMIT 1",
-        intent_id))
+    return str(
+        await db.fetchval(
+            "SELECT id FROM event WHERE payment_intent_id = $1 ORDER BY intent_seq LIMIT 1",
+            intent_id,
+        )
+    )
 
 
 async def test_a_sink_that_lost_its_tail_is_refused_a_stale_cursor_and_rebuilt(
-        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path
+) -> None:
     sink = tmp_path / "events.jsonl"
     consumer = _start_consumer(stack, slot, sink)
     try:
@@ -319,8 +367,22 @@ async def test_a_sink_that_lost_its_tail_is_refused_a_stale_cursor_and_rebuilt(
     sink.write_text("".join(kept))
     stale = json.loads(kept[-1])["cursor"]
     refused = subprocess.run(
-        [str(BIN / "durapay"), "events", "stream", "--slot", slot, "--sink", f"file:{sink}",
-         "--from-cursor", stale], env=stack.env, text=True, capture_output=True, timeout=60)
+        [
+            str(BIN / "durapay"),
+            "events",
+            "stream",
+            "--slot",
+            slot,
+            "--sink",
+            f"file:{sink}",
+            "--from-cursor",
+            stale,
+        ],
+        env=stack.env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert refused.returncode == 1, refused.stderr
     assert f"moved past cursor {stale}" in refused.stderr and "--rebuild" in refused.stderr
 
@@ -342,7 +404,7 @@ async def test_a_sink_that_lost_its_tail_is_refused_a_stale_cursor_and_rebuilt(
         consumer.send_signal(signal.SIGTERM)
         _, stderr = consumer.communicate(timeout=30)
     assert consumer.returncode == 0, stderr
-    rebuilt = _lines(sink)[len(kept):]
+    rebuilt = _lines(sink)[len(kept) :]
     counts = Counter(line["id"] for line in rebuilt)
     assert set(everything) | set(later) <= set(counts) and max(counts.values()) == 1
     cursors = [parse_cursor(line["cursor"]) for line in rebuilt]
@@ -351,7 +413,8 @@ async def test_a_sink_that_lost_its_tail_is_refused_a_stale_cursor_and_rebuilt(
 
 
 async def test_a_slot_dropped_behind_its_consumers_back_is_not_silently_replaced(
-        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path
+) -> None:
     sink = tmp_path / "events.jsonl"
     consumer = _start_consumer(stack, slot, sink)
     await assert_eventually(lambda: _slot_exists(db, slot), timeout=30)
@@ -362,7 +425,11 @@ async def test_a_slot_dropped_behind_its_consumers_back_is_not_silently_replaced
     await db.execute("SELECT pg_drop_replication_slot($1)", slot)
     again = subprocess.run(
         [str(BIN / "durapay"), "events", "stream", "--slot", slot, "--sink", f"file:{sink}"],
-        env=stack.env, text=True, capture_output=True, timeout=60)
+        env=stack.env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert again.returncode == 3, again.stderr
     assert "no longer on the server" in again.stderr and "--rebuild" in again.stderr
     assert not await _slot_exists(db, slot)
@@ -394,14 +461,21 @@ async def _worker_readyz(stack: RunningStack) -> dict[str, Any]:
 
 
 def _status_line(stack: RunningStack, slot: str) -> str:
-    status = subprocess.run([str(BIN / "durapay"), "events", "status"], env=stack.env,
-                            text=True, capture_output=True, timeout=60, check=True)
+    status = subprocess.run(
+        [str(BIN / "durapay"), "events", "status"],
+        env=stack.env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     [line] = [s for s in status.stdout.splitlines() if s.startswith(f"{slot}:")]
     return line
 
 
 async def test_status_shows_the_consumer_and_the_lag_and_a_second_consumer_is_refused(
-        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path
+) -> None:
     consumer = _start_consumer(stack, slot, tmp_path / "a.jsonl")
     try:
         await assert_eventually(lambda: _slot_exists(db, slot), timeout=30)
@@ -427,13 +501,17 @@ async def test_status_shows_the_consumer_and_the_lag_and_a_second_consumer_is_re
     # The alerts' gauges, from a worker's /metrics: true while no consumer runs.
     metrics = await _worker_metrics(stack)
     assert f'durapay_event_stream_consumer_running{{slot="{slot}"}} 0.0' in metrics
-    [gauge] = [m for m in metrics.splitlines()
-               if m.startswith(f'durapay_event_stream_lag_bytes{{slot="{slot}"}}')]
+    [gauge] = [
+        m
+        for m in metrics.splitlines()
+        if m.startswith(f'durapay_event_stream_lag_bytes{{slot="{slot}"}}')
+    ]
     assert float(gauge.split()[-1]) > 0, gauge
 
 
 async def test_the_consumer_rides_out_a_lost_database_connection(
-        stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path) -> None:
+    stack: RunningStack, db: asyncpg.Pool, slot: str, tmp_path: Path
+) -> None:
     sink = tmp_path / "events.jsonl"
     consumer = _start_consumer(stack, slot, sink)
     try:
@@ -441,7 +519,8 @@ async def test_the_consumer_rides_out_a_lost_database_connection(
         # As a database restart or failover would: the server ends the consumer's session.
         ended = await db.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = 'durapay-events'")
+            "WHERE application_name = 'durapay-events'"
+        )
         assert ended >= 1
         async with signed_merchant(stack, "Reconnect") as durapay:
             [intent_id] = await _charges(durapay, 1)

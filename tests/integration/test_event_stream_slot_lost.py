@@ -50,13 +50,20 @@ async def cluster() -> AsyncIterator[str]:
     port = free_port()
     argv = postgres_argv(data, port, password_file=password_file)
     assert KEEP_SIZE in argv  # what the local stack runs with
-    del argv[argv.index(KEEP_SIZE) - 1:argv.index(KEEP_SIZE) + 1]  # and its "-c"
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL, start_new_session=True, **run_as(data))
+    del argv[argv.index(KEEP_SIZE) - 1 : argv.index(KEEP_SIZE) + 1]  # and its "-c"
+    server = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        **run_as(data),
+    )
     try:
         password = password_file.read_text()
-        admin = await assert_eventually(lambda: _connect(port, password, "postgres"),
-                                        timeout=60, interval=0.2)
+        admin = await assert_eventually(
+            lambda: _connect(port, password, "postgres"), timeout=60, interval=0.2
+        )
         await admin.execute("CREATE DATABASE durapay")
         await admin.close()
         url = f"postgresql://postgres:{password}@127.0.0.1:{port}/durapay"
@@ -68,15 +75,24 @@ async def cluster() -> AsyncIterator[str]:
 
 async def _connect(port: int, password: str, database: str) -> asyncpg.Connection:
     try:
-        return await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
-                                     password=password, database=database, timeout=2)
+        return await asyncpg.connect(
+            host="127.0.0.1",
+            port=port,
+            user="postgres",
+            password=password,
+            database=database,
+            timeout=2,
+        )
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
         raise AssertionError(f"postgres not up yet: {error}") from None
 
 
 def _env(url: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("DURAPAY_") and k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("DURAPAY_") and k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")
+    }
     home.mkdir(mode=0o700, exist_ok=True)
     return {**env, "DATABASE_URL": url, "DURAPAY_HOME": str(home)}
 
@@ -90,7 +106,11 @@ async def _write_events(db: asyncpg.Connection, count: int) -> list[str]:
         await db.execute(
             "INSERT INTO event (id, type, data, chain, chain_seq, prev_hash, hash) "
             "VALUES ($1, 'network.charge_unrecorded', '{}', $2, $3, $4, $4)",
-            ids[-1], chain, position, "0" * 64)
+            ids[-1],
+            chain,
+            position,
+            "0" * 64,
+        )
     return ids
 
 
@@ -105,12 +125,14 @@ async def _delivered(sink: Path, ids: list[str]) -> bool:
 
 
 async def _wal_status(db: asyncpg.Connection, slot: str) -> str | None:
-    return await db.fetchval("SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
-                             slot)
+    return await db.fetchval(
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1", slot
+    )
 
 
 async def test_a_lost_slot_ends_its_consumer_and_the_rebuild_reads_what_it_lost(
-        cluster: str, tmp_path: Path) -> None:
+    cluster: str, tmp_path: Path
+) -> None:
     db = await asyncpg.connect(cluster)
     engine = create_async_engine(to_asyncpg_url(cluster))
     sessions = async_sessionmaker(engine, class_=AsyncSession)
@@ -118,7 +140,11 @@ async def test_a_lost_slot_ends_its_consumer_and_the_rebuild_reads_what_it_lost(
     env = _env(cluster, tmp_path / "home")
     consumer = subprocess.Popen(
         [str(BIN / "durapay"), "events", "stream", "--slot", slot, "--sink", f"file:{sink}"],
-        env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         before = await _write_events(db, 3)  # before the slot: not this consumer's
         await assert_eventually(lambda: _wal_status(db, slot), timeout=30)
@@ -165,20 +191,44 @@ async def test_a_lost_slot_ends_its_consumer_and_the_rebuild_reads_what_it_lost(
     families = {family.name: family for family in gauges.collect()}
     lost = {s.labels["slot"]: s.value for s in families["durapay_event_stream_slot_lost"].samples}
     assert lost[slot] == 1
-    assert slot not in {s.labels["slot"]
-                        for s in families["durapay_event_stream_lag_bytes"].samples}
-    status = subprocess.run([str(BIN / "durapay"), "events", "status"], env=env, text=True,
-                            capture_output=True, timeout=60, check=True)
+    assert slot not in {
+        s.labels["slot"] for s in families["durapay_event_stream_lag_bytes"].samples
+    }
+    status = subprocess.run(
+        [str(BIN / "durapay"), "events", "status"],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     assert f"{slot}: LOST" in status.stdout
 
     # Restarted as it was, it refuses to go on; the recovery is a rebuild from the table.
     again = subprocess.run(
         [str(BIN / "durapay"), "events", "stream", "--slot", slot, "--sink", f"file:{sink}"],
-        env=env, text=True, capture_output=True, timeout=60)
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert again.returncode == 3 and "is lost" in again.stderr
     rebuilt = subprocess.Popen(
-        [str(BIN / "durapay"), "events", "stream", "--slot", slot, "--sink", f"file:{sink}",
-         "--rebuild"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            str(BIN / "durapay"),
+            "events",
+            "stream",
+            "--slot",
+            slot,
+            "--sink",
+            f"file:{sink}",
+            "--rebuild",
+        ],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         everything = [r["id"] for r in await db.fetch("SELECT id FROM event ORDER BY seq")]
         await assert_eventually(lambda: _delivered(sink, everything), timeout=60)
@@ -191,7 +241,7 @@ async def test_a_lost_slot_ends_its_consumer_and_the_rebuild_reads_what_it_lost(
         stop_process(rebuilt)
     assert rebuilt.returncode == 0, stderr
     lines = _lines(sink)
-    rebuild_lines = lines[len(held):]
+    rebuild_lines = lines[len(held) :]
     sources = {line["id"]: line["source"] for line in rebuild_lines}
     assert all(sources[i] == "snapshot" for i in before + streamed + lost_events)
     assert all(sources[i] == "wal" for i in after)
@@ -199,12 +249,13 @@ async def test_a_lost_slot_ends_its_consumer_and_the_rebuild_reads_what_it_lost(
     cursors = [parse_cursor(line["cursor"]) for line in rebuild_lines]
     assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
     # What the consumer already held came again identical but for source and cursor.
-    first = {line["id"]: line for line in lines[:len(held)]}
+    first = {line["id"]: line for line in lines[: len(held)]}
     ignore = ("source", "cursor", "commitLsn", "committedAt")
     for line in rebuild_lines:
         if line["id"] in first:
-            assert ({k: v for k, v in line.items() if k not in ignore}
-                    == {k: v for k, v in first[line["id"]].items() if k not in ignore})
+            assert {k: v for k, v in line.items() if k not in ignore} == {
+                k: v for k, v in first[line["id"]].items() if k not in ignore
+            }
     await db.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
     await db.execute("SELECT pg_reload_conf()")
     await db.execute("SELECT pg_drop_replication_slot($1)", slot)
@@ -215,4 +266,3 @@ async def test_a_lost_slot_ends_its_consumer_and_the_rebuild_reads_what_it_lost(
 async def _setting_is(db: asyncpg.Connection, value: str) -> bool:
     assert await db.fetchval("SHOW max_slot_wal_keep_size") == value
     return True
-

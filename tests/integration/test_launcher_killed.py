@@ -32,7 +32,8 @@ def doomed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSt
 
 
 def test_a_sigkilled_launcher_leaves_no_child_holding_the_next_ones_ports(
-        doomed_stack: RunningStack) -> None:
+    doomed_stack: RunningStack,
+) -> None:
     stack = doomed_stack
     children = {name: stack.child_pid(name) for name in stack.state()["children"]}
     frozen = children["cardnet"]
@@ -50,12 +51,13 @@ def test_a_sigkilled_launcher_leaves_no_child_holding_the_next_ones_ports(
     again = launch_again(stack)
     try:
         said = (stack.home / "launcher.out").read_text()
-        assert (f"stopped what an earlier durapay dev left running on {stack.home}: "
-                f"cardnet (pid {frozen})\n") in said, said
+        assert (
+            f"stopped what an earlier durapay dev left running on {stack.home}: "
+            f"cardnet (pid {frozen})\n"
+        ) in said, said
         assert not _alive(frozen)
         assert httpx.get(f"{again.api_url}/healthz", timeout=5).status_code == 200
-        assert all(pid not in children.values()
-                   for pid in again.state()["children"].values())
+        assert all(pid not in children.values() for pid in again.state()["children"].values())
     finally:
         again.stop()
 
@@ -79,8 +81,12 @@ def _alive(pid: int) -> bool:
 def _spawn_orphan() -> int:
     """A `sleep` leading its own session whose parent has exited, as a killed launcher's child:
     whoever adopted it reaps it the moment it dies."""
-    shell = subprocess.run(["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 & echo $!"],
-                           capture_output=True, text=True, check=True)
+    shell = subprocess.run(
+        ["sh", "-c", "setsid sleep 300 >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(shell.stdout)
 
 
@@ -98,10 +104,17 @@ def _kill(pid: int) -> None:
 
 def _record(home: Path, *, launcher: int, started: int | None = None, **children: int) -> None:
     (home / PID_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (home / PID_FILE).write_text(json.dumps({
-        "launcher": {"pid": launcher, "started": started},
-        "children": {name: {"pid": pid, "started": process_start(pid)}
-                     for name, pid in children.items()}}))
+    (home / PID_FILE).write_text(
+        json.dumps(
+            {
+                "launcher": {"pid": launcher, "started": started},
+                "children": {
+                    name: {"pid": pid, "started": process_start(pid)}
+                    for name, pid in children.items()
+                },
+            }
+        )
+    )
 
 
 def _dead_pid() -> int:

@@ -23,8 +23,9 @@ async def _intent(durapay: DurapayClient, intent_id: str) -> dict[str, Any]:
     return response.json()
 
 
-async def assert_ledger_agrees(durapay: DurapayClient, cardnet: httpx.AsyncClient,
-                               intent_id: str, *, capture_method: str) -> None:
+async def assert_ledger_agrees(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient, intent_id: str, *, capture_method: str
+) -> None:
     """Every transaction of ours has the ledger entry it should: type, amount, status."""
     for txn in (await _intent(durapay, intent_id))["transactions"]:
         entries = await ledger_entries(cardnet, txn["networkReference"])
@@ -33,7 +34,8 @@ async def assert_ledger_agrees(durapay: DurapayClient, cardnet: httpx.AsyncClien
         assert len(entries) == 1, (txn, entries)
         entry = entries[0]
         expected_type = LEDGER_TYPE.get(txn["type"]) or (
-            "authorize" if capture_method == "manual" else "charge")
+            "authorize" if capture_method == "manual" else "charge"
+        )
         assert entry["type"] == expected_type, (txn, entry)
         assert entry["amountInCents"] == txn["amountInCents"], (txn, entry)
         assert entry["status"] == ("approved" if txn["status"] == "succeeded" else "declined")
@@ -61,37 +63,46 @@ async def test_manual_capture_in_full(durapay: DurapayClient, cardnet: httpx.Asy
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["status"], body["amountReceived"], body["amountCapturable"]) == (
-        "succeeded", 2499, 0)
+        "succeeded",
+        2499,
+        0,
+    )
     assert [t["type"] for t in body["transactions"]] == ["charge", "capture"]
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="manual")
 
 
-async def test_partial_capture_releases_the_rest(durapay: DurapayClient,
-                                                 cardnet: httpx.AsyncClient) -> None:
+async def test_partial_capture_releases_the_rest(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _authorized(durapay)
-    response = await durapay.post(f"/payment-intents/{intent['id']}/capture",
-                                  {"amountInCents": 1000}, idempotency_key="cap-1")
+    response = await durapay.post(
+        f"/payment-intents/{intent['id']}/capture", {"amountInCents": 1000}, idempotency_key="cap-1"
+    )
     assert response.status_code == 200, response.text
     assert (response.json()["amountReceived"], response.json()["amountCapturable"]) == (1000, 0)
-    again = await durapay.post(f"/payment-intents/{intent['id']}/capture",
-                               {"amountInCents": 1000}, idempotency_key="cap-1")
+    again = await durapay.post(
+        f"/payment-intents/{intent['id']}/capture", {"amountInCents": 1000}, idempotency_key="cap-1"
+    )
     assert again.json() == response.json()  # the stored answer, nothing sent twice
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="manual")
 
 
-async def test_capture_more_than_authorized_is_rejected(durapay: DurapayClient,
-                                                        cardnet: httpx.AsyncClient) -> None:
+async def test_capture_more_than_authorized_is_rejected(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _authorized(durapay)
-    response = await durapay.post(f"/payment-intents/{intent['id']}/capture",
-                                  {"amountInCents": 2500})
+    response = await durapay.post(
+        f"/payment-intents/{intent['id']}/capture", {"amountInCents": 2500}
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "amountInCents"
     assert (await _intent(durapay, intent["id"]))["status"] == "requires_capture"
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="manual")
 
 
-async def test_capture_twice_is_a_conflict(durapay: DurapayClient,
-                                           cardnet: httpx.AsyncClient) -> None:
+async def test_capture_twice_is_a_conflict(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _authorized(durapay)
     first = await durapay.post(f"/payment-intents/{intent['id']}/capture", {})
     assert first.status_code == 200, first.text
@@ -101,22 +112,27 @@ async def test_capture_twice_is_a_conflict(durapay: DurapayClient,
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="manual")
 
 
-async def test_capture_of_an_automatic_payment_is_a_conflict(durapay: DurapayClient,
-                                                             cardnet: httpx.AsyncClient) -> None:
+async def test_capture_of_an_automatic_payment_is_a_conflict(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _captured(durapay)
     response = await durapay.post(f"/payment-intents/{intent['id']}/capture", {})
     assert response.status_code == 409, response.text
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="automatic")
 
 
-async def test_cancel_voids_the_authorization(durapay: DurapayClient,
-                                              cardnet: httpx.AsyncClient) -> None:
+async def test_cancel_voids_the_authorization(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _authorized(durapay)
     response = await durapay.post(f"/payment-intents/{intent['id']}/cancel", {})
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["status"], body["cancellationReason"], body["amountCapturable"]) == (
-        "canceled", "requested_by_customer", 0)
+        "canceled",
+        "requested_by_customer",
+        0,
+    )
     assert [t["type"] for t in body["transactions"]] == ["charge", "void"]
     events = (await durapay.get(f"/payment-intents/{intent['id']}/events")).json()["data"]
     assert events[-1]["type"] == "payment.canceled"
@@ -125,21 +141,26 @@ async def test_cancel_voids_the_authorization(durapay: DurapayClient,
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="manual")
 
 
-async def test_cancel_without_a_charge_calls_no_network(durapay: DurapayClient,
-                                                        cardnet: httpx.AsyncClient) -> None:
+async def test_cancel_without_a_charge_calls_no_network(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await create_intent(durapay)
-    response = await durapay.post(f"/payment-intents/{intent['id']}/cancel",
-                                  {"cancellationReason": "abandoned"})
+    response = await durapay.post(
+        f"/payment-intents/{intent['id']}/cancel", {"cancellationReason": "abandoned"}
+    )
     assert response.status_code == 200, response.text
     assert (response.json()["status"], response.json()["cancellationReason"]) == (
-        "canceled", "abandoned")
+        "canceled",
+        "abandoned",
+    )
     assert response.json()["transactions"] == []
     later = await charge(durapay, intent["id"], CARD_4242)
     assert later.status_code == 409, later.text
 
 
-async def test_cancel_after_capture_is_a_conflict(durapay: DurapayClient,
-                                                  cardnet: httpx.AsyncClient) -> None:
+async def test_cancel_after_capture_is_a_conflict(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _captured(durapay)
     response = await durapay.post(f"/payment-intents/{intent['id']}/cancel", {})
     assert response.status_code == 409, response.text
@@ -147,14 +168,14 @@ async def test_cancel_after_capture_is_a_conflict(durapay: DurapayClient,
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="automatic")
 
 
-async def test_partial_then_full_refunds(durapay: DurapayClient,
-                                         cardnet: httpx.AsyncClient) -> None:
+async def test_partial_then_full_refunds(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _captured(durapay)
     first = await durapay.post(f"/payment-intents/{intent['id']}/refunds", {"amountInCents": 500})
     assert first.status_code == 200, first.text
     assert (first.json()["type"], first.json()["amountInCents"]) == ("refund", 500)
-    second = await durapay.post(f"/payment-intents/{intent['id']}/refunds",
-                                {"amountInCents": 700})
+    second = await durapay.post(f"/payment-intents/{intent['id']}/refunds", {"amountInCents": 700})
     assert second.status_code == 200, second.text
     partial = await _intent(durapay, intent["id"])
     assert (partial["status"], partial["amountRefunded"]) == ("partially_refunded", 1200)
@@ -165,7 +186,10 @@ async def test_partial_then_full_refunds(durapay: DurapayClient,
     assert (final["status"], final["amountRefunded"]) == ("refunded", 2499)
     events = (await durapay.get(f"/payment-intents/{intent['id']}/events")).json()["data"]
     assert [e["type"] for e in events][-3:] == [
-        "payment.partially_refunded", "payment.partially_refunded", "payment.refunded"]
+        "payment.partially_refunded",
+        "payment.partially_refunded",
+        "payment.refunded",
+    ]
     # Merchants order a payment's (unordered) webhook deliveries by `sequence`.
     sequences = [e["sequence"] for e in events]
     assert sequences == sorted(set(sequences)), sequences
@@ -174,12 +198,14 @@ async def test_partial_then_full_refunds(durapay: DurapayClient,
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="automatic")
 
 
-async def test_refund_of_a_partial_capture(durapay: DurapayClient,
-                                           cardnet: httpx.AsyncClient) -> None:
+async def test_refund_of_a_partial_capture(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _authorized(durapay)
     await durapay.post(f"/payment-intents/{intent['id']}/capture", {"amountInCents": 1000})
-    too_much = await durapay.post(f"/payment-intents/{intent['id']}/refunds",
-                                  {"amountInCents": 1001})
+    too_much = await durapay.post(
+        f"/payment-intents/{intent['id']}/refunds", {"amountInCents": 1001}
+    )
     assert too_much.status_code == 400, too_much.text
     assert too_much.json()["error"]["param"] == "amountInCents"
     refund = await durapay.post(f"/payment-intents/{intent['id']}/refunds", {})
@@ -188,8 +214,9 @@ async def test_refund_of_a_partial_capture(durapay: DurapayClient,
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="manual")
 
 
-async def test_refund_before_capture_is_a_conflict(durapay: DurapayClient,
-                                                   cardnet: httpx.AsyncClient) -> None:
+async def test_refund_before_capture_is_a_conflict(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _authorized(durapay)
     response = await durapay.post(f"/payment-intents/{intent['id']}/refunds", {})
     assert response.status_code == 409, response.text
@@ -199,11 +226,13 @@ async def test_refund_before_capture_is_a_conflict(durapay: DurapayClient,
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="manual")
 
 
-async def test_refund_more_than_captured_is_rejected(durapay: DurapayClient,
-                                                     cardnet: httpx.AsyncClient) -> None:
+async def test_refund_more_than_captured_is_rejected(
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _captured(durapay)
-    response = await durapay.post(f"/payment-intents/{intent['id']}/refunds",
-                                  {"amountInCents": 2500})
+    response = await durapay.post(
+        f"/payment-intents/{intent['id']}/refunds", {"amountInCents": 2500}
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "amountInCents"
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="automatic")
@@ -211,32 +240,43 @@ async def test_refund_more_than_captured_is_rejected(durapay: DurapayClient,
 
 @pytest.mark.parametrize("amounts", [[1000, 1000, 1000], [2499, 2499]])
 async def test_concurrent_refunds_never_exceed_the_amount(
-        durapay: DurapayClient, cardnet: httpx.AsyncClient, amounts: list[int]) -> None:
+    durapay: DurapayClient, cardnet: httpx.AsyncClient, amounts: list[int]
+) -> None:
     intent = await _captured(durapay)
-    responses = await asyncio.gather(*(
-        durapay.post(f"/payment-intents/{intent['id']}/refunds", {"amountInCents": amount})
-        for amount in amounts))
+    responses = await asyncio.gather(
+        *(
+            durapay.post(f"/payment-intents/{intent['id']}/refunds", {"amountInCents": amount})
+            for amount in amounts
+        )
+    )
     codes = sorted(r.status_code for r in responses)
     allowed = 2 if amounts[0] == 1000 else 1
     # A refund that no longer fits: 400 while something is left, 409 once `refunded`.
     loser = 400 if amounts[0] == 1000 else 409
     assert codes == [200] * allowed + [loser] * (len(amounts) - allowed), [
-        r.text for r in responses]
+        r.text for r in responses
+    ]
     refunded = allowed * amounts[0]
     final = await _intent(durapay, intent["id"])
     assert final["amountRefunded"] == refunded
-    at_network = [e for t in final["transactions"] if t["type"] == "refund"
-                  for e in await ledger_entries(cardnet, t["networkReference"])]
+    at_network = [
+        e
+        for t in final["transactions"]
+        if t["type"] == "refund"
+        for e in await ledger_entries(cardnet, t["networkReference"])
+    ]
     assert sum(e["amountInCents"] for e in at_network if e["status"] == "approved") == refunded
     await assert_ledger_agrees(durapay, cardnet, intent["id"], capture_method="automatic")
 
 
 async def test_refund_webhook_events_for_each_partial_refund(
-        durapay: DurapayClient, cardnet: httpx.AsyncClient) -> None:
+    durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await _captured(durapay)
     for amount in (100, 200):
-        response = await durapay.post(f"/payment-intents/{intent['id']}/refunds",
-                                      {"amountInCents": amount})
+        response = await durapay.post(
+            f"/payment-intents/{intent['id']}/refunds", {"amountInCents": amount}
+        )
         assert response.status_code == 200, response.text
 
     async def two_refund_events() -> bool:
@@ -249,7 +289,8 @@ async def test_refund_webhook_events_for_each_partial_refund(
 
 @pytest.mark.parametrize("ending", ["canceled", "refunded"])
 async def test_every_operation_on_a_closed_payment_is_a_conflict(
-        durapay: DurapayClient, temporal: Client, ending: str) -> None:
+    durapay: DurapayClient, temporal: Client, ending: str
+) -> None:
     """Once its workflow has ended, a payment answers 409 to everything, every time (not 500:
     update-with-start finds a closed workflow whose id is never reused)."""
     if ending == "canceled":

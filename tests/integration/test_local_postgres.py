@@ -31,10 +31,14 @@ pytestmark = pytest.mark.integration
 def running(data: Path, password_file: Path) -> Iterator[int]:
     """The server of `data` on a free port, as `durapay dev` starts it; stopped at the end."""
     port = free_port()
-    server = subprocess.Popen(postgres_argv(data, port, password_file=password_file),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL, start_new_session=True,
-                              **run_as(data))
+    server = subprocess.Popen(
+        postgres_argv(data, port, password_file=password_file),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        **run_as(data),
+    )
     try:
         wait_until_postgres_accepts(server, port)
         yield port
@@ -43,8 +47,14 @@ def running(data: Path, password_file: Path) -> Iterator[int]:
 
 
 async def _connect(port: int, password: str | None) -> asyncpg.Connection:
-    return await asyncpg.connect(host="127.0.0.1", port=port, user="postgres",
-                                 password=password, database="postgres", timeout=10)
+    return await asyncpg.connect(
+        host="127.0.0.1",
+        port=port,
+        user="postgres",
+        password=password,
+        database="postgres",
+        timeout=10,
+    )
 
 
 async def _refused_without_password(port: int) -> None:
@@ -78,20 +88,46 @@ async def test_trust_cluster_from_before_is_upgraded_with_its_data() -> None:
     data.mkdir()
     # A state dir made by the previous launcher: initdb --auth=trust, no password file.
     initdb = subprocess.run(
-        [str(postgres_bin_dir() / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-         "-E", "UTF8", "--no-instructions"], capture_output=True, check=False, **run_as(data))
+        [
+            str(postgres_bin_dir() / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ],
+        capture_output=True,
+        check=False,
+        **run_as(data),
+    )
     assert initdb.returncode == 0, initdb.stderr
     port = free_port()
     server = subprocess.Popen(
-        [str(postgres_bin_dir() / "postgres"), "-D", str(data), "-p", str(port),
-         "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        **run_as(data))
+        [
+            str(postgres_bin_dir() / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        **run_as(data),
+    )
     try:
         wait_until_postgres_accepts(server, port)
         connection = await _connect(port, None)  # trust: no password asked
-        await connection.execute("CREATE TABLE kept (note text); "
-                                 "INSERT INTO kept VALUES ('from before')")
+        await connection.execute(
+            "CREATE TABLE kept (note text); INSERT INTO kept VALUES ('from before')"
+        )
         await connection.close()
     finally:
         stop_process(server)

@@ -17,7 +17,8 @@ SERVICES = {"api": "api", "worker-1": "worker", "cardnet": "cardnet", "codec": "
 
 
 async def test_every_line_of_every_durapay_process_is_a_json_object(
-        stack: RunningStack, durapay: DurapayClient) -> None:
+    stack: RunningStack, durapay: DurapayClient
+) -> None:
     await create_intent(durapay)  # at least one request line in the API's log
     for child, service in SERVICES.items():
         lines = log_lines(stack, child)  # json.loads fails on any line that is not JSON
@@ -33,24 +34,30 @@ async def test_every_line_of_every_durapay_process_is_a_json_object(
 
 
 async def test_the_api_logs_the_request_under_the_callers_request_id(
-        stack: RunningStack, durapay: DurapayClient, merchant: dict[str, Any]) -> None:
+    stack: RunningStack, durapay: DurapayClient, merchant: dict[str, Any]
+) -> None:
     intent = await create_intent(durapay)
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as http:
-        request = http.build_request("GET", f"/payment-intents/{intent['id']}",
-                                     headers={"Request-Id": "req_integration_log_test"})
+        request = http.build_request(
+            "GET",
+            f"/payment-intents/{intent['id']}",
+            headers={"Request-Id": "req_integration_log_test"},
+        )
         sign(request, public_key=merchant["publicKey"], secret_key=merchant["secretKey"])
         response = await http.send(request)
     assert response.status_code == 200, response.text
     assert response.headers["Request-Id"] == "req_integration_log_test"
 
     async def logged() -> dict[str, Any]:
-        found = [line for line in log_lines(stack, "api", strict=False)
-                 if line.get("requestId") == "req_integration_log_test"
-                 and line["logger"] == "durapay.api.requests"]
+        found = [
+            line
+            for line in log_lines(stack, "api", strict=False)
+            if line.get("requestId") == "req_integration_log_test"
+            and line["logger"] == "durapay.api.requests"
+        ]
         assert len(found) == 1, found
         return found[0]
 
     line = await assert_eventually(logged, timeout=10)
-    assert (line["method"], line["route"], line["status"]) == \
-        ("GET", "/payment-intents/{id}", 200)
+    assert (line["method"], line["route"], line["status"]) == ("GET", "/payment-intents/{id}", 200)
     assert line["paymentIntentId"] == intent["id"] and line["merchantId"] == merchant["id"]

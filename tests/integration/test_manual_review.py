@@ -35,8 +35,9 @@ REVIEW_ENV = {
 }
 # What `durapay review resolve` prints when the workflow's validator refuses the verdict (the
 # Update's failure cause: its error type, then its message).
-REFUSED_NOT_IN_REVIEW = ("durapay review: refused: IllegalTransition: this payment is not "
-                         "waiting for a manual review\n")
+REFUSED_NOT_IN_REVIEW = (
+    "durapay review: refused: IllegalTransition: this payment is not waiting for a manual review\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +53,19 @@ async def merchant_client(review_stack: RunningStack) -> AsyncIterator[DurapayCl
 
 
 def _review_cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "durapay"), "review", *args], env=stack.env, text=True,
-                          capture_output=True, timeout=60, check=False)
+    return subprocess.run(
+        [str(BIN / "durapay"), "review", *args],
+        env=stack.env,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def test_unknown_outcome_past_the_horizon_opens_a_review_that_the_network_closes(
-        review_stack: RunningStack, merchant_client: DurapayClient) -> None:
+    review_stack: RunningStack, merchant_client: DurapayClient
+) -> None:
     intent = await create_intent(merchant_client)
     started = time.monotonic()
     response = await charge(merchant_client, intent["id"], card("4000000000001018"))
@@ -68,8 +76,12 @@ async def test_unknown_outcome_past_the_horizon_opens_a_review_that_the_network_
         done = await asyncio.to_thread(_review_cli, review_stack, "list")
         return done.stdout if intent["id"] in done.stdout and done.returncode == 2 else None
 
-    output = await assert_eventually(listed_in_cli, timeout=15, interval=0.5,
-                                     message="the review never showed in `durapay review list`")
+    output = await assert_eventually(
+        listed_in_cli,
+        timeout=15,
+        interval=0.5,
+        message="the review never showed in `durapay review list`",
+    )
     assert response.json()["networkReference"] in output
     temporal = await review_stack.temporal_client()
     intent_id = intent["id"]
@@ -88,13 +100,17 @@ async def test_unknown_outcome_past_the_horizon_opens_a_review_that_the_network_
     final = await assert_eventually(settled, timeout=30, interval=0.5)
     print(f"\n[review] opened and settled {time.monotonic() - started:.1f} s after the charge")
     assert final["transactions"][0]["reconciled"] is True
-    assert await assert_eventually(lambda: _count(temporal, query.replace("true", "false")),
-                                   timeout=10)
+    assert await assert_eventually(
+        lambda: _count(temporal, query.replace("true", "false")), timeout=10
+    )
     assert intent["id"] not in _review_cli(review_stack, "list").stdout
     db = await asyncpg.connect(review_stack.database_url)
     try:
-        row = await db.fetchrow("SELECT manual_review_since, manual_review_resolved_at "
-                                "FROM payment_intent WHERE id = $1", intent["id"])
+        row = await db.fetchrow(
+            "SELECT manual_review_since, manual_review_resolved_at "
+            "FROM payment_intent WHERE id = $1",
+            intent["id"],
+        )
     finally:
         await db.close()
     assert row["manual_review_since"] is not None
@@ -102,12 +118,15 @@ async def test_unknown_outcome_past_the_horizon_opens_a_review_that_the_network_
 
 
 async def test_resolve_refuses_a_payment_that_is_not_in_review(
-        review_stack: RunningStack, merchant_client: DurapayClient) -> None:
+    review_stack: RunningStack, merchant_client: DurapayClient
+) -> None:
     intent = await create_intent(merchant_client)
-    assert (await charge(merchant_client, intent["id"], card("4242424242424242"))).status_code \
-        == 200
-    done = await asyncio.to_thread(_review_cli, review_stack, "resolve", intent["id"],
-                                   "--outcome", "failed", "--note", "test")
+    assert (
+        await charge(merchant_client, intent["id"], card("4242424242424242"))
+    ).status_code == 200
+    done = await asyncio.to_thread(
+        _review_cli, review_stack, "resolve", intent["id"], "--outcome", "failed", "--note", "test"
+    )
     # The workflow's validator refused the verdict (not a crash that also exits 1).
     assert (done.returncode, done.stdout) == (1, REFUSED_NOT_IN_REVIEW), done.stderr
     assert "Traceback" not in done.stderr

@@ -40,8 +40,9 @@ async def _schema_drift(url: str) -> list[Any]:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
-            return await connection.run_sync(lambda sync: compare_metadata(
-                MigrationContext.configure(sync), SQLModel.metadata))
+            return await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), SQLModel.metadata)
+            )
     finally:
         await engine.dispose()
 
@@ -49,15 +50,13 @@ async def _schema_drift(url: str) -> list[Any]:
 async def _tables(url: str) -> set[str]:
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     try:
-        rows = await connection.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     finally:
         await connection.close()
     return {row["tablename"] for row in rows} - {"alembic_version"}
 
 
-async def test_migrations_build_the_declared_schema_and_downgrade_cleanly(
-        scratch_url: str) -> None:
+async def test_migrations_build_the_declared_schema_and_downgrade_cleanly(scratch_url: str) -> None:
     await asyncio.to_thread(upgrade, scratch_url)
     drift = await _schema_drift(scratch_url)
     assert drift == [], "\n".join(map(repr, drift))
@@ -81,7 +80,8 @@ async def _verified(url: str) -> dict[str, tuple[int, int]]:
 
 
 async def test_events_written_before_the_chains_are_chained_per_payment_by_the_migrations(
-        scratch_url: str) -> None:
+    scratch_url: str,
+) -> None:
     await asyncio.to_thread(upgrade, scratch_url, "2026_11_28_card_number_retention")
     plain = scratch_url.replace("postgresql+asyncpg", "postgresql")
     connection = await asyncpg.connect(plain)
@@ -91,47 +91,70 @@ async def test_events_written_before_the_chains_are_chained_per_payment_by_the_m
             await connection.execute(
                 "INSERT INTO payment_intent (id, merchant_id, amount_in_cents, currency, "
                 "capture_method, status) VALUES ($1, $2, 100, 'usd', 'automatic', 'created')",
-                f"pi_{merchant}", merchant)
+                f"pi_{merchant}",
+                merchant,
+            )
         for n, merchant in enumerate(["mer_a", "mer_b", "mer_a", "mer_a", "mer_b"]):
             await connection.execute(
                 "INSERT INTO event (id, merchant_id, payment_intent_id, type, data) "
                 "VALUES ($1, $2, $3, 'payment.created', '{\"status\": \"created\"}')",
-                f"evt_{n}", merchant, f"pi_{merchant}")
+                f"evt_{n}",
+                merchant,
+                f"pi_{merchant}",
+            )
         await connection.execute(
             "INSERT INTO event (id, merchant_id, type, data) VALUES "
             "('evt_we', 'mer_a', 'webhook_endpoint.disabled', '{\"endpointId\": \"we_1\"}'), "
-            "('evt_rcd', NULL, 'reconciliation.discrepancy', '{\"discrepancyId\": \"rcd_1\"}')")
+            "('evt_rcd', NULL, 'reconciliation.discrepancy', '{\"discrepancyId\": \"rcd_1\"}')"
+        )
     finally:
         await connection.close()
 
     # One chain per merchant first (2026_11_29), then one per subject.
     await asyncio.to_thread(upgrade, scratch_url, "2026_11_30_event_publication")
     assert await _chains(plain) == {
-        "evt_0": ("merchant:mer_a", 1, 1), "evt_1": ("merchant:mer_b", 1, 1),
-        "evt_2": ("merchant:mer_a", 2, 2), "evt_3": ("merchant:mer_a", 3, 3),
-        "evt_4": ("merchant:mer_b", 2, 2), "evt_we": ("merchant:mer_a", 4, None),
-        "evt_rcd": ("operator", 1, None)}
+        "evt_0": ("merchant:mer_a", 1, 1),
+        "evt_1": ("merchant:mer_b", 1, 1),
+        "evt_2": ("merchant:mer_a", 2, 2),
+        "evt_3": ("merchant:mer_a", 3, 3),
+        "evt_4": ("merchant:mer_b", 2, 2),
+        "evt_we": ("merchant:mer_a", 4, None),
+        "evt_rcd": ("operator", 1, None),
+    }
     await asyncio.to_thread(upgrade, scratch_url)
     assert await _chains(plain) == {
-        "evt_0": ("pi_mer_a", 1, 1), "evt_1": ("pi_mer_b", 1, 1), "evt_2": ("pi_mer_a", 2, 2),
-        "evt_3": ("pi_mer_a", 3, 3), "evt_4": ("pi_mer_b", 2, 2), "evt_we": ("we_1", 1, None),
-        "evt_rcd": ("rcd_1", 1, None)}
+        "evt_0": ("pi_mer_a", 1, 1),
+        "evt_1": ("pi_mer_b", 1, 1),
+        "evt_2": ("pi_mer_a", 2, 2),
+        "evt_3": ("pi_mer_a", 3, 3),
+        "evt_4": ("pi_mer_b", 2, 2),
+        "evt_we": ("we_1", 1, None),
+        "evt_rcd": ("rcd_1", 1, None),
+    }
     assert await _verified(scratch_url) == {
-        "merchant:mer_a": (2, 4), "merchant:mer_b": (1, 2), "operator": (1, 1)}
+        "merchant:mer_a": (2, 4),
+        "merchant:mer_b": (1, 2),
+        "operator": (1, 1),
+    }
 
     # And back: the merchant chains and their head rows, as 2026_11_29 left them.
     await asyncio.to_thread(downgrade, scratch_url, "2026_11_30_event_publication")
     assert (await _chains(plain))["evt_we"] == ("merchant:mer_a", 4, None)
     connection = await asyncpg.connect(plain)
     try:
-        heads = {r["chain"]: r["chain_seq"] for r in await connection.fetch(
-            "SELECT chain, chain_seq FROM audit_chain_head")}
+        heads = {
+            r["chain"]: r["chain_seq"]
+            for r in await connection.fetch("SELECT chain, chain_seq FROM audit_chain_head")
+        }
     finally:
         await connection.close()
     assert heads == {"merchant:mer_a": 4, "merchant:mer_b": 2, "operator": 1}
     await asyncio.to_thread(upgrade, scratch_url)
     assert await _verified(scratch_url) == {
-        "merchant:mer_a": (2, 4), "merchant:mer_b": (1, 2), "operator": (1, 1)}
+        "merchant:mer_a": (2, 4),
+        "merchant:mer_b": (1, 2),
+        "operator": (1, 1),
+    }
 
 
 async def _chains(plain_url: str) -> dict[str, tuple[str, int, int | None]]:

@@ -32,11 +32,15 @@ INSTALL_AND_START_SECONDS = 900  # a cold package cache installs every locked wh
 
 TOUR = ".venv/bin/durapay tour"
 CREATE_MERCHANT = '.venv/bin/durapay merchant create "Acme" --save-profile acme'
-CREATE_INTENT = (".venv/bin/durapay request POST /payment-intents "
-                 """'{"amountInCents": 1000, "currency": "eur"}' --profile acme""")
-CHARGE = (".venv/bin/durapay request POST /payment-intents/pi_…/transactions --profile acme "
-          """'{"type": "charge", "card": {"number": "4242424242424242", "expMonth": 12, """
-          """"expYear": 2030, "cvc": "123"}}'""")
+CREATE_INTENT = (
+    ".venv/bin/durapay request POST /payment-intents "
+    """'{"amountInCents": 1000, "currency": "eur"}' --profile acme"""
+)
+CHARGE = (
+    ".venv/bin/durapay request POST /payment-intents/pi_…/transactions --profile acme "
+    """'{"type": "charge", "card": {"number": "4242424242424242", "expMonth": 12, """
+    """"expYear": 2030, "cvc": "123"}}'"""
+)
 LIST = '.venv/bin/durapay request GET "/payment-intents?limit=5" --profile acme'
 SIGN = ".venv/bin/durapay sign GET /payment-intents --profile acme --curl"
 
@@ -78,11 +82,16 @@ def clone() -> Path:
 def newcomer_env(clone: Path) -> dict[str, str]:
     """The environment of a newcomer's shell, but for private ports (another stack may hold the
     defaults) and a private config dir for CLI profiles."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DURAPAY_", "VIRTUAL_ENV", "PYTHON")) and
-           k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")}
-    ports = {name: str(free_port()) for name in ("API", "CARDNET", "TEMPORAL",
-                                                 "TEMPORAL_UI", "POSTGRES", "CODEC")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DURAPAY_", "VIRTUAL_ENV", "PYTHON"))
+        and k not in ("DATABASE_URL", "TEMPORAL_ADDRESS")
+    }
+    ports = {
+        name: str(free_port())
+        for name in ("API", "CARDNET", "TEMPORAL", "TEMPORAL_UI", "POSTGRES", "CODEC")
+    }
     env.update({f"DURAPAY_{name}_PORT": port for name, port in ports.items()})
     env["DURAPAY_WORKER_METRICS_PORT"] = str(free_ports_in_a_row(1))
     env["XDG_CONFIG_HOME"] = str(clone.parent / "config")
@@ -96,9 +105,15 @@ def make_dev(clone: Path, newcomer_env: dict[str, str]) -> Iterator[str]:
     process group, as a terminal sends it) at the end. Yields the banner."""
     output = clone.parent / "make-dev.out"
     with output.open("wb") as sink:
-        process = subprocess.Popen(["make", "dev"], cwd=clone, env=newcomer_env, stdout=sink,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            ["make", "dev"],
+            cwd=clone,
+            env=newcomer_env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + INSTALL_AND_START_SECONDS
         while "Durapay is up" not in output.read_text(errors="replace"):
@@ -118,13 +133,15 @@ def make_dev(clone: Path, newcomer_env: dict[str, str]) -> Iterator[str]:
     assert process.returncode in (0, 2, 130, -signal.SIGINT), output.read_text()[-3000:]
 
 
-def run(clone: Path, env: dict[str, str], command: str,
-        substitutions: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    clone: Path, env: dict[str, str], command: str, substitutions: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """One README command, typed into a shell in the clone."""
     for placeholder, value in (substitutions or {}).items():
         command = command.replace(placeholder, value)
-    return subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        ["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def answer(result: subprocess.CompletedProcess[str]) -> tuple[int, dict[str, Any]]:
@@ -133,8 +150,9 @@ def answer(result: subprocess.CompletedProcess[str]) -> tuple[int, dict[str, Any
     return int(status.removeprefix("HTTP ")), json.loads(body)
 
 
-def test_a_newcomer_pays_with_the_cli_and_curl(clone: Path, newcomer_env: dict[str, str],
-                                                make_dev: str) -> None:
+def test_a_newcomer_pays_with_the_cli_and_curl(
+    clone: Path, newcomer_env: dict[str, str], make_dev: str
+) -> None:
     api_url = f"http://127.0.0.1:{newcomer_env['DURAPAY_API_PORT']}"
     assert api_url in make_dev and "pk_test_" in make_dev, make_dev[-2000:]
     assert TOUR in make_dev  # the banner names the tour as the README does
@@ -143,8 +161,14 @@ def test_a_newcomer_pays_with_the_cli_and_curl(clone: Path, newcomer_env: dict[s
     assert tour.returncode == 0, tour.stderr
     lines = tour.stdout.splitlines()
     assert re.match(r"POST /payment-intents -> pi_\w+ status=created", lines[0]), tour.stdout
-    assert any(re.match(r"POST /payment-intents/pi_\w+/transactions -> txn_\w+ "
-                        r"status=succeeded card=…4242", line) for line in lines), tour.stdout
+    assert any(
+        re.match(
+            r"POST /payment-intents/pi_\w+/transactions -> txn_\w+ "
+            r"status=succeeded card=…4242",
+            line,
+        )
+        for line in lines
+    ), tour.stdout
     assert lines[-1] == "events: payment.created -> payment.processing -> payment.succeeded"
 
     created = run(clone, newcomer_env, CREATE_MERCHANT)

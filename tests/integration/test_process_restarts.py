@@ -68,7 +68,8 @@ async def ops(restarts_stack: RunningStack) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_killed_postgres_is_restarted_and_the_api_answers_503_meanwhile(
-        restarts_stack: RunningStack, shop: DurapayClient, ops: httpx.AsyncClient) -> None:
+    restarts_stack: RunningStack, shop: DurapayClient, ops: httpx.AsyncClient
+) -> None:
     stack = restarts_stack
     old_pid = stack.child_pid("postgres")
     riders = _pids(stack, exclude="postgres")
@@ -81,10 +82,11 @@ async def test_killed_postgres_is_restarted_and_the_api_answers_503_meanwhile(
             seen.append(response.status_code)
             assert response.status_code == 503, f"still {response.status_code}"
             return response
-        _assert_service_unavailable(await assert_eventually(read_refused,
-                                                            timeout=OUTAGE_SECONDS))
-        _assert_service_unavailable(await shop.post(
-            "/payment-intents", {"amountInCents": 2499, "currency": "usd"}))
+
+        _assert_service_unavailable(await assert_eventually(read_refused, timeout=OUTAGE_SECONDS))
+        _assert_service_unavailable(
+            await shop.post("/payment-intents", {"amountInCents": 2499, "currency": "usd"})
+        )
         await _assert_health_down(ops, "postgres")
     resumed = time.monotonic()
 
@@ -92,8 +94,10 @@ async def test_killed_postgres_is_restarted_and_the_api_answers_503_meanwhile(
     back = time.monotonic() - resumed
     txn = await assert_eventually(lambda: _charged(shop), timeout=RESTART_SECONDS, interval=0.5)
     charged = time.monotonic() - resumed
-    print(f"\n[restarts] postgres {old_pid} -> {new_pid}: healthy {back:.1f} s after the launcher "
-          f"resumed; first charge succeeded after {charged:.1f} s")
+    print(
+        f"\n[restarts] postgres {old_pid} -> {new_pid}: healthy {back:.1f} s after the launcher "
+        f"resumed; first charge succeeded after {charged:.1f} s"
+    )
 
     assert txn["status"] == "succeeded"
     assert set(seen) <= {200, 503}, seen  # never a 500 on the way down
@@ -102,7 +106,8 @@ async def test_killed_postgres_is_restarted_and_the_api_answers_503_meanwhile(
 
 
 async def test_killed_temporal_is_restarted_and_a_charge_meanwhile_answers_503(
-        restarts_stack: RunningStack, shop: DurapayClient, ops: httpx.AsyncClient) -> None:
+    restarts_stack: RunningStack, shop: DurapayClient, ops: httpx.AsyncClient
+) -> None:
     stack = restarts_stack
     # Created while Temporal is up: creation itself would wait out the client's retries, then
     # defer the workflow's start to the first charge.
@@ -114,8 +119,9 @@ async def test_killed_temporal_is_restarted_and_a_charge_meanwhile_answers_503(
     riders = _pids(stack, exclude="temporal")
     with stack.launcher_paused():
         os.kill(old_pid, signal.SIGKILL)
-        await assert_eventually(lambda: _assert_health_down(ops, "temporal"),
-                                timeout=OUTAGE_SECONDS)
+        await assert_eventually(
+            lambda: _assert_health_down(ops, "temporal"), timeout=OUTAGE_SECONDS
+        )
         refused = await charge(shop, intent_id, CARD_4242, idempotency_key=key)
         _assert_service_unavailable(refused)
     resumed = time.monotonic()
@@ -126,8 +132,10 @@ async def test_killed_temporal_is_restarted_and_a_charge_meanwhile_answers_503(
     # refused one left nothing behind that would make it a 409.
     response = await charge(shop, intent_id, CARD_4242, idempotency_key=key)
     charged = time.monotonic() - resumed
-    print(f"\n[restarts] temporal {old_pid} -> {new_pid}: healthy {back:.1f} s after the launcher "
-          f"resumed; the retried charge succeeded after {charged:.1f} s")
+    print(
+        f"\n[restarts] temporal {old_pid} -> {new_pid}: healthy {back:.1f} s after the launcher "
+        f"resumed; the retried charge succeeded after {charged:.1f} s"
+    )
 
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "succeeded"
@@ -154,28 +162,52 @@ def _while_handling(error: BaseException, handled: BaseException) -> BaseExcepti
 CONNECTION_LOST = asyncpg.ConnectionDoesNotExistError("connection was closed in the middle")
 
 
-@pytest.mark.parametrize(("error", "outage"), [
-    (ConnectionRefusedError(111, "Connection refused"), True),  # asyncpg lets it through as is
-    (OSError(errno.EHOSTUNREACH, "No route to host"), True),
-    (FileNotFoundError(errno.ENOENT, "missing"), False),  # a bug, not an outage
-    # What SQLAlchemy raises while a restarted Postgres replays its WAL ("starting up").
-    (sa_exc.DBAPIError("SELECT 1", None, _caused(Exception("adapted"),
-                                                 asyncpg.CannotConnectNowError("starting up"))),
-     True),
-    (sa_exc.InterfaceError("SELECT 1", None, Exception("connection is closed")), True),
-    (RPCError("tcp connect error", RPCStatusCode.UNAVAILABLE, b""), True),
-    (_caused(RuntimeError("wrapped"), RPCError("deadline", RPCStatusCode.DEADLINE_EXCEEDED, b"")),
-     True),
-    (sa_exc.IntegrityError("INSERT", None, Exception("duplicate key")), False),
-    (RPCError("workflow not found", RPCStatusCode.NOT_FOUND, b""), False),
-    (KeyError("bug"), False),
-    # A session used again after its connection died mid-transaction.
-    (_while_handling(sa_exc.PendingRollbackError("Can't reconnect until invalid transaction is "
-                                                 "rolled back"), CONNECTION_LOST), True),
-    (_while_handling(sa_exc.PendingRollbackError("a flush failed"),
-                     sa_exc.IntegrityError("INSERT", None, Exception("duplicate key"))), False),
-    (_while_handling(KeyError("a bug in an except block"), CONNECTION_LOST), False),
-])
+@pytest.mark.parametrize(
+    ("error", "outage"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), True),  # asyncpg lets it through as is
+        (OSError(errno.EHOSTUNREACH, "No route to host"), True),
+        (FileNotFoundError(errno.ENOENT, "missing"), False),  # a bug, not an outage
+        # What SQLAlchemy raises while a restarted Postgres replays its WAL ("starting up").
+        (
+            sa_exc.DBAPIError(
+                "SELECT 1",
+                None,
+                _caused(Exception("adapted"), asyncpg.CannotConnectNowError("starting up")),
+            ),
+            True,
+        ),
+        (sa_exc.InterfaceError("SELECT 1", None, Exception("connection is closed")), True),
+        (RPCError("tcp connect error", RPCStatusCode.UNAVAILABLE, b""), True),
+        (
+            _caused(
+                RuntimeError("wrapped"), RPCError("deadline", RPCStatusCode.DEADLINE_EXCEEDED, b"")
+            ),
+            True,
+        ),
+        (sa_exc.IntegrityError("INSERT", None, Exception("duplicate key")), False),
+        (RPCError("workflow not found", RPCStatusCode.NOT_FOUND, b""), False),
+        (KeyError("bug"), False),
+        # A session used again after its connection died mid-transaction.
+        (
+            _while_handling(
+                sa_exc.PendingRollbackError(
+                    "Can't reconnect until invalid transaction is rolled back"
+                ),
+                CONNECTION_LOST,
+            ),
+            True,
+        ),
+        (
+            _while_handling(
+                sa_exc.PendingRollbackError("a flush failed"),
+                sa_exc.IntegrityError("INSERT", None, Exception("duplicate key")),
+            ),
+            False,
+        ),
+        (_while_handling(KeyError("a bug in an except block"), CONNECTION_LOST), False),
+    ],
+)
 def test_outages_are_told_from_bugs(error: BaseException, outage: bool) -> None:
     """Runs without the stack: which failures answer 503 (retry later) rather than 500."""
     assert is_outage(error) is outage
@@ -198,10 +230,10 @@ async def _assert_health_down(ops: httpx.AsyncClient, dependency: str) -> bool:
     return True
 
 
-async def _restarted(stack: RunningStack, ops: httpx.AsyncClient, name: str,
-                     old_pid: int) -> int:
+async def _restarted(stack: RunningStack, ops: httpx.AsyncClient, name: str, old_pid: int) -> int:
     """The child's new pid, once stack.json names a live process other than `old_pid` and the
     API says every dependency answers."""
+
     async def healthy_again() -> int:
         pid = stack.child_pid(name)
         assert pid != old_pid, f"{name} not restarted yet"
@@ -209,8 +241,10 @@ async def _restarted(stack: RunningStack, ops: httpx.AsyncClient, name: str,
         health = await ops.get("/healthz")
         assert health.status_code == 200, health.text
         return pid
-    return await assert_eventually(healthy_again, timeout=RESTART_SECONDS, interval=0.2,
-                                   message=f"{name} was not restarted")
+
+    return await assert_eventually(
+        healthy_again, timeout=RESTART_SECONDS, interval=0.2, message=f"{name} was not restarted"
+    )
 
 
 async def _charged(shop: DurapayClient) -> dict[str, Any]:
@@ -228,4 +262,3 @@ def _pids(stack: RunningStack, *, exclude: str) -> dict[str, int]:
 def _assert_no_unhandled_error(stack: RunningStack) -> None:
     api_log = (stack.home / "logs" / "api.log").read_text(errors="replace")
     assert "unhandled error" not in api_log, api_log[-3000:]
-

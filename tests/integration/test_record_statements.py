@@ -34,8 +34,12 @@ class Database:
 
 @pytest.fixture(scope="module")
 async def database() -> AsyncIterator[Database]:
-    async with scratch_postgres(settings={"shared_preload_libraries": "pg_stat_statements",
-                                          "pg_stat_statements.track": "all"}) as url:
+    async with scratch_postgres(
+        settings={
+            "shared_preload_libraries": "pg_stat_statements",
+            "pg_stat_statements.track": "all",
+        }
+    ) as url:
         admin = await asyncpg.connect(url)
         await admin.execute("CREATE EXTENSION pg_stat_statements")
         merchant = new_id("acct")
@@ -52,26 +56,37 @@ async def _new_payment(database: Database) -> tuple[str, str]:
     intent, token = new_id("pi"), new_id("tok")
     await database.admin.execute(
         "INSERT INTO card_token (id, merchant_id, pan_ciphertext, brand, last4, exp_month, "
-        "exp_year) VALUES ($1, $2, '\\x01', 'visa', '4242', 12, 2030)", token, database.merchant)
+        "exp_year) VALUES ($1, $2, '\\x01', 'visa', '4242', 12, 2030)",
+        token,
+        database.merchant,
+    )
     async with database.engine.begin() as connection:  # as the API's create writes it
-        await insert_payment_intent(connection, intent_id=intent, merchant_id=database.merchant,
-                                    amount_in_cents=1000, currency="usd", description=None,
-                                    capture_method="automatic", metadata={})
+        await insert_payment_intent(
+            connection,
+            intent_id=intent,
+            merchant_id=database.merchant,
+            amount_in_cents=1000,
+            currency="usd",
+            description=None,
+            capture_method="automatic",
+            metadata={},
+        )
     return intent, token
 
 
 async def test_a_charge_records_in_eight_statements_and_its_foreign_key_checks(
-        database: Database) -> None:
+    database: Database,
+) -> None:
     intent, token = await _new_payment(database)
     await database.admin.execute("SELECT pg_stat_statements_reset()")
     txn = new_id("txn")
     await database.records.record_charge_attempt(ChargeAttempt(intent, txn, token, CARD))
-    recorded = await database.records.record_outcome(
-        Outcome(intent, txn, NetworkOutcome.APPROVED))
+    recorded = await database.records.record_outcome(Outcome(intent, txn, NetworkOutcome.APPROVED))
     assert recorded.status == "succeeded"
     rows = await database.admin.fetch(
         "SELECT toplevel, query, calls FROM pg_stat_statements WHERE query NOT LIKE "
-        "'%pg_stat_statements%'")
+        "'%pg_stat_statements%'"
+    )
     top = {r["query"]: r["calls"] for r in rows if r["toplevel"]}
     nested = sum(r["calls"] for r in rows if not r["toplevel"])
     # Each record: BEGIN, the locking read, the one write, COMMIT.
@@ -85,7 +100,8 @@ async def test_a_charge_records_in_eight_statements_and_its_foreign_key_checks(
 
 
 async def test_a_retry_waiting_on_the_lock_returns_what_its_first_try_committed(
-        database: Database) -> None:
+    database: Database,
+) -> None:
     """The retry's read began before the first try committed; it must not act on that."""
     intent, token = await _new_payment(database)
     txn = new_id("txn")
@@ -104,19 +120,22 @@ async def test_a_retry_waiting_on_the_lock_returns_what_its_first_try_committed(
     holder.close()
     answers = await asyncio.gather(first, retry)
     assert answers[0] == answers[1] and answers[0].status == "processing"
-    rows = await database.admin.fetchval(
-        "SELECT count(*) FROM transaction WHERE id = $1", txn)
+    rows = await database.admin.fetchval("SELECT count(*) FROM transaction WHERE id = $1", txn)
     events = await database.admin.fetch(
-        "SELECT id FROM event WHERE chain = $1 ORDER BY chain_seq", intent)
+        "SELECT id FROM event WHERE chain = $1 ORDER BY chain_seq", intent
+    )
     assert rows == 1
-    assert [e["id"] for e in events] == [event_id_for(f"{intent}:created"),
-                                         event_id_for(f"{txn}:start")]
+    assert [e["id"] for e in events] == [
+        event_id_for(f"{intent}:created"),
+        event_id_for(f"{txn}:start"),
+    ]
 
 
 async def _wait_for_lock_waiters(admin: asyncpg.Connection, count: int) -> None:
     for _ in range(500):
         waiting = await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        )
         if waiting >= count:
             return
         await asyncio.sleep(0.01)

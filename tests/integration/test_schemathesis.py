@@ -81,11 +81,15 @@ class SignedRequest(requests.auth.AuthBase):
         body = request.body or b""
         assert isinstance(body, str | bytes)  # a prepared request's body, never a stream
         raw_path, _, query = (request.path_url or "/").partition("?")
-        request.headers.update(signed_headers(
-            public_key=self.public_key, secret_key=self.secret_key,
-            method=request.method or "GET",
-            path_and_query=canonical_path_and_query(raw_path.encode(), query.encode()),
-            body=body.encode() if isinstance(body, str) else body))
+        request.headers.update(
+            signed_headers(
+                public_key=self.public_key,
+                secret_key=self.secret_key,
+                method=request.method or "GET",
+                path_and_query=canonical_path_and_query(raw_path.encode(), query.encode()),
+                body=body.encode() if isinstance(body, str) else body,
+            )
+        )
         return request
 
 
@@ -125,14 +129,17 @@ class Tally:
             except FailureGroup as group:
                 self.failures[name] += 1
                 first = group.exceptions[0]
-                self.distinct.setdefault((label, name, response.status_code),
-                                         f"{first.title}: {first.message}"[:300])
+                self.distinct.setdefault(
+                    (label, name, response.status_code), f"{first.title}: {first.message}"[:300]
+                )
 
     def report(self) -> str:
-        lines = [f"[schemathesis] operations tested: {len(self.calls)}, "
-                 f"requests checked: {sum(self.calls.values())} ({dict(self.phases)}), "
-                 f"failing responses per check: {dict(self.failures) or 0}, "
-                 f"distinct findings (operation, check, status): {len(self.distinct)}"]
+        lines = [
+            f"[schemathesis] operations tested: {len(self.calls)}, "
+            f"requests checked: {sum(self.calls.values())} ({dict(self.phases)}), "
+            f"failing responses per check: {dict(self.failures) or 0}, "
+            f"distinct findings (operation, check, status): {len(self.distinct)}"
+        ]
         for label in sorted(self.calls):
             statuses = ", ".join(f"{s}x{n}" for s, n in sorted(self.statuses[label].items()))
             lines.append(f"  {label}: {self.calls[label]} requests ({statuses})")
@@ -157,14 +164,21 @@ class Objects:
             return []
         if operation.method.upper() == "DELETE":
             return self.doomed_endpoints
-        return {"payment-intents": self.payment_intents,
-                "webhook-endpoints": self.webhook_endpoints, "events": self.events,
-                "merchants": self.merchants}[operation.path.split("/")[1]]
+        return {
+            "payment-intents": self.payment_intents,
+            "webhook-endpoints": self.webhook_endpoints,
+            "events": self.events,
+            "merchants": self.merchants,
+        }[operation.path.split("/")[1]]
 
 
 def onboard(stack: RunningStack, name: str) -> dict[str, Any]:
-    response = requests.post(f"{stack.api_url}/merchants", json={"name": name},
-                             auth=AdminToken(stack.admin_token), timeout=30)
+    response = requests.post(
+        f"{stack.api_url}/merchants",
+        json={"name": name},
+        auth=AdminToken(stack.admin_token),
+        timeout=30,
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -177,15 +191,21 @@ class Shop:
         self.auth = SignedRequest(keys["publicKey"], keys["secretKey"])
 
     def post(self, path: str, body: dict[str, Any]) -> requests.Response:
-        return requests.post(f"{self.base_url}{path}", data=json.dumps(body), timeout=30,
-                             headers={"Content-Type": "application/json"}, auth=self.auth)
+        return requests.post(
+            f"{self.base_url}{path}",
+            data=json.dumps(body),
+            timeout=30,
+            headers={"Content-Type": "application/json"},
+            auth=self.auth,
+        )
 
     def get(self, path: str) -> requests.Response:
         return requests.get(f"{self.base_url}{path}", timeout=30, auth=self.auth)
 
     def intent(self, **extra: Any) -> str:
-        response = self.post("/payment-intents",
-                             {"amountInCents": 2499, "currency": "usd", **extra})
+        response = self.post(
+            "/payment-intents", {"amountInCents": 2499, "currency": "usd", **extra}
+        )
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
@@ -198,25 +218,36 @@ class Shop:
     def endpoint(self) -> str:
         # Allowed on the local stack (private addresses); nothing listens there, and the
         # deliveries' failures are retried in the background, harmlessly.
-        response = self.post("/webhook-endpoints", {"url": "https://127.0.0.1:9/hooks",
-                                                     "enabledEvents": ["*"]})
+        response = self.post(
+            "/webhook-endpoints", {"url": "https://127.0.0.1:9/hooks", "enabledEvents": ["*"]}
+        )
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
 
 def charge_body(number: str) -> dict[str, Any]:
-    return {"type": "charge",
-            "card": {"number": number, "expMonth": 12, "expYear": 2030, "cvc": "123"}}
+    return {
+        "type": "charge",
+        "card": {"number": number, "expMonth": 12, "expYear": 2030, "cvc": "123"},
+    }
 
 
 def real_objects(stack: RunningStack, shop: Shop) -> Objects:
-    intents = [shop.intent(), shop.charged(), shop.charged(captureMethod="manual"),
-               shop.charged(DECLINED_CARD, 402)]
+    intents = [
+        shop.intent(),
+        shop.charged(),
+        shop.charged(captureMethod="manual"),
+        shop.charged(DECLINED_CARD, 402),
+    ]
     events = [e["id"] for e in shop.get("/events?limit=5").json()["data"]]
     victim = onboard(stack, f"Keys rolled {uuid.uuid4().hex[:6]}")
-    return Objects(payment_intents=intents, webhook_endpoints=[shop.endpoint(), shop.endpoint()],
-                   doomed_endpoints=[shop.endpoint(), shop.endpoint()], events=events,
-                   merchants=[victim["id"]])
+    return Objects(
+        payment_intents=intents,
+        webhook_endpoints=[shop.endpoint(), shop.endpoint()],
+        doomed_endpoints=[shop.endpoint(), shop.endpoint()],
+        events=events,
+        merchants=[victim["id"]],
+    )
 
 
 def known_outcomes(shop: Shop, schema: schemathesis.BaseSchema) -> Iterator[tuple[Case, int]]:
@@ -226,40 +257,78 @@ def known_outcomes(shop: Shop, schema: schemathesis.BaseSchema) -> Iterator[tupl
     by_id = schema.find_operation_by_id  # type: ignore[attr-defined]
     charge = by_id("payment-intents-transactions-create")
     for number, status in ((APPROVED_CARD, 200), (DECLINED_CARD, 402), (HELD_CARD, 202)):
-        yield charge.Case(path_parameters={"id": shop.intent()}, media_type="application/json",
-                          body=charge_body(number)), status
-    yield by_id("payment-intents-capture").Case(
-        path_parameters={"id": shop.charged(captureMethod="manual")},
-        media_type="application/json", body={"amountInCents": 1000}), 200
-    yield by_id("payment-intents-cancel").Case(
-        path_parameters={"id": shop.intent()}, media_type="application/json",
-        body={"cancellationReason": "abandoned"}), 200
-    yield by_id("payment-intents-refunds-create").Case(
-        path_parameters={"id": shop.charged()}, media_type="application/json",
-        body={"amountInCents": 500}), 200
-    yield by_id("webhook-endpoints-create").Case(media_type="application/json", body={
-        "url": "https://127.0.0.1:9/hooks", "enabledEvents": ["payment.succeeded"]}), 201
-    yield by_id("webhook-endpoints-rotate-secret").Case(
-        path_parameters={"id": shop.endpoint()}, media_type="application/json",
-        body={"gracePeriodSeconds": 60}), 200
+        yield (
+            charge.Case(
+                path_parameters={"id": shop.intent()},
+                media_type="application/json",
+                body=charge_body(number),
+            ),
+            status,
+        )
+    yield (
+        by_id("payment-intents-capture").Case(
+            path_parameters={"id": shop.charged(captureMethod="manual")},
+            media_type="application/json",
+            body={"amountInCents": 1000},
+        ),
+        200,
+    )
+    yield (
+        by_id("payment-intents-cancel").Case(
+            path_parameters={"id": shop.intent()},
+            media_type="application/json",
+            body={"cancellationReason": "abandoned"},
+        ),
+        200,
+    )
+    yield (
+        by_id("payment-intents-refunds-create").Case(
+            path_parameters={"id": shop.charged()},
+            media_type="application/json",
+            body={"amountInCents": 500},
+        ),
+        200,
+    )
+    yield (
+        by_id("webhook-endpoints-create").Case(
+            media_type="application/json",
+            body={"url": "https://127.0.0.1:9/hooks", "enabledEvents": ["payment.succeeded"]},
+        ),
+        201,
+    )
+    yield (
+        by_id("webhook-endpoints-rotate-secret").Case(
+            path_parameters={"id": shop.endpoint()},
+            media_type="application/json",
+            body={"gracePeriodSeconds": 60},
+        ),
+        200,
+    )
 
 
-def auth_for(case: Case, *, merchant: SignedRequest, admin: AdminToken,
-             signed: bool = True) -> requests.auth.AuthBase | None:
+def auth_for(
+    case: Case, *, merchant: SignedRequest, admin: AdminToken, signed: bool = True
+) -> requests.auth.AuthBase | None:
     if not signed or case.path in ("/livez", "/readyz", "/healthz"):
         return None  # whatever Schemathesis generated for the auth headers goes as it is
     return admin if case.path.startswith("/merchants") else merchant
 
 
-def cases_of(operation: schemathesis.APIOperation, mode: GenerationMode,
-             objects: Objects) -> Iterator[tuple[Case, bool]]:
+def cases_of(
+    operation: schemathesis.APIOperation, mode: GenerationMode, objects: Objects
+) -> Iterator[tuple[Case, bool]]:
     """`MAX_EXAMPLES` generated cases of `operation` (derandomized), each with whether to sign."""
     found: list[tuple[Case, bool]] = []
     pool = objects.for_operation(operation)
 
-    @hypothesis.settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                         derandomize=True, phases=[hypothesis.Phase.generate],
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[hypothesis.Phase.generate],
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode), data=st.data())
     def generate(case: Case, data: st.DataObject) -> None:
         if bool(pool) and data.draw(st.booleans(), label="real id"):
@@ -285,9 +354,14 @@ def examples_of(operation: schemathesis.APIOperation) -> Iterator[Case]:
 def first_of(strategy: st.SearchStrategy[Case]) -> Case:
     found: list[Case] = []
 
-    @hypothesis.settings(max_examples=1, deadline=None, database=None, derandomize=True,
-                         phases=[hypothesis.Phase.generate],
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=1,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[hypothesis.Phase.generate],
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     @hypothesis.given(case=strategy)
     def take(case: Case) -> None:
         found.append(case)
@@ -302,8 +376,7 @@ def oversized(operation: schemathesis.APIOperation, objects: Objects) -> Case:
     return operation.Case(path_parameters=path_parameters)
 
 
-def test_every_answer_conforms_to_the_openapi_document(stack: RunningStack,
-                                                       tmp_path: Path) -> None:
+def test_every_answer_conforms_to_the_openapi_document(stack: RunningStack, tmp_path: Path) -> None:
     started = time.monotonic()
     keys = onboard(stack, f"Schemathesis {uuid.uuid4().hex[:6]}")
     shop = Shop(stack.api_url, keys)
@@ -318,10 +391,13 @@ def test_every_answer_conforms_to_the_openapi_document(stack: RunningStack,
         operations.append(result.ok())
     assert len(operations) >= 20, [o.label for o in operations]
 
-    def send(case: Case, phase: str, signed: bool = True,
-             **kwargs: Any) -> schemathesis.Response:
-        response = case.call(base_url=stack.api_url, timeout=30, auth=auth_for(
-            case, merchant=merchant, admin=admin, signed=signed), **kwargs)
+    def send(case: Case, phase: str, signed: bool = True, **kwargs: Any) -> schemathesis.Response:
+        response = case.call(
+            base_url=stack.api_url,
+            timeout=30,
+            auth=auth_for(case, merchant=merchant, admin=admin, signed=signed),
+            **kwargs,
+        )
         tally.record(case, response, phase)
         return response
 
@@ -335,9 +411,12 @@ def test_every_answer_conforms_to_the_openapi_document(stack: RunningStack,
             for case, signed in generated:
                 send(case, mode.value, signed=signed)
         # Over the size limit, whatever the operation: refused before anything reads it.
-        too_large = send(oversized(operation, objects), "413",
-                         data=b"x" * (MAX_BODY_BYTES + 1),
-                         headers={"Content-Type": "application/json"})
+        too_large = send(
+            oversized(operation, objects),
+            "413",
+            data=b"x" * (MAX_BODY_BYTES + 1),
+            headers={"Content-Type": "application/json"},
+        )
         assert too_large.status_code == 413, (operation.label, too_large.status_code)
 
     for case, expected in known_outcomes(shop, schema):
@@ -346,20 +425,26 @@ def test_every_answer_conforms_to_the_openapi_document(stack: RunningStack,
     # first one's charge (whichever claims the key first answers 202, the other 409).
     same_key = {"Idempotency-Key": f"schemathesis-{uuid.uuid4().hex}"}
     twice = schema.find_operation_by_id("payment-intents-transactions-create").Case(
-        path_parameters={"id": shop.intent()}, headers=same_key,
-        media_type="application/json", body=charge_body(HELD_CARD))
+        path_parameters={"id": shop.intent()},
+        headers=same_key,
+        media_type="application/json",
+        body=charge_body(HELD_CARD),
+    )
     with ThreadPoolExecutor(max_workers=2) as pool:
-        answers = list(pool.map(lambda case: send(case, "known outcomes").status_code,
-                                [twice, twice.derive()]))
+        answers = list(
+            pool.map(lambda case: send(case, "known outcomes").status_code, [twice, twice.derive()])
+        )
     assert sorted(answers) == [202, 409], answers
 
     # A key that spent its burst, on an API process whose limit refills one token per 100 s.
     limited = onboard(stack, f"Rate limited {uuid.uuid4().hex[:6]}")
     limited_auth = SignedRequest(limited["publicKey"], limited["secretKey"])
-    with api_process(stack, tmp_path / "api-limited.log",
-                     DURAPAY_RATE_LIMIT_PER_SECOND=SLOW_RATE) as limited_url:
-        assert requests.get(f"{limited_url}/events", auth=limited_auth,
-                            timeout=30).status_code == 200
+    with api_process(
+        stack, tmp_path / "api-limited.log", DURAPAY_RATE_LIMIT_PER_SECOND=SLOW_RATE
+    ) as limited_url:
+        assert (
+            requests.get(f"{limited_url}/events", auth=limited_auth, timeout=30).status_code == 200
+        )
         for operation in operations:
             if operation.path.startswith(("/merchants", "/livez", "/readyz", "/healthz")):
                 continue  # the limit is per merchant key; these take none

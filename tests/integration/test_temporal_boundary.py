@@ -63,8 +63,9 @@ async def foreign_token(stack: RunningStack, db: asyncpg.Pool) -> str:
         intent = await create_intent(other)
         response = await charge(other, intent["id"], VICTIM_CARD)
         assert response.status_code == 200, response.text
-    token = await db.fetchval("SELECT card_token_id FROM transaction WHERE id = $1",
-                              response.json()["id"])
+    token = await db.fetchval(
+        "SELECT card_token_id FROM transaction WHERE id = $1", response.json()["id"]
+    )
     assert token is not None
     return str(token)
 
@@ -76,26 +77,44 @@ async def intruder(stack: RunningStack) -> Client:
 
 
 def forged_start(intent: dict[str, Any], merchant_id: str) -> WithStartWorkflowOperation[Any, Any]:
-    payment = PaymentIntentInput(intent["id"], merchant_id, intent["amountInCents"],
-                                 intent["currency"], CaptureMethod(intent["captureMethod"]))
+    payment = PaymentIntentInput(
+        intent["id"],
+        merchant_id,
+        intent["amountInCents"],
+        intent["currency"],
+        CaptureMethod(intent["captureMethod"]),
+    )
     return WithStartWorkflowOperation(
-        PaymentIntentWorkflow.run, payment, id=intent["id"], task_queue=TASK_QUEUE,
+        PaymentIntentWorkflow.run,
+        payment,
+        id=intent["id"],
+        task_queue=TASK_QUEUE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+    )
 
 
 def forged_charge(token: str) -> ChargeInput:
     return ChargeInput(card_token_id=token, card=CardSummary("mastercard", "4444", 12, 2030))
 
 
-async def traces(db: asyncpg.Pool, cardnet: httpx.AsyncClient,
-                 intent_id: str) -> tuple[list[tuple[str, str]], list[str], int]:
+async def traces(
+    db: asyncpg.Pool, cardnet: httpx.AsyncClient, intent_id: str
+) -> tuple[list[tuple[str, str]], list[str], int]:
     """What a payment left behind: its transactions, its events, and the network's ledger."""
-    transactions = [(r["id"], r["card_token_id"]) for r in await db.fetch(
-        "SELECT id, card_token_id FROM transaction WHERE payment_intent_id = $1 ORDER BY id",
-        intent_id)]
-    events = [r["type"] for r in await db.fetch(
-        "SELECT type FROM event WHERE payment_intent_id = $1 ORDER BY seq", intent_id)]
+    transactions = [
+        (r["id"], r["card_token_id"])
+        for r in await db.fetch(
+            "SELECT id, card_token_id FROM transaction WHERE payment_intent_id = $1 ORDER BY id",
+            intent_id,
+        )
+    ]
+    events = [
+        r["type"]
+        for r in await db.fetch(
+            "SELECT type FROM event WHERE payment_intent_id = $1 ORDER BY seq", intent_id
+        )
+    ]
     return transactions, events, len(await ledger_entries(cardnet))
 
 
@@ -111,8 +130,14 @@ def refused(error: BaseException) -> bool:
 
 
 async def test_a_plaintext_charge_with_no_run_open_is_refused_and_the_merchant_still_charges(
-        durapay: DurapayClient, merchant: dict[str, Any], intruder: Client, foreign_token: str,
-        temporal: Client, db: asyncpg.Pool, cardnet: httpx.AsyncClient) -> None:
+    durapay: DurapayClient,
+    merchant: dict[str, Any],
+    intruder: Client,
+    foreign_token: str,
+    temporal: Client,
+    db: asyncpg.Pool,
+    cardnet: httpx.AsyncClient,
+) -> None:
     intent = await create_intent(durapay)
     before = await traces(db, cardnet, intent["id"])
     update_id = f"charge:{uuid.uuid4().hex}"
@@ -121,8 +146,11 @@ async def test_a_plaintext_charge_with_no_run_open_is_refused_and_the_merchant_s
     # Update with it.
     with pytest.raises(RPCError, match="aborted by closing workflow"):
         await intruder.execute_update_with_start_workflow(
-            PaymentIntentWorkflow.confirm_charge, forged_charge(foreign_token), id=update_id,
-            start_workflow_operation=start)
+            PaymentIntentWorkflow.confirm_charge,
+            forged_charge(foreign_token),
+            id=update_id,
+            start_workflow_operation=start,
+        )
     with pytest.raises(RPCError):  # the start shares the operation's fate
         await start.workflow_handle()
 
@@ -142,8 +170,12 @@ async def test_a_plaintext_charge_with_no_run_open_is_refused_and_the_merchant_s
 
 
 async def test_plaintext_updates_to_an_open_run_are_refused_and_the_merchant_still_captures(
-        durapay: DurapayClient, intruder: Client, foreign_token: str,
-        db: asyncpg.Pool, cardnet: httpx.AsyncClient) -> None:
+    durapay: DurapayClient,
+    intruder: Client,
+    foreign_token: str,
+    db: asyncpg.Pool,
+    cardnet: httpx.AsyncClient,
+) -> None:
     # An authorization awaiting its capture keeps its run open.
     intent = await create_intent(durapay, captureMethod="manual")
     authorized = await charge(durapay, intent["id"], CARD_4242)
@@ -151,10 +183,11 @@ async def test_plaintext_updates_to_an_open_run_are_refused_and_the_merchant_sti
     before = await traces(db, cardnet, intent["id"])
     handle = intruder.get_workflow_handle(intent["id"])
     update: Any  # each pair has its own types (mypy would take their union)
-    for update, argument in ((PaymentIntentWorkflow.capture, CaptureInput()),
-                             (PaymentIntentWorkflow.cancel, CancelInput()),
-                             (PaymentIntentWorkflow.confirm_charge,
-                              forged_charge(foreign_token))):
+    for update, argument in (
+        (PaymentIntentWorkflow.capture, CaptureInput()),
+        (PaymentIntentWorkflow.cancel, CancelInput()),
+        (PaymentIntentWorkflow.confirm_charge, forged_charge(foreign_token)),
+    ):
         with pytest.raises(WorkflowUpdateFailedError) as rejected:
             await handle.execute_update(update, argument)
         assert refused(rejected.value), rejected.value.cause
@@ -168,8 +201,14 @@ async def test_plaintext_updates_to_an_open_run_are_refused_and_the_merchant_sti
 
 @pytest.mark.parametrize("whose", ["another-merchants", "nobodys"])
 async def test_an_encrypted_charge_naming_a_card_not_the_merchants_is_refused_before_recording(
-        whose: str, durapay: DurapayClient, merchant: dict[str, Any], foreign_token: str,
-        temporal: Client, db: asyncpg.Pool, cardnet: httpx.AsyncClient) -> None:
+    whose: str,
+    durapay: DurapayClient,
+    merchant: dict[str, Any],
+    foreign_token: str,
+    temporal: Client,
+    db: asyncpg.Pool,
+    cardnet: httpx.AsyncClient,
+) -> None:
     """Even under our key (a bug, or someone holding it), the record refuses the token: no
     pending row naming another merchant's card, no foreign-key violation retried for ever under
     the payment's lock."""
@@ -177,13 +216,20 @@ async def test_an_encrypted_charge_naming_a_card_not_the_merchants_is_refused_be
     intent = await create_intent(durapay)
     before = await traces(db, cardnet, intent["id"])
     update_id = f"charge:{uuid.uuid4().hex}"
-    forged = addressed(forged_charge(token), PaymentIntentWorkflow.confirm_charge,
-                       payment_intent_id=intent["id"], update_id=update_id)
+    forged = addressed(
+        forged_charge(token),
+        PaymentIntentWorkflow.confirm_charge,
+        payment_intent_id=intent["id"],
+        update_id=update_id,
+    )
     with pytest.raises(WorkflowUpdateFailedError) as rejected:
         async with asyncio.timeout(30):  # retried for ever, never answered, it would time out
             await temporal.execute_update_with_start_workflow(
-                PaymentIntentWorkflow.confirm_charge, forged, id=update_id,
-                start_workflow_operation=forged_start(intent, merchant["id"]))
+                PaymentIntentWorkflow.confirm_charge,
+                forged,
+                id=update_id,
+                start_workflow_operation=forged_start(intent, merchant["id"]),
+            )
     cause = rejected.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == ErrorType.ILLEGAL_TRANSITION
     assert await traces(db, cardnet, intent["id"]) == before
@@ -195,8 +241,9 @@ async def test_an_encrypted_charge_naming_a_card_not_the_merchants_is_refused_be
 
 
 @pytest.fixture
-async def adapter(stack: RunningStack) -> AsyncIterator[tuple[CardNetworkActivities,
-                                                               list[httpx.Request]]]:
+async def adapter(
+    stack: RunningStack,
+) -> AsyncIterator[tuple[CardNetworkActivities, list[httpx.Request]]]:
     """The network adapter on the stack's database and key, its network a recorder."""
     sent: list[httpx.Request] = []
 
@@ -204,45 +251,66 @@ async def adapter(stack: RunningStack) -> AsyncIterator[tuple[CardNetworkActivit
         sent.append(request)
         return httpx.Response(503, json={"error": "network_unavailable"})
 
-    engine = create_engine(stack.database_url.replace("postgresql://", "postgresql+asyncpg://"),
-                           pool_size=1)
+    engine = create_engine(
+        stack.database_url.replace("postgresql://", "postgresql+asyncpg://"), pool_size=1
+    )
     sessions: async_sessionmaker[AsyncSession] = session_factory(engine)
     async with httpx.AsyncClient(transport=httpx.MockTransport(network)) as http:
-        yield CardNetworkActivities(http=http, sessions=sessions,
-                                    vault=Cipher(stack.key_ring(), Purpose.VAULT),
-                                    base_url="http://network", timeout_seconds=1), sent
+        yield (
+            CardNetworkActivities(
+                http=http,
+                sessions=sessions,
+                vault=Cipher(stack.key_ring(), Purpose.VAULT),
+                base_url="http://network",
+                timeout_seconds=1,
+            ),
+            sent,
+        )
     await engine.dispose()
 
 
 async def test_the_adapter_sends_only_the_card_of_the_charges_own_merchant(
-        adapter: tuple[CardNetworkActivities, list[httpx.Request]], durapay: DurapayClient,
-        foreign_token: str, db: asyncpg.Pool, stack: RunningStack) -> None:
+    adapter: tuple[CardNetworkActivities, list[httpx.Request]],
+    durapay: DurapayClient,
+    foreign_token: str,
+    db: asyncpg.Pool,
+    stack: RunningStack,
+) -> None:
     network, sent = adapter
     intent = await create_intent(durapay)
     txn = (await charge(durapay, intent["id"], CARD_4242)).json()
-    own_token = await db.fetchval("SELECT card_token_id FROM transaction WHERE id = $1",
-                                  txn["id"])
-    for reference, token in ((txn["id"], foreign_token),  # another merchant's card
-                             ("txn_never_recorded_00000000", own_token)):  # no recorded attempt
+    own_token = await db.fetchval("SELECT card_token_id FROM transaction WHERE id = $1", txn["id"])
+    for reference, token in (
+        (txn["id"], foreign_token),  # another merchant's card
+        ("txn_never_recorded_00000000", own_token),
+    ):  # no recorded attempt
         with pytest.raises(ApplicationError) as refused_token:
             await network.authorize_card(AuthorizeInput(reference, token, 2499, "usd", True))
         assert (refused_token.value.type, refused_token.value.non_retryable) == (
-            ErrorType.VAULT_TOKEN_MISSING, True)
+            ErrorType.VAULT_TOKEN_MISSING,
+            True,
+        )
         assert "nothing was sent" in refused_token.value.message
     # The charge succeeded, so its card number is gone: a late retry of its authorization
     # (which the workflow reads as "unknown", never as "nothing happened") sends nothing.
     with pytest.raises(ApplicationError) as deleted:
         await network.authorize_card(AuthorizeInput(txn["id"], own_token, 2499, "usd", True))
     assert (deleted.value.type, deleted.value.non_retryable) == (
-        ErrorType.VAULT_TOKEN_MISSING, True)
+        ErrorType.VAULT_TOKEN_MISSING,
+        True,
+    )
     assert "nothing was sent" in deleted.value.message
     assert sent == []
     # The merchant's own card on its own recorded charge, while it is still held (an attempt
     # not answered yet), does go out (here to a network that answers "unavailable": retried
     # by Temporal with the same reference).
-    await db.execute("UPDATE card_token SET pan_ciphertext = $2 WHERE id = $1", own_token,
-                     Cipher(stack.key_ring(), Purpose.VAULT).encrypt(
-                         CARD_4242["number"].encode(), context=own_token))
+    await db.execute(
+        "UPDATE card_token SET pan_ciphertext = $2 WHERE id = $1",
+        own_token,
+        Cipher(stack.key_ring(), Purpose.VAULT).encrypt(
+            CARD_4242["number"].encode(), context=own_token
+        ),
+    )
     with pytest.raises(ApplicationError, match="network_unavailable"):
         await network.authorize_card(AuthorizeInput(txn["id"], own_token, 2499, "usd", True))
     assert [request.url.path for request in sent] == ["/v1/operations"]

@@ -46,37 +46,57 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _issue(subject: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None, *,
-           server: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _issue(
+    subject: str,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    *,
+    server: bool = False,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject))
-               .issuer_name(issuer[0].subject if issuer else _name(subject))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(hours=1)))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer[0].subject if issuer else _name(subject))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+    )
     if issuer is None:  # a CA
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True) \
-            .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
-                                         False), True)
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), True
+        ).add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
+        )
     else:
         builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-        builder = builder.add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-            False)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            False,
+        )
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                False)
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                False,
+            )
     return builder.sign(issuer[1] if issuer else key, hashes.SHA256()), key
 
 
 def _pem(pair: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> Issued:
     cert, key = pair
-    return Issued(cert.public_bytes(serialization.Encoding.PEM).decode(),
-                  key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()).decode())
+    return Issued(
+        cert.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )
 
 
 @dataclass
@@ -89,8 +109,12 @@ class Pki:
 
 def _pki() -> Pki:
     ca, other_ca = _issue("durapay test CA", None), _issue("someone else's CA", None)
-    return Pki(_pem(ca), _pem(_issue("temporal", ca, server=True)),
-               _pem(_issue("durapay-worker", ca)), _pem(_issue("intruder", other_ca)))
+    return Pki(
+        _pem(ca),
+        _pem(_issue("temporal", ca, server=True)),
+        _pem(_issue("durapay-worker", ca)),
+        _pem(_issue("intruder", other_ca)),
+    )
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -114,7 +138,8 @@ def pki() -> Pki:
 async def dev_server() -> AsyncIterator[tuple[str, int]]:
     server = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
-        dev_server_log_level="error")
+        dev_server_log_level="error",
+    )
     host, port = server.client.service_client.config.target_host.rsplit(":", 1)
     try:
         yield host, int(port)
@@ -123,8 +148,9 @@ async def dev_server() -> AsyncIterator[tuple[str, int]]:
 
 
 @contextlib.asynccontextmanager
-async def mtls_proxy(upstream: tuple[str, int], *, ca: str, cert_file: Path,
-                     key_file: Path) -> AsyncIterator[str]:
+async def mtls_proxy(
+    upstream: tuple[str, int], *, ca: str, cert_file: Path, key_file: Path
+) -> AsyncIterator[str]:
     """host:port of a proxy in front of the dev server that terminates TLS with this server
     certificate and requires a client certificate from this CA (gRPC over HTTP/2: ALPN h2)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -145,40 +171,55 @@ async def mtls_proxy(upstream: tuple[str, int], *, ca: str, cert_file: Path,
 
 
 @pytest.fixture(scope="module")
-async def mtls_address(pki: Pki, dev_server: tuple[str, int],
-                       tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def mtls_address(
+    pki: Pki, dev_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
     files = tmp_path_factory.mktemp("tls")
     (files / "server.pem").write_text(pki.server.cert)
     (files / "server.key").write_text(pki.server.key)
-    async with mtls_proxy(dev_server, ca=pki.ca.cert, cert_file=files / "server.pem",
-                          key_file=files / "server.key") as address:
+    async with mtls_proxy(
+        dev_server, ca=pki.ca.cert, cert_file=files / "server.pem", key_file=files / "server.key"
+    ) as address:
         yield address
 
 
 def _settings(address: str, **tls: Any) -> Settings:
-    return Settings(temporal_address=address,
-                    master_key=base64.b64encode(os.urandom(32)).decode(), **tls)
+    return Settings(
+        temporal_address=address, master_key=base64.b64encode(os.urandom(32)).decode(), **tls
+    )
 
 
-async def test_durapay_connects_with_its_client_certificate(mtls_address: str, pki: Pki,
-                                                            tmp_path: Path) -> None:
+async def test_durapay_connects_with_its_client_certificate(
+    mtls_address: str, pki: Pki, tmp_path: Path
+) -> None:
     (tmp_path / "client.pem").write_text(pki.client.cert)  # a path for one, inline for others
-    client = await connect_temporal(_settings(
-        mtls_address, temporal_tls_ca=pki.ca.cert, temporal_tls_cert=str(tmp_path / "client.pem"),
-        temporal_tls_key=pki.client.key))
+    client = await connect_temporal(
+        _settings(
+            mtls_address,
+            temporal_tls_ca=pki.ca.cert,
+            temporal_tls_cert=str(tmp_path / "client.pem"),
+            temporal_tls_key=pki.client.key,
+        )
+    )
     assert (await client.count_workflows()).count == 0
 
 
 @pytest.mark.parametrize("case", ["no-client-certificate", "another-ca", "server-unverified"])
 async def test_a_connection_without_the_right_certificates_is_refused(
-        mtls_address: str, pki: Pki, case: str) -> None:
+    mtls_address: str, pki: Pki, case: str
+) -> None:
     tls = {
         "no-client-certificate": {"temporal_tls_ca": pki.ca.cert},
-        "another-ca": {"temporal_tls_ca": pki.ca.cert, "temporal_tls_cert": pki.stranger.cert,
-                       "temporal_tls_key": pki.stranger.key},
+        "another-ca": {
+            "temporal_tls_ca": pki.ca.cert,
+            "temporal_tls_cert": pki.stranger.cert,
+            "temporal_tls_key": pki.stranger.key,
+        },
         # The client's system roots do not know the test CA.
-        "server-unverified": {"temporal_tls_cert": pki.client.cert,
-                              "temporal_tls_key": pki.client.key},
+        "server-unverified": {
+            "temporal_tls_cert": pki.client.cert,
+            "temporal_tls_key": pki.client.key,
+        },
     }[case]
     with pytest.raises(RuntimeError, match="Failed client connect"):
         async with asyncio.timeout(60):
@@ -190,48 +231,67 @@ async def test_a_connection_without_the_right_certificates_is_refused(
 
 
 def _durapay_certs(directory: Path) -> Path:
-    done = subprocess.run([str(BIN / "durapay"), "certs", str(directory)], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [str(BIN / "durapay"), "certs", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return directory
 
 
 @pytest.fixture(scope="module")
-async def certs_address(dev_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactory,
-                        ) -> AsyncIterator[tuple[str, Path]]:
+async def certs_address(
+    dev_server: tuple[str, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[tuple[str, Path]]:
     """The dev server behind a TLS proxy that presents the server certificate `durapay certs`
     made for `temporal` (its SANs include localhost and 127.0.0.1) and requires a client
     certificate from that CA, as docker-compose.temporal.yml's Temporal does."""
     pki = _durapay_certs(tmp_path_factory.mktemp("durapay-certs") / "pki")
     server = pki / "temporal"
-    async with mtls_proxy(dev_server, ca=(server / "ca.pem").read_text(),
-                          cert_file=server / "cert.pem", key_file=server / "key.pem") as address:
+    async with mtls_proxy(
+        dev_server,
+        ca=(server / "ca.pem").read_text(),
+        cert_file=server / "cert.pem",
+        key_file=server / "key.pem",
+    ) as address:
         yield address, pki
 
 
 def _role(address: str, role_dir: Path) -> Settings:
     """A process's settings as the compose file gives them: paths into its role directory."""
-    return _settings(address, temporal_tls_ca=str(role_dir / "ca.pem"),
-                     temporal_tls_cert=str(role_dir / "cert.pem"),
-                     temporal_tls_key=str(role_dir / "key.pem"))
+    return _settings(
+        address,
+        temporal_tls_ca=str(role_dir / "ca.pem"),
+        temporal_tls_cert=str(role_dir / "cert.pem"),
+        temporal_tls_key=str(role_dir / "key.pem"),
+    )
 
 
 @pytest.mark.parametrize("role", ["api", "worker", "cli"])
 async def test_durapay_certs_make_a_working_mtls_connection(
-        certs_address: tuple[str, Path], role: str) -> None:
+    certs_address: tuple[str, Path], role: str
+) -> None:
     address, pki = certs_address
     client = await connect_temporal(_role(address, pki / role))
     assert (await client.count_workflows()).count >= 0
 
 
 async def test_a_client_certificate_from_another_durapay_certs_ca_is_refused(
-        certs_address: tuple[str, Path], tmp_path: Path) -> None:
+    certs_address: tuple[str, Path], tmp_path: Path
+) -> None:
     address, pki = certs_address
     other = _durapay_certs(tmp_path / "other")
     # The right CA to verify the server, another PKI's client certificate: the server refuses.
-    settings = _settings(address, temporal_tls_ca=str(pki / "api" / "ca.pem"),
-                         temporal_tls_cert=str(other / "api" / "cert.pem"),
-                         temporal_tls_key=str(other / "api" / "key.pem"))
+    settings = _settings(
+        address,
+        temporal_tls_ca=str(pki / "api" / "ca.pem"),
+        temporal_tls_cert=str(other / "api" / "cert.pem"),
+        temporal_tls_key=str(other / "api" / "key.pem"),
+    )
     with pytest.raises(RuntimeError, match="Failed client connect"):
         async with asyncio.timeout(60):
             client = await connect_temporal(settings)

@@ -40,12 +40,19 @@ CASES = [
     CardCase("4242424242424242", 200, True),
     CardCase("5555555555554444", 200, True, brand="mastercard", amount=1500, currency="eur"),
     CardCase("4000000000000002", 402, False, decline_code="generic_decline"),
-    CardCase("4000000000009995", 402, False, decline_code="insufficient_funds", amount=700,
-             currency="gbp"),
+    CardCase(
+        "4000000000009995",
+        402,
+        False,
+        decline_code="insufficient_funds",
+        amount=700,
+        currency="gbp",
+    ),
     CardCase("4000000000000069", 402, False, decline_code="expired_card"),
     CardCase("4000000000000127", 402, False, decline_code="incorrect_cvc"),
-    CardCase("4000000000000119", 402, False, failure_code="processing_error",
-             charged_at_network=False),
+    CardCase(
+        "4000000000000119", 402, False, failure_code="processing_error", charged_at_network=False
+    ),
     CardCase("4000000000001018", 202, True, reconciled=True, amount=500, currency="jpy"),
     CardCase("4000000000001026", 202, False, decline_code="generic_decline", reconciled=True),
     CardCase("4000000000001034", 202, True, reconciled=True, amount=1234, currency="cad"),
@@ -67,15 +74,20 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.number for c in CASES])
 async def test_charge_test_card_reaches_its_final_state(
-        case: CardCase, durapay: DurapayClient, cardnet: httpx.AsyncClient) -> None:
+    case: CardCase, durapay: DurapayClient, cardnet: httpx.AsyncClient
+) -> None:
     intent = await create_intent(durapay, amount=case.amount, currency=case.currency)
     response = await charge(durapay, intent["id"], card(case.number, cvc=case.cvc))
 
     assert response.status_code == case.http_status, response.text
     first = _transaction_of(response, case)
     assert case.number not in response.text
-    assert first["card"] == {"brand": case.brand, "last4": case.number[-4:], "expMonth": 12,
-                             "expYear": 2030}
+    assert first["card"] == {
+        "brand": case.brand,
+        "last4": case.number[-4:],
+        "expMonth": 12,
+        "expYear": 2030,
+    }
     if case.http_status == 202:
         assert first["status"] == "timeout"
         assert first["reconciled"] is False
@@ -86,17 +98,22 @@ async def test_charge_test_card_reaches_its_final_state(
     assert [t["id"] for t in final["transactions"]] == [first["id"]]
     txn = final["transactions"][0]
     assert txn == {
-        **txn, "object": "transaction", "paymentIntentId": intent["id"], "type": "charge",
-        "amountInCents": case.amount, "currency": case.currency,
+        **txn,
+        "object": "transaction",
+        "paymentIntentId": intent["id"],
+        "type": "charge",
+        "amountInCents": case.amount,
+        "currency": case.currency,
         "status": "succeeded" if case.approved else "failed",
-        "declineCode": case.decline_code, "reconciled": case.reconciled,
-        "networkReference": first["networkReference"]}
+        "declineCode": case.decline_code,
+        "reconciled": case.reconciled,
+        "networkReference": first["networkReference"],
+    }
     _assert_failure_code(txn, case)
     _assert_intent_amounts_and_error(final, case)
 
     events = (await durapay.get(f"/payment-intents/{intent['id']}/events")).json()["data"]
-    assert [e["type"] for e in events] == (SUCCEEDED_EVENTS if case.approved
-                                           else FAILED_EVENTS)
+    assert [e["type"] for e in events] == (SUCCEEDED_EVENTS if case.approved else FAILED_EVENTS)
     assert [e["data"].get("transactionId") for e in events[1:]] == [txn["id"], txn["id"]]
     assert events[-1]["data"]["status"] == final["status"]
 
@@ -106,10 +123,15 @@ async def test_charge_test_card_reaches_its_final_state(
         return
     assert len(ledger) == 1, ledger
     assert ledger[0] == {
-        **ledger[0], "reference": txn["networkReference"], "type": "charge",
+        **ledger[0],
+        "reference": txn["networkReference"],
+        "type": "charge",
         "status": "approved" if case.approved else "declined",
-        "declineCode": case.decline_code, "amountInCents": case.amount,
-        "currency": case.currency, "brand": case.brand}
+        "declineCode": case.decline_code,
+        "amountInCents": case.amount,
+        "currency": case.currency,
+        "brand": case.brand,
+    }
 
 
 def _transaction_of(response: httpx.Response, case: CardCase) -> dict[str, Any]:

@@ -98,13 +98,20 @@ class OtlpReceiver:
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
                     as_dict = MessageToDict(span, preserving_proto_field_name=True)
-                    spans.append(ReceivedSpan(
-                        service=str(resource.get("service.name")), trace_id=span.trace_id.hex(),
-                        span_id=span.span_id.hex(), parent_id=span.parent_span_id.hex(),
-                        name=span.name, kind=as_dict.get("kind", "SPAN_KIND_UNSPECIFIED"),
-                        attributes=_attributes(span.attributes),
-                        events=[{"name": e.name, **_attributes(e.attributes)}
-                                for e in span.events]))
+                    spans.append(
+                        ReceivedSpan(
+                            service=str(resource.get("service.name")),
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_id=span.parent_span_id.hex(),
+                            name=span.name,
+                            kind=as_dict.get("kind", "SPAN_KIND_UNSPECIFIED"),
+                            attributes=_attributes(span.attributes),
+                            events=[
+                                {"name": e.name, **_attributes(e.attributes)} for e in span.events
+                            ],
+                        )
+                    )
         with self._lock:
             self.paths.add(path)
             self.bodies.append(body)
@@ -135,40 +142,57 @@ def receiver() -> Iterator[OtlpReceiver]:
 
 
 @pytest.fixture(scope="module")
-def traced_stack(tmp_path_factory: pytest.TempPathFactory,
-                 receiver: OtlpReceiver) -> Iterator[RunningStack]:
-    with own_stack(tmp_path_factory, "otel", extra_env={
+def traced_stack(
+    tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver
+) -> Iterator[RunningStack]:
+    with own_stack(
+        tmp_path_factory,
+        "otel",
+        extra_env={
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_BSP_SCHEDULE_DELAY": "200"}) as running:
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+        },
+    ) as running:
         yield running
 
 
 async def test_one_charge_is_one_trace_across_api_worker_and_cardnet(
-        traced_stack: RunningStack, receiver: OtlpReceiver) -> None:
-    async with httpx.AsyncClient(base_url=traced_stack.api_url, timeout=30, headers={
-            "Authorization": f"Bearer {traced_stack.admin_token}"}) as admin:
+    traced_stack: RunningStack, receiver: OtlpReceiver
+) -> None:
+    async with httpx.AsyncClient(
+        base_url=traced_stack.api_url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {traced_stack.admin_token}"},
+    ) as admin:
         merchant = await onboard(admin, f"Traced {uuid.uuid4().hex[:6]}")
-    async with DurapayClient(traced_stack.api_url, merchant["publicKey"],
-                             merchant["secretKey"]) as durapay:
-        created = await durapay.post("/payment-intents", {"amountInCents": 1999,
-                                                          "currency": "usd"})
+    async with DurapayClient(
+        traced_stack.api_url, merchant["publicKey"], merchant["secretKey"]
+    ) as durapay:
+        created = await durapay.post("/payment-intents", {"amountInCents": 1999, "currency": "usd"})
         assert created.status_code == 201, created.text
         intent_id = created.json()["id"]
-        charged = await charge(durapay, intent_id, {"number": CARD_NUMBER, "expMonth": 12,
-                                                    "expYear": 2030, "cvc": CVC})
+        charged = await charge(
+            durapay, intent_id, {"number": CARD_NUMBER, "expMonth": 12, "expYear": 2030, "cvc": CVC}
+        )
         assert charged.status_code == 200, charged.text
         transaction_id = charged.json()["id"]
         assert charged.json()["status"] == "succeeded", charged.text
 
     async def whole_trace() -> list[ReceivedSpan]:
         spans = receiver.snapshot()
-        servers = [s for s in spans if s.service == API and s.kind == SERVER
-                   and s.attributes.get("durapay.payment_intent_id") == intent_id]
+        servers = [
+            s
+            for s in spans
+            if s.service == API
+            and s.kind == SERVER
+            and s.attributes.get("durapay.payment_intent_id") == intent_id
+        ]
         assert len(servers) == 1, f"API server spans of the charge: {servers}"
         trace = [s for s in spans if s.trace_id == servers[0].trace_id]
-        assert {API, WORKER, CARDNET} <= {s.service for s in trace}, \
-            sorted({(s.service, s.name) for s in trace})
+        assert {API, WORKER, CARDNET} <= {s.service for s in trace}, sorted(
+            {(s.service, s.name) for s in trace}
+        )
         return trace
 
     trace = await assert_eventually(whole_trace, timeout=30, interval=0.3)
@@ -185,14 +209,19 @@ async def test_one_charge_is_one_trace_across_api_worker_and_cardnet(
     _print_tree(trace)
 
     by_id = {s.span_id: s for s in trace}
-    [network_server] = [s for s in trace if s.service == CARDNET and s.kind == SERVER
-                        and s.name == "POST /v1/operations"]
+    [network_server] = [
+        s
+        for s in trace
+        if s.service == CARDNET and s.kind == SERVER and s.name == "POST /v1/operations"
+    ]
     chain = [network_server]
     while chain[-1].parent_id in by_id:
         chain.append(by_id[chain[-1].parent_id])
     described = [(s.service, s.kind, s.name) for s in chain]
-    print("\n[traces] cardnet server span up to the root:\n  "
-          + "\n  ".join(f"{service:<16} {kind:<17} {name}" for service, kind, name in described))
+    print(
+        "\n[traces] cardnet server span up to the root:\n  "
+        + "\n  ".join(f"{service:<16} {kind:<17} {name}" for service, kind, name in described)
+    )
     # The parent chain: cardnet server <- worker's httpx client <- the activity's span <- the
     # workflow's StartActivity <- the API's update-with-start client span <- the API's server
     # span for the charge (the root: no traceparent came with the request).
@@ -206,38 +235,50 @@ async def test_one_charge_is_one_trace_across_api_worker_and_cardnet(
     assert chain[-1].parent_id == "", "the API's server span is the trace's root"
     update_client = chain[4]
     workflow_spans = {s.name for s in trace if s.parent_id == update_client.span_id}
-    assert {"RunWorkflow:PaymentIntentWorkflow", "HandleUpdate:confirm_charge"} <= \
-        workflow_spans, workflow_spans
-    assert all(s.service == WORKER for s in trace if s.name.startswith(("RunWorkflow:",
-                                                                         "HandleUpdate:")))
+    assert {"RunWorkflow:PaymentIntentWorkflow", "HandleUpdate:confirm_charge"} <= workflow_spans, (
+        workflow_spans
+    )
+    assert all(
+        s.service == WORKER for s in trace if s.name.startswith(("RunWorkflow:", "HandleUpdate:"))
+    )
 
     # The payment's ids, as attributes.
     api_server = chain[5]
     activities = [s for s in trace if s.name.startswith("RunActivity:")]
-    assert {s.name for s in activities} >= {"RunActivity:record_charge_attempt",
-                                            "RunActivity:authorize_card",
-                                            "RunActivity:record_outcome"}, activities
+    assert {s.name for s in activities} >= {
+        "RunActivity:record_charge_attempt",
+        "RunActivity:authorize_card",
+        "RunActivity:record_outcome",
+    }, activities
     for span in (api_server, *activities):
         assert span.attributes.get("durapay.merchant_id") == merchant["id"], span
         assert span.attributes.get("durapay.payment_intent_id") == intent_id, span
         assert span.attributes.get("durapay.transaction_id") == transaction_id, span
-    assert all(s.attributes.get("durapay.payment_intent_id") == intent_id
-               for s in trace if s.name.startswith(("RunWorkflow:", "HandleUpdate:",
-                                                    "RunActivity:", "StartActivity:")))
+    assert all(
+        s.attributes.get("durapay.payment_intent_id") == intent_id
+        for s in trace
+        if s.name.startswith(("RunWorkflow:", "HandleUpdate:", "RunActivity:", "StartActivity:"))
+    )
 
     # The log lines written while the charge ran carry its trace id: the API's request line,
     # and the worker's lines about this payment.
     trace_id = api_server.trace_id
 
     async def charge_request_line() -> dict[str, Any]:
-        [line] = [line for line in log_lines(traced_stack, "api", strict=False)
-                  if line.get("route") == "/payment-intents/{id}/transactions"
-                  and line.get("paymentIntentId") == intent_id]
+        [line] = [
+            line
+            for line in log_lines(traced_stack, "api", strict=False)
+            if line.get("route") == "/payment-intents/{id}/transactions"
+            and line.get("paymentIntentId") == intent_id
+        ]
         return line
 
     assert (await assert_eventually(charge_request_line, timeout=10))["traceId"] == trace_id
-    worker_lines = [line for line in log_lines(traced_stack, "worker-1", strict=False)
-                    if line.get("paymentIntentId") == intent_id]
+    worker_lines = [
+        line
+        for line in log_lines(traced_stack, "worker-1", strict=False)
+        if line.get("paymentIntentId") == intent_id
+    ]
     print(f"\n[traces] worker log lines about {intent_id}: {len(worker_lines)}")
     assert all(line.get("traceId") == trace_id for line in worker_lines), worker_lines
 
@@ -248,8 +289,11 @@ async def test_one_charge_is_one_trace_across_api_worker_and_cardnet(
         assert not any(secret.encode() in body for secret in secrets)
     cvc_token = re.compile(rf"(?<![0-9A-Za-z]){CVC}(?![0-9A-Za-z])")
     for span in receiver.snapshot():
-        for value in [*span.attributes.values(), *span.attributes.keys(),
-                      *(str(e) for e in span.events)]:
+        for value in [
+            *span.attributes.values(),
+            *span.attributes.keys(),
+            *(str(e) for e in span.events),
+        ]:
             text = str(value)
             assert CARD_NUMBER not in text, (span.name, text)
             assert not cvc_token.search(text), (span.name, text)
@@ -266,30 +310,42 @@ def _print_tree(trace: list[ReceivedSpan]) -> None:
 
     def walk(parent: str, depth: int) -> None:
         for span in children.get(parent, []):
-            ids_text = " ".join(f"{k.removeprefix('durapay.')}={v}" for k, v in
-                                sorted(span.attributes.items()) if k.startswith("durapay."))
+            ids_text = " ".join(
+                f"{k.removeprefix('durapay.')}={v}"
+                for k, v in sorted(span.attributes.items())
+                if k.startswith("durapay.")
+            )
             kind = span.kind.removeprefix("SPAN_KIND_")
             lines.append(f"{'  ' * depth}{span.service:<16} {kind:<8} {span.name}  {ids_text}")
             walk(span.span_id, depth + 1)
 
     walk("", 0)
-    print(f"\n[traces] one charge, trace {trace[0].trace_id}, {len(trace)} spans:\n"
-          + "\n".join(lines))
+    print(
+        f"\n[traces] one charge, trace {trace[0].trace_id}, {len(trace)} spans:\n"
+        + "\n".join(lines)
+    )
 
 
 def test_the_last_spans_are_exported_when_a_process_is_stopped(
-        receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory) -> None:
+    receiver: OtlpReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """SIGTERM, as a supervisor stops a process: the batch still held (its export delay is an
     hour here) is flushed on the way out, not lost. The simulator stands for the uvicorn
     processes (the API is one too); the workers return from main and flush at exit."""
     port = free_port()
     data_dir = private_dir("otel-cardnet")
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DURAPAY_"))},
-           "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "3600000",
-           "OTEL_SERVICE_NAME": "cardnet-sigterm-check"}
-    process = subprocess.Popen([sys.executable, "-m", "cardnet", "--port", str(port),
-                                "--data-dir", str(data_dir)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "DURAPAY_"))},
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "3600000",
+        "OTEL_SERVICE_NAME": "cardnet-sigterm-check",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cardnet", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -306,5 +362,8 @@ def test_the_last_spans_are_exported_when_a_process_is_stopped(
     # Uvicorn re-raises the SIGTERM once shut down (-15), which skips every exit hook: the
     # flush must have happened before.
     assert process.returncode in (0, -15)
-    assert [s.name for s in receiver.snapshot() if s.service == "cardnet-sigterm-check"
-            and s.kind == SERVER] == ["GET /ledger"]
+    assert [
+        s.name
+        for s in receiver.snapshot()
+        if s.service == "cardnet-sigterm-check" and s.kind == SERVER
+    ] == ["GET /ledger"]

@@ -67,8 +67,7 @@ async def body_text(page: Page) -> str:
 
 
 async def expect_text(page: Page, text: str) -> None:
-    await expect(page.locator("body")).to_contain_text(text, use_inner_text=True,
-                                                       timeout=WAIT_MS)
+    await expect(page.locator("body")).to_contain_text(text, use_inner_text=True, timeout=WAIT_MS)
 
 
 async def show_update_accepted(page: Page, workflow_url: str) -> None:
@@ -79,17 +78,25 @@ async def show_update_accepted(page: Page, workflow_url: str) -> None:
 
 
 def decoded_payload_texts(answers: list[dict[str, Any]]) -> list[str]:
-    return [base64.b64decode(payload.get("data", "")).decode(errors="replace")
-            for answer in answers for payload in answer["payloads"]]
+    return [
+        base64.b64decode(payload.get("data", "")).decode(errors="replace")
+        for answer in answers
+        for payload in answer["payloads"]
+    ]
 
 
 async def test_web_ui_shows_search_attributes_and_history_decoded_by_the_codec(
-        stack: RunningStack, durapay: DurapayClient, merchant: dict[str, Any],
-        temporal: Client, tmp_path: Path) -> None:
+    stack: RunningStack,
+    durapay: DurapayClient,
+    merchant: dict[str, Any],
+    temporal: Client,
+    tmp_path: Path,
+) -> None:
     require_chromium()  # before charging anything: fails (never skips) without the browser
     workflow_id, run_id = await charged_workflow(durapay, temporal)
-    workflow_url = (f"{ui_origin(stack)}/namespaces/{namespace(stack)}/workflows/"
-                    f"{workflow_id}/{run_id}")
+    workflow_url = (
+        f"{ui_origin(stack)}/namespaces/{namespace(stack)}/workflows/{workflow_id}/{run_id}"
+    )
     decode_url = f"{codec_endpoint(stack)}/decode"
     started = time.monotonic()
     async with asyncio.timeout(BROWSER_BUDGET_SECONDS), chromium() as browser:
@@ -122,7 +129,8 @@ async def test_web_ui_shows_search_attributes_and_history_decoded_by_the_codec(
             # asked for, in clear, and still no card number.
             assert codec_answers, f"the page never called {decode_url}"
             assert all(answer.ok for answer in codec_answers), [
-                (answer.status, answer.url) for answer in codec_answers]
+                (answer.status, answer.url) for answer in codec_answers
+            ]
             decoded = decoded_payload_texts([await answer.json() for answer in codec_answers])
             assert any('"last4":"4242"' in payload.replace(" ", "") for payload in decoded)
             assert not any(PAN in payload for payload in decoded)

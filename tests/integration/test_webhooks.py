@@ -129,31 +129,40 @@ async def _deliveries(shop: DurapayClient, endpoint_id: str) -> list[dict[str, A
     return response.json()["data"]
 
 
-async def _redeliver(shop: DurapayClient, event_id: str, endpoint_id: str | None = None,
-                     key: str | None = None) -> list[dict[str, Any]]:
+async def _redeliver(
+    shop: DurapayClient, event_id: str, endpoint_id: str | None = None, key: str | None = None
+) -> list[dict[str, Any]]:
     body = {"endpointId": endpoint_id} if endpoint_id else None
     response = await shop.post(f"/events/{event_id}/redeliver", body, idempotency_key=key)
     assert response.status_code == 202, response.text
     return response.json()["data"]
 
 
-async def _received(receiver: WebhookReceiver, path: str, count: int,
-                    timeout: float = 60) -> list[Any]:
+async def _received(
+    receiver: WebhookReceiver, path: str, count: int, timeout: float = 60
+) -> list[Any]:
     async def enough() -> list[Any] | None:
         got = receiver.at(path)
         return got if len(got) >= count else None
-    return await assert_eventually(enough, timeout=timeout, interval=0.1,
-                                   message=f"{count} requests at {path}")
+
+    return await assert_eventually(
+        enough, timeout=timeout, interval=0.1, message=f"{count} requests at {path}"
+    )
 
 
 # ---- endpoints API -------------------------------------------------------------------------
-async def test_endpoint_crud_shows_the_secret_only_once(wh_stack: RunningStack,
-                                                        shop: DurapayClient,
-                                                        receiver: WebhookReceiver) -> None:
+async def test_endpoint_crud_shows_the_secret_only_once(
+    wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver
+) -> None:
     created = await _endpoint(shop, receiver.url(_path()), ["payment.succeeded"])
     assert created["id"].startswith("we_") and created["secret"].startswith("whsec_")
-    assert created == {**created, "object": "webhook_endpoint", "status": "enabled",
-                       "enabledEvents": ["payment.succeeded"], "disabledReason": None}
+    assert created == {
+        **created,
+        "object": "webhook_endpoint",
+        "status": "enabled",
+        "enabledEvents": ["payment.succeeded"],
+        "disabledReason": None,
+    }
     fetched = (await shop.get(f"/webhook-endpoints/{created['id']}")).json()
     assert "secret" not in fetched and fetched["url"] == created["url"]
     listed = (await shop.get("/webhook-endpoints")).json()
@@ -161,50 +170,82 @@ async def test_endpoint_crud_shows_the_secret_only_once(wh_stack: RunningStack,
     assert "secret" not in listed["data"][0]
 
     disabled = await shop.post(f"/webhook-endpoints/{created['id']}", {"status": "disabled"})
-    assert disabled.json()["status"] == "disabled" and disabled.json()["disabledReason"] == \
-        "merchant"
-    enabled = await shop.post(f"/webhook-endpoints/{created['id']}",
-                              {"status": "enabled", "enabledEvents": ["*"]})
-    assert enabled.json() == {**enabled.json(), "status": "enabled", "disabledReason": None,
-                              "enabledEvents": ["*"]}
+    assert (
+        disabled.json()["status"] == "disabled" and disabled.json()["disabledReason"] == "merchant"
+    )
+    enabled = await shop.post(
+        f"/webhook-endpoints/{created['id']}", {"status": "enabled", "enabledEvents": ["*"]}
+    )
+    assert enabled.json() == {
+        **enabled.json(),
+        "status": "enabled",
+        "disabledReason": None,
+        "enabledEvents": ["*"],
+    }
 
     async with signed_merchant(wh_stack) as other:
         assert (await other.get(f"/webhook-endpoints/{created['id']}")).status_code == 404
-        assert (await other.request("DELETE", f"/webhook-endpoints/{created['id']}")
-                ).status_code == 404
+        assert (
+            await other.request("DELETE", f"/webhook-endpoints/{created['id']}")
+        ).status_code == 404
     deleted = await shop.request("DELETE", f"/webhook-endpoints/{created['id']}")
     assert deleted.json() == {"id": created["id"], "object": "webhook_endpoint", "deleted": True}
     missing = await shop.get(f"/webhook-endpoints/{created['id']}")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
 
 
-async def test_unknown_event_type_is_refused(shop: DurapayClient,
-                                             receiver: WebhookReceiver) -> None:
-    response = await shop.post("/webhook-endpoints", {"url": receiver.url("/x"),
-                                                      "enabledEvents": ["payment.exploded"]})
+async def test_unknown_event_type_is_refused(
+    shop: DurapayClient, receiver: WebhookReceiver
+) -> None:
+    response = await shop.post(
+        "/webhook-endpoints", {"url": receiver.url("/x"), "enabledEvents": ["payment.exploded"]}
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "enabledEvents"
 
 
 async def test_metadata_address_is_refused_even_where_private_is_allowed(
-        shop: DurapayClient) -> None:
-    response = await shop.post("/webhook-endpoints", {
-        "url": "http://169.254.169.254/latest/meta-data", "enabledEvents": ["*"]})
+    shop: DurapayClient,
+) -> None:
+    response = await shop.post(
+        "/webhook-endpoints",
+        {"url": "http://169.254.169.254/latest/meta-data", "enabledEvents": ["*"]},
+    )
     assert response.status_code == 400
-    assert response.json() == {"error": {
-        "type": "invalid_request_error", "code": "url_not_allowed", "param": "url",
-        "message": response.json()["error"]["message"]}}
+    assert response.json() == {
+        "error": {
+            "type": "invalid_request_error",
+            "code": "url_not_allowed",
+            "param": "url",
+            "message": response.json()["error"]["message"],
+        }
+    }
 
 
-async def test_private_urls_are_refused_unless_configured(wh_stack: RunningStack,
-                                                          receiver: WebhookReceiver) -> None:
+async def test_private_urls_are_refused_unless_configured(
+    wh_stack: RunningStack, receiver: WebhookReceiver
+) -> None:
     """A second API process on the same stack, with the default (production) setting."""
     port = free_port()
     env = {**wh_stack.env, "DURAPAY_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "false"}
     log = open(wh_stack.home / "strict-api.log", "wb")  # noqa: SIM115 (closed below)
-    api = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
-                            "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                           stderr=subprocess.STDOUT, start_new_session=True)
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
 
@@ -214,28 +255,41 @@ async def test_private_urls_are_refused_unless_configured(wh_stack: RunningStack
                     return (await http.get(f"{url}/healthz")).status_code == 200
                 except httpx.HTTPError:
                     return False
+
         await assert_eventually(healthy, timeout=30)
         async with signed_merchant(wh_stack, api_url=url) as strict:
-            for target in (receiver.url("/x"), "https://127.0.0.1/x", "https://localhost/x",
-                           "https://10.1.2.3/x", "https://[::1]/x", "https://192.168.0.1/x",
-                           # IPv4 inside IPv6: NAT64, 6to4, IPv4-compatible; site-local
-                           "https://[64:ff9b::7f00:1]/x", "https://[2002:a9fe:a9fe::]/x",
-                           "https://[::127.0.0.1]/x", "https://[fec0::1]/x",
-                           # a public address, but a port other than 443
-                           "https://1.1.1.1:8443/x", "https://1.1.1.1:22/x"):
-                response = await strict.post("/webhook-endpoints",
-                                             {"url": target, "enabledEvents": ["*"]})
+            for target in (
+                receiver.url("/x"),
+                "https://127.0.0.1/x",
+                "https://localhost/x",
+                "https://10.1.2.3/x",
+                "https://[::1]/x",
+                "https://192.168.0.1/x",
+                # IPv4 inside IPv6: NAT64, 6to4, IPv4-compatible; site-local
+                "https://[64:ff9b::7f00:1]/x",
+                "https://[2002:a9fe:a9fe::]/x",
+                "https://[::127.0.0.1]/x",
+                "https://[fec0::1]/x",
+                # a public address, but a port other than 443
+                "https://1.1.1.1:8443/x",
+                "https://1.1.1.1:22/x",
+            ):
+                response = await strict.post(
+                    "/webhook-endpoints", {"url": target, "enabledEvents": ["*"]}
+                )
                 assert response.status_code == 400, (target, response.text)
                 error = response.json()["error"]
                 assert error["type"] == "invalid_request_error" and error["param"] == "url"
                 assert error["code"] in ("url_not_allowed", "url_invalid"), error
-            port_refused = await strict.post("/webhook-endpoints", {
-                "url": "https://1.1.1.1:8443/x", "enabledEvents": ["*"]})
+            port_refused = await strict.post(
+                "/webhook-endpoints", {"url": "https://1.1.1.1:8443/x", "enabledEvents": ["*"]}
+            )
             assert port_refused.json()["error"]["code"] == "url_not_allowed"
             assert "port 8443" in port_refused.json()["error"]["message"]
             # Port 443 is what production allows by default.
-            created = await strict.post("/webhook-endpoints", {
-                "url": "https://1.1.1.1:443/x", "enabledEvents": QUIET})
+            created = await strict.post(
+                "/webhook-endpoints", {"url": "https://1.1.1.1:443/x", "enabledEvents": QUIET}
+            )
             assert created.status_code == 201, created.text
             await strict.request("DELETE", f"/webhook-endpoints/{created.json()['id']}")
     finally:
@@ -250,7 +304,8 @@ QUIET = ["payment.refunded"]
 
 # ---- deliveries ------------------------------------------------------------------------------
 async def test_failing_twice_then_accepting_gives_one_accepted_delivery(
-        shop: DurapayClient, slow_receiver: WebhookReceiver) -> None:
+    shop: DurapayClient, slow_receiver: WebhookReceiver
+) -> None:
     receiver, path = slow_receiver, _path()
     receiver.script(path, Answer(500, body=b"boom"), Answer(502), Answer(200, body=b"thanks"))
     endpoint = await _endpoint(shop, receiver.url(path), QUIET)
@@ -271,6 +326,7 @@ async def test_failing_twice_then_accepting_gives_one_accepted_delivery(
     async def succeeded() -> dict[str, Any] | None:
         mine = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery["id"]]
         return mine[0] if mine and mine[0]["status"] == "succeeded" else None
+
     final = await assert_eventually(succeeded, timeout=20)
     assert [a["statusCode"] for a in final["attempts"]] == [500, 502, 200]
     assert [a["attemptNumber"] for a in final["attempts"]] == [1, 2, 3]
@@ -287,13 +343,16 @@ def _assert_durations_span_the_answers(attempts: list[dict[str, Any]]) -> None:
     durations = [timedelta(milliseconds=a["durationMs"]) for a in attempts]
     assert all(d >= ANSWER_DELAY for d in durations), durations
     ends = [start + duration for start, duration in zip(starts, durations, strict=True)]
-    assert all(end <= next_start for end, next_start in zip(ends, starts[1:], strict=False)), \
-        (starts, durations)
+    assert all(end <= next_start for end, next_start in zip(ends, starts[1:], strict=False)), (
+        starts,
+        durations,
+    )
     assert ends[-1] <= datetime.now(UTC), (starts, durations)
 
 
 async def test_redeliver_is_idempotent_per_key_and_keeps_the_event_id(
-        shop: DurapayClient, receiver: WebhookReceiver) -> None:
+    shop: DurapayClient, receiver: WebhookReceiver
+) -> None:
     path = _path()
     endpoint = await _endpoint(shop, receiver.url(path), ["payment.created"])
     other_path = _path()
@@ -316,12 +375,14 @@ async def test_redeliver_is_idempotent_per_key_and_keeps_the_event_id(
     assert missing.status_code == 404
 
 
-async def test_rotated_secret_signs_alongside_the_new_one(shop: DurapayClient,
-                                                          receiver: WebhookReceiver) -> None:
+async def test_rotated_secret_signs_alongside_the_new_one(
+    shop: DurapayClient, receiver: WebhookReceiver
+) -> None:
     path = _path()
     endpoint = await _endpoint(shop, receiver.url(path), QUIET)
-    rotated = await shop.post(f"/webhook-endpoints/{endpoint['id']}/rotate-secret",
-                              {"gracePeriodSeconds": 3600})
+    rotated = await shop.post(
+        f"/webhook-endpoints/{endpoint['id']}/rotate-secret", {"gracePeriodSeconds": 3600}
+    )
     assert rotated.status_code == 200, rotated.text
     new_secret = rotated.json()["secret"]
     assert new_secret != endpoint["secret"]
@@ -333,8 +394,11 @@ async def test_rotated_secret_signs_alongside_the_new_one(shop: DurapayClient,
     request.verify(new_secret)
     request.verify(endpoint["secret"])
 
-    newest = (await shop.post(f"/webhook-endpoints/{endpoint['id']}/rotate-secret",
-                              {"gracePeriodSeconds": 0})).json()["secret"]
+    newest = (
+        await shop.post(
+            f"/webhook-endpoints/{endpoint['id']}/rotate-secret", {"gracePeriodSeconds": 0}
+        )
+    ).json()["secret"]
     count = len(receiver.at(path))
     await _redeliver(shop, event["id"], endpoint["id"])
     request = (await _received(receiver, path, count + 1))[-1]
@@ -343,8 +407,9 @@ async def test_rotated_secret_signs_alongside_the_new_one(shop: DurapayClient,
         request.verify(new_secret)
 
 
-async def test_gone_disables_the_endpoint_at_once(shop: DurapayClient, receiver: WebhookReceiver,
-                                                  wh_db: asyncpg.Pool) -> None:
+async def test_gone_disables_the_endpoint_at_once(
+    shop: DurapayClient, receiver: WebhookReceiver, wh_db: asyncpg.Pool
+) -> None:
     path = _path()
     receiver.script(path, Answer(410))
     endpoint = await _endpoint(shop, receiver.url(path), QUIET)
@@ -355,12 +420,16 @@ async def test_gone_disables_the_endpoint_at_once(shop: DurapayClient, receiver:
     async def disabled() -> dict[str, Any] | None:
         found = (await shop.get(f"/webhook-endpoints/{endpoint['id']}")).json()
         return found if found["status"] == "disabled" else None
+
     found = await assert_eventually(disabled, timeout=20)
     assert found["disabledReason"] == "gone"
     [final] = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery["id"]]
     assert final["status"] == "failed" and len(final["attempts"]) == 1
-    events = await wh_db.fetch("SELECT data FROM event WHERE type = 'webhook_endpoint.disabled' "
-                               "AND data->>'endpointId' = $1", endpoint["id"])
+    events = await wh_db.fetch(
+        "SELECT data FROM event WHERE type = 'webhook_endpoint.disabled' "
+        "AND data->>'endpointId' = $1",
+        endpoint["id"],
+    )
     assert len(events) == 1
     # The merchant reads it too: it is about their endpoint, unlike operator events.
     listed = (await shop.get("/events?type=webhook_endpoint.disabled")).json()["data"]
@@ -370,7 +439,8 @@ async def test_gone_disables_the_endpoint_at_once(shop: DurapayClient, receiver:
 
 
 async def test_worker_sigkill_during_the_backoff_still_delivers(
-        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver) -> None:
+    wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver
+) -> None:
     path = _path()
     # 503 + Retry-After: 10 keeps the delivery on a durable timer long enough to kill the worker.
     receiver.script(path, Answer(503, headers={"Retry-After": "10"}), Answer(200))
@@ -382,6 +452,7 @@ async def test_worker_sigkill_during_the_backoff_still_delivers(
     async def first_attempt_recorded() -> bool:
         mine = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery["id"]]
         return bool(mine and mine[0]["attemptCount"] == 1)
+
     await assert_eventually(first_attempt_recorded, timeout=20, interval=0.1)
     worker_pid = int(wh_stack.state()["children"]["worker-1"])
     os.kill(worker_pid, signal.SIGKILL)
@@ -394,20 +465,25 @@ async def test_worker_sigkill_during_the_backoff_still_delivers(
     assert restarted != worker_pid
 
 
-async def test_a_payment_is_delivered_signed_and_filtered(shop: DurapayClient,
-                                                          receiver: WebhookReceiver) -> None:
+async def test_a_payment_is_delivered_signed_and_filtered(
+    shop: DurapayClient, receiver: WebhookReceiver
+) -> None:
     every, succeeded_only = _path(), _path()
     all_events = await _endpoint(shop, receiver.url(every), ["*"])
     filtered = await _endpoint(shop, receiver.url(succeeded_only), ["payment.succeeded"])
     intent = await create_intent(shop)
-    response = await shop.post(f"/payment-intents/{intent['id']}/transactions",
-                               {"type": "charge", "card": CARD_4242})
+    response = await shop.post(
+        f"/payment-intents/{intent['id']}/transactions", {"type": "charge", "card": CARD_4242}
+    )
     assert response.status_code == 200, response.text
 
     got = await _received(receiver, every, 3)
     bodies = [r.verify(all_events["secret"]) for r in got]
-    assert sorted(b["type"] for b in bodies) == \
-        ["payment.created", "payment.processing", "payment.succeeded"]
+    assert sorted(b["type"] for b in bodies) == [
+        "payment.created",
+        "payment.processing",
+        "payment.succeeded",
+    ]
     for request, body in zip(got, bodies, strict=True):
         assert request.headers["webhook-id"] == body["id"]
         assert body["data"]["paymentId"] == intent["id"]
@@ -428,46 +504,70 @@ async def _planted_delivery(shop: DurapayClient, wh_db: asyncpg.Pool, endpoint_i
     merchant_id = await wh_db.fetchval("SELECT merchant_id FROM event WHERE id = $1", event["id"])
     await wh_db.execute(
         "INSERT INTO webhook_delivery (id, merchant_id, event_id, endpoint_id, origin) "
-        "VALUES ($1, $2, $3, $4, 'redeliver')", delivery_id, merchant_id, event["id"],
-        endpoint_id)
+        "VALUES ($1, $2, $3, $4, 'redeliver')",
+        delivery_id,
+        merchant_id,
+        event["id"],
+        endpoint_id,
+    )
     return delivery_id
 
 
 @asynccontextmanager
-async def _webhook_activities(wh_stack: RunningStack,
-                              **settings: Any) -> AsyncIterator[WebhookActivities]:
+async def _webhook_activities(
+    wh_stack: RunningStack, **settings: Any
+) -> AsyncIterator[WebhookActivities]:
     """The real activities on the stack's database (the local stack's URL policy by default)."""
-    configured = Settings(home=wh_stack.home, **{
-        "webhook_allow_private_networks": True, "webhook_allowed_ports": "*",
-        "webhook_timeout_seconds": 3, **settings})
+    configured = Settings(
+        home=wh_stack.home,
+        **{
+            "webhook_allow_private_networks": True,
+            "webhook_allowed_ports": "*",
+            "webhook_timeout_seconds": 3,
+            **settings,
+        },
+    )
     engine = create_engine(to_asyncpg_url(wh_stack.database_url), pool_size=2)
     try:
         async with new_http_client() as http:
-            yield WebhookActivities(http=http, sessions=session_factory(engine),
-                                    webhook_secrets=Cipher(configured.resolved_key_ring(),
-                                                           Purpose.WEBHOOK_SECRETS),
-                                    settings=configured)
+            yield WebhookActivities(
+                http=http,
+                sessions=session_factory(engine),
+                webhook_secrets=Cipher(configured.resolved_key_ring(), Purpose.WEBHOOK_SECRETS),
+                settings=configured,
+            )
     finally:
         await engine.dispose()
 
 
 @asynccontextmanager
-async def _skipping_worker(wh_stack: RunningStack) -> AsyncIterator[tuple[WorkflowEnvironment,
-                                                                          str]]:
+async def _skipping_worker(
+    wh_stack: RunningStack,
+) -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
     """A time-skipping server and a worker on it running the real webhook activities."""
-    async with _webhook_activities(wh_stack) as webhooks, \
-            await WorkflowEnvironment.start_time_skipping(
-                test_server_existing_path=str(TEST_SERVER)) as env:
+    async with (
+        _webhook_activities(wh_stack) as webhooks,
+        await WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=str(TEST_SERVER)
+        ) as env,
+    ):
         queue = f"tq-{uuid.uuid4()}"
-        async with Worker(env.client, task_queue=queue, workflows=[WebhookDeliveryWorkflow],
-                          activities=[webhooks.send_webhook, webhooks.record_webhook_attempt,
-                                      webhooks.fail_webhook_delivery]):
+        async with Worker(
+            env.client,
+            task_queue=queue,
+            workflows=[WebhookDeliveryWorkflow],
+            activities=[
+                webhooks.send_webhook,
+                webhooks.record_webhook_attempt,
+                webhooks.fail_webhook_delivery,
+            ],
+        ):
             yield env, queue
 
 
 async def test_three_days_of_failures_fail_the_delivery_and_disable_the_endpoint(
-        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
-        wh_db: asyncpg.Pool) -> None:
+    wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver, wh_db: asyncpg.Pool
+) -> None:
     path = _path()
     receiver.script(path, Answer(500))
     endpoint = await _endpoint(shop, receiver.url(path), QUIET)
@@ -476,15 +576,18 @@ async def test_three_days_of_failures_fail_the_delivery_and_disable_the_endpoint
         result = await env.client.execute_workflow(
             WebhookDeliveryWorkflow.run,
             WebhookDeliveryInput(delivery_id, WebhookSchedule()),  # the real 3 days
-            id=delivery_id, task_queue=queue)
+            id=delivery_id,
+            task_queue=queue,
+        )
     assert result == WebhookDeliveryResult(delivered=False, attempts=77)
     assert len(receiver.at(path)) == 77
     [final] = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery_id]
     assert final["status"] == "failed" and len(final["attempts"]) == 77
     found = (await shop.get(f"/webhook-endpoints/{endpoint['id']}")).json()
     assert (found["status"], found["disabledReason"]) == ("disabled", "failing")
-    events = await wh_db.fetch("SELECT type, data FROM event WHERE data->>'endpointId' = $1",
-                               endpoint["id"])
+    events = await wh_db.fetch(
+        "SELECT type, data FROM event WHERE data->>'endpointId' = $1", endpoint["id"]
+    )
     assert [e["type"] for e in events] == ["webhook_endpoint.disabled"]
 
 
@@ -494,14 +597,24 @@ HOUR = WebhookSchedule(horizon_seconds=3600)
 HOUR_TIMERS = [5.0, 25.0, 125.0, 625.0]
 
 
-@pytest.mark.parametrize(("answer", "posts", "stored_body"), [
-    (Answer(500, body=b"bad\x00body\x00"), 6, "badbody"),
-    (Answer(503, headers={"Retry-After": "\u00b2"}, body=b"busy"), 6, "busy"),
-    (Answer(200, body=b"\x00thanks"), 1, "thanks"),
-], ids=["500-nul-in-body", "503-retry-after-superscript-two", "200-nul-in-body"])
+@pytest.mark.parametrize(
+    ("answer", "posts", "stored_body"),
+    [
+        (Answer(500, body=b"bad\x00body\x00"), 6, "badbody"),
+        (Answer(503, headers={"Retry-After": "\u00b2"}, body=b"busy"), 6, "busy"),
+        (Answer(200, body=b"\x00thanks"), 1, "thanks"),
+    ],
+    ids=["500-nul-in-body", "503-retry-after-superscript-two", "200-nul-in-body"],
+)
 async def test_a_hostile_answer_keeps_the_delivery_on_its_schedule(
-        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
-        wh_db: asyncpg.Pool, answer: Answer, posts: int, stored_body: str) -> None:
+    wh_stack: RunningStack,
+    shop: DurapayClient,
+    receiver: WebhookReceiver,
+    wh_db: asyncpg.Pool,
+    answer: Answer,
+    posts: int,
+    stored_body: str,
+) -> None:
     """A NUL byte in the answer, or `Retry-After: ²`, must not make recording the attempt fail
     after the POST (an unbounded retry of the activity would send it again every ≤30 s for
     ever). Over an hour of (skipped) time, a real receiver gets exactly the POSTs of the
@@ -512,9 +625,12 @@ async def test_a_hostile_answer_keeps_the_delivery_on_its_schedule(
     delivery_id = await _planted_delivery(shop, wh_db, endpoint["id"])
     async with _skipping_worker(wh_stack) as (env, queue):
         handle = await env.client.start_workflow(
-            WebhookDeliveryWorkflow.run, WebhookDeliveryInput(delivery_id, HOUR),
-            id=delivery_id, task_queue=queue,
-            execution_timeout=timedelta(hours=2))  # the old loop ran out this clock
+            WebhookDeliveryWorkflow.run,
+            WebhookDeliveryInput(delivery_id, HOUR),
+            id=delivery_id,
+            task_queue=queue,
+            execution_timeout=timedelta(hours=2),
+        )  # the old loop ran out this clock
         try:
             result: WebhookDeliveryResult | None = await handle.result()
         except WorkflowFailureError:
@@ -524,9 +640,11 @@ async def test_a_hostile_answer_keeps_the_delivery_on_its_schedule(
     assert len(got) == posts, f"{len(got)} POSTs; the schedule's hour has {posts}"
     assert {r.headers["webhook-id"] for r in got} == {got[0].headers["webhook-id"]}
     assert result == WebhookDeliveryResult(delivered=posts == 1, attempts=posts)
-    timers = [e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
-              .total_seconds() for e in history.events
-              if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED]
+    timers = [
+        e.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta().total_seconds()
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+    ]
     if posts == 1:
         assert timers == []
     else:  # the backoff, untouched by the unreadable Retry-After; the last lands on the hour
@@ -534,21 +652,21 @@ async def test_a_hostile_answer_keeps_the_delivery_on_its_schedule(
     [final] = [d for d in await _deliveries(shop, endpoint["id"]) if d["id"] == delivery_id]
     assert final["status"] == ("succeeded" if posts == 1 else "failed")
     assert [a["attemptNumber"] for a in final["attempts"]] == list(range(1, posts + 1))
-    assert {(a["statusCode"], a["responseBody"]) for a in final["attempts"]} == \
-        {(answer.status, stored_body)}
+    assert {(a["statusCode"], a["responseBody"]) for a in final["attempts"]} == {
+        (answer.status, stored_body)
+    }
 
 
 async def test_a_port_the_operator_no_longer_allows_is_refused_at_delivery(
-        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
-        wh_db: asyncpg.Pool) -> None:
+    wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver, wh_db: asyncpg.Pool
+) -> None:
     """The endpoint was created where any port was allowed; a worker configured with the
     production default (80, 443) checks again at the attempt and sends nothing."""
     path = _path()
     endpoint = await _endpoint(shop, receiver.url(path), QUIET)
     delivery_id = await _planted_delivery(shop, wh_db, endpoint["id"])
     async with _webhook_activities(wh_stack, webhook_allowed_ports="80,443") as webhooks:
-        sent = await ActivityEnvironment().run(webhooks.send_webhook,
-                                               AttemptInput(delivery_id, 1))
+        sent = await ActivityEnvironment().run(webhooks.send_webhook, AttemptInput(delivery_id, 1))
         assert sent.status_code is None and sent.error is not None
         assert sent.error.startswith("url_not_allowed") and f"port {receiver.port}" in sent.error
         outcome = await ActivityEnvironment().run(webhooks.record_webhook_attempt, sent)
@@ -559,7 +677,8 @@ async def test_a_port_the_operator_no_longer_allows_is_refused_at_delivery(
 
 
 async def test_an_event_plans_one_delivery_per_subscribed_endpoint(
-        shop: DurapayClient, receiver: WebhookReceiver, wh_db: asyncpg.Pool) -> None:
+    shop: DurapayClient, receiver: WebhookReceiver, wh_db: asyncpg.Pool
+) -> None:
     """The transaction that appends an event plans its deliveries (`core/db/deliveries.py`):
     one per enabled endpoint subscribed to its type; the API starts `payment.created`'s."""
     every, succeeded_only, switched_off = _path(), _path(), _path()
@@ -571,15 +690,17 @@ async def test_an_event_plans_one_delivery_per_subscribed_endpoint(
     event = await _created_event(shop, intent["id"])
     [request] = await _received(receiver, every, 1)
     assert request.verify(all_events["secret"])["id"] == event["id"]
-    rows = await wh_db.fetch("SELECT endpoint_id, origin FROM webhook_delivery "
-                             "WHERE event_id = $1", event["id"])
+    rows = await wh_db.fetch(
+        "SELECT endpoint_id, origin FROM webhook_delivery WHERE event_id = $1", event["id"]
+    )
     assert [(r["endpoint_id"], r["origin"]) for r in rows] == [(all_events["id"], "event")]
     await asyncio.sleep(1.0)
     assert receiver.at(succeeded_only) == [] and receiver.at(switched_off) == []
 
 
-async def test_endpoint_list_pages_newest_first(shop: DurapayClient,
-                                                receiver: WebhookReceiver) -> None:
+async def test_endpoint_list_pages_newest_first(
+    shop: DurapayClient, receiver: WebhookReceiver
+) -> None:
     created = [(await _endpoint(shop, receiver.url(_path()), ["*"]))["id"] for _ in range(3)]
     first = (await shop.get("/webhook-endpoints?limit=2")).json()
     assert [e["id"] for e in first["data"]] == created[:0:-1] and first["hasMore"] is True
@@ -591,8 +712,9 @@ async def test_endpoint_list_pages_newest_first(shop: DurapayClient,
 
 
 # ---- the reaper: deliveries nobody started -------------------------------------------------------
-async def _stranded_delivery(wh_db: asyncpg.Pool, event: dict[str, Any], endpoint: dict[str, Any],
-                             *, age: timedelta) -> str:
+async def _stranded_delivery(
+    wh_db: asyncpg.Pool, event: dict[str, Any], endpoint: dict[str, Any], *, age: timedelta
+) -> str:
     """A delivery row as the transaction that appended its event plans it, whose start never
     happened (the planner lost between its commit and the start)."""
     delivery_id = f"whd_stranded_{uuid.uuid4().hex[:12]}"
@@ -600,7 +722,11 @@ async def _stranded_delivery(wh_db: asyncpg.Pool, event: dict[str, Any], endpoin
         "INSERT INTO webhook_delivery (id, merchant_id, event_id, endpoint_id, origin, status, "
         "attempt_count, created_at, updated_at) SELECT $1, merchant_id, id, $3, 'event', "
         "'pending', 0, now() - $4::interval, now() - $4::interval FROM event WHERE id = $2",
-        delivery_id, event["id"], endpoint["id"], age)
+        delivery_id,
+        event["id"],
+        endpoint["id"],
+        age,
+    )
     return delivery_id
 
 
@@ -608,14 +734,18 @@ async def _reap(temporal: Client) -> WebhookReaperResult:
     # Longer than this module runs: only the rows a test back-dates are past the grace period,
     # never a delivery another test's run has yet to start.
     return await temporal.execute_workflow(
-        WebhookReaperWorkflow.run, WebhookReaperInput(grace_seconds=1800, webhooks=WebhookSchedule(
-            FIRST_DELAY, FACTOR, 8, 600)),
-        id=f"reaper-test-{uuid.uuid4().hex[:8]}", task_queue="durapay-payments")
+        WebhookReaperWorkflow.run,
+        WebhookReaperInput(
+            grace_seconds=1800, webhooks=WebhookSchedule(FIRST_DELAY, FACTOR, 8, 600)
+        ),
+        id=f"reaper-test-{uuid.uuid4().hex[:8]}",
+        task_queue="durapay-payments",
+    )
 
 
 async def test_the_reaper_starts_a_pending_delivery_nobody_started_once(
-        wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver,
-        wh_db: asyncpg.Pool) -> None:
+    wh_stack: RunningStack, shop: DurapayClient, receiver: WebhookReceiver, wh_db: asyncpg.Pool
+) -> None:
     path = _path()
     endpoint = await _endpoint(shop, receiver.url(path), QUIET)  # the API starts nothing
     event = await _created_event(shop, (await create_intent(shop))["id"])
@@ -627,7 +757,9 @@ async def test_the_reaper_starts_a_pending_delivery_nobody_started_once(
     [request] = await _received(receiver, path, 1)
     assert request.verify(endpoint["secret"])["id"] == event["id"]
     assert await temporal.get_workflow_handle(stranded).result() == {
-        "delivered": True, "attempts": 1}
+        "delivered": True,
+        "attempts": 1,
+    }
     # Within its grace period a delivery is left to whoever planned it.
     with pytest.raises(RPCError):
         await temporal.get_workflow_handle(fresh).describe()

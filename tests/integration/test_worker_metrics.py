@@ -76,40 +76,57 @@ def charges(outcome: str) -> tuple[str, dict[str, str]]:
 
 
 def settled(kind: str, outcome: str) -> tuple[str, dict[str, str]]:
-    return "durapay_unknown_outcomes_settled_total", {"type": kind, "outcome": outcome,
-                                                      "by": "network"}
+    return "durapay_unknown_outcomes_settled_total", {
+        "type": kind,
+        "outcome": outcome,
+        "by": "network",
+    }
 
 
 async def test_worker_livez_and_readyz_answer_200(worker_http: httpx.AsyncClient) -> None:
     live = await worker_http.get("/livez")
     ready = await worker_http.get("/readyz")
     assert (live.status_code, live.json()) == (200, {"status": "ok"})
-    assert (ready.status_code, ready.json()) == (200, {
-        "status": "ok", "checks": {"postgres": "ok", "temporal": "ok"}})
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {"status": "ok", "checks": {"postgres": "ok", "temporal": "ok"}},
+    )
     assert (await worker_http.get("/nowhere")).status_code == 404
     assert (await worker_http.post("/metrics")).status_code == 405
 
 
 async def test_worker_metrics_hold_ours_and_the_temporal_sdks(
-        worker_http: httpx.AsyncClient) -> None:
+    worker_http: httpx.AsyncClient,
+) -> None:
     response = await worker_http.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     names = {family.name for family in text_string_to_metric_families(response.text)}
-    assert {"durapay_charges", "durapay_operations", "durapay_unknown_outcomes_opened",
-            "durapay_reconciliation_status_queries", "durapay_webhook_attempts",
-            "durapay_manual_reviews_open", "durapay_reconciliation_discrepancies_open",
-            "process_resident_memory_bytes"} <= names
+    assert {
+        "durapay_charges",
+        "durapay_operations",
+        "durapay_unknown_outcomes_opened",
+        "durapay_reconciliation_status_queries",
+        "durapay_webhook_attempts",
+        "durapay_manual_reviews_open",
+        "durapay_reconciliation_discrepancies_open",
+        "process_resident_memory_bytes",
+    } <= names
     sdk = {name for name in names if name.startswith("temporal_")}
     # What the SDK counts from start-up: its pollers, task slots and calls to the server.
-    assert {"temporal_num_pollers", "temporal_worker_task_slots_available", "temporal_request",
-            "temporal_request_latency"} <= sdk, sorted(sdk)
+    assert {
+        "temporal_num_pollers",
+        "temporal_worker_task_slots_available",
+        "temporal_request",
+        "temporal_request_latency",
+    } <= sdk, sorted(sdk)
 
 
-@pytest.mark.parametrize(("number", "outcome"), [(CARD_4242["number"], "succeeded"),
-                                                 (DECLINED_CARD, "declined")])
+@pytest.mark.parametrize(
+    ("number", "outcome"), [(CARD_4242["number"], "succeeded"), (DECLINED_CARD, "declined")]
+)
 async def test_a_charge_counts_once_under_its_outcome(
-        durapay: DurapayClient, worker_http: httpx.AsyncClient, number: str,
-        outcome: str) -> None:
+    durapay: DurapayClient, worker_http: httpx.AsyncClient, number: str, outcome: str
+) -> None:
     counts = await Counts.start(worker_http)
     intent = await create_intent(durapay)
     response = await charge(durapay, intent["id"], card(number))
@@ -121,7 +138,8 @@ async def test_a_charge_counts_once_under_its_outcome(
 
 
 async def test_a_manual_capture_counts_the_authorization_then_the_capture(
-        durapay: DurapayClient, worker_http: httpx.AsyncClient) -> None:
+    durapay: DurapayClient, worker_http: httpx.AsyncClient
+) -> None:
     counts = await Counts.start(worker_http)
     intent = await create_intent(durapay, captureMethod="manual")
     assert (await charge(durapay, intent["id"], CARD_4242)).status_code == 200
@@ -129,33 +147,41 @@ async def test_a_manual_capture_counts_the_authorization_then_the_capture(
     assert captured.status_code == 200, captured.text
     assert await counts.deltas(
         charges("requires_capture"),
-        ("durapay_operations_total", {"type": "capture", "outcome": "succeeded"})) == [1, 1]
+        ("durapay_operations_total", {"type": "capture", "outcome": "succeeded"}),
+    ) == [1, 1]
 
 
 async def test_a_lost_answer_counts_unknown_then_its_settlement(
-        durapay: DurapayClient, worker_http: httpx.AsyncClient) -> None:
+    durapay: DurapayClient, worker_http: httpx.AsyncClient
+) -> None:
     counts = await Counts.start(worker_http)
     intent = await create_intent(durapay)
     response = await charge(durapay, intent["id"], card(HELD_CARD))
     assert response.status_code == 202, response.text
     assert (await settled_intent(durapay, intent["id"]))["status"] == "succeeded"
     unknown, opened, settled_now, succeeded, approved_answers = await counts.deltas(
-        charges("unknown"), ("durapay_unknown_outcomes_opened_total", {"type": "charge"}),
-        settled("charge", "succeeded"), charges("succeeded"),
-        ("durapay_reconciliation_status_queries_total", {"answer": "approved"}))
+        charges("unknown"),
+        ("durapay_unknown_outcomes_opened_total", {"type": "charge"}),
+        settled("charge", "succeeded"),
+        charges("succeeded"),
+        ("durapay_reconciliation_status_queries_total", {"answer": "approved"}),
+    )
     assert (unknown, opened, settled_now, succeeded) == (1, 1, 1, 1)
     assert approved_answers >= 1  # the status query that settled it
 
 
 async def test_webhook_attempts_count_once_by_result(
-        durapay: DurapayClient, worker_http: httpx.AsyncClient) -> None:
+    durapay: DurapayClient, worker_http: httpx.AsyncClient
+) -> None:
     http_error = ("durapay_webhook_attempts_total", {"result": "http_error"})
     delivered = ("durapay_webhook_attempts_total", {"result": "delivered"})
     with WebhookReceiver() as receiver:
         path = f"/hook/{uuid.uuid4().hex[:10]}"
         receiver.script(path, Answer(500), Answer(200))
-        endpoint = await durapay.post("/webhook-endpoints", {
-            "url": receiver.url(path), "enabledEvents": ["payment.succeeded"]})
+        endpoint = await durapay.post(
+            "/webhook-endpoints",
+            {"url": receiver.url(path), "enabledEvents": ["payment.succeeded"]},
+        )
         assert endpoint.status_code == 201, endpoint.text
         counts = await Counts.start(worker_http)
         intent = await create_intent(durapay)
@@ -171,7 +197,8 @@ async def test_webhook_attempts_count_once_by_result(
 
 
 async def test_a_paused_schedule_shows_on_the_worker_gauge(
-        worker_http: httpx.AsyncClient, temporal: Client) -> None:
+    worker_http: httpx.AsyncClient, temporal: Client
+) -> None:
     """Whoever reaches Temporal can pause the sweep, and the pause outlives worker restarts:
     the worker's gauge says so within its cache period, and says when it runs again."""
     schedule = temporal.get_schedule_handle(RECONCILIATION_SCHEDULE_ID)
@@ -179,12 +206,17 @@ async def test_a_paused_schedule_shows_on_the_worker_gauge(
     def paused_gauge(value: float) -> Any:
         async def check() -> bool:
             exposition = await scrape(worker_http)
-            assert sample(exposition, "durapay_schedule_paused",
-                          schedule=RECONCILIATION_SCHEDULE_ID) == value
+            assert (
+                sample(exposition, "durapay_schedule_paused", schedule=RECONCILIATION_SCHEDULE_ID)
+                == value
+            )
             # The other schedule is reported beside it, running.
-            assert sample(exposition, "durapay_schedule_paused",
-                          schedule=AUDIT_CHECKPOINT_SCHEDULE_ID) == 0
+            assert (
+                sample(exposition, "durapay_schedule_paused", schedule=AUDIT_CHECKPOINT_SCHEDULE_ID)
+                == 0
+            )
             return True
+
         return check
 
     await assert_eventually(paused_gauge(0), timeout=30)
@@ -197,16 +229,19 @@ async def test_a_paused_schedule_shows_on_the_worker_gauge(
     await assert_eventually(paused_gauge(0), timeout=30)
 
 
-async def test_worker_readyz_is_503_while_postgres_is_unreachable(
-        stack: RunningStack) -> None:
+async def test_worker_readyz_is_503_while_postgres_is_unreachable(stack: RunningStack) -> None:
     """The worker's own check against a Postgres nobody listens for (a closed port), with the
     stack's real Temporal: only Postgres is down, and the gauges read from it are left out."""
     engine = create_engine(f"postgresql+asyncpg://durapay:x@127.0.0.1:{free_port()}/durapay")
     sessions = session_factory(engine)
     temporal = await stack.temporal_client()
     server = await HealthServer.start(
-        "127.0.0.1", 0, sessions=sessions, sdk_metrics_url=None,
-        checks={"postgres": postgres_check(sessions), "temporal": temporal_check(temporal)})
+        "127.0.0.1",
+        0,
+        sessions=sessions,
+        sdk_metrics_url=None,
+        checks={"postgres": postgres_check(sessions), "temporal": temporal_check(temporal)},
+    )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as http:
             ready = await http.get("/readyz")

@@ -45,9 +45,15 @@ class WebhookReceiver:
                 body = self.rfile.read(length)
                 answer = receiver._next(self.path)
                 with receiver._lock:
-                    receiver.requests.append(Received(
-                        self.path, {k.lower(): v for k, v in self.headers.items()}, body,
-                        time.monotonic(), answer.status))
+                    receiver.requests.append(
+                        Received(
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            time.monotonic(),
+                            answer.status,
+                        )
+                    )
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     self.send_header(name, value)

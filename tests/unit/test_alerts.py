@@ -46,18 +46,25 @@ RULE_KEYS = {"alert", "expr", "for", "labels", "annotations"}
 PROMETHEUS_SERIES = frozenset({"up"})
 # The sample names each kind of metric family exposes (prometheus_client drops `_total` from a
 # counter family's name and adds it back on its sample).
-SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
-                   "summary": ("", "_count", "_sum"), "gaugehistogram": ("_bucket", "_gcount",
-                                                                           "_gsum"),
-                   "info": ("_info",)}
+SAMPLE_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+    "gaugehistogram": ("_bucket", "_gcount", "_gsum"),
+    "info": ("_info",),
+}
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 DURATION = re.compile(r"^(\d+[smhdwy])+$")
 # Labels whose values are not a fixed set (deployment names, route templates, status codes):
 # their names are checked, not their values.
 OPEN_LABELS = frozenset({"slot", "schedule", "route", "method", "status", "instance"})
 # (The parser's MatchOp compares equal but is not hashable.)
-MATCH_OPS = ((promql_parser.MatchOp.Equal, "="), (promql_parser.MatchOp.NotEqual, "!="),
-             (promql_parser.MatchOp.Re, "=~"), (promql_parser.MatchOp.NotRe, "!~"))
+MATCH_OPS = (
+    (promql_parser.MatchOp.Equal, "="),
+    (promql_parser.MatchOp.NotEqual, "!="),
+    (promql_parser.MatchOp.Re, "=~"),
+    (promql_parser.MatchOp.NotRe, "!~"),
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,9 @@ def table_rows(section: str) -> list[list[str]]:
             if rows:
                 break
             continue
-        cells = [cell.strip().replace("\\|", "|")
-                 for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        cells = [
+            cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]
+        ]
         rows.append(cells)
     return [cells for cells in rows[2:]]
 
@@ -124,8 +132,10 @@ def shipped_rules() -> list[dict[str, Any]]:
 
 
 def shipped_alerts() -> list[Alert]:
-    return [Alert(rule["alert"], rule["expr"], rule["for"], rule["labels"]["severity"])
-            for rule in shipped_rules()]
+    return [
+        Alert(rule["alert"], rule["expr"], rule["for"], rule["labels"]["severity"])
+        for rule in shipped_rules()
+    ]
 
 
 # ---- Which metric names exist ------------------------------------------------------------------
@@ -138,10 +148,13 @@ def collectors_with_something_to_say() -> list[Collector]:
     the gauges read from Postgres (one replication slot), the schedule gauges (one
     schedule)."""
     database = DatabaseGauges()
-    database.snapshot = DatabaseSnapshot(manual_reviews_open=0, discrepancies_open={},
-                                         slot_lag_bytes={"durapay_events": 0},
-                                         slot_consumer={"durapay_events": True},
-                                         slot_lost={"durapay_events": False})
+    database.snapshot = DatabaseSnapshot(
+        manual_reviews_open=0,
+        discrepancies_open={},
+        slot_lag_bytes={"durapay_events": 0},
+        slot_consumer={"durapay_events": True},
+        slot_lost={"durapay_events": False},
+    )
     schedules = ScheduleGauges()
 
     async def one_schedule_running() -> Mapping[str, bool | None]:
@@ -157,8 +170,7 @@ def durapay_families() -> dict[str, set[str]]:
     families: dict[str, set[str]] = {}
     for collector in (API_REGISTRY, WORKER_REGISTRY, *collectors_with_something_to_say()):
         for family in collector.collect():
-            families.setdefault(family.name, set()).update(
-                sample_names(family.name, family.type))
+            families.setdefault(family.name, set()).update(sample_names(family.name, family.type))
     return families
 
 
@@ -207,15 +219,31 @@ def selectors_in(expr: str) -> list[Selector]:
     def visit(node: promql_parser.Expr) -> None:
         if not isinstance(node, promql_parser.VectorSelector):
             return
-        matchers = [*node.matchers.matchers,
-                    *(m for group in node.matchers.or_matchers for m in group)]
-        name = node.name or next((m.value for m in matchers if m.name == "__name__"
-                                  and m.op == promql_parser.MatchOp.Equal), None)
+        matchers = [
+            *node.matchers.matchers,
+            *(m for group in node.matchers.or_matchers for m in group),
+        ]
+        name = node.name or next(
+            (
+                m.value
+                for m in matchers
+                if m.name == "__name__" and m.op == promql_parser.MatchOp.Equal
+            ),
+            None,
+        )
         if name is None:
             nameless.append(str(node))
             return
-        selectors.append(Selector(name, tuple((m.name, match_operator(m.op), m.value)
-                                              for m in matchers if m.name != "__name__")))
+        selectors.append(
+            Selector(
+                name,
+                tuple(
+                    (m.name, match_operator(m.op), m.value)
+                    for m in matchers
+                    if m.name != "__name__"
+                ),
+            )
+        )
 
     promql_parser.walk(promql_parser.parse(expr), pre_visit=visit)
     if nameless:
@@ -264,16 +292,19 @@ def matches_some(operator: str, pattern: str, values: set[str]) -> bool:
     if operator in ("=", "!="):
         return pattern in values
     alternatives = pattern.split("|") if "(" not in pattern else [pattern]
-    return all(any(re.fullmatch(alternative, value) for value in values)
-               for alternative in alternatives)
+    return all(
+        any(re.fullmatch(alternative, value) for value in values) for alternative in alternatives
+    )
 
 
 def label_problems(expr: str) -> list[str]:
     """Matchers on a label the metric does not have, or on a value it never takes: `job` of
     `up` against prometheus.yml's jobs, `task_queue` of the SDK's against Durapay's queue."""
     ours = durapay_labels()
-    fixed_values = {"job": scrape_jobs(),
-                    "task_queue": {str(Settings.model_fields["task_queue"].default)}}
+    fixed_values = {
+        "job": scrape_jobs(),
+        "task_queue": {str(Settings.model_fields["task_queue"].default)},
+    }
     problems = []
     for selector in selectors_in(expr):
         for label, operator, value in selector.matchers:
@@ -286,8 +317,9 @@ def label_problems(expr: str) -> list[str]:
             else:
                 values = fixed_values.get(label, set())
             if values and not matches_some(operator, value, values):
-                problems.append(f"{selector.metric}{{{label}{operator}{value!r}}}: "
-                                f"it takes {sorted(values)}")
+                problems.append(
+                    f"{selector.metric}{{{label}{operator}{value!r}}}: it takes {sorted(values)}"
+                )
     return problems
 
 
@@ -298,7 +330,8 @@ def test_shipped_rules_are_exactly_the_documented_alerts() -> None:
     only_in_rules = [alert for alert in shipped if alert not in documented]
     assert not only_in_docs and not only_in_rules, (
         "deploy/prometheus/alerts.yml differs from docs/operations.md's Alerts table:\n"
-        f"  only in the table: {only_in_docs}\n  only in the rules: {only_in_rules}")
+        f"  only in the table: {only_in_docs}\n  only in the rules: {only_in_rules}"
+    )
     assert shipped == documented, "same alerts, another order: keep the table's order"
     assert len(documented) >= 20
 
@@ -315,8 +348,9 @@ def test_rules_file_has_the_shape_prometheus_loads() -> None:
             assert rule["labels"] == {"severity": rule["labels"]["severity"]}
             assert rule["labels"]["severity"] in SEVERITIES, rule["alert"]
             assert set(rule["annotations"]) == ANNOTATIONS, rule["alert"]
-            assert all(isinstance(text, str) and text.strip()
-                       for text in rule["annotations"].values()), rule["alert"]
+            assert all(
+                isinstance(text, str) and text.strip() for text in rule["annotations"].values()
+            ), rule["alert"]
 
 
 def github_anchor(heading: str) -> str:
@@ -326,13 +360,15 @@ def github_anchor(heading: str) -> str:
 
 def test_every_rule_links_the_runbook_entry_that_names_it() -> None:
     text = OPERATIONS.read_text()
-    headings = {github_anchor(line): line for line in text.splitlines()
-                if re.match(r"#{1,6} ", line)}
+    headings = {
+        github_anchor(line): line for line in text.splitlines() if re.match(r"#{1,6} ", line)
+    }
     for rule in shipped_rules():
         path, _, anchor = rule["annotations"]["runbook"].partition("#")
         assert path == "docs/operations.md" and anchor in headings, rule["annotations"]
-        entries = re.findall(r"^- \*\*([^*]+?)\.?\*\*", markdown_section(text, headings[anchor]),
-                             flags=re.MULTILINE)
+        entries = re.findall(
+            r"^- \*\*([^*]+?)\.?\*\*", markdown_section(text, headings[anchor]), flags=re.MULTILINE
+        )
         named = {name.strip() for entry in entries for name in entry.split(" / ")}
         assert rule["alert"] in named, f"{rule['alert']}: no entry under {headings[anchor]!r}"
 
@@ -358,31 +394,40 @@ def test_prometheus_loads_the_rules_file_the_compose_file_mounts() -> None:
 
 
 # ---- The checks themselves refuse what they must ------------------------------------------------
-@pytest.mark.parametrize("expr", [
-    "sum(rate(durapay_charges_total[5m])",           # unclosed parenthesis
-    "rate(durapay_charges_total)",                   # rate() of an instant vector
-    "quantile_of(0.9, durapay_charges_total)",       # no such function
-    '{outcome="failed"}',                            # no metric named
-])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "sum(rate(durapay_charges_total[5m])",  # unclosed parenthesis
+        "rate(durapay_charges_total)",  # rate() of an instant vector
+        "quantile_of(0.9, durapay_charges_total)",  # no such function
+        '{outcome="failed"}',  # no metric named
+    ],
+)
 def test_metric_check_refuses_a_malformed_expression(expr: str) -> None:
     with pytest.raises(ValueError):
         metric_names_in(expr)
 
 
 def test_metric_check_refuses_a_metric_nobody_exports() -> None:
-    assert unknown_metrics(["sum(rate(durapay_charge_total[5m]))",
-                            "temporal_activity_schedule_to_start_latency_seconds_bucket",
-                            "durapay_event_loop_lag_seconds_bucket"]) == {
-        "durapay_charge_total", "temporal_activity_schedule_to_start_latency_seconds_bucket"}
+    assert unknown_metrics(
+        [
+            "sum(rate(durapay_charge_total[5m]))",
+            "temporal_activity_schedule_to_start_latency_seconds_bucket",
+            "durapay_event_loop_lag_seconds_bucket",
+        ]
+    ) == {"durapay_charge_total", "temporal_activity_schedule_to_start_latency_seconds_bucket"}
 
 
-@pytest.mark.parametrize(("expr", "problem"), [
-    ('durapay_charges_total{outcome="faild"}', "outcome='faild'"),
-    ('durapay_webhook_attempts_total{result=~"network_error|timeouts"}', "result=~"),
-    ('durapay_charges_total{kind="charge"}', "has no label 'kind'"),
-    ('up{job="durapay-workers"}', "job='durapay-workers'"),
-    ('temporal_num_pollers{task_queue="payments"}', "task_queue='payments'"),
-])
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ('durapay_charges_total{outcome="faild"}', "outcome='faild'"),
+        ('durapay_webhook_attempts_total{result=~"network_error|timeouts"}', "result=~"),
+        ('durapay_charges_total{kind="charge"}', "has no label 'kind'"),
+        ('up{job="durapay-workers"}', "job='durapay-workers'"),
+        ('temporal_num_pollers{task_queue="payments"}', "task_queue='payments'"),
+    ],
+)
 def test_label_check_refuses_a_label_or_value_no_series_has(expr: str, problem: str) -> None:
     assert any(problem in found for found in label_problems(expr)), label_problems(expr)
 
@@ -392,14 +437,21 @@ def test_label_check_accepts_what_the_series_carry() -> None:
         'sum(rate(durapay_http_requests_total{route="/payment-intents/{id}",status=~"5.."}[5m]))'
         ' / on() durapay_reconciliation_discrepancies_open{kind!="stuck_unsettled"}'
         ' + durapay_http_request_duration_seconds_bucket{le="0.5"}'
-        ' + up{job=~"durapay-api|durapay-worker"}')
+        ' + up{job=~"durapay-api|durapay-worker"}'
+    )
 
 
 def test_metric_check_knows_the_scrape_time_gauges_and_the_sdks_metrics() -> None:
     known = known_metric_names()
-    assert {"durapay_event_stream_lag_bytes", "durapay_schedule_paused",
-            "durapay_manual_reviews_open", "durapay_http_requests_total",
-            "durapay_http_request_duration_seconds_bucket",
-            "temporal_worker_task_slots_used", "temporal_workflow_task_execution_failed",
-            "temporal_activity_schedule_to_start_latency_bucket",
-            "process_cpu_seconds_total", "up"} <= known
+    assert {
+        "durapay_event_stream_lag_bytes",
+        "durapay_schedule_paused",
+        "durapay_manual_reviews_open",
+        "durapay_http_requests_total",
+        "durapay_http_request_duration_seconds_bucket",
+        "temporal_worker_task_slots_used",
+        "temporal_workflow_task_execution_failed",
+        "temporal_activity_schedule_to_start_latency_bucket",
+        "process_cpu_seconds_total",
+        "up",
+    } <= known

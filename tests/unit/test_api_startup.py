@@ -25,7 +25,8 @@ def test_a_valid_webhook_port_list_starts(tmp_path: Path, ports: str) -> None:
 
 
 def test_an_authenticated_route_that_would_parse_its_body_first_stops_the_api(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A router without route_class=AuthenticatedRoute would parse a body before the 401.
     plain = APIRouter()
 

@@ -28,11 +28,19 @@ def _chain(length: int) -> list[dict[str, Any]]:
     rows, previous = [], GENESIS_HASH
     for position in range(1, length + 1):
         row: dict[str, Any] = {
-            "seq": 10 * position, "id": f"evt_{position}", "chain": CHAIN,
-            "chain_seq": position, "merchant_id": "mer_1", "payment_intent_id": "pi_1",
-            "transaction_id": None, "intent_seq": position, "type": "payment.processing",
+            "seq": 10 * position,
+            "id": f"evt_{position}",
+            "chain": CHAIN,
+            "chain_seq": position,
+            "merchant_id": "mer_1",
+            "payment_intent_id": "pi_1",
+            "transaction_id": None,
+            "intent_seq": position,
+            "type": "payment.processing",
             "data": {"status": "processing", "amountInCents": 100 * position},
-            "created_at": T0 + timedelta(seconds=position), "prev_hash": previous}
+            "created_at": T0 + timedelta(seconds=position),
+            "prev_hash": previous,
+        }
         row["hash"] = previous = link_hash(previous, row)
         rows.append(row)
     return rows
@@ -46,14 +54,25 @@ def test_an_intact_chain_holds_with_its_checkpointed_heads() -> None:
 
 def test_the_canonical_form_ignores_key_order_and_the_timestamps_zone() -> None:
     row = _chain(1)[0]
-    shuffled = {**row, "data": dict(reversed(row["data"].items())),
-                "created_at": row["created_at"].astimezone(
-                    datetime.now().astimezone().tzinfo)}
+    shuffled = {
+        **row,
+        "data": dict(reversed(row["data"].items())),
+        "created_at": row["created_at"].astimezone(datetime.now().astimezone().tzinfo),
+    }
     assert canonical_event(shuffled) == canonical_event(row)
     # The global `seq` is assigned by the database on insert: checked for order, not hashed.
     assert set(json.loads(canonical_event(row))) == {
-        "id", "chain", "chainSeq", "merchantId", "paymentIntentId", "transactionId",
-        "intentSeq", "type", "data", "createdAt"}
+        "id",
+        "chain",
+        "chainSeq",
+        "merchantId",
+        "paymentIntentId",
+        "transactionId",
+        "intentSeq",
+        "type",
+        "data",
+        "createdAt",
+    }
 
 
 def test_each_kind_of_tampering_names_where_it_shows() -> None:
@@ -82,15 +101,20 @@ def test_a_deleted_tail_or_chain_is_caught_only_by_a_checkpoint() -> None:
     rows = _chain(4)
     # Without a checkpoint, a chain cut short is a shorter chain that holds.
     assert first_broken_link(CHAIN, rows[:3]) == (3, None)
-    broken = first_broken_link(CHAIN, rows[:3], [Mark(1, 2, rows[1]["hash"]),
-                                                 Mark(2, 4, rows[3]["hash"])])[1]
+    broken = first_broken_link(
+        CHAIN, rows[:3], [Mark(1, 2, rows[1]["hash"]), Mark(2, 4, rows[3]["hash"])]
+    )[1]
     assert broken is not None and broken.chain_seq == 4
-    assert broken.reason == ("missing: checkpoint 2 names position 4 but the chain ends at 3 "
-                             "(events deleted from its end)")
+    assert broken.reason == (
+        "missing: checkpoint 2 names position 4 but the chain ends at 3 "
+        "(events deleted from its end)"
+    )
     broken = first_broken_link(CHAIN, [], [Mark(1, 4, rows[3]["hash"])])[1]
     assert broken is not None and broken.reason.startswith("missing chain: checkpoint 1")
-    assert str(broken) == ("pi_1 position 1: missing chain: checkpoint 1 names position 4 but "
-                           "the chain has no events (deleted whole)")
+    assert str(broken) == (
+        "pi_1 position 1: missing chain: checkpoint 1 names position 4 but "
+        "the chain has no events (deleted whole)"
+    )
 
 
 def test_a_chain_rewritten_after_a_checkpoint_no_longer_matches_it() -> None:
@@ -124,9 +148,14 @@ def _checkpoints(count: int) -> list[tuple[dict[str, Any], list[ChainHead]]]:
     made, previous = [], GENESIS_HASH
     for position in range(1, count + 1):
         heads = [ChainHead(f"pi_{position}", 2, "ab" * 32), ChainHead("we_1", position, "cd" * 32)]
-        row: dict[str, Any] = {"scope": scope_of("mer_1"), "position": position, "chains": 2,
-                               "root": merkle_root(heads), "prev_hash": previous,
-                               "recorded_at": T0 + timedelta(minutes=position)}
+        row: dict[str, Any] = {
+            "scope": scope_of("mer_1"),
+            "position": position,
+            "chains": 2,
+            "root": merkle_root(heads),
+            "prev_hash": previous,
+            "recorded_at": T0 + timedelta(minutes=position),
+        }
         row["hash"] = previous = checkpoint_hash(previous, row)
         made.append((row, heads))
     return made
@@ -143,8 +172,9 @@ def _walk(checkpoints: list[tuple[dict[str, Any], list[ChainHead]]]) -> str | No
 def test_a_scopes_checkpoints_form_a_chain_and_each_root_covers_its_heads() -> None:
     assert _walk(_checkpoints(3)) is None
     made = _checkpoints(3)
-    assert _walk([made[0], made[2]]) == ("checkpoints of merchant:mer_1 position 2: missing "
-                                        "link: expected checkpoint 2, found 3")
+    assert _walk([made[0], made[2]]) == (
+        "checkpoints of merchant:mer_1 position 2: missing link: expected checkpoint 2, found 3"
+    )
     edited = [made[0], ({**made[1][0], "root": "0" * 64}, made[1][1]), made[2]]
     assert "its contents do not match its hash" in str(_walk(edited))
     dropped_head = [made[0], (made[1][0], made[1][1][:1]), made[2]]

@@ -24,8 +24,9 @@ def test_an_exited_and_reaped_child_still_counts_for_its_parent() -> None:
 
 @pytest.mark.processes
 def test_a_live_child_counts_for_its_parent() -> None:
-    child = subprocess.Popen([sys.executable, "-c", BURN + "input()\n"],
-                             stdin=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", BURN + "input()\n"], stdin=subprocess.PIPE, text=True
+    )
     try:
         before = tree_cpu_seconds(os.getpid())
         # Wait until it has burned its 0.3 s (it then blocks on stdin, alive).
@@ -45,16 +46,20 @@ def test_a_process_that_is_gone_counts_nothing() -> None:
 
 
 def test_per_operation_figures_and_the_printed_line() -> None:
-    use = CpuUse.between({"worker-1": 10.0, "temporal": 5.0, "gone": 1.0, "bench": 2.0},
-                         {"worker-1": 12.0, "temporal": 6.0, "bench": 2.5, "new": 9.0},
-                         operations=100, wall=2.0)
+    use = CpuUse.between(
+        {"worker-1": 10.0, "temporal": 5.0, "gone": 1.0, "bench": 2.0},
+        {"worker-1": 12.0, "temporal": 6.0, "bench": 2.5, "new": 9.0},
+        operations=100,
+        wall=2.0,
+    )
     # Processes seen at only one end are left out, not counted whole or negative.
     assert use.seconds == {"worker-1": 2.0, "temporal": 1.0, "bench": 0.5}
     assert use.per_operation_ms() == {"worker-1": 20.0, "temporal": 10.0, "bench": 5.0}
     assert use.total_ms == 35.0
     assert use.busy_cores == 1.75
-    assert use.line() == ("    cpu ms/op  total 35.0  worker-1 20.0  temporal 10.0  bench 5.0"
-                          "  (1.75 cores busy)")
+    assert use.line() == (
+        "    cpu ms/op  total 35.0  worker-1 20.0  temporal 10.0  bench 5.0  (1.75 cores busy)"
+    )
 
 
 def test_tiny_figures_are_left_out_of_the_line_but_not_the_total() -> None:

@@ -27,7 +27,9 @@ def activity(name: str) -> HistoryEvent:
     return HistoryEvent(
         event_type=E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
         activity_task_scheduled_event_attributes=ActivityTaskScheduledEventAttributes(
-            activity_type=ActivityType(name=name)))
+            activity_type=ActivityType(name=name)
+        ),
+    )
 
 
 def marker(name: str, activity_type: str | None = None) -> HistoryEvent:
@@ -39,32 +41,39 @@ def marker(name: str, activity_type: str | None = None) -> HistoryEvent:
     return HistoryEvent(
         event_type=E.EVENT_TYPE_MARKER_RECORDED,
         marker_recorded_event_attributes=MarkerRecordedEventAttributes(
-            marker_name=name, details=details))
+            marker_name=name, details=details
+        ),
+    )
 
 
 def workflow_task() -> list[HistoryEvent]:
-    return [plain(E.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED), plain(E.EVENT_TYPE_WORKFLOW_TASK_STARTED),
-            plain(E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)]
+    return [
+        plain(E.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED),
+        plain(E.EVENT_TYPE_WORKFLOW_TASK_STARTED),
+        plain(E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED),
+    ]
 
 
 def running_charge() -> History:
     """Start, one local activity, the network activity, a timer still pending."""
-    return History(events=[
-        plain(E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED),
-        *workflow_task(),
-        plain(E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES),
-        plain(E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED),
-        marker(LOCAL_ACTIVITY_MARKER, "record_charge_attempt"),
-        activity("authorize_card"),
-        plain(E.EVENT_TYPE_ACTIVITY_TASK_STARTED),
-        plain(E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED),
-        *workflow_task(),
-        marker("some_other_marker"),
-        activity("record_charge_outcome"),
-        plain(E.EVENT_TYPE_TIMER_STARTED),
-        plain(E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES),
-        plain(E.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED),  # a task the worker has not completed yet
-    ])
+    return History(
+        events=[
+            plain(E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED),
+            *workflow_task(),
+            plain(E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES),
+            plain(E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED),
+            marker(LOCAL_ACTIVITY_MARKER, "record_charge_attempt"),
+            activity("authorize_card"),
+            plain(E.EVENT_TYPE_ACTIVITY_TASK_STARTED),
+            plain(E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED),
+            *workflow_task(),
+            marker("some_other_marker"),
+            activity("record_charge_outcome"),
+            plain(E.EVENT_TYPE_TIMER_STARTED),
+            plain(E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES),
+            plain(E.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED),  # a task the worker has not completed yet
+        ]
+    )
 
 
 def test_counts_a_running_history() -> None:
@@ -107,8 +116,9 @@ def test_an_empty_history() -> None:
 
 def test_network_activities_are_the_card_network_activities() -> None:
     # The name each activity is registered under, as the SDK's decorator recorded it.
-    definitions = (getattr(getattr(CardNetworkActivities, name),
-                           "__temporal_activity_definition", None)
-                   for name in dir(CardNetworkActivities))
+    definitions = (
+        getattr(getattr(CardNetworkActivities, name), "__temporal_activity_definition", None)
+        for name in dir(CardNetworkActivities)
+    )
     names = {definition.name for definition in definitions if definition is not None}
     assert names == NETWORK_ACTIVITIES

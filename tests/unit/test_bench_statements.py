@@ -21,17 +21,29 @@ def test_a_statement_is_shown_on_one_line_and_cut_to_width() -> None:
 
 
 def test_statements_per_operation_count_every_call() -> None:
-    use = StatementUse([StatementCount("BEGIN", 30, False), StatementCount("COMMIT", 20, False),
-                        StatementCount(FK_CHECK, 40, True)], operations=10)
+    use = StatementUse(
+        [
+            StatementCount("BEGIN", 30, False),
+            StatementCount("COMMIT", 20, False),
+            StatementCount(FK_CHECK, 40, True),
+        ],
+        operations=10,
+    )
     assert use.total == 90
     assert use.per_operation == 9.0
     assert "9.0" in use.line()
 
 
 def test_the_top_statements_merge_one_text_and_mark_nested_ones() -> None:
-    use = StatementUse([StatementCount("BEGIN", 10, False), StatementCount("COMMIT", 4, False),
-                        StatementCount("BEGIN", 6, False), StatementCount(FK_CHECK, 8, True)],
-                       operations=4)
+    use = StatementUse(
+        [
+            StatementCount("BEGIN", 10, False),
+            StatementCount("COMMIT", 4, False),
+            StatementCount("BEGIN", 6, False),
+            StatementCount(FK_CHECK, 8, True),
+        ],
+        operations=4,
+    )
     assert use.top(2) == [("BEGIN", 4.0), (shorten(FK_CHECK) + " (nested)", 2.0)]
 
 
@@ -43,8 +55,17 @@ def test_the_bench_leaves_its_own_statements_out() -> None:
 
 
 def test_the_python_tier_is_the_api_the_workers_and_postgres() -> None:
-    per_op = {"api": 20.0, "worker-1": 30.0, "worker-2": 10.0, "postgres": 15.0,
-              "temporal": 35.0, "cardnet": 2.0, "codec": 0.2, "bench": 4.0, "bare-worker": 1.0}
+    per_op = {
+        "api": 20.0,
+        "worker-1": 30.0,
+        "worker-2": 10.0,
+        "postgres": 15.0,
+        "temporal": 35.0,
+        "cardnet": 2.0,
+        "codec": 0.2,
+        "bench": 4.0,
+        "bare-worker": 1.0,
+    }
     assert python_tier_ms(per_op) == 75.0
 
 

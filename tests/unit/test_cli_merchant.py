@@ -49,8 +49,13 @@ def no_settings() -> Settings:
 
 # ---- profiles ------------------------------------------------------------------------------
 def test_profile_round_trips_any_string_in_a_private_file(isolated: Path) -> None:
-    saved = Profile(name="acme", public_key="pk_test_1", secret_key=TRICKY_SECRET,
-                    api_url="https://api.example/ä", merchant_id="mer_1")
+    saved = Profile(
+        name="acme",
+        public_key="pk_test_1",
+        secret_key=TRICKY_SECRET,
+        api_url="https://api.example/ä",
+        merchant_id="mer_1",
+    )
     path = profiles.save_profile(saved)
     profiles.save_profile(Profile(name="other", public_key="pk_test_2", secret_key="sk_2"))
     assert path == isolated / "config" / "durapay" / "profiles.toml"
@@ -75,20 +80,33 @@ def test_profile_name_that_is_not_a_bare_key_is_refused() -> None:
 
 # ---- whose keys ----------------------------------------------------------------------------
 async def test_flags_then_environment_then_profile(monkeypatch: pytest.MonkeyPatch) -> None:
-    profiles.save_profile(Profile(name="acme", public_key="pk_profile",
-                                  secret_key="sk_profile", api_url="http://profile"))
+    profiles.save_profile(
+        Profile(
+            name="acme", public_key="pk_profile", secret_key="sk_profile", api_url="http://profile"
+        )
+    )
     keys = await merchant_keys.resolve_keys(key_args(profile="acme"), no_settings)
     assert (keys.api_url, keys.public_key, keys.secret_key) == (
-        "http://profile", "pk_profile", "sk_profile")
+        "http://profile",
+        "pk_profile",
+        "sk_profile",
+    )
     monkeypatch.setenv("DURAPAY_SECRET_KEY", "sk_env")
     monkeypatch.setenv("DURAPAY_API_URL", "http://env")
     keys = await merchant_keys.resolve_keys(key_args(profile="acme"), no_settings)
     assert (keys.api_url, keys.public_key, keys.secret_key) == (
-        "http://env", "pk_profile", "sk_env")
+        "http://env",
+        "pk_profile",
+        "sk_env",
+    )
     keys = await merchant_keys.resolve_keys(
-        key_args(profile="acme", secret_key="sk_flag", api_url="http://flag"), no_settings)
+        key_args(profile="acme", secret_key="sk_flag", api_url="http://flag"), no_settings
+    )
     assert (keys.api_url, keys.public_key, keys.secret_key) == (
-        "http://flag", "pk_profile", "sk_flag")
+        "http://flag",
+        "pk_profile",
+        "sk_flag",
+    )
     monkeypatch.setenv("DURAPAY_PROFILE", "acme")  # the profile by environment too
     keys = await merchant_keys.resolve_keys(key_args(), no_settings)
     assert keys.source == "profile acme" and "sk_env" not in repr(keys)
@@ -111,26 +129,60 @@ async def test_unknown_profile_names_the_known_ones() -> None:
 
 
 # ---- sign ----------------------------------------------------------------------------------
-def test_sign_prints_headers_the_apis_verifier_accepts(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_sign_prints_headers_the_apis_verifier_accepts(capsys: pytest.CaptureFixture[str]) -> None:
     body = '{"description": "Café ☕",  "amountInCents": 2499}'  # signed as given, not re-dumped
-    assert cli_main.main(["sign", "post", "/payment-intents?limit=1&q=a b", body,
-                          "--public-key", "pk_test_1", "--secret-key", "sk_test_1",
-                          "--api-url", "http://api.example"]) == 0
-    headers = dict(shlex.split(line)[1].split(": ", 1)
-                   for line in capsys.readouterr().out.splitlines())
+    assert (
+        cli_main.main(
+            [
+                "sign",
+                "post",
+                "/payment-intents?limit=1&q=a b",
+                body,
+                "--public-key",
+                "pk_test_1",
+                "--secret-key",
+                "sk_test_1",
+                "--api-url",
+                "http://api.example",
+            ]
+        )
+        == 0
+    )
+    headers = dict(
+        shlex.split(line)[1].split(": ", 1) for line in capsys.readouterr().out.splitlines()
+    )
     assert headers["Authorization"] == "Bearer pk_test_1"
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Signature"] == sign_request(
-        "sk_test_1", method="POST", path_and_query="/payment-intents?limit=1&q=a%20b",
-        timestamp=headers["X-Timestamp"], nonce=headers["X-Nonce"], body=body.encode())
+        "sk_test_1",
+        method="POST",
+        path_and_query="/payment-intents?limit=1&q=a%20b",
+        timestamp=headers["X-Timestamp"],
+        nonce=headers["X-Nonce"],
+        body=body.encode(),
+    )
 
 
 def test_sign_curl_command_sends_the_body_as_signed(capsys: pytest.CaptureFixture[str]) -> None:
     body = """{"description": "it's"}"""
-    assert cli_main.main(["sign", "POST", "/payment-intents", body, "--curl",
-                          "--public-key", "pk", "--secret-key", "sk",
-                          "--api-url", "http://api.example"]) == 0
+    assert (
+        cli_main.main(
+            [
+                "sign",
+                "POST",
+                "/payment-intents",
+                body,
+                "--curl",
+                "--public-key",
+                "pk",
+                "--secret-key",
+                "sk",
+                "--api-url",
+                "http://api.example",
+            ]
+        )
+        == 0
+    )
     argv = shlex.split(capsys.readouterr().out.replace("\\\n", " "))
     assert argv[:5] == ["curl", "-sS", "-X", "POST", "http://api.example/payment-intents"]
     assert argv[-2:] == ["--data-raw", body]
@@ -138,10 +190,18 @@ def test_sign_curl_command_sends_the_body_as_signed(capsys: pytest.CaptureFixtur
 
 @pytest.mark.parametrize("order", ["body first", "options first"])
 def test_the_body_may_come_before_or_after_the_options(
-        capsys: pytest.CaptureFixture[str], order: str) -> None:
+    capsys: pytest.CaptureFixture[str], order: str
+) -> None:
     body = '{"amountInCents": 1000}'
-    options = ["--public-key", "pk", "--secret-key", "sk", "--api-url", "http://api.example",
-               "--curl"]
+    options = [
+        "--public-key",
+        "pk",
+        "--secret-key",
+        "sk",
+        "--api-url",
+        "http://api.example",
+        "--curl",
+    ]
     words = [body, *options] if order == "body first" else [*options, body]
     assert cli_main.main(["sign", "POST", "/payment-intents", *words]) == 0
     argv = shlex.split(capsys.readouterr().out.replace("\\\n", " "))
@@ -173,36 +233,54 @@ def one_line_failure(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str
 
 
 def test_malformed_json_body_is_one_line_and_nothing_is_sent(
-        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     for command in ("request", "sign"):
         err = one_line_failure(capsys, [command, "POST", "/payment-intents", "{amount: 1}"])
         assert "not valid JSON" in err and "single quotes" in err
     assert not (Path(os.environ["DURAPAY_HOME"])).exists()  # no demo merchant was looked for
 
 
-def test_missing_keys_and_unknown_profile_are_one_line(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_keys_and_unknown_profile_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert "DURAPAY_PUBLIC_KEY is missing" in one_line_failure(
-        capsys, ["request", "GET", "/payment-intents", "--secret-key", "sk"])
+        capsys, ["request", "GET", "/payment-intents", "--secret-key", "sk"]
+    )
     assert "no profile 'nope'" in one_line_failure(
-        capsys, ["sign", "GET", "/payment-intents", "--profile", "nope"])
+        capsys, ["sign", "GET", "/payment-intents", "--profile", "nope"]
+    )
     assert "no profile 'nope'" in one_line_failure(capsys, ["profile", "remove", "nope"])
 
 
 def test_production_without_keys_says_how_to_give_them(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A production host's settings refuse to load without their secrets: the merchant's own
     # keys and URL still sign, and the demo fallback names the way out.
     monkeypatch.setenv("DURAPAY_ENV", "production")
-    assert cli_main.main(["sign", "GET", "/payment-intents", "--public-key", "pk",
-                          "--secret-key", "sk", "--api-url", "https://api.example"]) == 0
+    assert (
+        cli_main.main(
+            [
+                "sign",
+                "GET",
+                "/payment-intents",
+                "--public-key",
+                "pk",
+                "--secret-key",
+                "sk",
+                "--api-url",
+                "https://api.example",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert cli_main.main(["request", "GET", "/payment-intents"]) == 2
     assert "DURAPAY_MASTER_KEY" in capsys.readouterr().err
 
 
-def test_unreachable_database_is_one_line(capsys: pytest.CaptureFixture[str],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_database_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DATABASE_URL", CLOSED_DATABASE)
     for argv in (["audit", "verify"], ["events", "status"]):
         err = one_line_failure(capsys, argv)
@@ -210,26 +288,42 @@ def test_unreachable_database_is_one_line(capsys: pytest.CaptureFixture[str],
         assert "is `durapay dev` running" in err
 
 
-@pytest.mark.parametrize(("argv", "said"), [
-    (["keys", "status"], "cannot use the database"),
-    (["reconcile", "list"], "cannot use the database"),
-    (["review", "list"], "cannot use the database"),
-    (["review", "resolve", "pi_1", "--outcome", "failed", "--note", "n"],
-     "cannot reach Temporal at 127.0.0.1:1"),
-])
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["keys", "status"], "cannot use the database"),
+        (["reconcile", "list"], "cannot use the database"),
+        (["review", "list"], "cannot use the database"),
+        (
+            ["review", "resolve", "pi_1", "--outcome", "failed", "--note", "n"],
+            "cannot reach Temporal at 127.0.0.1:1",
+        ),
+    ],
+)
 def test_operator_commands_that_leave_without_finalizing_fail_in_one_line(
-        isolated: Path, argv: list[str], said: str) -> None:
-    env = {**{k: v for k, v in os.environ.items()},
-           "DATABASE_URL": CLOSED_DATABASE, "TEMPORAL_ADDRESS": "127.0.0.1:1"}
-    result = subprocess.run([sys.executable, "-m", "cli.main", *argv], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    isolated: Path, argv: list[str], said: str
+) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items()},
+        "DATABASE_URL": CLOSED_DATABASE,
+        "TEMPORAL_ADDRESS": "127.0.0.1:1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(f"durapay: {said}") and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
 
 
 def test_an_unforeseen_failure_is_one_line_and_traceback_shows_it(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(args: argparse.Namespace) -> int:
         raise ZeroDivisionError("division by zero")
 

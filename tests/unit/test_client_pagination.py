@@ -13,9 +13,16 @@ IDS = [f"pi_{n}" for n in range(7, 0, -1)]  # newest first
 
 
 def intent(intent_id: str, **extra: Any) -> dict[str, Any]:
-    return {"id": intent_id, "object": "payment_intent", "amountInCents": 100,
-            "currency": "usd", "status": "created", "createdAt": "2026-01-01T00:00:00Z",
-            "updatedAt": "2026-01-01T00:00:00Z", **extra}
+    return {
+        "id": intent_id,
+        "object": "payment_intent",
+        "amountInCents": 100,
+        "currency": "usd",
+        "status": "created",
+        "createdAt": "2026-01-01T00:00:00Z",
+        "updatedAt": "2026-01-01T00:00:00Z",
+        **extra,
+    }
 
 
 class PagedApi:
@@ -27,13 +34,20 @@ class PagedApi:
         self.queries.append(query)
         limit = int(query.get("limit", "10"))
         start = IDS.index(query["startingAfter"]) + 1 if "startingAfter" in query else 0
-        page = IDS[start:start + limit]
-        return httpx.Response(200, json={"object": "list", "data": [intent(i) for i in page],
-                                         "hasMore": start + limit < len(IDS)})
+        page = IDS[start : start + limit]
+        return httpx.Response(
+            200,
+            json={
+                "object": "list",
+                "data": [intent(i) for i in page],
+                "hasMore": start + limit < len(IDS),
+            },
+        )
 
     def durapay(self) -> Durapay:
-        return Durapay("http://durapay.test", "pk", "sk",
-                       transport=httpx.MockTransport(self.handle))
+        return Durapay(
+            "http://durapay.test", "pk", "sk", transport=httpx.MockTransport(self.handle)
+        )
 
 
 async def test_iteration_follows_starting_after_over_every_page() -> None:
@@ -57,8 +71,9 @@ async def test_nothing_is_requested_before_iterating_and_to_list_stops_early() -
 
 
 def test_models_keep_fields_a_newer_api_adds_and_read_camel_case() -> None:
-    parsed = PaymentIntent.model_validate(intent("pi_1", amountReceived=100,
-                                                 riskScore=12, status="a_new_status"))
+    parsed = PaymentIntent.model_validate(
+        intent("pi_1", amountReceived=100, riskScore=12, status="a_new_status")
+    )
     assert parsed.amount_received == 100 and parsed.status == "a_new_status"
     assert parsed.model_extra == {"riskScore": 12}
     assert parsed.to_dict()["riskScore"] == 12 and parsed.to_dict()["amountInCents"] == 100

@@ -24,22 +24,31 @@ from client import (
 )
 from client.retry import repeats_safely, retry_after_seconds
 
-INTENT = {"id": "pi_1", "object": "payment_intent", "amountInCents": 2499, "currency": "usd",
-          "status": "created", "createdAt": "2026-01-01T00:00:00Z",
-          "updatedAt": "2026-01-01T00:00:00Z"}
+INTENT = {
+    "id": "pi_1",
+    "object": "payment_intent",
+    "amountInCents": 2499,
+    "currency": "usd",
+    "status": "created",
+    "createdAt": "2026-01-01T00:00:00Z",
+    "updatedAt": "2026-01-01T00:00:00Z",
+}
 
 
-def error(status: int, kind: str, code: str, headers: dict[str, str] | None = None
-          ) -> httpx.Response:
-    return httpx.Response(status, headers=headers, json={"error": {
-        "type": kind, "code": code, "message": f"{code} happened", "param": None}})
+def error(
+    status: int, kind: str, code: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return httpx.Response(
+        status,
+        headers=headers,
+        json={"error": {"type": kind, "code": code, "message": f"{code} happened", "param": None}},
+    )
 
 
 class FakeApi:
     """Answers from a script (the last answer repeats); records requests and the waits."""
 
-    def __init__(self, *answers: httpx.Response | Exception | Callable[[], httpx.Response]
-                 ) -> None:
+    def __init__(self, *answers: httpx.Response | Exception | Callable[[], httpx.Response]) -> None:
         self.answers = list(answers)
         self.requests: list[httpx.Request] = []
         self.sleeps: list[float] = []
@@ -55,9 +64,14 @@ class FakeApi:
         self.sleeps.append(seconds)
 
     def durapay(self, max_retries: int = 2, **policy: Any) -> Durapay:
-        return Durapay("http://durapay.test", "pk_test_x", "sk_test_y",
-                       retry=RetryPolicy(max_retries=max_retries, **policy),
-                       transport=httpx.MockTransport(self.handle), sleep=self.sleep)
+        return Durapay(
+            "http://durapay.test",
+            "pk_test_x",
+            "sk_test_y",
+            retry=RetryPolicy(max_retries=max_retries, **policy),
+            transport=httpx.MockTransport(self.handle),
+            sleep=self.sleep,
+        )
 
     def header(self, name: str) -> list[str | None]:
         return [r.headers.get(name) for r in self.requests]
@@ -69,8 +83,11 @@ async def create(api: FakeApi, **kwargs: Any) -> Any:
 
 
 async def test_post_retried_after_503s_keeps_its_idempotency_key_and_is_resigned() -> None:
-    api = FakeApi(error(503, "api_error", "service_unavailable"),
-                  error(500, "api_error", "internal_error"), httpx.Response(201, json=INTENT))
+    api = FakeApi(
+        error(503, "api_error", "service_unavailable"),
+        error(500, "api_error", "internal_error"),
+        httpx.Response(201, json=INTENT),
+    )
     intent = await create(api)
     assert intent.id == "pi_1"
     keys = api.header("Idempotency-Key")
@@ -85,8 +102,9 @@ async def test_each_post_call_gets_its_own_key_and_a_given_key_is_used() -> None
     async with api.durapay() as durapay:
         await durapay.payment_intents.create(amount_in_cents=1, currency="usd")
         await durapay.payment_intents.create(amount_in_cents=1, currency="usd")
-        await durapay.payment_intents.create(amount_in_cents=1, currency="usd",
-                                             idempotency_key="order-1234")
+        await durapay.payment_intents.create(
+            amount_in_cents=1, currency="usd", idempotency_key="order-1234"
+        )
         await durapay.payment_intents.retrieve("pi_1")
     first, second, given, get = api.header("Idempotency-Key")
     assert first and second and first != second
@@ -106,9 +124,12 @@ async def test_retries_are_bounded_and_the_last_error_is_raised() -> None:
 
 async def test_connection_errors_are_retried_then_raised_as_connection_errors() -> None:
     request = httpx.Request("POST", "http://durapay.test/payment-intents")
-    api = FakeApi(httpx.ConnectError("refused", request=request),
-                  httpx.RemoteProtocolError("server disconnected", request=request),
-                  httpx.ReadTimeout("slow", request=request), httpx.Response(201, json=INTENT))
+    api = FakeApi(
+        httpx.ConnectError("refused", request=request),
+        httpx.RemoteProtocolError("server disconnected", request=request),
+        httpx.ReadTimeout("slow", request=request),
+        httpx.Response(201, json=INTENT),
+    )
     assert (await create(api, max_retries=3)).id == "pi_1"
     assert len(set(api.header("Idempotency-Key"))) == 1 and len(api.requests) == 4
     api = FakeApi(httpx.ReadTimeout("slow", request=request))
@@ -120,10 +141,11 @@ async def test_connection_errors_are_retried_then_raised_as_connection_errors() 
 
 async def test_429_waits_for_retry_after_in_seconds_or_as_a_date() -> None:
     in_four_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=4), usegmt=True)
-    api = FakeApi(error(429, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": "3"}),
-                  error(429, "rate_limit_error", "rate_limit_exceeded",
-                        {"Retry-After": in_four_seconds}),
-                  httpx.Response(201, json=INTENT))
+    api = FakeApi(
+        error(429, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": "3"}),
+        error(429, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": in_four_seconds}),
+        httpx.Response(201, json=INTENT),
+    )
     await create(api, initial_delay=0.01)
     assert len(api.requests) == 3
     assert api.sleeps[0] == 3
@@ -138,13 +160,17 @@ async def test_a_retry_after_past_the_cap_is_raised_at_once() -> None:
     assert raised.value.retry_after == 600
 
 
-@pytest.mark.parametrize(("answer", "exception"), [
-    (error(400, "invalid_request_error", "parameter_invalid"), InvalidRequestError),
-    (error(404, "not_found", "resource_missing"), NotFoundError),
-    (error(409, "conflict", "payment_intent_unexpected_state"), ConflictError),
-])
-async def test_other_4xx_are_never_retried(answer: httpx.Response,
-                                           exception: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    ("answer", "exception"),
+    [
+        (error(400, "invalid_request_error", "parameter_invalid"), InvalidRequestError),
+        (error(404, "not_found", "resource_missing"), NotFoundError),
+        (error(409, "conflict", "payment_intent_unexpected_state"), ConflictError),
+    ],
+)
+async def test_other_4xx_are_never_retried(
+    answer: httpx.Response, exception: type[Exception]
+) -> None:
     api = FakeApi(answer)
     with pytest.raises(exception):
         await create(api)
@@ -183,16 +209,25 @@ async def test_a_route_without_idempotency_is_retried_only_when_nothing_was_sent
     """The API ignores Idempotency-Key on creating a webhook endpoint: a lost answer may hide
     an endpoint that was created, so only errors before sending (and 429) are retried."""
     request = httpx.Request("POST", "http://durapay.test/webhook-endpoints")
-    endpoint = {"id": "we_1", "url": "https://x", "enabledEvents": ["*"], "status": "enabled",
-                "secret": "whsec_AAAA"}
-    api = FakeApi(httpx.ConnectError("refused", request=request),
-                  error(429, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": "1"}),
-                  httpx.Response(201, json=endpoint))
+    endpoint = {
+        "id": "we_1",
+        "url": "https://x",
+        "enabledEvents": ["*"],
+        "status": "enabled",
+        "secret": "whsec_AAAA",
+    }
+    api = FakeApi(
+        httpx.ConnectError("refused", request=request),
+        error(429, "rate_limit_error", "rate_limit_exceeded", {"Retry-After": "1"}),
+        httpx.Response(201, json=endpoint),
+    )
     async with api.durapay() as durapay:
         created = await durapay.webhook_endpoints.create(url="https://x", enabled_events=["*"])
     assert created.secret == "whsec_AAAA" and len(api.requests) == 3
-    for lost in (httpx.RemoteProtocolError("dropped", request=request),
-                 error(503, "api_error", "service_unavailable")):
+    for lost in (
+        httpx.RemoteProtocolError("dropped", request=request),
+        error(503, "api_error", "service_unavailable"),
+    ):
         api = FakeApi(lost, httpx.Response(201, json=endpoint))
         async with api.durapay() as durapay:
             with pytest.raises((APIConnectionError, APIError)):
@@ -210,39 +245,61 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
     assert policy.delay(4, 0.1, random_fraction=1.0) == 4.0
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("3", 3.0), ("0", 0.0), (" 2 ", 2.0), ("1.5", 1.5), ("-1", None), ("soon", None),
-    ("", None), (None, None), ("inf", None), ("nan", None),
-    ("Thu, 01 Jan 2026 00:00:10 GMT", 10.0), ("Thu, 01 Jan 2026 00:00:00 GMT", 0.0),
-    ("Wed, 31 Dec 2025 23:00:00 GMT", 0.0),
-])
-def test_retry_after_is_read_as_seconds_or_an_http_date(value: str | None,
-                                                        expected: float | None) -> None:
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("3", 3.0),
+        ("0", 0.0),
+        (" 2 ", 2.0),
+        ("1.5", 1.5),
+        ("-1", None),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("inf", None),
+        ("nan", None),
+        ("Thu, 01 Jan 2026 00:00:10 GMT", 10.0),
+        ("Thu, 01 Jan 2026 00:00:00 GMT", 0.0),
+        ("Wed, 31 Dec 2025 23:00:00 GMT", 0.0),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(
+    value: str | None, expected: float | None
+) -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     assert retry_after_seconds(value, now=lambda: now) == expected
 
 
-@pytest.mark.parametrize(("method", "path", "safe"), [
-    ("POST", "/payment-intents", True), ("POST", "/payment-intents/pi_1/transactions", True),
-    ("POST", "/payment-intents/pi_1/refunds", True), ("POST", "/events/evt_1/redeliver", True),
-    ("POST", "/webhook-endpoints/we_1", True), ("GET", "/webhook-endpoints", True),
-    ("DELETE", "/webhook-endpoints/we_1", True),
-    ("POST", "/webhook-endpoints", False), ("post", "/webhook-endpoints/", False),
-    ("POST", "/webhook-endpoints?x=1", False), ("POST", "/webhook-endpoints/we_1/rotate-secret",
-                                                False),
-    ("POST", "/merchants", False), ("POST", "/merchants/mer_1/keys/roll", False),
-])
-def test_posts_the_api_does_not_dedupe_are_told_apart(method: str, path: str,
-                                                      safe: bool) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "safe"),
+    [
+        ("POST", "/payment-intents", True),
+        ("POST", "/payment-intents/pi_1/transactions", True),
+        ("POST", "/payment-intents/pi_1/refunds", True),
+        ("POST", "/events/evt_1/redeliver", True),
+        ("POST", "/webhook-endpoints/we_1", True),
+        ("GET", "/webhook-endpoints", True),
+        ("DELETE", "/webhook-endpoints/we_1", True),
+        ("POST", "/webhook-endpoints", False),
+        ("post", "/webhook-endpoints/", False),
+        ("POST", "/webhook-endpoints?x=1", False),
+        ("POST", "/webhook-endpoints/we_1/rotate-secret", False),
+        ("POST", "/merchants", False),
+        ("POST", "/merchants/mer_1/keys/roll", False),
+    ],
+)
+def test_posts_the_api_does_not_dedupe_are_told_apart(method: str, path: str, safe: bool) -> None:
     assert repeats_safely(method, path) is safe
 
 
 async def test_a_raw_request_is_retried_and_answered_as_it_came() -> None:
-    api = FakeApi(error(503, "api_error", "service_unavailable"),
-                  error(402, "card_error", "card_declined"))
+    api = FakeApi(
+        error(503, "api_error", "service_unavailable"), error(402, "card_error", "card_declined")
+    )
     async with api.durapay() as durapay:
-        response = await durapay.request("POST", "/payment-intents/pi_1/transactions",
-                                         {"type": "charge"})
+        response = await durapay.request(
+            "POST", "/payment-intents/pi_1/transactions", {"type": "charge"}
+        )
     assert response.status_code == 402 and len(api.requests) == 2
     assert len(set(api.header("Idempotency-Key"))) == 1
 
@@ -250,10 +307,19 @@ async def test_a_raw_request_is_retried_and_answered_as_it_came() -> None:
 async def test_a_route_without_idempotency_is_retried_after_a_503_that_did_nothing() -> None:
     """The API marks its admission control's refusals: nothing was done, so even a request it
     would not deduplicate is sent again, after the Retry-After, re-signed."""
-    endpoint = {"id": "we_1", "url": "https://x", "enabledEvents": ["*"], "status": "enabled",
-                "secret": "whsec_AAAA"}
-    refused = error(503, "api_error", "service_unavailable",
-                    {"Retry-After": "1", "Durapay-Not-Processed": "true"})
+    endpoint = {
+        "id": "we_1",
+        "url": "https://x",
+        "enabledEvents": ["*"],
+        "status": "enabled",
+        "secret": "whsec_AAAA",
+    }
+    refused = error(
+        503,
+        "api_error",
+        "service_unavailable",
+        {"Retry-After": "1", "Durapay-Not-Processed": "true"},
+    )
     api = FakeApi(refused, httpx.Response(201, json=endpoint))
     async with api.durapay() as durapay:
         created = await durapay.webhook_endpoints.create(url="https://x", enabled_events=["*"])
@@ -263,8 +329,12 @@ async def test_a_route_without_idempotency_is_retried_after_a_503_that_did_nothi
 
 
 async def test_retries_stop_once_their_waits_would_pass_the_total_budget() -> None:
-    refused = error(503, "api_error", "service_unavailable",
-                    {"Retry-After": "4", "Durapay-Not-Processed": "true"})
+    refused = error(
+        503,
+        "api_error",
+        "service_unavailable",
+        {"Retry-After": "4", "Durapay-Not-Processed": "true"},
+    )
     api = FakeApi(refused)
     with pytest.raises(APIError):
         await create(api, max_retries=10, max_total_wait=10.0)

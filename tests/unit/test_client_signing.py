@@ -33,24 +33,43 @@ TRICKY = [
 
 
 @pytest.mark.parametrize(("method", "path_and_query", "body"), TRICKY)
-def test_client_signature_equals_the_servers(method: str, path_and_query: str,
-                                             body: bytes) -> None:
+def test_client_signature_equals_the_servers(method: str, path_and_query: str, body: bytes) -> None:
     secret = "sk_test_" + "é☕"  # a non-ASCII key too: both sides must encode it as UTF-8
     for timestamp, nonce in [("1700000000", "n" * 16), ("0", "A-b_" * 16)]:
-        assert canonical_request(method, path_and_query, timestamp, nonce, body) == \
-            server_canonical_request(method, path_and_query, timestamp, nonce, body)
-        ours = request_signature(secret, method=method, path_and_query=path_and_query,
-                                 timestamp=timestamp, nonce=nonce, body=body)
-        theirs = sign_request(secret, method=method, path_and_query=path_and_query,
-                              timestamp=timestamp, nonce=nonce, body=body)
+        assert canonical_request(
+            method, path_and_query, timestamp, nonce, body
+        ) == server_canonical_request(method, path_and_query, timestamp, nonce, body)
+        ours = request_signature(
+            secret,
+            method=method,
+            path_and_query=path_and_query,
+            timestamp=timestamp,
+            nonce=nonce,
+            body=body,
+        )
+        theirs = sign_request(
+            secret,
+            method=method,
+            path_and_query=path_and_query,
+            timestamp=timestamp,
+            nonce=nonce,
+            body=body,
+        )
         assert ours == theirs
 
 
-@pytest.mark.parametrize("target", [
-    "/payment-intents", "/payment-intents?limit=10", "/payment-intents/pi_a%2Db?x=%7E&y=a b",
-    "/events?type=payment.created&startingAfter=évt", "/p?", "/p%2fq?a=%2F&b=é",
-    "/payment-intents/pi_%5F1?status=cr%65ated",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/payment-intents",
+        "/payment-intents?limit=10",
+        "/payment-intents/pi_a%2Db?x=%7E&y=a b",
+        "/events?type=payment.created&startingAfter=évt",
+        "/p?",
+        "/p%2fq?a=%2F&b=é",
+        "/payment-intents/pi_%5F1?status=cr%65ated",
+    ],
+)
 async def test_the_server_verifies_what_the_auth_signs_as_sent(target: str) -> None:
     """Through httpx's own URL handling, as an ASGI server sees the request line: the API's
     canonical path and signature over what arrived equal what `DurapayAuth` signed."""
@@ -64,21 +83,36 @@ async def test_the_server_verifies_what_the_auth_signs_as_sent(target: str) -> N
             if not message.get("more_body"):
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        seen.append({"path_and_query": canonical_path_and_query(scope["raw_path"],
-                                                                scope["query_string"]),
-                     "headers": headers, "body": body, "method": scope["method"]})
+        seen.append(
+            {
+                "path_and_query": canonical_path_and_query(
+                    scope["raw_path"], scope["query_string"]
+                ),
+                "headers": headers,
+                "body": body,
+                "method": scope["method"],
+            }
+        )
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    async with httpx.AsyncClient(base_url="http://durapay.test", auth=DurapayAuth("pk", "sk"),
-                                 transport=httpx.ASGITransport(app=app)) as http:
+    async with httpx.AsyncClient(
+        base_url="http://durapay.test",
+        auth=DurapayAuth("pk", "sk"),
+        transport=httpx.ASGITransport(app=app),
+    ) as http:
         await http.post(target, content='{"a":"é"}'.encode())
         await http.get(target)
     for request in seen:
         headers = request["headers"]
         assert headers["x-signature"] == sign_request(
-            "sk", method=request["method"], path_and_query=request["path_and_query"],
-            timestamp=headers["x-timestamp"], nonce=headers["x-nonce"], body=request["body"])
+            "sk",
+            method=request["method"],
+            path_and_query=request["path_and_query"],
+            timestamp=headers["x-timestamp"],
+            nonce=headers["x-nonce"],
+            body=request["body"],
+        )
 
 
 def test_wire_path_keeps_escapes_and_drops_an_empty_query() -> None:
@@ -87,8 +121,12 @@ def test_wire_path_keeps_escapes_and_drops_an_empty_query() -> None:
 
 
 def test_each_signing_uses_a_fresh_valid_nonce() -> None:
-    nonces = {signed_headers(public_key="pk", secret_key="sk", method="GET",
-                             path_and_query="/", body=b"")["X-Nonce"] for _ in range(50)}
+    nonces = {
+        signed_headers(
+            public_key="pk", secret_key="sk", method="GET", path_and_query="/", body=b""
+        )["X-Nonce"]
+        for _ in range(50)
+    }
     assert len(nonces) == 50
     for nonce in nonces:
         assert 16 <= len(nonce) <= 64
@@ -120,7 +158,8 @@ def test_client_imports_no_server_package() -> None:
         assert not loaded, loaded
         print("ok", len(list(pkgutil.walk_packages(client.__path__))))
     """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("ok ")

@@ -15,20 +15,35 @@ from standardwebhooks import WebhookVerificationError as ReferenceVerificationEr
 from client import Event, WebhookVerificationError, webhooks
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-EVENT = {"id": "evt_1", "object": "event", "type": "payment.succeeded",
-         "createdAt": "2026-01-01T00:00:00Z", "sequence": 7,
-         "data": {"paymentId": "pi_1", "amountInCents": 2499, "currency": "usd",
-                  "status": "succeeded", "transactionId": "txn_1", "note": "café ☕"}}
+EVENT = {
+    "id": "evt_1",
+    "object": "event",
+    "type": "payment.succeeded",
+    "createdAt": "2026-01-01T00:00:00Z",
+    "sequence": 7,
+    "data": {
+        "paymentId": "pi_1",
+        "amountInCents": 2499,
+        "currency": "usd",
+        "status": "succeeded",
+        "transactionId": "txn_1",
+        "note": "café ☕",
+    },
+}
 BODY = json.dumps(EVENT, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def reference_headers(body: bytes = BODY, *, secret: str = SECRET, msg_id: str = "evt_1",
-                      at: float | None = None) -> dict[str, str]:
+def reference_headers(
+    body: bytes = BODY, *, secret: str = SECRET, msg_id: str = "evt_1", at: float | None = None
+) -> dict[str, str]:
     """Signed by the reference library, not by our code."""
     timestamp = datetime.fromtimestamp(time.time() if at is None else at, tz=UTC)
     signature = Webhook(secret).sign(msg_id, timestamp, body.decode())
-    return {"webhook-id": msg_id, "webhook-timestamp": str(int(timestamp.timestamp())),
-            "webhook-signature": signature}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(timestamp.timestamp())),
+        "webhook-signature": signature,
+    }
 
 
 def test_a_delivery_signed_by_the_reference_library_verifies() -> None:
@@ -42,9 +57,13 @@ def test_a_delivery_signed_by_the_reference_library_verifies() -> None:
 
 def test_our_signature_verifies_with_the_reference_library() -> None:
     timestamp = int(time.time())
-    headers = {"webhook-id": "evt_1", "webhook-timestamp": str(timestamp),
-               "webhook-signature": webhooks.sign(SECRET, msg_id="evt_1", timestamp=timestamp,
-                                                  payload=BODY)}
+    headers = {
+        "webhook-id": "evt_1",
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": webhooks.sign(
+            SECRET, msg_id="evt_1", timestamp=timestamp, payload=BODY
+        ),
+    }
     assert Webhook(SECRET).verify(BODY, headers)["id"] == "evt_1"
 
 
@@ -57,8 +76,10 @@ def test_any_of_several_signatures_may_match_as_during_a_rotation() -> None:
     assert webhooks.verify(BODY, headers, old).id == "evt_1"
 
 
-@pytest.mark.parametrize("tamper", ["body", "id", "timestamp", "secret", "signature",
-                                    "old", "future", "missing", "not_a_number"])
+@pytest.mark.parametrize(
+    "tamper",
+    ["body", "id", "timestamp", "secret", "signature", "old", "future", "missing", "not_a_number"],
+)
 def test_anything_tampered_or_stale_is_refused(tamper: str) -> None:
     headers, body, secret = reference_headers(), BODY, SECRET
     if tamper == "body":

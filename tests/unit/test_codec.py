@@ -52,21 +52,24 @@ async def test_a_payload_in_clear_becomes_a_marker_that_keeps_nothing_of_it() ->
     [marker] = await PayloadEncryptionCodec(KEY).decode([await _plain(CHARGE)])
     assert is_refusal(marker)
     assert marker.data == b""
-    assert not any(b"card_abc" in value or b"4242" in value
-                   for value in marker.metadata.values())
+    assert not any(b"card_abc" in value or b"4242" in value for value in marker.metadata.values())
 
 
 async def test_the_converter_refuses_a_payload_in_clear_for_good(
-        caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, "durapay.codec"), \
-            pytest.raises(ApplicationError) as refused:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, "durapay.codec"),
+        pytest.raises(ApplicationError) as refused,
+    ):
         await data_converter(KEY).decode([await _plain(CHARGE)], [ChargeInput])
     assert refused.value.type == PAYLOAD_REFUSED
     assert refused.value.non_retryable
     assert "not encrypted" in refused.value.message
     # Operators see it; nothing of the payload is in the log line.
     assert [r.getMessage() for r in caplog.records] == [
-        "refused a Temporal payload for no workflow: not encrypted"]
+        "refused a Temporal payload for no workflow: not encrypted"
+    ]
 
 
 async def test_the_display_codec_passes_payloads_in_clear_through() -> None:
@@ -84,8 +87,9 @@ async def test_another_master_key_is_refused_and_named() -> None:
 
 
 async def test_a_forged_key_id_is_not_copied_into_the_refusal() -> None:
-    forged = Payload(metadata={"encoding": ENCODING, "encryption-key-id": b"4242424242424242"},
-                     data=b"\0" * 40)
+    forged = Payload(
+        metadata={"encoding": ENCODING, "encryption-key-id": b"4242424242424242"}, data=b"\0" * 40
+    )
     [marker] = await PayloadEncryptionCodec(KEY).decode([forged])
     assert is_refusal(marker)
     assert not any(b"4242" in value for value in marker.metadata.values())
@@ -95,8 +99,11 @@ async def test_a_forged_key_id_is_not_copied_into_the_refusal() -> None:
 async def test_tampered_ciphertext_is_refused(damage: str) -> None:
     codec = PayloadEncryptionCodec(KEY)
     [stored] = await codec.encode([Payload(data=b"amount=2499")])
-    stored.data = {"flip-last-byte": stored.data[:-1] + bytes([stored.data[-1] ^ 1]),
-                   "truncate": stored.data[:8], "empty": b""}[damage]
+    stored.data = {
+        "flip-last-byte": stored.data[:-1] + bytes([stored.data[-1] ^ 1]),
+        "truncate": stored.data[:8],
+        "empty": b"",
+    }[damage]
     [marker] = await codec.decode([stored])
     assert is_refusal(marker)
     with pytest.raises(ApplicationError, match="failed authentication"):
@@ -113,7 +120,8 @@ async def test_retired_keys_decrypt_and_the_current_key_encrypts() -> None:
     assert await PayloadEncryptionCodec(KEY).decode([written_after]) == [Payload(data=b"after")]
     # Through the converter every process uses, too.
     [value] = await data_converter(KEY, [old]).decode(
-        await data_converter(old).encode([CHARGE]), [ChargeInput])
+        await data_converter(old).encode([CHARGE]), [ChargeInput]
+    )
     assert value == CHARGE
 
 
@@ -122,20 +130,27 @@ async def test_payload_key_is_not_the_master_key() -> None:
     # other way round): the master key itself does not open it.
     [stored] = await PayloadEncryptionCodec(KEY).encode([Payload(data=b"x")])
     with pytest.raises(InvalidTag):
-        AESGCM(KEY).decrypt(stored.data[:12], stored.data[12:], stored.metadata[
-            "encryption-key-id"])
+        AESGCM(KEY).decrypt(
+            stored.data[:12], stored.data[12:], stored.metadata["encryption-key-id"]
+        )
 
 
 def workflow_context(workflow_id: str, namespace: str = "default") -> WorkflowSerializationContext:
     return WorkflowSerializationContext(namespace=namespace, workflow_id=workflow_id)
 
 
-def activity_context(workflow_id: str, activity_type: str, *,
-                     activity_id: str | None = None) -> ActivitySerializationContext:
+def activity_context(
+    workflow_id: str, activity_type: str, *, activity_id: str | None = None
+) -> ActivitySerializationContext:
     return ActivitySerializationContext(
-        namespace="default", activity_id=activity_id, activity_type=activity_type,
-        activity_task_queue="q", workflow_id=workflow_id, workflow_type="PaymentIntentWorkflow",
-        is_local=False)
+        namespace="default",
+        activity_id=activity_id,
+        activity_type=activity_type,
+        activity_task_queue="q",
+        workflow_id=workflow_id,
+        workflow_type="PaymentIntentWorkflow",
+        is_local=False,
+    )
 
 
 def refused_count(kind: str) -> float:
@@ -143,17 +158,22 @@ def refused_count(kind: str) -> float:
 
 
 async def test_a_payload_opens_only_in_the_workflow_it_was_written_for(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     converter = data_converter(KEY)
     [stored] = await converter.with_context(workflow_context("pi_a")).encode([CHARGE])
-    [back] = await converter.with_context(workflow_context("pi_a")).decode([stored],
-                                                                           [ChargeInput])
+    [back] = await converter.with_context(workflow_context("pi_a")).decode([stored], [ChargeInput])
     assert back == CHARGE
     before = refused_count("wrong_place")
-    for elsewhere in (workflow_context("pi_b"), workflow_context("pi_a", "other-namespace"),
-                      activity_context("pi_a", "authorize_card")):
-        with caplog.at_level(logging.WARNING, "durapay.codec"), \
-                pytest.raises(ApplicationError, match="another workflow or activity") as refused:
+    for elsewhere in (
+        workflow_context("pi_b"),
+        workflow_context("pi_a", "other-namespace"),
+        activity_context("pi_a", "authorize_card"),
+    ):
+        with (
+            caplog.at_level(logging.WARNING, "durapay.codec"),
+            pytest.raises(ApplicationError, match="another workflow or activity") as refused,
+        ):
             await converter.with_context(elsewhere).decode([stored], [ChargeInput])
         assert refused.value.type == PAYLOAD_REFUSED
     with pytest.raises(ApplicationError, match="another workflow or activity"):
@@ -170,8 +190,11 @@ async def test_an_activity_payload_opens_only_in_that_activity_type_of_that_work
     # The activity side knows the activity id; the workflow side may not: neither is bound.
     same = codec.with_context(activity_context("pi_a", "authorize_card", activity_id="7"))
     assert await same.decode([stored]) == [Payload(data=b"answer")]
-    for elsewhere in (activity_context("pi_a", "refund_charge"),
-                      activity_context("pi_b", "authorize_card"), workflow_context("pi_a")):
+    for elsewhere in (
+        activity_context("pi_a", "refund_charge"),
+        activity_context("pi_b", "authorize_card"),
+        workflow_context("pi_a"),
+    ):
         [marker] = await codec.with_context(elsewhere).decode([stored])
         assert is_refusal(marker)
 
@@ -179,7 +202,8 @@ async def test_an_activity_payload_opens_only_in_that_activity_type_of_that_work
 async def test_a_schedules_input_opens_in_the_runs_it_starts_only() -> None:
     codec = PayloadEncryptionCodec(KEY)
     [stored] = await codec.with_context(workflow_context("durapay-sweep")).encode(
-        [Payload(data=b"window")])
+        [Payload(data=b"window")]
+    )
     run = codec.with_context(workflow_context("durapay-sweep-2026-12-04T17:00:00Z"))
     assert await run.decode([stored]) == [Payload(data=b"window")]
     for elsewhere in ("durapay-sweep-x", "durapay-other-2026-12-04T17:00:00Z", "durapay-sweep-2"):
@@ -188,21 +212,27 @@ async def test_a_schedules_input_opens_in_the_runs_it_starts_only() -> None:
     # A payment's payload does not open in a workflow named like a scheduled run of it.
     [payment] = await codec.with_context(workflow_context("pi_a")).encode([Payload(data=b"p")])
     [marker] = await codec.with_context(workflow_context("pi_a-2026-12-04T17:00:00Z")).decode(
-        [payment])
+        [payment]
+    )
     assert is_refusal(marker)
 
 
 async def test_the_display_codec_opens_a_bound_payload_by_the_place_it_names() -> None:
-    [stored] = await PayloadEncryptionCodec(KEY).with_context(workflow_context("pi_a")).encode(
-        [Payload(data=b"shown")])
+    [stored] = (
+        await PayloadEncryptionCodec(KEY)
+        .with_context(workflow_context("pi_a"))
+        .encode([Payload(data=b"shown")])
+    )
     assert await PayloadEncryptionCodec(KEY, strict=False).decode([stored]) == [
-        Payload(data=b"shown")]
+        Payload(data=b"shown")
+    ]
     # A place rewritten in the metadata does not authenticate, even for display.
     stored.metadata["encryption-context"] = b"workflow\x00default\x00pi_b"
     [marker] = await PayloadEncryptionCodec(KEY, strict=False).decode([stored])
     assert is_refusal(marker)
-    [marker] = await PayloadEncryptionCodec(KEY).with_context(workflow_context("pi_b")).decode(
-        [stored])
+    [marker] = (
+        await PayloadEncryptionCodec(KEY).with_context(workflow_context("pi_b")).decode([stored])
+    )
     assert is_refusal(marker)
 
 
@@ -230,10 +260,13 @@ async def test_a_running_codec_stops_decrypting_with_a_dropped_key(tmp_path: Pat
     files = KeyFiles(tmp_path)
     files.rotate(new)
     codec = PayloadEncryptionCodec.from_key_ring(
-        KeyRing.from_source(KeyFiles(tmp_path), clock=lambda: now[0])).with_context(
-            workflow_context("pi_a"))
-    [under_old] = await PayloadEncryptionCodec(old).with_context(
-        workflow_context("pi_a")).encode([Payload(data=b"old")])
+        KeyRing.from_source(KeyFiles(tmp_path), clock=lambda: now[0])
+    ).with_context(workflow_context("pi_a"))
+    [under_old] = (
+        await PayloadEncryptionCodec(old)
+        .with_context(workflow_context("pi_a"))
+        .encode([Payload(data=b"old")])
+    )
     assert await codec.decode([under_old]) == [Payload(data=b"old")]
 
     assert files.drop(MasterKey(old).key_id)

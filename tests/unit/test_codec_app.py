@@ -27,22 +27,31 @@ UI_ORIGIN = "http://127.0.0.1:8233"
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(home=tmp_path / "home", master_key=MASTER_KEY, admin_token="admin",
-                    temporal_ui_port=8233, **overrides)
+    return Settings(
+        home=tmp_path / "home",
+        master_key=MASTER_KEY,
+        admin_token="admin",
+        temporal_ui_port=8233,
+        **overrides,
+    )
 
 
 async def encrypted_body() -> str:
     [stored] = await PayloadEncryptionCodec(KEY).encode(
-        [Payload(metadata={"encoding": b"json/plain"}, data=b'{"amount": 2499}')])
+        [Payload(metadata={"encoding": b"json/plain"}, data=b'{"amount": 2499}')]
+    )
     return json_format.MessageToJson(Payloads(payloads=[stored]))
 
 
-async def post_decode(app: ASGIApp, *, base_url: str = "http://127.0.0.1:8089",
-                      headers: dict[str, str] | None = None) -> httpx.Response:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url=base_url) as http:
-        return await http.post("/codec/decode", content=await encrypted_body(),
-                                headers={"Content-Type": "application/json", **(headers or {})})
+async def post_decode(
+    app: ASGIApp, *, base_url: str = "http://127.0.0.1:8089", headers: dict[str, str] | None = None
+) -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as http:
+        return await http.post(
+            "/codec/decode",
+            content=await encrypted_body(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
 
 
 def decoded_data(response: httpx.Response) -> dict[str, object]:
@@ -59,10 +68,12 @@ async def test_decode_on_loopback_answers_the_web_ui_origin_only(tmp_path: Path)
     assert from_ui.headers["cache-control"] == "no-store"
     foreign = await post_decode(app, headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in foreign.headers
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://127.0.0.1:8089") as http:
-        preflight = await http.options("/codec/decode", headers={
-            "Origin": UI_ORIGIN, "Access-Control-Request-Method": "POST"})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8089"
+    ) as http:
+        preflight = await http.options(
+            "/codec/decode", headers={"Origin": UI_ORIGIN, "Access-Control-Request-Method": "POST"}
+        )
     assert preflight.headers["access-control-allow-origin"] == UI_ORIGIN
     assert "authorization" in preflight.headers["access-control-allow-headers"]
 
@@ -84,8 +95,9 @@ async def test_with_a_token_every_request_must_present_it(tmp_path: Path) -> Non
     assert missing.headers["www-authenticate"] == "Bearer"
     wrong = await post_decode(app, headers={"Authorization": "Bearer codec-secreT"})
     assert wrong.status_code == 401
-    right = await post_decode(app, base_url="http://10.1.2.3:8089",
-                              headers={"Authorization": "Bearer codec-secret"})
+    right = await post_decode(
+        app, base_url="http://10.1.2.3:8089", headers={"Authorization": "Bearer codec-secret"}
+    )
     assert right.status_code == 200 and decoded_data(right) == {"amount": 2499}
 
 
@@ -101,10 +113,11 @@ def test_non_loopback_bind_needs_a_token(tmp_path: Path) -> None:
 
 
 def test_main_refuses_a_public_bind_without_a_token_before_binding(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(codec_app, "get_settings",
-                        lambda: settings_for(tmp_path, codec_host="0.0.0.0"))
+    monkeypatch.setattr(
+        codec_app, "get_settings", lambda: settings_for(tmp_path, codec_host="0.0.0.0")
+    )
 
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("uvicorn.run must not be reached")
@@ -116,10 +129,14 @@ def test_main_refuses_a_public_bind_without_a_token_before_binding(
 
 def test_production_has_no_codec_listener(tmp_path: Path) -> None:
     # Secrets that production takes (tests/unit/test_production_settings.py).
-    settings = Settings(home=tmp_path / "home", env="production", codec_token="t",
-                        master_key=base64.b64encode(hashlib.sha256(b"codec key").digest()).decode(),
-                        admin_token=hashlib.sha256(b"codec admin token").hexdigest(),
-                        temporal_api_key="tc-key")
+    settings = Settings(
+        home=tmp_path / "home",
+        env="production",
+        codec_token="t",
+        master_key=base64.b64encode(hashlib.sha256(b"codec key").digest()).decode(),
+        admin_token=hashlib.sha256(b"codec admin token").hexdigest(),
+        temporal_api_key="tc-key",
+    )
     assert startup_refusal(settings) is not None
     with pytest.raises(CodecRefused, match="production"):
         create_codec_app(settings)
@@ -129,18 +146,21 @@ def test_production_has_no_codec_listener(tmp_path: Path) -> None:
 async def test_merchant_api_has_no_codec_route(tmp_path: Path) -> None:
     app = create_app(settings_for(tmp_path, database_url="postgresql://u:p@db/x"))
     assert "/payment-intents" in app.openapi()["paths"]
-    answer = await post_decode(app, base_url="http://127.0.0.1:8000",
-                               headers={"Origin": UI_ORIGIN})
+    answer = await post_decode(app, base_url="http://127.0.0.1:8000", headers={"Origin": UI_ORIGIN})
     assert answer.status_code == 404
 
 
 async def test_a_payload_in_clear_is_shown_as_it_is(tmp_path: Path) -> None:
     # Workers refuse it (core/codec.py, strict); the operator's view still shows what it says.
     plain = Payload(metadata={"encoding": b"json/plain"}, data=b'{"forged": true}')
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_codec_app(
-            settings_for(tmp_path))), base_url="http://127.0.0.1:8089") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_codec_app(settings_for(tmp_path))),
+        base_url="http://127.0.0.1:8089",
+    ) as http:
         response = await http.post(
-            "/codec/decode", content=json_format.MessageToJson(Payloads(payloads=[plain])),
-            headers={"Content-Type": "application/json"})
+            "/codec/decode",
+            content=json_format.MessageToJson(Payloads(payloads=[plain])),
+            headers={"Content-Type": "application/json"},
+        )
     assert response.status_code == 200
     assert decoded_data(response) == {"forged": True}

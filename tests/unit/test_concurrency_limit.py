@@ -24,8 +24,15 @@ class Clock:
         self.now = 1000.0
 
 
-def answer(limit: AdaptiveConcurrencyLimit, clock: Clock, route: str, seconds: float, *,
-           concurrent: int = 1, batches: int = 1) -> None:
+def answer(
+    limit: AdaptiveConcurrencyLimit,
+    clock: Clock,
+    route: str,
+    seconds: float,
+    *,
+    concurrent: int = 1,
+    batches: int = 1,
+) -> None:
     """`batches` times: `concurrent` requests arrive together, those admitted are answered
     after `seconds` each (the clock moves on by that much per batch)."""
     for _ in range(batches):
@@ -34,12 +41,17 @@ def answer(limit: AdaptiveConcurrencyLimit, clock: Clock, route: str, seconds: f
         for admitted_with in admitted:
             if admitted_with is None:
                 continue
-            limit.release_with_sample(route, seconds, admitted_with=admitted_with,
-                                      now=clock.now)
+            limit.release_with_sample(route, seconds, admitted_with=admitted_with, now=clock.now)
 
 
-def keep_full(limit: AdaptiveConcurrencyLimit, clock: Clock, route: str, *,
-              latency: Callable[[int], float], for_seconds: float) -> list[float]:
+def keep_full(
+    limit: AdaptiveConcurrencyLimit,
+    clock: Clock,
+    route: str,
+    *,
+    latency: Callable[[int], float],
+    for_seconds: float,
+) -> list[float]:
     """An overload: requests keep arriving, so every slot freed is taken at once; a request
     admitted as the n-th in flight is answered `latency(n)` later. The latencies answered."""
     pending: list[tuple[float, float, int]] = []  # (answered at, latency, admitted with)
@@ -66,8 +78,7 @@ def fixed(seconds: float) -> Callable[[int], float]:
     return lambda _: seconds
 
 
-def learn_calm(limit: AdaptiveConcurrencyLimit, clock: Clock, route: str,
-               seconds: float) -> None:
+def learn_calm(limit: AdaptiveConcurrencyLimit, clock: Clock, route: str, seconds: float) -> None:
     answer(limit, clock, route, seconds, batches=1 + 5 * WINDOW_SAMPLES)  # whole windows
 
 

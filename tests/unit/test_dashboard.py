@@ -52,8 +52,11 @@ def as_sent(expr: str) -> str:
 
 
 def queries() -> list[tuple[str, str]]:
-    return [(f"{panel['title']} {target['refId']}", target["expr"])
-            for panel in graph_panels() for target in panel["targets"]]
+    return [
+        (f"{panel['title']} {target['refId']}", target["expr"])
+        for panel in graph_panels()
+        for target in panel["targets"]
+    ]
 
 
 @pytest.mark.parametrize(("query", "expr"), queries(), ids=[name for name, _ in queries()])
@@ -65,8 +68,11 @@ def test_dashboard_query_parses_and_names_only_exported_metrics(query: str, expr
 
 def test_dashboard_shows_every_durapay_metric_family() -> None:
     shown = {name for _, expr in queries() for name in metric_names_in(as_sent(expr))}
-    families = {family: samples for family, samples in durapay_families().items()
-                if family.startswith("durapay_")}
+    families = {
+        family: samples
+        for family, samples in durapay_families().items()
+        if family.startswith("durapay_")
+    }
     missing = sorted(family for family, samples in families.items() if not samples & shown)
     assert not missing, f"no panel shows {missing}"
 

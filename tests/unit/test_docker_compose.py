@@ -50,14 +50,23 @@ DEPLOY = ROOT / "deploy"
 PROXY_TEMPLATE = DEPLOY / "proxy" / "durapay.conf.template"
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 # Instructions, one a line (continuations joined), without comments.
-DOCKERFILE_LINES = [line for line in re.sub(r"\s*\\\n\s*", " ", DOCKERFILE).splitlines()
-                    if line.strip() and not line.lstrip().startswith("#")]
+DOCKERFILE_LINES = [
+    line
+    for line in re.sub(r"\s*\\\n\s*", " ", DOCKERFILE).splitlines()
+    if line.strip() and not line.lstrip().startswith("#")
+]
 
 # Durapay's own image (`build: .`): the API, the workers, the simulator, the codec, migrations.
 OURS = {name for name, service in SERVICES.items() if "build" in service}
 PRODUCTION = ("api", "worker", "migrate")
-SECRETS = ("DURAPAY_MASTER_KEY", "DURAPAY_ADMIN_TOKEN", "DURAPAY_CODEC_TOKEN",
-           "POSTGRES_PASSWORD", "POSTGRES_TEMPORAL_PASSWORD", "POSTGRES_DURAPAY_PASSWORD")
+SECRETS = (
+    "DURAPAY_MASTER_KEY",
+    "DURAPAY_ADMIN_TOKEN",
+    "DURAPAY_CODEC_TOKEN",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_TEMPORAL_PASSWORD",
+    "POSTGRES_DURAPAY_PASSWORD",
+)
 # Interpolated by compose only, never passed to a Durapay process.
 COMPOSE_ONLY = {"DURAPAY_IMAGE"}
 # Long-running services without a healthcheck, and why.
@@ -88,6 +97,7 @@ def fake_secret(name: str) -> str:
 def resolve(value: object) -> str:
     """A value as compose would pass it: required variables get a made-up secret, defaults
     their default, `$$` a single `$`."""
+
     def substitute(match: re.Match[str]) -> str:
         name, operator, argument = match.groups()
         if operator in (":?", "?"):
@@ -115,8 +125,9 @@ def published(service: Mapping[str, Any]) -> list[tuple[str, int, int]]:
     result = []
     for port in service.get("ports", []):
         if isinstance(port, dict):
-            result.append((str(port.get("host_ip", "")), int(port["published"]),
-                           int(port["target"])))
+            result.append(
+                (str(port.get("host_ip", "")), int(port["published"]), int(port["target"]))
+            )
             continue
         parts = str(port).split(":")
         assert len(parts) == 3, f"{port}: name the host address (127.0.0.1:host:container)"
@@ -137,9 +148,14 @@ def mounts(service: Mapping[str, Any]) -> list[Mount]:
     result = []
     for volume in service.get("volumes", []):
         if isinstance(volume, dict):
-            result.append(Mount(volume["source"], volume["target"],
-                                bool(volume.get("read_only")),
-                                volume.get("volume", {}).get("subpath")))
+            result.append(
+                Mount(
+                    volume["source"],
+                    volume["target"],
+                    bool(volume.get("read_only")),
+                    volume.get("volume", {}).get("subpath"),
+                )
+            )
             continue
         source, target, *options = str(volume).split(":")
         result.append(Mount(source, target, "ro" in options))
@@ -154,13 +170,13 @@ def has_healthcheck(name: str) -> bool:
     check = SERVICES[name].get("healthcheck")
     if check is not None:
         return not check.get("disable", False)
-    return name in OURS and any(re.match(r"HEALTHCHECK\s.*\sCMD\s", line)
-                                for line in DOCKERFILE_LINES)
+    return name in OURS and any(
+        re.match(r"HEALTHCHECK\s.*\sCMD\s", line) for line in DOCKERFILE_LINES
+    )
 
 
 def load_probe() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("durapay_healthcheck",
-                                                  DEPLOY / "healthcheck.py")
+    spec = importlib.util.spec_from_file_location("durapay_healthcheck", DEPLOY / "healthcheck.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -172,8 +188,19 @@ def load_probe() -> ModuleType:
 
 def check_compose_schema(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-         str(path)], capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.processes
@@ -203,14 +230,19 @@ def test_temporal_runs_on_the_images_temporal_recommends() -> None:
     schema_script = (DEPLOY / "temporal" / "setup-schema.sh").read_text()
     assert "--plugin postgres12" in schema_script
     assert "setup-schema -v 0.0" in schema_script and "update-schema -d" in schema_script
-    assert "temporal operator namespace create" in (
-        DEPLOY / "temporal" / "setup-namespace.sh").read_text()
+    assert (
+        "temporal operator namespace create"
+        in (DEPLOY / "temporal" / "setup-namespace.sh").read_text()
+    )
     assert SERVICES["temporal"]["depends_on"]["temporal-schema"]["condition"] == (
-        "service_completed_successfully")
+        "service_completed_successfully"
+    )
     dynamic_config = environment("temporal")["DYNAMIC_CONFIG_FILE_PATH"]
-    assert any(dynamic_config.startswith(mount.target + "/")
-               and (ROOT / mount.source / Path(dynamic_config).name).exists()
-               for mount in mounts(SERVICES["temporal"])), dynamic_config
+    assert any(
+        dynamic_config.startswith(mount.target + "/")
+        and (ROOT / mount.source / Path(dynamic_config).name).exists()
+        for mount in mounts(SERVICES["temporal"])
+    ), dynamic_config
 
 
 def test_search_attributes_match_core() -> None:
@@ -218,8 +250,9 @@ def test_search_attributes_match_core() -> None:
     for name in PRODUCTION:
         assert environment(name)["DURAPAY_TEMPORAL_NAMESPACE"] == namespace, name
     assert environment("temporal-ui")["TEMPORAL_DEFAULT_NAMESPACE"] == namespace
-    registered = dict(pair.split("=") for pair in
-                      environment("temporal-setup")["SEARCH_ATTRIBUTES"].split())
+    registered = dict(
+        pair.split("=") for pair in environment("temporal-setup")["SEARCH_ATTRIBUTES"].split()
+    )
     flags = search_attributes.registration_flags()[1::2]
     assert registered == dict(flag.split("=") for flag in flags)
 
@@ -232,8 +265,9 @@ def test_databases_match_the_postgres_init_script() -> None:
     for database in (temporal["DBNAME"], temporal["VISIBILITY_DBNAME"]):
         assert owned[database] == temporal["POSTGRES_USER"] == "temporal", database
     assert environment("temporal-schema")["POSTGRES_USER"] == "temporal"
-    url = re.fullmatch(r"postgresql://(\w+):[^@]+@postgresql:5432/(\w+)",
-                       environment("api")["DATABASE_URL"])
+    url = re.fullmatch(
+        r"postgresql://(\w+):[^@]+@postgresql:5432/(\w+)", environment("api")["DATABASE_URL"]
+    )
     assert url and owned[url[2]] == url[1] == "durapay"
 
 
@@ -279,7 +313,8 @@ def settings_of(monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) -> Sett
 
 @pytest.mark.parametrize("service", PRODUCTION)
 def test_production_services_refuse_generated_secrets(
-        clean_environ: pytest.MonkeyPatch, service: str) -> None:
+    clean_environ: pytest.MonkeyPatch, service: str
+) -> None:
     env = environment(service)
     assert env["DURAPAY_ENV"] == "production"
     settings = settings_of(clean_environ, env)
@@ -292,7 +327,8 @@ def test_production_services_refuse_generated_secrets(
 
 
 def test_the_codec_listener_holds_the_keys_and_nothing_else(
-        clean_environ: pytest.MonkeyPatch) -> None:
+    clean_environ: pytest.MonkeyPatch,
+) -> None:
     env = environment("codec")
     # api/codec_app.py refuses to run under DURAPAY_ENV=production, on purpose; it runs here
     # with no database, no Temporal address and no admin token.
@@ -306,15 +342,15 @@ def test_the_codec_listener_holds_the_keys_and_nothing_else(
     assert refusal and "DURAPAY_CODEC_TOKEN" in refusal
 
 
-def test_the_web_ui_reaches_the_codec_through_the_proxy(
-        clean_environ: pytest.MonkeyPatch) -> None:
+def test_the_web_ui_reaches_the_codec_through_the_proxy(clean_environ: pytest.MonkeyPatch) -> None:
     ui_port = next(host for _, host, target in published(SERVICES["proxy"]) if target == 8233)
     assert "set $ui_upstream http://temporal-ui:8080;" in PROXY_TEMPLATE.read_text()
     codec_port = int(environment("codec")["DURAPAY_CODEC_PORT"])
     proxy_ports = {target: host for _, host, target in published(SERVICES["proxy"])}
     # The browser calls the endpoint itself: it must be the proxy's published loopback port.
     assert environment("temporal-ui")["TEMPORAL_CODEC_ENDPOINT"] == (
-        f"http://127.0.0.1:{proxy_ports[8089]}{CODEC_PATH}")
+        f"http://127.0.0.1:{proxy_ports[8089]}{CODEC_PATH}"
+    )
     template = PROXY_TEMPLATE.read_text()
     assert f"set $codec_upstream http://codec:{codec_port};" in template
     assert f"location {CODEC_PATH}/" in template
@@ -326,14 +362,17 @@ def test_the_web_ui_reaches_the_codec_through_the_proxy(
 
 
 def test_the_api_and_every_worker_share_the_vault_epoch_keys(
-        clean_environ: pytest.MonkeyPatch) -> None:
+    clean_environ: pytest.MonkeyPatch,
+) -> None:
     """The API encrypts card numbers under the epoch keys and the workers decrypt them: one
     volume, at the directory the settings name, private to the image's user."""
     volumes = {}
     for name in ("api", "worker"):
         directory = environment(name)["DURAPAY_VAULT_KEY_DIR"]
-        mounted = [(v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2])
-                   for v in SERVICES[name]["volumes"]]
+        mounted = [
+            (v["source"], v["target"]) if isinstance(v, dict) else tuple(v.split(":")[:2])
+            for v in SERVICES[name]["volumes"]
+        ]
         [source] = [source for source, target in mounted if target == directory]
         volumes[name] = source
         settings = settings_of(clean_environ, environment(name))
@@ -366,13 +405,20 @@ def test_only_the_proxy_publishes_the_api() -> None:
 
 def test_the_worker_outlives_its_graceful_shutdown() -> None:
     tree = ast.parse((ROOT / "workers" / "main.py").read_text())
-    timeouts = [keyword.value for node in ast.walk(tree) if isinstance(node, ast.Call)
-                for keyword in node.keywords if keyword.arg == "graceful_shutdown_timeout"]
+    timeouts = [
+        keyword.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        for keyword in node.keywords
+        if keyword.arg == "graceful_shutdown_timeout"
+    ]
     assert len(timeouts) == 1, "one Worker(graceful_shutdown_timeout=…) in workers/main.py"
     call = timeouts[0]
     assert isinstance(call, ast.Call) and ast.unparse(call.func) == "timedelta"
-    graceful = sum(ast.literal_eval(k.value) * {"seconds": 1, "minutes": 60}[k.arg or ""]
-                   for k in call.keywords)
+    graceful = sum(
+        ast.literal_eval(k.value) * {"seconds": 1, "minutes": 60}[k.arg or ""]
+        for k in call.keywords
+    )
     assert graceful > 0
     assert duration_seconds(SERVICES["worker"]["stop_grace_period"]) > graceful
     charge_wait = Settings.model_fields["charge_wait_seconds"].default
@@ -384,23 +430,33 @@ def test_the_worker_outlives_its_graceful_shutdown() -> None:
 PKI = "temporal-pki"
 # What each kind of image reads for its client certificate: (CA, certificate, key).
 CLIENT_TLS = {
-    "durapay": ("DURAPAY_TEMPORAL_TLS_CA", "DURAPAY_TEMPORAL_TLS_CERT",
-                "DURAPAY_TEMPORAL_TLS_KEY"),
+    "durapay": ("DURAPAY_TEMPORAL_TLS_CA", "DURAPAY_TEMPORAL_TLS_CERT", "DURAPAY_TEMPORAL_TLS_KEY"),
     # The `temporal` CLI, 1.4 and later (temporalio/cli, cliext/option-sets.yaml).
-    "temporalio/admin-tools": ("TEMPORAL_TLS_SERVER_CA_CERT_PATH",
-                               "TEMPORAL_TLS_CLIENT_CERT_PATH", "TEMPORAL_TLS_CLIENT_KEY_PATH"),
+    "temporalio/admin-tools": (
+        "TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+        "TEMPORAL_TLS_CLIENT_CERT_PATH",
+        "TEMPORAL_TLS_CLIENT_KEY_PATH",
+    ),
     # temporalio/ui, server/docker/config-template.yaml.
     "temporalio/ui": ("TEMPORAL_TLS_CA", "TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY"),
 }
 # The TLS names temporalio/server's embedded config template reads (temporalio/temporal
 # v1.30.1, common/config/config_template_embedded.yaml): a misspelt one is silently ignored.
 SERVER_TLS_NAMES = {
-    "TEMPORAL_TLS_REQUIRE_CLIENT_AUTH", "TEMPORAL_TLS_SERVER_CA_CERT", "TEMPORAL_TLS_SERVER_CERT",
-    "TEMPORAL_TLS_SERVER_KEY", "TEMPORAL_TLS_FRONTEND_CERT", "TEMPORAL_TLS_FRONTEND_KEY",
-    "TEMPORAL_TLS_CLIENT1_CA_CERT", "TEMPORAL_TLS_CLIENT2_CA_CERT",
-    "TEMPORAL_TLS_INTERNODE_SERVER_NAME", "TEMPORAL_TLS_FRONTEND_SERVER_NAME",
+    "TEMPORAL_TLS_REQUIRE_CLIENT_AUTH",
+    "TEMPORAL_TLS_SERVER_CA_CERT",
+    "TEMPORAL_TLS_SERVER_CERT",
+    "TEMPORAL_TLS_SERVER_KEY",
+    "TEMPORAL_TLS_FRONTEND_CERT",
+    "TEMPORAL_TLS_FRONTEND_KEY",
+    "TEMPORAL_TLS_CLIENT1_CA_CERT",
+    "TEMPORAL_TLS_CLIENT2_CA_CERT",
+    "TEMPORAL_TLS_INTERNODE_SERVER_NAME",
+    "TEMPORAL_TLS_FRONTEND_SERVER_NAME",
     "TEMPORAL_TLS_INTERNODE_DISABLE_HOST_VERIFICATION",
-    "TEMPORAL_TLS_FRONTEND_DISABLE_HOST_VERIFICATION", "TEMPORAL_TLS_REFRESH_INTERVAL"}
+    "TEMPORAL_TLS_FRONTEND_DISABLE_HOST_VERIFICATION",
+    "TEMPORAL_TLS_REFRESH_INTERVAL",
+}
 
 
 def image_kind(name: str) -> str:
@@ -449,14 +505,25 @@ def test_temporal_requires_client_certificates(compose_pki: Path) -> None:
     assert env["TEMPORAL_TLS_REQUIRE_CLIENT_AUTH"] == "true"
     assert {n for n in env if n.startswith("TEMPORAL_TLS_")} <= SERVER_TLS_NAMES
     assert pki_mount("temporal") == Mount(PKI, "/certs", True, certs.SERVER_ROLE)
-    files = {name: in_pki("temporal", env[name], compose_pki) for name in (
-        "TEMPORAL_TLS_SERVER_CA_CERT", "TEMPORAL_TLS_CLIENT1_CA_CERT",
-        "TEMPORAL_TLS_CLIENT2_CA_CERT", "TEMPORAL_TLS_SERVER_CERT", "TEMPORAL_TLS_SERVER_KEY",
-        "TEMPORAL_TLS_FRONTEND_CERT", "TEMPORAL_TLS_FRONTEND_KEY")}
+    files = {
+        name: in_pki("temporal", env[name], compose_pki)
+        for name in (
+            "TEMPORAL_TLS_SERVER_CA_CERT",
+            "TEMPORAL_TLS_CLIENT1_CA_CERT",
+            "TEMPORAL_TLS_CLIENT2_CA_CERT",
+            "TEMPORAL_TLS_SERVER_CERT",
+            "TEMPORAL_TLS_SERVER_KEY",
+            "TEMPORAL_TLS_FRONTEND_CERT",
+            "TEMPORAL_TLS_FRONTEND_KEY",
+        )
+    }
     ca = (compose_pki / "ca" / "ca.pem").read_bytes()
     # Clients are accepted only if this PKI's CA signed them, and internode peers likewise.
-    for name in ("TEMPORAL_TLS_SERVER_CA_CERT", "TEMPORAL_TLS_CLIENT1_CA_CERT",
-                 "TEMPORAL_TLS_CLIENT2_CA_CERT"):
+    for name in (
+        "TEMPORAL_TLS_SERVER_CA_CERT",
+        "TEMPORAL_TLS_CLIENT1_CA_CERT",
+        "TEMPORAL_TLS_CLIENT2_CA_CERT",
+    ):
         assert files[name].read_bytes() == ca, name
     assert files["TEMPORAL_TLS_FRONTEND_CERT"].name == "cert.pem"
     assert files["TEMPORAL_TLS_FRONTEND_KEY"].name == "key.pem"
@@ -469,12 +536,21 @@ def test_temporal_requires_client_certificates(compose_pki: Path) -> None:
 
 
 def test_every_temporal_client_has_its_own_certificate(
-        compose_pki: Path, clean_environ: pytest.MonkeyPatch) -> None:
+    compose_pki: Path, clean_environ: pytest.MonkeyPatch
+) -> None:
     clients = temporal_clients()
     # One certificate per role, so that one can be revoked (re-issued from a new CA) or told
     # apart in the server's logs; `migrate` and `events` are `durapay` commands like the CLI.
-    roles = {"api": "api", "worker": "worker", "migrate": "cli", "events": "cli", "cli": "cli",
-             "temporal-setup": "admin-tools", "temporal-cli": "admin-tools", "temporal-ui": "ui"}
+    roles = {
+        "api": "api",
+        "worker": "worker",
+        "migrate": "cli",
+        "events": "cli",
+        "cli": "cli",
+        "temporal-setup": "admin-tools",
+        "temporal-cli": "admin-tools",
+        "temporal-ui": "ui",
+    }
     assert set(clients) == set(roles)
     issued = set(certs_args().clients)
     for name in clients:
@@ -483,9 +559,11 @@ def test_every_temporal_client_has_its_own_certificate(
         assert mount is not None and mount.read_only and mount.subpath == roles[name], name
         assert mount.subpath in issued, name
         assert SERVICES[name]["depends_on"]["certs"]["condition"] == (
-            "service_completed_successfully"), name
-        ca, cert, key = (in_pki(name, env[variable], compose_pki)
-                         for variable in CLIENT_TLS[image_kind(name)])
+            "service_completed_successfully"
+        ), name
+        ca, cert, key = (
+            in_pki(name, env[variable], compose_pki) for variable in CLIENT_TLS[image_kind(name)]
+        )
         assert (ca.name, cert.name, key.name) == ("ca.pem", "cert.pem", "key.pem"), name
         assert ssl_pair_loads(cert, key), name
     ui = environment("temporal-ui")
@@ -559,7 +637,12 @@ def test_only_the_proxy_is_on_the_edge_and_publishes_ports() -> None:
             assert "ports" not in SERVICES[name], f"{name}: publish through the proxy"
     assert service_networks("proxy") == {"internal", "edge"}
     assert {target for _, _, target in published(SERVICES["proxy"])} == {
-        8000, 8089, 8233, 16686, 9090}
+        8000,
+        8089,
+        8233,
+        16686,
+        9090,
+    }
     # Temporal and Postgres are reachable from the internal network only.
     assert service_networks("temporal") == service_networks("postgresql") == {"internal"}
     # The workers alone get a way out (merchants' webhook URLs); it publishes nothing.
@@ -569,8 +652,11 @@ def test_only_the_proxy_is_on_the_edge_and_publishes_ports() -> None:
 
 def test_the_proxy_serves_the_consoles_on_their_published_ports() -> None:
     template = PROXY_TEMPLATE.read_text()
-    for port, upstream in ((8233, "http://temporal-ui:8080"), (16686, "http://jaeger:16686"),
-                           (9090, "http://prometheus:9090")):
+    for port, upstream in (
+        (8233, "http://temporal-ui:8080"),
+        (16686, "http://jaeger:16686"),
+        (9090, "http://prometheus:9090"),
+    ):
         assert f"listen {port} default_server;" in template, port  # other Host names: 421
         block = template.split(f"listen {port};", 1)[1].split("\nserver {", 1)[0]
         assert "server_name 127.0.0.1 localhost;" in block and upstream in block, port
@@ -601,7 +687,8 @@ def test_services_wait_for_health_or_completion() -> None:
                 assert has_healthcheck(dependency), (name, dependency)
             profiles = SERVICES[dependency].get("profiles", [])
             assert not profiles or set(profiles) <= set(service.get("profiles", [])), (
-                f"{name} would not start without the {profiles} profile")
+                f"{name} would not start without the {profiles} profile"
+            )
     for name in ("api", "worker"):
         assert {"migrate", "temporal-setup"} <= set(SERVICES[name]["depends_on"]), name
 
@@ -642,13 +729,19 @@ def test_the_image_is_multi_stage_non_root_and_probed() -> None:
     assert user and user[-1].split(":")[0] not in ("0", "root"), user
     assert re.search(r"^HEALTHCHECK\s.*\sCMD\s", runtime, re.M)
     # The build context holds only what the Dockerfile copies: no .env, state, tests or .git.
-    ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
-              if line and not line.startswith("#")]
+    ignore = [
+        line
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert ignore[0] == "*"
     included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    copied = {source.rstrip("/") for line in DOCKERFILE_LINES
-              if line.startswith("COPY ") and "--from" not in line
-              for source in line.split()[1:-1]}
+    copied = {
+        source.rstrip("/")
+        for line in DOCKERFILE_LINES
+        if line.startswith("COPY ") and "--from" not in line
+        for source in line.split()[1:-1]
+    }
     assert copied == included, (copied, included)
 
 
@@ -669,7 +762,8 @@ def test_prometheus_scrapes_every_scaled_container() -> None:
     assert COMPOSE["secrets"]["admin_token"] == {"environment": "DURAPAY_ADMIN_TOKEN"}
     temporal_metrics = environment("temporal")["PROMETHEUS_ENDPOINT"].rsplit(":", 1)[1]
     assert jobs["temporal-server"]["static_configs"][0]["targets"] == [
-        f"temporal:{temporal_metrics}"]
+        f"temporal:{temporal_metrics}"
+    ]
     assert SERVICES["prometheus"]["profiles"] == ["metrics"]
 
 
@@ -678,7 +772,8 @@ def test_the_event_stream_reads_a_logical_slot_into_kafka() -> None:
     Postgres whose WAL carries logical decoding, as a role allowed to replicate."""
     command = SERVICES["postgresql"]["command"]
     assert "wal_level=logical" in command and any(
-        c.startswith("max_slot_wal_keep_size=") for c in command)
+        c.startswith("max_slot_wal_keep_size=") for c in command
+    )
     assert "LOGIN REPLICATION" in (ROOT / "deploy/postgres-init/10-roles.sh").read_text()
     events, kafka = SERVICES["events"], SERVICES["kafka"]
     assert events["profiles"] == kafka["profiles"] == ["kafka"]
@@ -731,8 +826,10 @@ class EchoHandler(threading.Thread):
                         break
                     head += chunk
                 body = head.split(b"\r\n\r\n")[0]
-                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
-                                   b"Connection: close\r\n\r\n%s" % (len(body), body))
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
+                    b"Connection: close\r\n\r\n%s" % (len(body), body)
+                )
 
     def close(self) -> None:
         # shutdown() wakes the accept() blocked in run(); close() alone leaves the listening
@@ -744,8 +841,9 @@ class EchoHandler(threading.Thread):
 
 
 def http(method: str, url: str, headers: Mapping[str, str] | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, method=method, headers=dict(headers or {}),
-                                     data=b"{}" if method == "POST" else None)
+    request = urllib.request.Request(
+        url, method=method, headers=dict(headers or {}), data=b"{}" if method == "POST" else None
+    )
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=10) as answer:
@@ -763,30 +861,35 @@ def test_the_proxy_passes_requests_unchanged_and_guards_the_codec(tmp_path: Path
     consoles = [(port, free_port()) for port in (8233, 16686, 9090)]  # UI, Jaeger, Prometheus
     # The template as the nginx image renders it, with local ports and upstreams.
     config = PROXY_TEMPLATE.read_text().replace("${DURAPAY_CODEC_TOKEN}", "codec-token")
-    for old, new in (("listen 8000;", f"listen 127.0.0.1:{api};"),
-                     ("listen 8089 default_server;", f"listen 127.0.0.1:{codec} default_server;"),
-                     ("listen 8089;", f"listen 127.0.0.1:{codec};"),
-                     *((f"listen {console} default_server;",
-                        f"listen 127.0.0.1:{local} default_server;")
-                       for console, local in consoles),
-                     *((f"listen {console};", f"listen 127.0.0.1:{local};")
-                       for console, local in consoles),
-                     ("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{health};"),
-                     ("http://api:8000", f"http://127.0.0.1:{upstream.port}"),
-                     ("http://codec:8089", f"http://127.0.0.1:{upstream.port}"),
-                     # The slow-client bounds, shortened for the test.
-                     ("client_header_timeout 10s;", "client_header_timeout 1s;"),
-                     ("client_body_timeout 10s;", "client_body_timeout 1s;")):
+    for old, new in (
+        ("listen 8000;", f"listen 127.0.0.1:{api};"),
+        ("listen 8089 default_server;", f"listen 127.0.0.1:{codec} default_server;"),
+        ("listen 8089;", f"listen 127.0.0.1:{codec};"),
+        *(
+            (f"listen {console} default_server;", f"listen 127.0.0.1:{local} default_server;")
+            for console, local in consoles
+        ),
+        *((f"listen {console};", f"listen 127.0.0.1:{local};") for console, local in consoles),
+        ("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{health};"),
+        ("http://api:8000", f"http://127.0.0.1:{upstream.port}"),
+        ("http://codec:8089", f"http://127.0.0.1:{upstream.port}"),
+        # The slow-client bounds, shortened for the test.
+        ("client_header_timeout 10s;", "client_header_timeout 1s;"),
+        ("client_body_timeout 10s;", "client_body_timeout 1s;"),
+    ):
         assert old in config, old
         config = config.replace(old, new)
     (tmp_path / "durapay.conf").write_text(config)
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
         f"http {{ access_log off; client_body_temp_path {tmp_path}/body; "
-        f"proxy_temp_path {tmp_path}/proxy; include {tmp_path}/durapay.conf; }}\n")
-    nginx = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                              "-g", "daemon off;"], stdin=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+        f"proxy_temp_path {tmp_path}/proxy; include {tmp_path}/durapay.conf; }}\n"
+    )
+    nginx = subprocess.Popen(
+        ["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 10
         while not listening(health):
@@ -798,18 +901,26 @@ def test_the_proxy_passes_requests_unchanged_and_guards_the_codec(tmp_path: Path
         assert status == 200 and echoed.startswith(f"GET {raw} HTTP/1.1\r\n"), echoed
         assert http("GET", f"http://127.0.0.1:{api}/metrics")[0] == 404
         # The codec: the proxy's token replaces the caller's; other host names are refused.
-        status, echoed = http("POST", f"http://127.0.0.1:{codec}/codec/decode",
-                              {"Authorization": "Bearer forged"})
+        status, echoed = http(
+            "POST", f"http://127.0.0.1:{codec}/codec/decode", {"Authorization": "Bearer forged"}
+        )
         assert status == 200 and "Authorization: Bearer codec-token\r\n" in echoed, echoed
         assert "forged" not in echoed
         assert http("POST", f"http://localhost:{codec}/codec/decode")[0] == 200
-        assert http("POST", f"http://127.0.0.1:{codec}/codec/decode",
-                    {"Host": f"rebound.example:{codec}"})[0] == 421
+        assert (
+            http(
+                "POST",
+                f"http://127.0.0.1:{codec}/codec/decode",
+                {"Host": f"rebound.example:{codec}"},
+            )[0]
+            == 421
+        )
         assert http("GET", f"http://127.0.0.1:{codec}/metrics")[0] == 404
         # A client stalling in its headers, or in its body, is cut off at the bound.
-        for stalled in (b"GET /payment-intents HTTP/1.1\r\nHost: x\r\n",
-                        b"POST /payment-intents HTTP/1.1\r\nHost: x\r\nContent-Length: 100"
-                        b"\r\n\r\n0123456789"):
+        for stalled in (
+            b"GET /payment-intents HTTP/1.1\r\nHost: x\r\n",
+            b"POST /payment-intents HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+        ):
             with socket.create_connection(("127.0.0.1", api), timeout=10) as sock:
                 started = time.monotonic()
                 sock.sendall(stalled)
@@ -838,44 +949,76 @@ async def test_postgres_init_gives_each_tenant_its_own_databases() -> None:
     state.mkdir(mode=0o700)
     data, password_file = postgres_data_dir(state), state / "postgres-password"
     port = free_port()
-    server = subprocess.Popen(postgres_argv(data, port, password_file=password_file),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL, start_new_session=True, **run_as(data))
+    server = subprocess.Popen(
+        postgres_argv(data, port, password_file=password_file),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        **run_as(data),
+    )
     # Quotes, a space and a `$`: psql's :'name' quoting must carry them intact.
     passwords = {"postgres": "", "temporal": "t'emporal $pw", "durapay": os.urandom(16).hex()}
 
     async def connect(user: str, database: str) -> Any:
-        return await asyncpg.connect(host="127.0.0.1", port=port, user=user,
-                                     password=passwords[user], database=database, timeout=10)
+        return await asyncpg.connect(
+            host="127.0.0.1",
+            port=port,
+            user=user,
+            password=passwords[user],
+            database=database,
+            timeout=10,
+        )
 
     try:
         wait_until_postgres_accepts(server, port)
         passwords["postgres"] = password_file.read_text().strip()
-        env = {**os.environ, "PATH": f"{postgres_bin_dir()}:{os.environ['PATH']}",
-               "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGPASSWORD": passwords["postgres"],
-               "POSTGRES_USER": "postgres",
-               "POSTGRES_TEMPORAL_PASSWORD": passwords["temporal"],
-               "POSTGRES_DURAPAY_PASSWORD": passwords["durapay"]}
-        init = subprocess.run(["sh", str(DEPLOY / "postgres-init" / "10-roles.sh")], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)
+        env = {
+            **os.environ,
+            "PATH": f"{postgres_bin_dir()}:{os.environ['PATH']}",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(port),
+            "PGPASSWORD": passwords["postgres"],
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_TEMPORAL_PASSWORD": passwords["temporal"],
+            "POSTGRES_DURAPAY_PASSWORD": passwords["durapay"],
+        }
+        init = subprocess.run(
+            ["sh", str(DEPLOY / "postgres-init" / "10-roles.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert init.returncode == 0, init.stderr
 
-        for user, databases in (("temporal", ("temporal", "temporal_visibility")),
-                                ("durapay", ("durapay",))):
+        for user, databases in (
+            ("temporal", ("temporal", "temporal_visibility")),
+            ("durapay", ("durapay",)),
+        ):
             for database in databases:  # each owns its databases: it can create tables there
                 connection = await connect(user, database)
                 await connection.execute("CREATE TABLE t (x int); DROP TABLE t;")
                 await connection.close()
-        for user, database in (("durapay", "temporal"), ("durapay", "temporal_visibility"),
-                               ("temporal", "durapay")):
+        for user, database in (
+            ("durapay", "temporal"),
+            ("durapay", "temporal_visibility"),
+            ("temporal", "durapay"),
+        ):
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await connect(user, database)
         connection = await connect("postgres", "temporal_visibility")
         try:
-            assert await connection.fetchval(
-                "SELECT count(*) FROM pg_extension WHERE extname = 'btree_gin'") == 1
+            assert (
+                await connection.fetchval(
+                    "SELECT count(*) FROM pg_extension WHERE extname = 'btree_gin'"
+                )
+                == 1
+            )
             verifiers = await connection.fetch(
-                "SELECT rolpassword FROM pg_authid WHERE rolname IN ('temporal', 'durapay')")
+                "SELECT rolpassword FROM pg_authid WHERE rolname IN ('temporal', 'durapay')"
+            )
         finally:
             await connection.close()
         assert len(verifiers) == 2
@@ -883,8 +1026,14 @@ async def test_postgres_init_gives_each_tenant_its_own_databases() -> None:
 
         # Run again (a volume that is not empty never runs it, but a mistake must not pass
         # silently): the roles exist, so it fails loudly.
-        again = subprocess.run(["sh", str(DEPLOY / "postgres-init" / "10-roles.sh")], env=env,
-                               capture_output=True, text=True, timeout=60, check=False)
+        again = subprocess.run(
+            ["sh", str(DEPLOY / "postgres-init" / "10-roles.sh")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert again.returncode != 0 and "already exists" in again.stderr
     finally:
         stop_process(server)

@@ -27,12 +27,24 @@ EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # http:, https:, m
 # documents that live outside it, and tracker numbers.
 FORBIDDEN = {
     "a document outside the repository": re.compile(
-        "|".join(re.escape(part) for part in ("shared/" + "API.md", "STACK-" + "NOTES",
-                                              "API" + ".md"))),
+        "|".join(
+            re.escape(part) for part in ("shared/" + "API.md", "STACK-" + "NOTES", "API" + ".md")
+        )
+    ),
     "an issue number": re.compile(r"\bissue" + r"s?\s*#?\d+", re.IGNORECASE),
 }
-SKIPPED_DIRS = frozenset({".git", ".venv", ".durapay", "__pycache__", "durapay.egg-info",
-                          ".pytest_cache", ".ruff_cache", "node_modules"})
+SKIPPED_DIRS = frozenset(
+    {
+        ".git",
+        ".venv",
+        ".durapay",
+        "__pycache__",
+        "durapay.egg-info",
+        ".pytest_cache",
+        ".ruff_cache",
+        "node_modules",
+    }
+)
 MAX_SCANNED_BYTES = 2_000_000
 
 
@@ -126,8 +138,10 @@ def test_configuration_page_documents_every_setting() -> None:
 def test_link_checker_finds_a_broken_link(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     (tmp_path / "other.md").write_text("# Other page\n\n## A section\n")
-    page.write_text("[ok](other.md#a-section) [gone](missing.md) [bad](other.md#nowhere) "
-                    "`[in code](ignored.md)` [web](https://example.com)\n")
+    page.write_text(
+        "[ok](other.md#a-section) [gone](missing.md) [bad](other.md#nowhere) "
+        "`[in code](ignored.md)` [web](https://example.com)\n"
+    )
     targets = list(relative_links(page))
     assert targets == ["other.md#a-section", "missing.md", "other.md#nowhere"]
     assert anchors_of(tmp_path / "other.md") == {"other-page", "a-section"}

@@ -44,16 +44,38 @@ def _insert(relation_id: int, values: list[str | None]) -> bytes:
 
 def test_rows_are_decoded_with_their_columns_types() -> None:
     decoder = Decoder()
-    decoder.decode(_relation(4000000000, [("seq", INT8), ("id", 1043), ("data", JSONB),
-                                          ("created_at", TIMESTAMPTZ), ("merchant_id", 1043)]))
-    change = decoder.decode(_insert(4000000000, [
-        "7", "evt_1", '{"status": "succeeded", "amountInCents": 2499}',
-        "2026-11-26 02:04:23.798123+00", None]))
+    decoder.decode(
+        _relation(
+            4000000000,
+            [
+                ("seq", INT8),
+                ("id", 1043),
+                ("data", JSONB),
+                ("created_at", TIMESTAMPTZ),
+                ("merchant_id", 1043),
+            ],
+        )
+    )
+    change = decoder.decode(
+        _insert(
+            4000000000,
+            [
+                "7",
+                "evt_1",
+                '{"status": "succeeded", "amountInCents": 2499}',
+                "2026-11-26 02:04:23.798123+00",
+                None,
+            ],
+        )
+    )
     assert isinstance(change, RowChange) and change.kind == "insert"
     assert change.new == {
-        "seq": 7, "id": "evt_1", "data": {"status": "succeeded", "amountInCents": 2499},
+        "seq": 7,
+        "id": "evt_1",
+        "data": {"status": "succeeded", "amountInCents": 2499},
         "created_at": datetime(2026, 11, 26, 2, 4, 23, 798123, tzinfo=UTC),
-        "merchant_id": None}
+        "merchant_id": None,
+    }
 
 
 def test_a_row_before_its_relation_or_a_short_message_is_an_error() -> None:
@@ -76,8 +98,7 @@ def test_a_torn_last_line_is_cut_when_the_file_sink_opens(tmp_path: Path) -> Non
     sink = FileSink(path)
     asyncio.run(sink.send([{"id": "evt_2"}]))
     asyncio.run(sink.close())
-    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == [
-        "evt_1", "evt_2"]
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["evt_1", "evt_2"]
 
 
 class _Producer:
@@ -122,16 +143,42 @@ def _commit(commit_lsn: int, end_lsn: int) -> bytes:
     return b"C" + struct.pack("!bQQq", 0, commit_lsn, end_lsn, 0)
 
 
-_EVENT_COLUMNS = [("seq", INT8), ("id", 1043), ("type", 1043), ("merchant_id", 1043),
-                  ("payment_intent_id", 1043), ("transaction_id", 1043), ("intent_seq", INT8),
-                  ("chain", 1043), ("chain_seq", INT8), ("prev_hash", 1043), ("hash", 1043),
-                  ("data", JSONB), ("created_at", TIMESTAMPTZ)]
+_EVENT_COLUMNS = [
+    ("seq", INT8),
+    ("id", 1043),
+    ("type", 1043),
+    ("merchant_id", 1043),
+    ("payment_intent_id", 1043),
+    ("transaction_id", 1043),
+    ("intent_seq", INT8),
+    ("chain", 1043),
+    ("chain_seq", INT8),
+    ("prev_hash", 1043),
+    ("hash", 1043),
+    ("data", JSONB),
+    ("created_at", TIMESTAMPTZ),
+]
 
 
 def _event_insert(seq: int) -> bytes:
-    return _insert(1, [str(seq), f"evt_{seq}", "payment.created", "mer_1", "pi_1", None, "1",
-                       "merchant:mer_1", str(seq), "0" * 64, "f" * 64, "{}",
-                       "2026-11-26 02:04:23.798123+00"])
+    return _insert(
+        1,
+        [
+            str(seq),
+            f"evt_{seq}",
+            "payment.created",
+            "mer_1",
+            "pi_1",
+            None,
+            "1",
+            "merchant:mer_1",
+            str(seq),
+            "0" * 64,
+            "f" * 64,
+            "{}",
+            "2026-11-26 02:04:23.798123+00",
+        ],
+    )
 
 
 def _wal(*messages: bytes) -> list[tuple[int, bytes]]:
@@ -142,30 +189,45 @@ def test_streamed_events_carry_their_commits_end_and_their_place_in_it_as_cursor
     # No database or sink: only the parsing of the stream is under test.
     stream = EventStream(None, None, slot="s")  # type: ignore[arg-type]
     # A higher seq committed first: the cursor follows the commits, not seq.
-    transactions = stream._transactions(_wal(
-        _begin(0x16B3700), _event_insert(9), _event_insert(10), _commit(0x16B3700, 0x16B3748),
-        _begin(0x1_00000010), _event_insert(8), _commit(0x1_00000010, 0x1_00000040)))
+    transactions = stream._transactions(
+        _wal(
+            _begin(0x16B3700),
+            _event_insert(9),
+            _event_insert(10),
+            _commit(0x16B3700, 0x16B3748),
+            _begin(0x1_00000010),
+            _event_insert(8),
+            _commit(0x1_00000010, 0x1_00000040),
+        )
+    )
     events = [e for t in transactions for e in t.events]
     assert [(e["seq"], e["cursor"], e["commitLsn"]) for e in events] == [
-        (9, "0/16B3748:0", "0/16B3700"), (10, "0/16B3748:1", "0/16B3700"),
-        (8, "1/40:0", "1/10")]
+        (9, "0/16B3748:0", "0/16B3700"),
+        (10, "0/16B3748:1", "0/16B3700"),
+        (8, "1/40:0", "1/10"),
+    ]
     assert [parse_cursor(e["cursor"]) for e in events] == sorted(
-        parse_cursor(e["cursor"]) for e in events)
+        parse_cursor(e["cursor"]) for e in events
+    )
 
 
 def test_events_at_or_before_the_resume_cursor_are_not_delivered() -> None:
     # No database or sink: only the parsing of the stream is under test.
-    stream = EventStream(None, None, slot="s",  # type: ignore[arg-type]
-                         after=parse_cursor("0/16B3748:0"))
-    [transaction] = stream._transactions(_wal(
-        _begin(0x16B3700), _event_insert(9), _event_insert(10), _commit(0x16B3700, 0x16B3748)))
+    stream = EventStream(
+        None,
+        None,  # type: ignore[arg-type]
+        slot="s",
+        after=parse_cursor("0/16B3748:0"),
+    )
+    [transaction] = stream._transactions(
+        _wal(_begin(0x16B3700), _event_insert(9), _event_insert(10), _commit(0x16B3700, 0x16B3748))
+    )
     assert [e["cursor"] for e in transaction.events] == ["0/16B3748:1"]
     assert transaction.end_lsn == 0x16B3748  # the slot still moves past the whole commit
 
 
 def test_cursors_parse_back_and_compare_in_commit_order() -> None:
-    assert parse_cursor(format_cursor(lsn_to_int("A/16B3748"), 12)) == (
-        (0xA << 32) + 0x16B3748, 12)
+    assert parse_cursor(format_cursor(lsn_to_int("A/16B3748"), 12)) == ((0xA << 32) + 0x16B3748, 12)
     assert parse_cursor("0/16B3748:3") < parse_cursor("0/16B3748:10") < parse_cursor("1/0:0")
     for bad in ("", "16B3748:3", "0/16B3748", "0/16B3748:-1", "0/xyz:1", "1:2:3"):
         with pytest.raises(ValueError, match="cursor"):
@@ -173,12 +235,32 @@ def test_cursors_parse_back_and_compare_in_commit_order() -> None:
 
 
 def test_a_copied_row_reads_as_the_decoded_one() -> None:
-    copied = row_from_json({"seq": 7, "created_at": "2026-11-26T02:04:23.798123+00:00",
-                            "data": {"a": 1}})
+    copied = row_from_json(
+        {"seq": 7, "created_at": "2026-11-26T02:04:23.798123+00:00", "data": {"a": 1}}
+    )
     assert copied["created_at"] == datetime(2026, 11, 26, 2, 4, 23, 798123, tzinfo=UTC)
-    message = event_message({**copied, **{k: None for k in (
-        "id", "type", "merchant_id", "payment_intent_id", "transaction_id", "intent_seq",
-        "chain", "chain_seq", "prev_hash", "hash")}}, source="snapshot", cursor="0/10:0")
+    message = event_message(
+        {
+            **copied,
+            **{
+                k: None
+                for k in (
+                    "id",
+                    "type",
+                    "merchant_id",
+                    "payment_intent_id",
+                    "transaction_id",
+                    "intent_seq",
+                    "chain",
+                    "chain_seq",
+                    "prev_hash",
+                    "hash",
+                )
+            },
+        },
+        source="snapshot",
+        cursor="0/10:0",
+    )
     assert message["createdAt"] == "2026-11-26T02:04:23.798123Z"
     assert (message["cursor"], message["commitLsn"]) == ("0/10:0", None)
 

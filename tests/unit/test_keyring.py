@@ -125,8 +125,7 @@ def _local_settings(home: Path) -> Settings:
     return Settings(home=home, master_key=None, retired_master_keys="")
 
 
-def test_a_ring_read_from_files_follows_a_rotation_made_by_another_process(
-        tmp_path: Path) -> None:
+def test_a_ring_read_from_files_follows_a_rotation_made_by_another_process(tmp_path: Path) -> None:
     running = _local_settings(tmp_path)  # a process started before the rotation
     vault = Cipher(running.resolved_key_ring(), Purpose.VAULT)
     before = vault.encrypt(PAN, context="card_1")
@@ -135,7 +134,8 @@ def test_a_ring_read_from_files_follows_a_rotation_made_by_another_process(
     rotating = _local_settings(tmp_path)  # `durapay keys rotate`, in another process
     rotating.key_files().rotate(NEW)
     rewritten = Cipher(rotating.resolved_key_ring(), Purpose.VAULT).reencrypted(
-        before, context="card_1")
+        before, context="card_1"
+    )
     assert rewritten is not None
 
     # The running process meets a key id it does not know: it reads the files again.
@@ -147,8 +147,7 @@ def test_a_ring_read_from_files_follows_a_rotation_made_by_another_process(
     assert vault.is_current(vault.encrypt(PAN, context="card_2"))
 
 
-def test_a_running_process_writes_under_the_new_key_once_the_files_change(
-        tmp_path: Path) -> None:
+def test_a_running_process_writes_under_the_new_key_once_the_files_change(tmp_path: Path) -> None:
     running = _local_settings(tmp_path)
     secrets = Cipher(running.resolved_key_ring(), Purpose.MERCHANT_SECRETS)
     secrets.encrypt(b"sk_test_1", context="pk_test_1")
@@ -167,16 +166,17 @@ def test_unreadable_key_files_keep_the_keys_already_loaded(tmp_path: Path) -> No
     assert vault.is_current(vault.encrypt(PAN, context="card_2"))
 
 
-def test_retired_keys_come_from_the_setting_and_errors_never_quote_them(
-        tmp_path: Path) -> None:
-    configured = Settings(home=tmp_path, master_key=encode_key(NEW),
-                          retired_master_keys=f" {encode_key(OLD)} ,\n")
+def test_retired_keys_come_from_the_setting_and_errors_never_quote_them(tmp_path: Path) -> None:
+    configured = Settings(
+        home=tmp_path, master_key=encode_key(NEW), retired_master_keys=f" {encode_key(OLD)} ,\n"
+    )
     keys = configured.resolved_key_ring()
     assert [k.key_id for k in keys.keys] == [MasterKey(NEW).key_id, MasterKey(OLD).key_id]
     assert not (tmp_path / "retired-master-keys").exists()  # the operator holds the keys
     short = base64.b64encode(b"s3cr3t-but-short").decode()
-    broken = Settings(home=tmp_path, master_key=encode_key(NEW),
-                      retired_master_keys=f"{encode_key(OLD)},{short}")
+    broken = Settings(
+        home=tmp_path, master_key=encode_key(NEW), retired_master_keys=f"{encode_key(OLD)},{short}"
+    )
     with pytest.raises(InvalidMasterKey, match="DURAPAY_RETIRED_MASTER_KEYS") as refused:
         broken.resolved_key_ring()
     assert short not in str(refused.value) and "key 2 of 2" in str(refused.value)
@@ -204,7 +204,8 @@ async def test_the_payload_codec_follows_its_ring_across_a_rotation(tmp_path: Pa
 
 
 def test_a_running_ring_stops_decrypting_with_a_dropped_key_within_the_bound(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """`durapay keys drop` rewrites the files while processes run: a ring that holds the key
     (it knows its id, so meeting it never reloads) re-checks the files within the bound."""
     now = [0.0]

@@ -13,21 +13,42 @@ from tests.ledger_audit import (
     webhook_findings,
 )
 
-INTENT = {"id": "pi_1", "status": "partially_refunded", "capture_method": "automatic",
-          "amount_in_cents": 1000, "amount_received": 1000, "amount_refunded": 300}
+INTENT = {
+    "id": "pi_1",
+    "status": "partially_refunded",
+    "capture_method": "automatic",
+    "amount_in_cents": 1000,
+    "amount_received": 1000,
+    "amount_refunded": 300,
+}
 
 
-def _txn(txn_id: str, kind: str, amount: int, parent: str | None = None,
-         status: str = "succeeded") -> dict[str, Any]:
-    return {"id": txn_id, "payment_intent_id": "pi_1", "type": kind, "amount_in_cents": amount,
-            "status": status, "network_reference": txn_id, "reconciled": False,
-            "card_last4": None, "parent_reference": parent}
+def _txn(
+    txn_id: str, kind: str, amount: int, parent: str | None = None, status: str = "succeeded"
+) -> dict[str, Any]:
+    return {
+        "id": txn_id,
+        "payment_intent_id": "pi_1",
+        "type": kind,
+        "amount_in_cents": amount,
+        "status": status,
+        "network_reference": txn_id,
+        "reconciled": False,
+        "card_last4": None,
+        "parent_reference": parent,
+    }
 
 
-def _entry(reference: str, kind: str, amount: int, parent: str | None = None,
-           status: str = "approved") -> dict[str, Any]:
-    return {"reference": reference, "type": kind, "status": status, "amountInCents": amount,
-            "parentReference": parent}
+def _entry(
+    reference: str, kind: str, amount: int, parent: str | None = None, status: str = "approved"
+) -> dict[str, Any]:
+    return {
+        "reference": reference,
+        "type": kind,
+        "status": status,
+        "amountInCents": amount,
+        "parentReference": parent,
+    }
 
 
 CHARGE = _txn("txn_charge", "charge", 1000)
@@ -46,18 +67,20 @@ def test_a_refund_under_a_reference_we_do_not_hold_is_an_orphan() -> None:
     ledger = [*LEDGER, _entry("txn_unknown", "refund", 100, "txn_charge")]
     found = child_operation_findings([CHARGE, REFUND], ledger)
     assert found["orphan_captures_and_refunds"] == [
-        "refund txn_unknown (approved) of parent txn_charge is no transaction of ours"]
+        "refund txn_unknown (approved) of parent txn_charge is no transaction of ours"
+    ]
 
 
 def test_a_capture_naming_another_parent_than_ours_is_an_orphan() -> None:
     authorize = _txn("txn_auth", "authorize", 1000)
     capture = _txn("txn_capture", "capture", 1000, parent="txn_auth")
-    ledger = [_entry("txn_auth", "authorize", 1000),
-              _entry("txn_capture", "capture", 1000, "txn_other")]
+    ledger = [
+        _entry("txn_auth", "authorize", 1000),
+        _entry("txn_capture", "capture", 1000, "txn_other"),
+    ]
     found = child_operation_findings([authorize, capture], ledger)
     assert len(found["orphan_captures_and_refunds"]) == 1
-    assert "names parent txn_other there, txn_auth here" in found[
-        "orphan_captures_and_refunds"][0]
+    assert "names parent txn_other there, txn_auth here" in found["orphan_captures_and_refunds"][0]
 
 
 def test_one_refund_approved_twice_is_a_duplicate() -> None:
@@ -80,28 +103,35 @@ def test_a_declined_refund_at_the_network_is_no_duplicate() -> None:
 
 
 def test_every_event_delivered_once_counts_nothing() -> None:
-    found = webhook_findings(["evt_1", "evt_2"], [("evt_1", "succeeded"), ("evt_2", "succeeded")],
-                             ["evt_1", "evt_2", "evt_2"])  # evt_2's send retried: one message
+    found = webhook_findings(
+        ["evt_1", "evt_2"],
+        [("evt_1", "succeeded"), ("evt_2", "succeeded")],
+        ["evt_1", "evt_2", "evt_2"],
+    )  # evt_2's send retried: one message
     assert found == {"undelivered_webhooks": [], "duplicate_webhook_deliveries": []}
 
 
 def test_an_event_never_received_is_undelivered() -> None:
-    found = webhook_findings(["evt_1", "evt_2"], [("evt_1", "succeeded"), ("evt_2", "pending")],
-                             ["evt_1"])
-    assert found["undelivered_webhooks"] == [
-        "evt_2 not received, its delivery not succeeded"]
+    found = webhook_findings(
+        ["evt_1", "evt_2"], [("evt_1", "succeeded"), ("evt_2", "pending")], ["evt_1"]
+    )
+    assert found["undelivered_webhooks"] == ["evt_2 not received, its delivery not succeeded"]
 
 
 def test_an_event_planned_twice_or_received_unknown_is_a_duplicate_delivery() -> None:
-    found = webhook_findings(["evt_1"], [("evt_1", "succeeded"), ("evt_1", "succeeded")],
-                             ["evt_1", "evt_9"])
+    found = webhook_findings(
+        ["evt_1"], [("evt_1", "succeeded"), ("evt_1", "succeeded")], ["evt_1", "evt_9"]
+    )
     assert found["duplicate_webhook_deliveries"] == [
-        "evt_1 planned 2 times", "evt_9 received, no event of ours"]
+        "evt_1 planned 2 times",
+        "evt_9 received, no event of ours",
+    ]
 
 
 def test_every_event_on_the_stream_counts_nothing_even_twice() -> None:
     assert event_stream_findings(["evt_1", "evt_2"], ["evt_1", "evt_2", "evt_2"]) == {
-        "events_missing_from_stream": []}
+        "events_missing_from_stream": []
+    }
 
 
 def test_an_event_row_missing_from_the_stream_is_counted() -> None:
@@ -112,4 +142,5 @@ def test_an_event_row_missing_from_the_stream_is_counted() -> None:
 def test_a_failed_audit_verify_is_counted_with_its_last_lines() -> None:
     assert audit_verify_findings(0, "ok") == {"audit_verify_failures": []}
     assert audit_verify_findings(1, "a\nb\nchain pi_1 broken at seq 3\n") == {
-        "audit_verify_failures": ["exit 1: a | b | chain pi_1 broken at seq 3"]}
+        "audit_verify_failures": ["exit 1: a | b | chain pi_1 broken at seq 3"]
+    }

@@ -12,8 +12,9 @@ from cli.local_postgres import postgres_data_dir
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the layout as root")
 
 
-def test_as_ourselves_the_data_is_inside_the_state_dir(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_as_ourselves_the_data_is_inside_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert postgres_data_dir(tmp_path / "home") == tmp_path / "home" / "postgres"
 

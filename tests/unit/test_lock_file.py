@@ -57,25 +57,31 @@ def extra_requirements(requirement: Requirement) -> list[Requirement]:
         if dependency.marker is None:
             continue
         environment = cast(dict[str, str], default_environment())
-        if any(dependency.marker.evaluate({**environment, "extra": extra})
-               for extra in requirement.extras):
+        if any(
+            dependency.marker.evaluate({**environment, "extra": extra})
+            for extra in requirement.extras
+        ):
             added.append(dependency)
     return added
 
 
-@pytest.mark.parametrize(("lock", "requirements"), [
-    ("requirements-dev.lock", RUNTIME + LOCAL + DEV),
-    ("requirements.lock", RUNTIME),
-], ids=["dev", "runtime"])
-def test_every_dependency_is_pinned_with_hashes(
-        lock: str, requirements: list[Requirement]) -> None:
+@pytest.mark.parametrize(
+    ("lock", "requirements"),
+    [
+        ("requirements-dev.lock", RUNTIME + LOCAL + DEV),
+        ("requirements.lock", RUNTIME),
+    ],
+    ids=["dev", "runtime"],
+)
+def test_every_dependency_is_pinned_with_hashes(lock: str, requirements: list[Requirement]) -> None:
     pins = read_lock(lock)
     for requirement in requirements + [r for q in requirements for r in extra_requirements(q)]:
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{requirement} is not in {lock}: run make lock"
         version, _ = pins[name]
         assert requirement.specifier.contains(version, prereleases=True), (
-            f"{lock} pins {name}=={version}, outside {requirement}: run make lock")
+            f"{lock} pins {name}=={version}, outside {requirement}: run make lock"
+        )
 
 
 def test_the_runtime_lock_leaves_out_the_local_stack_binaries() -> None:
@@ -95,8 +101,11 @@ def test_every_install_goes_through_a_lock_with_hashes() -> None:
     assert stamp_rule, "the Makefile has no $(STAMP) rule"
     assert "$(LOCK)" in stamp_rule[1], "the install stamp must depend on the lock file"
     assert re.search(r"^LOCK := requirements-dev\.lock$", makefile, re.M)
-    installs = [line for line in stamp_rule[2].splitlines() if "pip install" in line
-                and "--upgrade pip" not in line]
+    installs = [
+        line
+        for line in stamp_rule[2].splitlines()
+        if "pip install" in line and "--upgrade pip" not in line
+    ]
     assert installs == [
         "\t$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)",
         "\t$(BIN)/python -m pip install --quiet --no-deps -e .",
@@ -104,11 +113,15 @@ def test_every_install_goes_through_a_lock_with_hashes() -> None:
     assert re.search(r"^lock:", makefile, re.M), "no `make lock` to update the lock files"
     # The image: the runtime lock with hashes, then Durapay alone (built as a wheel in the
     # builder stage, installed without dependencies in the runtime stage).
-    dockerfile = "\n".join(line for line in (ROOT / "Dockerfile").read_text().splitlines()
-                           if not line.lstrip().startswith("#"))
+    dockerfile = "\n".join(
+        line
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    )
     dockerfile = re.sub(r"\s*\\\n\s*", " ", dockerfile)  # continuation lines joined
-    assert [line for line in dockerfile.splitlines()
-            if re.search(r"\bpip (install|wheel)\b", line)] == [
+    assert [
+        line for line in dockerfile.splitlines() if re.search(r"\bpip (install|wheel)\b", line)
+    ] == [
         "RUN pip install --no-cache-dir --require-hashes -r requirements.lock",
         "RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .",
         "RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels "

@@ -27,10 +27,12 @@ from core.logs import (
 RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
-def _record(message: str = "hello %s", *args: Any, level: int = logging.INFO,
-            **extra: Any) -> logging.LogRecord:
-    record = logging.LogRecord("durapay.test", level, __file__, 1, message, args or ("world",),
-                               None)
+def _record(
+    message: str = "hello %s", *args: Any, level: int = logging.INFO, **extra: Any
+) -> logging.LogRecord:
+    record = logging.LogRecord(
+        "durapay.test", level, __file__, 1, message, args or ("world",), None
+    )
     record.__dict__.update(extra)
     return record
 
@@ -44,19 +46,28 @@ def _line(record: logging.LogRecord, service: str = "worker") -> dict[str, Any]:
 def test_a_line_has_time_level_logger_message_and_service() -> None:
     line = _line(_record(level=logging.WARNING))
     assert RFC3339_UTC.fullmatch(line.pop("time"))
-    assert line == {"level": "WARNING", "logger": "durapay.test", "message": "hello world",
-                    "service": "worker"}
+    assert line == {
+        "level": "WARNING",
+        "logger": "durapay.test",
+        "message": "hello world",
+        "service": "worker",
+    }
 
 
 def test_the_request_context_adds_its_ids() -> None:
-    token = request_context.set(RequestContext("req_abc", merchant_id="mer_1",
-                                               payment_intent_id="pi_2", trace_id="0af7"))
+    token = request_context.set(
+        RequestContext("req_abc", merchant_id="mer_1", payment_intent_id="pi_2", trace_id="0af7")
+    )
     try:
         line = _line(_record())
     finally:
         request_context.reset(token)
-    assert (line["requestId"], line["merchantId"], line["paymentIntentId"], line["traceId"]) == \
-        ("req_abc", "mer_1", "pi_2", "0af7")
+    assert (line["requestId"], line["merchantId"], line["paymentIntentId"], line["traceId"]) == (
+        "req_abc",
+        "mer_1",
+        "pi_2",
+        "0af7",
+    )
     assert "requestId" not in _line(_record())  # outside a request: no ids
 
 
@@ -78,8 +89,13 @@ def test_an_exception_is_one_string_field() -> None:
 
 
 def test_only_named_fields_are_written_never_other_extras() -> None:
-    line = _line(_record(fields={"status": 200}, authorization="Bearer sk_secret",
-                         body='{"number": "4242424242424242"}'))
+    line = _line(
+        _record(
+            fields={"status": 200},
+            authorization="Bearer sk_secret",
+            body='{"number": "4242424242424242"}',
+        )
+    )
     assert line["status"] == 200
     assert "sk_secret" not in json.dumps(line) and "4242" not in json.dumps(line)
 
@@ -100,19 +116,25 @@ async def test_inside_an_activity_any_logger_gets_the_workflow_and_activity() ->
         return _line(_record())
 
     environment = ActivityEnvironment()
-    environment.info = dataclasses.replace(environment.info, workflow_id="pi_9",
-                                           activity_type="record_transition")
+    environment.info = dataclasses.replace(
+        environment.info, workflow_id="pi_9", activity_type="record_transition"
+    )
     line = await environment.run(an_activity)
-    assert (line["workflowId"], line["paymentIntentId"], line["activity"]) == \
-        ("pi_9", "pi_9", "record_transition")
+    assert (line["workflowId"], line["paymentIntentId"], line["activity"]) == (
+        "pi_9",
+        "pi_9",
+        "record_transition",
+    )
 
 
 @pytest.fixture
 def clean_root() -> Iterator[logging.Logger]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    uvicorn = {name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
-               for name in UVICORN_LOGGERS}
+    uvicorn = {
+        name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
+        for name in UVICORN_LOGGERS
+    }
     # An app built earlier in this process (a tests/api test in the same xdist worker) left
     # warnings captured: configure_logging would then keep the `showwarning` it found, this
     # test's own recorder from pytest rather than logging's.
@@ -127,7 +149,8 @@ def clean_root() -> Iterator[logging.Logger]:
 
 
 def test_configure_logging_twice_keeps_one_json_handler_and_routes_uvicorn(
-        clean_root: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
+    clean_root: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     logging.getLogger("uvicorn.error").addHandler(logging.StreamHandler(io.StringIO()))
     logging.getLogger("uvicorn.error").propagate = False
     configure_logging("api")
@@ -140,12 +163,14 @@ def test_configure_logging_twice_keeps_one_json_handler_and_routes_uvicorn(
     logging.getLogger("uvicorn.error").warning("Started server process [%d]", 42)
     [text] = stderr.getvalue().splitlines()
     line = json.loads(text)
-    assert (line["logger"], line["message"], line["service"]) == \
-        ("uvicorn.error", "Started server process [42]", "api")
+    assert (line["logger"], line["message"], line["service"]) == (
+        "uvicorn.error",
+        "Started server process [42]",
+        "api",
+    )
 
 
-def test_configure_logging_keeps_a_switched_off_access_log_off(
-        clean_root: logging.Logger) -> None:
+def test_configure_logging_keeps_a_switched_off_access_log_off(clean_root: logging.Logger) -> None:
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False  # what uvicorn's `--no-access-log` does
@@ -153,8 +178,9 @@ def test_configure_logging_keeps_a_switched_off_access_log_off(
     assert not access.hasHandlers()
 
 
-def test_python_warnings_become_json_lines(clean_root: logging.Logger,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_warnings_become_json_lines(
+    clean_root: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
     configure_logging("worker")
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)

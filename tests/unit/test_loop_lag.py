@@ -12,8 +12,9 @@ from core.loop_lag import watch_loop_lag
 
 def _histogram() -> tuple[Histogram, CollectorRegistry]:
     registry = CollectorRegistry()
-    return Histogram("lag_seconds", "lag", buckets=(0.01, 0.1, 0.2, 1.0),
-                     registry=registry), registry
+    return Histogram(
+        "lag_seconds", "lag", buckets=(0.01, 0.1, 0.2, 1.0), registry=registry
+    ), registry
 
 
 def _count_above(registry: CollectorRegistry, bound: str) -> float:

@@ -44,14 +44,16 @@ def _shapes() -> Shapes:
     return shapes
 
 
-CHARGE = ChargeInput("card_1", CardSummary("visa", "4242", 12, 2030),
-                     Address("pi_1", "confirm_charge", "charge:key"))
-RESULT = OperationResult(IntentStatus.SUCCEEDED, RecordedTransaction(
-    "txn_1", "capture", "succeeded", 2499, created_at=1.5))
+CHARGE = ChargeInput(
+    "card_1", CardSummary("visa", "4242", 12, 2030), Address("pi_1", "confirm_charge", "charge:key")
+)
+RESULT = OperationResult(
+    IntentStatus.SUCCEEDED,
+    RecordedTransaction("txn_1", "capture", "succeeded", 2499, created_at=1.5),
+)
 
 
-@pytest.mark.parametrize("value", [CHARGE, RESULT, _shapes(),
-                                   Shapes([], {}, Leaf(9), default=8)])
+@pytest.mark.parametrize("value", [CHARGE, RESULT, _shapes(), Shapes([], {}, Leaf(9), default=8)])
 def test_decodes_what_the_sdk_decodes(value: Any) -> None:
     payload = SDK.to_payload(value)
     assert payload is not None

@@ -25,8 +25,9 @@ S = IntentStatus
 # Distinct, small numbers so every computed deadline is recognisable.
 AUTH_EXPIRY = 1_000.0
 REFUND_WINDOW = 5_000.0
-LIFECYCLE = LifecyclePolicy(authorization_expiry_seconds=AUTH_EXPIRY,
-                            refund_window_seconds=REFUND_WINDOW)
+LIFECYCLE = LifecyclePolicy(
+    authorization_expiry_seconds=AUTH_EXPIRY, refund_window_seconds=REFUND_WINDOW
+)
 ALL_STATUSES = list(IntentStatus)
 
 
@@ -36,26 +37,50 @@ def fresh(capture_method: CaptureMethod = CaptureMethod.MANUAL) -> PaymentState:
     return PaymentState(None, capture_method=capture_method, lifecycle=LIFECYCLE)
 
 
-def carried(status: IntentStatus, *, money: Money | None = None,
-            unknown: UnknownOutcome | None = None, review_open: bool = False,
-            capture_method: CaptureMethod = CaptureMethod.MANUAL) -> PaymentState:
+def carried(
+    status: IntentStatus,
+    *,
+    money: Money | None = None,
+    unknown: UnknownOutcome | None = None,
+    review_open: bool = False,
+    capture_method: CaptureMethod = CaptureMethod.MANUAL,
+) -> PaymentState:
     """A run continued as new: it knows the payment (`loaded`)."""
-    return PaymentState(CarriedState(status, unknown, money, review_open),
-                        capture_method=capture_method, lifecycle=LIFECYCLE)
+    return PaymentState(
+        CarriedState(status, unknown, money, review_open),
+        capture_method=capture_method,
+        lifecycle=LIFECYCLE,
+    )
 
 
 def authorized(capturable: int = 500, *, expires_at: float | None = 10_000.0) -> PaymentState:
-    return carried(S.REQUIRES_CAPTURE, money=Money(
-        authorization_reference="txn_auth", amount_capturable=capturable,
-        authorization_expires_at=expires_at))
+    return carried(
+        S.REQUIRES_CAPTURE,
+        money=Money(
+            authorization_reference="txn_auth",
+            amount_capturable=capturable,
+            authorization_expires_at=expires_at,
+        ),
+    )
 
 
-def paid(received: int = 1_000, refunded: int = 0, *, status: IntentStatus = S.SUCCEEDED,
-         window_ends_at: float | None = 10_000.0) -> PaymentState:
-    return carried(status, money=Money(
-        authorization_reference="txn_charge", payment_reference="txn_charge",
-        amount_received=received, amount_refunded=refunded,
-        refund_window_ends_at=window_ends_at))
+def paid(
+    received: int = 1_000,
+    refunded: int = 0,
+    *,
+    status: IntentStatus = S.SUCCEEDED,
+    window_ends_at: float | None = 10_000.0,
+) -> PaymentState:
+    return carried(
+        status,
+        money=Money(
+            authorization_reference="txn_charge",
+            payment_reference="txn_charge",
+            amount_received=received,
+            amount_refunded=refunded,
+            refund_window_ends_at=window_ends_at,
+        ),
+    )
 
 
 def unknown_outcome(transaction_id: str = "txn_unknown") -> UnknownOutcome:
@@ -66,8 +91,9 @@ def snapshot(status: str, **fields: Any) -> PaymentSnapshot:
     return PaymentSnapshot(status, **fields)
 
 
-def assert_refused(error: pytest.ExceptionInfo[ApplicationError], kind: str,
-                   message: str | None = None) -> None:
+def assert_refused(
+    error: pytest.ExceptionInfo[ApplicationError], kind: str, message: str | None = None
+) -> None:
     assert error.value.type == kind
     assert error.value.non_retryable is True
     if message is not None:
@@ -84,13 +110,15 @@ def test_refused_defaults_to_a_non_retryable_illegal_transition() -> None:
     error = refused("no")
     assert isinstance(error, ApplicationError)
     assert (error.message, error.type, error.non_retryable) == (
-        "no", ErrorType.ILLEGAL_TRANSITION, True)
+        "no",
+        ErrorType.ILLEGAL_TRANSITION,
+        True,
+    )
 
 
 def test_refused_takes_its_kind() -> None:
     error = refused("too much", ErrorType.AMOUNT_INVALID)
-    assert (error.message, error.type, error.non_retryable) == (
-        "too much", "AmountInvalid", True)
+    assert (error.message, error.type, error.non_retryable) == ("too much", "AmountInvalid", True)
 
 
 # ---- construction ------------------------------------------------------------------------------
@@ -157,12 +185,14 @@ def test_check_charge_passes_where_a_charge_may_start(status: IntentStatus) -> N
 
 
 @pytest.mark.parametrize("status", [s for s in ALL_STATUSES if s not in (S.CREATED, S.FAILED)])
-def test_check_charge_refuses_a_loaded_status_that_cannot_be_charged(
-        status: IntentStatus) -> None:
+def test_check_charge_refuses_a_loaded_status_that_cannot_be_charged(status: IntentStatus) -> None:
     with pytest.raises(ApplicationError) as error:
         carried(status).check_charge()
-    assert_refused(error, ErrorType.ILLEGAL_TRANSITION,
-                   f"cannot charge a payment intent in status {status.value}")
+    assert_refused(
+        error,
+        ErrorType.ILLEGAL_TRANSITION,
+        f"cannot charge a payment intent in status {status.value}",
+    )
 
 
 def test_check_charge_does_not_check_the_status_when_not_loaded() -> None:
@@ -181,8 +211,9 @@ def test_check_capture_passes_up_to_the_amount_authorized(amount: int | None) ->
 def test_check_capture_refuses_more_than_authorized(amount: int) -> None:
     with pytest.raises(ApplicationError) as error:
         authorized(500).check_capture(amount)
-    assert_refused(error, ErrorType.AMOUNT_INVALID,
-                   f"amount {amount} is more than the 500 authorized")
+    assert_refused(
+        error, ErrorType.AMOUNT_INVALID, f"amount {amount} is more than the 500 authorized"
+    )
 
 
 @pytest.mark.parametrize("amount", [0, -1])
@@ -205,12 +236,14 @@ def test_check_capture_does_not_check_the_status_when_not_loaded() -> None:
 
 
 @pytest.mark.parametrize("status", [s for s in ALL_STATUSES if s is not S.REQUIRES_CAPTURE])
-def test_check_capture_refuses_a_loaded_status_without_authorization(
-        status: IntentStatus) -> None:
+def test_check_capture_refuses_a_loaded_status_without_authorization(status: IntentStatus) -> None:
     with pytest.raises(ApplicationError) as error:
         carried(status).check_capture(None)
-    assert_refused(error, ErrorType.ILLEGAL_TRANSITION,
-                   f"cannot capture a payment intent in status {status.value}")
+    assert_refused(
+        error,
+        ErrorType.ILLEGAL_TRANSITION,
+        f"cannot capture a payment intent in status {status.value}",
+    )
 
 
 def test_check_capture_checks_the_status_before_the_amount() -> None:
@@ -225,8 +258,7 @@ def test_check_capture_refuses_while_an_outcome_is_unknown() -> None:
     state.unknown = unknown_outcome()
     with pytest.raises(ApplicationError) as error:
         state.check_capture(100)
-    assert_refused(error, ErrorType.ATTEMPT_IN_FLIGHT,
-                   "an operation on this payment is in flight")
+    assert_refused(error, ErrorType.ATTEMPT_IN_FLIGHT, "an operation on this payment is in flight")
 
 
 def test_check_capture_refuses_while_charging() -> None:
@@ -234,8 +266,7 @@ def test_check_capture_refuses_while_charging() -> None:
     state.charging = True
     with pytest.raises(ApplicationError) as error:
         state.check_capture(None)
-    assert_refused(error, ErrorType.ATTEMPT_IN_FLIGHT,
-                   "an operation on this payment is in flight")
+    assert_refused(error, ErrorType.ATTEMPT_IN_FLIGHT, "an operation on this payment is in flight")
 
 
 # ---- check_cancel ------------------------------------------------------------------------------
@@ -245,13 +276,16 @@ def test_check_cancel_passes_where_a_cancel_is_legal(status: IntentStatus) -> No
 
 
 @pytest.mark.parametrize(
-    "status", [S.PROCESSING, S.SUCCEEDED, S.CANCELED, S.PARTIALLY_REFUNDED, S.REFUNDED])
-def test_check_cancel_refuses_a_loaded_status_that_cannot_be_canceled(
-        status: IntentStatus) -> None:
+    "status", [S.PROCESSING, S.SUCCEEDED, S.CANCELED, S.PARTIALLY_REFUNDED, S.REFUNDED]
+)
+def test_check_cancel_refuses_a_loaded_status_that_cannot_be_canceled(status: IntentStatus) -> None:
     with pytest.raises(ApplicationError) as error:
         carried(status).check_cancel()
-    assert_refused(error, ErrorType.ILLEGAL_TRANSITION,
-                   f"cannot cancel a payment intent in status {status.value}")
+    assert_refused(
+        error,
+        ErrorType.ILLEGAL_TRANSITION,
+        f"cannot cancel a payment intent in status {status.value}",
+    )
 
 
 def test_check_cancel_does_not_check_the_status_when_not_loaded() -> None:
@@ -286,8 +320,9 @@ def test_check_refund_passes_up_to_what_is_left(amount: int | None) -> None:
 def test_check_refund_refuses_more_than_is_left(amount: int) -> None:
     with pytest.raises(ApplicationError) as error:
         paid(1_000, 300, status=S.PARTIALLY_REFUNDED).check_refund(amount, now=0.0)
-    assert_refused(error, ErrorType.AMOUNT_INVALID,
-                   f"amount {amount} is more than the 700 left to refund")
+    assert_refused(
+        error, ErrorType.AMOUNT_INVALID, f"amount {amount} is more than the 700 left to refund"
+    )
 
 
 @pytest.mark.parametrize("amount", [0, -100])
@@ -323,21 +358,27 @@ def test_check_refund_passes_a_refundable_status(status: IntentStatus) -> None:
     paid(status=status).check_refund(None, now=0.0)
 
 
-@pytest.mark.parametrize("status", [s for s in ALL_STATUSES
-                                    if s not in (S.SUCCEEDED, S.PARTIALLY_REFUNDED)])
-def test_check_refund_refuses_a_loaded_status_that_cannot_be_refunded(
-        status: IntentStatus) -> None:
+@pytest.mark.parametrize(
+    "status", [s for s in ALL_STATUSES if s not in (S.SUCCEEDED, S.PARTIALLY_REFUNDED)]
+)
+def test_check_refund_refuses_a_loaded_status_that_cannot_be_refunded(status: IntentStatus) -> None:
     with pytest.raises(ApplicationError) as error:
         paid(status=status).check_refund(None, now=0.0)
-    assert_refused(error, ErrorType.ILLEGAL_TRANSITION,
-                   f"cannot refund partial a payment intent in status {status.value}")
+    assert_refused(
+        error,
+        ErrorType.ILLEGAL_TRANSITION,
+        f"cannot refund partial a payment intent in status {status.value}",
+    )
 
 
 def test_check_refund_checks_the_status_before_the_window() -> None:
     with pytest.raises(ApplicationError) as error:
         paid(status=S.REFUNDED, window_ends_at=10.0).check_refund(None, now=20.0)
-    assert_refused(error, ErrorType.ILLEGAL_TRANSITION,
-                   "cannot refund partial a payment intent in status refunded")
+    assert_refused(
+        error,
+        ErrorType.ILLEGAL_TRANSITION,
+        "cannot refund partial a payment intent in status refunded",
+    )
 
 
 def test_check_refund_passes_everything_when_not_loaded() -> None:
@@ -352,8 +393,7 @@ def test_check_refund_refuses_while_an_outcome_is_unknown_even_when_not_loaded()
     state.unknown = unknown_outcome()
     with pytest.raises(ApplicationError) as error:
         state.check_refund(None, now=0.0)
-    assert_refused(error, ErrorType.ATTEMPT_IN_FLIGHT,
-                   "an operation on this payment is in flight")
+    assert_refused(error, ErrorType.ATTEMPT_IN_FLIGHT, "an operation on this payment is in flight")
 
 
 def test_check_refund_refuses_while_charging() -> None:
@@ -422,8 +462,7 @@ def test_move_to_a_status_without_authorization_arms_no_expiry(status: IntentSta
 
 
 @pytest.mark.parametrize("status", [S.SUCCEEDED, S.PARTIALLY_REFUNDED])
-def test_move_to_a_refundable_status_arms_the_refund_window_from_now(
-        status: IntentStatus) -> None:
+def test_move_to_a_refundable_status_arms_the_refund_window_from_now(status: IntentStatus) -> None:
     state = fresh()
     state.move_to(status, now=100.0, authorized_at=50.0)
     assert state.money.refund_window_ends_at == 100.0 + REFUND_WINDOW
@@ -436,8 +475,9 @@ def test_move_to_arms_the_refund_window_only_once() -> None:
     assert state.money.refund_window_ends_at == 5_100.0
 
 
-@pytest.mark.parametrize("status", [S.CREATED, S.PROCESSING, S.REQUIRES_CAPTURE, S.FAILED,
-                                    S.CANCELED, S.REFUNDED])
+@pytest.mark.parametrize(
+    "status", [S.CREATED, S.PROCESSING, S.REQUIRES_CAPTURE, S.FAILED, S.CANCELED, S.REFUNDED]
+)
 def test_move_to_a_status_that_cannot_be_refunded_arms_no_window(status: IntentStatus) -> None:
     state = fresh()
     state.move_to(status, now=100.0)
@@ -461,8 +501,9 @@ SUCCEEDED = TransactionStatus.SUCCEEDED.value
 def test_learn_an_automatic_charge_receives_the_money() -> None:
     state = fresh(CaptureMethod.AUTOMATIC)
     state.learn(TransactionType.CHARGE, "txn_c", 2_499, SUCCEEDED)
-    assert state.money == Money(authorization_reference="txn_c", payment_reference="txn_c",
-                                amount_received=2_499)
+    assert state.money == Money(
+        authorization_reference="txn_c", payment_reference="txn_c", amount_received=2_499
+    )
 
 
 def test_learn_a_manual_charge_holds_the_money_as_capturable() -> None:
@@ -484,8 +525,9 @@ def test_learn_a_capture_receives_the_captured_amount_and_releases_the_rest() ->
 def test_learn_a_void_releases_the_authorization() -> None:
     state = authorized(2_499)
     state.learn(TransactionType.VOID, "txn_void", 2_499, SUCCEEDED)
-    assert state.money == Money(authorization_reference="txn_auth", amount_capturable=0,
-                                authorization_expires_at=10_000.0)
+    assert state.money == Money(
+        authorization_reference="txn_auth", amount_capturable=0, authorization_expires_at=10_000.0
+    )
 
 
 def test_learn_refunds_add_up() -> None:
@@ -521,12 +563,21 @@ def test_refundable_is_received_minus_refunded() -> None:
 # ---- load --------------------------------------------------------------------------------------
 def test_load_an_authorization_takes_its_money_and_arms_its_expiry() -> None:
     state = fresh()
-    state.load(snapshot("requires_capture", amount_capturable=2_499,
-                        authorization_reference="txn_auth", authorized_at=100.0))
+    state.load(
+        snapshot(
+            "requires_capture",
+            amount_capturable=2_499,
+            authorization_reference="txn_auth",
+            authorized_at=100.0,
+        )
+    )
     assert state.loaded is True
     assert state.status is S.REQUIRES_CAPTURE
-    assert state.money == Money(authorization_reference="txn_auth", amount_capturable=2_499,
-                                authorization_expires_at=100.0 + AUTH_EXPIRY)
+    assert state.money == Money(
+        authorization_reference="txn_auth",
+        amount_capturable=2_499,
+        authorization_expires_at=100.0 + AUTH_EXPIRY,
+    )
     assert state.unknown is None
     assert state.review_open is False
     assert state.next_deadline() == 1_100.0
@@ -534,14 +585,26 @@ def test_load_an_authorization_takes_its_money_and_arms_its_expiry() -> None:
 
 def test_load_a_payment_takes_its_money_and_arms_its_refund_window() -> None:
     state = fresh()
-    state.load(snapshot("partially_refunded", amount_received=1_000, amount_refunded=250,
-                        authorization_reference="txn_auth", payment_reference="txn_cap",
-                        authorized_at=100.0, succeeded_at=200.0))
+    state.load(
+        snapshot(
+            "partially_refunded",
+            amount_received=1_000,
+            amount_refunded=250,
+            authorization_reference="txn_auth",
+            payment_reference="txn_cap",
+            authorized_at=100.0,
+            succeeded_at=200.0,
+        )
+    )
     assert state.status is S.PARTIALLY_REFUNDED
-    assert state.money == Money(authorization_reference="txn_auth", payment_reference="txn_cap",
-                                amount_received=1_000, amount_refunded=250,
-                                authorization_expires_at=None,  # no authorization held any more
-                                refund_window_ends_at=200.0 + REFUND_WINDOW)
+    assert state.money == Money(
+        authorization_reference="txn_auth",
+        payment_reference="txn_cap",
+        amount_received=1_000,
+        amount_refunded=250,
+        authorization_expires_at=None,  # no authorization held any more
+        refund_window_ends_at=200.0 + REFUND_WINDOW,
+    )
     assert state.refundable() == 750
 
 
@@ -554,8 +617,9 @@ def test_load_without_clocks_arms_no_deadline() -> None:
 
 def test_load_then_check_refund_uses_the_loaded_window() -> None:
     state = fresh()
-    state.load(snapshot("succeeded", amount_received=1_000, payment_reference="txn_c",
-                        succeeded_at=0.0))
+    state.load(
+        snapshot("succeeded", amount_received=1_000, payment_reference="txn_c", succeeded_at=0.0)
+    )
     state.check_refund(1_000, now=REFUND_WINDOW - 1)
     with pytest.raises(ApplicationError) as error:
         state.check_refund(1_000, now=REFUND_WINDOW)
@@ -565,8 +629,14 @@ def test_load_then_check_refund_uses_the_loaded_window() -> None:
 def test_load_then_check_capture_checks_status_and_amount() -> None:
     state = fresh()
     state.check_capture(5_000)  # not loaded yet: passes
-    state.load(snapshot("requires_capture", amount_capturable=2_000,
-                        authorization_reference="txn_a", authorized_at=0.0))
+    state.load(
+        snapshot(
+            "requires_capture",
+            amount_capturable=2_000,
+            authorization_reference="txn_a",
+            authorized_at=0.0,
+        )
+    )
     with pytest.raises(ApplicationError) as error:
         state.check_capture(5_000)
     assert_refused(error, ErrorType.AMOUNT_INVALID, "amount 5000 is more than the 2000 authorized")
@@ -574,21 +644,35 @@ def test_load_then_check_capture_checks_status_and_amount() -> None:
 
 def test_load_an_unsettled_operation_makes_it_unknown() -> None:
     state = fresh()
-    state.load(snapshot("succeeded", amount_received=1_000, succeeded_at=0.0,
-                        unsettled=UnsettledOperation("txn_r", TransactionType.REFUND, 250)))
-    assert state.unknown == UnknownOutcome("txn_r", operation=TransactionType.REFUND,
-                                           amount_in_cents=250, in_manual_review=False)
+    state.load(
+        snapshot(
+            "succeeded",
+            amount_received=1_000,
+            succeeded_at=0.0,
+            unsettled=UnsettledOperation("txn_r", TransactionType.REFUND, 250),
+        )
+    )
+    assert state.unknown == UnknownOutcome(
+        "txn_r", operation=TransactionType.REFUND, amount_in_cents=250, in_manual_review=False
+    )
     assert state.review_open is False
     assert state.at_rest() is False
 
 
 def test_load_an_unsettled_operation_in_manual_review() -> None:
     state = fresh()
-    state.load(snapshot("requires_capture", amount_capturable=500, authorized_at=0.0,
-                        unsettled=UnsettledOperation("txn_v", TransactionType.VOID, 500),
-                        in_manual_review=True))
-    assert state.unknown == UnknownOutcome("txn_v", operation=TransactionType.VOID,
-                                           amount_in_cents=500, in_manual_review=True)
+    state.load(
+        snapshot(
+            "requires_capture",
+            amount_capturable=500,
+            authorized_at=0.0,
+            unsettled=UnsettledOperation("txn_v", TransactionType.VOID, 500),
+            in_manual_review=True,
+        )
+    )
+    assert state.unknown == UnknownOutcome(
+        "txn_v", operation=TransactionType.VOID, amount_in_cents=500, in_manual_review=True
+    )
     assert state.review_open is True
     assert state.expiry_due(1e12) is False  # the void's outcome must be known first
 
@@ -597,14 +681,19 @@ def test_load_keeps_an_unknown_outcome_it_already_watches() -> None:
     state = fresh()
     watched = unknown_outcome("txn_watched")
     state.unknown = watched
-    state.load(snapshot("requires_capture",
-                        unsettled=UnsettledOperation("txn_other", TransactionType.CAPTURE, 1)))
+    state.load(
+        snapshot(
+            "requires_capture",
+            unsettled=UnsettledOperation("txn_other", TransactionType.CAPTURE, 1),
+        )
+    )
     assert state.unknown is watched
 
 
 def test_load_replaces_the_money_and_the_review_flag() -> None:
-    state = carried(S.CREATED, money=Money(amount_received=9, expiry_void_failures=3),
-                    review_open=True)
+    state = carried(
+        S.CREATED, money=Money(amount_received=9, expiry_void_failures=3), review_open=True
+    )
     state.load(snapshot("failed"))
     assert state.status is S.FAILED
     assert state.money == Money()
@@ -694,8 +783,9 @@ def test_expiry_void_failures_are_carried() -> None:
     state = authorized(expires_at=0.0)
     state.expiry_void_failed(now=0.0)
     state.expiry_void_failed(now=60.0)
-    following = PaymentState(state.carried(), capture_method=CaptureMethod.MANUAL,
-                             lifecycle=LIFECYCLE)
+    following = PaymentState(
+        state.carried(), capture_method=CaptureMethod.MANUAL, lifecycle=LIFECYCLE
+    )
     assert following.expiry_void_failed(now=200.0) is False
     assert following.money.expiry_void_failures == 3
     assert following.money.authorization_expires_at == 440.0
@@ -703,7 +793,8 @@ def test_expiry_void_failures_are_carried() -> None:
 
 # ---- at_rest -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "status", [S.CREATED, S.SUCCEEDED, S.FAILED, S.CANCELED, S.PARTIALLY_REFUNDED, S.REFUNDED])
+    "status", [S.CREATED, S.SUCCEEDED, S.FAILED, S.CANCELED, S.PARTIALLY_REFUNDED, S.REFUNDED]
+)
 def test_at_rest_when_nothing_is_watched(status: IntentStatus) -> None:
     assert carried(status).at_rest() is True
 
@@ -733,10 +824,15 @@ def test_carried_holds_status_unknown_money_and_review() -> None:
     state.unknown = unknown_outcome()
     state.review_open = True
     assert state.carried() == CarriedState(
-        S.REQUIRES_CAPTURE, unknown_outcome(),
-        Money(authorization_reference="txn_auth", amount_capturable=700,
-              authorization_expires_at=10_000.0),
-        True)
+        S.REQUIRES_CAPTURE,
+        unknown_outcome(),
+        Money(
+            authorization_reference="txn_auth",
+            amount_capturable=700,
+            authorization_expires_at=10_000.0,
+        ),
+        True,
+    )
 
 
 def test_carried_of_a_fresh_state() -> None:
@@ -747,18 +843,27 @@ def test_carried_round_trips_into_a_new_state() -> None:
     state = fresh(CaptureMethod.MANUAL)
     state.move_to(S.REQUIRES_CAPTURE, now=100.0, authorized_at=90.0)
     state.learn(TransactionType.CHARGE, "txn_a", 900, SUCCEEDED)
-    state.unknown = UnknownOutcome("txn_cap", waited_seconds=30.0, next_delay_seconds=16.0,
-                                   in_manual_review=True, operation=TransactionType.CAPTURE,
-                                   amount_in_cents=400)
+    state.unknown = UnknownOutcome(
+        "txn_cap",
+        waited_seconds=30.0,
+        next_delay_seconds=16.0,
+        in_manual_review=True,
+        operation=TransactionType.CAPTURE,
+        amount_in_cents=400,
+    )
     state.review_open = True
     state.charging = True
 
-    following = PaymentState(state.carried(), capture_method=CaptureMethod.MANUAL,
-                             lifecycle=LIFECYCLE)
+    following = PaymentState(
+        state.carried(), capture_method=CaptureMethod.MANUAL, lifecycle=LIFECYCLE
+    )
     assert following.loaded is True
     assert following.status is S.REQUIRES_CAPTURE
-    assert following.money == Money(authorization_reference="txn_a", amount_capturable=900,
-                                    authorization_expires_at=90.0 + AUTH_EXPIRY)
+    assert following.money == Money(
+        authorization_reference="txn_a",
+        amount_capturable=900,
+        authorization_expires_at=90.0 + AUTH_EXPIRY,
+    )
     assert following.unknown == state.unknown
     assert following.review_open is True
     assert following.charging is False  # the lock does not survive a run
@@ -767,19 +872,18 @@ def test_carried_round_trips_into_a_new_state() -> None:
 def test_carried_round_trips_through_the_default_data_converter() -> None:
     """Continue-as-new serializes it as JSON: enums and nested dataclasses come back typed."""
     state = paid(1_000, 250, status=S.PARTIALLY_REFUNDED, window_ends_at=123.5)
-    state.unknown = UnknownOutcome("txn_r", operation=TransactionType.REFUND,
-                                   amount_in_cents=100, cancellation_reason=None)
+    state.unknown = UnknownOutcome(
+        "txn_r", operation=TransactionType.REFUND, amount_in_cents=100, cancellation_reason=None
+    )
     state.money.expiry_void_failures = 2
     converter = DataConverter.default.payload_converter
-    [restored] = converter.from_payloads(converter.to_payloads([state.carried()]),
-                                         [CarriedState])
+    [restored] = converter.from_payloads(converter.to_payloads([state.carried()]), [CarriedState])
     assert restored == state.carried()
     assert restored.status is S.PARTIALLY_REFUNDED
     assert restored.unknown is not None
     assert restored.unknown.operation is TransactionType.REFUND
 
-    following = PaymentState(restored, capture_method=CaptureMethod.AUTOMATIC,
-                             lifecycle=LIFECYCLE)
+    following = PaymentState(restored, capture_method=CaptureMethod.AUTOMATIC, lifecycle=LIFECYCLE)
     assert following.refundable() == 750
     assert following.money.refund_window_ends_at == 123.5
     with pytest.raises(ApplicationError) as error:

@@ -21,9 +21,15 @@ GIVEN_TOKEN = "given-" + hashlib.sha256(b"test_production_mode token").hexdigest
 
 
 def stack_settings(tmp_path: Path, env: str) -> Settings:
-    return Settings(env=env, home=tmp_path / "home", master_key=MASTER_KEY,
-                    admin_token=GIVEN_TOKEN, codec_port=18089,
-                    temporal_tls_cert="/certs/cert.pem", temporal_tls_key="/certs/key.pem")
+    return Settings(
+        env=env,
+        home=tmp_path / "home",
+        master_key=MASTER_KEY,
+        admin_token=GIVEN_TOKEN,
+        codec_port=18089,
+        temporal_tls_cert="/certs/cert.pem",
+        temporal_tls_key="/certs/key.pem",
+    )
 
 
 @pytest.fixture
@@ -33,8 +39,7 @@ def fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
 
 
-async def test_dev_stack_runs_the_codec_for_its_web_ui_outside_production(
-        tmp_path: Path) -> None:
+async def test_dev_stack_runs_the_codec_for_its_web_ui_outside_production(tmp_path: Path) -> None:
     stack = DevStack(stack_settings(tmp_path, "development"))
     try:
         codec = next(c for c in stack._services() if c.name == "codec")
@@ -61,8 +66,11 @@ async def test_production_has_no_demo_merchant(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_to_start_in_production_without_given_secrets(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
-        fresh_settings: None) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    fresh_settings: None,
+) -> None:
     monkeypatch.setenv("DURAPAY_ENV", "production")
     monkeypatch.setenv("DURAPAY_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DURAPAY_ADMIN_TOKEN", GIVEN_TOKEN)

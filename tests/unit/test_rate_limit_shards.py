@@ -13,10 +13,11 @@ from api.rate_limit import FALLBACK_SHARDS, MAX_SHARDS, shard_order, shards_for
 from bench.rate_limit_error import BURST, EDGE, compare, grant
 
 
-@pytest.mark.parametrize(("rate", "shards"), [
-    (0.25, 1), (100, 1), (200, 1), (201, 2), (10_000, 50), (12_800, 64), (1e9, MAX_SHARDS)])
-def test_a_key_gets_a_shard_per_200_requests_a_second_up_to_64(rate: float,
-                                                                shards: int) -> None:
+@pytest.mark.parametrize(
+    ("rate", "shards"),
+    [(0.25, 1), (100, 1), (200, 1), (201, 2), (10_000, 50), (12_800, 64), (1e9, MAX_SHARDS)],
+)
+def test_a_key_gets_a_shard_per_200_requests_a_second_up_to_64(rate: float, shards: int) -> None:
     assert shards_for(rate) == shards
 
 
@@ -32,15 +33,15 @@ def test_a_request_tries_distinct_shards_the_first_at_random() -> None:
 
 def test_the_model_is_the_statements_token_bucket() -> None:
     """Rate 2, burst 4: four at once, then one a half second."""
-    granted = grant([0, 0, 0, 0, 0, 0.25, 0.5, 1.0, 1.0], rate=2, shards=1,
-                    choice=random.Random(0))
+    granted = grant([0, 0, 0, 0, 0, 0.25, 0.5, 1.0, 1.0], rate=2, shards=1, choice=random.Random(0))
     assert granted.admitted == 6
 
 
 @pytest.mark.parametrize("shards", [4, 16, 64])
 @pytest.mark.parametrize("load", [1.1, 2.0, BURST, EDGE])
-def test_shards_never_grant_more_than_the_exact_bucket_allows(shards: int,
-                                                             load: float | str) -> None:
+def test_shards_never_grant_more_than_the_exact_bucket_allows(
+    shards: int, load: float | str
+) -> None:
     exact, sharded = compare(shards, load, seconds=3, seed=5)
     assert exact.excess <= 1e-6 and sharded.excess <= 1e-6  # burst + rate·t since the start
     # And they lose little: at most 1.5 % of the offered requests (docs/operations.md).

@@ -22,8 +22,11 @@ class DriverError(Exception):
 
 def wrapped(kind: type[Exception], message: str) -> Exception:
     # As SQLAlchemy raises them: the statement and its parameters ride along.
-    return kind("INSERT INTO transaction (id, card_token_id) VALUES ($1, $2)",
-                ("txn_1", SECRET_LOOKING_PARAMETER), DriverError(message))
+    return kind(
+        "INSERT INTO transaction (id, card_token_id) VALUES ($1, $2)",
+        ("txn_1", SECRET_LOOKING_PARAMETER),
+        DriverError(message),
+    )
 
 
 def failing_record(error: Exception) -> Any:
@@ -35,13 +38,20 @@ def failing_record(error: Exception) -> Any:
     return Records().record_something
 
 
-@pytest.mark.parametrize("error", [
-    wrapped(IntegrityError, 'insert or update on table "transaction" violates foreign key '
-                            'constraint\nDETAIL: Key (card_token_id) is not present'),
-    wrapped(DataError, "value too long for type character varying(4)"),
-    IllegalTransition("payment intent", "succeeded", "start_attempt"),
-    LookupError("transaction txn_1 was never recorded"),
-], ids=["integrity", "data", "illegal-transition", "missing-row"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        wrapped(
+            IntegrityError,
+            'insert or update on table "transaction" violates foreign key '
+            "constraint\nDETAIL: Key (card_token_id) is not present",
+        ),
+        wrapped(DataError, "value too long for type character varying(4)"),
+        IllegalTransition("payment intent", "succeeded", "start_attempt"),
+        LookupError("transaction txn_1 was never recorded"),
+    ],
+    ids=["integrity", "data", "illegal-transition", "missing-row"],
+)
 async def test_a_write_the_database_will_never_accept_fails_for_good(error: Exception) -> None:
     with pytest.raises(ApplicationError) as refused:
         await failing_record(error)("argument")

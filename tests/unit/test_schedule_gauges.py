@@ -40,16 +40,20 @@ def exposed(gauges: ScheduleGauges) -> dict[str, float]:
     registry = CollectorRegistry()
     registry.register(gauges)
     text = generate_latest(registry).decode()
-    return {s.labels["schedule"]: s.value for family in text_string_to_metric_families(text)
-            for s in family.samples if s.name == "durapay_schedule_paused"}
+    return {
+        s.labels["schedule"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "durapay_schedule_paused"
+    }
 
 
 async def test_paused_is_1_and_running_is_0() -> None:
     gauges = ScheduleGauges(clock=Clock())
-    await gauges.refresh(Reads({"durapay-reconciliation-sweep": True,
-                                "durapay-audit-checkpoint": False}))
-    assert exposed(gauges) == {"durapay-reconciliation-sweep": 1.0,
-                               "durapay-audit-checkpoint": 0.0}
+    await gauges.refresh(
+        Reads({"durapay-reconciliation-sweep": True, "durapay-audit-checkpoint": False})
+    )
+    assert exposed(gauges) == {"durapay-reconciliation-sweep": 1.0, "durapay-audit-checkpoint": 0.0}
 
 
 async def test_one_read_serves_scrapes_for_the_cache_period() -> None:

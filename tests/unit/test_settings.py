@@ -15,13 +15,25 @@ from core.settings import LocalPostgresPasswordMissing, Settings, to_asyncpg_url
 
 
 def test_defaults_match_the_documented_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DURAPAY_API_PORT", "DURAPAY_CARDNET_PORT", "DURAPAY_TEMPORAL_PORT",
-                 "DURAPAY_TEMPORAL_UI_PORT", "DURAPAY_WORKERS", "DURAPAY_HOME", "DATABASE_URL",
-                 "TEMPORAL_ADDRESS"):
+    for name in (
+        "DURAPAY_API_PORT",
+        "DURAPAY_CARDNET_PORT",
+        "DURAPAY_TEMPORAL_PORT",
+        "DURAPAY_TEMPORAL_UI_PORT",
+        "DURAPAY_WORKERS",
+        "DURAPAY_HOME",
+        "DATABASE_URL",
+        "TEMPORAL_ADDRESS",
+    ):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
-    assert (settings.api_port, settings.cardnet_port, settings.temporal_port,
-            settings.temporal_ui_port, settings.workers) == (8000, 8081, 7233, 8233, 1)
+    assert (
+        settings.api_port,
+        settings.cardnet_port,
+        settings.temporal_port,
+        settings.temporal_ui_port,
+        settings.workers,
+    ) == (8000, 8081, 7233, 8233, 1)
     assert settings.home == Path(".durapay")
     assert settings.effective_temporal_address == "127.0.0.1:7233"
 
@@ -40,8 +52,9 @@ def test_url_forms_are_normalized_to_asyncpg() -> None:
         to_asyncpg_url("mysql://h/db")
 
 
-def test_admin_token_and_master_key_are_generated_once(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_token_and_master_key_are_generated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("DURAPAY_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("DURAPAY_MASTER_KEY", raising=False)
     settings = Settings(home=tmp_path)
@@ -64,14 +77,17 @@ MASTER_KEY = base64.b64encode(KEY_BYTES).decode()
 GIVEN_TOKEN = "given-" + hashlib.sha256(b"test_settings admin token").hexdigest()[:40]
 
 
-@pytest.mark.parametrize(("given", "missing"), [
-    ({"admin_token": GIVEN_TOKEN}, "DURAPAY_MASTER_KEY"),
-    ({"master_key": MASTER_KEY}, "DURAPAY_ADMIN_TOKEN"),
-    ({}, "DURAPAY_MASTER_KEY and DURAPAY_ADMIN_TOKEN"),
-])
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ({"admin_token": GIVEN_TOKEN}, "DURAPAY_MASTER_KEY"),
+        ({"master_key": MASTER_KEY}, "DURAPAY_ADMIN_TOKEN"),
+        ({}, "DURAPAY_MASTER_KEY and DURAPAY_ADMIN_TOKEN"),
+    ],
+)
 def test_production_refuses_to_start_on_generated_secrets(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, Any],
-        missing: str) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, Any], missing: str
+) -> None:
     monkeypatch.delenv("DURAPAY_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("DURAPAY_MASTER_KEY", raising=False)
     monkeypatch.setenv("DURAPAY_ENV", "production")
@@ -81,8 +97,13 @@ def test_production_refuses_to_start_on_generated_secrets(
 
 
 def test_production_uses_the_given_secrets_and_writes_nothing(tmp_path: Path) -> None:
-    settings = Settings(env="production", home=tmp_path / "home", master_key=MASTER_KEY,
-                        admin_token=GIVEN_TOKEN, temporal_api_key="tc-key")
+    settings = Settings(
+        env="production",
+        home=tmp_path / "home",
+        master_key=MASTER_KEY,
+        admin_token=GIVEN_TOKEN,
+        temporal_api_key="tc-key",
+    )
     assert settings.resolved_master_key() == KEY_BYTES
     assert settings.resolved_admin_token() == GIVEN_TOKEN
     assert not (tmp_path / "home").exists()
@@ -130,7 +151,8 @@ def test_local_database_url_carries_the_password_url_encoded(tmp_path: Path) -> 
     write_secret(home / "postgres-password", "p@ss/w:rd%?")
     settings = Settings(home=home, postgres_port=5555)
     assert settings.effective_database_url == (
-        "postgresql+asyncpg://postgres:p%40ss%2Fw%3Ard%25%3F@127.0.0.1:5555/durapay")
+        "postgresql+asyncpg://postgres:p%40ss%2Fw%3Ard%25%3F@127.0.0.1:5555/durapay"
+    )
     assert make_url(settings.effective_database_url).password == "p@ss/w:rd%?"
     assert settings.local_postgres_url("postgres").endswith("@127.0.0.1:5555/postgres")
     # An external database is used as given.
@@ -145,10 +167,14 @@ def test_local_database_url_without_a_password_says_where_it_looked(tmp_path: Pa
 
 
 def test_codec_listener_defaults_to_loopback_and_the_old_switch_is_gone(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name in ("DURAPAY_CODEC_HOST", "DURAPAY_CODEC_PORT", "DURAPAY_CODEC_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert (settings.codec_host, settings.codec_port, settings.codec_token) == (
-        "127.0.0.1", 8089, None)
+        "127.0.0.1",
+        8089,
+        None,
+    )
     assert "codec_endpoint_enabled" not in Settings.model_fields

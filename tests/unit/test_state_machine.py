@@ -36,8 +36,10 @@ def test_failed_intent_accepts_a_new_attempt() -> None:
     assert move_intent(failed, IntentAction.START_ATTEMPT).after is I.PROCESSING
 
 
-@pytest.mark.parametrize("status", [I.PROCESSING, I.SUCCEEDED, I.CANCELED, I.REQUIRES_CAPTURE,
-                                    I.REFUNDED, I.PARTIALLY_REFUNDED])
+@pytest.mark.parametrize(
+    "status",
+    [I.PROCESSING, I.SUCCEEDED, I.CANCELED, I.REQUIRES_CAPTURE, I.REFUNDED, I.PARTIALLY_REFUNDED],
+)
 def test_charge_is_refused_outside_created_and_failed(status: I) -> None:
     assert not can_start_charge(status)
     with pytest.raises(IllegalTransition):
@@ -45,9 +47,16 @@ def test_charge_is_refused_outside_created_and_failed(status: I) -> None:
 
 
 def test_every_event_type_is_in_the_contract() -> None:
-    contract = {"payment.created", "payment.processing", "payment.requires_capture",
-                "payment.succeeded", "payment.failed", "payment.canceled", "payment.refunded",
-                "payment.partially_refunded"}
+    contract = {
+        "payment.created",
+        "payment.processing",
+        "payment.requires_capture",
+        "payment.succeeded",
+        "payment.failed",
+        "payment.canceled",
+        "payment.refunded",
+        "payment.partially_refunded",
+    }
     produced = {f"payment.{after.value}" for after in INTENT_TRANSITIONS.values()}
     assert produced <= contract
 

@@ -58,39 +58,60 @@ def direct_connections(source: str) -> list[int]:
 
 
 def durapay_modules() -> list[Path]:
-    return sorted(path.relative_to(ROOT) for path in ROOT.rglob("*.py")
-                  if path.relative_to(ROOT).parts[0] not in NOT_SCANNED)
+    return sorted(
+        path.relative_to(ROOT)
+        for path in ROOT.rglob("*.py")
+        if path.relative_to(ROOT).parts[0] not in NOT_SCANNED
+    )
 
 
 def test_no_process_connects_to_temporal_but_through_connect_temporal() -> None:
     modules = durapay_modules()
     # The scan covers every package a Durapay process runs.
-    assert {m.parts[0] for m in modules} >= {"api", "workers", "cli", "core", "activities",
-                                            "workflows"}
-    offenders = {str(path): lines for path in modules if path != THE_ONE_PLACE
-                 and (lines := direct_connections((ROOT / path).read_text()))}
-    assert offenders == {}, ("connect through core.temporal_client.connect_temporal, which "
-                             f"applies DURAPAY_TEMPORAL_TLS_* and the API key: {offenders}")
+    assert {m.parts[0] for m in modules} >= {
+        "api",
+        "workers",
+        "cli",
+        "core",
+        "activities",
+        "workflows",
+    }
+    offenders = {
+        str(path): lines
+        for path in modules
+        if path != THE_ONE_PLACE and (lines := direct_connections((ROOT / path).read_text()))
+    }
+    assert offenders == {}, (
+        "connect through core.temporal_client.connect_temporal, which "
+        f"applies DURAPAY_TEMPORAL_TLS_* and the API key: {offenders}"
+    )
     assert direct_connections((ROOT / THE_ONE_PLACE).read_text())
 
 
-@pytest.mark.parametrize("source", [
-    "from temporalio.client import Client\nasync def f():\n    await Client.connect('x')\n",
-    "from temporalio.client import Client as C\nconnect = C.connect\n",
-    "import temporalio.client\nasync def f():\n    await temporalio.client.Client.connect('x')\n",
-    "import temporalio.client as tc\nasync def f():\n    await tc.Client.connect('x')\n",
-    "from temporalio import client\nasync def f():\n    await client.Client.connect('x')\n",
-    "from temporalio.service import ServiceClient\nasync def f():\n"
-    "    await ServiceClient.connect(None)\n",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from temporalio.client import Client\nasync def f():\n    await Client.connect('x')\n",
+        "from temporalio.client import Client as C\nconnect = C.connect\n",
+        "import temporalio.client\n"
+        "async def f():\n    await temporalio.client.Client.connect('x')\n",
+        "import temporalio.client as tc\nasync def f():\n    await tc.Client.connect('x')\n",
+        "from temporalio import client\nasync def f():\n    await client.Client.connect('x')\n",
+        "from temporalio.service import ServiceClient\nasync def f():\n"
+        "    await ServiceClient.connect(None)\n",
+    ],
+)
 def test_the_scan_finds_a_direct_connection_under_any_name(source: str) -> None:
     assert direct_connections(source)
 
 
-@pytest.mark.parametrize("source", [
-    "# Client.connect is not called here\nx = 'Client.connect'\n",
-    "import asyncpg\nasync def f():\n    await asyncpg.connect('x')\n",
-    "from core.temporal_client import connect_temporal\n",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "# Client.connect is not called here\nx = 'Client.connect'\n",
+        "import asyncpg\nasync def f():\n    await asyncpg.connect('x')\n",
+        "from core.temporal_client import connect_temporal\n",
+    ],
+)
 def test_the_scan_ignores_what_is_not_a_temporal_connection(source: str) -> None:
     assert direct_connections(source) == []

@@ -43,8 +43,7 @@ class Clock:
 
 
 def _store(directory: Path, clock: Clock | None = None) -> EpochKeys:
-    return EpochKeys(directory, epoch_seconds=HOUR, keep_after_end=KEEP,
-                     clock=clock or Clock())
+    return EpochKeys(directory, epoch_seconds=HOUR, keep_after_end=KEEP, clock=clock or Clock())
 
 
 def _create_in_process(directory: str, barrier: Any, results: Any) -> None:
@@ -56,8 +55,10 @@ def test_processes_racing_to_create_an_epoch_key_agree_on_one(tmp_path: Path) ->
     directory = tmp_path / "vault-epochs"
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(4), context.Queue()
-    processes = [context.Process(target=_create_in_process,
-                                 args=(str(directory), barrier, results)) for _ in range(4)]
+    processes = [
+        context.Process(target=_create_in_process, args=(str(directory), barrier, results))
+        for _ in range(4)
+    ]
     for process in processes:
         process.start()
     answers = [results.get(timeout=30) for _ in processes]
@@ -144,7 +145,8 @@ def test_several_destroyers_destroy_each_key_once(tmp_path: Path) -> None:
 
 
 def test_a_card_number_whose_epoch_key_is_gone_is_deleted(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     keys = KeyRing(os.urandom(32))
     running = VaultCipher(keys, _store(tmp_path))
     blob = running.encrypt(PAN, context="card_1")
@@ -162,8 +164,9 @@ def test_a_card_number_whose_epoch_key_is_gone_is_deleted(
         other.decrypt(running.encrypt(PAN, context="card_2"), context="card_2")
     # Which the operator is told, by epoch name, never with any key material.
     warnings = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
-    assert warnings and all("shared by the API and every worker" in w
-                            and epoch_name(epoch) in w for w in warnings)
+    assert warnings and all(
+        "shared by the API and every worker" in w and epoch_name(epoch) in w for w in warnings
+    )
     key = running.epochs.current()[1]
     assert key.hex() not in caplog.text and str(key) not in caplog.text
 
@@ -183,15 +186,13 @@ def test_a_card_number_needs_both_the_master_key_and_its_epoch_key(tmp_path: Pat
         VaultCipher(KeyRing(master), _store(tmp_path / "b")).decrypt(blob, context="card_1")
     # The epoch key under another master key: nothing either.
     with pytest.raises(Exception, match="master key"):
-        VaultCipher(KeyRing(os.urandom(32)), _store(tmp_path / "a")).decrypt(
-            blob, context="card_1")
+        VaultCipher(KeyRing(os.urandom(32)), _store(tmp_path / "a")).decrypt(blob, context="card_1")
     # Nor the master key's vault subkey alone, as a card number from before epochs.
     with pytest.raises(InvalidTag):
         Cipher(KeyRing(master), Purpose.VAULT).decrypt(blob, context="card_1")
 
 
-def test_card_numbers_from_before_epochs_are_read_and_rotated_into_an_epoch(
-        tmp_path: Path) -> None:
+def test_card_numbers_from_before_epochs_are_read_and_rotated_into_an_epoch(tmp_path: Path) -> None:
     old, new = os.urandom(32), os.urandom(32)
     before = Cipher(KeyRing(old), Purpose.VAULT).encrypt(PAN, context="card_1")
     clock = Clock()
@@ -218,9 +219,12 @@ def test_the_settings_name_the_directory_the_epoch_and_the_margin(tmp_path: Path
     assert default.directory == (tmp_path / "home" / "vault-epochs").resolve()
     assert default.epoch_seconds == 3600
     assert default.keep_after_end == timedelta(days=1, hours=1)
-    configured = Settings(home=tmp_path / "home", vault_key_dir=tmp_path / "shared",
-                          vault_epoch_seconds=600,
-                          vault_epoch_key_margin_seconds=0).vault_epoch_keys()
+    configured = Settings(
+        home=tmp_path / "home",
+        vault_key_dir=tmp_path / "shared",
+        vault_epoch_seconds=600,
+        vault_epoch_key_margin_seconds=0,
+    ).vault_epoch_keys()
     assert configured.directory == (tmp_path / "shared").resolve()
     assert (configured.epoch_seconds, configured.keep_after_end) == (600, timedelta(days=1))
 

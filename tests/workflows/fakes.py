@@ -98,27 +98,52 @@ class FakeNetwork:
     reversal_steps: list[str] = field(default_factory=list)
     reversals: list[OperationRequest] = field(default_factory=list)
 
-    def _recorded(self, transaction_id: str | None, kind: str, txn_status: str, amount: int,
-                  *, event: bool, outcome: Outcome | None = None) -> Recorded:
-        txn = (None if transaction_id is None else RecordedTransaction(
-            transaction_id, kind, txn_status, amount,
-            decline_code=outcome.decline_code if outcome else None,
-            failure_code=outcome.failure_code if outcome else None,
-            reconciled=outcome.reconciled if outcome else False))
+    def _recorded(
+        self,
+        transaction_id: str | None,
+        kind: str,
+        txn_status: str,
+        amount: int,
+        *,
+        event: bool,
+        outcome: Outcome | None = None,
+    ) -> Recorded:
+        txn = (
+            None
+            if transaction_id is None
+            else RecordedTransaction(
+                transaction_id,
+                kind,
+                txn_status,
+                amount,
+                decline_code=outcome.decline_code if outcome else None,
+                failure_code=outcome.failure_code if outcome else None,
+                reconciled=outcome.reconciled if outcome else False,
+            )
+        )
         # Named by what planned them, as the database does: a record run again plans the same.
         cause = transaction_id or uuid.uuid4().hex[:12]
-        deliveries = ([f"whd_{cause}_{txn_status}_{n}" for n in range(self.deliveries_per_event)]
-                      if event else [])
-        self.planned_deliveries.extend(d for d in deliveries
-                                       if d not in self.planned_deliveries)
+        deliveries = (
+            [f"whd_{cause}_{txn_status}_{n}" for n in range(self.deliveries_per_event)]
+            if event
+            else []
+        )
+        self.planned_deliveries.extend(d for d in deliveries if d not in self.planned_deliveries)
         return Recorded(self.status, txn, deliveries)
 
-    def seed_charge(self, payment_intent_id: str, transaction_id: str,
-                    outcome: NetworkOutcome | None, *, status: str) -> None:
+    def seed_charge(
+        self,
+        payment_intent_id: str,
+        transaction_id: str,
+        outcome: NetworkOutcome | None,
+        *,
+        status: str,
+    ) -> None:
         """A charge an earlier run recorded (and answered, unless `outcome` is None), leaving
         the intent in `status`."""
-        self.attempts.append(ChargeAttempt(payment_intent_id, transaction_id, CARD.card_token_id,
-                                           CARD.card))
+        self.attempts.append(
+            ChargeAttempt(payment_intent_id, transaction_id, CARD.card_token_id, CARD.card)
+        )
         if outcome is not None:
             self.outcomes.append(Outcome(payment_intent_id, transaction_id, outcome))
         self.status = status
@@ -136,30 +161,44 @@ class FakeNetwork:
         async def load_payment(payment_intent_id: str) -> PaymentSnapshot:
             self.loads.append(payment_intent_id)
             charged = [a.transaction_id for a in self.attempts]
-            approved = [o.transaction_id for o in self.outcomes
-                        if o.outcome is NetworkOutcome.APPROVED]
-            captured = [o.transaction_id for o in self.operation_outcomes
-                        if o.outcome is NetworkOutcome.APPROVED and any(
-                            a.transaction_id == o.transaction_id and a.type.value == "capture"
-                            for a in self.operation_attempts)]
+            approved = [
+                o.transaction_id for o in self.outcomes if o.outcome is NetworkOutcome.APPROVED
+            ]
+            captured = [
+                o.transaction_id
+                for o in self.operation_outcomes
+                if o.outcome is NetworkOutcome.APPROVED
+                and any(
+                    a.transaction_id == o.transaction_id and a.type.value == "capture"
+                    for a in self.operation_attempts
+                )
+            ]
             authorization = approved[-1] if approved and approved[-1] in charged else None
             return PaymentSnapshot(
                 unsettled=self._unsettled(),
-                status=self.status, amount_received=self.received,
+                status=self.status,
+                amount_received=self.received,
                 amount_refunded=self.refunded,
                 amount_capturable=2499 if self.status == "requires_capture" else 0,
                 authorization_reference=authorization,
-                payment_reference=(captured[-1] if captured else
-                                   authorization if self.received else None),
-                succeeded_at=self.succeeded_at)
+                payment_reference=(
+                    captured[-1] if captured else authorization if self.received else None
+                ),
+                succeeded_at=self.succeeded_at,
+            )
 
         @activity.defn(name="record_charge_attempt")
         async def record_charge_attempt(attempt: ChargeAttempt) -> Recorded:
             answered = [o for o in self.outcomes if o.transaction_id == attempt.transaction_id]
             if answered:  # the same attempt again (its Update retried): it is answered
-                return self._recorded(attempt.transaction_id, "charge",
-                                      _CHARGE_STATUS.get(answered[-1].outcome, "failed"), 2499,
-                                      event=False, outcome=answered[-1])
+                return self._recorded(
+                    attempt.transaction_id,
+                    "charge",
+                    _CHARGE_STATUS.get(answered[-1].outcome, "failed"),
+                    2499,
+                    event=False,
+                    outcome=answered[-1],
+                )
             self.attempts.append(attempt)
             self.status = "processing"
             return self._recorded(attempt.transaction_id, "charge", "pending", 2499, event=True)
@@ -178,10 +217,12 @@ class FakeNetwork:
         async def query_charge_status(reference: str) -> NetworkAnswer:
             self.status_queries.append(reference)
             if reference.endswith(":reversal"):
-                return (self.reversal_status_answers.pop(0) if self.reversal_status_answers
-                        else NetworkAnswer(NetworkOutcome.UNKNOWN, not_found=True))
-            if (self.status_hold is not None
-                    and len(self.status_queries) - 1 == self.status_hold_at):
+                return (
+                    self.reversal_status_answers.pop(0)
+                    if self.reversal_status_answers
+                    else NetworkAnswer(NetworkOutcome.UNKNOWN, not_found=True)
+                )
+            if self.status_hold is not None and len(self.status_queries) - 1 == self.status_hold_at:
                 await self.status_hold.wait()
             if not self.status_answers:  # the network never answers
                 return NetworkAnswer(NetworkOutcome.UNKNOWN)
@@ -211,14 +252,22 @@ class FakeNetwork:
                 self.received = 0 if manual else 2499
             elif outcome.outcome is not NetworkOutcome.UNKNOWN:
                 self.status = "failed"
-            return self._recorded(outcome.transaction_id, "charge", txn_status, 2499,
-                                  event=outcome.outcome is not NetworkOutcome.UNKNOWN,
-                                  outcome=outcome)
+            return self._recorded(
+                outcome.transaction_id,
+                "charge",
+                txn_status,
+                2499,
+                event=outcome.outcome is not NetworkOutcome.UNKNOWN,
+                outcome=outcome,
+            )
 
         async def operate(kind: str, request: OperationRequest) -> NetworkAnswer:
             self.operations.append((kind, request))
-            answer = (self.operation_answers.pop(0) if self.operation_answers
-                      else NetworkAnswer(NetworkOutcome.APPROVED))
+            answer = (
+                self.operation_answers.pop(0)
+                if self.operation_answers
+                else NetworkAnswer(NetworkOutcome.APPROVED)
+            )
             if isinstance(answer, Exception):
                 raise answer
             return answer
@@ -238,32 +287,40 @@ class FakeNetwork:
         @activity.defn(name="record_operation_attempt")
         async def record_operation_attempt(attempt: OperationAttempt) -> Recorded:
             self.operation_attempts.append(attempt)
-            return self._recorded(attempt.transaction_id, attempt.type.value, "pending",
-                                  attempt.amount_in_cents, event=False)
+            return self._recorded(
+                attempt.transaction_id,
+                attempt.type.value,
+                "pending",
+                attempt.amount_in_cents,
+                event=False,
+            )
 
         async def record_operation_outcome(outcome: Outcome) -> Recorded:
             if self.operation_outcome_hold is not None:
                 await self.operation_outcome_hold.wait()
             self.operation_outcomes.append(outcome)
-            attempt = next(a for a in self.operation_attempts
-                           if a.transaction_id == outcome.transaction_id)
+            attempt = next(
+                a for a in self.operation_attempts if a.transaction_id == outcome.transaction_id
+            )
             kind, amount = attempt.type.value, attempt.amount_in_cents
             if outcome.outcome is NetworkOutcome.UNKNOWN:
-                return self._recorded(outcome.transaction_id, kind, "timeout", amount,
-                                      event=False, outcome=outcome)
+                return self._recorded(
+                    outcome.transaction_id, kind, "timeout", amount, event=False, outcome=outcome
+                )
             if outcome.outcome is not NetworkOutcome.APPROVED:
-                return self._recorded(outcome.transaction_id, kind, "failed", amount,
-                                      event=False, outcome=outcome)
+                return self._recorded(
+                    outcome.transaction_id, kind, "failed", amount, event=False, outcome=outcome
+                )
             if kind == "capture":
                 self.status, self.received = "succeeded", amount
             elif kind == "void":
                 self.status = "canceled"
             else:
                 self.refunded += amount
-                self.status = ("refunded" if self.refunded >= self.received
-                               else "partially_refunded")
-            return self._recorded(outcome.transaction_id, kind, "succeeded", amount, event=True,
-                                  outcome=outcome)
+                self.status = "refunded" if self.refunded >= self.received else "partially_refunded"
+            return self._recorded(
+                outcome.transaction_id, kind, "succeeded", amount, event=True, outcome=outcome
+            )
 
         @activity.defn(name="record_outcome_discrepancy")
         async def record_outcome_discrepancy(found: OutcomeDiscrepancy) -> None:
@@ -282,16 +339,31 @@ class FakeNetwork:
         async def reverse_charge(request: OperationRequest) -> NetworkAnswer:
             self.reversal_steps.append(f"send {request.network_reference}")
             self.reversals.append(request)
-            answer = (self.reversal_answers.pop(0) if self.reversal_answers
-                      else NetworkAnswer(NetworkOutcome.APPROVED))
+            answer = (
+                self.reversal_answers.pop(0)
+                if self.reversal_answers
+                else NetworkAnswer(NetworkOutcome.APPROVED)
+            )
             if isinstance(answer, Exception):
                 raise answer
             return answer
 
-        return [load_payment, record_charge_attempt, authorize_card, query_charge_status,
-                record_outcome, flag_for_manual_review, capture_charge, void_authorization,
-                refund_charge, record_operation_attempt, cancel_payment_intent,
-                record_outcome_discrepancy, record_reversal_attempt, reverse_charge]
+        return [
+            load_payment,
+            record_charge_attempt,
+            authorize_card,
+            query_charge_status,
+            record_outcome,
+            flag_for_manual_review,
+            capture_charge,
+            void_authorization,
+            refund_charge,
+            record_operation_attempt,
+            cancel_payment_intent,
+            record_outcome_discrepancy,
+            record_reversal_attempt,
+            reverse_charge,
+        ]
 
 
 @dataclass
@@ -311,19 +383,28 @@ class PaymentHandle:
 
     def _start(self) -> WithStartWorkflowOperation[Any, Any]:
         return WithStartWorkflowOperation(
-            PaymentIntentWorkflow.run, self.input, id=self.id, task_queue=self.task_queue,
+            PaymentIntentWorkflow.run,
+            self.input,
+            id=self.id,
+            task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        )
 
-    async def start_update(self, update: Any, argument: Any, *, id: str | None = None,
-                           wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
-                           ) -> WorkflowUpdateHandle[Any]:
+    async def start_update(
+        self,
+        update: Any,
+        argument: Any,
+        *,
+        id: str | None = None,
+        wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
+    ) -> WorkflowUpdateHandle[Any]:
         start = self._start()
         id = id or f"{update.__name__}:{uuid.uuid4().hex}"
         argument = addressed(argument, update, payment_intent_id=self.id, update_id=id)
         handle = await self.env.client.start_update_with_start_workflow(
-            update, argument, start_workflow_operation=start, wait_for_stage=wait_for_stage,
-            id=id)
+            update, argument, start_workflow_operation=start, wait_for_stage=wait_for_stage, id=id
+        )
         run_id = (await start.workflow_handle()).result_run_id
         if run_id is not None and run_id not in self.runs:
             self.runs.append(run_id)
@@ -340,8 +421,9 @@ class PaymentHandle:
         """The latest run's result (following its continue-as-new chain)."""
         run_id = (await self.describe()).run_id
         # The typed handle get_workflow_handle_for() gives, which mypy cannot infer there.
-        handle = self.env.client.get_workflow_handle(self.id, run_id=run_id,
-                                                     result_type=PaymentIntentResult)
+        handle = self.env.client.get_workflow_handle(
+            self.id, run_id=run_id, result_type=PaymentIntentResult
+        )
         # As the time-skipping env does for handles of workflows it started itself: skip time
         # while waiting for the result.
         # The time-skipping environment has it; WorkflowEnvironment, the type given, does not.
@@ -358,17 +440,31 @@ class PaymentHandle:
         return await self.latest().query(query)
 
 
-async def start_payment(env: WorkflowEnvironment, task_queue: str, *,
-                        reconcile: ReconcilePolicy | None = None,
-                        lifecycle: LifecyclePolicy | None = None,
-                        capture_method: CaptureMethod = CaptureMethod.AUTOMATIC,
-                        max_history_events: int = 10_000) -> PaymentHandle:
+async def start_payment(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    *,
+    reconcile: ReconcilePolicy | None = None,
+    lifecycle: LifecyclePolicy | None = None,
+    capture_method: CaptureMethod = CaptureMethod.AUTOMATIC,
+    max_history_events: int = 10_000,
+) -> PaymentHandle:
     """A new payment; its first operation opens its first run."""
     intent_id = f"pi_{uuid.uuid4().hex[:12]}"
-    return PaymentHandle(env, PaymentIntentInput(
-        intent_id, "mer_1", 2499, "usd", capture_method,
-        reconcile=reconcile or ReconcilePolicy(), lifecycle=lifecycle or LifecyclePolicy(),
-        max_history_events=max_history_events), task_queue)
+    return PaymentHandle(
+        env,
+        PaymentIntentInput(
+            intent_id,
+            "mer_1",
+            2499,
+            "usd",
+            capture_method,
+            reconcile=reconcile or ReconcilePolicy(),
+            lifecycle=lifecycle or LifecyclePolicy(),
+            max_history_events=max_history_events,
+        ),
+        task_queue,
+    )
 
 
 async def in_review(handle: WorkflowHandle | PaymentHandle) -> bool:
@@ -377,8 +473,13 @@ async def in_review(handle: WorkflowHandle | PaymentHandle) -> bool:
     return attributes.get(search_attributes.MANUAL_REVIEW) is True
 
 
-async def wait_until(env: WorkflowEnvironment, predicate: Callable[[], Awaitable[bool]], *,
-                     step: float = 30, limit: int = 200) -> None:
+async def wait_until(
+    env: WorkflowEnvironment,
+    predicate: Callable[[], Awaitable[bool]],
+    *,
+    step: float = 30,
+    limit: int = 200,
+) -> None:
     """Poll `predicate`, skipping `step` seconds of workflow time between tries (nothing real
     waits while no activity runs)."""
     for _ in range(limit):

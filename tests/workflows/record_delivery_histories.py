@@ -39,13 +39,20 @@ RETRY = AttemptOutcome(AttemptResult.RETRY)
 SHORT = WebhookSchedule(horizon_seconds=60)
 # (schedule, scripted outcomes: the last one repeats; None: the record fails every time)
 SCENARIOS: dict[str, tuple[WebhookSchedule, list[AttemptOutcome | None]]] = {
-    "retried_then_delivered": (WebhookSchedule(), [
-        RETRY, AttemptOutcome(AttemptResult.RETRY, retry_after_seconds=60),
-        AttemptOutcome(AttemptResult.DELIVERED)]),
+    "retried_then_delivered": (
+        WebhookSchedule(),
+        [
+            RETRY,
+            AttemptOutcome(AttemptResult.RETRY, retry_after_seconds=60),
+            AttemptOutcome(AttemptResult.DELIVERED),
+        ],
+    ),
     "failed_at_the_horizon": (SHORT, [RETRY]),
     # An attempt whose record never lands: the delivery goes on with its backoff.
-    "unrecorded_then_delivered": (WebhookSchedule(), [
-        None, AttemptOutcome(AttemptResult.DELIVERED)]),
+    "unrecorded_then_delivered": (
+        WebhookSchedule(),
+        [None, AttemptOutcome(AttemptResult.DELIVERED)],
+    ),
 }
 
 
@@ -62,9 +69,13 @@ def scripted_activities(outcomes: list[AttemptOutcome | None]) -> list[Callable[
 
     @activity.defn(name="send_webhook")
     async def send_webhook(attempt: AttemptInput) -> SentAttempt:
-        return SentAttempt(attempt.delivery_id, attempt.attempt_number, endpoint_id="we_1",
-                           attempted_at=activity.info().current_attempt_scheduled_time,
-                           status_code=500)
+        return SentAttempt(
+            attempt.delivery_id,
+            attempt.attempt_number,
+            endpoint_id="we_1",
+            attempted_at=activity.info().current_attempt_scheduled_time,
+            status_code=500,
+        )
 
     @activity.defn(name="record_webhook_attempt")
     async def record_webhook_attempt(sent: SentAttempt) -> AttemptOutcome:
@@ -81,12 +92,17 @@ async def record(prefix: str) -> None:
     HISTORIES.mkdir(parents=True, exist_ok=True)
     for name, (schedule, outcomes) in SCENARIOS.items():
         async with await WorkflowEnvironment.start_time_skipping(
-                test_server_existing_path=str(TEST_SERVER)) as env:
-            async with new_worker(env.client, WebhookDeliveryWorkflow,
-                                  activities=scripted_activities(list(outcomes))) as worker:
+            test_server_existing_path=str(TEST_SERVER)
+        ) as env:
+            async with new_worker(
+                env.client, WebhookDeliveryWorkflow, activities=scripted_activities(list(outcomes))
+            ) as worker:
                 handle = await env.client.start_workflow(
-                    WebhookDeliveryWorkflow.run, WebhookDeliveryInput("whd_recorded", schedule),
-                    id=f"whd_{uuid.uuid4().hex}", task_queue=worker.task_queue)
+                    WebhookDeliveryWorkflow.run,
+                    WebhookDeliveryInput("whd_recorded", schedule),
+                    id=f"whd_{uuid.uuid4().hex}",
+                    task_queue=worker.task_queue,
+                )
                 await handle.result()
             history = await handle.fetch_history()
             path = HISTORIES / f"{prefix}_{name}.json"

@@ -57,8 +57,12 @@ Scenario = Callable[[WorkflowEnvironment], Awaitable[PaymentHandle]]
 async def approved_with_webhooks(env: WorkflowEnvironment) -> PaymentHandle:
     """The happy automatic charge; one endpoint subscribed, so its deliveries start."""
     network = FakeNetwork(answers=[APPROVED], deliveries_per_event=1)
-    async with new_worker(env.client, PaymentIntentWorkflow, WebhookDeliveryWorkflow,
-                          activities=[*network.activities(), *delivered_webhooks()]) as worker:
+    async with new_worker(
+        env.client,
+        PaymentIntentWorkflow,
+        WebhookDeliveryWorkflow,
+        activities=[*network.activities(), *delivered_webhooks()],
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD, id="charge:k1")
         await handle.result()
@@ -67,10 +71,12 @@ async def approved_with_webhooks(env: WorkflowEnvironment) -> PaymentHandle:
 
 async def declined_then_approved(env: WorkflowEnvironment) -> PaymentHandle:
     """A decline ends the first run; the second charge opens a second run."""
-    network = FakeNetwork(answers=[NetworkAnswer(NetworkOutcome.DECLINED, "generic_decline"),
-                                   APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    network = FakeNetwork(
+        answers=[NetworkAnswer(NetworkOutcome.DECLINED, "generic_decline"), APPROVED]
+    )
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD, id="charge:k1")
         await handle.result()
@@ -83,8 +89,9 @@ async def unexpected_error_then_reconciled(env: WorkflowEnvironment) -> PaymentH
     """The network call fails in a way that proves nothing; reconciliation finds the charge."""
     boom = ApplicationError("unclassified", type="RuntimeError", non_retryable=True)
     network = FakeNetwork(answers=[boom], status_answers=[UNKNOWN, APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD, id="charge:k1")
         await handle.result()
@@ -95,8 +102,9 @@ async def verdict_refused_by_the_network(env: WorkflowEnvironment) -> PaymentHan
     """Manual review; the operator's `failed` is refused: asked once more, the network says
     approved. A refund later opens a run that reads the payment from the database."""
     network = FakeNetwork(answers=[UNKNOWN])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD, id="charge:k1")
         await wait_until(env, lambda: in_review(handle))
@@ -104,10 +112,14 @@ async def verdict_refused_by_the_network(env: WorkflowEnvironment) -> PaymentHan
         try:
             await handle.latest().execute_update(
                 PaymentIntentWorkflow.resolve_manual_review,
-                addressed(ManualReviewResolution(NetworkOutcome.FAILED, "never charged?"),
-                          PaymentIntentWorkflow.resolve_manual_review,
-                          payment_intent_id=handle.id, update_id="review:k1"),
-                id="review:k1")
+                addressed(
+                    ManualReviewResolution(NetworkOutcome.FAILED, "never charged?"),
+                    PaymentIntentWorkflow.resolve_manual_review,
+                    payment_intent_id=handle.id,
+                    update_id="review:k1",
+                ),
+                id="review:k1",
+            )
         except WorkflowUpdateFailedError as error:
             assert isinstance(error.cause, ApplicationError)
             assert error.cause.type == ErrorType.VERDICT_CONTRADICTS_NETWORK
@@ -120,23 +132,27 @@ async def verdict_refused_by_the_network(env: WorkflowEnvironment) -> PaymentHan
 async def manual_capture_unknown_then_refunds(env: WorkflowEnvironment) -> PaymentHandle:
     """An authorization; its capture's answer is lost and reconciled; two refunds, each in a
     run of its own, the second after the refund window closed (refused)."""
-    network = FakeNetwork(answers=[APPROVED], operation_answers=[UNKNOWN],
-                          status_answers=[APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
-        handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
-                                     lifecycle=LifecyclePolicy(refund_window_seconds=3600))
+    network = FakeNetwork(
+        answers=[APPROVED], operation_answers=[UNKNOWN], status_answers=[APPROVED]
+    )
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
+        handle = await start_payment(
+            env,
+            worker.task_queue,
+            capture_method=CaptureMethod.MANUAL,
+            lifecycle=LifecyclePolicy(refund_window_seconds=3600),
+        )
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD, id="charge:k1")
         await handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput(), id="capture:k2")
         await handle.result()
         network.succeeded_at = (await env.get_current_time()).timestamp()
-        await handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(1000),
-                                    id="refund:k3")
+        await handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(1000), id="refund:k3")
         await handle.result()
         await env.sleep(7200)
         try:
-            await handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(),
-                                        id="refund:k4")
+            await handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(), id="refund:k4")
         except WorkflowUpdateFailedError as error:
             assert isinstance(error.cause, ApplicationError)
             assert error.cause.type == ErrorType.ILLEGAL_TRANSITION
@@ -147,10 +163,15 @@ async def manual_capture_unknown_then_refunds(env: WorkflowEnvironment) -> Payme
 async def authorization_expired(env: WorkflowEnvironment) -> PaymentHandle:
     """Nobody captures: the authorization is voided by itself when it expires."""
     network = FakeNetwork(answers=[APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
-        handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
-                                     lifecycle=LifecyclePolicy(authorization_expiry_seconds=3600))
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
+        handle = await start_payment(
+            env,
+            worker.task_queue,
+            capture_method=CaptureMethod.MANUAL,
+            lifecycle=LifecyclePolicy(authorization_expiry_seconds=3600),
+        )
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD, id="charge:k1")
         await handle.result()
     return handle
@@ -161,10 +182,15 @@ async def expiry_void_declined_until_review(env: WorkflowEnvironment) -> Payment
     manual review; an operator cancels later."""
     declined = NetworkAnswer(NetworkOutcome.DECLINED, "already_voided")
     network = FakeNetwork(answers=[APPROVED], operation_answers=[*[declined] * 5, APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
-        handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
-                                     lifecycle=LifecyclePolicy(authorization_expiry_seconds=3600))
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
+        handle = await start_payment(
+            env,
+            worker.task_queue,
+            capture_method=CaptureMethod.MANUAL,
+            lifecycle=LifecyclePolicy(authorization_expiry_seconds=3600),
+        )
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD, id="charge:k1")
         while len(network.review_flags) < 1:
             await env.sleep(300)
@@ -193,12 +219,14 @@ async def record(prefix: str) -> None:
     """One file per run of each scenario's payment: `<prefix>_<scenario>_run<N>.json`."""
     for name, scenario in SCENARIOS.items():
         async with await WorkflowEnvironment.start_time_skipping(
-                test_server_existing_path=str(TEST_SERVER)) as env:
+            test_server_existing_path=str(TEST_SERVER)
+        ) as env:
             await add_search_attributes(env.client, env.client.namespace)
             handle = await scenario(env)
             for number, run_id in enumerate(handle.runs, start=1):
                 history = await env.client.get_workflow_handle(
-                    handle.id, run_id=run_id).fetch_history()
+                    handle.id, run_id=run_id
+                ).fetch_history()
                 path = HISTORIES / f"{prefix}_{name}_run{number}.json"
                 path.write_text(json.dumps(history.to_json_dict(), indent=1) + "\n")
                 print(f"recorded {path.name}: {len(history.events)} events")

@@ -24,12 +24,15 @@ SHORT_WINDOW = LifecyclePolicy(refund_window_seconds=3600)
 
 
 async def test_authorization_expires_after_seven_days_and_is_voided(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     network = FakeNetwork(answers=[APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
-        handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
-                                     lifecycle=LifecyclePolicy())
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
+        handle = await start_payment(
+            env, worker.task_queue, capture_method=CaptureMethod.MANUAL, lifecycle=LifecyclePolicy()
+        )
         result = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         assert result.intent_status is IntentStatus.REQUIRES_CAPTURE
         assert (await handle.result()).status is IntentStatus.CANCELED
@@ -42,10 +45,12 @@ async def test_authorization_expires_after_seven_days_and_is_voided(
 
 async def test_capture_then_refunds_until_refunded_end_the_run(env: WorkflowEnvironment) -> None:
     network = FakeNetwork(answers=[APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
-        handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
-                                     lifecycle=SHORT_WINDOW)
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
+        handle = await start_payment(
+            env, worker.task_queue, capture_method=CaptureMethod.MANUAL, lifecycle=SHORT_WINDOW
+        )
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         with pytest.raises(WorkflowUpdateFailedError) as too_much:
             await handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput(2500))
@@ -59,9 +64,13 @@ async def test_capture_then_refunds_until_refunded_end_the_run(env: WorkflowEnvi
         assert isinstance(twice.value.cause, ApplicationError)
         assert twice.value.cause.type == ErrorType.ILLEGAL_TRANSITION
         # Concurrent refunds queue on the lock: exactly 2000 in all reaches the network.
-        results = await asyncio.gather(*(
-            handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(800))
-            for _ in range(3)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                handle.execute_update(PaymentIntentWorkflow.refund, RefundInput(800))
+                for _ in range(3)
+            ),
+            return_exceptions=True,
+        )
         refused = [r for r in results if isinstance(r, WorkflowUpdateFailedError)]
         assert len(refused) == 1
         rest = await handle.execute_update(PaymentIntentWorkflow.refund, RefundInput())
@@ -74,17 +83,23 @@ async def test_capture_then_refunds_until_refunded_end_the_run(env: WorkflowEnvi
 
 
 async def test_unknown_capture_is_reconciled_and_blocks_other_operations(
-        env: WorkflowEnvironment) -> None:
-    network = FakeNetwork(answers=[APPROVED], operation_answers=[UNKNOWN],
-                          status_answers=[UNKNOWN, APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
-        handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
-                                     lifecycle=SHORT_WINDOW)
+    env: WorkflowEnvironment,
+) -> None:
+    network = FakeNetwork(
+        answers=[APPROVED], operation_answers=[UNKNOWN], status_answers=[UNKNOWN, APPROVED]
+    )
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
+        handle = await start_payment(
+            env, worker.task_queue, capture_method=CaptureMethod.MANUAL, lifecycle=SHORT_WINDOW
+        )
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         captured = await handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput())
         assert (captured.transaction_status, captured.intent_status) == (
-            "timeout", IntentStatus.REQUIRES_CAPTURE)
+            "timeout",
+            IntentStatus.REQUIRES_CAPTURE,
+        )
         with pytest.raises(WorkflowUpdateFailedError) as blocked:
             await handle.execute_update(PaymentIntentWorkflow.cancel, CancelInput())
         assert isinstance(blocked.value.cause, ApplicationError)
@@ -99,8 +114,9 @@ async def test_unknown_capture_is_reconciled_and_blocks_other_operations(
 
 async def test_cancel_without_a_charge_ends_the_run(env: WorkflowEnvironment) -> None:
     network = FakeNetwork(answers=[])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue, lifecycle=SHORT_WINDOW)
         result = await handle.execute_update(PaymentIntentWorkflow.cancel, CancelInput())
         assert result.transaction_id is None

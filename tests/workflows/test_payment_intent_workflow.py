@@ -21,8 +21,9 @@ from workflows.payment_intent import PaymentIntentWorkflow
 
 async def test_approved_charge_succeeds_and_ends_the_workflow(env: WorkflowEnvironment) -> None:
     network = FakeNetwork(answers=[NetworkAnswer(NetworkOutcome.APPROVED)])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         result = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         assert result.transaction_status == "succeeded"
@@ -37,11 +38,17 @@ async def test_approved_charge_succeeds_and_ends_the_workflow(env: WorkflowEnvir
 
 
 async def test_decline_allows_a_second_attempt_with_a_new_reference(
-        env: WorkflowEnvironment) -> None:
-    network = FakeNetwork(answers=[NetworkAnswer(NetworkOutcome.DECLINED, "generic_decline"),
-                                   NetworkAnswer(NetworkOutcome.APPROVED)])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    env: WorkflowEnvironment,
+) -> None:
+    network = FakeNetwork(
+        answers=[
+            NetworkAnswer(NetworkOutcome.DECLINED, "generic_decline"),
+            NetworkAnswer(NetworkOutcome.APPROVED),
+        ]
+    )
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         first = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         assert (first.transaction_status, first.decline_code) == ("failed", "generic_decline")
@@ -54,11 +61,13 @@ async def test_decline_allows_a_second_attempt_with_a_new_reference(
 
 
 async def test_network_5xx_retries_with_the_same_reference_then_fails_cleanly(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     unavailable = ApplicationError("503", type=ErrorType.NETWORK_UNAVAILABLE)
     network = FakeNetwork(answers=[unavailable] * 4)
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         async with time_skipping(env):  # the retries' backoff
             result = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
@@ -70,10 +79,13 @@ async def test_network_5xx_retries_with_the_same_reference_then_fails_cleanly(
 
 async def test_unknown_outcome_is_reconciled_by_status_queries(env: WorkflowEnvironment) -> None:
     pending = NetworkAnswer(NetworkOutcome.UNKNOWN)
-    network = FakeNetwork(answers=[NetworkAnswer(NetworkOutcome.UNKNOWN)],
-                          status_answers=[*[pending] * 5, NetworkAnswer(NetworkOutcome.APPROVED)])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    network = FakeNetwork(
+        answers=[NetworkAnswer(NetworkOutcome.UNKNOWN)],
+        status_answers=[*[pending] * 5, NetworkAnswer(NetworkOutcome.APPROVED)],
+    )
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         result = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         assert result.transaction_status == "timeout"
@@ -92,11 +104,13 @@ async def test_unknown_outcome_is_reconciled_by_status_queries(env: WorkflowEnvi
 
 async def test_second_charge_while_one_is_in_flight_is_rejected(env: WorkflowEnvironment) -> None:
     network = FakeNetwork(answers=[NetworkAnswer(NetworkOutcome.APPROVED)], hold=asyncio.Event())
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         first = asyncio.create_task(
-            handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD))
+            handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
+        )
         while not network.calls:
             await asyncio.sleep(0.05)
         with pytest.raises(WorkflowUpdateFailedError) as rejected:

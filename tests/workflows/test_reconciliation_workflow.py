@@ -30,9 +30,14 @@ from workflows.reconciliation import (
     ReconciliationSweepWorkflow,
 )
 
-FOUND = Discrepancy(kind=DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE.value,
-                    network_reference="ext_1", network_status="approved",
-                    network_amount_in_cents=500, currency="usd", network_currency="usd")
+FOUND = Discrepancy(
+    kind=DiscrepancyKind.CHARGED_AT_NETWORK_NOT_SUCCEEDED_HERE.value,
+    network_reference="ext_1",
+    network_status="approved",
+    network_amount_in_cents=500,
+    currency="usd",
+    network_currency="usd",
+)
 
 
 @dataclass
@@ -48,20 +53,30 @@ class FakeSweep:
             self.calls.append(request)
             if self.failures:
                 raise self.failures.pop(0)
-            counts = ReconciliationCounts(transactions_checked=3, ledger_entries_checked=4,
-                                          in_flight=1, discrepancies=1, newly_opened=1)
+            counts = ReconciliationCounts(
+                transactions_checked=3,
+                ledger_entries_checked=4,
+                in_flight=1,
+                discrepancies=1,
+                newly_opened=1,
+            )
             return ReconciliationReport(request.run_id, counts, [FOUND])
 
         return [reconcile_window]
 
 
-async def _sweep(env: WorkflowEnvironment, fake: FakeSweep,
-                 sweep: ReconciliationSweepInput) -> ReconciliationSweepResult:
-    async with new_worker(env.client, ReconciliationSweepWorkflow,
-                          activities=fake.activities()) as worker:
+async def _sweep(
+    env: WorkflowEnvironment, fake: FakeSweep, sweep: ReconciliationSweepInput
+) -> ReconciliationSweepResult:
+    async with new_worker(
+        env.client, ReconciliationSweepWorkflow, activities=fake.activities()
+    ) as worker:
         return await env.client.execute_workflow(
-            ReconciliationSweepWorkflow.run, sweep, id=f"recon-{uuid.uuid4()}",
-            task_queue=worker.task_queue)
+            ReconciliationSweepWorkflow.run,
+            sweep,
+            id=f"recon-{uuid.uuid4()}",
+            task_queue=worker.task_queue,
+        )
 
 
 async def test_sweep_covers_the_window_that_ends_now(env: WorkflowEnvironment) -> None:
@@ -74,8 +89,11 @@ async def test_sweep_covers_the_window_that_ends_now(env: WorkflowEnvironment) -
     assert call.window_end - call.window_start == timedelta(hours=1)
     assert call.window_end >= before - timedelta(seconds=1)
     assert call.run_id.startswith("recon_")
-    assert (result.run_id, result.window_start, result.window_end) == \
-        (call.run_id, call.window_start, call.window_end)
+    assert (result.run_id, result.window_start, result.window_end) == (
+        call.run_id,
+        call.window_start,
+        call.window_end,
+    )
     assert result.trigger is SweepTrigger.MANUAL
     assert result.counts == ReconciliationCounts(3, 4, 1, 1, newly_opened=1)
     assert result.discrepancies == [FOUND]
@@ -128,13 +146,14 @@ async def test_empty_window_is_refused(env: WorkflowEnvironment, window_seconds:
 
 
 @pytest.mark.parametrize("stuck_after_seconds", [0, -1])
-async def test_non_positive_stuck_age_is_refused(env: WorkflowEnvironment,
-                                                 stuck_after_seconds: int) -> None:
+async def test_non_positive_stuck_age_is_refused(
+    env: WorkflowEnvironment, stuck_after_seconds: int
+) -> None:
     fake = FakeSweep()
     with pytest.raises(WorkflowFailureError) as failure:
-        await _sweep(env, fake, ReconciliationSweepInput(60, SweepTrigger.SCHEDULE,
-                                                         stuck_after_seconds))
+        await _sweep(
+            env, fake, ReconciliationSweepInput(60, SweepTrigger.SCHEDULE, stuck_after_seconds)
+        )
     assert isinstance(failure.value.cause, ApplicationError)
     assert failure.value.cause.type == INVALID_SWEEP_INPUT
     assert fake.calls == []
-

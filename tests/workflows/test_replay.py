@@ -33,7 +33,8 @@ def payment_id_of(saved: str) -> str:
     against (the file name is not it)."""
     started = json.loads(saved)["events"][0]["workflowExecutionStartedEventAttributes"]
     return json.loads(base64.b64decode(started["input"]["payloads"][0]["data"]))[
-        "payment_intent_id"]
+        "payment_intent_id"
+    ]
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
@@ -41,17 +42,20 @@ async def test_saved_history_replays_on_current_code(path: Path) -> None:
     saved = path.read_text()
     history = WorkflowHistory.from_json(payment_id_of(saved), saved)
     result = await Replayer(workflows=[PaymentIntentWorkflow]).replay_workflow(
-        history, raise_on_replay_failure=False)
+        history, raise_on_replay_failure=False
+    )
     assert result.replay_failure is None, result.replay_failure
 
 
 async def test_current_code_replays_its_own_history(env: WorkflowEnvironment) -> None:
     unknown = NetworkAnswer(NetworkOutcome.UNKNOWN)
-    network = FakeNetwork(answers=[NetworkAnswer(NetworkOutcome.DECLINED, "generic_decline"),
-                                   unknown],
-                          status_answers=[*[unknown] * 3, NetworkAnswer(NetworkOutcome.APPROVED)])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    network = FakeNetwork(
+        answers=[NetworkAnswer(NetworkOutcome.DECLINED, "generic_decline"), unknown],
+        status_answers=[*[unknown] * 3, NetworkAnswer(NetworkOutcome.APPROVED)],
+    )
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)

@@ -39,22 +39,28 @@ async def _charge_and_capture(handle: PaymentHandle) -> None:
             return
         except WorkflowUpdateFailedError as error:
             cause = error.cause
-            if not (isinstance(cause, ApplicationError)
-                    and cause.type == ErrorType.ATTEMPT_IN_FLIGHT):
+            if not (
+                isinstance(cause, ApplicationError) and cause.type == ErrorType.ATTEMPT_IN_FLIGHT
+            ):
                 raise
     raise AssertionError("the capture was refused five times")
 
 
-async def _continued_as_new_after_capturing(env: WorkflowEnvironment,
-                                            handle: PaymentHandle) -> bool:
+async def _continued_as_new_after_capturing(
+    env: WorkflowEnvironment, handle: PaymentHandle
+) -> bool:
     """The payment's first run completed the capture, then continued as new: the limit was
     crossed while the capture ran (the run waited for its handler before continuing)."""
     first = await env.client.get_workflow_handle(handle.id, run_id=handle.runs[0]).fetch_history()
-    updates = [e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
-               for e in first.events
-               if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED]
-    return ("capture" in updates and first.events[-1].event_type
-            == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW)
+    updates = [
+        e.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+        for e in first.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    ]
+    return (
+        "capture" in updates
+        and first.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    )
 
 
 async def _not_started(env: WorkflowEnvironment, delivery_ids: list[str]) -> list[str]:
@@ -68,15 +74,21 @@ async def _not_started(env: WorkflowEnvironment, delivery_ids: list[str]) -> lis
 
 
 async def test_deliveries_planned_while_continuing_as_new_are_started(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     # Every history limit from just after the charge to just after the capture, so the run's
     # crossing falls before the capture, inside it (it waits for the capture's handler, which
     # plans `payment.succeeded`'s delivery), and after it.
     network = FakeNetwork(answers=[APPROVED] * 40, deliveries_per_event=1)
-    async with new_worker(env.client, PaymentIntentWorkflow, WebhookDeliveryWorkflow,
-                          activities=[*network.activities(), send_webhook]) as worker:
-        probe = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
-                                    lifecycle=SHORT_WINDOW)
+    async with new_worker(
+        env.client,
+        PaymentIntentWorkflow,
+        WebhookDeliveryWorkflow,
+        activities=[*network.activities(), send_webhook],
+    ) as worker:
+        probe = await start_payment(
+            env, worker.task_queue, capture_method=CaptureMethod.MANUAL, lifecycle=SHORT_WINDOW
+        )
         await probe.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         charged = len((await probe.fetch_history()).events)
         await probe.execute_update(PaymentIntentWorkflow.capture, CaptureInput())
@@ -85,9 +97,13 @@ async def test_deliveries_planned_while_continuing_as_new_are_started(
         inside_the_capture = 0
         for limit in range(charged + 1, captured + 2):
             network.status = "created"
-            handle = await start_payment(env, worker.task_queue,
-                                         capture_method=CaptureMethod.MANUAL,
-                                         lifecycle=SHORT_WINDOW, max_history_events=limit)
+            handle = await start_payment(
+                env,
+                worker.task_queue,
+                capture_method=CaptureMethod.MANUAL,
+                lifecycle=SHORT_WINDOW,
+                max_history_events=limit,
+            )
             await _charge_and_capture(handle)
             assert (await handle.result()).status is IntentStatus.SUCCEEDED
             inside_the_capture += await _continued_as_new_after_capturing(env, handle)
@@ -98,17 +114,20 @@ async def test_deliveries_planned_while_continuing_as_new_are_started(
 
 
 async def test_a_run_that_starts_watches_an_attempt_left_unsettled(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     # `record_charge_attempt` committed the pending charge, then Temporal lost the Update that
     # wrote it: the next run (started by anything, here a bare start) must not end at rest.
     network = FakeNetwork(answers=[], status_answers=[APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         lost = transaction_id_for(handle.id, "confirm_charge:lost")
         network.seed_charge(handle.id, lost, None, status="processing")
-        await env.client.start_workflow(PaymentIntentWorkflow.run, handle.input, id=handle.id,
-                                        task_queue=worker.task_queue)
+        await env.client.start_workflow(
+            PaymentIntentWorkflow.run, handle.input, id=handle.id, task_queue=worker.task_queue
+        )
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
     assert network.status_queries == [lost]
     assert network.calls == []  # watched by status queries, never sent again
@@ -116,21 +135,27 @@ async def test_a_run_that_starts_watches_an_attempt_left_unsettled(
 
 
 async def test_a_charge_answered_in_an_earlier_run_brings_its_money(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     # The API retried a charge (same Update id) after the run that answered it had closed: the
     # new run answers with the recorded charge, and knows the authorization it holds.
     network = FakeNetwork(answers=[])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
-        handle = await start_payment(env, worker.task_queue, capture_method=CaptureMethod.MANUAL,
-                                     lifecycle=SHORT_WINDOW)
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
+        handle = await start_payment(
+            env, worker.task_queue, capture_method=CaptureMethod.MANUAL, lifecycle=SHORT_WINDOW
+        )
         update_id = "confirm_charge:k1"
         charged = transaction_id_for(handle.id, update_id)
         network.seed_charge(handle.id, charged, NetworkOutcome.APPROVED, status="requires_capture")
-        again = await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD,
-                                            id=update_id)
+        again = await handle.execute_update(
+            PaymentIntentWorkflow.confirm_charge, CARD, id=update_id
+        )
         assert (again.transaction_id, again.intent_status) == (
-            charged, IntentStatus.REQUIRES_CAPTURE)
+            charged,
+            IntentStatus.REQUIRES_CAPTURE,
+        )
         captured = await handle.execute_update(PaymentIntentWorkflow.capture, CaptureInput(1000))
         assert captured.intent_status is IntentStatus.SUCCEEDED
     assert network.calls == []  # answered before: not sent again

@@ -24,14 +24,12 @@ APPROVED = NetworkAnswer(NetworkOutcome.APPROVED)
 SHORT_HORIZON = ReconcilePolicy(first_delay_seconds=2, max_delay_seconds=60, horizon_seconds=180)
 
 
-
-
-
 async def test_hours_of_status_queries_settle_a_late_approval(env: WorkflowEnvironment) -> None:
     # The network answers only after ~20 hours: 8 doubling queries, then one every 5 minutes.
     network = FakeNetwork(answers=[UNKNOWN], status_answers=[*[UNKNOWN] * 240, APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
@@ -44,10 +42,12 @@ async def test_hours_of_status_queries_settle_a_late_approval(env: WorkflowEnvir
 
 
 async def test_past_the_horizon_the_payment_is_flagged_for_review_and_still_settles(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     network = FakeNetwork(answers=[UNKNOWN], status_answers=[*[UNKNOWN] * 12, APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         await wait_until(env, lambda: in_review(handle))
@@ -60,21 +60,25 @@ async def test_past_the_horizon_the_payment_is_flagged_for_review_and_still_sett
 
 
 async def test_operator_resolves_a_review_when_the_network_never_answers(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     network = FakeNetwork(answers=[UNKNOWN])  # status queries answer "unknown" forever
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         # Not in review yet: an operator cannot overrule reconciliation that is still going on.
         with pytest.raises(WorkflowUpdateFailedError):
             await handle.execute_update(
                 PaymentIntentWorkflow.resolve_manual_review,
-                ManualReviewResolution(NetworkOutcome.FAILED, "too early"))
+                ManualReviewResolution(NetworkOutcome.FAILED, "too early"),
+            )
         await wait_until(env, lambda: in_review(handle))
         status = await handle.execute_update(
             PaymentIntentWorkflow.resolve_manual_review,
-            ManualReviewResolution(NetworkOutcome.FAILED, "network confirms: never charged"))
+            ManualReviewResolution(NetworkOutcome.FAILED, "network confirms: never charged"),
+        )
         assert status is IntentStatus.FAILED
         assert not await in_review(handle)
         # The merchant may now try another card.
@@ -83,15 +87,20 @@ async def test_operator_resolves_a_review_when_the_network_never_answers(
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
     settled = network.outcomes[1]
     assert (settled.outcome, settled.failure_code, settled.reconciled) == (
-        NetworkOutcome.FAILED, "manual_review", True)
+        NetworkOutcome.FAILED,
+        "manual_review",
+        True,
+    )
 
 
 async def test_a_network_outage_during_reconciliation_still_endsin_review(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     down = ApplicationError("connection refused", type=ErrorType.NETWORK_UNAVAILABLE)
     network = FakeNetwork(answers=[UNKNOWN], status_answers=[down] * 400)
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue, reconcile=SHORT_HORIZON)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         await wait_until(env, lambda: in_review(handle))
@@ -102,22 +111,28 @@ async def test_a_network_outage_during_reconciliation_still_endsin_review(
 
 
 async def test_long_reconciliation_continues_as_new_with_its_state(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     network = FakeNetwork(answers=[UNKNOWN], status_answers=[*[UNKNOWN] * 40, APPROVED])
-    async with new_worker(env.client, PaymentIntentWorkflow,
-                          activities=network.activities()) as worker:
+    async with new_worker(
+        env.client, PaymentIntentWorkflow, activities=network.activities()
+    ) as worker:
         handle = await start_payment(env, worker.task_queue, max_history_events=60)
         await handle.execute_update(PaymentIntentWorkflow.confirm_charge, CARD)
         first_run = handle.runs[0]
         assert (await handle.result()).status is IntentStatus.SUCCEEDED
         first_history = await env.client.get_workflow_handle(
-            handle.id, run_id=first_run).fetch_history()
+            handle.id, run_id=first_run
+        ).fetch_history()
         last_history = await handle.fetch_history()
-        waited = (last_history.events[-1].event_time.ToDatetime()
-                  - first_history.events[0].event_time.ToDatetime())
+        waited = (
+            last_history.events[-1].event_time.ToDatetime()
+            - first_history.events[0].event_time.ToDatetime()
+        )
         last_run = (await handle.describe()).run_id
     assert first_history.events[-1].event_type == (
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW)
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    )
     assert last_run != first_run
     # The chain kept its place: one network call, every query on the same reference, and the
     # backoff resumed where it stopped instead of starting over at 2 s.

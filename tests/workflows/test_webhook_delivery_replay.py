@@ -24,7 +24,8 @@ HISTORIES = sorted((Path(__file__).parent / "histories" / "delivery").glob("*.js
 async def test_saved_delivery_history_replays_on_current_code(path: Path) -> None:
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     result = await Replayer(workflows=[WebhookDeliveryWorkflow]).replay_workflow(
-        history, raise_on_replay_failure=False)
+        history, raise_on_replay_failure=False
+    )
     assert result.replay_failure is None, result.replay_failure
 
 

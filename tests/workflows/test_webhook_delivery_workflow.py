@@ -57,8 +57,13 @@ class FakeReceiver:
             raise RuntimeError("database unavailable")  # before any request went out
         scheduled = activity.info().current_attempt_scheduled_time
         self.attempts.append((attempt.attempt_number, scheduled))
-        return SentAttempt(attempt.delivery_id, attempt.attempt_number, endpoint_id="we_test",
-                           attempted_at=scheduled, status_code=500)
+        return SentAttempt(
+            attempt.delivery_id,
+            attempt.attempt_number,
+            endpoint_id="we_test",
+            attempted_at=scheduled,
+            status_code=500,
+        )
 
     def _record(self, sent: SentAttempt) -> AttemptOutcome:
         self.record_calls[sent.attempt_number] += 1
@@ -92,19 +97,25 @@ RETRY = AttemptOutcome(AttemptResult.RETRY)
 DELIVERED = AttemptOutcome(AttemptResult.DELIVERED)
 
 
-async def _deliver(env: WorkflowEnvironment, receiver: FakeReceiver, *,
-                   within: timedelta | None = None) -> WebhookDeliveryResult:
-    async with new_worker(env.client, WebhookDeliveryWorkflow,
-                          activities=receiver.activities()) as worker:
+async def _deliver(
+    env: WorkflowEnvironment, receiver: FakeReceiver, *, within: timedelta | None = None
+) -> WebhookDeliveryResult:
+    async with new_worker(
+        env.client, WebhookDeliveryWorkflow, activities=receiver.activities()
+    ) as worker:
         return await env.client.execute_workflow(
-            WebhookDeliveryWorkflow.run, WebhookDeliveryInput("whd_test", SCHEDULE),
-            id=f"whd_{uuid.uuid4().hex}", task_queue=worker.task_queue,
-            execution_timeout=within)
+            WebhookDeliveryWorkflow.run,
+            WebhookDeliveryInput("whd_test", SCHEDULE),
+            id=f"whd_{uuid.uuid4().hex}",
+            task_queue=worker.task_queue,
+            execution_timeout=within,
+        )
 
 
 def _close(actual: list[float], expected: list[float]) -> bool:
     return len(actual) == len(expected) and all(
-        e <= a < e + 2 for a, e in zip(actual, expected, strict=True))
+        e <= a < e + 2 for a, e in zip(actual, expected, strict=True)
+    )
 
 
 async def test_failures_are_retried_with_exponential_backoff(env: WorkflowEnvironment) -> None:
@@ -117,9 +128,13 @@ async def test_failures_are_retried_with_exponential_backoff(env: WorkflowEnviro
 
 
 async def test_retry_after_is_honoured(env: WorkflowEnvironment) -> None:
-    receiver = FakeReceiver([AttemptOutcome(AttemptResult.RETRY, retry_after_seconds=600),
-                             AttemptOutcome(AttemptResult.RETRY, retry_after_seconds=1),
-                             DELIVERED])
+    receiver = FakeReceiver(
+        [
+            AttemptOutcome(AttemptResult.RETRY, retry_after_seconds=600),
+            AttemptOutcome(AttemptResult.RETRY, retry_after_seconds=1),
+            DELIVERED,
+        ]
+    )
     result = await _deliver(env, receiver)
     assert result.delivered
     # Not before the 600 s asked, and a short Retry-After never shortens the backoff (25 s).
@@ -127,11 +142,12 @@ async def test_retry_after_is_honoured(env: WorkflowEnvironment) -> None:
 
 
 # The record's retries, all spent: 1, 2, 4, 8, 16, then 30 s between its tries.
-RECORD_RETRIES_SECONDS = sum(min(2 ** n, 30) for n in range(RECORD_RETRY.maximum_attempts - 1))
+RECORD_RETRIES_SECONDS = sum(min(2**n, 30) for n in range(RECORD_RETRY.maximum_attempts - 1))
 
 
 async def test_an_attempt_that_cannot_be_recorded_is_never_sent_again_by_retries(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     """A record failing after the send (the database down, or once an answer
     it could not store) retries the record alone, a bounded number of times; the delivery
     then sends again on its backoff, not every ≤30 s for ever."""
@@ -140,10 +156,12 @@ async def test_an_attempt_that_cannot_be_recorded_is_never_sent_again_by_retries
     result = await _deliver(env, receiver, within=timedelta(hours=1))
     assert result == WebhookDeliveryResult(delivered=True, attempts=3)
     assert receiver.send_calls == Counter({1: 1, 2: 1, 3: 1}), receiver.send_calls
-    assert receiver.record_calls == Counter({1: RECORD_RETRY.maximum_attempts,
-                                             2: RECORD_RETRY.maximum_attempts, 3: 1})
-    assert _close(receiver.gaps(), [RECORD_RETRIES_SECONDS + 5, RECORD_RETRIES_SECONDS + 25]), \
+    assert receiver.record_calls == Counter(
+        {1: RECORD_RETRY.maximum_attempts, 2: RECORD_RETRY.maximum_attempts, 3: 1}
+    )
+    assert _close(receiver.gaps(), [RECORD_RETRIES_SECONDS + 5, RECORD_RETRIES_SECONDS + 25]), (
         receiver.gaps()
+    )
     assert receiver.failed == []
 
 
@@ -156,7 +174,8 @@ async def test_an_attempt_that_cannot_be_sent_counts_as_failed(env: WorkflowEnvi
 
 
 async def test_records_that_never_succeed_still_end_at_the_horizon(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     """Every attempt's record fails: one send per attempt, and the delivery still fails at the
     horizon (then `fail_webhook_delivery` marks it), instead of retrying one attempt forever."""
     receiver = FakeReceiver([RETRY], record_failures=set(range(1, 1000)))
@@ -192,7 +211,8 @@ async def test_three_day_horizon_fails_the_delivery(env: WorkflowEnvironment) ->
 
 
 async def test_retry_after_beyond_the_horizon_fails_at_the_horizon(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     receiver = FakeReceiver([AttemptOutcome(AttemptResult.RETRY, retry_after_seconds=10**7)])
     result = await _deliver(env, receiver)
     assert result == WebhookDeliveryResult(delivered=False, attempts=1)
@@ -218,7 +238,8 @@ class FanoutParentWorkflow:
 
 
 async def test_start_deliveries_starts_one_child_each_that_outlives_the_parent(
-        env: WorkflowEnvironment) -> None:
+    env: WorkflowEnvironment,
+) -> None:
     suffix = uuid.uuid4().hex[:8]
     deliveries = [f"whd_a{suffix}", f"whd_b{suffix}"]
     delivered: list[str] = []
@@ -226,8 +247,12 @@ async def test_start_deliveries_starts_one_child_each_that_outlives_the_parent(
     @activity.defn(name="send_webhook")
     async def send_webhook(attempt: AttemptInput) -> SentAttempt:
         delivered.append(attempt.delivery_id)
-        return SentAttempt(attempt.delivery_id, attempt.attempt_number, endpoint_id="we_test",
-                           attempted_at=activity.info().current_attempt_scheduled_time)
+        return SentAttempt(
+            attempt.delivery_id,
+            attempt.attempt_number,
+            endpoint_id="we_test",
+            attempted_at=activity.info().current_attempt_scheduled_time,
+        )
 
     @activity.defn(name="record_webhook_attempt")
     async def record_webhook_attempt(sent: SentAttempt) -> AttemptOutcome:
@@ -238,16 +263,21 @@ async def test_start_deliveries_starts_one_child_each_that_outlives_the_parent(
     async def fail_webhook_delivery(failed: FailInput) -> None:
         raise AssertionError("no delivery should fail")
 
-    async with new_worker(env.client, FanoutParentWorkflow, WebhookDeliveryWorkflow,
-                          activities=[send_webhook, record_webhook_attempt,
-                                      fail_webhook_delivery]) as worker:
+    async with new_worker(
+        env.client,
+        FanoutParentWorkflow,
+        WebhookDeliveryWorkflow,
+        activities=[send_webhook, record_webhook_attempt, fail_webhook_delivery],
+    ) as worker:
         await env.client.execute_workflow(
-            FanoutParentWorkflow.run, FanoutInput(deliveries), id=f"pi_{suffix}",
-            task_queue=worker.task_queue)
+            FanoutParentWorkflow.run,
+            FanoutInput(deliveries),
+            id=f"pi_{suffix}",
+            task_queue=worker.task_queue,
+        )
         for delivery_id in deliveries:
             # The typed handle get_workflow_handle_for() gives, which mypy cannot infer there.
-            handle = env.client.get_workflow_handle(delivery_id,
-                                                    result_type=WebhookDeliveryResult)
+            handle = env.client.get_workflow_handle(delivery_id, result_type=WebhookDeliveryResult)
             async with time_skipping(env):  # the second attempt's backoff
                 result = await handle.result()
             assert result == WebhookDeliveryResult(delivered=True, attempts=2)

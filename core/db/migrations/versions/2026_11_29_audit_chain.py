@@ -90,9 +90,16 @@ def _chain_existing_events() -> None:
     """Chain the events already there, oldest first (the append-only trigger is set aside for
     this one rewrite, inside the migration's transaction)."""
     bind = op.get_bind()
-    rows = bind.execute(sa.text(
-        "SELECT seq, id, merchant_id, payment_intent_id, transaction_id, type, data, created_at "
-        "FROM event ORDER BY seq")).mappings().all()
+    rows = (
+        bind.execute(
+            sa.text(
+                "SELECT seq, id, merchant_id, payment_intent_id, transaction_id, type, data, "
+                "created_at FROM event ORDER BY seq"
+            )
+        )
+        .mappings()
+        .all()
+    )
     if not rows:
         return
     heads: dict[str, tuple[int, str]] = {}
@@ -109,20 +116,35 @@ def _chain_existing_events() -> None:
         chained = {**row, "chain": chain, "chain_seq": position + 1, "intent_seq": intent_seq}
         digest = link_hash(previous, chained)
         heads[chain] = (position + 1, digest)
-        updates.append({"seq": row["seq"], "chain": chain, "chain_seq": position + 1,
-                        "prev_hash": previous, "hash": digest, "intent_seq": intent_seq})
+        updates.append(
+            {
+                "seq": row["seq"],
+                "chain": chain,
+                "chain_seq": position + 1,
+                "prev_hash": previous,
+                "hash": digest,
+                "intent_seq": intent_seq,
+            }
+        )
     bind.execute(sa.text("ALTER TABLE event DISABLE TRIGGER event_append_only"))
-    bind.execute(sa.text(
-        "UPDATE event SET chain = :chain, chain_seq = :chain_seq, prev_hash = :prev_hash, "
-        "hash = :hash, intent_seq = :intent_seq WHERE seq = :seq"), updates)
+    bind.execute(
+        sa.text(
+            "UPDATE event SET chain = :chain, chain_seq = :chain_seq, prev_hash = :prev_hash, "
+            "hash = :hash, intent_seq = :intent_seq WHERE seq = :seq"
+        ),
+        updates,
+    )
     bind.execute(sa.text("ALTER TABLE event ENABLE TRIGGER event_append_only"))
 
 
 def _record_heads() -> None:
-    op.get_bind().execute(sa.text(
-        "INSERT INTO audit_chain_head (chain, chain_seq, hash) "
-        "SELECT DISTINCT ON (chain) chain, chain_seq, hash FROM event "
-        "ORDER BY chain, chain_seq DESC"))
+    op.get_bind().execute(
+        sa.text(
+            "INSERT INTO audit_chain_head (chain, chain_seq, hash) "
+            "SELECT DISTINCT ON (chain) chain, chain_seq, hash FROM event "
+            "ORDER BY chain, chain_seq DESC"
+        )
+    )
 
 
 def downgrade() -> None:

@@ -105,8 +105,10 @@ CREATE TRIGGER audit_checkpoint_no_truncate BEFORE TRUNCATE ON audit_checkpoint
 """
 
 # The event types written outside a payment's story, and the data field naming their subject.
-SUBJECT_OF_TYPE = {"webhook_endpoint.disabled": "endpointId",
-                   "reconciliation.discrepancy": "discrepancyId"}
+SUBJECT_OF_TYPE = {
+    "webhook_endpoint.disabled": "endpointId",
+    "reconciliation.discrepancy": "discrepancyId",
+}
 
 
 def upgrade() -> None:
@@ -140,9 +142,16 @@ def _rechain(order: str, chain_of: Callable[[Mapping[str, Any]], str]) -> None:
     this one rewrite, inside the migration's transaction). A payment's positions are its
     `intent_seq`, gap-free by construction."""
     bind = op.get_bind()
-    rows = bind.execute(sa.text(
-        "SELECT seq, id, merchant_id, payment_intent_id, transaction_id, intent_seq, type, "
-        f"data, created_at FROM event ORDER BY {order}")).mappings().all()
+    rows = (
+        bind.execute(
+            sa.text(
+                "SELECT seq, id, merchant_id, payment_intent_id, transaction_id, intent_seq, type, "
+                f"data, created_at FROM event ORDER BY {order}"
+            )
+        )
+        .mappings()
+        .all()
+    )
     if not rows:
         return
     heads: dict[str, tuple[int, str]] = {}
@@ -153,10 +162,21 @@ def _rechain(order: str, chain_of: Callable[[Mapping[str, Any]], str]) -> None:
         chained = {**row, "chain": chain, "chain_seq": position + 1}
         digest = link_hash(previous, chained)
         heads[chain] = (position + 1, digest)
-        updates.append({"seq": row["seq"], "chain": chain, "chain_seq": position + 1,
-                        "prev_hash": previous, "hash": digest})
+        updates.append(
+            {
+                "seq": row["seq"],
+                "chain": chain,
+                "chain_seq": position + 1,
+                "prev_hash": previous,
+                "hash": digest,
+            }
+        )
     bind.execute(sa.text("ALTER TABLE event DISABLE TRIGGER event_append_only"))
-    bind.execute(sa.text(
-        "UPDATE event SET chain = :chain, chain_seq = :chain_seq, prev_hash = :prev_hash, "
-        "hash = :hash WHERE seq = :seq"), updates)
+    bind.execute(
+        sa.text(
+            "UPDATE event SET chain = :chain, chain_seq = :chain_seq, prev_hash = :prev_hash, "
+            "hash = :hash WHERE seq = :seq"
+        ),
+        updates,
+    )
     bind.execute(sa.text("ALTER TABLE event ENABLE TRIGGER event_append_only"))
