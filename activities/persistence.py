@@ -34,6 +34,7 @@ from core.db.payment_records import (
     lock_payment,
     lock_payment_for_charge,
     read_payment,
+    recorded_transaction,
     write_record,
 )
 from core.db.queries import (
@@ -269,7 +270,7 @@ class PaymentRecordActivities:
             if locked.transaction is not None:  # a retry after the commit
                 return Recorded(
                     intent.status,
-                    _view(locked.transaction),
+                    recorded_transaction(locked.transaction),
                     await deliveries_of_recorded(
                         connection, intent.merchant_id, locked.endpoints, [event_id_for(cause)]
                     ),
@@ -336,7 +337,7 @@ class PaymentRecordActivities:
                 written.transaction_created_at,
                 written.transaction_updated_at,
             )
-            return Recorded(intent.status, _view(txn), [d["id"] for d in deliveries])
+            return Recorded(intent.status, recorded_transaction(txn), [d["id"] for d in deliveries])
 
     @activity.defn
     @refusals_are_final
@@ -351,7 +352,7 @@ class PaymentRecordActivities:
             intent = await lock_intent(session, attempt.payment_intent_id)
             existing = await lock_transaction(session, attempt.transaction_id)
             if existing is not None:
-                return Recorded(intent.status, _view(existing))
+                return Recorded(intent.status, recorded_transaction(existing))
             if not can_move_intent(intent.status, OPERATION_ACTIONS[attempt.type]):
                 raise ApplicationError(
                     str(IllegalTransition("payment intent", intent.status, attempt.type.value)),
@@ -372,7 +373,7 @@ class PaymentRecordActivities:
                 parent_reference=attempt.parent_reference,
             )
             session.add(txn)
-            return Recorded(intent.status, _view(txn))
+            return Recorded(intent.status, recorded_transaction(txn))
 
     @activity.defn
     @refusals_are_final
@@ -405,7 +406,7 @@ class PaymentRecordActivities:
                 deliveries = await deliveries_of_recorded(
                     connection, locked.intent.merchant_id, locked.endpoints, [event_id_for(cause)]
                 )
-            recorded = Recorded(locked.intent.status, _view(txn), deliveries)
+            recorded = Recorded(locked.intent.status, recorded_transaction(txn), deliveries)
         if applied:  # committed now, by this attempt: counted once
             count_recorded_outcome(
                 transaction_type=txn.type,
@@ -561,20 +562,6 @@ async def _check_refund_fits(session: AsyncSession, intent: PaymentIntent, amoun
             type=ErrorType.AMOUNT_INVALID,
             non_retryable=True,
         )
-
-
-def _view(txn: Transaction | TransactionRow) -> RecordedTransaction:
-    return RecordedTransaction(
-        id=txn.id,
-        type=txn.type,
-        status=txn.status,
-        amount_in_cents=txn.amount_in_cents,
-        decline_code=txn.decline_code,
-        failure_code=txn.failure_code,
-        reconciled=txn.reconciled,
-        created_at=txn.created_at.timestamp() if txn.created_at else None,
-        updated_at=txn.updated_at.timestamp() if txn.updated_at else None,
-    )
 
 
 def _snapshot(intent: IntentRow, transactions: list[TransactionRow]) -> PaymentSnapshot:

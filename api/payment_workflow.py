@@ -39,6 +39,7 @@ from api.schemas.transactions import TransactionOut
 from api.views import TransactionView, transaction_out
 from core import search_attributes
 from core.db.intent_operations import IntentSnapshot
+from core.db.payment_records import recorded_transaction
 from core.db.tables import Transaction
 from core.domain import (
     CaptureMethod,
@@ -253,20 +254,6 @@ def _settled_update(intent: IntentSnapshot, settled: Transaction) -> SentUpdate:
     """The answer of an Update that ran before, as if this request had waited for it."""
     return SentUpdate(
         settled.id, OperationResult(IntentStatus(intent.status), recorded_transaction(settled))
-    )
-
-
-def recorded_transaction(txn: Transaction) -> RecordedTransaction:
-    return RecordedTransaction(
-        id=txn.id,
-        type=txn.type,
-        status=txn.status,
-        amount_in_cents=txn.amount_in_cents,
-        decline_code=txn.decline_code,
-        failure_code=txn.failure_code,
-        reconciled=txn.reconciled,
-        created_at=txn.created_at.timestamp() if txn.created_at else None,
-        updated_at=txn.updated_at.timestamp() if txn.updated_at else None,
     )
 
 

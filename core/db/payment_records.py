@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import greenlet_spawn
 
 from core.db.deliveries import DeliveryTarget, planned_deliveries
+from core.db.tables import Transaction
+from core.domain import RecordedTransaction
 
 # Why a hot-path statement is refused for good (see activities/persistence.py
 # `refusals_are_final`): a constraint or a value the database rejects.
@@ -74,6 +76,22 @@ class TransactionRow:
     updated_at: datetime | None
     # Read only by `read_payment` (a run that opens after earlier ones closed).
     reversal_reference: str | None = None
+
+
+def recorded_transaction(txn: Transaction | TransactionRow) -> RecordedTransaction:
+    """A transaction as the API answers with it, from its row (ORM or plain), times as unix
+    seconds (plain JSON in Temporal history)."""
+    return RecordedTransaction(
+        id=txn.id,
+        type=txn.type,
+        status=txn.status,
+        amount_in_cents=txn.amount_in_cents,
+        decline_code=txn.decline_code,
+        failure_code=txn.failure_code,
+        reconciled=txn.reconciled,
+        created_at=txn.created_at.timestamp() if txn.created_at else None,
+        updated_at=txn.updated_at.timestamp() if txn.updated_at else None,
+    )
 
 
 @dataclass(slots=True)
